@@ -1,0 +1,41 @@
+//! Settings a core shard needs (a subset of SPEC §11.1), filled in by the server from its config.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub node_id: u64,
+    /// Address peers and clients use to reach this node (reported in GetNodeInfo).
+    pub advertise_addr: String,
+    /// `{data_dir}`; each group lives in `{data_dir}/groups/gNNNNN/` (SPEC §9.1).
+    pub data_dir: PathBuf,
+    pub batch_max_size: usize,
+    pub batch_max_delay_ms: u64,
+    pub batch_eager_commit: bool,
+    pub max_ops_per_tx: usize,
+    pub idempotency_cache_entries: usize,
+    pub raft_heartbeat_ms: u64,
+    pub raft_election_min_ms: u64,
+    pub raft_election_max_ms: u64,
+    /// Groups per data core created at bootstrap (`groups_per_core`).
+    pub groups_per_core: u32,
+}
+
+impl ShardConfig {
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        ShardConfig {
+            node_id: 1,
+            advertise_addr: "127.0.0.1:0".into(),
+            data_dir,
+            batch_max_size: 100,
+            batch_max_delay_ms: 10,
+            batch_eager_commit: true,
+            max_ops_per_tx: 10_000,
+            idempotency_cache_entries: 100_000,
+            raft_heartbeat_ms: 50,
+            raft_election_min_ms: 150,
+            raft_election_max_ms: 300,
+            groups_per_core: 1,
+        }
+    }
+}

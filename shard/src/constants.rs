@@ -1,0 +1,2 @@
+//! Every bound of the shard, named (STYLE: "Put a bound on every channel, batch, frame and
+//! in-flight count").

@@ -1,0 +1,27 @@
+//! A core shard: one glommio executor that owns a disjoint set of Raft groups (openraft 0.9) and
+//! their redb files (SPEC §0.1, §8, §9, §10.9). Storage layer: `runtime`, `type_config`,
+//! `log_store`, `network`, `state_machine`, `archive`, `checkpoint`. Service layer: `shard`
+//! (inbox loop), `group` (block builder), `reads`, `admin`.
+
+pub mod admin;
+pub mod archive;
+pub mod checkpoint;
+pub mod config;
+pub mod constants;
+pub mod error;
+pub mod group;
+pub mod group_data;
+pub mod internal;
+pub mod log_store;
+pub mod msg;
+pub mod network;
+pub mod reads;
+pub mod runtime;
+pub mod shard;
+pub mod state_machine;
+pub mod type_config;
+
+pub use config::ShardConfig;
+pub use error::ShardError;
+pub use msg::{ReplySender, ShardMsg};
+pub use shard::{run_shard, ShardSpec};

@@ -1,0 +1,23 @@
+//! Messages a core shard receives on its bounded flume inbox (SPEC §8.1, §10.9). The router and
+//! other cores are the only senders; nothing else crosses between cores.
+
+use ledger_core::types::GroupId;
+use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope};
+
+/// Where a request's reply goes: the connection's response channel (fan-in, SPEC §8.1 step 4).
+pub type ReplySender = flume::Sender<ResponseEnvelope>;
+
+pub enum ShardMsg {
+    /// A request for a group owned by this core (reads, writes, scope admin like GetVault).
+    Group { group: GroupId, envelope: RequestEnvelope, reply: ReplySender },
+    /// Node-level and registry requests (namespace/vault lifecycle, ListVaults, GetNodeInfo,
+    /// HealthCheck); the router sends them to core 0, which owns group 0.
+    Admin { envelope: RequestEnvelope, reply: ReplySender },
+    /// Router → core 0: which group hosts this namespace? `None` = unknown or deleted.
+    ResolveNamespace { namespace_id: i64, reply: futures::channel::oneshot::Sender<Option<GroupId>> },
+    /// Core → core calls that are not client requests (scope creation in a data group, ListVaults
+    /// fan-out, ...). Defined by the shard crate.
+    Internal(crate::internal::InternalMsg),
+    /// Stop: finish in-flight work, checkpoint durably, then return from `Shard::run`.
+    Shutdown { done: futures::channel::oneshot::Sender<()> },
+}

@@ -1,0 +1,3 @@
+//! The native protocol: frame header, message types, codec and the client library (SPEC §4).
+
+pub mod messages;

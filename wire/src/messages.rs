@@ -1,0 +1,362 @@
+//! Request and response types of the native protocol (SPEC §4.3–§5). Every frame body is the rkyv
+//! archive of one of the root types at the bottom of this file.
+
+use ledger_core::types::*;
+use rkyv::{Archive, Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Role {
+    Client,
+    Peer,
+    Admin,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub role: Role,
+    pub node_id: Option<u64>,
+    pub client_name: String,
+    pub credential: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HelloAck {
+    pub protocol_version: u16,
+    pub node_id: u64,
+    pub cluster_id: Option<u64>,
+    pub max_frame_bytes: u32,
+    pub max_batch_items: u32,
+    pub server_version: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum GoawayCode {
+    ProtocolError,
+    UnsupportedVersion,
+    Corrupt,
+    FrameTooLarge,
+    Idle,
+    Shutdown,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Goaway {
+    pub code: GoawayCode,
+    pub message: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Ping {
+    pub nonce: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status (SPEC §4.5)
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum StatusCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    Unauthenticated,
+    PermissionDenied,
+    Unavailable,
+    NotLeader,
+    ResourceExhausted,
+    FailedPrecondition,
+    DeadlineExceeded,
+    Cancelled,
+    Internal,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ErrorDetail {
+    HeightUnavailable { requested: u64, oldest_available: u64 },
+    VaultUnavailable { health: VaultHealth },
+    WriteError(WriteError),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+    pub leader_hint: Option<(u64, String)>,
+    pub detail: Option<ErrorDetail>,
+}
+
+impl Status {
+    pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
+        Status { code, message: message.into(), leader_hint: None, detail: None }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NotFound, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::Internal, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::Unavailable, message)
+    }
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::ResourceExhausted, message)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests (SPEC §5)
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum NamespaceSelector {
+    Id(i64),
+    Name(String),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Request {
+    // --- reads (§5.1)
+    Read { namespace_id: i64, vault_id: Option<i64>, key: String, consistency: ReadConsistency },
+    BatchRead { namespace_id: i64, vault_id: Option<i64>, keys: Vec<String>, consistency: ReadConsistency },
+    GetBlock { namespace_id: i64, vault_id: Option<i64>, height: u64 },
+    GetBlockRange { namespace_id: i64, vault_id: Option<i64>, start_height: u64, end_height: u64 },
+    GetTip { namespace_id: i64, vault_id: Option<i64> },
+    GetClientState { namespace_id: i64, vault_id: Option<i64>, client_id: String },
+    ListRelationships {
+        namespace_id: i64,
+        vault_id: i64,
+        resource: Option<String>,
+        relation: Option<String>,
+        subject: Option<String>,
+        at_height: Option<u64>,
+        limit: u32,
+        page_token: String,
+        consistency: ReadConsistency,
+    },
+    ListResources {
+        namespace_id: i64,
+        vault_id: i64,
+        resource_type: String,
+        at_height: Option<u64>,
+        limit: u32,
+        page_token: String,
+        consistency: ReadConsistency,
+    },
+    ListEntities {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        key_prefix: String,
+        at_height: Option<u64>,
+        include_expired: bool,
+        limit: u32,
+        page_token: String,
+        consistency: ReadConsistency,
+    },
+    // --- writes (§5.2)
+    Write {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        client_id: String,
+        sequence: u64,
+        operations: Vec<Operation>,
+        include_tx_proof: bool,
+    },
+    BatchWrite {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        client_id: String,
+        sequence: u64,
+        groups: Vec<Vec<Operation>>,
+        include_tx_proof: bool,
+    },
+    // --- admin (§5.3)
+    CreateNamespace { name: String, group_id: Option<u32> },
+    DeleteNamespace { namespace_id: i64 },
+    GetNamespace { by: NamespaceSelector },
+    ListNamespaces { page_token: String, page_size: u32 },
+    CreateVault {
+        namespace_id: i64,
+        replication_factor: u32,
+        initial_nodes: Vec<u64>,
+        retention_policy: Option<RetentionPolicy>,
+    },
+    DeleteVault { namespace_id: i64, vault_id: i64 },
+    GetVault { namespace_id: i64, vault_id: i64 },
+    ListVaults,
+    GetNodeInfo,
+    // --- health (§5.4)
+    HealthCheck { namespace_id: Option<i64>, vault_id: Option<i64> },
+}
+
+impl Request {
+    /// snake_case name of the variant, for metrics labels and logs.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Read { .. } => "read",
+            Request::BatchRead { .. } => "batch_read",
+            Request::GetBlock { .. } => "get_block",
+            Request::GetBlockRange { .. } => "get_block_range",
+            Request::GetTip { .. } => "get_tip",
+            Request::GetClientState { .. } => "get_client_state",
+            Request::ListRelationships { .. } => "list_relationships",
+            Request::ListResources { .. } => "list_resources",
+            Request::ListEntities { .. } => "list_entities",
+            Request::Write { .. } => "write",
+            Request::BatchWrite { .. } => "batch_write",
+            Request::CreateNamespace { .. } => "create_namespace",
+            Request::DeleteNamespace { .. } => "delete_namespace",
+            Request::GetNamespace { .. } => "get_namespace",
+            Request::ListNamespaces { .. } => "list_namespaces",
+            Request::CreateVault { .. } => "create_vault",
+            Request::DeleteVault { .. } => "delete_vault",
+            Request::GetVault { .. } => "get_vault",
+            Request::ListVaults => "list_vaults",
+            Request::GetNodeInfo => "get_node_info",
+            Request::HealthCheck { .. } => "health_check",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct BatchReadItem {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub found: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WriteSuccess {
+    pub tx_id: TxId,
+    pub block_height: u64,
+    pub tx_timestamp: Timestamp,
+    pub actor: String,
+    pub block_header: Option<BlockHeader>,
+    pub tx_proof: Option<MerkleProof>,
+    /// One list per operation group; a plain `Write` has exactly one group.
+    pub statuses: Vec<Vec<OpStatus>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum WriteResult {
+    Success(WriteSuccess),
+    Error(WriteError),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NamespaceInfo {
+    pub namespace_id: i64,
+    pub name: String,
+    pub group_id: u32,
+    pub member_nodes: Vec<u64>,
+    pub leader_hint: Option<u64>,
+    pub config_version: u64,
+    pub status: NamespaceStatus,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct VaultInfo {
+    pub namespace_id: i64,
+    pub vault_id: i64,
+    pub height: u64,
+    pub state_root: Hash,
+    pub nodes: Vec<u64>,
+    pub leader: Option<u64>,
+    pub status: VaultStatus,
+    pub retention_policy: RetentionPolicy,
+    pub health: VaultHealth,
+    pub group_id: u32,
+    pub last_block_timestamp: Timestamp,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unavailable,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Response {
+    Read { value: Option<Vec<u8>>, block_height: u64, stale: bool },
+    BatchRead { results: Vec<BatchReadItem>, block_height: u64, stale: bool },
+    GetBlock { block: Block, body_pruned: bool },
+    GetBlockRange { blocks: Vec<Block>, current_tip: u64 },
+    GetTip { height: u64, block_hash: Hash, state_root: Hash },
+    GetClientState { last_committed_sequence: u64 },
+    ListRelationships { relationships: Vec<Relationship>, block_height: u64, next_page_token: String },
+    ListResources { resources: Vec<String>, block_height: u64, next_page_token: String },
+    ListEntities { entities: Vec<Entity>, block_height: u64, next_page_token: String },
+    Write(WriteResult),
+    CreateNamespace { namespace_id: i64, group_id: u32 },
+    DeleteNamespace { deleted_at: Timestamp },
+    GetNamespace(NamespaceInfo),
+    ListNamespaces { namespaces: Vec<NamespaceInfo>, next_page_token: String },
+    CreateVault { vault_id: i64, genesis: BlockHeader },
+    DeleteVault { deleted_at: Timestamp },
+    GetVault(VaultInfo),
+    ListVaults { vaults: Vec<VaultInfo> },
+    GetNodeInfo { node_id: u64, address: String, is_cluster_member: bool, term: u64 },
+    HealthCheck { status: HealthStatus, message: String, details: Vec<(String, String)> },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame roots (SPEC §4.3)
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RequestEnvelope {
+    pub request_id: u64,
+    /// 0 = the server default (`requests_timeout_secs`).
+    pub deadline_ms: u32,
+    pub request: Request,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RequestBatch {
+    pub items: Vec<RequestEnvelope>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ResponseEnvelope {
+    pub request_id: u64,
+    pub result: Result<Response, Status>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ResponseBatch {
+    pub items: Vec<ResponseEnvelope>,
+}
