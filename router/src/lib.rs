@@ -1,1 +1,12 @@
-//! placeholder
+//! The per-node request front end (SPEC §8.1): one listener per core (SO_REUSEPORT), frame
+//! decoding and the Hello handshake, namespace → group → core resolution, dispatch to the
+//! owning core over its bounded flume inbox, and response fan-in per connection.
+
+pub mod connection;
+pub mod constants;
+pub mod dispatch;
+pub mod listener;
+pub mod placement;
+pub mod route;
+
+pub use listener::{serve, ListenerControl, RouterContext, RouterSettings};

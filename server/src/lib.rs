@@ -1,1 +1,8 @@
-//! placeholder
+//! The `ledger-server` process: configuration, data directory, placement, one glommio executor
+//! per core running its shard and router, the metrics/health endpoint, and signal handling.
+//! Wiring only: the request path lives in `ledger-router` and `ledger-shard`.
+
+pub mod config;
+pub mod data_dir;
+pub mod metrics_http;
+pub mod node;

@@ -1,0 +1,275 @@
+//! One client or peer connection (SPEC §4.1–4.3): the Hello handshake, then a read loop that
+//! decodes `RequestBatch` frames and dispatches each envelope, and a write task that coalesces
+//! the replies arriving from any core into `ResponseBatch` frames (out of order, as they come).
+//! Framing or protocol errors get a `Goaway` and close this connection only.
+
+use crate::constants::{READ_CHUNK_BYTES, RESPONSES_PER_FRAME_MAX, SERVER_VERSION};
+use crate::dispatch::{answer, Dispatcher};
+use crate::listener::RouterSettings;
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::FutureExt;
+use glommio::net::TcpStream;
+use ledger_wire::codec::{encode_frame, Frame, FrameReader};
+use ledger_wire::frame::FrameKind;
+use ledger_wire::messages::*;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Frames the read loop asks the write task to send besides responses.
+enum Control {
+    HelloAck(HelloAck),
+    Pong(u64),
+    /// Sent last; the write task closes the connection after it.
+    Goaway(Goaway),
+}
+
+pub async fn serve_connection(stream: TcpStream, settings: Arc<RouterSettings>, dispatcher: Rc<Dispatcher>) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.split();
+    let (control_tx, control_rx) = flume::unbounded::<Control>();
+    let (reply_tx, reply_rx) = flume::unbounded::<ResponseEnvelope>();
+    let outstanding = Rc::new(Cell::new(0usize));
+    let writer_task =
+        glommio::spawn_local(write_loop(writer, control_rx, reply_rx, outstanding.clone())).detach();
+    let mut session = Session {
+        reader,
+        frames: FrameReader::new(settings.max_frame_bytes),
+        chunk: vec![0u8; READ_CHUNK_BYTES],
+        pending: Vec::new(),
+        settings,
+    };
+    if let Some(goaway) = session.run(&dispatcher, &control_tx, &reply_tx, &outstanding).await {
+        let _ = control_tx.send(Control::Goaway(goaway));
+    }
+    drop(control_tx);
+    drop(reply_tx);
+    let _ = writer_task.await;
+}
+
+struct Session {
+    reader: ReadHalf<TcpStream>,
+    frames: FrameReader,
+    chunk: Vec<u8>,
+    /// Bytes read but not yet consumed by the frame reader.
+    pending: Vec<u8>,
+    settings: Arc<RouterSettings>,
+}
+
+impl Session {
+    /// Runs the connection; returns the Goaway to send, or `None` when the peer just closed.
+    async fn run(
+        &mut self,
+        dispatcher: &Dispatcher,
+        control: &flume::Sender<Control>,
+        replies: &flume::Sender<ResponseEnvelope>,
+        outstanding: &Cell<usize>,
+    ) -> Option<Goaway> {
+        let hello = match self.next_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return None,
+            Err(goaway) => return Some(goaway),
+        };
+        if hello.kind() != FrameKind::Hello {
+            return Some(goaway(GoawayCode::ProtocolError, "the first frame must be Hello"));
+        }
+        let hello: Hello = match hello.decode::<Hello>() {
+            Ok(hello) => hello,
+            Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Some(goaway(
+                GoawayCode::UnsupportedVersion,
+                &format!("protocol version {} is not supported (this server speaks 1)", hello.protocol_version),
+            ));
+        }
+        let _ = control.send(Control::HelloAck(HelloAck {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.settings.node_id,
+            cluster_id: Some(self.settings.node_id),
+            max_frame_bytes: self.settings.max_frame_bytes,
+            max_batch_items: self.settings.max_batch_items,
+            server_version: SERVER_VERSION.to_string(),
+        }));
+        loop {
+            let frame = match self.next_frame().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(goaway) => return Some(goaway),
+            };
+            match frame.kind() {
+                FrameKind::RequestBatch => {
+                    let batch = match frame.decode::<RequestBatch>() {
+                        Ok(batch) => batch,
+                        Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
+                    };
+                    if batch.items.is_empty() || batch.items.len() > self.settings.max_batch_items as usize {
+                        return Some(goaway(
+                            GoawayCode::ProtocolError,
+                            &format!(
+                                "a RequestBatch holds 1..={} envelopes, got {}",
+                                self.settings.max_batch_items,
+                                batch.items.len()
+                            ),
+                        ));
+                    }
+                    for envelope in batch.items {
+                        outstanding.set(outstanding.get() + 1);
+                        if outstanding.get() > self.settings.requests_max_concurrent {
+                            answer(
+                                replies,
+                                envelope.request_id,
+                                ledger_wire::messages::Status::exhausted(format!(
+                                    "more than {} requests outstanding on this connection",
+                                    self.settings.requests_max_concurrent
+                                )),
+                            );
+                            continue;
+                        }
+                        dispatcher.dispatch(envelope, replies).await;
+                    }
+                }
+                FrameKind::Ping => match frame.decode::<Ping>() {
+                    Ok(ping) => {
+                        let _ = control.send(Control::Pong(ping.nonce));
+                    }
+                    Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
+                },
+                FrameKind::Goaway => return None,
+                other => {
+                    return Some(goaway(
+                        GoawayCode::ProtocolError,
+                        &format!("a client may not send {} frames", other.name()),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Reads until one whole frame is available. `Ok(None)` = clean close between frames.
+    async fn next_frame(&mut self) -> Result<Option<Frame>, Goaway> {
+        loop {
+            if !self.pending.is_empty() {
+                let mut input: &[u8] = &self.pending;
+                let result = self.frames.read_from(&mut input);
+                let consumed = self.pending.len() - input.len();
+                self.pending.drain(..consumed);
+                match result {
+                    Ok(Some(frame)) => return Ok(Some(frame)),
+                    Ok(None) => {}
+                    Err(e) => return Err(goaway(e.goaway_code(), &e.to_string())),
+                }
+            }
+            let read = glommio::timer::timeout(self.settings.idle_timeout, async {
+                self.reader.read(&mut self.chunk).await.map_err(glommio::GlommioError::from)
+            })
+            .await;
+            match read {
+                Ok(0) => {
+                    return match self.frames.finish() {
+                        Ok(()) => Ok(None),
+                        Err(e) => Err(goaway(e.goaway_code(), &e.to_string())),
+                    }
+                }
+                Ok(n) => self.pending.extend_from_slice(&self.chunk[..n]),
+                Err(glommio::GlommioError::TimedOut(_)) => {
+                    return Err(goaway(GoawayCode::Idle, "idle timeout"));
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+fn goaway(code: GoawayCode, message: &str) -> Goaway {
+    Goaway { code, message: message.chars().take(1024).collect() }
+}
+
+/// Writes control frames and coalesced response batches until the read side is done and every
+/// outstanding reply has been written (or the socket fails).
+async fn write_loop(
+    mut writer: WriteHalf<TcpStream>,
+    control: flume::Receiver<Control>,
+    replies: flume::Receiver<ResponseEnvelope>,
+    outstanding: Rc<Cell<usize>>,
+) {
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut control_open = true;
+    loop {
+        out.clear();
+        let mut closing = false;
+        if control_open {
+            futures::select_biased! {
+                message = control.recv_async().fuse() => match message {
+                    Ok(message) => closing = encode_control(message, &mut out),
+                    Err(_) => control_open = false,
+                },
+                reply = replies.recv_async().fuse() => match reply {
+                    Ok(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                    Err(_) => return,
+                },
+            }
+        } else {
+            // The read side has ended: flush the replies still owed, then close.
+            if outstanding.get() == 0 {
+                return;
+            }
+            match replies.recv_async().await {
+                Ok(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                Err(_) => return,
+            }
+        }
+        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            return;
+        }
+        if closing {
+            let _ = writer.flush().await;
+            let _ = writer.close().await;
+            return;
+        }
+    }
+}
+
+/// Encodes a control frame; returns true when it is a Goaway (the last frame).
+fn encode_control(message: Control, out: &mut Vec<u8>) -> bool {
+    let (result, closing) = match message {
+        Control::HelloAck(ack) => (encode_frame(FrameKind::HelloAck, &ack, out), false),
+        Control::Pong(nonce) => (encode_frame(FrameKind::Pong, &Ping { nonce }, out), false),
+        Control::Goaway(goaway) => (encode_frame(FrameKind::Goaway, &goaway, out), true),
+    };
+    if let Err(e) = result {
+        eprintln!("ledger-server: cannot encode a control frame: {e}");
+    }
+    closing
+}
+
+/// Encodes `first` plus whatever other replies are already waiting, up to one frame's worth.
+fn encode_replies(
+    first: ResponseEnvelope,
+    replies: &flume::Receiver<ResponseEnvelope>,
+    out: &mut Vec<u8>,
+    outstanding: &Cell<usize>,
+) {
+    let mut items = vec![first];
+    while items.len() < RESPONSES_PER_FRAME_MAX {
+        match replies.try_recv() {
+            Ok(reply) => items.push(reply),
+            Err(_) => break,
+        }
+    }
+    outstanding.set(outstanding.get().saturating_sub(items.len()));
+    let batch = ResponseBatch { items };
+    if let Err(e) = encode_frame(FrameKind::ResponseBatch, &batch, out) {
+        // A response too large to encode must still be answered: replace it with an error.
+        eprintln!("ledger-server: cannot encode a response batch: {e}");
+        let items = batch
+            .items
+            .into_iter()
+            .map(|item| ResponseEnvelope {
+                request_id: item.request_id,
+                result: Err(Status::internal(format!("response could not be encoded: {e}"))),
+            })
+            .collect();
+        let _ = encode_frame(FrameKind::ResponseBatch, &ResponseBatch { items }, out);
+    }
+}

@@ -1,0 +1,8 @@
+//! Bounds of the router.
+
+/// Bytes read from a socket per read call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Responses coalesced into one ResponseBatch frame at most (SPEC §8.1 step 4).
+pub const RESPONSES_PER_FRAME_MAX: usize = 64;
+/// The server version reported in HelloAck.
+pub const SERVER_VERSION: &str = concat!("ledger ", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,108 @@
+//! Hands one request envelope to the core that must answer it (SPEC §8.1 steps 1–2). Never
+//! blocks on a core: a full inbox answers `ResourceExhausted` at once (invariant 39).
+
+use crate::listener::RouterContext;
+use crate::route::{target_of, Target};
+use ledger_core::types::{CoreId, GroupId};
+use ledger_shard::{ReplySender, ShardMsg};
+use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope, Status, StatusCode};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Per-core router state. Namespace → group answers are cached forever: a namespace never
+/// moves between groups (migration is out of scope, SPEC §10.5), and a deleted namespace is
+/// rejected by its group itself.
+pub struct Dispatcher {
+    context: RouterContext,
+    namespace_groups: RefCell<HashMap<i64, GroupId>>,
+}
+
+impl Dispatcher {
+    pub fn new(context: RouterContext) -> Self {
+        Dispatcher { context, namespace_groups: RefCell::new(HashMap::new()) }
+    }
+
+    /// Routes and sends `envelope`; every failure is answered on `reply` with a status.
+    /// Awaits only the one-time namespace lookup on core 0, never a full inbox.
+    pub async fn dispatch(&self, envelope: RequestEnvelope, reply: &ReplySender) {
+        match target_of(&envelope.request) {
+            Target::Admin => {
+                let msg = ShardMsg::Admin { envelope, reply: reply.clone() };
+                self.send(CoreId(0), msg, reply);
+            }
+            Target::Namespace(namespace_id) => match self.group_of(namespace_id).await {
+                Ok(Some(group)) => match self.context.placement.get(&group).copied() {
+                    Some(core) => {
+                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone() };
+                        self.send(core, msg, reply);
+                    }
+                    None => answer(
+                        reply,
+                        envelope.request_id,
+                        Status::unavailable(format!("group {group} is not hosted on this node")),
+                    ),
+                },
+                Ok(None) => answer(
+                    reply,
+                    envelope.request_id,
+                    Status::not_found(format!("namespace {namespace_id} not found")),
+                ),
+                Err(status) => answer(reply, envelope.request_id, status),
+            },
+        }
+    }
+
+    async fn group_of(&self, namespace_id: i64) -> Result<Option<GroupId>, Status> {
+        if namespace_id == 0 {
+            return Ok(Some(GroupId(0)));
+        }
+        if let Some(group) = self.namespace_groups.borrow().get(&namespace_id) {
+            return Ok(Some(*group));
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let core0 = self.context.cores.first().ok_or_else(|| Status::unavailable("no cores"))?;
+        core0.try_send(ShardMsg::ResolveNamespace { namespace_id, reply: tx }).map_err(|e| match e {
+            flume::TrySendError::Full(_) => Status::exhausted("core 0 inbox is full"),
+            flume::TrySendError::Disconnected(_) => Status::unavailable("node is shutting down"),
+        })?;
+        let group = rx.await.map_err(|_| Status::unavailable("namespace lookup was dropped"))?;
+        if let Some(group) = group {
+            self.namespace_groups.borrow_mut().insert(namespace_id, group);
+        }
+        Ok(group)
+    }
+
+    fn send(&self, core: CoreId, msg: ShardMsg, reply: &ReplySender) {
+        let Some(inbox) = self.context.cores.get(core.0 as usize) else {
+            if let Some(id) = request_id_of(&msg) {
+                answer(reply, id, Status::internal(format!("core {core} does not exist")));
+            }
+            return;
+        };
+        match inbox.try_send(msg) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(msg)) => {
+                if let Some(id) = request_id_of(&msg) {
+                    answer(reply, id, Status::exhausted(format!("core {core} queue is full")));
+                }
+            }
+            Err(flume::TrySendError::Disconnected(msg)) => {
+                if let Some(id) = request_id_of(&msg) {
+                    answer(reply, id, Status::new(StatusCode::Unavailable, "node is shutting down"));
+                }
+            }
+        }
+    }
+}
+
+fn request_id_of(msg: &ShardMsg) -> Option<u64> {
+    match msg {
+        ShardMsg::Group { envelope, .. } | ShardMsg::Admin { envelope, .. } => Some(envelope.request_id),
+        _ => None,
+    }
+}
+
+/// Answers one request with an error status.
+pub fn answer(reply: &ReplySender, request_id: u64, status: Status) {
+    let _ = reply.send(ResponseEnvelope { request_id, result: Err(status) });
+}

@@ -1,0 +1,87 @@
+//! One listener per core. The node binds core 0 first (resolving port 0) and then the other
+//! cores on the same address; glommio sets SO_REUSEPORT, so the kernel spreads connections over
+//! the cores and each connection is served entirely by the core that accepted it.
+
+use crate::connection;
+use crate::dispatch::Dispatcher;
+use futures::FutureExt;
+use glommio::net::TcpListener;
+use ledger_core::types::{CoreId, GroupId};
+use ledger_shard::ShardMsg;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Node-wide router settings (SPEC §4.1, §4.3, §11.1).
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    pub node_id: u64,
+    pub max_frame_bytes: u32,
+    pub max_batch_items: u32,
+    pub requests_max_concurrent: usize,
+    pub idle_timeout: Duration,
+}
+
+/// What one core's router needs: the inboxes of every core and the placement table.
+pub struct RouterContext {
+    pub core: CoreId,
+    pub settings: Arc<RouterSettings>,
+    pub cores: Vec<flume::Sender<ShardMsg>>,
+    pub placement: Arc<BTreeMap<GroupId, CoreId>>,
+}
+
+/// Commands from the node to a core's listener.
+pub enum ListenerControl {
+    /// Bind this address and start accepting.
+    Listen(String),
+    /// Stop accepting (shutdown).
+    Stop,
+}
+
+/// Waits for `Listen`, binds, reports the bound address on `bound`, then accepts until `Stop`.
+pub async fn serve(
+    context: RouterContext,
+    control: flume::Receiver<ListenerControl>,
+    bound: flume::Sender<Result<SocketAddr, String>>,
+) {
+    let addr = match control.recv_async().await {
+        Ok(ListenerControl::Listen(addr)) => addr,
+        _ => return,
+    };
+    let listener = match TcpListener::bind(addr.as_str()).and_then(|l| l.local_addr().map(|a| (l, a))) {
+        Ok((listener, local)) => {
+            let _ = bound.send(Ok(local));
+            listener
+        }
+        Err(e) => {
+            let _ = bound.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let settings = context.settings.clone();
+    let dispatcher = Rc::new(Dispatcher::new(context));
+    loop {
+        futures::select! {
+            accepted = listener.accept().fuse() => match accepted {
+                Ok(stream) => {
+                    glommio::spawn_local(connection::serve_connection(
+                        stream,
+                        settings.clone(),
+                        dispatcher.clone(),
+                    ))
+                    .detach();
+                }
+                Err(e) => {
+                    eprintln!("ledger-server: accept failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            command = control.recv_async().fuse() => match command {
+                Ok(ListenerControl::Listen(_)) => {}
+                Ok(ListenerControl::Stop) | Err(_) => break,
+            },
+        }
+    }
+}

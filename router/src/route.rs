@@ -1,0 +1,39 @@
+//! Where a request goes (SPEC §8.1 step 1): node-level and registry requests to core 0, every
+//! scope request to the core owning its namespace's group.
+
+use ledger_wire::messages::Request;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Handled by core 0, which owns group 0 (`_system`).
+    Admin,
+    /// Handled by the core owning this namespace's group.
+    Namespace(i64),
+}
+
+pub fn target_of(request: &Request) -> Target {
+    use Request::*;
+    match request {
+        Read { namespace_id, .. }
+        | BatchRead { namespace_id, .. }
+        | GetBlock { namespace_id, .. }
+        | GetBlockRange { namespace_id, .. }
+        | GetTip { namespace_id, .. }
+        | GetClientState { namespace_id, .. }
+        | ListRelationships { namespace_id, .. }
+        | ListResources { namespace_id, .. }
+        | ListEntities { namespace_id, .. }
+        | Write { namespace_id, .. }
+        | BatchWrite { namespace_id, .. }
+        | GetVault { namespace_id, .. } => Target::Namespace(*namespace_id),
+        CreateNamespace { .. }
+        | DeleteNamespace { .. }
+        | GetNamespace { .. }
+        | ListNamespaces { .. }
+        | CreateVault { .. }
+        | DeleteVault { .. }
+        | ListVaults
+        | GetNodeInfo
+        | HealthCheck { .. } => Target::Admin,
+    }
+}

@@ -1,0 +1,244 @@
+//! Starting and stopping one node (SPEC §9.6, §10.9, §11.7): lock the data directory, load or
+//! plan the group placement, start one pinned glommio executor per core running its shard and
+//! its router, bind the listeners once every shard is ready, serve until SIGINT/SIGTERM, then
+//! shut the shards down (each checkpoints durably) and release the lock.
+
+use crate::config::Config;
+use crate::data_dir::{DataDir, DataDirError};
+use crate::metrics_http;
+use glommio::{LocalExecutorBuilder, Placement};
+use ledger_core::types::{CoreId, GroupId};
+use ledger_router::{ListenerControl, RouterContext, RouterSettings};
+use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a shutdown waits for the shards to checkpoint (SPEC §11.7: in-flight ≤ 10 s).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long startup waits for every shard to open its groups and elect itself.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot start executor for core {core}: {message}")]
+    Executor { core: usize, message: String },
+    #[error("core {0} failed to start (see the log above)")]
+    ShardStart(usize),
+    #[error("timed out waiting for core {0} to start")]
+    StartTimeout(usize),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics { addr: String, source: std::io::Error },
+}
+
+pub fn run_node(config: Config) -> Result<(), NodeError> {
+    install_fail_stop_panic_hook();
+    let signals = block_termination_signals();
+    let dir = DataDir::open(&config.data_dir)?;
+    let previous = dir.load_placement()?;
+    let groups: Vec<GroupId> = if previous.is_empty() {
+        ledger_router::placement::initial_groups(config.cores, config.groups_per_core)
+    } else {
+        previous.keys().copied().collect()
+    };
+    let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
+    if placement != previous {
+        dir.store_placement(&placement)?;
+    }
+    let placement = Arc::new(placement);
+
+    let shard_config = Arc::new(ShardConfig {
+        node_id: dir.node_id,
+        advertise_addr: config.advertise_addr.clone().unwrap_or_else(|| config.listen_addr.clone()),
+        data_dir: dir.root.clone(),
+        batch_max_size: config.batch_max_size,
+        batch_max_delay_ms: config.batch_max_delay_ms,
+        batch_eager_commit: config.batch_eager_commit,
+        max_ops_per_tx: config.max_ops_per_tx,
+        idempotency_cache_entries: config.idempotency_cache_entries,
+        raft_heartbeat_ms: config.raft_heartbeat_ms,
+        raft_election_min_ms: config.raft_election_min_ms,
+        raft_election_max_ms: config.raft_election_max_ms,
+        groups_per_core: config.groups_per_core,
+    });
+    let settings = Arc::new(RouterSettings {
+        node_id: dir.node_id,
+        max_frame_bytes: config.max_frame_bytes,
+        max_batch_items: config.max_batch_items,
+        requests_max_concurrent: config.requests_max_concurrent,
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+    });
+
+    let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
+        (0..config.cores).map(|_| flume::bounded::<ShardMsg>(config.core_queue_capacity)).unzip();
+    let mut ready_receivers = Vec::new();
+    let mut controls = Vec::new();
+    let (bound_tx, bound_rx) = flume::unbounded::<Result<SocketAddr, String>>();
+    let mut executors = Vec::new();
+    for (index, inbox) in inboxes.into_iter().enumerate() {
+        let core = CoreId(index as u16);
+        let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
+        ready_receivers.push(ready_rx);
+        let (control_tx, control_rx) = flume::unbounded::<ListenerControl>();
+        controls.push(control_tx);
+        let spec = ShardSpec {
+            core,
+            config: shard_config.clone(),
+            groups: placement.iter().filter(|(_, c)| **c == core).map(|(g, _)| *g).collect(),
+            inbox,
+            cores: inbox_senders.clone(),
+            placement: placement.clone(),
+            ready: ready_tx,
+        };
+        let router = RouterContext {
+            core,
+            settings: settings.clone(),
+            cores: inbox_senders.clone(),
+            placement: placement.clone(),
+        };
+        let bound = bound_tx.clone();
+        let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
+            Placement::Fixed(config.cpu_list[index])
+        } else {
+            Placement::Unbound
+        })
+        .name(&format!("core-{index}"));
+        if config.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        }
+        let handle = builder
+            .spawn(move || async move {
+                let shard = glommio::spawn_local(async move {
+                    if let Err(e) = ledger_shard::run_shard(spec).await {
+                        eprintln!("ledger-server: core {index}: {e}");
+                    }
+                });
+                ledger_router::serve(router, control_rx, bound).await;
+                shard.await;
+            })
+            .map_err(|e| NodeError::Executor { core: index, message: e.to_string() })?;
+        executors.push(handle);
+    }
+
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    for (index, ready) in ready_receivers.into_iter().enumerate() {
+        match wait_oneshot(ready, deadline) {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Err(NodeError::ShardStart(index)),
+            None => return Err(NodeError::StartTimeout(index)),
+        }
+    }
+
+    // Core 0 binds first (resolving port 0); the others join its SO_REUSEPORT group.
+    let mut listen_addr = config.listen_addr.clone();
+    for (index, control) in controls.iter().enumerate() {
+        let _ = control.send(ListenerControl::Listen(listen_addr.clone()));
+        match bound_rx.recv() {
+            Ok(Ok(addr)) => {
+                if index == 0 {
+                    listen_addr = addr.to_string();
+                }
+            }
+            Ok(Err(message)) => return Err(NodeError::Listen { addr: listen_addr, message }),
+            Err(_) => return Err(NodeError::Listen { addr: listen_addr, message: "core exited".into() }),
+        }
+    }
+
+    let metrics = match &config.metrics_addr {
+        Some(addr) => Some(
+            metrics_http::start(addr, inbox_senders.clone())
+                .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })?,
+        ),
+        None => None,
+    };
+    println!(
+        "ledger-server node {} listening on {} (metrics {}) with {} cores, data in {}",
+        dir.node_id,
+        listen_addr,
+        metrics.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "off".into()),
+        config.cores,
+        dir.root.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let signal = wait_for_signal(&signals);
+    eprintln!("ledger-server: received signal {signal}, shutting down");
+    for control in &controls {
+        let _ = control.send(ListenerControl::Stop);
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_TIMEOUT;
+    let mut done = Vec::new();
+    for sender in &inbox_senders {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        if sender.send(ShardMsg::Shutdown { done: tx }).is_ok() {
+            done.push(rx);
+        }
+    }
+    for rx in done {
+        if wait_oneshot(rx, deadline).is_none() {
+            eprintln!("ledger-server: a core did not finish shutting down in time");
+        }
+    }
+    drop(inbox_senders);
+    drop(dir);
+    Ok(())
+}
+
+/// Waits for a oneshot from a plain thread, polling so that a deadline applies.
+fn wait_oneshot<T>(
+    mut rx: futures::channel::oneshot::Receiver<T>,
+    deadline: std::time::Instant,
+) -> Option<Result<T, futures::channel::oneshot::Canceled>> {
+    loop {
+        match rx.try_recv() {
+            Ok(Some(value)) => return Some(Ok(value)),
+            Ok(None) => {}
+            Err(canceled) => return Some(Err(canceled)),
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A panic on any core is a shard crash: the node stops at once (SPEC §10.8 fail-stop) and
+/// recovers from disk on restart.
+fn install_fail_stop_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("ledger-server: fatal: a thread panicked; aborting (fail-stop)");
+        std::process::abort();
+    }));
+}
+
+/// Blocks SIGINT/SIGTERM in this thread before any executor thread exists, so every thread
+/// inherits the mask and only `wait_for_signal` receives them.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is a valid, initialised signal set; `signal` is a valid out-pointer.
+    unsafe {
+        libc::sigwait(set, &mut signal);
+    }
+    signal
+}
+
