@@ -1,3 +1,17 @@
 //! The native protocol: frame header, message types, codec and the client library (SPEC §4).
+//!
+//! `frame` and `codec` are runtime-agnostic (the server uses them from glommio with
+//! `default-features = false`); `client` needs tokio and is behind the default `client` feature.
 
+pub mod codec;
+pub mod constants;
+pub mod error;
+pub mod frame;
 pub mod messages;
+
+pub use codec::{decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameReader};
+pub use error::{CodecError, FrameError};
+pub use frame::{FrameHeader, FrameKind};
+
+#[cfg(feature = "client")]
+pub use error::ClientError;

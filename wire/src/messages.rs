@@ -137,12 +137,38 @@ pub enum NamespaceSelector {
 #[rkyv(derive(Debug))]
 pub enum Request {
     // --- reads (§5.1)
-    Read { namespace_id: i64, vault_id: Option<i64>, key: String, consistency: ReadConsistency },
-    BatchRead { namespace_id: i64, vault_id: Option<i64>, keys: Vec<String>, consistency: ReadConsistency },
-    GetBlock { namespace_id: i64, vault_id: Option<i64>, height: u64 },
-    GetBlockRange { namespace_id: i64, vault_id: Option<i64>, start_height: u64, end_height: u64 },
-    GetTip { namespace_id: i64, vault_id: Option<i64> },
-    GetClientState { namespace_id: i64, vault_id: Option<i64>, client_id: String },
+    Read {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        key: String,
+        consistency: ReadConsistency,
+    },
+    BatchRead {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        keys: Vec<String>,
+        consistency: ReadConsistency,
+    },
+    GetBlock {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        height: u64,
+    },
+    GetBlockRange {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        start_height: u64,
+        end_height: u64,
+    },
+    GetTip {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+    },
+    GetClientState {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        client_id: String,
+    },
     ListRelationships {
         namespace_id: i64,
         vault_id: i64,
@@ -191,22 +217,41 @@ pub enum Request {
         include_tx_proof: bool,
     },
     // --- admin (§5.3)
-    CreateNamespace { name: String, group_id: Option<u32> },
-    DeleteNamespace { namespace_id: i64 },
-    GetNamespace { by: NamespaceSelector },
-    ListNamespaces { page_token: String, page_size: u32 },
+    CreateNamespace {
+        name: String,
+        group_id: Option<u32>,
+    },
+    DeleteNamespace {
+        namespace_id: i64,
+    },
+    GetNamespace {
+        by: NamespaceSelector,
+    },
+    ListNamespaces {
+        page_token: String,
+        page_size: u32,
+    },
     CreateVault {
         namespace_id: i64,
         replication_factor: u32,
         initial_nodes: Vec<u64>,
         retention_policy: Option<RetentionPolicy>,
     },
-    DeleteVault { namespace_id: i64, vault_id: i64 },
-    GetVault { namespace_id: i64, vault_id: i64 },
+    DeleteVault {
+        namespace_id: i64,
+        vault_id: i64,
+    },
+    GetVault {
+        namespace_id: i64,
+        vault_id: i64,
+    },
     ListVaults,
     GetNodeInfo,
     // --- health (§5.4)
-    HealthCheck { namespace_id: Option<i64>, vault_id: Option<i64> },
+    HealthCheck {
+        namespace_id: Option<i64>,
+        vault_id: Option<i64>,
+    },
 }
 
 impl Request {
