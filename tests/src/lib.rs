@@ -1,1 +1,138 @@
-//! placeholder
+//! Test harness for integration tests: starts real `ledger-server` processes on temporary data
+//! directories and OS-chosen ports, and stops them by PID (SIGTERM or SIGKILL). Binaries are
+//! found next to the test executable (`target/<profile>/`), where `cargo test --workspace`
+//! builds them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to open its groups and start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary built by cargo in the same profile as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} not built; run `cargo test --workspace` (builds all binaries)", path.display());
+    path
+}
+
+/// A running server process and its data directory.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `ledger-server` on `data_dir` (created if needed) with port 0 and no metrics
+    /// endpoint, plus `extra` flags; waits for its "listening on" line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .expect("open stderr log");
+        let mut child = Command::new(binary("ledger-server"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off", "--cpu-pinning", "false"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn ledger-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+                return ServerProcess { child, addr, data_dir: data_dir.to_path_buf(), stderr_log };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("ledger-server exited during startup with {status}; stderr:\n{log}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ledger-server did not start within {START_TIMEOUT:?}");
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill9(mut self) {
+        // SAFETY: sending a signal to our own child process by PID.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        // SAFETY: sending a signal to our own child process by PID.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the `ledger` CLI against `addr`; returns (exit code, stdout, stderr).
+pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary("ledger")).arg("--addr").arg(addr).args(args).output().expect("run ledger");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A fresh temporary directory removed on drop.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ledger-{tag}-")).tempdir().expect("tempdir")
+}
