@@ -1,4 +1,12 @@
 //! Pure ledger logic: ids and domain types, hashing (SPEC §7), the sparse-Merkle state tree,
 //! and the deterministic apply of transactions to a scope. No I/O, no async, no clock.
 
+pub mod constants;
+pub mod error;
+pub mod hash;
+pub mod smt;
+pub mod state;
 pub mod types;
+pub mod validate;
+
+pub use error::{ProofError, ValidationError};

@@ -81,7 +81,9 @@ impl std::fmt::Display for ScopeKey {
     }
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct Timestamp {
     pub secs: i64,
@@ -115,12 +117,30 @@ pub enum SetCondition {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Operation {
-    CreateRelationship { resource: String, relation: String, subject: String },
-    DeleteRelationship { resource: String, relation: String, subject: String },
-    SetEntity { key: String, value: Vec<u8>, expires_at: Option<u64>, condition: Option<SetCondition> },
-    DeleteEntity { key: String },
+    CreateRelationship {
+        resource: String,
+        relation: String,
+        subject: String,
+    },
+    DeleteRelationship {
+        resource: String,
+        relation: String,
+        subject: String,
+    },
+    SetEntity {
+        key: String,
+        value: Vec<u8>,
+        expires_at: Option<u64>,
+        condition: Option<SetCondition>,
+    },
+    DeleteEntity {
+        key: String,
+    },
     /// Produced only by the GC; rejected from clients.
-    ExpireEntity { key: String, expired_at: u64 },
+    ExpireEntity {
+        key: String,
+        expired_at: u64,
+    },
 }
 
 /// Per-operation result (SPEC §3.9).
@@ -362,7 +382,11 @@ pub enum AdminCommand {
         timestamp: Timestamp,
         leader_id: u64,
     },
-    SetScopeStatus { namespace_id: i64, vault_id: i64, status: VaultStatus },
+    SetScopeStatus {
+        namespace_id: i64,
+        vault_id: i64,
+        status: VaultStatus,
+    },
 }
 
 /// Payload of an application log entry (SPEC §8.4).

@@ -1,0 +1,677 @@
+//! The sparse Merkle state tree of SPEC §7.6 and its proofs (§7.7): a binary radix tree over
+//! 256-bit key hashes with every leaf at the shallowest depth where it is alone. The tree is
+//! persistent: nodes are immutable `Arc`s carrying their own hash, an update copies only the paths
+//! it touches, so `clone()` is O(1), the leader computes a block's tree without disturbing the
+//! committed one, and older roots stay alive for as long as someone holds them.
+
+use crate::constants::STATE_PROOF_SIBLINGS_MAX;
+use crate::error::ProofError;
+use crate::hash::h;
+use crate::types::*;
+use std::sync::Arc;
+
+/// Node-hash domain bytes of SPEC §7.6.
+const LEAF_DOMAIN: u8 = 0x00;
+const INTERNAL_DOMAIN: u8 = 0x01;
+
+/// `H(0x00 ‖ key_hash ‖ value_hash)`. A leaf's hash does not depend on its depth, which is what lets
+/// an update move a leaf down or up the tree without re-hashing it.
+#[inline]
+pub fn leaf_node_hash(key_hash: &Hash, value_hash: &Hash) -> Hash {
+    let mut buf = [0u8; 65];
+    buf[0] = LEAF_DOMAIN;
+    buf[1..33].copy_from_slice(key_hash);
+    buf[33..].copy_from_slice(value_hash);
+    h(&buf)
+}
+
+/// `H(0x01 ‖ left ‖ right)`; an empty child contributes `ZERO_HASH`.
+#[inline]
+pub fn internal_node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut buf = [0u8; 65];
+    buf[0] = INTERNAL_DOMAIN;
+    buf[1..33].copy_from_slice(left);
+    buf[33..].copy_from_slice(right);
+    h(&buf)
+}
+
+/// `key_hash = H(local_key)`.
+#[inline]
+pub fn key_hash(key: &[u8]) -> Hash {
+    h(key)
+}
+
+/// `value_hash = H(leaf encoding)` with the §7.6 leaf encoding
+/// `len(key) u32 LE ‖ key ‖ len(value) u32 LE ‖ value ‖ expires_at u64 BE ‖ version u64 BE`.
+pub fn leaf_value_hash(key: &[u8], value: &[u8], expires_at: u64, version: u64) -> Hash {
+    let key_len = u32::try_from(key.len()).expect("state key longer than u32::MAX");
+    let value_len = u32::try_from(value.len()).expect("state value longer than u32::MAX");
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&key_len.to_le_bytes());
+    hasher.update(key);
+    hasher.update(&value_len.to_le_bytes());
+    hasher.update(value);
+    hasher.update(&expires_at.to_be_bytes());
+    hasher.update(&version.to_be_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// Bit `depth` of a key hash; bit 0 is the most significant bit of byte 0 (SPEC §7.6).
+#[inline]
+pub fn bit(key_hash: &Hash, depth: usize) -> bool {
+    (key_hash[depth / 8] >> (7 - depth % 8)) & 1 == 1
+}
+
+#[derive(Debug)]
+enum Node {
+    Leaf {
+        key_hash: Hash,
+        value_hash: Hash,
+        hash: Hash,
+    },
+    /// At least two leaves below; at most one child is empty.
+    Internal {
+        left: Subtree,
+        right: Subtree,
+        hash: Hash,
+    },
+}
+
+/// `None` is the empty subtree.
+type Subtree = Option<Arc<Node>>;
+
+impl Node {
+    fn hash(&self) -> &Hash {
+        match self {
+            Node::Leaf { hash, .. } | Node::Internal { hash, .. } => hash,
+        }
+    }
+}
+
+fn subtree_hash(subtree: &Subtree) -> Hash {
+    subtree.as_ref().map_or(ZERO_HASH, |node| *node.hash())
+}
+
+fn new_leaf(key_hash: Hash, value_hash: Hash) -> Arc<Node> {
+    Arc::new(Node::Leaf { key_hash, value_hash, hash: leaf_node_hash(&key_hash, &value_hash) })
+}
+
+/// The persistent sparse Merkle tree of one scope. Cloning shares every node.
+#[derive(Debug, Clone, Default)]
+pub struct SparseMerkleTree {
+    root: Subtree,
+    len: u64,
+}
+
+/// One requested change: `(key_hash, Some(value_hash))` sets, `(key_hash, None)` removes.
+pub type Change = (Hash, Option<Hash>);
+
+impl SparseMerkleTree {
+    pub fn new() -> Self {
+        SparseMerkleTree { root: None, len: 0 }
+    }
+
+    /// The state root (`ZERO_HASH` when empty).
+    pub fn root(&self) -> Hash {
+        subtree_hash(&self.root)
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value hash stored for `key_hash`, if any.
+    pub fn get(&self, key_hash: &Hash) -> Option<Hash> {
+        let mut cur = self.root.as_ref();
+        let mut depth = 0;
+        while let Some(node) = cur {
+            match node.as_ref() {
+                Node::Leaf { key_hash: k, value_hash, .. } => {
+                    return (k == key_hash).then_some(*value_hash);
+                }
+                Node::Internal { left, right, .. } => {
+                    cur = if bit(key_hash, depth) { right.as_ref() } else { left.as_ref() };
+                    depth += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// A new tree with `changes` applied (later duplicates of a key win). Only the paths of the
+    /// changed keys are copied and every touched node is hashed once; the receiver is unchanged.
+    pub fn with_updates(&self, changes: impl IntoIterator<Item = Change>) -> SparseMerkleTree {
+        let mut changes: Vec<Change> = changes.into_iter().collect();
+        if changes.is_empty() {
+            return self.clone();
+        }
+        // Stable sort keeps the request order within one key; keep the last change of each run.
+        changes.sort_by_key(|change| change.0);
+        let mut write = 0;
+        for read in 0..changes.len() {
+            if read + 1 < changes.len() && changes[read + 1].0 == changes[read].0 {
+                continue;
+            }
+            changes[write] = changes[read];
+            write += 1;
+        }
+        changes.truncate(write);
+
+        let mut len_delta: i64 = 0;
+        let root = update(self.root.as_ref(), 0, &changes, &mut len_delta);
+        let len = self.len.checked_add_signed(len_delta).expect("state tree leaf count underflow");
+        SparseMerkleTree { root, len }
+    }
+
+    /// Build a tree holding exactly `leaves` (`(key_hash, value_hash)`).
+    pub fn from_leaves(leaves: impl IntoIterator<Item = (Hash, Hash)>) -> SparseMerkleTree {
+        SparseMerkleTree::new().with_updates(leaves.into_iter().map(|(k, v)| (k, Some(v))))
+    }
+
+    /// The path for `key` (SPEC §7.7): the leaf where the walk stops (the key's own, another key
+    /// sharing the path, or none for an empty subtree) and the siblings from the root down.
+    pub fn prove(&self, key: &[u8]) -> (Option<StateLeaf>, Vec<Hash>) {
+        self.prove_key_hash(&key_hash(key))
+    }
+
+    /// [`Self::prove`] for an already-hashed key.
+    pub fn prove_key_hash(&self, key_hash: &Hash) -> (Option<StateLeaf>, Vec<Hash>) {
+        let mut siblings = Vec::new();
+        let mut cur = self.root.as_ref();
+        let mut depth = 0;
+        while let Some(node) = cur {
+            match node.as_ref() {
+                Node::Leaf { key_hash, value_hash, .. } => {
+                    return (Some(StateLeaf { key_hash: *key_hash, value_hash: *value_hash }), siblings);
+                }
+                Node::Internal { left, right, .. } => {
+                    let (next, beside) = if bit(key_hash, depth) { (right, left) } else { (left, right) };
+                    siblings.push(subtree_hash(beside));
+                    cur = next.as_ref();
+                    depth += 1;
+                }
+            }
+        }
+        (None, siblings)
+    }
+
+    /// Every `(key_hash, value_hash)` in key-hash order (for tests and integrity checks).
+    pub fn leaves(&self) -> Vec<(Hash, Hash)> {
+        fn walk(subtree: &Subtree, out: &mut Vec<(Hash, Hash)>) {
+            match subtree.as_deref() {
+                None => {}
+                Some(Node::Leaf { key_hash, value_hash, .. }) => out.push((*key_hash, *value_hash)),
+                Some(Node::Internal { left, right, .. }) => {
+                    walk(left, out);
+                    walk(right, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
+}
+
+/// Apply the sorted, de-duplicated `changes` (all sharing `node`'s path prefix of `depth` bits) to
+/// `node`, returning the new subtree. Untouched subtrees are shared, not copied.
+fn update(node: Option<&Arc<Node>>, depth: usize, changes: &[Change], len_delta: &mut i64) -> Subtree {
+    let Some(first) = changes.first() else {
+        return node.cloned();
+    };
+    match node.map(Arc::as_ref) {
+        None => {
+            if changes.len() == 1 {
+                return first.1.map(|value_hash| {
+                    *len_delta += 1;
+                    new_leaf(first.0, value_hash)
+                });
+            }
+            let (left, right) = descend(None, None, depth, changes, len_delta);
+            combine(left, right)
+        }
+        Some(Node::Leaf { key_hash, value_hash, .. }) => {
+            if changes.len() == 1 {
+                if first.0 == *key_hash {
+                    return match first.1 {
+                        None => {
+                            *len_delta -= 1;
+                            None
+                        }
+                        Some(v) if v == *value_hash => node.cloned(),
+                        Some(v) => Some(new_leaf(first.0, v)),
+                    };
+                }
+                if first.1.is_none() {
+                    // Removing a key that is not here changes nothing.
+                    return node.cloned();
+                }
+            }
+            // Push the leaf one level down (its hash is depth-independent) and merge there.
+            let (left, right) = if bit(key_hash, depth) {
+                descend(None, node, depth, changes, len_delta)
+            } else {
+                descend(node, None, depth, changes, len_delta)
+            };
+            combine(left, right)
+        }
+        Some(Node::Internal { left, right, .. }) => {
+            let (new_left, new_right) = descend(left.as_ref(), right.as_ref(), depth, changes, len_delta);
+            if same(&new_left, left) && same(&new_right, right) {
+                // Only absent keys were removed (or values rewritten unchanged): keep the node.
+                return node.cloned();
+            }
+            combine(new_left, new_right)
+        }
+    }
+}
+
+/// Split `changes` by bit `depth` and update both children.
+fn descend(
+    left: Option<&Arc<Node>>,
+    right: Option<&Arc<Node>>,
+    depth: usize,
+    changes: &[Change],
+    len_delta: &mut i64,
+) -> (Subtree, Subtree) {
+    // Distinct 256-bit keys always separate before depth 256.
+    assert!(depth < 256, "state tree descended past 256 bits");
+    let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
+    let (left_changes, right_changes) = changes.split_at(mid);
+    (update(left, depth + 1, left_changes, len_delta), update(right, depth + 1, right_changes, len_delta))
+}
+
+/// The node over two children: empty if both are, the lone leaf itself if only a leaf remains
+/// (leaves sit at the shallowest unique depth), else a new internal node hashed once.
+fn combine(left: Subtree, right: Subtree) -> Subtree {
+    match (left, right) {
+        (None, None) => None,
+        (Some(only), None) | (None, Some(only)) if matches!(*only, Node::Leaf { .. }) => Some(only),
+        (left, right) => {
+            let hash = internal_node_hash(&subtree_hash(&left), &subtree_hash(&right));
+            Some(Arc::new(Node::Internal { left, right, hash }))
+        }
+    }
+}
+
+fn same(a: &Subtree, b: &Subtree) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// The root over `leaves` by direct recursion on the definition of §7.6, sharing no code path with
+/// the incremental tree beyond the node-hash functions. For tests and integrity checks (O(n log n)).
+pub fn from_scratch_root(leaves: impl IntoIterator<Item = (Hash, Hash)>) -> Hash {
+    let mut leaves: Vec<(Hash, Hash)> = leaves.into_iter().collect();
+    leaves.sort();
+    leaves.dedup_by(|a, b| a.0 == b.0);
+    fn root_of(leaves: &[(Hash, Hash)], depth: usize) -> Hash {
+        match leaves {
+            [] => ZERO_HASH,
+            [(key_hash, value_hash)] => leaf_node_hash(key_hash, value_hash),
+            _ => {
+                let ones = leaves.iter().position(|(k, _)| bit(k, depth)).unwrap_or(leaves.len());
+                let left = root_of(&leaves[..ones], depth + 1);
+                let right = root_of(&leaves[ones..], depth + 1);
+                internal_node_hash(&left, &right)
+            }
+        }
+    }
+    root_of(&leaves, 0)
+}
+
+/// The root a state-proof path leads to from `cur` at depth `siblings.len()` (SPEC §7.7 step 3).
+pub fn fold_state_path(key_hash: &Hash, mut cur: Hash, siblings: &[Hash]) -> Hash {
+    for (depth, sibling) in siblings.iter().enumerate().rev() {
+        cur = if bit(key_hash, depth) {
+            internal_node_hash(sibling, &cur)
+        } else {
+            internal_node_hash(&cur, sibling)
+        };
+    }
+    cur
+}
+
+/// SPEC §7.7 steps 1–4 for a claimed row `(value, expires_at, version)` (membership) or a claim of
+/// absence (`None`), against a header the caller already trusts (its block hash was compared with a
+/// trusted hash or checked through `hash::verify_chain`).
+pub fn verify_state_proof(
+    proof: &StateProof,
+    key: &[u8],
+    claimed: Option<(&[u8], u64, u64)>,
+    header: &BlockHeader,
+) -> Result<(), ProofError> {
+    if proof.key != key {
+        return Err(ProofError::KeyMismatch);
+    }
+    let depth = proof.siblings.len();
+    if depth > STATE_PROOF_SIBLINGS_MAX {
+        return Err(ProofError::TooManySiblings(depth));
+    }
+    let kh = key_hash(key);
+    let start = match (claimed, &proof.leaf) {
+        (Some(_), None) => return Err(ProofError::MissingLeaf),
+        (Some((value, expires_at, version)), Some(leaf)) => {
+            if leaf.key_hash != kh {
+                return Err(ProofError::LeafKeyMismatch);
+            }
+            if leaf.value_hash != leaf_value_hash(key, value, expires_at, version) {
+                return Err(ProofError::ValueMismatch);
+            }
+            leaf_node_hash(&kh, &leaf.value_hash)
+        }
+        (None, None) => ZERO_HASH,
+        (None, Some(leaf)) => {
+            if leaf.key_hash == kh {
+                return Err(ProofError::KeyPresent);
+            }
+            if (0..depth).any(|i| bit(&leaf.key_hash, i) != bit(&kh, i)) {
+                return Err(ProofError::LeafOffPath);
+            }
+            leaf_node_hash(&leaf.key_hash, &leaf.value_hash)
+        }
+    };
+    let computed = fold_state_path(&kh, start, &proof.siblings);
+    if computed != proof.state_root {
+        return Err(ProofError::RootMismatch { computed, claimed: proof.state_root });
+    }
+    if proof.state_root != header.state_root {
+        return Err(ProofError::HeaderRootMismatch);
+    }
+    if proof.block_height != header.height {
+        return Err(ProofError::HeightMismatch { proof: proof.block_height, header: header.height });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::hash::{hex32, to_hex};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A row of the spec vectors: `(local_key, value, expires_at, version)`.
+    fn leaf_of(key: &str, value: &[u8], expires_at: u64, version: u64) -> (Hash, Hash) {
+        (key_hash(key.as_bytes()), leaf_value_hash(key.as_bytes(), value, expires_at, version))
+    }
+
+    fn header_with(root: Hash, height: u64) -> BlockHeader {
+        BlockHeader {
+            height,
+            namespace_id: 1,
+            vault_id: 1,
+            previous_hash: ZERO_HASH,
+            tx_merkle_root: crate::hash::EMPTY_HASH,
+            state_root: root,
+            timestamp: Timestamp::default(),
+            leader_id: 0,
+            term: 0,
+            committed_index: 0,
+        }
+    }
+
+    fn proof_for(tree: &SparseMerkleTree, key: &[u8], height: u64) -> StateProof {
+        let (leaf, siblings) = tree.prove(key);
+        StateProof { key: key.to_vec(), leaf, siblings, block_height: height, state_root: tree.root() }
+    }
+
+    #[test]
+    fn t20_spec_vector_single_entity() {
+        // SPEC §7.9: one entity user:1="alice" (expires 0, version 1): key hash, value hash, and a
+        // root equal to the leaf node hash.
+        let (kh, vh) = leaf_of("user:1", b"alice", 0, 1);
+        assert_eq!(to_hex(&kh), "ae688cd5e704f93e3d7e425926fd7961499d6cb601befa39dba2e542287ea750");
+        assert_eq!(to_hex(&vh), "2aa516224df2b762aa425e28cc0674f29bc669b5adc5cc46b14183d8ef400b26");
+        let tree = SparseMerkleTree::from_leaves([(kh, vh)]);
+        let root = hex32("4056f2965a09aaa0216737c1073af2a291c25187340ca974aaf728670c921355");
+        assert_eq!(tree.root(), root);
+        assert_eq!(leaf_node_hash(&kh, &vh), root);
+        assert_eq!(from_scratch_root([(kh, vh)]), root);
+        assert_eq!(SparseMerkleTree::new().root(), ZERO_HASH);
+        assert_eq!(from_scratch_root([]), ZERO_HASH);
+    }
+
+    fn three_rows() -> SparseMerkleTree {
+        SparseMerkleTree::from_leaves([
+            leaf_of("user:1", b"alice", 0, 1),
+            leaf_of("user:2", b"bob", 0, 1),
+            leaf_of("rel:doc:readme#viewer@user:1", b"", 0, 1),
+        ])
+    }
+
+    #[test]
+    fn t21_spec_vector_three_rows_and_proofs() {
+        // SPEC §7.9: the 3-row root, the exact 6-sibling proof of user:2, and the absent user:3
+        // proof (no leaf, 2 siblings); both verify against a header with that root.
+        let tree = three_rows();
+        let root = hex32("3b9a40480e12865233374a6c14484e529126527bb336cbe511d5a99b7f755eb3");
+        assert_eq!(tree.root(), root);
+        assert_eq!(tree.len(), 3);
+        assert_eq!(from_scratch_root(tree.leaves()), root);
+
+        let (leaf, siblings) = tree.prove(b"user:2");
+        let expected = [
+            hex32("024e5e18583147ce6d071f3ac315778c1ca08325c596dc952505afd3ae665272"),
+            ZERO_HASH,
+            ZERO_HASH,
+            ZERO_HASH,
+            ZERO_HASH,
+            hex32("4056f2965a09aaa0216737c1073af2a291c25187340ca974aaf728670c921355"),
+        ];
+        assert_eq!(siblings, expected);
+        let (kh, vh) = leaf_of("user:2", b"bob", 0, 1);
+        assert_eq!(leaf, Some(StateLeaf { key_hash: kh, value_hash: vh }));
+
+        let header = header_with(root, 1);
+        let proof = proof_for(&tree, b"user:2", 1);
+        assert_eq!(verify_state_proof(&proof, b"user:2", Some((b"bob", 0, 1)), &header), Ok(()));
+        assert_eq!(
+            verify_state_proof(&proof, b"user:2", Some((b"bob", 0, 2)), &header),
+            Err(ProofError::ValueMismatch)
+        );
+        assert_eq!(verify_state_proof(&proof, b"user:2", None, &header), Err(ProofError::KeyPresent));
+
+        let absent = proof_for(&tree, b"user:3", 1);
+        assert_eq!(absent.leaf, None);
+        assert_eq!(absent.siblings.len(), 2);
+        assert_eq!(verify_state_proof(&absent, b"user:3", None, &header), Ok(()));
+        assert_eq!(
+            verify_state_proof(&absent, b"user:3", Some((b"x", 0, 1)), &header),
+            Err(ProofError::MissingLeaf)
+        );
+        assert_eq!(verify_state_proof(&absent, b"user:4", None, &header), Err(ProofError::KeyMismatch));
+        let other_header = header_with(ZERO_HASH, 1);
+        assert_eq!(
+            verify_state_proof(&absent, b"user:3", None, &other_header),
+            Err(ProofError::HeaderRootMismatch)
+        );
+    }
+
+    #[test]
+    fn t22_persistence_and_sharing() {
+        // Updates leave the source tree untouched; a no-op update returns the same root; removing
+        // everything returns the empty tree; an absent removal keeps the count.
+        let base = three_rows();
+        let root = base.root();
+        let next = base.with_updates([leaf_of("user:9", b"z", 0, 2)].map(|(k, v)| (k, Some(v))));
+        assert_eq!(base.root(), root);
+        assert_eq!(base.len(), 3);
+        assert_eq!(next.len(), 4);
+        assert_ne!(next.root(), root);
+        let back = next.with_updates([(key_hash(b"user:9"), None)]);
+        assert_eq!(back.root(), root);
+        assert_eq!(back.len(), 3);
+        let noop = base.with_updates([(key_hash(b"nope"), None)]);
+        assert_eq!(noop.root(), root);
+        assert_eq!(noop.len(), 3);
+        let leaves = base.leaves();
+        let empty = base.with_updates(leaves.iter().map(|(k, _)| (*k, None)));
+        assert_eq!(empty.root(), ZERO_HASH);
+        assert!(empty.is_empty());
+        // Later duplicates win within one batch.
+        let (k, v1) = leaf_of("a", b"1", 0, 1);
+        let (_, v2) = leaf_of("a", b"2", 0, 1);
+        let t = SparseMerkleTree::new().with_updates([(k, Some(v1)), (k, Some(v2))]);
+        assert_eq!(t.get(&k), Some(v2));
+        let t = SparseMerkleTree::new().with_updates([(k, Some(v1)), (k, None)]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn t23_throughput_smoke() {
+        // Batch-update throughput at 100k keys (informational; the assertion is generous because
+        // test builds are not optimised): 100 blocks of 1000 updates over a 100k-key tree.
+        let n = 100_000u32;
+        let tree = SparseMerkleTree::from_leaves((0..n).map(|i| {
+            let k = i.to_be_bytes();
+            (key_hash(&k), leaf_value_hash(&k, &k, 0, 1))
+        }));
+        assert_eq!(tree.len(), n as u64);
+        let start = std::time::Instant::now();
+        let mut t = tree.clone();
+        let mut updates = 0u64;
+        for block in 0..100u32 {
+            t = t.with_updates((0..1000u32).map(|j| {
+                let k = (block * 7919 + j * 104_729 % n).to_be_bytes();
+                (key_hash(&k), Some(leaf_value_hash(&k, &block.to_be_bytes(), 0, 2)))
+            }));
+            updates += 1000;
+        }
+        let rate = updates as f64 / start.elapsed().as_secs_f64();
+        eprintln!("smt: {rate:.0} key updates/s at {n} keys");
+        assert!(rate > 10_000.0);
+        assert_eq!(tree.len(), n as u64);
+    }
+
+    fn arb_key() -> impl Strategy<Value = Vec<u8>> {
+        // A small key space so that updates hit existing keys often.
+        (0u8..40).prop_map(|i| format!("k{i}").into_bytes())
+    }
+
+    /// `(key, Some((value, expires_at, version)))` sets, `(key, None)` removes.
+    type Row = (Vec<u8>, Option<(Vec<u8>, u64, u64)>);
+
+    fn arb_row() -> impl Strategy<Value = Row> {
+        (
+            arb_key(),
+            proptest::option::weighted(0.7, (proptest::collection::vec(any::<u8>(), 0..4), 0u64..3, 1u64..4)),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn p01_incremental_equals_from_scratch(
+            blocks in proptest::collection::vec(proptest::collection::vec(arb_row(), 0..12), 1..8)
+        ) {
+            // Applying random batches incrementally gives, after every batch, the root of a
+            // from-scratch computation over the model's rows, and the tree's count and lookups.
+            let mut tree = SparseMerkleTree::new();
+            let mut model: BTreeMap<Vec<u8>, Hash> = BTreeMap::new();
+            for block in blocks {
+                let mut changes = Vec::new();
+                for (key, row) in block {
+                    let vh = row.map(|(v, e, ver)| leaf_value_hash(&key, &v, e, ver));
+                    match vh {
+                        Some(vh) => model.insert(key.clone(), vh),
+                        None => model.remove(&key),
+                    };
+                    changes.push((key_hash(&key), vh));
+                }
+                tree = tree.with_updates(changes);
+                let expected = from_scratch_root(model.iter().map(|(k, v)| (key_hash(k), *v)));
+                prop_assert_eq!(tree.root(), expected);
+                prop_assert_eq!(tree.len(), model.len() as u64);
+                for (k, v) in &model {
+                    prop_assert_eq!(tree.get(&key_hash(k)), Some(*v));
+                }
+            }
+        }
+
+        #[test]
+        fn p02_insertion_order_independent(
+            rows in proptest::collection::btree_map(arb_key(), proptest::collection::vec(any::<u8>(), 0..4), 0..30),
+            seed in any::<u64>(),
+        ) {
+            // One-by-one inserts in two different orders and a single batch give the same root.
+            let leaves: Vec<(Hash, Hash)> =
+                rows.iter().map(|(k, v)| (key_hash(k), leaf_value_hash(k, v, 0, 1))).collect();
+            let mut shuffled = leaves.clone();
+            // Deterministic shuffle driven by the seed.
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let mut forward = SparseMerkleTree::new();
+            for (k, v) in &leaves { forward = forward.with_updates([(*k, Some(*v))]); }
+            let mut other = SparseMerkleTree::new();
+            for (k, v) in &shuffled { other = other.with_updates([(*k, Some(*v))]); }
+            let batch = SparseMerkleTree::from_leaves(shuffled.iter().copied());
+            prop_assert_eq!(forward.root(), other.root());
+            prop_assert_eq!(forward.root(), batch.root());
+            prop_assert_eq!(forward.root(), from_scratch_root(leaves));
+        }
+
+        #[test]
+        fn p03_proofs_verify_and_detect_tampering(
+            rows in proptest::collection::btree_map(arb_key(), (proptest::collection::vec(any::<u8>(), 0..4), 0u64..3, 1u64..4), 0..30),
+            probe in arb_key(),
+            flip in any::<u8>(),
+        ) {
+            // Every membership and non-membership proof verifies; a changed value, expiry, version
+            // or sibling byte makes it fail.
+            let tree = SparseMerkleTree::from_leaves(
+                rows.iter().map(|(k, (v, e, ver))| (key_hash(k), leaf_value_hash(k, v, *e, *ver))),
+            );
+            let header = header_with(tree.root(), 5);
+            let mut probes: Vec<Vec<u8>> = rows.keys().cloned().collect();
+            probes.push(probe);
+            probes.push(b"never-present".to_vec());
+            for key in probes {
+                let proof = proof_for(&tree, &key, 5);
+                match rows.get(&key) {
+                    Some((v, e, ver)) => {
+                        prop_assert_eq!(verify_state_proof(&proof, &key, Some((v, *e, *ver)), &header), Ok(()));
+                        let mut other_value = v.clone();
+                        other_value.push(flip);
+                        prop_assert!(verify_state_proof(&proof, &key, Some((&other_value, *e, *ver)), &header).is_err());
+                        prop_assert!(verify_state_proof(&proof, &key, Some((v, *e + 1, *ver)), &header).is_err());
+                        prop_assert!(verify_state_proof(&proof, &key, Some((v, *e, *ver + 1)), &header).is_err());
+                        prop_assert!(verify_state_proof(&proof, &key, None, &header).is_err());
+                        for i in 0..proof.siblings.len() {
+                            let mut bad = proof.clone();
+                            bad.siblings[i][(flip % 32) as usize] ^= 1 << (flip % 8);
+                            prop_assert!(verify_state_proof(&bad, &key, Some((v, *e, *ver)), &header).is_err());
+                        }
+                    }
+                    None => {
+                        prop_assert_eq!(verify_state_proof(&proof, &key, None, &header), Ok(()));
+                        prop_assert!(verify_state_proof(&proof, &key, Some((b"", 0, 1)), &header).is_err());
+                        for i in 0..proof.siblings.len() {
+                            let mut bad = proof.clone();
+                            bad.siblings[i][(flip % 32) as usize] ^= 1 << (flip % 8);
+                            prop_assert!(verify_state_proof(&bad, &key, None, &header).is_err());
+                        }
+                        if let Some(leaf) = proof.leaf {
+                            let mut bad = proof.clone();
+                            bad.leaf = Some(StateLeaf { key_hash: leaf.key_hash, value_hash: h(&leaf.value_hash) });
+                            prop_assert!(verify_state_proof(&bad, &key, None, &header).is_err());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
