@@ -208,12 +208,62 @@ pub struct Entity {
     pub version: u64,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A relationship tuple. Its order is the byte order of its key `rel:{resource}#{relation}@{subject}`
+/// (SPEC §5.1 item 10 lists in that order), with a field-wise tie-break so the order stays
+/// consistent with `Eq` even for tuples that would not pass validation.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Relationship {
     pub resource: String,
     pub relation: String,
     pub subject: String,
+}
+
+impl Relationship {
+    pub fn new(resource: impl Into<String>, relation: impl Into<String>, subject: impl Into<String>) -> Self {
+        Relationship { resource: resource.into(), relation: relation.into(), subject: subject.into() }
+    }
+
+    /// The local key of the relationship row (SPEC §3.4): `rel:{resource}#{relation}@{subject}`.
+    pub fn key(&self) -> String {
+        let mut key =
+            String::with_capacity(6 + self.resource.len() + self.relation.len() + self.subject.len());
+        key.push_str("rel:");
+        key.push_str(&self.resource);
+        key.push('#');
+        key.push_str(&self.relation);
+        key.push('@');
+        key.push_str(&self.subject);
+        key
+    }
+
+    /// The bytes of `key()` after the constant `rel:` prefix, without allocating.
+    fn key_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.resource
+            .bytes()
+            .chain(std::iter::once(b'#'))
+            .chain(self.relation.bytes())
+            .chain(std::iter::once(b'@'))
+            .chain(self.subject.bytes())
+    }
+}
+
+impl Ord for Relationship {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key_bytes().cmp(other.key_bytes()).then_with(|| {
+            (&self.resource, &self.relation, &self.subject).cmp(&(
+                &other.resource,
+                &other.relation,
+                &other.subject,
+            ))
+        })
+    }
+}
+
+impl PartialOrd for Relationship {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Transaction inclusion proof (SPEC §7.7); siblings bottom-up.
