@@ -8,6 +8,9 @@
 //! `Divergence`) → `scope.commit(delta)`. The base state is never mutated before commit, so a
 //! failed proposal just drops the delta.
 
+// `WriteError` is returned by value because the contract (`try_apply`) fixes it; it is the rare path.
+#![allow(clippy::result_large_err)]
+
 use crate::constants::{DEBUG_FROM_SCRATCH_ROWS_MAX, PAGE_SIZE_DEFAULT, WRITE_ERROR_VALUE_BYTES_MAX};
 use crate::hash::{block_hash, tx_hash, tx_merkle_root, EMPTY_HASH};
 use crate::smt::{key_hash, leaf_value_hash, SparseMerkleTree};
