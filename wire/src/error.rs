@@ -141,3 +141,10 @@ impl From<CodecError> for ClientError {
         ClientError::Protocol(e.to_string())
     }
 }
+
+#[cfg(feature = "client")]
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}

@@ -9,9 +9,14 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 pub use codec::{decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameReader};
 pub use error::{CodecError, FrameError};
 pub use frame::{FrameHeader, FrameKind};
 
+#[cfg(feature = "client")]
+pub use client::{CallOptions, Client, ClientOptions, RetryPolicy, WriteOutcome, WriteSession};
 #[cfg(feature = "client")]
 pub use error::ClientError;

@@ -1,0 +1,300 @@
+//! The async client library (feature `client`, tokio): one TCP connection per `Client`, shared by
+//! any number of concurrent callers. Requests are pipelined (ids chosen here, responses matched by
+//! id in any order) and coalesced by the writer task into `RequestBatch` frames (SPEC §4.3).
+//! `WriteSession` adds the idempotent-write rules of SPEC §6.4 on top.
+//!
+//! Layout: `conn` owns the socket tasks and the pending-call table; `ops` holds typed
+//! convenience calls; `session` holds `WriteSession` and `RetryPolicy`.
+
+mod conn;
+mod ops;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::constants::{
+    CALL_TIMEOUT_MS_DEFAULT, CLIENT_QUEUE_CAPACITY, CONNECT_TIMEOUT_MS_DEFAULT, MAX_BATCH_ITEMS_DEFAULT,
+    MAX_FRAME_BYTES_DEFAULT, MAX_OUTSTANDING_DEFAULT,
+};
+use crate::error::ClientError;
+use crate::messages::{HelloAck, Request, RequestEnvelope, Response, Role};
+
+use conn::{Limits, Outgoing, PendingGuard, Shared};
+pub use session::{RetryPolicy, WriteOutcome, WriteSession};
+
+/// How a `Client` connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `Client` or `Admin` (SPEC §4.1); `Peer` is for node-to-node traffic.
+    pub role: Role,
+    /// Sent in `Hello`; shows up in server logs.
+    pub client_name: String,
+    /// Token secret, when the cluster has `auth_tokens` configured.
+    pub credential: Option<String>,
+    /// Bound on TCP connect plus the Hello/HelloAck exchange.
+    pub connect_timeout: Duration,
+    /// Default deadline of one call (also sent to the server as `deadline_ms`).
+    pub call_timeout: Duration,
+    /// Most envelopes per `RequestBatch`; the effective value is also capped by `HelloAck`.
+    pub max_batch_items: u32,
+    /// Largest payload accepted from the server.
+    pub max_frame_bytes: u32,
+    /// Most calls in flight on this connection (the server rejects more with `ResourceExhausted`).
+    pub max_outstanding: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            role: Role::Client,
+            client_name: format!("ledger-wire/{}", env!("CARGO_PKG_VERSION")),
+            credential: None,
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
+            call_timeout: Duration::from_millis(CALL_TIMEOUT_MS_DEFAULT),
+            max_batch_items: MAX_BATCH_ITEMS_DEFAULT,
+            max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
+            max_outstanding: MAX_OUTSTANDING_DEFAULT,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults with the `Admin` role (for `ledger-admin`).
+    pub fn admin() -> Self {
+        ClientOptions { role: Role::Admin, ..ClientOptions::default() }
+    }
+}
+
+/// Per-call overrides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Deadline of this call; `None` = `ClientOptions::call_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// A connection to one node. Cheap to clone; all clones share the connection. When the last
+/// clone is dropped the socket tasks stop.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Outgoing>,
+    permits: Arc<Semaphore>,
+    next_request_id: AtomicU64,
+    hello_ack: HelloAck,
+    peer_addr: SocketAddr,
+    options: ClientOptions,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("peer_addr", &self.inner.peer_addr).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects, sets `TCP_NODELAY`, exchanges Hello/HelloAck and starts the socket tasks.
+    pub async fn connect<A: ToSocketAddrs>(addr: A, options: ClientOptions) -> Result<Client, ClientError> {
+        let started = Instant::now();
+        let handshake = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let peer_addr = stream.peer_addr()?;
+            let (hello_ack, reader, leftover) = conn::handshake(&mut stream, &options).await?;
+            Ok::<_, ClientError>((stream, peer_addr, hello_ack, reader, leftover))
+        };
+        let (stream, peer_addr, hello_ack, reader, leftover) =
+            match tokio::time::timeout(options.connect_timeout, handshake).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+            };
+        let limits = Limits::negotiate(&options, &hello_ack);
+        let shared = Arc::new(Shared::default());
+        let (queue, queue_rx) = mpsc::channel(CLIENT_QUEUE_CAPACITY);
+        let (read_half, write_half) = stream.into_split();
+        let writer = tokio::spawn(conn::writer_loop(write_half, queue_rx, Arc::clone(&shared), limits));
+        let reader =
+            tokio::spawn(conn::reader_loop(read_half, reader, leftover, Arc::clone(&shared), queue.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                shared,
+                queue,
+                permits: Arc::new(Semaphore::new(options.max_outstanding.max(1))),
+                next_request_id: AtomicU64::new(1),
+                hello_ack,
+                peer_addr,
+                options,
+                tasks: [writer, reader],
+            }),
+        })
+    }
+
+    /// A new connection to the same address with the same options.
+    pub async fn reconnect(&self) -> Result<Client, ClientError> {
+        Client::connect(self.inner.peer_addr, self.inner.options.clone()).await
+    }
+
+    /// What the server announced in `HelloAck`.
+    pub fn hello_ack(&self) -> &HelloAck {
+        &self.inner.hello_ack
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer_addr
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// The error every call fails with once the connection is gone; `None` while it is usable.
+    pub fn closed_reason(&self) -> Option<ClientError> {
+        self.inner.shared.closed_reason()
+    }
+
+    /// Fails all pending calls with `Closed` and stops the socket tasks.
+    pub fn close(&self) {
+        self.inner.shared.close(ClientError::Closed { reason: "closed by the client".to_string() });
+        for task in &self.inner.tasks {
+            task.abort();
+        }
+    }
+
+    /// Sends one request with the default deadline.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        self.call_with(request, CallOptions::default()).await
+    }
+
+    /// Sends one request. A transport `Status` becomes `ClientError::Status`; the deadline
+    /// covers waiting for an in-flight slot, the round trip and the server's work.
+    pub async fn call_with(&self, request: Request, options: CallOptions) -> Result<Response, ClientError> {
+        let timeout = options.timeout.unwrap_or(self.inner.options.call_timeout);
+        let started = Instant::now();
+        let call = async {
+            let _permit = self.inner.permits.acquire().await.map_err(|_| self.lost())?;
+            let (guard, reply) = self.enqueue(request, timeout.saturating_sub(started.elapsed())).await?;
+            let result = reply.await.map_err(|_| self.lost())?;
+            drop(guard);
+            result
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+        }
+    }
+
+    /// Sends many independent requests at once (they leave in as few frames as the batch limit
+    /// allows) and returns their results in request order. The deadline applies to the whole call.
+    pub async fn call_batch(&self, requests: Vec<Request>) -> Vec<Result<Response, ClientError>> {
+        self.call_batch_with(requests, CallOptions::default()).await
+    }
+
+    /// `call_batch` with per-call options.
+    pub async fn call_batch_with(
+        &self,
+        requests: Vec<Request>,
+        options: CallOptions,
+    ) -> Vec<Result<Response, ClientError>> {
+        let timeout = options.timeout.unwrap_or(self.inner.options.call_timeout);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let chunk_len = self.inner.options.max_outstanding.max(1);
+        let mut results = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let chunk: Vec<Request> = requests.by_ref().take(chunk_len).collect();
+            let chunk_results = self.call_chunk(chunk, deadline, timeout, started).await;
+            results.extend(chunk_results);
+        }
+        results
+    }
+
+    /// One chunk of at most `max_outstanding` requests: enqueue all, then collect all.
+    async fn call_chunk(
+        &self,
+        chunk: Vec<Request>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+        started: Instant,
+    ) -> Vec<Result<Response, ClientError>> {
+        let count = chunk.len();
+        let permits = u32::try_from(count).unwrap_or(u32::MAX);
+        let permit = match tokio::time::timeout_at(deadline, self.inner.permits.acquire_many(permits)).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return vec![Err(self.lost()); count],
+            Err(_) => return vec![Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }); count],
+        };
+        let mut waiting = Vec::with_capacity(count);
+        for request in chunk {
+            waiting.push(self.enqueue(request, timeout.saturating_sub(started.elapsed())).await);
+        }
+        let mut results = Vec::with_capacity(count);
+        for entry in waiting {
+            let result = match entry {
+                Err(e) => Err(e),
+                Ok((guard, reply)) => {
+                    let result = match tokio::time::timeout_at(deadline, reply).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(self.lost()),
+                        Err(_) => Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+                    };
+                    drop(guard);
+                    result
+                }
+            };
+            results.push(result);
+        }
+        drop(permit);
+        results
+    }
+
+    /// Registers a pending call and hands its envelope to the writer task.
+    async fn enqueue(
+        &self,
+        request: Request,
+        remaining: Duration,
+    ) -> Result<(PendingGuard, oneshot::Receiver<Result<Response, ClientError>>), ClientError> {
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.inner.shared.register(request_id, reply_tx)?;
+        let guard = PendingGuard::new(Arc::clone(&self.inner.shared), request_id);
+        let deadline_ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX).max(1);
+        let envelope = RequestEnvelope { request_id, deadline_ms, request };
+        self.inner.queue.send(Outgoing::Request(envelope)).await.map_err(|_| self.lost())?;
+        Ok((guard, reply_rx))
+    }
+
+    /// The error for a call that lost its connection.
+    fn lost(&self) -> ClientError {
+        self.inner
+            .shared
+            .closed_reason()
+            .unwrap_or_else(|| ClientError::Closed { reason: "connection task stopped".to_string() })
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

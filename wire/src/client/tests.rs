@@ -1,0 +1,385 @@
+//! Client tests against a fake server speaking the frame protocol on a real 127.0.0.1 socket
+//! (OS-chosen port). The fake server hands each received `RequestBatch` to a test-provided
+//! handler and performs the replies it returns, so each test scripts exactly what the server does.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::codec::{encode_frame, FrameReader};
+use crate::constants::MAX_FRAME_BYTES_DEFAULT;
+use crate::frame::FrameKind;
+use crate::messages::{
+    Goaway, GoawayCode, Hello, RequestBatch, ResponseBatch, ResponseEnvelope, Status, StatusCode,
+    WriteResult, WriteSuccess,
+};
+use ledger_core::types::{Operation, Timestamp, WriteError, WriteErrorCode};
+
+/// What the fake server does after a batch arrives.
+enum Reply {
+    Responses(Vec<ResponseEnvelope>),
+    Goaway(GoawayCode, &'static str),
+    Close,
+}
+
+type Handler = Box<dyn FnMut(Vec<RequestEnvelope>) -> Vec<Reply> + Send>;
+
+/// Facts the fake server records for assertions.
+#[derive(Default)]
+struct Seen {
+    batch_sizes: Vec<usize>,
+    hellos: Vec<Hello>,
+    connections: usize,
+}
+
+async fn fake_server(max_batch_items: u32, handler: Handler) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let handler = Arc::new(Mutex::new(handler));
+    let seen_task = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen_task.lock().unwrap().connections += 1;
+            tokio::spawn(serve(socket, max_batch_items, Arc::clone(&handler), Arc::clone(&seen_task)));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    max_batch_items: u32,
+    handler: Arc<Mutex<Handler>>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let mut reader = FrameReader::new(MAX_FRAME_BYTES_DEFAULT);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(n) = socket.read(&mut buf).await else { return };
+        if n == 0 {
+            return;
+        }
+        let mut input = &buf[..n];
+        while let Some(frame) = reader.read_from(&mut input).unwrap() {
+            let mut out = Vec::new();
+            match frame.kind() {
+                FrameKind::Hello => {
+                    seen.lock().unwrap().hellos.push(frame.decode::<Hello>().unwrap());
+                    let ack = HelloAck {
+                        protocol_version: 1,
+                        node_id: 42,
+                        cluster_id: Some(42),
+                        max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
+                        max_batch_items,
+                        server_version: "fake".into(),
+                    };
+                    encode_frame(FrameKind::HelloAck, &ack, &mut out).unwrap();
+                }
+                FrameKind::RequestBatch => {
+                    let batch = frame.decode::<RequestBatch>().unwrap();
+                    seen.lock().unwrap().batch_sizes.push(batch.items.len());
+                    let replies = (handler.lock().unwrap())(batch.items);
+                    for reply in replies {
+                        match reply {
+                            Reply::Responses(items) => {
+                                encode_frame(FrameKind::ResponseBatch, &ResponseBatch { items }, &mut out)
+                                    .unwrap();
+                            }
+                            Reply::Goaway(code, message) => {
+                                let goaway = Goaway { code, message: message.into() };
+                                encode_frame(FrameKind::Goaway, &goaway, &mut out).unwrap();
+                                let _ = socket.write_all(&out).await;
+                                return;
+                            }
+                            Reply::Close => return,
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if !out.is_empty() && socket.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn state_request(client_id: &str) -> Request {
+    Request::GetClientState { namespace_id: 1, vault_id: None, client_id: client_id.into() }
+}
+
+/// Answers GetClientState with the number encoded in the client id.
+fn echo_state(envelope: &RequestEnvelope) -> ResponseEnvelope {
+    let Request::GetClientState { client_id, .. } = &envelope.request else { panic!("unexpected request") };
+    let last_committed_sequence = client_id.parse().unwrap();
+    ResponseEnvelope {
+        request_id: envelope.request_id,
+        result: Ok(Response::GetClientState { last_committed_sequence }),
+    }
+}
+
+fn fast_options() -> ClientOptions {
+    ClientOptions { call_timeout: Duration::from_secs(5), ..ClientOptions::default() }
+}
+
+#[tokio::test]
+async fn t20_pipelined_calls_are_batched_and_matched_out_of_order() {
+    // Proves that 64 concurrent calls share one connection, leave in fewer frames than calls,
+    // and each gets its own answer although the server replies in reverse order across several
+    // ResponseBatch frames.
+    let mut held: Vec<RequestEnvelope> = Vec::new();
+    let handler: Handler = Box::new(move |items| {
+        held.extend(items);
+        if held.len() < 64 {
+            return Vec::new();
+        }
+        let mut responses: Vec<ResponseEnvelope> = held.drain(..).rev().map(|e| echo_state(&e)).collect();
+        let tail = responses.split_off(40);
+        vec![Reply::Responses(tail), Reply::Responses(responses)]
+    });
+    let (addr, seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    assert_eq!(client.hello_ack().node_id, 42);
+
+    let mut tasks = Vec::new();
+    for i in 0..64u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move { client.call(state_request(&i.to_string())).await }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response, Response::GetClientState { last_committed_sequence: i as u64 });
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.batch_sizes.iter().sum::<usize>(), 64);
+    assert!(seen.batch_sizes.len() < 64, "no coalescing: {:?}", seen.batch_sizes);
+    assert_eq!(seen.hellos.len(), 1);
+    assert_eq!(seen.hellos[0].role, Role::Client);
+}
+
+#[tokio::test]
+async fn t21_call_batch_respects_server_batch_limit() {
+    // Proves call_batch returns results in request order and never exceeds the server's
+    // max_batch_items (5 here) per frame.
+    let handler: Handler =
+        Box::new(|items| vec![Reply::Responses(items.iter().rev().map(echo_state).collect())]);
+    let (addr, seen) = fake_server(5, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let requests = (0..23u64).map(|i| state_request(&i.to_string())).collect();
+    let results = client.call_batch(requests).await;
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), Response::GetClientState { last_committed_sequence: i as u64 });
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen.batch_sizes.iter().all(|&n| (1..=5).contains(&n)), "{:?}", seen.batch_sizes);
+    assert_eq!(seen.batch_sizes.iter().sum::<usize>(), 23);
+}
+
+#[tokio::test]
+async fn t22_goaway_fails_pending_and_later_calls() {
+    // Proves a Goaway fails every pending call with ClientError::Goaway carrying the code, and
+    // that calls after it fail at once with the same error.
+    let mut held = 0;
+    let handler: Handler = Box::new(move |items| {
+        held += items.len();
+        if held < 3 {
+            Vec::new()
+        } else {
+            vec![Reply::Goaway(GoawayCode::Shutdown, "draining")]
+        }
+    });
+    let (addr, _seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let results = client.call_batch((0..3).map(|i| state_request(&i.to_string())).collect()).await;
+    for result in results {
+        match result {
+            Err(ClientError::Goaway { code: GoawayCode::Shutdown, message }) => {
+                assert_eq!(message, "draining")
+            }
+            other => panic!("expected goaway, got {other:?}"),
+        }
+    }
+    let later = client.call(state_request("1")).await.unwrap_err();
+    assert!(matches!(later, ClientError::Goaway { code: GoawayCode::Shutdown, .. }));
+    assert!(later.is_retryable());
+}
+
+#[tokio::test]
+async fn t23_status_timeout_and_close() {
+    // Proves a Status answer maps to ClientError::Status, an unanswered call times out at its
+    // deadline (and sends that deadline), and a server close fails the remaining call as Closed.
+    let deadlines = Arc::new(Mutex::new(Vec::new()));
+    let deadlines_seen = Arc::clone(&deadlines);
+    let handler: Handler = Box::new(move |items| {
+        let mut replies = Vec::new();
+        for envelope in items {
+            deadlines_seen.lock().unwrap().push(envelope.deadline_ms);
+            let Request::GetClientState { client_id, .. } = &envelope.request else { panic!() };
+            match client_id.as_str() {
+                "status" => replies.push(Reply::Responses(vec![ResponseEnvelope {
+                    request_id: envelope.request_id,
+                    result: Err(Status::unavailable("no leader")),
+                }])),
+                "silent" => {}
+                _ => replies.push(Reply::Close),
+            }
+        }
+        replies
+    });
+    let (addr, _seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+
+    let e = client.call(state_request("status")).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Status { code: StatusCode::Unavailable, message, .. } if message == "no leader")
+    );
+    assert!(e.is_retryable());
+
+    let options = CallOptions { timeout: Some(Duration::from_millis(50)) };
+    let e = client.call_with(state_request("silent"), options).await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { .. }));
+    assert!(deadlines.lock().unwrap().last().is_some_and(|&ms| (1..=50).contains(&ms)));
+
+    let e = client.call(state_request("close")).await.unwrap_err();
+    assert!(matches!(e, ClientError::Closed { .. }), "{e:?}");
+    assert!(client.closed_reason().is_some());
+}
+
+fn write_error(code: WriteErrorCode) -> WriteError {
+    WriteError {
+        code,
+        key: String::new(),
+        current_version: None,
+        current_value: None,
+        message: format!("{code:?}"),
+        committed_tx_id: None,
+        committed_block_height: None,
+        last_committed_sequence: None,
+    }
+}
+
+fn success(height: u64) -> WriteSuccess {
+    WriteSuccess {
+        tx_id: [7; 16],
+        block_height: height,
+        tx_timestamp: Timestamp::default(),
+        actor: "client:x".into(),
+        block_header: None,
+        tx_proof: None,
+        statuses: vec![],
+    }
+}
+
+#[tokio::test]
+async fn t24_write_session_follows_client_rules() {
+    // Proves SPEC §6.4 in WriteSession against a scripted server whose committed sequence starts
+    // at 3: (a) the first write fetches GetClientState and uses 4; an Unavailable answer and a
+    // Goaway (reconnect) are retried with the SAME sequence 4 until success; (b) the next write
+    // uses 5 and gets AlreadyCommitted = done; (c) a SequenceGap (server jumped to 9) re-fetches
+    // the state and resends the same operations at 10; (d) a condition failure consumes no
+    // sequence.
+    let script = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let log = Arc::clone(&script);
+    let mut last_committed = 3u64;
+    let mut writes = 0u32;
+    let handler: Handler = Box::new(move |items| {
+        let mut replies = Vec::new();
+        for envelope in items {
+            let request_id = envelope.request_id;
+            let result = match envelope.request {
+                Request::GetClientState { .. } => {
+                    log.lock().unwrap().push(("state".into(), last_committed));
+                    Ok(Response::GetClientState { last_committed_sequence: last_committed })
+                }
+                Request::Write { sequence, client_id, operations, .. } => {
+                    assert!(client_id.starts_with("cli-"));
+                    let Operation::DeleteEntity { key } = &operations[0] else { panic!() };
+                    log.lock().unwrap().push((key.clone(), sequence));
+                    writes += 1;
+                    match writes {
+                        1 => Err(Status::unavailable("election")),
+                        2 => {
+                            replies.push(Reply::Goaway(GoawayCode::Shutdown, "restart"));
+                            break;
+                        }
+                        3 => {
+                            last_committed = sequence;
+                            Ok(Response::Write(WriteResult::Success(success(1))))
+                        }
+                        4 => Ok(Response::Write(WriteResult::Error(write_error(
+                            WriteErrorCode::AlreadyCommitted,
+                        )))),
+                        5 => {
+                            last_committed = 9;
+                            Ok(Response::Write(WriteResult::Error(write_error(WriteErrorCode::SequenceGap))))
+                        }
+                        6 => {
+                            last_committed = sequence;
+                            Ok(Response::Write(WriteResult::Success(success(2))))
+                        }
+                        _ => {
+                            Ok(Response::Write(WriteResult::Error(write_error(WriteErrorCode::KeyNotFound))))
+                        }
+                    }
+                }
+                _ => panic!("unexpected request"),
+            };
+            replies.push(Reply::Responses(vec![ResponseEnvelope { request_id, result }]));
+        }
+        replies
+    });
+    let (addr, seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let policy = RetryPolicy {
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(4),
+        max_attempts: 5,
+        jitter: true,
+    };
+    let mut session = WriteSession::new(client, 1, Some(2)).with_retry_policy(policy).with_rng_seed(7);
+    let delete = |key: &str| vec![Operation::DeleteEntity { key: key.into() }];
+
+    let outcome = session.write(delete("a")).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Committed { sequence: 4, .. }), "{outcome:?}");
+    let outcome = session.write(delete("b")).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::AlreadyCommitted { sequence: 5, .. }), "{outcome:?}");
+    let outcome = session.write(delete("c")).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Committed { sequence: 10, .. }), "{outcome:?}");
+    let outcome = session.write(delete("d")).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Rejected(WriteError { code: WriteErrorCode::KeyNotFound, .. })));
+    assert_eq!(session.next_sequence(), Some(11));
+
+    let expected: Vec<(String, u64)> =
+        [("state", 3), ("a", 4), ("a", 4), ("a", 4), ("b", 5), ("c", 6), ("state", 9), ("c", 10), ("d", 11)]
+            .iter()
+            .map(|(k, s)| (k.to_string(), *s))
+            .collect();
+    assert_eq!(*script.lock().unwrap(), expected);
+    assert_eq!(seen.lock().unwrap().connections, 2);
+}
+
+#[test]
+fn t25_retry_policy_backoff_is_capped_and_jittered() {
+    // Proves the SPEC §6.4 schedule: 10 ms × 2^n capped at 2 s, jitter within [d/2, d].
+    let policy = RetryPolicy::default();
+    let mut rng = rand::rngs::mock::StepRng::new(0, 0);
+    let exact = RetryPolicy { jitter: false, ..policy };
+    assert_eq!(exact.delay(0, &mut rng), Duration::from_millis(10));
+    assert_eq!(exact.delay(3, &mut rng), Duration::from_millis(80));
+    assert_eq!(exact.delay(8, &mut rng), Duration::from_secs(2));
+    assert_eq!(exact.delay(40, &mut rng), Duration::from_secs(2));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    for attempt in 0..12 {
+        let full = exact.delay(attempt, &mut rng);
+        let jittered = policy.delay(attempt, &mut rng);
+        assert!(jittered >= full / 2 && jittered <= full, "{attempt}: {jittered:?} vs {full:?}");
+    }
+    assert_eq!(policy.max_attempts, 10);
+}
