@@ -1,1 +1,390 @@
-fn main() {}
+//! `ledger`: the client CLI. Every command makes one connection, prints one result (or one JSON
+//! object with `--json`) and exits 0; errors print one line on stderr and exit non-zero
+//! (1 = the request failed or the key is absent, 2 = usage, 3 = node unreachable).
+
+use clap::{Parser, Subcommand};
+use ledger_core::hash::block_hash;
+use ledger_core::types::{Operation, ReadConsistency, SetCondition};
+use ledger_server::cli::render::{self, hex};
+use ledger_server::cli::{connect, namespace_id, now_secs, CliError};
+use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
+use ledger_wire::messages::{Request, Response};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ledger", version, about = "Ledger client: namespaces, vaults, entities, relationships, blocks")]
+struct Cli {
+    /// Node address.
+    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "LEDGER_ADDR")]
+    addr: String,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Client id for writes (default: a fresh random id). Reuse it to retry idempotently.
+    #[arg(long, global = true)]
+    client_id: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Namespaces (tenants).
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Vaults of a namespace.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Set an entity.
+    Set {
+        #[command(flatten)]
+        scope: Scope,
+        key: String,
+        value: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Only if the key does not exist (MustNotExist).
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
+        /// Only if the key exists with this version (VersionEquals).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Print an entity's value; exit 1 if absent.
+    Get {
+        #[command(flatten)]
+        scope: Scope,
+        key: String,
+        /// Read through the leader (Linearizable).
+        #[arg(long)]
+        linearizable: bool,
+    },
+    /// Delete an entity.
+    Del {
+        #[command(flatten)]
+        scope: Scope,
+        key: String,
+    },
+    /// Relationships (resource, relation, subject).
+    #[command(subcommand)]
+    Rel(RelCommand),
+    /// Height, block hash and state root of a scope's chain tip.
+    Tip {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// One block of a scope's chain.
+    Block {
+        #[command(flatten)]
+        scope: Scope,
+        height: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Create a namespace; prints its id.
+    Create { name: String },
+    /// List namespaces.
+    List,
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Create a vault; prints its id.
+    Create {
+        #[arg(long)]
+        namespace: String,
+    },
+    /// List the vaults of a namespace.
+    List {
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelCommand {
+    /// Create a relationship.
+    Add {
+        #[command(flatten)]
+        scope: VaultScope,
+        resource: String,
+        relation: String,
+        subject: String,
+    },
+    /// Delete a relationship.
+    Del {
+        #[command(flatten)]
+        scope: VaultScope,
+        resource: String,
+        relation: String,
+        subject: String,
+    },
+    /// List relationships, optionally filtered.
+    List {
+        #[command(flatten)]
+        scope: VaultScope,
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+/// `--namespace NS [--vault V]`: without a vault, the namespace scope.
+#[derive(clap::Args)]
+struct Scope {
+    /// Namespace id or name.
+    #[arg(long)]
+    namespace: String,
+    /// Vault id (omit for the namespace scope).
+    #[arg(long)]
+    vault: Option<i64>,
+}
+
+#[derive(clap::Args)]
+struct VaultScope {
+    /// Namespace id or name.
+    #[arg(long)]
+    namespace: String,
+    /// Vault id.
+    #[arg(long)]
+    vault: i64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ledger: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ledger: {}", e.message);
+            ExitCode::from(e.exit_code)
+        }
+    }
+}
+
+/// Prints `value` as JSON, or `text` otherwise.
+fn emit(json_mode: bool, value: Value, text: impl FnOnce() -> String) {
+    if json_mode {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = connect(&cli.addr, ClientOptions::default()).await?;
+    let json_mode = cli.json;
+    match cli.command {
+        Command::Namespace(NamespaceCommand::Create { name }) => {
+            let (id, group) = client.create_namespace(name.clone()).await?;
+            emit(json_mode, json!({"namespace_id": id, "name": name, "group_id": group}), || id.to_string());
+        }
+        Command::Namespace(NamespaceCommand::List) => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                match client.call(Request::ListNamespaces { page_token: token.clone(), page_size: 1000 }).await? {
+                    Response::ListNamespaces { namespaces, next_page_token } => {
+                        all.extend(namespaces);
+                        if next_page_token.is_empty() {
+                            break;
+                        }
+                        token = next_page_token;
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            emit(json_mode, json!({"namespaces": all.iter().map(render::namespace).collect::<Vec<_>>()}), || {
+                all.iter()
+                    .map(|n| format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Vault(VaultCommand::Create { namespace }) => {
+            let ns = namespace_id(&client, &namespace).await?;
+            let response = client
+                .call(Request::CreateVault {
+                    namespace_id: ns,
+                    replication_factor: 0,
+                    initial_nodes: Vec::new(),
+                    retention_policy: None,
+                })
+                .await?;
+            let Response::CreateVault { vault_id, genesis } = response else {
+                return Err(unexpected(&response));
+            };
+            let genesis_hash = block_hash(&genesis);
+            emit(
+                json_mode,
+                json!({"vault_id": vault_id, "namespace_id": ns, "genesis": render::header(&genesis),
+                       "genesis_hash": hex(&genesis_hash)}),
+                || vault_id.to_string(),
+            );
+        }
+        Command::Vault(VaultCommand::List { namespace }) => {
+            let ns = namespace_id(&client, &namespace).await?;
+            let response = client.call(Request::ListVaults).await?;
+            let Response::ListVaults { vaults } = response else {
+                return Err(unexpected(&response));
+            };
+            let vaults: Vec<_> = vaults.into_iter().filter(|v| v.namespace_id == ns && v.vault_id != 0).collect();
+            emit(json_mode, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
+                vaults
+                    .iter()
+                    .map(|v| format!("{}\theight {}\t{:?}\troot {}", v.vault_id, v.height, v.status, hex(&v.state_root)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Set { scope, key, value, ttl, if_absent, if_version } => {
+            let condition = if if_absent {
+                Some(SetCondition::MustNotExist)
+            } else {
+                if_version.map(SetCondition::VersionEquals)
+            };
+            let expires_at = ttl.map(|secs| now_secs().saturating_add(secs));
+            let op = Operation::SetEntity { key, value: value.into_bytes(), expires_at, condition };
+            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+        }
+        Command::Del { scope, key } => {
+            write_one(&client, &scope, cli.client_id, Operation::DeleteEntity { key }, json_mode).await?;
+        }
+        Command::Get { scope, key, linearizable } => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            let consistency =
+                if linearizable { ReadConsistency::Linearizable } else { ReadConsistency::Eventual };
+            let response =
+                client.call(Request::Read { namespace_id: ns, vault_id: scope.vault, key: key.clone(), consistency }).await?;
+            let Response::Read { value, block_height, .. } = response else {
+                return Err(unexpected(&response));
+            };
+            match value {
+                Some(value) => emit(
+                    json_mode,
+                    json!({"key": key, "value": render::text_or_hex(&value), "block_height": block_height}),
+                    || render::text_or_hex(&value),
+                ),
+                None => return Err(CliError::new(1, format!("key {key:?} not found"))),
+            }
+        }
+        Command::Rel(RelCommand::Add { scope, resource, relation, subject }) => {
+            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
+            let op = Operation::CreateRelationship { resource, relation, subject };
+            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+        }
+        Command::Rel(RelCommand::Del { scope, resource, relation, subject }) => {
+            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
+            let op = Operation::DeleteRelationship { resource, relation, subject };
+            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+        }
+        Command::Rel(RelCommand::List { scope, resource, subject }) => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            let mut all = Vec::new();
+            let mut token = String::new();
+            let mut height = 0;
+            loop {
+                let response = client
+                    .call(Request::ListRelationships {
+                        namespace_id: ns,
+                        vault_id: scope.vault,
+                        resource: resource.clone(),
+                        relation: None,
+                        subject: subject.clone(),
+                        at_height: None,
+                        limit: 1000,
+                        page_token: token.clone(),
+                        consistency: ReadConsistency::Eventual,
+                    })
+                    .await?;
+                let Response::ListRelationships { relationships, block_height, next_page_token } = response else {
+                    return Err(unexpected(&response));
+                };
+                height = block_height;
+                all.extend(relationships);
+                if next_page_token.is_empty() {
+                    break;
+                }
+                token = next_page_token;
+            }
+            let rows: Vec<Value> = all
+                .iter()
+                .map(|r| json!({"resource": r.resource, "relation": r.relation, "subject": r.subject}))
+                .collect();
+            emit(json_mode, json!({"relationships": rows, "block_height": height}), || {
+                all.iter().map(|r| format!("{}#{}@{}", r.resource, r.relation, r.subject)).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Tip { scope } => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            let tip = client.get_tip(ns, scope.vault).await?;
+            emit(
+                json_mode,
+                json!({"height": tip.height, "block_hash": hex(&tip.block_hash), "state_root": hex(&tip.state_root)}),
+                || format!("height {}\nblock_hash {}\nstate_root {}", tip.height, hex(&tip.block_hash), hex(&tip.state_root)),
+            );
+        }
+        Command::Block { scope, height } => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            let response = client.call(Request::GetBlock { namespace_id: ns, vault_id: scope.vault, height }).await?;
+            let Response::GetBlock { block, body_pruned } = response else {
+                return Err(unexpected(&response));
+            };
+            let hash = block_hash(&block.header);
+            let value = render::block(&block, &hash, body_pruned);
+            emit(json_mode, value.clone(), || serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Commits one operation as one transaction and prints its outcome.
+async fn write_one(
+    client: &Client,
+    scope: &Scope,
+    client_id: Option<String>,
+    op: Operation,
+    json_mode: bool,
+) -> Result<(), CliError> {
+    let ns = namespace_id(client, &scope.namespace).await?;
+    let mut session = WriteSession::new(client.clone(), ns, scope.vault);
+    if let Some(id) = client_id {
+        session = session.with_client_id(id);
+    }
+    match session.write(vec![op]).await? {
+        WriteOutcome::Committed { sequence, success } => {
+            let status = success.statuses.first().and_then(|s| s.first()).map(render::op_status).unwrap_or("");
+            emit(
+                json_mode,
+                json!({"tx_id": hex(&success.tx_id), "block_height": success.block_height, "sequence": sequence,
+                       "client_id": session.client_id(), "status": status}),
+                || format!("{status} at height {} (tx {})", success.block_height, hex(&success.tx_id)),
+            );
+            Ok(())
+        }
+        WriteOutcome::AlreadyCommitted { sequence, committed_block_height, .. } => {
+            emit(
+                json_mode,
+                json!({"already_committed": true, "sequence": sequence, "block_height": committed_block_height}),
+                || format!("already committed (sequence {sequence})"),
+            );
+            Ok(())
+        }
+        WriteOutcome::Rejected(error) => Err(CliError::new(1, render::write_error(&error))),
+    }
+}
+
+fn unexpected(response: &Response) -> CliError {
+    CliError::new(1, format!("unexpected response: {response:?}"))
+}

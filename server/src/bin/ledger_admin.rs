@@ -1,1 +1,298 @@
-fn main() {}
+//! `ledger-admin`: the operator CLI (SPEC §11.2). Implemented so far: namespace and vault
+//! lifecycle, `vault-status`, `health` and `metrics`; the remaining §11.2 commands are listed as
+//! missing in the README. Exit codes: 0 ok, 1 ran but unhealthy/failed, 2 usage, 3 unreachable.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ledger_core::hash::block_hash;
+use ledger_core::types::{RetentionMode, RetentionPolicy, VaultHealth};
+use ledger_server::cli::render::{self, hex};
+use ledger_server::cli::{connect, namespace_id, CliError};
+use ledger_wire::client::{Client, ClientOptions};
+use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ledger-admin", version, about = "Ledger operator CLI")]
+struct Cli {
+    /// Node address.
+    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "LEDGER_ADMIN_ADDR")]
+    addr: String,
+    /// Metrics/health endpoint of the node.
+    #[arg(long, global = true, default_value = "127.0.0.1:9090")]
+    metrics_addr: String,
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Vault status; exit 1 unless Healthy.
+    VaultStatus {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+    },
+    /// Node health (HealthCheck); exit 1 unless healthy.
+    Health,
+    /// Raw Prometheus exposition text from the metrics endpoint.
+    Metrics,
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    Get {
+        #[arg(long, conflicts_with = "name", required_unless_present = "name")]
+        id: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    Delete {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    Create {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value = "full")]
+        retention: String,
+        #[arg(long, default_value_t = 10_000)]
+        retention_blocks: u64,
+    },
+    Get {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+    },
+    Delete {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+    },
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ledger-admin: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ledger-admin: {}", e.message);
+            ExitCode::from(e.exit_code)
+        }
+    }
+}
+
+fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {
+    match format {
+        Format::Json => println!("{value}"),
+        Format::Text => println!("{}", text()),
+    }
+}
+
+async fn client(cli: &Cli) -> Result<Client, CliError> {
+    let options = ClientOptions {
+        call_timeout: Duration::from_secs(cli.timeout_secs),
+        connect_timeout: Duration::from_secs(cli.timeout_secs),
+        ..ClientOptions::admin()
+    };
+    connect(&cli.addr, options).await
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let format = cli.format;
+    match &cli.command {
+        Command::Metrics => {
+            let text = http_get(&cli.metrics_addr, "/metrics", cli.timeout_secs)?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Health => {
+            let client = client(&cli).await?;
+            let (status, details) = client.health_check(None, None).await?;
+            let name = format!("{status:?}").to_lowercase();
+            emit(format, json!({"status": name, "details": details}), || {
+                let mut lines = vec![name.clone()];
+                lines.extend(details.iter().map(|(k, v)| format!("  {k}: {v}")));
+                lines.join("\n")
+            });
+            Ok(if status == HealthStatus::Healthy { 0 } else { 1 })
+        }
+        Command::Namespace(command) => {
+            let client = client(&cli).await?;
+            namespace_command(&client, command, format).await
+        }
+        Command::Vault(command) => {
+            let client = client(&cli).await?;
+            vault_command(&client, command, format).await
+        }
+        Command::VaultStatus { namespace, vault } => {
+            let client = client(&cli).await?;
+            let ns = namespace_id(&client, namespace).await?;
+            let info = client.get_vault(ns, *vault).await?;
+            emit(format, render::vault(&info), || {
+                format!(
+                    "namespace {}\nvault {}\ngroup {}\nstatus {:?}\nheight {}\nstate_root {}\nlast_block_time {}\nretention {:?}/{}\nhealth {}",
+                    info.namespace_id,
+                    info.vault_id,
+                    info.group_id,
+                    info.status,
+                    info.height,
+                    hex(&info.state_root),
+                    info.last_block_timestamp.secs,
+                    info.retention_policy.mode,
+                    info.retention_policy.retention_blocks,
+                    render::health(&info.health)
+                )
+            });
+            Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
+        }
+    }
+}
+
+async fn namespace_command(client: &Client, command: &NamespaceCommand, format: Format) -> Result<u8, CliError> {
+    let response = match command {
+        NamespaceCommand::Create { name, group } => {
+            client.call(Request::CreateNamespace { name: name.clone(), group_id: *group }).await?
+        }
+        NamespaceCommand::Get { id, name } => {
+            let by = match (id, name) {
+                (Some(id), _) => NamespaceSelector::Id(*id),
+                (None, Some(name)) => NamespaceSelector::Name(name.clone()),
+                (None, None) => return Err(CliError::new(2, "give --id or --name")),
+            };
+            client.call(Request::GetNamespace { by }).await?
+        }
+        NamespaceCommand::List => client.call(Request::ListNamespaces { page_token: String::new(), page_size: 1000 }).await?,
+        NamespaceCommand::Delete { id } => client.call(Request::DeleteNamespace { namespace_id: *id }).await?,
+    };
+    match response {
+        Response::CreateNamespace { namespace_id, group_id } => emit(
+            format,
+            json!({"namespace_id": namespace_id, "group_id": group_id}),
+            || format!("namespace {namespace_id} in group {group_id}"),
+        ),
+        Response::GetNamespace(info) => emit(format, render::namespace(&info), || {
+            format!("{}\t{}\tgroup {}\t{:?}", info.namespace_id, info.name, info.group_id, info.status)
+        }),
+        Response::ListNamespaces { namespaces, .. } => emit(
+            format,
+            json!({"namespaces": namespaces.iter().map(render::namespace).collect::<Vec<_>>()}),
+            || {
+                namespaces
+                    .iter()
+                    .map(|n| format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        ),
+        Response::DeleteNamespace { deleted_at } => {
+            emit(format, json!({"deleted_at": render::timestamp(&deleted_at)}), || "deleted".to_string())
+        }
+        other => return Err(CliError::new(1, format!("unexpected response: {other:?}"))),
+    }
+    Ok(0)
+}
+
+async fn vault_command(client: &Client, command: &VaultCommand, format: Format) -> Result<u8, CliError> {
+    match command {
+        VaultCommand::Create { namespace, retention, retention_blocks } => {
+            let mode = match retention.as_str() {
+                "full" => RetentionMode::Full,
+                "compacted" => RetentionMode::Compacted,
+                other => return Err(CliError::new(2, format!("--retention must be full or compacted, not {other:?}"))),
+            };
+            let ns = namespace_id(client, namespace).await?;
+            let response = client
+                .call(Request::CreateVault {
+                    namespace_id: ns,
+                    replication_factor: 0,
+                    initial_nodes: Vec::new(),
+                    retention_policy: Some(RetentionPolicy { mode, retention_blocks: *retention_blocks }),
+                })
+                .await?;
+            let Response::CreateVault { vault_id, genesis } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            let hash = hex(&block_hash(&genesis));
+            emit(format, json!({"vault_id": vault_id, "genesis_hash": hash}), || format!("vault {vault_id}\ngenesis {hash}"));
+        }
+        VaultCommand::Get { namespace, vault } => {
+            let ns = namespace_id(client, namespace).await?;
+            let info = client.get_vault(ns, *vault).await?;
+            emit(format, render::vault(&info), || format!("{}", render::vault(&info)));
+        }
+        VaultCommand::Delete { namespace, vault } => {
+            let ns = namespace_id(client, namespace).await?;
+            let response = client.call(Request::DeleteVault { namespace_id: ns, vault_id: *vault }).await?;
+            let Response::DeleteVault { deleted_at } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            emit(format, json!({"deleted_at": render::timestamp(&deleted_at)}), || "deleted".to_string());
+        }
+        VaultCommand::List => {
+            let response = client.call(Request::ListVaults).await?;
+            let Response::ListVaults { vaults } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            emit(format, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
+                vaults
+                    .iter()
+                    .map(|v| format!("{}/{}\theight {}\t{:?}", v.namespace_id, v.vault_id, v.height, v.status))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(0)
+}
+
+/// A minimal HTTP/1.1 GET (the metrics endpoint is plain HTTP on a private address).
+fn http_get(addr: &str, path: &str, timeout_secs: u64) -> Result<String, CliError> {
+    let unreachable = |e: std::io::Error| CliError::new(3, format!("cannot reach {addr}: {e}"));
+    let mut stream = std::net::TcpStream::connect(addr).map_err(unreachable)?;
+    stream.set_read_timeout(Some(Duration::from_secs(timeout_secs))).map_err(unreachable)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(unreachable)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(unreachable)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        Some((head, _)) => Err(CliError::new(1, head.lines().next().unwrap_or("bad response").to_string())),
+        None => Err(CliError::new(1, "malformed HTTP response")),
+    }
+}

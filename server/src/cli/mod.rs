@@ -1,0 +1,47 @@
+//! Shared pieces of the `ledger` and `ledger-admin` command-line tools: connecting, resolving a
+//! namespace given by id or name, printing hashes and records, and mapping errors to one line.
+
+pub mod render;
+
+use ledger_wire::client::{Client, ClientOptions};
+use ledger_wire::error::ClientError;
+use ledger_wire::messages::NamespaceSelector;
+
+/// A CLI failure: one line for stderr and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl CliError {
+    pub fn new(exit_code: u8, message: impl Into<String>) -> Self {
+        CliError { message: message.into(), exit_code }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        let exit_code = if e.is_connection_lost() { 3 } else { 1 };
+        CliError::new(exit_code, e.to_string())
+    }
+}
+
+/// Connects with a bounded timeout; an unreachable node is exit code 3 (SPEC §11.2).
+pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, CliError> {
+    Client::connect(addr, options).await.map_err(|e| CliError::new(3, format!("cannot reach {addr}: {e}")))
+}
+
+/// Accepts a numeric namespace id or a namespace name.
+pub async fn namespace_id(client: &Client, namespace: &str) -> Result<i64, CliError> {
+    if let Ok(id) = namespace.parse::<i64>() {
+        return Ok(id);
+    }
+    let info = client.get_namespace(NamespaceSelector::Name(namespace.to_string())).await?;
+    Ok(info.namespace_id)
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
