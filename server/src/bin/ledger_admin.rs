@@ -144,7 +144,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Health => {
             let client = client(&cli).await?;
-            let (status, details) = client.health_check(None, None).await?;
+            let response = client.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await?;
+            let Response::HealthCheck { status, message, details } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            let details: Vec<(String, String)> =
+                if message.is_empty() { details } else { [("message".to_string(), message)].into_iter().chain(details).collect() };
             let name = format!("{status:?}").to_lowercase();
             emit(format, json!({"status": name, "details": details}), || {
                 let mut lines = vec![name.clone()];
