@@ -1,1 +1,513 @@
-//! (being written)
+//! Node-level and registry requests, served by core 0, which owns group 0 and so the `_system`
+//! namespace (SPEC §5.3, §5.4, §10.4). Registry mutations are `_system` transactions (client and
+//! actor `system:admin`, sequence = that client's next) built by group 0's block builder; scope
+//! creation and status changes in a data group are `AdminCommand`s proposed by the core owning
+//! that group (`internal`). Mutations run one at a time (the admin lock), so id counters and
+//! group loads are always read from committed state.
+
+use crate::group::{now_ts, PendingTx, ScopeCommand, Waiter};
+use crate::internal::{CoreHealth, InternalMsg};
+use crate::msg::{ReplySender, ShardMsg};
+use crate::page_token::{query_hash, PageToken, MSG_INVALID};
+use crate::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord};
+use crate::shard::Shard;
+use crate::ShardError;
+use futures::channel::oneshot;
+use ledger_core::constants::page_size;
+use ledger_core::state::{ScopeMeta, ScopeState};
+use ledger_core::types::*;
+use ledger_wire::messages::{
+    HealthStatus, NamespaceInfo, NamespaceSelector, Request, RequestEnvelope, Response, ResponseEnvelope,
+    Status, StatusCode, VaultInfo, WriteResult, WriteSuccess,
+};
+use std::rc::Rc;
+
+pub const SYSTEM_SCOPE: ScopeKey = ScopeKey { namespace_id: NamespaceId(0), vault_id: VaultId(0) };
+
+/// Filter of ListNamespaces for its page tokens: there is none, so the hash is of this unit.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct NamespacesFilter {
+    kind: u8,
+}
+
+fn status(code: StatusCode, message: impl Into<String>) -> Status {
+    Status::new(code, message)
+}
+
+/// Answers one `ShardMsg::Admin` (spawned by the inbox loop; may await).
+pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySender) {
+    let result = answer(&shard, envelope.request).await;
+    let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result });
+}
+
+async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status> {
+    match request {
+        Request::CreateNamespace { name, group_id } => create_namespace(shard, name, group_id).await,
+        Request::DeleteNamespace { namespace_id } => delete_namespace(shard, namespace_id).await,
+        Request::GetNamespace { by } => get_namespace(shard, by).map(Response::GetNamespace),
+        Request::ListNamespaces { page_token, page_size } => list_namespaces(shard, &page_token, page_size),
+        Request::CreateVault { namespace_id, retention_policy, .. } => {
+            create_vault(shard, namespace_id, retention_policy.unwrap_or_default()).await
+        }
+        Request::DeleteVault { namespace_id, vault_id } => delete_vault(shard, namespace_id, vault_id).await,
+        Request::GetVault { namespace_id, vault_id } => {
+            let group = namespace_group(shard, namespace_id)?;
+            let scope = ScopeKey::new(NamespaceId(namespace_id), Some(VaultId(vault_id)));
+            scope_info(shard, group, scope).await.map(Response::GetVault)
+        }
+        Request::ListVaults => Ok(Response::ListVaults { vaults: list_vaults(shard).await }),
+        Request::GetNodeInfo => Ok(node_info(shard)),
+        Request::HealthCheck { namespace_id: None, .. } => Ok(node_health(shard).await),
+        Request::HealthCheck { namespace_id: Some(ns), vault_id } => {
+            let group = namespace_group(shard, ns)?;
+            let scope = ScopeKey::new(NamespaceId(ns), vault_id.map(VaultId));
+            let (tx, rx) = oneshot::channel();
+            send_to_owner(shard, group, InternalMsg::ScopeHealth { group, scope, reply: tx }).await?;
+            let (status, message, details) =
+                rx.await.map_err(|_| Status::unavailable("health check dropped"))??;
+            Ok(Response::HealthCheck { status, message, details })
+        }
+        other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
+    }
+}
+
+fn system_group(shard: &Shard) -> Result<&Rc<crate::group::Group>, Status> {
+    shard.groups.get(&GroupId(0)).ok_or_else(|| Status::unavailable("group 0 is not on this core"))
+}
+
+/// Runs `f` on the committed `_system` scope.
+fn with_system<T>(shard: &Shard, f: impl FnOnce(&ScopeState) -> T) -> Result<T, Status> {
+    let group = system_group(shard)?;
+    let data = group.data.borrow();
+    let system =
+        data.scopes.get(&SYSTEM_SCOPE).ok_or_else(|| Status::unavailable("_system is not created yet"))?;
+    Ok(f(system))
+}
+
+/// Commits one `_system` transaction as `system:admin` and returns its outcome.
+async fn system_tx(shard: &Shard, operations: Vec<Operation>) -> Result<WriteResult, Status> {
+    let group = system_group(shard)?;
+    let sequence = with_system(shard, |s| s.client_state(reg::SYSTEM_CLIENT).last_committed_seq + 1)?;
+    let (tx, rx) = oneshot::channel();
+    let pending = PendingTx {
+        scope: SYSTEM_SCOPE,
+        client_id: reg::SYSTEM_CLIENT.into(),
+        sequence,
+        actor: reg::SYSTEM_CLIENT.into(),
+        group_sizes: vec![operations.len()],
+        operations,
+        include_tx_proof: false,
+        waiter: Waiter::Internal(tx),
+    };
+    if let Err((waiter, status)) = group.submit(pending) {
+        waiter.send(Err(status));
+    }
+    rx.await.map_err(|_| Status::unavailable("registry write dropped"))?
+}
+
+/// A registry transaction that must succeed (its conditions were checked under the admin lock).
+async fn system_tx_ok(shard: &Shard, operations: Vec<Operation>) -> Result<WriteSuccess, Status> {
+    match system_tx(shard, operations).await? {
+        WriteResult::Success(s) => Ok(s),
+        WriteResult::Error(e) => {
+            Err(Status::internal(format!("registry write failed: {:?} {}", e.code, e.message)))
+        }
+    }
+}
+
+/// Sends an internal message to the core owning `group` (this core included).
+async fn send_to_owner(shard: &Shard, group: GroupId, msg: InternalMsg) -> Result<(), Status> {
+    let core = shard
+        .placement
+        .get(&group)
+        .copied()
+        .ok_or_else(|| Status::unavailable(format!("group {group} is not hosted on this node")))?;
+    let inbox =
+        shard.cores.get(core.0 as usize).ok_or_else(|| Status::internal(format!("no core {core}")))?;
+    inbox.send_async(ShardMsg::Internal(msg)).await.map_err(|_| Status::unavailable("node is shutting down"))
+}
+
+async fn scope_command(shard: &Shard, group: GroupId, command: ScopeCommand) -> Result<ScopeMeta, Status> {
+    let (tx, rx) = oneshot::channel();
+    send_to_owner(shard, group, InternalMsg::ScopeCommand { group, command, reply: tx }).await?;
+    rx.await.map_err(|_| Status::unavailable("scope command dropped"))?
+}
+
+async fn scope_info(shard: &Shard, group: GroupId, scope: ScopeKey) -> Result<VaultInfo, Status> {
+    let (tx, rx) = oneshot::channel();
+    send_to_owner(shard, group, InternalMsg::ScopeInfo { group, scope, reply: tx }).await?;
+    rx.await.map_err(|_| Status::unavailable("scope info dropped"))?
+}
+
+/// The live namespace record, or `NotFound`.
+fn live_namespace(shard: &Shard, namespace_id: i64) -> Result<NamespaceRecord, Status> {
+    with_system(shard, |s| reg::record::<NamespaceRecord>(s, &reg::ns_key(namespace_id)))?
+        .filter(|r| r.status == NamespaceStatus::Active)
+        .ok_or_else(|| Status::not_found(format!("namespace {namespace_id} not found")))
+}
+
+fn namespace_group(shard: &Shard, namespace_id: i64) -> Result<GroupId, Status> {
+    if namespace_id == 0 {
+        return Ok(GroupId(0));
+    }
+    live_namespace(shard, namespace_id).map(|r| GroupId(r.group_id))
+}
+
+/// `ShardMsg::ResolveNamespace`: the group of a live namespace, from the committed registry.
+pub fn resolve_namespace(shard: &Shard, namespace_id: i64) -> Option<GroupId> {
+    namespace_group(shard, namespace_id).ok()
+}
+
+fn group_record(system: &ScopeState, group: u32) -> Option<GroupRecord> {
+    reg::record::<GroupRecord>(system, &reg::group_key(group))
+}
+
+async fn create_namespace(shard: &Shard, name: String, group_id: Option<u32>) -> Result<Response, Status> {
+    reg::validate_namespace_name(&name).map_err(Status::invalid)?;
+    let _serial = shard.admin_lock.lock().await;
+    let (existing, id, group) = with_system(shard, |s| {
+        let existing = reg::namespace_by_name(s, &name).filter(|r| r.status == NamespaceStatus::Active);
+        let id = reg::counter(s, reg::KEY_SEQ_NAMESPACE);
+        let group = match group_id {
+            Some(g) => group_record(s, g).ok_or_else(|| Status::not_found(format!("group {g} not found"))),
+            None => reg::least_loaded(&reg::groups(s))
+                .and_then(|g| group_record(s, g))
+                .ok_or_else(|| Status::unavailable("no data group exists")),
+        };
+        (existing, id, group)
+    })?;
+    if existing.is_some() {
+        return Err(status(StatusCode::AlreadyExists, format!("namespace {name:?} already exists")));
+    }
+    let mut group = group?;
+    let record = NamespaceRecord {
+        namespace_id: id,
+        name: name.clone(),
+        group_id: group.group_id,
+        status: NamespaceStatus::Active,
+        config_version: 1,
+        vaults_live: 0,
+        created_at: now_ts(),
+        deleted_at: None,
+    };
+    group.namespaces += 1;
+    let ops = vec![
+        reg::set_counter(reg::KEY_SEQ_NAMESPACE, id + 1),
+        reg::set(reg::ns_key(id), reg::encode(&record)),
+        reg::set_if_absent(reg::ns_name_key(&name), id.to_le_bytes().to_vec()),
+        reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+    ];
+    match system_tx(shard, ops).await? {
+        WriteResult::Success(_) => {}
+        WriteResult::Error(e) if e.code == WriteErrorCode::KeyExists => {
+            return Err(status(StatusCode::AlreadyExists, format!("namespace {name:?} already exists")));
+        }
+        WriteResult::Error(e) => {
+            return Err(Status::internal(format!("registry write failed: {:?} {}", e.code, e.message)));
+        }
+    }
+    let scope = ScopeKey { namespace_id: NamespaceId(id), vault_id: VaultId(0) };
+    scope_command(
+        shard,
+        GroupId(group.group_id),
+        ScopeCommand::Create { scope, retention: RetentionPolicy::default() },
+    )
+    .await?;
+    Ok(Response::CreateNamespace { namespace_id: id, group_id: group.group_id })
+}
+
+async fn delete_namespace(shard: &Shard, namespace_id: i64) -> Result<Response, Status> {
+    if namespace_id == 0 {
+        return Err(status(StatusCode::PermissionDenied, "the _system namespace cannot be deleted"));
+    }
+    let _serial = shard.admin_lock.lock().await;
+    let mut record = live_namespace(shard, namespace_id)?;
+    if record.vaults_live > 0 {
+        return Err(status(
+            StatusCode::FailedPrecondition,
+            format!("namespace {namespace_id} still has {} non-deleted vaults", record.vaults_live),
+        ));
+    }
+    let deleted_at = now_ts();
+    let mut group = with_system(shard, |s| group_record(s, record.group_id))?
+        .ok_or_else(|| Status::internal(format!("group {} has no registry record", record.group_id)))?;
+    group.namespaces = group.namespaces.saturating_sub(1);
+    record.status = NamespaceStatus::Deleted;
+    record.deleted_at = Some(deleted_at);
+    record.config_version += 1;
+    let ops = vec![
+        reg::set(reg::ns_key(namespace_id), reg::encode(&record)),
+        Operation::DeleteEntity { key: reg::ns_name_key(&record.name) },
+        reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+    ];
+    system_tx_ok(shard, ops).await?;
+    let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(0) };
+    scope_command(
+        shard,
+        GroupId(record.group_id),
+        ScopeCommand::SetStatus { scope, status: VaultStatus::Deleted },
+    )
+    .await?;
+    Ok(Response::DeleteNamespace { deleted_at })
+}
+
+fn namespace_info(shard: &Shard, record: &NamespaceRecord) -> Result<NamespaceInfo, Status> {
+    let group = with_system(shard, |s| group_record(s, record.group_id))?;
+    let leader_hint =
+        shard.groups.get(&GroupId(record.group_id)).and_then(|g| g.leader_hint()).map(|(id, _)| id);
+    Ok(NamespaceInfo {
+        namespace_id: record.namespace_id,
+        name: record.name.clone(),
+        group_id: record.group_id,
+        member_nodes: group.map(|g| g.members).unwrap_or_default(),
+        leader_hint,
+        config_version: record.config_version,
+        status: record.status,
+    })
+}
+
+fn system_namespace_info(shard: &Shard) -> Result<NamespaceInfo, Status> {
+    let group = system_group(shard)?;
+    let metrics = group.raft.metrics().borrow().clone();
+    Ok(NamespaceInfo {
+        namespace_id: 0,
+        name: "_system".into(),
+        group_id: 0,
+        member_nodes: metrics.membership_config.membership().voter_ids().collect(),
+        leader_hint: metrics.current_leader,
+        config_version: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        status: NamespaceStatus::Active,
+    })
+}
+
+fn get_namespace(shard: &Shard, by: NamespaceSelector) -> Result<NamespaceInfo, Status> {
+    let record = match by {
+        NamespaceSelector::Id(0) => return system_namespace_info(shard),
+        NamespaceSelector::Name(name) if name == "_system" => return system_namespace_info(shard),
+        NamespaceSelector::Id(id) => {
+            with_system(shard, |s| reg::record::<NamespaceRecord>(s, &reg::ns_key(id)))?
+                .ok_or_else(|| Status::not_found(format!("namespace {id} not found")))?
+        }
+        NamespaceSelector::Name(name) => with_system(shard, |s| reg::namespace_by_name(s, &name))?
+            .ok_or_else(|| Status::not_found(format!("namespace {name:?} not found")))?,
+    };
+    namespace_info(shard, &record)
+}
+
+/// ListNamespaces: every user namespace (deleted ones too, with their status), ascending by id,
+/// paginated with a §5.7 token whose namespace and vault are 0 and whose key is the last id.
+fn list_namespaces(shard: &Shard, token: &str, requested: u32) -> Result<Response, Status> {
+    let key = shard.token_key.get().ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
+    let qh = query_hash(&NamespacesFilter { kind: 0 });
+    let after = if token.is_empty() {
+        None
+    } else {
+        let t = PageToken::decode(token, &key)?;
+        // The registry is not a client scope: pages are served from current state.
+        t.check(0, 0, qh, None)?;
+        let id: [u8; 8] = t.last_key.as_slice().try_into().map_err(|_| Status::invalid(MSG_INVALID))?;
+        Some(i64::from_be_bytes(id))
+    };
+    let limit = page_size(requested);
+    let records = with_system(shard, reg::namespaces)?;
+    let mut page: Vec<&NamespaceRecord> =
+        records.iter().filter(|r| after.is_none_or(|a| r.namespace_id > a)).take(limit + 1).collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_page_token = match (more, page.last()) {
+        (true, Some(last)) => PageToken {
+            namespace_id: 0,
+            vault_id: 0,
+            last_key: last.namespace_id.to_be_bytes().to_vec(),
+            at_height: 0,
+            query_hash: qh,
+        }
+        .encode(&key),
+        _ => String::new(),
+    };
+    let namespaces = page.into_iter().map(|r| namespace_info(shard, r)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::ListNamespaces { namespaces, next_page_token })
+}
+
+async fn create_vault(
+    shard: &Shard,
+    namespace_id: i64,
+    retention: RetentionPolicy,
+) -> Result<Response, Status> {
+    if namespace_id == 0 {
+        return Err(status(StatusCode::PermissionDenied, "the _system namespace has no vaults"));
+    }
+    let _serial = shard.admin_lock.lock().await;
+    let mut record = live_namespace(shard, namespace_id)?;
+    let (id, group) =
+        with_system(shard, |s| (reg::counter(s, reg::KEY_SEQ_VAULT), group_record(s, record.group_id)))?;
+    let mut group =
+        group.ok_or_else(|| Status::internal(format!("group {} has no registry record", record.group_id)))?;
+    record.vaults_live += 1;
+    record.config_version += 1;
+    group.vaults += 1;
+    let ops = vec![
+        reg::set_counter(reg::KEY_SEQ_VAULT, id + 1),
+        reg::set(reg::ns_key(namespace_id), reg::encode(&record)),
+        reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+    ];
+    system_tx_ok(shard, ops).await?;
+    let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(id) };
+    let meta =
+        scope_command(shard, GroupId(record.group_id), ScopeCommand::Create { scope, retention }).await?;
+    Ok(Response::CreateVault { vault_id: id, genesis: meta.genesis })
+}
+
+async fn delete_vault(shard: &Shard, namespace_id: i64, vault_id: i64) -> Result<Response, Status> {
+    if vault_id == 0 {
+        return Err(Status::invalid("DeleteVault needs a vault_id; delete the namespace instead"));
+    }
+    let _serial = shard.admin_lock.lock().await;
+    let mut record = live_namespace(shard, namespace_id)?;
+    let group_id = GroupId(record.group_id);
+    let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(vault_id) };
+    let info = scope_info(shard, group_id, scope).await?;
+    if info.status == VaultStatus::Deleted {
+        return Err(Status::not_found(format!("vault {vault_id} not found in namespace {namespace_id}")));
+    }
+    let mut group = with_system(shard, |s| group_record(s, record.group_id))?
+        .ok_or_else(|| Status::internal(format!("group {} has no registry record", record.group_id)))?;
+    record.vaults_live = record.vaults_live.saturating_sub(1);
+    record.config_version += 1;
+    group.vaults = group.vaults.saturating_sub(1);
+    let ops = vec![
+        reg::set(reg::ns_key(namespace_id), reg::encode(&record)),
+        reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+    ];
+    let deleted_at = now_ts();
+    system_tx_ok(shard, ops).await?;
+    scope_command(shard, group_id, ScopeCommand::SetStatus { scope, status: VaultStatus::Deleted }).await?;
+    Ok(Response::DeleteVault { deleted_at })
+}
+
+/// Asks every core (this one included) and collects the answers.
+async fn fan_out<T>(shard: &Shard, make: impl Fn(oneshot::Sender<T>) -> InternalMsg) -> Vec<T> {
+    let mut waits = Vec::new();
+    for inbox in &shard.cores {
+        let (tx, rx) = oneshot::channel();
+        if inbox.send_async(ShardMsg::Internal(make(tx))).await.is_ok() {
+            waits.push(rx);
+        }
+    }
+    let mut out = Vec::new();
+    for rx in waits {
+        if let Ok(v) = rx.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn list_vaults(shard: &Shard) -> Vec<VaultInfo> {
+    let mut vaults: Vec<VaultInfo> =
+        fan_out(shard, |reply| InternalMsg::ListVaults { reply }).await.into_iter().flatten().collect();
+    vaults.sort_by_key(|v| (v.namespace_id, v.vault_id));
+    vaults
+}
+
+fn node_info(shard: &Shard) -> Response {
+    let (is_cluster_member, term) = match shard.groups.get(&GroupId(0)) {
+        Some(g) => {
+            let m = g.raft.metrics().borrow().clone();
+            (m.membership_config.membership().get_node(&shard.config.node_id).is_some(), m.current_term)
+        }
+        None => (false, 0),
+    };
+    Response::GetNodeInfo {
+        node_id: shard.config.node_id,
+        address: shard.config.advertise_addr.clone(),
+        is_cluster_member,
+        term,
+    }
+}
+
+/// SPEC §11.5 node level: Unavailable if a hosted group has no leader, Degraded if a local
+/// scope is not Healthy, else Healthy; `details` names the offenders.
+async fn node_health(shard: &Shard) -> Response {
+    let reports: Vec<CoreHealth> = fan_out(shard, |reply| InternalMsg::Health { reply }).await;
+    let mut unavailable = Vec::new();
+    let mut degraded = Vec::new();
+    for r in reports {
+        unavailable.extend(r.unavailable);
+        degraded.extend(r.degraded);
+    }
+    let (status, message) = if !unavailable.is_empty() {
+        (HealthStatus::Unavailable, format!("{} group(s) without a leader", unavailable.len()))
+    } else if !degraded.is_empty() {
+        (HealthStatus::Degraded, format!("{} scope(s) not healthy", degraded.len()))
+    } else {
+        (HealthStatus::Healthy, "ok".to_string())
+    };
+    unavailable.extend(degraded);
+    Response::HealthCheck { status, message, details: unavailable }
+}
+
+/// Core 0 at start: create `_system` (once) and the registry's bootstrap records — the
+/// page-token key, one `group:{id}` per data group of this node, this node's `node:{id}` and the
+/// group counter — in one `system:admin` transaction. Only the group-0 leader does this.
+pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
+    let fail = |what: &str, s: Status| ShardError::Bootstrap(format!("{what}: {s}"));
+    let group = system_group(shard).map_err(|s| fail("group 0", s))?;
+    if !group.is_leader() {
+        return Ok(());
+    }
+    let exists = group.data.borrow().scopes.contains_key(&SYSTEM_SCOPE);
+    if !exists {
+        group
+            .scope_command(ScopeCommand::Create {
+                scope: SYSTEM_SCOPE,
+                retention: RetentionPolicy::default(),
+            })
+            .await
+            .map_err(|s| fail("creating _system", s))?;
+    }
+    let ops = with_system(shard, |s| {
+        let mut ops = Vec::new();
+        if s.get_entity(reg::KEY_PAGE_TOKEN).is_none() {
+            ops.push(reg::set_if_absent(reg::KEY_PAGE_TOKEN, rand::random::<[u8; 32]>().to_vec()));
+        }
+        let mut max_group = 0u32;
+        for (&g, &core) in shard.placement.iter() {
+            max_group = max_group.max(g.0);
+            if g.0 == 0 || group_record(s, g.0).is_some() {
+                continue;
+            }
+            let rec = GroupRecord {
+                group_id: g.0,
+                members: vec![shard.config.node_id],
+                core_hint: core.0,
+                namespaces: 0,
+                vaults: 0,
+            };
+            ops.push(reg::set(reg::group_key(g.0), reg::encode(&rec)));
+        }
+        if reg::counter(s, reg::KEY_SEQ_GROUP) <= i64::from(max_group) {
+            ops.push(reg::set_counter(reg::KEY_SEQ_GROUP, i64::from(max_group) + 1));
+        }
+        let node = NodeRecord { node_id: shard.config.node_id, address: shard.config.advertise_addr.clone() };
+        if reg::record::<NodeRecord>(s, &reg::node_key(node.node_id)).as_ref() != Some(&node) {
+            ops.push(reg::set(reg::node_key(node.node_id), reg::encode(&node)));
+        }
+        ops
+    })
+    .map_err(|s| fail("reading _system", s))?;
+    if !ops.is_empty() {
+        match system_tx(shard, ops).await.map_err(|s| fail("registry bootstrap", s))? {
+            WriteResult::Success(_) => {}
+            WriteResult::Error(e) => {
+                return Err(ShardError::Bootstrap(format!("registry bootstrap: {}", e.message)))
+            }
+        }
+    }
+    let key = with_system(shard, |s| {
+        s.get_entity(reg::KEY_PAGE_TOKEN).and_then(|r| <[u8; 32]>::try_from(r.value.as_slice()).ok())
+    })
+    .map_err(|s| fail("reading the page token key", s))?;
+    shard.token_key.set(key);
+    Ok(())
+}

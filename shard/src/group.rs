@@ -1,1 +1,652 @@
-//! (being written)
+//! The block builder of one Raft group on its leader (SPEC §8.2–§8.3): a bounded pending queue of
+//! accepted client transactions, and a loop that turns them into one `GroupBlock` at a time.
+//!
+//! A round opens when a transaction is queued and the previous block has been applied (at most
+//! ONE block in flight per group, so the leader always builds on exactly the state every replica
+//! will have). It closes when the batch is full, when `batch_max_delay_ms` has passed, or at once
+//! when eager commit is on. The dry run uses `core::state::BlockDraft` per touched scope: scope
+//! checks, the §6.3 sequence check, TxId/timestamp/actor assignment and the all-or-nothing apply.
+//! The deltas go into `GroupData.speculative` so apply can commit them without recomputation.
+//! Scope lifecycle commands (`AdminCommand`) are proposed by the same loop between rounds, which
+//! keeps the predicted `committed_index` of a block exact.
+
+use crate::config::ShardConfig;
+use crate::group_data::{GroupData, SpeculativeBlock};
+use crate::idem_cache::IdemCache;
+use crate::msg::ReplySender;
+use crate::type_config::LedgerRaft;
+use futures::channel::oneshot;
+use ledger_core::hash::{tx_hash, tx_merkle_proof};
+use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SequenceCheck};
+use ledger_core::types::*;
+use ledger_wire::messages::{
+    ErrorDetail, Response, ResponseEnvelope, Status, StatusCode, WriteResult, WriteSuccess,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Pending transactions per group: 10 × `batch_max_size` (SPEC §8.9).
+pub const PENDING_QUEUE_FACTOR: usize = 10;
+/// Cached responses per `(scope, client)` (SPEC §6.2).
+pub const IDEM_CACHE_PER_CLIENT_MAX: usize = 1000;
+/// How long a round waits for the group's log to be applied before it builds anyway.
+const CATCH_UP_WAIT_MS: u64 = 1000;
+
+/// Where the outcome of one queued transaction goes.
+pub enum Waiter {
+    /// A client request: answer on its connection's channel.
+    Client { request_id: u64, reply: ReplySender },
+    /// A write issued by this server (registry transactions, bootstrap).
+    Internal(oneshot::Sender<Result<WriteResult, Status>>),
+}
+
+impl Waiter {
+    pub fn send(self, result: Result<WriteResult, Status>) {
+        match self {
+            Waiter::Client { request_id, reply } => {
+                let result = result.map(Response::Write);
+                // A closed channel means the connection went away; nothing is left to tell.
+                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            }
+            Waiter::Internal(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// One transaction waiting for a block (already validated statelessly).
+pub struct PendingTx {
+    pub scope: ScopeKey,
+    pub client_id: String,
+    pub sequence: u64,
+    pub actor: String,
+    pub operations: Vec<Operation>,
+    /// Sizes of the operation groups of a `BatchWrite` (a `Write` has one group).
+    pub group_sizes: Vec<usize>,
+    pub include_tx_proof: bool,
+    pub waiter: Waiter,
+}
+
+/// Scope lifecycle work for the builder loop (SPEC §8.4 `AdminCommand`).
+#[derive(Debug, Clone)]
+pub enum ScopeCommand {
+    Create { scope: ScopeKey, retention: RetentionPolicy },
+    SetStatus { scope: ScopeKey, status: VaultStatus },
+}
+
+struct PendingAdmin {
+    command: ScopeCommand,
+    reply: oneshot::Sender<Result<ScopeMeta, Status>>,
+}
+
+/// A single-waiter wake-up flag for the builder task (same core only).
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> SignalWait<'_> {
+        SignalWait { signal: self }
+    }
+}
+
+struct SignalWait<'a> {
+    signal: &'a Signal,
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.raised.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.signal.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Lets other tasks of the executor run once (the inbox loop enqueues what has arrived).
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The leader's wall clock as a block timestamp.
+pub fn now_ts() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// `Unavailable` with `VaultUnavailable{health}` for a non-Healthy scope.
+pub fn vault_unavailable(scope: ScopeKey, health: &VaultHealth) -> Status {
+    Status {
+        code: StatusCode::Unavailable,
+        message: format!("scope {scope} is not healthy"),
+        leader_hint: None,
+        detail: Some(ErrorDetail::VaultUnavailable { health: health.clone() }),
+    }
+}
+
+/// A Raft group on its owning core: the openraft handle, the applied state and the builder.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: LedgerRaft,
+    pub data: Rc<RefCell<GroupData>>,
+    config: Arc<ShardConfig>,
+    cache: Rc<RefCell<IdemCache>>,
+    queue: RefCell<VecDeque<PendingTx>>,
+    admin: RefCell<VecDeque<PendingAdmin>>,
+    signal: Signal,
+    in_flight: Cell<bool>,
+    stopping: Cell<bool>,
+    /// Timestamp of the last block this node built (block timestamps never go backwards).
+    last_ts: Cell<Timestamp>,
+}
+
+impl Group {
+    pub fn new(
+        id: GroupId,
+        raft: LedgerRaft,
+        data: Rc<RefCell<GroupData>>,
+        config: Arc<ShardConfig>,
+        cache: Rc<RefCell<IdemCache>>,
+    ) -> Rc<Group> {
+        Rc::new(Group {
+            id,
+            raft,
+            data,
+            config,
+            cache,
+            queue: RefCell::new(VecDeque::new()),
+            admin: RefCell::new(VecDeque::new()),
+            signal: Signal::default(),
+            in_flight: Cell::new(false),
+            stopping: Cell::new(false),
+            last_ts: Cell::new(Timestamp::default()),
+        })
+    }
+
+    fn queue_cap(&self) -> usize {
+        PENDING_QUEUE_FACTOR * self.config.batch_max_size.max(1)
+    }
+
+    /// Queues a validated transaction; `Err` gives the waiter back with the refusal.
+    pub fn submit(&self, tx: PendingTx) -> Result<(), (Waiter, Status)> {
+        if self.stopping.get() {
+            return Err((tx.waiter, Status::unavailable("shard is shutting down")));
+        }
+        if self.queue.borrow().len() >= self.queue_cap() {
+            return Err((tx.waiter, Status::exhausted(format!("group {} write queue is full", self.id))));
+        }
+        self.queue.borrow_mut().push_back(tx);
+        self.signal.raise();
+        Ok(())
+    }
+
+    /// Queues a scope lifecycle command; resolves with the scope's metadata once applied.
+    pub async fn scope_command(&self, command: ScopeCommand) -> Result<ScopeMeta, Status> {
+        if self.stopping.get() {
+            return Err(Status::unavailable("shard is shutting down"));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.admin.borrow_mut().push_back(PendingAdmin { command, reply });
+        self.signal.raise();
+        rx.await.unwrap_or_else(|_| Err(Status::unavailable("group closed")))
+    }
+
+    /// Asks the builder to finish: queued work is still built, new work is refused.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.signal.raise();
+    }
+
+    pub fn pending(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// The leader hint of SPEC §4.5 for `NotLeader` answers.
+    pub fn leader_hint(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr =
+            m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.config.node_id) && m.state == openraft::ServerState::Leader
+    }
+
+    fn not_leader(&self) -> Status {
+        Status {
+            code: StatusCode::NotLeader,
+            message: format!("this node does not lead group {}", self.id),
+            leader_hint: self.leader_hint(),
+            detail: None,
+        }
+    }
+
+    /// The builder loop; runs until `stop` and an empty queue.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            let idle = self.queue.borrow().is_empty() && self.admin.borrow().is_empty();
+            if idle {
+                if self.stopping.get() {
+                    return;
+                }
+                self.signal.wait().await;
+                continue;
+            }
+            let admin: Vec<PendingAdmin> = self.admin.borrow_mut().drain(..).collect();
+            for a in admin {
+                let result = self.propose_scope_command(a.command).await;
+                let _ = a.reply.send(result);
+            }
+            if self.queue.borrow().is_empty() {
+                continue;
+            }
+            self.wait_caught_up().await;
+            self.close_round().await;
+            let n = self.config.batch_max_size.max(1).min(self.queue.borrow().len());
+            let batch: Vec<PendingTx> = self.queue.borrow_mut().drain(..n).collect();
+            self.round(batch).await;
+        }
+    }
+
+    /// SPEC §8.2 step 1: build only on fully applied state (a new leader's no-op included).
+    async fn wait_caught_up(&self) {
+        let wait = self.raft.wait(Some(Duration::from_millis(CATCH_UP_WAIT_MS)));
+        let _ = wait
+            .metrics(
+                |m| m.last_applied.map(|l| l.index).unwrap_or(0) >= m.last_log_index.unwrap_or(0),
+                "applied == last log index",
+            )
+            .await;
+    }
+
+    /// SPEC §8.3: eager ⇒ close once the already-arrived messages are queued; otherwise wait for
+    /// a full batch or the delay, whichever comes first.
+    async fn close_round(&self) {
+        let max = self.config.batch_max_size.max(1);
+        if self.config.batch_eager_commit {
+            YieldOnce(false).await;
+            return;
+        }
+        let opened = Instant::now();
+        let delay = Duration::from_millis(self.config.batch_max_delay_ms);
+        while self.queue.borrow().len() < max && !self.stopping.get() {
+            let Some(left) = delay.checked_sub(opened.elapsed()) else { break };
+            if left.is_zero() {
+                break;
+            }
+            let timer = glommio::timer::sleep(left);
+            futures::pin_mut!(timer);
+            let wake = self.signal.wait();
+            futures::pin_mut!(wake);
+            futures::future::select(timer, wake).await;
+        }
+        // A signal consumed above only meant "more queued"; the loop re-checks the queue anyway.
+    }
+
+    /// The block timestamp: leader clock at round open, never before the group's previous block.
+    fn block_timestamp(&self, data: &GroupData) -> Timestamp {
+        let prev = data.scopes.values().map(|s| s.meta.last_block_ts).max().unwrap_or_default();
+        let ts = now_ts().max(prev).max(self.last_ts.get());
+        self.last_ts.set(ts);
+        ts
+    }
+
+    async fn propose_scope_command(&self, command: ScopeCommand) -> Result<ScopeMeta, Status> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let (scope, payload) = {
+            let data = self.data.borrow();
+            match &command {
+                ScopeCommand::Create { scope, retention } => {
+                    if let Some(existing) = data.scopes.get(scope) {
+                        return Ok(existing.meta.clone());
+                    }
+                    let cmd = AdminCommand::CreateScope {
+                        namespace_id: scope.namespace_id.0,
+                        vault_id: scope.vault_id.0,
+                        retention_policy: *retention,
+                        timestamp: self.block_timestamp(&data),
+                        leader_id: self.config.node_id,
+                    };
+                    (*scope, cmd)
+                }
+                ScopeCommand::SetStatus { scope, status } => {
+                    let Some(existing) = data.scopes.get(scope) else {
+                        return Err(Status::not_found(format!("scope {scope} not found")));
+                    };
+                    if existing.meta.status == *status {
+                        return Ok(existing.meta.clone());
+                    }
+                    let cmd = AdminCommand::SetScopeStatus {
+                        namespace_id: scope.namespace_id.0,
+                        vault_id: scope.vault_id.0,
+                        status: *status,
+                    };
+                    (*scope, cmd)
+                }
+            }
+        };
+        assert!(!self.in_flight.get());
+        self.in_flight.set(true);
+        let result = self.raft.client_write(LogPayload::Admin(payload)).await;
+        self.in_flight.set(false);
+        match result {
+            Ok(_) => {
+                let data = self.data.borrow();
+                data.scopes.get(&scope).map(|s| s.meta.clone()).ok_or_else(|| {
+                    Status::internal(format!("scope {scope} missing after its admin entry applied"))
+                })
+            }
+            Err(e) => Err(self.proposal_failed(&e)),
+        }
+    }
+
+    fn proposal_failed<E: std::fmt::Display>(&self, e: &openraft::error::RaftError<u64, E>) -> Status
+    where
+        E: std::error::Error,
+    {
+        let _ = e;
+        if self.is_leader() {
+            Status::unavailable(format!("proposal to group {} failed: {e}", self.id))
+        } else {
+            self.not_leader()
+        }
+    }
+
+    /// One block round (SPEC §8.2 steps 2–5).
+    async fn round(&self, batch: Vec<PendingTx>) {
+        if !self.is_leader() {
+            let status = self.not_leader();
+            for p in batch {
+                p.waiter.send(Err(status.clone()));
+            }
+            return;
+        }
+        let Some(built) = self.dry_run(batch) else { return };
+        let Built { block, accepted, expected } = built;
+        assert!(!self.in_flight.get());
+        self.in_flight.set(true);
+        let result = self.raft.client_write(LogPayload::Block(block)).await;
+        self.in_flight.set(false);
+        let failure = match result {
+            Ok(_) => None,
+            Err(e) => Some(self.proposal_failed(&e)),
+        };
+        {
+            let mut data = self.data.borrow_mut();
+            // Apply takes the speculative block; after a failure nothing will.
+            data.speculative = None;
+        }
+        let applied_ok = failure.is_none() && {
+            let data = self.data.borrow();
+            expected.iter().all(|(scope, (height, hash))| {
+                data.scopes
+                    .get(scope)
+                    .is_some_and(|s| s.meta.height == *height && s.meta.last_block_hash == *hash)
+            })
+        };
+        let failure = failure.or_else(|| {
+            (!applied_ok)
+                .then(|| Status::unavailable("block was applied differently than built; retry the write"))
+        });
+        let mut cache = self.cache.borrow_mut();
+        for a in accepted {
+            match &failure {
+                Some(status) => {
+                    for w in a.waiters {
+                        w.send(Err(status.clone()));
+                    }
+                }
+                None => {
+                    cache.insert(a.scope, &a.client_id, a.sequence, a.success.clone());
+                    for w in a.waiters {
+                        w.send(Ok(WriteResult::Success(a.success.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dry run: validates and applies every transaction to its scope's draft, answers the
+    /// rejected ones, and returns the block plus the responses of the accepted ones.
+    fn dry_run(&self, batch: Vec<PendingTx>) -> Option<Built> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let data_ref = self.data.borrow();
+        let data: &GroupData = &data_ref;
+        let ts = self.block_timestamp(data);
+        let ctx = BlockContext {
+            timestamp: ts,
+            leader_id: self.config.node_id,
+            term: metrics.current_term,
+            committed_index: metrics.last_log_index.unwrap_or(0) + 1,
+        };
+        let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut in_round: HashMap<(ScopeKey, String, u64), usize> = HashMap::new();
+        let mut per_scope: BTreeMap<ScopeKey, usize> = BTreeMap::new();
+        let mut cache = self.cache.borrow_mut();
+        for p in batch {
+            let Some(scope) = data.scopes.get(&p.scope) else {
+                p.waiter.send(Err(Status::not_found(format!("scope {} not found", p.scope))));
+                continue;
+            };
+            match scope.meta.status {
+                VaultStatus::Active => {}
+                VaultStatus::Deleted => {
+                    p.waiter.send(Err(Status::not_found(format!("scope {} is deleted", p.scope))));
+                    continue;
+                }
+                VaultStatus::ReadOnly => {
+                    let msg = format!("scope {} is read-only", p.scope);
+                    p.waiter.send(Err(Status::new(StatusCode::PermissionDenied, msg)));
+                    continue;
+                }
+            }
+            if scope.meta.health != VaultHealth::Healthy {
+                p.waiter.send(Err(vault_unavailable(p.scope, &scope.meta.health)));
+                continue;
+            }
+            let round_key = (p.scope, p.client_id.clone(), p.sequence);
+            if let Some(&i) = in_round.get(&round_key) {
+                // The same sequence again while its first copy is in this block: same outcome.
+                accepted[i].waiters.push(p.waiter);
+                continue;
+            }
+            let draft = drafts.entry(p.scope).or_insert_with(|| BlockDraft::new(scope));
+            match draft.check_sequence(&p.client_id, p.sequence) {
+                SequenceCheck::Next => {}
+                SequenceCheck::Duplicate(state) => {
+                    let result = match cache.get(p.scope, &p.client_id, p.sequence) {
+                        Some(success) => WriteResult::Success(success),
+                        None => WriteResult::Error(WriteError {
+                            code: WriteErrorCode::AlreadyCommitted,
+                            key: String::new(),
+                            current_version: None,
+                            current_value: None,
+                            message: format!(
+                                "sequence {} already committed (last committed {})",
+                                p.sequence, state.last_committed_seq
+                            ),
+                            committed_tx_id: Some(state.last_committed_tx_id),
+                            committed_block_height: Some(state.last_committed_block_height),
+                            last_committed_sequence: Some(state.last_committed_seq),
+                        }),
+                    };
+                    p.waiter.send(Ok(result));
+                    continue;
+                }
+                SequenceCheck::Gap { last } => {
+                    p.waiter.send(Ok(WriteResult::Error(WriteError {
+                        code: WriteErrorCode::SequenceGap,
+                        key: String::new(),
+                        current_version: None,
+                        current_value: None,
+                        message: format!("sequence {} skips ahead of last committed {last}", p.sequence),
+                        committed_tx_id: None,
+                        committed_block_height: None,
+                        last_committed_sequence: Some(last),
+                    })));
+                    continue;
+                }
+            }
+            let tx = Transaction {
+                id: *uuid::Uuid::new_v4().as_bytes(),
+                client_id: p.client_id.clone(),
+                sequence: p.sequence,
+                operations: p.operations,
+                timestamp: ts,
+                actor: p.actor.clone(),
+            };
+            let tx_id = tx.id;
+            match draft.try_apply(tx) {
+                Ok(statuses) => {
+                    let index = per_scope.entry(p.scope).or_insert(0);
+                    in_round.insert(round_key, accepted.len());
+                    accepted.push(Accepted {
+                        scope: p.scope,
+                        client_id: p.client_id,
+                        sequence: p.sequence,
+                        index_in_entry: *index,
+                        include_tx_proof: p.include_tx_proof,
+                        waiters: vec![p.waiter],
+                        success: WriteSuccess {
+                            tx_id,
+                            block_height: 0,
+                            tx_timestamp: ts,
+                            actor: p.actor,
+                            block_header: None,
+                            tx_proof: None,
+                            statuses: split_statuses(statuses, &p.group_sizes),
+                        },
+                    });
+                    *index += 1;
+                }
+                Err(e) => p.waiter.send(Ok(WriteResult::Error(e))),
+            }
+        }
+        drop(cache);
+        let mut entries = Vec::new();
+        let mut deltas = Vec::new();
+        let mut headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)> = BTreeMap::new();
+        let mut expected = BTreeMap::new();
+        for (key, draft) in drafts {
+            if draft.is_empty() {
+                continue;
+            }
+            let (entry, delta) = draft.finish(&ctx);
+            let leaves: Vec<Hash> = entry.transactions.iter().map(tx_hash).collect();
+            expected.insert(key, (delta.header.height, delta.block_hash));
+            headers.insert(key, (delta.header.clone(), leaves));
+            entries.push(entry);
+            deltas.push((key, delta));
+        }
+        if entries.is_empty() {
+            assert!(accepted.is_empty());
+            return None;
+        }
+        for a in &mut accepted {
+            // Every accepted transaction's scope has a finished, non-empty draft.
+            let Some((header, leaves)) = headers.get(&a.scope) else { continue };
+            a.success.block_height = header.height;
+            if a.include_tx_proof {
+                a.success.block_header = Some(header.clone());
+                a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
+            }
+        }
+        let group_height = data.group_height + 1;
+        let block = GroupBlock {
+            group_id: self.id.0,
+            group_height,
+            previous_group_hash: data.last_group_hash,
+            vault_entries: entries,
+            timestamp: ts,
+            leader_id: self.config.node_id,
+            term: ctx.term,
+            committed_index: ctx.committed_index,
+        };
+        drop(data_ref);
+        self.data.borrow_mut().speculative = Some(SpeculativeBlock { group_height, deltas });
+        Some(Built { block, accepted, expected })
+    }
+}
+
+struct Accepted {
+    scope: ScopeKey,
+    client_id: String,
+    sequence: u64,
+    index_in_entry: usize,
+    include_tx_proof: bool,
+    waiters: Vec<Waiter>,
+    success: WriteSuccess,
+}
+
+struct Built {
+    block: GroupBlock,
+    accepted: Vec<Accepted>,
+    /// Per touched scope, the height and block hash apply must end up with.
+    expected: BTreeMap<ScopeKey, (u64, Hash)>,
+}
+
+/// Splits one transaction's statuses back into its `BatchWrite` groups.
+pub fn split_statuses(statuses: Vec<OpStatus>, group_sizes: &[usize]) -> Vec<Vec<OpStatus>> {
+    let mut out = Vec::with_capacity(group_sizes.len());
+    let mut it = statuses.into_iter();
+    for &n in group_sizes {
+        out.push(it.by_ref().take(n).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Statuses of a concatenated batch are handed back per group, empty groups included.
+    #[test]
+    fn t01_split_statuses() {
+        use OpStatus::*;
+        let s = vec![Created, Updated, Deleted, NotFound];
+        assert_eq!(
+            split_statuses(s, &[1, 0, 3]),
+            vec![vec![Created], vec![], vec![Updated, Deleted, NotFound]]
+        );
+        assert_eq!(split_statuses(vec![Created], &[1]), vec![vec![Created]]);
+    }
+}

@@ -1,3 +1,139 @@
-//! Core-to-core calls that are not client requests. (being written)
+//! Core-to-core calls that are not client requests (SPEC §10.9: cores share nothing and talk
+//! only through their inboxes). Core 0 runs the registry (`admin`) and asks the core owning a
+//! data group to create or change a scope there, to describe a scope, or to report its vaults
+//! and health; it also hands out the cluster's page-token key.
 
-pub enum InternalMsg {}
+use crate::group::ScopeCommand;
+use crate::reads::{vault_info, TokenKey};
+use crate::shard::Shard;
+use futures::channel::oneshot;
+use ledger_core::state::ScopeMeta;
+use ledger_core::types::{GroupId, ScopeKey, VaultHealth};
+use ledger_wire::messages::{HealthStatus, Status, VaultInfo};
+use std::rc::Rc;
+
+/// What one core reports for the node-level health check (SPEC §11.5).
+#[derive(Debug, Default)]
+pub struct CoreHealth {
+    /// Groups without a known leader (no reachable quorum from here).
+    pub unavailable: Vec<(String, String)>,
+    /// Scopes that are not Healthy.
+    pub degraded: Vec<(String, String)>,
+}
+
+pub enum InternalMsg {
+    /// Propose a scope lifecycle command in a group this core owns; the reply carries the
+    /// scope's metadata once the entry is applied.
+    ScopeCommand { group: GroupId, command: ScopeCommand, reply: oneshot::Sender<Result<ScopeMeta, Status>> },
+    /// Describe one scope of a group this core owns.
+    ScopeInfo { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<VaultInfo, Status>> },
+    /// Every vault (not namespace scopes) of this core's groups.
+    ListVaults { reply: oneshot::Sender<Vec<VaultInfo>> },
+    /// Node-level health of this core's groups and scopes.
+    Health { reply: oneshot::Sender<CoreHealth> },
+    /// Scope-level health (SPEC §5.4 with a scope).
+    ScopeHealth {
+        group: GroupId,
+        scope: ScopeKey,
+        reply: oneshot::Sender<Result<(HealthStatus, String, Vec<(String, String)>), Status>>,
+    },
+    /// Core 0 → every core: the cluster's page-token key (SPEC §5.7).
+    PageTokenKey(TokenKey),
+    /// Any core → core 0: send me the page-token key.
+    GetPageTokenKey { reply: oneshot::Sender<Option<TokenKey>> },
+}
+
+/// Handles one internal message; never blocks the inbox loop (async work is spawned).
+pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
+    match msg {
+        InternalMsg::ScopeCommand { group, command, reply } => match shard.groups.get(&group) {
+            Some(g) => {
+                let g = g.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(g.scope_command(command).await);
+                })
+                .detach();
+            }
+            None => {
+                let _ = reply
+                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+            }
+        },
+        InternalMsg::ScopeInfo { group, scope, reply } => {
+            let result = match shard.groups.get(&group) {
+                Some(g) => {
+                    let data = g.data.borrow();
+                    match data.scopes.get(&scope) {
+                        Some(s) => Ok(vault_info(g, s)),
+                        None => Err(Status::not_found(format!(
+                            "vault {} not found in namespace {}",
+                            scope.vault_id, scope.namespace_id
+                        ))),
+                    }
+                }
+                None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
+            };
+            let _ = reply.send(result);
+        }
+        InternalMsg::ListVaults { reply } => {
+            let mut out = Vec::new();
+            for g in shard.groups.values() {
+                let data = g.data.borrow();
+                out.extend(
+                    data.scopes
+                        .values()
+                        .filter(|s| !s.meta.key.is_namespace_scope())
+                        .map(|s| vault_info(g, s)),
+                );
+            }
+            let _ = reply.send(out);
+        }
+        InternalMsg::Health { reply } => {
+            let mut health = CoreHealth::default();
+            for (id, g) in &shard.groups {
+                if g.leader_hint().is_none() {
+                    health.unavailable.push((format!("group:{id}"), "no leader".into()));
+                }
+                let data = g.data.borrow();
+                for s in data.scopes.values() {
+                    if s.meta.health != VaultHealth::Healthy {
+                        health
+                            .degraded
+                            .push((format!("scope:{}", s.meta.key), format!("{:?}", s.meta.health)));
+                    }
+                }
+            }
+            let _ = reply.send(health);
+        }
+        InternalMsg::ScopeHealth { group, scope, reply } => {
+            let result = match shard.groups.get(&group) {
+                Some(g) => scope_health(g, scope),
+                None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
+            };
+            let _ = reply.send(result);
+        }
+        InternalMsg::PageTokenKey(key) => shard.token_key.set(Some(key)),
+        InternalMsg::GetPageTokenKey { reply } => {
+            let _ = reply.send(shard.token_key.get());
+        }
+    }
+}
+
+fn scope_health(
+    g: &crate::group::Group,
+    scope: ScopeKey,
+) -> Result<(HealthStatus, String, Vec<(String, String)>), Status> {
+    let data = g.data.borrow();
+    let s = data.scopes.get(&scope).ok_or_else(|| Status::not_found(format!("scope {scope} not found")))?;
+    let mut details =
+        vec![("group".to_string(), g.id.to_string()), ("height".to_string(), s.meta.height.to_string())];
+    if g.leader_hint().is_none() {
+        details.push(("leader".into(), "none".into()));
+        return Ok((HealthStatus::Unavailable, format!("group {} has no leader", g.id), details));
+    }
+    if s.meta.health != VaultHealth::Healthy {
+        details.push(("health".into(), format!("{:?}", s.meta.health)));
+        return Ok((HealthStatus::Degraded, format!("scope {scope} is not healthy"), details));
+    }
+    Ok((HealthStatus::Healthy, "ok".into(), details))
+}

@@ -1,8 +1,23 @@
-//! The owner struct of a core shard and its inbox loop. (being written)
+//! The owner struct of a core shard and its inbox loop (SPEC §8.1, §10.9). The loop never
+//! blocks: reads are answered inline from the group's applied state (linearizable ones after a
+//! spawned read-index check), writes are validated and queued to the group's block builder, and
+//! admin work runs in spawned tasks. On core 0 it also creates `_system` and the registry's
+//! bootstrap records before reporting ready.
 
-use crate::{config::ShardConfig, error::ShardError, msg::ShardMsg};
-use ledger_core::types::{CoreId, GroupId};
+use crate::admin;
+use crate::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
+use crate::idem_cache::IdemCache;
+use crate::internal::{self, InternalMsg};
+use crate::reads::{self, TokenKey};
+use crate::{config::ShardConfig, error::ShardError, msg::ReplySender, msg::ShardMsg};
+use futures::channel::oneshot;
+use ledger_core::types::{CoreId, GroupId, NamespaceId, Operation, ScopeKey, VaultId};
+use ledger_core::validate::{validate_client_id, validate_client_operations_with_limit, validate_sequence};
+use ledger_core::ValidationError;
+use ledger_wire::messages::{Request, RequestEnvelope, Response, ResponseEnvelope, Status, StatusCode};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Everything `run_shard` needs; built by the server for each core.
@@ -20,8 +35,266 @@ pub struct ShardSpec {
     pub ready: futures::channel::oneshot::Sender<()>,
 }
 
+/// One core's service state, shared by its inbox loop and the tasks it spawns (same thread).
+pub struct Shard {
+    pub core: CoreId,
+    pub config: Arc<ShardConfig>,
+    pub groups: BTreeMap<GroupId, Rc<Group>>,
+    pub cores: Vec<flume::Sender<ShardMsg>>,
+    pub placement: Arc<BTreeMap<GroupId, CoreId>>,
+    /// The cluster's page-token MAC key (SPEC §5.7), once known on this core.
+    pub token_key: Cell<Option<TokenKey>>,
+    /// Serializes registry mutations on core 0 (counters are read from committed state).
+    pub admin_lock: futures::lock::Mutex<()>,
+}
+
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
 pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
-    let _ = spec;
-    Err(ShardError::NotReady)
+    let ShardSpec { core, config, groups: owned, inbox, cores, placement, ready } = spec;
+    let cache =
+        Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
+    let mut groups = BTreeMap::new();
+    let mut builders = Vec::new();
+    for id in owned {
+        let (raft, data) = crate::state_machine::open_group(&config, id).await?;
+        let group = Group::new(id, raft, data, config.clone(), cache.clone());
+        builders.push(glommio::spawn_local(group.clone().run()).detach());
+        groups.insert(id, group);
+    }
+    let shard = Rc::new(Shard {
+        core,
+        config,
+        groups,
+        cores,
+        placement,
+        token_key: Cell::new(None),
+        admin_lock: futures::lock::Mutex::new(()),
+    });
+    if core.0 == 0 {
+        admin::bootstrap(&shard).await?;
+        if let Some(key) = shard.token_key.get() {
+            for (i, other) in shard.cores.iter().enumerate() {
+                if i != 0 {
+                    let _ = other.try_send(ShardMsg::Internal(InternalMsg::PageTokenKey(key)));
+                }
+            }
+        }
+    }
+    let _ = ready.send(());
+    loop {
+        let Ok(msg) = inbox.recv_async().await else {
+            // Every sender is gone: the node is exiting without a Shutdown.
+            shutdown(&shard, builders).await;
+            return Ok(());
+        };
+        match msg {
+            ShardMsg::Group { group, envelope, reply } => on_group_request(&shard, group, envelope, reply),
+            ShardMsg::Admin { envelope, reply } => {
+                glommio::spawn_local(admin::handle(shard.clone(), envelope, reply)).detach();
+            }
+            ShardMsg::ResolveNamespace { namespace_id, reply } => {
+                let _ = reply.send(admin::resolve_namespace(&shard, namespace_id));
+            }
+            ShardMsg::Internal(msg) => internal::handle(&shard, msg),
+            ShardMsg::Shutdown { done } => {
+                shutdown(&shard, builders).await;
+                let _ = done.send(());
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Stops every builder (queued work is still built), then closes the groups: the storage layer
+/// checkpoints durably and openraft stops.
+async fn shutdown(shard: &Rc<Shard>, builders: Vec<glommio::task::JoinHandle<()>>) {
+    for g in shard.groups.values() {
+        g.stop();
+    }
+    for b in builders {
+        let _ = b.await;
+    }
+    for g in shard.groups.values() {
+        crate::state_machine::close_group(&g.raft, &g.data).await;
+    }
+}
+
+fn reply_err(reply: &ReplySender, request_id: u64, status: Status) {
+    let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status) });
+}
+
+fn validation_status(e: ValidationError) -> Status {
+    match e {
+        ValidationError::InvalidArgument(m) => Status::invalid(m),
+        ValidationError::PermissionDenied(m) => Status::new(StatusCode::PermissionDenied, m),
+    }
+}
+
+fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvelope, reply: ReplySender) {
+    let request_id = envelope.request_id;
+    let Some(group) = shard.groups.get(&group_id).cloned() else {
+        reply_err(
+            &reply,
+            request_id,
+            Status::not_found(format!("group {group_id} is not on core {}", shard.core)),
+        );
+        return;
+    };
+    match envelope.request {
+        Request::Write { namespace_id, vault_id, client_id, sequence, operations, include_tx_proof } => {
+            let sizes = vec![operations.len()];
+            let write = WriteIntake {
+                namespace_id,
+                vault_id,
+                client_id,
+                sequence,
+                operations,
+                sizes,
+                include_tx_proof,
+            };
+            intake_write(shard, &group, write, request_id, reply);
+        }
+        Request::BatchWrite { namespace_id, vault_id, client_id, sequence, groups, include_tx_proof } => {
+            let sizes = groups.iter().map(Vec::len).collect();
+            let operations = groups.into_iter().flatten().collect();
+            let write = WriteIntake {
+                namespace_id,
+                vault_id,
+                client_id,
+                sequence,
+                operations,
+                sizes,
+                include_tx_proof,
+            };
+            intake_write(shard, &group, write, request_id, reply);
+        }
+        Request::GetBlock { namespace_id, vault_id, height } => {
+            let result = get_block(&group, namespace_id, vault_id, height);
+            let _ = reply.try_send(ResponseEnvelope { request_id, result });
+        }
+        Request::GetBlockRange { namespace_id, vault_id, start_height, end_height } => {
+            let result = get_block_range(&group, namespace_id, vault_id, start_height, end_height);
+            let _ = reply.try_send(ResponseEnvelope { request_id, result });
+        }
+        request => {
+            let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
+            if !reads::needs_linearizable(&request) && !need_key {
+                let result = reads::answer(&group, &request, shard.token_key.get().as_ref());
+                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                return;
+            }
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let result = slow_read(&shard, &group, &request).await;
+                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            })
+            .detach();
+        }
+    }
+}
+
+/// A read that first needs the read-index check and/or the page-token key from core 0.
+async fn slow_read(shard: &Shard, group: &Group, request: &Request) -> Result<Response, Status> {
+    if reads::needs_token_key(request) && shard.token_key.get().is_none() {
+        let core0 = shard.cores.first().ok_or_else(|| Status::internal("no core 0"))?;
+        let (tx, rx) = oneshot::channel();
+        core0
+            .send_async(ShardMsg::Internal(InternalMsg::GetPageTokenKey { reply: tx }))
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        let key =
+            rx.await.ok().flatten().ok_or_else(|| Status::unavailable("page token key not available yet"))?;
+        shard.token_key.set(Some(key));
+    }
+    if reads::needs_linearizable(request) {
+        reads::ensure_linearizable(group).await?;
+    }
+    reads::answer(group, request, shard.token_key.get().as_ref())
+}
+
+struct WriteIntake {
+    namespace_id: i64,
+    vault_id: Option<i64>,
+    client_id: String,
+    sequence: u64,
+    operations: Vec<Operation>,
+    sizes: Vec<usize>,
+    include_tx_proof: bool,
+}
+
+/// Stateless validation (SPEC §3.4, §3.6, §3.7, §6.3) before a write may be queued.
+fn intake_write(shard: &Shard, group: &Group, w: WriteIntake, request_id: u64, reply: ReplySender) {
+    let namespace_scope = w.vault_id.unwrap_or(0) == 0;
+    let checked =
+        validate_client_id(&w.client_id).and_then(|_| validate_sequence(w.sequence)).and_then(|_| {
+            validate_client_operations_with_limit(
+                &w.operations,
+                namespace_scope,
+                w.namespace_id == 0,
+                shard.config.max_ops_per_tx,
+            )
+        });
+    if let Err(e) = checked {
+        reply_err(&reply, request_id, validation_status(e));
+        return;
+    }
+    let pending = PendingTx {
+        scope: ScopeKey::new(NamespaceId(w.namespace_id), w.vault_id.map(VaultId)),
+        actor: format!("client:{}", w.client_id),
+        client_id: w.client_id,
+        sequence: w.sequence,
+        operations: w.operations,
+        group_sizes: w.sizes,
+        include_tx_proof: w.include_tx_proof,
+        waiter: Waiter::Client { request_id, reply },
+    };
+    if let Err((waiter, status)) = group.submit(pending) {
+        waiter.send(Err(status));
+    }
+}
+
+fn get_block(
+    group: &Group,
+    namespace_id: i64,
+    vault_id: Option<i64>,
+    height: u64,
+) -> Result<Response, Status> {
+    let data = group.data.borrow();
+    let scope = reads::readable_scope(&data, namespace_id, vault_id)?;
+    let key = scope.meta.key;
+    if height > scope.meta.height {
+        return Err(Status::not_found(format!("block {height} is beyond the tip {}", scope.meta.height)));
+    }
+    let block = data
+        .get_block(key, height)
+        .map_err(|e| Status::internal(format!("archive: {e}")))?
+        .ok_or_else(|| Status::not_found(format!("block {height} of {key} not found")))?;
+    let body_pruned = block_body_pruned(&block);
+    Ok(Response::GetBlock { block, body_pruned })
+}
+
+fn get_block_range(
+    group: &Group,
+    namespace_id: i64,
+    vault_id: Option<i64>,
+    start: u64,
+    end: u64,
+) -> Result<Response, Status> {
+    let data = group.data.borrow();
+    let scope = reads::readable_scope(&data, namespace_id, vault_id)?;
+    let tip = scope.meta.height;
+    let range = reads::block_range(start, end, tip)?;
+    let blocks = if range.is_empty() {
+        Vec::new()
+    } else {
+        data.get_range(scope.meta.key, *range.start(), *range.end())
+            .map_err(|e| Status::internal(format!("archive: {e}")))?
+    };
+    Ok(Response::GetBlockRange { blocks, current_tip: tip })
+}
+
+/// A block above genesis always carries at least one transaction; an empty body means the
+/// archive compacted it (SPEC §9.5).
+fn block_body_pruned(block: &ledger_core::types::Block) -> bool {
+    block.header.height > 0 && block.transactions.is_empty()
 }
