@@ -815,3 +815,682 @@ fn check_condition(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::hash::hex32;
+    use crate::smt::{from_scratch_root, verify_state_proof};
+    use proptest::prelude::*;
+
+    fn ctx(i: u64) -> BlockContext {
+        BlockContext {
+            timestamp: Timestamp { secs: 1_700_000_000 + i as i64, nanos: 0 },
+            leader_id: 1,
+            term: 2,
+            committed_index: 10 + i,
+        }
+    }
+
+    fn vault() -> ScopeState {
+        ScopeState::genesis(
+            ScopeKey::new(NamespaceId(1), Some(VaultId(1))),
+            RetentionPolicy::default(),
+            &ctx(0),
+        )
+    }
+
+    fn tx(client: &str, sequence: u64, operations: Vec<Operation>) -> Transaction {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&sequence.to_be_bytes());
+        id[8] = client.len() as u8;
+        Transaction {
+            id,
+            client_id: client.into(),
+            sequence,
+            operations,
+            timestamp: Timestamp { secs: 5, nanos: 6 },
+            actor: "user:test".into(),
+        }
+    }
+
+    fn set(key: &str, value: &[u8]) -> Operation {
+        Operation::SetEntity { key: key.into(), value: value.to_vec(), expires_at: None, condition: None }
+    }
+
+    fn set_if(key: &str, value: &[u8], condition: SetCondition) -> Operation {
+        Operation::SetEntity {
+            key: key.into(),
+            value: value.to_vec(),
+            expires_at: None,
+            condition: Some(condition),
+        }
+    }
+
+    fn set_ttl(key: &str, value: &[u8], expires_at: u64) -> Operation {
+        Operation::SetEntity {
+            key: key.into(),
+            value: value.to_vec(),
+            expires_at: Some(expires_at),
+            condition: None,
+        }
+    }
+
+    fn del(key: &str) -> Operation {
+        Operation::DeleteEntity { key: key.into() }
+    }
+
+    fn create(resource: &str, relation: &str, subject: &str) -> Operation {
+        Operation::CreateRelationship {
+            resource: resource.into(),
+            relation: relation.into(),
+            subject: subject.into(),
+        }
+    }
+
+    fn remove(resource: &str, relation: &str, subject: &str) -> Operation {
+        Operation::DeleteRelationship {
+            resource: resource.into(),
+            relation: relation.into(),
+            subject: subject.into(),
+        }
+    }
+
+    type TxResult = Result<Vec<OpStatus>, WriteError>;
+
+    /// Build a block from `txs`, check that a replica's replay reproduces it exactly, and commit.
+    fn run_block(scope: &mut ScopeState, txs: Vec<Transaction>) -> (Vec<TxResult>, VaultEntry) {
+        let c = ctx(scope.meta.height + 1);
+        let mut draft = BlockDraft::new(scope);
+        let results: Vec<TxResult> = txs.into_iter().map(|t| draft.try_apply(t)).collect();
+        let (entry, delta) = draft.finish(&c);
+        let replayed = scope.replay_entry(&entry, &c).unwrap();
+        assert_eq!(replayed.header, delta.header);
+        assert_eq!(replayed.block_hash, delta.block_hash);
+        assert_eq!(replayed.statuses, delta.statuses);
+        scope.commit(delta);
+        (results, entry)
+    }
+
+    #[test]
+    fn t30_spec_vector_through_apply() {
+        // The §7.9 three-row scope built by a real block at height 1 has the spec's root and
+        // user:2 proof; the header chains to genesis and the proof verifies against it.
+        let mut scope = vault();
+        let genesis = scope.meta.genesis.clone();
+        assert_eq!(genesis.tx_merkle_root, EMPTY_HASH);
+        assert_eq!(genesis.state_root, ZERO_HASH);
+        assert_eq!(scope.meta.last_block_hash, block_hash(&genesis));
+        let ops =
+            vec![set("user:1", b"alice"), set("user:2", b"bob"), create("doc:readme", "viewer", "user:1")];
+        let t = tx("c", 1, ops);
+        let leaf = tx_hash(&t);
+        let (results, entry) = run_block(&mut scope, vec![t]);
+        assert_eq!(results[0].as_ref().unwrap(), &vec![OpStatus::Created; 3]);
+        let root = hex32("3b9a40480e12865233374a6c14484e529126527bb336cbe511d5a99b7f755eb3");
+        assert_eq!(entry.state_root, root);
+        assert_eq!(entry.tx_merkle_root, leaf);
+        assert_eq!(entry.previous_vault_hash, block_hash(&genesis));
+        assert_eq!(scope.meta.state_root, root);
+        assert_eq!(scope.meta.height, 1);
+        assert_eq!(scope.get_relationship(&Relationship::new("doc:readme", "viewer", "user:1")), Some(1));
+        let proof = scope.prove(b"user:2");
+        assert_eq!(proof.siblings.len(), 6);
+        assert_eq!(
+            proof.siblings[0],
+            hex32("024e5e18583147ce6d071f3ac315778c1ca08325c596dc952505afd3ae665272")
+        );
+        assert_eq!(
+            proof.siblings[5],
+            hex32("4056f2965a09aaa0216737c1073af2a291c25187340ca974aaf728670c921355")
+        );
+        let header = BlockHeader {
+            height: 1,
+            namespace_id: 1,
+            vault_id: 1,
+            previous_hash: entry.previous_vault_hash,
+            tx_merkle_root: entry.tx_merkle_root,
+            state_root: entry.state_root,
+            timestamp: ctx(1).timestamp,
+            leader_id: 1,
+            term: 2,
+            committed_index: 11,
+        };
+        assert_eq!(scope.meta.last_block_hash, block_hash(&header));
+        assert_eq!(verify_state_proof(&proof, b"user:2", Some((b"bob", 0, 1)), &header), Ok(()));
+        let absent = scope.prove(b"user:3");
+        assert_eq!((absent.leaf, absent.siblings.len()), (None, 2));
+        assert_eq!(verify_state_proof(&absent, b"user:3", None, &header), Ok(()));
+        assert_eq!(scope.key_count(), 3);
+    }
+
+    #[test]
+    fn t31_statuses() {
+        // Every row of the §3.9 table, across two blocks; versions are the vault height of the
+        // block that last set the row.
+        let mut scope = vault();
+        let (r, _) = run_block(
+            &mut scope,
+            vec![tx(
+                "c",
+                1,
+                vec![
+                    set("a", b"1"),
+                    set("a", b"2"),
+                    del("b"),
+                    create("d:1", "v", "u:1"),
+                    create("d:1", "v", "u:1"),
+                ],
+            )],
+        );
+        use OpStatus::*;
+        assert_eq!(r[0].as_ref().unwrap(), &vec![Created, Updated, NotFound, Created, AlreadyExists]);
+        assert_eq!(scope.get_entity("a").unwrap().version, 1);
+        let (r, _) = run_block(
+            &mut scope,
+            vec![tx(
+                "c",
+                2,
+                vec![
+                    set("a", b"3"),
+                    del("a"),
+                    del("a"),
+                    remove("d:1", "v", "u:1"),
+                    remove("d:1", "v", "u:1"),
+                ],
+            )],
+        );
+        assert_eq!(r[0].as_ref().unwrap(), &vec![Updated, Deleted, NotFound, Deleted, NotFound]);
+        assert_eq!(scope.key_count(), 0);
+        assert_eq!(scope.computed_root(), ZERO_HASH);
+        let (_, _) = run_block(&mut scope, vec![tx("c", 3, vec![set("x", b"1"), create("d:1", "v", "u:1")])]);
+        assert_eq!(scope.get_entity("x").unwrap().version, 3);
+        assert_eq!(scope.get_relationship(&Relationship::new("d:1", "v", "u:1")), Some(3));
+        // A relationship deleted and re-created in one block gets the new height as its version.
+        run_block(&mut scope, vec![tx("c", 4, vec![remove("d:1", "v", "u:1"), create("d:1", "v", "u:1")])]);
+        assert_eq!(scope.get_relationship(&Relationship::new("d:1", "v", "u:1")), Some(4));
+        assert_eq!(scope.computed_root(), from_scratch_root(scope.leaves()));
+    }
+
+    #[test]
+    fn t32_conditions_and_atomicity() {
+        // Each §3.3 condition passes and fails as tabled; errors name the key with its current
+        // version and (≤ 4 KiB) value; a failing tx changes nothing and consumes no sequence;
+        // conditions see earlier ops of the same tx and earlier txs of the block.
+        let mut scope = vault();
+        let big = vec![7u8; WRITE_ERROR_VALUE_BYTES_MAX + 1];
+        run_block(
+            &mut scope,
+            vec![tx("c", 1, vec![set("a", b"va"), set("big", &big), set_ttl("old", b"o", 1)])],
+        );
+        let c = ctx(2);
+        let mut draft = BlockDraft::new(&scope);
+        let err = |d: &mut BlockDraft, seq, op| d.try_apply(tx("c", seq, vec![op])).unwrap_err();
+        let e = err(&mut draft, 2, set_if("a", b"x", SetCondition::MustNotExist));
+        assert_eq!((e.code, e.key.as_str(), e.current_version), (WriteErrorCode::KeyExists, "a", Some(1)));
+        assert_eq!(e.current_value.as_deref(), Some(&b"va"[..]));
+        // Expired but not yet collected counts as present.
+        let e = err(&mut draft, 2, set_if("old", b"x", SetCondition::MustNotExist));
+        assert_eq!(e.code, WriteErrorCode::KeyExists);
+        let e = err(&mut draft, 2, set_if("big", b"x", SetCondition::VersionEquals(9)));
+        assert_eq!(
+            (e.code, e.current_version, e.current_value),
+            (WriteErrorCode::VersionMismatch, Some(1), None)
+        );
+        let e = err(&mut draft, 2, set_if("a", b"x", SetCondition::ValueEquals(b"no".to_vec())));
+        assert_eq!(e.code, WriteErrorCode::ValueMismatch);
+        for cond in
+            [SetCondition::MustExist, SetCondition::VersionEquals(1), SetCondition::ValueEquals(vec![])]
+        {
+            let e = err(&mut draft, 2, set_if("zz", b"x", cond));
+            assert_eq!(
+                (e.code, e.current_version, e.current_value),
+                (WriteErrorCode::KeyNotFound, None, None)
+            );
+        }
+        // A failing op after successful ones rolls back the whole transaction.
+        let e = draft
+            .try_apply(tx(
+                "c",
+                2,
+                vec![set("n", b"1"), del("a"), set_if("n", b"2", SetCondition::MustNotExist)],
+            ))
+            .unwrap_err();
+        assert_eq!((e.code, e.current_version), (WriteErrorCode::KeyExists, Some(2)));
+        assert!(draft.is_empty());
+        assert_eq!(draft.check_sequence("c", 2), SequenceCheck::Next);
+        // Passing conditions, seeing the same tx's and the earlier tx's writes.
+        let ok = draft
+            .try_apply(tx(
+                "c",
+                2,
+                vec![
+                    set_if("a", b"vb", SetCondition::ValueEquals(b"va".to_vec())),
+                    set_if("a", b"vc", SetCondition::VersionEquals(2)),
+                    set_if("new", b"1", SetCondition::MustNotExist),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(ok, vec![OpStatus::Updated, OpStatus::Updated, OpStatus::Created]);
+        let ok = draft.try_apply(tx("c", 3, vec![set_if("new", b"2", SetCondition::MustExist)])).unwrap();
+        assert_eq!(ok, vec![OpStatus::Updated]);
+        let e = err(&mut draft, 4, set_if("new", b"3", SetCondition::MustNotExist));
+        assert_eq!(e.current_value.as_deref(), Some(&b"2"[..]));
+        assert_eq!(draft.len(), 2);
+        let (entry, delta) = draft.finish(&c);
+        assert_eq!(entry.transactions.len(), 2);
+        assert_eq!(delta.statuses.len(), 2);
+        scope.commit(delta);
+        assert_eq!(scope.get_entity("a").unwrap().value, b"vc");
+        assert_eq!(scope.get_entity("n"), None);
+        assert_eq!(scope.client_state("c").last_committed_seq, 3);
+    }
+
+    #[test]
+    fn t33_sequences() {
+        // §6.3: Next / Duplicate (the persisted record) / Gap, within a draft and after commit.
+        let mut scope = vault();
+        let draft = BlockDraft::new(&scope);
+        assert_eq!(draft.check_sequence("c", 1), SequenceCheck::Next);
+        assert_eq!(draft.check_sequence("c", 3), SequenceCheck::Gap { last: 0 });
+        let t1 = tx("c", 1, vec![set("a", b"1")]);
+        let t2 = tx("c", 2, vec![set("a", b"2")]);
+        let id2 = t2.id;
+        let mut draft = BlockDraft::new(&scope);
+        draft.try_apply(t1.clone()).unwrap();
+        assert_eq!(draft.check_sequence("c", 2), SequenceCheck::Next);
+        assert!(matches!(draft.check_sequence("c", 1), SequenceCheck::Duplicate(_)));
+        draft.try_apply(t2).unwrap();
+        let e = draft.try_apply(t1).unwrap_err();
+        assert_eq!(e.code, WriteErrorCode::AlreadyCommitted);
+        assert_eq!(e.committed_tx_id, Some(id2));
+        let e = draft.try_apply(tx("c", 9, vec![set("a", b"9")])).unwrap_err();
+        assert_eq!((e.code, e.last_committed_sequence), (WriteErrorCode::SequenceGap, Some(2)));
+        assert_eq!(draft.check_sequence("other", 1), SequenceCheck::Next);
+        let (_, delta) = draft.finish(&ctx(1));
+        scope.commit(delta);
+        let expected =
+            ClientState { last_committed_seq: 2, last_committed_tx_id: id2, last_committed_block_height: 1 };
+        assert_eq!(scope.client_state("c"), expected);
+        assert_eq!(BlockDraft::new(&scope).check_sequence("c", 1), SequenceCheck::Duplicate(expected));
+        assert_eq!(BlockDraft::new(&scope).check_sequence("c", 2), SequenceCheck::Duplicate(expected));
+        assert_eq!(BlockDraft::new(&scope).check_sequence("c", 4), SequenceCheck::Gap { last: 2 });
+        assert_eq!(scope.client_state("nobody"), ClientState::default());
+        assert_eq!(scope.clients().count(), 1);
+    }
+
+    #[test]
+    fn t34_expire_entity() {
+        // ExpireEntity removes only a row whose expires_at equals expired_at (Expired), else NotFound.
+        let mut scope = vault();
+        run_block(&mut scope, vec![tx("c", 1, vec![set_ttl("a", b"1", 100), set_ttl("b", b"1", 100)])]);
+        let expire = |key: &str, at| Operation::ExpireEntity { key: key.into(), expired_at: at };
+        let (r, _) = run_block(
+            &mut scope,
+            vec![tx(
+                "system:gc",
+                1,
+                vec![expire("a", 100), expire("b", 99), expire("zz", 100), expire("a", 100)],
+            )],
+        );
+        use OpStatus::*;
+        assert_eq!(r[0].as_ref().unwrap(), &vec![Expired, NotFound, NotFound, NotFound]);
+        assert!(scope.get_entity("a").is_none());
+        assert!(scope.get_entity("b").is_some());
+    }
+
+    #[test]
+    fn t35_replay_detects_divergence() {
+        // A replica's replay rejects an entry whose roots, chain link, height or transactions do
+        // not reproduce; the base scope is left untouched.
+        let mut scope = vault();
+        run_block(
+            &mut scope,
+            vec![tx("c", 1, vec![set("a", b"1"), set_if("b", b"1", SetCondition::MustNotExist)])],
+        );
+        let c = ctx(2);
+        let mut draft = BlockDraft::new(&scope);
+        draft.try_apply(tx("c", 2, vec![set_if("b", b"2", SetCondition::VersionEquals(1))])).unwrap();
+        let (entry, _) = draft.finish(&c);
+        let before = scope.computed_root();
+        assert!(scope.replay_entry(&entry, &c).is_ok());
+
+        let mut bad_root = entry.clone();
+        bad_root.state_root[0] ^= 1;
+        let d = scope.replay_entry(&bad_root, &c).unwrap_err();
+        assert_eq!((d.expected, d.computed, d.at_height), (bad_root.state_root, entry.state_root, 2));
+
+        let mut bad_tx = entry.clone();
+        bad_tx.transactions[0].operations = vec![set_if("b", b"2", SetCondition::VersionEquals(7))];
+        assert!(scope.replay_entry(&bad_tx, &c).is_err());
+        let mut bad_link = entry.clone();
+        bad_link.previous_vault_hash[0] ^= 1;
+        assert!(scope.replay_entry(&bad_link, &c).is_err());
+        let mut bad_height = entry.clone();
+        bad_height.vault_height = 3;
+        assert!(scope.replay_entry(&bad_height, &c).is_err());
+        let mut bad_tx_root = entry.clone();
+        bad_tx_root.tx_merkle_root[0] ^= 1;
+        let d = scope.replay_entry(&bad_tx_root, &c).unwrap_err();
+        assert_eq!(d.expected, bad_tx_root.tx_merkle_root);
+        // The same transaction replayed twice hits the sequence check.
+        let mut dup = entry.clone();
+        dup.transactions.push(entry.transactions[0].clone());
+        assert!(scope.replay_entry(&dup, &c).is_err());
+        assert_eq!(scope.computed_root(), before);
+        assert_eq!(scope.meta.height, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "commit out of order")]
+    fn t36_commit_rejects_a_stale_delta() {
+        // Committing the same height twice is a bug and panics.
+        let mut scope = vault();
+        let mut draft = BlockDraft::new(&scope);
+        draft.try_apply(tx("c", 1, vec![set("a", b"1")])).unwrap();
+        let (_, delta) = draft.finish(&ctx(1));
+        scope.commit(delta.clone());
+        scope.commit(delta);
+    }
+
+    #[test]
+    fn t37_list_entities() {
+        // Prefix listing is ascending, exclusive of start_after, TTL-filtered unless asked, and
+        // returns the continuation key only when more rows qualify.
+        let mut scope = vault();
+        run_block(
+            &mut scope,
+            vec![tx(
+                "c",
+                1,
+                vec![
+                    set("u:1", b"a"),
+                    set("u:2", b"b"),
+                    set_ttl("u:3", b"c", 50),
+                    set("u:4", b"d"),
+                    set("v:1", b"e"),
+                    set("u", b"f"),
+                ],
+            )],
+        );
+        let keys = |v: &Vec<Entity>| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        let (page, next) = scope.list_entities("u:", None, 2, false, 100);
+        assert_eq!((keys(&page), next.as_deref()), (vec!["u:1".to_string(), "u:2".into()], Some("u:2")));
+        let (page, next) = scope.list_entities("u:", Some("u:2"), 2, false, 100);
+        assert_eq!((keys(&page), next), (vec!["u:4".to_string()], None));
+        let (page, _) = scope.list_entities("u:", Some("u:2"), 2, true, 100);
+        assert_eq!(keys(&page), vec!["u:3".to_string(), "u:4".into()]);
+        let (page, _) = scope.list_entities("u:", None, 10, false, 49);
+        assert_eq!(page.len(), 4);
+        assert_eq!(page[2], Entity { key: "u:3".into(), value: b"c".to_vec(), expires_at: 50, version: 1 });
+        let (page, next) = scope.list_entities("u:", None, 3, false, 100);
+        assert_eq!((page.len(), next), (3, None));
+        let (page, _) = scope.list_entities("", Some("u:4"), 10, false, 100);
+        assert_eq!(keys(&page), vec!["v:1".to_string()]);
+        let (page, _) = scope.list_entities("u:", Some("a"), 10, true, 100);
+        assert_eq!(page.len(), 4);
+        let (page, _) = scope.list_entities("u:", Some("zz"), 10, true, 100);
+        assert!(page.is_empty());
+        assert!(is_expired(50, 50) && !is_expired(50, 49) && !is_expired(0, u64::MAX));
+    }
+
+    #[test]
+    fn t38_list_relationships_and_resources() {
+        // Each index path returns key-ordered pages (including relations whose characters sort
+        // below '@'), the filters are exact, and resources are distinct by type prefix.
+        let mut scope = vault();
+        let tuples = [
+            ("doc:1", "view", "user:b"),
+            ("doc:1", "view1", "user:a"),
+            ("doc:1", "view", "user:a"),
+            ("doc:1", "edit", "group:x#member"),
+            ("doc:10", "view", "user:a"),
+            ("doc:2", "view", "user:c"),
+            ("folder:1", "parent", "doc:1"),
+            ("doc:1!", "view", "user:a"),
+        ];
+        let ops = tuples.iter().map(|(r, l, s)| create(r, l, s)).collect();
+        run_block(&mut scope, vec![tx("c", 1, ops)]);
+        let all: Vec<Relationship> = tuples.iter().map(|(r, l, s)| Relationship::new(*r, *l, *s)).collect();
+        let model = |f: &dyn Fn(&Relationship) -> bool| {
+            let mut v: Vec<Relationship> = all.iter().filter(|r| f(r)).cloned().collect();
+            v.sort_by_key(|r| r.key());
+            v
+        };
+        let cases: Vec<(Option<&str>, Option<&str>, Option<&str>)> = vec![
+            (None, None, None),
+            (Some("doc:1"), None, None),
+            (Some("doc:1"), Some("view"), None),
+            (Some("doc:1"), None, Some("user:a")),
+            (Some("doc:1"), Some("view"), Some("user:a")),
+            (None, None, Some("user:a")),
+            (None, Some("view"), Some("user:a")),
+            (None, Some("view"), None),
+            (Some("nope:1"), None, None),
+        ];
+        for (res, rel, sub) in cases {
+            let expected = model(&|r| {
+                res.is_none_or(|x| r.resource == x)
+                    && rel.is_none_or(|x| r.relation == x)
+                    && sub.is_none_or(|x| r.subject == x)
+            });
+            let (full, more) = scope.list_relationships(res, rel, sub, None, 1000);
+            assert_eq!(full, expected, "{res:?} {rel:?} {sub:?}");
+            assert!(!more);
+            // Page through two at a time.
+            let mut paged = Vec::new();
+            let mut after: Option<Relationship> = None;
+            loop {
+                let (page, more) = scope.list_relationships(res, rel, sub, after.as_ref(), 2);
+                paged.extend(page.iter().cloned());
+                after = page.last().cloned();
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(paged, expected, "paged {res:?} {rel:?} {sub:?}");
+        }
+        let (res, more) = scope.list_resources("doc", None, 2);
+        assert_eq!((res, more), (vec!["doc:1".to_string(), "doc:1!".into()], true));
+        let (res, more) = scope.list_resources("doc", Some("doc:1!"), 2);
+        assert_eq!((res, more), (vec!["doc:10".to_string(), "doc:2".into()], false));
+        let (res, _) = scope.list_resources("folder", None, 10);
+        assert_eq!(res, vec!["folder:1".to_string()]);
+        assert!(scope.list_resources("do", None, 10).0.is_empty());
+        // Deleting the last subject of an index row removes it from listings.
+        run_block(&mut scope, vec![tx("c", 2, vec![remove("folder:1", "parent", "doc:1")])]);
+        assert!(scope.list_resources("folder", None, 10).0.is_empty());
+        assert!(scope.list_relationships(None, None, Some("doc:1"), None, 10).0.is_empty());
+    }
+
+    #[test]
+    fn t39_from_rows_rebuilds() {
+        // Reloading a scope from its rows gives the same root, lists and client states.
+        let mut scope = vault();
+        run_block(
+            &mut scope,
+            vec![tx("c", 1, vec![set("a", b"1"), create("d:1", "v", "u:1"), create("d:2", "v", "u:1")])],
+        );
+        run_block(&mut scope, vec![tx("c", 2, vec![set_ttl("b", b"2", 9), remove("d:2", "v", "u:1")])]);
+        let rebuilt = ScopeState::from_rows(
+            scope.meta.clone(),
+            scope.entities().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            scope.relationships().map(|(r, v)| (r.clone(), *v)).collect(),
+            scope.clients().map(|(c, s)| (c.clone(), *s)).collect(),
+        );
+        assert_eq!(rebuilt.computed_root(), scope.meta.state_root);
+        assert_eq!(rebuilt.key_count(), 3);
+        assert_eq!(
+            rebuilt.list_relationships(None, None, Some("u:1"), None, 10),
+            scope.list_relationships(None, None, Some("u:1"), None, 10)
+        );
+        assert_eq!(rebuilt.client_state("c"), scope.client_state("c"));
+        assert_eq!(rebuilt.prove(b"b"), scope.prove(b"b"));
+        let mut s = rebuilt;
+        s.set_status(VaultStatus::ReadOnly);
+        assert_eq!(s.meta.status, VaultStatus::ReadOnly);
+    }
+
+    /// Model of one scope for the property test: plain maps, the spec's rules written naively.
+    #[derive(Clone, Default)]
+    struct Model {
+        entities: BTreeMap<String, EntityRow>,
+        relationships: BTreeMap<String, (Relationship, u64)>,
+    }
+
+    impl Model {
+        /// Apply a transaction at `height`: `Ok(statuses)` or the failing condition's code.
+        fn apply(&mut self, ops: &[Operation], height: u64) -> Result<Vec<OpStatus>, WriteErrorCode> {
+            let mut next = self.clone();
+            let mut out = Vec::new();
+            for op in ops {
+                out.push(match op {
+                    Operation::SetEntity { key, value, expires_at, condition } => {
+                        let cur = next.entities.get(key);
+                        let code = match (condition, cur) {
+                            (None, _) => None,
+                            (Some(SetCondition::MustNotExist), Some(_)) => Some(WriteErrorCode::KeyExists),
+                            (Some(SetCondition::MustNotExist), None) => None,
+                            (Some(_), None) => Some(WriteErrorCode::KeyNotFound),
+                            (Some(SetCondition::MustExist), Some(_)) => None,
+                            (Some(SetCondition::VersionEquals(v)), Some(r)) => {
+                                (r.version != *v).then_some(WriteErrorCode::VersionMismatch)
+                            }
+                            (Some(SetCondition::ValueEquals(b)), Some(r)) => {
+                                (r.value != *b).then_some(WriteErrorCode::ValueMismatch)
+                            }
+                        };
+                        if let Some(code) = code {
+                            return Err(code);
+                        }
+                        let existed = cur.is_some();
+                        let row = EntityRow {
+                            value: value.clone(),
+                            expires_at: expires_at.unwrap_or(0),
+                            version: height,
+                        };
+                        next.entities.insert(key.clone(), row);
+                        if existed {
+                            OpStatus::Updated
+                        } else {
+                            OpStatus::Created
+                        }
+                    }
+                    Operation::DeleteEntity { key } => match next.entities.remove(key) {
+                        Some(_) => OpStatus::Deleted,
+                        None => OpStatus::NotFound,
+                    },
+                    Operation::ExpireEntity { key, expired_at } => match next.entities.get(key) {
+                        Some(r) if r.expires_at == *expired_at => {
+                            next.entities.remove(key);
+                            OpStatus::Expired
+                        }
+                        _ => OpStatus::NotFound,
+                    },
+                    Operation::CreateRelationship { resource, relation, subject } => {
+                        let r = Relationship::new(resource.as_str(), relation.as_str(), subject.as_str());
+                        let k = r.key();
+                        match next.relationships.entry(k) {
+                            std::collections::btree_map::Entry::Occupied(_) => OpStatus::AlreadyExists,
+                            std::collections::btree_map::Entry::Vacant(slot) => {
+                                slot.insert((r, height));
+                                OpStatus::Created
+                            }
+                        }
+                    }
+                    Operation::DeleteRelationship { resource, relation, subject } => {
+                        let k =
+                            Relationship::new(resource.as_str(), relation.as_str(), subject.as_str()).key();
+                        match next.relationships.remove(&k) {
+                            Some(_) => OpStatus::Deleted,
+                            None => OpStatus::NotFound,
+                        }
+                    }
+                });
+            }
+            *self = next;
+            Ok(out)
+        }
+
+        fn leaves(&self) -> Vec<(Hash, Hash)> {
+            let mut v: Vec<(Hash, Hash)> = self.entities.iter().map(|(k, r)| entity_leaf(k, r)).collect();
+            v.extend(self.relationships.values().map(|(r, ver)| relationship_leaf(r, *ver)));
+            v
+        }
+    }
+
+    fn arb_op() -> impl Strategy<Value = Operation> {
+        let key = (0u8..5).prop_map(|i| format!("k{i}"));
+        let value = proptest::collection::vec(0u8..3, 0..2);
+        let condition = proptest::option::of(prop_oneof![
+            Just(SetCondition::MustNotExist),
+            Just(SetCondition::MustExist),
+            (0u64..4).prop_map(SetCondition::VersionEquals),
+            proptest::collection::vec(0u8..3, 0..2).prop_map(SetCondition::ValueEquals),
+        ]);
+        let tuple = ((0u8..3), prop_oneof![Just("r"), Just("r1")], (0u8..3))
+            .prop_map(|(r, l, s)| (format!("doc:{r}"), l.to_string(), format!("user:{s}")));
+        prop_oneof![
+            4 => (key.clone(), value, proptest::option::of(0u64..3), condition)
+                .prop_map(|(key, value, expires_at, condition)| Operation::SetEntity { key, value, expires_at, condition }),
+            1 => key.clone().prop_map(|key| Operation::DeleteEntity { key }),
+            1 => (key, 0u64..3).prop_map(|(key, expired_at)| Operation::ExpireEntity { key, expired_at }),
+            2 => tuple.clone().prop_map(|(resource, relation, subject)| Operation::CreateRelationship { resource, relation, subject }),
+            1 => tuple.prop_map(|(resource, relation, subject)| Operation::DeleteRelationship { resource, relation, subject }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn p10_apply_matches_model(
+            blocks in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(arb_op(), 1..4), 1..5), 1..6)
+        ) {
+            // Blocks of random transactions give the model's statuses and condition failures
+            // (failed txs roll back and consume no sequence), rows, relationship listings, and a
+            // root equal to a from-scratch computation over the model's rows; replicas agree.
+            let mut scope = vault();
+            let mut model = Model::default();
+            let mut seq = 0u64;
+            for block in blocks {
+                let height = scope.meta.height + 1;
+                let c = ctx(height);
+                let mut draft = BlockDraft::new(&scope);
+                for ops in block {
+                    let expected = model.apply(&ops, height);
+                    let got = draft.try_apply(tx("c", seq + 1, ops));
+                    match (expected, got) {
+                        (Ok(e), Ok(g)) => { prop_assert_eq!(e, g); seq += 1; }
+                        (Err(e), Err(g)) => prop_assert_eq!(e, g.code),
+                        (e, g) => prop_assert!(false, "model {:?} vs draft {:?}", e, g),
+                    }
+                }
+                if draft.is_empty() {
+                    continue;
+                }
+                let (entry, delta) = draft.finish(&c);
+                let replayed = scope.replay_entry(&entry, &c).unwrap();
+                prop_assert_eq!(&replayed.header, &delta.header);
+                scope.commit(delta);
+                prop_assert_eq!(scope.meta.state_root, from_scratch_root(model.leaves()));
+                prop_assert_eq!(scope.client_state("c").last_committed_seq, seq);
+                let rows: BTreeMap<String, EntityRow> = scope.entities().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(&rows, &model.entities);
+                let rels: Vec<(Relationship, u64)> = scope.relationships().map(|(r, v)| (r.clone(), *v)).collect();
+                let model_rels: Vec<(Relationship, u64)> = model.relationships.values().cloned().collect();
+                prop_assert_eq!(&rels, &model_rels);
+                let (by_subject, _) = scope.list_relationships(None, None, Some("user:1"), None, 1000);
+                let expected: Vec<Relationship> =
+                    model_rels.iter().map(|(r, _)| r.clone()).filter(|r| r.subject == "user:1").collect();
+                prop_assert_eq!(by_subject, expected);
+                let (by_resource, _) = scope.list_relationships(Some("doc:1"), None, None, None, 1000);
+                let expected: Vec<Relationship> =
+                    model_rels.iter().map(|(r, _)| r.clone()).filter(|r| r.resource == "doc:1").collect();
+                prop_assert_eq!(by_resource, expected);
+            }
+        }
+    }
+}
