@@ -9,6 +9,9 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 
+#[cfg(test)]
+mod proptests;
+
 #[cfg(feature = "client")]
 pub mod client;
 
