@@ -1,0 +1,179 @@
+//! One load run end to end: connect, set up scopes, preload, start `connections × pipeline`
+//! workers together, let them run through warm-up and the measured window, and merge what they
+//! recorded. Worker `w` (connection `w / pipeline`) draws its operations from `Workload(seed, w)`
+//! and writes under client id `<run id>-w<w>`.
+
+use crate::cli::Args;
+use crate::error::LoadgenError;
+use crate::exec::Executor;
+use crate::mix::OpKind;
+use crate::preload::{preload, PreloadPlan};
+use crate::scopes::{ensure_scopes, Scope};
+use crate::stats::Recorder;
+use crate::timeline::{Schedule, Timeline};
+use crate::workload::{Shape, Workload};
+use ledger_wire::{Client, ClientOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Delay between "all workers ready" and `t0`, so every worker is parked on the start signal.
+const START_DELAY: Duration = Duration::from_millis(20);
+
+/// What a run produced.
+pub struct RunOutput {
+    pub stats: Recorder,
+    pub scopes: Vec<Scope>,
+    pub measured: Duration,
+}
+
+/// A run id unique enough to keep client ids of different runs apart (sequences are per id).
+fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("lg-{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
+    let options = ClientOptions {
+        client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for c in 0..args.connections {
+        let addr = &args.addr.0[usize::try_from(c).unwrap_or(0) % args.addr.0.len()];
+        let client = Client::connect(addr.as_str(), options.clone())
+            .await
+            .map_err(|source| LoadgenError::Connect { addr: addr.clone(), source })?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// Performs the run described by `args`; progress goes to stderr.
+pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
+    if args.mix.weight(OpKind::Verified) > 0 {
+        return Err(LoadgenError::Unsupported { operation: "VerifiedRead" });
+    }
+    let run_id = run_id();
+    let clients = connect_all(args).await?;
+    let scopes = ensure_scopes(&clients[0], args.namespaces, args.vaults_per_ns).await?;
+    eprintln!("ledger-loadgen: {} scope(s) ready; preloading {} keys each", scopes.len(), args.key_space);
+    let started = Instant::now();
+    let plan = PreloadPlan {
+        key_space: args.key_space,
+        value_size: args.value_size,
+        seed: args.seed,
+        client_id_prefix: format!("{run_id}-preload"),
+    };
+    let keys = preload(&clients, &scopes, plan).await?;
+    eprintln!("ledger-loadgen: preloaded {keys} keys in {:.1}s", started.elapsed().as_secs_f64());
+
+    let scopes = Arc::new(scopes);
+    let shape = Shape {
+        scopes: scopes.len() as u64,
+        key_space: args.key_space,
+        batch_items: args.batch_items,
+        mix: args.mix,
+    };
+    let (start_tx, start_rx) = watch::channel::<Option<Timeline>>(None);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), LoadgenError>>(64);
+    let mut tasks = Vec::with_capacity(usize::try_from(args.workers()).unwrap_or(0));
+    for (c, client) in clients.iter().enumerate() {
+        let schedule =
+            args.open_loop().then(|| Arc::new(Schedule::new(args.rate as f64 / args.connections as f64)));
+        for slot in 0..args.pipeline {
+            let worker = c as u64 * args.pipeline + slot;
+            let executor = Executor::new(
+                client.clone(),
+                Arc::clone(&scopes),
+                format!("{run_id}-w{worker}"),
+                args.consistency.to_wire(),
+                usize::try_from(args.value_size).unwrap_or(usize::MAX),
+            );
+            let workload = Workload::new(args.seed, worker, shape);
+            let writes = args.mix.weight(OpKind::Write) > 0;
+            let (schedule, mut start_rx, ready_tx) = (schedule.clone(), start_rx.clone(), ready_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut executor = executor;
+                if writes {
+                    if let Err(source) = executor.prepare_writes().await {
+                        let _ = ready_tx
+                            .send(Err(LoadgenError::Setup { step: "syncing sequences".into(), source }))
+                            .await;
+                        return Recorder::new();
+                    }
+                }
+                let _ = ready_tx.send(Ok(())).await;
+                drop(ready_tx);
+                let timeline = match start_rx.wait_for(Option::is_some).await {
+                    Ok(t) => (*t).unwrap_or_else(|| unreachable!("waited for Some")),
+                    Err(_) => return Recorder::new(),
+                };
+                drive(executor, workload, timeline, schedule.as_deref()).await
+            }));
+        }
+    }
+    drop(ready_tx);
+    while let Some(ready) = ready_rx.recv().await {
+        if let Err(e) = ready {
+            for task in &tasks {
+                task.abort();
+            }
+            return Err(e);
+        }
+    }
+    let timeline = Timeline::new(Instant::now() + START_DELAY, args.warmup, args.duration);
+    let _ = start_tx.send(Some(timeline));
+    eprintln!(
+        "ledger-loadgen: {} worker(s) running: {} warm-up + {} measured",
+        tasks.len(),
+        crate::duration::format_duration(args.warmup),
+        crate::duration::format_duration(args.duration)
+    );
+    let mut stats = Recorder::new();
+    for task in tasks {
+        let recorded = task.await.map_err(|e| LoadgenError::Worker { message: e.to_string() })?;
+        stats.merge(&recorded);
+    }
+    Ok(RunOutput { stats, scopes: scopes.to_vec(), measured: args.duration })
+}
+
+/// The loop of one worker: issue, time, record (measured window only), until the end.
+async fn drive(
+    mut executor: Executor,
+    mut workload: Workload,
+    timeline: Timeline,
+    schedule: Option<&Schedule>,
+) -> Recorder {
+    let mut recorder = Recorder::new();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(timeline.t0)).await;
+    loop {
+        let start = match schedule {
+            Some(schedule) => {
+                let due = schedule.claim(timeline.t0);
+                if due >= timeline.end {
+                    break;
+                }
+                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                due
+            }
+            None => {
+                let now = Instant::now();
+                if now >= timeline.end {
+                    break;
+                }
+                now
+            }
+        };
+        let op = workload.next_op();
+        let result = executor.execute(&op).await;
+        if timeline.is_measured(start) {
+            let stats = recorder.op_mut(op.kind());
+            match result {
+                Ok(()) => stats.record_ok(start.elapsed()),
+                Err(code) => stats.record_error(&code),
+            }
+        }
+    }
+    recorder
+}
