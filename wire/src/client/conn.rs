@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::ClientOptions;
 use crate::codec::{deserialize, encode_frame, encode_frame_limited, Frame, FrameReader};
@@ -62,6 +62,8 @@ struct Table {
 #[derive(Default)]
 pub(super) struct Shared {
     table: Mutex<Table>,
+    /// Wakes the writer task when the connection closes, so it drops (shuts down) its half.
+    closed_signal: Notify,
 }
 
 impl Shared {
@@ -110,6 +112,19 @@ impl Shared {
         for (_, reply) in pending {
             let _ = reply.send(Err(reason.clone()));
         }
+        self.closed_signal.notify_waiters();
+    }
+
+    /// Completes once `close` has been called.
+    pub async fn wait_closed(&self) {
+        let notified = self.closed_signal.notified();
+        tokio::pin!(notified);
+        // Registering before checking the flag means a close between the two is not missed.
+        notified.as_mut().enable();
+        if self.lock().closed.is_some() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -196,7 +211,14 @@ pub(super) async fn writer_loop(
 ) {
     let mut out: Vec<u8> = Vec::new();
     let mut batch: Vec<RequestEnvelope> = Vec::new();
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+            () = shared.wait_closed() => return,
+        };
         out.clear();
         let mut next = Some(first);
         while let Some(item) = next.take() {

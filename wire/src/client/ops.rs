@@ -3,8 +3,10 @@
 
 use super::Client;
 use crate::error::ClientError;
-use crate::messages::{HealthStatus, NamespaceInfo, NamespaceSelector, Request, Response, VaultInfo};
-use ledger_core::types::{Hash, ReadConsistency, RetentionPolicy};
+use crate::messages::{
+    BatchReadItem, HealthStatus, NamespaceInfo, NamespaceSelector, Request, Response, VaultInfo, WriteResult,
+};
+use ledger_core::types::{Hash, Operation, ReadConsistency, RetentionPolicy};
 
 fn unexpected(op: &str, response: &Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response to {op}: {response:?}"))
@@ -41,6 +43,44 @@ impl Client {
         match self.call(request).await? {
             Response::Read { value, .. } => Ok(value),
             other => Err(unexpected("Read", &other)),
+        }
+    }
+
+    /// Reads several keys from one consistent snapshot; results in request order.
+    pub async fn batch_read(
+        &self,
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        keys: Vec<String>,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<BatchReadItem>, ClientError> {
+        match self.call(Request::BatchRead { namespace_id, vault_id, keys, consistency }).await? {
+            Response::BatchRead { results, .. } => Ok(results),
+            other => Err(unexpected("BatchRead", &other)),
+        }
+    }
+
+    /// One raw `Write` with a caller-managed sequence and no retry; most callers want
+    /// `WriteSession`, which applies the SPEC §6.4 rules.
+    pub async fn write(
+        &self,
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        client_id: impl Into<String>,
+        sequence: u64,
+        operations: Vec<Operation>,
+    ) -> Result<WriteResult, ClientError> {
+        let request = Request::Write {
+            namespace_id,
+            vault_id,
+            client_id: client_id.into(),
+            sequence,
+            operations,
+            include_tx_proof: false,
+        };
+        match self.call(request).await? {
+            Response::Write(result) => Ok(result),
+            other => Err(unexpected("Write", &other)),
         }
     }
 

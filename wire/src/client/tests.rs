@@ -16,7 +16,7 @@ use crate::codec::{encode_frame, FrameReader};
 use crate::constants::MAX_FRAME_BYTES_DEFAULT;
 use crate::frame::FrameKind;
 use crate::messages::{
-    Goaway, GoawayCode, Hello, RequestBatch, ResponseBatch, ResponseEnvelope, Status, StatusCode,
+    Goaway, GoawayCode, Hello, Ping, RequestBatch, ResponseBatch, ResponseEnvelope, Status, StatusCode,
     WriteResult, WriteSuccess,
 };
 use ledger_core::types::{Operation, Timestamp, WriteError, WriteErrorCode};
@@ -25,6 +25,8 @@ use ledger_core::types::{Operation, Timestamp, WriteError, WriteErrorCode};
 enum Reply {
     Responses(Vec<ResponseEnvelope>),
     Goaway(GoawayCode, &'static str),
+    /// Bytes written as they are (e.g. a Ping frame, or garbage).
+    Raw(Vec<u8>),
     Close,
 }
 
@@ -36,6 +38,8 @@ struct Seen {
     batch_sizes: Vec<usize>,
     hellos: Vec<Hello>,
     connections: usize,
+    pongs: Vec<u64>,
+    eofs: usize,
 }
 
 async fn fake_server(max_batch_items: u32, handler: Handler) -> (SocketAddr, Arc<Mutex<Seen>>) {
@@ -64,6 +68,7 @@ async fn serve(
     loop {
         let Ok(n) = socket.read(&mut buf).await else { return };
         if n == 0 {
+            seen.lock().unwrap().eofs += 1;
             return;
         }
         let mut input = &buf[..n];
@@ -98,10 +103,12 @@ async fn serve(
                                 let _ = socket.write_all(&out).await;
                                 return;
                             }
+                            Reply::Raw(bytes) => out.extend_from_slice(&bytes),
                             Reply::Close => return,
                         }
                     }
                 }
+                FrameKind::Pong => seen.lock().unwrap().pongs.push(frame.decode::<Ping>().unwrap().nonce),
                 _ => {}
             }
             if !out.is_empty() && socket.write_all(&out).await.is_err() {
@@ -382,4 +389,44 @@ fn t25_retry_policy_backoff_is_capped_and_jittered() {
         assert!(jittered >= full / 2 && jittered <= full, "{attempt}: {jittered:?} vs {full:?}");
     }
     assert_eq!(policy.max_attempts, 10);
+}
+
+#[tokio::test]
+async fn t26_ping_is_answered_and_a_bad_frame_closes_the_connection() {
+    // Proves the client answers a server Ping with a Pong carrying the same nonce, and that a
+    // garbage frame fails the pending call with a Protocol error and shuts the socket down (the
+    // server sees end-of-stream) instead of leaving a half-open connection.
+    let handler: Handler = Box::new(|items| {
+        let mut replies = Vec::new();
+        for envelope in items {
+            let Request::GetClientState { client_id, .. } = &envelope.request else { panic!() };
+            if client_id == "garbage" {
+                replies.push(Reply::Raw(b"NOT A FRAME AT ALL".to_vec()));
+            } else {
+                let mut ping = Vec::new();
+                encode_frame(FrameKind::Ping, &Ping { nonce: 77 }, &mut ping).unwrap();
+                replies.push(Reply::Raw(ping));
+                replies.push(Reply::Responses(vec![echo_state(&envelope)]));
+            }
+        }
+        replies
+    });
+    let (addr, seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    assert_eq!(
+        client.call(state_request("5")).await.unwrap(),
+        Response::GetClientState { last_committed_sequence: 5 }
+    );
+    let e = client.call(state_request("garbage")).await.unwrap_err();
+    assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
+    assert!(!e.is_retryable());
+    for _ in 0..200 {
+        if seen.lock().unwrap().eofs == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.pongs, vec![77]);
+    assert_eq!(seen.eofs, 1);
 }
