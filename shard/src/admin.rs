@@ -5,6 +5,10 @@
 //! that group (`internal`). Mutations run one at a time (the admin lock), so id counters and
 //! group loads are always read from committed state.
 
+// Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
+// only add an allocation to every error path.
+#![allow(clippy::result_large_err)]
+
 use crate::group::{now_ts, PendingTx, ScopeCommand, Waiter};
 use crate::internal::{CoreHealth, InternalMsg};
 use crate::msg::{ReplySender, ShardMsg};
@@ -454,6 +458,8 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
     let fail = |what: &str, s: Status| ShardError::Bootstrap(format!("{what}: {s}"));
     let group = system_group(shard).map_err(|s| fail("group 0", s))?;
     if !group.is_leader() {
+        // A follower's registry arrives through replication; the key is loaded if it has it.
+        shard.token_key.set(with_system(shard, page_token_key).ok().flatten());
         return Ok(());
     }
     let exists = group.data.borrow().scopes.contains_key(&SYSTEM_SCOPE);
@@ -504,10 +510,11 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
             }
         }
     }
-    let key = with_system(shard, |s| {
-        s.get_entity(reg::KEY_PAGE_TOKEN).and_then(|r| <[u8; 32]>::try_from(r.value.as_slice()).ok())
-    })
-    .map_err(|s| fail("reading the page token key", s))?;
+    let key = with_system(shard, page_token_key).map_err(|s| fail("reading the page token key", s))?;
     shard.token_key.set(key);
     Ok(())
+}
+
+fn page_token_key(system: &ScopeState) -> Option<[u8; 32]> {
+    system.get_entity(reg::KEY_PAGE_TOKEN).and_then(|r| <[u8; 32]>::try_from(r.value.as_slice()).ok())
 }

@@ -3,6 +3,10 @@
 //! data group to create or change a scope there, to describe a scope, or to report its vaults
 //! and health; it also hands out the cluster's page-token key.
 
+// Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
+// only add an allocation to every error path.
+#![allow(clippy::result_large_err)]
+
 use crate::group::ScopeCommand;
 use crate::reads::{vault_info, TokenKey};
 use crate::shard::Shard;
@@ -21,6 +25,9 @@ pub struct CoreHealth {
     pub degraded: Vec<(String, String)>,
 }
 
+/// A scope-level health answer: status, message, details (SPEC §5.4).
+pub type ScopeHealthReport = (HealthStatus, String, Vec<(String, String)>);
+
 pub enum InternalMsg {
     /// Propose a scope lifecycle command in a group this core owns; the reply carries the
     /// scope's metadata once the entry is applied.
@@ -32,11 +39,7 @@ pub enum InternalMsg {
     /// Node-level health of this core's groups and scopes.
     Health { reply: oneshot::Sender<CoreHealth> },
     /// Scope-level health (SPEC §5.4 with a scope).
-    ScopeHealth {
-        group: GroupId,
-        scope: ScopeKey,
-        reply: oneshot::Sender<Result<(HealthStatus, String, Vec<(String, String)>), Status>>,
-    },
+    ScopeHealth { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<ScopeHealthReport, Status>> },
     /// Core 0 → every core: the cluster's page-token key (SPEC §5.7).
     PageTokenKey(TokenKey),
     /// Any core → core 0: send me the page-token key.
@@ -119,10 +122,7 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     }
 }
 
-fn scope_health(
-    g: &crate::group::Group,
-    scope: ScopeKey,
-) -> Result<(HealthStatus, String, Vec<(String, String)>), Status> {
+fn scope_health(g: &crate::group::Group, scope: ScopeKey) -> Result<ScopeHealthReport, Status> {
     let data = g.data.borrow();
     let s = data.scopes.get(&scope).ok_or_else(|| Status::not_found(format!("scope {scope} not found")))?;
     let mut details =

@@ -20,6 +20,8 @@ pub mod page_token;
 pub mod reads;
 pub mod registry;
 pub mod runtime;
+#[cfg(test)]
+mod service_tests;
 pub mod shard;
 pub mod state_machine;
 pub mod type_config;

@@ -2,6 +2,10 @@
 //! one scope, one filter and one scope height. Tokens are opaque to clients; the MAC key is the
 //! cluster-wide `_meta:page_token_key`, so any node can continue a pagination another started.
 
+// Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
+// only add an allocation to every error path.
+#![allow(clippy::result_large_err)]
+
 use ledger_wire::messages::{ErrorDetail, Status, StatusCode};
 
 pub const PAGE_TOKEN_VERSION: u8 = 1;

@@ -4,6 +4,10 @@
 //! (SPEC §3.8). Historical reads (`at_height` below the tip) need the reconstruction of SPEC §8.7,
 //! which is a later issue: until then such a request is `FailedPrecondition{HeightUnavailable}`.
 
+// Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
+// only add an allocation to every error path.
+#![allow(clippy::result_large_err)]
+
 use crate::group::{now_secs, vault_unavailable, Group};
 use crate::group_data::GroupData;
 use crate::page_token::{height_unavailable, query_hash, PageToken, MSG_INVALID, PAGE_TOKEN_KEY_LEN};

@@ -4,6 +4,10 @@
 //! admin work runs in spawned tasks. On core 0 it also creates `_system` and the registry's
 //! bootstrap records before reporting ready.
 
+// Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
+// only add an allocation to every error path.
+#![allow(clippy::result_large_err)]
+
 use crate::admin;
 use crate::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
 use crate::idem_cache::IdemCache;

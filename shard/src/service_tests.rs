@@ -1,0 +1,934 @@
+//! End-to-end tests of the shard service layer: one core running `run_shard` in a glommio
+//! executor on a temporary data directory, driven through its inbox exactly as the router
+//! drives it (namespace resolution on core 0, then `ShardMsg::Group` / `ShardMsg::Admin`).
+#![allow(clippy::unwrap_used)]
+
+use crate::config::ShardConfig;
+use crate::msg::ShardMsg;
+use crate::shard::{run_shard, ShardSpec};
+use ledger_core::types::*;
+use ledger_wire::messages::*;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A running single-core node; dropped shards are shut down explicitly with `stop`.
+struct Node {
+    inbox: flume::Sender<ShardMsg>,
+    replies: flume::Receiver<ResponseEnvelope>,
+    reply: flume::Sender<ResponseEnvelope>,
+    next_id: std::cell::Cell<u64>,
+    shard: glommio::task::JoinHandle<()>,
+}
+
+fn config(dir: &Path) -> ShardConfig {
+    ShardConfig::for_tests(dir.to_path_buf())
+}
+
+async fn start(dir: PathBuf, cfg: impl FnOnce(&mut ShardConfig)) -> Node {
+    let mut c = config(&dir);
+    cfg(&mut c);
+    let (tx, rx) = flume::bounded(8192);
+    let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
+    let placement: BTreeMap<GroupId, CoreId> = [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0))].into();
+    let spec = ShardSpec {
+        core: CoreId(0),
+        config: Arc::new(c),
+        groups: vec![GroupId(0), GroupId(1)],
+        inbox: rx,
+        cores: vec![tx.clone()],
+        placement: Arc::new(placement),
+        ready: ready_tx,
+    };
+    let shard = glommio::spawn_local(async move {
+        run_shard(spec).await.unwrap();
+    })
+    .detach();
+    ready_rx.await.unwrap();
+    let (reply, replies) = flume::unbounded();
+    Node { inbox: tx, replies, reply, next_id: std::cell::Cell::new(1), shard }
+}
+
+impl Node {
+    async fn stop(self) {
+        let (done, wait) = futures::channel::oneshot::channel();
+        self.inbox.send_async(ShardMsg::Shutdown { done }).await.unwrap();
+        wait.await.unwrap();
+        self.shard.await;
+    }
+
+    async fn resolve(&self, namespace_id: i64) -> Option<GroupId> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.inbox.send_async(ShardMsg::ResolveNamespace { namespace_id, reply: tx }).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    /// Sends one request the way the router would and waits for its answer.
+    async fn call(&self, request: Request) -> Result<Response, Status> {
+        let request_id = self.next_id.get();
+        self.next_id.set(request_id + 1);
+        let namespace = scope_namespace(&request);
+        let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+        let msg = match namespace {
+            None => ShardMsg::Admin { envelope, reply: self.reply.clone() },
+            Some(ns) => match self.resolve(ns).await {
+                Some(group) => ShardMsg::Group { group, envelope, reply: self.reply.clone() },
+                None => return Err(Status::not_found("namespace not found (router)")),
+            },
+        };
+        self.inbox.send_async(msg).await.unwrap();
+        let env = self.replies.recv_async().await.unwrap();
+        assert_eq!(env.request_id, request_id);
+        env.result
+    }
+
+    /// Sends many requests at once (pipelined) and returns the answers in request order.
+    async fn call_all(&self, requests: Vec<Request>) -> Vec<Result<Response, Status>> {
+        let mut ids = Vec::new();
+        let mut groups = Vec::new();
+        for request in &requests {
+            groups.push(self.resolve(scope_namespace(request).unwrap()).await.unwrap());
+        }
+        // Everything is sent without yielding, so the inbox holds all of it at once.
+        for (request, group) in requests.into_iter().zip(groups) {
+            let request_id = self.next_id.get();
+            self.next_id.set(request_id + 1);
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            self.inbox.try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone() }).unwrap();
+            ids.push(request_id);
+        }
+        let mut got = BTreeMap::new();
+        while got.len() < ids.len() {
+            let env = self.replies.recv_async().await.unwrap();
+            got.insert(env.request_id, env.result);
+        }
+        ids.iter().map(|id| got.remove(id).unwrap()).collect()
+    }
+
+    async fn create_namespace(&self, name: &str) -> i64 {
+        match self.call(Request::CreateNamespace { name: name.into(), group_id: None }).await.unwrap() {
+            Response::CreateNamespace { namespace_id, .. } => namespace_id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn create_vault(&self, namespace_id: i64) -> (i64, BlockHeader) {
+        let req = Request::CreateVault {
+            namespace_id,
+            replication_factor: 0,
+            initial_nodes: vec![],
+            retention_policy: None,
+        };
+        match self.call(req).await.unwrap() {
+            Response::CreateVault { vault_id, genesis } => (vault_id, genesis),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn write(
+        &self,
+        ns: i64,
+        vault: Option<i64>,
+        client: &str,
+        seq: u64,
+        ops: Vec<Operation>,
+    ) -> WriteResult {
+        let req = Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: client.into(),
+            sequence: seq,
+            operations: ops,
+            include_tx_proof: false,
+        };
+        match self.call(req).await.unwrap() {
+            Response::Write(r) => r,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn read(&self, ns: i64, vault: Option<i64>, key: &str) -> Option<Vec<u8>> {
+        let req = Request::Read {
+            namespace_id: ns,
+            vault_id: vault,
+            key: key.into(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        match self.call(req).await.unwrap() {
+            Response::Read { value, .. } => value,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn scope_namespace(request: &Request) -> Option<i64> {
+    use Request::*;
+    match request {
+        Read { namespace_id, .. }
+        | BatchRead { namespace_id, .. }
+        | GetBlock { namespace_id, .. }
+        | GetBlockRange { namespace_id, .. }
+        | GetTip { namespace_id, .. }
+        | GetClientState { namespace_id, .. }
+        | ListRelationships { namespace_id, .. }
+        | ListResources { namespace_id, .. }
+        | ListEntities { namespace_id, .. }
+        | Write { namespace_id, .. }
+        | BatchWrite { namespace_id, .. }
+        | GetVault { namespace_id, .. } => Some(*namespace_id),
+        _ => None,
+    }
+}
+
+fn set(key: &str, value: &[u8]) -> Operation {
+    Operation::SetEntity { key: key.into(), value: value.to_vec(), expires_at: None, condition: None }
+}
+
+fn set_if(key: &str, value: &[u8], condition: SetCondition) -> Operation {
+    Operation::SetEntity {
+        key: key.into(),
+        value: value.to_vec(),
+        expires_at: None,
+        condition: Some(condition),
+    }
+}
+
+fn rel(resource: &str, relation: &str, subject: &str) -> Operation {
+    Operation::CreateRelationship {
+        resource: resource.into(),
+        relation: relation.into(),
+        subject: subject.into(),
+    }
+}
+
+fn success(r: WriteResult) -> WriteSuccess {
+    match r {
+        WriteResult::Success(s) => s,
+        WriteResult::Error(e) => panic!("write failed: {e:?}"),
+    }
+}
+
+fn failure(r: WriteResult) -> WriteError {
+    match r {
+        WriteResult::Error(e) => e,
+        WriteResult::Success(s) => panic!("write unexpectedly succeeded: {s:?}"),
+    }
+}
+
+/// Runs `test` inside a fresh glommio executor with a temporary data directory.
+fn run<F, Fut>(test: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { test(path).await })
+        .unwrap()
+        .join()
+        .unwrap();
+    drop(dir);
+}
+
+/// Namespace and vault lifecycle through the registry: ids from the counters, placement in the
+/// only data group, duplicate and malformed names refused, genesis at height 0, GetVault and
+/// ListVaults describe the vault, GetNamespace works by id and by name, and the health check is
+/// Healthy.
+#[test]
+fn t10_create_namespace_and_vault() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        match node.call(Request::CreateNamespace { name: "acme".into(), group_id: None }).await.unwrap() {
+            Response::CreateNamespace { namespace_id, group_id } => {
+                assert_eq!((namespace_id, group_id), (1, 1))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let dup =
+            node.call(Request::CreateNamespace { name: "acme".into(), group_id: None }).await.unwrap_err();
+        assert_eq!(dup.code, StatusCode::AlreadyExists);
+        let bad =
+            node.call(Request::CreateNamespace { name: "a b".into(), group_id: None }).await.unwrap_err();
+        assert_eq!(bad.code, StatusCode::InvalidArgument);
+        let missing =
+            node.call(Request::CreateNamespace { name: "x".into(), group_id: Some(9) }).await.unwrap_err();
+        assert_eq!(missing.code, StatusCode::NotFound);
+        assert_eq!(node.create_namespace("beta").await, 2);
+
+        let (vault, genesis) = node.create_vault(1).await;
+        assert_eq!(vault, 1);
+        assert_eq!((genesis.height, genesis.namespace_id, genesis.vault_id), (0, 1, 1));
+        assert_eq!(genesis.previous_hash, ZERO_HASH);
+        assert_eq!(genesis.state_root, ZERO_HASH);
+        assert_eq!(node.create_vault(2).await.0, 2);
+
+        match node.call(Request::GetVault { namespace_id: 1, vault_id: 1 }).await.unwrap() {
+            Response::GetVault(info) => {
+                assert_eq!((info.namespace_id, info.vault_id, info.height, info.group_id), (1, 1, 0, 1));
+                assert_eq!(info.status, VaultStatus::Active);
+                assert_eq!(info.health, VaultHealth::Healthy);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A vault addressed under another namespace does not exist there.
+        let wrong = node.call(Request::GetVault { namespace_id: 2, vault_id: 1 }).await.unwrap_err();
+        assert_eq!(wrong.code, StatusCode::NotFound);
+        let wrong_read = node
+            .call(Request::Read {
+                namespace_id: 2,
+                vault_id: Some(1),
+                key: "k".into(),
+                consistency: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(wrong_read.code, StatusCode::NotFound);
+
+        match node.call(Request::ListVaults).await.unwrap() {
+            Response::ListVaults { vaults } => {
+                assert_eq!(
+                    vaults.iter().map(|v| (v.namespace_id, v.vault_id)).collect::<Vec<_>>(),
+                    vec![(1, 1), (2, 2)]
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for by in [NamespaceSelector::Id(1), NamespaceSelector::Name("acme".into())] {
+            match node.call(Request::GetNamespace { by }).await.unwrap() {
+                Response::GetNamespace(info) => {
+                    assert_eq!((info.namespace_id, info.name.as_str(), info.group_id), (1, "acme", 1));
+                    assert_eq!(info.status, NamespaceStatus::Active);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let none = node
+            .call(Request::GetNamespace { by: NamespaceSelector::Name("nope".into()) })
+            .await
+            .unwrap_err();
+        assert_eq!(none.code, StatusCode::NotFound);
+        match node.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await.unwrap() {
+            Response::HealthCheck { status, .. } => assert_eq!(status, HealthStatus::Healthy),
+            other => panic!("unexpected {other:?}"),
+        }
+        match node.call(Request::GetNodeInfo).await.unwrap() {
+            Response::GetNodeInfo { node_id, is_cluster_member, .. } => {
+                assert_eq!(node_id, 1);
+                assert!(is_cluster_member);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(node.resolve(1).await, Some(GroupId(1)));
+        assert_eq!(node.resolve(99).await, None);
+        node.stop().await;
+    });
+}
+
+/// Every SetEntity condition of SPEC §3.3, its failure code, and that a failed condition
+/// consumes no sequence; versions are the vault height of the block that set the key.
+#[test]
+fn t11_write_conditions() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let s = success(node.write(ns, vault, "c", 1, vec![set("k", b"1")]).await);
+        assert_eq!(s.block_height, 1);
+        assert_eq!(s.statuses, vec![vec![OpStatus::Created]]);
+        assert_eq!(s.actor, "client:c");
+
+        let e =
+            failure(node.write(ns, vault, "c", 2, vec![set_if("k", b"2", SetCondition::MustNotExist)]).await);
+        assert_eq!((e.code, e.key.as_str(), e.current_version), (WriteErrorCode::KeyExists, "k", Some(1)));
+        let e =
+            failure(node.write(ns, vault, "c", 2, vec![set_if("nope", b"2", SetCondition::MustExist)]).await);
+        assert_eq!(e.code, WriteErrorCode::KeyNotFound);
+        let e = failure(
+            node.write(ns, vault, "c", 2, vec![set_if("k", b"2", SetCondition::VersionEquals(7))]).await,
+        );
+        assert_eq!(e.code, WriteErrorCode::VersionMismatch);
+        let e = failure(
+            node.write(ns, vault, "c", 2, vec![set_if("k", b"2", SetCondition::ValueEquals(b"x".to_vec()))])
+                .await,
+        );
+        assert_eq!((e.code, e.current_value.as_deref()), (WriteErrorCode::ValueMismatch, Some(&b"1"[..])));
+
+        // The same sequence 2 is still next: none of the failures consumed it.
+        let s = success(
+            node.write(ns, vault, "c", 2, vec![set_if("k", b"2", SetCondition::VersionEquals(1))]).await,
+        );
+        assert_eq!((s.block_height, s.statuses.clone()), (2, vec![vec![OpStatus::Updated]]));
+        success(
+            node.write(ns, vault, "c", 3, vec![set_if("k", b"3", SetCondition::ValueEquals(b"2".to_vec()))])
+                .await,
+        );
+        success(node.write(ns, vault, "c", 4, vec![set_if("k", b"4", SetCondition::MustExist)]).await);
+        success(node.write(ns, vault, "c", 5, vec![set_if("n", b"1", SetCondition::MustNotExist)]).await);
+        assert_eq!(node.read(ns, vault, "k").await.as_deref(), Some(&b"4"[..]));
+        assert_eq!(node.read(ns, vault, "n").await.as_deref(), Some(&b"1"[..]));
+        let s =
+            success(node.write(ns, vault, "c", 6, vec![Operation::DeleteEntity { key: "n".into() }]).await);
+        assert_eq!(s.statuses, vec![vec![OpStatus::Deleted]]);
+        assert_eq!(node.read(ns, vault, "n").await, None);
+
+        // Namespace scope writes work; relationships there and reserved keys are refused at intake.
+        success(node.write(ns, None, "c", 1, vec![set("profile", b"p")]).await);
+        let bad = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: None,
+                client_id: "c".into(),
+                sequence: 2,
+                operations: vec![rel("doc:1", "viewer", "user:1")],
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, StatusCode::InvalidArgument);
+        let reserved = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: vault,
+                client_id: "c".into(),
+                sequence: 7,
+                operations: vec![set("_meta:x", b"")],
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reserved.code, StatusCode::PermissionDenied);
+
+        // With include_tx_proof the header and a verifying Merkle proof come back.
+        let req = Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: "c".into(),
+            sequence: 7,
+            operations: vec![set("p", b"q")],
+            include_tx_proof: true,
+        };
+        let Response::Write(WriteResult::Success(s)) = node.call(req).await.unwrap() else { panic!() };
+        let header = s.block_header.unwrap();
+        assert_eq!(header.height, s.block_height);
+        assert!(ledger_core::hash::verify_tx_proof(&s.tx_proof.unwrap(), &header.tx_merkle_root));
+        match node.call(Request::GetTip { namespace_id: ns, vault_id: vault }).await.unwrap() {
+            Response::GetTip { height, block_hash, state_root } => {
+                assert_eq!(height, header.height);
+                assert_eq!(block_hash, ledger_core::hash::block_hash(&header));
+                assert_eq!(state_root, header.state_root);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        node.stop().await;
+    });
+}
+
+/// BatchWrite is one transaction: a failing condition in a later group rolls back every group;
+/// a successful one returns statuses per group and later groups see earlier groups' effects.
+#[test]
+fn t12_batch_write_atomicity() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let batch = |seq, groups| Request::BatchWrite {
+            namespace_id: ns,
+            vault_id: Some(v),
+            client_id: "b".into(),
+            sequence: seq,
+            groups,
+            include_tx_proof: false,
+        };
+        let r = node
+            .call(batch(
+                1,
+                vec![
+                    vec![set("a", b"1"), rel("doc:1", "viewer", "user:1")],
+                    vec![set_if("a", b"2", SetCondition::MustNotExist)],
+                ],
+            ))
+            .await
+            .unwrap();
+        let Response::Write(WriteResult::Error(e)) = r else { panic!("{r:?}") };
+        assert_eq!((e.code, e.key.as_str()), (WriteErrorCode::KeyExists, "a"));
+        assert_eq!(node.read(ns, Some(v), "a").await, None);
+
+        let r = node
+            .call(batch(
+                1,
+                vec![
+                    vec![set("a", b"1"), rel("doc:1", "viewer", "user:1")],
+                    vec![set_if("a", b"2", SetCondition::MustExist)],
+                    vec![],
+                ],
+            ))
+            .await
+            .unwrap();
+        let Response::Write(WriteResult::Success(s)) = r else { panic!("{r:?}") };
+        assert_eq!(
+            s.statuses,
+            vec![vec![OpStatus::Created, OpStatus::Created], vec![OpStatus::Updated], vec![]]
+        );
+        assert_eq!(node.read(ns, Some(v), "a").await.as_deref(), Some(&b"2"[..]));
+        match node.call(Request::GetBlock { namespace_id: ns, vault_id: Some(v), height: 1 }).await.unwrap() {
+            Response::GetBlock { block, body_pruned } => {
+                assert!(!body_pruned);
+                assert_eq!(block.transactions.len(), 1);
+                assert_eq!(block.transactions[0].operations.len(), 3);
+                assert_eq!(block.transactions[0].id, s.tx_id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        node.stop().await;
+    });
+}
+
+/// SPEC §6.3: a retried sequence gets the cached response verbatim; a gap names the last
+/// committed sequence; 0 is invalid; concurrent duplicates in one round share one outcome;
+/// many clients' writes are batched into fewer blocks.
+#[test]
+fn t13_sequences_and_idempotency() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let first = success(node.write(ns, vault, "c", 1, vec![set("k", b"1")]).await);
+        let again = success(node.write(ns, vault, "c", 1, vec![set("k", b"1")]).await);
+        assert_eq!(first, again);
+        let e = failure(node.write(ns, vault, "c", 3, vec![set("k", b"3")]).await);
+        assert_eq!((e.code, e.last_committed_sequence), (WriteErrorCode::SequenceGap, Some(1)));
+        let zero = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: vault,
+                client_id: "c".into(),
+                sequence: 0,
+                operations: vec![set("k", b"0")],
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(zero.code, StatusCode::InvalidArgument);
+
+        // Pipelined: seq 2 twice and seq 3, plus 20 other clients, all at once.
+        let w = |client: &str, seq: u64, key: &str| Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: client.into(),
+            sequence: seq,
+            operations: vec![set(key, b"v")],
+            include_tx_proof: false,
+        };
+        let mut reqs = vec![w("c", 2, "x"), w("c", 2, "x"), w("c", 3, "y")];
+        for i in 0..20 {
+            reqs.push(w(&format!("other-{i}"), 1, &format!("o{i}")));
+        }
+        let answers = node.call_all(reqs).await;
+        let results: Vec<WriteSuccess> = answers
+            .into_iter()
+            .map(|r| match r.unwrap() {
+                Response::Write(w) => success(w),
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(results[0], results[1]);
+        assert!(results[2].block_height >= results[0].block_height);
+        let heights: std::collections::BTreeSet<u64> = results.iter().map(|r| r.block_height).collect();
+        assert!(heights.len() < results.len(), "expected batching, got heights {heights:?}");
+        match node
+            .call(Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: "c".into() })
+            .await
+            .unwrap()
+        {
+            Response::GetClientState { last_committed_sequence } => assert_eq!(last_committed_sequence, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+        node.stop().await;
+    });
+}
+
+fn list_entities(
+    ns: i64,
+    vault: Option<i64>,
+    prefix: &str,
+    limit: u32,
+    token: String,
+    include_expired: bool,
+) -> Request {
+    Request::ListEntities {
+        namespace_id: ns,
+        vault_id: vault,
+        key_prefix: prefix.into(),
+        at_height: None,
+        include_expired,
+        limit,
+        page_token: token,
+        consistency: ReadConsistency::Eventual,
+    }
+}
+
+/// ListEntities / ListRelationships / ListResources paginate with §5.7 tokens: pages are
+/// disjoint and complete, a changed filter or another scope is refused with the exact messages,
+/// a garbage token is "invalid page token", and a moved height is HeightUnavailable.
+#[test]
+fn t14_list_pagination() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let ops: Vec<Operation> =
+            (0..25).map(|i| set(&format!("user:{i:02}"), b"x")).chain([set("zz", b"")]).collect();
+        success(node.write(ns, vault, "c", 1, ops).await);
+        let mut keys = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let r = node.call(list_entities(ns, vault, "user:", 10, token.clone(), false)).await.unwrap();
+            let Response::ListEntities { entities, next_page_token, block_height } = r else { panic!() };
+            assert_eq!(block_height, 1);
+            keys.extend(entities.into_iter().map(|e| e.key));
+            pages += 1;
+            if next_page_token.is_empty() {
+                break;
+            }
+            token = next_page_token;
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(keys, (0..25).map(|i| format!("user:{i:02}")).collect::<Vec<_>>());
+
+        let r = node.call(list_entities(ns, vault, "user:", 10, String::new(), false)).await.unwrap();
+        let Response::ListEntities { next_page_token: t1, .. } = r else { panic!() };
+        let e = node.call(list_entities(ns, vault, "user:1", 10, t1.clone(), false)).await.unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (StatusCode::InvalidArgument, "query parameters changed; start new pagination")
+        );
+        let e = node.call(list_entities(ns, None, "user:", 10, t1.clone(), false)).await.unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (StatusCode::InvalidArgument, "page token does not match request")
+        );
+        let e = node.call(list_entities(ns, vault, "user:", 10, "garbage".into(), false)).await.unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (StatusCode::InvalidArgument, "invalid page token"));
+        success(node.write(ns, vault, "c", 2, vec![set("other", b"")]).await);
+        let e = node.call(list_entities(ns, vault, "user:", 10, t1, false)).await.unwrap_err();
+        assert_eq!(e.code, StatusCode::FailedPrecondition);
+        assert!(matches!(e.detail, Some(ErrorDetail::HeightUnavailable { requested: 1, .. })));
+
+        // Relationships: 5 viewers of doc:1 and 3 editors of doc:2, paged by 3.
+        let mut ops: Vec<Operation> = (0..5).map(|i| rel("doc:1", "viewer", &format!("user:{i}"))).collect();
+        ops.extend((0..3).map(|i| rel("doc:2", "editor", &format!("user:{i}"))));
+        ops.push(rel("folder:1", "owner", "user:0"));
+        success(node.write(ns, vault, "c", 3, ops).await);
+        let list_rel =
+            |resource: Option<&str>, subject: Option<&str>, token: String| Request::ListRelationships {
+                namespace_id: ns,
+                vault_id: v,
+                resource: resource.map(Into::into),
+                relation: None,
+                subject: subject.map(Into::into),
+                at_height: None,
+                limit: 3,
+                page_token: token,
+                consistency: ReadConsistency::Eventual,
+            };
+        for (resource, subject, expected) in
+            [(Some("doc:1"), None, 5), (None, Some("user:0"), 3), (None, None, 9)]
+        {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let r = node.call(list_rel(resource, subject, token)).await.unwrap();
+                let Response::ListRelationships { relationships, next_page_token, .. } = r else { panic!() };
+                assert!(relationships.len() <= 3);
+                all.extend(relationships);
+                if next_page_token.is_empty() {
+                    break;
+                }
+                token = next_page_token;
+            }
+            assert_eq!(all.len(), expected, "{resource:?} {subject:?}");
+            let mut sorted = all.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), all.len());
+        }
+        let list_res = |token: String| Request::ListResources {
+            namespace_id: ns,
+            vault_id: v,
+            resource_type: "doc".into(),
+            at_height: None,
+            limit: 1,
+            page_token: token,
+            consistency: ReadConsistency::Eventual,
+        };
+        let Response::ListResources { resources, next_page_token, .. } =
+            node.call(list_res(String::new())).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(resources, vec!["doc:1".to_string()]);
+        let Response::ListResources { resources, next_page_token, .. } =
+            node.call(list_res(next_page_token)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(resources, vec!["doc:2".to_string()]);
+        assert!(next_page_token.is_empty());
+
+        // ListNamespaces paginates too.
+        node.create_namespace("beta").await;
+        node.create_namespace("gamma").await;
+        let Response::ListNamespaces { namespaces, next_page_token } =
+            node.call(Request::ListNamespaces { page_token: String::new(), page_size: 2 }).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(namespaces.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["acme", "beta"]);
+        let Response::ListNamespaces { namespaces, next_page_token } =
+            node.call(Request::ListNamespaces { page_token: next_page_token, page_size: 2 }).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(namespaces.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["gamma"]);
+        assert!(next_page_token.is_empty());
+        node.stop().await;
+    });
+}
+
+/// SPEC §3.8: an expired entity reads as absent (Read, BatchRead, ListEntities) but is still
+/// listed with include_expired, and it still counts as present for MustNotExist.
+#[test]
+fn t15_ttl_filtering() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let past = crate::group::now_secs() - 10;
+        let future = crate::group::now_secs() + 3600;
+        let ops = vec![
+            Operation::SetEntity {
+                key: "old".into(),
+                value: b"o".to_vec(),
+                expires_at: Some(past),
+                condition: None,
+            },
+            Operation::SetEntity {
+                key: "new".into(),
+                value: b"n".to_vec(),
+                expires_at: Some(future),
+                condition: None,
+            },
+        ];
+        success(node.write(ns, None, "c", 1, ops).await);
+        assert_eq!(node.read(ns, None, "old").await, None);
+        assert_eq!(node.read(ns, None, "new").await.as_deref(), Some(&b"n"[..]));
+        let r = node
+            .call(Request::BatchRead {
+                namespace_id: ns,
+                vault_id: None,
+                keys: vec!["old".into(), "new".into(), "none".into()],
+                consistency: ReadConsistency::Eventual,
+            })
+            .await
+            .unwrap();
+        let Response::BatchRead { results, .. } = r else { panic!() };
+        assert_eq!(results.iter().map(|r| r.found).collect::<Vec<_>>(), vec![false, true, false]);
+        let Response::ListEntities { entities, .. } =
+            node.call(list_entities(ns, None, "", 0, String::new(), false)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(entities.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["new"]);
+        let Response::ListEntities { entities, .. } =
+            node.call(list_entities(ns, None, "", 0, String::new(), true)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(entities.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["new", "old"]);
+        let e = failure(
+            node.write(ns, None, "c", 2, vec![set_if("old", b"x", SetCondition::MustNotExist)]).await,
+        );
+        assert_eq!(e.code, WriteErrorCode::KeyExists);
+        node.stop().await;
+    });
+}
+
+/// After a restart the persisted client state survives: GetClientState reports the last
+/// sequence, a retry of it (its cached response is gone) is AlreadyCommitted with the original
+/// tx id and height, the next sequence commits, and the registry keeps its counters.
+#[test]
+fn t16_restart_keeps_client_state() {
+    run(|dir| async move {
+        let node = start(dir.clone(), |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        success(node.write(ns, Some(v), "c", 1, vec![set("a", b"1")]).await);
+        let last = success(node.write(ns, Some(v), "c", 2, vec![set("b", b"2")]).await);
+        node.stop().await;
+
+        let node = start(dir, |_| {}).await;
+        let r = node
+            .call(Request::GetClientState { namespace_id: ns, vault_id: Some(v), client_id: "c".into() })
+            .await;
+        assert_eq!(r.unwrap(), Response::GetClientState { last_committed_sequence: 2 });
+        let e = failure(node.write(ns, Some(v), "c", 2, vec![set("b", b"2")]).await);
+        assert_eq!(e.code, WriteErrorCode::AlreadyCommitted);
+        assert_eq!(e.committed_tx_id, Some(last.tx_id));
+        assert_eq!(e.committed_block_height, Some(last.block_height));
+        let s = success(node.write(ns, Some(v), "c", 3, vec![set("c", b"3")]).await);
+        assert_eq!(s.block_height, 3);
+        assert_eq!(node.read(ns, Some(v), "a").await.as_deref(), Some(&b"1"[..]));
+        assert_eq!(node.create_namespace("beta").await, 2);
+        assert_eq!(node.create_vault(2).await.0, 2);
+        node.stop().await;
+    });
+}
+
+/// Deletion: a namespace with a live vault cannot be deleted; a deleted vault reads and writes
+/// as NotFound; then the namespace can be deleted, resolves to nothing and its name is free;
+/// `_system` cannot be deleted.
+#[test]
+fn t17_delete_vault_and_namespace() {
+    run(|dir| async move {
+        let node = start(dir, |_| {}).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        success(node.write(ns, Some(v), "c", 1, vec![set("a", b"1")]).await);
+        let e = node.call(Request::DeleteNamespace { namespace_id: ns }).await.unwrap_err();
+        assert_eq!(e.code, StatusCode::FailedPrecondition);
+        let e = node.call(Request::DeleteNamespace { namespace_id: 0 }).await.unwrap_err();
+        assert_eq!(e.code, StatusCode::PermissionDenied);
+        assert!(matches!(
+            node.call(Request::DeleteVault { namespace_id: ns, vault_id: v }).await.unwrap(),
+            Response::DeleteVault { .. }
+        ));
+        let e = node
+            .call(Request::Read {
+                namespace_id: ns,
+                vault_id: Some(v),
+                key: "a".into(),
+                consistency: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, StatusCode::NotFound);
+        let e = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: Some(v),
+                client_id: "c".into(),
+                sequence: 2,
+                operations: vec![set("a", b"2")],
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, StatusCode::NotFound);
+        let e = node.call(Request::DeleteVault { namespace_id: ns, vault_id: v }).await.unwrap_err();
+        assert_eq!(e.code, StatusCode::NotFound);
+        assert!(matches!(
+            node.call(Request::DeleteNamespace { namespace_id: ns }).await.unwrap(),
+            Response::DeleteNamespace { .. }
+        ));
+        assert_eq!(node.resolve(ns).await, None);
+        match node.call(Request::GetNamespace { by: NamespaceSelector::Id(ns) }).await.unwrap() {
+            Response::GetNamespace(info) => assert_eq!(info.status, NamespaceStatus::Deleted),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(node.create_namespace("acme").await, 2);
+        node.stop().await;
+    });
+}
+
+/// Intake limits: queue overflow is ResourceExhausted; too many operations and an empty client
+/// id are InvalidArgument; GetBlockRange validates and truncates to the tip; BatchRead caps keys.
+#[test]
+fn t18_limits() {
+    run(|dir| async move {
+        let node = start(dir, |c| {
+            c.max_ops_per_tx = 3;
+            c.batch_max_size = 1;
+        })
+        .await;
+        let ns = node.create_namespace("acme").await;
+        let too_many = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: None,
+                client_id: "c".into(),
+                sequence: 1,
+                operations: (0..4).map(|i| set(&format!("k{i}"), b"")).collect(),
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(too_many.code, StatusCode::InvalidArgument);
+        let no_client = node
+            .call(Request::Write {
+                namespace_id: ns,
+                vault_id: None,
+                client_id: String::new(),
+                sequence: 1,
+                operations: vec![set("k", b"")],
+                include_tx_proof: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(no_client.code, StatusCode::InvalidArgument);
+        success(node.write(ns, None, "c", 1, vec![set("k", b"")]).await);
+        let range = |s, e| Request::GetBlockRange {
+            namespace_id: ns,
+            vault_id: None,
+            start_height: s,
+            end_height: e,
+        };
+        assert_eq!(node.call(range(2, 1)).await.unwrap_err().code, StatusCode::InvalidArgument);
+        assert_eq!(node.call(range(0, 1000)).await.unwrap_err().code, StatusCode::InvalidArgument);
+        let Response::GetBlockRange { blocks, current_tip } = node.call(range(0, 50)).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(current_tip, 1);
+        assert_eq!(blocks.iter().map(|b| b.header.height).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(blocks[1].header.previous_hash, ledger_core::hash::block_hash(&blocks[0].header));
+        let Response::GetBlockRange { blocks, .. } = node.call(range(5, 9)).await.unwrap() else { panic!() };
+        assert!(blocks.is_empty());
+        let e =
+            node.call(Request::GetBlock { namespace_id: ns, vault_id: None, height: 2 }).await.unwrap_err();
+        assert_eq!(e.code, StatusCode::NotFound);
+        // 30 writes at once against a queue of 10 × batch_max_size(1): the overflow is refused.
+        let writes = (0..30)
+            .map(|i| Request::Write {
+                namespace_id: ns,
+                vault_id: None,
+                client_id: format!("q{i}"),
+                sequence: 1,
+                operations: vec![set("q", b"")],
+                include_tx_proof: false,
+            })
+            .collect();
+        let answers = node.call_all(writes).await;
+        let refused =
+            answers.iter().filter(|a| matches!(a, Err(s) if s.code == StatusCode::ResourceExhausted)).count();
+        let done =
+            answers.iter().filter(|a| matches!(a, Ok(Response::Write(WriteResult::Success(_))))).count();
+        assert!(refused > 0, "{answers:?}");
+        assert_eq!(refused + done, 30);
+        let keys = (0..1001).map(|i| i.to_string()).collect();
+        let e = node
+            .call(Request::BatchRead {
+                namespace_id: ns,
+                vault_id: None,
+                keys,
+                consistency: ReadConsistency::Eventual,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, StatusCode::InvalidArgument);
+        node.stop().await;
+    });
+}
