@@ -10,7 +10,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_router::{ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

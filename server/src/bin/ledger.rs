@@ -293,7 +293,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let ns = namespace_id(&client, &scope.namespace).await?;
             let mut all = Vec::new();
             let mut token = String::new();
-            let mut height = 0;
+            let mut height;
             loop {
                 let response = client
                     .call(Request::ListRelationships {
