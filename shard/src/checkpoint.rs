@@ -1,1 +1,717 @@
-//! (being written)
+//! The durable state checkpoint of a group (`state.redb`, SPEC §8.4–8.5, §9.2) and recovery from
+//! it at open (SPEC §9.6).
+//!
+//! Apply changes only memory (`GroupData`) and records what it touched in `GroupData.dirty`. The
+//! checkpointer runs every `CHECKPOINT_INTERVAL_MS` while something is dirty (and on close and
+//! before a snapshot): on the core it copies the dirty rows, client states, scope metas and the
+//! `applied` record {log id, group height, last group hash, membership}; then, in glommio's blocking
+//! thread pool so the executor keeps polling, it writes the pending archive blocks to `blocks.redb`
+//! and then the state rows to `state.redb`, each in ONE transaction with `Durability::Immediate`
+//! (archive first: SPEC §8.4 step 3). A crash therefore loses at most un-checkpointed applied
+//! state; the Raft log is durable before any acknowledgement and openraft re-applies it from the
+//! checkpointed log id, which is what the state machine's `applied_state()` reports after open.
+//!
+//! `state.redb` tables (SPEC §9.2, keys SPEC §3.5): `entities` (scope_id BE ‖ key → 16-byte header
+//! ‖ value), `relationships` (scope_id BE ‖ `rel:{resource}#{relation}@{subject}` → version u64 LE),
+//! `client_state` (scope_id BE ‖ client id → 32-byte record), `scopes` (scope_id → rkyv
+//! `ScopeMetaRecord`), `applied` ("applied" → rkyv `AppliedRecord`). The relationship indexes and
+//! the state tree are not stored: `ScopeState::from_rows` rebuilds them in memory at open (reads
+//! are served from memory), which keeps a checkpoint's write set to the rows that changed.
+
+use crate::archive::Archive;
+use crate::config::ShardConfig;
+use crate::constants::{
+    CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX,
+};
+use crate::error::ShardError;
+use crate::group_data::GroupData;
+use crate::log_store::records::{LogIdRecord, StoredMembershipRecord};
+use crate::log_store::{decode, encode, LogStats, LogStore};
+use crate::network::NoPeersFactory;
+use crate::state_machine::StateMachine;
+use crate::type_config::{LedgerRaft, LogId, StoredMembership};
+use ledger_core::state::{EntityRow, ScopeMeta, ScopeState};
+use ledger_core::types::*;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use rkyv::{Archive as RkyvArchive, Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
+const RELATIONSHIPS: TableDefinition<&[u8], u64> = TableDefinition::new("relationships");
+const CLIENT_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("client_state");
+const SCOPES: TableDefinition<i64, &[u8]> = TableDefinition::new("scopes");
+const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("applied");
+const APPLIED_KEY: &str = "applied";
+
+/// Stored `ScopeMeta` (core's type has no rkyv derive).
+#[derive(RkyvArchive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ScopeMetaRecord {
+    pub key: ScopeKey,
+    pub height: u64,
+    pub last_block_hash: Hash,
+    pub state_root: Hash,
+    pub health: VaultHealth,
+    pub status: VaultStatus,
+    pub retention: RetentionPolicy,
+    pub last_block_ts: Timestamp,
+    pub genesis: BlockHeader,
+}
+
+impl From<&ScopeMeta> for ScopeMetaRecord {
+    fn from(m: &ScopeMeta) -> Self {
+        ScopeMetaRecord {
+            key: m.key,
+            height: m.height,
+            last_block_hash: m.last_block_hash,
+            state_root: m.state_root,
+            health: m.health.clone(),
+            status: m.status,
+            retention: m.retention,
+            last_block_ts: m.last_block_ts,
+            genesis: m.genesis.clone(),
+        }
+    }
+}
+
+impl From<ScopeMetaRecord> for ScopeMeta {
+    fn from(r: ScopeMetaRecord) -> Self {
+        ScopeMeta {
+            key: r.key,
+            height: r.height,
+            last_block_hash: r.last_block_hash,
+            state_root: r.state_root,
+            health: r.health,
+            status: r.status,
+            retention: r.retention,
+            last_block_ts: r.last_block_ts,
+            genesis: r.genesis,
+        }
+    }
+}
+
+/// The `applied` row: how far the checkpointed state goes.
+#[derive(RkyvArchive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRecord {
+    pub log_id: Option<LogIdRecord>,
+    pub group_height: u64,
+    pub last_group_hash: Hash,
+    pub membership: StoredMembershipRecord,
+}
+
+impl AppliedRecord {
+    pub fn of(data: &GroupData) -> Self {
+        AppliedRecord {
+            log_id: data.applied_log_id.as_ref().map(LogIdRecord::from),
+            group_height: data.group_height,
+            last_group_hash: data.last_group_hash,
+            membership: (&data.membership).into(),
+        }
+    }
+}
+
+/// Every row of one scope (load and snapshot form).
+#[derive(RkyvArchive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRows {
+    pub meta: ScopeMetaRecord,
+    pub entities: Vec<(String, Vec<u8>, u64, u64)>,
+    pub relationships: Vec<(Relationship, u64)>,
+    pub clients: Vec<(String, ClientState)>,
+}
+
+impl ScopeRows {
+    pub fn of(scope: &ScopeState) -> Self {
+        ScopeRows {
+            meta: (&scope.meta).into(),
+            entities: scope
+                .entities()
+                .map(|(k, r)| (k.clone(), r.value.clone(), r.expires_at, r.version))
+                .collect(),
+            relationships: scope.relationships().map(|(r, v)| (r.clone(), *v)).collect(),
+            clients: scope.clients().map(|(c, s)| (c.clone(), *s)).collect(),
+        }
+    }
+
+    /// Rebuilds the scope (tree and indexes) and HARD CHECKS the recomputed root against the
+    /// stored `state_root`: a mismatch marks the scope Diverged (SPEC §9.6 step 5), not the node.
+    pub fn into_scope(self) -> ScopeState {
+        let meta: ScopeMeta = self.meta.into();
+        let entities = self
+            .entities
+            .into_iter()
+            .map(|(k, value, expires_at, version)| (k, EntityRow { value, expires_at, version }))
+            .collect();
+        let mut scope = ScopeState::from_rows(meta, entities, self.relationships, self.clients);
+        let computed = scope.computed_root();
+        if scope.meta.health == VaultHealth::Healthy && computed != scope.meta.state_root {
+            eprintln!(
+                "event=state_root_divergence source=recovery namespace={} vault={} height={}",
+                scope.meta.key.namespace_id, scope.meta.key.vault_id, scope.meta.height
+            );
+            scope.meta.health = VaultHealth::Diverged {
+                expected: scope.meta.state_root,
+                computed,
+                at_height: scope.meta.height,
+            };
+        }
+        scope
+    }
+}
+
+fn row_key(scope: ScopeKey, local: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + local.len());
+    key.extend_from_slice(&scope.scope_id().to_be_bytes());
+    key.extend_from_slice(local);
+    key
+}
+
+fn split_row_key(key: &[u8]) -> Result<(i64, &[u8]), ShardError> {
+    if key.len() < 8 {
+        return Err(ShardError::Corrupt { what: "state row key", detail: format!("{} bytes", key.len()) });
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&key[..8]);
+    Ok((i64::from_be_bytes(id), &key[8..]))
+}
+
+/// SPEC §3.2: version u64 LE ‖ expires_at u64 LE ‖ value.
+pub fn encode_entity(row: &EntityRow) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + row.value.len());
+    out.extend_from_slice(&row.version.to_le_bytes());
+    out.extend_from_slice(&row.expires_at.to_le_bytes());
+    out.extend_from_slice(&row.value);
+    out
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+pub fn decode_entity(bytes: &[u8]) -> Result<EntityRow, ShardError> {
+    if bytes.len() < 16 {
+        return Err(ShardError::Corrupt { what: "entity row", detail: format!("{} bytes", bytes.len()) });
+    }
+    Ok(EntityRow {
+        version: le_u64(&bytes[0..8]),
+        expires_at: le_u64(&bytes[8..16]),
+        value: bytes[16..].to_vec(),
+    })
+}
+
+/// last_committed_seq u64 LE ‖ last_committed_tx_id 16 B ‖ last_committed_block_height u64 LE.
+fn encode_client(s: &ClientState) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[0..8].copy_from_slice(&s.last_committed_seq.to_le_bytes());
+    out[8..24].copy_from_slice(&s.last_committed_tx_id);
+    out[24..32].copy_from_slice(&s.last_committed_block_height.to_le_bytes());
+    out
+}
+
+fn decode_client(bytes: &[u8]) -> Result<ClientState, ShardError> {
+    if bytes.len() != 32 {
+        return Err(ShardError::Corrupt {
+            what: "client state row",
+            detail: format!("{} bytes", bytes.len()),
+        });
+    }
+    let mut tx_id = [0u8; 16];
+    tx_id.copy_from_slice(&bytes[8..24]);
+    Ok(ClientState {
+        last_committed_seq: le_u64(&bytes[0..8]),
+        last_committed_tx_id: tx_id,
+        last_committed_block_height: le_u64(&bytes[24..32]),
+    })
+}
+
+/// Parses `rel:{resource}#{relation}@{subject}` (unique by SPEC §3.4's syntax rules: the resource
+/// has no `#`/`@` and the relation no `@`).
+fn parse_relationship(local: &[u8]) -> Result<Relationship, ShardError> {
+    let corrupt = || ShardError::Corrupt {
+        what: "relationship key",
+        detail: String::from_utf8_lossy(local).into_owned(),
+    };
+    let text = std::str::from_utf8(local).map_err(|_| corrupt())?;
+    let rest = text.strip_prefix("rel:").ok_or_else(corrupt)?;
+    let (resource, rest) = rest.split_once('#').ok_or_else(corrupt)?;
+    let (relation, subject) = rest.split_once('@').ok_or_else(corrupt)?;
+    Ok(Relationship {
+        resource: resource.to_string(),
+        relation: relation.to_string(),
+        subject: subject.to_string(),
+    })
+}
+
+/// Opens (creating if missing) a redb file.
+pub fn open_db(path: &Path) -> Result<Database, ShardError> {
+    Database::create(path).map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
+}
+
+impl ShardError {
+    /// The file is still held by a previous incarnation of the group in this process.
+    pub fn is_already_open(&self) -> bool {
+        matches!(self, ShardError::Redb { source: redb::Error::DatabaseAlreadyOpen, .. })
+    }
+}
+
+/// Runs `open` until it stops failing with "database already open" (a closing previous
+/// incarnation of the group releases its files shortly), for at most `DB_OPEN_RETRY_MS_MAX`.
+async fn retry_open<T>(mut open: impl FnMut() -> Result<T, ShardError>) -> Result<T, ShardError> {
+    let deadline = Instant::now() + Duration::from_millis(DB_OPEN_RETRY_MS_MAX);
+    loop {
+        match open() {
+            Err(e) if e.is_already_open() && Instant::now() < deadline => {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Everything `state.redb` holds, read off the executor.
+struct LoadedState {
+    applied: Option<AppliedRecord>,
+    scopes: Vec<ScopeRows>,
+}
+
+fn load_state(db: &Database) -> Result<LoadedState, ShardError> {
+    let txn = db.begin_write().map_err(|e| ShardError::redb("state.redb begin_write", e))?;
+    {
+        for table in [ENTITIES, CLIENT_STATE] {
+            txn.open_table(table).map_err(|e| ShardError::redb("state.redb create", e))?;
+        }
+        txn.open_table(RELATIONSHIPS).map_err(|e| ShardError::redb("state.redb create", e))?;
+        txn.open_table(SCOPES).map_err(|e| ShardError::redb("state.redb create", e))?;
+        txn.open_table(APPLIED).map_err(|e| ShardError::redb("state.redb create", e))?;
+    }
+    txn.commit().map_err(|e| ShardError::redb("state.redb create tables", e))?;
+
+    let r = |e: redb::TransactionError| ShardError::redb("state.redb begin_read", e);
+    let txn = db.begin_read().map_err(r)?;
+    let t = |e: redb::TableError| ShardError::redb("state.redb open table", e);
+    let s = |e: redb::StorageError| ShardError::redb("state.redb read", e);
+
+    let applied = txn.open_table(APPLIED).map_err(t)?;
+    let applied = match applied.get(APPLIED_KEY).map_err(s)? {
+        Some(v) => Some(decode::<AppliedRecord>("applied record", v.value())?),
+        None => None,
+    };
+    let mut scopes: BTreeMap<i64, ScopeRows> = BTreeMap::new();
+    for row in txn.open_table(SCOPES).map_err(t)?.iter().map_err(s)? {
+        let (k, v) = row.map_err(s)?;
+        let meta = decode::<ScopeMetaRecord>("scope meta", v.value())?;
+        scopes.insert(
+            k.value(),
+            ScopeRows { meta, entities: Vec::new(), relationships: Vec::new(), clients: Vec::new() },
+        );
+    }
+    let orphan = |id: i64, what: &'static str| ShardError::Corrupt {
+        what,
+        detail: format!("row of unknown scope {id}"),
+    };
+    for row in txn.open_table(ENTITIES).map_err(t)?.iter().map_err(s)? {
+        let (k, v) = row.map_err(s)?;
+        let (id, local) = split_row_key(k.value())?;
+        let key = String::from_utf8(local.to_vec())
+            .map_err(|_| ShardError::Corrupt { what: "entity key", detail: format!("scope {id}") })?;
+        let e = decode_entity(v.value())?;
+        scopes.get_mut(&id).ok_or_else(|| orphan(id, "entity row"))?.entities.push((
+            key,
+            e.value,
+            e.expires_at,
+            e.version,
+        ));
+    }
+    for row in txn.open_table(RELATIONSHIPS).map_err(t)?.iter().map_err(s)? {
+        let (k, v) = row.map_err(s)?;
+        let (id, local) = split_row_key(k.value())?;
+        let rel = parse_relationship(local)?;
+        scopes
+            .get_mut(&id)
+            .ok_or_else(|| orphan(id, "relationship row"))?
+            .relationships
+            .push((rel, v.value()));
+    }
+    for row in txn.open_table(CLIENT_STATE).map_err(t)?.iter().map_err(s)? {
+        let (k, v) = row.map_err(s)?;
+        let (id, local) = split_row_key(k.value())?;
+        let client = String::from_utf8(local.to_vec())
+            .map_err(|_| ShardError::Corrupt { what: "client id", detail: format!("scope {id}") })?;
+        let state = decode_client(v.value())?;
+        scopes.get_mut(&id).ok_or_else(|| orphan(id, "client row"))?.clients.push((client, state));
+    }
+    Ok(LoadedState { applied, scopes: scopes.into_values().collect() })
+}
+
+/// One checkpoint's write set, copied from `GroupData` on the core.
+pub struct CheckpointBatch {
+    full_rewrite: bool,
+    entities: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    relationships: Vec<(Vec<u8>, Option<u64>)>,
+    clients: Vec<(Vec<u8>, [u8; 32])>,
+    scopes: Vec<(i64, Vec<u8>)>,
+    applied: Vec<u8>,
+    log_id: Option<LogId>,
+    archive: crate::archive::ArchiveFlush,
+}
+
+impl CheckpointBatch {
+    /// Takes the dirty set (None if there is nothing to write).
+    pub fn take(data: &mut GroupData) -> Option<CheckpointBatch> {
+        let archive = data.archive.flush_batch();
+        if data.dirty.is_empty() && archive.blocks.is_empty() {
+            return None;
+        }
+        let dirty = std::mem::take(&mut data.dirty);
+        let mut batch = CheckpointBatch {
+            full_rewrite: dirty.full_rewrite,
+            entities: Vec::new(),
+            relationships: Vec::new(),
+            clients: Vec::new(),
+            scopes: Vec::new(),
+            applied: encode(&AppliedRecord::of(data)),
+            log_id: data.applied_log_id,
+            archive,
+        };
+        if dirty.full_rewrite {
+            for (key, scope) in &data.scopes {
+                for (k, row) in scope.entities() {
+                    batch.entities.push((row_key(*key, k.as_bytes()), Some(encode_entity(row))));
+                }
+                for (rel, version) in scope.relationships() {
+                    batch.relationships.push((row_key(*key, rel.key().as_bytes()), Some(*version)));
+                }
+                for (client, state) in scope.clients() {
+                    batch.clients.push((row_key(*key, client.as_bytes()), encode_client(state)));
+                }
+                batch.scopes.push((key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
+            }
+            return Some(batch);
+        }
+        for (scope_key, k) in &dirty.entities {
+            let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
+            batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
+        }
+        for ((scope_key, rel), version) in &dirty.relationships {
+            batch.relationships.push((row_key(*scope_key, rel.key().as_bytes()), *version));
+        }
+        for (scope_key, client) in &dirty.clients {
+            if let Some(scope) = data.scopes.get(scope_key) {
+                batch.clients.push((
+                    row_key(*scope_key, client.as_bytes()),
+                    encode_client(&scope.client_state(client)),
+                ));
+            }
+        }
+        for scope_key in &dirty.scopes {
+            if let Some(scope) = data.scopes.get(scope_key) {
+                batch.scopes.push((scope_key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
+            }
+        }
+        Some(batch)
+    }
+
+    /// Rows in the batch (for stats).
+    pub fn rows(&self) -> usize {
+        self.entities.len() + self.relationships.len() + self.clients.len() + self.scopes.len()
+    }
+
+    /// Archive first, then the state rows, each durable. Blocking: run it off the executor.
+    pub fn write(&self, state_db: &Database, blocks_db: Option<&Database>) -> Result<(), ShardError> {
+        if let (Some(db), false) = (blocks_db, self.archive.blocks.is_empty()) {
+            self.archive.write(db)?;
+        }
+        let w = |e: redb::StorageError| ShardError::redb("state.redb write", e);
+        let t = |e: redb::TableError| ShardError::redb("state.redb open table", e);
+        let mut txn = state_db.begin_write().map_err(|e| ShardError::redb("state.redb begin_write", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| ShardError::redb("state.redb durability", e))?;
+        {
+            let mut entities = txn.open_table(ENTITIES).map_err(t)?;
+            let mut relationships = txn.open_table(RELATIONSHIPS).map_err(t)?;
+            let mut clients = txn.open_table(CLIENT_STATE).map_err(t)?;
+            let mut scopes = txn.open_table(SCOPES).map_err(t)?;
+            let mut applied = txn.open_table(APPLIED).map_err(t)?;
+            if self.full_rewrite {
+                entities.retain(|_, _| false).map_err(w)?;
+                relationships.retain(|_, _| false).map_err(w)?;
+                clients.retain(|_, _| false).map_err(w)?;
+                scopes.retain(|_, _| false).map_err(w)?;
+            }
+            for (k, v) in &self.entities {
+                match v {
+                    Some(v) => entities.insert(k.as_slice(), v.as_slice()).map(|_| ()).map_err(w)?,
+                    None => entities.remove(k.as_slice()).map(|_| ()).map_err(w)?,
+                }
+            }
+            for (k, v) in &self.relationships {
+                match v {
+                    Some(v) => relationships.insert(k.as_slice(), *v).map(|_| ()).map_err(w)?,
+                    None => relationships.remove(k.as_slice()).map(|_| ()).map_err(w)?,
+                }
+            }
+            for (k, v) in &self.clients {
+                clients.insert(k.as_slice(), v.as_slice()).map_err(w)?;
+            }
+            for (k, v) in &self.scopes {
+                scopes.insert(*k, v.as_slice()).map_err(w)?;
+            }
+            applied.insert(APPLIED_KEY, self.applied.as_slice()).map_err(w)?;
+        }
+        txn.commit().map_err(|e| ShardError::redb("state.redb commit", e))
+    }
+}
+
+/// Counters of a group's checkpointer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckpointStats {
+    pub checkpoints: u64,
+    pub rows: u64,
+    pub failures: u64,
+    /// Duration of the last checkpoint's blocking part, µs.
+    pub last_us: u64,
+}
+
+/// Writes a group's durable checkpoints; one at a time.
+pub struct Checkpointer {
+    data: Rc<RefCell<GroupData>>,
+    state_db: Arc<Database>,
+    lock: futures::lock::Mutex<()>,
+    stats: Cell<CheckpointStats>,
+}
+
+impl Checkpointer {
+    pub fn new(data: Rc<RefCell<GroupData>>, state_db: Arc<Database>) -> Self {
+        Checkpointer {
+            data,
+            state_db,
+            lock: futures::lock::Mutex::new(()),
+            stats: Cell::new(CheckpointStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> CheckpointStats {
+        self.stats.get()
+    }
+
+    /// Writes one durable checkpoint of everything applied so far. Returns whether anything was
+    /// written. On failure the next checkpoint rewrites the whole state. Must run inside the
+    /// owning glommio executor.
+    pub async fn checkpoint(&self) -> Result<bool, ShardError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let (batch, blocks_db) = {
+            let mut data = self.data.borrow_mut();
+            let Some(batch) = CheckpointBatch::take(&mut data) else { return Ok(false) };
+            (batch, data.archive.db().cloned())
+        };
+        let upto = batch.archive.upto();
+        let log_id = batch.log_id;
+        let rows = batch.rows() as u64;
+        let state_db = self.state_db.clone();
+        let (result, took) = glommio::executor()
+            .spawn_blocking(move || {
+                let started = Instant::now();
+                let r = batch.write(&state_db, blocks_db.as_deref());
+                (r, started.elapsed())
+            })
+            .await;
+        let mut stats = self.stats.get();
+        stats.last_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut data = self.data.borrow_mut();
+        match result {
+            Ok(()) => {
+                if let Some(upto) = upto {
+                    data.archive.flushed(upto);
+                }
+                data.durable_log_id = log_id;
+                stats.checkpoints += 1;
+                stats.rows += rows;
+                self.stats.set(stats);
+                Ok(true)
+            }
+            Err(e) => {
+                data.dirty.full_rewrite = true;
+                data.dirty.applied = true;
+                stats.failures += 1;
+                self.stats.set(stats);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checkpoints every `interval` while something is dirty, until `stop` fires or is dropped.
+    async fn run(self: Rc<Self>, interval: Duration, mut stop: futures::channel::oneshot::Receiver<()>) {
+        loop {
+            let tick = glommio::timer::sleep(interval);
+            futures::pin_mut!(tick);
+            if let futures::future::Either::Right(_) = futures::future::select(tick, &mut stop).await {
+                return;
+            }
+            let group = self.data.borrow().group_id;
+            if let Err(e) = self.checkpoint().await {
+                eprintln!(
+                    "event=checkpoint_failed group={group} error={e} cause={:?}",
+                    std::error::Error::source(&e)
+                );
+            }
+        }
+    }
+}
+
+/// Knobs of `open_group_with` (tests shorten or disable the periodic checkpoint).
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// `None`: no periodic checkpoint (only `Group::checkpoint` and `Group::close` write one).
+    pub checkpoint_interval: Option<Duration>,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions { checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) }
+    }
+}
+
+/// An open Raft group on its owning core.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: LedgerRaft,
+    pub data: Rc<RefCell<GroupData>>,
+    pub checkpointer: Rc<Checkpointer>,
+    pub log_stats: Arc<LogStats>,
+    pub dir: PathBuf,
+    stop_checkpoints: Option<futures::channel::oneshot::Sender<()>>,
+}
+
+impl Group {
+    /// Durable checkpoint now (e.g. before a snapshot or on request).
+    pub async fn checkpoint(&self) -> Result<bool, ShardError> {
+        self.checkpointer.checkpoint().await
+    }
+
+    /// Clean shutdown: stop Raft, stop the periodic checkpoint, write a final durable checkpoint
+    /// (SPEC §9.6: a clean shutdown leaves nothing to replay).
+    pub async fn close(mut self) -> Result<(), ShardError> {
+        self.raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e))?;
+        if let Some(stop) = self.stop_checkpoints.take() {
+            let _ = stop.send(());
+        }
+        self.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+/// `{data_dir}/groups/gNNNNN` (SPEC §9.1).
+pub fn group_dir(config: &ShardConfig, group: GroupId) -> PathBuf {
+    config.data_dir.join("groups").join(format!("g{:05}", group.0))
+}
+
+/// Opens (creating on first use) a Raft group and returns it once this node leads it and has
+/// re-applied the whole committed log (SPEC §9.6): creates the group directory, opens `raft.redb`,
+/// `state.redb` and `blocks.redb`, loads every scope from `state.redb` and hard-checks each
+/// recomputed state root against its `ScopeMeta` and its archived header (mismatch ⇒ the scope is
+/// Diverged, not the node), starts openraft, initializes a never-initialized group with this node
+/// as its single voter (address = `advertise_addr`), waits for leadership and for apply to reach the
+/// end of the log, and starts the periodic checkpoint. Single-node only for now: waiting for
+/// leadership is what a multi-node join will change. Must be called inside the owning glommio
+/// executor (openraft's timers and the checkpointer's blocking I/O live there).
+pub async fn open_group_with(
+    config: &ShardConfig,
+    group: GroupId,
+    options: GroupOptions,
+) -> Result<Group, ShardError> {
+    let dir = group_dir(config, group);
+    std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
+
+    let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"))).await?);
+    let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"))).await?);
+    let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
+
+    let loaded = {
+        let db = state_db.clone();
+        glommio::executor().spawn_blocking(move || load_state(&db)).await?
+    };
+    let mut data = GroupData::new(group, Archive::open(blocks_db)?);
+    if let Some(applied) = loaded.applied {
+        data.applied_log_id = applied.log_id.map(LogId::from);
+        data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
+        data.group_height = applied.group_height;
+        data.last_group_hash = applied.last_group_hash;
+        data.membership = StoredMembership::from(applied.membership);
+        data.durable_log_id = data.applied_log_id;
+    }
+    for rows in loaded.scopes {
+        let mut scope = rows.into_scope();
+        if scope.meta.health == VaultHealth::Healthy && scope.meta.height > 0 {
+            let archived = data.archive.get_header(scope.meta.key, scope.meta.height)?;
+            let archived_root = archived.as_ref().map(|h| h.state_root);
+            if archived_root != Some(scope.meta.state_root) {
+                eprintln!(
+                    "event=state_root_divergence source=archive_check group={} namespace={} vault={} height={}",
+                    group, scope.meta.key.namespace_id, scope.meta.key.vault_id, scope.meta.height
+                );
+                scope.meta.health = VaultHealth::Diverged {
+                    expected: scope.meta.state_root,
+                    computed: archived_root.unwrap_or(ZERO_HASH),
+                    at_height: scope.meta.height,
+                };
+            }
+        }
+        if scope.meta.health != VaultHealth::Healthy {
+            data.dirty.scopes.insert(scope.meta.key);
+        }
+        data.scopes.insert(scope.meta.key, scope);
+    }
+    let data = Rc::new(RefCell::new(data));
+    let checkpointer = Rc::new(Checkpointer::new(data.clone(), state_db));
+    let log_stats = log_store.stats();
+    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()));
+
+    let raft_config = openraft::Config {
+        cluster_name: format!("ledger-g{:05}", group.0),
+        heartbeat_interval: config.raft_heartbeat_ms,
+        election_timeout_min: config.raft_election_min_ms,
+        election_timeout_max: config.raft_election_max_ms,
+        max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
+        // Snapshots copy the whole group state on the core; with one voter nobody needs one, and
+        // the log is kept whole (SPEC §9.4's snapshot/purge schedule is future work).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ShardError::raft("config", e))?;
+    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), NoPeersFactory, log_store, sm)
+        .await
+        .map_err(|e| ShardError::raft("start", e))?;
+
+    if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
+        let members =
+            BTreeMap::from([(config.node_id, openraft::BasicNode { addr: config.advertise_addr.clone() })]);
+        raft.initialize(members).await.map_err(|e| ShardError::raft("initialize", e))?;
+    }
+    let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
+    // Leader, and the leader's own first entry of its term applied: everything committed before
+    // it has been re-applied (SPEC §8.2 step 1's precondition holds on return).
+    let node_id = config.node_id;
+    raft.wait(wait)
+        .metrics(
+            |m| {
+                m.current_leader == Some(node_id)
+                    && m.last_applied.is_some_and(|a| a.leader_id.term == m.current_term)
+                    && m.last_applied.map(|a| a.index) == m.last_log_index
+            },
+            "single-voter group elects this node and applies its log",
+        )
+        .await
+        .map_err(|e| ShardError::raft("wait for leadership and apply", e))?;
+
+    let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
+    if let Some(interval) = options.checkpoint_interval {
+        glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
+    }
+    Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
+}

@@ -1,2 +1,21 @@
 //! Every bound of the shard, named (STYLE: "Put a bound on every channel, batch, frame and
 //! in-flight count").
+
+/// Log entries kept in memory per group in front of `raft.redb` (replication and apply read the
+/// log from here; older entries are read from redb). Only durable entries are ever evicted.
+pub const LOG_CACHE_ENTRIES_MAX: usize = 4096;
+/// Commands queued to a group's log I/O thread before `append` waits for room.
+pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
+/// Commands the log I/O thread folds into one write transaction (one fsync).
+pub const LOG_WRITER_BATCH_MAX: usize = 1024;
+/// Period of the durable state checkpoint while there is applied, un-checkpointed state.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 200;
+/// How long `open_group` retries a redb file still held by a previous incarnation of the same
+/// group in this process (its I/O thread or tasks are still releasing it).
+pub const DB_OPEN_RETRY_MS_MAX: u64 = 5_000;
+/// How long `open_group` waits for this node to become leader of a single-voter group.
+pub const LEADER_WAIT_MS_MAX: u64 = 10_000;
+/// Entries per AppendEntries payload (openraft `max_payload_entries`).
+pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 300;
+/// Blocks returned by one archive range read (SPEC §3.6 `GetBlockRange`).
+pub const ARCHIVE_RANGE_BLOCKS_MAX: u64 = 1000;

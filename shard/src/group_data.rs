@@ -3,9 +3,10 @@
 //! request handlers, which read it. CONTRACT between the storage layer (state_machine.rs,
 //! archive.rs, checkpoint.rs) and the service layer (group.rs, reads.rs, admin.rs).
 
+use crate::type_config::{LogId, StoredMembership};
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The leader's dry-run result for the block it proposed (SPEC §8.2). The state machine commits
 /// these deltas instead of recomputing when it applies the entry with the same `group_height`
@@ -29,4 +30,92 @@ pub struct GroupData {
     pub speculative: Option<SpeculativeBlock>,
     /// Block archive (SPEC §9.3): recent blocks not yet flushed plus the blocks.redb reader.
     pub archive: crate::archive::Archive,
+    /// Log id of the last applied entry (`applied_index` is its index) and the membership last
+    /// applied: what openraft's `applied_state()` reports. Storage layer only writes these.
+    pub applied_log_id: Option<LogId>,
+    pub membership: StoredMembership,
+    /// Rows changed since the last durable checkpoint (storage layer bookkeeping).
+    pub dirty: DirtyRows,
+    /// Log id covered by the last durable checkpoint of `state.redb` (None before the first).
+    /// The Raft log must never be purged past it.
+    pub durable_log_id: Option<LogId>,
+}
+
+/// What the next checkpoint must write: keys of touched rows (values are read from the scopes
+/// when the checkpoint is taken, so a hot key costs one copy per checkpoint, not per block).
+#[derive(Debug, Default)]
+pub struct DirtyRows {
+    pub entities: BTreeSet<(ScopeKey, String)>,
+    /// Relationship rows with their final state (`Some(version)` = present).
+    pub relationships: BTreeMap<(ScopeKey, Relationship), Option<u64>>,
+    pub clients: BTreeSet<(ScopeKey, String)>,
+    /// Scopes whose `ScopeMeta` changed.
+    pub scopes: BTreeSet<ScopeKey>,
+    /// Anything applied since the last checkpoint (the `applied` record must be rewritten).
+    pub applied: bool,
+    /// Rewrite the whole state file (after a snapshot install or a failed checkpoint).
+    pub full_rewrite: bool,
+}
+
+impl DirtyRows {
+    pub fn is_empty(&self) -> bool {
+        !self.applied && !self.full_rewrite && self.scopes.is_empty()
+    }
+
+    /// Records every row a delta is about to change in `scope`.
+    pub fn record_delta(&mut self, scope: ScopeKey, delta: &ScopeDelta) {
+        for key in delta.entities.keys() {
+            self.entities.insert((scope, key.clone()));
+        }
+        for (rel, version) in &delta.relationships {
+            self.relationships.insert((scope, rel.clone()), *version);
+        }
+        for client in delta.clients.keys() {
+            self.clients.insert((scope, client.clone()));
+        }
+        self.scopes.insert(scope);
+    }
+}
+
+impl GroupData {
+    /// An empty group (nothing applied) over `archive`.
+    pub fn new(group_id: GroupId, archive: crate::archive::Archive) -> Self {
+        GroupData {
+            group_id,
+            scopes: BTreeMap::new(),
+            group_height: 0,
+            last_group_hash: ZERO_HASH,
+            applied_index: 0,
+            speculative: None,
+            archive,
+            applied_log_id: None,
+            membership: StoredMembership::default(),
+            dirty: DirtyRows::default(),
+            durable_log_id: None,
+        }
+    }
+
+    /// `scope`'s block at `height` (0 = genesis from its `ScopeMeta`); `None` if the scope or the
+    /// block is unknown.
+    pub fn get_block(&self, scope: ScopeKey, height: u64) -> Result<Option<Block>, crate::error::ShardError> {
+        let Some(state) = self.scopes.get(&scope) else { return Ok(None) };
+        if height > state.meta.height {
+            return Ok(None);
+        }
+        self.archive.get_block(scope, height, &state.meta.genesis)
+    }
+
+    /// `scope`'s blocks `from..=to` (clamped to its height and to `ARCHIVE_RANGE_BLOCKS_MAX`).
+    pub fn get_range(
+        &self,
+        scope: ScopeKey,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Block>, crate::error::ShardError> {
+        let Some(state) = self.scopes.get(&scope) else { return Ok(Vec::new()) };
+        if from > state.meta.height {
+            return Ok(Vec::new());
+        }
+        self.archive.get_range(scope, from, to.min(state.meta.height), &state.meta.genesis)
+    }
 }

@@ -1,1 +1,417 @@
-//! (being written)
+//! openraft's state machine for a group: applies committed entries to the in-memory
+//! `GroupData` (SPEC §8.4), which it owns as the only writer and shares with the service layer on
+//! the same core.
+//!
+//! Apply is deterministic and does no I/O: it changes memory, appends the block to the archive's
+//! in-memory buffer and records the touched rows in `GroupData.dirty`; the checkpointer makes that
+//! durable later (checkpoint.rs). Per entry:
+//! * blank: only the applied log id moves; membership: recorded;
+//! * `Admin(CreateScope)`: the scope's genesis (term and index of this entry), if it does not
+//!   exist yet (idempotent); `Admin(SetScopeStatus)`: sets the status (idempotent);
+//! * `Block`: must extend the group chain (height + 1, previous group hash); each vault entry of a
+//!   Healthy scope is committed from the leader's speculative delta when that delta's block hash
+//!   equals the entry's header hash, otherwise replayed and verified; a replay whose roots differ
+//!   marks that scope Diverged and skips it (the others continue). Non-Healthy scopes are skipped.
+//!   Every entry is archived either way.
+//!
+//! Snapshots are a real but simple full copy of the state (all scopes' rows and metas plus the
+//! applied record, rkyv, with a blake3 checksum), kept in memory as the current snapshot. Building
+//! one first writes a durable checkpoint, so openraft's log purge after it can never pass the
+//! durable state. The group config never triggers one on its own (`SnapshotPolicy::Never`).
+
+use crate::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::error::ShardError;
+use crate::group_data::GroupData;
+use crate::log_store::{decode, encode};
+use crate::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use ledger_core::hash::{block_hash, group_hash};
+use ledger_core::state::{BlockContext, ScopeDelta, ScopeState};
+use ledger_core::types::*;
+use openraft::storage::{RaftStateMachine, Snapshot as RaftSnapshot};
+use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use rkyv::{Archive, Deserialize, Serialize};
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::rc::Rc;
+
+/// What applying one log entry did (the `R` of the type config, returned by `client_write`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyResult {
+    Blank,
+    Membership,
+    /// `created` is false when the scope already existed (replayed or duplicate command).
+    ScopeCreated {
+        scope: ScopeKey,
+        created: bool,
+    },
+    /// `found` is false when the scope does not exist.
+    ScopeStatusSet {
+        scope: ScopeKey,
+        found: bool,
+    },
+    Block {
+        group_height: u64,
+        /// Scopes committed from the leader's speculative delta without recomputation.
+        speculative: Vec<ScopeKey>,
+        /// Scopes replayed and verified.
+        replayed: Vec<ScopeKey>,
+        /// Scopes whose recomputed roots did not match: now Diverged, entry not applied.
+        diverged: Vec<ScopeKey>,
+        /// Scopes not applied because they are unknown or not Healthy.
+        skipped: Vec<ScopeKey>,
+    },
+}
+
+fn scope_key(namespace_id: i64, vault_id: i64) -> ScopeKey {
+    ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(vault_id) }
+}
+
+/// Applies one admin command.
+fn apply_admin(data: &mut GroupData, cmd: AdminCommand, log_id: &LogId) -> ApplyResult {
+    match cmd {
+        AdminCommand::CreateScope { namespace_id, vault_id, retention_policy, timestamp, leader_id } => {
+            let scope = scope_key(namespace_id, vault_id);
+            if data.scopes.contains_key(&scope) {
+                return ApplyResult::ScopeCreated { scope, created: false };
+            }
+            let ctx = BlockContext {
+                timestamp,
+                leader_id,
+                term: log_id.leader_id.term,
+                committed_index: log_id.index,
+            };
+            data.scopes.insert(scope, ScopeState::genesis(scope, retention_policy, &ctx));
+            data.dirty.scopes.insert(scope);
+            ApplyResult::ScopeCreated { scope, created: true }
+        }
+        AdminCommand::SetScopeStatus { namespace_id, vault_id, status } => {
+            let scope = scope_key(namespace_id, vault_id);
+            let Some(state) = data.scopes.get_mut(&scope) else {
+                return ApplyResult::ScopeStatusSet { scope, found: false };
+            };
+            state.set_status(status);
+            data.dirty.scopes.insert(scope);
+            ApplyResult::ScopeStatusSet { scope, found: true }
+        }
+    }
+}
+
+/// Applies one group block (SPEC §8.4).
+fn apply_block(data: &mut GroupData, gb: GroupBlock) -> ApplyResult {
+    assert!(gb.group_height == data.group_height + 1, "group block out of order");
+    assert!(gb.previous_group_hash == data.last_group_hash, "group block does not extend the chain");
+    assert!(gb.group_id == data.group_id.0, "group block of another group");
+
+    let mut speculative = match data.speculative.take() {
+        Some(s) if s.group_height == gb.group_height => s.deltas,
+        Some(s) if s.group_height > gb.group_height => {
+            data.speculative = Some(s);
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    let ctx = BlockContext {
+        timestamp: gb.timestamp,
+        leader_id: gb.leader_id,
+        term: gb.term,
+        committed_index: gb.committed_index,
+    };
+    let (mut used, mut replayed, mut diverged, mut skipped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for entry in &gb.vault_entries {
+        let key = scope_key(entry.namespace_id, entry.vault_id);
+        let Some(scope) = data.scopes.get_mut(&key) else {
+            eprintln!(
+                "event=apply_unknown_scope group={} namespace={} vault={}",
+                gb.group_id, entry.namespace_id, entry.vault_id
+            );
+            skipped.push(key);
+            continue;
+        };
+        if scope.meta.health != VaultHealth::Healthy {
+            skipped.push(key);
+            continue;
+        }
+        let expected_hash = block_hash(&gb.header_of(entry));
+        let predicted = speculative
+            .iter()
+            .position(|(k, d)| {
+                *k == key && d.block_hash == expected_hash && d.header.height == scope.meta.height + 1
+            })
+            .map(|i| speculative.swap_remove(i).1);
+        let delta: ScopeDelta = match predicted {
+            Some(delta) => {
+                used.push(key);
+                delta
+            }
+            None => match scope.replay_entry(entry, &ctx) {
+                Ok(delta) => {
+                    replayed.push(key);
+                    delta
+                }
+                Err(div) => {
+                    eprintln!(
+                        "event=state_root_divergence group={} namespace={} vault={} height={}",
+                        gb.group_id, entry.namespace_id, entry.vault_id, div.at_height
+                    );
+                    scope.meta.health = VaultHealth::Diverged {
+                        expected: div.expected,
+                        computed: div.computed,
+                        at_height: div.at_height,
+                    };
+                    data.dirty.scopes.insert(key);
+                    diverged.push(key);
+                    continue;
+                }
+            },
+        };
+        assert!(delta.block_hash == expected_hash, "committed delta is not the entry's block");
+        data.dirty.record_delta(key, &delta);
+        scope.commit(delta);
+        assert!(scope.meta.height == entry.vault_height, "scope height after commit");
+    }
+    let group_height = gb.group_height;
+    data.last_group_hash = group_hash(&gb);
+    data.group_height = group_height;
+    data.archive.append(gb);
+    ApplyResult::Block { group_height, speculative: used, replayed, diverged, skipped }
+}
+
+/// Applies one entry to `data` (deterministic, memory only).
+pub fn apply_entry(data: &mut GroupData, entry: Entry) -> ApplyResult {
+    assert!(Some(entry.log_id) > data.applied_log_id, "log entry applied out of order");
+    let log_id = entry.log_id;
+    let result = match entry.payload {
+        EntryPayload::Blank => ApplyResult::Blank,
+        EntryPayload::Membership(m) => {
+            data.membership = StoredMembership::new(Some(log_id), m);
+            ApplyResult::Membership
+        }
+        EntryPayload::Normal(LogPayload::Admin(cmd)) => apply_admin(data, cmd, &log_id),
+        EntryPayload::Normal(LogPayload::Block(gb)) => apply_block(data, gb),
+    };
+    data.applied_log_id = Some(log_id);
+    data.applied_index = log_id.index;
+    data.dirty.applied = true;
+    result
+}
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+/// magic ‖ version u32 LE ‖ blake3(body) ‖ body.
+const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 32;
+
+/// Body of a snapshot: the whole applied state of the group.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub group_id: u32,
+    pub applied: AppliedRecord,
+    pub scopes: Vec<ScopeRows>,
+}
+
+fn encode_snapshot(data: &GroupData) -> Vec<u8> {
+    let record = SnapshotRecord {
+        group_id: data.group_id.0,
+        applied: AppliedRecord::of(data),
+        scopes: data.scopes.values().map(ScopeRows::of).collect(),
+    };
+    let body = encode(&record);
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, ShardError> {
+    let corrupt = |detail: &str| ShardError::Corrupt { what: "snapshot", detail: detail.to_string() };
+    if bytes.len() < SNAPSHOT_HEADER_LEN || &bytes[0..4] != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    if bytes[4..8] != SNAPSHOT_VERSION.to_le_bytes() {
+        return Err(corrupt("unknown version"));
+    }
+    let body = &bytes[SNAPSHOT_HEADER_LEN..];
+    if blake3::hash(body).as_bytes() != &bytes[8..40] {
+        return Err(corrupt("checksum mismatch"));
+    }
+    decode::<SnapshotRecord>("snapshot body", body)
+}
+
+/// The last built or installed snapshot.
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    bytes: Rc<Vec<u8>>,
+}
+
+fn write_err(e: &ShardError) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::new(e)).into()
+}
+
+/// The group's `RaftStateMachine`.
+pub struct StateMachine {
+    data: Rc<RefCell<GroupData>>,
+    /// `None` in storage tests that run without a glommio executor (no durable checkpoints).
+    checkpointer: Option<Rc<Checkpointer>>,
+    current: Rc<RefCell<Option<StoredSnapshot>>>,
+    snapshots_built: Rc<RefCell<u64>>,
+}
+
+impl StateMachine {
+    pub fn new(data: Rc<RefCell<GroupData>>, checkpointer: Option<Rc<Checkpointer>>) -> Self {
+        StateMachine {
+            data,
+            checkpointer,
+            current: Rc::new(RefCell::new(None)),
+            snapshots_built: Rc::new(RefCell::new(0)),
+        }
+    }
+
+    pub fn data(&self) -> Rc<RefCell<GroupData>> {
+        self.data.clone()
+    }
+}
+
+/// Builds full-state snapshots of a group.
+pub struct SnapshotBuilder {
+    data: Rc<RefCell<GroupData>>,
+    checkpointer: Option<Rc<Checkpointer>>,
+    current: Rc<RefCell<Option<StoredSnapshot>>>,
+    snapshots_built: Rc<RefCell<u64>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        // The state machine worker does not apply while it builds, so the copy below and the
+        // checkpoint describe the same applied log id.
+        let (meta, bytes) = {
+            let data = self.data.borrow();
+            let mut n = self.snapshots_built.borrow_mut();
+            *n += 1;
+            let last = data.applied_log_id;
+            let snapshot_id = match last {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, *n),
+                None => format!("0-0-{}", *n),
+            };
+            let meta =
+                SnapshotMeta { last_log_id: last, last_membership: data.membership.clone(), snapshot_id };
+            (meta, Rc::new(encode_snapshot(&data)))
+        };
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
+        }
+        *self.current.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), bytes: bytes.clone() });
+        Ok(RaftSnapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let data = self.data.borrow();
+        Ok((data.applied_log_id, data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let mut data = self.data.borrow_mut();
+        Ok(entries.into_iter().map(|entry| apply_entry(&mut data, entry)).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            data: self.data.clone(),
+            checkpointer: self.checkpointer.clone(),
+            current: self.current.clone(),
+            snapshots_built: self.snapshots_built.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let record = decode_snapshot(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))
+        })?;
+        {
+            let mut data = self.data.borrow_mut();
+            assert!(record.group_id == data.group_id.0, "snapshot of another group");
+            data.scopes = record
+                .scopes
+                .into_iter()
+                .map(|rows| {
+                    let scope = rows.into_scope();
+                    (scope.meta.key, scope)
+                })
+                .collect();
+            data.group_height = record.applied.group_height;
+            data.last_group_hash = record.applied.last_group_hash;
+            data.applied_log_id = meta.last_log_id;
+            data.applied_index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+            data.membership = meta.last_membership.clone();
+            data.speculative = None;
+            data.dirty = Default::default();
+            data.dirty.full_rewrite = true;
+            data.dirty.applied = true;
+        }
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
+        }
+        *self.current.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), bytes: Rc::new(bytes) });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.current.borrow().as_ref().map(|s| RaftSnapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.bytes.as_ref().clone())),
+        }))
+    }
+}
+
+thread_local! {
+    /// Groups opened through `open_group` on this core, so that `close_group` can find their
+    /// checkpointer (same thread only; a group never leaves its core).
+    static OPEN_GROUPS: RefCell<std::collections::BTreeMap<GroupId, crate::checkpoint::Group>> =
+        const { RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Opens a group for the service layer: see `checkpoint::open_group_with` (recovery, leadership,
+/// periodic checkpoint every `CHECKPOINT_INTERVAL_MS`). Must run inside the owning glommio
+/// executor; close it with `close_group` on the same core.
+pub async fn open_group(
+    config: &crate::config::ShardConfig,
+    group: GroupId,
+) -> Result<(crate::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
+    let opened = crate::checkpoint::open_group_with(config, group, Default::default()).await?;
+    let handles = (opened.raft.clone(), opened.data.clone());
+    OPEN_GROUPS.with(|groups| groups.borrow_mut().insert(group, opened));
+    Ok(handles)
+}
+
+/// Clean shutdown of a group opened by `open_group`: stops openraft, then writes the final
+/// durable checkpoint. Failures are reported as events (a failed final checkpoint only means
+/// more re-apply at the next start).
+pub async fn close_group(raft: &crate::type_config::LedgerRaft, data: &Rc<RefCell<GroupData>>) {
+    let id = data.borrow().group_id;
+    let opened = OPEN_GROUPS.with(|groups| groups.borrow_mut().remove(&id));
+    let result = match opened {
+        Some(group) => group.close().await,
+        None => raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e)),
+    };
+    if let Err(e) = result {
+        eprintln!("event=group_close_failed group={id} error={e} cause={:?}", std::error::Error::source(&e));
+    }
+}
