@@ -18,6 +18,15 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// The report code of an operation that did not succeed.
 pub type FailureCode = String;
 
+/// How a successful operation went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Success {
+    /// A read found its key, a list returned rows, a write committed.
+    Hit,
+    /// A read found no value or a list page came back empty (e.g. the preload did not cover it).
+    Miss,
+}
+
 /// Executes the operations of one worker.
 pub struct Executor {
     client: Client,
@@ -60,7 +69,7 @@ impl Executor {
     }
 
     /// Runs `op`; `Err` carries the failure's report code.
-    pub async fn execute(&mut self, op: &OpSpec) -> Result<(), FailureCode> {
+    pub async fn execute(&mut self, op: &OpSpec) -> Result<Success, FailureCode> {
         let scope_index = usize::try_from(op.scope()).unwrap_or(usize::MAX);
         let scope = self.scopes[scope_index];
         let request = match op {
@@ -86,7 +95,11 @@ impl Executor {
             }
         };
         match self.client.call(request).await {
-            Ok(Response::Read { .. } | Response::ListEntities { .. }) => Ok(()),
+            Ok(Response::Read { value: Some(_), .. }) => Ok(Success::Hit),
+            Ok(Response::Read { value: None, .. }) => Ok(Success::Miss),
+            Ok(Response::ListEntities { entities, .. }) => {
+                Ok(if entities.is_empty() { Success::Miss } else { Success::Hit })
+            }
             Ok(_) => Err("protocol".to_string()),
             Err(e) => {
                 if e.is_connection_lost() {
@@ -97,7 +110,7 @@ impl Executor {
         }
     }
 
-    async fn write(&mut self, scope: usize, keys: &[u64], value_seed: u64) -> Result<(), FailureCode> {
+    async fn write(&mut self, scope: usize, keys: &[u64], value_seed: u64) -> Result<Success, FailureCode> {
         let value_size = self.value_size;
         let operations: Vec<Operation> = keys
             .iter()
@@ -110,7 +123,7 @@ impl Executor {
             })
             .collect();
         match self.session(scope).write(operations).await {
-            Ok(WriteOutcome::Committed { .. } | WriteOutcome::AlreadyCommitted { .. }) => Ok(()),
+            Ok(WriteOutcome::Committed { .. } | WriteOutcome::AlreadyCommitted { .. }) => Ok(Success::Hit),
             Ok(WriteOutcome::Rejected(e)) => Err(write_error_code(&e)),
             // The session already retried and reconnected as SPEC §6.4 allows.
             Err(e) => Err(client_error_code(&e)),

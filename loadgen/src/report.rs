@@ -50,6 +50,7 @@ impl Report<'_> {
         latency.insert("mean".into(), json!(round2(h.mean())));
         let mut out = Map::new();
         out.insert("count".into(), json!(ok));
+        out.insert("misses".into(), json!(stats.misses));
         out.insert("errors_total".into(), json!(stats.error_count()));
         out.insert("errors".into(), json!(stats.errors));
         out.insert("ops_per_s".into(), json!(round2(per_second(ok, self.measured))));
@@ -163,6 +164,9 @@ impl Report<'_> {
         }
         for kind in a.mix.active() {
             let st = self.stats.op(kind);
+            if st.misses > 0 {
+                let _ = writeln!(s, "misses {}: {} (key absent or empty page)", kind.name(), st.misses);
+            }
             if !st.errors.is_empty() {
                 let codes: Vec<String> = st.errors.iter().map(|(c, n)| format!("{c}={n}")).collect();
                 let _ = writeln!(s, "errors {}: {}", kind.name(), codes.join(", "));
@@ -192,6 +196,7 @@ mod tests {
             r.write.record_ok(Duration::from_millis(4));
         }
         r.write.record_error("write:SequenceGap");
+        r.read.misses = 4;
         r
     }
 
@@ -221,6 +226,7 @@ mod tests {
         assert_eq!(ops.keys().collect::<Vec<_>>(), vec!["read", "write"]);
         let read = &v["ops"]["read"];
         assert_eq!(read["count"], 1000);
+        assert_eq!(read["misses"], 4);
         assert_eq!(read["ops_per_s"], 100.0);
         for q in ["p50", "p95", "p99", "p999", "max", "mean"] {
             assert!(read["latency_us"][q].is_number(), "latency_us.{q}");
@@ -258,6 +264,7 @@ mod tests {
         assert!(text.lines().any(|l| l.starts_with("write ")));
         assert!(!text.lines().any(|l| l.starts_with("list ")));
         assert!(text.contains("errors write: write:SequenceGap=1"));
+        assert!(text.contains("misses read: 4"));
         assert!(text.contains("machine: 2 cpu(s), Test CPU"));
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::cli::Args;
 use crate::error::LoadgenError;
-use crate::exec::Executor;
+use crate::exec::{Executor, Success};
 use crate::mix::OpKind;
 use crate::preload::{preload, PreloadPlan};
 use crate::scopes::{ensure_scopes, Scope};
@@ -170,7 +170,12 @@ async fn drive(
         if timeline.is_measured(start) {
             let stats = recorder.op_mut(op.kind());
             match result {
-                Ok(()) => stats.record_ok(start.elapsed()),
+                Ok(success) => {
+                    stats.record_ok(start.elapsed());
+                    if success == Success::Miss {
+                        stats.misses += 1;
+                    }
+                }
                 Err(code) => stats.record_error(&code),
             }
         }

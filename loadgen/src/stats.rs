@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct OpStats {
     /// Latency of successful operations, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Successful reads that found no value and lists that returned an empty page.
+    pub misses: u64,
     /// Failed operations by error code (`NotFound`, `write:SequenceGap`, `timeout`, ...).
     pub errors: BTreeMap<String, u64>,
 }
@@ -27,7 +29,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 impl OpStats {
     pub fn new() -> OpStats {
-        OpStats { latency_us: new_histogram(), errors: BTreeMap::new() }
+        OpStats { latency_us: new_histogram(), misses: 0, errors: BTreeMap::new() }
     }
 
     /// Records one success; latencies outside 1 µs–60 s are clamped into range.
@@ -53,6 +55,7 @@ impl OpStats {
         if let Err(e) = self.latency_us.add(&other.latency_us) {
             panic!("merging histograms with equal bounds failed: {e}");
         }
+        self.misses += other.misses;
         for (code, n) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }
@@ -117,11 +120,14 @@ mod tests {
         a.op_mut(OpKind::Read).record_ok(Duration::from_nanos(10));
         a.op_mut(OpKind::Read).record_ok(Duration::from_secs(120));
         a.op_mut(OpKind::Write).record_error("NotFound");
+        a.read.misses = 2;
         let mut b = Recorder::new();
         b.op_mut(OpKind::Read).record_ok(Duration::from_micros(500));
         b.op_mut(OpKind::Write).record_error("NotFound");
         b.op_mut(OpKind::Write).record_error("timeout");
+        b.read.misses = 1;
         a.merge(&b);
+        assert_eq!(a.read.misses, 3);
         assert_eq!(a.read.ok_count(), 3);
         assert_eq!(a.read.latency_us.min(), HDR_LOW_US);
         assert!(a.read.latency_us.max() >= HDR_HIGH_US);
