@@ -17,7 +17,11 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
     let path = profile_dir.join(name);
-    assert!(path.exists(), "{} not built; run `cargo test --workspace` (builds all binaries)", path.display());
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo test --workspace` (builds all binaries)",
+        path.display()
+    );
     path
 }
 
@@ -35,11 +39,8 @@ impl ServerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let stderr_log = data_dir.with_extension("stderr.log");
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_log)
-            .expect("open stderr log");
+        let stderr =
+            std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).expect("open stderr log");
         let mut child = Command::new(binary("ledger-server"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -124,7 +125,8 @@ impl Drop for ServerProcess {
 
 /// Runs the `ledger` CLI against `addr`; returns (exit code, stdout, stderr).
 pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary("ledger")).arg("--addr").arg(addr).args(args).output().expect("run ledger");
+    let output =
+        Command::new(binary("ledger")).arg("--addr").arg(addr).args(args).output().expect("run ledger");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -136,3 +138,52 @@ pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
 pub fn temp_dir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("ledger-{tag}-")).tempdir().expect("tempdir")
 }
+
+impl ServerProcess {
+    /// Starts a second server on the same data directory, after this one was stopped or killed.
+    pub fn restart(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start(data_dir, extra)
+    }
+}
+
+/// Runs `ledger-server` on `data_dir` expecting it to exit on its own (e.g. a refused start);
+/// returns (exit code, stdout, stderr). Panics if it is still running after `timeout`.
+pub fn run_server_to_exit(
+    data_dir: &Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
+    let out_path = data_dir.with_extension("second.out");
+    let err_path = data_dir.with_extension("second.err");
+    let stdout = std::fs::File::create(&out_path).expect("create stdout file");
+    let stderr = std::fs::File::create(&err_path).expect("create stderr file");
+    let mut child = Command::new(binary("ledger-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off", "--cpu-pinning", "false"])
+        .args(extra)
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn ledger-server");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ledger-server on {} did not exit within {timeout:?}", data_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+pub mod raw;
+pub mod scope;
