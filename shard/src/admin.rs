@@ -13,7 +13,7 @@ use crate::group::{now_ts, PendingTx, ScopeCommand, Waiter};
 use crate::internal::{CoreHealth, InternalMsg};
 use crate::msg::{ReplySender, ShardMsg};
 use crate::page_token::{query_hash, PageToken, MSG_INVALID};
-use crate::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord};
+use crate::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
 use crate::shard::Shard;
 use crate::ShardError;
 use futures::channel::oneshot;
@@ -350,10 +350,18 @@ async fn create_vault(
     record.vaults_live += 1;
     record.config_version += 1;
     group.vaults += 1;
+    let vault = VaultRecord {
+        vault_id: id,
+        namespace_id,
+        group_id: record.group_id,
+        status: VaultStatus::Active,
+        retention,
+    };
     let ops = vec![
         reg::set_counter(reg::KEY_SEQ_VAULT, id + 1),
         reg::set(reg::ns_key(namespace_id), reg::encode(&record)),
         reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+        reg::set(reg::vault_key(id), reg::encode(&vault)),
     ];
     system_tx_ok(shard, ops).await?;
     let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(id) };
@@ -370,10 +378,12 @@ async fn delete_vault(shard: &Shard, namespace_id: i64, vault_id: i64) -> Result
     let mut record = live_namespace(shard, namespace_id)?;
     let group_id = GroupId(record.group_id);
     let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(vault_id) };
-    let info = scope_info(shard, group_id, scope).await?;
-    if info.status == VaultStatus::Deleted {
-        return Err(Status::not_found(format!("vault {vault_id} not found in namespace {namespace_id}")));
-    }
+    let mut vault = with_system(shard, |s| reg::record::<VaultRecord>(s, &reg::vault_key(vault_id)))?
+        .filter(|v| v.namespace_id == namespace_id && v.status != VaultStatus::Deleted)
+        .ok_or_else(|| {
+            Status::not_found(format!("vault {vault_id} not found in namespace {namespace_id}"))
+        })?;
+    vault.status = VaultStatus::Deleted;
     let mut group = with_system(shard, |s| group_record(s, record.group_id))?
         .ok_or_else(|| Status::internal(format!("group {} has no registry record", record.group_id)))?;
     record.vaults_live = record.vaults_live.saturating_sub(1);
@@ -382,10 +392,19 @@ async fn delete_vault(shard: &Shard, namespace_id: i64, vault_id: i64) -> Result
     let ops = vec![
         reg::set(reg::ns_key(namespace_id), reg::encode(&record)),
         reg::set(reg::group_key(group.group_id), reg::encode(&group)),
+        reg::set(reg::vault_key(vault_id), reg::encode(&vault)),
     ];
     let deleted_at = now_ts();
     system_tx_ok(shard, ops).await?;
-    scope_command(shard, group_id, ScopeCommand::SetStatus { scope, status: VaultStatus::Deleted }).await?;
+    match scope_command(shard, group_id, ScopeCommand::SetStatus { scope, status: VaultStatus::Deleted })
+        .await
+    {
+        // A scope whose creation never ran has nothing to mark; the registry already says Deleted.
+        Err(e) if e.code == StatusCode::NotFound => {}
+        other => {
+            other?;
+        }
+    }
     Ok(Response::DeleteVault { deleted_at })
 }
 
@@ -517,4 +536,46 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
 
 fn page_token_key(system: &ScopeState) -> Option<[u8; 32]> {
     system.get_entity(reg::KEY_PAGE_TOKEN).and_then(|r| <[u8; 32]>::try_from(r.value.as_slice()).ok())
+}
+
+/// Core 0, group-0 leader, after start: makes every data group agree with the registry. A
+/// registry write commits before its scope command runs, so a crash or a lost leadership in
+/// between leaves a namespace or vault without its scope (or a deleted one still Active); this
+/// re-issues the missing idempotent `CreateScope` / `SetScopeStatus` for groups hosted here.
+pub async fn reconcile(shard: Rc<Shard>) {
+    let _serial = shard.admin_lock.lock().await;
+    let Ok((namespaces, vaults)) = with_system(&shard, |s| (reg::namespaces(s), reg::vaults(s))) else {
+        return;
+    };
+    let mut wanted: Vec<(GroupId, ScopeKey, VaultStatus, RetentionPolicy)> = Vec::new();
+    for n in &namespaces {
+        let status = match n.status {
+            NamespaceStatus::Active => VaultStatus::Active,
+            NamespaceStatus::Deleted => VaultStatus::Deleted,
+        };
+        let key = ScopeKey { namespace_id: NamespaceId(n.namespace_id), vault_id: VaultId(0) };
+        wanted.push((GroupId(n.group_id), key, status, RetentionPolicy::default()));
+    }
+    for v in &vaults {
+        let key = ScopeKey { namespace_id: NamespaceId(v.namespace_id), vault_id: VaultId(v.vault_id) };
+        wanted.push((GroupId(v.group_id), key, v.status, v.retention));
+    }
+    let present: std::collections::BTreeMap<ScopeKey, VaultStatus> =
+        fan_out(&shard, |reply| InternalMsg::ScopeStatuses { reply }).await.into_iter().flatten().collect();
+    for (group, scope, status, retention) in wanted {
+        if !shard.placement.contains_key(&group) {
+            continue;
+        }
+        let have = present.get(&scope).copied();
+        if have.is_none() && status == VaultStatus::Active {
+            if let Err(e) = scope_command(&shard, group, ScopeCommand::Create { scope, retention }).await {
+                eprintln!("event=reconcile_failed scope={scope} action=create error={e}");
+            }
+        }
+        if have.is_some_and(|h| h != status) {
+            if let Err(e) = scope_command(&shard, group, ScopeCommand::SetStatus { scope, status }).await {
+                eprintln!("event=reconcile_failed scope={scope} action=set_status error={e}");
+            }
+        }
+    }
 }

@@ -382,11 +382,15 @@ impl Group {
         }
     }
 
+    /// A proposal that did not commit (leadership lost, quorum lost, shutdown) is `Unavailable`
+    /// (SPEC §8.2 step 5): the client retries with the same sequence, which §6.3 makes safe. The
+    /// current leader, if known, rides along as the hint.
     fn proposal_failed<E: std::error::Error>(&self, e: &openraft::error::RaftError<u64, E>) -> Status {
-        if self.is_leader() {
-            Status::unavailable(format!("proposal to group {} failed: {e}", self.id))
-        } else {
-            self.not_leader()
+        Status {
+            code: StatusCode::Unavailable,
+            message: format!("proposal to group {} did not commit: {e}", self.id),
+            leader_hint: self.leader_hint(),
+            detail: None,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::reads::{vault_info, TokenKey};
 use crate::shard::Shard;
 use futures::channel::oneshot;
 use ledger_core::state::ScopeMeta;
-use ledger_core::types::{GroupId, ScopeKey, VaultHealth};
+use ledger_core::types::{GroupId, ScopeKey, VaultHealth, VaultStatus};
 use ledger_wire::messages::{HealthStatus, Status, VaultInfo};
 use std::rc::Rc;
 
@@ -36,6 +36,8 @@ pub enum InternalMsg {
     ScopeInfo { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<VaultInfo, Status>> },
     /// Every vault (not namespace scopes) of this core's groups.
     ListVaults { reply: oneshot::Sender<Vec<VaultInfo>> },
+    /// Every scope of this core's groups with its status (registry reconciliation).
+    ScopeStatuses { reply: oneshot::Sender<Vec<(ScopeKey, VaultStatus)>> },
     /// Node-level health of this core's groups and scopes.
     Health { reply: oneshot::Sender<CoreHealth> },
     /// Scope-level health (SPEC §5.4 with a scope).
@@ -88,6 +90,13 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
                         .filter(|s| !s.meta.key.is_namespace_scope())
                         .map(|s| vault_info(g, s)),
                 );
+            }
+            let _ = reply.send(out);
+        }
+        InternalMsg::ScopeStatuses { reply } => {
+            let mut out = Vec::new();
+            for g in shard.groups.values() {
+                out.extend(g.data.borrow().scopes.values().map(|s| (s.meta.key, s.meta.status)));
             }
             let _ = reply.send(out);
         }

@@ -39,6 +39,19 @@ pub struct GroupRecord {
     pub vaults: u64,
 }
 
+/// `_meta:vault:{id}`: which namespace a vault id was allocated to and whether it is deleted.
+/// Lets DeleteVault answer from the registry and lets core 0 re-create a scope whose
+/// `CreateScope` never ran (crash or lost leadership between the registry write and the scope
+/// creation). Under `_meta:` because clients can never write there (SPEC §3.7).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VaultRecord {
+    pub vault_id: i64,
+    pub namespace_id: i64,
+    pub group_id: u32,
+    pub status: ledger_core::types::VaultStatus,
+    pub retention: ledger_core::types::RetentionPolicy,
+}
+
 /// `node:{id}` (SPEC §10.4 NodeInfo, the parts this layer knows).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
@@ -51,6 +64,9 @@ pub fn ns_key(id: i64) -> String {
 }
 pub fn ns_name_key(name: &str) -> String {
     format!("ns_name:{name}")
+}
+pub fn vault_key(id: i64) -> String {
+    format!("_meta:vault:{id}")
 }
 pub fn group_key(id: u32) -> String {
     format!("group:{id}")
@@ -130,6 +146,17 @@ pub fn groups(system: &ScopeState) -> Vec<GroupRecord> {
         .filter_map(|(_, row)| decode::<GroupRecord>(&row.value))
         .collect();
     out.sort_by_key(|r| r.group_id);
+    out
+}
+
+/// Every `_meta:vault:{id}` record, ascending by id.
+pub fn vaults(system: &ScopeState) -> Vec<VaultRecord> {
+    let mut out: Vec<VaultRecord> = system
+        .entities()
+        .filter(|(k, _)| k.starts_with("_meta:vault:"))
+        .filter_map(|(_, row)| decode::<VaultRecord>(&row.value))
+        .collect();
+    out.sort_by_key(|r| r.vault_id);
     out
 }
 

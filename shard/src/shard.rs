@@ -85,6 +85,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         }
     }
     let _ = ready.send(());
+    if core.0 == 0 && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader()) {
+        glommio::spawn_local(admin::reconcile(shard.clone())).detach();
+    }
     loop {
         let Ok(msg) = inbox.recv_async().await else {
             // Every sender is gone: the node is exiting without a Shutdown.
