@@ -26,7 +26,7 @@ pub struct Args {
     /// Vaults per namespace.
     #[arg(long = "vaults-per-ns", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=SCOPES_PER_AXIS_MAX as u64))]
     pub vaults_per_ns: u64,
-    /// TCP connections; each has its own client id.
+    /// TCP connections; each carries `--pipeline` workers, every worker with its own client id.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
     pub connections: u64,
     /// Requests in flight per connection.
@@ -59,7 +59,7 @@ pub struct Args {
     /// Output format of the report on stdout.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,
-    /// Also write every operation's histogram (HdrHistogram V2 log, base64) to FILE.
+    /// Also write the measured histograms to FILE (HdrHistogram interval log, one tagged entry per op).
     #[arg(long = "hdr-out", value_name = "FILE")]
     pub hdr_out: Option<PathBuf>,
     /// Seed of the workload: the same seed gives the same operation sequence per worker.
