@@ -19,3 +19,17 @@ pub const LEADER_WAIT_MS_MAX: u64 = 10_000;
 pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 300;
 /// Blocks returned by one archive range read (SPEC §3.6 `GetBlockRange`).
 pub const ARCHIVE_RANGE_BLOCKS_MAX: u64 = 1000;
+
+// --- service layer (shard.rs, group.rs, reads.rs, admin.rs)
+
+/// Pending transactions per group, as a multiple of `batch_max_size` (SPEC §8.9); beyond it a
+/// write is refused with `ResourceExhausted`.
+pub const PENDING_QUEUE_FACTOR: usize = 10;
+/// Cached full write responses per `(scope, client)` (SPEC §6.2); the per-core total is the
+/// `idempotency_cache_entries` setting.
+pub const IDEM_CACHE_PER_CLIENT_MAX: usize = 1000;
+/// How long a block round waits for the group's log to be fully applied (a new leader's no-op)
+/// before it builds anyway.
+pub const CATCH_UP_WAIT_MS: u64 = 1000;
+/// Longest `last_key` a page token may carry (entity keys ≤ 1 KiB, relationship keys ≤ ~1.1 KiB).
+pub const PAGE_TOKEN_LAST_KEY_MAX: usize = 4096;

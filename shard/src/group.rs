@@ -15,6 +15,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::config::ShardConfig;
+pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
+use crate::constants::{CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
 use crate::group_data::{GroupData, SpeculativeBlock};
 use crate::idem_cache::IdemCache;
 use crate::msg::ReplySender;
@@ -34,13 +36,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-
-/// Pending transactions per group: 10 × `batch_max_size` (SPEC §8.9).
-pub const PENDING_QUEUE_FACTOR: usize = 10;
-/// Cached responses per `(scope, client)` (SPEC §6.2).
-pub const IDEM_CACHE_PER_CLIENT_MAX: usize = 1000;
-/// How long a round waits for the group's log to be applied before it builds anyway.
-const CATCH_UP_WAIT_MS: u64 = 1000;
 
 /// Where the outcome of one queued transaction goes.
 pub enum Waiter {

@@ -6,6 +6,7 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
+use crate::constants::PAGE_TOKEN_LAST_KEY_MAX;
 use ledger_wire::messages::{ErrorDetail, Status, StatusCode};
 
 pub const PAGE_TOKEN_VERSION: u8 = 1;
@@ -14,10 +15,6 @@ const MAC_LEN: usize = 16;
 const QUERY_HASH_LEN: usize = 8;
 /// version + namespace + vault + key length + at_height + query hash + mac.
 const FIXED_LEN: usize = 1 + 8 + 8 + 4 + 8 + QUERY_HASH_LEN + MAC_LEN;
-/// A token never carries more than one key; entity keys are ≤ 1 KiB and relationship keys
-/// ≤ ~1.1 KiB, so anything longer is not ours.
-const LAST_KEY_MAX: usize = 4096;
-
 pub const MSG_INVALID: &str = "invalid page token";
 pub const MSG_MISMATCH: &str = "page token does not match request";
 pub const MSG_QUERY_CHANGED: &str = "query parameters changed; start new pagination";
@@ -75,7 +72,7 @@ impl PageToken {
     pub fn decode(token: &str, key: &[u8; PAGE_TOKEN_KEY_LEN]) -> Result<PageToken, Status> {
         let invalid = || Status::invalid(MSG_INVALID);
         let raw = base64url_decode(token).ok_or_else(invalid)?;
-        if raw.len() < FIXED_LEN || raw.len() > FIXED_LEN + LAST_KEY_MAX {
+        if raw.len() < FIXED_LEN || raw.len() > FIXED_LEN + PAGE_TOKEN_LAST_KEY_MAX {
             return Err(invalid());
         }
         let (body, mac) = raw.split_at(raw.len() - MAC_LEN);

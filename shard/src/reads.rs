@@ -185,7 +185,8 @@ pub fn parse_relationship_key(key: &str) -> Option<Relationship> {
 /// `token_key` is required for list requests only.
 pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) -> Result<Response, Status> {
     let data = group.data.borrow();
-    let stale = group.leader_hint().is_none();
+    // SPEC §8.6 `stale`: approximated as "this replica knows no leader".
+    let stale = group.raft.metrics().borrow().current_leader.is_none();
     let now = now_secs();
     match request {
         Request::Read { namespace_id, vault_id, key, .. } => {

@@ -2,6 +2,7 @@
 //! types (rkyv values of ordinary `_system` entities), their keys, the id counters of SPEC §1.4 and
 //! the namespace-name rules of SPEC §3.6. Pure: callers pass the `_system` scope state in.
 
+use ledger_core::constants::NAMESPACE_NAME_BYTES_MAX;
 use ledger_core::state::ScopeState;
 use ledger_core::types::{NamespaceStatus, Operation, SetCondition, Timestamp};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -12,7 +13,6 @@ pub const KEY_SEQ_VAULT: &str = "_meta:seq:vault";
 pub const KEY_SEQ_GROUP: &str = "_meta:seq:group";
 pub const KEY_PAGE_TOKEN: &str = "_meta:page_token_key";
 pub const KEY_CLUSTER_ID: &str = "_meta:cluster_id";
-pub const NAMESPACE_NAME_MAX: usize = 128;
 
 /// `ns:{id}` (SPEC §10.4 NamespaceRegistry).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -167,8 +167,8 @@ pub fn least_loaded(groups: &[GroupRecord]) -> Option<u32> {
 
 /// SPEC §3.6: 1..=128 bytes of `[a-zA-Z0-9_-]`.
 pub fn validate_namespace_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > NAMESPACE_NAME_MAX {
-        return Err(format!("namespace name must be 1..={NAMESPACE_NAME_MAX} bytes"));
+    if name.is_empty() || name.len() > NAMESPACE_NAME_BYTES_MAX {
+        return Err(format!("namespace name must be 1..={NAMESPACE_NAME_BYTES_MAX} bytes"));
     }
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err("namespace name may contain only [a-zA-Z0-9_-]".into());
