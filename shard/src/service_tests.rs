@@ -13,9 +13,14 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A running single-core node; dropped shards are shut down explicitly with `stop`.
+/// A running node (core 0 runs in the test's executor, other cores in their own threads);
+/// shards are shut down explicitly with `stop`.
 struct Node {
     inbox: flume::Sender<ShardMsg>,
+    /// Every core's inbox and the group → core placement, for routing like the router does.
+    cores: Vec<flume::Sender<ShardMsg>>,
+    placement: BTreeMap<GroupId, CoreId>,
+    others: Vec<glommio::ExecutorJoinHandle<()>>,
     replies: flume::Receiver<ResponseEnvelope>,
     reply: flume::Sender<ResponseEnvelope>,
     next_id: std::cell::Cell<u64>,
@@ -27,35 +32,86 @@ fn config(dir: &Path) -> ShardConfig {
 }
 
 async fn start(dir: PathBuf, cfg: impl FnOnce(&mut ShardConfig)) -> Node {
+    start_cores(dir, cfg, [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0))].into()).await
+}
+
+/// Starts one shard per core named in `placement`; core 0 runs on the current executor.
+async fn start_cores(
+    dir: PathBuf,
+    cfg: impl FnOnce(&mut ShardConfig),
+    placement: BTreeMap<GroupId, CoreId>,
+) -> Node {
     let mut c = config(&dir);
     cfg(&mut c);
-    let (tx, rx) = flume::bounded(8192);
-    let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
-    let placement: BTreeMap<GroupId, CoreId> = [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0))].into();
-    let spec = ShardSpec {
-        core: CoreId(0),
-        config: Arc::new(c),
-        groups: vec![GroupId(0), GroupId(1)],
-        inbox: rx,
-        cores: vec![tx.clone()],
-        placement: Arc::new(placement),
-        ready: ready_tx,
-    };
-    let shard = glommio::spawn_local(async move {
-        run_shard(spec).await.unwrap();
-    })
-    .detach();
-    ready_rx.await.unwrap();
+    let config = Arc::new(c);
+    let ncores = placement.values().map(|c| c.0 as usize + 1).max().unwrap();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..ncores).map(|_| flume::bounded(8192)).unzip();
+    let placement_arc = Arc::new(placement.clone());
+    let mut shard = None;
+    let mut others = Vec::new();
+    let mut readies = Vec::new();
+    for (i, inbox) in receivers.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
+        readies.push(ready_rx);
+        let spec = ShardSpec {
+            core: CoreId(i as u16),
+            config: config.clone(),
+            groups: placement.iter().filter(|(_, c)| c.0 as usize == i).map(|(g, _)| *g).collect(),
+            inbox,
+            cores: senders.clone(),
+            placement: placement_arc.clone(),
+            ready: ready_tx,
+        };
+        if i == 0 {
+            shard = Some(
+                glommio::spawn_local(async move {
+                    run_shard(spec).await.unwrap();
+                })
+                .detach(),
+            );
+        } else {
+            others.push(
+                glommio::LocalExecutorBuilder::default()
+                    .name(&format!("test-core-{i}"))
+                    .spawn(move || async move {
+                        run_shard(spec).await.unwrap();
+                    })
+                    .unwrap(),
+            );
+        }
+    }
+    for ready in readies {
+        ready.await.unwrap();
+    }
     let (reply, replies) = flume::unbounded();
-    Node { inbox: tx, replies, reply, next_id: std::cell::Cell::new(1), shard }
+    Node {
+        inbox: senders[0].clone(),
+        cores: senders,
+        placement,
+        others,
+        replies,
+        reply,
+        next_id: std::cell::Cell::new(1),
+        shard: shard.unwrap(),
+    }
 }
 
 impl Node {
     async fn stop(self) {
-        let (done, wait) = futures::channel::oneshot::channel();
-        self.inbox.send_async(ShardMsg::Shutdown { done }).await.unwrap();
-        wait.await.unwrap();
+        for core in self.cores.iter().rev() {
+            let (done, wait) = futures::channel::oneshot::channel();
+            core.send_async(ShardMsg::Shutdown { done }).await.unwrap();
+            wait.await.unwrap();
+        }
         self.shard.await;
+        for other in self.others {
+            other.join().unwrap();
+        }
+    }
+
+    /// The inbox of the core that owns `group`.
+    fn core_of(&self, group: GroupId) -> &flume::Sender<ShardMsg> {
+        &self.cores[self.placement[&group].0 as usize]
     }
 
     async fn resolve(&self, namespace_id: i64) -> Option<GroupId> {
@@ -70,14 +126,18 @@ impl Node {
         self.next_id.set(request_id + 1);
         let namespace = scope_namespace(&request);
         let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
-        let msg = match namespace {
-            None => ShardMsg::Admin { envelope, reply: self.reply.clone() },
+        match namespace {
+            None => {
+                self.inbox.send_async(ShardMsg::Admin { envelope, reply: self.reply.clone() }).await.unwrap()
+            }
             Some(ns) => match self.resolve(ns).await {
-                Some(group) => ShardMsg::Group { group, envelope, reply: self.reply.clone() },
+                Some(group) => {
+                    let msg = ShardMsg::Group { group, envelope, reply: self.reply.clone() };
+                    self.core_of(group).send_async(msg).await.unwrap();
+                }
                 None => return Err(Status::not_found("namespace not found (router)")),
             },
-        };
-        self.inbox.send_async(msg).await.unwrap();
+        }
         let env = self.replies.recv_async().await.unwrap();
         assert_eq!(env.request_id, request_id);
         env.result
@@ -95,7 +155,9 @@ impl Node {
             let request_id = self.next_id.get();
             self.next_id.set(request_id + 1);
             let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
-            self.inbox.try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone() }).unwrap();
+            self.core_of(group)
+                .try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone() })
+                .unwrap();
             ids.push(request_id);
         }
         let mut got = BTreeMap::new();
@@ -929,6 +991,75 @@ fn t18_limits() {
             .await
             .unwrap_err();
         assert_eq!(e.code, StatusCode::InvalidArgument);
+        node.stop().await;
+    });
+}
+
+/// Two cores: group 0 and 1 on core 0, group 2 on core 1. A namespace placed in group 2 gets its
+/// scope created by core 1 (internal message), writes and paginated lists are served by core 1
+/// (which learned the page-token key from core 0), ListVaults and the health check fan out to
+/// both cores, and unplaced namespaces go to the least-loaded group.
+#[test]
+fn t19_two_cores() {
+    run(|dir| async move {
+        let placement = [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0)), (GroupId(2), CoreId(1))].into();
+        let node = start_cores(dir, |_| {}, placement).await;
+        let r = node.call(Request::CreateNamespace { name: "far".into(), group_id: Some(2) }).await.unwrap();
+        assert_eq!(r, Response::CreateNamespace { namespace_id: 1, group_id: 2 });
+        // Group 2 now holds one namespace, so the next unplaced one goes to the empty group 1;
+        // then both hold one and the tie goes to the lowest id.
+        let r = node.call(Request::CreateNamespace { name: "near".into(), group_id: None }).await.unwrap();
+        assert_eq!(r, Response::CreateNamespace { namespace_id: 2, group_id: 1 });
+        let r = node.call(Request::CreateNamespace { name: "third".into(), group_id: None }).await.unwrap();
+        assert_eq!(r, Response::CreateNamespace { namespace_id: 3, group_id: 1 });
+        let (v, genesis) = node.create_vault(1).await;
+        assert_eq!((v, genesis.namespace_id, genesis.vault_id), (1, 1, 1));
+        let ops = (0..5).map(|i| set(&format!("k{i}"), b"v")).collect();
+        let s = success(node.write(1, Some(v), "c", 1, ops).await);
+        assert_eq!(s.block_height, 1);
+        assert_eq!(node.read(1, Some(v), "k3").await.as_deref(), Some(&b"v"[..]));
+        let Response::ListEntities { entities, next_page_token, .. } =
+            node.call(list_entities(1, Some(v), "k", 2, String::new(), false)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(entities.len(), 2);
+        let Response::ListEntities { entities, .. } =
+            node.call(list_entities(1, Some(v), "k", 2, next_page_token, false)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(entities.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["k2", "k3"]);
+        node.create_vault(2).await;
+        match node.call(Request::ListVaults).await.unwrap() {
+            Response::ListVaults { vaults } => {
+                let got: Vec<_> = vaults.iter().map(|v| (v.namespace_id, v.vault_id, v.group_id)).collect();
+                assert_eq!(got, vec![(1, 1, 2), (2, 2, 1)]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match node.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await.unwrap() {
+            Response::HealthCheck { status, .. } => assert_eq!(status, HealthStatus::Healthy),
+            other => panic!("unexpected {other:?}"),
+        }
+        match node.call(Request::HealthCheck { namespace_id: Some(1), vault_id: Some(v) }).await.unwrap() {
+            Response::HealthCheck { status, .. } => assert_eq!(status, HealthStatus::Healthy),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            node.call(Request::DeleteVault { namespace_id: 1, vault_id: v }).await.unwrap(),
+            Response::DeleteVault { .. }
+        ));
+        let e = node
+            .call(Request::Read {
+                namespace_id: 1,
+                vault_id: Some(v),
+                key: "k1".into(),
+                consistency: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, StatusCode::NotFound);
         node.stop().await;
     });
 }
