@@ -481,18 +481,27 @@ pub struct CheckpointStats {
 pub struct Checkpointer {
     data: Rc<RefCell<GroupData>>,
     state_db: Arc<Database>,
+    /// Mirror of `GroupData.durable_log_id` for the log store's purge limit.
+    durable: Rc<Cell<Option<LogId>>>,
     lock: futures::lock::Mutex<()>,
     stats: Cell<CheckpointStats>,
 }
 
 impl Checkpointer {
     pub fn new(data: Rc<RefCell<GroupData>>, state_db: Arc<Database>) -> Self {
+        let durable = Rc::new(Cell::new(data.borrow().durable_log_id));
         Checkpointer {
             data,
             state_db,
+            durable,
             lock: futures::lock::Mutex::new(()),
             stats: Cell::new(CheckpointStats::default()),
         }
+    }
+
+    /// The log id of the last durable checkpoint, shared with the log store's purge limit.
+    pub fn durable(&self) -> Rc<Cell<Option<LogId>>> {
+        self.durable.clone()
     }
 
     pub fn stats(&self) -> CheckpointStats {
@@ -529,6 +538,7 @@ impl Checkpointer {
                     data.archive.flushed(upto);
                 }
                 data.durable_log_id = log_id;
+                self.durable.set(log_id);
                 stats.checkpoints += 1;
                 stats.rows += rows;
                 self.stats.set(stats);
@@ -666,8 +676,21 @@ pub async fn open_group_with(
         }
         data.scopes.insert(scope.meta.key, scope);
     }
+    // The log is durable before anything is applied and never purged past the durable
+    // checkpoint, so a checkpoint ahead of the log means a lost or foreign log file.
+    let log_last = log_store.last_log_id().map(|l| l.index).unwrap_or(0);
+    if data.applied_index > log_last {
+        return Err(ShardError::Corrupt {
+            what: "group state",
+            detail: format!(
+                "state.redb applied index {} is ahead of raft.redb's last index {log_last}",
+                data.applied_index
+            ),
+        });
+    }
     let data = Rc::new(RefCell::new(data));
     let checkpointer = Rc::new(Checkpointer::new(data.clone(), state_db));
+    log_store.set_purge_limit(checkpointer.durable());
     let log_stats = log_store.stats();
     let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()));
 

@@ -9,7 +9,7 @@ pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
 /// Commands the log I/O thread folds into one write transaction (one fsync).
 pub const LOG_WRITER_BATCH_MAX: usize = 1024;
 /// Period of the durable state checkpoint while there is applied, un-checkpointed state.
-pub const CHECKPOINT_INTERVAL_MS: u64 = 200;
+pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// How long `open_group` retries a redb file still held by a previous incarnation of the same
 /// group in this process (its I/O thread or tasks are still releasing it).
 pub const DB_OPEN_RETRY_MS_MAX: u64 = 5_000;

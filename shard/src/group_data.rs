@@ -7,6 +7,7 @@ use crate::type_config::{LogId, StoredMembership};
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 /// The leader's dry-run result for the block it proposed (SPEC §8.2). The state machine commits
 /// these deltas instead of recomputing when it applies the entry with the same `group_height`
@@ -39,7 +40,14 @@ pub struct GroupData {
     /// Log id covered by the last durable checkpoint of `state.redb` (None before the first).
     /// The Raft log must never be purged past it.
     pub durable_log_id: Option<LogId>,
+    /// Called by apply, on this core, for every scope block it applied (SPEC §8.4 step 4, §8.8),
+    /// on leader and followers alike, in apply order. It runs while apply holds `GroupData`
+    /// mutably borrowed: it must not borrow `GroupData` (push to watcher channels and return).
+    pub on_block_applied: Option<BlockHook>,
 }
+
+/// Receives the announcement of each scope block apply commits (see `on_block_applied`).
+pub type BlockHook = Rc<dyn Fn(&BlockAnnouncement)>;
 
 /// What the next checkpoint must write: keys of touched rows (values are read from the scopes
 /// when the checkpoint is taken, so a hot key costs one copy per checkpoint, not per block).
@@ -92,6 +100,7 @@ impl GroupData {
             membership: StoredMembership::default(),
             dirty: DirtyRows::default(),
             durable_log_id: None,
+            on_block_applied: None,
         }
     }
 
