@@ -544,6 +544,9 @@ struct TxOverlay {
 #[derive(Debug)]
 pub struct BlockDraft<'a> {
     base: &'a ScopeState,
+    /// Deltas of this scope's blocks that are proposed but not yet applied, oldest first: the
+    /// draft builds on top of them (pipelined blocks, docs/decisions.md D7).
+    pending: Vec<&'a ScopeDelta>,
     /// Height of the block being built: every version written is this.
     height: u64,
     entities: BTreeMap<String, Option<EntityRow>>,
@@ -556,9 +559,24 @@ pub struct BlockDraft<'a> {
 
 impl<'a> BlockDraft<'a> {
     pub fn new(base: &'a ScopeState) -> Self {
+        Self::over(base, Vec::new())
+    }
+
+    /// A draft of the block after `pending` (this scope's proposed but not yet applied blocks,
+    /// oldest first, each built on the previous one and the first on `base`).
+    pub fn over(base: &'a ScopeState, pending: Vec<&'a ScopeDelta>) -> Self {
+        let mut expected = base.meta.height + 1;
+        let mut previous = base.meta.last_block_hash;
+        for delta in &pending {
+            assert_eq!(delta.header.height, expected, "pending deltas must be consecutive");
+            assert_eq!(delta.header.previous_hash, previous, "pending deltas must chain");
+            expected += 1;
+            previous = delta.block_hash;
+        }
         BlockDraft {
             base,
-            height: base.meta.height + 1,
+            pending,
+            height: expected,
             entities: BTreeMap::new(),
             relationships: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -576,7 +594,12 @@ impl<'a> BlockDraft<'a> {
     /// SPEC §6.3 against the base plus this draft's earlier transactions. `sequence == 0` must be
     /// rejected by the caller first (`InvalidArgument`); here it would read as a duplicate.
     pub fn check_sequence(&self, client_id: &str, sequence: u64) -> SequenceCheck {
-        let state = self.clients.get(client_id).copied().unwrap_or_else(|| self.base.client_state(client_id));
+        let state = self
+            .clients
+            .get(client_id)
+            .or_else(|| self.pending.iter().rev().find_map(|d| d.clients.get(client_id)))
+            .copied()
+            .unwrap_or_else(|| self.base.client_state(client_id));
         let last = state.last_committed_seq;
         if sequence <= last {
             SequenceCheck::Duplicate(state)
@@ -639,13 +662,17 @@ impl<'a> BlockDraft<'a> {
                 }
                 None => (key_hash(rel.key().as_bytes()), None),
             }));
-        let tree = self.base.tree.with_updates(changes);
+        let (parent_tree, previous_hash) = match self.pending.last() {
+            Some(delta) => (&delta.tree, delta.block_hash),
+            None => (&self.base.tree, self.base.meta.last_block_hash),
+        };
+        let tree = parent_tree.with_updates(changes);
         let meta = &self.base.meta;
         let header = BlockHeader {
             height: self.height,
             namespace_id: meta.key.namespace_id.0,
             vault_id: meta.key.vault_id.0,
-            previous_hash: meta.last_block_hash,
+            previous_hash,
             tx_merkle_root: tx_merkle_root(&self.tx_hashes),
             state_root: tree.root(),
             timestamp: ctx.timestamp,
@@ -714,14 +741,24 @@ impl<'a> BlockDraft<'a> {
 
     /// The entity as this transaction sees it: its own writes, then the draft's, then the base.
     fn entity<'b>(&'b self, overlay: &'b TxOverlay, key: &str) -> Option<&'b EntityRow> {
-        match overlay.entities.get(key).or_else(|| self.entities.get(key)) {
+        match overlay
+            .entities
+            .get(key)
+            .or_else(|| self.entities.get(key))
+            .or_else(|| self.pending.iter().rev().find_map(|d| d.entities.get(key)))
+        {
             Some(row) => row.as_ref(),
             None => self.base.entities.get(key),
         }
     }
 
     fn relationship_present(&self, overlay: &TxOverlay, relationship: &Relationship) -> bool {
-        match overlay.relationships.get(relationship).or_else(|| self.relationships.get(relationship)) {
+        match overlay
+            .relationships
+            .get(relationship)
+            .or_else(|| self.relationships.get(relationship))
+            .or_else(|| self.pending.iter().rev().find_map(|d| d.relationships.get(relationship)))
+        {
             Some(version) => version.is_some(),
             None => self.base.relationships.contains_key(relationship),
         }
@@ -1492,5 +1529,47 @@ mod tests {
                 prop_assert_eq!(by_resource, expected);
             }
         }
+    }
+
+    #[test]
+    fn t45_pipelined_drafts_equal_sequential_blocks() {
+        // Three blocks drafted back to back, each over the previous ones' uncommitted deltas,
+        // must equal the same three blocks built with a commit in between: same entries (roots,
+        // links), same statuses, and conditions/sequences see the pending writes.
+        let blocks = vec![
+            vec![tx("a", 1, vec![set("k1", b"v1"), create("doc:1", "viewer", "user:1")])],
+            vec![
+                tx("a", 2, vec![set_if("k1", b"v2", SetCondition::VersionEquals(1))]),
+                tx("b", 1, vec![set_if("k2", b"x", SetCondition::MustNotExist)]),
+            ],
+            vec![
+                tx("a", 3, vec![del("k1"), remove("doc:1", "viewer", "user:1")]),
+                tx("b", 2, vec![set_if("k2", b"y", SetCondition::MustNotExist)]),
+                tx("a", 3, vec![set("dup", b"z")]),
+            ],
+        ];
+        let mut sequential = vault();
+        let mut expected = Vec::new();
+        for txs in blocks.clone() {
+            expected.push(run_block(&mut sequential, txs));
+        }
+        let mut pipelined = vault();
+        let mut deltas: Vec<ScopeDelta> = Vec::new();
+        let mut got = Vec::new();
+        for txs in blocks {
+            let c = ctx(pipelined.meta.height + deltas.len() as u64 + 1);
+            let mut draft = BlockDraft::over(&pipelined, deltas.iter().collect());
+            let results: Vec<TxResult> = txs.into_iter().map(|t| draft.try_apply(t)).collect();
+            let (entry, delta) = draft.finish(&c);
+            got.push((results, entry));
+            deltas.push(delta);
+        }
+        for delta in deltas {
+            pipelined.commit(delta);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(pipelined.meta, sequential.meta);
+        assert_eq!(pipelined.computed_root(), sequential.computed_root());
+        assert_eq!(pipelined.client_state("a"), sequential.client_state("a"));
     }
 }
