@@ -9,9 +9,13 @@ use ledger_tests::raw::{frame_bytes, hello_frame, Ending, RawConn};
 use ledger_tests::scope::{connect, create_scope, set, tip, ScopeTip};
 use ledger_tests::{temp_dir, ServerProcess};
 use ledger_wire::client::Client;
+use ledger_wire::codec::encode_frame_to_vec;
 use ledger_wire::error::ClientError;
 use ledger_wire::frame::FrameKind;
-use ledger_wire::messages::{GoawayCode, Ping, Request, Response, StatusCode, WriteResult};
+use ledger_wire::messages::{
+    GoawayCode, Ping, Request, RequestBatch, RequestEnvelope, Response, ResponseBatch, StatusCode,
+    WriteResult,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -532,6 +536,110 @@ async fn t17_invalid_requests_in_one_batch_do_not_affect_valid_ones() {
     assert_eq!(code(&results[3]), Some(StatusCode::NotFound), "{:?}", results[3]);
     assert_eq!(client.read(ns, Some(vault), "ok").await.unwrap().as_deref(), Some(&b"1"[..]));
     assert_eq!(client.get_client_state(ns, Some(vault), "w").await.unwrap(), 1);
+    drop(client);
+    server.stop();
+}
+
+#[test]
+fn t18_batch_size_limits_and_second_hello_are_protocol_errors() {
+    // Proves the framing rules after the handshake: an empty RequestBatch, a RequestBatch with
+    // more than max_batch_items envelopes (server started with 4), and a second Hello each earn
+    // Goaway{ProtocolError}; a batch of exactly max_batch_items is answered in full.
+    let dir = temp_dir("bad-t18");
+    let server = ServerProcess::start(&dir.path().join("data"), &["--cores", "1", "--max-batch-items", "4"]);
+    let envelopes = |count: u64| RequestBatch {
+        items: (1..=count)
+            .map(|request_id| RequestEnvelope { request_id, deadline_ms: 0, request: Request::GetNodeInfo })
+            .collect(),
+    };
+    let (mut conn, ack) = RawConn::connect_with_hello(&server.addr);
+    assert_eq!(ack.max_batch_items, 4);
+    conn.send(&encode_frame_to_vec(FrameKind::RequestBatch, &envelopes(4)).unwrap()).unwrap();
+    let mut answered = Vec::new();
+    while answered.len() < 4 {
+        let frame = conn.next_frame().expect("responses to a full batch");
+        assert_eq!(frame.kind(), FrameKind::ResponseBatch);
+        let batch = frame.decode::<ResponseBatch>().unwrap();
+        for item in batch.items {
+            assert!(matches!(item.result, Ok(Response::GetNodeInfo { .. })), "{item:?}");
+            answered.push(item.request_id);
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, vec![1, 2, 3, 4]);
+
+    conn.send(&encode_frame_to_vec(FrameKind::RequestBatch, &envelopes(5)).unwrap()).unwrap();
+    expect_goaway(conn.ending(), GoawayCode::ProtocolError);
+
+    let (mut conn, _ack) = RawConn::connect_with_hello(&server.addr);
+    conn.send(&encode_frame_to_vec(FrameKind::RequestBatch, &envelopes(0)).unwrap()).unwrap();
+    expect_goaway(conn.ending(), GoawayCode::ProtocolError);
+
+    let (mut conn, _ack) = RawConn::connect_with_hello(&server.addr);
+    conn.send(&hello_frame(1)).unwrap();
+    expect_goaway(conn.ending(), GoawayCode::ProtocolError);
+    still_serving_blocking(&server.addr, "t18");
+    server.stop();
+}
+
+#[test]
+fn t19_ping_is_answered_with_pong_echoing_the_nonce() {
+    // Proves the keepalive of SPEC §4.3: after the handshake a Ping gets a Pong with the same
+    // nonce and the connection stays open (a clean close afterwards earns no Goaway).
+    let (_dir, server) = start("bad-t19");
+    let (mut conn, _ack) = RawConn::connect_with_hello(&server.addr);
+    for nonce in [0u64, 0x0102_0304_0506_0708, u64::MAX] {
+        conn.send(&encode_frame_to_vec(FrameKind::Ping, &Ping { nonce }).unwrap()).unwrap();
+        let frame = conn.next_frame().expect("Pong");
+        assert_eq!(frame.kind(), FrameKind::Pong);
+        assert_eq!(frame.decode::<Ping>().unwrap().nonce, nonce);
+    }
+    conn.shutdown_write();
+    assert_eq!(conn.ending(), Ending::Closed, "a clean close between frames is not an error");
+    server.stop();
+}
+
+#[tokio::test]
+async fn t20_read_request_limits() {
+    // Proves the read-side limits of SPEC §3.6/§5.1: GetBlock beyond the tip is NotFound,
+    // GetBlockRange with start > end or more than 1000 blocks is InvalidArgument while an end past
+    // the tip is truncated, and BatchRead of more than 1000 keys is InvalidArgument.
+    let (_dir, server, client, ns, vault, ..) = invalid_request_fixture("bad-t20").await;
+    let scope = Some(vault);
+    let beyond = Request::GetBlock { namespace_id: ns, vault_id: scope, height: 2 };
+    expect_status(&client, beyond, StatusCode::NotFound, "GetBlock beyond tip").await;
+    let range = |start_height, end_height| Request::GetBlockRange {
+        namespace_id: ns,
+        vault_id: scope,
+        start_height,
+        end_height,
+    };
+    expect_status(&client, range(1, 0), StatusCode::InvalidArgument, "start > end").await;
+    expect_status(&client, range(0, 1000), StatusCode::InvalidArgument, "1001 blocks").await;
+    match client.call(range(0, 999)).await.unwrap() {
+        Response::GetBlockRange { blocks, current_tip } => {
+            assert_eq!(current_tip, 1);
+            assert_eq!(blocks.iter().map(|b| b.header.height).collect::<Vec<_>>(), vec![0, 1]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.call(range(5, 6)).await.unwrap() {
+        Response::GetBlockRange { blocks, .. } => assert!(blocks.is_empty(), "{blocks:?}"),
+        other => panic!("{other:?}"),
+    }
+    let keys: Vec<String> =
+        (0..1001).map(|i| if i == 0 { "k".to_string() } else { format!("k{i}") }).collect();
+    let request = Request::BatchRead {
+        namespace_id: ns,
+        vault_id: scope,
+        keys: keys.clone(),
+        consistency: ledger_core::types::ReadConsistency::Eventual,
+    };
+    expect_status(&client, request, StatusCode::InvalidArgument, "1001 keys").await;
+    let items = client.batch_read(ns, scope, keys[..1000].to_vec(), Default::default()).await.unwrap();
+    assert_eq!(items.len(), 1000);
+    assert!(items[0].found && items[0].value.as_deref() == Some(&b"v"[..]), "{:?}", items[0]);
+    assert!(items[1..].iter().all(|i| !i.found && i.value.is_none()));
     drop(client);
     server.stop();
 }
