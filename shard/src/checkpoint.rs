@@ -606,12 +606,13 @@ impl Group {
     /// Clean shutdown: stop Raft, stop the periodic checkpoint, write a final durable checkpoint
     /// (SPEC §9.6: a clean shutdown leaves nothing to replay).
     pub async fn close(mut self) -> Result<(), ShardError> {
-        self.raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e))?;
+        // Checkpoint even if openraft failed to stop cleanly: applied state is still valid.
+        let stopped = self.raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e));
         if let Some(stop) = self.stop_checkpoints.take() {
             let _ = stop.send(());
         }
         self.checkpointer.checkpoint().await?;
-        Ok(())
+        stopped
     }
 }
 
@@ -720,7 +721,8 @@ pub async fn open_group_with(
     // Leader, and the leader's own first entry of its term applied: everything committed before
     // it has been re-applied (SPEC §8.2 step 1's precondition holds on return).
     let node_id = config.node_id;
-    raft.wait(wait)
+    let led = raft
+        .wait(wait)
         .metrics(
             |m| {
                 m.current_leader == Some(node_id)
@@ -729,8 +731,12 @@ pub async fn open_group_with(
             },
             "single-voter group elects this node and applies its log",
         )
-        .await
-        .map_err(|e| ShardError::raft("wait for leadership and apply", e))?;
+        .await;
+    if let Err(e) = led {
+        // Stop openraft's tasks so the group's files are released for a later attempt.
+        let _ = raft.shutdown().await;
+        return Err(ShardError::raft("wait for leadership and apply", e));
+    }
 
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
     if let Some(interval) = options.checkpoint_interval {
