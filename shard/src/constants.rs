@@ -33,3 +33,8 @@ pub const IDEM_CACHE_PER_CLIENT_MAX: usize = 1000;
 pub const CATCH_UP_WAIT_MS: u64 = 1000;
 /// Longest `last_key` a page token may carry (entity keys ≤ 1 KiB, relationship keys ≤ ~1.1 KiB).
 pub const PAGE_TOKEN_LAST_KEY_MAX: usize = 4096;
+
+/// Blocks a group leader may have proposed but not yet applied (pipelining, decisions D7). More
+/// overlap buys little: openraft appends one entry per fsync, so this only hides the dry run
+/// and the replies behind the previous block's fsync.
+pub const BLOCKS_IN_FLIGHT_MAX: usize = 4;

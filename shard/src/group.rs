@@ -1,14 +1,17 @@
 //! The block builder of one Raft group on its leader (SPEC §8.2–§8.3): a bounded pending queue of
 //! accepted client transactions, and a loop that turns them into one `GroupBlock` at a time.
 //!
-//! A round opens when a transaction is queued and the previous block has been applied (at most
-//! ONE block in flight per group, so the leader always builds on exactly the state every replica
-//! will have). It closes when the batch is full, when `batch_max_delay_ms` has passed, or at once
-//! when eager commit is on. The dry run uses `core::state::BlockDraft` per touched scope: scope
-//! checks, the §6.3 sequence check, TxId/timestamp/actor assignment and the all-or-nothing apply.
-//! The deltas go into `GroupData.speculative` so apply can commit them without recomputation.
-//! Scope lifecycle commands (`AdminCommand`) are proposed by the same loop between rounds, which
-//! keeps the predicted `committed_index` of a block exact.
+//! A round opens when a transaction is queued and fewer than `BLOCKS_IN_FLIGHT_MAX` blocks are
+//! proposed but not yet applied. Blocks are pipelined (docs/decisions.md D7): each draft builds on
+//! the committed state plus the deltas of the blocks still in flight (`BlockDraft::over`), so the
+//! next block's dry run overlaps the previous block's fsync, and every replica still replays
+//! and checks exactly the roots the leader proposed. A round closes when the batch is full, when
+//! `batch_max_delay_ms` has passed, or at once when eager commit is on. The dry run uses
+//! `core::state::BlockDraft` per touched scope: scope checks, the §6.3 sequence check,
+//! TxId/timestamp/actor assignment and the all-or-nothing apply. The deltas go into
+//! `GroupData.speculative` so apply can commit them without recomputation. Scope lifecycle
+//! commands (`AdminCommand`) are proposed only when no block is in flight, which keeps the
+//! predicted `committed_index` of each block exact.
 
 // Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
 // only add an allocation to every error path.
@@ -16,13 +19,13 @@
 
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
-use crate::constants::{CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
+use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
 use crate::group_data::{GroupData, SpeculativeBlock};
 use crate::idem_cache::IdemCache;
 use crate::msg::ReplySender;
 use crate::type_config::LedgerRaft;
 use futures::channel::oneshot;
-use ledger_core::hash::{tx_hash, tx_merkle_proof};
+use ledger_core::hash::{group_hash, tx_hash, tx_merkle_proof};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SequenceCheck};
 use ledger_core::types::*;
 use ledger_wire::messages::{
@@ -165,7 +168,10 @@ pub struct Group {
     queue: RefCell<VecDeque<PendingTx>>,
     admin: RefCell<VecDeque<PendingAdmin>>,
     signal: Signal,
-    in_flight: Cell<bool>,
+    /// Blocks proposed and not yet answered (≤ BLOCKS_IN_FLIGHT_MAX).
+    in_flight: Cell<usize>,
+    /// Log index the next proposal will get (valid while blocks are in flight).
+    next_log_index: Cell<u64>,
     stopping: Cell<bool>,
     /// Timestamp of the last block this node built (block timestamps never go backwards).
     last_ts: Cell<Timestamp>,
@@ -188,7 +194,8 @@ impl Group {
             queue: RefCell::new(VecDeque::new()),
             admin: RefCell::new(VecDeque::new()),
             signal: Signal::default(),
-            in_flight: Cell::new(false),
+            in_flight: Cell::new(0),
+            next_log_index: Cell::new(0),
             stopping: Cell::new(false),
             last_ts: Cell::new(Timestamp::default()),
         })
@@ -256,28 +263,42 @@ impl Group {
         }
     }
 
-    /// The builder loop; runs until `stop` and an empty queue.
+    /// The builder loop; runs until `stop`, an empty queue and no block in flight.
     pub async fn run(self: Rc<Self>) {
         loop {
             let idle = self.queue.borrow().is_empty() && self.admin.borrow().is_empty();
             if idle {
-                if self.stopping.get() {
+                if self.stopping.get() && self.in_flight.get() == 0 {
                     return;
                 }
                 self.signal.wait().await;
                 continue;
             }
-            let admin: Vec<PendingAdmin> = self.admin.borrow_mut().drain(..).collect();
-            for a in admin {
-                let result = self.propose_scope_command(a.command).await;
-                let _ = a.reply.send(result);
-            }
-            if self.queue.borrow().is_empty() {
+            if !self.admin.borrow().is_empty() {
+                // Admin entries go between blocks, never beside one (exact index prediction).
+                if self.in_flight.get() > 0 {
+                    self.signal.wait().await;
+                    continue;
+                }
+                let admin: Vec<PendingAdmin> = self.admin.borrow_mut().drain(..).collect();
+                for a in admin {
+                    let result = self.propose_scope_command(a.command).await;
+                    let _ = a.reply.send(result);
+                }
                 continue;
             }
-            self.wait_caught_up().await;
+            if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX {
+                self.signal.wait().await;
+                continue;
+            }
+            if self.in_flight.get() == 0 {
+                self.wait_caught_up().await;
+            }
             self.close_round().await;
             let n = self.config.batch_max_size.max(1).min(self.queue.borrow().len());
+            if n == 0 {
+                continue;
+            }
             let batch: Vec<PendingTx> = self.queue.borrow_mut().drain(..n).collect();
             self.round(batch).await;
         }
@@ -362,10 +383,8 @@ impl Group {
                 }
             }
         };
-        assert!(!self.in_flight.get());
-        self.in_flight.set(true);
+        assert!(self.in_flight.get() == 0, "admin entries are proposed only between blocks");
         let result = self.raft.client_write(LogPayload::Admin(payload)).await;
-        self.in_flight.set(false);
         match result {
             Ok(_) => {
                 let data = self.data.borrow();
@@ -389,8 +408,10 @@ impl Group {
         }
     }
 
-    /// One block round (SPEC §8.2 steps 2–5).
-    async fn round(&self, batch: Vec<PendingTx>) {
+    /// One block round (SPEC §8.2 steps 2–5): dry run, then propose. The proposal is handed to
+    /// openraft before this returns (so blocks reach the log in build order) and is awaited by a
+    /// separate task, so the next round can be built while this block is being made durable.
+    async fn round(self: &Rc<Self>, batch: Vec<PendingTx>) {
         if !self.is_leader() {
             let status = self.not_leader();
             for p in batch {
@@ -398,36 +419,73 @@ impl Group {
             }
             return;
         }
-        let Some(built) = self.dry_run(batch) else { return };
-        let Built { block, accepted, expected } = built;
-        assert!(!self.in_flight.get());
-        self.in_flight.set(true);
-        let result = self.raft.client_write(LogPayload::Block(block)).await;
-        self.in_flight.set(false);
-        let failure = match result {
-            Ok(_) => None,
-            Err(e) => Some(self.proposal_failed(&e)),
-        };
-        {
-            let mut data = self.data.borrow_mut();
-            // Apply takes the speculative block; after a failure nothing will.
-            data.speculative = None;
+        if self.in_flight.get() == 0 {
+            let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+            self.next_log_index.set(last + 1);
         }
-        let applied_ok = failure.is_none() && {
-            let data = self.data.borrow();
-            expected.iter().all(|(scope, (height, hash))| {
-                data.scopes
-                    .get(scope)
-                    .is_some_and(|s| s.meta.height == *height && s.meta.last_block_hash == *hash)
-            })
+        let Some(built) = self.dry_run(batch) else { return };
+        let Built { block, accepted } = built;
+        assert!(self.in_flight.get() < BLOCKS_IN_FLIGHT_MAX, "too many blocks in flight");
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.next_log_index.set(self.next_log_index.get() + 1);
+        let group_height = block.group_height;
+        let raft = self.raft.clone();
+        let mut proposal = Box::pin(async move { raft.client_write(LogPayload::Block(block)).await });
+        // The first poll hands the entry to openraft's core (an unbounded channel send).
+        let first = futures::poll!(proposal.as_mut());
+        let group = self.clone();
+        glommio::spawn_local(async move {
+            let result = match first {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => proposal.await,
+            };
+            group.finish_round(group_height, result, accepted);
+        })
+        .detach();
+    }
+
+    /// Answers the transactions of one proposed block once openraft resolved it.
+    fn finish_round(
+        &self,
+        group_height: u64,
+        result: Result<
+            openraft::raft::ClientWriteResponse<crate::type_config::TypeConfig>,
+            openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, openraft::BasicNode>>,
+        >,
+        accepted: Vec<Accepted>,
+    ) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.signal.raise();
+        let (failure, not_applied) = match result {
+            Ok(response) => {
+                let not_applied: Vec<ScopeKey> = match response.data {
+                    crate::state_machine::ApplyResult::Block {
+                        group_height: applied,
+                        diverged,
+                        skipped,
+                        ..
+                    } => {
+                        assert_eq!(applied, group_height, "apply answered another block");
+                        diverged.into_iter().chain(skipped).collect()
+                    }
+                    _ => accepted.iter().map(|a| a.scope).collect(),
+                };
+                (None, not_applied)
+            }
+            Err(e) => {
+                // Proposals built on this one cannot commit as built either.
+                self.data.borrow_mut().speculative.retain(|s| s.group_height < group_height);
+                (Some(self.proposal_failed(&e)), Vec::new())
+            }
         };
-        let failure = failure.or_else(|| {
-            (!applied_ok)
-                .then(|| Status::unavailable("block was applied differently than built; retry the write"))
-        });
         let mut cache = self.cache.borrow_mut();
         for a in accepted {
-            match &failure {
+            let failure = failure.clone().or_else(|| {
+                not_applied
+                    .contains(&a.scope)
+                    .then(|| Status::unavailable("block was applied differently than built; retry the write"))
+            });
+            match failure {
                 Some(status) => {
                     for w in a.waiters {
                         w.send(Err(status.clone()));
@@ -454,7 +512,7 @@ impl Group {
             timestamp: ts,
             leader_id: self.config.node_id,
             term: metrics.current_term,
-            committed_index: metrics.last_log_index.unwrap_or(0) + 1,
+            committed_index: self.next_log_index.get(),
         };
         let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
         let mut accepted: Vec<Accepted> = Vec::new();
@@ -488,7 +546,14 @@ impl Group {
                 accepted[i].waiters.push(p.waiter);
                 continue;
             }
-            let draft = drafts.entry(p.scope).or_insert_with(|| BlockDraft::new(scope));
+            let draft = drafts.entry(p.scope).or_insert_with(|| {
+                let pending = data
+                    .speculative
+                    .iter()
+                    .flat_map(|s| s.deltas.iter().filter(|(k, _)| *k == p.scope).map(|(_, d)| d))
+                    .collect();
+                BlockDraft::over(scope, pending)
+            });
             match draft.check_sequence(&p.client_id, p.sequence) {
                 SequenceCheck::Next => {}
                 SequenceCheck::Duplicate(state) => {
@@ -564,14 +629,12 @@ impl Group {
         let mut entries = Vec::new();
         let mut deltas = Vec::new();
         let mut headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)> = BTreeMap::new();
-        let mut expected = BTreeMap::new();
         for (key, draft) in drafts {
             if draft.is_empty() {
                 continue;
             }
             let (entry, delta) = draft.finish(&ctx);
             let leaves: Vec<Hash> = entry.transactions.iter().map(tx_hash).collect();
-            expected.insert(key, (delta.header.height, delta.block_hash));
             headers.insert(key, (delta.header.clone(), leaves));
             entries.push(entry);
             deltas.push((key, delta));
@@ -589,11 +652,14 @@ impl Group {
                 a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
             }
         }
-        let group_height = data.group_height + 1;
+        let (group_height, previous_group_hash) = match data.speculative.back() {
+            Some(last) => (last.group_height + 1, last.group_hash),
+            None => (data.group_height + 1, data.last_group_hash),
+        };
         let block = GroupBlock {
             group_id: self.id.0,
             group_height,
-            previous_group_hash: data.last_group_hash,
+            previous_group_hash,
             vault_entries: entries,
             timestamp: ts,
             leader_id: self.config.node_id,
@@ -601,8 +667,9 @@ impl Group {
             committed_index: ctx.committed_index,
         };
         drop(data_ref);
-        self.data.borrow_mut().speculative = Some(SpeculativeBlock { group_height, deltas });
-        Some(Built { block, accepted, expected })
+        let group_hash = group_hash(&block);
+        self.data.borrow_mut().speculative.push_back(SpeculativeBlock { group_height, group_hash, deltas });
+        Some(Built { block, accepted })
     }
 }
 
@@ -619,8 +686,6 @@ struct Accepted {
 struct Built {
     block: GroupBlock,
     accepted: Vec<Accepted>,
-    /// Per touched scope, the height and block hash apply must end up with.
-    expected: BTreeMap<ScopeKey, (u64, Hash)>,
 }
 
 /// Splits one transaction's statuses back into its `BatchWrite` groups.

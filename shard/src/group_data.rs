@@ -15,6 +15,8 @@ use std::rc::Rc;
 /// anything unexpected) it replays the entry and verifies the roots itself.
 pub struct SpeculativeBlock {
     pub group_height: u64,
+    /// `group_hash` of the proposed block: the next proposal's `previous_group_hash`.
+    pub group_hash: Hash,
     pub deltas: Vec<(ScopeKey, ScopeDelta)>,
 }
 
@@ -27,8 +29,10 @@ pub struct GroupData {
     pub last_group_hash: Hash,
     /// Log index of the last applied entry (0 before any).
     pub applied_index: u64,
-    /// Set by the block builder before proposing, taken by apply.
-    pub speculative: Option<SpeculativeBlock>,
+    /// The leader's proposed but not yet applied blocks, oldest first with consecutive group
+    /// heights: pushed by the block builder when it proposes, popped by apply (pipelined blocks,
+    /// docs/decisions.md D7).
+    pub speculative: std::collections::VecDeque<SpeculativeBlock>,
     /// Block archive (SPEC §9.3): recent blocks not yet flushed plus the blocks.redb reader.
     pub archive: crate::archive::Archive,
     /// Log id of the last applied entry (`applied_index` is its index) and the membership last
@@ -94,7 +98,7 @@ impl GroupData {
             group_height: 0,
             last_group_hash: ZERO_HASH,
             applied_index: 0,
-            speculative: None,
+            speculative: std::collections::VecDeque::new(),
             archive,
             applied_log_id: None,
             membership: StoredMembership::default(),

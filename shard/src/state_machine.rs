@@ -102,13 +102,21 @@ fn apply_block(data: &mut GroupData, gb: GroupBlock) -> ApplyResult {
     assert!(gb.previous_group_hash == data.last_group_hash, "group block does not extend the chain");
     assert!(gb.group_id == data.group_id.0, "group block of another group");
 
-    let mut speculative = match data.speculative.take() {
-        Some(s) if s.group_height == gb.group_height => s.deltas,
-        Some(s) if s.group_height > gb.group_height => {
-            data.speculative = Some(s);
+    // The leader's pipelined proposals are applied in order; anything older than this block is
+    // stale (a failed proposal), and a block that is not the one proposed at this height means
+    // every later proposal was built on the wrong state: drop them all and replay.
+    while data.speculative.front().is_some_and(|s| s.group_height < gb.group_height) {
+        data.speculative.pop_front();
+    }
+    let mut speculative = match data.speculative.front() {
+        Some(s) if s.group_height == gb.group_height && s.group_hash == group_hash(&gb) => {
+            data.speculative.pop_front().map(|s| s.deltas).unwrap_or_default()
+        }
+        Some(_) => {
+            data.speculative.clear();
             Vec::new()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let ctx = BlockContext {
         timestamp: gb.timestamp,
@@ -377,7 +385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data.applied_log_id = meta.last_log_id;
             data.applied_index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
             data.membership = meta.last_membership.clone();
-            data.speculative = None;
+            data.speculative.clear();
             data.dirty = Default::default();
             data.dirty.full_rewrite = true;
             data.dirty.applied = true;

@@ -95,8 +95,11 @@ async fn propose(g: &Group, key: ScopeKey, txs: Vec<Transaction>, speculative: b
             committed_index: ctx.committed_index,
         };
         if speculative {
-            data.speculative =
-                Some(SpeculativeBlock { group_height: gb.group_height, deltas: vec![(key, delta)] });
+            data.speculative.push_back(SpeculativeBlock {
+                group_height: gb.group_height,
+                group_hash: ledger_core::hash::group_hash(&gb),
+                deltas: vec![(key, delta)],
+            });
         }
         gb
     };
