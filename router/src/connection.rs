@@ -17,17 +17,77 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 /// Frames the read loop asks the write task to send besides responses.
-enum Control {
+pub enum Control {
     HelloAck(HelloAck),
     Pong(u64),
     /// Sent last; the write task closes the connection after it.
     Goaway(Goaway),
+    /// Node shutdown: write the replies still owed (bounded by `SHUTDOWN_DRAIN`), then
+    /// `Goaway{Shutdown}` and close.
+    Shutdown,
 }
 
-pub async fn serve_connection(stream: TcpStream, settings: Arc<RouterSettings>, dispatcher: Rc<Dispatcher>) {
+/// How long a shutting-down connection keeps writing owed replies before its Goaway.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The control channels of this core's open connections, so that a node shutdown can tell each
+/// client `Goaway{Shutdown}` (SPEC §11.7).
+#[derive(Default)]
+pub struct Connections {
+    controls: std::cell::RefCell<Vec<flume::Sender<Control>>>,
+    shutting_down: Cell<bool>,
+    live: Cell<usize>,
+}
+
+/// Counts a connection as live until dropped.
+struct LiveGuard(Rc<Connections>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get().saturating_sub(1));
+    }
+}
+
+impl Connections {
+    fn register(&self, control: flume::Sender<Control>) {
+        let mut controls = self.controls.borrow_mut();
+        controls.retain(|c| !c.is_disconnected());
+        controls.push(control);
+    }
+
+    /// Connections still open on this core.
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Stops new requests on every connection and starts their Goaway{Shutdown}.
+    pub fn shutdown_all(&self) {
+        self.shutting_down.set(true);
+        for control in self.controls.borrow_mut().drain(..) {
+            let _ = control.send(Control::Shutdown);
+        }
+    }
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    settings: Arc<RouterSettings>,
+    dispatcher: Rc<Dispatcher>,
+    connections: Rc<Connections>,
+) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
     let (control_tx, control_rx) = flume::unbounded::<Control>();
+    if connections.is_shutting_down() {
+        let _ = control_tx.send(Control::Shutdown);
+    }
+    connections.register(control_tx.clone());
+    connections.live.set(connections.live.get() + 1);
+    let _live = LiveGuard(connections.clone());
     let (reply_tx, reply_rx) = flume::unbounded::<ResponseEnvelope>();
     let outstanding = Rc::new(Cell::new(0usize));
     let writer_task =
@@ -39,12 +99,25 @@ pub async fn serve_connection(stream: TcpStream, settings: Arc<RouterSettings>, 
         pending: Vec::new(),
         settings,
     };
-    if let Some(goaway) = session.run(&dispatcher, &control_tx, &reply_tx, &outstanding).await {
-        let _ = control_tx.send(Control::Goaway(goaway));
+    let mut writer_task = writer_task;
+    let ended = {
+        let run = session.run(&dispatcher, &connections, &control_tx, &reply_tx, &outstanding);
+        futures::pin_mut!(run);
+        match futures::future::select(run, &mut writer_task).await {
+            futures::future::Either::Left((goaway, _)) => Some(goaway),
+            // The write side ended first (it sent a Goaway, or the socket failed): the
+            // connection is over, and dropping the read loop cancels its pending read.
+            futures::future::Either::Right(_) => None,
+        }
+    };
+    if let Some(goaway) = ended {
+        if let Some(goaway) = goaway {
+            let _ = control_tx.send(Control::Goaway(goaway));
+        }
+        drop(control_tx);
+        drop(reply_tx);
+        let _ = writer_task.await;
     }
-    drop(control_tx);
-    drop(reply_tx);
-    let _ = writer_task.await;
 }
 
 struct Session {
@@ -61,6 +134,7 @@ impl Session {
     async fn run(
         &mut self,
         dispatcher: &Dispatcher,
+        connections: &Connections,
         control: &flume::Sender<Control>,
         replies: &flume::Sender<ResponseEnvelope>,
         outstanding: &Cell<usize>,
@@ -80,7 +154,10 @@ impl Session {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Some(goaway(
                 GoawayCode::UnsupportedVersion,
-                &format!("protocol version {} is not supported (this server speaks 1)", hello.protocol_version),
+                &format!(
+                    "protocol version {} is not supported (this server speaks 1)",
+                    hello.protocol_version
+                ),
             ));
         }
         let _ = control.send(Control::HelloAck(HelloAck {
@@ -115,6 +192,14 @@ impl Session {
                     }
                     for envelope in batch.items {
                         outstanding.set(outstanding.get() + 1);
+                        if connections.is_shutting_down() {
+                            answer(
+                                replies,
+                                envelope.request_id,
+                                Status::unavailable("node is shutting down"),
+                            );
+                            continue;
+                        }
                         if outstanding.get() > self.settings.requests_max_concurrent {
                             answer(
                                 replies,
@@ -195,12 +280,39 @@ async fn write_loop(
 ) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut control_open = true;
+    let mut drain_deadline: Option<std::time::Instant> = None;
     loop {
         out.clear();
         let mut closing = false;
-        if control_open {
+        if let Some(deadline) = drain_deadline {
+            // Shutting down: owed replies first, then the Goaway.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let next = if outstanding.get() == 0 || left.is_zero() {
+                None
+            } else {
+                glommio::timer::timeout(left, async {
+                    replies
+                        .recv_async()
+                        .await
+                        .map_err(|_| glommio::GlommioError::Closed(glommio::ResourceType::Channel(())))
+                })
+                .await
+                .ok()
+            };
+            match next {
+                Some(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                None => {
+                    let goaway =
+                        Goaway { code: GoawayCode::Shutdown, message: "node is shutting down".into() };
+                    closing = encode_control(Control::Goaway(goaway), &mut out);
+                }
+            }
+        } else if control_open {
             futures::select_biased! {
                 message = control.recv_async().fuse() => match message {
+                    Ok(Control::Shutdown) => {
+                        drain_deadline = Some(std::time::Instant::now() + SHUTDOWN_DRAIN);
+                    }
                     Ok(message) => closing = encode_control(message, &mut out),
                     Err(_) => control_open = false,
                 },
@@ -236,6 +348,7 @@ fn encode_control(message: Control, out: &mut Vec<u8>) -> bool {
         Control::HelloAck(ack) => (encode_frame(FrameKind::HelloAck, &ack, out), false),
         Control::Pong(nonce) => (encode_frame(FrameKind::Pong, &Ping { nonce }, out), false),
         Control::Goaway(goaway) => (encode_frame(FrameKind::Goaway, &goaway, out), true),
+        Control::Shutdown => return false,
     };
     if let Err(e) = result {
         eprintln!("ledger-server: cannot encode a control frame: {e}");

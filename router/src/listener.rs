@@ -2,7 +2,7 @@
 //! cores on the same address; glommio sets SO_REUSEPORT, so the kernel spreads connections over
 //! the cores and each connection is served entirely by the core that accepted it.
 
-use crate::connection;
+use crate::connection::{self, Connections};
 use crate::dispatch::Dispatcher;
 use futures::FutureExt;
 use glommio::net::TcpListener;
@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a stopping listener waits for its connections to write their Goaway and close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(6);
 
 /// Node-wide router settings (SPEC §4.1, §4.3, §11.1).
 #[derive(Debug, Clone)]
@@ -62,6 +65,7 @@ pub async fn serve(
     };
     let settings = context.settings.clone();
     let dispatcher = Rc::new(Dispatcher::new(context));
+    let connections = Rc::new(Connections::default());
     loop {
         futures::select! {
             accepted = listener.accept().fuse() => match accepted {
@@ -70,6 +74,7 @@ pub async fn serve(
                         stream,
                         settings.clone(),
                         dispatcher.clone(),
+                        connections.clone(),
                     ))
                     .detach();
                 }
@@ -83,5 +88,12 @@ pub async fn serve(
                 Ok(ListenerControl::Stop) | Err(_) => break,
             },
         }
+    }
+    // Drop the listening socket first so no new connection arrives, then tell the open ones.
+    drop(listener);
+    connections.shutdown_all();
+    let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+    while connections.live() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }

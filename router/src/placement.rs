@@ -34,11 +34,8 @@ pub fn plan(
         if placement.contains_key(&group) {
             continue;
         }
-        let (core, _) = load
-            .iter()
-            .enumerate()
-            .min_by_key(|(index, count)| (**count, *index))
-            .expect("cores >= 1");
+        let (core, _) =
+            load.iter().enumerate().min_by_key(|(index, count)| (**count, *index)).expect("cores >= 1");
         placement.insert(group, CoreId(core as u16));
         load[core] += 1;
     }

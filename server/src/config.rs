@@ -214,7 +214,8 @@ fn load_file(path: Option<&Path>) -> Result<ConfigLayer, ConfigError> {
     if !required && !path.exists() {
         return Ok(ConfigLayer::default());
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
     toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source: Box::new(source) })
 }
 

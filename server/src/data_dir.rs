@@ -110,8 +110,13 @@ fn load_or_create_node_id(path: &Path) -> Result<u64, DataDirError> {
             let id = new_snowflake();
             let io = |source| DataDirError::Io { what: "cannot write", path: path.to_path_buf(), source };
             let staging = path.with_extension("new");
-            let mut file =
-                OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&staging).map_err(io)?;
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&staging)
+                .map_err(io)?;
             writeln!(file, "{id}").map_err(io)?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&staging, path).map_err(io)?;

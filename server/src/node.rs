@@ -179,12 +179,20 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
             done.push(rx);
         }
     }
+    let mut all_done = true;
     for rx in done {
         if wait_oneshot(rx, deadline).is_none() {
             eprintln!("ledger-server: a core did not finish shutting down in time");
+            all_done = false;
         }
     }
     drop(inbox_senders);
+    // Each executor ends once its connections have said Goaway and its shard has stopped.
+    if all_done {
+        for handle in executors {
+            let _ = handle.join();
+        }
+    }
     drop(dir);
     Ok(())
 }
@@ -240,4 +248,3 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     }
     signal
 }
-

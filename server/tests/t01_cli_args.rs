@@ -21,6 +21,7 @@ fn t01_bad_config_exits_2_with_one_line() {
 
 #[test]
 fn t02_unknown_flag_is_a_usage_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ledger-server")).arg("--no-such-flag").output().expect("run");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_ledger-server")).arg("--no-such-flag").output().expect("run");
     assert_eq!(output.status.code(), Some(2));
 }

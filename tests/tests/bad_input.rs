@@ -704,7 +704,6 @@ fn t22_idle_connection_gets_goaway_idle() {
 }
 
 #[test]
-#[ignore = "known bug: on SIGTERM the listener stops accepting but open connections get no Goaway{Shutdown}"]
 fn t23_clean_shutdown_sends_goaway_shutdown() {
     // Proves docs/protocol.md §1 item 4: on SIGTERM the node tells connected clients
     // Goaway{Shutdown} before closing (so they know to retry elsewhere), and exits 0.

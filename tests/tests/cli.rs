@@ -302,21 +302,62 @@ fn t07_ttl_expires_entity() {
 }
 
 #[test]
-#[ignore = "known bug: the CLI re-learns the sequence on every run, so --client-id reuse is not a retry"]
 fn t08_retry_with_same_client_id_is_idempotent() {
-    // Proves (once fixed) README's promise "--client-id ID (reuse to retry a write
-    // idempotently)": running the identical `set --if-absent` twice with the same client id, as
-    // a user would after a timeout, must leave one transaction and report success both times.
-    // Today each run calls GetClientState and sends last + 1, so the "retry" is a new
-    // transaction: the tip moves and the retried --if-absent fails with KeyExists.
+    // Proves README's promise "--client-id ID --sequence N: repeat the identical command to retry
+    // idempotently": running the same `set --if-absent` twice with the same client id and
+    // sequence, as a user would after a timeout, leaves one transaction and succeeds both times;
+    // the next sequence commits normally, and skipping ahead is a clear SequenceGap error.
     let (_dir, server, ns, vault) = setup("clit08");
     let addr = server.addr.as_str();
-    let args =
-        ["--client-id", "retry-me", "set", "--namespace", &ns, "--vault", &vault, "k", "v", "--if-absent"];
+    let args = [
+        "--client-id",
+        "retry-me",
+        "--sequence",
+        "1",
+        "set",
+        "--namespace",
+        &ns,
+        "--vault",
+        &vault,
+        "k",
+        "v",
+        "--if-absent",
+    ];
     ok(addr, &args);
     let tip = json(addr, &["tip", "--namespace", &ns, "--vault", &vault]);
     let (code, stdout, stderr) = ledger_cli(addr, &args);
     assert_eq!(code, 0, "retry with the same client id failed: {stdout:?} {stderr:?}");
     assert_eq!(json(addr, &["tip", "--namespace", &ns, "--vault", &vault]), tip, "the retry committed again");
+    let next = [
+        "--client-id",
+        "retry-me",
+        "--sequence",
+        "2",
+        "set",
+        "--namespace",
+        &ns,
+        "--vault",
+        &vault,
+        "k2",
+        "v",
+    ];
+    ok(addr, &next);
+    let gap = [
+        "--client-id",
+        "retry-me",
+        "--sequence",
+        "9",
+        "set",
+        "--namespace",
+        &ns,
+        "--vault",
+        &vault,
+        "k3",
+        "v",
+    ];
+    let (code, _stdout, stderr) = ledger_cli(addr, &gap);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("SequenceGap"), "stderr: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
     server.stop();
 }

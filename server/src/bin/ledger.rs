@@ -4,16 +4,20 @@
 
 use clap::{Parser, Subcommand};
 use ledger_core::hash::block_hash;
-use ledger_core::types::{Operation, ReadConsistency, SetCondition};
+use ledger_core::types::{Operation, ReadConsistency, SetCondition, WriteErrorCode};
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, now_secs, CliError};
 use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
-use ledger_wire::messages::{Request, Response};
+use ledger_wire::messages::{Request, Response, WriteResult};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ledger", version, about = "Ledger client: namespaces, vaults, entities, relationships, blocks")]
+#[command(
+    name = "ledger",
+    version,
+    about = "Ledger client: namespaces, vaults, entities, relationships, blocks"
+)]
 struct Cli {
     /// Node address.
     #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "LEDGER_ADDR")]
@@ -21,9 +25,13 @@ struct Cli {
     /// Print one JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Client id for writes (default: a fresh random id). Reuse it to retry idempotently.
+    /// Client id for writes (default: a fresh random id).
     #[arg(long, global = true)]
     client_id: Option<String>,
+    /// Send exactly this sequence number (needs --client-id). Repeating the identical command
+    /// with the same client id and sequence is an idempotent retry (SPEC §6).
+    #[arg(long, global = true, requires = "client_id")]
+    sequence: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -194,7 +202,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let mut all = Vec::new();
             let mut token = String::new();
             loop {
-                match client.call(Request::ListNamespaces { page_token: token.clone(), page_size: 1000 }).await? {
+                match client
+                    .call(Request::ListNamespaces { page_token: token.clone(), page_size: 1000 })
+                    .await?
+                {
                     Response::ListNamespaces { namespaces, next_page_token } => {
                         all.extend(namespaces);
                         if next_page_token.is_empty() {
@@ -205,12 +216,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     other => return Err(unexpected(&other)),
                 }
             }
-            emit(json_mode, json!({"namespaces": all.iter().map(render::namespace).collect::<Vec<_>>()}), || {
-                all.iter()
-                    .map(|n| format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            emit(
+                json_mode,
+                json!({"namespaces": all.iter().map(render::namespace).collect::<Vec<_>>()}),
+                || {
+                    all.iter()
+                        .map(|n| {
+                            format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            );
         }
         Command::Vault(VaultCommand::Create { namespace }) => {
             let ns = namespace_id(&client, &namespace).await?;
@@ -239,11 +256,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let Response::ListVaults { vaults } = response else {
                 return Err(unexpected(&response));
             };
-            let vaults: Vec<_> = vaults.into_iter().filter(|v| v.namespace_id == ns && v.vault_id != 0).collect();
+            let vaults: Vec<_> =
+                vaults.into_iter().filter(|v| v.namespace_id == ns && v.vault_id != 0).collect();
             emit(json_mode, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
                 vaults
                     .iter()
-                    .map(|v| format!("{}\theight {}\t{:?}\troot {}", v.vault_id, v.height, v.status, hex(&v.state_root)))
+                    .map(|v| {
+                        format!(
+                            "{}\theight {}\t{:?}\troot {}",
+                            v.vault_id,
+                            v.height,
+                            v.status,
+                            hex(&v.state_root)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -256,17 +282,30 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             };
             let expires_at = ttl.map(|secs| now_secs().saturating_add(secs));
             let op = Operation::SetEntity { key, value: value.into_bytes(), expires_at, condition };
-            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
         }
         Command::Del { scope, key } => {
-            write_one(&client, &scope, cli.client_id, Operation::DeleteEntity { key }, json_mode).await?;
+            write_one(
+                &client,
+                &scope,
+                (cli.client_id.clone(), cli.sequence),
+                Operation::DeleteEntity { key },
+                json_mode,
+            )
+            .await?;
         }
         Command::Get { scope, key, linearizable } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
             let consistency =
                 if linearizable { ReadConsistency::Linearizable } else { ReadConsistency::Eventual };
-            let response =
-                client.call(Request::Read { namespace_id: ns, vault_id: scope.vault, key: key.clone(), consistency }).await?;
+            let response = client
+                .call(Request::Read {
+                    namespace_id: ns,
+                    vault_id: scope.vault,
+                    key: key.clone(),
+                    consistency,
+                })
+                .await?;
             let Response::Read { value, block_height, .. } = response else {
                 return Err(unexpected(&response));
             };
@@ -282,12 +321,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rel(RelCommand::Add { scope, resource, relation, subject }) => {
             let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
             let op = Operation::CreateRelationship { resource, relation, subject };
-            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
         }
         Command::Rel(RelCommand::Del { scope, resource, relation, subject }) => {
             let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
             let op = Operation::DeleteRelationship { resource, relation, subject };
-            write_one(&client, &scope, cli.client_id, op, json_mode).await?;
+            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
         }
         Command::Rel(RelCommand::List { scope, resource, subject }) => {
             let ns = namespace_id(&client, &scope.namespace).await?;
@@ -308,7 +347,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                         consistency: ReadConsistency::Eventual,
                     })
                     .await?;
-                let Response::ListRelationships { relationships, block_height, next_page_token } = response else {
+                let Response::ListRelationships { relationships, block_height, next_page_token } = response
+                else {
                     return Err(unexpected(&response));
                 };
                 height = block_height;
@@ -323,7 +363,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .map(|r| json!({"resource": r.resource, "relation": r.relation, "subject": r.subject}))
                 .collect();
             emit(json_mode, json!({"relationships": rows, "block_height": height}), || {
-                all.iter().map(|r| format!("{}#{}@{}", r.resource, r.relation, r.subject)).collect::<Vec<_>>().join("\n")
+                all.iter()
+                    .map(|r| format!("{}#{}@{}", r.resource, r.relation, r.subject))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         Command::Tip { scope } => {
@@ -332,12 +375,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             emit(
                 json_mode,
                 json!({"height": tip.height, "block_hash": hex(&tip.block_hash), "state_root": hex(&tip.state_root)}),
-                || format!("height {}\nblock_hash {}\nstate_root {}", tip.height, hex(&tip.block_hash), hex(&tip.state_root)),
+                || {
+                    format!(
+                        "height {}\nblock_hash {}\nstate_root {}",
+                        tip.height,
+                        hex(&tip.block_hash),
+                        hex(&tip.state_root)
+                    )
+                },
             );
         }
         Command::Block { scope, height } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
-            let response = client.call(Request::GetBlock { namespace_id: ns, vault_id: scope.vault, height }).await?;
+            let response =
+                client.call(Request::GetBlock { namespace_id: ns, vault_id: scope.vault, height }).await?;
             let Response::GetBlock { block, body_pruned } = response else {
                 return Err(unexpected(&response));
             };
@@ -353,7 +404,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 async fn write_one(
     client: &Client,
     scope: &Scope,
-    client_id: Option<String>,
+    (client_id, sequence): (Option<String>, Option<u64>),
     op: Operation,
     json_mode: bool,
 ) -> Result<(), CliError> {
@@ -362,9 +413,14 @@ async fn write_one(
     if let Some(id) = client_id {
         session = session.with_client_id(id);
     }
-    match session.write(vec![op]).await? {
+    let outcome = match sequence {
+        Some(sequence) => write_at(client, ns, scope.vault, session.client_id(), sequence, op).await?,
+        None => session.write(vec![op]).await?,
+    };
+    match outcome {
         WriteOutcome::Committed { sequence, success } => {
-            let status = success.statuses.first().and_then(|s| s.first()).map(render::op_status).unwrap_or("");
+            let status =
+                success.statuses.first().and_then(|s| s.first()).map(render::op_status).unwrap_or("");
             emit(
                 json_mode,
                 json!({"tx_id": hex(&success.tx_id), "block_height": success.block_height, "sequence": sequence,
@@ -382,6 +438,38 @@ async fn write_one(
             Ok(())
         }
         WriteOutcome::Rejected(error) => Err(CliError::new(1, render::write_error(&error))),
+    }
+}
+
+/// One `Write` with a caller-chosen sequence: a retry of the identical command is answered from
+/// the server's idempotency record instead of committing again.
+async fn write_at(
+    client: &Client,
+    namespace_id: i64,
+    vault_id: Option<i64>,
+    client_id: &str,
+    sequence: u64,
+    op: Operation,
+) -> Result<WriteOutcome, CliError> {
+    let request = Request::Write {
+        namespace_id,
+        vault_id,
+        client_id: client_id.to_string(),
+        sequence,
+        operations: vec![op],
+        include_tx_proof: false,
+    };
+    match client.call(request).await? {
+        Response::Write(WriteResult::Success(success)) => Ok(WriteOutcome::Committed { sequence, success }),
+        Response::Write(WriteResult::Error(error)) if error.code == WriteErrorCode::AlreadyCommitted => {
+            Ok(WriteOutcome::AlreadyCommitted {
+                sequence,
+                committed_tx_id: error.committed_tx_id,
+                committed_block_height: error.committed_block_height,
+            })
+        }
+        Response::Write(WriteResult::Error(error)) => Err(CliError::new(1, render::write_error(&error))),
+        other => Err(unexpected(&other)),
     }
 }
 

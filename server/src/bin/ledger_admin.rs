@@ -148,8 +148,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let Response::HealthCheck { status, message, details } = response else {
                 return Err(CliError::new(1, format!("unexpected response: {response:?}")));
             };
-            let details: Vec<(String, String)> =
-                if message.is_empty() { details } else { [("message".to_string(), message)].into_iter().chain(details).collect() };
+            let details: Vec<(String, String)> = if message.is_empty() {
+                details
+            } else {
+                [("message".to_string(), message)].into_iter().chain(details).collect()
+            };
             let name = format!("{status:?}").to_lowercase();
             emit(format, json!({"status": name, "details": details}), || {
                 let mut lines = vec![name.clone()];
@@ -190,7 +193,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-async fn namespace_command(client: &Client, command: &NamespaceCommand, format: Format) -> Result<u8, CliError> {
+async fn namespace_command(
+    client: &Client,
+    command: &NamespaceCommand,
+    format: Format,
+) -> Result<u8, CliError> {
     let response = match command {
         NamespaceCommand::Create { name, group } => {
             client.call(Request::CreateNamespace { name: name.clone(), group_id: *group }).await?
@@ -203,15 +210,19 @@ async fn namespace_command(client: &Client, command: &NamespaceCommand, format: 
             };
             client.call(Request::GetNamespace { by }).await?
         }
-        NamespaceCommand::List => client.call(Request::ListNamespaces { page_token: String::new(), page_size: 1000 }).await?,
-        NamespaceCommand::Delete { id } => client.call(Request::DeleteNamespace { namespace_id: *id }).await?,
+        NamespaceCommand::List => {
+            client.call(Request::ListNamespaces { page_token: String::new(), page_size: 1000 }).await?
+        }
+        NamespaceCommand::Delete { id } => {
+            client.call(Request::DeleteNamespace { namespace_id: *id }).await?
+        }
     };
     match response {
-        Response::CreateNamespace { namespace_id, group_id } => emit(
-            format,
-            json!({"namespace_id": namespace_id, "group_id": group_id}),
-            || format!("namespace {namespace_id} in group {group_id}"),
-        ),
+        Response::CreateNamespace { namespace_id, group_id } => {
+            emit(format, json!({"namespace_id": namespace_id, "group_id": group_id}), || {
+                format!("namespace {namespace_id} in group {group_id}")
+            })
+        }
         Response::GetNamespace(info) => emit(format, render::namespace(&info), || {
             format!("{}\t{}\tgroup {}\t{:?}", info.namespace_id, info.name, info.group_id, info.status)
         }),
@@ -240,7 +251,12 @@ async fn vault_command(client: &Client, command: &VaultCommand, format: Format) 
             let mode = match retention.as_str() {
                 "full" => RetentionMode::Full,
                 "compacted" => RetentionMode::Compacted,
-                other => return Err(CliError::new(2, format!("--retention must be full or compacted, not {other:?}"))),
+                other => {
+                    return Err(CliError::new(
+                        2,
+                        format!("--retention must be full or compacted, not {other:?}"),
+                    ))
+                }
             };
             let ns = namespace_id(client, namespace).await?;
             let response = client
@@ -255,7 +271,9 @@ async fn vault_command(client: &Client, command: &VaultCommand, format: Format) 
                 return Err(CliError::new(1, format!("unexpected response: {response:?}")));
             };
             let hash = hex(&block_hash(&genesis));
-            emit(format, json!({"vault_id": vault_id, "genesis_hash": hash}), || format!("vault {vault_id}\ngenesis {hash}"));
+            emit(format, json!({"vault_id": vault_id, "genesis_hash": hash}), || {
+                format!("vault {vault_id}\ngenesis {hash}")
+            });
         }
         VaultCommand::Get { namespace, vault } => {
             let ns = namespace_id(client, namespace).await?;
@@ -278,7 +296,9 @@ async fn vault_command(client: &Client, command: &VaultCommand, format: Format) 
             emit(format, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
                 vaults
                     .iter()
-                    .map(|v| format!("{}/{}\theight {}\t{:?}", v.namespace_id, v.vault_id, v.height, v.status))
+                    .map(|v| {
+                        format!("{}/{}\theight {}\t{:?}", v.namespace_id, v.vault_id, v.height, v.status)
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -292,7 +312,8 @@ fn http_get(addr: &str, path: &str, timeout_secs: u64) -> Result<String, CliErro
     let unreachable = |e: std::io::Error| CliError::new(3, format!("cannot reach {addr}: {e}"));
     let mut stream = std::net::TcpStream::connect(addr).map_err(unreachable)?;
     stream.set_read_timeout(Some(Duration::from_secs(timeout_secs))).map_err(unreachable)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(unreachable)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(unreachable)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(unreachable)?;
     match response.split_once("\r\n\r\n") {
