@@ -8,5 +8,6 @@ pub mod smt;
 pub mod state;
 pub mod types;
 pub mod validate;
+pub mod verify;
 
 pub use error::{ProofError, ValidationError};
