@@ -25,7 +25,14 @@ pub fn target_of(request: &Request) -> Target {
         | ListEntities { namespace_id, .. }
         | Write { namespace_id, .. }
         | BatchWrite { namespace_id, .. }
-        | GetVault { namespace_id, .. } => Target::Namespace(*namespace_id),
+        | GetVault { namespace_id, .. }
+        | VerifiedRead { namespace_id, .. }
+        | HistoricalRead { namespace_id, .. }
+        | CheckIntegrity { namespace_id, .. }
+        | CreateSnapshot { namespace_id, .. }
+        | WatchBlocks { namespace_id, .. } => Target::Namespace(*namespace_id),
+        // Answered by the connection itself, which knows which core serves each of its streams.
+        CancelStream { .. } => Target::Admin,
         CreateNamespace { .. }
         | DeleteNamespace { .. }
         | GetNamespace { .. }

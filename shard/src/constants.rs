@@ -34,7 +34,46 @@ pub const CATCH_UP_WAIT_MS: u64 = 1000;
 /// Longest `last_key` a page token may carry (entity keys ≤ 1 KiB, relationship keys ≤ ~1.1 KiB).
 pub const PAGE_TOKEN_LAST_KEY_MAX: usize = 4096;
 
+// --- WatchBlocks streams (watch.rs, SPEC §4.3, §8.8)
+
+/// Block headers one replay step reads from the archive before it yields the core.
+pub const WATCH_REPLAY_CHUNK_BLOCKS: usize = 256;
+/// Open streams per core; more are refused with `ResourceExhausted`.
+pub const WATCHERS_PER_CORE_MAX: usize = 16_384;
+/// How often a replaying stream whose buffer is full looks for room again.
+pub const WATCH_CREDIT_POLL_MS: u64 = 5;
+/// A replaying stream whose client drains nothing for this long ends with `ResourceExhausted`
+/// (a live stream ends at once when its buffer is full: live blocks have nowhere else to wait).
+pub const WATCH_REPLAY_STALL_MS_MAX: u64 = 5_000;
+/// Period of the sweep that ends streams of scopes no longer Healthy (or deleted) and drops
+/// streams whose connection is gone.
+pub const WATCH_SWEEP_MS: u64 = 100;
+
 /// Blocks a group leader may have proposed but not yet applied (pipelining, decisions D7). More
 /// overlap buys little: openraft appends one entry per fsync, so this only hides the dry run
 /// and the replies behind the previous block's fsync.
 pub const BLOCKS_IN_FLIGHT_MAX: usize = 4;
+
+// --- snapshots, retention, integrity (snapshot.rs, retention.rs, integrity.rs, maintenance.rs)
+
+/// Largest snapshot header accepted when reading a file (a few hundred bytes per scope).
+pub const SNAPSHOT_HEADER_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Period of a group's maintenance task: checks the snapshot triggers and the retention timer.
+pub const MAINTENANCE_TICK_MS: u64 = 1000;
+/// Issues one integrity check reports at most (the rest are counted in the last one).
+pub const INTEGRITY_ISSUES_MAX: usize = 1000;
+
+// --- verified and historical reads (history.rs, proof_reads.rs, SPEC §5.1 items 3–4, §8.7)
+
+/// Blocks per scope whose tree and row pre-images stay in memory for recent historical reads.
+pub const HISTORY_RECENT_HEIGHTS_MAX: usize = 64;
+/// Changed rows per scope the recent-history ring holds at most (older blocks are dropped first).
+pub const HISTORY_RECENT_ROWS_MAX: usize = 65_536;
+/// Key and value bytes of row pre-images per scope the ring holds at most.
+pub const HISTORY_RECENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Rebuilt `(scope, height)` states kept per core (SPEC §8.7: the last 3).
+pub const HISTORY_REBUILT_STATES_MAX: usize = 3;
+/// Archived blocks a rebuild replays between two yields of the core.
+pub const HISTORY_REPLAY_CHUNK_BLOCKS: u64 = 256;
+/// Headers one chain proof may carry (≈ 200 bytes each, well inside a frame).
+pub const CHAIN_PROOF_HEADERS_MAX: u64 = 10_000;

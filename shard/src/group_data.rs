@@ -48,6 +48,11 @@ pub struct GroupData {
     /// on leader and followers alike, in apply order. It runs while apply holds `GroupData`
     /// mutably borrowed: it must not borrow `GroupData` (push to watcher channels and return).
     pub on_block_applied: Option<BlockHook>,
+    /// Recent per-scope history for historical and verified reads (history.rs); apply records
+    /// every scope block in it just before committing the block.
+    pub history: crate::history::History,
+    /// This node's snapshot files of the group (SPEC §9.4; snapshot.rs), loaded at open.
+    pub snapshots: crate::snapshot::SnapshotCatalog,
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -105,6 +110,8 @@ impl GroupData {
             dirty: DirtyRows::default(),
             durable_log_id: None,
             on_block_applied: None,
+            history: crate::history::History::default(),
+            snapshots: crate::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
         }
     }
 

@@ -5,26 +5,34 @@
 
 pub mod admin;
 pub mod archive;
+pub mod archive_scan;
 pub mod checkpoint;
 pub mod config;
 pub mod constants;
 pub mod error;
 pub mod group;
 pub mod group_data;
+pub mod history;
 pub mod idem_cache;
+pub mod integrity;
 pub mod internal;
 pub mod log_store;
+pub mod maintenance;
 pub mod msg;
 pub mod network;
 pub mod page_token;
+pub mod proof_reads;
 pub mod reads;
 pub mod registry;
+pub mod retention;
 pub mod runtime;
 #[cfg(test)]
 mod service_tests;
 pub mod shard;
+pub mod snapshot;
 pub mod state_machine;
 pub mod type_config;
+pub mod watch;
 
 pub use config::ShardConfig;
 pub use error::ShardError;

@@ -50,6 +50,8 @@ pub struct Shard {
     pub token_key: Cell<Option<TokenKey>>,
     /// Serializes registry mutations on core 0 (counters are read from committed state).
     pub admin_lock: futures::lock::Mutex<()>,
+    /// `WatchBlocks` streams of this core's scopes (watch.rs).
+    pub watches: Rc<crate::watch::Watches>,
 }
 
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
@@ -59,10 +61,13 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
     let mut groups = BTreeMap::new();
     let mut builders = Vec::new();
+    let watches = crate::watch::Watches::new(config.stream_buffer);
     for id in owned {
         let (raft, data) = crate::state_machine::open_group(&config, id).await?;
+        watches.attach(id, &data);
         let group = Group::new(id, raft, data, config.clone(), cache.clone());
         builders.push(glommio::spawn_local(group.clone().run()).detach());
+        glommio::spawn_local(crate::maintenance::run(group.clone(), config.clone())).detach();
         groups.insert(id, group);
     }
     let shard = Rc::new(Shard {
@@ -73,7 +78,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         placement,
         token_key: Cell::new(None),
         admin_lock: futures::lock::Mutex::new(()),
+        watches,
     });
+    glommio::spawn_local(crate::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
     if core.0 == 0 {
         admin::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {
@@ -103,6 +110,8 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 let _ = reply.send(admin::resolve_namespace(&shard, namespace_id));
             }
             ShardMsg::Internal(msg) => internal::handle(&shard, msg),
+            ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
+            ShardMsg::CancelStream { key } => shard.watches.cancel(key),
             ShardMsg::Shutdown { done } => {
                 shutdown(&shard, builders).await;
                 let _ = done.send(());
@@ -115,8 +124,10 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
 /// Stops every builder (queued work is still built), then closes the groups: the storage layer
 /// checkpoints durably and openraft stops.
 async fn shutdown(shard: &Rc<Shard>, builders: Vec<glommio::task::JoinHandle<()>>) {
+    shard.watches.close_all();
     for g in shard.groups.values() {
         g.stop();
+        g.data.borrow().snapshots.stop();
     }
     for b in builders {
         let _ = b.await;
@@ -182,6 +193,25 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         Request::GetBlockRange { namespace_id, vault_id, start_height, end_height } => {
             let result = get_block_range(&group, namespace_id, vault_id, start_height, end_height);
             let _ = reply.try_send(ResponseEnvelope { request_id, result });
+        }
+        Request::CheckIntegrity { namespace_id, vault_id, full_check } => {
+            glommio::spawn_local(async move {
+                let result =
+                    crate::maintenance::check_integrity(&group, namespace_id, vault_id, full_check).await;
+                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            })
+            .detach();
+        }
+        Request::CreateSnapshot { namespace_id, vault_id } => {
+            let config = shard.config.clone();
+            glommio::spawn_local(async move {
+                let result = crate::maintenance::create_snapshot(&group, &config, namespace_id, vault_id).await;
+                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            })
+            .detach();
+        }
+        request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
+            crate::proof_reads::handle(group, request, request_id, reply);
         }
         request => {
             let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();

@@ -186,6 +186,7 @@ fn apply_block(data: &mut GroupData, gb: GroupBlock) -> ApplyResult {
             });
         }
         data.dirty.record_delta(key, &delta);
+        data.history.record(key, scope, &delta);
         scope.commit(delta);
         assert!(scope.meta.height == entry.vault_height, "scope height after commit");
     }
@@ -423,6 +424,12 @@ pub async fn open_group(
     let handles = (opened.raft.clone(), opened.data.clone());
     OPEN_GROUPS.with(|groups| groups.borrow_mut().insert(group, opened));
     Ok(handles)
+}
+
+/// The checkpointer of a group opened by `open_group` on this core (snapshots and integrity
+/// checks flush the archive through it first).
+pub fn checkpointer_of(group: GroupId) -> Option<Rc<Checkpointer>> {
+    OPEN_GROUPS.with(|groups| groups.borrow().get(&group).map(|g| g.checkpointer.clone()))
 }
 
 /// Clean shutdown of a group opened by `open_group`: stops openraft, then writes the final

@@ -95,6 +95,9 @@ pub enum ClientError {
     /// The call's deadline passed before a response arrived (the request may still take effect).
     #[error("deadline exceeded after {elapsed_ms} ms")]
     Timeout { elapsed_ms: u64 },
+    /// The response arrived but its proof does not verify (SPEC §7.7): do not trust its content.
+    #[error("proof invalid: {0}")]
+    ProofInvalid(#[source] ledger_core::verify::VerifyError),
 }
 
 #[cfg(feature = "client")]
@@ -107,7 +110,7 @@ impl ClientError {
             }
             ClientError::Goaway { code, .. } => matches!(code, GoawayCode::Shutdown | GoawayCode::Idle),
             ClientError::Io(_) | ClientError::Closed { .. } | ClientError::Timeout { .. } => true,
-            ClientError::Protocol(_) => false,
+            ClientError::Protocol(_) | ClientError::ProofInvalid(_) => false,
         }
     }
 

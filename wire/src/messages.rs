@@ -252,6 +252,50 @@ pub enum Request {
         namespace_id: Option<i64>,
         vault_id: Option<i64>,
     },
+    // --- integrity and snapshots (§5.3 items 27–28, §9.4, §9.7)
+    /// `vault_id: None` checks the namespace scope.
+    CheckIntegrity {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        full_check: bool,
+    },
+    CreateSnapshot {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+    },
+    // --- streams (§4.3, §5.1 item 5)
+    /// Opens a block stream: no `ResponseEnvelope`; `StreamItem`s, then one `StreamEnd`, all
+    /// carrying this envelope's `request_id`. `vault_id: None` watches the namespace scope.
+    WatchBlocks {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        start_height: u64,
+    },
+    /// Ends the stream opened by `request_id` with `StreamEnd{Cancelled}`; answered with
+    /// `Response::CancelStream` (also for an unknown id).
+    CancelStream {
+        request_id: u64,
+    },
+    // --- verified and historical reads (§5.1 items 3–4, §7.7, §8.7)
+    /// `at_height` None or 0 = current state; `consistency` None = Linearizable.
+    VerifiedRead {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        key: String,
+        at_height: Option<u64>,
+        include_chain_proof: bool,
+        trusted_height: Option<u64>,
+        consistency: Option<ReadConsistency>,
+    },
+    HistoricalRead {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        key: String,
+        at_height: u64,
+        include_proof: bool,
+        include_chain_proof: bool,
+        trusted_height: Option<u64>,
+    },
 }
 
 impl Request {
@@ -279,6 +323,12 @@ impl Request {
             Request::ListVaults => "list_vaults",
             Request::GetNodeInfo => "get_node_info",
             Request::HealthCheck { .. } => "health_check",
+            Request::CheckIntegrity { .. } => "check_integrity",
+            Request::CreateSnapshot { .. } => "create_snapshot",
+            Request::WatchBlocks { .. } => "watch_blocks",
+            Request::CancelStream { .. } => "cancel_stream",
+            Request::VerifiedRead { .. } => "verified_read",
+            Request::HistoricalRead { .. } => "historical_read",
         }
     }
 }
@@ -350,6 +400,40 @@ pub enum HealthStatus {
     Unavailable,
 }
 
+/// What kind of problem an integrity check found (SPEC §5.3 item 28, §9.7).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum IntegrityIssueType {
+    ChainBreak,
+    StateDivergence,
+    SnapshotCorruption,
+    MissingBlock,
+    TxRootMismatch,
+}
+
+impl IntegrityIssueType {
+    /// The SPEC's name: `chain_break`, `state_divergence`, `snapshot_corruption`,
+    /// `missing_block`, `tx_root_mismatch`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IntegrityIssueType::ChainBreak => "chain_break",
+            IntegrityIssueType::StateDivergence => "state_divergence",
+            IntegrityIssueType::SnapshotCorruption => "snapshot_corruption",
+            IntegrityIssueType::MissingBlock => "missing_block",
+            IntegrityIssueType::TxRootMismatch => "tx_root_mismatch",
+        }
+    }
+}
+
+/// One problem found by `CheckIntegrity`, at the vault height where it shows.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct IntegrityIssue {
+    pub block_height: u64,
+    pub issue_type: IntegrityIssueType,
+    pub description: String,
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Response {
@@ -373,6 +457,28 @@ pub enum Response {
     ListVaults { vaults: Vec<VaultInfo> },
     GetNodeInfo { node_id: u64, address: String, is_cluster_member: bool, term: u64 },
     HealthCheck { status: HealthStatus, message: String, details: Vec<(String, String)> },
+    CheckIntegrity { healthy: bool, issues: Vec<IntegrityIssue> },
+    CreateSnapshot { block_height: u64, state_root: Hash, snapshot_path: String },
+    /// Answers `Request::CancelStream` (SPEC §5.1 item 5).
+    CancelStream,
+    /// `value` is TTL-filtered; `entity` is the raw committed row the proof covers.
+    VerifiedRead {
+        value: Option<Vec<u8>>,
+        entity: Option<Entity>,
+        block_height: u64,
+        block_header: BlockHeader,
+        state_proof: StateProof,
+        chain_proof: Option<ChainProof>,
+    },
+    /// `entity` and the proof fields are present only when `include_proof` was set.
+    HistoricalRead {
+        value: Option<Vec<u8>>,
+        entity: Option<Entity>,
+        block_height: u64,
+        block_header: Option<BlockHeader>,
+        state_proof: Option<StateProof>,
+        chain_proof: Option<ChainProof>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,4 +510,27 @@ pub struct ResponseEnvelope {
 #[rkyv(derive(Debug))]
 pub struct ResponseBatch {
     pub items: Vec<ResponseEnvelope>,
+}
+
+/// What a stream carries (SPEC §4.3); v1 has block announcements only.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum StreamPayload {
+    Block(BlockAnnouncement),
+}
+
+/// Root of a `StreamItem` frame (kind 5): one item of the stream opened by `request_id`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamItem {
+    pub request_id: u64,
+    pub item: StreamPayload,
+}
+
+/// Root of a `StreamEnd` frame (kind 6): the last frame of the stream opened by `request_id`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamEnd {
+    pub request_id: u64,
+    pub status: Status,
 }

@@ -9,6 +9,7 @@
 mod conn;
 mod ops;
 mod session;
+mod verified;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use crate::messages::{HelloAck, Request, RequestEnvelope, Response, Role};
 
 use conn::{Limits, Outgoing, PendingGuard, Shared};
 pub use session::{RetryPolicy, WriteOutcome, WriteSession};
+pub use verified::{verify_read_response, verify_write_success, VerifiedRead, VerifiedReadOptions};
 
 /// How a `Client` connects and behaves.
 #[derive(Debug, Clone)]

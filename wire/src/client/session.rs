@@ -114,6 +114,11 @@ impl WriteSession {
         &self.client_id
     }
 
+    /// `(namespace_id, vault_id)` of the scope this session writes to.
+    pub fn scope(&self) -> (i64, Option<i64>) {
+        (self.namespace_id, self.vault_id)
+    }
+
     /// The connection in use (replaced after a reconnect).
     pub fn client(&self) -> &Client {
         &self.client
