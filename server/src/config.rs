@@ -78,6 +78,22 @@ pub struct ConfigLayer {
     pub raft_election_min_ms: Option<u64>,
     #[arg(long, env = "INFERADB__LEDGER__RAFT_ELECTION_MAX_MS")]
     pub raft_election_max_ms: Option<u64>,
+    /// Snapshot a group every N group blocks (SPEC §9.4; 0 = not on block count).
+    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOT_INTERVAL_BLOCKS")]
+    pub snapshot_interval_blocks: Option<u64>,
+    /// Snapshot a group that applied something at least this often (0 = never on time).
+    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOT_INTERVAL_SECS")]
+    pub snapshot_interval_secs: Option<u64>,
+    /// Snapshot files kept per group.
+    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOTS_KEEP")]
+    pub snapshots_keep: Option<usize>,
+    /// Period of the body-compaction pass over Compacted vaults (SPEC §9.5).
+    #[arg(long, env = "INFERADB__LEDGER__RETENTION_INTERVAL_SECS")]
+    pub retention_interval_secs: Option<u64>,
+    /// Items buffered per WatchBlocks stream; a client that falls further behind gets
+    /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
+    #[arg(long, env = "INFERADB__LEDGER__STREAM_BUFFER")]
+    pub stream_buffer: Option<usize>,
     /// error | warn | info | debug
     #[arg(long, env = "INFERADB__LEDGER__LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -110,6 +126,11 @@ pub struct Config {
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
+    pub snapshot_interval_blocks: u64,
+    pub snapshot_interval_secs: u64,
+    pub snapshots_keep: usize,
+    pub retention_interval_secs: u64,
+    pub stream_buffer: usize,
     pub log_level: String,
 }
 
@@ -174,6 +195,11 @@ impl Config {
             raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, 50),
             raft_election_min_ms: pick!(flags, file, raft_election_min_ms, 150),
             raft_election_max_ms: pick!(flags, file, raft_election_max_ms, 300),
+            snapshot_interval_blocks: pick!(flags, file, snapshot_interval_blocks, 10_000),
+            snapshot_interval_secs: pick!(flags, file, snapshot_interval_secs, 3600),
+            snapshots_keep: pick!(flags, file, snapshots_keep, 3),
+            retention_interval_secs: pick!(flags, file, retention_interval_secs, 300),
+            stream_buffer: pick!(flags, file, stream_buffer, 1024),
             log_level: pick!(flags, file, log_level, "info".to_string()),
         };
         config.check()?;
@@ -196,6 +222,12 @@ impl Config {
         }
         if self.max_batch_items == 0 {
             return invalid("max_batch_items", "must be at least 1");
+        }
+        if self.stream_buffer == 0 {
+            return invalid("stream_buffer", "must be at least 1");
+        }
+        if self.snapshots_keep == 0 || self.retention_interval_secs == 0 {
+            return invalid("snapshots_keep", "snapshots_keep and retention_interval_secs must be at least 1");
         }
         if self.raft_election_min_ms >= self.raft_election_max_ms
             || self.raft_heartbeat_ms >= self.raft_election_min_ms

@@ -64,6 +64,11 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
         raft_election_min_ms: config.raft_election_min_ms,
         raft_election_max_ms: config.raft_election_max_ms,
         groups_per_core: config.groups_per_core,
+        stream_buffer: config.stream_buffer,
+        snapshot_interval_blocks: config.snapshot_interval_blocks,
+        snapshot_interval_secs: config.snapshot_interval_secs,
+        snapshots_keep: config.snapshots_keep,
+        retention_interval_secs: config.retention_interval_secs,
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,

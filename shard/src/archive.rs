@@ -10,8 +10,9 @@
 //! at the in-memory blocks first, then redb; the redb reads run on the calling core (MVCC read
 //! transactions, no waiting on writers; usually page-cache hits).
 //!
-//! Bodies are never compacted yet (retention, SPEC §9.5, is not implemented); a block whose body
-//! row is missing is returned with an empty transaction list.
+//! Bodies of Compacted vaults are deleted below their retention bound (retention.rs, SPEC §9.5);
+//! a block whose body row is missing is returned with an empty transaction list. Off-core scans
+//! (snapshots, integrity checks, compaction) read the tables through `archive_scan.rs`.
 
 use crate::constants::ARCHIVE_RANGE_BLOCKS_MAX;
 use crate::error::ShardError;
@@ -24,9 +25,9 @@ use rkyv::{Archive as RkyvArchive, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const GROUP_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("group_blocks");
-const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
-const VAULT_INDEX: TableDefinition<(i64, u64), (u64, u32)> = TableDefinition::new("vault_index");
+pub(crate) const GROUP_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("group_blocks");
+pub(crate) const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
+pub(crate) const VAULT_INDEX: TableDefinition<(i64, u64), (u64, u32)> = TableDefinition::new("vault_index");
 
 /// A vault entry's header fields (everything but the transactions).
 #[derive(RkyvArchive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -79,7 +80,7 @@ impl GroupBlockRecord {
         }
     }
 
-    fn header_of(&self, e: &EntryHeaderRecord) -> BlockHeader {
+    pub(crate) fn header_of(&self, e: &EntryHeaderRecord) -> BlockHeader {
         BlockHeader {
             height: e.vault_height,
             namespace_id: e.namespace_id,

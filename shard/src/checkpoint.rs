@@ -647,6 +647,14 @@ pub async fn open_group_with(
         glommio::executor().spawn_blocking(move || load_state(&db)).await?
     };
     let mut data = GroupData::new(group, Archive::open(blocks_db)?);
+    data.snapshots = {
+        let dir = dir.join("snapshots");
+        let scan_dir = dir.clone();
+        let scan = glommio::executor()
+            .spawn_blocking(move || crate::snapshot::SnapshotCatalog::scan(&scan_dir))
+            .await?;
+        crate::snapshot::SnapshotCatalog::with_files(dir, scan)
+    };
     if let Some(applied) = loaded.applied {
         data.applied_log_id = applied.log_id.map(LogId::from);
         data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);

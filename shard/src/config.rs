@@ -19,6 +19,17 @@ pub struct ShardConfig {
     pub raft_election_max_ms: u64,
     /// Groups per data core created at bootstrap (`groups_per_core`).
     pub groups_per_core: u32,
+    /// Items buffered per `WatchBlocks` stream before it ends with `ResourceExhausted`
+    /// (`stream_buffer`, SPEC §4.3).
+    pub stream_buffer: usize,
+    /// SPEC §9.4: snapshot a group every this many group blocks (0 = not on block count).
+    pub snapshot_interval_blocks: u64,
+    /// SPEC §9.4: snapshot a group that applied something at least this often (0 = never on time).
+    pub snapshot_interval_secs: u64,
+    /// SPEC §9.4: snapshot files kept per group (newest first).
+    pub snapshots_keep: usize,
+    /// SPEC §9.5: period of the body-compaction pass over Compacted vaults (300 s by default).
+    pub retention_interval_secs: u64,
 }
 
 impl ShardConfig {
@@ -36,6 +47,11 @@ impl ShardConfig {
             raft_election_min_ms: 150,
             raft_election_max_ms: 300,
             groups_per_core: 1,
+            stream_buffer: 1024,
+            snapshot_interval_blocks: 10_000,
+            snapshot_interval_secs: 3600,
+            snapshots_keep: 3,
+            retention_interval_secs: 300,
         }
     }
 }
