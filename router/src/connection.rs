@@ -6,11 +6,13 @@
 use crate::constants::{READ_CHUNK_BYTES, RESPONSES_PER_FRAME_MAX, SERVER_VERSION};
 use crate::dispatch::{answer, Dispatcher};
 use crate::listener::RouterSettings;
+use crate::streams::{encode_stream_events, release, OpenStreams};
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
 use glommio::net::TcpStream;
 use ledger_wire::codec::{encode_frame, Frame, FrameReader};
 use ledger_wire::frame::FrameKind;
+use ledger_shard::watch::StreamEvent;
 use ledger_wire::messages::*;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -89,15 +91,27 @@ pub async fn serve_connection(
     connections.live.set(connections.live.get() + 1);
     let _live = LiveGuard(connections.clone());
     let (reply_tx, reply_rx) = flume::unbounded::<ResponseEnvelope>();
+    // Unbounded: each stream bounds its own share (`stream_buffer`, shard/src/watch.rs).
+    let (stream_tx, stream_rx) = flume::unbounded::<StreamEvent>();
+    let streams = Rc::new(OpenStreams::default());
     let outstanding = Rc::new(Cell::new(0usize));
-    let writer_task =
-        glommio::spawn_local(write_loop(writer, control_rx, reply_rx, outstanding.clone())).detach();
+    let writer_task = glommio::spawn_local(write_loop(
+        writer,
+        control_rx,
+        reply_rx,
+        outstanding.clone(),
+        stream_rx,
+        streams.clone(),
+    ))
+    .detach();
     let mut session = Session {
         reader,
         frames: FrameReader::new(settings.max_frame_bytes),
         chunk: vec![0u8; READ_CHUNK_BYTES],
         pending: Vec::new(),
         settings,
+        streams: streams.clone(),
+        stream_tx,
     };
     let mut writer_task = writer_task;
     let ended = {
@@ -118,6 +132,8 @@ pub async fn serve_connection(
         drop(reply_tx);
         let _ = writer_task.await;
     }
+    // Whatever ended the connection, its streams end with it.
+    streams.cancel_all(&dispatcher);
 }
 
 struct Session {
@@ -127,6 +143,9 @@ struct Session {
     /// Bytes read but not yet consumed by the frame reader.
     pending: Vec<u8>,
     settings: Arc<RouterSettings>,
+    /// This connection's open streams; while any is open the connection is not idle.
+    streams: Rc<OpenStreams>,
+    stream_tx: flume::Sender<StreamEvent>,
 }
 
 impl Session {
@@ -191,6 +210,25 @@ impl Session {
                         ));
                     }
                     for envelope in batch.items {
+                        if let Request::WatchBlocks { namespace_id, vault_id, start_height } = envelope.request {
+                            let refusal = connections
+                                .is_shutting_down()
+                                .then(|| Status::unavailable("node is shutting down"));
+                            self.streams
+                                .open(
+                                    dispatcher,
+                                    &self.stream_tx,
+                                    envelope.request_id,
+                                    namespace_id,
+                                    vault_id,
+                                    start_height,
+                                    refusal,
+                                    outstanding.get(),
+                                    self.settings.requests_max_concurrent,
+                                )
+                                .await;
+                            continue;
+                        }
                         outstanding.set(outstanding.get() + 1);
                         if connections.is_shutting_down() {
                             answer(
@@ -200,15 +238,20 @@ impl Session {
                             );
                             continue;
                         }
-                        if outstanding.get() > self.settings.requests_max_concurrent {
+                        // Open streams count as outstanding requests (SPEC §4.1).
+                        if outstanding.get() + self.streams.len() > self.settings.requests_max_concurrent {
                             answer(
                                 replies,
                                 envelope.request_id,
                                 ledger_wire::messages::Status::exhausted(format!(
-                                    "more than {} requests outstanding on this connection",
+                                    "more than {} requests and streams outstanding on this connection",
                                     self.settings.requests_max_concurrent
                                 )),
                             );
+                            continue;
+                        }
+                        if let Request::CancelStream { request_id: stream } = envelope.request {
+                            self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
                             continue;
                         }
                         dispatcher.dispatch(envelope, replies).await;
@@ -257,6 +300,8 @@ impl Session {
                     }
                 }
                 Ok(n) => self.pending.extend_from_slice(&self.chunk[..n]),
+                // A client watching a stream may have nothing to send for a long time.
+                Err(glommio::GlommioError::TimedOut(_)) if !self.streams.is_empty() => {}
                 Err(glommio::GlommioError::TimedOut(_)) => {
                     return Err(goaway(GoawayCode::Idle, "idle timeout"));
                 }
@@ -270,37 +315,52 @@ fn goaway(code: GoawayCode, message: &str) -> Goaway {
     Goaway { code, message: message.chars().take(1024).collect() }
 }
 
-/// Writes control frames and coalesced response batches until the read side is done and every
-/// outstanding reply has been written (or the socket fails).
+/// What a shutting-down connection still owes its client (one at a time, on the stack).
+#[allow(clippy::large_enum_variant)]
+enum Owed {
+    Reply(ResponseEnvelope),
+    Stream(StreamEvent),
+}
+
+/// Writes control frames, coalesced response batches and stream frames until the read side is
+/// done and every outstanding reply has been written (or the socket fails).
 async fn write_loop(
     mut writer: WriteHalf<TcpStream>,
     control: flume::Receiver<Control>,
     replies: flume::Receiver<ResponseEnvelope>,
     outstanding: Rc<Cell<usize>>,
+    streams: flume::Receiver<StreamEvent>,
+    open: Rc<OpenStreams>,
 ) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Buffer counters of the stream items in `out`, released once `out` is on the socket.
+    let mut written = Vec::new();
     let mut control_open = true;
     let mut drain_deadline: Option<std::time::Instant> = None;
     loop {
         out.clear();
         let mut closing = false;
         if let Some(deadline) = drain_deadline {
-            // Shutting down: owed replies first, then the Goaway.
+            // Shutting down: owed replies and stream ends first, then the Goaway.
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let next = if outstanding.get() == 0 || left.is_zero() {
+            let next = if (outstanding.get() == 0 && open.is_empty()) || left.is_zero() {
                 None
             } else {
+                let closed = |_| glommio::GlommioError::Closed(glommio::ResourceType::Channel(()));
                 glommio::timer::timeout(left, async {
-                    replies
-                        .recv_async()
-                        .await
-                        .map_err(|_| glommio::GlommioError::Closed(glommio::ResourceType::Channel(())))
+                    futures::select_biased! {
+                        reply = replies.recv_async().fuse() => reply.map(Owed::Reply).map_err(closed),
+                        event = streams.recv_async().fuse() => event.map(Owed::Stream).map_err(closed),
+                    }
                 })
                 .await
                 .ok()
             };
             match next {
-                Some(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                Some(Owed::Reply(reply)) => encode_replies(reply, &replies, &mut out, &outstanding),
+                Some(Owed::Stream(event)) => {
+                    encode_stream_events(event, &streams, &mut out, &mut written, &open)
+                }
                 None => {
                     let goaway =
                         Goaway { code: GoawayCode::Shutdown, message: "node is shutting down".into() };
@@ -320,6 +380,10 @@ async fn write_loop(
                     Ok(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
                     Err(_) => return,
                 },
+                event = streams.recv_async().fuse() => match event {
+                    Ok(event) => encode_stream_events(event, &streams, &mut out, &mut written, &open),
+                    Err(_) => return,
+                },
             }
         } else {
             // The read side has ended: flush the replies still owed, then close.
@@ -334,6 +398,7 @@ async fn write_loop(
         if !out.is_empty() && writer.write_all(&out).await.is_err() {
             return;
         }
+        release(&mut written);
         if closing {
             let _ = writer.flush().await;
             let _ = writer.close().await;

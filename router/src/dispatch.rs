@@ -4,6 +4,7 @@
 use crate::listener::RouterContext;
 use crate::route::{target_of, Target};
 use ledger_core::types::{CoreId, GroupId};
+use ledger_shard::watch::{StreamKey, WatchRequest};
 use ledger_shard::{ReplySender, ShardMsg};
 use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope, Status, StatusCode};
 use std::cell::RefCell;
@@ -49,6 +50,50 @@ impl Dispatcher {
                 ),
                 Err(status) => answer(reply, envelope.request_id, status),
             },
+        }
+    }
+
+    /// Sends a `WatchBlocks` stream to the core owning its scope's group and returns that core;
+    /// every failure ends the stream at once on its sink (`None`).
+    pub async fn dispatch_watch(&self, watch: WatchRequest) -> Option<CoreId> {
+        let refuse = |watch: WatchRequest, status: Status| {
+            ledger_shard::watch::refuse(&watch.sink, watch.key, status);
+            None
+        };
+        let namespace_id = watch.namespace_id;
+        let group = match self.group_of(namespace_id).await {
+            Ok(Some(group)) => group,
+            Ok(None) => return refuse(watch, Status::not_found(format!("namespace {namespace_id} not found"))),
+            Err(status) => return refuse(watch, status),
+        };
+        let Some(core) = self.context.placement.get(&group).copied() else {
+            return refuse(watch, Status::unavailable(format!("group {group} is not hosted on this node")));
+        };
+        let Some(inbox) = self.context.cores.get(core.0 as usize) else {
+            return refuse(watch, Status::internal(format!("core {core} does not exist")));
+        };
+        match inbox.try_send(ShardMsg::Watch { group, watch }) {
+            Ok(()) => Some(core),
+            Err(flume::TrySendError::Full(ShardMsg::Watch { watch, .. })) => {
+                refuse(watch, Status::exhausted(format!("core {core} queue is full")))
+            }
+            Err(flume::TrySendError::Disconnected(ShardMsg::Watch { watch, .. })) => {
+                refuse(watch, Status::unavailable("node is shutting down"))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Asks `core` to end the stream `key`. A full inbox does not lose the cancel: it is sent
+    /// from a task that waits for room (the read loop itself never waits on a core).
+    pub fn cancel_stream(&self, core: CoreId, key: StreamKey) {
+        let Some(inbox) = self.context.cores.get(core.0 as usize) else { return };
+        if let Err(flume::TrySendError::Full(msg)) = inbox.try_send(ShardMsg::CancelStream { key }) {
+            let inbox = inbox.clone();
+            glommio::spawn_local(async move {
+                let _ = inbox.send_async(msg).await;
+            })
+            .detach();
         }
     }
 

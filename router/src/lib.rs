@@ -8,5 +8,6 @@ pub mod dispatch;
 pub mod listener;
 pub mod placement;
 pub mod route;
+pub mod streams;
 
 pub use listener::{serve, ListenerControl, RouterContext, RouterSettings};

@@ -30,6 +30,10 @@ pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Capacity of the client's queue from callers to its writer task.
 pub const CLIENT_QUEUE_CAPACITY: usize = 4096;
 
+/// Stream items a `BlockStream` holds for a consumer that is not calling `next`; beyond it the
+/// client ends the stream with `ResourceExhausted` (the server bounds its side by `stream_buffer`).
+pub const CLIENT_STREAM_BUFFER_MAX: usize = 65_536;
+
 /// Size of the client's socket read buffer.
 pub const CLIENT_READ_BUFFER_BYTES: usize = 64 * 1024;
 

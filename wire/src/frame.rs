@@ -39,9 +39,9 @@ pub enum FrameKind {
     HelloAck = 2,
     RequestBatch = 3,
     ResponseBatch = 4,
-    /// Reserved for `WatchBlocks` streams (root type `StreamItem`, not yet defined).
+    /// One item of a `WatchBlocks` stream (root type `StreamItem`, SPEC §4.3).
     StreamItem = 5,
-    /// Reserved for `WatchBlocks` streams (root type `StreamEnd`, not yet defined).
+    /// The last frame of a stream (root type `StreamEnd`, SPEC §4.3).
     StreamEnd = 6,
     Goaway = 7,
     Ping = 8,

@@ -273,6 +273,12 @@ fn poke_every_root_type(frame: &Frame) {
     if frame.access::<Goaway>().is_ok() {
         let _ = frame.decode::<Goaway>();
     }
+    if frame.access::<StreamItem>().is_ok() {
+        let _ = frame.decode::<StreamItem>();
+    }
+    if frame.access::<StreamEnd>().is_ok() {
+        let _ = frame.decode::<StreamEnd>();
+    }
     let _ = frame.decode::<Ping>();
 }
 
@@ -361,4 +367,32 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn t05_stream_frames_round_trip() {
+    // Proves StreamItem and StreamEnd (frame kinds 5 and 6) survive encode → FrameReader →
+    // validated decode, back to back in one buffer as the server writes them.
+    let item = StreamItem {
+        request_id: 7,
+        item: StreamPayload::Block(BlockAnnouncement {
+            namespace_id: 3,
+            vault_id: 4,
+            height: 9,
+            block_hash: [1; 32],
+            state_root: [2; 32],
+            timestamp: Timestamp { secs: 5, nanos: 6 },
+        }),
+    };
+    let end = StreamEnd { request_id: 7, status: Status::new(StatusCode::Cancelled, "cancelled") };
+    let mut out = Vec::new();
+    encode_frame(FrameKind::StreamItem, &item, &mut out).unwrap();
+    encode_frame(FrameKind::StreamEnd, &end, &mut out).unwrap();
+    let (frames, error) = read_chunked(&out, &[5, 17, 64]);
+    assert!(error.is_none());
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].kind(), FrameKind::StreamItem);
+    assert_eq!(frames[0].decode::<StreamItem>().unwrap(), item);
+    assert_eq!(frames[1].kind(), FrameKind::StreamEnd);
+    assert_eq!(frames[1].decode::<StreamEnd>().unwrap(), end);
 }

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use ledger_core::hash::block_hash;
 use ledger_core::types::{Operation, ReadConsistency, SetCondition, WriteErrorCode};
 use ledger_server::cli::render::{self, hex};
+use ledger_server::cli::verify_cmd;
+use ledger_server::cli::watch::WatchArgs;
 use ledger_server::cli::{connect, namespace_id, now_secs, CliError};
 use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, WriteResult};
@@ -68,6 +70,16 @@ enum Command {
         /// Read through the leader (Linearizable).
         #[arg(long)]
         linearizable: bool,
+        /// Verified read (SPEC §7.7): check the state proof (and chain proof) before printing;
+        /// with --json print the whole verified response for `ledger verify`.
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: read the state at this height.
+        #[arg(long, requires = "verify")]
+        at_height: Option<u64>,
+        /// With --verify: trust the block at this height and ask for a chain proof from it.
+        #[arg(long, requires = "verify")]
+        trusted_height: Option<u64>,
     },
     /// Delete an entity.
     Del {
@@ -88,6 +100,27 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
         height: u64,
+    },
+    /// Blocks FROM..=TO of a scope's chain (with --json: exact form for `ledger verify`).
+    Blocks {
+        #[command(flatten)]
+        scope: Scope,
+        from: u64,
+        to: u64,
+    },
+    /// Check a saved `get --verify --json` or `blocks --json` output offline (SPEC §7 only):
+    /// prints `ok`, or the first failure and exits 1.
+    Verify { file: String },
+    /// Print each block of a scope's chain as it is committed (one line each) until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        scope: Scope,
+        /// First height (archived blocks are replayed first); default: the block after the tip.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Exit after this many blocks.
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -191,6 +224,9 @@ fn emit(json_mode: bool, value: Value, text: impl FnOnce() -> String) {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Verify { file } = &cli.command {
+        return verify_cmd::offline(file, cli.json);
+    }
     let client = connect(&cli.addr, ClientOptions::default()).await?;
     let json_mode = cli.json;
     match cli.command {
@@ -294,7 +330,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             )
             .await?;
         }
-        Command::Get { scope, key, linearizable } => {
+        Command::Get { scope, key, verify: true, at_height, trusted_height, .. } => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            verify_cmd::get(&client, ns, scope.vault, &key, at_height, trusted_height, json_mode).await?;
+        }
+        Command::Blocks { scope, from, to } => {
+            let ns = namespace_id(&client, &scope.namespace).await?;
+            verify_cmd::blocks(&client, ns, scope.vault, from, to, json_mode).await?;
+        }
+        Command::Verify { .. } => {}
+        Command::Get { scope, key, linearizable, .. } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
             let consistency =
                 if linearizable { ReadConsistency::Linearizable } else { ReadConsistency::Eventual };
@@ -395,6 +440,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let hash = block_hash(&block.header);
             let value = render::block(&block, &hash, body_pruned);
             emit(json_mode, value.clone(), || serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+        Command::Watch { scope, from, count } => {
+            let namespace_id = namespace_id(&client, &scope.namespace).await?;
+            let args = WatchArgs { namespace_id, vault_id: scope.vault, from, count, json: json_mode };
+            ledger_server::cli::watch::run(&client, args).await?;
         }
     }
     Ok(())

@@ -2,6 +2,9 @@
 //! namespace given by id or name, printing hashes and records, and mapping errors to one line.
 
 pub mod render;
+pub mod verify;
+pub mod verify_cmd;
+pub mod watch;
 
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::error::ClientError;

@@ -1,6 +1,6 @@
 //! The socket side of a `Client`: the Hello/HelloAck handshake, the writer task (coalesces queued
 //! requests into `RequestBatch` frames), the reader task (matches `ResponseBatch` envelopes to
-//! pending calls by request id) and the pending-call table they share. A Goaway, a socket error
+//! pending calls by request id, and hands stream frames to `stream.rs`) and the pending-call table they share. A Goaway, a socket error
 //! or a protocol error closes the table: every pending and later call fails with that error.
 
 use std::collections::HashMap;
@@ -17,8 +17,8 @@ use crate::constants::{CLIENT_READ_BUFFER_BYTES, MAX_FRAME_BYTES_DEFAULT};
 use crate::error::{ClientError, CodecError};
 use crate::frame::FrameKind;
 use crate::messages::{
-    Goaway, Hello, HelloAck, Ping, RequestBatch, RequestEnvelope, Response, ResponseBatch, Status,
-    PROTOCOL_VERSION,
+    Goaway, Hello, HelloAck, Ping, RequestBatch, RequestEnvelope, Response, ResponseBatch, Status, StreamEnd,
+    StreamItem, PROTOCOL_VERSION,
 };
 
 /// Bytes of encoded frames the writer gathers before it writes them out.
@@ -64,6 +64,8 @@ pub(super) struct Shared {
     table: Mutex<Table>,
     /// Wakes the writer task when the connection closes, so it drops (shuts down) its half.
     closed_signal: Notify,
+    /// Open `WatchBlocks` streams (stream.rs).
+    pub(super) streams: super::stream::StreamTable,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
         for (_, reply) in pending {
             let _ = reply.send(Err(reason.clone()));
         }
+        self.streams.close(&reason);
         self.closed_signal.notify_waiters();
     }
 
@@ -346,8 +349,15 @@ fn handle_frame(frame: &Frame, shared: &Shared, queue: &mpsc::Sender<Outgoing>) 
             let _ = queue.try_send(Outgoing::Pong(ping.nonce.to_native()));
             Ok(())
         }
-        // Streams (kinds 5/6) are not supported by this client yet; it never opens one.
-        FrameKind::Pong | FrameKind::StreamItem | FrameKind::StreamEnd => Ok(()),
+        FrameKind::StreamItem => {
+            shared.streams.item(frame.decode::<StreamItem>()?);
+            Ok(())
+        }
+        FrameKind::StreamEnd => {
+            shared.streams.end(frame.decode::<StreamEnd>()?);
+            Ok(())
+        }
+        FrameKind::Pong => Ok(()),
         FrameKind::Hello | FrameKind::HelloAck | FrameKind::RequestBatch => {
             Err(ClientError::Protocol(format!("unexpected {} frame from server", frame.kind())))
         }

@@ -9,6 +9,7 @@
 mod conn;
 mod ops;
 mod session;
+mod stream;
 mod verified;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use crate::messages::{HelloAck, Request, RequestEnvelope, Response, Role};
 
 use conn::{Limits, Outgoing, PendingGuard, Shared};
 pub use session::{RetryPolicy, WriteOutcome, WriteSession};
+pub use stream::{BlockStream, StreamNext};
 pub use verified::{verify_read_response, verify_write_success, VerifiedRead, VerifiedReadOptions};
 
 /// How a `Client` connects and behaves.

@@ -1,0 +1,163 @@
+//! The connection side of `WatchBlocks` streams (SPEC §4.3, §5.1 item 5): opening a stream on
+//! the core that owns its scope, answering `CancelStream` and routing it to that core, encoding
+//! the `StreamItem`/`StreamEnd` frames the cores send, and cancelling every open stream when the
+//! connection closes. A stream request gets no `ResponseEnvelope`; a refused one ends at once
+//! with a `StreamEnd`.
+//!
+//! The shard bounds each stream's backlog (watch.rs). This side releases one unit of a stream's
+//! `buffered` counter per `StreamItem` once the frame has been written to the socket, so a client
+//! that stops reading fills the socket, then the buffer, and its stream ends.
+
+use crate::constants::STREAM_EVENTS_PER_WRITE_MAX;
+use crate::dispatch::Dispatcher;
+use ledger_core::types::CoreId;
+use ledger_shard::watch::{StreamEvent, StreamKey, StreamSender, WatchRequest};
+use ledger_wire::codec::encode_frame;
+use ledger_wire::frame::FrameKind;
+use ledger_wire::messages::{Response, ResponseEnvelope, Status, StreamEnd};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Node-wide connection numbers: with the request id they name a stream on any core.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// One connection's open streams: request id → the core serving it. Shared by the read loop
+/// (opens, cancels) and the write task (forgets a stream once its `StreamEnd` is written).
+pub struct OpenStreams {
+    connection: u64,
+    cores: RefCell<HashMap<u64, CoreId>>,
+}
+
+impl Default for OpenStreams {
+    fn default() -> Self {
+        OpenStreams { connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed), cores: RefCell::default() }
+    }
+}
+
+impl OpenStreams {
+    pub fn len(&self) -> usize {
+        self.cores.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn key(&self, request_id: u64) -> StreamKey {
+        StreamKey { connection: self.connection, request_id }
+    }
+
+    /// Opens the stream `request_id`. `others_outstanding` counts this connection's requests
+    /// awaiting a response, which share the `requests_max_concurrent` bound with open streams.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        &self,
+        dispatcher: &Dispatcher,
+        sink: &StreamSender,
+        request_id: u64,
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        start_height: u64,
+        refusal: Option<Status>,
+        others_outstanding: usize,
+        requests_max_concurrent: usize,
+    ) {
+        let key = self.key(request_id);
+        // A refusal of a stream that never opened must not touch the table (the id may name
+        // another, open stream), so it is written as `Refused`, not as an `End` of that stream.
+        let refused = |status: Status| {
+            let _ = sink.send(StreamEvent::Refused(StreamEnd { request_id, status }));
+        };
+        if let Some(status) = refusal {
+            return refused(status);
+        }
+        if self.cores.borrow().contains_key(&request_id) {
+            return refused(Status::invalid(format!("request id {request_id} already names an open stream")));
+        }
+        if others_outstanding + self.len() >= requests_max_concurrent {
+            return refused(Status::exhausted(format!(
+                "more than {requests_max_concurrent} requests and streams open on this connection"
+            )));
+        }
+        if start_height == 0 {
+            return refused(Status::invalid("start_height must be at least 1"));
+        }
+        let watch = WatchRequest { key, namespace_id, vault_id, start_height, sink: sink.clone() };
+        // No await between the send and the insert: the write task cannot see this stream's
+        // end before the table knows the stream.
+        if let Some(core) = dispatcher.dispatch_watch(watch).await {
+            self.cores.borrow_mut().insert(request_id, core);
+        }
+    }
+
+    /// Answers `CancelStream` (always with the empty response) and asks the serving core to end
+    /// the stream with `StreamEnd{Cancelled}`; an unknown id changes nothing (SPEC §5.1 item 5).
+    pub fn cancel(
+        &self,
+        dispatcher: &Dispatcher,
+        replies: &flume::Sender<ResponseEnvelope>,
+        request_id: u64,
+        stream: u64,
+    ) {
+        let core = self.cores.borrow().get(&stream).copied();
+        if let Some(core) = core {
+            dispatcher.cancel_stream(core, self.key(stream));
+        }
+        let _ = replies.send(ResponseEnvelope { request_id, result: Ok(Response::CancelStream) });
+    }
+
+    /// The connection is closing: every core drops this connection's streams.
+    pub fn cancel_all(&self, dispatcher: &Dispatcher) {
+        let open: Vec<(u64, CoreId)> = self.cores.borrow_mut().drain().collect();
+        for (request_id, core) in open {
+            dispatcher.cancel_stream(core, self.key(request_id));
+        }
+    }
+
+    /// Forgets a stream whose `StreamEnd` was written.
+    fn ended(&self, request_id: u64) {
+        self.cores.borrow_mut().remove(&request_id);
+    }
+}
+
+/// Encodes `first` plus the stream events already waiting (up to `STREAM_EVENTS_PER_WRITE_MAX`),
+/// one frame each. `written` receives the counters to release once `out` is on the socket.
+pub fn encode_stream_events(
+    first: StreamEvent,
+    events: &flume::Receiver<StreamEvent>,
+    out: &mut Vec<u8>,
+    written: &mut Vec<Arc<AtomicUsize>>,
+    open: &OpenStreams,
+) {
+    let mut next = Some(first);
+    let mut count = 0;
+    while let Some(event) = next.take() {
+        let result = match event {
+            StreamEvent::Item { item, buffered } => {
+                written.push(buffered);
+                encode_frame(FrameKind::StreamItem, &item, out)
+            }
+            StreamEvent::End(end) => {
+                open.ended(end.request_id);
+                encode_frame(FrameKind::StreamEnd, &end, out)
+            }
+            StreamEvent::Refused(end) => encode_frame(FrameKind::StreamEnd, &end, out),
+        };
+        if let Err(e) = result {
+            eprintln!("ledger-server: cannot encode a stream frame: {e}");
+        }
+        count += 1;
+        if count < STREAM_EVENTS_PER_WRITE_MAX {
+            next = events.try_recv().ok();
+        }
+    }
+}
+
+/// Releases the buffer units of items now written to the socket.
+pub fn release(written: &mut Vec<Arc<AtomicUsize>>) {
+    for buffered in written.drain(..) {
+        buffered.fetch_sub(1, Ordering::AcqRel);
+    }
+}
