@@ -27,13 +27,15 @@ const KEYS_PER_WRITER: u32 = 60;
 
 /// `(height, row after that height)` per key, ascending; a row is `(value, expires_at)`.
 type KeyHistory = Vec<(u64, Option<(Vec<u8>, u64)>)>;
+/// A committed row as the proof covers it: `(value, expires_at, version)`.
+type ProvenRow = (Vec<u8>, u64, u64);
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// The model's row of `key` at `height`: `(value, expires_at, version)`.
-fn row_at(history: &BTreeMap<String, KeyHistory>, key: &str, height: u64) -> Option<(Vec<u8>, u64, u64)> {
+fn row_at(history: &BTreeMap<String, KeyHistory>, key: &str, height: u64) -> Option<ProvenRow> {
     let list = history.get(key)?;
     let (h, row) = list.iter().rev().find(|(h, _)| *h <= height)?;
     row.as_ref().map(|(v, e)| (v.clone(), *e, *h))
@@ -90,7 +92,7 @@ fn expected(
     history: &BTreeMap<String, KeyHistory>,
     key: &str,
     height: u64,
-) -> (Option<Vec<u8>>, Option<(Vec<u8>, u64, u64)>) {
+) -> (Option<Vec<u8>>, Option<ProvenRow>) {
     let row = row_at(history, key, height);
     let now = now_secs();
     let shown = row.as_ref().filter(|(_, e, _)| *e == 0 || *e > now).map(|(v, _, _)| v.clone());
