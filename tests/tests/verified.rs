@@ -268,3 +268,58 @@ async fn t01_verified_current_and_historical_reads() {
 
     assert_eq!(server.stop(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t02_recent_history_costs_about_a_current_read() {
+    // Proves (and prints, for the design note) that a verified read 10 blocks below the tip,
+    // served from the history ring, costs about what a verified read of the current state
+    // costs end to end; also prints the cost of a height rebuilt by replay (first and LRU hit).
+    let dir = temp_dir("verified-cost");
+    let server = ServerProcess::start(&dir.path().join("data"), &["--cores", "1"]);
+    let client = connect(&server.addr).await;
+    let (ns, vault) = create_scope(&client, "verified-cost").await;
+    let mut session = WriteSession::new(client.clone(), ns, Some(vault)).with_rng_seed(SEED);
+    for block in 0..200u32 {
+        let ops = (0..20u32)
+            .map(|j| Operation::SetEntity {
+                key: format!("k{}", (block * 37 + j * 101) % 2000),
+                value: block.to_le_bytes().to_vec(),
+                expires_at: None,
+                condition: None,
+            })
+            .collect();
+        session.write(ops).await.unwrap();
+    }
+    let tip = client.get_tip(ns, Some(vault)).await.unwrap().height;
+    let eventual = Some(ledger_core::types::ReadConsistency::Eventual);
+    let rounds = 400u32;
+    let mut timed = |at_height: Option<u64>| {
+        let client = client.clone();
+        async move {
+            let start = std::time::Instant::now();
+            for i in 0..rounds {
+                let options = VerifiedReadOptions { at_height, trusted: None, consistency: eventual };
+                client.verified_read(ns, Some(vault), format!("k{}", (i * 7) % 2000), options).await.unwrap();
+            }
+            start.elapsed() / rounds
+        }
+    };
+    // Warm up the connection and caches.
+    timed(None).await;
+    let current = timed(None).await;
+    let recent = timed(Some(tip - 10)).await;
+    let start = std::time::Instant::now();
+    let options = VerifiedReadOptions { at_height: Some(tip - 150), trusted: None, consistency: eventual };
+    client.verified_read(ns, Some(vault), "k1", options).await.unwrap();
+    let rebuilt_first = start.elapsed();
+    let rebuilt_hit = timed(Some(tip - 150)).await;
+    eprintln!(
+        "verified read e2e: current {current:?}, recent (tip-10) {recent:?}, \
+         rebuilt (tip-150) first {rebuilt_first:?} then {rebuilt_hit:?} per read"
+    );
+    assert!(
+        recent < current * 3 + std::time::Duration::from_micros(500),
+        "recent {recent:?} vs current {current:?}"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
