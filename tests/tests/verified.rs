@@ -293,7 +293,7 @@ async fn t02_recent_history_costs_about_a_current_read() {
     let tip = client.get_tip(ns, Some(vault)).await.unwrap().height;
     let eventual = Some(ledger_core::types::ReadConsistency::Eventual);
     let rounds = 400u32;
-    let mut timed = |at_height: Option<u64>| {
+    let timed = |at_height: Option<u64>| {
         let client = client.clone();
         async move {
             let start = std::time::Instant::now();
