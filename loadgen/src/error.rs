@@ -59,8 +59,6 @@ pub enum LoadgenError {
     UnexpectedResponse { step: String, response: String },
     #[error("setup failed while {step}: {message}")]
     SetupRejected { step: String, message: String },
-    #[error("the wire protocol of this build has no {operation} request; set its mix weight to 0")]
-    Unsupported { operation: &'static str },
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot write histogram file {path}: {source}")]

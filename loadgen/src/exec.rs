@@ -7,6 +7,7 @@ use crate::constants::LIST_LIMIT;
 use crate::scopes::Scope;
 use crate::workload::{key_name, list_prefix, value_bytes, OpSpec};
 use ledger_core::types::{Operation, ReadConsistency};
+use ledger_wire::client::VerifiedReadOptions;
 use ledger_wire::messages::{Request, Response};
 use ledger_wire::{Client, ClientError, WriteOutcome, WriteSession};
 use std::sync::Arc;
@@ -89,7 +90,25 @@ impl Executor {
                 page_token: String::new(),
                 consistency: self.consistency,
             },
-            OpSpec::Verified { .. } => return Err("unsupported".to_string()),
+            OpSpec::Verified { key, .. } => {
+                // The client library checks the state proof against the returned header (SPEC
+                // §7.7); a proof that fails is an error, never a success.
+                let options =
+                    VerifiedReadOptions { consistency: Some(self.consistency), ..Default::default() };
+                return match self
+                    .client
+                    .verified_read(scope.namespace_id, Some(scope.vault_id), key_name(*key), options)
+                    .await
+                {
+                    Ok(read) => Ok(if read.value.is_some() { Success::Hit } else { Success::Miss }),
+                    Err(e) => {
+                        if e.is_connection_lost() {
+                            self.reconnect().await;
+                        }
+                        Err(client_error_code(&e))
+                    }
+                };
+            }
             OpSpec::Write { keys, value_seed, .. } => {
                 return self.write(scope_index, keys, *value_seed).await
             }

@@ -51,9 +51,6 @@ async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
 
 /// Performs the run described by `args`; progress goes to stderr.
 pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
-    if args.mix.weight(OpKind::Verified) > 0 {
-        return Err(LoadgenError::Unsupported { operation: "VerifiedRead" });
-    }
     let run_id = run_id();
     let clients = connect_all(args).await?;
     let scopes = ensure_scopes(&clients[0], args.namespaces, args.vaults_per_ns).await?;
