@@ -224,7 +224,8 @@ async fn body_pruned(client: &Client, ns: i64, vault: i64, height: u64) -> bool 
 /// retention pass while every header is still served and the chain verifies (invariant 18);
 /// `check-integrity --full` replays from the snapshot and is healthy (invariant 20); each
 /// snapshot's root equals the archived header at its height (33) and its chain commitment
-/// equals one recomputed from the headers, the second one linked to the first (19).
+/// equals one recomputed from the headers, the second one linked to the first (19); a damaged
+/// snapshot is reported as `snapshot_corruption` and the full check falls back to the older one.
 #[test]
 fn t02_compacted_retention_keeps_verifiability() {
     let dir = temp_dir("retention");
@@ -281,5 +282,20 @@ fn t02_compacted_retention_keeps_verifiability() {
         }
     }
     assert_eq!(check(&server.addr, ns, vault, true), (0, true, vec![]));
+    assert_eq!(server.stop(), Some(0));
+
+    // A damaged newest snapshot is reported and skipped: the full check replays from the older
+    // one (bodies 121..=150 are still there) and finds nothing else wrong.
+    let newest = PathBuf::from(second["snapshot_path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 8;
+    bytes[last] ^= 0x20;
+    std::fs::write(&newest, bytes).unwrap();
+    let server = ServerProcess::restart(&data_dir, &["--retention-interval-secs", "1"]);
+    for full in [false, true] {
+        let (code, healthy, issues) = check(&server.addr, ns, vault, full);
+        assert_eq!((code, healthy), (1, false));
+        assert_eq!(issues, vec![(150, "snapshot_corruption".to_string())], "full: {full}");
+    }
     assert_eq!(server.stop(), Some(0));
 }
