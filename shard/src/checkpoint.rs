@@ -709,8 +709,9 @@ pub async fn open_group_with(
         election_timeout_min: config.raft_election_min_ms,
         election_timeout_max: config.raft_election_max_ms,
         max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
-        // Snapshots copy the whole group state on the core; with one voter nobody needs one, and
-        // the log is kept whole (SPEC §9.4's snapshot/purge schedule is future work).
+        // openraft's snapshots copy the whole group state on the core; with one voter nobody
+        // needs one, and the log is kept whole. The SPEC §9.4 snapshot files are taken by the
+        // group's maintenance task (maintenance.rs, docs/decisions.md D12).
         snapshot_policy: openraft::SnapshotPolicy::Never,
         ..Default::default()
     }

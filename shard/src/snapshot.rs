@@ -23,7 +23,7 @@
 //! `snapshots/` and the directory fsync'd. The newest `snapshots_keep` files are kept.
 //!
 //! openraft's snapshot (state_machine.rs) is still its own in-memory full copy: a single-voter
-//! group never sends one and `SnapshotPolicy::Never` never builds one (docs/decisions.md D8).
+//! group never sends one and `SnapshotPolicy::Never` never builds one (docs/decisions.md D12).
 
 use crate::archive_scan::ArchiveScan;
 use crate::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
