@@ -356,6 +356,10 @@ pub async fn check(
     scope: ScopeKey,
     full: bool,
 ) -> Result<Vec<IntegrityIssue>, ShardError> {
+    // No snapshot is taken and no body compacted while the check runs, so the bodies it may
+    // find missing are exactly those below the snapshots it copied.
+    let lock = data.borrow().snapshots.lock.clone();
+    let _no_snapshot_or_compaction = lock.lock().await;
     let (input, db) = {
         let data = data.borrow();
         let state = data.scopes.get(&scope).ok_or_else(|| ShardError::Corrupt {

@@ -73,6 +73,9 @@ fn plan(data: &GroupData) -> Vec<(ScopeKey, u64, u64)> {
 /// One retention pass over the group: plans on the core, deletes on a blocking thread. Returns
 /// the number of bodies deleted. Must run inside the owning executor.
 pub async fn run_pass(data: &Rc<RefCell<GroupData>>) -> Result<u64, ShardError> {
+    // Serialized with snapshot builds and integrity checks (they read the same bodies).
+    let lock = data.borrow().snapshots.lock.clone();
+    let _one_at_a_time = lock.lock().await;
     let (work, db): (Vec<_>, Option<Arc<Database>>) = {
         let data = data.borrow();
         (plan(&data), data.archive.db().cloned())

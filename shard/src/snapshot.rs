@@ -234,7 +234,7 @@ pub struct SnapshotCatalog {
     pub entries: Vec<CatalogEntry>,
     /// Files that failed verification (reported by integrity checks, never used).
     pub corrupt: Vec<CorruptSnapshot>,
-    /// One snapshot build at a time per group.
+    /// One snapshot build, retention pass or integrity check at a time per group.
     pub lock: Rc<futures::lock::Mutex<()>>,
     /// When the last snapshot was taken (or the group opened).
     pub last_at: Cell<Instant>,
