@@ -6,9 +6,11 @@
 //!   pre-image of every row the block changed. A row at height H is the pre-image recorded by
 //!   the first ring block above H that changed it, or else the current row: one map lookup plus
 //!   a short scan, so a recent historical read costs about what a current read costs.
-//! * **Older heights** are rebuilt by replaying archived vault entries from genesis (bodies
-//!   required; a missing body is `HeightUnavailable`), or from the closest earlier state held in
-//!   a per-core LRU of the last `HISTORY_REBUILT_STATES_MAX` rebuilt `(scope, height)` states.
+//! * **Older heights** are rebuilt by replaying archived vault entries (bodies required; a
+//!   compacted body is `HeightUnavailable`) from the closest earlier state: one of the last
+//!   `HISTORY_REBUILT_STATES_MAX` rebuilt `(scope, height)` states in a per-core LRU, the newest
+//!   local snapshot of the scope at or below the height (loaded and verified off the core), or
+//!   genesis.
 //!   Replay yields the core every `HISTORY_REPLAY_CHUNK_BLOCKS` blocks.
 //!
 //! The ring validates itself instead of relying on hooks from every path that replaces a scope's
@@ -351,21 +353,47 @@ fn lru_put(group: GroupId, state: Rc<ScopeState>) {
 /// the closest rebuilt state below it, or from genesis. Yields the core between chunks; the
 /// group's data is only borrowed while a chunk is read and replayed.
 pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<ScopeState>, Status> {
-    let (mut state, genesis) = {
+    let (floor, snapshot, genesis, retention, oldest) = {
         let data = group.data.borrow();
         let scope = crate::reads::existing_scope(&data, key)?;
         if let Some(hit) = lru_get(group.id, key, height) {
             return Ok(hit);
         }
-        let genesis = scope.meta.genesis.clone();
-        let start = match lru_floor(group.id, key, height) {
-            Some(floor) => ScopeState::clone(&floor),
-            None => {
-                let ctx = context_of(&genesis);
-                ScopeState::genesis(key, scope.meta.retention, &ctx)
+        // SPEC §8.7: the newest local snapshot of the scope at or below the height.
+        let snapshot = data.snapshots.entries.iter().rev().find_map(|entry| {
+            let summary = entry.header.scope(key)?;
+            (summary.vault_height <= height).then(|| (entry.path.clone(), summary.vault_height))
+        });
+        let oldest = data
+            .snapshots
+            .entries
+            .iter()
+            .filter_map(|entry| entry.header.scope(key).map(|s| s.vault_height))
+            .min()
+            .unwrap_or(scope.meta.height);
+        (lru_floor(group.id, key, height), snapshot, scope.meta.genesis.clone(), scope.meta.retention, oldest)
+    };
+    let floor_height = floor.as_ref().map(|f| f.meta.height);
+    let from_snapshot = match snapshot {
+        Some((path, at)) if floor_height.is_none_or(|f| f < at) => {
+            let loaded = glommio::executor()
+                .spawn_blocking(move || crate::snapshot::load_scope(&path, key))
+                .await;
+            match loaded {
+                Ok(Some(state)) if state.meta.height == at => Some(state),
+                Ok(_) => None,
+                Err(e) => {
+                    eprintln!("event=history_snapshot_unusable scope={key} height={at} error={e}");
+                    None
+                }
             }
-        };
-        (start, genesis)
+        }
+        _ => None,
+    };
+    let mut state = match (from_snapshot, floor) {
+        (Some(state), _) => state,
+        (None, Some(floor)) => ScopeState::clone(&floor),
+        (None, None) => ScopeState::genesis(key, retention, &context_of(&genesis)),
     };
     if block_hash(&state.meta.genesis) != block_hash(&genesis) {
         return Err(Status::internal(format!(
@@ -385,7 +413,7 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
         for block in blocks {
             let h = block.header.height;
             if block.transactions.is_empty() {
-                return Err(unavailable(height, h + 1, "the block bodies it needs were compacted"));
+                return Err(unavailable(height, oldest, "the block bodies it needs were compacted"));
             }
             let entry = VaultEntry {
                 namespace_id: block.header.namespace_id,
