@@ -288,3 +288,46 @@ async fn t05_shutdown_ends_streams_with_unavailable() {
     assert_eq!(next_end(&mut stream).await, StatusCode::Unavailable);
     assert_eq!(stopped.await.unwrap(), Some(0), "clean exit");
 }
+
+#[tokio::test]
+async fn t06_cli_watch_prints_one_line_per_block() {
+    // Proves `ledger watch --from 1 --count 3` prints heights 1, 2, 3 with their archived block
+    // hashes and state roots, one JSON object per line with --json and one text line without.
+    let dir = temp_dir("watch-t06");
+    let server = ServerProcess::start(dir.path(), &["--cores", "1"]);
+    let client = connect(&server.addr).await;
+    let (ns, vault) = create_scope(&client, "watch-t06").await;
+    write_blocks(&client, ns, vault, "a", 3).await;
+    let chain = walk_chain(&client, ns, Some(vault)).await;
+    let addr = server.addr.clone();
+    let (ns_arg, vault_arg) = (ns.to_string(), vault.to_string());
+    let (json_run, text_run) = tokio::task::spawn_blocking(move || {
+        let args = ["watch", "--namespace", &ns_arg, "--vault", &vault_arg, "--from", "1", "--count", "3"];
+        let json_args: Vec<&str> = std::iter::once("--json").chain(args).collect();
+        (ledger_tests::ledger_cli(&addr, &json_args), ledger_tests::ledger_cli(&addr, &args))
+    })
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = json_run;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (line, height) in lines.iter().zip(1u64..) {
+        let header = &chain[&height].header;
+        assert_eq!(line["height"], height);
+        assert_eq!(line["block_hash"], hex(&block_hash(header)));
+        assert_eq!(line["state_root"], hex(&header.state_root));
+    }
+    let (code, stdout, stderr) = text_run;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let first = stdout.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!("1 {} {}", hex(&block_hash(&chain[&1].header)), hex(&chain[&1].header.state_root))
+    );
+    assert_eq!(stdout.lines().count(), 3);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
