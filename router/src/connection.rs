@@ -10,9 +10,9 @@ use crate::streams::{encode_stream_events, release, OpenStreams};
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
 use glommio::net::TcpStream;
+use ledger_shard::watch::StreamEvent;
 use ledger_wire::codec::{encode_frame, Frame, FrameReader};
 use ledger_wire::frame::FrameKind;
-use ledger_shard::watch::StreamEvent;
 use ledger_wire::messages::*;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -210,7 +210,9 @@ impl Session {
                         ));
                     }
                     for envelope in batch.items {
-                        if let Request::WatchBlocks { namespace_id, vault_id, start_height } = envelope.request {
+                        if let Request::WatchBlocks { namespace_id, vault_id, start_height } =
+                            envelope.request
+                        {
                             let refusal = connections
                                 .is_shutting_down()
                                 .then(|| Status::unavailable("node is shutting down"));

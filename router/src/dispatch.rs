@@ -63,7 +63,9 @@ impl Dispatcher {
         let namespace_id = watch.namespace_id;
         let group = match self.group_of(namespace_id).await {
             Ok(Some(group)) => group,
-            Ok(None) => return refuse(watch, Status::not_found(format!("namespace {namespace_id} not found"))),
+            Ok(None) => {
+                return refuse(watch, Status::not_found(format!("namespace {namespace_id} not found")))
+            }
             Err(status) => return refuse(watch, status),
         };
         let Some(core) = self.context.placement.get(&group).copied() else {
