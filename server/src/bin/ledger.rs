@@ -1,6 +1,7 @@
 //! `ledger`: the client CLI. Every command makes one connection, prints one result (or one JSON
-//! object with `--json`; `watch` prints one per block) and exits 0; errors print one line on stderr and exit non-zero
-//! (1 = the request failed or the key is absent, 2 = usage, 3 = node unreachable).
+//! object with `--json`; `watch` prints one per block) and exits 0; errors print one line on
+//! stderr and exit non-zero (1 = the request failed or the key is absent, 2 = usage, 3 = node
+//! unreachable).
 
 use clap::{Parser, Subcommand};
 use ledger_core::hash::block_hash;
