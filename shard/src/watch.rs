@@ -470,6 +470,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use ledger_core::types::VaultHealth;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -542,6 +543,104 @@ mod tests {
             assert_eq!(sent.first(), Some(&1), "seed {seed}");
             assert!(sent.windows(2).all(|w| w[1] == w[0] + 1), "seed {seed}: {sent:?}");
         }
+    }
+
+    /// One namespace (7) with a vault (8) in an in-memory group, both at genesis.
+    fn group_with_vault() -> (Rc<RefCell<GroupData>>, ScopeKey) {
+        use ledger_core::state::{BlockContext, ScopeState};
+        use ledger_core::types::{RetentionPolicy, Timestamp};
+        let ctx = BlockContext { timestamp: Timestamp::default(), leader_id: 1, term: 1, committed_index: 1 };
+        let mut data = GroupData::new(GroupId(1), crate::archive::Archive::in_memory());
+        for vault in [0, 8] {
+            let key = ScopeKey::new(NamespaceId(7), Some(VaultId(vault)));
+            data.scopes.insert(key, ScopeState::genesis(key, RetentionPolicy::default(), &ctx));
+        }
+        (Rc::new(RefCell::new(data)), ScopeKey::new(NamespaceId(7), Some(VaultId(8))))
+    }
+
+    fn announcement(height: u64) -> BlockAnnouncement {
+        BlockAnnouncement {
+            namespace_id: 7,
+            vault_id: 8,
+            height,
+            block_hash: [height as u8; 32],
+            state_root: [1; 32],
+            timestamp: Default::default(),
+        }
+    }
+
+    /// What one stream's connection received: heights, then the end status (if any). Like the
+    /// connection's write task, it releases each item's buffer unit (a client that reads).
+    fn drain(events: &flume::Receiver<StreamEvent>) -> (Vec<u64>, Option<StatusCode>) {
+        let (mut heights, mut end) = (Vec::new(), None);
+        while let Ok(event) = events.try_recv() {
+            assert!(end.is_none(), "an event after the stream end");
+            match event {
+                StreamEvent::Item { item, buffered } => {
+                    buffered.fetch_sub(1, Ordering::AcqRel);
+                    let StreamPayload::Block(block) = item.item;
+                    heights.push(block.height);
+                }
+                StreamEvent::End(e) | StreamEvent::Refused(e) => end = Some(e.status.code),
+            }
+        }
+        (heights, end)
+    }
+
+    #[test]
+    fn t04_registry_overflow_unhealthy_cancel_and_shutdown() {
+        // Proves the registry end to end on one in-memory group: a stream at the tip goes live
+        // and gets hook announcements; a client that releases nothing gets exactly
+        // `stream_buffer` items then StreamEnd{ResourceExhausted}; a scope turning Diverged ends
+        // its stream with Unavailable at the next sweep; cancel ends with Cancelled; shutdown
+        // ends the rest with Unavailable and refuses new streams; start 0 is refused.
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async {
+            let (data, scope) = group_with_vault();
+            let watches = Watches::new(2);
+            watches.attach(GroupId(1), &data);
+            let hook = data.borrow().on_block_applied.clone().unwrap();
+            let open = |request_id: u64, start_height: u64| {
+                let (sink, events) = flume::unbounded();
+                let key = StreamKey { connection: 1, request_id };
+                let request = WatchRequest { key, namespace_id: 7, vault_id: Some(8), start_height, sink };
+                watches.open(GroupId(1), request);
+                events
+            };
+            let slow = open(1, 1);
+            let unhealthy = open(2, 1);
+            let cancelled = open(3, 1);
+            let survivor = open(4, 1);
+            let zero = open(5, 0);
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await; // replays go live
+            assert_eq!(watches.len(), 4);
+            hook(&announcement(1));
+            hook(&announcement(2));
+            for reading in [&unhealthy, &cancelled, &survivor] {
+                assert_eq!(drain(reading), (vec![1, 2], None));
+            }
+            // `slow` has released nothing: its buffer of 2 is full when block 3 comes.
+            hook(&announcement(3));
+            assert_eq!(drain(&slow), (vec![1, 2], Some(StatusCode::ResourceExhausted)));
+            assert_eq!(drain(&zero), (vec![], Some(StatusCode::InvalidArgument)));
+            hook(&announcement(3));
+            hook(&announcement(2));
+
+            watches.cancel(StreamKey { connection: 1, request_id: 3 });
+            assert_eq!(drain(&cancelled), (vec![3], Some(StatusCode::Cancelled)), "duplicates dropped");
+
+            data.borrow_mut().scopes.get_mut(&scope).unwrap().meta.health =
+                VaultHealth::Diverged { expected: [1; 32], computed: [2; 32], at_height: 3 };
+            watches.sweep();
+            assert_eq!(drain(&unhealthy), (vec![3], Some(StatusCode::Unavailable)));
+            data.borrow_mut().scopes.get_mut(&scope).unwrap().meta.health = VaultHealth::Healthy;
+
+            watches.close_all();
+            assert_eq!(drain(&survivor), (vec![3], Some(StatusCode::Unavailable)));
+            let late = open(6, 1);
+            assert_eq!(drain(&late), (vec![], Some(StatusCode::Unavailable)));
+            assert!(watches.is_empty());
+        });
     }
 
     #[test]
