@@ -227,7 +227,10 @@ impl Config {
             return invalid("stream_buffer", "must be at least 1");
         }
         if self.snapshots_keep == 0 || self.retention_interval_secs == 0 {
-            return invalid("snapshots_keep", "snapshots_keep and retention_interval_secs must be at least 1");
+            return invalid(
+                "snapshots_keep",
+                "snapshots_keep and retention_interval_secs must be at least 1",
+            );
         }
         if self.raft_election_min_ms >= self.raft_election_max_ms
             || self.raft_heartbeat_ms >= self.raft_election_min_ms

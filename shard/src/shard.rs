@@ -205,7 +205,8 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         Request::CreateSnapshot { namespace_id, vault_id } => {
             let config = shard.config.clone();
             glommio::spawn_local(async move {
-                let result = crate::maintenance::create_snapshot(&group, &config, namespace_id, vault_id).await;
+                let result =
+                    crate::maintenance::create_snapshot(&group, &config, namespace_id, vault_id).await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result });
             })
             .detach();

@@ -437,28 +437,91 @@ pub struct IntegrityIssue {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Response {
-    Read { value: Option<Vec<u8>>, block_height: u64, stale: bool },
-    BatchRead { results: Vec<BatchReadItem>, block_height: u64, stale: bool },
-    GetBlock { block: Block, body_pruned: bool },
-    GetBlockRange { blocks: Vec<Block>, current_tip: u64 },
-    GetTip { height: u64, block_hash: Hash, state_root: Hash },
-    GetClientState { last_committed_sequence: u64 },
-    ListRelationships { relationships: Vec<Relationship>, block_height: u64, next_page_token: String },
-    ListResources { resources: Vec<String>, block_height: u64, next_page_token: String },
-    ListEntities { entities: Vec<Entity>, block_height: u64, next_page_token: String },
+    Read {
+        value: Option<Vec<u8>>,
+        block_height: u64,
+        stale: bool,
+    },
+    BatchRead {
+        results: Vec<BatchReadItem>,
+        block_height: u64,
+        stale: bool,
+    },
+    GetBlock {
+        block: Block,
+        body_pruned: bool,
+    },
+    GetBlockRange {
+        blocks: Vec<Block>,
+        current_tip: u64,
+    },
+    GetTip {
+        height: u64,
+        block_hash: Hash,
+        state_root: Hash,
+    },
+    GetClientState {
+        last_committed_sequence: u64,
+    },
+    ListRelationships {
+        relationships: Vec<Relationship>,
+        block_height: u64,
+        next_page_token: String,
+    },
+    ListResources {
+        resources: Vec<String>,
+        block_height: u64,
+        next_page_token: String,
+    },
+    ListEntities {
+        entities: Vec<Entity>,
+        block_height: u64,
+        next_page_token: String,
+    },
     Write(WriteResult),
-    CreateNamespace { namespace_id: i64, group_id: u32 },
-    DeleteNamespace { deleted_at: Timestamp },
+    CreateNamespace {
+        namespace_id: i64,
+        group_id: u32,
+    },
+    DeleteNamespace {
+        deleted_at: Timestamp,
+    },
     GetNamespace(NamespaceInfo),
-    ListNamespaces { namespaces: Vec<NamespaceInfo>, next_page_token: String },
-    CreateVault { vault_id: i64, genesis: BlockHeader },
-    DeleteVault { deleted_at: Timestamp },
+    ListNamespaces {
+        namespaces: Vec<NamespaceInfo>,
+        next_page_token: String,
+    },
+    CreateVault {
+        vault_id: i64,
+        genesis: BlockHeader,
+    },
+    DeleteVault {
+        deleted_at: Timestamp,
+    },
     GetVault(VaultInfo),
-    ListVaults { vaults: Vec<VaultInfo> },
-    GetNodeInfo { node_id: u64, address: String, is_cluster_member: bool, term: u64 },
-    HealthCheck { status: HealthStatus, message: String, details: Vec<(String, String)> },
-    CheckIntegrity { healthy: bool, issues: Vec<IntegrityIssue> },
-    CreateSnapshot { block_height: u64, state_root: Hash, snapshot_path: String },
+    ListVaults {
+        vaults: Vec<VaultInfo>,
+    },
+    GetNodeInfo {
+        node_id: u64,
+        address: String,
+        is_cluster_member: bool,
+        term: u64,
+    },
+    HealthCheck {
+        status: HealthStatus,
+        message: String,
+        details: Vec<(String, String)>,
+    },
+    CheckIntegrity {
+        healthy: bool,
+        issues: Vec<IntegrityIssue>,
+    },
+    CreateSnapshot {
+        block_height: u64,
+        state_root: Hash,
+        snapshot_path: String,
+    },
     /// Answers `Request::CancelStream` (SPEC §5.1 item 5).
     CancelStream,
     /// `value` is TTL-filtered; `entity` is the raw committed row the proof covers.

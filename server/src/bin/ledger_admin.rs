@@ -207,11 +207,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 .collect();
             emit(format, json!({"healthy": healthy, "issues": listed}), || {
                 let mut lines = vec![if healthy { "healthy".to_string() } else { "unhealthy".to_string() }];
-                lines.extend(
-                    issues
-                        .iter()
-                        .map(|i| format!("  height {}\t{}\t{}", i.block_height, i.issue_type.as_str(), i.description)),
-                );
+                lines.extend(issues.iter().map(|i| {
+                    format!("  height {}\t{}\t{}", i.block_height, i.issue_type.as_str(), i.description)
+                }));
                 lines.join("\n")
             });
             Ok(if healthy { 0 } else { 1 })
