@@ -20,7 +20,7 @@ LG=(./target/release/ledger-loadgen --addr "$ADDR" --namespaces 1 --value-size 1
     --duration "$DURATION" --report json)
 proof_size() {  # siblings and bytes of one state proof (32 B per sibling + 64 B leaf)
   ./target/release/ledger --addr "$ADDR" --json get --verify --namespace loadgen-0 --vault 1 "$1" |
-    python3 -c 'import json,sys; p=json.load(sys.stdin)["state_proof"]; n=len(p["siblings"]); print(f"proof: {n} siblings, {32*n + (64 if p.get("leaf") else 0)} bytes of hashes")'
+    python3 -c 'import json,sys; p=json.load(sys.stdin)["state_proof"]; n=len(p["siblings"]); leaf=64 if p.get("leaf") else 0; print("proof: %d siblings, %d bytes of hashes" % (n, 32*n+leaf))'
 }
 echo "== batched writes, 1k keys";   "${LG[@]}" --key-space 1000    --mix write=100 --batch-items 100 --connections 4 --pipeline 8 2>/dev/null
 echo "== verified reads, 100k keys"; "${LG[@]}" --key-space 100000  --mix verified=100 --connections 8 --pipeline 32 2>/dev/null
