@@ -36,42 +36,12 @@ pub fn header(h: &BlockHeader) -> Value {
     })
 }
 
-pub fn operation(op: &Operation) -> Value {
-    match op {
-        Operation::SetEntity { key, value, expires_at, condition } => json!({
-            "type": "set_entity", "key": key, "value": text_or_hex(value),
-            "expires_at": expires_at.unwrap_or(0), "condition": condition.as_ref().map(|c| format!("{c:?}")),
-        }),
-        Operation::DeleteEntity { key } => json!({"type": "delete_entity", "key": key}),
-        Operation::ExpireEntity { key, expired_at } => {
-            json!({"type": "expire_entity", "key": key, "expired_at": expired_at})
-        }
-        Operation::CreateRelationship { resource, relation, subject } => json!({
-            "type": "create_relationship", "resource": resource, "relation": relation, "subject": subject,
-        }),
-        Operation::DeleteRelationship { resource, relation, subject } => json!({
-            "type": "delete_relationship", "resource": resource, "relation": relation, "subject": subject,
-        }),
-    }
-}
-
-pub fn transaction(tx: &Transaction) -> Value {
-    json!({
-        "id": hex(&tx.id),
-        "client_id": tx.client_id,
-        "sequence": tx.sequence,
-        "actor": tx.actor,
-        "timestamp": timestamp(&tx.timestamp),
-        "operations": tx.operations.iter().map(operation).collect::<Vec<_>>(),
-    })
-}
-
 pub fn block(b: &Block, block_hash: &Hash, body_pruned: bool) -> Value {
     json!({
         "header": header(&b.header),
         "block_hash": hex(block_hash),
         "body_pruned": body_pruned,
-        "transactions": b.transactions.iter().map(transaction).collect::<Vec<_>>(),
+        "transactions": b.transactions.iter().map(crate::cli::verify::transaction_json).collect::<Vec<_>>(),
     })
 }
 
