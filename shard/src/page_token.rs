@@ -124,7 +124,7 @@ impl PageToken {
 pub fn height_unavailable(requested: u64, oldest_available: u64) -> Status {
     Status {
         code: StatusCode::FailedPrecondition,
-        message: format!("height {requested} unavailable; historical reads are not served yet"),
+        message: format!("height {requested} is not available"),
         leader_hint: None,
         detail: Some(ErrorDetail::HeightUnavailable { requested, oldest_available }),
     }

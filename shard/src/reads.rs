@@ -1,8 +1,8 @@
 //! Scope reads on the owning core (SPEC §5.1, §8.6): answered from the group's applied in-memory
 //! state, `Eventual` inline and `Linearizable` after openraft's read-index check. Pagination uses
 //! the MAC'd tokens of SPEC §5.7 (`page_token`). TTL filtering uses this node's wall clock
-//! (SPEC §3.8). Historical reads (`at_height` below the tip) need the reconstruction of SPEC §8.7,
-//! which is a later issue: until then such a request is `FailedPrecondition{HeightUnavailable}`.
+//! (SPEC §3.8). A list pinned below the tip (an older `at_height`, or a page token issued before
+//! later blocks) is answered by `list_on` over the state `history::rebuild` reconstructs (§8.7).
 
 // Errors travel as the wire `Status` (SPEC §4.5), built once at this edge; boxing it would
 // only add an allocation to every error path.
@@ -226,6 +226,43 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
                 last_committed_sequence: scope.client_state(client_id).last_committed_seq,
             })
         }
+        Request::ListEntities { namespace_id, vault_id, at_height, .. } => {
+            let key = token_key.ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
+            let scope = readable_scope(&data, *namespace_id, *vault_id)?;
+            check_at_height(*at_height, scope.meta.height)?;
+            list_on(scope, request, key, now)
+        }
+        Request::ListRelationships { namespace_id, vault_id, at_height, .. }
+        | Request::ListResources { namespace_id, vault_id, at_height, .. } => {
+            let key = token_key.ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
+            if *vault_id == 0 {
+                return Err(Status::invalid(format!("{} needs a vault_id", request.op_name())));
+            }
+            let scope = readable_scope(&data, *namespace_id, Some(*vault_id))?;
+            check_at_height(*at_height, scope.meta.height)?;
+            list_on(scope, request, key, now)
+        }
+        Request::GetVault { namespace_id, vault_id } => {
+            if *vault_id == 0 {
+                return Err(Status::invalid("GetVault needs a vault_id"));
+            }
+            let key = ScopeKey::new(NamespaceId(*namespace_id), Some(VaultId(*vault_id)));
+            let scope = data.scopes.get(&key).ok_or_else(|| {
+                Status::not_found(format!("vault {vault_id} not found in namespace {namespace_id}"))
+            })?;
+            Ok(Response::GetVault(vault_info(group, scope)))
+        }
+        other => Err(Status::internal(format!("{} is not a scope read", other.op_name()))),
+    }
+}
+
+/// One page of a list request served from `scope`, the state at the pagination's pinned height
+/// (the current state, or one rebuilt by `history::rebuild` for an older pinned height, SPEC
+/// §5.7, §8.7). `now` judges TTL: the wall clock for current state, the block time at the
+/// pinned height for history (SPEC §3.8).
+pub fn list_on(scope: &ScopeState, request: &Request, key: &TokenKey, now: u64) -> Result<Response, Status> {
+    let tip = scope.meta.height;
+    match request {
         Request::ListEntities {
             namespace_id,
             vault_id,
@@ -236,10 +273,6 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
             page_token,
             ..
         } => {
-            let key = token_key.ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
-            let scope = readable_scope(&data, *namespace_id, *vault_id)?;
-            let tip = scope.meta.height;
-            check_at_height(*at_height, tip)?;
             let filter = EntitiesFilter {
                 namespace_id: *namespace_id,
                 vault_id: *vault_id,
@@ -278,13 +311,6 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
             page_token,
             ..
         } => {
-            let key = token_key.ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
-            if *vault_id == 0 {
-                return Err(Status::invalid("ListRelationships needs a vault_id"));
-            }
-            let scope = readable_scope(&data, *namespace_id, Some(*vault_id))?;
-            let tip = scope.meta.height;
-            check_at_height(*at_height, tip)?;
             let filter = RelationshipsFilter {
                 namespace_id: *namespace_id,
                 vault_id: *vault_id,
@@ -325,13 +351,6 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
             page_token,
             ..
         } => {
-            let key = token_key.ok_or_else(|| Status::unavailable("page token key not loaded yet"))?;
-            if *vault_id == 0 {
-                return Err(Status::invalid("ListResources needs a vault_id"));
-            }
-            let scope = readable_scope(&data, *namespace_id, Some(*vault_id))?;
-            let tip = scope.meta.height;
-            check_at_height(*at_height, tip)?;
             let filter = ResourcesFilter {
                 namespace_id: *namespace_id,
                 vault_id: *vault_id,
@@ -352,18 +371,39 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
             let next_page_token = next_token(key, *namespace_id, *vault_id, last, tip, qh);
             Ok(Response::ListResources { resources, block_height: tip, next_page_token })
         }
-        Request::GetVault { namespace_id, vault_id } => {
-            if *vault_id == 0 {
-                return Err(Status::invalid("GetVault needs a vault_id"));
-            }
-            let key = ScopeKey::new(NamespaceId(*namespace_id), Some(VaultId(*vault_id)));
-            let scope = data.scopes.get(&key).ok_or_else(|| {
-                Status::not_found(format!("vault {vault_id} not found in namespace {namespace_id}"))
-            })?;
-            Ok(Response::GetVault(vault_info(group, scope)))
-        }
-        other => Err(Status::internal(format!("{} is not a scope read", other.op_name()))),
+        other => Err(Status::internal(format!("{} is not a list request", other.op_name()))),
     }
+}
+
+/// For a list request whose pagination is pinned below the scope's tip (an `at_height` below it,
+/// or a page token issued before later blocks), the scope and pinned height to rebuild; `None`
+/// when the current state answers it (or when the request is invalid, which `answer` reports).
+pub fn historical_list_target(
+    group: &Group,
+    request: &Request,
+    token_key: Option<&TokenKey>,
+) -> Option<(ScopeKey, u64)> {
+    let (namespace_id, vault_id, at_height, page_token) = match request {
+        Request::ListEntities { namespace_id, vault_id, at_height, page_token, .. } => {
+            (*namespace_id, *vault_id, *at_height, page_token)
+        }
+        Request::ListRelationships { namespace_id, vault_id, at_height, page_token, .. }
+        | Request::ListResources { namespace_id, vault_id, at_height, page_token, .. }
+            if *vault_id != 0 =>
+        {
+            (*namespace_id, Some(*vault_id), *at_height, page_token)
+        }
+        _ => return None,
+    };
+    let data = group.data.borrow();
+    let scope = readable_scope(&data, namespace_id, vault_id).ok()?;
+    let tip = scope.meta.height;
+    let pinned = if page_token.is_empty() {
+        at_height?
+    } else {
+        PageToken::decode(page_token, token_key?).ok()?.at_height
+    };
+    (pinned < tip).then_some((scope.meta.key, pinned))
 }
 
 /// `VaultInfo` of one scope as this replica sees it (SPEC §5.3 item 21).

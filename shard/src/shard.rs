@@ -216,7 +216,9 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         }
         request => {
             let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
-            if !reads::needs_linearizable(&request) && !need_key {
+            let historical = reads::needs_token_key(&request)
+                && reads::historical_list_target(&group, &request, shard.token_key.get().as_ref()).is_some();
+            if !reads::needs_linearizable(&request) && !need_key && !historical {
                 let result = reads::answer(&group, &request, shard.token_key.get().as_ref());
                 let _ = reply.try_send(ResponseEnvelope { request_id, result });
                 return;
@@ -247,7 +249,17 @@ async fn slow_read(shard: &Shard, group: &Group, request: &Request) -> Result<Re
     if reads::needs_linearizable(request) {
         reads::ensure_linearizable(group).await?;
     }
-    reads::answer(group, request, shard.token_key.get().as_ref())
+    let token_key = shard.token_key.get();
+    if let (Some((scope, height)), Some(key)) =
+        (reads::historical_list_target(group, request, token_key.as_ref()), token_key.as_ref())
+    {
+        // A pagination pinned below the tip reads the state rebuilt at its height (SPEC §5.7,
+        // §8.7), with TTL judged at that block's time (§3.8).
+        let state = crate::history::rebuild(group, scope, height).await?;
+        let block_secs = u64::try_from(state.meta.last_block_ts.secs).unwrap_or(0);
+        return reads::list_on(&state, request, key, block_secs);
+    }
+    reads::answer(group, request, token_key.as_ref())
 }
 
 struct WriteIntake {
