@@ -83,6 +83,9 @@ pub struct ScopeDelta {
     pub block_hash: Hash,
     /// Per transaction, per operation status, in block order.
     pub statuses: Vec<Vec<OpStatus>>,
+    /// `tx_hash` of each transaction in block order (the tx Merkle tree's leaves), kept so
+    /// inclusion proofs need not hash the transactions again.
+    pub tx_hashes: Vec<Hash>,
 }
 
 /// Committed state of one scope: rows, relationship indexes, state tree, client sequences.
@@ -689,6 +692,7 @@ impl<'a> BlockDraft<'a> {
             header,
             block_hash,
             statuses: self.statuses,
+            tx_hashes: self.tx_hashes,
         }
     }
 
@@ -942,6 +946,8 @@ mod tests {
         let mut draft = BlockDraft::new(scope);
         let results: Vec<TxResult> = txs.into_iter().map(|t| draft.try_apply(t)).collect();
         let (entry, delta) = draft.finish(&c);
+        let hashes: Vec<Hash> = entry.transactions.iter().map(tx_hash).collect();
+        assert_eq!(delta.tx_hashes, hashes, "the delta carries the leaves of the tx Merkle tree");
         let replayed = scope.replay_entry(&entry, &c).unwrap();
         assert_eq!(replayed.header, delta.header);
         assert_eq!(replayed.block_hash, delta.block_hash);

@@ -25,7 +25,7 @@ use crate::idem_cache::IdemCache;
 use crate::msg::ReplySender;
 use crate::type_config::LedgerRaft;
 use futures::channel::oneshot;
-use ledger_core::hash::{group_hash, tx_hash, tx_merkle_proof};
+use ledger_core::hash::{group_hash, tx_merkle_proof};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SequenceCheck};
 use ledger_core::types::*;
 use ledger_wire::messages::{
@@ -504,14 +504,14 @@ impl Group {
     /// The dry run: validates and applies every transaction to its scope's draft, answers the
     /// rejected ones, and returns the block plus the responses of the accepted ones.
     fn dry_run(&self, batch: Vec<PendingTx>) -> Option<Built> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let term = self.raft.metrics().borrow().current_term;
         let data_ref = self.data.borrow();
         let data: &GroupData = &data_ref;
         let ts = self.block_timestamp(data);
         let ctx = BlockContext {
             timestamp: ts,
             leader_id: self.config.node_id,
-            term: metrics.current_term,
+            term,
             committed_index: self.next_log_index.get(),
         };
         let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
@@ -634,7 +634,9 @@ impl Group {
                 continue;
             }
             let (entry, delta) = draft.finish(&ctx);
-            let leaves: Vec<Hash> = entry.transactions.iter().map(tx_hash).collect();
+            // The draft already hashed every transaction; copy the leaves only for proofs.
+            let wants_proof = accepted.iter().any(|a| a.scope == key && a.include_tx_proof);
+            let leaves = if wants_proof { delta.tx_hashes.clone() } else { Vec::new() };
             headers.insert(key, (delta.header.clone(), leaves));
             entries.push(entry);
             deltas.push((key, delta));

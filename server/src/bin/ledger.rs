@@ -199,20 +199,7 @@ struct VaultScope {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ledger: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ledger: {}", e.message);
-            ExitCode::from(e.exit_code)
-        }
-    }
+    ledger_server::cli::run_main("ledger", async { run(cli).await.map(|()| 0) })
 }
 
 /// Prints `value` as JSON, or `text` otherwise.

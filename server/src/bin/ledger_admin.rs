@@ -121,20 +121,7 @@ enum VaultCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ledger-admin: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("ledger-admin: {}", e.message);
-            ExitCode::from(e.exit_code)
-        }
-    }
+    ledger_server::cli::run_main("ledger-admin", run(cli))
 }
 
 fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {

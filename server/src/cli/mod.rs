@@ -44,6 +44,28 @@ pub async fn namespace_id(client: &Client, namespace: &str) -> Result<i64, CliEr
     Ok(info.namespace_id)
 }
 
+/// Runs a CLI's async body on a current-thread runtime: `Ok(code)` exits with it, an error
+/// prints one line `{tool}: {message}` on stderr and exits with its code.
+pub fn run_main(
+    tool: &str,
+    body: impl std::future::Future<Output = Result<u8, CliError>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{tool}: cannot start runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{tool}: {}", e.message);
+            std::process::ExitCode::from(e.exit_code)
+        }
+    }
+}
+
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
