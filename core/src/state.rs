@@ -88,6 +88,14 @@ pub struct ScopeDelta {
     pub tx_hashes: Vec<Hash>,
 }
 
+/// The rows a commit replaced, as they were before the block (`None` = absent), in the delta's
+/// key order ([`ScopeState::commit_displacing`]).
+#[derive(Debug, Default)]
+pub struct Displaced {
+    pub entities: Vec<(String, Option<EntityRow>)>,
+    pub relationships: Vec<(Relationship, Option<u64>)>,
+}
+
 /// Committed state of one scope: rows, relationship indexes, state tree, client sequences.
 #[derive(Debug, Clone)]
 pub struct ScopeState {
@@ -451,25 +459,44 @@ impl ScopeState {
 
     /// Install a block's delta: rows, indexes, client states, tree and metadata.
     pub fn commit(&mut self, delta: ScopeDelta) {
+        self.install(delta, false);
+    }
+
+    /// [`Self::commit`] that also hands back every row the block replaced, as it was before the
+    /// block (moved out of the state, not looked up or copied): the historical-read ring's undo.
+    pub fn commit_displacing(&mut self, delta: ScopeDelta) -> Displaced {
+        self.install(delta, true)
+    }
+
+    fn install(&mut self, delta: ScopeDelta, keep_displaced: bool) -> Displaced {
         assert_eq!(delta.header.height, self.meta.height + 1, "scope {} commit out of order", self.meta.key);
         assert_eq!(delta.header.previous_hash, self.meta.last_block_hash, "delta built on another base");
         assert_eq!(delta.header.namespace_id, self.meta.key.namespace_id.0);
         assert_eq!(delta.header.vault_id, self.meta.key.vault_id.0);
         assert_eq!(delta.tree.root(), delta.header.state_root, "delta tree does not match its header");
+        let mut displaced = Displaced::default();
+        if keep_displaced {
+            displaced.entities.reserve(delta.entities.len());
+            displaced.relationships.reserve(delta.relationships.len());
+        }
         for (key, row) in delta.entities {
-            match row {
-                Some(row) => {
-                    self.entities.insert(key, row);
-                }
-                None => {
-                    self.entities.remove(&key);
-                }
+            let kept_key = keep_displaced.then(|| key.clone());
+            let before = match row {
+                Some(row) => self.entities.insert(key, row),
+                None => self.entities.remove(&key),
+            };
+            if let Some(key) = kept_key {
+                displaced.entities.push((key, before));
             }
         }
         for (relationship, version) in delta.relationships {
-            match version {
+            let kept = keep_displaced.then(|| relationship.clone());
+            let before = match version {
                 Some(version) => self.insert_relationship(relationship, version),
                 None => self.remove_relationship(&relationship),
+            };
+            if let Some(relationship) = kept {
+                displaced.relationships.push((relationship, before));
             }
         }
         self.clients.extend(delta.clients);
@@ -485,6 +512,7 @@ impl ScopeState {
                 || crate::smt::from_scratch_root(self.leaves()) == self.meta.state_root,
             "incremental state root differs from a from-scratch computation"
         );
+        displaced
     }
 
     pub fn set_status(&mut self, status: VaultStatus) {
@@ -500,17 +528,17 @@ impl ScopeState {
             .collect()
     }
 
-    fn insert_relationship(&mut self, relationship: Relationship, version: u64) {
+    /// Returns the version it replaced, if the relationship was present.
+    fn insert_relationship(&mut self, relationship: Relationship, version: u64) -> Option<u64> {
         let Relationship { resource, relation, subject } = relationship.clone();
         self.obj_idx.entry((resource.clone(), relation.clone())).or_default().insert(subject.clone());
         self.subj_idx.entry(subject).or_default().insert((resource, relation));
-        self.relationships.insert(relationship, version);
+        self.relationships.insert(relationship, version)
     }
 
-    fn remove_relationship(&mut self, relationship: &Relationship) {
-        if self.relationships.remove(relationship).is_none() {
-            return;
-        }
+    /// Returns the version it removed, if the relationship was present.
+    fn remove_relationship(&mut self, relationship: &Relationship) -> Option<u64> {
+        let removed = self.relationships.remove(relationship)?;
         let obj_key = (relationship.resource.clone(), relationship.relation.clone());
         if let Some(subjects) = self.obj_idx.get_mut(&obj_key) {
             subjects.remove(&relationship.subject);
@@ -524,6 +552,7 @@ impl ScopeState {
                 self.subj_idx.remove(&relationship.subject);
             }
         }
+        Some(removed)
     }
 }
 
@@ -1223,6 +1252,50 @@ mod tests {
         assert!(scope.replay_entry(&dup, &c).is_err());
         assert_eq!(scope.computed_root(), before);
         assert_eq!(scope.meta.height, 1);
+    }
+
+    #[test]
+    fn t46_commit_displacing_hands_back_the_rows_before_the_block() {
+        // The displaced rows are exactly the pre-images: updated, deleted, created (None) entities
+        // and created/removed relationships; the resulting state equals a plain commit's.
+        let mut scope = vault();
+        run_block(
+            &mut scope,
+            vec![tx("c", 1, vec![set("a", b"1"), set("b", b"2"), create("doc:1", "viewer", "user:1")])],
+        );
+        let before_a = scope.get_entity("a").cloned();
+        let before_b = scope.get_entity("b").cloned();
+        let mut draft = BlockDraft::new(&scope);
+        draft
+            .try_apply(tx(
+                "c",
+                2,
+                vec![
+                    set("a", b"9"),
+                    del("b"),
+                    set("n", b"new"),
+                    remove("doc:1", "viewer", "user:1"),
+                    create("doc:2", "viewer", "user:1"),
+                ],
+            ))
+            .unwrap();
+        let (_, delta) = draft.finish(&ctx(2));
+        let mut plain = scope.clone();
+        plain.commit(delta.clone());
+        let displaced = scope.commit_displacing(delta);
+        assert_eq!(
+            displaced.entities,
+            vec![("a".to_string(), before_a), ("b".to_string(), before_b), ("n".to_string(), None)]
+        );
+        assert_eq!(
+            displaced.relationships,
+            vec![
+                (Relationship::new("doc:1", "viewer", "user:1"), Some(1)),
+                (Relationship::new("doc:2", "viewer", "user:1"), None)
+            ]
+        );
+        assert_eq!(scope.leaves(), plain.leaves());
+        assert_eq!(scope.meta, plain.meta);
     }
 
     #[test]

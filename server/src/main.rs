@@ -58,6 +58,9 @@ mod tests {
     fn purge_delay_option_index_is_the_documented_one() {
         // SAFETY: reads one mimalloc option.
         let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(default, 1_000, "index {MI_OPTION_PURGE_DELAY} is not mi_option_purge_delay (default 1000 ms)");
+        assert_eq!(
+            default, 1_000,
+            "index {MI_OPTION_PURGE_DELAY} is not mi_option_purge_delay (default 1000 ms)"
+        );
     }
 }

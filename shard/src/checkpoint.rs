@@ -393,9 +393,8 @@ impl CheckpointBatch {
             }
             return Some(batch);
         }
-        for (scope_key, k) in &dirty.entities {
-            let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
-            batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
+        for ((scope_key, k), row) in &dirty.entities {
+            batch.entities.push((row_key(*scope_key, k.as_bytes()), row.as_ref().map(encode_entity)));
         }
         for ((scope_key, rel), version) in &dirty.relationships {
             batch.relationships.push((row_key(*scope_key, rel.key().as_bytes()), *version));

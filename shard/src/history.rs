@@ -3,9 +3,10 @@
 //! * **Recent heights** come from a bounded per-scope ring filled by apply: for each of the last
 //!   `HISTORY_RECENT_HEIGHTS_MAX` blocks it keeps the block header, the state tree at that height
 //!   (the tree is persistent, so this is an `Arc` clone sharing every untouched node) and the
-//!   pre-image of every row the block changed. A row at height H is the pre-image recorded by
-//!   the first ring block above H that changed it, or else the current row: one map lookup plus
-//!   a short scan, so a recent historical read costs about what a current read costs.
+//!   pre-image of every row the block changed (moved out of the state by the commit, in a hash map
+//!   per block). A row at height H is the pre-image recorded by the first ring block above H that
+//!   changed it, or else the current row: one hash lookup per later ring block, so a read a few
+//!   blocks below the tip costs about what a current read costs.
 //! * **Older heights** are rebuilt by replaying archived vault entries (bodies required; a
 //!   compacted body is `HeightUnavailable`) from the closest earlier state: one of the last
 //!   `HISTORY_REBUILT_STATES_MAX` rebuilt `(scope, height)` states in a per-core LRU, the newest
@@ -27,11 +28,11 @@ use crate::constants::{
 use crate::group::Group;
 use ledger_core::hash::block_hash;
 use ledger_core::smt::SparseMerkleTree;
-use ledger_core::state::{BlockContext, EntityRow, ScopeDelta, ScopeState};
+use ledger_core::state::{BlockContext, Displaced, EntityRow, ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use ledger_wire::messages::{ErrorDetail, Status, StatusCode};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 /// A state row as the state tree sees it (SPEC §7.6): entities, and relationships as an empty
@@ -52,8 +53,9 @@ pub fn current_row(scope: &ScopeState, key: &str) -> Option<Row> {
 pub struct Recent {
     header: BlockHeader,
     tree: SparseMerkleTree,
-    /// Keys this block changed (their pre-images are in `ScopeHistory::undo`).
-    keys: Vec<String>,
+    /// Every row this block changed, as it was before the block (`None` = absent). Handed over
+    /// by the commit (`ScopeState::commit_displacing`), so recording costs no lookups or copies.
+    before: HashMap<String, Option<Row>>,
     bytes: usize,
 }
 
@@ -61,8 +63,6 @@ pub struct Recent {
 #[derive(Default)]
 pub struct ScopeHistory {
     ring: VecDeque<Recent>,
-    /// key → `(height that changed it, row before that height)`, ascending by height.
-    undo: BTreeMap<String, VecDeque<(u64, Option<Row>)>>,
     rows: usize,
     bytes: usize,
     /// Block hash of the ring's last block (the scope's tip when the ring is current).
@@ -88,47 +88,47 @@ impl ScopeHistory {
         self.ring.front().map(|r| r.header.height)
     }
 
-    fn recent(&self, height: u64) -> Option<&Recent> {
+    fn index_of(&self, height: u64) -> Option<usize> {
         let first = self.ring.front()?.header.height;
-        let index = usize::try_from(height.checked_sub(first)?).ok()?;
-        self.ring.get(index)
+        usize::try_from(height.checked_sub(first)?).ok()
     }
 
-    /// Records the block `delta` is about to commit on top of `scope` (call before `commit`).
-    fn record(&mut self, scope: &ScopeState, delta: &ScopeDelta) {
+    fn recent(&self, height: u64) -> Option<&Recent> {
+        self.ring.get(self.index_of(height)?)
+    }
+
+    /// Records the block whose header, tree and hash are given, committed with `displaced`
+    /// replaced rows.
+    fn record(
+        &mut self,
+        header: BlockHeader,
+        tree: SparseMerkleTree,
+        block_hash: Hash,
+        displaced: Displaced,
+    ) {
         let extends = match self.ring.back() {
-            Some(last) => {
-                last.header.height + 1 == delta.header.height && self.tip_hash == scope.meta.last_block_hash
-            }
+            Some(last) => last.header.height + 1 == header.height && self.tip_hash == header.previous_hash,
             None => true,
         };
-        if !extends || scope.meta.last_block_hash != delta.header.previous_hash {
+        if !extends {
             self.clear();
         }
-        let height = delta.header.height;
-        let mut keys = Vec::with_capacity(delta.entities.len() + delta.relationships.len());
+        let mut before = HashMap::with_capacity(displaced.entities.len() + displaced.relationships.len());
         let mut bytes = 0usize;
-        let mut push = |history: &mut ScopeHistory, key: String, before: Option<Row>| {
-            bytes += key.len() + before.as_ref().map_or(0, |r| r.value.len());
-            history.undo.entry(key.clone()).or_default().push_back((height, before));
-            keys.push(key);
-        };
-        for key in delta.entities.keys() {
-            let before = scope.get_entity(key).cloned();
-            push(self, key.clone(), before);
+        for (key, row) in displaced.entities {
+            bytes += key.len() + row.as_ref().map_or(0, |r| r.value.len());
+            before.insert(key, row);
         }
-        for relationship in delta.relationships.keys() {
-            let before = scope.get_relationship(relationship).map(|version| EntityRow {
-                value: Vec::new(),
-                expires_at: 0,
-                version,
-            });
-            push(self, relationship.key(), before);
+        for (relationship, version) in displaced.relationships {
+            let key = relationship.key();
+            bytes += key.len();
+            before
+                .insert(key, version.map(|version| EntityRow { value: Vec::new(), expires_at: 0, version }));
         }
-        self.rows += keys.len();
+        self.rows += before.len();
         self.bytes += bytes;
-        self.ring.push_back(Recent { header: delta.header.clone(), tree: delta.tree.clone(), keys, bytes });
-        self.tip_hash = delta.block_hash;
+        self.ring.push_back(Recent { header, tree, before, bytes });
+        self.tip_hash = block_hash;
         while self.ring.len() > 1
             && (self.ring.len() > HISTORY_RECENT_HEIGHTS_MAX
                 || self.rows > HISTORY_RECENT_ROWS_MAX
@@ -140,23 +140,16 @@ impl ScopeHistory {
 
     fn evict_oldest(&mut self) {
         let Some(oldest) = self.ring.pop_front() else { return };
-        self.rows -= oldest.keys.len();
+        self.rows -= oldest.before.len();
         self.bytes -= oldest.bytes;
-        for key in oldest.keys {
-            if let Some(list) = self.undo.get_mut(&key) {
-                list.pop_front();
-                if list.is_empty() {
-                    self.undo.remove(&key);
-                }
-            }
-        }
     }
 
     /// `key`'s row at `height` (which the ring must cover): the pre-image recorded by the first
     /// later block that changed it, else the scope's current row.
     fn row_at(&self, scope: &ScopeState, key: &str, height: u64) -> Option<Row> {
-        if let Some(list) = self.undo.get(key) {
-            if let Some((_, before)) = list.iter().find(|(changed_at, _)| *changed_at > height) {
+        let later = self.index_of(height).map_or(0, |i| i + 1);
+        for block in self.ring.range(later..) {
+            if let Some(before) = block.before.get(key) {
                 return before.clone();
             }
         }
@@ -171,9 +164,12 @@ pub struct History {
 }
 
 impl History {
-    /// Called by apply for every scope block, before `scope.commit(delta)`.
-    pub fn record(&mut self, key: ScopeKey, scope: &ScopeState, delta: &ScopeDelta) {
-        self.scopes.entry(key).or_default().record(scope, delta);
+    /// Commits `delta` to `scope` (apply's only way to commit a block) and records the block in
+    /// the scope's ring.
+    pub fn commit(&mut self, scope: &mut ScopeState, delta: ScopeDelta) {
+        let (header, tree, block_hash) = (delta.header.clone(), delta.tree.clone(), delta.block_hash);
+        let displaced = scope.commit_displacing(delta);
+        self.scopes.entry(scope.meta.key).or_default().record(header, tree, block_hash, displaced);
     }
 
     /// Forgets a scope's ring (its state was replaced wholesale).
@@ -514,8 +510,7 @@ mod tests {
             };
             draft.try_apply(tx).unwrap();
             let (_, delta) = draft.finish(&ctx(height));
-            history.record(key, &scope, &delta);
-            scope.commit(delta);
+            history.commit(&mut scope, delta);
             all.push(scope.clone());
         }
         (scope, all)
@@ -577,9 +572,8 @@ mod tests {
             })
             .unwrap();
         let (_, delta) = draft.finish(&ctx(11));
-        history.record(other.meta.key, &other, &delta);
         let mut other = other;
-        other.commit(delta);
+        history.commit(&mut other, delta);
         assert_eq!(history.scope(other.meta.key).unwrap().oldest(&other), Some(11));
     }
 
@@ -616,8 +610,7 @@ mod tests {
                 })
                 .unwrap();
             let (_, delta) = draft.finish(&ctx(height));
-            history.record(key, &scope, &delta);
-            scope.commit(delta);
+            history.commit(&mut scope, delta);
         }
         let h = history.scope(key).unwrap();
         let rounds = 20_000u32;

@@ -186,8 +186,7 @@ fn apply_block(data: &mut GroupData, gb: GroupBlock) -> ApplyResult {
             });
         }
         data.dirty.record_delta(key, &delta);
-        data.history.record(key, scope, &delta);
-        scope.commit(delta);
+        data.history.commit(scope, delta);
         assert!(scope.meta.height == entry.vault_height, "scope height after commit");
     }
     if let Some(hook) = &data.on_block_applied {
