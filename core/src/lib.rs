@@ -4,6 +4,7 @@
 pub mod constants;
 pub mod error;
 pub mod hash;
+pub mod rows;
 pub mod smt;
 pub mod state;
 pub mod types;

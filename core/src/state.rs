@@ -13,6 +13,7 @@
 
 use crate::constants::{DEBUG_FROM_SCRATCH_ROWS_MAX, PAGE_SIZE_DEFAULT, WRITE_ERROR_VALUE_BYTES_MAX};
 use crate::hash::{block_hash, tx_hash, tx_merkle_root, EMPTY_HASH};
+use crate::rows::EntityRows;
 use crate::smt::{key_hash, leaf_value_hash, SparseMerkleTree};
 use crate::types::*;
 pub use crate::validate::{validate_client_operations, ValidationError};
@@ -100,7 +101,7 @@ pub struct Displaced {
 #[derive(Debug, Clone)]
 pub struct ScopeState {
     pub meta: ScopeMeta,
-    entities: BTreeMap<String, EntityRow>,
+    entities: EntityRows,
     /// Relationship → version (vault height at creation).
     relationships: BTreeMap<Relationship, u64>,
     /// `(resource, relation)` → subjects.
@@ -289,7 +290,7 @@ impl ScopeState {
             _ => Bound::Included(prefix),
         };
         let mut out = Vec::new();
-        for (key, row) in self.entities.range::<str, _>((lower, Bound::Unbounded)) {
+        for (key, row) in self.entities.range_from(lower) {
             if !key.starts_with(prefix) {
                 break;
             }
