@@ -2,7 +2,8 @@
 //! the new state root after k dirty keys (k = 1, 100, 1000; key hashing, value hashing and path
 //! rebuild included), state-proof generation and verification against a header, and the leader's
 //! construction of a 100-transaction block (`BlockDraft`: sequence checks, apply, tx hashes and
-//! Merkle root, state root, block hash).
+//! Merkle root, state root, block hash), and the server's pattern of a 64-version history: build the
+//! next version from the newest and drop the oldest.
 
 use crate::constants::{BLOCK_TXS, DIRTY_KEYS, SAMPLES_FAST, SAMPLES_MEDIUM, SAMPLES_SLOW};
 use crate::fixtures::{block_context, header, key, scope, spread, transaction, value};
@@ -11,11 +12,17 @@ use crate::Options;
 use ledger_core::smt::{key_hash, leaf_value_hash, verify_state_proof};
 use ledger_core::state::BlockDraft;
 use ledger_core::types::{Operation, StateProof, Transaction};
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Instant;
 
 /// Distinct proofs the verify bench cycles through.
 const VERIFY_PROOFS: u64 = 1024;
+/// Versions the history bench keeps alive, like the server's history ring; each timed iteration
+/// builds the next version from the newest and drops the oldest (its nodes long out of cache).
+const HISTORY_VERSIONS: usize = 64;
+/// Dirty keys per version in the history bench.
+const HISTORY_DIRTY_KEYS: u64 = 1000;
 
 /// Names of the benches of this group at `rows` rows, in run order.
 pub fn names(rows: u64) -> Vec<String> {
@@ -24,6 +31,7 @@ pub fn names(rows: u64) -> Vec<String> {
     names.push(format!("proof/generate/{label}"));
     names.push(format!("proof/verify/{label}"));
     names.push(format!("apply/block_{BLOCK_TXS}tx/{label}"));
+    names.push(format!("state_root/{label}/history{HISTORY_VERSIONS}_k{HISTORY_DIRTY_KEYS}"));
     names
 }
 
@@ -130,6 +138,36 @@ pub fn run(options: &Options, out: &mut dyn FnMut(Outcome)) {
                 assert!(applied.is_ok(), "bench transaction rejected: {applied:?}");
             }
             black_box(draft.finish(&block_context(block)));
+        }));
+    }
+    if options.selects(&names[6]) {
+        let plan =
+            Plan { samples: options.samples(SAMPLES_SLOW), inner: 1, items: HISTORY_DIRTY_KEYS, unit: "key" };
+        let mut counter = 0u64;
+        let mut version = 2u64;
+        let mut next_changes = || {
+            let changes: Vec<_> = (0..HISTORY_DIRTY_KEYS)
+                .map(|_| {
+                    counter += 1;
+                    let row = spread(counter, rows);
+                    let name = key(row);
+                    let vh = leaf_value_hash(name.as_bytes(), &value(row, version), 0, version);
+                    (key_hash(name.as_bytes()), Some(vh))
+                })
+                .collect();
+            version += 1;
+            changes
+        };
+        let mut history = VecDeque::from([tree.clone()]);
+        while history.len() < HISTORY_VERSIONS {
+            let newest = history.back().map(|t| t.with_updates(next_changes()));
+            history.extend(newest);
+        }
+        out(measure(&names[6], plan, || {
+            let newest = history.back().map(|t| t.with_updates(next_changes()));
+            black_box(newest.as_ref().map(|t| t.root()));
+            history.extend(newest);
+            drop(history.pop_front());
         }));
     }
 }

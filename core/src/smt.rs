@@ -62,45 +62,166 @@ pub fn bit(key_hash: &Hash, depth: usize) -> bool {
     (key_hash[depth / 8] >> (7 - depth % 8)) & 1 == 1
 }
 
+/// A leaf: 96 bytes, so with the `Arc` counts a 112-byte allocation.
 #[derive(Debug)]
-enum Node {
-    Leaf {
-        key_hash: Hash,
-        value_hash: Hash,
-        hash: Hash,
-    },
-    /// At least two leaves below; at most one child is empty.
-    Internal {
-        left: Subtree,
-        right: Subtree,
-        hash: Hash,
-    },
+struct Leaf {
+    /// `leaf_node_hash(key_hash, value_hash)`.
+    hash: Hash,
+    key_hash: Hash,
+    value_hash: Hash,
 }
 
-/// `None` is the empty subtree.
-type Subtree = Option<Arc<Node>>;
+/// An internal node: at least two leaves below, at most one child empty. 64 bytes (an 80-byte
+/// allocation rather than the 128 bytes of a node sized for a leaf), so walking, copying and
+/// dropping touch fewer cache lines and the tree at 1 M leaves takes ~190 MB rather than ~256 MB.
+#[derive(Debug)]
+struct Internal {
+    hash: Hash,
+    left: Child,
+    right: Child,
+}
 
-impl Node {
-    fn hash(&self) -> &Hash {
+const _: () = assert!(std::mem::size_of::<Internal>() == 64);
+const _: () = assert!(std::mem::size_of::<Child>() == 16);
+// States are built on helper threads and read while the next one is built.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<SparseMerkleTree>();
+};
+
+/// A subtree: empty, a lone leaf, or an internal node.
+#[derive(Debug, Clone, Default)]
+enum Child {
+    #[default]
+    Empty,
+    Leaf(Arc<Leaf>),
+    Internal(Arc<Internal>),
+}
+
+impl Child {
+    fn hash(&self) -> Hash {
         match self {
-            Node::Leaf { hash, .. } | Node::Internal { hash, .. } => hash,
+            Child::Empty => ZERO_HASH,
+            Child::Leaf(leaf) => leaf.hash,
+            Child::Internal(node) => node.hash,
+        }
+    }
+
+    /// The same node (or both empty): nothing below changed.
+    fn same(&self, other: &Child) -> bool {
+        match (self, other) {
+            (Child::Empty, Child::Empty) => true,
+            (Child::Leaf(a), Child::Leaf(b)) => Arc::ptr_eq(a, b),
+            (Child::Internal(a), Child::Internal(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Load the lines that cloning, hashing and dropping this node read (its counts and hash; for a
+    /// leaf also its key and value) and discard the values. The loads are independent, so issuing
+    /// them for a whole level of the tree at once overlaps their cache misses, where the recursive
+    /// walk would take them one after another (the atomic count updates of `clone` and `drop` are
+    /// locked instructions, which wait for their line before anything later may load).
+    #[inline(always)]
+    fn touch(&self) {
+        match self {
+            Child::Empty => {}
+            Child::Leaf(leaf) => {
+                std::hint::black_box((Arc::strong_count(leaf), leaf.hash[31], leaf.value_hash[31]));
+            }
+            Child::Internal(node) => {
+                std::hint::black_box((Arc::strong_count(node), node.hash[31]));
+            }
         }
     }
 }
 
-fn subtree_hash(subtree: &Subtree) -> Hash {
-    subtree.as_ref().map_or(ZERO_HASH, |node| *node.hash())
+/// How many nodes the tree's `drop` touches before it releases them: enough misses in flight to
+/// fill the core's line-fill buffers, few enough that the lines are still in L1 when used.
+const TOUCH_CHUNK: usize = 32;
+
+/// [`update`] warms the subtree below the first node on each path that has at most this many
+/// changes: the nodes of one such batch fit in L2 together (the ~20 levels × 2 nodes of a 1000-key
+/// batch at 1 M leaves do not, so warming it all first lost the early lines again).
+const WARM_CHANGES_MAX: usize = 64;
+
+/// Fetch every node that `update(node, depth, changes)` will read, level by level, so that its
+/// depth-first walk finds them in cache. Reads only. The nodes of one level that have changes below
+/// them have disjoint non-empty parts of `changes`, so a level has at most
+/// [`WARM_CHANGES_MAX`] of them and fits in a fixed array (a heap allocation per warm would cost
+/// more than it saves).
+fn warm(node: &Child, depth: usize, changes: &[Change]) {
+    debug_assert!(changes.len() <= WARM_CHANGES_MAX);
+    let Child::Internal(node) = node else {
+        return;
+    };
+    // Two frontiers, the current level's and the next's, used in turn.
+    let mut frontiers: [Option<(&Internal, &[Change])>; 2 * WARM_CHANGES_MAX] = [None; 2 * WARM_CHANGES_MAX];
+    frontiers[0] = Some((node, changes));
+    let (mut level_len, mut depth, mut flip) = (1, depth, false);
+    while level_len > 0 && depth < 256 {
+        let (even, odd) = frontiers.split_at_mut(WARM_CHANGES_MAX);
+        let (level, next) = if flip { (odd, even) } else { (even, odd) };
+        let mut next_len = 0;
+        for &(node, changes) in level[..level_len].iter().flatten() {
+            let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
+            for (child, part) in [(&node.left, &changes[..mid]), (&node.right, &changes[mid..])] {
+                child.touch();
+                if let (Child::Internal(child), false) = (child, part.is_empty()) {
+                    next[next_len] = Some((child, part));
+                    next_len += 1;
+                }
+            }
+        }
+        level_len = next_len;
+        depth += 1;
+        flip = !flip;
+    }
 }
 
-fn new_leaf(key_hash: Hash, value_hash: Hash) -> Arc<Node> {
-    Arc::new(Node::Leaf { key_hash, value_hash, hash: leaf_node_hash(&key_hash, &value_hash) })
+fn new_leaf(key_hash: Hash, value_hash: Hash) -> Child {
+    Child::Leaf(Arc::new(Leaf { hash: leaf_node_hash(&key_hash, &value_hash), key_hash, value_hash }))
 }
 
 /// The persistent sparse Merkle tree of one scope. Cloning shares every node.
 #[derive(Debug, Clone, Default)]
 pub struct SparseMerkleTree {
-    root: Subtree,
+    root: Child,
     len: u64,
+}
+
+impl Drop for SparseMerkleTree {
+    /// Free the nodes only this tree holds without recursion, [`TOUCH_CHUNK`] at a time from an
+    /// explicit stack, touching each chunk before releasing it so that the cache misses on the
+    /// (cold, when an old version leaves the history) nodes overlap.
+    fn drop(&mut self) {
+        let Child::Internal(root) = std::mem::take(&mut self.root) else {
+            return;
+        };
+        let Some(root) = Arc::into_inner(root) else {
+            return;
+        };
+        let mut stack = Vec::new();
+        stack.push(root.left);
+        stack.push(root.right);
+        let mut chunk: [Child; TOUCH_CHUNK] = Default::default();
+        while !stack.is_empty() {
+            let from = stack.len().saturating_sub(TOUCH_CHUNK);
+            let taken = stack.len() - from;
+            for (slot, child) in chunk.iter_mut().zip(stack.drain(from..)) {
+                child.touch();
+                *slot = child;
+            }
+            for slot in &mut chunk[..taken] {
+                if let Child::Internal(node) = std::mem::take(slot) {
+                    if let Some(node) = Arc::into_inner(node) {
+                        stack.push(node.left);
+                        stack.push(node.right);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One requested change: `(key_hash, Some(value_hash))` sets, `(key_hash, None)` removes.
@@ -108,12 +229,12 @@ pub type Change = (Hash, Option<Hash>);
 
 impl SparseMerkleTree {
     pub fn new() -> Self {
-        SparseMerkleTree { root: None, len: 0 }
+        SparseMerkleTree { root: Child::Empty, len: 0 }
     }
 
     /// The state root (`ZERO_HASH` when empty).
     pub fn root(&self) -> Hash {
-        subtree_hash(&self.root)
+        self.root.hash()
     }
 
     /// Number of leaves.
@@ -127,20 +248,18 @@ impl SparseMerkleTree {
 
     /// The value hash stored for `key_hash`, if any.
     pub fn get(&self, key_hash: &Hash) -> Option<Hash> {
-        let mut cur = self.root.as_ref();
+        let mut cur = &self.root;
         let mut depth = 0;
-        while let Some(node) = cur {
-            match node.as_ref() {
-                Node::Leaf { key_hash: k, value_hash, .. } => {
-                    return (k == key_hash).then_some(*value_hash);
-                }
-                Node::Internal { left, right, .. } => {
-                    cur = if bit(key_hash, depth) { right.as_ref() } else { left.as_ref() };
+        loop {
+            match cur {
+                Child::Empty => return None,
+                Child::Leaf(leaf) => return (leaf.key_hash == *key_hash).then_some(leaf.value_hash),
+                Child::Internal(node) => {
+                    cur = if bit(key_hash, depth) { &node.right } else { &node.left };
                     depth += 1;
                 }
             }
         }
-        None
     }
 
     /// A new tree with `changes` applied (later duplicates of a key win). Only the paths of the
@@ -163,7 +282,7 @@ impl SparseMerkleTree {
         changes.truncate(write);
 
         let mut len_delta: i64 = 0;
-        let root = update(self.root.as_ref(), 0, &changes, &mut len_delta);
+        let root = update(&self.root, 0, &changes, false, &mut len_delta);
         let len = self.len.checked_add_signed(len_delta).expect("state tree leaf count underflow");
         SparseMerkleTree { root, len }
     }
@@ -182,33 +301,38 @@ impl SparseMerkleTree {
     /// [`Self::prove`] for an already-hashed key.
     pub fn prove_key_hash(&self, key_hash: &Hash) -> (Option<StateLeaf>, Vec<Hash>) {
         let mut siblings = Vec::new();
-        let mut cur = self.root.as_ref();
+        let mut cur = &self.root;
         let mut depth = 0;
-        while let Some(node) = cur {
-            match node.as_ref() {
-                Node::Leaf { key_hash, value_hash, .. } => {
-                    return (Some(StateLeaf { key_hash: *key_hash, value_hash: *value_hash }), siblings);
+        loop {
+            match cur {
+                Child::Empty => return (None, siblings),
+                Child::Leaf(leaf) => {
+                    let leaf = StateLeaf { key_hash: leaf.key_hash, value_hash: leaf.value_hash };
+                    return (Some(leaf), siblings);
                 }
-                Node::Internal { left, right, .. } => {
-                    let (next, beside) = if bit(key_hash, depth) { (right, left) } else { (left, right) };
-                    siblings.push(subtree_hash(beside));
-                    cur = next.as_ref();
+                Child::Internal(node) => {
+                    let (next, beside) = if bit(key_hash, depth) {
+                        (&node.right, &node.left)
+                    } else {
+                        (&node.left, &node.right)
+                    };
+                    siblings.push(beside.hash());
+                    cur = next;
                     depth += 1;
                 }
             }
         }
-        (None, siblings)
     }
 
     /// Every `(key_hash, value_hash)` in key-hash order (for tests and integrity checks).
     pub fn leaves(&self) -> Vec<(Hash, Hash)> {
-        fn walk(subtree: &Subtree, out: &mut Vec<(Hash, Hash)>) {
-            match subtree.as_deref() {
-                None => {}
-                Some(Node::Leaf { key_hash, value_hash, .. }) => out.push((*key_hash, *value_hash)),
-                Some(Node::Internal { left, right, .. }) => {
-                    walk(left, out);
-                    walk(right, out);
+        fn walk(subtree: &Child, out: &mut Vec<(Hash, Hash)>) {
+            match subtree {
+                Child::Empty => {}
+                Child::Leaf(leaf) => out.push((leaf.key_hash, leaf.value_hash)),
+                Child::Internal(node) => {
+                    walk(&node.left, out);
+                    walk(&node.right, out);
                 }
             }
         }
@@ -220,51 +344,60 @@ impl SparseMerkleTree {
 
 /// Apply the sorted, de-duplicated `changes` (all sharing `node`'s path prefix of `depth` bits) to
 /// `node`, returning the new subtree. Untouched subtrees are shared, not copied.
-fn update(node: Option<&Arc<Node>>, depth: usize, changes: &[Change], len_delta: &mut i64) -> Subtree {
+/// `warmed` says whether an ancestor already ran [`warm`] over this node.
+fn update(node: &Child, depth: usize, changes: &[Change], warmed: bool, len_delta: &mut i64) -> Child {
     let Some(first) = changes.first() else {
-        return node.cloned();
+        return node.clone();
     };
-    match node.map(Arc::as_ref) {
-        None => {
+    if !warmed && changes.len() <= WARM_CHANGES_MAX {
+        warm(node, depth, changes);
+    }
+    let warmed = warmed || changes.len() <= WARM_CHANGES_MAX;
+    match node {
+        Child::Empty => {
             if changes.len() == 1 {
-                return first.1.map(|value_hash| {
-                    *len_delta += 1;
-                    new_leaf(first.0, value_hash)
-                });
+                return match first.1 {
+                    Some(value_hash) => {
+                        *len_delta += 1;
+                        new_leaf(first.0, value_hash)
+                    }
+                    None => Child::Empty,
+                };
             }
-            let (left, right) = descend(None, None, depth, changes, len_delta);
+            let (left, right) = descend(&Child::Empty, &Child::Empty, depth, changes, warmed, len_delta);
             combine(left, right)
         }
-        Some(Node::Leaf { key_hash, value_hash, .. }) => {
+        Child::Leaf(leaf) => {
             if changes.len() == 1 {
-                if first.0 == *key_hash {
+                if first.0 == leaf.key_hash {
                     return match first.1 {
                         None => {
                             *len_delta -= 1;
-                            None
+                            Child::Empty
                         }
-                        Some(v) if v == *value_hash => node.cloned(),
-                        Some(v) => Some(new_leaf(first.0, v)),
+                        Some(v) if v == leaf.value_hash => node.clone(),
+                        Some(v) => new_leaf(first.0, v),
                     };
                 }
                 if first.1.is_none() {
                     // Removing a key that is not here changes nothing.
-                    return node.cloned();
+                    return node.clone();
                 }
             }
             // Push the leaf one level down (its hash is depth-independent) and merge there.
-            let (left, right) = if bit(key_hash, depth) {
-                descend(None, node, depth, changes, len_delta)
+            let (left, right) = if bit(&leaf.key_hash, depth) {
+                descend(&Child::Empty, node, depth, changes, warmed, len_delta)
             } else {
-                descend(node, None, depth, changes, len_delta)
+                descend(node, &Child::Empty, depth, changes, warmed, len_delta)
             };
             combine(left, right)
         }
-        Some(Node::Internal { left, right, .. }) => {
-            let (new_left, new_right) = descend(left.as_ref(), right.as_ref(), depth, changes, len_delta);
-            if same(&new_left, left) && same(&new_right, right) {
+        Child::Internal(internal) => {
+            let (new_left, new_right) =
+                descend(&internal.left, &internal.right, depth, changes, warmed, len_delta);
+            if new_left.same(&internal.left) && new_right.same(&internal.right) {
                 // Only absent keys were removed (or values rewritten unchanged): keep the node.
-                return node.cloned();
+                return node.clone();
             }
             combine(new_left, new_right)
         }
@@ -273,37 +406,33 @@ fn update(node: Option<&Arc<Node>>, depth: usize, changes: &[Change], len_delta:
 
 /// Split `changes` by bit `depth` and update both children.
 fn descend(
-    left: Option<&Arc<Node>>,
-    right: Option<&Arc<Node>>,
+    left: &Child,
+    right: &Child,
     depth: usize,
     changes: &[Change],
+    warmed: bool,
     len_delta: &mut i64,
-) -> (Subtree, Subtree) {
+) -> (Child, Child) {
     // Distinct 256-bit keys always separate before depth 256.
     assert!(depth < 256, "state tree descended past 256 bits");
     let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
     let (left_changes, right_changes) = changes.split_at(mid);
-    (update(left, depth + 1, left_changes, len_delta), update(right, depth + 1, right_changes, len_delta))
+    (
+        update(left, depth + 1, left_changes, warmed, len_delta),
+        update(right, depth + 1, right_changes, warmed, len_delta),
+    )
 }
 
 /// The node over two children: empty if both are, the lone leaf itself if only a leaf remains
 /// (leaves sit at the shallowest unique depth), else a new internal node hashed once.
-fn combine(left: Subtree, right: Subtree) -> Subtree {
+fn combine(left: Child, right: Child) -> Child {
     match (left, right) {
-        (None, None) => None,
-        (Some(only), None) | (None, Some(only)) if matches!(*only, Node::Leaf { .. }) => Some(only),
+        (Child::Empty, Child::Empty) => Child::Empty,
+        (only @ Child::Leaf(_), Child::Empty) | (Child::Empty, only @ Child::Leaf(_)) => only,
         (left, right) => {
-            let hash = internal_node_hash(&subtree_hash(&left), &subtree_hash(&right));
-            Some(Arc::new(Node::Internal { left, right, hash }))
+            let hash = internal_node_hash(&left.hash(), &right.hash());
+            Child::Internal(Arc::new(Internal { hash, left, right }))
         }
-    }
-}
-
-fn same(a: &Subtree, b: &Subtree) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
     }
 }
 
@@ -553,6 +682,41 @@ mod tests {
         assert_eq!(tree.len(), n as u64);
     }
 
+    #[test]
+    fn t24_large_batches_match_from_scratch() {
+        // Batches larger than one warm-up (sets, rewrites, removes of present and absent keys)
+        // over a few thousand keys: each version matches a from-scratch root, and the first
+        // version is unchanged after the others are built and dropped.
+        let set = |i: u32, v: u32| {
+            let k = i.to_be_bytes();
+            (key_hash(&k), leaf_value_hash(&k, &v.to_be_bytes(), 0, 1))
+        };
+        let mut model: BTreeMap<Hash, Hash> = (0..3000).map(|i| set(i, 0)).collect();
+        let first = SparseMerkleTree::from_leaves(model.iter().map(|(k, v)| (*k, *v)));
+        let first_root = first.root();
+        assert_eq!(first_root, from_scratch_root(model.iter().map(|(k, v)| (*k, *v))));
+        let mut tree = first.clone();
+        for block in 1..6u32 {
+            let mut changes = Vec::new();
+            for j in 0..700u32 {
+                let i = (j * 7919 + block * 104_729) % 4000;
+                let (kh, vh) = set(i, block % 2);
+                let change = if (i + block) % 3 == 0 { (kh, None) } else { (kh, Some(vh)) };
+                match change.1 {
+                    Some(vh) => model.insert(kh, vh),
+                    None => model.remove(&kh),
+                };
+                changes.push(change);
+            }
+            tree = tree.with_updates(changes);
+            assert_eq!(tree.root(), from_scratch_root(model.iter().map(|(k, v)| (*k, *v))));
+            assert_eq!(tree.len(), model.len() as u64);
+        }
+        drop(tree);
+        assert_eq!(first.root(), first_root);
+        assert_eq!(first.len(), 3000);
+    }
+
     fn arb_key() -> impl Strategy<Value = Vec<u8>> {
         // A small key space so that updates hit existing keys often.
         (0u8..40).prop_map(|i| format!("k{i}").into_bytes())
@@ -671,6 +835,56 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn p04_versions_stay_valid_under_later_updates_and_drops(
+            blocks in proptest::collection::vec(
+                proptest::collection::vec((arb_key(), proptest::option::weighted(0.6, 0u8..3)), 0..40),
+                1..10,
+            ),
+            drop_seed in any::<u64>(),
+        ) {
+            // Random batches of sets and removes over a small key space (so that removes often hit
+            // absent keys and sets often rewrite the value already stored), each built from the
+            // previous version: every version keeps its root, count and leaves while later versions
+            // are built and while the others are dropped in a random order.
+            let mut versions = vec![SparseMerkleTree::new()];
+            let mut expected: Vec<BTreeMap<Hash, Hash>> = vec![BTreeMap::new()];
+            for block in blocks {
+                let mut model = expected.last().unwrap().clone();
+                let mut changes = Vec::new();
+                for (key, value) in block {
+                    let kh = key_hash(&key);
+                    let vh = value.map(|v| leaf_value_hash(&key, &[v], 0, 1));
+                    match vh {
+                        Some(vh) => model.insert(kh, vh),
+                        None => model.remove(&kh),
+                    };
+                    changes.push((kh, vh));
+                }
+                let next = versions.last().unwrap().with_updates(changes);
+                prop_assert_eq!(next.root(), from_scratch_root(model.iter().map(|(k, v)| (*k, *v))));
+                versions.push(next);
+                expected.push(model);
+            }
+            let check = |tree: &SparseMerkleTree, model: &BTreeMap<Hash, Hash>| {
+                let leaves: Vec<(Hash, Hash)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                tree.root() == from_scratch_root(leaves.iter().copied())
+                    && tree.len() == model.len() as u64
+                    && tree.leaves() == leaves
+                    && leaves.iter().all(|(k, v)| tree.get(k) == Some(*v))
+            };
+            let mut alive: Vec<(SparseMerkleTree, BTreeMap<Hash, Hash>)> = versions.into_iter().zip(expected).collect();
+            let mut s = drop_seed | 1;
+            while !alive.is_empty() {
+                for (tree, model) in &alive {
+                    prop_assert!(check(tree, model));
+                }
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                let gone = alive.swap_remove((s % alive.len() as u64) as usize);
+                drop(gone);
             }
         }
     }
