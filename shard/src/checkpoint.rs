@@ -21,7 +21,8 @@
 use crate::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
-    CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX,
+    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, LEADER_WAIT_MS_MAX,
+    RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
 use crate::group_data::GroupData;
@@ -247,9 +248,17 @@ fn parse_relationship(local: &[u8]) -> Result<Relationship, ShardError> {
     })
 }
 
-/// Opens (creating if missing) a redb file.
+/// Opens (creating if missing) a redb file with redb's default page cache (1 GiB).
 pub fn open_db(path: &Path) -> Result<Database, ShardError> {
     Database::create(path).map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
+}
+
+/// Opens (creating if missing) a redb file whose page cache holds at most `cache_bytes`.
+pub fn open_db_with_cache(path: &Path, cache_bytes: usize) -> Result<Database, ShardError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
 }
 
 impl ShardError {
@@ -637,8 +646,10 @@ pub async fn open_group_with(
     let dir = group_dir(config, group);
     std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
 
-    let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"))).await?);
-    let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"))).await?);
+    let state_db =
+        Arc::new(retry_open(|| open_db_with_cache(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
+    let blocks_db =
+        Arc::new(retry_open(|| open_db_with_cache(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
     let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
 
     let loaded = {

@@ -2,12 +2,21 @@
 //! in-flight count").
 
 /// Log entries kept in memory per group in front of `raft.redb` (replication and apply read the
-/// log from here; older entries are read from redb). Only durable entries are ever evicted.
-pub const LOG_CACHE_ENTRIES_MAX: usize = 4096;
+/// log from here; older entries are read from redb). Only durable entries are ever evicted. An
+/// entry is one block of up to thousands of operations (~200 KB at 1000 100-byte writes), so 4096
+/// of them held ~800 MB per group; 512 still cover several seconds of apply or replication lag.
+pub const LOG_CACHE_ENTRIES_MAX: usize = 512;
 /// Commands queued to a group's log I/O thread before `append` waits for room.
 pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
 /// Commands the log I/O thread folds into one write transaction (one fsync).
 pub const LOG_WRITER_BATCH_MAX: usize = 1024;
+/// redb page-cache sizes per group file (redb's default is 1 GiB each). The Raft log is written
+/// once and read back only on restart or by a lagging follower, the archive is append-mostly, and
+/// the rows live in memory (`state.redb` is written by checkpoints and read at open); caches that
+/// grew to 3 GiB per group only cost memory and the kernel's zeroing of fresh pages while growing.
+pub const RAFT_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const BLOCKS_DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
+pub const STATE_DB_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Period of the durable state checkpoint while there is applied, un-checkpointed state.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// How long `open_group` retries a redb file still held by a previous incarnation of the same

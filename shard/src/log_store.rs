@@ -29,7 +29,9 @@
 //! read transaction: MVCC, never waits for the writer; only lagging followers and re-apply after a
 //! restart need them).
 
-use crate::constants::{LOG_CACHE_ENTRIES_MAX, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX};
+use crate::constants::{
+    LOG_CACHE_ENTRIES_MAX, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, RAFT_DB_CACHE_BYTES,
+};
 use crate::error::ShardError;
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use futures::channel::oneshot;
@@ -448,7 +450,7 @@ impl LogStore {
     /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
     /// the store and every reader clone are dropped (then the file is released).
     pub fn open(path: &Path) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::checkpoint::open_db(path)?);
+        let db = Arc::new(crate::checkpoint::open_db_with_cache(path, RAFT_DB_CACHE_BYTES)?);
         let (vote, committed, last_purged, last_in_log) = {
             let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
             {
