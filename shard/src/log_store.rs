@@ -277,11 +277,21 @@ fn writer_loop(
         if let Err(e) = &result {
             failed = Some(e.clone());
         }
-        let mut max_seq = None;
+        // Publish durability before telling anyone, so a caller woken by `done` that reads the
+        // cache already sees these entries as evictable.
+        let max_seq = batch
+            .iter()
+            .filter_map(|cmd| match cmd {
+                WriteCmd::Append { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .max();
+        if let (Some(seq), Ok(())) = (max_seq, &result) {
+            flushed_seq.store(seq, Ordering::Release);
+        }
         for cmd in batch {
             match cmd {
-                WriteCmd::Append { seq, done, .. } => {
-                    max_seq = Some(seq);
+                WriteCmd::Append { done, .. } => {
                     done(result.clone().map_err(std::io::Error::other));
                 }
                 WriteCmd::Truncate { done, .. }
@@ -291,9 +301,6 @@ fn writer_loop(
                 }
                 WriteCmd::SaveCommitted { .. } => {}
             }
-        }
-        if let (Some(seq), Ok(())) = (max_seq, &result) {
-            flushed_seq.store(seq, Ordering::Release);
         }
     }
 }
@@ -564,7 +571,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let core = self.core.borrow();
+        let mut core = self.core.borrow_mut();
+        // Entries that became durable since the last append can go now: after a burst of appends
+        // the next read (apply's) brings the cache back under its bound.
+        core.evict();
         core.read(range.start_bound().cloned(), range.end_bound().cloned())
             .map_err(|e| StorageIOError::read_logs(io_error(&e)).into())
     }
@@ -757,8 +767,9 @@ mod tests {
             assert!(commits < appends, "appends were not grouped");
             assert!(commits >= 2, "vote and appends were committed");
             assert_eq!(store.last_log_id().unwrap().index, appends);
-            assert!(store.cached_entries() <= LOG_CACHE_ENTRIES_MAX);
             let all = store.try_get_log_entries(1..=appends).await.unwrap();
+            // Everything is durable, so the read evicted the cache down to its bound.
+            assert!(store.cached_entries() <= LOG_CACHE_ENTRIES_MAX);
             assert_eq!(all.len() as u64, appends);
             assert!(all.iter().enumerate().all(|(i, e)| e.log_id.index == i as u64 + 1));
         });
