@@ -31,6 +31,10 @@ pub struct Options {
     /// Smaller state tree (100 k rows) and a tenth of the default iterations.
     #[arg(long)]
     pub quick: bool,
+    /// Rows of the state benches' scope (default 1 M, or 100 k with --quick); e.g. 1000 to compare
+    /// the state tree's write cost in a small vault with a large one.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: Option<u64>,
     /// Print the bench names and exit.
     #[arg(long)]
     pub list: bool,
@@ -53,7 +57,9 @@ impl Options {
 
     /// Rows of the state tree.
     pub fn tree_rows(&self) -> u64 {
-        if self.quick {
+        if let Some(rows) = self.rows {
+            rows
+        } else if self.quick {
             TREE_ROWS_QUICK
         } else {
             TREE_ROWS_FULL
@@ -143,6 +149,19 @@ mod tests {
         assert_eq!(q.tree_rows(), TREE_ROWS_QUICK);
         assert!(options(&[]).all_names().contains(&"state_root/1M/k1000".to_string()));
         assert!(Options::try_parse_from(["ledger-bench", "--iterations", "0"]).is_err());
+        let small = options(&["--rows", "1000", "--quick"]);
+        assert_eq!(small.tree_rows(), 1000);
+        assert!(small.all_names().contains(&"state_root/1k/k1".to_string()));
+        assert!(Options::try_parse_from(["ledger-bench", "--rows", "0"]).is_err());
+    }
+
+    #[test]
+    fn t22_tree_benches_run_at_a_small_size() {
+        // Proves every state bench runs end to end on a 1000-row scope (one iteration each).
+        let o = options(&["--iterations", "1", "--rows", "1000"]);
+        let mut names = Vec::new();
+        bench_tree::run(&o, &mut |outcome: Outcome| names.push(outcome.name));
+        assert_eq!(names, bench_tree::names(1000));
     }
 
     #[test]
