@@ -29,4 +29,5 @@ for KEYS in 1000 1000000; do
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
   rm -rf "$DATA" "$LOG"
 done
-echo "entity writes/s: 1k keys ${RATE[1000]}, 1M keys ${RATE[1000000]}; 1M is $(echo "scale=2; ${RATE[1000]} / ${RATE[1000000]}" | bc)x slower"
+awk -v small="${RATE[1000]}" -v large="${RATE[1000000]}" \
+  'BEGIN { printf "entity writes/s: 1k keys %s, 1M keys %s; 1M is %.2fx slower\n", small, large, small / large }'
