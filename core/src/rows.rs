@@ -7,6 +7,7 @@
 //! is created or deleted, so updating an existing row never touches the ordered set.
 
 use crate::state::EntityRow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
@@ -32,13 +33,15 @@ impl EntityRows {
 
     /// Sets `key`'s row; returns the row it replaced.
     pub fn insert(&mut self, key: String, row: EntityRow) -> Option<EntityRow> {
-        if let Some(slot) = self.rows.get_mut(&key) {
-            return Some(std::mem::replace(slot, row));
+        match self.rows.entry(key) {
+            Entry::Occupied(mut slot) => Some(slot.insert(row)),
+            Entry::Vacant(slot) => {
+                self.order.insert(slot.key().clone());
+                slot.insert(row);
+                debug_assert_eq!(self.rows.len(), self.order.len());
+                None
+            }
         }
-        self.order.insert(key.clone());
-        self.rows.insert(key, row);
-        debug_assert_eq!(self.rows.len(), self.order.len());
-        None
     }
 
     /// Removes `key`; returns its row if it was present.

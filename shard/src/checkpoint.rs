@@ -248,13 +248,8 @@ fn parse_relationship(local: &[u8]) -> Result<Relationship, ShardError> {
     })
 }
 
-/// Opens (creating if missing) a redb file with redb's default page cache (1 GiB).
-pub fn open_db(path: &Path) -> Result<Database, ShardError> {
-    Database::create(path).map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
-}
-
 /// Opens (creating if missing) a redb file whose page cache holds at most `cache_bytes`.
-pub fn open_db_with_cache(path: &Path, cache_bytes: usize) -> Result<Database, ShardError> {
+pub fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, ShardError> {
     Database::builder()
         .set_cache_size(cache_bytes)
         .create(path)
@@ -402,8 +397,9 @@ impl CheckpointBatch {
             }
             return Some(batch);
         }
-        for ((scope_key, k), row) in &dirty.entities {
-            batch.entities.push((row_key(*scope_key, k.as_bytes()), row.as_ref().map(encode_entity)));
+        for (scope_key, k) in &dirty.entities {
+            let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
+            batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
         }
         for ((scope_key, rel), version) in &dirty.relationships {
             batch.relationships.push((row_key(*scope_key, rel.key().as_bytes()), *version));
@@ -646,10 +642,8 @@ pub async fn open_group_with(
     let dir = group_dir(config, group);
     std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
 
-    let state_db =
-        Arc::new(retry_open(|| open_db_with_cache(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
-    let blocks_db =
-        Arc::new(retry_open(|| open_db_with_cache(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
+    let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
+    let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
     let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
 
     let loaded = {

@@ -4,7 +4,7 @@
 //! archive.rs, checkpoint.rs) and the service layer (group.rs, reads.rs, admin.rs).
 
 use crate::type_config::{LogId, StoredMembership};
-use ledger_core::state::{EntityRow, ScopeDelta, ScopeState};
+use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -58,13 +58,12 @@ pub struct GroupData {
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
 pub type BlockHook = Rc<dyn Fn(&BlockAnnouncement)>;
 
-/// What the next checkpoint must write: touched rows with their latest state. Entity rows are
-/// copied here at apply (a later block's write replaces the copy) rather than looked up in the
-/// scope when the checkpoint is taken: a lookup in a 1 M-row map costs more than the copy.
+/// What the next checkpoint must write: keys of touched rows (values are read from the scopes
+/// when the checkpoint is taken, one hash lookup each, so a hot key costs one copy per checkpoint,
+/// not per block).
 #[derive(Debug, Default)]
 pub struct DirtyRows {
-    /// Entity rows with their final state (`None` = deleted).
-    pub entities: BTreeMap<(ScopeKey, String), Option<EntityRow>>,
+    pub entities: BTreeSet<(ScopeKey, String)>,
     /// Relationship rows with their final state (`Some(version)` = present).
     pub relationships: BTreeMap<(ScopeKey, Relationship), Option<u64>>,
     pub clients: BTreeSet<(ScopeKey, String)>,
@@ -83,8 +82,8 @@ impl DirtyRows {
 
     /// Records every row a delta is about to change in `scope`.
     pub fn record_delta(&mut self, scope: ScopeKey, delta: &ScopeDelta) {
-        for (key, row) in &delta.entities {
-            self.entities.insert((scope, key.clone()), row.clone());
+        for key in delta.entities.keys() {
+            self.entities.insert((scope, key.clone()));
         }
         for (rel, version) in &delta.relationships {
             self.relationships.insert((scope, rel.clone()), *version);

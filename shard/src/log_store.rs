@@ -457,7 +457,7 @@ impl LogStore {
     /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
     /// the store and every reader clone are dropped (then the file is released).
     pub fn open(path: &Path) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::checkpoint::open_db_with_cache(path, RAFT_DB_CACHE_BYTES)?);
+        let db = Arc::new(crate::checkpoint::open_db(path, RAFT_DB_CACHE_BYTES)?);
         let (vote, committed, last_purged, last_in_log) = {
             let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
             {
