@@ -9,7 +9,7 @@ use crate::constants::{BLOCK_TXS, DIRTY_KEYS, SAMPLES_FAST, SAMPLES_MEDIUM, SAMP
 use crate::fixtures::{block_context, header, key, scope, spread, transaction, value};
 use crate::harness::{measure, measure_with_setup, Outcome, Plan};
 use crate::Options;
-use ledger_core::smt::{key_hash, leaf_value_hash, verify_state_proof};
+use ledger_core::smt::{key_hash, leaf_value_hash, verify_state_proof, Change};
 use ledger_core::state::BlockDraft;
 use ledger_core::types::{Operation, StateProof, Transaction};
 use std::collections::VecDeque;
@@ -61,6 +61,34 @@ fn block_transactions(block: u64, rows: u64) -> Vec<Transaction> {
         .collect()
 }
 
+/// Successive batches of dirty keys spread over a scope's rows, each batch one version newer.
+struct DirtyKeys {
+    rows: u64,
+    counter: u64,
+    version: u64,
+}
+
+impl DirtyKeys {
+    fn new(rows: u64) -> Self {
+        DirtyKeys { rows, counter: 0, version: 2 }
+    }
+
+    /// The next `k` changes: key hash and new leaf value hash of `k` rows.
+    fn next(&mut self, k: u64) -> Vec<Change> {
+        let version = self.version;
+        self.version += 1;
+        (0..k)
+            .map(|_| {
+                self.counter += 1;
+                let row = spread(self.counter, self.rows);
+                let name = key(row);
+                let vh = leaf_value_hash(name.as_bytes(), &value(row, version), 0, version);
+                (key_hash(name.as_bytes()), Some(vh))
+            })
+            .collect()
+    }
+}
+
 pub fn run(options: &Options, out: &mut dyn FnMut(Outcome)) {
     let rows = options.tree_rows();
     let names = names(rows);
@@ -78,20 +106,9 @@ pub fn run(options: &Options, out: &mut dyn FnMut(Outcome)) {
         }
         let samples = options.samples(if k >= 1000 { SAMPLES_SLOW } else { SAMPLES_MEDIUM });
         let plan = Plan { samples, inner: 1, items: k, unit: "key" };
-        let mut counter = 0u64;
-        let mut version = 2u64;
+        let mut dirty = DirtyKeys::new(rows);
         out(measure(&names[i], plan, || {
-            let changes: Vec<_> = (0..k)
-                .map(|_| {
-                    counter += 1;
-                    let row = spread(counter, rows);
-                    let name = key(row);
-                    let vh = leaf_value_hash(name.as_bytes(), &value(row, version), 0, version);
-                    (key_hash(name.as_bytes()), Some(vh))
-                })
-                .collect();
-            version += 1;
-            black_box(tree.with_updates(changes).root());
+            black_box(tree.with_updates(dirty.next(k)).root());
         }));
     }
 
@@ -143,21 +160,8 @@ pub fn run(options: &Options, out: &mut dyn FnMut(Outcome)) {
     if options.selects(&names[6]) {
         let plan =
             Plan { samples: options.samples(SAMPLES_SLOW), inner: 1, items: HISTORY_DIRTY_KEYS, unit: "key" };
-        let mut counter = 0u64;
-        let mut version = 2u64;
-        let mut next_changes = || {
-            let changes: Vec<_> = (0..HISTORY_DIRTY_KEYS)
-                .map(|_| {
-                    counter += 1;
-                    let row = spread(counter, rows);
-                    let name = key(row);
-                    let vh = leaf_value_hash(name.as_bytes(), &value(row, version), 0, version);
-                    (key_hash(name.as_bytes()), Some(vh))
-                })
-                .collect();
-            version += 1;
-            changes
-        };
+        let mut dirty = DirtyKeys::new(rows);
+        let mut next_changes = || dirty.next(HISTORY_DIRTY_KEYS);
         let mut history = VecDeque::from([tree.clone()]);
         while history.len() < HISTORY_VERSIONS {
             let newest = history.back().map(|t| t.with_updates(next_changes()));
