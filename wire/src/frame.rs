@@ -86,15 +86,9 @@ impl FrameKind {
     /// Name of the rkyv root type of this kind's payload (in `messages`).
     pub fn root_type(self) -> &'static str {
         match self {
-            FrameKind::Hello => "Hello",
-            FrameKind::HelloAck => "HelloAck",
-            FrameKind::RequestBatch => "RequestBatch",
-            FrameKind::ResponseBatch => "ResponseBatch",
-            FrameKind::StreamItem => "StreamItem",
-            FrameKind::StreamEnd => "StreamEnd",
-            FrameKind::Goaway => "Goaway",
-            FrameKind::Ping => "Ping",
+            // A pong echoes the ping's payload.
             FrameKind::Pong => "Ping",
+            kind => kind.name(),
         }
     }
 
