@@ -19,6 +19,13 @@ pub const LOG_WRITER_BATCH_MAX: usize = 1024;
 pub const RAFT_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const BLOCKS_DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
+/// The row journal of `state.redb` is merged into its tables once it holds this many rows or half
+/// the rows of the group, whichever is more (row_journal.rs, D18).
+pub const JOURNAL_MERGE_ROWS_MIN: u64 = 65_536;
+/// A merge is spread over this many checkpoints, each writing at least
+/// `JOURNAL_MERGE_STEP_ROWS_MIN` rows (so that none runs much longer than usual).
+pub const JOURNAL_MERGE_STEPS: usize = 8;
+pub const JOURNAL_MERGE_STEP_ROWS_MIN: usize = 32_768;
 /// Period of the durable state checkpoint while there is applied, un-checkpointed state.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// How long `open_group` retries a redb file still held by a previous incarnation of the same

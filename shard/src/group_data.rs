@@ -6,7 +6,7 @@
 use crate::type_config::{LogId, StoredMembership};
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;
 
 /// The leader's dry-run result for the block it proposed (SPEC §8.2). The state machine commits
@@ -63,7 +63,9 @@ pub type BlockHook = Rc<dyn Fn(&BlockAnnouncement)>;
 /// not per block).
 #[derive(Debug, Default)]
 pub struct DirtyRows {
-    pub entities: BTreeSet<(ScopeKey, String)>,
+    /// Unordered: a hash insert per changed key on the core; the checkpoint sorts off the core
+    /// when it merges (row_journal.rs).
+    pub entities: HashSet<(ScopeKey, String)>,
     /// Relationship rows with their final state (`Some(version)` = present).
     pub relationships: BTreeMap<(ScopeKey, Relationship), Option<u64>>,
     pub clients: BTreeSet<(ScopeKey, String)>,

@@ -25,6 +25,7 @@ pub mod proof_reads;
 pub mod reads;
 pub mod registry;
 pub mod retention;
+pub mod row_journal;
 pub mod runtime;
 #[cfg(test)]
 mod service_tests;
