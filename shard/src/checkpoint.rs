@@ -11,8 +11,13 @@
 //! state; the Raft log is durable before any acknowledgement and openraft re-applies it from the
 //! checkpointed log id, which is what the state machine's `applied_state()` reports after open.
 //!
+//! Entity and relationship rows go to the row journal (`row_journal.rs`, D18): one appended record
+//! per checkpoint, merged into the tables below in key order, a step per checkpoint, once the
+//! journal holds half as many rows as the group; recovery replays the records over the tables.
+//!
 //! `state.redb` tables (SPEC §9.2, keys SPEC §3.5): `entities` (scope_id BE ‖ key → 16-byte header
 //! ‖ value), `relationships` (scope_id BE ‖ `rel:{resource}#{relation}@{subject}` → version u64 LE),
+//! `row_journal` (seq → record of changed entity/relationship rows),
 //! `client_state` (scope_id BE ‖ client id → 32-byte record), `scopes` (scope_id → rkyv
 //! `ScopeMetaRecord`), `applied` ("applied" → rkyv `AppliedRecord`). The relationship indexes and
 //! the state tree are not stored: `ScopeState::from_rows` rebuilds them in memory at open (reads
