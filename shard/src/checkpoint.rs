@@ -636,6 +636,7 @@ impl Checkpointer {
         glommio::spawn_local(async move {
             let prepared = glommio::executor()
                 .spawn_blocking(move || -> Result<Option<JournalMerge>, ShardError> {
+                    let started = Instant::now();
                     let txn = db.begin_read().map_err(|e| ShardError::redb("state.redb begin_read", e))?;
                     let journal = txn
                         .open_table(ROW_JOURNAL)
@@ -644,7 +645,7 @@ impl Checkpointer {
                         .last()
                         .map_err(|e| ShardError::redb("state.redb read row journal", e))?
                         .map(|(seq, _)| seq.value());
-                    newest
+                    let merge = newest
                         .map(|newest| {
                             JournalMerge::start(
                                 &journal,
@@ -653,7 +654,15 @@ impl Checkpointer {
                                 JOURNAL_MERGE_STEP_ROWS_MIN,
                             )
                         })
-                        .transpose()
+                        .transpose()?;
+                    if let Some(m) = &merge {
+                        eprintln!(
+                            "event=row_journal_merge_prepared rows={} took_us={}",
+                            m.remaining(),
+                            started.elapsed().as_micros()
+                        );
+                    }
+                    Ok(merge)
                 })
                 .await;
             let mut state = state.borrow_mut();

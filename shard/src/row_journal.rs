@@ -226,6 +226,11 @@ impl JournalMerge {
         JournalMerge { through_seq: 0, record_rows: 0, entities, relationships, step_rows: usize::MAX }
     }
 
+    /// Changes not yet written.
+    pub fn remaining(&self) -> usize {
+        self.entities.len() + self.relationships.len()
+    }
+
     pub fn is_done(&self) -> bool {
         self.entities.is_empty() && self.relationships.is_empty()
     }
