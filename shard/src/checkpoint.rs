@@ -626,45 +626,57 @@ impl Checkpointer {
         }
     }
 
-    /// Reads and sorts every journal record so far on a blocking thread, in a read transaction
-    /// beside the checkpoints (which go on appending newer records), and hands the merge to the
-    /// next checkpoint. Must run inside the owning glommio executor.
+    /// Reads and sorts every journal record so far in a read transaction beside the checkpoints
+    /// (which go on appending newer records), and hands the merge to the next checkpoint. It runs on
+    /// a thread of its own rather than the group's one blocking thread, where it would hold up the
+    /// next checkpoint; spawned from the executor, the thread inherits its CPU pinning. Must run
+    /// inside the owning glommio executor.
     fn prepare_merge(&self) {
         *self.merge.borrow_mut() = MergeState::Preparing;
         let (db, state, epoch) = (self.state_db.clone(), self.merge.clone(), self.merge_epoch.clone());
         let started_in = epoch.get();
         glommio::spawn_local(async move {
-            let prepared = glommio::executor()
-                .spawn_blocking(move || -> Result<Option<JournalMerge>, ShardError> {
-                    let started = Instant::now();
-                    let txn = db.begin_read().map_err(|e| ShardError::redb("state.redb begin_read", e))?;
-                    let journal = txn
-                        .open_table(ROW_JOURNAL)
-                        .map_err(|e| ShardError::redb("state.redb open row journal", e))?;
-                    let newest = journal
-                        .last()
-                        .map_err(|e| ShardError::redb("state.redb read row journal", e))?
-                        .map(|(seq, _)| seq.value());
-                    let merge = newest
-                        .map(|newest| {
-                            JournalMerge::start(
-                                &journal,
-                                newest,
-                                JOURNAL_MERGE_STEPS,
-                                JOURNAL_MERGE_STEP_ROWS_MIN,
-                            )
-                        })
-                        .transpose()?;
-                    if let Some(m) = &merge {
-                        eprintln!(
-                            "event=row_journal_merge_prepared rows={} took_us={}",
-                            m.remaining(),
-                            started.elapsed().as_micros()
-                        );
-                    }
-                    Ok(merge)
-                })
-                .await;
+            let (done, prepared) = futures::channel::oneshot::channel();
+            let prepare = move || -> Result<Option<JournalMerge>, ShardError> {
+                let started = Instant::now();
+                let txn = db.begin_read().map_err(|e| ShardError::redb("state.redb begin_read", e))?;
+                let journal = txn
+                    .open_table(ROW_JOURNAL)
+                    .map_err(|e| ShardError::redb("state.redb open row journal", e))?;
+                let newest = journal
+                    .last()
+                    .map_err(|e| ShardError::redb("state.redb read row journal", e))?
+                    .map(|(seq, _)| seq.value());
+                let merge = newest
+                    .map(|newest| {
+                        JournalMerge::start(
+                            &journal,
+                            newest,
+                            JOURNAL_MERGE_STEPS,
+                            JOURNAL_MERGE_STEP_ROWS_MIN,
+                        )
+                    })
+                    .transpose()?;
+                if let Some(m) = &merge {
+                    eprintln!(
+                        "event=row_journal_merge_prepared rows={} took_us={}",
+                        m.remaining(),
+                        started.elapsed().as_micros()
+                    );
+                }
+                Ok(merge)
+            };
+            let spawned = std::thread::Builder::new().name("journal-merge".into()).spawn(move || {
+                // The receiver is gone only if the group was dropped meanwhile.
+                let _ = done.send(prepare());
+            });
+            let prepared = match spawned {
+                // The sender is dropped unanswered only if the thread panicked.
+                Ok(_) => prepared.await.unwrap_or_else(|_| {
+                    Err(ShardError::StorageClosed { what: "row journal merge preparation".into() })
+                }),
+                Err(e) => Err(ShardError::Io { path: PathBuf::from("state.redb"), source: e }),
+            };
             let mut state = state.borrow_mut();
             if epoch.get() != started_in || !matches!(*state, MergeState::Preparing) {
                 return;
