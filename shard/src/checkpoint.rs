@@ -43,7 +43,7 @@ use ledger_core::types::*;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use rkyv::{Archive as RkyvArchive, Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -330,61 +330,34 @@ fn load_state(db: &Database) -> Result<LoadedState, ShardError> {
     };
     // The journal's records are newer than the tables, and a later record newer than an earlier
     // one: its final word on a key replaces the table's row (row_journal.rs).
-    let mut journal_rows = 0u64;
-    let mut entity_overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    let mut relationship_overlay: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
-    for record in txn.open_table(ROW_JOURNAL).map_err(t)?.iter().map_err(s)? {
-        let (seq, bytes) = record.map_err(s)?;
-        let record = row_journal::decode(seq.value(), bytes.value())?;
-        journal_rows += record.rows() as u64;
-        entity_overlay.extend(record.entities);
-        relationship_overlay.extend(record.relationships);
-    }
-    let mut push_entity = |k: &[u8], v: &[u8]| -> Result<(), ShardError> {
+    let journal = JournalMerge::start(&txn.open_table(ROW_JOURNAL).map_err(t)?, u64::MAX, 1, 0)?;
+    let journal_rows = journal.record_rows();
+    let (entity_changes, relationship_changes) = journal.into_changes();
+    let entity_rows = txn.open_table(ENTITIES).map_err(t)?;
+    let entity_rows = entity_rows.iter().map_err(s)?.map(|row| {
+        let (k, v) = row.map_err(s)?;
+        Ok((k.value().to_vec(), v.value().to_vec()))
+    });
+    row_journal::overlay(entity_rows, entity_changes, |k, v| {
         let (id, local) = split_row_key(k)?;
         let key = String::from_utf8(local.to_vec())
             .map_err(|_| ShardError::Corrupt { what: "entity key", detail: format!("scope {id}") })?;
-        let e = decode_entity(v)?;
-        scopes.get_mut(&id).ok_or_else(|| orphan(id, "entity row"))?.entities.push((
-            key,
-            e.value,
-            e.expires_at,
-            e.version,
-        ));
+        let e = decode_entity(&v)?;
+        let rows = &mut scopes.get_mut(&id).ok_or_else(|| orphan(id, "entity row"))?.entities;
+        rows.push((key, e.value, e.expires_at, e.version));
         Ok(())
-    };
-    for row in txn.open_table(ENTITIES).map_err(t)?.iter().map_err(s)? {
+    })?;
+    let relationship_rows = txn.open_table(RELATIONSHIPS).map_err(t)?;
+    let relationship_rows = relationship_rows.iter().map_err(s)?.map(|row| {
         let (k, v) = row.map_err(s)?;
-        match entity_overlay.remove(k.value()) {
-            None => push_entity(k.value(), v.value())?,
-            Some(Some(newer)) => push_entity(k.value(), &newer)?,
-            Some(None) => {}
-        }
-    }
-    for (k, v) in &entity_overlay {
-        if let Some(v) = v {
-            push_entity(k, v)?;
-        }
-    }
-    let mut push_relationship = |k: &[u8], version: u64| -> Result<(), ShardError> {
+        Ok((k.value().to_vec(), v.value()))
+    });
+    row_journal::overlay(relationship_rows, relationship_changes, |k, version| {
         let (id, local) = split_row_key(k)?;
         let rel = parse_relationship(local)?;
         scopes.get_mut(&id).ok_or_else(|| orphan(id, "relationship row"))?.relationships.push((rel, version));
         Ok(())
-    };
-    for row in txn.open_table(RELATIONSHIPS).map_err(t)?.iter().map_err(s)? {
-        let (k, v) = row.map_err(s)?;
-        match relationship_overlay.remove(k.value()) {
-            None => push_relationship(k.value(), v.value())?,
-            Some(Some(newer)) => push_relationship(k.value(), newer)?,
-            Some(None) => {}
-        }
-    }
-    for (k, v) in &relationship_overlay {
-        if let Some(v) = v {
-            push_relationship(k, *v)?;
-        }
-    }
+    })?;
     for row in txn.open_table(CLIENT_STATE).map_err(t)?.iter().map_err(s)? {
         let (k, v) = row.map_err(s)?;
         let (id, local) = split_row_key(k.value())?;
@@ -506,33 +479,35 @@ impl CheckpointBatch {
                 clients.retain(|_, _| false).map_err(w)?;
                 scopes.retain(|_, _| false).map_err(w)?;
                 let mut rows = JournalMerge::of_changes(self.entities, self.relationships);
-                outcome.merged_rows = rows.step(&mut entities, &mut relationships, true).map_err(w)?;
+                outcome.merged_rows = rows.step(&mut entities, &mut relationships).map_err(w)?;
                 outcome.journal_cleared = true;
             } else {
+                let mut newest = journal.last().map_err(w)?.map(|(seq, _)| seq.value());
                 if !self.entities.is_empty() || !self.relationships.is_empty() {
-                    let seq = journal.last().map_err(w)?.map_or(0, |(seq, _)| seq.value() + 1);
+                    let seq = newest.map_or(0, |seq| seq + 1);
                     let record = row_journal::encode(&self.entities, &self.relationships);
                     journal.insert(seq, record.as_slice()).map_err(w)?;
+                    newest = Some(seq);
                 }
-                let newest = journal.last().map_err(w)?.map(|(seq, _)| seq.value());
-                let (mut merge, all) = match (self.journal, newest) {
+                let merge_all = matches!(self.journal, JournalPlan::MergeAll);
+                let mut merge = match (self.journal, newest) {
                     (_, None) => {
                         outcome.journal_cleared = true;
-                        (None, false)
+                        None
                     }
-                    // Everything, now: this supersedes a merge in progress.
+                    // Everything in one step: this supersedes a merge in progress.
                     (JournalPlan::MergeAll, Some(newest)) => {
-                        (Some(JournalMerge::start(&journal, newest, 1, 0)?), true)
+                        Some(JournalMerge::start(&journal, newest, 1, 0)?)
                     }
-                    (JournalPlan::Continue(merge), Some(_)) => (Some(merge), false),
-                    (JournalPlan::Append, Some(_)) => (None, false),
+                    (JournalPlan::Continue(merge), Some(_)) => Some(merge),
+                    (JournalPlan::Append, Some(_)) => None,
                 };
                 if let Some(m) = merge.as_mut() {
-                    outcome.merged_rows = m.step(&mut entities, &mut relationships, all).map_err(w)?;
+                    outcome.merged_rows = m.step(&mut entities, &mut relationships).map_err(w)?;
                 }
                 if let Some(done) = merge.take_if(|m| m.is_done()) {
                     outcome.released_rows = done.finish(&mut journal).map_err(w)?;
-                    outcome.journal_cleared = all;
+                    outcome.journal_cleared = merge_all;
                 }
                 outcome.merge = merge;
             }
@@ -777,7 +752,9 @@ impl Checkpointer {
                 if full_rewrite || journal.journal_cleared {
                     self.journal_rows.set(0);
                 } else {
-                    self.journal_rows.set(self.journal_rows.get() + appended_rows - journal.released_rows);
+                    let held = self.journal_rows.get() + appended_rows;
+                    debug_assert!(journal.released_rows <= held, "merged records the count never held");
+                    self.journal_rows.set(held.saturating_sub(journal.released_rows));
                 }
                 if journal.merged_rows > 0 || journal.released_rows > 0 {
                     stats.journal_merge_steps += 1;

@@ -165,6 +165,36 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<JournalRecord, ShardError> {
     Ok(record)
 }
 
+/// Calls `push` for every row of `base` (sorted by key, as a table iterates) as `changes` (sorted
+/// by key, one per key: [`JournalMerge::into_changes`]) leave it: replaced, deleted, or added.
+pub fn overlay<V>(
+    base: impl Iterator<Item = Result<(Vec<u8>, V), ShardError>>,
+    changes: Vec<(Vec<u8>, Option<V>)>,
+    mut push: impl FnMut(&[u8], V) -> Result<(), ShardError>,
+) -> Result<(), ShardError> {
+    let mut changes = changes.into_iter().peekable();
+    for row in base {
+        let (key, value) = row?;
+        // Changes to keys before this one add rows the table does not have (or delete nothing).
+        while let Some((k, v)) = changes.next_if(|(k, _)| *k < key) {
+            if let Some(v) = v {
+                push(&k, v)?;
+            }
+        }
+        match changes.next_if(|(k, _)| *k == key) {
+            Some((_, Some(newer))) => push(&key, newer)?,
+            Some((_, None)) => {}
+            None => push(&key, value)?,
+        }
+    }
+    for (k, v) in changes {
+        if let Some(v) = v {
+            push(&k, v)?;
+        }
+    }
+    Ok(())
+}
+
 /// Keeps the last change of every key (the input lists changes oldest first) and sorts by key,
 /// which is the order the B-tree merge wants.
 pub fn last_per_key<V>(mut changes: Vec<(Vec<u8>, V)>) -> Vec<(Vec<u8>, V)> {
@@ -226,6 +256,17 @@ impl JournalMerge {
         JournalMerge { through_seq: 0, record_rows: 0, entities, relationships, step_rows: usize::MAX }
     }
 
+    /// Rows in the records being merged.
+    pub fn record_rows(&self) -> u64 {
+        self.record_rows
+    }
+
+    /// The not yet written changes (sorted by key, one per key), for a reader that wants the
+    /// journal's final word on each key rather than a merge.
+    pub fn into_changes(self) -> (EntityChanges, RelationshipChanges) {
+        (self.entities, self.relationships)
+    }
+
     /// Changes not yet written.
     pub fn remaining(&self) -> usize {
         self.entities.len() + self.relationships.len()
@@ -235,15 +276,13 @@ impl JournalMerge {
         self.entities.is_empty() && self.relationships.is_empty()
     }
 
-    /// Writes the next step's changes (or, with `all`, every remaining one) into the tables in key
-    /// order; returns how many.
+    /// Writes the next step's changes into the tables in key order; returns how many.
     pub fn step(
         &mut self,
         entities: &mut Table<'_, &'static [u8], &'static [u8]>,
         relationships: &mut Table<'_, &'static [u8], u64>,
-        all: bool,
     ) -> Result<usize, redb::StorageError> {
-        let budget = if all { usize::MAX } else { self.step_rows };
+        let budget = self.step_rows;
         let n = budget.min(self.entities.len());
         for (k, v) in self.entities.drain(..n) {
             match v {
@@ -312,6 +351,30 @@ mod tests {
                 model.insert(k.clone(), *v);
             }
             prop_assert_eq!(last_per_key(changes), model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        /// `overlay` equals replaying the changes into a map of the base rows.
+        #[test]
+        fn p05_overlay_is_a_replay(
+            base in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), any::<u16>(), 0..20),
+            changes in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), proptest::option::of(any::<u16>()), 0..20),
+        ) {
+            let mut model = base.clone();
+            for (k, v) in &changes {
+                match v {
+                    Some(v) => model.insert(k.clone(), *v),
+                    None => model.remove(k),
+                };
+            }
+            let mut out = Vec::new();
+            overlay(base.into_iter().map(Ok), changes.into_iter().collect(), |k, v| {
+                out.push((k.to_vec(), v));
+                Ok(())
+            })
+            .unwrap();
+            prop_assert_eq!(out, model.into_iter().collect::<Vec<_>>());
         }
     }
 
@@ -397,7 +460,7 @@ mod tests {
                                 Some(m) => m,
                                 None => JournalMerge::start(&journal, next_seq.saturating_sub(1), 3, 1).unwrap(),
                             };
-                            m.step(&mut entities, &mut relationships, false).unwrap();
+                            m.step(&mut entities, &mut relationships).unwrap();
                             if m.is_done() {
                                 let through = m.through_seq;
                                 m.finish(&mut journal).unwrap();

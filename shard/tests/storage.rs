@@ -267,6 +267,14 @@ fn t03_crash_reapplies_log() {
     });
 }
 
+/// Changes the group's `state.redb` behind the server's back (the group must be closed).
+fn edit_state_file(cfg: &ShardConfig, edit: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::create(group_dir(cfg, GROUP).join("state.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    edit(&txn);
+    txn.commit().unwrap();
+}
+
 /// Proves the recovery HARD CHECK: a state row altered on disk behind the server's back makes
 /// the recomputed root differ from `ScopeMeta.state_root`, so the scope opens Diverged while the
 /// other scope of the group stays Healthy.
@@ -285,20 +293,15 @@ fn t04_tampered_row_marks_scope_diverged() {
             g.close().await.unwrap();
         }
     });
-    {
-        let db = redb::Database::create(group_dir(&cfg, GROUP).join("state.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("entities")).unwrap();
-            let mut key = 1i64.to_be_bytes().to_vec();
-            key.extend_from_slice(b"k");
-            let mut row = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
-            let last = row.len() - 1;
-            row[last] ^= 1;
-            t.insert(key.as_slice(), row.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    edit_state_file(&cfg, |txn| {
+        let mut t = txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("entities")).unwrap();
+        let mut key = 1i64.to_be_bytes().to_vec();
+        key.extend_from_slice(b"k");
+        let mut row = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
+        let last = row.len() - 1;
+        row[last] ^= 1;
+        t.insert(key.as_slice(), row.as_slice()).unwrap();
+    });
     run(async move {
         let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
         {
@@ -521,21 +524,16 @@ fn t08_tampered_journal_record_marks_scope_diverged() {
             // Crash: the row is only in the journal.
         }
     });
-    {
-        let db = redb::Database::create(group_dir(&cfg, GROUP).join("state.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(ledger_shard::row_journal::ROW_JOURNAL).unwrap();
-            let (seq, mut record) = {
-                let (seq, bytes) = t.last().unwrap().unwrap();
-                (seq.value(), bytes.value().to_vec())
-            };
-            let at = record.windows(6).position(|w| w == b"honest").expect("the value is in the record");
-            record[at] ^= 1;
-            t.insert(seq, record.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    edit_state_file(&cfg, |txn| {
+        let mut t = txn.open_table(ledger_shard::row_journal::ROW_JOURNAL).unwrap();
+        let (seq, mut record) = {
+            let (seq, bytes) = t.last().unwrap().unwrap();
+            (seq.value(), bytes.value().to_vec())
+        };
+        let at = record.windows(6).position(|w| w == b"honest").expect("the value is in the record");
+        record[at] ^= 1;
+        t.insert(seq, record.as_slice()).unwrap();
+    });
     run(async move {
         let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
         {
