@@ -82,6 +82,18 @@ struct Internal {
 }
 
 const _: () = assert!(std::mem::size_of::<Internal>() == 64);
+
+/// Sizes of the heap blocks behind a tree's nodes: an `Arc` puts its two counts before the node.
+/// Every block of one update is allocated and every block of an old version freed, so the server's
+/// allocator keeps freed blocks of exactly these sizes at hand (`server/src/node_alloc.rs`).
+pub const NODE_BLOCK_SIZES: [usize; 2] = [
+    std::mem::size_of::<Internal>() + 2 * std::mem::size_of::<usize>(),
+    std::mem::size_of::<Leaf>() + 2 * std::mem::size_of::<usize>(),
+];
+/// Alignment of those blocks.
+pub const NODE_BLOCK_ALIGN: usize = std::mem::align_of::<usize>();
+const _: () = assert!(std::mem::align_of::<Internal>() <= NODE_BLOCK_ALIGN);
+const _: () = assert!(std::mem::align_of::<Leaf>() <= NODE_BLOCK_ALIGN);
 const _: () = assert!(std::mem::size_of::<Child>() == 16);
 // States are built on helper threads and read while the next one is built.
 const _: fn() = || {

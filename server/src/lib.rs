@@ -7,3 +7,4 @@ pub mod config;
 pub mod data_dir;
 pub mod metrics_http;
 pub mod node;
+pub mod node_alloc;

@@ -4,12 +4,14 @@
 use clap::Parser;
 use ledger_server::config::{Config, ConfigLayer};
 use ledger_server::node::{run_node, NodeError};
+use ledger_server::node_alloc::NodeCacheAlloc;
 use std::process::ExitCode;
 
 /// mimalloc: the state tree allocates and frees many small nodes per block (path copying), and
-/// glibc malloc showed up as ~25% of a write profile.
+/// glibc malloc showed up as ~25% of a write profile. The cores' executors also keep freed tree
+/// nodes at hand (`node_alloc.rs`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: NodeCacheAlloc<mimalloc::MiMalloc> = NodeCacheAlloc { inner: mimalloc::MiMalloc };
 
 /// `mi_option_purge_delay` (its index in mimalloc v3's `mi_option_e`; the sys crate names only the
 /// older options). The test below checks the index against the option's default.

@@ -117,6 +117,9 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
         }
         let handle = builder
             .spawn(move || async move {
+                // This thread lives as long as the node and frees and allocates the state trees'
+                // nodes: keep the freed ones at hand (node_alloc.rs).
+                crate::node_alloc::cache_this_thread();
                 let shard = glommio::spawn_local(async move {
                     if let Err(e) = ledger_shard::run_shard(spec).await {
                         eprintln!("ledger-server: core {index}: {e}");
