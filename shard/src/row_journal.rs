@@ -111,15 +111,12 @@ impl<'a> Reader<'a> {
         usize::try_from(u32::from_le_bytes(b)).map_err(|_| self.corrupt("length"))
     }
 
-    fn u64(&mut self) -> Result<u64, ShardError> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn key(&mut self) -> Result<Vec<u8>, ShardError> {
+    /// A `len u32 ‖ bytes` field; returns where the bytes start and how many.
+    fn field(&mut self) -> Result<(usize, usize), ShardError> {
         let len = self.u32()?;
-        Ok(self.take(len)?.to_vec())
+        let at = self.at;
+        self.take(len)?;
+        Ok((at, len))
     }
 
     fn present(&mut self) -> Result<bool, ShardError> {
@@ -131,38 +128,74 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes record `seq` (the number only labels errors).
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<JournalRecord, ShardError> {
+/// Where one row of a record lies in the record's bytes: the key, then (if present) the value: an
+/// entity's `value_len` bytes, or a relationship's 8-byte version.
+#[derive(Debug, Clone, Copy)]
+struct RowAt {
+    key_at: usize,
+    key_len: usize,
+    /// `None`: the row is deleted.
+    value: Option<(usize, usize)>,
+}
+
+/// Walks record `seq`, checking every length, and reports each entity row, then each relationship
+/// row, in the order written. The one parser of the format: decoding and merging both use it.
+fn walk(
+    seq: u64,
+    bytes: &[u8],
+    mut entity: impl FnMut(RowAt),
+    mut relationship: impl FnMut(RowAt),
+) -> Result<(), ShardError> {
     let mut r = Reader { bytes, at: 0, seq };
     let (entity_count, relationship_count) = (r.u32()?, r.u32()?);
     // Every row takes at least 5 bytes: a count larger than that allows is corruption, not a
-    // reason to reserve gigabytes.
+    // reason to reserve memory.
     if entity_count.saturating_add(relationship_count).saturating_mul(5) > bytes.len() {
         return Err(r.corrupt("row count larger than the record"));
     }
-    let mut record = JournalRecord {
-        entities: Vec::with_capacity(entity_count),
-        relationships: Vec::with_capacity(relationship_count),
-    };
     for _ in 0..entity_count {
-        let key = r.key()?;
+        let (key_at, key_len) = r.field()?;
+        let value = if r.present()? { Some(r.field()?) } else { None };
+        entity(RowAt { key_at, key_len, value });
+    }
+    for _ in 0..relationship_count {
+        let (key_at, key_len) = r.field()?;
         let value = if r.present()? {
-            let len = r.u32()?;
-            Some(r.take(len)?.to_vec())
+            let at = r.at;
+            r.take(8)?;
+            Some((at, 8))
         } else {
             None
         };
-        record.entities.push((key, value));
-    }
-    for _ in 0..relationship_count {
-        let key = r.key()?;
-        let version = if r.present()? { Some(r.u64()?) } else { None };
-        record.relationships.push((key, version));
+        relationship(RowAt { key_at, key_len, value });
     }
     if r.at != bytes.len() {
         return Err(r.corrupt("trailing bytes"));
     }
-    Ok(record)
+    Ok(())
+}
+
+fn version_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Decodes record `seq` (the number only labels errors).
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<JournalRecord, ShardError> {
+    let (mut entities, mut relationships) = (Vec::new(), Vec::new());
+    walk(seq, bytes, |row| entities.push(row), |row| relationships.push(row))?;
+    let key = |row: &RowAt| bytes[row.key_at..row.key_at + row.key_len].to_vec();
+    Ok(JournalRecord {
+        entities: entities
+            .iter()
+            .map(|row| (key(row), row.value.map(|(at, len)| bytes[at..at + len].to_vec())))
+            .collect(),
+        relationships: relationships
+            .iter()
+            .map(|row| (key(row), row.value.map(|(at, _)| version_at(bytes, at))))
+            .collect(),
+    })
 }
 
 /// Calls `push` for every row of `base` (sorted by key, as a table iterates) as `changes` (sorted
@@ -195,19 +228,54 @@ pub fn overlay<V>(
     Ok(())
 }
 
-/// Keeps the last change of every key (the input lists changes oldest first) and sorts by key,
-/// which is the order the B-tree merge wants.
-pub fn last_per_key<V>(mut changes: Vec<(Vec<u8>, V)>) -> Vec<(Vec<u8>, V)> {
-    // Stable: equal keys keep their age order, so the last of each run is the newest.
-    changes.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<(Vec<u8>, V)> = Vec::with_capacity(changes.len());
-    for change in changes {
-        match out.last_mut() {
-            Some(last) if last.0 == change.0 => *last = change,
-            _ => out.push(change),
+/// One row of a merge: where it lies in the merge's record buffers, and the first 24 bytes of its
+/// key (zero-padded; storage keys start with an 8-byte scope id) so that most comparisons of the
+/// sort are decided without reaching into the records.
+#[derive(Debug, Clone, Copy)]
+struct MergeRow {
+    key_tail: u128,
+    key_head: u64,
+    buffer: u32,
+    row: RowAt,
+}
+
+impl MergeRow {
+    fn new(buffer: u32, bytes: &[u8], row: RowAt) -> MergeRow {
+        let key = &bytes[row.key_at..row.key_at + row.key_len];
+        let mut prefix = [0u8; 24];
+        let n = key.len().min(24);
+        prefix[..n].copy_from_slice(&key[..n]);
+        let (head, tail) = prefix.split_at(8);
+        MergeRow {
+            key_head: u64::from_be_bytes(head.try_into().unwrap_or_default()),
+            key_tail: u128::from_be_bytes(tail.try_into().unwrap_or_default()),
+            buffer,
+            row,
         }
     }
-    out
+}
+
+/// Sorts `rows` by key and keeps the newest row of each key (rows come in age order: buffer, then
+/// place in it), which is the order the B-tree merge wants and exactly what replaying them says.
+fn last_per_key(buffers: &[Vec<u8>], rows: &mut Vec<MergeRow>) {
+    let key = |r: &MergeRow| &buffers[r.buffer as usize][r.row.key_at..r.row.key_at + r.row.key_len];
+    // Zero-padded prefixes order keys as the keys do, except that equal prefixes decide nothing.
+    rows.sort_unstable_by(|a, b| {
+        (a.key_head, a.key_tail)
+            .cmp(&(b.key_head, b.key_tail))
+            .then_with(|| key(a).cmp(key(b)))
+            .then_with(|| (a.buffer, a.row.key_at).cmp(&(b.buffer, b.row.key_at)))
+    });
+    let mut kept = 0;
+    for i in 0..rows.len() {
+        if kept > 0 && key(&rows[kept - 1]) == key(&rows[i]) {
+            rows[kept - 1] = rows[i];
+        } else {
+            rows[kept] = rows[i];
+            kept += 1;
+        }
+    }
+    rows.truncate(kept);
 }
 
 /// A merge of the records up to `through_seq` into the tables, spread over checkpoints so that
@@ -215,18 +283,61 @@ pub fn last_per_key<V>(mut changes: Vec<(Vec<u8>, V)>) -> Vec<(Vec<u8>, V)> {
 /// Records appended meanwhile are newer and stay in the journal; recovery replays every record
 /// over the tables, which is right at any point of a merge because a merged row is exactly what
 /// the merged records say last about its key.
+///
+/// It holds the records' bytes and, per key, where its newest row lies in them: preparing a merge
+/// allocates per record, not per row, and sorts small fixed-size entries.
 pub struct JournalMerge {
     through_seq: u64,
     /// Rows in the records being merged (the journal holds that many fewer once they are deleted).
     record_rows: u64,
-    /// Not yet merged: sorted by key, one change per key.
-    entities: EntityChanges,
-    relationships: RelationshipChanges,
+    buffers: Vec<Vec<u8>>,
+    /// Sorted by key, one per key; those before `*_next` are written.
+    entities: Vec<MergeRow>,
+    relationships: Vec<MergeRow>,
+    entities_next: usize,
+    relationships_next: usize,
     /// Changes written per step.
     step_rows: usize,
 }
 
 impl JournalMerge {
+    /// Indexes the records' rows, keeps the newest per key and sorts them.
+    fn of_records(
+        through_seq: u64,
+        buffers: Vec<Vec<u8>>,
+        record_seqs: &[u64],
+        steps: usize,
+        step_rows_min: usize,
+    ) -> Result<JournalMerge, ShardError> {
+        let (mut entities, mut relationships) = (Vec::new(), Vec::new());
+        for (i, bytes) in buffers.iter().enumerate() {
+            let buffer = u32::try_from(i).map_err(|_| ShardError::Corrupt {
+                what: "row journal",
+                detail: "more than 2^32 records".into(),
+            })?;
+            walk(
+                record_seqs.get(i).copied().unwrap_or_default(),
+                bytes,
+                |row| entities.push(MergeRow::new(buffer, bytes, row)),
+                |row| relationships.push(MergeRow::new(buffer, bytes, row)),
+            )?;
+        }
+        let record_rows = (entities.len() + relationships.len()) as u64;
+        last_per_key(&buffers, &mut entities);
+        last_per_key(&buffers, &mut relationships);
+        let step_rows = ((entities.len() + relationships.len()).div_ceil(steps.max(1))).max(step_rows_min);
+        Ok(JournalMerge {
+            through_seq,
+            record_rows,
+            buffers,
+            entities,
+            relationships,
+            entities_next: 0,
+            relationships_next: 0,
+            step_rows,
+        })
+    }
+
     /// Reads every record up to `through_seq` into one sorted change set; each later step writes
     /// `1 / steps` of it (at least `step_rows_min` changes).
     pub fn start(
@@ -236,24 +347,36 @@ impl JournalMerge {
         step_rows_min: usize,
     ) -> Result<JournalMerge, ShardError> {
         let s = |e: redb::StorageError| ShardError::redb("state.redb read row journal", e);
-        let (mut entities, mut relationships, mut record_rows) = (Vec::new(), Vec::new(), 0u64);
+        let (mut buffers, mut seqs) = (Vec::new(), Vec::new());
         for record in journal.range(..=through_seq).map_err(s)? {
             let (seq, bytes) = record.map_err(s)?;
-            let record = decode(seq.value(), bytes.value())?;
-            record_rows += record.rows() as u64;
-            entities.extend(record.entities);
-            relationships.extend(record.relationships);
+            seqs.push(seq.value());
+            buffers.push(bytes.value().to_vec());
         }
-        let entities = last_per_key(entities);
-        let relationships = last_per_key(relationships);
-        let step_rows = ((entities.len() + relationships.len()).div_ceil(steps.max(1))).max(step_rows_min);
-        Ok(JournalMerge { through_seq, record_rows, entities, relationships, step_rows })
+        JournalMerge::of_records(through_seq, buffers, &seqs, steps, step_rows_min)
     }
 
     /// A one-step merge of `entities` and `relationships` (not from records: a full rewrite).
     pub fn of_changes(entities: EntityChanges, relationships: RelationshipChanges) -> JournalMerge {
-        let (entities, relationships) = (last_per_key(entities), last_per_key(relationships));
-        JournalMerge { through_seq: 0, record_rows: 0, entities, relationships, step_rows: usize::MAX }
+        let bytes = encode(&entities, &relationships);
+        drop((entities, relationships));
+        let merge = JournalMerge::of_records(0, vec![bytes], &[0], 1, usize::MAX);
+        // `encode` wrote what `walk` reads: a failure here is a bug in this file.
+        let mut merge = merge.expect("an encoded record decodes");
+        merge.record_rows = 0;
+        merge
+    }
+
+    fn key(&self, row: &MergeRow) -> &[u8] {
+        &self.buffers[row.buffer as usize][row.row.key_at..row.row.key_at + row.row.key_len]
+    }
+
+    fn entity_value(&self, row: &MergeRow) -> Option<&[u8]> {
+        row.row.value.map(|(at, len)| &self.buffers[row.buffer as usize][at..at + len])
+    }
+
+    fn version(&self, row: &MergeRow) -> Option<u64> {
+        row.row.value.map(|(at, _)| version_at(&self.buffers[row.buffer as usize], at))
     }
 
     /// Rows in the records being merged.
@@ -264,16 +387,24 @@ impl JournalMerge {
     /// The not yet written changes (sorted by key, one per key), for a reader that wants the
     /// journal's final word on each key rather than a merge.
     pub fn into_changes(self) -> (EntityChanges, RelationshipChanges) {
-        (self.entities, self.relationships)
+        let entities = self.entities[self.entities_next..]
+            .iter()
+            .map(|row| (self.key(row).to_vec(), self.entity_value(row).map(<[u8]>::to_vec)))
+            .collect();
+        let relationships = self.relationships[self.relationships_next..]
+            .iter()
+            .map(|row| (self.key(row).to_vec(), self.version(row)))
+            .collect();
+        (entities, relationships)
     }
 
     /// Changes not yet written.
     pub fn remaining(&self) -> usize {
-        self.entities.len() + self.relationships.len()
+        (self.entities.len() - self.entities_next) + (self.relationships.len() - self.relationships_next)
     }
 
     pub fn is_done(&self) -> bool {
-        self.entities.is_empty() && self.relationships.is_empty()
+        self.remaining() == 0
     }
 
     /// Writes the next step's changes into the tables in key order; returns how many.
@@ -283,19 +414,25 @@ impl JournalMerge {
         relationships: &mut Table<'_, &'static [u8], u64>,
     ) -> Result<usize, redb::StorageError> {
         let budget = self.step_rows;
-        let n = budget.min(self.entities.len());
-        for (k, v) in self.entities.drain(..n) {
-            match v {
-                Some(v) => entities.insert(k.as_slice(), v.as_slice()).map(|_| ())?,
-                None => entities.remove(k.as_slice()).map(|_| ())?,
+        let n = budget.min(self.entities.len() - self.entities_next);
+        for row in &self.entities[self.entities_next..self.entities_next + n] {
+            match self.entity_value(row) {
+                Some(value) => entities.insert(self.key(row), value).map(|_| ())?,
+                None => entities.remove(self.key(row)).map(|_| ())?,
             }
         }
-        let m = (budget - n).min(self.relationships.len());
-        for (k, v) in self.relationships.drain(..m) {
-            match v {
-                Some(v) => relationships.insert(k.as_slice(), v).map(|_| ())?,
-                None => relationships.remove(k.as_slice()).map(|_| ())?,
+        self.entities_next += n;
+        let m = (budget - n).min(self.relationships.len() - self.relationships_next);
+        for row in &self.relationships[self.relationships_next..self.relationships_next + m] {
+            match self.version(row) {
+                Some(version) => relationships.insert(self.key(row), version).map(|_| ())?,
+                None => relationships.remove(self.key(row)).map(|_| ())?,
             }
+        }
+        self.relationships_next += m;
+        if self.is_done() {
+            // Nothing points into the records any more.
+            self.buffers = Vec::new();
         }
         Ok(n + m)
     }
@@ -343,15 +480,48 @@ mod tests {
             prop_assert!(decode(1, &padded).is_err());
         }
 
-        /// `last_per_key` equals replaying the changes into a map.
+        /// A merge's rows are the records replayed into a map: newest row per key, in key order,
+        /// across records, with keys that share long prefixes (the sort's shortcut) or none.
         #[test]
-        fn p03_last_per_key_is_a_replay(changes in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..3), any::<u16>()), 0..50)) {
+        fn p03_merge_rows_are_a_replay(
+            records in proptest::collection::vec(
+                proptest::collection::vec((merge_key_strategy(), proptest::option::of(any::<u16>())), 0..12),
+                0..5,
+            ),
+        ) {
             let mut model = std::collections::BTreeMap::new();
-            for (k, v) in &changes {
-                model.insert(k.clone(), *v);
+            let mut buffers = Vec::new();
+            for (i, record) in records.iter().enumerate() {
+                let entities: EntityChanges = record
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.map(|v| v.to_le_bytes().to_vec())))
+                    .collect();
+                // The same changes as relationships, with the value as a version.
+                let relationships: RelationshipChanges =
+                    record.iter().map(|(k, v)| (k.clone(), v.map(|v| u64::from(v) + i as u64))).collect();
+                for ((k, v), (_, version)) in entities.iter().zip(&relationships) {
+                    model.insert(k.clone(), (v.clone(), *version));
+                }
+                buffers.push(encode(&entities, &relationships));
             }
-            prop_assert_eq!(last_per_key(changes), model.into_iter().collect::<Vec<_>>());
+            let seqs: Vec<u64> = (0..buffers.len() as u64).collect();
+            let merge = JournalMerge::of_records(9, buffers, &seqs, 2, 1).unwrap();
+            prop_assert_eq!(merge.remaining(), 2 * model.len());
+            let (entities, relationships) = merge.into_changes();
+            let want_entities: EntityChanges = model.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
+            let want_relationships: RelationshipChanges = model.iter().map(|(k, (_, v))| (k.clone(), *v)).collect();
+            prop_assert_eq!(entities, want_entities);
+            prop_assert_eq!(relationships, want_relationships);
         }
+    }
+
+    /// Short keys, and keys that agree on their first 24 bytes and differ after them.
+    fn merge_key_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(0u8..3, 0..4),
+            proptest::collection::vec(0u8..3, 0..4).prop_map(|tail| [vec![7u8; 22], tail].concat()),
+            proptest::collection::vec(0u8..3, 0..4).prop_map(|tail| [vec![7u8; 26], tail].concat()),
+        ]
     }
 
     proptest! {
