@@ -13,7 +13,7 @@
 //!
 //! Entity and relationship rows go to the row journal (`row_journal.rs`, D18): one appended record
 //! per checkpoint, merged into the tables below in key order, a step per checkpoint, once the
-//! journal holds half as many rows as the group; recovery replays the records over the tables.
+//! journal holds as many rows as the group; recovery replays the records over the tables.
 //!
 //! `state.redb` tables (SPEC §9.2, keys SPEC §3.5): `entities` (scope_id BE ‖ key → 16-byte header
 //! ‖ value), `relationships` (scope_id BE ‖ `rel:{resource}#{relation}@{subject}` → version u64 LE),
@@ -669,7 +669,7 @@ impl Checkpointer {
     }
 
     /// Rows in the row journal (merged into the tables once they reach the larger of
-    /// `JOURNAL_MERGE_ROWS_MIN` and half the rows the group holds).
+    /// `JOURNAL_MERGE_ROWS_MIN` and the rows the group holds).
     pub fn journal_rows(&self) -> u64 {
         self.journal_rows.get()
     }
@@ -699,7 +699,7 @@ impl Checkpointer {
             let fold_journal = merge && self.journal_rows.get() > 0;
             let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(false) };
             let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
-            let threshold = JOURNAL_MERGE_ROWS_MIN.max(held / 2);
+            let threshold = JOURNAL_MERGE_ROWS_MIN.max(held);
             let state = std::mem::replace(&mut *self.merge.borrow_mut(), MergeState::Idle);
             batch.journal = if merge || batch.full_rewrite {
                 // Whatever a merge in progress prepared is about to be stale.

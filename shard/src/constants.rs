@@ -19,8 +19,8 @@ pub const LOG_WRITER_BATCH_MAX: usize = 1024;
 pub const RAFT_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const BLOCKS_DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
-/// The row journal of `state.redb` is merged into its tables once it holds this many rows or half
-/// the rows of the group, whichever is more (row_journal.rs, D18).
+/// The row journal of `state.redb` is merged into its tables once it holds this many rows or as
+/// many rows as the group, whichever is more (row_journal.rs, D18).
 pub const JOURNAL_MERGE_ROWS_MIN: u64 = 65_536;
 /// A merge is spread over this many checkpoints, each writing at least
 /// `JOURNAL_MERGE_STEP_ROWS_MIN` rows (so that none runs much longer than usual).
