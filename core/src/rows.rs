@@ -23,6 +23,15 @@ impl EntityRows {
         self.rows.get(key)
     }
 
+    /// Looks `keys` up one after another and discards the answers. The lookups do not depend on
+    /// each other, so the core overlaps their cache misses (in a 1 M-row map each is ~3 dependent
+    /// misses: control bytes, bucket, key bytes), and the lookups that follow find the lines cached.
+    pub fn warm<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        for key in keys {
+            std::hint::black_box(self.rows.get(key).map(|row| row.version));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }

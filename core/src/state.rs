@@ -480,6 +480,7 @@ impl ScopeState {
             displaced.entities.reserve(delta.entities.len());
             displaced.relationships.reserve(delta.relationships.len());
         }
+        self.entities.warm(delta.entities.keys().map(String::as_str));
         for (key, row) in delta.entities {
             let kept_key = keep_displaced.then(|| key.clone());
             let before = match row {
@@ -755,6 +756,7 @@ impl<'a> BlockDraft<'a> {
                 });
             }
         }
+        self.base.entities.warm(tx.operations.iter().filter_map(Operation::entity_key));
         let mut overlay = TxOverlay::default();
         let mut statuses = Vec::with_capacity(tx.operations.len());
         for op in &tx.operations {

@@ -143,6 +143,18 @@ pub enum Operation {
     },
 }
 
+impl Operation {
+    /// The entity key an entity operation names (`None` for relationship operations).
+    pub fn entity_key(&self) -> Option<&str> {
+        match self {
+            Operation::SetEntity { key, .. }
+            | Operation::DeleteEntity { key }
+            | Operation::ExpireEntity { key, .. } => Some(key),
+            Operation::CreateRelationship { .. } | Operation::DeleteRelationship { .. } => None,
+        }
+    }
+}
+
 /// Per-operation result (SPEC §3.9).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
