@@ -26,9 +26,9 @@
 use crate::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
-    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN,
-    JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_ROWS_MIN, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX,
-    STATE_DB_CACHE_BYTES,
+    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, CHECKPOINT_WARM_CHUNK, DB_OPEN_RETRY_MS_MAX,
+    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_ROWS_MIN, LEADER_WAIT_MS_MAX,
+    RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
 use crate::group_data::GroupData;
@@ -417,9 +417,18 @@ impl CheckpointBatch {
             }
             return Some(batch);
         }
-        for (scope_key, k) in &dirty.entities {
-            let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
-            batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
+        // In chunks whose lookups are issued together first, so that their cache misses overlap.
+        let dirty_entities: Vec<&(ScopeKey, String)> = dirty.entities.iter().collect();
+        for chunk in dirty_entities.chunks(CHECKPOINT_WARM_CHUNK) {
+            for (scope_key, k) in chunk {
+                if let Some(scope) = data.scopes.get(scope_key) {
+                    scope.warm_entities([k.as_str()]);
+                }
+            }
+            for (scope_key, k) in chunk {
+                let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
+                batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
+            }
         }
         for ((scope_key, rel), version) in &dirty.relationships {
             batch.relationships.push((row_key(*scope_key, rel.key().as_bytes()), *version));
