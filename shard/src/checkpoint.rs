@@ -27,8 +27,8 @@ use crate::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
     BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, CHECKPOINT_WARM_CHUNK, DB_OPEN_RETRY_MS_MAX,
-    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_ROWS_MIN, LEADER_WAIT_MS_MAX,
-    RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
+    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
+    LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
 use crate::group_data::GroupData;
@@ -492,9 +492,17 @@ impl CheckpointBatch {
                 outcome.journal_cleared = true;
             } else {
                 let mut newest = journal.last().map_err(w)?.map(|(seq, _)| seq.value());
-                if !self.entities.is_empty() || !self.relationships.is_empty() {
+                // Records of at most `JOURNAL_RECORD_ROWS_MAX` rows: redb holds a value in one
+                // buffer of the next power-of-two size, and a buffer of many megabytes was freshly
+                // mapped (and zeroed by the kernel) at every checkpoint. A key is in one record
+                // only (the dirty set holds it once), so the split changes no replay.
+                let entity_records =
+                    self.entities.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (rows, &[][..]));
+                let relationship_records =
+                    self.relationships.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (&[][..], rows));
+                for (entities, relationships) in entity_records.chain(relationship_records) {
                     let seq = newest.map_or(0, |seq| seq + 1);
-                    let record = row_journal::encode(&self.entities, &self.relationships);
+                    let record = row_journal::encode(entities, relationships);
                     journal.insert(seq, record.as_slice()).map_err(w)?;
                     newest = Some(seq);
                 }

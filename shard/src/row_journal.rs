@@ -1,5 +1,6 @@
 //! The row journal of `state.redb` (docs/decisions.md D18): a checkpoint appends the entity and
-//! relationship rows it would have written as ONE record under the next sequence number, instead of
+//! relationship rows it would have written as records of at most `JOURNAL_RECORD_ROWS_MAX` rows
+//! under the next sequence numbers, instead of
 //! inserting each row into the `entities`/`relationships` B-trees of SPEC §9.2, and every so often
 //! (when the journal holds about as many rows as the state; always at a clean close) a checkpoint
 //! merges the whole journal into those tables in key order and empties it.

@@ -508,6 +508,40 @@ fn t07_row_journal_replays_after_a_crash_and_merges_at_close() {
     });
 }
 
+/// Proves a checkpoint with more rows than one record holds appends several records, and that a
+/// crashed group replays all of them.
+#[test]
+fn t09_a_large_checkpoint_spans_several_records() {
+    let rows = 2 * ledger_shard::constants::JOURNAL_RECORD_ROWS_MAX as u64 + 100;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let before = run({
+        let cfg = cfg.clone();
+        async move {
+            let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
+            create_scope(&g, scope(1)).await;
+            let txs = (1..=rows).map(|i| tx("c", i, &format!("k{i}"), format!("v{i}").as_bytes())).collect();
+            propose(&g, scope(1), txs, true).await;
+            assert!(g.checkpoint().await.unwrap());
+            assert_eq!(g.checkpointer.journal_rows(), rows);
+            fingerprint(&g)
+            // Crash: the rows are only in the journal.
+        }
+    });
+    assert_eq!(journal_len(&cfg), 3, "split into records of at most JOURNAL_RECORD_ROWS_MAX rows");
+    run(async move {
+        let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
+        assert_eq!(fingerprint(&g), before);
+        {
+            let data = g.data.borrow();
+            let state = data.scopes.get(&scope(1)).unwrap();
+            assert_eq!(state.meta.health, VaultHealth::Healthy);
+            assert_eq!(state.get_entity(&format!("k{rows}")).unwrap().value, format!("v{rows}").into_bytes());
+        }
+        g.close().await.unwrap();
+    });
+}
+
 /// Proves a changed byte in a journal record is caught like one in a table row: the recomputed
 /// root differs, so the scope opens Diverged instead of serving the altered row.
 #[test]
