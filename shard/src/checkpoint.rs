@@ -415,6 +415,7 @@ impl CheckpointBatch {
                 }
                 batch.scopes.push((key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
             }
+            data.dirty.recycle(dirty);
             return Some(batch);
         }
         // In chunks whose lookups are issued together first, so that their cache misses overlap.
@@ -446,6 +447,7 @@ impl CheckpointBatch {
                 batch.scopes.push((scope_key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
             }
         }
+        data.dirty.recycle(dirty);
         Some(batch)
     }
 

@@ -78,6 +78,16 @@ pub struct DirtyRows {
 }
 
 impl DirtyRows {
+    /// Takes over the emptied entity set of a checkpoint's `spent` dirty set, capacity kept: the
+    /// next second dirties about as many keys, and a set grown from nothing rehashes into freshly
+    /// mapped memory each time. Call right after the take, while this set is still empty.
+    pub fn recycle(&mut self, spent: DirtyRows) {
+        debug_assert!(self.entities.is_empty(), "recycled over rows dirtied since the take");
+        let mut entities = spent.entities;
+        entities.clear();
+        self.entities = entities;
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.applied && !self.full_rewrite && self.scopes.is_empty()
     }
