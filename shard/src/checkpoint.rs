@@ -27,8 +27,8 @@ use crate::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
     BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, CHECKPOINT_WARM_CHUNK, DB_OPEN_RETRY_MS_MAX,
-    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
-    LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
+    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS, JOURNAL_MERGE_STEP_ROWS_MIN,
+    JOURNAL_RECORD_ROWS_MAX, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
 use crate::group_data::GroupData;
@@ -522,7 +522,12 @@ impl CheckpointBatch {
                     (JournalPlan::Append, Some(_)) => None,
                 };
                 if let Some(m) = merge.as_mut() {
-                    outcome.merged_rows = m.step(&mut entities, &mut relationships).map_err(w)?;
+                    // A stepped merge stops early once its inserts took their share of the
+                    // checkpoint period (SPEC §8.4); a clean close's merge runs to the end.
+                    let deadline = (!merge_all)
+                        .then(|| Instant::now() + Duration::from_millis(JOURNAL_MERGE_STEP_BUDGET_MS));
+                    outcome.merged_rows =
+                        m.step_until(&mut entities, &mut relationships, deadline).map_err(w)?;
                 }
                 if let Some(done) = merge.take_if(|m| m.is_done()) {
                     outcome.released_rows = done.finish(&mut journal).map_err(w)?;

@@ -16,8 +16,10 @@
 //! §3.5 storage keys. A record carries no checksum of its own: like a table row, a changed byte
 //! in it changes a state root, which recovery checks against the archive (SPEC §9.6 step 5).
 
+use crate::constants::JOURNAL_MERGE_CLOCK_ROWS;
 use crate::error::ShardError;
 use redb::{ReadableTable, Table, TableDefinition};
+use std::time::Instant;
 
 /// `seq u64 → record`.
 pub const ROW_JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("row_journal");
@@ -414,28 +416,46 @@ impl JournalMerge {
         entities: &mut Table<'_, &'static [u8], &'static [u8]>,
         relationships: &mut Table<'_, &'static [u8], u64>,
     ) -> Result<usize, redb::StorageError> {
-        let budget = self.step_rows;
-        let n = budget.min(self.entities.len() - self.entities_next);
-        for row in &self.entities[self.entities_next..self.entities_next + n] {
-            match self.entity_value(row) {
-                Some(value) => entities.insert(self.key(row), value).map(|_| ())?,
-                None => entities.remove(self.key(row)).map(|_| ())?,
+        self.step_until(entities, relationships, None)
+    }
+
+    /// [`Self::step`] that also stops at `deadline`, looked at every `JOURNAL_MERGE_CLOCK_ROWS`
+    /// rows (so it always writes at least that many, or what is left).
+    pub fn step_until(
+        &mut self,
+        entities: &mut Table<'_, &'static [u8], &'static [u8]>,
+        relationships: &mut Table<'_, &'static [u8], u64>,
+        deadline: Option<Instant>,
+    ) -> Result<usize, redb::StorageError> {
+        let mut written = 0;
+        while written < self.step_rows && !self.is_done() {
+            if written > 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
             }
-        }
-        self.entities_next += n;
-        let m = (budget - n).min(self.relationships.len() - self.relationships_next);
-        for row in &self.relationships[self.relationships_next..self.relationships_next + m] {
-            match self.version(row) {
-                Some(version) => relationships.insert(self.key(row), version).map(|_| ())?,
-                None => relationships.remove(self.key(row)).map(|_| ())?,
+            let budget = JOURNAL_MERGE_CLOCK_ROWS.min(self.step_rows - written);
+            let n = budget.min(self.entities.len() - self.entities_next);
+            for row in &self.entities[self.entities_next..self.entities_next + n] {
+                match self.entity_value(row) {
+                    Some(value) => entities.insert(self.key(row), value).map(|_| ())?,
+                    None => entities.remove(self.key(row)).map(|_| ())?,
+                }
             }
+            self.entities_next += n;
+            let m = (budget - n).min(self.relationships.len() - self.relationships_next);
+            for row in &self.relationships[self.relationships_next..self.relationships_next + m] {
+                match self.version(row) {
+                    Some(version) => relationships.insert(self.key(row), version).map(|_| ())?,
+                    None => relationships.remove(self.key(row)).map(|_| ())?,
+                }
+            }
+            self.relationships_next += m;
+            written += n + m;
         }
-        self.relationships_next += m;
         if self.is_done() {
             // Nothing points into the records any more.
             self.buffers = Vec::new();
         }
-        Ok(n + m)
+        Ok(written)
     }
 
     /// Deletes the merged records (call once [`Self::is_done`]); returns the rows they held.
@@ -646,6 +666,38 @@ mod tests {
                 prop_assert_eq!(&recovered(&db), &model);
             }
         }
+    }
+
+    /// Proves a step past its deadline still writes one clock interval of rows, and that steps
+    /// cut short by the clock finish the merge with every row in the table.
+    #[test]
+    fn t02_time_bounded_steps_make_progress_and_finish() {
+        use redb::ReadableTableMetadata;
+        let rows = 3 * JOURNAL_MERGE_CLOCK_ROWS + 10;
+        let entities: EntityChanges =
+            (0..rows).map(|i| (format!("k{i:06}").into_bytes(), Some(vec![i as u8]))).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(ROW_JOURNAL).unwrap();
+            journal.insert(0, encode(&entities, &[]).as_slice()).unwrap();
+            let mut merge = JournalMerge::start(&journal, 0, 1, 0).unwrap();
+            let mut table = txn.open_table(ENTITIES_T).unwrap();
+            let mut relationships = txn.open_table(RELATIONSHIPS_T).unwrap();
+            let past = Some(Instant::now());
+            let mut steps = 0;
+            while !merge.is_done() {
+                let written = merge.step_until(&mut table, &mut relationships, past).unwrap();
+                assert_eq!(written, JOURNAL_MERGE_CLOCK_ROWS.min(rows - steps * JOURNAL_MERGE_CLOCK_ROWS));
+                steps += 1;
+            }
+            assert_eq!(steps, 4);
+            assert_eq!(table.len().unwrap(), rows as u64);
+            merge.finish(&mut journal).unwrap();
+            assert!(journal.is_empty().unwrap());
+        }
+        txn.commit().unwrap();
     }
 
     #[test]
