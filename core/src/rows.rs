@@ -8,7 +8,6 @@
 
 use crate::state::EntityRow;
 use std::borrow::Borrow;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
@@ -105,15 +104,10 @@ impl EntityRows {
         if let Some(slot) = self.rows.get_mut(key.as_str()) {
             return Some(std::mem::replace(slot, row));
         }
-        match self.rows.entry(RowKey::new(key.clone())) {
-            Entry::Occupied(mut slot) => Some(slot.insert(row)),
-            Entry::Vacant(slot) => {
-                self.order.insert(key);
-                slot.insert(row);
-                debug_assert_eq!(self.rows.len(), self.order.len());
-                None
-            }
-        }
+        self.rows.insert(RowKey::new(key.clone()), row);
+        self.order.insert(key);
+        debug_assert_eq!(self.rows.len(), self.order.len());
+        None
     }
 
     /// Removes `key`; returns its row if it was present.

@@ -217,13 +217,18 @@ mod tests {
 
     static TEST_ALLOC: NodeCacheAlloc<System> = NodeCacheAlloc { inner: System };
 
+    /// Each test gets its own thread: the stacks are per thread and start empty and off.
+    fn on_a_fresh_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().unwrap();
+    }
+
     fn node_layout(class: usize) -> Layout {
         Layout::from_size_align(NODE_BLOCK_SIZES[class], NODE_BLOCK_ALIGN).unwrap()
     }
 
     #[test]
     fn t01_freed_node_blocks_come_back_newest_first_only_where_enabled() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let layout = node_layout(0);
             // SAFETY: matched alloc/dealloc pairs of one layout.
             unsafe {
@@ -247,14 +252,12 @@ mod tests {
                 release_this_thread(&TEST_ALLOC);
                 assert_eq!(hits_on_this_thread(), 2);
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn t02_a_full_stack_passes_frees_through() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let layout = node_layout(1);
             cache_this_thread();
             let blocks: Vec<*mut u8> =
@@ -268,14 +271,12 @@ mod tests {
             assert_eq!(stacked, STACK_CAPACITY[1]);
             release_this_thread(&TEST_ALLOC);
             assert_eq!(CACHE.with(|cache| cache.leaf.len.get()), 0);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn t03_realloc_of_a_stacked_block_keeps_its_bytes() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let layout = node_layout(0);
             cache_this_thread();
             // SAFETY: matched pairs; the block is written within its size before the realloc.
@@ -290,8 +291,6 @@ mod tests {
                 TEST_ALLOC.dealloc(grown, Layout::from_size_align(4096, NODE_BLOCK_ALIGN).unwrap());
             }
             release_this_thread(&TEST_ALLOC);
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

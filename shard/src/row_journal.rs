@@ -245,16 +245,13 @@ struct MergeRow {
 impl MergeRow {
     fn new(buffer: u32, bytes: &[u8], row: RowAt) -> MergeRow {
         let key = &bytes[row.key_at..row.key_at + row.key_len];
-        let mut prefix = [0u8; 24];
-        let n = key.len().min(24);
-        prefix[..n].copy_from_slice(&key[..n]);
-        let (head, tail) = prefix.split_at(8);
-        MergeRow {
-            key_head: u64::from_be_bytes(head.try_into().unwrap_or_default()),
-            key_tail: u128::from_be_bytes(tail.try_into().unwrap_or_default()),
-            buffer,
-            row,
-        }
+        let (mut head, mut tail) = ([0u8; 8], [0u8; 16]);
+        let n = key.len().min(8);
+        head[..n].copy_from_slice(&key[..n]);
+        let rest = key.get(8..).unwrap_or_default();
+        let m = rest.len().min(16);
+        tail[..m].copy_from_slice(&rest[..m]);
+        MergeRow { key_head: u64::from_be_bytes(head), key_tail: u128::from_be_bytes(tail), buffer, row }
     }
 }
 
@@ -304,27 +301,28 @@ pub struct JournalMerge {
 }
 
 impl JournalMerge {
-    /// Indexes the records' rows, keeps the newest per key and sorts them.
+    /// Indexes the rows of `records` (`(seq, bytes)`, oldest first), keeps the newest per key and
+    /// sorts them.
     fn of_records(
         through_seq: u64,
-        buffers: Vec<Vec<u8>>,
-        record_seqs: &[u64],
+        records: Vec<(u64, Vec<u8>)>,
         steps: usize,
         step_rows_min: usize,
     ) -> Result<JournalMerge, ShardError> {
         let (mut entities, mut relationships) = (Vec::new(), Vec::new());
-        for (i, bytes) in buffers.iter().enumerate() {
+        for (i, (seq, bytes)) in records.iter().enumerate() {
             let buffer = u32::try_from(i).map_err(|_| ShardError::Corrupt {
                 what: "row journal",
                 detail: "more than 2^32 records".into(),
             })?;
             walk(
-                record_seqs.get(i).copied().unwrap_or_default(),
+                *seq,
                 bytes,
                 |row| entities.push(MergeRow::new(buffer, bytes, row)),
                 |row| relationships.push(MergeRow::new(buffer, bytes, row)),
             )?;
         }
+        let buffers: Vec<Vec<u8>> = records.into_iter().map(|(_, bytes)| bytes).collect();
         let record_rows = (entities.len() + relationships.len()) as u64;
         last_per_key(&buffers, &mut entities);
         last_per_key(&buffers, &mut relationships);
@@ -350,20 +348,19 @@ impl JournalMerge {
         step_rows_min: usize,
     ) -> Result<JournalMerge, ShardError> {
         let s = |e: redb::StorageError| ShardError::redb("state.redb read row journal", e);
-        let (mut buffers, mut seqs) = (Vec::new(), Vec::new());
+        let mut records = Vec::new();
         for record in journal.range(..=through_seq).map_err(s)? {
             let (seq, bytes) = record.map_err(s)?;
-            seqs.push(seq.value());
-            buffers.push(bytes.value().to_vec());
+            records.push((seq.value(), bytes.value().to_vec()));
         }
-        JournalMerge::of_records(through_seq, buffers, &seqs, steps, step_rows_min)
+        JournalMerge::of_records(through_seq, records, steps, step_rows_min)
     }
 
     /// A one-step merge of `entities` and `relationships` (not from records: a full rewrite).
     pub fn of_changes(entities: EntityChanges, relationships: RelationshipChanges) -> JournalMerge {
         let bytes = encode(&entities, &relationships);
         drop((entities, relationships));
-        let merge = JournalMerge::of_records(0, vec![bytes], &[0], 1, usize::MAX);
+        let merge = JournalMerge::of_records(0, vec![(0, bytes)], 1, usize::MAX);
         // `encode` wrote what `walk` reads: a failure here is a bug in this file.
         let mut merge = merge.expect("an encoded record decodes");
         merge.record_rows = 0;
@@ -511,7 +508,7 @@ mod tests {
             ),
         ) {
             let mut model = std::collections::BTreeMap::new();
-            let mut buffers = Vec::new();
+            let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
             for (i, record) in records.iter().enumerate() {
                 let entities: EntityChanges = record
                     .iter()
@@ -523,10 +520,9 @@ mod tests {
                 for ((k, v), (_, version)) in entities.iter().zip(&relationships) {
                     model.insert(k.clone(), (v.clone(), *version));
                 }
-                buffers.push(encode(&entities, &relationships));
+                encoded.push((i as u64, encode(&entities, &relationships)));
             }
-            let seqs: Vec<u64> = (0..buffers.len() as u64).collect();
-            let merge = JournalMerge::of_records(9, buffers, &seqs, 2, 1).unwrap();
+            let merge = JournalMerge::of_records(9, encoded, 2, 1).unwrap();
             prop_assert_eq!(merge.remaining(), 2 * model.len());
             let (entities, relationships) = merge.into_changes();
             let want_entities: EntityChanges = model.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
