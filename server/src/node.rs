@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::metrics_http;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_router::{ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
@@ -84,6 +84,12 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
     let mut controls = Vec::new();
     let (bound_tx, bound_rx) = flume::unbounded::<Result<SocketAddr, String>>();
     let mut executors = Vec::new();
+    // Helper threads run on every CPU the process may use (D20); None (the mask unreadable, or
+    // glommio not knowing those CPUs) leaves glommio's default, the shard's own CPU.
+    let helper_cpus = ledger_shard::helper_threads::process_cpus().ok().and_then(|cpus| {
+        let set = CpuSet::online().ok()?.filter(|location| cpus.contains(&location.cpu));
+        (!set.is_empty()).then_some(set)
+    });
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let core = CoreId(index as u16);
         let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
@@ -112,6 +118,11 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
             Placement::Unbound
         })
         .name(&format!("core-{index}"));
+        if let Some(cpus) = &helper_cpus {
+            // The blocking pool (checkpoint writes, snapshot and integrity work) would otherwise
+            // share the shard's pinned CPU (D20).
+            builder = builder.blocking_thread_pool_placement(PoolPlacement::Fenced(1, cpus.clone()));
+        }
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
         }

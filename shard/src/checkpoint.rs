@@ -665,7 +665,7 @@ impl Checkpointer {
                 }
                 Ok(merge)
             };
-            let spawned = std::thread::Builder::new().name("journal-merge".into()).spawn(move || {
+            let spawned = crate::helper_threads::spawn_helper("journal-merge", move || {
                 // The receiver is gone only if the group was dropped meanwhile.
                 let _ = done.send(prepare());
             });

@@ -12,6 +12,7 @@ pub mod constants;
 pub mod error;
 pub mod group;
 pub mod group_data;
+pub mod helper_threads;
 pub mod history;
 pub mod idem_cache;
 pub mod integrity;

@@ -493,10 +493,10 @@ impl LogStore {
         let thread_db = db.clone();
         let thread_flushed = flushed_seq.clone();
         let thread_stats = stats.clone();
-        std::thread::Builder::new()
-            .name("raft-log-io".into())
-            .spawn(move || writer_loop(thread_db, rx, thread_flushed, thread_stats))
-            .map_err(|source| ShardError::Io { path: path.to_path_buf(), source })?;
+        crate::helper_threads::spawn_helper("raft-log-io", move || {
+            writer_loop(thread_db, rx, thread_flushed, thread_stats)
+        })
+        .map_err(|source| ShardError::Io { path: path.to_path_buf(), source })?;
         let core = LogCore {
             path: path.to_path_buf(),
             db,
