@@ -445,7 +445,7 @@ impl ScopeState {
         for tx in &entry.transactions {
             failed |= draft.apply_tx(tx).is_err();
         }
-        let delta = draft.into_delta(ctx);
+        let (_, delta) = draft.finish(ctx);
         if delta.header.tx_merkle_root != entry.tx_merkle_root {
             return Err(Divergence {
                 expected: entry.tx_merkle_root,
@@ -563,6 +563,78 @@ impl ScopeState {
     }
 }
 
+/// A block whose transactions are final but whose state tree is not computed yet
+/// ([`BlockDraft::seal`]): `parent_tree.with_updates(changes)` is the tree that
+/// [`SealedDraft::complete`] needs.
+#[derive(Debug)]
+pub struct SealedDraft {
+    /// The tree of the block this one follows (a shared clone).
+    pub parent_tree: SparseMerkleTree,
+    /// Leaf changes of this block in key order (entities, then relationships).
+    pub changes: Vec<crate::smt::Change>,
+    namespace_id: i64,
+    vault_id: i64,
+    height: u64,
+    previous_hash: Hash,
+    tx_merkle_root: Hash,
+    entities: BTreeMap<String, Option<EntityRow>>,
+    relationships: BTreeMap<Relationship, Option<u64>>,
+    clients: BTreeMap<String, ClientState>,
+    transactions: Vec<Transaction>,
+    tx_hashes: Vec<Hash>,
+    statuses: Vec<Vec<OpStatus>>,
+}
+
+impl SealedDraft {
+    /// Height of the sealed block.
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Hash of the block this one follows (its header's `previous_hash`).
+    pub fn previous_hash(&self) -> Hash {
+        self.previous_hash
+    }
+
+    /// Finish the block with `tree`, which must be `parent_tree` with `changes` applied: the entry
+    /// to propose and the delta to commit once it is applied (SPEC §7.3, §7.5, §7.6).
+    pub fn complete(self, tree: SparseMerkleTree, ctx: &BlockContext) -> (VaultEntry, ScopeDelta) {
+        let header = BlockHeader {
+            height: self.height,
+            namespace_id: self.namespace_id,
+            vault_id: self.vault_id,
+            previous_hash: self.previous_hash,
+            tx_merkle_root: self.tx_merkle_root,
+            state_root: tree.root(),
+            timestamp: ctx.timestamp,
+            leader_id: ctx.leader_id,
+            term: ctx.term,
+            committed_index: ctx.committed_index,
+        };
+        let block_hash = block_hash(&header);
+        let entry = VaultEntry {
+            namespace_id: header.namespace_id,
+            vault_id: header.vault_id,
+            vault_height: header.height,
+            previous_vault_hash: header.previous_hash,
+            transactions: self.transactions,
+            tx_merkle_root: header.tx_merkle_root,
+            state_root: header.state_root,
+        };
+        let delta = ScopeDelta {
+            entities: self.entities,
+            relationships: self.relationships,
+            clients: self.clients,
+            tree,
+            header,
+            block_hash,
+            statuses: self.statuses,
+            tx_hashes: self.tx_hashes,
+        };
+        (entry, delta)
+    }
+}
+
 /// Up to `limit` items and whether another one follows.
 fn take_page(mut items: impl Iterator<Item = Relationship>, limit: usize) -> (Vec<Relationship>, bool) {
     let page: Vec<Relationship> = items.by_ref().take(limit).collect();
@@ -667,23 +739,16 @@ impl<'a> BlockDraft<'a> {
     }
 
     /// Close the block: the entry to propose and the delta to commit once it is applied.
-    pub fn finish(mut self, ctx: &BlockContext) -> (VaultEntry, ScopeDelta) {
-        let transactions = std::mem::take(&mut self.transactions);
-        let delta = self.into_delta(ctx);
-        let entry = VaultEntry {
-            namespace_id: delta.header.namespace_id,
-            vault_id: delta.header.vault_id,
-            vault_height: delta.header.height,
-            previous_vault_hash: delta.header.previous_hash,
-            transactions,
-            tx_merkle_root: delta.header.tx_merkle_root,
-            state_root: delta.header.state_root,
-        };
-        (entry, delta)
+    pub fn finish(self, ctx: &BlockContext) -> (VaultEntry, ScopeDelta) {
+        let sealed = self.seal();
+        let tree = sealed.parent_tree.with_updates(sealed.changes.iter().copied());
+        sealed.complete(tree, ctx)
     }
 
-    /// Roots, header and block hash of the draft (SPEC §7.3, §7.5, §7.6).
-    fn into_delta(self, ctx: &BlockContext) -> ScopeDelta {
+    /// Close the block except for its state tree: the tree's leaf changes and the tree they apply
+    /// to, so that the caller can compute the new tree elsewhere (the shard's tree thread) and
+    /// finish with [`SealedDraft::complete`]. Borrows nothing, so it may outlive the base state.
+    pub fn seal(self) -> SealedDraft {
         let changes = self
             .entities
             .iter()
@@ -700,35 +765,27 @@ impl<'a> BlockDraft<'a> {
                     (k, Some(v))
                 }
                 None => (key_hash(rel.key().as_bytes()), None),
-            }));
+            }))
+            .collect();
         let (parent_tree, previous_hash) = match self.pending.last() {
-            Some(delta) => (&delta.tree, delta.block_hash),
-            None => (&self.base.tree, self.base.meta.last_block_hash),
+            Some(delta) => (delta.tree.clone(), delta.block_hash),
+            None => (self.base.tree.clone(), self.base.meta.last_block_hash),
         };
-        let tree = parent_tree.with_updates(changes);
         let meta = &self.base.meta;
-        let header = BlockHeader {
-            height: self.height,
+        SealedDraft {
+            parent_tree,
+            changes,
             namespace_id: meta.key.namespace_id.0,
             vault_id: meta.key.vault_id.0,
+            height: self.height,
             previous_hash,
             tx_merkle_root: tx_merkle_root(&self.tx_hashes),
-            state_root: tree.root(),
-            timestamp: ctx.timestamp,
-            leader_id: ctx.leader_id,
-            term: ctx.term,
-            committed_index: ctx.committed_index,
-        };
-        let block_hash = block_hash(&header);
-        ScopeDelta {
             entities: self.entities,
             relationships: self.relationships,
             clients: self.clients,
-            tree,
-            header,
-            block_hash,
-            statuses: self.statuses,
+            transactions: self.transactions,
             tx_hashes: self.tx_hashes,
+            statuses: self.statuses,
         }
     }
 

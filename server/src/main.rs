@@ -3,8 +3,9 @@
 
 use clap::Parser;
 use ledger_server::config::{Config, ConfigLayer};
-use ledger_server::node::{run_node, NodeError};
-use ledger_server::node_alloc::NodeCacheAlloc;
+use ledger_server::node::{run_node_with, NodeError};
+use ledger_server::node_alloc::{cache_this_thread, release_this_thread, NodeCacheAlloc};
+use ledger_shard::config::HelperHooks;
 use std::process::ExitCode;
 
 /// mimalloc: the state tree allocates and frees many small nodes per block (path copying), and
@@ -30,6 +31,11 @@ fn tune_allocator() {
     }
 }
 
+/// Hands a finishing thread's cached node blocks back to mimalloc.
+fn release_node_blocks() {
+    release_this_thread(&GLOBAL);
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let config = match Config::resolve(ConfigLayer::parse()) {
@@ -39,7 +45,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run_node(config) {
+    // The state-tree threads allocate and free tree nodes all day, like the executors.
+    let hooks = HelperHooks { on_start: Some(cache_this_thread), on_exit: Some(release_node_blocks) };
+    match run_node_with(config, hooks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ NodeError::DataDir(ledger_server::data_dir::DataDirError::Locked(_))) => {
             eprintln!("ledger-server: {e}");

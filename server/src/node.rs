@@ -9,6 +9,7 @@ use crate::metrics_http;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_router::{ListenerControl, RouterContext, RouterSettings};
+use ledger_shard::config::HelperHooks;
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,13 @@ pub enum NodeError {
 }
 
 pub fn run_node(config: Config) -> Result<(), NodeError> {
+    run_node_with(config, HelperHooks::default())
+}
+
+/// [`run_node`] with `helper_hooks` run at the start and end of the state-tree threads (the
+/// binary turns its node-block allocator cache on there and hands the cached blocks back at the
+/// end, see `node_alloc.rs`).
+pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), NodeError> {
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
     let dir = DataDir::open(&config.data_dir)?;
@@ -69,6 +77,8 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
         snapshot_interval_secs: config.snapshot_interval_secs,
         snapshots_keep: config.snapshots_keep,
         retention_interval_secs: config.retention_interval_secs,
+        helper_hooks,
+        tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,

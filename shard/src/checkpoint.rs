@@ -906,6 +906,12 @@ pub async fn open_group_with(
         glommio::executor().spawn_blocking(move || load_state(&db)).await?
     };
     let mut data = GroupData::new(group, Archive::open(blocks_db)?);
+    data.trees = crate::tree_worker::TreeWorker::start(
+        &format!("tree-g{}", group.0),
+        config.helper_hooks,
+        config.tree_thread_min_leaves,
+    );
+    data.history.release_through(data.trees.clone());
     data.snapshots = {
         let dir = dir.join("snapshots");
         let scan_dir = dir.clone();

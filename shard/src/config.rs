@@ -30,6 +30,19 @@ pub struct ShardConfig {
     pub snapshots_keep: usize,
     /// SPEC §9.5: period of the body-compaction pass over Compacted vaults (300 s by default).
     pub retention_interval_secs: u64,
+    /// Run at the start and end of the long-lived helper threads that build and free state trees
+    /// (the server turns its node-block allocator cache on and off there).
+    pub helper_hooks: HelperHooks,
+    /// Trees of at least this many leaves are updated on the group's tree thread (D21;
+    /// `TREE_THREAD_MIN_LEAVES`, 0 in tests so that every block goes through the thread).
+    pub tree_thread_min_leaves: u64,
+}
+
+/// Functions a helper thread calls when it starts and just before it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HelperHooks {
+    pub on_start: Option<fn()>,
+    pub on_exit: Option<fn()>,
 }
 
 impl ShardConfig {
@@ -52,6 +65,8 @@ impl ShardConfig {
             snapshot_interval_secs: 3600,
             snapshots_keep: 3,
             retention_interval_secs: 300,
+            helper_hooks: HelperHooks::default(),
+            tree_thread_min_leaves: 0,
         }
     }
 }

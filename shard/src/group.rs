@@ -26,7 +26,7 @@ use crate::msg::ReplySender;
 use crate::type_config::LedgerRaft;
 use futures::channel::oneshot;
 use ledger_core::hash::{group_hash, tx_merkle_proof};
-use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SequenceCheck};
+use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SealedDraft, SequenceCheck};
 use ledger_core::types::*;
 use ledger_wire::messages::{
     ErrorDetail, Response, ResponseEnvelope, Status, StatusCode, WriteResult, WriteSuccess,
@@ -423,7 +423,8 @@ impl Group {
             let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
             self.next_log_index.set(last + 1);
         }
-        let Some(built) = self.dry_run(batch) else { return };
+        let Some(drafted) = self.dry_run(batch) else { return };
+        let Some(built) = self.seal_round(drafted).await else { return };
         let Built { block, accepted } = built;
         assert!(self.in_flight.get() < BLOCKS_IN_FLIGHT_MAX, "too many blocks in flight");
         self.in_flight.set(self.in_flight.get() + 1);
@@ -503,7 +504,7 @@ impl Group {
 
     /// The dry run: validates and applies every transaction to its scope's draft, answers the
     /// rejected ones, and returns the block plus the responses of the accepted ones.
-    fn dry_run(&self, batch: Vec<PendingTx>) -> Option<Built> {
+    fn dry_run(&self, batch: Vec<PendingTx>) -> Option<Drafted> {
         let term = self.raft.metrics().borrow().current_term;
         let data_ref = self.data.borrow();
         let data: &GroupData = &data_ref;
@@ -626,14 +627,54 @@ impl Group {
             }
         }
         drop(cache);
+        let sealed: Vec<(ScopeKey, SealedDraft)> =
+            drafts.into_iter().filter(|(_, draft)| !draft.is_empty()).map(|(k, d)| (k, d.seal())).collect();
+        if sealed.is_empty() {
+            assert!(accepted.is_empty());
+            return None;
+        }
+        let (group_height, previous_group_hash) = match data.speculative.back() {
+            Some(last) => (last.group_height + 1, last.group_hash),
+            None => (data.group_height + 1, data.last_group_hash),
+        };
+        Some(Drafted { ctx, sealed, accepted, group_height, previous_group_hash })
+    }
+
+    /// Computes the drafted scopes' state trees on the group's tree thread (D21) while this
+    /// executor serves other work, then finishes the block. `None` (every transaction answered
+    /// `Unavailable`) if the block it builds on failed meanwhile or leadership moved.
+    async fn seal_round(&self, drafted: Drafted) -> Option<Built> {
+        let Drafted { ctx, mut sealed, mut accepted, group_height, previous_group_hash } = drafted;
+        let trees = self.data.borrow().trees.clone();
+        // All jobs are queued before the first is awaited, so the thread runs them back to back.
+        let built_trees = futures::future::join_all(sealed.iter_mut().map(|(_, draft)| {
+            trees.update(std::mem::take(&mut draft.parent_tree), std::mem::take(&mut draft.changes))
+        }))
+        .await;
+        let data = self.data.borrow();
+        let parent_intact = match data.speculative.back() {
+            Some(last) => last.group_height + 1 == group_height && last.group_hash == previous_group_hash,
+            None => data.group_height + 1 == group_height && data.last_group_hash == previous_group_hash,
+        };
+        if !parent_intact || !self.is_leader() {
+            drop(data);
+            let status = Status::unavailable(format!(
+                "group {} block {group_height} was abandoned while it was built; retry the write",
+                self.id
+            ));
+            for a in accepted {
+                for w in a.waiters {
+                    w.send(Err(status.clone()));
+                }
+            }
+            return None;
+        }
+        drop(data);
         let mut entries = Vec::new();
         let mut deltas = Vec::new();
         let mut headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)> = BTreeMap::new();
-        for (key, draft) in drafts {
-            if draft.is_empty() {
-                continue;
-            }
-            let (entry, delta) = draft.finish(&ctx);
+        for ((key, draft), tree) in sealed.into_iter().zip(built_trees) {
+            let (entry, delta) = draft.complete(tree, &ctx);
             // The draft already hashed every transaction; copy the leaves only for proofs.
             let wants_proof = accepted.iter().any(|a| a.scope == key && a.include_tx_proof);
             let leaves = if wants_proof { delta.tx_hashes.clone() } else { Vec::new() };
@@ -641,12 +682,8 @@ impl Group {
             entries.push(entry);
             deltas.push((key, delta));
         }
-        if entries.is_empty() {
-            assert!(accepted.is_empty());
-            return None;
-        }
         for a in &mut accepted {
-            // Every accepted transaction's scope has a finished, non-empty draft.
+            // Every accepted transaction's scope has a sealed, non-empty draft.
             let Some((header, leaves)) = headers.get(&a.scope) else { continue };
             a.success.block_height = header.height;
             if a.include_tx_proof {
@@ -654,25 +691,29 @@ impl Group {
                 a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
             }
         }
-        let (group_height, previous_group_hash) = match data.speculative.back() {
-            Some(last) => (last.group_height + 1, last.group_hash),
-            None => (data.group_height + 1, data.last_group_hash),
-        };
         let block = GroupBlock {
             group_id: self.id.0,
             group_height,
             previous_group_hash,
             vault_entries: entries,
-            timestamp: ts,
+            timestamp: ctx.timestamp,
             leader_id: self.config.node_id,
             term: ctx.term,
             committed_index: ctx.committed_index,
         };
-        drop(data_ref);
         let group_hash = group_hash(&block);
         self.data.borrow_mut().speculative.push_back(SpeculativeBlock { group_height, group_hash, deltas });
         Some(Built { block, accepted })
     }
+}
+
+/// A dry-run block whose state trees are still to be computed.
+struct Drafted {
+    ctx: BlockContext,
+    sealed: Vec<(ScopeKey, SealedDraft)>,
+    accepted: Vec<Accepted>,
+    group_height: u64,
+    previous_group_hash: Hash,
 }
 
 struct Accepted {

@@ -53,6 +53,9 @@ pub struct GroupData {
     pub history: crate::history::History,
     /// This node's snapshot files of the group (SPEC §9.4; snapshot.rs), loaded at open.
     pub snapshots: crate::snapshot::SnapshotCatalog,
+    /// The group's state-tree thread (tree_worker.rs): the block builder computes its trees there
+    /// and the history drops old versions there. Inline unless the group was opened to serve.
+    pub trees: crate::tree_worker::TreeWorker,
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -125,6 +128,7 @@ impl GroupData {
             on_block_applied: None,
             history: crate::history::History::default(),
             snapshots: crate::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
+            trees: crate::tree_worker::TreeWorker::inline(),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::constants::{
     HISTORY_RECENT_ROWS_MAX, HISTORY_REPLAY_CHUNK_BLOCKS,
 };
 use crate::group::Group;
+use crate::tree_worker::TreeWorker;
 use ledger_core::hash::block_hash;
 use ledger_core::smt::SparseMerkleTree;
 use ledger_core::state::{BlockContext, Displaced, EntityRow, ScopeDelta, ScopeState};
@@ -70,8 +71,8 @@ pub struct ScopeHistory {
 }
 
 impl ScopeHistory {
-    fn clear(&mut self) {
-        *self = ScopeHistory::default();
+    fn clear(&mut self, trees: &TreeWorker) {
+        trees.release(std::mem::take(self));
     }
 
     /// Whether the ring extends exactly the scope's current tip.
@@ -105,13 +106,14 @@ impl ScopeHistory {
         tree: SparseMerkleTree,
         block_hash: Hash,
         displaced: Displaced,
+        trees: &TreeWorker,
     ) {
         let extends = match self.ring.back() {
             Some(last) => last.header.height + 1 == header.height && self.tip_hash == header.previous_hash,
             None => true,
         };
         if !extends {
-            self.clear();
+            self.clear(trees);
         }
         let mut before = HashMap::with_capacity(displaced.entities.len() + displaced.relationships.len());
         let mut bytes = 0usize;
@@ -134,14 +136,17 @@ impl ScopeHistory {
                 || self.rows > HISTORY_RECENT_ROWS_MAX
                 || self.bytes > HISTORY_RECENT_BYTES_MAX)
         {
-            self.evict_oldest();
+            self.evict_oldest(trees);
         }
     }
 
-    fn evict_oldest(&mut self) {
+    /// Drops the oldest block on the tree thread: its tree's unshared paths are most of the
+    /// nodes freed per block (D21).
+    fn evict_oldest(&mut self, trees: &TreeWorker) {
         let Some(oldest) = self.ring.pop_front() else { return };
         self.rows -= oldest.before.len();
         self.bytes -= oldest.bytes;
+        trees.release(oldest);
     }
 
     /// `key`'s row at `height` (which the ring must cover): the pre-image recorded by the first
@@ -161,6 +166,8 @@ impl ScopeHistory {
 #[derive(Default)]
 pub struct History {
     scopes: BTreeMap<ScopeKey, ScopeHistory>,
+    /// Where evicted versions are dropped (the group's tree thread; inline by default).
+    trees: TreeWorker,
 }
 
 impl History {
@@ -169,12 +176,20 @@ impl History {
     pub fn commit(&mut self, scope: &mut ScopeState, delta: ScopeDelta) {
         let (header, tree, block_hash) = (delta.header.clone(), delta.tree.clone(), delta.block_hash);
         let displaced = scope.commit_displacing(delta);
-        self.scopes.entry(scope.meta.key).or_default().record(header, tree, block_hash, displaced);
+        let trees = &self.trees;
+        self.scopes.entry(scope.meta.key).or_default().record(header, tree, block_hash, displaced, trees);
+    }
+
+    /// Drop evicted versions on `trees` from now on.
+    pub fn release_through(&mut self, trees: TreeWorker) {
+        self.trees = trees;
     }
 
     /// Forgets a scope's ring (its state was replaced wholesale).
     pub fn forget(&mut self, key: ScopeKey) {
-        self.scopes.remove(&key);
+        if let Some(ring) = self.scopes.remove(&key) {
+            self.trees.release(ring);
+        }
     }
 
     pub fn scope(&self, key: ScopeKey) -> Option<&ScopeHistory> {

@@ -33,6 +33,7 @@ mod service_tests;
 pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tree_worker;
 pub mod type_config;
 pub mod watch;
 
