@@ -568,14 +568,15 @@ impl ScopeState {
 /// [`SealedDraft::complete`] needs.
 #[derive(Debug)]
 pub struct SealedDraft {
-    /// The tree of the block this one follows (a shared clone).
-    pub parent_tree: SparseMerkleTree,
+    /// The tree of the block this one follows (a shared clone); `None` when that block is itself
+    /// sealed and its tree not built yet.
+    pub parent_tree: Option<SparseMerkleTree>,
     /// Leaf changes of this block in key order (entities, then relationships).
     pub changes: Vec<crate::smt::Change>,
     namespace_id: i64,
     vault_id: i64,
     height: u64,
-    previous_hash: Hash,
+    previous_hash: Option<Hash>,
     tx_merkle_root: Hash,
     entities: BTreeMap<String, Option<EntityRow>>,
     relationships: BTreeMap<Relationship, Option<u64>>,
@@ -591,19 +592,31 @@ impl SealedDraft {
         self.height
     }
 
-    /// Hash of the block this one follows (its header's `previous_hash`).
-    pub fn previous_hash(&self) -> Hash {
+    /// Hash of the block this one follows, if it was known when the draft was sealed.
+    pub fn previous_hash(&self) -> Option<Hash> {
         self.previous_hash
     }
 
-    /// Finish the block with `tree`, which must be `parent_tree` with `changes` applied: the entry
-    /// to propose and the delta to commit once it is applied (SPEC §7.3, §7.5, §7.6).
-    pub fn complete(self, tree: SparseMerkleTree, ctx: &BlockContext) -> (VaultEntry, ScopeDelta) {
+    /// Finish the block with `tree`, which must be the parent tree with `changes` applied, after
+    /// the block whose hash is `previous_hash` (which must equal the one known at sealing): the
+    /// entry to propose and the delta to commit once it is applied (SPEC §7.3, §7.5, §7.6).
+    pub fn complete(
+        self,
+        tree: SparseMerkleTree,
+        previous_hash: Hash,
+        ctx: &BlockContext,
+    ) -> (VaultEntry, ScopeDelta) {
+        if let Some(known) = self.previous_hash {
+            assert_eq!(
+                known, previous_hash,
+                "a sealed draft completed after another block than it was sealed on"
+            );
+        }
         let header = BlockHeader {
             height: self.height,
             namespace_id: self.namespace_id,
             vault_id: self.vault_id,
-            previous_hash: self.previous_hash,
+            previous_hash,
             tx_merkle_root: self.tx_merkle_root,
             state_root: tree.root(),
             timestamp: ctx.timestamp,
@@ -658,6 +671,9 @@ pub struct BlockDraft<'a> {
     /// Deltas of this scope's blocks that are proposed but not yet applied, oldest first: the
     /// draft builds on top of them (pipelined blocks, docs/decisions.md D7).
     pending: Vec<&'a ScopeDelta>,
+    /// This scope's blocks sealed after `pending` whose trees are still being computed, oldest
+    /// first (D21): their rows count, their trees and hashes are not known yet.
+    sealed: Vec<&'a SealedDraft>,
     /// Height of the block being built: every version written is this.
     height: u64,
     entities: BTreeMap<String, Option<EntityRow>>,
@@ -676,17 +692,37 @@ impl<'a> BlockDraft<'a> {
     /// A draft of the block after `pending` (this scope's proposed but not yet applied blocks,
     /// oldest first, each built on the previous one and the first on `base`).
     pub fn over(base: &'a ScopeState, pending: Vec<&'a ScopeDelta>) -> Self {
+        Self::over_sealed(base, pending, Vec::new())
+    }
+
+    /// [`Self::over`], then after `sealed`: this scope's sealed blocks whose trees are not built
+    /// yet, oldest first, following `pending`. The draft then seals without a parent tree or
+    /// previous hash, which the caller supplies from the last sealed block once it completes.
+    pub fn over_sealed(
+        base: &'a ScopeState,
+        pending: Vec<&'a ScopeDelta>,
+        sealed: Vec<&'a SealedDraft>,
+    ) -> Self {
         let mut expected = base.meta.height + 1;
-        let mut previous = base.meta.last_block_hash;
+        let mut previous = Some(base.meta.last_block_hash);
         for delta in &pending {
             assert_eq!(delta.header.height, expected, "pending deltas must be consecutive");
-            assert_eq!(delta.header.previous_hash, previous, "pending deltas must chain");
+            assert_eq!(Some(delta.header.previous_hash), previous, "pending deltas must chain");
             expected += 1;
-            previous = delta.block_hash;
+            previous = Some(delta.block_hash);
+        }
+        for draft in &sealed {
+            assert_eq!(draft.height, expected, "sealed drafts must be consecutive");
+            if let Some(hash) = draft.previous_hash {
+                assert_eq!(Some(hash), previous, "sealed drafts must chain");
+            }
+            expected += 1;
+            previous = None;
         }
         BlockDraft {
             base,
             pending,
+            sealed,
             height: expected,
             entities: BTreeMap::new(),
             relationships: BTreeMap::new(),
@@ -708,6 +744,7 @@ impl<'a> BlockDraft<'a> {
         let state = self
             .clients
             .get(client_id)
+            .or_else(|| self.sealed.iter().rev().find_map(|d| d.clients.get(client_id)))
             .or_else(|| self.pending.iter().rev().find_map(|d| d.clients.get(client_id)))
             .copied()
             .unwrap_or_else(|| self.base.client_state(client_id));
@@ -739,10 +776,14 @@ impl<'a> BlockDraft<'a> {
     }
 
     /// Close the block: the entry to propose and the delta to commit once it is applied.
+    /// The draft must not follow sealed blocks ([`Self::over_sealed`]).
     pub fn finish(self, ctx: &BlockContext) -> (VaultEntry, ScopeDelta) {
-        let sealed = self.seal();
-        let tree = sealed.parent_tree.with_updates(sealed.changes.iter().copied());
-        sealed.complete(tree, ctx)
+        assert!(self.sealed.is_empty(), "finish needs the parent tree; complete sealed drafts instead");
+        let mut sealed = self.seal();
+        let parent = sealed.parent_tree.take().unwrap_or_default();
+        let previous_hash = sealed.previous_hash.unwrap_or_default();
+        let tree = parent.with_updates(std::mem::take(&mut sealed.changes));
+        sealed.complete(tree, previous_hash, ctx)
     }
 
     /// Close the block except for its state tree: the tree's leaf changes and the tree they apply
@@ -767,9 +808,10 @@ impl<'a> BlockDraft<'a> {
                 None => (key_hash(rel.key().as_bytes()), None),
             }))
             .collect();
-        let (parent_tree, previous_hash) = match self.pending.last() {
-            Some(delta) => (delta.tree.clone(), delta.block_hash),
-            None => (self.base.tree.clone(), self.base.meta.last_block_hash),
+        let (parent_tree, previous_hash) = match (self.sealed.last(), self.pending.last()) {
+            (Some(_), _) => (None, None),
+            (None, Some(delta)) => (Some(delta.tree.clone()), Some(delta.block_hash)),
+            (None, None) => (Some(self.base.tree.clone()), Some(self.base.meta.last_block_hash)),
         };
         let meta = &self.base.meta;
         SealedDraft {
@@ -843,6 +885,7 @@ impl<'a> BlockDraft<'a> {
             .entities
             .get(key)
             .or_else(|| self.entities.get(key))
+            .or_else(|| self.sealed.iter().rev().find_map(|d| d.entities.get(key)))
             .or_else(|| self.pending.iter().rev().find_map(|d| d.entities.get(key)))
         {
             Some(row) => row.as_ref(),
@@ -855,6 +898,7 @@ impl<'a> BlockDraft<'a> {
             .relationships
             .get(relationship)
             .or_else(|| self.relationships.get(relationship))
+            .or_else(|| self.sealed.iter().rev().find_map(|d| d.relationships.get(relationship)))
             .or_else(|| self.pending.iter().rev().find_map(|d| d.relationships.get(relationship)))
         {
             Some(version) => version.is_some(),
@@ -1715,5 +1759,65 @@ mod tests {
         assert_eq!(pipelined.meta, sequential.meta);
         assert_eq!(pipelined.computed_root(), sequential.computed_root());
         assert_eq!(pipelined.client_state("a"), sequential.client_state("a"));
+    }
+
+    /// Drafts sealed before their predecessors' trees exist (D21: one committed block, one
+    /// proposed delta, then two sealed drafts completed in order afterwards) give the same
+    /// blocks, statuses and final state as sequential blocks.
+    #[test]
+    fn t47_drafts_over_sealed_blocks_equal_sequential_blocks() {
+        let blocks = vec![
+            vec![tx("a", 1, vec![set("k1", b"v1"), create("doc:1", "viewer", "user:1")])],
+            vec![tx("a", 2, vec![set_if("k1", b"v2", SetCondition::VersionEquals(1))])],
+            vec![
+                tx("a", 3, vec![set_if("k1", b"v3", SetCondition::VersionEquals(2))]),
+                tx("b", 1, vec![set_if("k2", b"x", SetCondition::MustNotExist)]),
+            ],
+            vec![
+                tx("a", 4, vec![del("k1"), remove("doc:1", "viewer", "user:1")]),
+                tx("b", 2, vec![set_if("k2", b"y", SetCondition::MustNotExist)]),
+                tx("a", 4, vec![set("dup", b"z")]),
+            ],
+        ];
+        let mut sequential = vault();
+        let mut expected = Vec::new();
+        for txs in blocks.clone() {
+            expected.push(run_block(&mut sequential, txs));
+        }
+        let mut blocks = blocks.into_iter();
+        let mut state = vault();
+        let first = blocks.next().unwrap();
+        let got_first = run_block(&mut state, first);
+        // Block 2 is proposed (a full delta); blocks 3 and 4 are sealed on top of it.
+        let mut draft = BlockDraft::over(&state, Vec::new());
+        let results2: Vec<TxResult> =
+            blocks.next().unwrap().into_iter().map(|t| draft.try_apply(t)).collect();
+        let (entry2, delta2) = draft.finish(&ctx(2));
+        let mut sealed: Vec<SealedDraft> = Vec::new();
+        let mut results = Vec::new();
+        for txs in blocks {
+            let mut draft = BlockDraft::over_sealed(&state, vec![&delta2], sealed.iter().collect());
+            results.push(txs.into_iter().map(|t| draft.try_apply(t)).collect::<Vec<TxResult>>());
+            sealed.push(draft.seal());
+        }
+        assert!(sealed[0].parent_tree.is_some() && sealed[0].previous_hash() == Some(delta2.block_hash));
+        assert!(sealed[1].parent_tree.is_none() && sealed[1].previous_hash().is_none());
+        let mut got = vec![got_first, (results2, entry2)];
+        let (mut tree, mut previous) = (delta2.tree.clone(), delta2.block_hash);
+        let mut deltas = vec![delta2];
+        for (mut draft, results) in sealed.into_iter().zip(results) {
+            let next = tree.with_updates(std::mem::take(&mut draft.changes));
+            let (entry, delta) = draft.complete(next, previous, &ctx(deltas.len() as u64 + 2));
+            (tree, previous) = (delta.tree.clone(), delta.block_hash);
+            got.push((results, entry));
+            deltas.push(delta);
+        }
+        for delta in deltas {
+            state.commit(delta);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(state.meta, sequential.meta);
+        assert_eq!(state.computed_root(), sequential.computed_root());
+        assert_eq!(state.client_state("b"), sequential.client_state("b"));
     }
 }

@@ -23,6 +23,7 @@ use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FAC
 use crate::group_data::{GroupData, SpeculativeBlock};
 use crate::idem_cache::IdemCache;
 use crate::msg::ReplySender;
+use crate::tree_worker::{BuiltTree, TreeJob, TreeParent, TreeSlot};
 use crate::type_config::LedgerRaft;
 use futures::channel::oneshot;
 use ledger_core::hash::{group_hash, tx_merkle_proof};
@@ -175,6 +176,13 @@ pub struct Group {
     stopping: Cell<bool>,
     /// Timestamp of the last block this node built (block timestamps never go backwards).
     last_ts: Cell<Timestamp>,
+    /// Rounds drafted whose trees are being built, oldest first (D21).
+    sealing: RefCell<VecDeque<SealingBlock>>,
+    /// Resolves when the newest drafted round was proposed (`true`) or abandoned.
+    last_round: RefCell<Option<oneshot::Receiver<bool>>>,
+    /// A round was abandoned: its reserved log index went unused, so the next round waits for
+    /// the blocks in flight to drain and predicts indexes afresh.
+    resync_log_index: Cell<bool>,
 }
 
 impl Group {
@@ -198,6 +206,9 @@ impl Group {
             next_log_index: Cell::new(0),
             stopping: Cell::new(false),
             last_ts: Cell::new(Timestamp::default()),
+            sealing: RefCell::new(VecDeque::new()),
+            last_round: RefCell::new(None),
+            resync_log_index: Cell::new(false),
         })
     }
 
@@ -287,10 +298,13 @@ impl Group {
                 }
                 continue;
             }
-            if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX {
+            if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX
+                || (self.resync_log_index.get() && self.in_flight.get() > 0)
+            {
                 self.signal.wait().await;
                 continue;
             }
+            self.resync_log_index.set(false);
             if self.in_flight.get() == 0 {
                 self.wait_caught_up().await;
             }
@@ -424,18 +438,36 @@ impl Group {
             self.next_log_index.set(last + 1);
         }
         let Some(drafted) = self.dry_run(batch) else { return };
-        let Some(built) = self.seal_round(drafted).await else { return };
-        let Built { block, accepted } = built;
         assert!(self.in_flight.get() < BLOCKS_IN_FLIGHT_MAX, "too many blocks in flight");
         self.in_flight.set(self.in_flight.get() + 1);
         self.next_log_index.set(self.next_log_index.get() + 1);
-        let group_height = block.group_height;
-        let raft = self.raft.clone();
-        let mut proposal = Box::pin(async move { raft.client_write(LogPayload::Block(block)).await });
-        // The first poll hands the entry to openraft's core (an unbounded channel send).
-        let first = futures::poll!(proposal.as_mut());
+        // Rounds complete and propose in the order they were drafted: each waits for the one
+        // before it, and learns whether that one was proposed.
+        let (completed, completed_rx) = oneshot::channel::<bool>();
+        let predecessor = self.last_round.replace(Some(completed_rx));
         let group = self.clone();
         glommio::spawn_local(async move {
+            let Drafted { ctx, jobs, accepted, group_height } = drafted;
+            let trees = futures::future::join_all(jobs.into_iter().map(TreeJob::wait)).await;
+            let predecessor_proposed = match predecessor {
+                Some(proposed) => proposed.await.unwrap_or(false),
+                None => true,
+            };
+            let built = match group.complete_round(ctx, trees, accepted, group_height, predecessor_proposed) {
+                Ok(built) => built,
+                Err((status, accepted)) => {
+                    group.abandon_round(status, accepted);
+                    let _ = completed.send(false);
+                    return;
+                }
+            };
+            let Built { block, accepted } = built;
+            let raft = group.raft.clone();
+            let mut proposal = Box::pin(async move { raft.client_write(LogPayload::Block(block)).await });
+            // The first poll hands the entry to openraft's core (an unbounded channel send), so
+            // the next round's block, proposed once told below, reaches the log after this one.
+            let first = futures::poll!(proposal.as_mut());
+            let _ = completed.send(true);
             let result = match first {
                 std::task::Poll::Ready(result) => result,
                 std::task::Poll::Pending => proposal.await,
@@ -443,6 +475,20 @@ impl Group {
             group.finish_round(group_height, result, accepted);
         })
         .detach();
+    }
+
+    /// A round that cannot be proposed: its writes are answered `status` (the client retries with
+    /// the same sequence, SPEC §6.3), and the log index it reserved is given up, so the next round
+    /// waits for the blocks in flight to drain and then predicts indexes afresh.
+    fn abandon_round(&self, status: Status, accepted: Vec<Accepted>) {
+        for a in accepted {
+            for w in a.waiters {
+                w.send(Err(status.clone()));
+            }
+        }
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.resync_log_index.set(true);
+        self.signal.raise();
     }
 
     /// Answers the transactions of one proposed block once openraft resolved it.
@@ -508,6 +554,8 @@ impl Group {
         let term = self.raft.metrics().borrow().current_term;
         let data_ref = self.data.borrow();
         let data: &GroupData = &data_ref;
+        let sealing_ref = self.sealing.borrow();
+        let sealing: &VecDeque<SealingBlock> = &sealing_ref;
         let ts = self.block_timestamp(data);
         let ctx = BlockContext {
             timestamp: ts,
@@ -553,7 +601,11 @@ impl Group {
                     .iter()
                     .flat_map(|s| s.deltas.iter().filter(|(k, _)| *k == p.scope).map(|(_, d)| d))
                     .collect();
-                BlockDraft::over(scope, pending)
+                let sealed = sealing
+                    .iter()
+                    .flat_map(|b| b.scopes.iter().filter(|s| s.key == p.scope).map(|s| &s.draft))
+                    .collect();
+                BlockDraft::over_sealed(scope, pending, sealed)
             });
             match draft.check_sequence(&p.client_id, p.sequence) {
                 SequenceCheck::Next => {}
@@ -633,48 +685,104 @@ impl Group {
             assert!(accepted.is_empty());
             return None;
         }
-        let (group_height, previous_group_hash) = match data.speculative.back() {
-            Some(last) => (last.group_height + 1, last.group_hash),
-            None => (data.group_height + 1, data.last_group_hash),
+        let group_height = match (sealing.back(), data.speculative.back()) {
+            (Some(last), _) => last.group_height + 1,
+            (None, Some(last)) => last.group_height + 1,
+            (None, None) => data.group_height + 1,
         };
-        Some(Drafted { ctx, sealed, accepted, group_height, previous_group_hash })
+        let trees = data.trees.clone();
+        let mut jobs = Vec::with_capacity(sealed.len());
+        let mut scopes = Vec::with_capacity(sealed.len());
+        for (key, mut draft) in sealed {
+            let parent = match draft.parent_tree.take() {
+                Some(tree) => TreeParent::Built(tree),
+                None => {
+                    // The draft follows a sealed block of its scope: chain on that block's tree.
+                    let slot = sealing
+                        .iter()
+                        .rev()
+                        .find_map(|b| b.scopes.iter().find(|s| s.key == key).map(|s| s.tree.clone()));
+                    let Some(slot) = slot else {
+                        unreachable!("a draft over sealed blocks has a sealed predecessor of its scope")
+                    };
+                    TreeParent::After(slot)
+                }
+            };
+            let leaves = data.scopes.get(&key).map_or(0, |scope| scope.tree().len());
+            let job = trees.submit(parent, std::mem::take(&mut draft.changes), leaves);
+            scopes.push(SealingScope { key, draft, tree: job.slot() });
+            jobs.push(job);
+        }
+        drop(sealing_ref);
+        self.sealing.borrow_mut().push_back(SealingBlock { group_height, scopes });
+        Some(Drafted { ctx, jobs, accepted, group_height })
     }
 
-    /// Computes the drafted scopes' state trees on the group's tree thread (D21) while this
-    /// executor serves other work, then finishes the block. `None` (every transaction answered
-    /// `Unavailable`) if the block it builds on failed meanwhile or leadership moved.
-    async fn seal_round(&self, drafted: Drafted) -> Option<Built> {
-        let Drafted { ctx, mut sealed, mut accepted, group_height, previous_group_hash } = drafted;
-        let trees = self.data.borrow().trees.clone();
-        // All jobs are queued before the first is awaited, so the thread runs them back to back.
-        let built_trees = futures::future::join_all(sealed.iter_mut().map(|(_, draft)| {
-            trees.update(std::mem::take(&mut draft.parent_tree), std::mem::take(&mut draft.changes))
-        }))
-        .await;
-        let data = self.data.borrow();
-        let parent_intact = match data.speculative.back() {
-            Some(last) => last.group_height + 1 == group_height && last.group_hash == previous_group_hash,
-            None => data.group_height + 1 == group_height && data.last_group_hash == previous_group_hash,
+    /// Finishes the oldest sealed round with its built trees (D21): checks that everything it
+    /// was built on is still the chain's tip (else the error to answer its writes with), fills in
+    /// the headers, and pushes the block to `speculative`, ready to propose.
+    #[allow(clippy::type_complexity)]
+    fn complete_round(
+        &self,
+        ctx: BlockContext,
+        trees: Vec<Option<BuiltTree>>,
+        mut accepted: Vec<Accepted>,
+        group_height: u64,
+        predecessor_proposed: bool,
+    ) -> Result<Built, (Status, Vec<Accepted>)> {
+        let sealed = self.sealing.borrow_mut().pop_front();
+        let Some(sealed) = sealed.filter(|s| s.group_height == group_height) else {
+            unreachable!("rounds complete in the order they were sealed")
         };
-        if !parent_intact || !self.is_leader() {
-            drop(data);
-            let status = Status::unavailable(format!(
-                "group {} block {group_height} was abandoned while it was built; retry the write",
+        let abandoned = |why: &str, accepted| {
+            let message = format!(
+                "group {} block {group_height} was abandoned while it was built ({why}); retry the write",
                 self.id
-            ));
-            for a in accepted {
-                for w in a.waiters {
-                    w.send(Err(status.clone()));
-                }
-            }
-            return None;
+            );
+            Err((Status::unavailable(message), accepted))
+        };
+        if !predecessor_proposed {
+            return abandoned("the block before it was abandoned", accepted);
         }
-        drop(data);
+        if !self.is_leader() {
+            return abandoned("leadership moved", accepted);
+        }
+        let data = self.data.borrow();
+        let (parent_height, previous_group_hash) = match data.speculative.back() {
+            Some(last) => (last.group_height, last.group_hash),
+            None => (data.group_height, data.last_group_hash),
+        };
+        if parent_height + 1 != group_height {
+            return abandoned("the block before it failed", accepted);
+        }
         let mut entries = Vec::new();
         let mut deltas = Vec::new();
         let mut headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)> = BTreeMap::new();
-        for ((key, draft), tree) in sealed.into_iter().zip(built_trees) {
-            let (entry, delta) = draft.complete(tree, &ctx);
+        for (scope, built) in sealed.scopes.into_iter().zip(trees) {
+            let SealingScope { key, draft, .. } = scope;
+            // The scope's tip now: its newest proposed block, else its committed state.
+            let tip = data
+                .speculative
+                .iter()
+                .rev()
+                .find_map(|b| b.deltas.iter().find(|(k, _)| *k == key))
+                .map(|(_, d)| (d.header.height, d.block_hash, d.header.state_root))
+                .or_else(|| {
+                    data.scopes.get(&key).map(|s| (s.meta.height, s.meta.last_block_hash, s.meta.state_root))
+                });
+            let Some((tip_height, tip_hash, tip_root)) = tip else {
+                return abandoned("its vault is gone", accepted);
+            };
+            let Some(built) = built else {
+                return abandoned("the tree it follows was never built", accepted);
+            };
+            let follows_tip = tip_height + 1 == draft.height()
+                && draft.previous_hash().is_none_or(|hash| hash == tip_hash)
+                && built.parent_root == tip_root;
+            if !follows_tip {
+                return abandoned("its vault's chain moved", accepted);
+            }
+            let (entry, delta) = draft.complete(built.tree, tip_hash, &ctx);
             // The draft already hashed every transaction; copy the leaves only for proofs.
             let wants_proof = accepted.iter().any(|a| a.scope == key && a.include_tx_proof);
             let leaves = if wants_proof { delta.tx_hashes.clone() } else { Vec::new() };
@@ -682,6 +790,7 @@ impl Group {
             entries.push(entry);
             deltas.push((key, delta));
         }
+        drop(data);
         for a in &mut accepted {
             // Every accepted transaction's scope has a sealed, non-empty draft.
             let Some((header, leaves)) = headers.get(&a.scope) else { continue };
@@ -703,17 +812,29 @@ impl Group {
         };
         let group_hash = group_hash(&block);
         self.data.borrow_mut().speculative.push_back(SpeculativeBlock { group_height, group_hash, deltas });
-        Some(Built { block, accepted })
+        Ok(Built { block, accepted })
     }
 }
 
-/// A dry-run block whose state trees are still to be computed.
+/// A dry-run block whose state trees are being built.
 struct Drafted {
     ctx: BlockContext,
-    sealed: Vec<(ScopeKey, SealedDraft)>,
+    jobs: Vec<TreeJob>,
     accepted: Vec<Accepted>,
     group_height: u64,
-    previous_group_hash: Hash,
+}
+
+/// A round between its dry run and its completion: the sealed drafts, which later drafts of the
+/// same scopes build on, and where each scope's tree will be.
+struct SealingBlock {
+    group_height: u64,
+    scopes: Vec<SealingScope>,
+}
+
+struct SealingScope {
+    key: ScopeKey,
+    draft: SealedDraft,
+    tree: Arc<TreeSlot>,
 }
 
 struct Accepted {

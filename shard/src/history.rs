@@ -140,13 +140,14 @@ impl ScopeHistory {
         }
     }
 
-    /// Drops the oldest block on the tree thread: its tree's unshared paths are most of the
-    /// nodes freed per block (D21).
+    /// Drops the oldest block, its tree on the tree thread: the tree's unshared paths are most
+    /// of the nodes freed per block (D21).
     fn evict_oldest(&mut self, trees: &TreeWorker) {
         let Some(oldest) = self.ring.pop_front() else { return };
         self.rows -= oldest.before.len();
         self.bytes -= oldest.bytes;
-        trees.release(oldest);
+        // The row pre-images were allocated here and are cheapest freed here.
+        trees.release(oldest.tree);
     }
 
     /// `key`'s row at `height` (which the ring must cover): the pre-image recorded by the first
