@@ -1065,3 +1065,65 @@ fn t19_two_cores() {
         node.stop().await;
     });
 }
+
+/// Rounds drafted while earlier rounds' trees are still being built on the tree thread (D21):
+/// with at most 4 transactions per block (its queue then holds 40), 36 pipelined writes make 9 or
+/// more rounds, each drafted on
+/// sealed ones. Client `c` writes sequences 1..=18, each `Next` only if the sealed rounds' client
+/// state is seen; after each, a fresh client writes the same key with `MustNotExist`, which fails
+/// only if the rows of the sealed (or same) round are seen. After a restart the state (recomputed
+/// and checked against its roots at load) reads the same.
+#[test]
+fn t20_rounds_build_on_sealed_rounds() {
+    run(|dir| async move {
+        let node = start(dir.clone(), |c| c.batch_max_size = 4).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let write = |client: String, seq: u64, key: u64| Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: client,
+            sequence: seq,
+            operations: vec![set_if(&format!("k{key}"), &seq.to_le_bytes(), SetCondition::MustNotExist)],
+            include_tx_proof: false,
+        };
+        let reqs: Vec<Request> = (1..=18u64)
+            .flat_map(|seq| [write("c".into(), seq, seq), write(format!("d{seq}"), 1, seq)])
+            .collect();
+        let answers = node.call_all(reqs).await;
+        let mut heights = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let Ok(Response::Write(result)) = answer else { panic!("write {i}: {answer:?}") };
+            match result {
+                WriteResult::Success(s) => {
+                    assert_eq!(i % 2, 0, "write {i} should have found its key");
+                    heights.push(s.block_height);
+                }
+                WriteResult::Error(e) => {
+                    assert_eq!((i % 2, e.code), (1, WriteErrorCode::KeyExists), "write {i}")
+                }
+            }
+        }
+        assert_eq!(heights.len(), 18);
+        assert!(heights.windows(2).all(|w| w[0] <= w[1]), "heights {heights:?}");
+        assert!(heights.last().copied().unwrap_or(0) > 4, "expected many blocks, got {heights:?}");
+        for key in 1..=18u64 {
+            assert_eq!(node.read(ns, vault, &format!("k{key}")).await, Some(key.to_le_bytes().to_vec()));
+        }
+        node.stop().await;
+        let node = start(dir, |_| {}).await;
+        for key in [1u64, 9, 18] {
+            assert_eq!(node.read(ns, vault, &format!("k{key}")).await, Some(key.to_le_bytes().to_vec()));
+        }
+        match node
+            .call(Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: "c".into() })
+            .await
+            .unwrap()
+        {
+            Response::GetClientState { last_committed_sequence } => assert_eq!(last_committed_sequence, 18),
+            other => panic!("unexpected {other:?}"),
+        }
+        node.stop().await;
+    });
+}
