@@ -1079,6 +1079,13 @@ mod tests {
     type TxResult = Result<Vec<OpStatus>, WriteError>;
 
     /// Build a block from `txs`, check that a replica's replay reproduces it exactly, and commit.
+    /// `blocks` one after another on a fresh vault, each committed before the next is built.
+    fn run_sequentially(blocks: Vec<Vec<Transaction>>) -> (ScopeState, Vec<(Vec<TxResult>, VaultEntry)>) {
+        let mut scope = vault();
+        let results = blocks.into_iter().map(|txs| run_block(&mut scope, txs)).collect();
+        (scope, results)
+    }
+
     fn run_block(scope: &mut ScopeState, txs: Vec<Transaction>) -> (Vec<TxResult>, VaultEntry) {
         let c = ctx(scope.meta.height + 1);
         let mut draft = BlockDraft::new(scope);
@@ -1736,11 +1743,7 @@ mod tests {
                 tx("a", 3, vec![set("dup", b"z")]),
             ],
         ];
-        let mut sequential = vault();
-        let mut expected = Vec::new();
-        for txs in blocks.clone() {
-            expected.push(run_block(&mut sequential, txs));
-        }
+        let (sequential, expected) = run_sequentially(blocks.clone());
         let mut pipelined = vault();
         let mut deltas: Vec<ScopeDelta> = Vec::new();
         let mut got = Vec::new();
@@ -1779,11 +1782,7 @@ mod tests {
                 tx("a", 4, vec![set("dup", b"z")]),
             ],
         ];
-        let mut sequential = vault();
-        let mut expected = Vec::new();
-        for txs in blocks.clone() {
-            expected.push(run_block(&mut sequential, txs));
-        }
+        let (sequential, expected) = run_sequentially(blocks.clone());
         let mut blocks = blocks.into_iter();
         let mut state = vault();
         let first = blocks.next().unwrap();

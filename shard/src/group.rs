@@ -422,9 +422,10 @@ impl Group {
         }
     }
 
-    /// One block round (SPEC §8.2 steps 2–5): dry run, then propose. The proposal is handed to
-    /// openraft before this returns (so blocks reach the log in build order) and is awaited by a
-    /// separate task, so the next round can be built while this block is being made durable.
+    /// One block round (SPEC §8.2 steps 2–5): the dry run, then a task that awaits the round's
+    /// trees and the round before it, completes the block and proposes it (so blocks reach the log
+    /// in draft order) and answers its transactions. This returns after the dry run, so the next
+    /// round is drafted while this one's trees are built and its block is made durable (D21).
     async fn round(self: &Rc<Self>, batch: Vec<PendingTx>) {
         if !self.is_leader() {
             let status = self.not_leader();
@@ -548,8 +549,9 @@ impl Group {
         }
     }
 
-    /// The dry run: validates and applies every transaction to its scope's draft, answers the
-    /// rejected ones, and returns the block plus the responses of the accepted ones.
+    /// The dry run: validates and applies every transaction to its scope's draft (over the
+    /// sealed rounds before it), answers the rejected ones, seals the drafts, queues their trees
+    /// on the tree thread and parks them in `sealing`; returns what completing the round needs.
     fn dry_run(&self, batch: Vec<PendingTx>) -> Option<Drafted> {
         let term = self.raft.metrics().borrow().current_term;
         let data_ref = self.data.borrow();

@@ -210,6 +210,15 @@ impl Node {
         }
     }
 
+    /// `GetClientState`'s last committed sequence of `client`.
+    async fn last_sequence(&self, ns: i64, vault: Option<i64>, client: &str) -> u64 {
+        let req = Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: client.into() };
+        match self.call(req).await.unwrap() {
+            Response::GetClientState { last_committed_sequence } => last_committed_sequence,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     async fn read(&self, ns: i64, vault: Option<i64>, key: &str) -> Option<Vec<u8>> {
         let req = Request::Read {
             namespace_id: ns,
@@ -601,14 +610,7 @@ fn t13_sequences_and_idempotency() {
         assert!(results[2].block_height >= results[0].block_height);
         let heights: std::collections::BTreeSet<u64> = results.iter().map(|r| r.block_height).collect();
         assert!(heights.len() < results.len(), "expected batching, got heights {heights:?}");
-        match node
-            .call(Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: "c".into() })
-            .await
-            .unwrap()
-        {
-            Response::GetClientState { last_committed_sequence } => assert_eq!(last_committed_sequence, 3),
-            other => panic!("unexpected {other:?}"),
-        }
+        assert_eq!(node.last_sequence(ns, vault, "c").await, 3);
         node.stop().await;
     });
 }
@@ -1116,14 +1118,7 @@ fn t20_rounds_build_on_sealed_rounds() {
         for key in [1u64, 9, 18] {
             assert_eq!(node.read(ns, vault, &format!("k{key}")).await, Some(key.to_le_bytes().to_vec()));
         }
-        match node
-            .call(Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: "c".into() })
-            .await
-            .unwrap()
-        {
-            Response::GetClientState { last_committed_sequence } => assert_eq!(last_committed_sequence, 18),
-            other => panic!("unexpected {other:?}"),
-        }
+        assert_eq!(node.last_sequence(ns, vault, "c").await, 18);
         node.stop().await;
     });
 }
