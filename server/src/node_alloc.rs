@@ -14,23 +14,48 @@
 
 use ledger_core::smt::{NODE_BLOCK_ALIGN, NODE_BLOCK_SIZES};
 use std::alloc::{GlobalAlloc, Layout};
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::ptr::null_mut;
 
-/// Freed blocks kept per size on a thread: a block at 1 M keys frees and allocates ~9,000
-/// internal nodes and ~800 leaves. 160 KiB of thread-local storage per thread (zero pages on the
-/// threads that never cache).
-const STACK_CAPACITY: [usize; 2] = [65_536, 8_192];
+/// Freed blocks kept per size on a thread. The tree thread frees an old version's nodes in bursts
+/// (one version per evicted block, several back to back when updates had the thread first) and
+/// allocates them back one update at a time: at 1 M keys a bound of 65,536 internal nodes let
+/// about a third of the frees pass through and as many allocations miss, each a cache miss in
+/// mimalloc. The slots are a heap array made when a thread turns caching on (8 MiB and 2 MiB of
+/// address space, touched only as far as the stack grows), not thread-local storage, which lives
+/// on every thread's stack.
+const STACK_CAPACITY: [usize; 2] = [1 << 20, 1 << 18];
 
-/// One size's stack of freed blocks.
-struct Stack<const N: usize> {
+/// One size's stack of freed blocks; no slots (capacity 0) until [`Stack::reserve`].
+struct Stack {
     len: Cell<usize>,
-    slots: UnsafeCell<[*mut u8; N]>,
+    capacity: Cell<usize>,
+    slots: Cell<*mut *mut u8>,
 }
 
-impl<const N: usize> Stack<N> {
+impl Stack {
     const fn new() -> Self {
-        Stack { len: Cell::new(0), slots: UnsafeCell::new([null_mut(); N]) }
+        Stack { len: Cell::new(0), capacity: Cell::new(0), slots: Cell::new(null_mut()) }
+    }
+
+    /// Give the stack `capacity` slots (once; the array comes from the global allocator, whose
+    /// stacks never hold blocks of its size).
+    fn reserve(&self, capacity: usize) {
+        if self.slots.get().is_null() {
+            let mut slots = std::mem::ManuallyDrop::new(Vec::<*mut u8>::with_capacity(capacity));
+            self.slots.set(slots.as_mut_ptr());
+            self.capacity.set(slots.capacity());
+        }
+    }
+
+    /// Hand the slot array back (the stack must be empty).
+    fn unreserve(&self) {
+        debug_assert_eq!(self.len.get(), 0);
+        let slots = self.slots.replace(null_mut());
+        if !slots.is_null() {
+            // SAFETY: made by `reserve` from a `Vec` of this capacity, and no longer referenced.
+            drop(unsafe { Vec::from_raw_parts(slots, 0, self.capacity.replace(0)) });
+        }
     }
 
     fn pop(&self) -> Option<*mut u8> {
@@ -39,22 +64,25 @@ impl<const N: usize> Stack<N> {
             return None;
         }
         self.len.set(len - 1);
-        // SAFETY: thread-local, `len - 1 < N`, and no reference into `slots` outlives this call.
-        let slots = unsafe { &*self.slots.get() };
-        if len >= 2 {
-            prefetch(slots[len - 2]);
+        let slots = self.slots.get();
+        // SAFETY: thread-local; `0 < len <= capacity`, so slots `len - 2` and `len - 1` are
+        // inside the array and were written by `push`.
+        unsafe {
+            if len >= 2 {
+                prefetch(*slots.add(len - 2));
+            }
+            Some(*slots.add(len - 1))
         }
-        Some(slots[len - 1])
     }
 
     /// False if full (the caller frees the block itself).
     fn push(&self, block: *mut u8) -> bool {
         let len = self.len.get();
-        if len == N {
+        if len == self.capacity.get() {
             return false;
         }
-        // SAFETY: as in `pop`; `len < N`.
-        unsafe { (*self.slots.get())[len] = block };
+        // SAFETY: as in `pop`; `len < capacity`.
+        unsafe { *self.slots.get().add(len) = block };
         self.len.set(len + 1);
         true
     }
@@ -75,8 +103,8 @@ fn prefetch(block: *mut u8) {
 
 struct ThreadCache {
     enabled: Cell<bool>,
-    internal: Stack<{ STACK_CAPACITY[0] }>,
-    leaf: Stack<{ STACK_CAPACITY[1] }>,
+    internal: Stack,
+    leaf: Stack,
     /// Allocations served from the stacks (tests and diagnostics).
     hits: Cell<u64>,
 }
@@ -107,7 +135,11 @@ fn class_of(layout: Layout) -> Option<usize> {
 /// (the cores' executors): blocks still stacked when a thread ends are not returned unless it
 /// calls [`release_this_thread`] first.
 pub fn cache_this_thread() {
-    let _ = CACHE.try_with(|cache| cache.enabled.set(true));
+    let _ = CACHE.try_with(|cache| {
+        cache.internal.reserve(STACK_CAPACITY[0]);
+        cache.leaf.reserve(STACK_CAPACITY[1]);
+        cache.enabled.set(true);
+    });
 }
 
 /// Stop caching on the calling thread and hand every stacked block back to `GLOBAL`'s inner
@@ -122,6 +154,8 @@ pub fn release_this_thread<A: GlobalAlloc>(global: &NodeCacheAlloc<A>) {
                 unsafe { global.inner.dealloc(block, layout) };
             }
         }
+        cache.internal.unreserve();
+        cache.leaf.unreserve();
     });
 }
 

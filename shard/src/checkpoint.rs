@@ -26,9 +26,9 @@
 use crate::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
-    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, CHECKPOINT_WARM_CHUNK, DB_OPEN_RETRY_MS_MAX,
-    JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS, JOURNAL_MERGE_STEP_ROWS_MIN,
-    JOURNAL_RECORD_ROWS_MAX, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
+    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN,
+    JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS, JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
+    LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
 use crate::group_data::GroupData;
@@ -170,7 +170,8 @@ impl ScopeRows {
     }
 }
 
-fn row_key(scope: ScopeKey, local: &[u8]) -> Vec<u8> {
+/// The §3.5 storage key of a scope's row.
+pub fn row_key(scope: ScopeKey, local: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + local.len());
     key.extend_from_slice(&scope.scope_id().to_be_bytes());
     key.extend_from_slice(local);
@@ -390,7 +391,8 @@ impl CheckpointBatch {
         if !always && data.dirty.is_empty() && archive.blocks.is_empty() {
             return None;
         }
-        let dirty = std::mem::take(&mut data.dirty);
+        let room = data.dirty.entities.len();
+        let dirty = std::mem::replace(&mut data.dirty, crate::group_data::DirtyRows::with_room_for(room));
         let mut batch = CheckpointBatch {
             full_rewrite: dirty.full_rewrite,
             journal: JournalPlan::Append,
@@ -415,22 +417,10 @@ impl CheckpointBatch {
                 }
                 batch.scopes.push((key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
             }
-            data.dirty.recycle(dirty);
             return Some(batch);
         }
-        // In chunks whose lookups are issued together first, so that their cache misses overlap.
-        let dirty_entities: Vec<&(ScopeKey, String)> = dirty.entities.iter().collect();
-        for chunk in dirty_entities.chunks(CHECKPOINT_WARM_CHUNK) {
-            for (scope_key, k) in chunk {
-                if let Some(scope) = data.scopes.get(scope_key) {
-                    scope.warm_entities([k.as_str()]);
-                }
-            }
-            for (scope_key, k) in chunk {
-                let row = data.scopes.get(scope_key).and_then(|s| s.get_entity(k)).map(encode_entity);
-                batch.entities.push((row_key(*scope_key, k.as_bytes()), row));
-            }
-        }
+        // Encoded by apply, in apply order; `write` keeps the last row per key.
+        batch.entities = dirty.entities;
         for ((scope_key, rel), version) in &dirty.relationships {
             batch.relationships.push((row_key(*scope_key, rel.key().as_bytes()), *version));
         }
@@ -447,7 +437,6 @@ impl CheckpointBatch {
                 batch.scopes.push((scope_key.scope_id(), encode(&ScopeMetaRecord::from(&scope.meta))));
             }
         }
-        data.dirty.recycle(dirty);
         Some(batch)
     }
 
@@ -463,11 +452,16 @@ impl CheckpointBatch {
 
     /// Archive first, then the state rows, each durable. Blocking: run it off the executor.
     pub fn write(
-        self,
+        mut self,
         state_db: &Database,
         blocks_db: Option<&Database>,
     ) -> Result<JournalOutcome, ShardError> {
-        let mut outcome = JournalOutcome::default();
+        row_journal::keep_last_per_key(&mut self.entities);
+        let mut outcome = JournalOutcome {
+            appended_rows: self.journal_rows(),
+            written_rows: self.rows() as u64,
+            ..JournalOutcome::default()
+        };
         if let (Some(db), false) = (blocks_db, self.archive.blocks.is_empty()) {
             self.archive.write(db)?;
         }
@@ -497,7 +491,7 @@ impl CheckpointBatch {
                 // Records of at most `JOURNAL_RECORD_ROWS_MAX` rows: redb holds a value in one
                 // buffer of the next power-of-two size, and a buffer of many megabytes was freshly
                 // mapped (and zeroed by the kernel) at every checkpoint. A key is in one record
-                // only (the dirty set holds it once), so the split changes no replay.
+                // only (`keep_last_per_key`), so the split changes no replay.
                 let entity_records =
                     self.entities.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (rows, &[][..]));
                 let relationship_records =
@@ -568,6 +562,10 @@ pub struct JournalOutcome {
     pub released_rows: u64,
     /// The journal is empty.
     pub journal_cleared: bool,
+    /// Rows appended to the journal (one per key).
+    pub appended_rows: u64,
+    /// Rows the checkpoint wrote, one per key (journal rows, clients, scopes).
+    pub written_rows: u64,
 }
 
 /// Counters of a group's checkpointer.
@@ -741,7 +739,10 @@ impl Checkpointer {
                         JournalPlan::Append
                     }
                     MergeState::Idle => {
-                        if self.journal_rows.get() + batch.journal_rows() >= threshold {
+                        // The batch may hold a key several times (one row per block that
+                        // changed it) but never more distinct rows than the group holds.
+                        let appending = batch.journal_rows().min(held);
+                        if self.journal_rows.get() + appending >= threshold {
                             self.prepare_merge();
                         }
                         JournalPlan::Append
@@ -750,11 +751,9 @@ impl Checkpointer {
             };
             (batch, data.archive.db().cloned())
         };
-        let appended_rows = batch.journal_rows();
         let full_rewrite = batch.full_rewrite;
         let upto = batch.archive.upto();
         let log_id = batch.log_id;
-        let rows = batch.rows() as u64;
         let state_db = self.state_db.clone();
         let (result, took) = glommio::executor()
             .spawn_blocking(move || {
@@ -776,7 +775,7 @@ impl Checkpointer {
                 if full_rewrite || journal.journal_cleared {
                     self.journal_rows.set(0);
                 } else {
-                    let held = self.journal_rows.get() + appended_rows;
+                    let held = self.journal_rows.get() + journal.appended_rows;
                     debug_assert!(journal.released_rows <= held, "merged records the count never held");
                     self.journal_rows.set(held.saturating_sub(journal.released_rows));
                 }
@@ -795,7 +794,7 @@ impl Checkpointer {
                     *self.merge.borrow_mut() = MergeState::Ready(m);
                 }
                 stats.checkpoints += 1;
-                stats.rows += rows;
+                stats.rows += journal.written_rows;
                 self.stats.set(stats);
                 Ok(true)
             }

@@ -24,8 +24,6 @@ pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
 pub const JOURNAL_MERGE_ROWS_MIN: u64 = 65_536;
 /// Rows per row-journal record (a checkpoint with more appends several records).
 pub const JOURNAL_RECORD_ROWS_MAX: usize = 2_048;
-/// Dirty rows a checkpoint looks up together (their cache misses overlap) before encoding them.
-pub const CHECKPOINT_WARM_CHUNK: usize = 64;
 /// A merge is spread over this many checkpoints, each writing at least
 /// `JOURNAL_MERGE_STEP_ROWS_MIN` rows (so that none runs much longer than usual).
 pub const JOURNAL_MERGE_STEPS: usize = 8;

@@ -42,6 +42,23 @@ impl JournalRecord {
     }
 }
 
+/// Sorts `rows` by key and keeps the last row of each key (a stable sort keeps apply order within a
+/// key). The checkpoint runs it on its blocking thread, off the core,
+/// over the dirty rows apply recorded (one per block that changed a key).
+pub fn keep_last_per_key(rows: &mut EntityChanges) {
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept = 0;
+    for i in 0..rows.len() {
+        if kept > 0 && rows[kept - 1].0 == rows[i].0 {
+            rows.swap(kept - 1, i);
+        } else {
+            rows.swap(kept, i);
+            kept += 1;
+        }
+    }
+    rows.truncate(kept);
+}
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // Keys and values are bounded far below 4 GiB by SPEC §3.6 validation.
     let len = u32::try_from(len).expect("journal field longer than u32::MAX");
@@ -478,6 +495,25 @@ mod tests {
         let relationships = proptest::collection::vec((key, proptest::option::of(any::<u64>())), 0..20);
         (entities, relationships)
             .prop_map(|(entities, relationships)| JournalRecord { entities, relationships })
+    }
+
+    proptest! {
+        #[test]
+        fn p06_keep_last_per_key_is_what_replaying_in_order_leaves(
+            rows in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 0..3), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))),
+                0..200,
+            ),
+        ) {
+            let mut model = std::collections::BTreeMap::new();
+            for (key, value) in &rows {
+                model.insert(key.clone(), value.clone());
+            }
+            let mut kept = rows;
+            keep_last_per_key(&mut kept);
+            let expected: EntityChanges = model.into_iter().collect();
+            prop_assert_eq!(kept, expected);
+        }
     }
 
     proptest! {
