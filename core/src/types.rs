@@ -455,6 +455,66 @@ pub enum AdminCommand {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum LogPayload {
-    Block(GroupBlock),
+    /// Shared: openraft clones an entry each time it reads it from the log for apply, and the
+    /// archive keeps the applied block; the archived form is a plain `GroupBlock`'s.
+    Block(#[rkyv(with = rkyv::with::Unshare)] std::sync::Arc<GroupBlock>),
     Admin(AdminCommand),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// `LogPayload` as it was before blocks were shared: the log and archive bytes on disk.
+    #[derive(Archive, Serialize, Deserialize)]
+    enum PlainLogPayload {
+        Block(GroupBlock),
+        #[allow(dead_code)]
+        Admin(AdminCommand),
+    }
+
+    fn a_block() -> GroupBlock {
+        let tx = Transaction {
+            id: [3; 16],
+            client_id: "client".into(),
+            sequence: 7,
+            operations: vec![Operation::SetEntity {
+                key: "k".into(),
+                value: vec![1, 2, 3],
+                expires_at: Some(9),
+                condition: None,
+            }],
+            timestamp: Timestamp { secs: 5, nanos: 6 },
+            actor: "actor".into(),
+        };
+        GroupBlock {
+            group_id: 1,
+            group_height: 2,
+            previous_group_hash: [4; 32],
+            vault_entries: vec![VaultEntry {
+                namespace_id: 1,
+                vault_id: 2,
+                vault_height: 3,
+                previous_vault_hash: [5; 32],
+                transactions: vec![tx],
+                tx_merkle_root: [6; 32],
+                state_root: [7; 32],
+            }],
+            timestamp: Timestamp { secs: 5, nanos: 6 },
+            leader_id: 1,
+            term: 1,
+            committed_index: 4,
+        }
+    }
+
+    #[test]
+    fn shared_block_payloads_encode_as_plain_blocks_did() {
+        let shared = rkyv::to_bytes::<rkyv::rancor::Error>(&LogPayload::Block(Arc::new(a_block()))).unwrap();
+        let plain = rkyv::to_bytes::<rkyv::rancor::Error>(&PlainLogPayload::Block(a_block())).unwrap();
+        assert_eq!(shared.as_slice(), plain.as_slice());
+        let back = rkyv::from_bytes::<LogPayload, rkyv::rancor::Error>(&plain).unwrap();
+        assert_eq!(back, LogPayload::Block(Arc::new(a_block())));
+    }
 }

@@ -183,12 +183,12 @@ impl Archive {
 
     /// Records an applied group block. Re-appending a height (re-apply) replaces it with the
     /// identical block.
-    pub fn append(&mut self, gb: GroupBlock) {
+    pub fn append(&mut self, gb: Arc<GroupBlock>) {
         for (i, entry) in gb.vault_entries.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             self.pending_index.insert((scope_of(entry).scope_id(), entry.vault_height), (gb.group_height, i));
         }
-        self.pending.insert(gb.group_height, Arc::new(gb));
+        self.pending.insert(gb.group_height, gb);
     }
 
     /// Everything not yet flushed (the blocks stay readable here until `flushed`).

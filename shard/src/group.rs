@@ -464,7 +464,10 @@ impl Group {
             };
             let Built { block, accepted } = built;
             let raft = group.raft.clone();
-            let mut proposal = Box::pin(async move { raft.client_write(LogPayload::Block(block)).await });
+            let mut proposal =
+                Box::pin(
+                    async move { raft.client_write(LogPayload::Block(std::sync::Arc::new(block))).await },
+                );
             // The first poll hands the entry to openraft's core (an unbounded channel send), so
             // the next round's block, proposed once told below, reaches the log after this one.
             let first = futures::poll!(proposal.as_mut());

@@ -451,7 +451,7 @@ mod tests {
                 term: 1,
                 committed_index: index,
             };
-            apply_entry(&mut data, entry(index, LogPayload::Block(gb)));
+            apply_entry(&mut data, entry(index, LogPayload::Block(std::sync::Arc::new(gb))));
         }
         data.archive.flush_batch().write(&db).unwrap();
         data.archive.flushed(BLOCKS);

@@ -33,6 +33,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use std::cell::RefCell;
 use std::io::Cursor;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// What applying one log entry did (the `R` of the type config, returned by `client_write`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +98,7 @@ fn apply_admin(data: &mut GroupData, cmd: AdminCommand, log_id: &LogId) -> Apply
 }
 
 /// Applies one group block (SPEC §8.4).
-fn apply_block(data: &mut GroupData, gb: GroupBlock) -> ApplyResult {
+fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
     assert!(gb.group_height == data.group_height + 1, "group block out of order");
     assert!(gb.previous_group_hash == data.last_group_hash, "group block does not extend the chain");
     assert!(gb.group_id == data.group_id.0, "group block of another group");
@@ -520,7 +521,7 @@ mod tests {
                 term: 1,
                 committed_index: index,
             };
-            apply_entry(data, entry(index, LogPayload::Block(gb)));
+            apply_entry(data, entry(index, LogPayload::Block(Arc::new(gb))));
         }
     }
 

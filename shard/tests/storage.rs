@@ -103,7 +103,7 @@ async fn propose(g: &Group, key: ScopeKey, txs: Vec<Transaction>, speculative: b
         }
         gb
     };
-    g.raft.client_write(LogPayload::Block(gb)).await.unwrap().data
+    g.raft.client_write(LogPayload::Block(std::sync::Arc::new(gb))).await.unwrap().data
 }
 
 /// What must survive a restart: per scope (height, state root, last block hash, health) plus the
@@ -342,7 +342,7 @@ fn t05_divergent_entry_marks_only_its_scope() {
                 committed_index: 0,
             }
         };
-        let r = g.raft.client_write(LogPayload::Block(bad)).await.unwrap().data;
+        let r = g.raft.client_write(LogPayload::Block(std::sync::Arc::new(bad))).await.unwrap().data;
         assert!(matches!(r, ApplyResult::Block { ref diverged, .. } if diverged == &vec![scope(1)]));
         let r = propose(&g, scope(2), vec![tx("c", 1, "k", b"v")], false).await;
         assert!(
