@@ -19,6 +19,7 @@
 use crate::constants::JOURNAL_MERGE_CLOCK_ROWS;
 use crate::error::ShardError;
 use redb::{ReadableTable, Table, TableDefinition};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// `seq u64 → record`.
@@ -42,21 +43,26 @@ impl JournalRecord {
     }
 }
 
-/// Sorts `rows` by key and keeps the last row of each key (a stable sort keeps apply order within a
-/// key). The checkpoint runs it on its blocking thread, off the core,
-/// over the dirty rows apply recorded (one per block that changed a key).
+/// Keeps the last row of each key, in their order (what replaying `rows` in order leaves). The
+/// checkpoint runs it on its blocking thread, off the core, over the dirty rows apply recorded (one
+/// per block that changed a key). A hash index of the keys, not a sort: no key comparisons through
+/// the rows' scattered heap keys.
 pub fn keep_last_per_key(rows: &mut EntityChanges) {
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut kept = 0;
-    for i in 0..rows.len() {
-        if kept > 0 && rows[kept - 1].0 == rows[i].0 {
-            rows.swap(kept - 1, i);
-        } else {
-            rows.swap(kept, i);
-            kept += 1;
+    let keep: Vec<bool> = {
+        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(rows.len());
+        for (i, (key, _)) in rows.iter().enumerate() {
+            last.insert(key.as_slice(), i);
         }
-    }
-    rows.truncate(kept);
+        if last.len() == rows.len() {
+            return;
+        }
+        rows.iter().enumerate().map(|(i, (key, _))| last.get(key.as_slice()) == Some(&i)).collect()
+    };
+    let mut index = 0;
+    rows.retain(|_| {
+        index += 1;
+        keep[index - 1]
+    });
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
@@ -509,9 +515,16 @@ mod tests {
             for (key, value) in &rows {
                 model.insert(key.clone(), value.clone());
             }
+            // The last row of each key, in the order those rows came.
+            let mut expected: EntityChanges = Vec::new();
+            for (i, (key, value)) in rows.iter().enumerate() {
+                if !rows[i + 1..].iter().any(|(later, _)| later == key) {
+                    expected.push((key.clone(), value.clone()));
+                }
+            }
+            prop_assert_eq!(expected.len(), model.len());
             let mut kept = rows;
             keep_last_per_key(&mut kept);
-            let expected: EntityChanges = model.into_iter().collect();
             prop_assert_eq!(kept, expected);
         }
     }
