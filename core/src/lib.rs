@@ -4,6 +4,7 @@
 pub mod constants;
 pub mod error;
 pub mod hash;
+pub mod hash_lanes;
 pub mod rows;
 pub mod smt;
 pub mod state;

@@ -7,7 +7,9 @@
 use crate::constants::STATE_PROOF_SIBLINGS_MAX;
 use crate::error::ProofError;
 use crate::hash::h;
+use crate::hash_lanes::{hash_all, INPUT_BYTES};
 use crate::types::*;
+use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 /// Node-hash domain bytes of SPEC §7.6.
@@ -62,11 +64,51 @@ pub fn bit(key_hash: &Hash, depth: usize) -> bool {
     (key_hash[depth / 8] >> (7 - depth % 8)) & 1 == 1
 }
 
+/// A node's own hash. An update makes its new nodes first and hashes them afterwards, a whole
+/// level of the update at a time ([`PendingHashes`], `hash_lanes.rs`), so the hash is written once
+/// after the node exists: by the update that made the node, before the tree holding it is returned.
+/// From then on it is only read, so sharing a finished tree between threads is sound.
+struct NodeHash(UnsafeCell<Hash>);
+
+// SAFETY: written only while the node is reachable from the update that made it and nothing else
+// (see `NodeHash`), then read-only.
+unsafe impl Sync for NodeHash {}
+
+impl NodeHash {
+    fn pending() -> NodeHash {
+        NodeHash(UnsafeCell::new(ZERO_HASH))
+    }
+
+    #[inline(always)]
+    fn get(&self) -> Hash {
+        // SAFETY: no write overlaps a read (see `NodeHash`).
+        unsafe { *self.0.get() }
+    }
+
+    #[inline(always)]
+    fn last_byte(&self) -> u8 {
+        // SAFETY: as in `get`.
+        unsafe { (*self.0.get())[31] }
+    }
+
+    /// SAFETY: the caller is the update that made this node, and nothing has read its hash yet.
+    unsafe fn set(&self, hash: Hash) {
+        // SAFETY: the caller's contract.
+        unsafe { *self.0.get() = hash };
+    }
+}
+
+impl std::fmt::Debug for NodeHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", crate::hash::to_hex(&self.get()))
+    }
+}
+
 /// A leaf: 96 bytes, so with the `Arc` counts a 112-byte allocation.
 #[derive(Debug)]
 struct Leaf {
     /// `leaf_node_hash(key_hash, value_hash)`.
-    hash: Hash,
+    hash: NodeHash,
     key_hash: Hash,
     value_hash: Hash,
 }
@@ -76,7 +118,7 @@ struct Leaf {
 /// dropping touch fewer cache lines and the tree at 1 M leaves takes ~190 MB rather than ~256 MB.
 #[derive(Debug)]
 struct Internal {
-    hash: Hash,
+    hash: NodeHash,
     left: Child,
     right: Child,
 }
@@ -114,8 +156,8 @@ impl Child {
     fn hash(&self) -> Hash {
         match self {
             Child::Empty => ZERO_HASH,
-            Child::Leaf(leaf) => leaf.hash,
-            Child::Internal(node) => node.hash,
+            Child::Leaf(leaf) => leaf.hash.get(),
+            Child::Internal(node) => node.hash.get(),
         }
     }
 
@@ -139,10 +181,10 @@ impl Child {
         match self {
             Child::Empty => {}
             Child::Leaf(leaf) => {
-                std::hint::black_box((Arc::strong_count(leaf), leaf.hash[31], leaf.value_hash[31]));
+                std::hint::black_box((Arc::strong_count(leaf), leaf.hash.last_byte(), leaf.value_hash[31]));
             }
             Child::Internal(node) => {
-                std::hint::black_box((Arc::strong_count(node), node.hash[31]));
+                std::hint::black_box((Arc::strong_count(node), node.hash.last_byte()));
             }
         }
     }
@@ -191,8 +233,77 @@ fn warm(node: &Child, depth: usize, changes: &[Change]) {
     }
 }
 
-fn new_leaf(key_hash: Hash, value_hash: Hash) -> Child {
-    Child::Leaf(Arc::new(Leaf { hash: leaf_node_hash(&key_hash, &value_hash), key_hash, value_hash }))
+/// A subtree an update returns and how far it is from hashed: 0 if its hash is known (an old node,
+/// or empty), else 1 + the level of its deepest unhashed child (a new leaf is at level 1).
+struct Built {
+    child: Child,
+    level: usize,
+}
+
+impl Built {
+    fn done(child: Child) -> Built {
+        Built { child, level: 0 }
+    }
+}
+
+/// The nodes an update made, by level, to be hashed once the update's structure is complete: every
+/// node of a level has only hashed children, so a level's nodes are hashed together.
+#[derive(Default)]
+struct PendingHashes {
+    levels: Vec<Vec<Child>>,
+}
+
+impl PendingHashes {
+    fn add(&mut self, level: usize, node: &Child) -> Built {
+        if self.levels.len() < level {
+            self.levels.resize_with(level, Vec::new);
+        }
+        self.levels[level - 1].push(node.clone());
+        Built { child: node.clone(), level }
+    }
+
+    /// Hashes every pending node, lowest level first.
+    fn resolve(self) {
+        let mut inputs: Vec<[u8; INPUT_BYTES]> = Vec::new();
+        let mut hashes: Vec<Hash> = Vec::new();
+        for level in &self.levels {
+            inputs.clear();
+            inputs.extend(level.iter().map(|node| {
+                let mut input = [0u8; INPUT_BYTES];
+                match node {
+                    Child::Leaf(leaf) => {
+                        input[0] = LEAF_DOMAIN;
+                        input[1..33].copy_from_slice(&leaf.key_hash);
+                        input[33..].copy_from_slice(&leaf.value_hash);
+                    }
+                    Child::Internal(internal) => {
+                        // Children are at lower levels: hashed already.
+                        input[0] = INTERNAL_DOMAIN;
+                        input[1..33].copy_from_slice(&internal.left.hash());
+                        input[33..].copy_from_slice(&internal.right.hash());
+                    }
+                    Child::Empty => unreachable!("an empty subtree is never pending"),
+                }
+                input
+            }));
+            hashes.resize(inputs.len(), ZERO_HASH);
+            hash_all(&inputs, &mut hashes);
+            for (node, hash) in level.iter().zip(&hashes) {
+                // SAFETY: this update made the node and nothing has read its hash: it is reachable
+                // only from the tree being built, which is returned after this.
+                match node {
+                    Child::Leaf(leaf) => unsafe { leaf.hash.set(*hash) },
+                    Child::Internal(internal) => unsafe { internal.hash.set(*hash) },
+                    Child::Empty => {}
+                }
+            }
+        }
+    }
+}
+
+fn new_leaf(key_hash: Hash, value_hash: Hash, pending: &mut PendingHashes) -> Built {
+    let leaf = Child::Leaf(Arc::new(Leaf { hash: NodeHash::pending(), key_hash, value_hash }));
+    pending.add(1, &leaf)
 }
 
 /// The persistent sparse Merkle tree of one scope. Cloning shares every node.
@@ -294,7 +405,9 @@ impl SparseMerkleTree {
         changes.truncate(write);
 
         let mut len_delta: i64 = 0;
-        let root = update(&self.root, 0, &changes, false, &mut len_delta);
+        let mut pending = PendingHashes::default();
+        let root = update(&self.root, 0, &changes, false, &mut len_delta, &mut pending).child;
+        pending.resolve();
         let len = self.len.checked_add_signed(len_delta).expect("state tree leaf count underflow");
         SparseMerkleTree { root, len }
     }
@@ -355,11 +468,19 @@ impl SparseMerkleTree {
 }
 
 /// Apply the sorted, de-duplicated `changes` (all sharing `node`'s path prefix of `depth` bits) to
-/// `node`, returning the new subtree. Untouched subtrees are shared, not copied.
+/// `node`, returning the new subtree. Untouched subtrees are shared, not copied. New nodes are
+/// queued in `pending` to be hashed once the whole update is built.
 /// `warmed` says whether an ancestor already ran [`warm`] over this node.
-fn update(node: &Child, depth: usize, changes: &[Change], warmed: bool, len_delta: &mut i64) -> Child {
+fn update(
+    node: &Child,
+    depth: usize,
+    changes: &[Change],
+    warmed: bool,
+    len_delta: &mut i64,
+    pending: &mut PendingHashes,
+) -> Built {
     let Some(first) = changes.first() else {
-        return node.clone();
+        return Built::done(node.clone());
     };
     if !warmed && changes.len() <= WARM_CHANGES_MAX {
         warm(node, depth, changes);
@@ -371,13 +492,14 @@ fn update(node: &Child, depth: usize, changes: &[Change], warmed: bool, len_delt
                 return match first.1 {
                     Some(value_hash) => {
                         *len_delta += 1;
-                        new_leaf(first.0, value_hash)
+                        new_leaf(first.0, value_hash, pending)
                     }
-                    None => Child::Empty,
+                    None => Built::done(Child::Empty),
                 };
             }
-            let (left, right) = descend(&Child::Empty, &Child::Empty, depth, changes, warmed, len_delta);
-            combine(left, right)
+            let (left, right) =
+                descend(&Child::Empty, &Child::Empty, depth, changes, warmed, len_delta, pending);
+            combine(left, right, pending)
         }
         Child::Leaf(leaf) => {
             if changes.len() == 1 {
@@ -385,33 +507,33 @@ fn update(node: &Child, depth: usize, changes: &[Change], warmed: bool, len_delt
                     return match first.1 {
                         None => {
                             *len_delta -= 1;
-                            Child::Empty
+                            Built::done(Child::Empty)
                         }
-                        Some(v) if v == leaf.value_hash => node.clone(),
-                        Some(v) => new_leaf(first.0, v),
+                        Some(v) if v == leaf.value_hash => Built::done(node.clone()),
+                        Some(v) => new_leaf(first.0, v, pending),
                     };
                 }
                 if first.1.is_none() {
                     // Removing a key that is not here changes nothing.
-                    return node.clone();
+                    return Built::done(node.clone());
                 }
             }
             // Push the leaf one level down (its hash is depth-independent) and merge there.
             let (left, right) = if bit(&leaf.key_hash, depth) {
-                descend(&Child::Empty, node, depth, changes, warmed, len_delta)
+                descend(&Child::Empty, node, depth, changes, warmed, len_delta, pending)
             } else {
-                descend(node, &Child::Empty, depth, changes, warmed, len_delta)
+                descend(node, &Child::Empty, depth, changes, warmed, len_delta, pending)
             };
-            combine(left, right)
+            combine(left, right, pending)
         }
         Child::Internal(internal) => {
             let (new_left, new_right) =
-                descend(&internal.left, &internal.right, depth, changes, warmed, len_delta);
-            if new_left.same(&internal.left) && new_right.same(&internal.right) {
+                descend(&internal.left, &internal.right, depth, changes, warmed, len_delta, pending);
+            if new_left.child.same(&internal.left) && new_right.child.same(&internal.right) {
                 // Only absent keys were removed (or values rewritten unchanged): keep the node.
-                return node.clone();
+                return Built::done(node.clone());
             }
-            combine(new_left, new_right)
+            combine(new_left, new_right, pending)
         }
     }
 }
@@ -424,26 +546,30 @@ fn descend(
     changes: &[Change],
     warmed: bool,
     len_delta: &mut i64,
-) -> (Child, Child) {
+    pending: &mut PendingHashes,
+) -> (Built, Built) {
     // Distinct 256-bit keys always separate before depth 256.
     assert!(depth < 256, "state tree descended past 256 bits");
     let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
     let (left_changes, right_changes) = changes.split_at(mid);
     (
-        update(left, depth + 1, left_changes, warmed, len_delta),
-        update(right, depth + 1, right_changes, warmed, len_delta),
+        update(left, depth + 1, left_changes, warmed, len_delta, pending),
+        update(right, depth + 1, right_changes, warmed, len_delta, pending),
     )
 }
 
 /// The node over two children: empty if both are, the lone leaf itself if only a leaf remains
-/// (leaves sit at the shallowest unique depth), else a new internal node hashed once.
-fn combine(left: Child, right: Child) -> Child {
-    match (left, right) {
-        (Child::Empty, Child::Empty) => Child::Empty,
-        (only @ Child::Leaf(_), Child::Empty) | (Child::Empty, only @ Child::Leaf(_)) => only,
+/// (leaves sit at the shallowest unique depth), else a new internal node, hashed with its level.
+fn combine(left: Built, right: Built, pending: &mut PendingHashes) -> Built {
+    let level = 1 + left.level.max(right.level);
+    match (left.child, right.child) {
+        (Child::Empty, Child::Empty) => Built::done(Child::Empty),
+        (only @ Child::Leaf(_), Child::Empty) | (Child::Empty, only @ Child::Leaf(_)) => {
+            Built { child: only, level: level - 1 }
+        }
         (left, right) => {
-            let hash = internal_node_hash(&left.hash(), &right.hash());
-            Child::Internal(Arc::new(Internal { hash, left, right }))
+            let node = Child::Internal(Arc::new(Internal { hash: NodeHash::pending(), left, right }));
+            pending.add(level, &node)
         }
     }
 }
