@@ -245,11 +245,6 @@ impl ScopeState {
         self.entities.get(key)
     }
 
-    /// [`EntityRows::warm`]: look these keys up ahead of the lookups that need them.
-    pub fn warm_entities<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
-        self.entities.warm(keys);
-    }
-
     /// The creation height of a present relationship.
     pub fn get_relationship(&self, relationship: &Relationship) -> Option<u64> {
         self.relationships.get(relationship).copied()

@@ -676,7 +676,7 @@ mod tests {
                     let mut journal = txn.open_table(ROW_JOURNAL).unwrap();
                     match action {
                         Action::Append(changes) => {
-                            // One change per key in a record, as the dirty set guarantees.
+                            // One change per key in a record, as `keep_last_per_key` guarantees.
                             let changes: std::collections::BTreeMap<u8, Option<u8>> = changes.into_iter().collect();
                             let rows: EntityChanges = changes
                                 .into_iter()
