@@ -1,15 +1,15 @@
 //! The sparse Merkle state tree of SPEC §7.6 and its proofs (§7.7): a binary radix tree over
 //! 256-bit key hashes with every leaf at the shallowest depth where it is alone. The tree is
-//! persistent: nodes are immutable `Arc`s carrying their own hash, an update copies only the paths
-//! it touches, so `clone()` is O(1), the leader computes a block's tree without disturbing the
-//! committed one, and older roots stay alive for as long as someone holds them.
+//! persistent: nodes are immutable once built, an update copies only the paths it touches, so
+//! `clone()` is O(1), the leader computes a block's tree without disturbing the committed one, and
+//! older versions stay valid for as long as someone holds them. Nodes are freed per version by
+//! their [`Lineage`] rather than by reference counts (decision D25).
 
 use crate::constants::STATE_PROOF_SIBLINGS_MAX;
 use crate::error::ProofError;
 use crate::hash::h;
 use crate::hash_lanes::{hash_all, INPUT_BYTES};
 use crate::types::*;
-use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 /// Node-hash domain bytes of SPEC §7.6.
@@ -64,149 +64,166 @@ pub fn bit(key_hash: &Hash, depth: usize) -> bool {
     (key_hash[depth / 8] >> (7 - depth % 8)) & 1 == 1
 }
 
-/// A node's own hash. An update makes its new nodes first and hashes them afterwards, a whole
-/// level of the update at a time ([`PendingHashes`], `hash_lanes.rs`), so the hash is written once
-/// after the node exists: by the update that made the node, before the tree holding it is returned.
-/// From then on it is only read, so sharing a finished tree between threads is sound.
-struct NodeHash(UnsafeCell<Hash>);
-
-// SAFETY: written only while the node is reachable from the update that made it and nothing else
-// (see `NodeHash`), then read-only.
-unsafe impl Sync for NodeHash {}
-
-impl NodeHash {
-    fn pending() -> NodeHash {
-        NodeHash(UnsafeCell::new(ZERO_HASH))
-    }
-
-    #[inline(always)]
-    fn get(&self) -> Hash {
-        // SAFETY: no write overlaps a read (see `NodeHash`).
-        unsafe { *self.0.get() }
-    }
-
-    #[inline(always)]
-    fn last_byte(&self) -> u8 {
-        // SAFETY: as in `get`.
-        unsafe { (*self.0.get())[31] }
-    }
-
-    /// SAFETY: the caller is the update that made this node, and nothing has read its hash yet.
-    unsafe fn set(&self, hash: Hash) {
-        // SAFETY: the caller's contract.
-        unsafe { *self.0.get() = hash };
-    }
+/// An internal node: the hashes of both children next to the children themselves, so copying a
+/// path, proving a key and hashing a new node read this node only, never its siblings (at 1 M
+/// keys every sibling is a cache miss). At least two leaves below, at most one child empty.
+/// 80 bytes.
+#[repr(C)]
+struct Internal {
+    hashes: [Hash; 2],
+    children: [Child; 2],
 }
 
-impl std::fmt::Debug for NodeHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", crate::hash::to_hex(&self.get()))
-    }
-}
-
-/// A leaf: 96 bytes, so with the `Arc` counts a 112-byte allocation.
-#[derive(Debug)]
+/// A leaf. Its own node hash lives in its parent (or in the version, for a lone leaf at the root).
+/// 64 bytes; aligned so that a [`Child`] can tag leaf pointers in the low bit.
+#[repr(C, align(8))]
 struct Leaf {
-    /// `leaf_node_hash(key_hash, value_hash)`.
-    hash: NodeHash,
     key_hash: Hash,
     value_hash: Hash,
 }
 
-/// An internal node: at least two leaves below, at most one child empty. 64 bytes (an 80-byte
-/// allocation rather than the 128 bytes of a node sized for a leaf), so walking, copying and
-/// dropping touch fewer cache lines and the tree at 1 M leaves takes ~190 MB rather than ~256 MB.
-#[derive(Debug)]
-struct Internal {
-    hash: NodeHash,
-    left: Child,
-    right: Child,
-}
+const _: () = assert!(std::mem::size_of::<Internal>() == 80);
+const _: () = assert!(std::mem::size_of::<Leaf>() == 64);
+const _: () = assert!(std::mem::size_of::<Child>() == 8);
 
-const _: () = assert!(std::mem::size_of::<Internal>() == 64);
-
-/// Sizes of the heap blocks behind a tree's nodes: an `Arc` puts its two counts before the node.
-/// Every block of one update is allocated and every block of an old version freed, so the server's
-/// allocator keeps freed blocks of exactly these sizes at hand (`server/src/node_alloc.rs`).
-pub const NODE_BLOCK_SIZES: [usize; 2] = [
-    std::mem::size_of::<Internal>() + 2 * std::mem::size_of::<usize>(),
-    std::mem::size_of::<Leaf>() + 2 * std::mem::size_of::<usize>(),
-];
+/// Sizes of the heap blocks behind a tree's nodes. Every block of one update is allocated and the
+/// blocks an older version alone held are freed, so the server's allocator keeps freed blocks of
+/// exactly these sizes at hand (`server/src/node_alloc.rs`).
+pub const NODE_BLOCK_SIZES: [usize; 2] = [std::mem::size_of::<Internal>(), std::mem::size_of::<Leaf>()];
 /// Alignment of those blocks.
 pub const NODE_BLOCK_ALIGN: usize = std::mem::align_of::<usize>();
-const _: () = assert!(std::mem::align_of::<Internal>() <= NODE_BLOCK_ALIGN);
-const _: () = assert!(std::mem::align_of::<Leaf>() <= NODE_BLOCK_ALIGN);
-const _: () = assert!(std::mem::size_of::<Child>() == 16);
+const _: () = assert!(std::mem::align_of::<Internal>() == NODE_BLOCK_ALIGN);
+const _: () = assert!(std::mem::align_of::<Leaf>() == NODE_BLOCK_ALIGN);
 // States are built on helper threads and read while the next one is built.
 const _: fn() = || {
     fn shareable<T: Send + Sync>() {}
     shareable::<SparseMerkleTree>();
 };
 
-/// A subtree: empty, a lone leaf, or an internal node.
-#[derive(Debug, Clone, Default)]
-enum Child {
-    #[default]
+/// A subtree: a tagged pointer to its top node. Null is the empty subtree, a set low bit marks a
+/// leaf, anything else is an internal node. Nodes carry no reference counts: who may free a node
+/// is decided per version by its [`Lineage`], so building a version never touches the nodes it
+/// shares with its parent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Child(*mut u8);
+
+// SAFETY: a node is written only by the update that makes it, before any version holding it is
+// returned; afterwards it is read-only until its lineage frees it, which happens only once no live
+// version can reach it (see `Lineage`).
+unsafe impl Send for Child {}
+// SAFETY: as above.
+unsafe impl Sync for Child {}
+
+/// What a [`Child`] points at, borrowed.
+enum Node<'a> {
     Empty,
-    Leaf(Arc<Leaf>),
-    Internal(Arc<Internal>),
+    Leaf(&'a Leaf),
+    Internal(&'a Internal),
 }
 
 impl Child {
-    fn hash(&self) -> Hash {
-        match self {
-            Child::Empty => ZERO_HASH,
-            Child::Leaf(leaf) => leaf.hash.get(),
-            Child::Internal(node) => node.hash.get(),
-        }
+    const EMPTY: Child = Child(std::ptr::null_mut());
+
+    fn make_leaf(leaf: Leaf) -> Child {
+        Child(Box::into_raw(Box::new(leaf)).cast::<u8>().wrapping_add(1))
     }
 
-    /// The same node (or both empty): nothing below changed.
-    fn same(&self, other: &Child) -> bool {
-        match (self, other) {
-            (Child::Empty, Child::Empty) => true,
-            (Child::Leaf(a), Child::Leaf(b)) => Arc::ptr_eq(a, b),
-            (Child::Internal(a), Child::Internal(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
+    fn make_internal(node: Internal) -> Child {
+        Child(Box::into_raw(Box::new(node)).cast::<u8>())
     }
 
-    /// Load the lines that cloning, hashing and dropping this node read (its counts and hash; for a
-    /// leaf also its key and value) and discard the values. The loads are independent, so issuing
-    /// them for a whole level of the tree at once overlaps their cache misses, where the recursive
-    /// walk would take them one after another (the atomic count updates of `clone` and `drop` are
-    /// locked instructions, which wait for their line before anything later may load).
     #[inline(always)]
-    fn touch(&self) {
-        match self {
-            Child::Empty => {}
-            Child::Leaf(leaf) => {
-                std::hint::black_box((Arc::strong_count(leaf), leaf.hash.last_byte(), leaf.value_hash[31]));
+    fn is_empty(self) -> bool {
+        self.0.is_null()
+    }
+
+    #[inline(always)]
+    fn is_leaf(self) -> bool {
+        self.0.addr() & 1 == 1
+    }
+
+    #[inline(always)]
+    fn leaf_ptr(self) -> *mut Leaf {
+        self.0.wrapping_sub(1).cast::<Leaf>()
+    }
+
+    #[inline(always)]
+    fn internal_ptr(self) -> *mut Internal {
+        self.0.cast::<Internal>()
+    }
+
+    /// SAFETY: the node is live (reachable from a version the caller holds, or made by the
+    /// caller's update) for as long as the borrow is used.
+    #[inline(always)]
+    unsafe fn node<'a>(self) -> Node<'a> {
+        if self.is_empty() {
+            Node::Empty
+        } else if self.is_leaf() {
+            // SAFETY: the caller's contract; the tag says what the pointer points at.
+            Node::Leaf(unsafe { &*self.leaf_ptr() })
+        } else {
+            // SAFETY: as above.
+            Node::Internal(unsafe { &*self.internal_ptr() })
+        }
+    }
+
+    /// Return the node's block to the allocator (its children are left alone).
+    /// SAFETY: no live version reaches the node and it is freed once.
+    unsafe fn free(self) {
+        if self.is_empty() {
+            return;
+        }
+        // SAFETY: the caller's contract; the pointer came from `Box::into_raw` of this type. In
+        // debug builds the block is poisoned first, so a stale read yields a wrong hash that the
+        // tests' root checks catch rather than a plausible value.
+        unsafe {
+            if self.is_leaf() {
+                let leaf = self.leaf_ptr();
+                #[cfg(debug_assertions)]
+                leaf.write_bytes(0xA5, 1);
+                drop(Box::from_raw(leaf));
+            } else {
+                let node = self.internal_ptr();
+                #[cfg(debug_assertions)]
+                node.write_bytes(0xA5, 1);
+                drop(Box::from_raw(node));
             }
-            Child::Internal(node) => {
-                std::hint::black_box((Arc::strong_count(node), node.hash.last_byte()));
+        }
+    }
+
+    /// Load the lines an update will read from this node and discard the values. The loads are
+    /// independent, so issuing them for a whole level of the tree at once overlaps their cache
+    /// misses, where the depth-first update would take them one after another.
+    /// SAFETY: as for [`Child::node`].
+    #[inline(always)]
+    unsafe fn touch(self) {
+        // SAFETY: the caller's contract.
+        match unsafe { self.node() } {
+            Node::Empty => {}
+            Node::Leaf(leaf) => {
+                std::hint::black_box(leaf.key_hash[0]);
+            }
+            Node::Internal(node) => {
+                std::hint::black_box((node.hashes[0][0], node.children[1]));
             }
         }
     }
 }
 
-/// How many nodes the tree's `drop` touches before it releases them: enough misses in flight to
-/// fill the core's line-fill buffers, few enough that the lines are still in L1 when used.
-const TOUCH_CHUNK: usize = 32;
-
 /// [`update`] warms the subtree below the first node on each path that has at most this many
-/// changes: the nodes of one such batch fit in L2 together (the ~20 levels × 2 nodes of a 1000-key
-/// batch at 1 M leaves do not, so warming it all first lost the early lines again).
+/// changes: the nodes of one such batch fit in L2 together (the ~20 levels of a 1000-key batch at
+/// 1 M leaves do not, so warming it all first lost the early lines again).
 const WARM_CHANGES_MAX: usize = 64;
 
 /// Fetch every node that `update(node, depth, changes)` will read, level by level, so that its
 /// depth-first walk finds them in cache. Reads only. The nodes of one level that have changes below
-/// them have disjoint non-empty parts of `changes`, so a level has at most
-/// [`WARM_CHANGES_MAX`] of them and fits in a fixed array (a heap allocation per warm would cost
-/// more than it saves).
-fn warm(node: &Child, depth: usize, changes: &[Change]) {
+/// them have disjoint non-empty parts of `changes`, so a level has at most [`WARM_CHANGES_MAX`] of
+/// them and fits in a fixed array (a heap allocation per warm would cost more than it saves).
+/// SAFETY: `node` is live (the caller holds its version).
+unsafe fn warm(node: Child, depth: usize, changes: &[Change]) {
     debug_assert!(changes.len() <= WARM_CHANGES_MAX);
-    let Child::Internal(node) = node else {
+    // SAFETY: the caller's contract.
+    let Node::Internal(node) = (unsafe { node.node() }) else {
         return;
     };
     // Two frontiers, the current level's and the next's, used in turn.
@@ -219,9 +236,14 @@ fn warm(node: &Child, depth: usize, changes: &[Change]) {
         let mut next_len = 0;
         for &(node, changes) in level[..level_len].iter().flatten() {
             let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
-            for (child, part) in [(&node.left, &changes[..mid]), (&node.right, &changes[mid..])] {
-                child.touch();
-                if let (Child::Internal(child), false) = (child, part.is_empty()) {
+            for (child, part) in [(node.children[0], &changes[..mid]), (node.children[1], &changes[mid..])] {
+                if part.is_empty() {
+                    continue;
+                }
+                // SAFETY: a child of a live node is live.
+                unsafe { child.touch() };
+                // SAFETY: as above.
+                if let Node::Internal(child) = unsafe { child.node() } {
                     next[next_len] = Some((child, part));
                     next_len += 1;
                 }
@@ -233,117 +255,282 @@ fn warm(node: &Child, depth: usize, changes: &[Change]) {
     }
 }
 
-/// A subtree an update returns and how far it is from hashed: 0 if its hash is known (an old node,
-/// or empty), else 1 + the level of its deepest unhashed child (a new leaf is at level 1).
+/// A lineage: versions derived one from another (`with_updates` on the newest), sharing nodes.
+///
+/// Nodes are freed by version, not by reference count. When version `v` is built from `v - 1`,
+/// the update records the nodes of `v - 1` it replaced (`superseded`, read anyway while copying the
+/// paths) and the nodes it made (`created`). Versions are numbered in the order they were built
+/// and form a chain, so a node superseded by `v` is in versions below `v` only: it is freed once
+/// every version below `v` is gone. A newest version that goes (an abandoned block) takes the nodes
+/// it made with it, and the nodes it superseded are its parent's again. The last version's whole
+/// tree is freed when it goes. Deriving from a version that already has a successor would fork the
+/// chain, so that update starts a new lineage from a copy of the version's tree instead (rare: a
+/// block proposed and then abandoned while its tree is still held; see `docs/decisions.md` D25).
+struct Lineage {
+    records: std::sync::Mutex<Records>,
+}
+
+struct Records {
+    /// Number of the version in `list[0]`.
+    first: u64,
+    list: std::collections::VecDeque<Record>,
+    /// Nodes made and not yet freed, to check at the end that every node was freed exactly once.
+    live_nodes: usize,
+}
+
+struct Record {
+    /// False once every handle of the version is gone.
+    alive: bool,
+    root: Child,
+    /// Nodes this version made; kept only while the version might be the newest to go (not for
+    /// the oldest record, whose nodes are freed as later versions supersede them).
+    created: Vec<Child>,
+    /// Nodes of the previous version this one replaced.
+    superseded: Vec<Child>,
+}
+
+impl Lineage {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        // A panic while holding the lock leaves the records consistent (every change to them is a
+        // single push, pop or flag), so a poisoned lock is still usable.
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new lineage whose only version (number 0) has `root`, made of `created` nodes.
+    fn start(root: Child, created: usize) -> (Arc<Lineage>, u64) {
+        let record = Record { alive: true, root, created: Vec::new(), superseded: Vec::new() };
+        let records = Records { first: 0, list: [record].into(), live_nodes: created };
+        (Arc::new(Lineage { records: std::sync::Mutex::new(records) }), 0)
+    }
+
+    /// Number the version about to be built from version `parent`, or `None` if `parent` is not
+    /// the newest (a fork). The number is held by a placeholder until [`Lineage::fill`].
+    fn reserve_after(&self, parent: u64) -> Option<u64> {
+        let mut records = self.lock();
+        let newest = records.first + records.list.len() as u64 - 1;
+        if parent != newest {
+            return None;
+        }
+        records.list.push_back(Record {
+            alive: true,
+            root: Child::EMPTY,
+            created: Vec::new(),
+            superseded: Vec::new(),
+        });
+        Some(newest + 1)
+    }
+
+    fn fill(&self, seq: u64, root: Child, created: Vec<Child>, superseded: Vec<Child>) {
+        let mut records = self.lock();
+        records.live_nodes += created.len();
+        let index = usize::try_from(seq - records.first).expect("version index");
+        let oldest = index == 0;
+        let record = &mut records.list[index];
+        debug_assert!(record.alive && record.root.is_empty() && record.created.is_empty());
+        record.root = root;
+        record.created = if oldest { Vec::new() } else { created };
+        record.superseded = superseded;
+    }
+
+    /// Version `seq` is gone: free every node no remaining version can reach.
+    fn release(&self, seq: u64) {
+        let mut garbage: Vec<Child> = Vec::new();
+        let (last_root, last_nodes) = {
+            let mut records = self.lock();
+            let index = usize::try_from(seq - records.first).expect("version index");
+            records.list[index].alive = false;
+            let mut last_root = None;
+            loop {
+                let len = records.list.len();
+                if len > 1 && !records.list[len - 1].alive {
+                    // The newest went: what it made goes with it; what it superseded is live
+                    // again in its parent.
+                    if let Some(newest) = records.list.pop_back() {
+                        garbage.extend(newest.created);
+                    }
+                } else if len > 1 && !records.list[0].alive {
+                    // The oldest went: the nodes its successor superseded are in no other version.
+                    records.list.pop_front();
+                    records.first += 1;
+                    let oldest = &mut records.list[0];
+                    garbage.append(&mut oldest.superseded);
+                    oldest.created = Vec::new();
+                } else if len == 1 && !records.list[0].alive {
+                    last_root = records.list.pop_front().map(|last| last.root);
+                    records.first += 1;
+                } else {
+                    break;
+                }
+            }
+            records.live_nodes = records.live_nodes.wrapping_sub(garbage.len());
+            let last_nodes = if last_root.is_some() { std::mem::take(&mut records.live_nodes) } else { 0 };
+            (last_root, last_nodes)
+        };
+        for node in garbage {
+            // SAFETY: by the rules above no remaining version reaches these nodes, and a node is
+            // made once and superseded at most once, so it is freed once.
+            unsafe { node.free() };
+        }
+        if let Some(root) = last_root {
+            // SAFETY: the last version is gone, so nothing reaches its nodes.
+            let freed = unsafe { free_tree(root) };
+            debug_assert_eq!(freed, last_nodes, "state tree lineage freed a node twice or leaked one");
+            let _ = (freed, last_nodes);
+        }
+    }
+}
+
+/// Free every node of the tree under `root`; returns how many.
+/// SAFETY: nothing reaches these nodes any more.
+unsafe fn free_tree(root: Child) -> usize {
+    let mut stack = vec![root];
+    let mut freed = 0;
+    while let Some(child) = stack.pop() {
+        // SAFETY: the caller's contract; children are read before their parent is freed.
+        unsafe {
+            if let Node::Internal(node) = child.node() {
+                stack.extend(node.children);
+            }
+            if !child.is_empty() {
+                freed += 1;
+                child.free();
+            }
+        }
+    }
+    freed
+}
+
+/// One version of a tree.
+struct Version {
+    root: Child,
+    root_hash: Hash,
+    len: u64,
+    /// The lineage that owns this version's nodes and the version's number in it; `None` for an
+    /// empty tree that has none.
+    place: Option<(Arc<Lineage>, u64)>,
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        if let Some((lineage, seq)) = &self.place {
+            lineage.release(*seq);
+        }
+    }
+}
+
+/// A subtree an update returns: its top node, its hash if known (`level == 0`: an old node, or
+/// empty), else how far it is from hashed (1 + the level of its deepest unhashed child; a new leaf
+/// is at level 1) and its place in [`Run::pending`].
+#[derive(Clone, Copy)]
 struct Built {
     child: Child,
+    hash: Hash,
     level: usize,
+    index: usize,
 }
 
 impl Built {
-    fn done(child: Child) -> Built {
-        Built { child, level: 0 }
+    fn done(child: Child, hash: Hash) -> Built {
+        Built { child, hash, level: 0, index: 0 }
     }
 }
 
-/// The nodes an update made, by level, to be hashed once the update's structure is complete: every
-/// node of a level has only hashed children, so a level's nodes are hashed together.
+/// A new node waiting for its hash and where the hash goes: the parent's slot, or the root's.
+struct Pending {
+    node: Child,
+    target: *mut Hash,
+}
+
+/// What one update collects: the nodes it made and replaced, the new nodes by level to be hashed
+/// once the update's structure is complete (every node of a level has only hashed children, so a
+/// level's nodes are hashed together, `hash_lanes.rs`), and the change in leaf count.
 #[derive(Default)]
-struct PendingHashes {
-    levels: Vec<Vec<Child>>,
+struct Run {
+    created: Vec<Child>,
+    superseded: Vec<Child>,
+    pending: Vec<Vec<Pending>>,
+    len_delta: i64,
 }
 
-impl PendingHashes {
-    fn add(&mut self, level: usize, node: &Child) -> Built {
-        if self.levels.len() < level {
-            self.levels.resize_with(level, Vec::new);
+impl Run {
+    fn add(&mut self, level: usize, node: Child) -> Built {
+        if self.pending.len() < level {
+            self.pending.resize_with(level, Vec::new);
         }
-        self.levels[level - 1].push(node.clone());
-        Built { child: node.clone(), level }
+        let index = self.pending[level - 1].len();
+        self.pending[level - 1].push(Pending { node, target: std::ptr::null_mut() });
+        Built { child: node, hash: ZERO_HASH, level, index }
     }
 
-    /// Hashes every pending node, lowest level first.
-    fn resolve(self) {
+    /// Send `built`'s hash, once computed, to `target` (nothing to do if it is known already).
+    fn aim(&mut self, built: &Built, target: *mut Hash) {
+        if built.level > 0 {
+            self.pending[built.level - 1][built.index].target = target;
+        }
+    }
+
+    /// Hashes every pending node, lowest level first, into its target.
+    fn resolve(&mut self) {
         let mut inputs: Vec<[u8; INPUT_BYTES]> = Vec::new();
         let mut hashes: Vec<Hash> = Vec::new();
-        for level in &self.levels {
+        for level in &self.pending {
             inputs.clear();
-            inputs.extend(level.iter().map(|node| {
+            inputs.extend(level.iter().map(|pending| {
                 let mut input = [0u8; INPUT_BYTES];
-                match node {
-                    Child::Leaf(leaf) => {
+                // SAFETY: this update made the node; nothing else has seen it yet.
+                match unsafe { pending.node.node() } {
+                    Node::Leaf(leaf) => {
                         input[0] = LEAF_DOMAIN;
                         input[1..33].copy_from_slice(&leaf.key_hash);
                         input[33..].copy_from_slice(&leaf.value_hash);
                     }
-                    Child::Internal(internal) => {
-                        // Children are at lower levels: hashed already.
+                    Node::Internal(internal) => {
+                        // Its new children are at lower levels: their hashes are in place.
                         input[0] = INTERNAL_DOMAIN;
-                        input[1..33].copy_from_slice(&internal.left.hash());
-                        input[33..].copy_from_slice(&internal.right.hash());
+                        input[1..33].copy_from_slice(&internal.hashes[0]);
+                        input[33..].copy_from_slice(&internal.hashes[1]);
                     }
-                    Child::Empty => unreachable!("an empty subtree is never pending"),
+                    Node::Empty => unreachable!("an empty subtree is never pending"),
                 }
                 input
             }));
             hashes.resize(inputs.len(), ZERO_HASH);
             hash_all(&inputs, &mut hashes);
-            for (node, hash) in level.iter().zip(&hashes) {
-                // SAFETY: this update made the node and nothing has read its hash: it is reachable
-                // only from the tree being built, which is returned after this.
-                match node {
-                    Child::Leaf(leaf) => unsafe { leaf.hash.set(*hash) },
-                    Child::Internal(internal) => unsafe { internal.hash.set(*hash) },
-                    Child::Empty => {}
-                }
+            for (pending, hash) in level.iter().zip(&hashes) {
+                // Every new node ends up under a new parent or at the root.
+                assert!(!pending.target.is_null(), "state tree node made but not placed");
+                // SAFETY: the target is a hash slot of a node this update made (at a higher level,
+                // not read yet) or the caller's root hash, and nothing else refers to it now.
+                unsafe { *pending.target = *hash };
             }
         }
     }
 }
 
-fn new_leaf(key_hash: Hash, value_hash: Hash, pending: &mut PendingHashes) -> Built {
-    let leaf = Child::Leaf(Arc::new(Leaf { hash: NodeHash::pending(), key_hash, value_hash }));
-    pending.add(1, &leaf)
+fn new_leaf(key_hash: Hash, value_hash: Hash, run: &mut Run) -> Built {
+    let leaf = Child::make_leaf(Leaf { key_hash, value_hash });
+    run.created.push(leaf);
+    run.add(1, leaf)
 }
 
-/// The persistent sparse Merkle tree of one scope. Cloning shares every node.
-#[derive(Debug, Clone, Default)]
+/// The persistent sparse Merkle tree of one scope: a handle to one version. Cloning shares it.
+#[derive(Clone)]
 pub struct SparseMerkleTree {
-    root: Child,
-    len: u64,
+    version: Arc<Version>,
 }
 
-impl Drop for SparseMerkleTree {
-    /// Free the nodes only this tree holds without recursion, [`TOUCH_CHUNK`] at a time from an
-    /// explicit stack, touching each chunk before releasing it so that the cache misses on the
-    /// (cold, when an old version leaves the history) nodes overlap.
-    fn drop(&mut self) {
-        let Child::Internal(root) = std::mem::take(&mut self.root) else {
-            return;
-        };
-        let Some(root) = Arc::into_inner(root) else {
-            return;
-        };
-        let mut stack = Vec::new();
-        stack.push(root.left);
-        stack.push(root.right);
-        let mut chunk: [Child; TOUCH_CHUNK] = Default::default();
-        while !stack.is_empty() {
-            let from = stack.len().saturating_sub(TOUCH_CHUNK);
-            let taken = stack.len() - from;
-            for (slot, child) in chunk.iter_mut().zip(stack.drain(from..)) {
-                child.touch();
-                *slot = child;
-            }
-            for slot in &mut chunk[..taken] {
-                if let Child::Internal(node) = std::mem::take(slot) {
-                    if let Some(node) = Arc::into_inner(node) {
-                        stack.push(node.left);
-                        stack.push(node.right);
-                    }
-                }
-            }
-        }
+impl Default for SparseMerkleTree {
+    fn default() -> Self {
+        SparseMerkleTree::new()
+    }
+}
+
+impl std::fmt::Debug for SparseMerkleTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparseMerkleTree")
+            .field("root", &crate::hash::to_hex(&self.version.root_hash))
+            .field("len", &self.version.len)
+            .finish()
     }
 }
 
@@ -352,33 +539,35 @@ pub type Change = (Hash, Option<Hash>);
 
 impl SparseMerkleTree {
     pub fn new() -> Self {
-        SparseMerkleTree { root: Child::Empty, len: 0 }
+        let version = Version { root: Child::EMPTY, root_hash: ZERO_HASH, len: 0, place: None };
+        SparseMerkleTree { version: Arc::new(version) }
     }
 
     /// The state root (`ZERO_HASH` when empty).
     pub fn root(&self) -> Hash {
-        self.root.hash()
+        self.version.root_hash
     }
 
     /// Number of leaves.
     pub fn len(&self) -> u64 {
-        self.len
+        self.version.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.version.len == 0
     }
 
     /// The value hash stored for `key_hash`, if any.
     pub fn get(&self, key_hash: &Hash) -> Option<Hash> {
-        let mut cur = &self.root;
+        let mut cur = self.version.root;
         let mut depth = 0;
         loop {
-            match cur {
-                Child::Empty => return None,
-                Child::Leaf(leaf) => return (leaf.key_hash == *key_hash).then_some(leaf.value_hash),
-                Child::Internal(node) => {
-                    cur = if bit(key_hash, depth) { &node.right } else { &node.left };
+            // SAFETY: `self` holds the version, so its nodes are live.
+            match unsafe { cur.node() } {
+                Node::Empty => return None,
+                Node::Leaf(leaf) => return (leaf.key_hash == *key_hash).then_some(leaf.value_hash),
+                Node::Internal(node) => {
+                    cur = node.children[usize::from(bit(key_hash, depth))];
                     depth += 1;
                 }
             }
@@ -386,7 +575,7 @@ impl SparseMerkleTree {
     }
 
     /// A new tree with `changes` applied (later duplicates of a key win). Only the paths of the
-    /// changed keys are copied and every touched node is hashed once; the receiver is unchanged.
+    /// changed keys are copied and every new node is hashed once; the receiver is unchanged.
     pub fn with_updates(&self, changes: impl IntoIterator<Item = Change>) -> SparseMerkleTree {
         let mut changes: Vec<Change> = changes.into_iter().collect();
         if changes.is_empty() {
@@ -403,13 +592,75 @@ impl SparseMerkleTree {
             write += 1;
         }
         changes.truncate(write);
+        self.with_sorted_updates(&changes)
+    }
 
-        let mut len_delta: i64 = 0;
-        let mut pending = PendingHashes::default();
-        let root = update(&self.root, 0, &changes, false, &mut len_delta, &mut pending).child;
-        pending.resolve();
-        let len = self.len.checked_add_signed(len_delta).expect("state tree leaf count underflow");
-        SparseMerkleTree { root, len }
+    fn with_sorted_updates(&self, changes: &[Change]) -> SparseMerkleTree {
+        let parent = &*self.version;
+        let reserved = match &parent.place {
+            None => None,
+            Some((lineage, seq)) => match lineage.reserve_after(*seq) {
+                Some(seq) => Some((lineage.clone(), seq)),
+                // `self` already has a successor: build on a copy in a lineage of its own.
+                None => return self.copied().with_sorted_updates(changes),
+            },
+        };
+        let mut run = Run::default();
+        // SAFETY: `self` holds the parent version, so every node the update reads is live.
+        let built = unsafe { update(parent.root, parent.root_hash, 0, changes, false, &mut run) };
+        let mut root_hash = built.hash;
+        run.aim(&built, &mut root_hash);
+        run.resolve();
+        let len = parent.len.checked_add_signed(run.len_delta).expect("state tree leaf count underflow");
+        let place = match reserved {
+            Some((lineage, seq)) => {
+                lineage.fill(seq, built.child, run.created, run.superseded);
+                (lineage, seq)
+            }
+            None => {
+                // An empty parent has no nodes to supersede.
+                debug_assert!(run.superseded.is_empty());
+                Lineage::start(built.child, run.created.len())
+            }
+        };
+        let version = Version { root: built.child, root_hash, len, place: Some(place) };
+        SparseMerkleTree { version: Arc::new(version) }
+    }
+
+    /// This version's tree copied node by node into a new lineage.
+    fn copied(&self) -> SparseMerkleTree {
+        let mut root = self.version.root;
+        let mut made = 0usize;
+        let mut slots: Vec<*mut Child> = vec![&mut root];
+        while let Some(slot) = slots.pop() {
+            // SAFETY: each slot is `root` or a child slot of a copy made below, written once here;
+            // the node it holds is still the original, live while `self` is held.
+            unsafe {
+                let copy = match (*slot).node() {
+                    Node::Empty => Child::EMPTY,
+                    Node::Leaf(leaf) => {
+                        Child::make_leaf(Leaf { key_hash: leaf.key_hash, value_hash: leaf.value_hash })
+                    }
+                    Node::Internal(node) => {
+                        let copy =
+                            Child::make_internal(Internal { hashes: node.hashes, children: node.children });
+                        let copy_ptr = copy.internal_ptr();
+                        slots.push(std::ptr::addr_of_mut!((*copy_ptr).children[0]));
+                        slots.push(std::ptr::addr_of_mut!((*copy_ptr).children[1]));
+                        copy
+                    }
+                };
+                made += usize::from(!copy.is_empty());
+                *slot = copy;
+            }
+        }
+        let version = Version {
+            root,
+            root_hash: self.version.root_hash,
+            len: self.version.len,
+            place: (!root.is_empty()).then(|| Lineage::start(root, made)),
+        };
+        SparseMerkleTree { version: Arc::new(version) }
     }
 
     /// Build a tree holding exactly `leaves` (`(key_hash, value_hash)`).
@@ -426,23 +677,20 @@ impl SparseMerkleTree {
     /// [`Self::prove`] for an already-hashed key.
     pub fn prove_key_hash(&self, key_hash: &Hash) -> (Option<StateLeaf>, Vec<Hash>) {
         let mut siblings = Vec::new();
-        let mut cur = &self.root;
+        let mut cur = self.version.root;
         let mut depth = 0;
         loop {
-            match cur {
-                Child::Empty => return (None, siblings),
-                Child::Leaf(leaf) => {
+            // SAFETY: `self` holds the version, so its nodes are live.
+            match unsafe { cur.node() } {
+                Node::Empty => return (None, siblings),
+                Node::Leaf(leaf) => {
                     let leaf = StateLeaf { key_hash: leaf.key_hash, value_hash: leaf.value_hash };
                     return (Some(leaf), siblings);
                 }
-                Child::Internal(node) => {
-                    let (next, beside) = if bit(key_hash, depth) {
-                        (&node.right, &node.left)
-                    } else {
-                        (&node.left, &node.right)
-                    };
-                    siblings.push(beside.hash());
-                    cur = next;
+                Node::Internal(node) => {
+                    let side = usize::from(bit(key_hash, depth));
+                    siblings.push(node.hashes[1 - side]);
+                    cur = node.children[side];
                     depth += 1;
                 }
             }
@@ -451,125 +699,158 @@ impl SparseMerkleTree {
 
     /// Every `(key_hash, value_hash)` in key-hash order (for tests and integrity checks).
     pub fn leaves(&self) -> Vec<(Hash, Hash)> {
-        fn walk(subtree: &Child, out: &mut Vec<(Hash, Hash)>) {
-            match subtree {
-                Child::Empty => {}
-                Child::Leaf(leaf) => out.push((leaf.key_hash, leaf.value_hash)),
-                Child::Internal(node) => {
-                    walk(&node.left, out);
-                    walk(&node.right, out);
+        let mut out = Vec::new();
+        let mut stack = vec![self.version.root];
+        while let Some(child) = stack.pop() {
+            // SAFETY: `self` holds the version, so its nodes are live.
+            match unsafe { child.node() } {
+                Node::Empty => {}
+                Node::Leaf(leaf) => out.push((leaf.key_hash, leaf.value_hash)),
+                Node::Internal(node) => {
+                    stack.push(node.children[1]);
+                    stack.push(node.children[0]);
                 }
             }
         }
-        let mut out = Vec::new();
-        walk(&self.root, &mut out);
         out
+    }
+
+    /// Whether `other` is a later version of the same lineage (shares nodes with this one).
+    #[cfg(test)]
+    fn same_lineage(&self, other: &SparseMerkleTree) -> bool {
+        match (&self.version.place, &other.version.place) {
+            (Some((a, _)), Some((b, _))) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
 /// Apply the sorted, de-duplicated `changes` (all sharing `node`'s path prefix of `depth` bits) to
-/// `node`, returning the new subtree. Untouched subtrees are shared, not copied. New nodes are
-/// queued in `pending` to be hashed once the whole update is built.
-/// `warmed` says whether an ancestor already ran [`warm`] over this node.
-fn update(
-    node: &Child,
+/// `node` (whose hash is `node_hash`), returning the new subtree. Untouched subtrees are shared,
+/// not copied; replaced nodes are recorded in `run.superseded`, new ones in `run.created` and
+/// queued to be hashed once the whole update is built. `warmed` says whether an ancestor already
+/// ran [`warm`] over this node.
+/// SAFETY: `node` is live for the whole update.
+unsafe fn update(
+    node: Child,
+    node_hash: Hash,
     depth: usize,
     changes: &[Change],
     warmed: bool,
-    len_delta: &mut i64,
-    pending: &mut PendingHashes,
+    run: &mut Run,
 ) -> Built {
     let Some(first) = changes.first() else {
-        return Built::done(node.clone());
+        return Built::done(node, node_hash);
     };
     if !warmed && changes.len() <= WARM_CHANGES_MAX {
-        warm(node, depth, changes);
+        // SAFETY: the caller's contract.
+        unsafe { warm(node, depth, changes) };
     }
     let warmed = warmed || changes.len() <= WARM_CHANGES_MAX;
-    match node {
-        Child::Empty => {
+    // SAFETY: the caller's contract.
+    match unsafe { node.node() } {
+        Node::Empty => {
             if changes.len() == 1 {
                 return match first.1 {
                     Some(value_hash) => {
-                        *len_delta += 1;
-                        new_leaf(first.0, value_hash, pending)
+                        run.len_delta += 1;
+                        new_leaf(first.0, value_hash, run)
                     }
-                    None => Built::done(Child::Empty),
+                    None => Built::done(Child::EMPTY, ZERO_HASH),
                 };
             }
-            let (left, right) =
-                descend(&Child::Empty, &Child::Empty, depth, changes, warmed, len_delta, pending);
-            combine(left, right, pending)
+            let empty = (Child::EMPTY, ZERO_HASH);
+            // SAFETY: nothing to read below an empty subtree.
+            let (left, right) = unsafe { descend(empty, empty, depth, changes, warmed, run) };
+            combine(left, right, run)
         }
-        Child::Leaf(leaf) => {
+        Node::Leaf(leaf) => {
             if changes.len() == 1 {
                 if first.0 == leaf.key_hash {
                     return match first.1 {
                         None => {
-                            *len_delta -= 1;
-                            Built::done(Child::Empty)
+                            run.len_delta -= 1;
+                            run.superseded.push(node);
+                            Built::done(Child::EMPTY, ZERO_HASH)
                         }
-                        Some(v) if v == leaf.value_hash => Built::done(node.clone()),
-                        Some(v) => new_leaf(first.0, v, pending),
+                        Some(v) if v == leaf.value_hash => Built::done(node, node_hash),
+                        Some(v) => {
+                            run.superseded.push(node);
+                            new_leaf(first.0, v, run)
+                        }
                     };
                 }
                 if first.1.is_none() {
                     // Removing a key that is not here changes nothing.
-                    return Built::done(node.clone());
+                    return Built::done(node, node_hash);
                 }
             }
             // Push the leaf one level down (its hash is depth-independent) and merge there.
-            let (left, right) = if bit(&leaf.key_hash, depth) {
-                descend(&Child::Empty, node, depth, changes, warmed, len_delta, pending)
-            } else {
-                descend(node, &Child::Empty, depth, changes, warmed, len_delta, pending)
-            };
-            combine(left, right, pending)
+            let (this, empty) = ((node, node_hash), (Child::EMPTY, ZERO_HASH));
+            let (left, right) = if bit(&leaf.key_hash, depth) { (empty, this) } else { (this, empty) };
+            // SAFETY: the caller's contract covers the leaf.
+            let (left, right) = unsafe { descend(left, right, depth, changes, warmed, run) };
+            combine(left, right, run)
         }
-        Child::Internal(internal) => {
-            let (new_left, new_right) =
-                descend(&internal.left, &internal.right, depth, changes, warmed, len_delta, pending);
-            if new_left.child.same(&internal.left) && new_right.child.same(&internal.right) {
+        Node::Internal(internal) => {
+            let (old_left, old_right) = (internal.children[0], internal.children[1]);
+            let sides = ((old_left, internal.hashes[0]), (old_right, internal.hashes[1]));
+            // SAFETY: children of a live node are live.
+            let (new_left, new_right) = unsafe { descend(sides.0, sides.1, depth, changes, warmed, run) };
+            if new_left.child == old_left && new_right.child == old_right {
                 // Only absent keys were removed (or values rewritten unchanged): keep the node.
-                return Built::done(node.clone());
+                return Built::done(node, node_hash);
             }
-            combine(new_left, new_right, pending)
+            run.superseded.push(node);
+            combine(new_left, new_right, run)
         }
     }
 }
 
-/// Split `changes` by bit `depth` and update both children.
-fn descend(
-    left: &Child,
-    right: &Child,
+/// Split `changes` by bit `depth` and update both children (each with its hash).
+/// SAFETY: both children are live for the whole update.
+unsafe fn descend(
+    left: (Child, Hash),
+    right: (Child, Hash),
     depth: usize,
     changes: &[Change],
     warmed: bool,
-    len_delta: &mut i64,
-    pending: &mut PendingHashes,
+    run: &mut Run,
 ) -> (Built, Built) {
     // Distinct 256-bit keys always separate before depth 256.
     assert!(depth < 256, "state tree descended past 256 bits");
     let mid = changes.partition_point(|(key_hash, _)| !bit(key_hash, depth));
     let (left_changes, right_changes) = changes.split_at(mid);
-    (
-        update(left, depth + 1, left_changes, warmed, len_delta, pending),
-        update(right, depth + 1, right_changes, warmed, len_delta, pending),
-    )
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            update(left.0, left.1, depth + 1, left_changes, warmed, run),
+            update(right.0, right.1, depth + 1, right_changes, warmed, run),
+        )
+    }
 }
 
 /// The node over two children: empty if both are, the lone leaf itself if only a leaf remains
 /// (leaves sit at the shallowest unique depth), else a new internal node, hashed with its level.
-fn combine(left: Built, right: Built, pending: &mut PendingHashes) -> Built {
+fn combine(left: Built, right: Built, run: &mut Run) -> Built {
     let level = 1 + left.level.max(right.level);
-    match (left.child, right.child) {
-        (Child::Empty, Child::Empty) => Built::done(Child::Empty),
-        (only @ Child::Leaf(_), Child::Empty) | (Child::Empty, only @ Child::Leaf(_)) => {
-            Built { child: only, level: level - 1 }
-        }
-        (left, right) => {
-            let node = Child::Internal(Arc::new(Internal { hash: NodeHash::pending(), left, right }));
-            pending.add(level, &node)
+    match (left.child.is_empty(), right.child.is_empty()) {
+        (true, true) => Built::done(Child::EMPTY, ZERO_HASH),
+        (false, true) if left.child.is_leaf() => left,
+        (true, false) if right.child.is_leaf() => right,
+        _ => {
+            let node = Child::make_internal(Internal {
+                hashes: [left.hash, right.hash],
+                children: [left.child, right.child],
+            });
+            run.created.push(node);
+            let slots = node.internal_ptr();
+            // SAFETY: `slots` is the node just made; nothing else refers to it yet.
+            unsafe {
+                run.aim(&left, std::ptr::addr_of_mut!((*slots).hashes[0]));
+                run.aim(&right, std::ptr::addr_of_mut!((*slots).hashes[1]));
+            }
+            run.add(level, node)
         }
     }
 }
@@ -795,6 +1076,33 @@ mod tests {
     }
 
     #[test]
+    fn t25_versions_share_a_lineage_unless_built_from_an_older_one() {
+        // Building on the newest version extends its lineage (nodes shared, no copy); building on
+        // a version that already has a successor copies it into a new lineage, and both stay right.
+        let base = three_rows();
+        let set = |key: &str, value: &[u8]| {
+            let (k, v) = leaf_of(key, value, 0, 1);
+            [(k, Some(v))]
+        };
+        let next = base.with_updates(set("user:4", b"d"));
+        assert!(base.same_lineage(&next));
+        let forked = base.with_updates(set("user:5", b"e"));
+        assert!(!base.same_lineage(&forked));
+        assert_eq!(forked.len(), 4);
+        assert_eq!(next.len(), 4);
+        assert_eq!(forked.root(), from_scratch_root(forked.leaves()));
+        assert_eq!(next.root(), from_scratch_root(next.leaves()));
+        // Once the successor is gone the base is the newest again, and the lineage is extended.
+        drop(next);
+        let again = base.with_updates(set("user:6", b"f"));
+        assert!(base.same_lineage(&again));
+        drop(base);
+        assert_eq!(again.len(), 4);
+        assert_eq!(again.root(), from_scratch_root(again.leaves()));
+        assert_eq!(SparseMerkleTree::new().with_updates([]).root(), ZERO_HASH);
+    }
+
+    #[test]
     fn t23_throughput_smoke() {
         // Batch-update throughput at 100k keys (informational; the assertion is generous because
         // test builds are not optimised): 100 blocks of 1000 updates over a 100k-key tree.
@@ -971,6 +1279,54 @@ mod tests {
                             bad.leaf = Some(StateLeaf { key_hash: leaf.key_hash, value_hash: h(&leaf.value_hash) });
                             prop_assert!(verify_state_proof(&bad, &key, None, &header).is_err());
                         }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn p05_versions_from_any_version_under_any_drop_order(
+            steps in proptest::collection::vec(
+                (any::<u16>(), proptest::collection::vec((0u8..24, proptest::option::weighted(0.7, 0u8..3)), 0..12), 0u8..4),
+                1..40,
+            ),
+        ) {
+            // A random mix of building a version from any live version (the newest of its lineage,
+            // one that already has a successor, or a copy), and dropping a random version. The
+            // lineage bookkeeping must free exactly the nodes no live version reaches: every live
+            // version keeps its root, count, leaves and proofs throughout, and in debug builds the
+            // last drop of each lineage checks that every node made was freed exactly once.
+            let mut alive: Vec<(SparseMerkleTree, BTreeMap<Hash, Hash>)> = vec![(SparseMerkleTree::new(), BTreeMap::new())];
+            for (pick, block, action) in steps {
+                if action == 0 && alive.len() > 1 {
+                    drop(alive.swap_remove(usize::from(pick) % alive.len()));
+                } else {
+                    let (tree, model) = &alive[usize::from(pick) % alive.len()];
+                    let mut model = model.clone();
+                    let changes: Vec<Change> = block
+                        .into_iter()
+                        .map(|(key, value)| {
+                            let kh = key_hash(&[key]);
+                            let vh = value.map(|v| leaf_value_hash(&[key], &[v], 0, 1));
+                            match vh {
+                                Some(vh) => model.insert(kh, vh),
+                                None => model.remove(&kh),
+                            };
+                            (kh, vh)
+                        })
+                        .collect();
+                    let next = tree.with_updates(changes);
+                    alive.push((next, model));
+                }
+                for (tree, model) in &alive {
+                    let leaves: Vec<(Hash, Hash)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                    prop_assert_eq!(tree.root(), from_scratch_root(leaves.iter().copied()));
+                    prop_assert_eq!(tree.len(), model.len() as u64);
+                    prop_assert_eq!(tree.leaves(), leaves);
+                    for key in 0u8..24 {
+                        let (leaf, siblings) = tree.prove(&[key]);
+                        let start = leaf.map_or(ZERO_HASH, |l| leaf_node_hash(&l.key_hash, &l.value_hash));
+                        prop_assert_eq!(fold_state_path(&key_hash(&[key]), start, &siblings), tree.root());
                     }
                 }
             }
