@@ -2,7 +2,7 @@
 //!
 //! * **Recent heights** come from a bounded per-scope ring filled by apply: for each of the last
 //!   `HISTORY_RECENT_HEIGHTS_MAX` blocks it keeps the block header, the state tree at that height
-//!   (the tree is persistent, so this is an `Arc` clone sharing every untouched node) and the
+//!   (the tree is persistent, so this is a version handle sharing every untouched node) and the
 //!   pre-image of every row the block changed (moved out of the state by the commit, in a hash map
 //!   per block). A row at height H is the pre-image recorded by the first ring block above H that
 //!   changed it, or else the current row: one hash lookup per later ring block, so a read a few
