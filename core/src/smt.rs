@@ -441,14 +441,21 @@ struct Pending {
     target: *mut Hash,
 }
 
-/// What one update collects: the nodes it made and replaced, the new nodes by level to be hashed
-/// once the update's structure is complete (every node of a level has only hashed children, so a
-/// level's nodes are hashed together, `hash_lanes.rs`), and the change in leaf count.
+/// What one update collects: the nodes it made and replaced, the new nodes by level waiting for
+/// their hashes, and the change in leaf count. New nodes are hashed a level at a time (every node
+/// of a level has only hashed children, so a level's nodes are hashed together, `hash_lanes.rs`):
+/// those of each small subtree as soon as it is built ([`update`]), the rest once the update's
+/// structure is complete.
 #[derive(Default)]
 struct Run {
     created: Vec<Child>,
     superseded: Vec<Child>,
     pending: Vec<Vec<Pending>>,
+    /// Per level, the pending nodes made before the current small subtree ([`Run::mark`]).
+    marks: Vec<usize>,
+    /// Buffers of the hash passes, reused.
+    inputs: Vec<[u8; INPUT_BYTES]>,
+    hashes: Vec<Hash>,
     len_delta: i64,
 }
 
@@ -469,13 +476,41 @@ impl Run {
         }
     }
 
+    /// Remember how many nodes each level has pending: the start of a subtree's own.
+    fn mark(&mut self) {
+        self.marks.clear();
+        self.marks.extend(self.pending.iter().map(Vec::len));
+    }
+
+    /// Hash the nodes the subtree `built` made since [`Run::mark`], its top node included, and
+    /// return it as a subtree whose hash is known.
+    fn finish_subtree(&mut self, built: Built) -> Built {
+        if built.level == 0 {
+            return built;
+        }
+        let mut hash = ZERO_HASH;
+        self.aim(&built, &mut hash);
+        let marks = std::mem::take(&mut self.marks);
+        self.resolve_since(&marks);
+        self.marks = marks;
+        Built::done(built.child, hash)
+    }
+
     /// Hashes every pending node, lowest level first, into its target.
     fn resolve(&mut self) {
-        let mut inputs: Vec<[u8; INPUT_BYTES]> = Vec::new();
-        let mut hashes: Vec<Hash> = Vec::new();
-        for level in &self.pending {
+        self.resolve_since(&[]);
+    }
+
+    /// Hashes the pending nodes after the first `marks[level]` of each level (all of a level
+    /// without a mark), lowest level first, into their targets, and drops them from the list.
+    fn resolve_since(&mut self, marks: &[usize]) {
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let mut hashes = std::mem::take(&mut self.hashes);
+        for (number, level) in self.pending.iter_mut().enumerate() {
+            let start = marks.get(number).copied().unwrap_or(0);
+            let level_nodes = &level[start..];
             inputs.clear();
-            inputs.extend(level.iter().map(|pending| {
+            inputs.extend(level_nodes.iter().map(|pending| {
                 let mut input = [0u8; INPUT_BYTES];
                 // SAFETY: this update made the node; nothing else has seen it yet.
                 match unsafe { pending.node.node() } {
@@ -496,14 +531,17 @@ impl Run {
             }));
             hashes.resize(inputs.len(), ZERO_HASH);
             hash_all(&inputs, &mut hashes);
-            for (pending, hash) in level.iter().zip(&hashes) {
+            for (pending, hash) in level_nodes.iter().zip(&hashes) {
                 // Every new node ends up under a new parent or at the root.
                 assert!(!pending.target.is_null(), "state tree node made but not placed");
                 // SAFETY: the target is a hash slot of a node this update made (at a higher level,
                 // not read yet) or the caller's root hash, and nothing else refers to it now.
                 unsafe { *pending.target = *hash };
             }
+            level.truncate(start);
         }
+        self.inputs = inputs;
+        self.hashes = hashes;
     }
 }
 
@@ -739,14 +777,37 @@ unsafe fn update(
     warmed: bool,
     run: &mut Run,
 ) -> Built {
+    if changes.is_empty() {
+        return Built::done(node, node_hash);
+    }
+    if warmed || changes.len() > WARM_CHANGES_MAX {
+        // SAFETY: the caller's contract.
+        return unsafe { update_node(node, node_hash, depth, changes, warmed, run) };
+    }
+    // The top of a small subtree: fetch its nodes, build it, and hash its new nodes right away,
+    // while they are still in cache (hashing them with the rest of the update read them back
+    // from memory); the parent then gets a subtree whose hash is known.
+    // SAFETY: the caller's contract.
+    unsafe { warm(node, depth, changes) };
+    run.mark();
+    // SAFETY: the caller's contract.
+    let built = unsafe { update_node(node, node_hash, depth, changes, true, run) };
+    run.finish_subtree(built)
+}
+
+/// [`update`] of one node, without the subtree bookkeeping.
+/// SAFETY: as for [`update`].
+unsafe fn update_node(
+    node: Child,
+    node_hash: Hash,
+    depth: usize,
+    changes: &[Change],
+    warmed: bool,
+    run: &mut Run,
+) -> Built {
     let Some(first) = changes.first() else {
         return Built::done(node, node_hash);
     };
-    if !warmed && changes.len() <= WARM_CHANGES_MAX {
-        // SAFETY: the caller's contract.
-        unsafe { warm(node, depth, changes) };
-    }
-    let warmed = warmed || changes.len() <= WARM_CHANGES_MAX;
     // SAFETY: the caller's contract.
     match unsafe { node.node() } {
         Node::Empty => {
