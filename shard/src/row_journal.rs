@@ -321,7 +321,8 @@ fn last_per_key(buffers: &[Vec<u8>], rows: &mut Vec<MergeRow>) {
 /// kernel, zeroed page by page on first touch (57% of the preparation's time at 1 M keys), while
 /// memory a finished merge leaves here is simply reused (the server keeps its peak footprint
 /// anyway, D16). One set is kept; a second merge at the same time allocates its own.
-static SPARE: std::sync::Mutex<Spare> = std::sync::Mutex::new(Spare { rows: Vec::new(), buffers: Vec::new() });
+static SPARE: std::sync::Mutex<Spare> =
+    std::sync::Mutex::new(Spare { rows: Vec::new(), buffers: Vec::new() });
 
 struct Spare {
     rows: Vec<Vec<MergeRow>>,
