@@ -329,8 +329,10 @@ struct Spare {
     buffers: Vec<Vec<u8>>,
 }
 
-/// Spare record buffers kept at most (a merge of ~1 M rows reads ~500 records).
+/// Spare record buffers kept at most (a merge of ~1 M rows reads ~500 records), and their bytes
+/// (a merge of ~1 M 100-byte rows reads ~150 MB): records of large values are not all kept.
 const SPARE_BUFFERS_MAX: usize = 4_096;
+const SPARE_BUFFER_BYTES_MAX: usize = 512 << 20;
 
 fn spare() -> std::sync::MutexGuard<'static, Spare> {
     // The pool holds only empty buffers: a panic elsewhere leaves nothing inconsistent in it.
@@ -353,10 +355,12 @@ fn give_back(rows: Vec<Vec<MergeRow>>, buffers: Vec<Vec<u8>>) {
             spare.rows.push(list);
         }
     }
+    let mut bytes: usize = spare.buffers.iter().map(Vec::capacity).sum();
     for mut buffer in buffers {
-        if spare.buffers.len() >= SPARE_BUFFERS_MAX {
-            break;
+        if spare.buffers.len() >= SPARE_BUFFERS_MAX || bytes + buffer.capacity() > SPARE_BUFFER_BYTES_MAX {
+            continue;
         }
+        bytes += buffer.capacity();
         buffer.clear();
         spare.buffers.push(buffer);
     }
