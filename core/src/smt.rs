@@ -766,8 +766,8 @@ impl SparseMerkleTree {
 /// Apply the sorted, de-duplicated `changes` (all sharing `node`'s path prefix of `depth` bits) to
 /// `node` (whose hash is `node_hash`), returning the new subtree. Untouched subtrees are shared,
 /// not copied; replaced nodes are recorded in `run.superseded`, new ones in `run.created` and
-/// queued to be hashed once the whole update is built. `warmed` says whether an ancestor already
-/// ran [`warm`] over this node.
+/// queued in `run` to be hashed (with their small subtree, or at the end of the update).
+/// `warmed` says whether an ancestor already ran [`warm`] over this node.
 /// SAFETY: `node` is live for the whole update.
 unsafe fn update(
     node: Child,

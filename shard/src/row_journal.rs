@@ -173,12 +173,7 @@ fn walk(
     mut relationship: impl FnMut(RowAt),
 ) -> Result<(), ShardError> {
     let mut r = Reader { bytes, at: 0, seq };
-    let (entity_count, relationship_count) = (r.u32()?, r.u32()?);
-    // Every row takes at least 5 bytes: a count larger than that allows is corruption, not a
-    // reason to reserve memory.
-    if entity_count.saturating_add(relationship_count).saturating_mul(5) > bytes.len() {
-        return Err(r.corrupt("row count larger than the record"));
-    }
+    let (entity_count, relationship_count) = read_counts(&mut r)?;
     for _ in 0..entity_count {
         let (key_at, key_len) = r.field()?;
         let value = if r.present()? { Some(r.field()?) } else { None };
@@ -199,6 +194,21 @@ fn walk(
         return Err(r.corrupt("trailing bytes"));
     }
     Ok(())
+}
+
+/// A record's entity and relationship row counts, from its header.
+fn record_counts(seq: u64, bytes: &[u8]) -> Result<(usize, usize), ShardError> {
+    read_counts(&mut Reader { bytes, at: 0, seq })
+}
+
+fn read_counts(r: &mut Reader<'_>) -> Result<(usize, usize), ShardError> {
+    let (entity_count, relationship_count) = (r.u32()?, r.u32()?);
+    // Every row takes at least 5 bytes: a count larger than that allows is corruption, not a
+    // reason to reserve memory.
+    if entity_count.saturating_add(relationship_count).saturating_mul(5) > r.bytes.len() {
+        return Err(r.corrupt("row count larger than the record"));
+    }
+    Ok((entity_count, relationship_count))
 }
 
 fn version_at(bytes: &[u8], at: usize) -> u64 {
@@ -406,16 +416,12 @@ impl JournalMerge {
         steps: usize,
         step_rows_min: usize,
     ) -> Result<JournalMerge, ShardError> {
-        // The counts each record starts with size the row lists (`walk` checks them; a corrupt
-        // count only reserves too much, bounded by the record's length as `walk` bounds it).
+        // The counts each record starts with size the row lists.
         let (mut entity_rows, mut relationship_rows) = (0usize, 0usize);
-        for (_, bytes) in &records {
-            if let (Some(e), Some(r)) = (bytes.get(0..4), bytes.get(4..8)) {
-                let count = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let bound = bytes.len() / 5;
-                entity_rows += count(e).min(bound);
-                relationship_rows += count(r).min(bound);
-            }
+        for (seq, bytes) in &records {
+            let (entities, relationships) = record_counts(*seq, bytes)?;
+            entity_rows += entities;
+            relationship_rows += relationships;
         }
         let (mut entities, mut relationships) = (spare_rows(entity_rows), spare_rows(relationship_rows));
         for (i, (seq, bytes)) in records.iter().enumerate() {
