@@ -56,9 +56,14 @@ pub struct BlockContext {
 pub enum SequenceCheck {
     /// `seq == last + 1`: process it.
     Next,
-    /// `seq <= last`: already committed; the persisted record of the last committed tx.
+    /// `seq <= last committed`: already committed; the persisted record of the last committed tx.
     Duplicate(ClientState),
-    /// `seq > last + 1`.
+    /// `last committed < seq <= last taken`: the transaction with this sequence is in this draft
+    /// or in a block proposed or sealed before it, none of which has committed yet. It may still
+    /// fail, so it must not be answered `AlreadyCommitted` (SPEC §6.3 answers duplicates from
+    /// persisted state only): the leader gives the retry that transaction's outcome.
+    InFlight { last_committed: u64 },
+    /// `seq > last taken + 1`.
     Gap { last: u64 },
 }
 
@@ -733,23 +738,30 @@ impl<'a> BlockDraft<'a> {
         self.height
     }
 
-    /// SPEC §6.3 against the base plus this draft's earlier transactions. `sequence == 0` must be
-    /// rejected by the caller first (`InvalidArgument`); here it would read as a duplicate.
+    /// SPEC §6.3 against the base plus this draft's earlier transactions. Only the base is
+    /// committed: a sequence taken by a block in flight or by this draft is `InFlight`, never
+    /// `Duplicate`. `sequence == 0` must be rejected by the caller first (`InvalidArgument`);
+    /// here it would read as a duplicate.
     pub fn check_sequence(&self, client_id: &str, sequence: u64) -> SequenceCheck {
-        let state = self
+        let committed = self.base.client_state(client_id);
+        let taken = self
             .clients
             .get(client_id)
             .or_else(|| self.sealed.iter().rev().find_map(|d| d.clients.get(client_id)))
             .or_else(|| self.pending.iter().rev().find_map(|d| d.clients.get(client_id)))
-            .copied()
-            .unwrap_or_else(|| self.base.client_state(client_id));
-        let last = state.last_committed_seq;
-        if sequence <= last {
-            SequenceCheck::Duplicate(state)
-        } else if sequence == last + 1 {
+            .map_or(committed.last_committed_seq, |state| state.last_committed_seq);
+        assert!(
+            taken >= committed.last_committed_seq,
+            "a draft's sequences never go below the committed ones"
+        );
+        if sequence <= committed.last_committed_seq {
+            SequenceCheck::Duplicate(committed)
+        } else if sequence <= taken {
+            SequenceCheck::InFlight { last_committed: committed.last_committed_seq }
+        } else if sequence == taken + 1 {
             SequenceCheck::Next
         } else {
-            SequenceCheck::Gap { last }
+            SequenceCheck::Gap { last: taken }
         }
     }
 
@@ -840,6 +852,20 @@ impl<'a> BlockDraft<'a> {
                     committed_tx_id: Some(state.last_committed_tx_id),
                     committed_block_height: Some(state.last_committed_block_height),
                     last_committed_sequence: Some(state.last_committed_seq),
+                });
+            }
+            SequenceCheck::InFlight { last_committed } => {
+                // Same sequence twice in one draft (a replayed block never holds that: the
+                // leader gives such a retry the first copy's outcome instead of drafting it).
+                return Err(WriteError {
+                    code: WriteErrorCode::AlreadyCommitted,
+                    key: String::new(),
+                    current_version: None,
+                    current_value: None,
+                    message: format!("sequence {} is already in a block that has not committed", tx.sequence),
+                    committed_tx_id: None,
+                    committed_block_height: None,
+                    last_committed_sequence: Some(last_committed),
                 });
             }
             SequenceCheck::Gap { last } => {
@@ -1283,11 +1309,11 @@ mod tests {
         let mut draft = BlockDraft::new(&scope);
         draft.try_apply(t1.clone()).unwrap();
         assert_eq!(draft.check_sequence("c", 2), SequenceCheck::Next);
-        assert!(matches!(draft.check_sequence("c", 1), SequenceCheck::Duplicate(_)));
+        // Taken by this draft, which has not committed: in flight, not a duplicate.
+        assert_eq!(draft.check_sequence("c", 1), SequenceCheck::InFlight { last_committed: 0 });
         draft.try_apply(t2).unwrap();
         let e = draft.try_apply(t1).unwrap_err();
-        assert_eq!(e.code, WriteErrorCode::AlreadyCommitted);
-        assert_eq!(e.committed_tx_id, Some(id2));
+        assert_eq!((e.committed_tx_id, e.last_committed_sequence), (None, Some(0)));
         let e = draft.try_apply(tx("c", 9, vec![set("a", b"9")])).unwrap_err();
         assert_eq!((e.code, e.last_committed_sequence), (WriteErrorCode::SequenceGap, Some(2)));
         assert_eq!(draft.check_sequence("other", 1), SequenceCheck::Next);

@@ -79,6 +79,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         retention_interval_secs: config.retention_interval_secs,
         helper_hooks,
         tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,
+        faults: Default::default(),
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,

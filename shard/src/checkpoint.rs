@@ -899,6 +899,7 @@ pub async fn open_group_with(
     let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
     let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
     let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
+    log_store.set_faults(config.faults.clone());
 
     let loaded = {
         let db = state_db.clone();

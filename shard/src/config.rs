@@ -36,6 +36,8 @@ pub struct ShardConfig {
     /// Trees of at least this many leaves are updated on the group's tree thread (D21;
     /// `TREE_THREAD_MIN_LEAVES`, 0 in tests so that every block goes through the thread).
     pub tree_thread_min_leaves: u64,
+    /// Fault-injection points (faults.rs); none armed outside tests.
+    pub faults: std::sync::Arc<crate::faults::Faults>,
 }
 
 /// Functions a helper thread calls when it starts and just before it ends.
@@ -67,6 +69,7 @@ impl ShardConfig {
             retention_interval_secs: 300,
             helper_hooks: HelperHooks::default(),
             tree_thread_min_leaves: 0,
+            faults: Default::default(),
         }
     }
 }

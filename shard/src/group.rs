@@ -183,7 +183,14 @@ pub struct Group {
     /// A round was abandoned: its reserved log index went unused, so the next round waits for
     /// the blocks in flight to drain and predicts indexes afresh.
     resync_log_index: Cell<bool>,
+    /// Every transaction taken into a block that has not been answered yet, with the retries of
+    /// it that arrived meanwhile: they wait for that block's outcome and get the same answer
+    /// (SPEC §6.3 answers duplicates from committed client state only).
+    in_flight_txs: RefCell<HashMap<TxKey, Vec<Waiter>>>,
 }
+
+/// One transaction's identity for duplicate detection: scope, client id, sequence.
+type TxKey = (ScopeKey, String, u64);
 
 impl Group {
     pub fn new(
@@ -209,6 +216,7 @@ impl Group {
             sealing: RefCell::new(VecDeque::new()),
             last_round: RefCell::new(None),
             resync_log_index: Cell::new(false),
+            in_flight_txs: RefCell::new(HashMap::new()),
         })
     }
 
@@ -486,7 +494,7 @@ impl Group {
     /// waits for the blocks in flight to drain and then predicts indexes afresh.
     fn abandon_round(&self, status: Status, accepted: Vec<Accepted>) {
         for a in accepted {
-            for w in a.waiters {
+            for w in self.waiters_of(a) {
                 w.send(Err(status.clone()));
             }
         }
@@ -536,20 +544,34 @@ impl Group {
                     .contains(&a.scope)
                     .then(|| Status::unavailable("block was applied differently than built; retry the write"))
             });
+            let (scope, client_id, sequence, success) =
+                (a.scope, a.client_id.clone(), a.sequence, a.success.clone());
+            let waiters = self.waiters_of(a);
             match failure {
                 Some(status) => {
-                    for w in a.waiters {
+                    for w in waiters {
                         w.send(Err(status.clone()));
                     }
                 }
                 None => {
-                    cache.insert(a.scope, &a.client_id, a.sequence, a.success.clone());
-                    for w in a.waiters {
-                        w.send(Ok(WriteResult::Success(a.success.clone())));
+                    cache.insert(scope, &client_id, sequence, success.clone());
+                    for w in waiters {
+                        w.send(Ok(WriteResult::Success(success.clone())));
                     }
                 }
             }
         }
+    }
+
+    /// An answered transaction's waiters: its own and the retries that arrived while it was in
+    /// flight. It leaves the in-flight set, so a later retry is judged by committed state.
+    fn waiters_of(&self, accepted: Accepted) -> Vec<Waiter> {
+        let key = (accepted.scope, accepted.client_id, accepted.sequence);
+        let retries = self.in_flight_txs.borrow_mut().remove(&key);
+        assert!(retries.is_some(), "an accepted transaction is in the in-flight set until answered");
+        let mut waiters = accepted.waiters;
+        waiters.extend(retries.into_iter().flatten());
+        waiters
     }
 
     /// The dry run: validates and applies every transaction to its scope's draft (over the
@@ -570,7 +592,6 @@ impl Group {
         };
         let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
         let mut accepted: Vec<Accepted> = Vec::new();
-        let mut in_round: HashMap<(ScopeKey, String, u64), usize> = HashMap::new();
         let mut per_scope: BTreeMap<ScopeKey, usize> = BTreeMap::new();
         let mut cache = self.cache.borrow_mut();
         for p in batch {
@@ -594,10 +615,11 @@ impl Group {
                 p.waiter.send(Err(vault_unavailable(p.scope, &scope.meta.health)));
                 continue;
             }
-            let round_key = (p.scope, p.client_id.clone(), p.sequence);
-            if let Some(&i) = in_round.get(&round_key) {
-                // The same sequence again while its first copy is in this block: same outcome.
-                accepted[i].waiters.push(p.waiter);
+            let tx_key = (p.scope, p.client_id.clone(), p.sequence);
+            if let Some(retries) = self.in_flight_txs.borrow_mut().get_mut(&tx_key) {
+                // The same sequence again while its first copy is in a block not yet answered
+                // (this round's or an earlier one's): it gets that block's outcome.
+                retries.push(p.waiter);
                 continue;
             }
             let draft = drafts.entry(p.scope).or_insert_with(|| {
@@ -634,6 +656,16 @@ impl Group {
                     p.waiter.send(Ok(result));
                     continue;
                 }
+                SequenceCheck::InFlight { .. } => {
+                    // Every sequence a block in flight took is in `in_flight_txs` (checked above)
+                    // until that block is answered; answering retryable is safe if that ever fails.
+                    let message = format!(
+                        "sequence {} is in a block that has not committed yet; retry the write",
+                        p.sequence
+                    );
+                    p.waiter.send(Err(Status::unavailable(message)));
+                    continue;
+                }
                 SequenceCheck::Gap { last } => {
                     p.waiter.send(Ok(WriteResult::Error(WriteError {
                         code: WriteErrorCode::SequenceGap,
@@ -660,7 +692,7 @@ impl Group {
             match draft.try_apply(tx) {
                 Ok(statuses) => {
                     let index = per_scope.entry(p.scope).or_insert(0);
-                    in_round.insert(round_key, accepted.len());
+                    self.in_flight_txs.borrow_mut().insert(tx_key, Vec::new());
                     accepted.push(Accepted {
                         scope: p.scope,
                         client_id: p.client_id,

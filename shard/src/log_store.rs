@@ -384,6 +384,8 @@ struct LogCore {
     writer: flume::Sender<WriteCmd>,
     /// The state machine's last durable checkpoint, when one is attached: purges never pass it.
     purge_limit: Option<Rc<Cell<Option<LogId>>>>,
+    /// Fault-injection points (tests only arm them).
+    faults: Arc<crate::faults::Faults>,
 }
 
 impl LogCore {
@@ -509,8 +511,14 @@ impl LogStore {
             flushed_seq,
             writer,
             purge_limit: None,
+            faults: Arc::default(),
         };
         Ok(LogStore { core: Rc::new(RefCell::new(core)), stats })
+    }
+
+    /// Attaches the node's fault-injection points (faults.rs).
+    pub fn set_faults(&self, faults: Arc<crate::faults::Faults>) {
+        self.core.borrow_mut().faults = faults;
     }
 
     /// Never purge past `limit` (the last durable state checkpoint; `None` = nothing durable
@@ -551,12 +559,19 @@ impl LogStore {
             let seq = core.next_seq;
             core.next_seq += 1;
             let mut encoded = Vec::new();
+            let mut carries_block = false;
             for entry in entries {
+                carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
                 encoded.push((entry.log_id.index, encode_entry(&entry)));
                 core.last_log_id = Some(entry.log_id);
                 core.cache.insert(entry.log_id.index, (seq, entry));
             }
             core.evict();
+            if let Some(fault) = carries_block.then(|| core.faults.take_block_append()).flatten() {
+                // Never written: the completion reports the injected error instead.
+                fault.fail(move |e| done(Err(e)));
+                return Ok(());
+            }
             (core.writer.clone(), WriteCmd::Append { seq, entries: encoded, done })
         };
         writer

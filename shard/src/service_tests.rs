@@ -1122,3 +1122,60 @@ fn t20_rounds_build_on_sealed_rounds() {
         node.stop().await;
     });
 }
+
+/// Issue 12 item 1 (SPEC §6.3): a retry of sequence s that arrives while s's block is in flight
+/// is never answered `AlreadyCommitted`; it waits for that block and gets its outcome. A fault
+/// point holds the log append of s's block, the retry is sent and must stay unanswered, then
+/// the append fails: both copies get `Unavailable`, and after a restart s is still free, so the
+/// client's retry commits it.
+#[test]
+fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
+    use crate::faults::{AppendFault, Faults};
+    run(|dir| async move {
+        let faults = Arc::new(Faults::default());
+        let armed = faults.clone();
+        let node = start(dir.clone(), move |c| c.faults = armed).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+
+        let (reached_tx, reached) = flume::bounded(1);
+        let (release, release_rx) = flume::bounded(1);
+        faults.fail_next_block_append(AppendFault { reached: reached_tx, release: release_rx });
+        let write = || Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: "c".into(),
+            sequence: 2,
+            operations: vec![set("b", b"2")],
+            include_tx_proof: false,
+        };
+        let group = node.resolve(ns).await.unwrap();
+        let send = |request_id: u64, request: Request| {
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            node.core_of(group)
+                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone() })
+                .unwrap();
+        };
+        send(1001, write());
+        reached.recv_async().await.unwrap();
+        send(1002, write());
+        glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(node.replies.is_empty(), "the retry was answered before its block's outcome was known");
+        release.send(()).unwrap();
+        for _ in 0..2 {
+            let env = node.replies.recv_async().await.unwrap();
+            let status = env.result.expect_err("a write whose append failed must not succeed");
+            assert_eq!(status.code, StatusCode::Unavailable, "request {}: {status:?}", env.request_id);
+        }
+        node.stop().await;
+
+        let node = start(dir, |_| {}).await;
+        assert_eq!(node.last_sequence(ns, vault, "c").await, 1);
+        assert_eq!(node.read(ns, vault, "b").await, None);
+        success(node.write(ns, vault, "c", 2, vec![set("b", b"2")]).await);
+        assert_eq!(node.read(ns, vault, "b").await, Some(b"2".to_vec()));
+        node.stop().await;
+    });
+}

@@ -1,0 +1,51 @@
+//! Fault-injection points, so that tests can make the real storage paths fail exactly where a
+//! disk or a crash would (SPEC §12: an acknowledged write is never lost, a failed one is never
+//! reported as committed). Nothing is armed unless a test arms it; an unarmed point costs one
+//! relaxed atomic load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// The fault points of one node, shared by its groups through `ShardConfig::faults`.
+#[derive(Debug, Default)]
+pub struct Faults {
+    append_armed: AtomicBool,
+    append: Mutex<Option<AppendFault>>,
+}
+
+/// Fails the next Raft log append that carries a group block, after holding it: the append is
+/// reported on `reached`, then waits until `release` yields (or its sender is dropped), then
+/// completes with an I/O error instead of being written.
+#[derive(Debug)]
+pub struct AppendFault {
+    pub reached: flume::Sender<()>,
+    pub release: flume::Receiver<()>,
+}
+
+impl Faults {
+    /// Arms the append fault (replacing one armed before and not reached yet).
+    pub fn fail_next_block_append(&self, fault: AppendFault) {
+        *self.append.lock().unwrap_or_else(PoisonError::into_inner) = Some(fault);
+        self.append_armed.store(true, Ordering::Release);
+    }
+
+    /// The armed append fault, disarming it (called by the log store for each block append).
+    pub(crate) fn take_block_append(&self) -> Option<AppendFault> {
+        if !self.append_armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.append_armed.store(false, Ordering::Release);
+        self.append.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl AppendFault {
+    /// Runs on a thread of its own: reports, holds, then fails the append's completion.
+    pub(crate) fn fail(self, done: impl FnOnce(std::io::Error) + Send + 'static) {
+        std::thread::spawn(move || {
+            let _ = self.reached.send(());
+            let _ = self.release.recv();
+            done(std::io::Error::other("injected fault: log append failed"));
+        });
+    }
+}
