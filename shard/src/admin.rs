@@ -460,7 +460,7 @@ async fn node_health(shard: &Shard) -> Response {
         degraded.extend(r.degraded);
     }
     let (status, message) = if !unavailable.is_empty() {
-        (HealthStatus::Unavailable, format!("{} group(s) without a leader", unavailable.len()))
+        (HealthStatus::Unavailable, format!("{} group(s) failed or without a leader", unavailable.len()))
     } else if !degraded.is_empty() {
         (HealthStatus::Degraded, format!("{} scope(s) not healthy", degraded.len()))
     } else {

@@ -718,6 +718,11 @@ impl Checkpointer {
         let _one_at_a_time = self.lock.lock().await;
         let (batch, blocks_db) = {
             let mut data = self.data.borrow_mut();
+            if data.fault.is_some() {
+                // A failed apply may have left memory half-changed: the durable state stays as
+                // it was before the fault, and the log still holds everything after it.
+                return Ok(false);
+            }
             let fold_journal = merge && self.journal_rows.get() > 0;
             let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(false) };
             let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
@@ -1009,6 +1014,9 @@ pub async fn open_group_with(
     if let Err(e) = led {
         // Stop openraft's tasks so the group's files are released for a later attempt.
         let _ = raft.shutdown().await;
+        if let Some(fault) = data.borrow().fault.clone() {
+            return Err(ShardError::GroupFailed { group: group.0, fault });
+        }
         return Err(ShardError::raft("wait for leadership and apply", e));
     }
 

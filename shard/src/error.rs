@@ -43,6 +43,9 @@ pub enum ShardError {
     /// The group's storage I/O thread is gone (it failed or the group is closing).
     #[error("storage thread of {what} stopped")]
     StorageClosed { what: String },
+    /// Applying the group's log broke an invariant (`GroupData::fault`): the group is stopped.
+    #[error("group {group} failed: {fault}")]
+    GroupFailed { group: u32, fault: crate::group_data::GroupFault },
     /// Core 0 could not create `_system` or the registry's bootstrap records.
     #[error("bootstrap: {0}")]
     Bootstrap(String),

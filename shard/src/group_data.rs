@@ -58,6 +58,24 @@ pub struct GroupData {
     /// The group's state-tree thread (tree_worker.rs): the block builder computes its trees there
     /// and the history drops old versions there. Inline unless the group was opened to serve.
     pub trees: crate::tree_worker::TreeWorker,
+    /// Set when applying an entry broke an invariant of the group as a whole (a bug or a
+    /// corrupt log entry): from then on nothing more is applied or checkpointed, the group's
+    /// requests are answered `Unavailable`, and the node's other groups carry on (SPEC §2 goal 3).
+    pub fault: Option<GroupFault>,
+}
+
+/// Why a group stopped applying (see `GroupData::fault`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFault {
+    /// Log index of the entry whose apply failed.
+    pub at_index: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for GroupFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "applying log entry {} failed: {}", self.at_index, self.reason)
+    }
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -128,6 +146,7 @@ impl GroupData {
             history: crate::history::History::default(),
             snapshots: crate::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
             trees: crate::tree_worker::TreeWorker::inline(),
+            fault: None,
         }
     }
 

@@ -102,7 +102,14 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         }
         InternalMsg::Health { reply } => {
             let mut health = CoreHealth::default();
+            for (id, reason) in &shard.failed {
+                health.unavailable.push((format!("group:{id}"), format!("failed to open: {reason}")));
+            }
             for (id, g) in &shard.groups {
+                if let Some(fault) = &g.data.borrow().fault {
+                    health.unavailable.push((format!("group:{id}"), format!("failed: {fault}")));
+                    continue;
+                }
                 if g.leader_hint().is_none() {
                     health.unavailable.push((format!("group:{id}"), "no leader".into()));
                 }

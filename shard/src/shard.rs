@@ -52,6 +52,9 @@ pub struct Shard {
     pub admin_lock: futures::lock::Mutex<()>,
     /// `WatchBlocks` streams of this core's scopes (watch.rs).
     pub watches: Rc<crate::watch::Watches>,
+    /// Groups of this core that could not be opened, with why: their requests are answered
+    /// `Unavailable` and the node's health names them.
+    pub failed: BTreeMap<GroupId, String>,
 }
 
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
@@ -62,8 +65,22 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let mut groups = BTreeMap::new();
     let mut builders = Vec::new();
     let watches = crate::watch::Watches::new(config.stream_buffer);
+    let mut failed = BTreeMap::new();
     for id in owned {
-        let (raft, data) = crate::state_machine::open_group(&config, id).await?;
+        let (raft, data) = match crate::state_machine::open_group(&config, id).await {
+            Ok(opened) => opened,
+            // `_system` routes every request: the node cannot serve without it.
+            Err(e) if id == GroupId(0) => return Err(e),
+            Err(e) => {
+                // One group's broken files or log must not keep the others from serving
+                // (SPEC §2 goal 3): it stays closed and its requests are answered Unavailable.
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                let reason = format!("{e}{cause}");
+                eprintln!("event=group_open_failed group={id} core={core} reason={reason:?}");
+                failed.insert(id, reason);
+                continue;
+            }
+        };
         watches.attach(id, &data);
         let group = Group::new(id, raft, data, config.clone(), cache.clone());
         builders.push(glommio::spawn_local(group.clone().run()).detach());
@@ -79,6 +96,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         token_key: Cell::new(None),
         admin_lock: futures::lock::Mutex::new(()),
         watches,
+        failed,
     });
     glommio::spawn_local(crate::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
     if core.0 == 0 {
@@ -148,8 +166,21 @@ fn validation_status(e: ValidationError) -> Status {
     }
 }
 
+/// `Unavailable` for a group that failed to open or stopped on a failed apply.
+pub fn group_failure(shard: &Shard, group_id: GroupId) -> Option<Status> {
+    let reason = match shard.failed.get(&group_id) {
+        Some(reason) => reason.clone(),
+        None => shard.groups.get(&group_id)?.data.borrow().fault.as_ref()?.to_string(),
+    };
+    Some(Status::unavailable(format!("group {group_id} on this node has failed and is stopped: {reason}")))
+}
+
 fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvelope, reply: ReplySender) {
     let request_id = envelope.request_id;
+    if let Some(status) = group_failure(shard, group_id) {
+        reply_err(&reply, request_id, status);
+        return;
+    }
     let Some(group) = shard.groups.get(&group_id).cloned() else {
         reply_err(
             &reply,

@@ -143,52 +143,50 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
             continue;
         }
         let expected_hash = block_hash(&gb.header_of(entry));
-        let predicted = speculative
-            .iter()
-            .position(|(k, d)| {
-                *k == key && d.block_hash == expected_hash && d.header.height == scope.meta.height + 1
-            })
-            .map(|i| speculative.swap_remove(i).1);
-        let delta: ScopeDelta = match predicted {
-            Some(delta) => {
-                used.push(key);
-                delta
-            }
-            None => match scope.replay_entry(entry, &ctx) {
-                Ok(delta) => {
+        let (dirty, history) = (&mut data.dirty, &mut data.history);
+        let applied = crate::isolation::catch(|| {
+            apply_scope_entry(scope, entry, &ctx, expected_hash, &mut speculative, dirty, history)
+        });
+        match applied {
+            Ok(Ok((delta_used, announcement))) => {
+                if delta_used {
+                    used.push(key);
+                } else {
                     replayed.push(key);
-                    delta
                 }
-                Err(div) => {
-                    eprintln!(
-                        "event=state_root_divergence group={} namespace={} vault={} height={}",
-                        gb.group_id, entry.namespace_id, entry.vault_id, div.at_height
-                    );
-                    scope.meta.health = VaultHealth::Diverged {
-                        expected: div.expected,
-                        computed: div.computed,
-                        at_height: div.at_height,
-                    };
-                    data.dirty.scopes.insert(key);
-                    diverged.push(key);
-                    continue;
+                if data.on_block_applied.is_some() {
+                    announcements.push(announcement);
                 }
-            },
-        };
-        assert!(delta.block_hash == expected_hash, "committed delta is not the entry's block");
-        if data.on_block_applied.is_some() {
-            announcements.push(BlockAnnouncement {
-                namespace_id: entry.namespace_id,
-                vault_id: entry.vault_id,
-                height: delta.header.height,
-                block_hash: delta.block_hash,
-                state_root: delta.header.state_root,
-                timestamp: delta.header.timestamp,
-            });
+            }
+            Ok(Err(div)) => {
+                eprintln!(
+                    "event=state_root_divergence group={} namespace={} vault={} height={}",
+                    gb.group_id, entry.namespace_id, entry.vault_id, div.at_height
+                );
+                scope.meta.health = VaultHealth::Diverged {
+                    expected: div.expected,
+                    computed: div.computed,
+                    at_height: div.at_height,
+                };
+                data.dirty.scopes.insert(key);
+                diverged.push(key);
+            }
+            Err(reason) => {
+                // The scope may be half-committed: it stops here, Diverged with no computed
+                // root, and waits for recovery (SPEC §9.8–§9.9); the group's other scopes go on.
+                eprintln!(
+                    "event=scope_apply_failed group={} namespace={} vault={} height={} reason={reason:?}",
+                    gb.group_id, entry.namespace_id, entry.vault_id, entry.vault_height
+                );
+                scope.meta.health = VaultHealth::Diverged {
+                    expected: entry.state_root,
+                    computed: ZERO_HASH,
+                    at_height: entry.vault_height,
+                };
+                data.dirty.scopes.insert(key);
+                diverged.push(key);
+            }
         }
-        data.dirty.record_delta(key, &delta);
-        data.history.commit(scope, delta);
-        assert!(scope.meta.height == entry.vault_height, "scope height after commit");
     }
     if let Some(hook) = &data.on_block_applied {
         for announcement in &announcements {
@@ -200,6 +198,45 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
     data.group_height = group_height;
     data.archive.append(gb);
     ApplyResult::Block { group_height, speculative: used, replayed, diverged, skipped }
+}
+
+/// Commits one scope's vault entry: the leader's speculative delta when it is this entry's
+/// block, else a replay checked against the entry's roots. Returns whether the delta was used
+/// and the block's announcement.
+fn apply_scope_entry(
+    scope: &mut ScopeState,
+    entry: &VaultEntry,
+    ctx: &BlockContext,
+    expected_hash: Hash,
+    speculative: &mut Vec<(ScopeKey, ScopeDelta)>,
+    dirty: &mut crate::group_data::DirtyRows,
+    history: &mut crate::history::History,
+) -> Result<(bool, BlockAnnouncement), ledger_core::state::Divergence> {
+    let key = scope.meta.key;
+    let predicted = speculative
+        .iter()
+        .position(|(k, d)| {
+            *k == key && d.block_hash == expected_hash && d.header.height == scope.meta.height + 1
+        })
+        .map(|i| speculative.swap_remove(i).1);
+    let delta_used = predicted.is_some();
+    let delta = match predicted {
+        Some(delta) => delta,
+        None => scope.replay_entry(entry, ctx)?,
+    };
+    assert!(delta.block_hash == expected_hash, "committed delta is not the entry's block");
+    let announcement = BlockAnnouncement {
+        namespace_id: entry.namespace_id,
+        vault_id: entry.vault_id,
+        height: delta.header.height,
+        block_hash: delta.block_hash,
+        state_root: delta.header.state_root,
+        timestamp: delta.header.timestamp,
+    };
+    dirty.record_delta(key, &delta);
+    history.commit(scope, delta);
+    assert!(scope.meta.height == entry.vault_height, "scope height after commit");
+    Ok((delta_used, announcement))
 }
 
 /// Applies one entry to `data` (deterministic, memory only).
@@ -345,7 +382,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry>,
     {
         let mut data = self.data.borrow_mut();
-        Ok(entries.into_iter().map(|entry| apply_entry(&mut data, entry)).collect())
+        let group = data.group_id.0;
+        let mut results = Vec::new();
+        for entry in entries {
+            if let Some(fault) = &data.fault {
+                let fault = ShardError::GroupFailed { group, fault: fault.clone() };
+                return Err(write_err(&fault));
+            }
+            let at_index = entry.log_id.index;
+            match crate::isolation::catch(|| apply_entry(&mut data, entry)) {
+                Ok(result) => results.push(result),
+                Err(reason) => {
+                    // An invariant of the whole group broke (chain order, a corrupt entry): its
+                    // memory may be half-applied, so it applies and checkpoints nothing more.
+                    // openraft stops this group on the error; the node's other groups go on.
+                    eprintln!("event=group_apply_failed group={group} index={at_index} reason={reason:?}");
+                    let fault = crate::group_data::GroupFault { at_index, reason };
+                    data.fault = Some(fault.clone());
+                    return Err(write_err(&ShardError::GroupFailed { group, fault }));
+                }
+            }
+        }
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
