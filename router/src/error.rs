@@ -1,0 +1,29 @@
+//! The router's errors. The request path answers with wire statuses instead (SPEC §4.5); what
+//! lives here is what stops a node from serving at all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why the node could not take its listen address (SPEC §4.1, §11.1 `listen_addr`).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot resolve listen address {addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listen address {addr} resolves to no address")]
+    Unresolved { addr: String },
+    /// Another process listens on the address (or still did after waiting `waited` for a killed
+    /// predecessor's socket to close).
+    #[error("address {addr} is already in use by another process (still in use after {waited:?})")]
+    InUse { addr: SocketAddr, waited: Duration },
+    #[error("cannot {what} {addr}: {source}")]
+    Socket {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
