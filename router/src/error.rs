@@ -2,7 +2,6 @@
 //! lives here is what stops a node from serving at all.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// Why the node could not take its listen address (SPEC §4.1, §11.1 `listen_addr`).
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +14,10 @@ pub enum ListenError {
     },
     #[error("listen address {addr} resolves to no address")]
     Unresolved { addr: String },
-    /// Another process listens on the address (or still did after waiting `waited` for a killed
-    /// predecessor's socket to close).
-    #[error("address {addr} is already in use by another process (still in use after {waited:?})")]
-    InUse { addr: SocketAddr, waited: Duration },
+    /// Another process listens on the address (and still did after the wait for a killed
+    /// predecessor's socket to close, which `ListenSocket::claim` announces on stderr).
+    #[error("address {addr} is already in use by another process")]
+    InUse { addr: SocketAddr },
     #[error("cannot {what} {addr}: {source}")]
     Socket {
         what: &'static str,

@@ -31,7 +31,7 @@ impl ListenSocket {
                 Ok(socket) => return ListenSocket::bound(socket, target),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     if Instant::now() >= deadline {
-                        return Err(ListenError::InUse { addr: target, waited: in_use_wait });
+                        return Err(ListenError::InUse { addr: target });
                     }
                     if !waiting {
                         eprintln!(
@@ -80,9 +80,7 @@ impl ListenSocket {
             Ok(()) => {}
             // Two nodes may bind the address at the same instant (SO_REUSEADDR lets sockets that
             // are not yet listening share it); the kernel lets only the first one listen.
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                return Err(ListenError::InUse { addr, waited: Duration::ZERO })
-            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(ListenError::InUse { addr }),
             Err(source) => return Err(failed("listen on")(source)),
         }
         let mut handles = Vec::with_capacity(cores.max(1));
@@ -134,11 +132,7 @@ mod tests {
         assert_ne!(addr.port(), 0);
         let _listening = first.listen(2).unwrap();
         let refused = ListenSocket::claim(&addr.to_string(), Duration::ZERO);
-        assert!(
-            matches!(refused, Err(ListenError::InUse { addr: a, .. }) if a == addr),
-            "{:?}",
-            refused.err()
-        );
+        assert!(matches!(refused, Err(ListenError::InUse { addr: a }) if a == addr), "{:?}", refused.err());
 
         let holder = reuseport_listener("127.0.0.1:0".parse().unwrap());
         let addr = holder.local_addr().unwrap().as_socket().unwrap();
