@@ -8,3 +8,15 @@ pub const RESPONSES_PER_FRAME_MAX: usize = 64;
 pub const STREAM_EVENTS_PER_WRITE_MAX: usize = 256;
 /// The server version reported in HelloAck.
 pub const SERVER_VERSION: &str = concat!("ledger ", env!("CARGO_PKG_VERSION"));
+
+/// Connections the node's listening socket queues before a core accepts them (what glommio's
+/// own `TcpListener::bind` asked for).
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// How long a starting node waits for its listen address to be released. After `kill -9` the
+/// dead process's listening socket stays open until the kernel has torn down its io_uring
+/// instances (they hold the socket for their pending accepts): 5–11 ms after the process was
+/// reaped on the 2-core development machine, idle (D26); the bound leaves room for a loaded
+/// host. A live server holds the address for good, so a second one gives up after this.
+pub const LISTEN_IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a starting node retries binding an address in use.
+pub const LISTEN_IN_USE_POLL: std::time::Duration = std::time::Duration::from_millis(50);

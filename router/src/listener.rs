@@ -1,6 +1,6 @@
-//! One listener per core. The node binds core 0 first (resolving port 0) and then the other
-//! cores on the same address; glommio sets SO_REUSEPORT, so the kernel spreads connections over
-//! the cores and each connection is served entirely by the core that accepted it.
+//! One listener per core, all on the node's one listening socket (`listen_socket.rs`, D26): the
+//! node binds it and hands each core a duplicate, each core accepts from the shared queue, and
+//! each connection is served entirely by the core that accepted it.
 
 use crate::connection::{self, Connections};
 use crate::dispatch::Dispatcher;
@@ -9,7 +9,7 @@ use glommio::net::TcpListener;
 use ledger_core::types::{CoreId, GroupId};
 use ledger_shard::ShardMsg;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,31 +37,19 @@ pub struct RouterContext {
 
 /// Commands from the node to a core's listener.
 pub enum ListenerControl {
-    /// Bind this address and start accepting.
-    Listen(String),
+    /// Start accepting on this handle of the node's listening socket.
+    Listen(std::net::TcpListener),
     /// Stop accepting (shutdown).
     Stop,
 }
 
-/// Waits for `Listen`, binds, reports the bound address on `bound`, then accepts until `Stop`.
-pub async fn serve(
-    context: RouterContext,
-    control: flume::Receiver<ListenerControl>,
-    bound: flume::Sender<Result<SocketAddr, String>>,
-) {
-    let addr = match control.recv_async().await {
-        Ok(ListenerControl::Listen(addr)) => addr,
+/// Waits for `Listen`, then accepts until `Stop`.
+pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerControl>) {
+    let listener = match control.recv_async().await {
+        // SAFETY: `into_raw_fd` hands over the only owner of a bound, listening TCP socket
+        // descriptor (a duplicate per core); the glommio listener owns and closes it from here.
+        Ok(ListenerControl::Listen(socket)) => unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) },
         _ => return,
-    };
-    let listener = match TcpListener::bind(addr.as_str()).and_then(|l| l.local_addr().map(|a| (l, a))) {
-        Ok((listener, local)) => {
-            let _ = bound.send(Ok(local));
-            listener
-        }
-        Err(e) => {
-            let _ = bound.send(Err(e.to_string()));
-            return;
-        }
     };
     let settings = context.settings.clone();
     let dispatcher = Rc::new(Dispatcher::new(context));
@@ -89,7 +77,8 @@ pub async fn serve(
             },
         }
     }
-    // Drop the listening socket first so no new connection arrives, then tell the open ones.
+    // Drop this core's handle first so it takes no new connection (the socket closes with the
+    // last core's handle), then tell the open ones.
     drop(listener);
     connections.shutdown_all();
     let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;

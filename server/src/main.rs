@@ -1,5 +1,6 @@
-//! `ledger-server`: runs one node. Exit codes: 0 clean shutdown, 1 runtime error, 2 bad
-//! configuration, 3 data directory locked (SPEC §9.6 step 1).
+//! `ledger-server`: runs one node. Exit codes: 0 clean shutdown, 1 runtime error (among them
+//! the listen address in use by another process), 2 bad configuration, 3 data directory locked
+//! (SPEC §9.6 step 1).
 
 use clap::Parser;
 use ledger_server::config::{Config, ConfigLayer};

@@ -1,17 +1,17 @@
-//! Starting and stopping one node (SPEC §9.6, §10.9, §11.7): lock the data directory, load or
-//! plan the group placement, start one pinned glommio executor per core running its shard and
-//! its router, bind the listeners once every shard is ready, serve until SIGINT/SIGTERM, then
-//! shut the shards down (each checkpoints durably) and release the lock.
+//! Starting and stopping one node (SPEC §9.6, §10.9, §11.7): lock the data directory, claim the
+//! listen address, load or plan the group placement, start one pinned glommio executor per core
+//! running its shard and its router, listen once every shard is ready, serve until
+//! SIGINT/SIGTERM, then shut the shards down (each checkpoints durably) and release the lock.
 
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::metrics_http;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use ledger_core::types::{CoreId, GroupId};
-use ledger_router::{ListenerControl, RouterContext, RouterSettings};
+use ledger_router::constants::LISTEN_IN_USE_WAIT;
+use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::config::HelperHooks;
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ pub enum NodeError {
     ShardStart(usize),
     #[error("timed out waiting for core {0} to start")]
     StartTimeout(usize),
-    #[error("cannot listen on {addr}: {message}")]
-    Listen { addr: String, message: String },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
 }
@@ -47,6 +47,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
     let dir = DataDir::open(&config.data_dir)?;
+    // The address is claimed before any work on the groups, so that a second server on it stops
+    // here (D26); clients are refused, not queued, until the listen below.
+    let socket = ListenSocket::claim(&config.listen_addr, LISTEN_IN_USE_WAIT)?;
     let previous = dir.load_placement()?;
     let groups: Vec<GroupId> = if previous.is_empty() {
         ledger_router::placement::initial_groups(config.cores, config.groups_per_core)
@@ -93,7 +96,6 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         (0..config.cores).map(|_| flume::bounded::<ShardMsg>(config.core_queue_capacity)).unzip();
     let mut ready_receivers = Vec::new();
     let mut controls = Vec::new();
-    let (bound_tx, bound_rx) = flume::unbounded::<Result<SocketAddr, String>>();
     let mut executors = Vec::new();
     // Helper threads run on every CPU the process may use (D20); None (the mask unreadable, or
     // glommio not knowing those CPUs) leaves glommio's default, the shard's own CPU.
@@ -122,7 +124,6 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             cores: inbox_senders.clone(),
             placement: placement.clone(),
         };
-        let bound = bound_tx.clone();
         let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
             Placement::Fixed(config.cpu_list[index])
         } else {
@@ -147,7 +148,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
                         eprintln!("ledger-server: core {index}: {e}");
                     }
                 });
-                ledger_router::serve(router, control_rx, bound).await;
+                ledger_router::serve(router, control_rx).await;
                 shard.await;
             })
             .map_err(|e| NodeError::Executor { core: index, message: e.to_string() })?;
@@ -163,19 +164,10 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         }
     }
 
-    // Core 0 binds first (resolving port 0); the others join its SO_REUSEPORT group.
-    let mut listen_addr = config.listen_addr.clone();
-    for (index, control) in controls.iter().enumerate() {
-        let _ = control.send(ListenerControl::Listen(listen_addr.clone()));
-        match bound_rx.recv() {
-            Ok(Ok(addr)) => {
-                if index == 0 {
-                    listen_addr = addr.to_string();
-                }
-            }
-            Ok(Err(message)) => return Err(NodeError::Listen { addr: listen_addr, message }),
-            Err(_) => return Err(NodeError::Listen { addr: listen_addr, message: "core exited".into() }),
-        }
+    // Every core accepts from its own handle of the one socket (D26).
+    let listen_addr = socket.local_addr();
+    for (index, (control, listener)) in controls.iter().zip(socket.listen(controls.len())?).enumerate() {
+        control.send(ListenerControl::Listen(listener)).map_err(|_| NodeError::ShardStart(index))?;
     }
 
     let metrics = match &config.metrics_addr {

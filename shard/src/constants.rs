@@ -110,3 +110,9 @@ pub const CHAIN_PROOF_HEADERS_MAX: u64 = 10_000;
 /// its update costs less than the round trip to the tree thread (measured at 1 k keys: 215 k
 /// entity writes/s through the thread against 250–280 k inline).
 pub const TREE_THREAD_MIN_LEAVES: u64 = 65_536;
+/// Old tree versions queued to be dropped on a group's tree thread at most. The thread takes
+/// them between tree updates and keeps up, one per applied scope block; a full queue means it is
+/// this many versions behind, and the executor then drops the version itself (slower for that
+/// core, same result), so the memory waiting to be freed stays bounded (at 1 M keys a 100-key
+/// block's version holds ~160 KB of nodes of its own: ~40 MB at most).
+pub const TREE_RELEASES_QUEUED_MAX: usize = 256;

@@ -8,6 +8,7 @@
 //! them. Jobs run in order on one thread, so a group's trees are built in block order.
 
 use crate::config::HelperHooks;
+use crate::constants::TREE_RELEASES_QUEUED_MAX;
 #[cfg(doc)]
 use crate::constants::TREE_THREAD_MIN_LEAVES;
 use futures::channel::oneshot;
@@ -148,8 +149,14 @@ impl TreeWorker {
     /// fit in the core's caches and cost less than the round trip). If the thread cannot be
     /// spawned the worker runs inline, which is slower but equivalent.
     pub fn start(name: &str, hooks: HelperHooks, min_leaves: u64) -> Self {
+        // Unbounded, but bounded by the block builder: only `Group::dry_run` submits updates, one
+        // per scope its round changed (at most one per transaction, so `batch_max_size`), and a
+        // round counts in `Group::in_flight` from that dry run until its task has awaited every
+        // one of its jobs. At most `BLOCKS_IN_FLIGHT_MAX` rounds are in flight, so at most
+        // `BLOCKS_IN_FLIGHT_MAX × batch_max_size` updates are queued. A bounded channel could only
+        // turn a full queue into a stalled or abandoned block.
         let (jobs, updates) = flume::unbounded::<Update>();
-        let (released, releases) = flume::unbounded::<Box<dyn Send>>();
+        let (released, releases) = flume::bounded::<Box<dyn Send>>(TREE_RELEASES_QUEUED_MAX);
         let spawned = crate::helper_threads::spawn_helper(name, move || {
             if let Some(on_start) = hooks.on_start {
                 on_start();
@@ -198,11 +205,12 @@ impl TreeWorker {
         }
     }
 
-    /// Drop `value` (an old tree version, or anything holding one) on the tree thread.
+    /// Drop `value` (an old tree version, or anything holding one) on the tree thread, or here
+    /// if [`TREE_RELEASES_QUEUED_MAX`] releases are already waiting there.
     pub fn release<T: Send + 'static>(&self, value: T) {
         if let Some(released) = &self.released {
-            // A send fails only when the thread is gone; the value then drops here.
-            let _ = released.send(Box::new(value));
+            // A full queue or a thread that is gone: the value drops here, on the return.
+            let _ = released.try_send(Box::new(value));
         }
     }
 }
@@ -246,6 +254,32 @@ mod tests {
             }
             assert_eq!(expected.root(), ledger_core::smt::from_scratch_root(expected.leaves()));
         }
+    }
+
+    /// Releasing far more values than the queue holds, faster than the thread drops them, never
+    /// blocks the caller and drops every value exactly once (on the thread, or on the caller
+    /// when the queue is full).
+    #[test]
+    fn t03_releases_beyond_the_bound_are_dropped_not_lost() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let total = 10 * TREE_RELEASES_QUEUED_MAX;
+        let worker = TreeWorker::start("t03-tree", HelperHooks::default(), 0);
+        for _ in 0..total {
+            worker.release(Counted(dropped.clone()));
+        }
+        drop(worker);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dropped.load(Ordering::SeqCst) < total && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(dropped.load(Ordering::SeqCst), total);
     }
 
     /// A job after a slot that is never filled answers `None`, and so does every job after it.

@@ -37,6 +37,11 @@ impl ServerProcess {
     /// Starts `ledger-server` on `data_dir` (created if needed) with port 0 and no metrics
     /// endpoint, plus `extra` flags; waits for its "listening on" line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`ServerProcess::start`] on `listen_addr` instead of port 0.
+    pub fn start_on(data_dir: &Path, listen_addr: &str, extra: &[&str]) -> ServerProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let stderr_log = data_dir.with_extension("stderr.log");
         let stderr =
@@ -44,7 +49,7 @@ impl ServerProcess {
         let mut child = Command::new(binary("ledger-server"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off", "--cpu-pinning", "false"])
+            .args(["--listen-addr", listen_addr, "--metrics-addr", "off", "--cpu-pinning", "false"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -153,6 +158,16 @@ pub fn run_server_to_exit(
     extra: &[&str],
     timeout: Duration,
 ) -> (Option<i32>, String, String) {
+    run_server_to_exit_on(data_dir, "127.0.0.1:0", extra, timeout)
+}
+
+/// [`run_server_to_exit`] on `listen_addr` instead of port 0.
+pub fn run_server_to_exit_on(
+    data_dir: &Path,
+    listen_addr: &str,
+    extra: &[&str],
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
     let out_path = data_dir.with_extension("second.out");
     let err_path = data_dir.with_extension("second.err");
     let stdout = std::fs::File::create(&out_path).expect("create stdout file");
@@ -160,7 +175,7 @@ pub fn run_server_to_exit(
     let mut child = Command::new(binary("ledger-server"))
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen-addr", "127.0.0.1:0", "--metrics-addr", "off", "--cpu-pinning", "false"])
+        .args(["--listen-addr", listen_addr, "--metrics-addr", "off", "--cpu-pinning", "false"])
         .args(extra)
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
