@@ -6,8 +6,7 @@
 //! message when every request fails.
 
 use crate::constants::{
-    RECONNECT_BACKOFF_BASE_MS, RECONNECT_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS,
-    RETRY_BACKOFF_CAP_MS,
+    RECONNECT_BACKOFF_BASE_MS, RECONNECT_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS, RETRY_BACKOFF_CAP_MS,
 };
 use ledger_wire::{Client, ClientError, RetryPolicy};
 use rand::rngs::StdRng;

@@ -366,7 +366,9 @@ async fn write_loop(
                 .ok()
             };
             match next {
-                Some(Owed::Reply(reply)) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes); },
+                Some(Owed::Reply(reply)) => {
+                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                }
                 Some(Owed::Stream(event)) => {
                     encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes)
                 }
@@ -400,7 +402,9 @@ async fn write_loop(
                 return;
             }
             match replies.recv_async().await {
-                Ok(reply) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes); },
+                Ok(reply) => {
+                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                }
                 Err(_) => return,
             }
         }

@@ -90,7 +90,8 @@ fn t01_one_mib_value_is_written_read_proven_and_listed() {
         assert_eq!(read.as_deref().map(<[u8]>::len), Some(VALUE_BYTES_MAX));
         assert!(read.as_deref() == Some(&big[..]), "read returned other bytes");
 
-        let verified = client.verified_read(ns, Some(vault), "mib", VerifiedReadOptions::default()).await.unwrap();
+        let verified =
+            client.verified_read(ns, Some(vault), "mib", VerifiedReadOptions::default()).await.unwrap();
         assert!(verified.value.as_deref() == Some(&big[..]), "verified read returned other bytes");
 
         let list = Request::ListEntities {
@@ -165,8 +166,10 @@ fn write_of_size(ns: i64, vault: i64, sequence: u64, payload_len_max: usize) -> 
     };
     let len_of = |request: &Request| {
         let request = request.clone();
-        archived_len(&RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 1, request }] })
-            .unwrap()
+        archived_len(&RequestBatch {
+            items: vec![RequestEnvelope { request_id: 1, deadline_ms: 1, request }],
+        })
+        .unwrap()
     };
     let base = 1000;
     let mut last_len = base + payload_len_max - len_of(&build(base)) + 16;
@@ -221,7 +224,8 @@ fn t03_request_frames_just_under_and_just_over_the_frame_limit() {
             Ending::Closed => panic!("closed without Goaway{{FrameTooLarge}}"),
         }
 
-        let block = Request::GetBlock { namespace_id: ns, vault_id: Some(vault), height: success.block_height };
+        let block =
+            Request::GetBlock { namespace_id: ns, vault_id: Some(vault), height: success.block_height };
         let e = client.call(block).await.unwrap_err();
         assert_eq!(status_code(&e), Some(StatusCode::InvalidArgument), "{e:?}");
         assert!(e.to_string().contains("max_frame_bytes"), "{e}");
@@ -245,12 +249,16 @@ fn t04_batch_read_of_1000_keys_and_a_result_too_large_for_a_frame() {
         let ops = (0..BATCH_READ_KEYS_MAX).map(|i| set(format!("k-{i:04}"), format!("v{i}"))).collect();
         assert!(committed(&writer.write(ops).await.unwrap()));
         let keys: Vec<String> = (0..BATCH_READ_KEYS_MAX).rev().map(|i| format!("k-{i:04}")).collect();
-        let results = client.batch_read(ns, Some(vault), keys.clone(), ReadConsistency::Eventual).await.unwrap();
+        let results =
+            client.batch_read(ns, Some(vault), keys.clone(), ReadConsistency::Eventual).await.unwrap();
         assert_eq!(results.len(), BATCH_READ_KEYS_MAX);
         for (result, key) in results.iter().zip(&keys) {
             assert_eq!(&result.key, key);
             assert!(result.found);
-            assert_eq!(result.value.as_deref(), Some(format!("v{}", &key[2..].parse::<usize>().unwrap()).as_bytes()));
+            assert_eq!(
+                result.value.as_deref(),
+                Some(format!("v{}", &key[2..].parse::<usize>().unwrap()).as_bytes())
+            );
         }
         let mut too_many = keys.clone();
         too_many.push("k-extra".into());
@@ -259,12 +267,16 @@ fn t04_batch_read_of_1000_keys_and_a_result_too_large_for_a_frame() {
 
         write_large_values(&mut writer, 40).await;
         let big_keys: Vec<String> = (0..40).map(|i| format!("big-{i}")).collect();
-        let e = client.batch_read(ns, Some(vault), big_keys.clone(), ReadConsistency::Eventual).await.unwrap_err();
+        let e = client
+            .batch_read(ns, Some(vault), big_keys.clone(), ReadConsistency::Eventual)
+            .await
+            .unwrap_err();
         assert_eq!(status_code(&e), Some(StatusCode::InvalidArgument), "{e:?}");
         assert!(e.to_string().contains("max_frame_bytes"), "{e}");
         assert!(client.closed_reason().is_none());
         // Ten of them fit: the same connection answers.
-        let fits = client.batch_read(ns, Some(vault), big_keys[..10].to_vec(), ReadConsistency::Eventual).await;
+        let fits =
+            client.batch_read(ns, Some(vault), big_keys[..10].to_vec(), ReadConsistency::Eventual).await;
         assert_eq!(fits.unwrap().len(), 10);
     });
     server.stop();
@@ -309,7 +321,8 @@ fn t05_sixty_four_pipelined_reads_of_1_mib_values_on_one_connection() {
                 page_token: token.clone(),
                 consistency: ReadConsistency::Eventual,
             };
-            let Response::ListEntities { entities, next_page_token, .. } = client.call(list).await.unwrap() else {
+            let Response::ListEntities { entities, next_page_token, .. } = client.call(list).await.unwrap()
+            else {
                 panic!()
             };
             seen += entities.len();
@@ -326,7 +339,9 @@ fn t05_sixty_four_pipelined_reads_of_1_mib_values_on_one_connection() {
 }
 
 /// Awaits every future, concurrently, in order (the tests crate has no `futures` dependency).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

@@ -553,9 +553,14 @@ mod tests {
     fn envelope(seed: u64) -> crate::messages::ResponseEnvelope {
         use crate::messages::{BatchReadItem, Response, ResponseEnvelope, Status};
         // A small deterministic generator: sizes and shapes vary with the seed.
-        let pick = |salt: u64, range: u64| (seed.wrapping_mul(6364136223846793005).wrapping_add(salt) >> 33) % range;
+        let pick =
+            |salt: u64, range: u64| (seed.wrapping_mul(6364136223846793005).wrapping_add(salt) >> 33) % range;
         let result = match pick(1, 4) {
-            0 => Ok(Response::Read { value: Some(vec![7u8; pick(2, 5000) as usize]), block_height: seed, stale: false }),
+            0 => Ok(Response::Read {
+                value: Some(vec![7u8; pick(2, 5000) as usize]),
+                block_height: seed,
+                stale: false,
+            }),
             1 => Ok(Response::BatchRead {
                 results: (0..pick(3, 40))
                     .map(|i| BatchReadItem {
@@ -598,12 +603,16 @@ mod tests {
                 let batch = ResponseBatch { items };
                 let mut out = Vec::new();
                 let header = encode_frame(FrameKind::ResponseBatch, &batch, &mut out).unwrap();
-                assert!(header.payload_len as usize <= budget.used(), "{} > {}", header.payload_len, budget.used());
+                assert!(
+                    header.payload_len as usize <= budget.used(),
+                    "{} > {}",
+                    header.payload_len,
+                    budget.used()
+                );
                 assert!(header.payload_len <= max);
             }
         }
         assert!(!FrameBudget::fits_alone(1024, 1024));
         assert!(FrameBudget::fits_alone(1024, 100));
     }
-
 }

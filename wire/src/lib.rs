@@ -16,7 +16,8 @@ mod proptests;
 pub mod client;
 
 pub use codec::{
-    archived_len, decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameBudget, FrameReader,
+    archived_len, decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameBudget,
+    FrameReader,
 };
 pub use error::{CodecError, FrameError};
 pub use frame::{FrameHeader, FrameKind};

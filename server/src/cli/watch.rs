@@ -82,6 +82,11 @@ fn print_block(block: &BlockAnnouncement, json_mode: bool) {
         });
         super::out::line(value);
     } else {
-        super::out::line(format_args!("{} {} {}", block.height, hex(&block.block_hash), hex(&block.state_root)));
+        super::out::line(format_args!(
+            "{} {} {}",
+            block.height,
+            hex(&block.block_hash),
+            hex(&block.state_root)
+        ));
     }
 }

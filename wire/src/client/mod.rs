@@ -213,7 +213,11 @@ impl Client {
     /// `DeadlineExceeded`, `ResourceExhausted`, a timeout) is retried after `policy`'s jittered
     /// exponential backoff, at most `policy.max_attempts` attempts in all. A lost connection is
     /// returned at once, since only the caller can replace it (`reconnect`).
-    pub async fn call_idempotent(&self, request: Request, policy: &RetryPolicy) -> Result<Response, ClientError> {
+    pub async fn call_idempotent(
+        &self,
+        request: Request,
+        policy: &RetryPolicy,
+    ) -> Result<Response, ClientError> {
         let mut rng: Option<rand::rngs::StdRng> = None;
         let mut attempt = 0u32;
         loop {

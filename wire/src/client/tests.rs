@@ -436,8 +436,7 @@ async fn t40_a_request_too_large_for_a_frame_fails_alone() {
     // Proves a request whose frame would exceed the server's max_frame_bytes is never sent: the
     // call fails with RequestTooLarge (not retryable, not a lost connection), and the same
     // connection then answers a normal call.
-    let handler: Handler =
-        Box::new(|items| vec![Reply::Responses(items.iter().map(echo_state).collect())]);
+    let handler: Handler = Box::new(|items| vec![Reply::Responses(items.iter().map(echo_state).collect())]);
     let (addr, seen) = fake_server(1024, handler).await;
     let client = Client::connect(addr, fast_options()).await.unwrap();
     let huge = "9".repeat(MAX_FRAME_BYTES_DEFAULT as usize);
