@@ -25,6 +25,10 @@ pub const BLOCK_RANGE_MAX: u64 = 1000;
 pub const PAGE_SIZE_DEFAULT: usize = 100;
 /// List page size cap; larger requests are clamped (SPEC §3.6).
 pub const PAGE_SIZE_MAX: usize = 1000;
+/// Key and value bytes of one `ListEntities` page: a page ends early (with its page token) before
+/// crossing it, so that a page of 1 MiB values still fits the default 16 MiB frame (a page holds
+/// at most this plus one entity, 1 MiB + 1 KiB, plus encoding overhead).
+pub const LIST_PAGE_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Namespace name length in bytes (SPEC §3.6).
 pub const NAMESPACE_NAME_BYTES_MAX: usize = 128;
 /// A state proof walks at most one sibling per key-hash bit (SPEC §7.7 step 1).

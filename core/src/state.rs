@@ -11,7 +11,9 @@
 // `WriteError` is returned by value because the contract (`try_apply`) fixes it; it is the rare path.
 #![allow(clippy::result_large_err)]
 
-use crate::constants::{DEBUG_FROM_SCRATCH_ROWS_MAX, PAGE_SIZE_DEFAULT, WRITE_ERROR_VALUE_BYTES_MAX};
+use crate::constants::{
+    DEBUG_FROM_SCRATCH_ROWS_MAX, LIST_PAGE_BYTES_MAX, PAGE_SIZE_DEFAULT, WRITE_ERROR_VALUE_BYTES_MAX,
+};
 use crate::hash::{block_hash, tx_hash, tx_merkle_root, EMPTY_HASH};
 use crate::rows::EntityRows;
 use crate::smt::{key_hash, leaf_value_hash, SparseMerkleTree};
@@ -289,7 +291,23 @@ impl ScopeState {
         include_expired: bool,
         now_secs: u64,
     ) -> (Vec<Entity>, Option<String>) {
+        self.list_entities_within(prefix, start_after, limit, include_expired, now_secs, LIST_PAGE_BYTES_MAX)
+    }
+
+    /// `list_entities` with a bound on the page's key and value bytes: the page ends before the
+    /// entity that would cross `bytes_max` (it always holds at least one), with the continuation
+    /// key, as when it is full.
+    pub fn list_entities_within(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        include_expired: bool,
+        now_secs: u64,
+        bytes_max: usize,
+    ) -> (Vec<Entity>, Option<String>) {
         let limit = page_limit(limit);
+        let mut bytes = 0usize;
         let lower = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
@@ -302,10 +320,12 @@ impl ScopeState {
             if !include_expired && is_expired(row.expires_at, now_secs) {
                 continue;
             }
-            if out.len() == limit {
+            let entity_bytes = key.len() + row.value.len();
+            if out.len() == limit || (!out.is_empty() && bytes + entity_bytes > bytes_max) {
                 let last = out.last().map(|e: &Entity| e.key.clone());
                 return (out, last);
             }
+            bytes += entity_bytes;
             out.push(Entity {
                 key: key.clone(),
                 value: row.value.clone(),
@@ -1488,6 +1508,28 @@ mod tests {
         let (page, _) = scope.list_entities("u:", Some("zz"), 10, true, 100);
         assert!(page.is_empty());
         assert!(is_expired(50, 50) && !is_expired(50, 49) && !is_expired(0, u64::MAX));
+    }
+
+    #[test]
+    fn t48_list_pages_end_at_their_byte_bound() {
+        // Proves a list page stops before the entity that would cross its byte bound (with the
+        // continuation key, so the next page resumes there), always holds at least one entity
+        // even when that one alone is over the bound, and that paging this way visits every key.
+        let mut scope = vault();
+        let big = vec![9u8; 100];
+        run_block(
+            &mut scope,
+            vec![tx("c", 1, vec![set("u:1", &big), set("u:2", &big), set("u:3", &big), set("u:4", b"x")])],
+        );
+        let keys = |v: &Vec<Entity>| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        let (page, next) = scope.list_entities_within("u:", None, 10, false, 100, 250);
+        assert_eq!((keys(&page), next.as_deref()), (vec!["u:1".to_string(), "u:2".into()], Some("u:2")));
+        let (page, next) = scope.list_entities_within("u:", Some("u:2"), 10, false, 100, 250);
+        assert_eq!((keys(&page), next), (vec!["u:3".to_string(), "u:4".into()], None));
+        let (page, next) = scope.list_entities_within("u:", None, 10, false, 100, 10);
+        assert_eq!((keys(&page), next.as_deref()), (vec!["u:1".to_string()], Some("u:1")));
+        let (page, next) = scope.list_entities("u:", None, 10, false, 100);
+        assert_eq!((page.len(), next), (4, None));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! How failures are named in reports: transport statuses by their `StatusCode` (`NotFound`,
 //! `Unavailable`, ...), domain write errors as `write:<code>`, and client-side failures by kind
-//! (`timeout`, `io`, `closed`, `goaway:<code>`, `protocol`, `proof_invalid`).
+//! (`timeout`, `io`, `closed`, `goaway:<code>`, `protocol`, `proof_invalid`,
+//! `request_too_large`).
 
 use ledger_core::types::WriteError;
 use ledger_wire::ClientError;
@@ -14,6 +15,7 @@ pub fn client_error_code(error: &ClientError) -> String {
         ClientError::Closed { .. } => "closed".to_string(),
         ClientError::Protocol(_) => "protocol".to_string(),
         ClientError::Timeout { .. } => "timeout".to_string(),
+        ClientError::RequestTooLarge { .. } => "request_too_large".to_string(),
         ClientError::ProofInvalid(_) => "proof_invalid".to_string(),
     }
 }

@@ -38,3 +38,15 @@ pub const SCOPES_PER_AXIS_MAX: u64 = 10_000;
 
 /// Prefix of the namespaces the load generator creates (and reuses on the next run).
 pub const NAMESPACE_PREFIX: &str = "loadgen-";
+
+/// Pause after a worker's first consecutive failed operation; it doubles per further failure
+/// (jittered) up to the cap, and a success resets it (SPEC §6.4's schedule).
+pub const RETRY_BACKOFF_BASE_MS: u64 = ledger_wire::constants::RETRY_BACKOFF_BASE_MS;
+/// Cap of a worker's pause after failures.
+pub const RETRY_BACKOFF_CAP_MS: u64 = ledger_wire::constants::RETRY_BACKOFF_CAP_MS;
+/// First pause before replacing a lost connection; doubles per failed reconnect.
+pub const RECONNECT_BACKOFF_BASE_MS: u64 = 100;
+/// Cap of the pause between reconnect attempts.
+pub const RECONNECT_BACKOFF_CAP_MS: u64 = 2_000;
+/// A run stops with an error once this long has passed with failed requests and no success.
+pub const ALL_FAILING_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);

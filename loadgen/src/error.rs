@@ -69,6 +69,11 @@ pub enum LoadgenError {
     },
     #[error("cannot encode histogram: {message}")]
     HdrEncode { message: String },
+    #[error(
+        "stopped: every request failed for {window_secs:.0}s ({failed} failures, none succeeded); \
+         last error: {last_error}"
+    )]
+    AllFailing { window_secs: f64, failed: u64, last_error: String },
     #[error("a worker task failed: {message}")]
     Worker { message: String },
 }

@@ -1,8 +1,12 @@
 //! Turning one `OpSpec` into calls on the wire client and classifying the outcome. Each worker owns
-//! an `Executor`: its connection handle and, per scope, a `WriteSession` under the worker's own
-//! client id, so sequences are correct (SPEC §6.4) however many workers write to one scope.
+//! an `Executor`: its handle on the connection it shares (`ConnSlot`) and, per scope, a
+//! `WriteSession` under the worker's own client id, so sequences are correct (SPEC §6.4) however
+//! many workers write to one scope. A failure is paced: a lost connection is replaced once per
+//! connection (reported once, with its cause), and a retryable error delays the worker's next
+//! operation by a jittered exponential backoff, so nothing retries in a tight loop.
 
 use crate::codes::{client_error_code, write_error_code};
+use crate::conn_slot::{Backoff, ConnSlot, Health};
 use crate::constants::LIST_LIMIT;
 use crate::scopes::Scope;
 use crate::workload::{key_name, list_prefix, value_bytes, OpSpec};
@@ -11,10 +15,7 @@ use ledger_wire::client::VerifiedReadOptions;
 use ledger_wire::messages::{Request, Response};
 use ledger_wire::{Client, ClientError, WriteOutcome, WriteSession};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Pause before replacing a lost connection, so a dead server is not hammered in a tight loop.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+use std::time::Instant;
 
 /// The report code of an operation that did not succeed.
 pub type FailureCode = String;
@@ -31,6 +32,14 @@ pub enum Success {
 /// Executes the operations of one worker.
 pub struct Executor {
     client: Client,
+    /// The connection `client` belongs to, and the generation of `client` in it.
+    slot: Arc<ConnSlot>,
+    generation: u64,
+    backoff: Backoff,
+    /// Every outcome, for the run's all-failing watchdog.
+    health: Arc<Health>,
+    /// Reconnecting gives up at this instant (the end of the run).
+    deadline: Instant,
     scopes: Arc<Vec<Scope>>,
     /// One lazily created session per scope.
     sessions: Vec<Option<WriteSession>>,
@@ -40,15 +49,35 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(
-        client: Client,
+    pub async fn new(
+        slot: Arc<ConnSlot>,
         scopes: Arc<Vec<Scope>>,
         client_id: String,
         consistency: ReadConsistency,
         value_size: usize,
+        backoff_seed: u64,
+        health: Arc<Health>,
     ) -> Executor {
+        let (client, generation) = slot.current().await;
         let sessions = scopes.iter().map(|_| None).collect();
-        Executor { client, scopes, sessions, client_id, consistency, value_size }
+        Executor {
+            client,
+            slot,
+            generation,
+            backoff: Backoff::new(backoff_seed),
+            health,
+            deadline: Instant::now(),
+            scopes,
+            sessions,
+            client_id,
+            consistency,
+            value_size,
+        }
+    }
+
+    /// Sets when reconnect attempts stop (the end of the measured window).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 
     fn session(&mut self, scope: usize) -> &mut WriteSession {
@@ -69,8 +98,45 @@ impl Executor {
         Ok(())
     }
 
-    /// Runs `op`; `Err` carries the failure's report code.
+    /// Runs `op`; `Err` carries the failure's report code. A failure has been paced (backoff,
+    /// or a replaced connection) by the time this returns.
     pub async fn execute(&mut self, op: &OpSpec) -> Result<Success, FailureCode> {
+        match self.attempt(op).await {
+            Ok(success) => {
+                self.backoff.succeeded();
+                self.health.record_ok();
+                Ok(success)
+            }
+            Err(Failure::Rejected(code)) => {
+                // A failed condition is an answer: the server works.
+                self.health.record_ok();
+                Err(code)
+            }
+            Err(Failure::Client(error)) => {
+                let code = client_error_code(&error);
+                self.health.record_failure(&error.to_string());
+                self.pace(&error).await;
+                Err(code)
+            }
+        }
+    }
+
+    /// After a failed call: replaces the connection if it is gone (once per connection, however
+    /// many workers share it), else waits the backoff when the error says to retry later.
+    async fn pace(&mut self, error: &ClientError) {
+        if let Some(cause) = self.client.closed_reason() {
+            let (client, generation) = self.slot.replace(self.generation, &cause, self.deadline).await;
+            self.client = client;
+            self.generation = generation;
+            for session in self.sessions.iter_mut().flatten() {
+                session.replace_client(self.client.clone());
+            }
+        } else if error.is_retryable() || error.is_connection_lost() {
+            tokio::time::sleep(self.backoff.failed()).await;
+        }
+    }
+
+    async fn attempt(&mut self, op: &OpSpec) -> Result<Success, Failure> {
         let scope_index = usize::try_from(op.scope()).unwrap_or(usize::MAX);
         let scope = self.scopes[scope_index];
         let request = match op {
@@ -101,12 +167,7 @@ impl Executor {
                     .await
                 {
                     Ok(read) => Ok(if read.value.is_some() { Success::Hit } else { Success::Miss }),
-                    Err(e) => {
-                        if e.is_connection_lost() {
-                            self.reconnect().await;
-                        }
-                        Err(client_error_code(&e))
-                    }
+                    Err(e) => Err(Failure::Client(e)),
                 };
             }
             OpSpec::Write { keys, value_seed, .. } => {
@@ -119,17 +180,15 @@ impl Executor {
             Ok(Response::ListEntities { entities, .. }) => {
                 Ok(if entities.is_empty() { Success::Miss } else { Success::Hit })
             }
-            Ok(_) => Err("protocol".to_string()),
-            Err(e) => {
-                if e.is_connection_lost() {
-                    self.reconnect().await;
-                }
-                Err(client_error_code(&e))
-            }
+            Ok(other) => Err(Failure::Client(ClientError::Protocol(format!(
+                "unexpected response {}",
+                other_name(&other)
+            )))),
+            Err(e) => Err(Failure::Client(e)),
         }
     }
 
-    async fn write(&mut self, scope: usize, keys: &[u64], value_seed: u64) -> Result<Success, FailureCode> {
+    async fn write(&mut self, scope: usize, keys: &[u64], value_seed: u64) -> Result<Success, Failure> {
         let value_size = self.value_size;
         let operations: Vec<Operation> = keys
             .iter()
@@ -143,17 +202,22 @@ impl Executor {
             .collect();
         match self.session(scope).write(operations).await {
             Ok(WriteOutcome::Committed { .. } | WriteOutcome::AlreadyCommitted { .. }) => Ok(Success::Hit),
-            Ok(WriteOutcome::Rejected(e)) => Err(write_error_code(&e)),
-            // The session already retried and reconnected as SPEC §6.4 allows.
-            Err(e) => Err(client_error_code(&e)),
+            Ok(WriteOutcome::Rejected(e)) => Err(Failure::Rejected(write_error_code(&e))),
+            // The session already retried (with backoff) and reconnected as SPEC §6.4 allows.
+            Err(e) => Err(Failure::Client(e)),
         }
     }
+}
 
-    /// Replaces the worker's connection after it was lost (sessions reconnect on their own).
-    async fn reconnect(&mut self) {
-        tokio::time::sleep(RECONNECT_PAUSE).await;
-        if let Ok(client) = self.client.reconnect().await {
-            self.client = client;
-        }
-    }
+/// How an attempt failed: a domain outcome (a failed condition, counted but not paced) or an
+/// error of the call.
+enum Failure {
+    Rejected(FailureCode),
+    Client(ClientError),
+}
+
+/// The variant name of an unexpected response, for its error message.
+fn other_name(response: &Response) -> String {
+    let debug = format!("{response:?}");
+    debug.split(|c: char| !c.is_alphanumeric()).next().unwrap_or_default().to_string()
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod codes;
+mod conn_slot;
 mod constants;
 mod duration;
 mod error;
@@ -52,11 +53,26 @@ fn run_and_report(args: &Args) -> Result<(), LoadgenError> {
         scopes: &scopes,
     };
     match args.report {
-        ReportFormat::Json => println!("{}", report.to_json()),
-        ReportFormat::Text => print!("{}", report.to_text()),
+        ReportFormat::Json => print_report(&format!("{}\n", report.to_json())),
+        ReportFormat::Text => print_report(&report.to_text()),
     }
     if let Some(path) = &args.hdr_out {
         hdr_out::write(path, &output.stats, &args.mix, args.warmup, output.measured)?;
     }
     Ok(())
+}
+
+/// Writes the report to stdout; a reader that has gone away (`ledger-loadgen ... | head`) ends
+/// the program quietly, as with any Unix tool, instead of a panic in `print!`.
+fn print_report(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("ledger-loadgen: cannot write the report: {e}");
+            std::process::exit(1);
+        }
+    }
 }

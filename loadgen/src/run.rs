@@ -1,9 +1,12 @@
 //! One load run end to end: connect, set up scopes, preload, start `connections × pipeline`
 //! workers together, let them run through warm-up and the measured window, and merge what they
 //! recorded. Worker `w` (connection `w / pipeline`) draws its operations from `Workload(seed, w)`
-//! and writes under client id `<run id>-w<w>`.
+//! and writes under client id `<run id>-w<w>`. A watchdog stops the run with an error when every
+//! request has failed for `ALL_FAILING_WINDOW`.
 
 use crate::cli::Args;
+use crate::conn_slot::{watch_all_failing, ConnSlot, Health};
+use crate::constants::ALL_FAILING_WINDOW;
 use crate::error::LoadgenError;
 use crate::exec::{Executor, Success};
 use crate::mix::OpKind;
@@ -74,19 +77,24 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
     };
     let (start_tx, start_rx) = watch::channel::<Option<Timeline>>(None);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), LoadgenError>>(64);
+    let health = Arc::new(Health::default());
     let mut tasks = Vec::with_capacity(usize::try_from(args.workers()).unwrap_or(0));
     for (c, client) in clients.iter().enumerate() {
         let schedule =
             args.open_loop().then(|| Arc::new(Schedule::new(args.rate as f64 / args.connections as f64)));
+        let conn = Arc::new(ConnSlot::new(c, client.clone()));
         for slot in 0..args.pipeline {
             let worker = c as u64 * args.pipeline + slot;
             let executor = Executor::new(
-                client.clone(),
+                Arc::clone(&conn),
                 Arc::clone(&scopes),
                 format!("{run_id}-w{worker}"),
                 args.consistency.to_wire(),
                 usize::try_from(args.value_size).unwrap_or(usize::MAX),
-            );
+                args.seed ^ worker,
+                Arc::clone(&health),
+            )
+            .await;
             let workload = Workload::new(args.seed, worker, shape);
             let writes = args.mix.weight(OpKind::Write) > 0;
             let (schedule, mut start_rx, ready_tx) = (schedule.clone(), start_rx.clone(), ready_tx.clone());
@@ -127,11 +135,28 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
         crate::duration::format_duration(args.warmup),
         crate::duration::format_duration(args.duration)
     );
-    let mut stats = Recorder::new();
-    for task in tasks {
-        let recorded = task.await.map_err(|e| LoadgenError::Worker { message: e.to_string() })?;
-        stats.merge(&recorded);
-    }
+    let aborts: Vec<_> = tasks.iter().map(|task| task.abort_handle()).collect();
+    let workers = async {
+        let mut stats = Recorder::new();
+        for task in tasks {
+            let recorded = task.await.map_err(|e| LoadgenError::Worker { message: e.to_string() })?;
+            stats.merge(&recorded);
+        }
+        Ok::<_, LoadgenError>(stats)
+    };
+    let stats = tokio::select! {
+        stats = workers => stats?,
+        stop = watch_all_failing(&health, ALL_FAILING_WINDOW) => {
+            for abort in aborts {
+                abort.abort();
+            }
+            return Err(LoadgenError::AllFailing {
+                window_secs: stop.window.as_secs_f64(),
+                failed: stop.failed,
+                last_error: stop.last_error,
+            });
+        }
+    };
     Ok(RunOutput { stats, scopes: scopes.to_vec(), measured: args.duration })
 }
 
@@ -143,6 +168,7 @@ async fn drive(
     schedule: Option<&Schedule>,
 ) -> Recorder {
     let mut recorder = Recorder::new();
+    executor.set_deadline(timeline.end);
     tokio::time::sleep_until(tokio::time::Instant::from_std(timeline.t0)).await;
     loop {
         let start = match schedule {

@@ -11,7 +11,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
 use glommio::net::TcpStream;
 use ledger_shard::watch::StreamEvent;
-use ledger_wire::codec::{encode_frame, Frame, FrameReader};
+use ledger_wire::codec::{archived_len, encode_frame, encode_frame_limited, Frame, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::*;
 use std::cell::Cell;
@@ -97,6 +97,7 @@ pub async fn serve_connection(
     let outstanding = Rc::new(Cell::new(0usize));
     let writer_task = glommio::spawn_local(write_loop(
         writer,
+        settings.max_frame_bytes,
         control_rx,
         reply_rx,
         outstanding.clone(),
@@ -325,9 +326,11 @@ enum Owed {
 }
 
 /// Writes control frames, coalesced response batches and stream frames until the read side is
-/// done and every outstanding reply has been written (or the socket fails).
+/// done and every outstanding reply has been written (or the socket fails). No frame it writes
+/// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
 async fn write_loop(
     mut writer: WriteHalf<TcpStream>,
+    max_frame_bytes: u32,
     control: flume::Receiver<Control>,
     replies: flume::Receiver<ResponseEnvelope>,
     outstanding: Rc<Cell<usize>>,
@@ -339,10 +342,14 @@ async fn write_loop(
     let mut written = Vec::new();
     let mut control_open = true;
     let mut drain_deadline: Option<std::time::Instant> = None;
+    // A reply that did not fit in the previous response frame; it opens the next one.
+    let mut carried: Option<ResponseEnvelope> = None;
     loop {
         out.clear();
         let mut closing = false;
-        if let Some(deadline) = drain_deadline {
+        if let Some(reply) = carried.take() {
+            carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+        } else if let Some(deadline) = drain_deadline {
             // Shutting down: owed replies and stream ends first, then the Goaway.
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let next = if (outstanding.get() == 0 && open.is_empty()) || left.is_zero() {
@@ -359,9 +366,11 @@ async fn write_loop(
                 .ok()
             };
             match next {
-                Some(Owed::Reply(reply)) => encode_replies(reply, &replies, &mut out, &outstanding),
+                Some(Owed::Reply(reply)) => {
+                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                }
                 Some(Owed::Stream(event)) => {
-                    encode_stream_events(event, &streams, &mut out, &mut written, &open)
+                    encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes)
                 }
                 None => {
                     let goaway =
@@ -379,11 +388,11 @@ async fn write_loop(
                     Err(_) => control_open = false,
                 },
                 reply = replies.recv_async().fuse() => match reply {
-                    Ok(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                    Ok(reply) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes); },
                     Err(_) => return,
                 },
                 event = streams.recv_async().fuse() => match event {
-                    Ok(event) => encode_stream_events(event, &streams, &mut out, &mut written, &open),
+                    Ok(event) => encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes),
                     Err(_) => return,
                 },
             }
@@ -393,7 +402,9 @@ async fn write_loop(
                 return;
             }
             match replies.recv_async().await {
-                Ok(reply) => encode_replies(reply, &replies, &mut out, &outstanding),
+                Ok(reply) => {
+                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                }
                 Err(_) => return,
             }
         }
@@ -423,24 +434,40 @@ fn encode_control(message: Control, out: &mut Vec<u8>) -> bool {
     closing
 }
 
-/// Encodes `first` plus whatever other replies are already waiting, up to one frame's worth.
+/// Encodes `first` plus whatever other replies are already waiting into one `ResponseBatch`
+/// frame of at most `max_frame_bytes`: each reply is measured (`archived_len`, no copy) before it
+/// joins, and the first one that would cross the bound is returned, to open the next frame. A
+/// reply too large for any frame is answered with `InvalidArgument` instead (SPEC §3.6: limits),
+/// so the client learns why and the connection lives on.
 fn encode_replies(
     first: ResponseEnvelope,
     replies: &flume::Receiver<ResponseEnvelope>,
     out: &mut Vec<u8>,
     outstanding: &Cell<usize>,
-) {
+    max_frame_bytes: u32,
+) -> Option<ResponseEnvelope> {
+    let mut budget = FrameBudget::new(max_frame_bytes);
+    let (first, len) = fit_frame(first, max_frame_bytes);
+    let admitted = budget.try_add(len);
+    assert!(admitted, "fit_frame returned a reply of {len} bytes that does not fit alone");
     let mut items = vec![first];
+    let mut carried = None;
     while items.len() < RESPONSES_PER_FRAME_MAX {
-        match replies.try_recv() {
-            Ok(reply) => items.push(reply),
-            Err(_) => break,
+        let Ok(reply) = replies.try_recv() else {
+            break;
+        };
+        let (reply, len) = fit_frame(reply, max_frame_bytes);
+        if !budget.try_add(len) {
+            carried = Some(reply);
+            break;
         }
+        items.push(reply);
     }
     outstanding.set(outstanding.get().saturating_sub(items.len()));
     let batch = ResponseBatch { items };
-    if let Err(e) = encode_frame(FrameKind::ResponseBatch, &batch, out) {
-        // A response too large to encode must still be answered: replace it with an error.
+    if let Err(e) = encode_frame_limited(FrameKind::ResponseBatch, &batch, out, max_frame_bytes) {
+        // The budget bounds the encoding (wire codec t16), so this is a bug; the replies are
+        // still owed, as errors.
         eprintln!("ledger-server: cannot encode a response batch: {e}");
         let items = batch
             .items
@@ -451,5 +478,33 @@ fn encode_replies(
             })
             .collect();
         let _ = encode_frame(FrameKind::ResponseBatch, &ResponseBatch { items }, out);
+    }
+    carried
+}
+
+/// `reply` and its archived length, or, when it cannot fit in a frame of `max_frame_bytes` by
+/// itself (a `BatchRead` of many large values, a long block range), an `InvalidArgument` reply
+/// in its place that says so.
+fn fit_frame(reply: ResponseEnvelope, max_frame_bytes: u32) -> (ResponseEnvelope, usize) {
+    let status = match archived_len(&reply) {
+        Ok(len) if FrameBudget::fits_alone(max_frame_bytes, len) => return (reply, len),
+        Ok(len) => Status::invalid(format!(
+            "the result is {len} bytes encoded, more than max_frame_bytes ({max_frame_bytes}); \
+             ask for less per request (fewer BatchRead keys, a shorter block range)"
+        )),
+        Err(e) => Status::internal(format!("response could not be encoded: {e}")),
+    };
+    let reply = ResponseEnvelope { request_id: reply.request_id, result: Err(status) };
+    match archived_len(&reply) {
+        Ok(len) if FrameBudget::fits_alone(max_frame_bytes, len) => (reply, len),
+        // Unreachable with the configured minimum of max_frame_bytes; an empty status is smaller.
+        _ => {
+            let reply = ResponseEnvelope {
+                request_id: reply.request_id,
+                result: Err(Status::invalid("result exceeds max_frame_bytes")),
+            };
+            let len = archived_len(&reply).unwrap_or(0);
+            (reply, len)
+        }
     }
 }

@@ -20,3 +20,7 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 pub const LISTEN_IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often a starting node retries binding an address in use.
 pub const LISTEN_IN_USE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Characters of a `StreamEnd` status message kept when the whole message would not fit in a
+/// frame (it then fits in the smallest `max_frame_bytes` a server accepts).
+pub const STREAM_END_MESSAGE_CHARS_MAX: usize = 128;

@@ -8,11 +8,11 @@
 //! `buffered` counter per `StreamItem` once the frame has been written to the socket, so a client
 //! that stops reading fills the socket, then the buffer, and its stream ends.
 
-use crate::constants::STREAM_EVENTS_PER_WRITE_MAX;
+use crate::constants::{STREAM_END_MESSAGE_CHARS_MAX, STREAM_EVENTS_PER_WRITE_MAX};
 use crate::dispatch::Dispatcher;
 use ledger_core::types::CoreId;
 use ledger_shard::watch::{StreamEvent, StreamKey, StreamSender, WatchRequest};
-use ledger_wire::codec::encode_frame;
+use ledger_wire::codec::encode_frame_limited;
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{Response, ResponseEnvelope, Status, StreamEnd};
 use std::cell::RefCell;
@@ -123,27 +123,30 @@ impl OpenStreams {
 }
 
 /// Encodes `first` plus the stream events already waiting (up to `STREAM_EVENTS_PER_WRITE_MAX`),
-/// one frame each. `written` receives the counters to release once `out` is on the socket.
+/// one frame each, none above `max_frame_bytes`. `written` receives the counters to release once
+/// `out` is on the socket.
 pub fn encode_stream_events(
     first: StreamEvent,
     events: &flume::Receiver<StreamEvent>,
     out: &mut Vec<u8>,
     written: &mut Vec<Arc<AtomicUsize>>,
     open: &OpenStreams,
+    max_frame_bytes: u32,
 ) {
     let mut next = Some(first);
     let mut count = 0;
     while let Some(event) = next.take() {
         let result = match event {
+            // A v1 item is a fixed-size announcement far below the smallest frame limit (t01).
             StreamEvent::Item { item, buffered } => {
                 written.push(buffered);
-                encode_frame(FrameKind::StreamItem, &item, out)
+                encode_frame_limited(FrameKind::StreamItem, &item, out, max_frame_bytes)
             }
             StreamEvent::End(end) => {
                 open.ended(end.request_id);
-                encode_frame(FrameKind::StreamEnd, &end, out)
+                encode_end(&end, out, max_frame_bytes)
             }
-            StreamEvent::Refused(end) => encode_frame(FrameKind::StreamEnd, &end, out),
+            StreamEvent::Refused(end) => encode_end(&end, out, max_frame_bytes),
         };
         if let Err(e) = result {
             eprintln!("ledger-server: cannot encode a stream frame: {e}");
@@ -155,9 +158,68 @@ pub fn encode_stream_events(
     }
 }
 
+/// Encodes a `StreamEnd`; a status message too long for the frame is cut to
+/// `STREAM_END_MESSAGE_CHARS_MAX` characters, so the stream still ends with its code.
+fn encode_end(
+    end: &StreamEnd,
+    out: &mut Vec<u8>,
+    max_frame_bytes: u32,
+) -> Result<ledger_wire::frame::FrameHeader, ledger_wire::CodecError> {
+    match encode_frame_limited(FrameKind::StreamEnd, end, out, max_frame_bytes) {
+        Err(ledger_wire::CodecError::EncodeTooLarge { .. }) => {
+            let mut end = end.clone();
+            end.status.message = end.status.message.chars().take(STREAM_END_MESSAGE_CHARS_MAX).collect();
+            end.status.detail = None;
+            encode_frame_limited(FrameKind::StreamEnd, &end, out, max_frame_bytes)
+        }
+        other => other,
+    }
+}
+
 /// Releases the buffer units of items now written to the socket.
 pub fn release(written: &mut Vec<Arc<AtomicUsize>>) {
     for buffered in written.drain(..) {
         buffered.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use ledger_core::types::{BlockAnnouncement, Timestamp};
+    use ledger_wire::codec::archived_len;
+    use ledger_wire::constants::MAX_FRAME_BYTES_MIN;
+    use ledger_wire::messages::{StreamItem, StreamPayload};
+
+    #[test]
+    fn t01_a_stream_item_fits_the_smallest_frame_limit() {
+        // Proves a v1 StreamItem (a fixed-size block announcement, no variable fields) is far
+        // below the smallest max_frame_bytes a server accepts, so items never need splitting.
+        let item = StreamItem {
+            request_id: u64::MAX,
+            item: StreamPayload::Block(BlockAnnouncement {
+                namespace_id: i64::MAX,
+                vault_id: i64::MAX,
+                height: u64::MAX,
+                block_hash: [0xff; 32],
+                state_root: [0xff; 32],
+                timestamp: Timestamp { secs: i64::MAX, nanos: u32::MAX },
+            }),
+        };
+        let len = archived_len(&item).unwrap();
+        assert!(len * 4 < MAX_FRAME_BYTES_MIN as usize, "{len}");
+    }
+
+    #[test]
+    fn t02_a_stream_end_with_a_huge_message_is_cut_to_fit() {
+        // Proves encode_end still ends a stream whose status message alone exceeds the frame
+        // limit: the frame is written, under the limit, with the code intact.
+        let end = StreamEnd { request_id: 9, status: Status::unavailable("x".repeat(10_000)) };
+        let mut out = Vec::new();
+        let header = encode_end(&end, &mut out, MAX_FRAME_BYTES_MIN).unwrap();
+        assert!(header.payload_len <= MAX_FRAME_BYTES_MIN);
+        assert_eq!(out.len(), header.frame_len());
     }
 }

@@ -217,7 +217,7 @@ impl Config {
         if self.requests_max_concurrent == 0 || self.core_queue_capacity == 0 {
             return invalid("requests_max_concurrent", "bounds must be at least 1");
         }
-        if self.max_frame_bytes < 1024 {
+        if self.max_frame_bytes < ledger_wire::constants::MAX_FRAME_BYTES_MIN {
             return invalid("max_frame_bytes", "must be at least 1024");
         }
         if self.max_batch_items == 0 {

@@ -1,27 +1,82 @@
 //! Test harness for integration tests: starts real `ledger-server` processes on temporary data
 //! directories and OS-chosen ports, and stops them by PID (SIGTERM or SIGKILL). Binaries are
-//! found next to the test executable (`target/<profile>/`), where `cargo test --workspace`
-//! builds them.
+//! found next to the test executable (`target/<profile>/`). Before the first one is used, the
+//! harness runs `cargo build` for the binary packages once per test process, in the test's own
+//! profile and target directory, so `cargo test -p ledger-tests` never runs stale binaries
+//! (after `cargo test --workspace` has built them, that build is a no-op).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long a server may take to open its groups and start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Path of a workspace binary built by cargo in the same profile as the running test.
-pub fn binary(name: &str) -> PathBuf {
+/// Set to `1` to use the binaries already in `target/` without building them (e.g. when they
+/// were built by a separate step and cargo is not available to the tests).
+pub const SKIP_BUILD_ENV: &str = "LEDGER_TESTS_SKIP_BUILD";
+
+/// The result of this process's one `cargo build` of the binaries.
+static BINARIES_BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// `target/<profile>`, the directory holding the test executable's `deps/`.
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf()
+}
+
+/// Builds the workspace's binaries with the cargo that runs the tests (`$CARGO`), in the profile
+/// and target directory of the test executable, so they match the code under test.
+///
+/// `--workspace --bins --examples` is chosen to resolve features exactly as `cargo test
+/// --workspace` does: the whole workspace, with dev-dependencies active (asking for examples
+/// activates them; the workspace has none to build). A narrower selection (`-p ledger-server`)
+/// would unify fewer features, so each of the two commands would rebuild the binaries the other
+/// just built.
+fn build_binaries(profile_dir: &Path) -> Result<(), String> {
+    if std::env::var(SKIP_BUILD_ENV).is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(name) => name.to_string(),
+        None => return Err(format!("no profile name in {}", profile_dir.display())),
+    };
+    let target_dir = profile_dir.parent().ok_or("no target directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--quiet", "--workspace", "--bins", "--examples", "--profile", &profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"));
+    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build` of the test binaries failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Path of a workspace binary built by cargo in the same profile as the running test, rebuilt
+/// first if its sources changed (once per test process).
+pub fn binary(name: &str) -> PathBuf {
+    let profile_dir = profile_dir();
+    if let Err(e) = BINARIES_BUILT.get_or_init(|| build_binaries(&profile_dir)) {
+        panic!("{e}");
+    }
     let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run `cargo test --workspace` (builds all binaries)",
-        path.display()
-    );
+    assert!(path.exists(), "{} not built (set {SKIP_BUILD_ENV}=1 only when it is)", path.display());
     path
 }
 

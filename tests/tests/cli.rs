@@ -361,3 +361,50 @@ fn t08_retry_with_same_client_id_is_idempotent() {
     assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
     server.stop();
 }
+
+/// Runs the `ledger` CLI with its stdout a pipe whose reading end is already closed (as after
+/// `| head -1` has exited); returns (exit code, stderr).
+fn run_into_closed_pipe(addr: &str, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(ledger_tests::binary("ledger"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closing our end before the CLI has connected and printed: its first write meets EPIPE.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), stderr);
+        }
+        assert!(std::time::Instant::now() < deadline, "ledger {args:?} still running after its pipe closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn t90_issue_13_closed_pipe_exits_quietly() {
+    // Proves `ledger tip ... | head -1` and `ledger watch ... | head -1` end quietly when the
+    // reader has gone: exit status 0, nothing on stderr (before, `tip` panicked with "failed
+    // printing to stdout: Broken pipe", and `watch` would do so on its next block).
+    let (_dir, server, ns, vault) = setup("clit90");
+    let addr = server.addr.as_str();
+    // Block 1 exists, so `watch --from 1` has a line to print at once.
+    ok(addr, &["set", "--namespace", &ns, "--vault", &vault, "k", "v"]);
+    for args in [
+        vec!["tip", "--namespace", &ns, "--vault", &vault],
+        vec!["--json", "tip", "--namespace", &ns, "--vault", &vault],
+        vec!["watch", "--namespace", &ns, "--vault", &vault, "--from", "1"],
+    ] {
+        let (code, stderr) = run_into_closed_pipe(addr, &args);
+        assert_eq!(code, Some(0), "ledger {args:?}: stderr {stderr:?}");
+        assert!(stderr.trim().is_empty(), "ledger {args:?} wrote to stderr: {stderr}");
+    }
+    server.stop();
+}

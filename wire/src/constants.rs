@@ -46,3 +46,16 @@ pub const RETRY_ATTEMPTS_MAX: u32 = 10;
 
 /// Cap on the `message` of a Goaway we send, so an error string never makes a frame large.
 pub const GOAWAY_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// Smallest `max_frame_bytes` a server accepts in its configuration: every control frame and
+/// stream frame of v1 fits in it.
+pub const MAX_FRAME_BYTES_MIN: u32 = 1024;
+
+/// Alignment padding an archived envelope can gain when it sits inside a batch instead of being
+/// a root of its own: rkyv aligns objects to at most 16 bytes, and once an envelope's offset from
+/// its standalone layout is a multiple of that, it stays so (`FrameBudget`).
+pub const ENVELOPE_ALIGNMENT_SLACK_BYTES: usize = 16;
+
+/// What a batch adds around its envelopes: the root `Vec` (8 bytes) and the padding before the
+/// envelope array and the root.
+pub const BATCH_ROOT_BYTES_MAX: usize = 64;

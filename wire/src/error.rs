@@ -92,6 +92,10 @@ pub enum ClientError {
     /// The peer broke the protocol, or a message could not be encoded/decoded.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The request alone encodes to more than the server's `max_frame_bytes` (from `HelloAck`),
+    /// so it was never sent; the connection stays usable. Split it (fewer operations or keys).
+    #[error("request of {len} bytes exceeds the server's max_frame_bytes of {max}; split it")]
+    RequestTooLarge { len: usize, max: u32 },
     /// The call's deadline passed before a response arrived (the request may still take effect).
     #[error("deadline exceeded after {elapsed_ms} ms")]
     Timeout { elapsed_ms: u64 },
@@ -102,15 +106,20 @@ pub enum ClientError {
 
 #[cfg(feature = "client")]
 impl ClientError {
-    /// Whether SPEC §6.4 lets the client retry the identical request (with the same sequence).
+    /// Whether SPEC §6.4 lets the client retry the identical request (with the same sequence),
+    /// after a backoff. `ResourceExhausted` is included: the server refuses such a request before
+    /// it takes effect (a full queue, the concurrency cap), so only waiting helps.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Status { code, .. } => {
-                matches!(code, StatusCode::Unavailable | StatusCode::DeadlineExceeded)
-            }
+            ClientError::Status { code, .. } => matches!(
+                code,
+                StatusCode::Unavailable | StatusCode::DeadlineExceeded | StatusCode::ResourceExhausted
+            ),
             ClientError::Goaway { code, .. } => matches!(code, GoawayCode::Shutdown | GoawayCode::Idle),
             ClientError::Io(_) | ClientError::Closed { .. } | ClientError::Timeout { .. } => true,
-            ClientError::Protocol(_) | ClientError::ProofInvalid(_) => false,
+            ClientError::Protocol(_) | ClientError::ProofInvalid(_) | ClientError::RequestTooLarge { .. } => {
+                false
+            }
         }
     }
 

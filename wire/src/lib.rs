@@ -15,7 +15,10 @@ mod proptests;
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use codec::{decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameReader};
+pub use codec::{
+    archived_len, decode_frame, deserialize, encode_frame, encode_frame_limited, Frame, FrameBudget,
+    FrameReader,
+};
 pub use error::{CodecError, FrameError};
 pub use frame::{FrameHeader, FrameKind};
 

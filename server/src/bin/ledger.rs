@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 use ledger_core::hash::block_hash;
 use ledger_core::types::{Operation, ReadConsistency, SetCondition, WriteErrorCode};
+use ledger_server::cli::out;
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::verify_cmd;
 use ledger_server::cli::watch::WatchArgs;
@@ -205,9 +206,9 @@ fn main() -> ExitCode {
 /// Prints `value` as JSON, or `text` otherwise.
 fn emit(json_mode: bool, value: Value, text: impl FnOnce() -> String) {
     if json_mode {
-        println!("{value}");
+        out::line(value);
     } else {
-        println!("{}", text());
+        out::line(text());
     }
 }
 

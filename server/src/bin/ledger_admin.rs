@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use ledger_core::hash::block_hash;
 use ledger_core::types::{RetentionMode, RetentionPolicy, VaultHealth};
+use ledger_server::cli::out;
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, CliError};
 use ledger_wire::client::{Client, ClientOptions};
@@ -126,8 +127,8 @@ fn main() -> ExitCode {
 
 fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {
     match format {
-        Format::Json => println!("{value}"),
-        Format::Text => println!("{}", text()),
+        Format::Json => out::line(value),
+        Format::Text => out::line(text()),
     }
 }
 
@@ -145,7 +146,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Metrics => {
             let text = http_get(&cli.metrics_addr, "/metrics", cli.timeout_secs)?;
-            print!("{text}");
+            out::text(text);
             Ok(0)
         }
         Command::Health => {

@@ -55,12 +55,12 @@ pub async fn get(
             chain_proof: read.chain_proof.as_ref(),
             trusted,
         };
-        println!("{}", verified_read_json(&view));
+        super::out::line(verified_read_json(&view));
         return Ok(());
     }
     match &read.value {
         Some(value) => {
-            println!("{}", text_or_hex(value));
+            super::out::line(text_or_hex(value));
             Ok(())
         }
         None => Err(CliError::new(
@@ -101,16 +101,16 @@ pub async fn blocks(
         start = end + 1;
     }
     if json_mode {
-        println!("{}", blocks_json(namespace_id, vault_id, &all, tip));
+        super::out::line(blocks_json(namespace_id, vault_id, &all, tip));
     } else {
         for b in &all {
-            println!(
+            super::out::line(format_args!(
                 "{}\t{}\t{} txs\troot {}",
                 b.header.height,
                 hex(&block_hash(&b.header)),
                 b.transactions.len(),
                 hex(&b.header.state_root)
-            );
+            ));
         }
     }
     Ok(())
@@ -121,9 +121,9 @@ pub fn offline(file: &str, json_mode: bool) -> Result<(), CliError> {
     match verify_file(file) {
         Ok(summary) => {
             if json_mode {
-                println!("{}", serde_json::json!({"ok": true, "summary": summary}));
+                super::out::line(serde_json::json!({"ok": true, "summary": summary}));
             } else {
-                println!("ok");
+                super::out::line("ok");
             }
             Ok(())
         }

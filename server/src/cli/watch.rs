@@ -80,8 +80,13 @@ fn print_block(block: &BlockAnnouncement, json_mode: bool) {
             "state_root": hex(&block.state_root),
             "timestamp": render::timestamp(&block.timestamp),
         });
-        println!("{value}");
+        super::out::line(value);
     } else {
-        println!("{} {} {}", block.height, hex(&block.block_hash), hex(&block.state_root));
+        super::out::line(format_args!(
+            "{} {} {}",
+            block.height,
+            hex(&block.block_hash),
+            hex(&block.state_root)
+        ));
     }
 }

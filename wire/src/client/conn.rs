@@ -41,6 +41,14 @@ pub(super) struct Limits {
 }
 
 impl Limits {
+    /// The largest payload this client accepts once the server has announced its limit: the
+    /// server never sends frames above what it announced (it bounds its response batches by it),
+    /// so a client whose own option is smaller still accepts them rather than dropping the
+    /// connection on a large reply.
+    pub fn receive_max(options: &ClientOptions, ack: &HelloAck) -> u32 {
+        options.max_frame_bytes.max(ack.max_frame_bytes)
+    }
+
     pub fn negotiate(options: &ClientOptions, ack: &HelloAck) -> Limits {
         let server_items = if ack.max_batch_items == 0 { u32::MAX } else { ack.max_batch_items };
         let server_bytes =
@@ -271,11 +279,12 @@ fn encode_batch(items: Vec<RequestEnvelope>, out: &mut Vec<u8>, shared: &Shared,
             encode_batch(second, out, shared, limits);
         }
         Err(e) => {
+            let error = match e {
+                CodecError::EncodeTooLarge { len, max } => ClientError::RequestTooLarge { len, max },
+                e => ClientError::Protocol(format!("cannot send request: {e}")),
+            };
             for envelope in batch.items {
-                shared.complete(
-                    envelope.request_id,
-                    Err(ClientError::Protocol(format!("cannot send request: {e}"))),
-                );
+                shared.complete(envelope.request_id, Err(error.clone()));
             }
         }
     }

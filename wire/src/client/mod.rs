@@ -48,7 +48,8 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Most envelopes per `RequestBatch`; the effective value is also capped by `HelloAck`.
     pub max_batch_items: u32,
-    /// Largest payload accepted from the server.
+    /// Largest payload accepted from the server during the handshake; afterwards the larger of
+    /// this and the `max_frame_bytes` the server announced (it never sends more than that).
     pub max_frame_bytes: u32,
     /// Most calls in flight on this connection (the server rejects more with `ResourceExhausted`).
     pub max_outstanding: usize,
@@ -126,12 +127,13 @@ impl Client {
             let (hello_ack, reader, leftover) = conn::handshake(&mut stream, &options).await?;
             Ok::<_, ClientError>((stream, peer_addr, hello_ack, reader, leftover))
         };
-        let (stream, peer_addr, hello_ack, reader, leftover) =
+        let (stream, peer_addr, hello_ack, mut reader, leftover) =
             match tokio::time::timeout(options.connect_timeout, handshake).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
             };
         let limits = Limits::negotiate(&options, &hello_ack);
+        reader.set_max_frame_bytes(Limits::receive_max(&options, &hello_ack));
         let shared = Arc::new(Shared::default());
         let (queue, queue_rx) = mpsc::channel(CLIENT_QUEUE_CAPACITY);
         let (read_half, write_half) = stream.into_split();
@@ -203,6 +205,33 @@ impl Client {
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+        }
+    }
+
+    /// `call` for a request that is safe to repeat (a read or lookup; writes go through
+    /// `WriteSession`, which keeps their sequence): a retryable failure (`Unavailable`,
+    /// `DeadlineExceeded`, `ResourceExhausted`, a timeout) is retried after `policy`'s jittered
+    /// exponential backoff, at most `policy.max_attempts` attempts in all. A lost connection is
+    /// returned at once, since only the caller can replace it (`reconnect`).
+    pub async fn call_idempotent(
+        &self,
+        request: Request,
+        policy: &RetryPolicy,
+    ) -> Result<Response, ClientError> {
+        let mut rng: Option<rand::rngs::StdRng> = None;
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.call(request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            attempt += 1;
+            let lost = error.is_connection_lost() || self.closed_reason().is_some();
+            if !error.is_retryable() || lost || attempt >= policy.max_attempts.max(1) {
+                return Err(error);
+            }
+            let rng = rng.get_or_insert_with(rand::SeedableRng::from_entropy);
+            tokio::time::sleep(policy.delay(attempt - 1, rng)).await;
         }
     }
 

@@ -124,6 +124,11 @@ impl WriteSession {
         &self.client
     }
 
+    /// Continues on another connection (one the caller already replaced), keeping the sequence.
+    pub fn replace_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
     /// The sequence the next new transaction will use, once known.
     pub fn next_sequence(&self) -> Option<u64> {
         self.next_sequence

@@ -430,3 +430,80 @@ async fn t26_ping_is_answered_and_a_bad_frame_closes_the_connection() {
     assert_eq!(seen.pongs, vec![77]);
     assert_eq!(seen.eofs, 1);
 }
+
+#[tokio::test]
+async fn t40_a_request_too_large_for_a_frame_fails_alone() {
+    // Proves a request whose frame would exceed the server's max_frame_bytes is never sent: the
+    // call fails with RequestTooLarge (not retryable, not a lost connection), and the same
+    // connection then answers a normal call.
+    let handler: Handler = Box::new(|items| vec![Reply::Responses(items.iter().map(echo_state).collect())]);
+    let (addr, seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let huge = "9".repeat(MAX_FRAME_BYTES_DEFAULT as usize);
+    let e = client.call(state_request(&huge)).await.unwrap_err();
+    assert!(matches!(e, ClientError::RequestTooLarge { max: MAX_FRAME_BYTES_DEFAULT, .. }), "{e:?}");
+    assert!(!e.is_retryable());
+    assert!(!e.is_connection_lost());
+    assert_eq!(
+        client.call(state_request("3")).await.unwrap(),
+        Response::GetClientState { last_committed_sequence: 3 }
+    );
+    assert_eq!(seen.lock().unwrap().batch_sizes, vec![1]);
+}
+
+#[tokio::test]
+async fn t41_call_idempotent_backs_off_on_retryable_errors() {
+    // Proves Client::call_idempotent retries Unavailable and ResourceExhausted with a growing
+    // pause (not a tight loop) until an answer, and returns a non-retryable error at once.
+    let attempts = Arc::new(Mutex::new(Vec::<std::time::Instant>::new()));
+    let log = Arc::clone(&attempts);
+    let handler: Handler = Box::new(move |items| {
+        let mut log = log.lock().unwrap();
+        log.push(std::time::Instant::now());
+        let result = match (log.len(), &items[0].request) {
+            (_, Request::GetTip { .. }) => Err(Status::invalid("no")),
+            (1, _) => Err(Status::unavailable("electing")),
+            (2, _) => Err(Status::exhausted("queue full")),
+            _ => return vec![Reply::Responses(vec![echo_state(&items[0])])],
+        };
+        vec![Reply::Responses(vec![ResponseEnvelope { request_id: items[0].request_id, result }])]
+    });
+    let (addr, _seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let policy = RetryPolicy { base: Duration::from_millis(20), jitter: false, ..RetryPolicy::default() };
+    let response = client.call_idempotent(state_request("8"), &policy).await.unwrap();
+    assert_eq!(response, Response::GetClientState { last_committed_sequence: 8 });
+    {
+        let log = attempts.lock().unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(log[1] - log[0] >= Duration::from_millis(20));
+        assert!(log[2] - log[1] >= Duration::from_millis(40));
+    }
+    let tip = Request::GetTip { namespace_id: 1, vault_id: None };
+    let e = client.call_idempotent(tip, &policy).await.unwrap_err();
+    assert!(matches!(e, ClientError::Status { code: StatusCode::InvalidArgument, .. }), "{e:?}");
+    assert_eq!(attempts.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn t42_frames_up_to_the_announced_limit_are_accepted() {
+    // Proves the client accepts response frames up to the max_frame_bytes the server announced
+    // even when its own option is smaller (the server bounds its frames by what it announced),
+    // instead of dropping the connection on the first large reply.
+    let handler: Handler = Box::new(|items| {
+        let replies = items
+            .iter()
+            .map(|e| ResponseEnvelope {
+                request_id: e.request_id,
+                result: Ok(Response::Read { value: Some(vec![5u8; 200_000]), block_height: 1, stale: false }),
+            })
+            .collect();
+        vec![Reply::Responses(replies)]
+    });
+    let (addr, _seen) = fake_server(1024, handler).await;
+    let options = ClientOptions { max_frame_bytes: 64 * 1024, ..fast_options() };
+    let client = Client::connect(addr, options).await.unwrap();
+    let value = client.read(1, None, "k").await.unwrap();
+    assert_eq!(value.map(|v| v.len()), Some(200_000));
+    assert!(client.closed_reason().is_none());
+}
