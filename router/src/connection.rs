@@ -3,7 +3,9 @@
 //! the replies arriving from any core into `ResponseBatch` frames (out of order, as they come).
 //! Framing or protocol errors get a `Goaway` and close this connection only.
 
-use crate::constants::{READ_CHUNK_BYTES, RESPONSES_PER_FRAME_MAX, SERVER_VERSION};
+use crate::constants::{
+    CONTROL_QUEUE_MAX, PONGS_QUEUED_MAX, READ_CHUNK_BYTES, RESPONSES_PER_FRAME_MAX, SERVER_VERSION,
+};
 use crate::dispatch::{answer, Dispatcher};
 use crate::listener::RouterSettings;
 use crate::streams::{encode_stream_events, release, OpenStreams};
@@ -70,7 +72,8 @@ impl Connections {
     pub fn shutdown_all(&self) {
         self.shutting_down.set(true);
         for control in self.controls.borrow_mut().drain(..) {
-            let _ = control.send(Control::Shutdown);
+            // Never full: see CONTROL_QUEUE_MAX.
+            let _ = control.try_send(Control::Shutdown);
         }
     }
 }
@@ -83,15 +86,24 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
-    let (control_tx, control_rx) = flume::unbounded::<Control>();
+    let (control_tx, control_rx) = flume::bounded::<Control>(CONTROL_QUEUE_MAX);
     if connections.is_shutting_down() {
-        let _ = control_tx.send(Control::Shutdown);
+        let _ = control_tx.try_send(Control::Shutdown);
     }
     connections.register(control_tx.clone());
     connections.live.set(connections.live.get() + 1);
     let _live = LiveGuard(connections.clone());
+    // Unbounded, and bounded all the same: every reply answers one request the read loop
+    // admitted, it admits one only while `outstanding` + open streams < requests_max_concurrent,
+    // and `outstanding` drops only once the write loop has taken the reply off this channel and
+    // encoded it. So at most `requests_max_concurrent` replies are ever queued here. (A bounded
+    // channel would not add safety: shards answer with `try_send`, and a reply refused for a
+    // full channel would leave its request unanswered forever.)
     let (reply_tx, reply_rx) = flume::unbounded::<ResponseEnvelope>();
-    // Unbounded: each stream bounds its own share (`stream_buffer`, shard/src/watch.rs).
+    // Unbounded, bounded by construction too: open streams count against
+    // `requests_max_concurrent` (read loop), and each stream ends itself with ResourceExhausted
+    // once `stream_buffer` of its items wait unsent (shard/src/watch.rs), so at most
+    // requests_max_concurrent × (stream_buffer + 1) events are queued here.
     let (stream_tx, stream_rx) = flume::unbounded::<StreamEvent>();
     let streams = Rc::new(OpenStreams::default());
     let outstanding = Rc::new(Cell::new(0usize));
@@ -127,7 +139,7 @@ pub async fn serve_connection(
     };
     if let Some(goaway) = ended {
         if let Some(goaway) = goaway {
-            let _ = control_tx.send(Control::Goaway(goaway));
+            let _ = control_tx.try_send(Control::Goaway(goaway));
         }
         drop(control_tx);
         drop(reply_tx);
@@ -180,7 +192,8 @@ impl Session {
                 ),
             ));
         }
-        let _ = control.send(Control::HelloAck(HelloAck {
+        // Never full: see CONTROL_QUEUE_MAX.
+        let _ = control.try_send(Control::HelloAck(HelloAck {
             protocol_version: PROTOCOL_VERSION,
             node_id: self.settings.node_id,
             cluster_id: Some(self.settings.node_id),
@@ -262,7 +275,13 @@ impl Session {
                 }
                 FrameKind::Ping => match frame.decode::<Ping>() {
                     Ok(ping) => {
-                        let _ = control.send(Control::Pong(ping.nonce));
+                        if control.len() >= PONGS_QUEUED_MAX {
+                            return Some(goaway(
+                                GoawayCode::ProtocolError,
+                                &format!("more than {PONGS_QUEUED_MAX} pings unanswered: read the pongs"),
+                            ));
+                        }
+                        let _ = control.try_send(Control::Pong(ping.nonce));
                     }
                     Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
                 },

@@ -24,3 +24,11 @@ pub const LISTEN_IN_USE_POLL: std::time::Duration = std::time::Duration::from_mi
 /// Characters of a `StreamEnd` status message kept when the whole message would not fit in a
 /// frame (it then fits in the smallest `max_frame_bytes` a server accepts).
 pub const STREAM_END_MESSAGE_CHARS_MAX: usize = 128;
+
+/// Pongs a connection may have queued, not yet written, before its client is cut off: a client
+/// that sends pings faster than it reads the answers would otherwise grow the queue without end.
+pub const PONGS_QUEUED_MAX: usize = 64;
+/// Capacity of a connection's control channel: the pongs, plus `HelloAck` and `Goaway` (each
+/// sent at most once per connection) and `Shutdown` (at most twice: when the connection opens
+/// during a shutdown, and from `shutdown_all`), so those sends never find the channel full.
+pub const CONTROL_QUEUE_MAX: usize = PONGS_QUEUED_MAX + 4;
