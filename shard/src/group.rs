@@ -273,7 +273,20 @@ impl Group {
         m.current_leader == Some(self.config.node_id) && m.state == openraft::ServerState::Leader
     }
 
+    /// Why openraft stopped this group, if it did (a log write failed: disk full, I/O error,
+    /// or a failed apply). Such a group leads nothing until it is reopened.
+    pub fn stopped(&self) -> Option<String> {
+        self.raft.metrics().borrow().running_state.as_ref().err().map(|fatal| fatal.to_string())
+    }
+
     fn not_leader(&self) -> Status {
+        if let Some(fatal) = self.stopped() {
+            // Not a leadership question: a client told NotLeader would look for another node.
+            return Status::unavailable(format!(
+                "group {} stopped on a storage error and takes no writes until the node restarts: {fatal}",
+                self.id
+            ));
+        }
         Status {
             code: StatusCode::NotLeader,
             message: format!("this node does not lead group {}", self.id),
@@ -422,6 +435,13 @@ impl Group {
     /// (SPEC §8.2 step 5): the client retries with the same sequence, which §6.3 makes safe. The
     /// current leader, if known, rides along as the hint.
     fn proposal_failed<E: std::error::Error>(&self, e: &openraft::error::RaftError<u64, E>) -> Status {
+        if let openraft::error::RaftError::Fatal(fatal) = e {
+            eprintln!("event=group_stopped group={} error={fatal:?}", self.id);
+            return Status::unavailable(format!(
+                "group {} stopped on a storage error and takes no writes until the node restarts: {fatal}",
+                self.id
+            ));
+        }
         Status {
             code: StatusCode::Unavailable,
             message: format!("proposal to group {} did not commit: {e}", self.id),

@@ -110,6 +110,10 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
                     health.unavailable.push((format!("group:{id}"), format!("failed: {fault}")));
                     continue;
                 }
+                if let Some(fatal) = g.stopped() {
+                    health.unavailable.push((format!("group:{id}"), format!("stopped: {fatal}")));
+                    continue;
+                }
                 if g.leader_hint().is_none() {
                     health.unavailable.push((format!("group:{id}"), "no leader".into()));
                 }

@@ -1169,6 +1169,31 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
             let status = env.result.expect_err("a write whose append failed must not succeed");
             assert_eq!(status.code, StatusCode::Unavailable, "request {}: {status:?}", env.request_id);
         }
+        // The failed append stopped the group (issue 12 item 9, in part): later writes are told
+        // why, not NotLeader; reads of the applied state are still served; health says so.
+        let status = node.call(write()).await.unwrap_err();
+        assert_eq!(status.code, StatusCode::Unavailable, "{status:?}");
+        assert!(status.message.contains("storage error"), "{}", status.message);
+        let read = Request::Read {
+            namespace_id: ns,
+            vault_id: vault,
+            key: "a".into(),
+            consistency: ReadConsistency::Eventual,
+        };
+        match node.call(read).await.unwrap() {
+            Response::Read { value, .. } => assert_eq!(value, Some(b"1".to_vec())),
+            other => panic!("{other:?}"),
+        }
+        match node.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await.unwrap() {
+            Response::HealthCheck { status, details, .. } => {
+                assert_eq!(status, HealthStatus::Unavailable);
+                assert!(
+                    details.iter().any(|(what, why)| what == "group:1" && why.contains("stopped")),
+                    "{details:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         node.stop().await;
 
         let node = start(dir, |_| {}).await;
