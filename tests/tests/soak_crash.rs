@@ -33,6 +33,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `(namespace id, vault id)`; `None` is the namespace scope.
+type Scope = (i64, Option<i64>);
+
 /// One writer: its scope, client id and whether it sends batches.
 #[derive(Debug, Clone)]
 struct Writer {
@@ -142,8 +145,8 @@ async fn verify(
     chains.insert((0, None), walk_chain(&client, 0, None).await);
     for w in writers {
         let scope = (w.namespace_id, w.vault_id);
-        if !chains.contains_key(&scope) {
-            chains.insert(scope, walk_chain(&client, scope.0, scope.1).await);
+        if let std::collections::btree_map::Entry::Vacant(slot) = chains.entry(scope) {
+            slot.insert(walk_chain(&client, scope.0, scope.1).await);
         }
     }
     let mut latest: HashMap<(i64, Option<i64>, String), Vec<u8>> = HashMap::new();
@@ -162,7 +165,7 @@ async fn verify(
         assert_eq!((&tx.client_id, tx.sequence), (&w.client_id, ack.sequence));
         assert_eq!(tx.operations, ack.operations, "block holds other operations for {ack:?}");
     }
-    let mut by_scope: BTreeMap<(i64, Option<i64>), Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    let mut by_scope: BTreeMap<Scope, Vec<(String, Vec<u8>)>> = BTreeMap::new();
     for ((ns, vault, key), value) in latest {
         by_scope.entry((ns, vault)).or_default().push((key, value));
     }
