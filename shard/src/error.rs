@@ -45,7 +45,7 @@ pub enum ShardError {
     StorageClosed { what: String },
     /// Applying the group's log broke an invariant (`GroupData::fault`): the group is stopped.
     #[error("group {group} failed: {fault}")]
-    GroupFailed { group: u32, fault: crate::group_data::GroupFault },
+    GroupFailed { group: u32, fault: crate::round::group_data::GroupFault },
     /// Core 0 could not create `_system` or the registry's bootstrap records.
     #[error("bootstrap: {0}")]
     Bootstrap(String),

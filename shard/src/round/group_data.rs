@@ -3,9 +3,9 @@
 //! request handlers, which read it. CONTRACT between the storage layer (state_machine.rs,
 //! archive.rs, checkpoint.rs) and the service layer (group.rs, reads.rs, admin.rs).
 
-use crate::checkpoint::{encode_entity, row_key};
-use crate::row_journal::EntityChanges;
-use crate::type_config::{LogId, StoredMembership};
+use crate::storage::checkpoint::{encode_entity, row_key};
+use crate::storage::row_journal::EntityChanges;
+use crate::raft::type_config::{LogId, StoredMembership};
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +36,7 @@ pub struct GroupData {
     /// docs/decisions.md D7).
     pub speculative: std::collections::VecDeque<SpeculativeBlock>,
     /// Block archive (SPEC §9.3): recent blocks not yet flushed plus the blocks.redb reader.
-    pub archive: crate::archive::Archive,
+    pub archive: crate::storage::archive::Archive,
     /// Log id of the last applied entry (`applied_index` is its index) and the membership last
     /// applied: what openraft's `applied_state()` reports. Storage layer only writes these.
     pub applied_log_id: Option<LogId>,
@@ -52,12 +52,12 @@ pub struct GroupData {
     pub on_block_applied: Option<BlockHook>,
     /// Recent per-scope history for historical and verified reads (history.rs); apply records
     /// every scope block in it just before committing the block.
-    pub history: crate::history::History,
+    pub history: crate::read::history::History,
     /// This node's snapshot files of the group (SPEC §9.4; snapshot.rs), loaded at open.
-    pub snapshots: crate::snapshot::SnapshotCatalog,
+    pub snapshots: crate::storage::snapshot::SnapshotCatalog,
     /// The group's state-tree thread (tree_worker.rs): the block builder computes its trees there
     /// and the history drops old versions there. Inline unless the group was opened to serve.
-    pub trees: crate::tree_worker::TreeWorker,
+    pub trees: crate::round::tree_worker::TreeWorker,
     /// Set when applying an entry broke an invariant of the group as a whole (a bug or a
     /// corrupt log entry): from then on nothing more is applied or checkpointed, the group's
     /// requests are answered `Unavailable`, and the node's other groups carry on (SPEC §2 goal 3).
@@ -129,7 +129,7 @@ impl DirtyRows {
 
 impl GroupData {
     /// An empty group (nothing applied) over `archive`.
-    pub fn new(group_id: GroupId, archive: crate::archive::Archive) -> Self {
+    pub fn new(group_id: GroupId, archive: crate::storage::archive::Archive) -> Self {
         GroupData {
             group_id,
             scopes: BTreeMap::new(),
@@ -143,9 +143,9 @@ impl GroupData {
             dirty: DirtyRows::default(),
             durable_log_id: None,
             on_block_applied: None,
-            history: crate::history::History::default(),
-            snapshots: crate::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
-            trees: crate::tree_worker::TreeWorker::inline(),
+            history: crate::read::history::History::default(),
+            snapshots: crate::storage::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
+            trees: crate::round::tree_worker::TreeWorker::inline(),
             fault: None,
         }
     }

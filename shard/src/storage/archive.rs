@@ -16,7 +16,7 @@
 
 use crate::constants::ARCHIVE_RANGE_BLOCKS_MAX;
 use crate::error::ShardError;
-use crate::log_store::{decode, encode};
+use crate::raft::log_store::{decode, encode};
 use ledger_core::types::{
     Block, BlockHeader, GroupBlock, Hash, ScopeKey, Timestamp, Transaction, VaultEntry,
 };

@@ -33,7 +33,7 @@ use crate::constants::{
     LOG_CACHE_ENTRIES_MAX, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, RAFT_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
-use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use futures::channel::oneshot;
 use ledger_core::types::LogPayload;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -56,7 +56,7 @@ const META_LAST_PURGED: &str = "last_purged";
 
 /// rkyv mirrors of openraft's vote, log id and membership types (openraft's serde feature is off).
 pub mod records {
-    use crate::type_config::{LogId, StoredMembership, Vote};
+    use crate::raft::type_config::{LogId, StoredMembership, Vote};
     use openraft::{BasicNode, CommittedLeaderId, LeaderId, Membership};
     use rkyv::{Archive, Deserialize, Serialize};
     use std::collections::{BTreeMap, BTreeSet};
@@ -459,7 +459,7 @@ impl LogStore {
     /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
     /// the store and every reader clone are dropped (then the file is released).
     pub fn open(path: &Path) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::checkpoint::open_db(path, RAFT_DB_CACHE_BYTES)?);
+        let db = Arc::new(crate::storage::checkpoint::open_db(path, RAFT_DB_CACHE_BYTES)?);
         let (vote, committed, last_purged, last_in_log) = {
             let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
             {
@@ -715,9 +715,9 @@ async fn send_and_wait(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::Archive;
-    use crate::group_data::GroupData;
-    use crate::state_machine::StateMachine;
+    use crate::storage::archive::Archive;
+    use crate::round::group_data::GroupData;
+    use crate::raft::state_machine::StateMachine;
     use ledger_core::types::GroupId;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::CommittedLeaderId;

@@ -23,7 +23,7 @@
 //! the state tree are not stored: `ScopeState::from_rows` rebuilds them in memory at open (reads
 //! are served from memory), which keeps a checkpoint's write set to the rows that changed.
 
-use crate::archive::Archive;
+use crate::storage::archive::Archive;
 use crate::config::ShardConfig;
 use crate::constants::{
     BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN,
@@ -31,13 +31,13 @@ use crate::constants::{
     LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
-use crate::group_data::GroupData;
-use crate::log_store::records::{LogIdRecord, StoredMembershipRecord};
-use crate::log_store::{decode, encode, LogStats, LogStore};
-use crate::network::NoPeersFactory;
-use crate::row_journal::{self, JournalMerge, ROW_JOURNAL};
-use crate::state_machine::StateMachine;
-use crate::type_config::{LedgerRaft, LogId, StoredMembership};
+use crate::round::group_data::GroupData;
+use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
+use crate::raft::log_store::{decode, encode, LogStats, LogStore};
+use crate::raft::network::NoPeersFactory;
+use crate::storage::row_journal::{self, JournalMerge, ROW_JOURNAL};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::type_config::{LedgerRaft, LogId, StoredMembership};
 use ledger_core::state::{EntityRow, ScopeMeta, ScopeState};
 use ledger_core::types::*;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -381,7 +381,7 @@ pub struct CheckpointBatch {
     scopes: Vec<(i64, Vec<u8>)>,
     applied: Vec<u8>,
     log_id: Option<LogId>,
-    archive: crate::archive::ArchiveFlush,
+    archive: crate::storage::archive::ArchiveFlush,
 }
 
 impl CheckpointBatch {
@@ -392,7 +392,7 @@ impl CheckpointBatch {
             return None;
         }
         let room = data.dirty.entities.len();
-        let dirty = std::mem::replace(&mut data.dirty, crate::group_data::DirtyRows::with_room_for(room));
+        let dirty = std::mem::replace(&mut data.dirty, crate::round::group_data::DirtyRows::with_room_for(room));
         let mut batch = CheckpointBatch {
             full_rewrite: dirty.full_rewrite,
             journal: JournalPlan::Append,
@@ -911,7 +911,7 @@ pub async fn open_group_with(
         glommio::executor().spawn_blocking(move || load_state(&db)).await?
     };
     let mut data = GroupData::new(group, Archive::open(blocks_db)?);
-    data.trees = crate::tree_worker::TreeWorker::start(
+    data.trees = crate::round::tree_worker::TreeWorker::start(
         &format!("tree-g{}", group.0),
         config.helper_hooks,
         config.tree_thread_min_leaves,
@@ -921,9 +921,9 @@ pub async fn open_group_with(
         let dir = dir.join("snapshots");
         let scan_dir = dir.clone();
         let scan = glommio::executor()
-            .spawn_blocking(move || crate::snapshot::SnapshotCatalog::scan(&scan_dir))
+            .spawn_blocking(move || crate::storage::snapshot::SnapshotCatalog::scan(&scan_dir))
             .await?;
-        crate::snapshot::SnapshotCatalog::with_files(dir, scan)
+        crate::storage::snapshot::SnapshotCatalog::with_files(dir, scan)
     };
     if let Some(applied) = loaded.applied {
         data.applied_log_id = applied.log_id.map(LogId::from);
