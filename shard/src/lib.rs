@@ -9,8 +9,10 @@
 //! (`config`, `constants`, `error`, `faults`, `isolation`, `helper_threads`).
 
 pub mod admin;
+pub mod codec;
 pub mod config;
 pub mod constants;
+pub mod db;
 pub mod error;
 pub mod faults;
 pub mod helper_threads;
@@ -19,6 +21,7 @@ pub mod maintenance;
 pub mod msg;
 pub mod raft;
 pub mod read;
+pub mod reply;
 pub mod round;
 #[cfg(test)]
 mod service_tests;
@@ -27,5 +30,6 @@ pub mod storage;
 
 pub use config::ShardConfig;
 pub use error::ShardError;
-pub use msg::{ReplySender, ShardMsg};
+pub use msg::ShardMsg;
+pub use reply::ReplySender;
 pub use shard::{run_shard, ShardSpec};

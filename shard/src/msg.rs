@@ -1,11 +1,9 @@
 //! Messages a core shard receives on its bounded flume inbox (SPEC §8.1, §10.9). The router and
 //! other cores are the only senders; nothing else crosses between cores.
 
+use crate::reply::ReplySender;
 use ledger_core::types::GroupId;
-use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope};
-
-/// Where a request's reply goes: the connection's response channel (fan-in, SPEC §8.1 step 4).
-pub type ReplySender = flume::Sender<ResponseEnvelope>;
+use ledger_wire::messages::RequestEnvelope;
 
 pub enum ShardMsg {
     /// A request for a group owned by this core (reads, writes, scope admin like GetVault).

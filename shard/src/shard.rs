@@ -9,11 +9,11 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin;
-use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
-use crate::round::idem_cache::IdemCache;
 use crate::admin::internal::{self, InternalMsg};
 use crate::read::reads::{self, TokenKey};
-use crate::{config::ShardConfig, error::ShardError, msg::ReplySender, msg::ShardMsg};
+use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
+use crate::round::idem_cache::IdemCache;
+use crate::{config::ShardConfig, error::ShardError, msg::ShardMsg, reply::ReplySender};
 use futures::channel::oneshot;
 use ledger_core::types::{CoreId, GroupId, NamespaceId, Operation, ScopeKey, VaultId};
 use ledger_core::validate::{validate_client_id, validate_client_operations_with_limit, validate_sequence};
@@ -228,7 +228,8 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         Request::CheckIntegrity { namespace_id, vault_id, full_check } => {
             glommio::spawn_local(async move {
                 let result =
-                    crate::maintenance::task::check_integrity(&group, namespace_id, vault_id, full_check).await;
+                    crate::maintenance::task::check_integrity(&group, namespace_id, vault_id, full_check)
+                        .await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result });
             })
             .detach();

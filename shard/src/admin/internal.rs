@@ -7,8 +7,8 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
-use crate::round::group::ScopeCommand;
 use crate::read::reads::{vault_info, TokenKey};
+use crate::round::group::ScopeCommand;
 use crate::shard::Shard;
 use futures::channel::oneshot;
 use ledger_core::state::ScopeMeta;

@@ -9,11 +9,12 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
-use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
 use crate::admin::internal::{CoreHealth, InternalMsg};
-use crate::msg::{ReplySender, ShardMsg};
-use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
 use crate::admin::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
+use crate::msg::ShardMsg;
+use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
+use crate::reply::ReplySender;
+use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
 use crate::shard::Shard;
 use crate::ShardError;
 use futures::channel::oneshot;

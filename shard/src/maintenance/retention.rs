@@ -8,10 +8,10 @@
 //! Every body below S is durable before the deletion: the snapshot at S was taken after a
 //! checkpoint that flushed the archive up to it, and only bodies at or below S are touched.
 
-use crate::storage::archive::BODIES;
-use crate::storage::archive_scan::ArchiveScan;
 use crate::error::ShardError;
 use crate::round::group_data::GroupData;
+use crate::storage::archive::BODIES;
+use crate::storage::archive_scan::ArchiveScan;
 use ledger_core::types::{RetentionMode, RetentionPolicy, ScopeKey};
 use redb::{Database, Durability};
 use std::cell::RefCell;

@@ -8,11 +8,11 @@
 // Errors travel as the wire `Status` (SPEC §4.5), built once at this edge.
 #![allow(clippy::result_large_err)]
 
-use crate::storage::checkpoint::Checkpointer;
 use crate::config::ShardConfig;
 use crate::constants::MAINTENANCE_TICK_MS;
-use crate::round::group::Group;
 use crate::read::reads;
+use crate::round::group::Group;
+use crate::storage::checkpoint::Checkpointer;
 use ledger_core::types::{NamespaceId, ScopeKey, VaultId};
 use ledger_wire::messages::{Response, Status};
 use std::rc::Rc;

@@ -388,8 +388,9 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
     let floor_height = floor.as_ref().map(|f| f.meta.height);
     let from_snapshot = match snapshot {
         Some((path, at)) if floor_height.is_none_or(|f| f < at) => {
-            let loaded =
-                glommio::executor().spawn_blocking(move || crate::storage::snapshot::load_scope(&path, key)).await;
+            let loaded = glommio::executor()
+                .spawn_blocking(move || crate::storage::snapshot::load_scope(&path, key))
+                .await;
             match loaded {
                 Ok(Some(state)) if state.meta.height == at => Some(state),
                 Ok(_) => None,

@@ -22,8 +22,8 @@ use crate::constants::{
     WATCHERS_PER_CORE_MAX, WATCH_CREDIT_POLL_MS, WATCH_REPLAY_CHUNK_BLOCKS, WATCH_REPLAY_STALL_MS_MAX,
     WATCH_SWEEP_MS,
 };
-use crate::round::group_data::GroupData;
 use crate::read::reads::readable_scope;
+use crate::round::group_data::GroupData;
 use ledger_core::hash::block_hash;
 use ledger_core::types::{BlockAnnouncement, GroupId, NamespaceId, ScopeKey, VaultId};
 use ledger_wire::messages::{Status, StatusCode, StreamEnd, StreamItem, StreamPayload};

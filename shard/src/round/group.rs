@@ -20,11 +20,11 @@
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
 use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
+use crate::raft::type_config::LedgerRaft;
+use crate::reply::ReplySender;
 use crate::round::group_data::{GroupData, SpeculativeBlock};
 use crate::round::idem_cache::IdemCache;
-use crate::msg::ReplySender;
 use crate::round::tree_worker::{BuiltTree, TreeJob, TreeParent, TreeSlot};
-use crate::raft::type_config::LedgerRaft;
 use futures::channel::oneshot;
 use ledger_core::hash::{group_hash, tx_merkle_proof};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SealedDraft, SequenceCheck};

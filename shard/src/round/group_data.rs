@@ -1,11 +1,13 @@
 //! The applied, in-memory state of one Raft group on its owning core, shared (`Rc<RefCell<_>>`,
 //! same core only) between the openraft state machine, which is its only writer, and the group's
-//! request handlers, which read it. CONTRACT between the storage layer (state_machine.rs,
-//! archive.rs, checkpoint.rs) and the service layer (group.rs, reads.rs, admin.rs).
+//! request handlers, which read it. CONTRACT between the storage layer (raft/state_machine.rs,
+//! storage/archive.rs, storage/checkpoint.rs) and the service layer (round/group.rs,
+//! read/reads.rs, admin/requests.rs).
 
+use crate::error::GroupFault;
+use crate::raft::type_config::{LogId, StoredMembership};
 use crate::storage::checkpoint::{encode_entity, row_key};
 use crate::storage::row_journal::EntityChanges;
-use crate::raft::type_config::{LogId, StoredMembership};
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,20 +64,6 @@ pub struct GroupData {
     /// corrupt log entry): from then on nothing more is applied or checkpointed, the group's
     /// requests are answered `Unavailable`, and the node's other groups carry on (SPEC §2 goal 3).
     pub fault: Option<GroupFault>,
-}
-
-/// Why a group stopped applying (see `GroupData::fault`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupFault {
-    /// Log index of the entry whose apply failed.
-    pub at_index: u64,
-    pub reason: String,
-}
-
-impl std::fmt::Display for GroupFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "applying log entry {} failed: {}", self.at_index, self.reason)
-    }
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).

@@ -25,15 +25,15 @@
 //! openraft's snapshot (state_machine.rs) is still its own in-memory full copy: a single-voter
 //! group never sends one and `SnapshotPolicy::Never` never builds one (docs/decisions.md D12).
 
-use crate::storage::archive_scan::ArchiveScan;
-use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::codec::{decode, encode};
 use crate::config::ShardConfig;
 use crate::constants::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::error::ShardError;
-use crate::round::group_data::GroupData;
 use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
-use crate::raft::log_store::{decode, encode};
 use crate::raft::state_machine::SnapshotRecord;
+use crate::round::group_data::GroupData;
+use crate::storage::archive_scan::ArchiveScan;
+use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
 use ledger_core::hash::{block_hash, chain_commitment, ChainCommitment};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;
