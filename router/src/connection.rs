@@ -12,7 +12,7 @@ use crate::streams::{encode_stream_events, release, OpenStreams};
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
 use glommio::net::TcpStream;
-use ledger_shard::watch::StreamEvent;
+use ledger_shard::read::watch::StreamEvent;
 use ledger_wire::codec::{archived_len, encode_frame, encode_frame_limited, Frame, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::*;

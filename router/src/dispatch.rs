@@ -4,7 +4,7 @@
 use crate::listener::RouterContext;
 use crate::route::{target_of, Target};
 use ledger_core::types::{CoreId, GroupId};
-use ledger_shard::watch::{StreamKey, WatchRequest};
+use ledger_shard::read::watch::{StreamKey, WatchRequest};
 use ledger_shard::{ReplySender, ShardMsg};
 use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope, Status, StatusCode};
 use std::cell::RefCell;
@@ -57,7 +57,7 @@ impl Dispatcher {
     /// every failure ends the stream at once on its sink (`None`).
     pub async fn dispatch_watch(&self, watch: WatchRequest) -> Option<CoreId> {
         let refuse = |watch: WatchRequest, status: Status| {
-            ledger_shard::watch::refuse(&watch.sink, watch.key, status);
+            ledger_shard::read::watch::refuse(&watch.sink, watch.key, status);
             None
         };
         let namespace_id = watch.namespace_id;

@@ -11,7 +11,7 @@
 use crate::constants::{STREAM_END_MESSAGE_CHARS_MAX, STREAM_EVENTS_PER_WRITE_MAX};
 use crate::dispatch::Dispatcher;
 use ledger_core::types::CoreId;
-use ledger_shard::watch::{StreamEvent, StreamKey, StreamSender, WatchRequest};
+use ledger_shard::read::watch::{StreamEvent, StreamKey, StreamSender, WatchRequest};
 use ledger_wire::codec::encode_frame_limited;
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{Response, ResponseEnvelope, Status, StreamEnd};

@@ -46,7 +46,7 @@ pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 300;
 /// Blocks returned by one archive range read (SPEC §3.6 `GetBlockRange`).
 pub const ARCHIVE_RANGE_BLOCKS_MAX: u64 = 1000;
 
-// --- service layer (shard.rs, group.rs, reads.rs, admin.rs)
+// --- service layer (shard.rs, round/group.rs, read/reads.rs, admin/requests.rs)
 
 /// Pending transactions per group, as a multiple of `batch_max_size` (SPEC §8.9); beyond it a
 /// write is refused with `ResourceExhausted`.
@@ -60,7 +60,7 @@ pub const CATCH_UP_WAIT_MS: u64 = 1000;
 /// Longest `last_key` a page token may carry (entity keys ≤ 1 KiB, relationship keys ≤ ~1.1 KiB).
 pub const PAGE_TOKEN_LAST_KEY_MAX: usize = 4096;
 
-// --- WatchBlocks streams (watch.rs, SPEC §4.3, §8.8)
+// --- WatchBlocks streams (read/watch.rs, SPEC §4.3, §8.8)
 
 /// Block headers one replay step reads from the archive before it yields the core.
 pub const WATCH_REPLAY_CHUNK_BLOCKS: usize = 256;
@@ -80,7 +80,7 @@ pub const WATCH_SWEEP_MS: u64 = 100;
 /// and the replies behind the previous block's fsync.
 pub const BLOCKS_IN_FLIGHT_MAX: usize = 4;
 
-// --- snapshots, retention, integrity (snapshot.rs, retention.rs, integrity.rs, maintenance.rs)
+// --- snapshots, retention, integrity (storage/snapshot.rs, maintenance/)
 
 /// Largest snapshot header accepted when reading a file (a few hundred bytes per scope).
 pub const SNAPSHOT_HEADER_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -89,7 +89,7 @@ pub const MAINTENANCE_TICK_MS: u64 = 1000;
 /// Issues one integrity check reports at most (the rest are counted in the last one).
 pub const INTEGRITY_ISSUES_MAX: usize = 1000;
 
-// --- verified and historical reads (history.rs, proof_reads.rs, SPEC §5.1 items 3–4, §8.7)
+// --- verified and historical reads (read/history.rs, read/proof_reads.rs, SPEC §5.1 items 3–4, §8.7)
 
 /// Blocks per scope whose tree and row pre-images stay in memory for recent historical reads.
 pub const HISTORY_RECENT_HEIGHTS_MAX: usize = 64;
@@ -104,7 +104,7 @@ pub const HISTORY_REPLAY_CHUNK_BLOCKS: u64 = 256;
 /// Headers one chain proof may carry (≈ 200 bytes each, well inside a frame).
 pub const CHAIN_PROOF_HEADERS_MAX: u64 = 10_000;
 
-// --- state-tree thread (tree_worker.rs, decisions D21)
+// --- state-tree thread (round/tree_worker.rs, decisions D21)
 
 /// A tree with fewer leaves is updated on the executor itself: it fits in the core's caches, so
 /// its update costs less than the round trip to the tree thread (measured at 1 k keys: 215 k

@@ -45,7 +45,7 @@ pub enum ShardError {
     StorageClosed { what: String },
     /// Applying the group's log broke an invariant (`GroupData::fault`): the group is stopped.
     #[error("group {group} failed: {fault}")]
-    GroupFailed { group: u32, fault: crate::group_data::GroupFault },
+    GroupFailed { group: u32, fault: GroupFault },
     /// Core 0 could not create `_system` or the registry's bootstrap records.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
@@ -58,5 +58,19 @@ impl ShardError {
 
     pub fn raft(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         ShardError::Raft { context: context.into(), source: Box::new(source) }
+    }
+}
+
+/// Why a group stopped applying (see `GroupData::fault`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFault {
+    /// Log index of the entry whose apply failed.
+    pub at_index: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for GroupFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "applying log entry {} failed: {}", self.at_index, self.reason)
     }
 }

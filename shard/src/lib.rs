@@ -1,45 +1,35 @@
 //! A core shard: one glommio executor that owns a disjoint set of Raft groups (openraft 0.9) and
-//! their redb files (SPEC §0.1, §8, §9, §10.9). Storage layer: `runtime`, `type_config`,
-//! `log_store`, `network`, `state_machine`, `archive`, `checkpoint`. Service layer: `shard`
-//! (inbox loop), `group` (block builder), `reads`, `admin`.
+//! their redb files (SPEC §0.1, §8, §9, §10.9). The modules are grouped by role, and imports run
+//! downward: `raft` (openraft's runtime, types, log store, network and state machine) and
+//! `storage` (checkpoint, row journal, archive, snapshots) at the bottom; above them the block
+//! `round` (block builder, applied state, tree thread) and `read` (current, historical and proven
+//! reads, watch streams); then `maintenance` (snapshots, retention, integrity checks on a timer)
+//! and `admin` (core 0's registry and the calls between cores); and at the top `shard` (the inbox
+//! loop that owns everything on one core), with `msg` its inbox and the small shared modules
+//! (`config`, `constants`, `error`, `faults`, `isolation`, `helper_threads`).
 
 pub mod admin;
-pub mod archive;
-pub mod archive_scan;
-pub mod checkpoint;
+pub mod codec;
 pub mod config;
 pub mod constants;
+pub mod db;
 pub mod error;
 pub mod faults;
-pub mod group;
-pub mod group_data;
 pub mod helper_threads;
-pub mod history;
-pub mod idem_cache;
-pub mod integrity;
-pub mod internal;
 pub mod isolation;
-pub mod log_store;
 pub mod maintenance;
 pub mod msg;
-pub mod network;
-pub mod page_token;
-pub mod proof_reads;
-pub mod reads;
-pub mod registry;
-pub mod retention;
-pub mod row_journal;
-pub mod runtime;
+pub mod raft;
+pub mod read;
+pub mod reply;
+pub mod round;
 #[cfg(test)]
 mod service_tests;
 pub mod shard;
-pub mod snapshot;
-pub mod state_machine;
-pub mod tree_worker;
-pub mod type_config;
-pub mod watch;
+pub mod storage;
 
 pub use config::ShardConfig;
 pub use error::ShardError;
-pub use msg::{ReplySender, ShardMsg};
+pub use msg::ShardMsg;
+pub use reply::ReplySender;
 pub use shard::{run_shard, ShardSpec};

@@ -1,11 +1,9 @@
 //! Messages a core shard receives on its bounded flume inbox (SPEC §8.1, §10.9). The router and
 //! other cores are the only senders; nothing else crosses between cores.
 
+use crate::reply::ReplySender;
 use ledger_core::types::GroupId;
-use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope};
-
-/// Where a request's reply goes: the connection's response channel (fan-in, SPEC §8.1 step 4).
-pub type ReplySender = flume::Sender<ResponseEnvelope>;
+use ledger_wire::messages::RequestEnvelope;
 
 pub enum ShardMsg {
     /// A request for a group owned by this core (reads, writes, scope admin like GetVault).
@@ -17,13 +15,13 @@ pub enum ShardMsg {
     ResolveNamespace { namespace_id: i64, reply: futures::channel::oneshot::Sender<Option<GroupId>> },
     /// Core → core calls that are not client requests (scope creation in a data group, ListVaults
     /// fan-out, ...). Defined by the shard crate.
-    Internal(crate::internal::InternalMsg),
+    Internal(crate::admin::internal::InternalMsg),
     /// Router → the core owning the scope's group: open a `WatchBlocks` stream (SPEC §5.1
     /// item 5). It gets no `ResponseEnvelope`: everything goes to `watch.sink`.
-    Watch { group: GroupId, watch: crate::watch::WatchRequest },
+    Watch { group: GroupId, watch: crate::read::watch::WatchRequest },
     /// Router → the core serving a stream: end it with `StreamEnd{Cancelled}` (`CancelStream`,
     /// or its connection closed). Unknown streams are ignored.
-    CancelStream { key: crate::watch::StreamKey },
+    CancelStream { key: crate::read::watch::StreamKey },
     /// Stop: finish in-flight work, checkpoint durably, then return from `Shard::run`.
     Shutdown { done: futures::channel::oneshot::Sender<()> },
 }

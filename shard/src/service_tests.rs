@@ -774,8 +774,8 @@ fn t15_ttl_filtering() {
     run(|dir| async move {
         let node = start(dir, |_| {}).await;
         let ns = node.create_namespace("acme").await;
-        let past = crate::group::now_secs() - 10;
-        let future = crate::group::now_secs() + 3600;
+        let past = crate::round::group::now_secs() - 10;
+        let future = crate::round::group::now_secs() + 3600;
         let ops = vec![
             Operation::SetEntity {
                 key: "old".into(),
@@ -1292,7 +1292,7 @@ fn t22_a_group_with_corrupt_state_does_not_stop_the_node() {
 /// fails group 2 the same way instead of looping.
 #[test]
 fn t23_a_log_entry_that_breaks_apply_fails_only_its_group() {
-    use crate::log_store::{decode_entry, encode_entry};
+    use crate::raft::log_store::{decode_entry, encode_entry};
     use redb::ReadableTable;
     run(|dir| async move {
         let (node, one, two) = two_groups(&dir).await;

@@ -9,11 +9,11 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin;
-use crate::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
-use crate::idem_cache::IdemCache;
-use crate::internal::{self, InternalMsg};
-use crate::reads::{self, TokenKey};
-use crate::{config::ShardConfig, error::ShardError, msg::ReplySender, msg::ShardMsg};
+use crate::admin::internal::{self, InternalMsg};
+use crate::read::reads::{self, TokenKey};
+use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
+use crate::round::idem_cache::IdemCache;
+use crate::{config::ShardConfig, error::ShardError, msg::ShardMsg, reply::ReplySender};
 use futures::channel::oneshot;
 use ledger_core::types::{CoreId, GroupId, NamespaceId, Operation, ScopeKey, VaultId};
 use ledger_core::validate::{validate_client_id, validate_client_operations_with_limit, validate_sequence};
@@ -51,7 +51,7 @@ pub struct Shard {
     /// Serializes registry mutations on core 0 (counters are read from committed state).
     pub admin_lock: futures::lock::Mutex<()>,
     /// `WatchBlocks` streams of this core's scopes (watch.rs).
-    pub watches: Rc<crate::watch::Watches>,
+    pub watches: Rc<crate::read::watch::Watches>,
     /// Groups of this core that could not be opened, with why: their requests are answered
     /// `Unavailable` and the node's health names them.
     pub failed: BTreeMap<GroupId, String>,
@@ -64,10 +64,10 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
     let mut groups = BTreeMap::new();
     let mut builders = Vec::new();
-    let watches = crate::watch::Watches::new(config.stream_buffer);
+    let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let mut failed = BTreeMap::new();
     for id in owned {
-        let (raft, data) = match crate::state_machine::open_group(&config, id).await {
+        let (raft, data) = match crate::raft::state_machine::open_group(&config, id).await {
             Ok(opened) => opened,
             // `_system` routes every request: the node cannot serve without it.
             Err(e) if id == GroupId(0) => return Err(e),
@@ -84,7 +84,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         watches.attach(id, &data);
         let group = Group::new(id, raft, data, config.clone(), cache.clone());
         builders.push(glommio::spawn_local(group.clone().run()).detach());
-        glommio::spawn_local(crate::maintenance::run(group.clone(), config.clone())).detach();
+        glommio::spawn_local(crate::maintenance::task::run(group.clone(), config.clone())).detach();
         groups.insert(id, group);
     }
     let shard = Rc::new(Shard {
@@ -98,9 +98,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         watches,
         failed,
     });
-    glommio::spawn_local(crate::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
+    glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
     if core.0 == 0 {
-        admin::bootstrap(&shard).await?;
+        admin::requests::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {
             for (i, other) in shard.cores.iter().enumerate() {
                 if i != 0 {
@@ -111,7 +111,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     }
     let _ = ready.send(());
     if core.0 == 0 && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader()) {
-        glommio::spawn_local(admin::reconcile(shard.clone())).detach();
+        glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
     }
     loop {
         let Ok(msg) = inbox.recv_async().await else {
@@ -122,10 +122,10 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         match msg {
             ShardMsg::Group { group, envelope, reply } => on_group_request(&shard, group, envelope, reply),
             ShardMsg::Admin { envelope, reply } => {
-                glommio::spawn_local(admin::handle(shard.clone(), envelope, reply)).detach();
+                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply)).detach();
             }
             ShardMsg::ResolveNamespace { namespace_id, reply } => {
-                let _ = reply.send(admin::resolve_namespace(&shard, namespace_id));
+                let _ = reply.send(admin::requests::resolve_namespace(&shard, namespace_id));
             }
             ShardMsg::Internal(msg) => internal::handle(&shard, msg),
             ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
@@ -151,7 +151,7 @@ async fn shutdown(shard: &Rc<Shard>, builders: Vec<glommio::task::JoinHandle<()>
         let _ = b.await;
     }
     for g in shard.groups.values() {
-        crate::state_machine::close_group(&g.raft, &g.data).await;
+        crate::raft::state_machine::close_group(&g.raft, &g.data).await;
     }
 }
 
@@ -228,7 +228,8 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         Request::CheckIntegrity { namespace_id, vault_id, full_check } => {
             glommio::spawn_local(async move {
                 let result =
-                    crate::maintenance::check_integrity(&group, namespace_id, vault_id, full_check).await;
+                    crate::maintenance::task::check_integrity(&group, namespace_id, vault_id, full_check)
+                        .await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result });
             })
             .detach();
@@ -237,13 +238,13 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
             let config = shard.config.clone();
             glommio::spawn_local(async move {
                 let result =
-                    crate::maintenance::create_snapshot(&group, &config, namespace_id, vault_id).await;
+                    crate::maintenance::task::create_snapshot(&group, &config, namespace_id, vault_id).await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result });
             })
             .detach();
         }
         request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
-            crate::proof_reads::handle(group, request, request_id, reply);
+            crate::read::proof_reads::handle(group, request, request_id, reply);
         }
         request => {
             let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
@@ -286,7 +287,7 @@ async fn slow_read(shard: &Shard, group: &Group, request: &Request) -> Result<Re
     {
         // A pagination pinned below the tip reads the state rebuilt at its height (SPEC §5.7,
         // §8.7), with TTL judged at that block's time (§3.8).
-        let state = crate::history::rebuild(group, scope, height).await?;
+        let state = crate::read::history::rebuild(group, scope, height).await?;
         let block_secs = u64::try_from(state.meta.last_block_ts.secs).unwrap_or(0);
         return reads::list_on(&state, request, key, block_secs);
     }

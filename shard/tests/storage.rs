@@ -7,9 +7,9 @@ use glommio::LocalExecutorBuilder;
 use ledger_core::hash::block_hash;
 use ledger_core::state::{BlockContext, BlockDraft};
 use ledger_core::types::*;
-use ledger_shard::checkpoint::{group_dir, open_group_with, Group, GroupOptions};
-use ledger_shard::group_data::SpeculativeBlock;
-use ledger_shard::state_machine::ApplyResult;
+use ledger_shard::raft::open::{group_dir, open_group_with, Group, GroupOptions};
+use ledger_shard::raft::state_machine::ApplyResult;
+use ledger_shard::round::group_data::SpeculativeBlock;
 use ledger_shard::ShardConfig;
 use redb::{ReadableDatabase, ReadableTable};
 use std::future::Future;
@@ -445,7 +445,7 @@ fn journal_len(cfg: &ShardConfig) -> u64 {
     use redb::ReadableTableMetadata;
     let db = redb::Database::open(group_dir(cfg, GROUP).join("state.redb")).unwrap();
     let txn = db.begin_read().unwrap();
-    txn.open_table(ledger_shard::row_journal::ROW_JOURNAL).unwrap().len().unwrap()
+    txn.open_table(ledger_shard::storage::row_journal::ROW_JOURNAL).unwrap().len().unwrap()
 }
 
 /// Proves the row journal (D18) loses nothing: three checkpoints append records that overwrite and
@@ -559,7 +559,7 @@ fn t08_tampered_journal_record_marks_scope_diverged() {
         }
     });
     edit_state_file(&cfg, |txn| {
-        let mut t = txn.open_table(ledger_shard::row_journal::ROW_JOURNAL).unwrap();
+        let mut t = txn.open_table(ledger_shard::storage::row_journal::ROW_JOURNAL).unwrap();
         let (seq, mut record) = {
             let (seq, bytes) = t.last().unwrap().unwrap();
             (seq.value(), bytes.value().to_vec())

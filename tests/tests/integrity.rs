@@ -266,7 +266,7 @@ fn t02_compacted_retention_keeps_verifiability() {
     let scope = ScopeKey { namespace_id: NamespaceId(ns), vault_id: VaultId(vault) };
     for (snapshot, from, to) in [(&first, 0u64, 120u64), (&second, 121, 150)] {
         let path = PathBuf::from(snapshot["snapshot_path"].as_str().unwrap());
-        let header = ledger_shard::snapshot::read_header(&path).unwrap();
+        let header = ledger_shard::storage::snapshot::read_header(&path).unwrap();
         let summary = header.scope(scope).unwrap();
         assert_eq!(summary.vault_height, to);
         assert_eq!(summary.state_root, headers[to as usize].state_root, "invariant 33");
@@ -334,7 +334,7 @@ fn t03_snapshots_on_block_interval_keep_newest() {
         std::thread::sleep(Duration::from_millis(200));
     };
     for file in &files {
-        let (header, scopes) = ledger_shard::snapshot::load_verified(file).unwrap();
+        let (header, scopes) = ledger_shard::storage::snapshot::load_verified(file).unwrap();
         assert!(header.group_height >= 20, "{}", file.display());
         assert!(scopes.iter().any(|s| s.meta.key.namespace_id.0 == ns));
     }

@@ -25,8 +25,8 @@ use crate::constants::{
     HISTORY_REBUILT_STATES_MAX, HISTORY_RECENT_BYTES_MAX, HISTORY_RECENT_HEIGHTS_MAX,
     HISTORY_RECENT_ROWS_MAX, HISTORY_REPLAY_CHUNK_BLOCKS,
 };
-use crate::group::Group;
-use crate::tree_worker::TreeWorker;
+use crate::round::group::Group;
+use crate::round::tree_worker::TreeWorker;
 use ledger_core::hash::block_hash;
 use ledger_core::smt::SparseMerkleTree;
 use ledger_core::state::{BlockContext, Displaced, EntityRow, ScopeDelta, ScopeState};
@@ -45,7 +45,7 @@ pub fn current_row(scope: &ScopeState, key: &str) -> Option<Row> {
     if let Some(row) = scope.get_entity(key) {
         return Some(row.clone());
     }
-    let relationship = crate::reads::parse_relationship_key(key)?;
+    let relationship = crate::read::reads::parse_relationship_key(key)?;
     let version = scope.get_relationship(&relationship)?;
     Some(EntityRow { value: Vec::new(), expires_at: 0, version })
 }
@@ -260,7 +260,7 @@ impl StateAt<'_> {
 
 /// The header of `scope`'s block at `height` (≤ tip): the ring, genesis, or the archive.
 pub fn header_at(
-    data: &crate::group_data::GroupData,
+    data: &crate::round::group_data::GroupData,
     scope: &ScopeState,
     height: u64,
 ) -> Result<BlockHeader, Status> {
@@ -294,7 +294,7 @@ pub fn unavailable(requested: u64, oldest_available: u64, why: &str) -> Status {
 /// The state at `height` (≤ tip) without waiting: the current state, the ring, or an LRU hit;
 /// `None` when it has to be rebuilt (`rebuild`).
 pub fn resolve<'a>(
-    data: &'a crate::group_data::GroupData,
+    data: &'a crate::round::group_data::GroupData,
     scope: &'a ScopeState,
     height: u64,
 ) -> Option<StateAt<'a>> {
@@ -367,7 +367,7 @@ fn lru_put(group: GroupId, state: Rc<ScopeState>) {
 pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<ScopeState>, Status> {
     let (floor, snapshot, genesis, retention, oldest) = {
         let data = group.data.borrow();
-        let scope = crate::reads::existing_scope(&data, key)?;
+        let scope = crate::read::reads::existing_scope(&data, key)?;
         if let Some(hit) = lru_get(group.id, key, height) {
             return Ok(hit);
         }
@@ -388,8 +388,9 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
     let floor_height = floor.as_ref().map(|f| f.meta.height);
     let from_snapshot = match snapshot {
         Some((path, at)) if floor_height.is_none_or(|f| f < at) => {
-            let loaded =
-                glommio::executor().spawn_blocking(move || crate::snapshot::load_scope(&path, key)).await;
+            let loaded = glommio::executor()
+                .spawn_blocking(move || crate::storage::snapshot::load_scope(&path, key))
+                .await;
             match loaded {
                 Ok(Some(state)) if state.meta.height == at => Some(state),
                 Ok(_) => None,

@@ -22,8 +22,8 @@ use crate::constants::{
     WATCHERS_PER_CORE_MAX, WATCH_CREDIT_POLL_MS, WATCH_REPLAY_CHUNK_BLOCKS, WATCH_REPLAY_STALL_MS_MAX,
     WATCH_SWEEP_MS,
 };
-use crate::group_data::GroupData;
-use crate::reads::readable_scope;
+use crate::read::reads::readable_scope;
+use crate::round::group_data::GroupData;
 use ledger_core::hash::block_hash;
 use ledger_core::types::{BlockAnnouncement, GroupId, NamespaceId, ScopeKey, VaultId};
 use ledger_wire::messages::{Status, StatusCode, StreamEnd, StreamItem, StreamPayload};
@@ -550,7 +550,7 @@ mod tests {
         use ledger_core::state::{BlockContext, ScopeState};
         use ledger_core::types::{RetentionPolicy, Timestamp};
         let ctx = BlockContext { timestamp: Timestamp::default(), leader_id: 1, term: 1, committed_index: 1 };
-        let mut data = GroupData::new(GroupId(1), crate::archive::Archive::in_memory());
+        let mut data = GroupData::new(GroupId(1), crate::storage::archive::Archive::in_memory());
         for vault in [0, 8] {
             let key = ScopeKey::new(NamespaceId(7), Some(VaultId(vault)));
             data.scopes.insert(key, ScopeState::genesis(key, RetentionPolicy::default(), &ctx));

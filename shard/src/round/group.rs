@@ -20,11 +20,11 @@
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
 use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
-use crate::group_data::{GroupData, SpeculativeBlock};
-use crate::idem_cache::IdemCache;
-use crate::msg::ReplySender;
-use crate::tree_worker::{BuiltTree, TreeJob, TreeParent, TreeSlot};
-use crate::type_config::LedgerRaft;
+use crate::raft::type_config::LedgerRaft;
+use crate::reply::ReplySender;
+use crate::round::group_data::{GroupData, SpeculativeBlock};
+use crate::round::idem_cache::IdemCache;
+use crate::round::tree_worker::{BuiltTree, TreeJob, TreeParent, TreeSlot};
 use futures::channel::oneshot;
 use ledger_core::hash::{group_hash, tx_merkle_proof};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SealedDraft, SequenceCheck};
@@ -528,7 +528,7 @@ impl Group {
         &self,
         group_height: u64,
         result: Result<
-            openraft::raft::ClientWriteResponse<crate::type_config::TypeConfig>,
+            openraft::raft::ClientWriteResponse<crate::raft::type_config::TypeConfig>,
             openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, openraft::BasicNode>>,
         >,
         accepted: Vec<Accepted>,
@@ -538,7 +538,7 @@ impl Group {
         let (failure, not_applied) = match result {
             Ok(response) => {
                 let not_applied: Vec<ScopeKey> = match response.data {
-                    crate::state_machine::ApplyResult::Block {
+                    crate::raft::state_machine::ApplyResult::Block {
                         group_height: applied,
                         diverged,
                         skipped,

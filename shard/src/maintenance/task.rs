@@ -8,11 +8,11 @@
 // Errors travel as the wire `Status` (SPEC §4.5), built once at this edge.
 #![allow(clippy::result_large_err)]
 
-use crate::checkpoint::Checkpointer;
 use crate::config::ShardConfig;
 use crate::constants::MAINTENANCE_TICK_MS;
-use crate::group::Group;
-use crate::reads;
+use crate::read::reads;
+use crate::round::group::Group;
+use crate::storage::checkpoint::Checkpointer;
 use ledger_core::types::{NamespaceId, ScopeKey, VaultId};
 use ledger_wire::messages::{Response, Status};
 use std::rc::Rc;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn checkpointer(group: &Group) -> Result<Rc<Checkpointer>, Status> {
-    crate::state_machine::checkpointer_of(group.id)
+    crate::raft::state_machine::checkpointer_of(group.id)
         .ok_or_else(|| Status::unavailable(format!("group {} is not open on this core", group.id)))
 }
 
@@ -35,7 +35,7 @@ pub async fn create_snapshot(
     let key = ScopeKey::new(NamespaceId(namespace_id), vault_id.map(VaultId));
     reads::existing_scope(&group.data.borrow(), key)?;
     let checkpointer = checkpointer(group)?;
-    let entry = crate::snapshot::create(&group.data, &checkpointer, config)
+    let entry = crate::storage::snapshot::create(&group.data, &checkpointer, config)
         .await
         .map_err(|e| Status::internal(format!("snapshot of group {}: {e}", group.id)))?;
     let scope =
@@ -57,7 +57,7 @@ pub async fn check_integrity(
     let key = ScopeKey::new(NamespaceId(namespace_id), vault_id.map(VaultId));
     reads::existing_scope(&group.data.borrow(), key)?;
     let checkpointer = checkpointer(group)?;
-    let issues = crate::integrity::check(&group.data, &checkpointer, key, full_check)
+    let issues = crate::maintenance::integrity::check(&group.data, &checkpointer, key, full_check)
         .await
         .map_err(|e| Status::internal(format!("integrity check of {key}: {e}")))?;
     Ok(Response::CheckIntegrity { healthy: issues.is_empty(), issues })
@@ -84,20 +84,20 @@ pub async fn run(group: Rc<Group>, config: Arc<ShardConfig>) {
         if stopped.get() {
             return;
         }
-        let Some(checkpointer) = crate::state_machine::checkpointer_of(group.id) else { continue };
+        let Some(checkpointer) = crate::raft::state_machine::checkpointer_of(group.id) else { continue };
         let due = {
             let data = group.data.borrow();
             let last = data.snapshots.newest().map(|e| e.header.group_height).unwrap_or(0);
             snapshot_due(&config, data.group_height, last, data.snapshots.last_at.get().elapsed())
         };
         if due {
-            if let Err(e) = crate::snapshot::create(&group.data, &checkpointer, &config).await {
+            if let Err(e) = crate::storage::snapshot::create(&group.data, &checkpointer, &config).await {
                 eprintln!("event=snapshot_failed group={} error={e}", group.id);
             }
         }
         if last_retention.elapsed() >= retention_every {
             last_retention = Instant::now();
-            if let Err(e) = crate::retention::run_pass(&group.data).await {
+            if let Err(e) = crate::maintenance::retention::run_pass(&group.data).await {
                 eprintln!("event=retention_failed group={} error={e}", group.id);
             }
         }

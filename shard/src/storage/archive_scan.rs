@@ -6,9 +6,9 @@
 //! Unlike `Archive`, every failure is reported precisely (missing index row, missing or
 //! undecodable record, entry of another scope) so that an integrity check can name it.
 
-use crate::archive::{GroupBlockRecord, BODIES, GROUP_BLOCKS, VAULT_INDEX};
+use crate::codec::decode;
 use crate::error::ShardError;
-use crate::log_store::decode;
+use crate::storage::archive::{GroupBlockRecord, BODIES, GROUP_BLOCKS, VAULT_INDEX};
 use ledger_core::types::{BlockHeader, ScopeKey, Transaction};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 

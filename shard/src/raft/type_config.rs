@@ -10,12 +10,12 @@ openraft::declare_raft_types!(
     /// Type configuration of every Raft group on this node.
     pub TypeConfig:
         D = ledger_core::types::LogPayload,
-        R = crate::state_machine::ApplyResult,
+        R = crate::raft::state_machine::ApplyResult,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = crate::runtime::GlommioRuntime,
+        AsyncRuntime = crate::raft::runtime::GlommioRuntime,
 );
 
 /// A Raft group handle on its owning core (`!Send` with `singlethreaded`).

@@ -25,15 +25,15 @@
 //! openraft's snapshot (state_machine.rs) is still its own in-memory full copy: a single-voter
 //! group never sends one and `SnapshotPolicy::Never` never builds one (docs/decisions.md D12).
 
-use crate::archive_scan::ArchiveScan;
-use crate::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::codec::{decode, encode};
 use crate::config::ShardConfig;
 use crate::constants::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::error::ShardError;
-use crate::group_data::GroupData;
-use crate::log_store::records::{LogIdRecord, StoredMembershipRecord};
-use crate::log_store::{decode, encode};
-use crate::state_machine::SnapshotRecord;
+use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
+use crate::raft::state_machine::SnapshotRecord;
+use crate::round::group_data::GroupData;
+use crate::storage::archive_scan::ArchiveScan;
+use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
 use ledger_core::hash::{block_hash, chain_commitment, ChainCommitment};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;
@@ -499,7 +499,7 @@ pub async fn create(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::Archive;
+    use crate::storage::archive::Archive;
     use ledger_core::state::{BlockContext, BlockDraft};
     use std::collections::BTreeMap;
 

@@ -1,11 +1,13 @@
 //! The applied, in-memory state of one Raft group on its owning core, shared (`Rc<RefCell<_>>`,
 //! same core only) between the openraft state machine, which is its only writer, and the group's
-//! request handlers, which read it. CONTRACT between the storage layer (state_machine.rs,
-//! archive.rs, checkpoint.rs) and the service layer (group.rs, reads.rs, admin.rs).
+//! request handlers, which read it. CONTRACT between the storage layer (raft/state_machine.rs,
+//! storage/archive.rs, storage/checkpoint.rs) and the service layer (round/group.rs,
+//! read/reads.rs, admin/requests.rs).
 
-use crate::checkpoint::{encode_entity, row_key};
-use crate::row_journal::EntityChanges;
-use crate::type_config::{LogId, StoredMembership};
+use crate::error::GroupFault;
+use crate::raft::type_config::{LogId, StoredMembership};
+use crate::storage::checkpoint::{encode_entity, row_key};
+use crate::storage::row_journal::EntityChanges;
 use ledger_core::state::{ScopeDelta, ScopeState};
 use ledger_core::types::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +38,7 @@ pub struct GroupData {
     /// docs/decisions.md D7).
     pub speculative: std::collections::VecDeque<SpeculativeBlock>,
     /// Block archive (SPEC §9.3): recent blocks not yet flushed plus the blocks.redb reader.
-    pub archive: crate::archive::Archive,
+    pub archive: crate::storage::archive::Archive,
     /// Log id of the last applied entry (`applied_index` is its index) and the membership last
     /// applied: what openraft's `applied_state()` reports. Storage layer only writes these.
     pub applied_log_id: Option<LogId>,
@@ -52,30 +54,16 @@ pub struct GroupData {
     pub on_block_applied: Option<BlockHook>,
     /// Recent per-scope history for historical and verified reads (history.rs); apply records
     /// every scope block in it just before committing the block.
-    pub history: crate::history::History,
+    pub history: crate::read::history::History,
     /// This node's snapshot files of the group (SPEC §9.4; snapshot.rs), loaded at open.
-    pub snapshots: crate::snapshot::SnapshotCatalog,
+    pub snapshots: crate::storage::snapshot::SnapshotCatalog,
     /// The group's state-tree thread (tree_worker.rs): the block builder computes its trees there
     /// and the history drops old versions there. Inline unless the group was opened to serve.
-    pub trees: crate::tree_worker::TreeWorker,
+    pub trees: crate::round::tree_worker::TreeWorker,
     /// Set when applying an entry broke an invariant of the group as a whole (a bug or a
     /// corrupt log entry): from then on nothing more is applied or checkpointed, the group's
     /// requests are answered `Unavailable`, and the node's other groups carry on (SPEC §2 goal 3).
     pub fault: Option<GroupFault>,
-}
-
-/// Why a group stopped applying (see `GroupData::fault`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupFault {
-    /// Log index of the entry whose apply failed.
-    pub at_index: u64,
-    pub reason: String,
-}
-
-impl std::fmt::Display for GroupFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "applying log entry {} failed: {}", self.at_index, self.reason)
-    }
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -129,7 +117,7 @@ impl DirtyRows {
 
 impl GroupData {
     /// An empty group (nothing applied) over `archive`.
-    pub fn new(group_id: GroupId, archive: crate::archive::Archive) -> Self {
+    pub fn new(group_id: GroupId, archive: crate::storage::archive::Archive) -> Self {
         GroupData {
             group_id,
             scopes: BTreeMap::new(),
@@ -143,9 +131,9 @@ impl GroupData {
             dirty: DirtyRows::default(),
             durable_log_id: None,
             on_block_applied: None,
-            history: crate::history::History::default(),
-            snapshots: crate::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
-            trees: crate::tree_worker::TreeWorker::inline(),
+            history: crate::read::history::History::default(),
+            snapshots: crate::storage::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
+            trees: crate::round::tree_worker::TreeWorker::inline(),
             fault: None,
         }
     }

@@ -8,9 +8,9 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
-use crate::group::{now_secs, vault_unavailable, Group};
-use crate::group_data::GroupData;
-use crate::page_token::{height_unavailable, query_hash, PageToken, MSG_INVALID, PAGE_TOKEN_KEY_LEN};
+use crate::read::page_token::{height_unavailable, query_hash, PageToken, MSG_INVALID, PAGE_TOKEN_KEY_LEN};
+use crate::round::group::{now_secs, vault_unavailable, Group};
+use crate::round::group_data::GroupData;
 use ledger_core::constants::{page_size, BATCH_READ_KEYS_MAX, BLOCK_RANGE_MAX};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;

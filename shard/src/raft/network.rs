@@ -3,7 +3,7 @@
 //! cluster work replaces the factory with one that ships messages through the router's peer
 //! connection pool (SPEC §10.9, STYLE "One request, end to end" step 4).
 
-use crate::type_config::{Snapshot, TypeConfig, Vote};
+use crate::raft::type_config::{Snapshot, TypeConfig, Vote};
 use openraft::error::{
     Fatal, InstallSnapshotError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };

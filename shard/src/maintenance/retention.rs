@@ -8,10 +8,10 @@
 //! Every body below S is durable before the deletion: the snapshot at S was taken after a
 //! checkpoint that flushed the archive up to it, and only bodies at or below S are touched.
 
-use crate::archive::BODIES;
-use crate::archive_scan::ArchiveScan;
 use crate::error::ShardError;
-use crate::group_data::GroupData;
+use crate::round::group_data::GroupData;
+use crate::storage::archive::BODIES;
+use crate::storage::archive_scan::ArchiveScan;
 use ledger_core::types::{RetentionMode, RetentionPolicy, ScopeKey};
 use redb::{Database, Durability};
 use std::cell::RefCell;
@@ -105,7 +105,7 @@ pub async fn run_pass(data: &Rc<RefCell<GroupData>>) -> Result<u64, ShardError> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::VAULT_INDEX;
+    use crate::storage::archive::VAULT_INDEX;
     use ledger_core::types::{NamespaceId, VaultId};
 
     fn compacted(retention_blocks: u64) -> RetentionPolicy {

@@ -17,12 +17,12 @@
 //! copied and a checkpoint makes the archive durable up to the tip; everything else runs on a
 //! blocking thread over one redb read transaction. Memory: one header per height (~200 B).
 
-use crate::archive_scan::{ArchiveScan, LocatedHeader};
-use crate::checkpoint::Checkpointer;
 use crate::constants::INTEGRITY_ISSUES_MAX;
 use crate::error::ShardError;
-use crate::group_data::GroupData;
-use crate::snapshot::{self, CatalogEntry, CorruptSnapshot};
+use crate::round::group_data::GroupData;
+use crate::storage::archive_scan::{ArchiveScan, LocatedHeader};
+use crate::storage::checkpoint::Checkpointer;
+use crate::storage::snapshot::{self, CatalogEntry, CorruptSnapshot};
 use ledger_core::hash::{block_hash, chain_commitment, to_hex, tx_hash, tx_merkle_root};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, ScopeState};
 use ledger_core::types::*;
@@ -105,7 +105,7 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
     for height in 1..=tip {
         let located = match &scan {
             Some(scan) => scan.header(key, height)?,
-            None => Err(crate::archive_scan::HeaderFault::NotIndexed),
+            None => Err(crate::storage::archive_scan::HeaderFault::NotIndexed),
         };
         let located = match located {
             Ok(located) => located,
@@ -384,10 +384,10 @@ pub async fn check(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::{Archive, GroupBlockRecord, BODIES, GROUP_BLOCKS, VAULT_INDEX};
-    use crate::log_store::{decode, encode};
-    use crate::state_machine::apply_entry;
-    use crate::type_config::{Entry, LogId};
+    use crate::codec::{decode, encode};
+    use crate::raft::state_machine::apply_entry;
+    use crate::raft::type_config::{Entry, LogId};
+    use crate::storage::archive::{Archive, GroupBlockRecord, BODIES, GROUP_BLOCKS, VAULT_INDEX};
     use openraft::{CommittedLeaderId, EntryPayload};
     use redb::{ReadableDatabase, ReadableTable};
     use std::sync::Arc;

@@ -23,28 +23,23 @@
 //! the state tree are not stored: `ScopeState::from_rows` rebuilds them in memory at open (reads
 //! are served from memory), which keeps a checkpoint's write set to the rows that changed.
 
-use crate::archive::Archive;
-use crate::config::ShardConfig;
+use crate::codec::{decode, encode};
 use crate::constants::{
-    BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN,
-    JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS, JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
-    LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX, STATE_DB_CACHE_BYTES,
+    DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS,
+    JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
 };
 use crate::error::ShardError;
-use crate::group_data::GroupData;
-use crate::log_store::records::{LogIdRecord, StoredMembershipRecord};
-use crate::log_store::{decode, encode, LogStats, LogStore};
-use crate::network::NoPeersFactory;
-use crate::row_journal::{self, JournalMerge, ROW_JOURNAL};
-use crate::state_machine::StateMachine;
-use crate::type_config::{LedgerRaft, LogId, StoredMembership};
+use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
+use crate::raft::type_config::LogId;
+use crate::round::group_data::GroupData;
+use crate::storage::row_journal::{self, JournalMerge, ROW_JOURNAL};
 use ledger_core::state::{EntityRow, ScopeMeta, ScopeState};
 use ledger_core::types::*;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use rkyv::{Archive as RkyvArchive, Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -256,24 +251,9 @@ fn parse_relationship(local: &[u8]) -> Result<Relationship, ShardError> {
     })
 }
 
-/// Opens (creating if missing) a redb file whose page cache holds at most `cache_bytes`.
-pub fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, ShardError> {
-    Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
-}
-
-impl ShardError {
-    /// The file is still held by a previous incarnation of the group in this process.
-    pub fn is_already_open(&self) -> bool {
-        matches!(self, ShardError::Redb { source: redb::Error::DatabaseAlreadyOpen, .. })
-    }
-}
-
 /// Runs `open` until it stops failing with "database already open" (a closing previous
 /// incarnation of the group releases its files shortly), for at most `DB_OPEN_RETRY_MS_MAX`.
-async fn retry_open<T>(mut open: impl FnMut() -> Result<T, ShardError>) -> Result<T, ShardError> {
+pub(crate) async fn retry_open<T>(mut open: impl FnMut() -> Result<T, ShardError>) -> Result<T, ShardError> {
     let deadline = Instant::now() + Duration::from_millis(DB_OPEN_RETRY_MS_MAX);
     loop {
         match open() {
@@ -286,14 +266,14 @@ async fn retry_open<T>(mut open: impl FnMut() -> Result<T, ShardError>) -> Resul
 }
 
 /// Everything `state.redb` holds, read off the executor.
-struct LoadedState {
-    applied: Option<AppliedRecord>,
-    scopes: Vec<ScopeRows>,
+pub(crate) struct LoadedState {
+    pub(crate) applied: Option<AppliedRecord>,
+    pub(crate) scopes: Vec<ScopeRows>,
     /// Rows in the row journal's records.
-    journal_rows: u64,
+    pub(crate) journal_rows: u64,
 }
 
-fn load_state(db: &Database) -> Result<LoadedState, ShardError> {
+pub(crate) fn load_state(db: &Database) -> Result<LoadedState, ShardError> {
     let txn = db.begin_write().map_err(|e| ShardError::redb("state.redb begin_write", e))?;
     {
         for table in [ENTITIES, CLIENT_STATE] {
@@ -381,7 +361,7 @@ pub struct CheckpointBatch {
     scopes: Vec<(i64, Vec<u8>)>,
     applied: Vec<u8>,
     log_id: Option<LogId>,
-    archive: crate::archive::ArchiveFlush,
+    archive: crate::storage::archive::ArchiveFlush,
 }
 
 impl CheckpointBatch {
@@ -392,7 +372,8 @@ impl CheckpointBatch {
             return None;
         }
         let room = data.dirty.entities.len();
-        let dirty = std::mem::replace(&mut data.dirty, crate::group_data::DirtyRows::with_room_for(room));
+        let dirty =
+            std::mem::replace(&mut data.dirty, crate::round::group_data::DirtyRows::with_room_for(room));
         let mut batch = CheckpointBatch {
             full_rewrite: dirty.full_rewrite,
             journal: JournalPlan::Append,
@@ -816,7 +797,11 @@ impl Checkpointer {
     /// Checkpoints every `interval` while something is dirty, until `stop` fires or is dropped.
     /// Checkpoints start `interval` apart (right after each other when one takes longer), so the
     /// durable commit keeps the period SPEC §8.4 asks for whenever the disk allows.
-    async fn run(self: Rc<Self>, interval: Duration, mut stop: futures::channel::oneshot::Receiver<()>) {
+    pub(crate) async fn run(
+        self: Rc<Self>,
+        interval: Duration,
+        mut stop: futures::channel::oneshot::Receiver<()>,
+    ) {
         let mut next = Instant::now() + interval;
         loop {
             let tick = glommio::timer::sleep(next.saturating_duration_since(Instant::now()));
@@ -834,195 +819,4 @@ impl Checkpointer {
             }
         }
     }
-}
-
-/// Knobs of `open_group_with` (tests shorten or disable the periodic checkpoint).
-#[derive(Debug, Clone)]
-pub struct GroupOptions {
-    /// `None`: no periodic checkpoint (only `Group::checkpoint` and `Group::close` write one).
-    pub checkpoint_interval: Option<Duration>,
-}
-
-impl Default for GroupOptions {
-    fn default() -> Self {
-        GroupOptions { checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) }
-    }
-}
-
-/// An open Raft group on its owning core.
-pub struct Group {
-    pub id: GroupId,
-    pub raft: LedgerRaft,
-    pub data: Rc<RefCell<GroupData>>,
-    pub checkpointer: Rc<Checkpointer>,
-    pub log_stats: Arc<LogStats>,
-    pub dir: PathBuf,
-    stop_checkpoints: Option<futures::channel::oneshot::Sender<()>>,
-}
-
-impl Group {
-    /// Durable checkpoint now (e.g. before a snapshot or on request).
-    pub async fn checkpoint(&self) -> Result<bool, ShardError> {
-        self.checkpointer.checkpoint().await
-    }
-
-    /// Clean shutdown: stop Raft, stop the periodic checkpoint, write a final durable checkpoint
-    /// (SPEC §9.6: a clean shutdown leaves nothing to replay).
-    pub async fn close(mut self) -> Result<(), ShardError> {
-        // Checkpoint even if openraft failed to stop cleanly: applied state is still valid.
-        let stopped = self.raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e));
-        if let Some(stop) = self.stop_checkpoints.take() {
-            let _ = stop.send(());
-        }
-        self.checkpointer.checkpoint_merging(true).await?;
-        stopped
-    }
-}
-
-/// `{data_dir}/groups/gNNNNN` (SPEC §9.1).
-pub fn group_dir(config: &ShardConfig, group: GroupId) -> PathBuf {
-    config.data_dir.join("groups").join(format!("g{:05}", group.0))
-}
-
-/// Opens (creating on first use) a Raft group and returns it once this node leads it and has
-/// re-applied the whole committed log (SPEC §9.6): creates the group directory, opens `raft.redb`,
-/// `state.redb` and `blocks.redb`, loads every scope from `state.redb` and hard-checks each
-/// recomputed state root against its `ScopeMeta` and its archived header (mismatch ⇒ the scope is
-/// Diverged, not the node), starts openraft, initializes a never-initialized group with this node
-/// as its single voter (address = `advertise_addr`), waits for leadership and for apply to reach the
-/// end of the log, and starts the periodic checkpoint. Single-node only for now: waiting for
-/// leadership is what a multi-node join will change. Must be called inside the owning glommio
-/// executor (openraft's timers and the checkpointer's blocking I/O live there).
-pub async fn open_group_with(
-    config: &ShardConfig,
-    group: GroupId,
-    options: GroupOptions,
-) -> Result<Group, ShardError> {
-    let dir = group_dir(config, group);
-    std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
-
-    let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
-    let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
-    let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
-    log_store.set_faults(config.faults.clone());
-
-    let loaded = {
-        let db = state_db.clone();
-        glommio::executor().spawn_blocking(move || load_state(&db)).await?
-    };
-    let mut data = GroupData::new(group, Archive::open(blocks_db)?);
-    data.trees = crate::tree_worker::TreeWorker::start(
-        &format!("tree-g{}", group.0),
-        config.helper_hooks,
-        config.tree_thread_min_leaves,
-    );
-    data.history.release_through(data.trees.clone());
-    data.snapshots = {
-        let dir = dir.join("snapshots");
-        let scan_dir = dir.clone();
-        let scan = glommio::executor()
-            .spawn_blocking(move || crate::snapshot::SnapshotCatalog::scan(&scan_dir))
-            .await?;
-        crate::snapshot::SnapshotCatalog::with_files(dir, scan)
-    };
-    if let Some(applied) = loaded.applied {
-        data.applied_log_id = applied.log_id.map(LogId::from);
-        data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
-        data.group_height = applied.group_height;
-        data.last_group_hash = applied.last_group_hash;
-        data.membership = StoredMembership::from(applied.membership);
-        data.durable_log_id = data.applied_log_id;
-    }
-    for rows in loaded.scopes {
-        let mut scope = rows.into_scope();
-        if scope.meta.health == VaultHealth::Healthy && scope.meta.height > 0 {
-            let archived = data.archive.get_header(scope.meta.key, scope.meta.height)?;
-            let archived_root = archived.as_ref().map(|h| h.state_root);
-            if archived_root != Some(scope.meta.state_root) {
-                eprintln!(
-                    "event=state_root_divergence source=archive_check group={} namespace={} vault={} height={}",
-                    group, scope.meta.key.namespace_id, scope.meta.key.vault_id, scope.meta.height
-                );
-                scope.meta.health = VaultHealth::Diverged {
-                    expected: scope.meta.state_root,
-                    computed: archived_root.unwrap_or(ZERO_HASH),
-                    at_height: scope.meta.height,
-                };
-            }
-        }
-        if scope.meta.health != VaultHealth::Healthy {
-            data.dirty.scopes.insert(scope.meta.key);
-        }
-        data.scopes.insert(scope.meta.key, scope);
-    }
-    // The log is durable before anything is applied and never purged past the durable
-    // checkpoint, so a checkpoint ahead of the log means a lost or foreign log file.
-    let log_last = log_store.last_log_id().map(|l| l.index).unwrap_or(0);
-    if data.applied_index > log_last {
-        return Err(ShardError::Corrupt {
-            what: "group state",
-            detail: format!(
-                "state.redb applied index {} is ahead of raft.redb's last index {log_last}",
-                data.applied_index
-            ),
-        });
-    }
-    let data = Rc::new(RefCell::new(data));
-    let checkpointer = Rc::new(Checkpointer::new(data.clone(), state_db, loaded.journal_rows));
-    log_store.set_purge_limit(checkpointer.durable());
-    let log_stats = log_store.stats();
-    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()));
-
-    let raft_config = openraft::Config {
-        cluster_name: format!("ledger-g{:05}", group.0),
-        heartbeat_interval: config.raft_heartbeat_ms,
-        election_timeout_min: config.raft_election_min_ms,
-        election_timeout_max: config.raft_election_max_ms,
-        max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
-        // openraft's snapshots copy the whole group state on the core; with one voter nobody
-        // needs one, and the log is kept whole. The SPEC §9.4 snapshot files are taken by the
-        // group's maintenance task (maintenance.rs, docs/decisions.md D12).
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| ShardError::raft("config", e))?;
-    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), NoPeersFactory, log_store, sm)
-        .await
-        .map_err(|e| ShardError::raft("start", e))?;
-
-    if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
-        let members =
-            BTreeMap::from([(config.node_id, openraft::BasicNode { addr: config.advertise_addr.clone() })]);
-        raft.initialize(members).await.map_err(|e| ShardError::raft("initialize", e))?;
-    }
-    let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
-    // Leader, and the leader's own first entry of its term applied: everything committed before
-    // it has been re-applied (SPEC §8.2 step 1's precondition holds on return).
-    let node_id = config.node_id;
-    let led = raft
-        .wait(wait)
-        .metrics(
-            |m| {
-                m.current_leader == Some(node_id)
-                    && m.last_applied.is_some_and(|a| a.leader_id.term == m.current_term)
-                    && m.last_applied.map(|a| a.index) == m.last_log_index
-            },
-            "single-voter group elects this node and applies its log",
-        )
-        .await;
-    if let Err(e) = led {
-        // Stop openraft's tasks so the group's files are released for a later attempt.
-        let _ = raft.shutdown().await;
-        if let Some(fault) = data.borrow().fault.clone() {
-            return Err(ShardError::GroupFailed { group: group.0, fault });
-        }
-        return Err(ShardError::raft("wait for leadership and apply", e));
-    }
-
-    let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
-    if let Some(interval) = options.checkpoint_interval {
-        glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
-    }
-    Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
 }

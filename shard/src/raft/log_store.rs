@@ -29,11 +29,12 @@
 //! read transaction: MVCC, never waits for the writer; only lagging followers and re-apply after a
 //! restart need them).
 
+use crate::codec::{decode, encode};
 use crate::constants::{
     LOG_CACHE_ENTRIES_MAX, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, RAFT_DB_CACHE_BYTES,
 };
 use crate::error::ShardError;
-use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use futures::channel::oneshot;
 use ledger_core::types::LogPayload;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -56,7 +57,7 @@ const META_LAST_PURGED: &str = "last_purged";
 
 /// rkyv mirrors of openraft's vote, log id and membership types (openraft's serde feature is off).
 pub mod records {
-    use crate::type_config::{LogId, StoredMembership, Vote};
+    use crate::raft::type_config::{LogId, StoredMembership, Vote};
     use openraft::{BasicNode, CommittedLeaderId, LeaderId, Membership};
     use rkyv::{Archive, Deserialize, Serialize};
     use std::collections::{BTreeMap, BTreeSet};
@@ -150,38 +151,6 @@ pub mod records {
 }
 
 use records::{LogIdRecord, MembershipRecord, VoteRecord};
-
-/// Encodes `value` with rkyv.
-pub fn encode<T>(value: &T) -> Vec<u8>
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::BoxedError,
-        >,
-    >,
-{
-    match rkyv::to_bytes::<rkyv::rancor::BoxedError>(value) {
-        Ok(bytes) => bytes.into_vec(),
-        // Serializing owned, in-memory values into a growable buffer has no failure mode short of
-        // allocation failure, which aborts anyway.
-        Err(e) => panic!("rkyv serialization of an in-memory value failed: {e}"),
-    }
-}
-
-/// Decodes rkyv bytes of any alignment (redb values are not aligned: copy into an `AlignedVec`).
-pub fn decode<T>(what: &'static str, bytes: &[u8]) -> Result<T, ShardError>
-where
-    T: rkyv::Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::BoxedError>>,
-{
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::BoxedError>(&aligned)
-        .map_err(|source| ShardError::Codec { what, source })
-}
 
 const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
@@ -459,7 +428,7 @@ impl LogStore {
     /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
     /// the store and every reader clone are dropped (then the file is released).
     pub fn open(path: &Path) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::checkpoint::open_db(path, RAFT_DB_CACHE_BYTES)?);
+        let db = Arc::new(crate::db::open_db(path, RAFT_DB_CACHE_BYTES)?);
         let (vote, committed, last_purged, last_in_log) = {
             let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
             {
@@ -715,9 +684,9 @@ async fn send_and_wait(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::Archive;
-    use crate::group_data::GroupData;
-    use crate::state_machine::StateMachine;
+    use crate::raft::state_machine::StateMachine;
+    use crate::round::group_data::GroupData;
+    use crate::storage::archive::Archive;
     use ledger_core::types::GroupId;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::CommittedLeaderId;

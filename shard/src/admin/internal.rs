@@ -7,8 +7,8 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
-use crate::group::ScopeCommand;
-use crate::reads::{vault_info, TokenKey};
+use crate::read::reads::{vault_info, TokenKey};
+use crate::round::group::ScopeCommand;
 use crate::shard::Shard;
 use futures::channel::oneshot;
 use ledger_core::state::ScopeMeta;
@@ -142,7 +142,7 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     }
 }
 
-fn scope_health(g: &crate::group::Group, scope: ScopeKey) -> Result<ScopeHealthReport, Status> {
+fn scope_health(g: &crate::round::group::Group, scope: ScopeKey) -> Result<ScopeHealthReport, Status> {
     let data = g.data.borrow();
     let s = data.scopes.get(&scope).ok_or_else(|| Status::not_found(format!("scope {scope} not found")))?;
     let mut details =

@@ -9,11 +9,12 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
-use crate::group::{now_ts, PendingTx, ScopeCommand, Waiter};
-use crate::internal::{CoreHealth, InternalMsg};
-use crate::msg::{ReplySender, ShardMsg};
-use crate::page_token::{query_hash, PageToken, MSG_INVALID};
-use crate::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
+use crate::admin::internal::{CoreHealth, InternalMsg};
+use crate::admin::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
+use crate::msg::ShardMsg;
+use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
+use crate::reply::ReplySender;
+use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
 use crate::shard::Shard;
 use crate::ShardError;
 use futures::channel::oneshot;
@@ -75,7 +76,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
     }
 }
 
-fn system_group(shard: &Shard) -> Result<&Rc<crate::group::Group>, Status> {
+fn system_group(shard: &Shard) -> Result<&Rc<crate::round::group::Group>, Status> {
     shard.groups.get(&GroupId(0)).ok_or_else(|| Status::unavailable("group 0 is not on this core"))
 }
 

@@ -8,11 +8,11 @@
 #![allow(clippy::result_large_err)]
 
 use crate::constants::CHAIN_PROOF_HEADERS_MAX;
-use crate::group::{now_secs, Group};
-use crate::group_data::GroupData;
-use crate::history::{self, StateAt};
-use crate::msg::ReplySender;
-use crate::reads;
+use crate::read::history::{self, StateAt};
+use crate::read::reads;
+use crate::reply::ReplySender;
+use crate::round::group::{now_secs, Group};
+use crate::round::group_data::GroupData;
 use ledger_core::constants::KEY_BYTES_MAX;
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;

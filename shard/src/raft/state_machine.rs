@@ -19,11 +19,13 @@
 //! one first writes a durable checkpoint, so openraft's log purge after it can never pass the
 //! durable state. The group config never triggers one on its own (`SnapshotPolicy::Never`).
 
-use crate::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::codec::{decode, encode};
 use crate::error::ShardError;
-use crate::group_data::GroupData;
-use crate::log_store::{decode, encode};
-use crate::type_config::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::raft::type_config::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::round::group_data::GroupData;
+use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
 use ledger_core::hash::{block_hash, group_hash};
 use ledger_core::state::{BlockContext, ScopeDelta, ScopeState};
 use ledger_core::types::*;
@@ -209,8 +211,8 @@ fn apply_scope_entry(
     ctx: &BlockContext,
     expected_hash: Hash,
     speculative: &mut Vec<(ScopeKey, ScopeDelta)>,
-    dirty: &mut crate::group_data::DirtyRows,
-    history: &mut crate::history::History,
+    dirty: &mut crate::round::group_data::DirtyRows,
+    history: &mut crate::read::history::History,
 ) -> Result<(bool, BlockAnnouncement), ledger_core::state::Divergence> {
     let key = scope.meta.key;
     let predicted = speculative
@@ -397,7 +399,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // memory may be half-applied, so it applies and checkpoints nothing more.
                     // openraft stops this group on the error; the node's other groups go on.
                     eprintln!("event=group_apply_failed group={group} index={at_index} reason={reason:?}");
-                    let fault = crate::group_data::GroupFault { at_index, reason };
+                    let fault = crate::error::GroupFault { at_index, reason };
                     data.fault = Some(fault.clone());
                     return Err(write_err(&ShardError::GroupFailed { group, fault }));
                 }
@@ -467,18 +469,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 thread_local! {
     /// Groups opened through `open_group` on this core, so that `close_group` can find their
     /// checkpointer (same thread only; a group never leaves its core).
-    static OPEN_GROUPS: RefCell<std::collections::BTreeMap<GroupId, crate::checkpoint::Group>> =
+    static OPEN_GROUPS: RefCell<std::collections::BTreeMap<GroupId, crate::raft::open::Group>> =
         const { RefCell::new(std::collections::BTreeMap::new()) };
 }
 
-/// Opens a group for the service layer: see `checkpoint::open_group_with` (recovery, leadership,
+/// Opens a group for the service layer: see `open::open_group_with` (recovery, leadership,
 /// periodic checkpoint every `CHECKPOINT_INTERVAL_MS`). Must run inside the owning glommio
 /// executor; close it with `close_group` on the same core.
 pub async fn open_group(
     config: &crate::config::ShardConfig,
     group: GroupId,
-) -> Result<(crate::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
-    let opened = crate::checkpoint::open_group_with(config, group, Default::default()).await?;
+) -> Result<(crate::raft::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
+    let opened = crate::raft::open::open_group_with(config, group, Default::default()).await?;
     let handles = (opened.raft.clone(), opened.data.clone());
     OPEN_GROUPS.with(|groups| groups.borrow_mut().insert(group, opened));
     Ok(handles)
@@ -493,7 +495,7 @@ pub fn checkpointer_of(group: GroupId) -> Option<Rc<Checkpointer>> {
 /// Clean shutdown of a group opened by `open_group`: stops openraft, then writes the final
 /// durable checkpoint. Failures are reported as events (a failed final checkpoint only means
 /// more re-apply at the next start).
-pub async fn close_group(raft: &crate::type_config::LedgerRaft, data: &Rc<RefCell<GroupData>>) {
+pub async fn close_group(raft: &crate::raft::type_config::LedgerRaft, data: &Rc<RefCell<GroupData>>) {
     let id = data.borrow().group_id;
     let opened = OPEN_GROUPS.with(|groups| groups.borrow_mut().remove(&id));
     let result = match opened {
@@ -509,7 +511,7 @@ pub async fn close_group(raft: &crate::type_config::LedgerRaft, data: &Rc<RefCel
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::archive::Archive;
+    use crate::storage::archive::Archive;
     use ledger_core::state::BlockDraft;
     use openraft::CommittedLeaderId;
 

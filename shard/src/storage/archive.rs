@@ -14,9 +14,9 @@
 //! a block whose body row is missing is returned with an empty transaction list. Off-core scans
 //! (snapshots, integrity checks, compaction) read the tables through `archive_scan.rs`.
 
+use crate::codec::{decode, encode};
 use crate::constants::ARCHIVE_RANGE_BLOCKS_MAX;
 use crate::error::ShardError;
-use crate::log_store::{decode, encode};
 use ledger_core::types::{
     Block, BlockHeader, GroupBlock, Hash, ScopeKey, Timestamp, Transaction, VaultEntry,
 };

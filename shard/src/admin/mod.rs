@@ -1,0 +1,7 @@
+//! Node-level work that is not one group's: `requests` (registry and node requests, served by
+//! core 0), `registry` (the `_system` records and their keys) and `internal` (calls between cores
+//! that are not client requests).
+
+pub mod internal;
+pub mod registry;
+pub mod requests;

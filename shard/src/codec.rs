@@ -1,0 +1,37 @@
+//! rkyv encoding of the values the shard keeps in redb: the Raft log and vote (`raft/log_store`),
+//! the checkpoint (`storage/checkpoint`), the archive and snapshots. A shared helper of the
+//! storage layers, so that none of them imports another only for these two functions.
+
+use crate::error::ShardError;
+
+/// Encodes `value` with rkyv.
+pub fn encode<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::BoxedError,
+        >,
+    >,
+{
+    match rkyv::to_bytes::<rkyv::rancor::BoxedError>(value) {
+        Ok(bytes) => bytes.into_vec(),
+        // Serializing owned, in-memory values into a growable buffer has no failure mode short of
+        // allocation failure, which aborts anyway.
+        Err(e) => panic!("rkyv serialization of an in-memory value failed: {e}"),
+    }
+}
+
+/// Decodes rkyv bytes of any alignment (redb values are not aligned: copy into an `AlignedVec`).
+pub fn decode<T>(what: &'static str, bytes: &[u8]) -> Result<T, ShardError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::BoxedError>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rkyv::rancor::BoxedError>(&aligned)
+        .map_err(|source| ShardError::Codec { what, source })
+}
