@@ -1224,6 +1224,20 @@ async fn two_groups(dir: &Path) -> (Node, i64, i64) {
     (node, ids[0], ids[1])
 }
 
+/// Opens a stopped node's redb file, waiting while the node's I/O threads, which end just after
+/// the stop returns, still hold it.
+fn open_when_released(path: &Path) -> redb::Database {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match redb::Database::open(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 async fn restart_two_groups(dir: &Path) -> Node {
     let placement = [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0)), (GroupId(2), CoreId(0))].into();
     start_cores(dir.to_path_buf(), |c| c.groups_per_core = 2, placement).await
@@ -1272,7 +1286,7 @@ fn t22_a_group_with_corrupt_state_does_not_stop_the_node() {
         node.stop().await;
         {
             let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("applied");
-            let db = redb::Database::open(dir.join("groups/g00002/state.redb")).unwrap();
+            let db = open_when_released(&dir.join("groups/g00002/state.redb"));
             let txn = db.begin_write().unwrap();
             txn.open_table(table).unwrap().insert("applied", &b"not an applied record"[..]).unwrap();
             txn.commit().unwrap();
@@ -1299,7 +1313,7 @@ fn t23_a_log_entry_that_breaks_apply_fails_only_its_group() {
         node.stop().await;
         {
             let log: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
-            let db = redb::Database::open(dir.join("groups/g00002/raft.redb")).unwrap();
+            let db = open_when_released(&dir.join("groups/g00002/raft.redb"));
             let txn = db.begin_write().unwrap();
             {
                 let mut table = txn.open_table(log).unwrap();
