@@ -9,15 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ledger_core::types::{Operation, ReadConsistency};
 use ledger_tests::raw::{frame_bytes, hello_frame, RawConn};
 use ledger_tests::scope::{connect, create_scope, set};
 use ledger_tests::{binary, ledger_cli, temp_dir, ServerProcess};
 use ledger_wire::codec::encode_frame_to_vec;
-use ledger_wire::messages::{
-    Ping, Request, RequestBatch, RequestEnvelope, Response, PROTOCOL_VERSION,
-};
+use ledger_wire::messages::{Ping, Request, RequestBatch, RequestEnvelope, Response, PROTOCOL_VERSION};
 use ledger_wire::FrameKind;
-use ledger_core::types::{Operation, ReadConsistency};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 // The row journal of state.redb, as defined in shard/src/row_journal.rs.
@@ -104,12 +102,20 @@ fn seed_fuzz_corpus() {
             ];
             client.write(ns, Some(vault), "seed", i + 1, ops).await.unwrap();
         }
-        client.write(ns, Some(vault), "seed", 13, vec![Operation::DeleteEntity { key: "k03".into() }]).await.unwrap();
+        client
+            .write(ns, Some(vault), "seed", 13, vec![Operation::DeleteEntity { key: "k03".into() }])
+            .await
+            .unwrap();
     });
 
     // Frames, both directions: what a client sends, and each frame the server answers with.
     let requests = vec![
-        Request::Read { namespace_id: ns, vault_id: Some(vault), key: "k01".into(), consistency: ReadConsistency::Linearizable },
+        Request::Read {
+            namespace_id: ns,
+            vault_id: Some(vault),
+            key: "k01".into(),
+            consistency: ReadConsistency::Linearizable,
+        },
         Request::BatchRead {
             namespace_id: ns,
             vault_id: Some(vault),
@@ -164,14 +170,26 @@ fn seed_fuzz_corpus() {
     corpus.with_control("messages", "hello", kind_index(FrameKind::Hello), &hello[16..]);
     let mut page_tokens = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
-        let batch = RequestBatch { items: vec![RequestEnvelope { request_id: i as u64 + 1, deadline_ms: 0, request }] };
+        let batch = RequestBatch {
+            items: vec![RequestEnvelope { request_id: i as u64 + 1, deadline_ms: 0, request }],
+        };
         let bytes = encode_frame_to_vec(FrameKind::RequestBatch, &batch).unwrap();
         conn.send(&bytes).unwrap();
-        corpus.with_control("messages", &format!("request_{i:02}"), kind_index(FrameKind::RequestBatch), &bytes[16..]);
+        corpus.with_control(
+            "messages",
+            &format!("request_{i:02}"),
+            kind_index(FrameKind::RequestBatch),
+            &bytes[16..],
+        );
         client_stream.extend_from_slice(&bytes);
         let reply = conn.next_frame().unwrap();
         assert_eq!(reply.kind(), FrameKind::ResponseBatch);
-        corpus.with_control("messages", &format!("response_{i:02}"), kind_index(reply.kind()), reply.payload.as_slice());
+        corpus.with_control(
+            "messages",
+            &format!("response_{i:02}"),
+            kind_index(reply.kind()),
+            reply.payload.as_slice(),
+        );
         server_stream.extend_from_slice(&frame_bytes(reply.kind(), reply.payload.as_slice()));
         let responses = reply.decode::<ledger_wire::messages::ResponseBatch>().unwrap();
         for item in responses.items {
@@ -225,7 +243,17 @@ fn seed_fuzz_corpus() {
 
     // A snapshot file, as the server wrote it.
     let output = Command::new(binary("ledger-admin"))
-        .args(["--addr", &server.addr, "--format", "json", "snapshot", "--namespace", &ns_s, "--vault", &vault_s])
+        .args([
+            "--addr",
+            &server.addr,
+            "--format",
+            "json",
+            "snapshot",
+            "--namespace",
+            &ns_s,
+            "--vault",
+            &vault_s,
+        ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
