@@ -7,7 +7,9 @@
 //! chosen by the input's first byte, that recomputes the checksum before parsing: the parser
 //! behind it is then reached by every mutation.
 
-use ledger_wire::codec::{access_payload, deserialize, encode_frame_to_vec, FrameDeserializer, FrameSerializer};
+use ledger_wire::codec::{
+    access_payload, deserialize, encode_frame_to_vec, FrameDeserializer, FrameSerializer,
+};
 use ledger_wire::constants::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES_DEFAULT, PAYLOAD_ALIGNMENT};
 use ledger_wire::frame::payload_checksum;
 use ledger_wire::messages::{
@@ -25,9 +27,7 @@ use std::fmt::Debug;
 /// into folders, and only these lines follow it.
 pub mod shard_api {
     pub use ledger_shard::log_store::{decode as rkyv_decode, encode as rkyv_encode};
-    pub use ledger_shard::page_token::{
-        base64url_decode, base64url_encode, PageToken, PAGE_TOKEN_KEY_LEN,
-    };
+    pub use ledger_shard::page_token::{base64url_decode, base64url_encode, PageToken, PAGE_TOKEN_KEY_LEN};
     pub use ledger_shard::row_journal::{
         decode as journal_decode, encode as journal_encode, keep_last_per_key, JournalMerge,
     };
@@ -244,7 +244,8 @@ pub fn journal(data: &[u8]) {
     let mut expected = record.entities.clone();
     keep_last_per_key(&mut expected);
     expected.sort_by(|a, b| a.0.cmp(&b.0));
-    let (entities, _relationships) = JournalMerge::of_changes(record.entities, record.relationships).into_changes();
+    let (entities, _relationships) =
+        JournalMerge::of_changes(record.entities, record.relationships).into_changes();
     assert_eq!(entities, expected);
 }
 

@@ -566,10 +566,8 @@ mod tests {
         let mut last = header(7, ZERO_HASH, [3; 32], EMPTY_HASH);
         last.height = u64::MAX;
         let next = header(0, block_hash(&last), [3; 32], EMPTY_HASH);
-        let blocks = vec![
-            Block { header: last, transactions: vec![] },
-            Block { header: next, transactions: vec![] },
-        ];
+        let blocks =
+            vec![Block { header: last, transactions: vec![] }, Block { header: next, transactions: vec![] }];
         let doc: Value = serde_json::from_str(&blocks_json(4, Some(5), &blocks, 1).to_string()).unwrap();
         let error = verify_document(&doc).unwrap_err();
         assert!(error.contains("not consecutive"), "{error}");
