@@ -156,12 +156,18 @@ fn bytes_from_hex(s: &str, what: &str) -> Result<Vec<u8>, String> {
     if !s.len().is_multiple_of(2) {
         return Err(format!("{what}: odd number of hex digits"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("{what}: not lowercase hex"))
+    // Digits are checked one by one: `u8::from_str_radix` would also take "+f" and "AB", and
+    // the files have one spelling per byte string.
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(high), Some(low)) => Ok(high << 4 | low),
+            _ => Err(format!("{what}: not lowercase hex")),
         })
         .collect()
 }
@@ -390,7 +396,8 @@ fn verify_blocks_document(doc: &Value) -> Result<String, String> {
                 return Err("genesis previous_hash is not ZERO_HASH".into());
             }
             None => {}
-            Some((h, _)) if height != h + 1 => {
+            // `checked_add`: after a block at u64::MAX nothing follows (no wrap to height 0).
+            Some((h, _)) if h.checked_add(1) != Some(height) => {
                 return Err(format!("block {height} follows block {h}: heights are not consecutive"));
             }
             Some((h, previous_hash)) if header.previous_hash != previous_hash => {
@@ -540,5 +547,29 @@ mod tests {
         bad["blocks"][0]["header"]["committed_index"] = json!(77);
         bad["blocks"][0]["block_hash"] = Value::Null;
         assert!(verify_document(&bad).is_err());
+    }
+
+    #[test]
+    fn t90_issue_12_hex_is_lowercase_digits_only() {
+        // Found while writing the verify_json fuzz target: `u8::from_str_radix` took "+f" and
+        // "AB" as hex. Each byte string now has one spelling: lowercase digits only.
+        assert_eq!(bytes_from_hex("00ff9a", "v"), Ok(vec![0, 255, 154]));
+        for bad in ["+f", "FF", "0g", "-1", " 1", "\u{e9}"] {
+            assert!(bytes_from_hex(bad, "v").is_err(), "{bad:?} was taken as hex");
+        }
+    }
+
+    #[test]
+    fn t90_issue_12_no_block_follows_height_u64_max() {
+        // A block range whose heights go u64::MAX, 0 is not consecutive. `h + 1` overflowed
+        // there (a panic in a debug build, a wrap to 0 that passed the check in release).
+        let mut last = header(7, ZERO_HASH, [3; 32], EMPTY_HASH);
+        last.height = u64::MAX;
+        let next = header(0, block_hash(&last), [3; 32], EMPTY_HASH);
+        let blocks =
+            vec![Block { header: last, transactions: vec![] }, Block { header: next, transactions: vec![] }];
+        let doc: Value = serde_json::from_str(&blocks_json(4, Some(5), &blocks, 1).to_string()).unwrap();
+        let error = verify_document(&doc).unwrap_err();
+        assert!(error.contains("not consecutive"), "{error}");
     }
 }
