@@ -23,16 +23,16 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::fmt::Debug;
 
-/// Every `ledger_shard` path the harnesses use, in one place: `shard/src/` is being reorganised
-/// into folders, and only these lines follow it.
+/// Every `ledger_shard` path the harnesses use, in one place, so that a move inside `shard/src/`
+/// changes only these lines.
 pub mod shard_api {
-    pub use ledger_shard::log_store::{decode as rkyv_decode, encode as rkyv_encode};
-    pub use ledger_shard::page_token::{base64url_decode, base64url_encode, PageToken, PAGE_TOKEN_KEY_LEN};
-    pub use ledger_shard::row_journal::{
+    pub use ledger_shard::codec::{decode as rkyv_decode, encode as rkyv_encode};
+    pub use ledger_shard::read::page_token::{base64url_decode, base64url_encode, PageToken, PAGE_TOKEN_KEY_LEN};
+    pub use ledger_shard::storage::row_journal::{
         decode as journal_decode, encode as journal_encode, keep_last_per_key, JournalMerge,
     };
-    pub use ledger_shard::snapshot::{decode_file, verify_scopes, SnapshotHeader};
-    pub use ledger_shard::state_machine::SnapshotRecord;
+    pub use ledger_shard::storage::snapshot::{decode_file, verify_scopes, SnapshotHeader};
+    pub use ledger_shard::raft::state_machine::SnapshotRecord;
 }
 
 use shard_api::*;
