@@ -75,30 +75,17 @@ pub fn node_key(id: u64) -> String {
     format!("node:{id}")
 }
 
-pub fn encode<T>(value: &T) -> Vec<u8>
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
-        >,
-    >,
-{
-    // Serializing an owned record into a growable buffer has no failure mode; an empty value
-    // would fail to decode later and be reported as corrupt rather than panic here.
-    rkyv::to_bytes::<rkyv::rancor::Error>(value).map(|v| v.to_vec()).unwrap_or_default()
-}
+/// Registry records are encoded like every other value the shard stores.
+pub use crate::codec::encode;
 
+/// A registry record, or `None` if its bytes do not decode (reported by the caller as absent).
 pub fn decode<T>(bytes: &[u8]) -> Option<T>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::BoxedError>>,
 {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).ok()
+    crate::codec::decode("registry record", bytes).ok()
 }
 
 /// A counter's next value (SPEC §1.4: i64 LE, missing ⇒ 1).
@@ -113,8 +100,8 @@ pub fn counter(system: &ScopeState, key: &str) -> i64 {
 pub fn record<T>(system: &ScopeState, key: &str) -> Option<T>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::BoxedError>>,
 {
     system.get_entity(key).and_then(|row| decode(&row.value))
 }

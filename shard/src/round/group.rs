@@ -514,7 +514,7 @@ impl Group {
     /// waits for the blocks in flight to drain and then predicts indexes afresh.
     fn abandon_round(&self, status: Status, accepted: Vec<Accepted>) {
         for a in accepted {
-            for w in self.waiters_of(a) {
+            for w in self.waiters_of(a).0 {
                 w.send(Err(status.clone()));
             }
         }
@@ -564,17 +564,15 @@ impl Group {
                     .contains(&a.scope)
                     .then(|| Status::unavailable("block was applied differently than built; retry the write"))
             });
-            let (scope, client_id, sequence, success) =
-                (a.scope, a.client_id.clone(), a.sequence, a.success.clone());
-            let waiters = self.waiters_of(a);
             match failure {
                 Some(status) => {
-                    for w in waiters {
+                    for w in self.waiters_of(a).0 {
                         w.send(Err(status.clone()));
                     }
                 }
                 None => {
-                    cache.insert(scope, &client_id, sequence, success.clone());
+                    cache.insert(a.scope, &a.client_id, a.sequence, a.success.clone());
+                    let (waiters, success) = self.waiters_of(a);
                     for w in waiters {
                         w.send(Ok(WriteResult::Success(success.clone())));
                     }
@@ -585,13 +583,14 @@ impl Group {
 
     /// An answered transaction's waiters: its own and the retries that arrived while it was in
     /// flight. It leaves the in-flight set, so a later retry is judged by committed state.
-    fn waiters_of(&self, accepted: Accepted) -> Vec<Waiter> {
+    /// Also hands back the transaction's success (moved, not copied).
+    fn waiters_of(&self, accepted: Accepted) -> (Vec<Waiter>, WriteSuccess) {
         let key = (accepted.scope, accepted.client_id, accepted.sequence);
         let retries = self.in_flight_txs.borrow_mut().remove(&key);
         assert!(retries.is_some(), "an accepted transaction is in the in-flight set until answered");
         let mut waiters = accepted.waiters;
         waiters.extend(retries.into_iter().flatten());
-        waiters
+        (waiters, accepted.success)
     }
 
     /// The dry run: validates and applies every transaction to its scope's draft (over the
