@@ -192,6 +192,8 @@ impl Session {
                 ),
             ));
         }
+        // Requests on a peer connection were sent on by another node (D30).
+        let peer = hello.role == Role::Peer;
         // Never full: see CONTROL_QUEUE_MAX.
         let _ = control.try_send(Control::HelloAck(HelloAck {
             protocol_version: PROTOCOL_VERSION,
@@ -254,8 +256,23 @@ impl Session {
                             );
                             continue;
                         }
-                        // Open streams count as outstanding requests (SPEC §4.1).
-                        if outstanding.get() + self.streams.len() > self.settings.requests_max_concurrent {
+                        if !peer && matches!(envelope.request, Request::Peer(_)) {
+                            answer(
+                                replies,
+                                envelope.request_id,
+                                Status::new(
+                                    StatusCode::PermissionDenied,
+                                    "peer calls are only accepted on a connection whose Hello says Role::Peer",
+                                ),
+                            );
+                            continue;
+                        }
+                        // Open streams count as outstanding requests (SPEC §4.1). A peer's
+                        // requests are bounded by its own clients' limits and by the cores'
+                        // inboxes, which refuse work when full.
+                        if !peer
+                            && outstanding.get() + self.streams.len() > self.settings.requests_max_concurrent
+                        {
                             answer(
                                 replies,
                                 envelope.request_id,
@@ -270,7 +287,7 @@ impl Session {
                             self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
                             continue;
                         }
-                        dispatcher.dispatch(envelope, replies).await;
+                        dispatcher.dispatch(envelope, replies, peer).await;
                     }
                 }
                 FrameKind::Ping => match frame.decode::<Ping>() {

@@ -25,16 +25,32 @@ impl Dispatcher {
 
     /// Routes and sends `envelope`; every failure is answered on `reply` with a status.
     /// Awaits only the one-time namespace lookup on core 0, never a full inbox.
-    pub async fn dispatch(&self, envelope: RequestEnvelope, reply: &ReplySender) {
+    /// `forwarded`: it came on a peer connection (another node sent it on to this one).
+    pub async fn dispatch(&self, envelope: RequestEnvelope, reply: &ReplySender, forwarded: bool) {
         match target_of(&envelope.request) {
             Target::Admin => {
-                let msg = ShardMsg::Admin { envelope, reply: reply.clone() };
+                let msg = ShardMsg::Admin { envelope, reply: reply.clone(), forwarded };
                 self.send(CoreId(0), msg, reply);
+            }
+            Target::Group(group) => {
+                let group = GroupId(group);
+                match self.context.placement.get(&group).copied() {
+                    Some(core) => {
+                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone(), forwarded: true };
+                        self.send(core, msg, reply);
+                    }
+                    // SPEC §5.6: the sender retries (the group may still be in creation).
+                    None => answer(
+                        reply,
+                        envelope.request_id,
+                        Status::not_found(format!("group {group} is not hosted on this node")),
+                    ),
+                }
             }
             Target::Namespace(namespace_id) => match self.group_of(namespace_id).await {
                 Ok(Some(group)) => match self.context.placement.get(&group).copied() {
                     Some(core) => {
-                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone() };
+                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone(), forwarded };
                         self.send(core, msg, reply);
                     }
                     None => answer(

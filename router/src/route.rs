@@ -9,6 +9,8 @@ pub enum Target {
     Admin,
     /// Handled by the core owning this namespace's group.
     Namespace(i64),
+    /// A peer call for one group (SPEC §5.6), handled by the core owning it.
+    Group(u32),
 }
 
 pub fn target_of(request: &Request) -> Target {
@@ -42,5 +44,6 @@ pub fn target_of(request: &Request) -> Target {
         | ListVaults
         | GetNodeInfo
         | HealthCheck { .. } => Target::Admin,
+        Peer(peer) => Target::Group(peer.group_id()),
     }
 }

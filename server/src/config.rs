@@ -24,9 +24,19 @@ pub struct ConfigLayer {
     /// Data directory (SPEC §9.1).
     #[arg(long, env = "INFERADB__LEDGER__DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Cluster size to wait for before bootstrapping; only 1 (single node) is supported so far.
+    /// Cluster size to wait for before bootstrapping (SPEC §10.2): 1 = a single node; N ≥ 2 =
+    /// wait until N nodes of `--peers` (this one included) answer, then form one cluster.
     #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_EXPECT")]
     pub bootstrap_expect: Option<u32>,
+    /// Addresses of the other nodes, comma-separated (this node's own may be listed too).
+    #[arg(long, env = "INFERADB__LEDGER__PEERS")]
+    pub peers: Option<String>,
+    /// Seconds between discovery rounds while bootstrapping (SPEC §10.2).
+    #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_POLL_SECS")]
+    pub bootstrap_poll_secs: Option<u64>,
+    /// Give up bootstrapping after this many seconds without the expected nodes.
+    #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_TIMEOUT_SECS")]
+    pub bootstrap_timeout_secs: Option<u64>,
     /// Transactions per block at most (SPEC §8.3).
     #[arg(long, env = "INFERADB__LEDGER__BATCH_MAX_SIZE")]
     pub batch_max_size: Option<usize>,
@@ -106,6 +116,9 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     pub data_dir: PathBuf,
     pub bootstrap_expect: u32,
+    pub peers: Vec<String>,
+    pub bootstrap_poll_secs: u64,
+    pub bootstrap_timeout_secs: u64,
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
@@ -175,6 +188,14 @@ impl Config {
             advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
             data_dir: pick!(flags, file, data_dir, PathBuf::from("./ledger-data")),
             bootstrap_expect: pick!(flags, file, bootstrap_expect, 1),
+            peers: pick!(flags, file, peers, String::new())
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
+            bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, 2),
+            bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, 60),
             batch_max_size: pick!(flags, file, batch_max_size, 100),
             batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, 10),
             batch_eager_commit: pick!(flags, file, batch_eager_commit, true),
@@ -208,8 +229,20 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
-        if self.bootstrap_expect != 1 {
-            return invalid("bootstrap_expect", "only single-node mode (1) is implemented so far");
+        if self.bootstrap_expect == 0 {
+            return invalid(
+                "bootstrap_expect",
+                "join mode (0) is not implemented yet: bootstrap the cluster with N >= 1",
+            );
+        }
+        if self.bootstrap_expect > 5 {
+            return invalid("bootstrap_expect", "at most 5 initial voters (SPEC §10.4)");
+        }
+        if self.bootstrap_expect >= 2 && self.peers.is_empty() {
+            return invalid("peers", "bootstrap_expect >= 2 needs the other nodes' addresses in --peers");
+        }
+        if self.bootstrap_poll_secs == 0 || self.bootstrap_timeout_secs == 0 {
+            return invalid("bootstrap_poll_secs", "bootstrap intervals must be at least 1 second");
         }
         if self.batch_max_size == 0 {
             return invalid("batch_max_size", "must be at least 1");

@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 /// Milliseconds of 2024-01-01T00:00:00Z, the Snowflake epoch (SPEC §10.1).
 const SNOWFLAKE_EPOCH_MS: u64 = 1_704_067_200_000;
 const PLACEMENT: TableDefinition<u32, u16> = TableDefinition::new("placement");
+/// The agreed bootstrap plan of a cluster member (`plan` → JSON of [`StoredPlan`]).
+const CLUSTER: TableDefinition<&str, &str> = TableDefinition::new("cluster");
+
+/// `ClusterPlan` as stored in `node.redb`.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlan {
+    pub members: Vec<(u64, String)>,
+    pub initializer: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -86,6 +95,40 @@ impl DataDir {
         let db = self.node_db()?;
         let txn = db.begin_write().map_err(db_err)?;
         {
+            let mut table = txn.open_table(PLACEMENT).map_err(db_err)?;
+            for (group, core) in placement {
+                table.insert(group.0, core.0).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The cluster plan recorded at bootstrap (`None`: a single node, or a fresh one).
+    pub fn load_plan(&self) -> Result<Option<StoredPlan>, DataDirError> {
+        let db = self.node_db()?;
+        let txn = db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(CLUSTER) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let Some(json) = table.get("plan").map_err(db_err)? else { return Ok(None) };
+        serde_json::from_str(json.value()).map(Some).map_err(|e| DataDirError::Db(format!("cluster plan: {e}")))
+    }
+
+    /// Records the plan together with the placement it led to, in one durable transaction, so a
+    /// node with groups always knows its cluster.
+    pub fn store_plan(
+        &self,
+        plan: &StoredPlan,
+        placement: &BTreeMap<GroupId, CoreId>,
+    ) -> Result<(), DataDirError> {
+        let json = serde_json::to_string(plan).map_err(|e| DataDirError::Db(format!("cluster plan: {e}")))?;
+        let db = self.node_db()?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(CLUSTER).map_err(db_err)?;
+            table.insert("plan", json.as_str()).map_err(db_err)?;
             let mut table = txn.open_table(PLACEMENT).map_err(db_err)?;
             for (group, core) in placement {
                 table.insert(group.0, core.0).map_err(db_err)?;

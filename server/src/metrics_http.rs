@@ -57,7 +57,7 @@ fn node_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String,
         deadline_ms: 0,
         request: Request::HealthCheck { namespace_id: None, vault_id: None },
     };
-    if core0.try_send(ShardMsg::Admin { envelope, reply }).is_err() {
+    if core0.try_send(ShardMsg::Admin { envelope, reply, forwarded: false }).is_err() {
         return ("unavailable", vec![("core_0".into(), "inbox full or closed".into())]);
     }
     match replies.recv_timeout(HEALTH_TIMEOUT) {

@@ -4,13 +4,14 @@
 //! SIGINT/SIGTERM, then shut the shards down (each checkpoints durably) and release the lock.
 
 use crate::config::Config;
-use crate::data_dir::{DataDir, DataDirError};
+use crate::data_dir::{DataDir, DataDirError, StoredPlan};
 use crate::metrics_http;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_router::constants::LISTEN_IN_USE_WAIT;
 use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, RouterSettings};
-use ledger_shard::config::HelperHooks;
+use ledger_shard::config::{ClusterPlan, HelperHooks};
+use std::collections::BTreeMap;
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub enum NodeError {
     StartTimeout(usize),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
 }
@@ -50,21 +53,55 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     // The address is claimed before any work on the groups, so that a second server on it stops
     // here (D26); clients are refused, not queued, until the listen below.
     let socket = ListenSocket::claim(&config.listen_addr, LISTEN_IN_USE_WAIT)?;
+    let listen_addr = socket.local_addr();
+    let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| listen_addr.to_string());
     let previous = dir.load_placement()?;
-    let groups: Vec<GroupId> = if previous.is_empty() {
-        ledger_router::placement::initial_groups(config.cores, config.groups_per_core)
+    let mut plan = dir.load_plan()?;
+    // A fresh node of a coordinated bootstrap listens early: it must answer discovery while it
+    // waits for the others (SPEC §10.2). A node with groups just restarts.
+    let mut socket = Some(socket);
+    let mut early_listeners = None;
+    let placement = if previous.is_empty() && config.bootstrap_expect >= 2 {
+        let listeners = socket.take().ok_or(NodeError::ShardStart(0))?.listen(config.cores)?;
+        let me = crate::bootstrap::NodeAnswer {
+            node_id: dir.node_id,
+            address: advertise_addr.clone(),
+            cores: config.cores as u16,
+        };
+        let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
+        let agreed = crate::bootstrap::coordinate(first, &config, me)?;
+        let groups =
+            ledger_router::placement::initial_groups(agreed.initializer_cores as usize, config.groups_per_core);
+        let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
+        let stored = StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
+        dir.store_plan(&stored, &placement)?;
+        eprintln!(
+            "event=cluster_bootstrapped members={:?} initializer={} data_groups={}",
+            stored.members,
+            stored.initializer,
+            groups.len().saturating_sub(1)
+        );
+        plan = Some(stored);
+        early_listeners = Some(listeners);
+        placement
     } else {
-        previous.keys().copied().collect()
+        let groups: Vec<GroupId> = if previous.is_empty() {
+            ledger_router::placement::initial_groups(config.cores, config.groups_per_core)
+        } else {
+            previous.keys().copied().collect()
+        };
+        let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
+        if placement != previous {
+            dir.store_placement(&placement)?;
+        }
+        placement
     };
-    let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
-    if placement != previous {
-        dir.store_placement(&placement)?;
-    }
     let placement = Arc::new(placement);
+    let cluster = plan.map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
 
     let shard_config = Arc::new(ShardConfig {
         node_id: dir.node_id,
-        advertise_addr: config.advertise_addr.clone().unwrap_or_else(|| config.listen_addr.clone()),
+        advertise_addr: advertise_addr.clone(),
         data_dir: dir.root.clone(),
         batch_max_size: config.batch_max_size,
         batch_max_delay_ms: config.batch_max_delay_ms,
@@ -83,6 +120,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         helper_hooks,
         tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,
         faults: Default::default(),
+        max_frame_bytes: config.max_frame_bytes,
+        cluster,
+        forward_timeout: Duration::from_secs(config.requests_timeout_secs),
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,
@@ -165,8 +205,12 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     }
 
     // Every core accepts from its own handle of the one socket (D26).
-    let listen_addr = socket.local_addr();
-    for (index, (control, listener)) in controls.iter().zip(socket.listen(controls.len())?).enumerate() {
+    let listeners = match (early_listeners, socket) {
+        (Some(listeners), _) => listeners,
+        (None, Some(socket)) => socket.listen(controls.len())?,
+        (None, None) => return Err(NodeError::ShardStart(0)),
+    };
+    for (index, (control, listener)) in controls.iter().zip(listeners).enumerate() {
         control.send(ListenerControl::Listen(listener)).map_err(|_| NodeError::ShardStart(index))?;
     }
 

@@ -38,6 +38,23 @@ pub struct ShardConfig {
     pub tree_thread_min_leaves: u64,
     /// Fault-injection points (faults.rs); none armed outside tests.
     pub faults: std::sync::Arc<crate::faults::Faults>,
+    /// The largest frame this node sends or accepts, peers included (`max_frame_bytes`).
+    pub max_frame_bytes: u32,
+    /// The cluster this node was bootstrapped into; `None`: a single node that initializes its
+    /// groups alone (`bootstrap_expect = 1`).
+    pub cluster: Option<ClusterPlan>,
+    /// How long a request forwarded to a group's leader may take, finding the leader included.
+    pub forward_timeout: std::time::Duration,
+}
+
+/// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPlan {
+    /// Every initial member: node id → the address peers reach it at.
+    pub members: std::collections::BTreeMap<u64, String>,
+    /// The member with the lowest id initializes every group with all members as voters; the
+    /// others wait for its leader to reach them.
+    pub initializer: u64,
 }
 
 /// Functions a helper thread calls when it starts and just before it ends.
@@ -70,6 +87,9 @@ impl ShardConfig {
             helper_hooks: HelperHooks::default(),
             tree_thread_min_leaves: 0,
             faults: Default::default(),
+            max_frame_bytes: 16 * 1024 * 1024,
+            cluster: None,
+            forward_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

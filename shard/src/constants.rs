@@ -116,3 +116,18 @@ pub const TREE_THREAD_MIN_LEAVES: u64 = 65_536;
 /// core, same result), so the memory waiting to be freed stays bounded (at 1 M keys a 100-key
 /// block's version holds ~160 KB of nodes of its own: ~40 MB at most).
 pub const TREE_RELEASES_QUEUED_MAX: usize = 256;
+
+// --- peers (peer/): outbound connections, forwarding, snapshots over the wire
+/// Envelopes packed into one peer `RequestBatch` frame at most (also bounded by the peer's
+/// `max_batch_items` and the frame size).
+pub const PEER_BATCH_ITEMS_MAX: usize = 1024;
+/// How long a connect to a peer may take before it counts as unreachable.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// After a failed connect, calls to that peer fail at once for this long (openraft backs off too).
+pub const PEER_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// Nodes a request is sent to when looking for its group's leader (SPEC §8.1 step 3: 3 hops).
+pub const FORWARD_ATTEMPTS_MAX: usize = 3;
+/// Bytes of a snapshot per `InstallSnapshot` chunk (SPEC §5.6 item 43).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// How often core 0 of a cluster member checks whether it leads `_system` (registry_keeper).
+pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;

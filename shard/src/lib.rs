@@ -19,6 +19,7 @@ pub mod helper_threads;
 pub mod isolation;
 pub mod maintenance;
 pub mod msg;
+pub mod peer;
 pub mod raft;
 pub mod read;
 pub mod reply;

@@ -7,10 +7,12 @@ use ledger_wire::messages::RequestEnvelope;
 
 pub enum ShardMsg {
     /// A request for a group owned by this core (reads, writes, scope admin like GetVault).
-    Group { group: GroupId, envelope: RequestEnvelope, reply: ReplySender },
+    /// `forwarded`: it came from another node, which found this one the group's leader; it is
+    /// answered here, never forwarded again (peer/forward.rs).
+    Group { group: GroupId, envelope: RequestEnvelope, reply: ReplySender, forwarded: bool },
     /// Node-level and registry requests (namespace/vault lifecycle, ListVaults, GetNodeInfo,
     /// HealthCheck); the router sends them to core 0, which owns group 0.
-    Admin { envelope: RequestEnvelope, reply: ReplySender },
+    Admin { envelope: RequestEnvelope, reply: ReplySender, forwarded: bool },
     /// Router → core 0: which group hosts this namespace? `None` = unknown or deleted.
     ResolveNamespace { namespace_id: i64, reply: futures::channel::oneshot::Sender<Option<GroupId>> },
     /// Core → core calls that are not client requests (scope creation in a data group, ListVaults

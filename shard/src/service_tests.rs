@@ -128,11 +128,11 @@ impl Node {
         let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
         match namespace {
             None => {
-                self.inbox.send_async(ShardMsg::Admin { envelope, reply: self.reply.clone() }).await.unwrap()
+                self.inbox.send_async(ShardMsg::Admin { envelope, reply: self.reply.clone(), forwarded: false }).await.unwrap()
             }
             Some(ns) => match self.resolve(ns).await {
                 Some(group) => {
-                    let msg = ShardMsg::Group { group, envelope, reply: self.reply.clone() };
+                    let msg = ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false };
                     self.core_of(group).send_async(msg).await.unwrap();
                 }
                 None => return Err(Status::not_found("namespace not found (router)")),
@@ -156,7 +156,7 @@ impl Node {
             self.next_id.set(request_id + 1);
             let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
             self.core_of(group)
-                .try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone() })
+                .try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false })
                 .unwrap();
             ids.push(request_id);
         }
@@ -1155,7 +1155,7 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
         let send = |request_id: u64, request: Request| {
             let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
             node.core_of(group)
-                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone() })
+                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone(), forwarded: false })
                 .unwrap();
         };
         send(1001, write());

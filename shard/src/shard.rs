@@ -10,6 +10,8 @@
 
 use crate::admin;
 use crate::admin::internal::{self, InternalMsg};
+use crate::peer::forward::{self, Forwarded};
+use crate::peer::pool::PeerPool;
 use crate::read::reads::{self, TokenKey};
 use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
 use crate::round::idem_cache::IdemCache;
@@ -55,6 +57,8 @@ pub struct Shard {
     /// Groups of this core that could not be opened, with why: their requests are answered
     /// `Unavailable` and the node's health names them.
     pub failed: BTreeMap<GroupId, String>,
+    /// This core's connections to the other nodes (raft calls and forwarded requests).
+    pub peers: Rc<PeerPool>,
 }
 
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
@@ -66,8 +70,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let mut builders = Vec::new();
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let mut failed = BTreeMap::new();
+    let peers = PeerPool::new(config.node_id, config.max_frame_bytes);
     for id in owned {
-        let (raft, data) = match crate::raft::state_machine::open_group(&config, id).await {
+        let (raft, data) = match crate::raft::state_machine::open_group(&config, id, peers.clone()).await {
             Ok(opened) => opened,
             // `_system` routes every request: the node cannot serve without it.
             Err(e) if id == GroupId(0) => return Err(e),
@@ -97,9 +102,14 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         admin_lock: futures::lock::Mutex::new(()),
         watches,
         failed,
+        peers,
     });
     glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
-    if core.0 == 0 {
+    if core.0 == 0 && shard.config.cluster.is_some() {
+        // Leadership of `_system` comes later and moves: whoever holds it keeps the registry's
+        // bootstrap records and scopes in order (admin/requests.rs).
+        glommio::spawn_local(admin::requests::registry_keeper(shard.clone())).detach();
+    } else if core.0 == 0 {
         admin::requests::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {
             for (i, other) in shard.cores.iter().enumerate() {
@@ -110,7 +120,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         }
     }
     let _ = ready.send(());
-    if core.0 == 0 && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader()) {
+    if core.0 == 0 && shard.config.cluster.is_none() && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader()) {
         glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
     }
     loop {
@@ -120,12 +130,14 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             return Ok(());
         };
         match msg {
-            ShardMsg::Group { group, envelope, reply } => on_group_request(&shard, group, envelope, reply),
-            ShardMsg::Admin { envelope, reply } => {
-                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply)).detach();
+            ShardMsg::Group { group, envelope, reply, forwarded } => {
+                on_group_request(&shard, group, envelope, reply, forwarded)
+            }
+            ShardMsg::Admin { envelope, reply, forwarded } => {
+                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply, forwarded)).detach();
             }
             ShardMsg::ResolveNamespace { namespace_id, reply } => {
-                let _ = reply.send(admin::requests::resolve_namespace(&shard, namespace_id));
+                admin::requests::resolve_namespace_for(&shard, namespace_id, reply);
             }
             ShardMsg::Internal(msg) => internal::handle(&shard, msg),
             ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
@@ -175,7 +187,26 @@ pub fn group_failure(shard: &Shard, group_id: GroupId) -> Option<Status> {
     Some(Status::unavailable(format!("group {group_id} on this node has failed and is stopped: {reason}")))
 }
 
-fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvelope, reply: ReplySender) {
+/// Whether answering `request` here takes the group's leader (SPEC §8.1 step 3, §8.6).
+fn needs_leader(request: &Request) -> bool {
+    match request {
+        Request::Write { .. } | Request::BatchWrite { .. } => true,
+        Request::VerifiedRead { consistency, at_height, .. } => {
+            at_height.unwrap_or(0) == 0
+                && consistency.unwrap_or(ledger_core::types::ReadConsistency::Linearizable)
+                    == ledger_core::types::ReadConsistency::Linearizable
+        }
+        other => reads::needs_linearizable(other),
+    }
+}
+
+fn on_group_request(
+    shard: &Rc<Shard>,
+    group_id: GroupId,
+    envelope: RequestEnvelope,
+    reply: ReplySender,
+    forwarded: bool,
+) {
     let request_id = envelope.request_id;
     if let Some(status) = group_failure(shard, group_id) {
         reply_err(&reply, request_id, status);
@@ -189,6 +220,24 @@ fn on_group_request(shard: &Rc<Shard>, group_id: GroupId, envelope: RequestEnvel
         );
         return;
     };
+    if let Request::Peer(peer) = envelope.request {
+        crate::peer::serve::handle(group, peer, request_id, reply);
+        return;
+    }
+    if !forwarded && needs_leader(&envelope.request) && !group.is_leader() && group.stopped().is_none() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let timeout = shard.config.forward_timeout;
+            match forward::to_leader(&shard.peers, &group, envelope.request.clone(), timeout).await {
+                Forwarded::Answer(result) => {
+                    let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                }
+                Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true),
+            }
+        })
+        .detach();
+        return;
+    }
     match envelope.request {
         Request::Write { namespace_id, vault_id, client_id, sequence, operations, include_tx_proof } => {
             let sizes = vec![operations.len()];

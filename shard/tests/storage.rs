@@ -27,7 +27,7 @@ fn config(dir: &Path) -> ShardConfig {
 }
 
 fn no_periodic() -> GroupOptions {
-    GroupOptions { checkpoint_interval: None }
+    GroupOptions { checkpoint_interval: None, peers: None }
 }
 
 fn scope(vault: i64) -> ScopeKey {

@@ -255,5 +255,6 @@ pub fn run_server_to_exit_on(
     )
 }
 
+pub mod linearizability;
 pub mod raw;
 pub mod scope;

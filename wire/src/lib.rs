@@ -8,6 +8,7 @@ pub mod constants;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod peer;
 
 #[cfg(test)]
 mod proptests;

@@ -296,6 +296,8 @@ pub enum Request {
         include_chain_proof: bool,
         trusted_height: Option<u64>,
     },
+    // --- peer role only (§5.6): refused on client connections
+    Peer(crate::peer::PeerRequest),
 }
 
 impl Request {
@@ -329,6 +331,7 @@ impl Request {
             Request::CancelStream { .. } => "cancel_stream",
             Request::VerifiedRead { .. } => "verified_read",
             Request::HistoricalRead { .. } => "historical_read",
+            Request::Peer(peer) => peer.op_name(),
         }
     }
 }
@@ -507,6 +510,8 @@ pub enum Response {
         address: String,
         is_cluster_member: bool,
         term: u64,
+        /// Cores of the node: the bootstrapping node's count sets the initial data groups.
+        cores: u16,
     },
     HealthCheck {
         status: HealthStatus,
@@ -542,6 +547,7 @@ pub enum Response {
         state_proof: Option<StateProof>,
         chain_proof: Option<ChainProof>,
     },
+    Peer(crate::peer::PeerResponse),
 }
 
 // ---------------------------------------------------------------------------------------------

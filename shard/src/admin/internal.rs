@@ -11,9 +11,10 @@ use crate::read::reads::{vault_info, TokenKey};
 use crate::round::group::ScopeCommand;
 use crate::shard::Shard;
 use futures::channel::oneshot;
-use ledger_core::state::ScopeMeta;
-use ledger_core::types::{GroupId, ScopeKey, VaultHealth, VaultStatus};
-use ledger_wire::messages::{HealthStatus, Status, VaultInfo};
+use crate::peer::forward::{self, Forwarded};
+use ledger_core::types::{BlockHeader, GroupId, ScopeKey, VaultHealth, VaultStatus};
+use ledger_wire::messages::{HealthStatus, Request, Response, Status, VaultInfo};
+use ledger_wire::peer::{PeerRequest, PeerResponse, WireScopeCommand};
 use std::rc::Rc;
 
 /// What one core reports for the node-level health check (SPEC §11.5).
@@ -31,7 +32,8 @@ pub type ScopeHealthReport = (HealthStatus, String, Vec<(String, String)>);
 pub enum InternalMsg {
     /// Propose a scope lifecycle command in a group this core owns; the reply carries the
     /// scope's metadata once the entry is applied.
-    ScopeCommand { group: GroupId, command: ScopeCommand, reply: oneshot::Sender<Result<ScopeMeta, Status>> },
+    /// If this node does not lead the group, its leader proposes it (peer/forward.rs).
+    ScopeCommand { group: GroupId, command: ScopeCommand, reply: oneshot::Sender<Result<BlockHeader, Status>> },
     /// Describe one scope of a group this core owns.
     ScopeInfo { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<VaultInfo, Status>> },
     /// Every vault (not namespace scopes) of this core's groups.
@@ -54,8 +56,9 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         InternalMsg::ScopeCommand { group, command, reply } => match shard.groups.get(&group) {
             Some(g) => {
                 let g = g.clone();
+                let shard = shard.clone();
                 glommio::spawn_local(async move {
-                    let _ = reply.send(g.scope_command(command).await);
+                    let _ = reply.send(scope_command_at_leader(&shard, &g, command).await);
                 })
                 .detach();
             }
@@ -139,6 +142,30 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         InternalMsg::GetPageTokenKey { reply } => {
             let _ = reply.send(shard.token_key.get());
         }
+    }
+}
+
+/// Proposes a scope command here if this node leads the group, else on its leader.
+async fn scope_command_at_leader(
+    shard: &Shard,
+    group: &crate::round::group::Group,
+    command: ScopeCommand,
+) -> Result<BlockHeader, Status> {
+    if shard.config.cluster.is_none() || group.is_leader() {
+        return group.scope_command(command).await.map(|meta| meta.genesis);
+    }
+    let wire = match &command {
+        ScopeCommand::Create { scope, retention } => {
+            WireScopeCommand::Create { scope: *scope, retention: *retention }
+        }
+        ScopeCommand::SetStatus { scope, status } => WireScopeCommand::SetStatus { scope: *scope, status: *status },
+    };
+    let request = Request::Peer(PeerRequest::ScopeCommand { group_id: group.id.0, command: wire });
+    match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await {
+        Forwarded::Answer(Ok(Response::Peer(PeerResponse::ScopeCommand { genesis }))) => Ok(genesis),
+        Forwarded::Answer(Ok(_)) => Err(Status::internal("the group leader answered a scope command oddly")),
+        Forwarded::Answer(Err(status)) => Err(status),
+        Forwarded::Local => group.scope_command(command).await.map(|meta| meta.genesis),
     }
 }
 

@@ -15,11 +15,12 @@ use crate::msg::ShardMsg;
 use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
 use crate::reply::ReplySender;
 use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
+use crate::peer::forward::{self, Forwarded};
 use crate::shard::Shard;
 use crate::ShardError;
 use futures::channel::oneshot;
 use ledger_core::constants::page_size;
-use ledger_core::state::{ScopeMeta, ScopeState};
+use ledger_core::state::ScopeState;
 use ledger_core::types::*;
 use ledger_wire::messages::{
     HealthStatus, NamespaceInfo, NamespaceSelector, Request, RequestEnvelope, Response, ResponseEnvelope,
@@ -40,9 +41,37 @@ fn status(code: StatusCode, message: impl Into<String>) -> Status {
 }
 
 /// Answers one `ShardMsg::Admin` (spawned by the inbox loop; may await).
-pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySender) {
-    let result = answer(&shard, envelope.request).await;
+pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySender, forwarded: bool) {
+    let result = if !forwarded && changes_registry(&envelope.request) && !system_leader(&shard) {
+        // Registry changes are `_system` transactions: its leader makes them (SPEC §8.1).
+        match system_group(&shard) {
+            Ok(group) => {
+                let timeout = shard.config.forward_timeout;
+                match forward::to_leader(&shard.peers, group, envelope.request.clone(), timeout).await {
+                    Forwarded::Answer(result) => result,
+                    Forwarded::Local => answer(&shard, envelope.request).await,
+                }
+            }
+            Err(status) => Err(status),
+        }
+    } else {
+        answer(&shard, envelope.request).await
+    };
     let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result });
+}
+
+fn changes_registry(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::CreateNamespace { .. }
+            | Request::DeleteNamespace { .. }
+            | Request::CreateVault { .. }
+            | Request::DeleteVault { .. }
+    )
+}
+
+fn system_leader(shard: &Shard) -> bool {
+    shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader())
 }
 
 async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status> {
@@ -132,7 +161,7 @@ async fn send_to_owner(shard: &Shard, group: GroupId, msg: InternalMsg) -> Resul
     inbox.send_async(ShardMsg::Internal(msg)).await.map_err(|_| Status::unavailable("node is shutting down"))
 }
 
-async fn scope_command(shard: &Shard, group: GroupId, command: ScopeCommand) -> Result<ScopeMeta, Status> {
+async fn scope_command(shard: &Shard, group: GroupId, command: ScopeCommand) -> Result<BlockHeader, Status> {
     let (tx, rx) = oneshot::channel();
     send_to_owner(shard, group, InternalMsg::ScopeCommand { group, command, reply: tx }).await?;
     rx.await.map_err(|_| Status::unavailable("scope command dropped"))?
@@ -161,6 +190,36 @@ fn namespace_group(shard: &Shard, namespace_id: i64) -> Result<GroupId, Status> 
 /// `ShardMsg::ResolveNamespace`: the group of a live namespace, from the committed registry.
 pub fn resolve_namespace(shard: &Shard, namespace_id: i64) -> Option<GroupId> {
     namespace_group(shard, namespace_id).ok()
+}
+
+/// Answers a `ResolveNamespace`. A replica that does not lead `_system` may not have applied a
+/// namespace its leader just created: on a miss it asks the leader (SPEC §10.4: voter reads are
+/// authoritative) before saying "unknown".
+pub fn resolve_namespace_for(
+    shard: &Rc<Shard>,
+    namespace_id: i64,
+    reply: oneshot::Sender<Option<GroupId>>,
+) {
+    let local = resolve_namespace(shard, namespace_id);
+    if local.is_some() || shard.config.cluster.is_none() || system_leader(shard) {
+        let _ = reply.send(local);
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let Ok(group) = system_group(&shard) else {
+            let _ = reply.send(None);
+            return;
+        };
+        let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
+        let found = match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await {
+            Forwarded::Answer(Ok(Response::GetNamespace(info))) => Some(GroupId(info.group_id)),
+            Forwarded::Local => resolve_namespace(&shard, namespace_id),
+            Forwarded::Answer(_) => None,
+        };
+        let _ = reply.send(found);
+    })
+    .detach();
 }
 
 fn group_record(system: &ScopeState, group: u32) -> Option<GroupRecord> {
@@ -366,9 +425,9 @@ async fn create_vault(
     ];
     system_tx_ok(shard, ops).await?;
     let scope = ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(id) };
-    let meta =
+    let genesis =
         scope_command(shard, GroupId(record.group_id), ScopeCommand::Create { scope, retention }).await?;
-    Ok(Response::CreateVault { vault_id: id, genesis: meta.genesis })
+    Ok(Response::CreateVault { vault_id: id, genesis })
 }
 
 async fn delete_vault(shard: &Shard, namespace_id: i64, vault_id: i64) -> Result<Response, Status> {
@@ -447,6 +506,7 @@ fn node_info(shard: &Shard) -> Response {
         address: shard.config.advertise_addr.clone(),
         is_cluster_member,
         term,
+        cores: shard.cores.len() as u16,
     }
 }
 
@@ -492,6 +552,11 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
             .await
             .map_err(|s| fail("creating _system", s))?;
     }
+    // Every initial member (SPEC §10.2), or this node alone.
+    let members: std::collections::BTreeMap<u64, String> = match &shard.config.cluster {
+        Some(plan) => plan.members.clone(),
+        None => [(shard.config.node_id, shard.config.advertise_addr.clone())].into(),
+    };
     let ops = with_system(shard, |s| {
         let mut ops = Vec::new();
         if s.get_entity(reg::KEY_PAGE_TOKEN).is_none() {
@@ -505,7 +570,7 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
             }
             let rec = GroupRecord {
                 group_id: g.0,
-                members: vec![shard.config.node_id],
+                members: members.keys().copied().collect(),
                 core_hint: core.0,
                 namespaces: 0,
                 vaults: 0,
@@ -515,9 +580,11 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
         if reg::counter(s, reg::KEY_SEQ_GROUP) <= i64::from(max_group) {
             ops.push(reg::set_counter(reg::KEY_SEQ_GROUP, i64::from(max_group) + 1));
         }
-        let node = NodeRecord { node_id: shard.config.node_id, address: shard.config.advertise_addr.clone() };
-        if reg::record::<NodeRecord>(s, &reg::node_key(node.node_id)).as_ref() != Some(&node) {
-            ops.push(reg::set(reg::node_key(node.node_id), reg::encode(&node)));
+        for (&node_id, address) in &members {
+            let node = NodeRecord { node_id, address: address.clone() };
+            if reg::record::<NodeRecord>(s, &reg::node_key(node.node_id)).as_ref() != Some(&node) {
+                ops.push(reg::set(reg::node_key(node.node_id), reg::encode(&node)));
+            }
         }
         ops
     })
@@ -578,5 +645,46 @@ pub async fn reconcile(shard: Rc<Shard>) {
                 eprintln!("event=reconcile_failed scope={scope} action=set_status error={e}");
             }
         }
+    }
+}
+
+/// Core 0 of a cluster member, for the node's life: whenever this node leads `_system` in a new
+/// term, it makes sure the registry's bootstrap records exist and reconciles the data groups
+/// with the registry (what a single node does once at start); on every node it picks up the
+/// page-token key once `_system` holds it and hands it to the other cores.
+pub async fn registry_keeper(shard: Rc<Shard>) {
+    let weak = Rc::downgrade(&shard);
+    drop(shard);
+    let mut kept_term = None;
+    loop {
+        {
+            let Some(shard) = weak.upgrade() else { return };
+            if shard.token_key.get().is_none() {
+                if let Ok(Some(key)) = with_system(&shard, page_token_key) {
+                    shard.token_key.set(Some(key));
+                    for (i, other) in shard.cores.iter().enumerate() {
+                        if i != shard.core.0 as usize {
+                            let _ = other.try_send(ShardMsg::Internal(InternalMsg::PageTokenKey(key)));
+                        }
+                    }
+                }
+            }
+            if let Ok(group) = system_group(&shard) {
+                if group.stopped().is_some() {
+                    return;
+                }
+                let term = group.raft.metrics().borrow().current_term;
+                if group.is_leader() && kept_term != Some(term) {
+                    match bootstrap(&shard).await {
+                        Ok(()) => {
+                            kept_term = Some(term);
+                            reconcile(shard.clone()).await;
+                        }
+                        Err(e) => eprintln!("event=registry_bootstrap_failed term={term} error={e}"),
+                    }
+                }
+            }
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(crate::constants::REGISTRY_KEEPER_TICK_MS)).await;
     }
 }

@@ -1,11 +1,18 @@
-//! openraft's network for a group while the cluster transport does not exist yet: every peer is
-//! unreachable. A single-voter group never sends RPCs, so this is enough to run one node; the
-//! cluster work replaces the factory with one that ships messages through the router's peer
-//! connection pool (SPEC §10.9, STYLE "One request, end to end" step 4).
+//! openraft's network for one group (SPEC §5.6, §10.9): every RPC to a peer goes through this
+//! core's peer connection pool (`peer/pool.rs`), one connection per peer node shared by all the
+//! core's groups, as a `Request::Peer` envelope; the receiving node's router hands it to the
+//! core owning the group there (`peer/serve.rs`).
 
+use crate::constants::SNAPSHOT_CHUNK_BYTES;
+use crate::peer::convert::*;
+use crate::peer::pool::{PeerError, PeerPool};
 use crate::raft::type_config::{Snapshot, TypeConfig, Vote};
+use ledger_core::types::GroupId;
+use ledger_wire::messages::{Request, Response, Status, StatusCode};
+use ledger_wire::peer::{PeerRequest, PeerResponse};
 use openraft::error::{
-    Fatal, InstallSnapshotError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -14,71 +21,168 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use std::future::Future;
+use std::rc::Rc;
 
-/// Why every RPC fails.
+/// What went wrong on the way to a peer, as openraft sees it.
 #[derive(Debug, thiserror::Error)]
-#[error("no peer transport: node {target} is unreachable from a single-node group")]
-pub struct NoTransport {
-    pub target: u64,
+pub enum PeerRpcError {
+    #[error(transparent)]
+    Transport(#[from] PeerError),
+    #[error("node {node} refused the call: {status}")]
+    Refused { node: u64, status: Status },
+    #[error("node {node} answered {what} with an unexpected response")]
+    Unexpected { node: u64, what: &'static str },
 }
 
-/// Creates a [`NoPeers`] client per target.
-#[derive(Debug, Default, Clone)]
-pub struct NoPeersFactory;
+/// Creates a [`PeerClient`] per target; cheap (openraft calls it per stream and per election).
+#[derive(Clone)]
+pub struct PeerNetworkFactory {
+    pub group: GroupId,
+    pub pool: Rc<PeerPool>,
+}
 
-/// A client to one peer that answers every RPC with `Unreachable`.
-#[derive(Debug)]
-pub struct NoPeers {
+/// One group's client to one peer node.
+pub struct PeerClient {
+    group: GroupId,
     target: u64,
+    addr: String,
+    pool: Rc<PeerPool>,
 }
 
-impl NoPeers {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&NoTransport { target: self.target })
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient { group: self.group, target, addr: node.addr.clone(), pool: self.pool.clone() }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeersFactory {
-    type Network = NoPeers;
+impl PeerClient {
+    async fn call(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerResponse, PeerRpcError> {
+        let answer =
+            self.pool.call(self.target, &self.addr, Request::Peer(request), option.hard_ttl()).await?;
+        match answer {
+            Ok(Response::Peer(response)) => Ok(response),
+            Ok(_) => Err(PeerRpcError::Unexpected { node: self.target, what: "a raft call" }),
+            Err(status) => Err(PeerRpcError::Refused { node: self.target, status }),
+        }
+    }
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> NoPeers {
-        NoPeers { target }
+    /// Unreachable peers make openraft back off; anything else is retried on the next tick.
+    fn rpc_error<E: std::error::Error>(&self, e: PeerRpcError) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+        match &e {
+            PeerRpcError::Transport(PeerError::Unreachable { .. }) => RPCError::Unreachable(Unreachable::new(&e)),
+            // A group still being created on the peer (SPEC §5.6: the sender retries).
+            PeerRpcError::Refused { status, .. } if status.code == StatusCode::NotFound => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, what: &'static str) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+        self.rpc_error(PeerRpcError::Unexpected { node: self.target, what })
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let (vote, prev_log_id, entries, leader_commit) = append_to_wire(&rpc);
+        let request =
+            PeerRequest::AppendEntries { group_id: self.group.0, vote, prev_log_id, entries, leader_commit };
+        match self.call(request, &option).await {
+            Ok(PeerResponse::AppendEntries(outcome)) => Ok(append_response_from_wire(outcome)),
+            Ok(_) => Err(self.unexpected("append_entries")),
+            Err(e) => Err(self.rpc_error(e)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>>
     {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let request = PeerRequest::InstallSnapshot {
+            group_id: self.group.0,
+            vote: vote_to_wire(&rpc.vote),
+            meta: snapshot_meta_to_wire(&rpc.meta),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        };
+        match self.call(request, &option).await {
+            Ok(PeerResponse::InstallSnapshot { vote }) => Ok(InstallSnapshotResponse { vote: vote_from_wire(vote) }),
+            Ok(_) => Err(self.unexpected("install_snapshot")),
+            Err(e) => Err(self.rpc_error(e)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let (vote, last_log_id) = vote_request_to_wire(&rpc);
+        match self.call(PeerRequest::Vote { group_id: self.group.0, vote, last_log_id }, &option).await {
+            Ok(PeerResponse::Vote { vote, vote_granted, last_log_id }) => {
+                Ok(vote_response_from_wire(vote, vote_granted, last_log_id))
+            }
+            Ok(_) => Err(self.unexpected("vote")),
+            Err(e) => Err(self.rpc_error(e)),
+        }
     }
 
+    /// Streams the snapshot in `SNAPSHOT_CHUNK_BYTES` chunks; the last one carries `done`.
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + 'static,
-        _option: RPCOption,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let bytes = snapshot.snapshot.into_inner();
+        let meta = snapshot_meta_to_wire(&snapshot.meta);
+        let send = async {
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let done = end == bytes.len();
+                let request = PeerRequest::InstallSnapshot {
+                    group_id: self.group.0,
+                    vote: vote_to_wire(&vote),
+                    meta: meta.clone(),
+                    offset: offset as u64,
+                    data: bytes[offset..end].to_vec(),
+                    done,
+                };
+                let answer = self.call(request, &option).await;
+                let reply_vote = match answer {
+                    Ok(PeerResponse::InstallSnapshot { vote }) => vote_from_wire(vote),
+                    Ok(_) => {
+                        let e = PeerRpcError::Unexpected { node: self.target, what: "install_snapshot" };
+                        return Err(StreamingError::Network(NetworkError::new(&e)));
+                    }
+                    Err(e @ PeerRpcError::Transport(PeerError::Unreachable { .. })) => {
+                        return Err(StreamingError::Unreachable(Unreachable::new(&e)))
+                    }
+                    Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+                };
+                if reply_vote > vote || done {
+                    return Ok(SnapshotResponse { vote: reply_vote });
+                }
+                offset = end;
+            }
+        };
+        futures::pin_mut!(send);
+        futures::pin_mut!(cancel);
+        match futures::future::select(send, cancel).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right((closed, _)) => Err(StreamingError::Closed(closed)),
+        }
     }
 }

@@ -11,7 +11,8 @@ use crate::constants::{
 use crate::db::open_db;
 use crate::error::ShardError;
 use crate::raft::log_store::{LogStats, LogStore};
-use crate::raft::network::NoPeersFactory;
+use crate::peer::pool::PeerPool;
+use crate::raft::network::PeerNetworkFactory;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::type_config::{LedgerRaft, LogId, StoredMembership};
 use crate::round::group_data::GroupData;
@@ -32,11 +33,13 @@ use std::time::Duration;
 pub struct GroupOptions {
     /// `None`: no periodic checkpoint (only `Group::checkpoint` and `Group::close` write one).
     pub checkpoint_interval: Option<Duration>,
+    /// The core's peer connections (`None`: a pool of the group's own, for tests of one node).
+    pub peers: Option<Rc<PeerPool>>,
 }
 
 impl Default for GroupOptions {
     fn default() -> Self {
-        GroupOptions { checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) }
+        GroupOptions { checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)), peers: None }
     }
 }
 
@@ -165,22 +168,46 @@ pub async fn open_group_with(
         election_timeout_min: config.raft_election_min_ms,
         election_timeout_max: config.raft_election_max_ms,
         max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
-        // openraft's snapshots copy the whole group state on the core; with one voter nobody
-        // needs one, and the log is kept whole. The SPEC §9.4 snapshot files are taken by the
+        // openraft's snapshots copy the whole group state on the core, and the log is kept
+        // whole (a follower catches up from it). The SPEC §9.4 snapshot files are taken by the
         // group's maintenance task (maintenance/task.rs, docs/decisions.md D12).
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     }
     .validate()
     .map_err(|e| ShardError::raft("config", e))?;
-    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), NoPeersFactory, log_store, sm)
+    let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes));
+    let network = PeerNetworkFactory { group, pool };
+    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;
 
     if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
-        let members =
-            BTreeMap::from([(config.node_id, openraft::BasicNode { addr: config.advertise_addr.clone() })]);
-        raft.initialize(members).await.map_err(|e| ShardError::raft("initialize", e))?;
+        let members: Option<BTreeMap<u64, openraft::BasicNode>> = match &config.cluster {
+            None => Some(BTreeMap::from([(
+                config.node_id,
+                openraft::BasicNode { addr: config.advertise_addr.clone() },
+            )])),
+            // SPEC §10.2: the lowest id initializes with every member a voter; the others are
+            // brought in by its leader (initializing them too would be safe but is not needed).
+            Some(plan) if plan.initializer == config.node_id => Some(
+                plan.members.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() })).collect(),
+            ),
+            Some(_) => None,
+        };
+        if let Some(members) = members {
+            raft.initialize(members).await.map_err(|e| ShardError::raft("initialize", e))?;
+        }
+    }
+    if config.cluster.is_some() {
+        // A member of a cluster serves as soon as its group runs: leadership comes and goes,
+        // and the block builder waits for it (round/group.rs).
+        let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
+        if let Some(interval) = options.checkpoint_interval {
+            glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
+        }
+        return Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) });
     }
     let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
     // Leader, and the leader's own first entry of its term applied: everything committed before

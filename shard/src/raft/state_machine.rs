@@ -479,8 +479,10 @@ thread_local! {
 pub async fn open_group(
     config: &crate::config::ShardConfig,
     group: GroupId,
+    peers: Rc<crate::peer::pool::PeerPool>,
 ) -> Result<(crate::raft::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
-    let opened = crate::raft::open::open_group_with(config, group, Default::default()).await?;
+    let options = crate::raft::open::GroupOptions { peers: Some(peers), ..Default::default() };
+    let opened = crate::raft::open::open_group_with(config, group, options).await?;
     let handles = (opened.raft.clone(), opened.data.clone());
     OPEN_GROUPS.with(|groups| groups.borrow_mut().insert(group, opened));
     Ok(handles)

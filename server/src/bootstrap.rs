@@ -1,0 +1,254 @@
+//! Coordinated bootstrap (SPEC §10.2, `bootstrap_expect = N ≥ 2`): a fresh node answers
+//! `GetNodeInfo` on its listening socket while it polls `--peers` until N distinct nodes (itself
+//! included) have answered. Every node then derives the same plan from the same answers: all N
+//! are voters of every group, the lowest node id initializes the groups, and the number of data
+//! groups is that node's cores × `groups_per_core`. Plain threads and blocking sockets: this runs
+//! before any executor exists.
+
+use crate::config::Config;
+use ledger_wire::codec::{encode_frame_to_vec, FrameReader};
+use ledger_wire::frame::FrameKind;
+use ledger_wire::messages::{
+    Hello, HelloAck, Request, RequestBatch, RequestEnvelope, Response, ResponseBatch, ResponseEnvelope, Role,
+    Status, PROTOCOL_VERSION,
+};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(
+        "bootstrap: only {found} of the {expected} expected nodes answered within {secs} s (seen: {seen}); \
+         check --peers and that every node is started with --bootstrap-expect {expected}"
+    )]
+    Timeout { expected: u32, found: usize, secs: u64, seen: String },
+    #[error("bootstrap: more than {expected} nodes answered ({seen}): --bootstrap-expect is too small")]
+    TooMany { expected: u32, seen: String },
+    #[error("bootstrap: cannot serve discovery: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What one node said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAnswer {
+    pub node_id: u64,
+    pub address: String,
+    pub cores: u16,
+}
+
+/// The agreed result: every member with its address, the initializer, and its cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agreed {
+    pub members: BTreeMap<u64, String>,
+    pub initializer: u64,
+    pub initializer_cores: u16,
+}
+
+/// Answers discovery on `listener` and polls the peers until `config.bootstrap_expect` nodes
+/// are known. `me` is this node's own answer.
+pub fn coordinate(listener: &TcpListener, config: &Config, me: NodeAnswer) -> Result<Agreed, BootstrapError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let responder = {
+        let listener = listener.try_clone()?;
+        let stop = stop.clone();
+        let me = me.clone();
+        std::thread::Builder::new()
+            .name("bootstrap-discovery".into())
+            .spawn(move || answer_discovery(listener, me, stop))?
+    };
+    let result = poll_peers(config, &me);
+    stop.store(true, Ordering::Release);
+    let _ = responder.join();
+    result
+}
+
+fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError> {
+    let expected = config.bootstrap_expect;
+    let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
+    let mut known: BTreeMap<u64, NodeAnswer> = BTreeMap::from([(me.node_id, me.clone())]);
+    loop {
+        for peer in &config.peers {
+            if let Ok(answer) = ask_node_info(peer) {
+                known.insert(answer.node_id, answer);
+            }
+        }
+        let seen = || known.values().map(|n| format!("{}@{}", n.node_id, n.address)).collect::<Vec<_>>().join(", ");
+        if known.len() > expected as usize {
+            return Err(BootstrapError::TooMany { expected, seen: seen() });
+        }
+        if known.len() == expected as usize {
+            return Ok(agree(&known));
+        }
+        if Instant::now() >= deadline {
+            return Err(BootstrapError::Timeout {
+                expected,
+                found: known.len(),
+                secs: config.bootstrap_timeout_secs,
+                seen: seen(),
+            });
+        }
+        eprintln!("event=bootstrap_waiting expected={expected} found={} nodes=[{}]", known.len(), seen());
+        std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
+    }
+}
+
+/// The plan every node derives from the same set of answers.
+pub fn agree(known: &BTreeMap<u64, NodeAnswer>) -> Agreed {
+    let members = known.iter().map(|(id, n)| (*id, n.address.clone())).collect();
+    let (initializer, first) = known.iter().next().map(|(id, n)| (*id, n.cores)).unwrap_or((0, 1));
+    Agreed { members, initializer, initializer_cores: first }
+}
+
+/// Serves `Hello` + `GetNodeInfo` (anything else: `Unavailable`) until `stop`.
+fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = serve_one(stream, &me, &stop);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut frames = FrameReader::new(1024 * 1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let idle_until = Instant::now() + IO_TIMEOUT;
+    while !stop.load(Ordering::Acquire) && Instant::now() < idle_until {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e),
+        };
+        pending.extend_from_slice(&buf[..n]);
+        loop {
+            let mut input: &[u8] = &pending;
+            let frame = frames.read_from(&mut input).map_err(std::io::Error::other)?;
+            let consumed = pending.len() - input.len();
+            pending.drain(..consumed);
+            let Some(frame) = frame else { break };
+            let out = match frame.kind() {
+                FrameKind::Hello => encode_frame_to_vec(
+                    FrameKind::HelloAck,
+                    &HelloAck {
+                        protocol_version: PROTOCOL_VERSION,
+                        node_id: me.node_id,
+                        cluster_id: None,
+                        max_frame_bytes: 1024 * 1024,
+                        max_batch_items: 16,
+                        server_version: env!("CARGO_PKG_VERSION").to_string(),
+                    },
+                ),
+                FrameKind::RequestBatch => {
+                    let batch: RequestBatch = frame.decode().map_err(std::io::Error::other)?;
+                    let items = batch
+                        .items
+                        .into_iter()
+                        .map(|e| ResponseEnvelope {
+                            request_id: e.request_id,
+                            result: match e.request {
+                                Request::GetNodeInfo => Ok(Response::GetNodeInfo {
+                                    node_id: me.node_id,
+                                    address: me.address.clone(),
+                                    is_cluster_member: false,
+                                    term: 0,
+                                    cores: me.cores,
+                                }),
+                                _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
+                            },
+                        })
+                        .collect();
+                    encode_frame_to_vec(FrameKind::ResponseBatch, &ResponseBatch { items })
+                }
+                _ => return Ok(()),
+            };
+            stream.write_all(&out.map_err(std::io::Error::other)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// One `GetNodeInfo` round trip to `addr` over a fresh connection.
+pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
+    let target = addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("unresolvable address")?;
+    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        node_id: None,
+        client_name: "ledger-bootstrap".into(),
+        credential: None,
+    };
+    let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request: Request::GetNodeInfo }] };
+    let mut out = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| e.to_string())?;
+    out.extend(encode_frame_to_vec(FrameKind::RequestBatch, &batch).map_err(|e| e.to_string())?);
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let mut frames = FrameReader::new(16 * 1024 * 1024);
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let mut input: &[u8] = &pending;
+        let frame = frames.read_from(&mut input).map_err(|e| e.to_string())?;
+        let consumed = pending.len() - input.len();
+        pending.drain(..consumed);
+        if let Some(frame) = frame {
+            match frame.kind() {
+                FrameKind::HelloAck => continue,
+                FrameKind::ResponseBatch => {
+                    let batch: ResponseBatch = frame.decode().map_err(|e| e.to_string())?;
+                    return match batch.items.into_iter().next().map(|i| i.result) {
+                        Some(Ok(Response::GetNodeInfo { node_id, address, cores, .. })) => {
+                            Ok(NodeAnswer { node_id, address, cores })
+                        }
+                        Some(Ok(_)) => Err("unexpected answer".into()),
+                        Some(Err(status)) => Err(status.to_string()),
+                        None => Err("empty answer".into()),
+                    };
+                }
+                other => return Err(format!("unexpected {} frame", other.name())),
+            }
+        }
+        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t01_every_node_derives_the_same_plan() {
+        let answers = |order: &[u64]| {
+            order
+                .iter()
+                .map(|id| (*id, NodeAnswer { node_id: *id, address: format!("127.0.0.1:{id}"), cores: *id as u16 }))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let a = agree(&answers(&[30, 10, 20]));
+        let b = agree(&answers(&[20, 30, 10]));
+        assert_eq!(a, b);
+        assert_eq!(a.initializer, 10);
+        assert_eq!(a.initializer_cores, 10);
+        assert_eq!(a.members.len(), 3);
+    }
+}

@@ -1,0 +1,73 @@
+//! Sending a request this node cannot answer to the group's leader (SPEC §8.1 step 3): writes,
+//! linearizable reads and registry changes. The leader answers on this node's peer connection and
+//! the answer goes back to the client's connection unchanged. A stale leader hint costs one more
+//! attempt (at most `FORWARD_ATTEMPTS_MAX`); the node that receives a forwarded request never
+//! forwards it again, it answers `NotLeader` with its own hint instead.
+
+use crate::constants::FORWARD_ATTEMPTS_MAX;
+use crate::peer::pool::{PeerError, PeerPool};
+use crate::round::group::Group;
+use ledger_wire::messages::{Request, Response, Status, StatusCode};
+use std::time::{Duration, Instant};
+
+/// Where a forwarded request ended.
+pub enum Forwarded {
+    /// The leader's answer (or why no leader could answer in time).
+    Answer(Result<Response, Status>),
+    /// This node became the leader meanwhile: answer it here.
+    Local,
+}
+
+/// Sends `request` to the leader of `group` and returns its answer, waiting up to `timeout` for
+/// a leader to be known. Transport failures and stale hints are retried: a write carries its
+/// client sequence, so a retry of one that did apply is answered from the idempotency state
+/// (SPEC §6).
+pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout: Duration) -> Forwarded {
+    let deadline = Instant::now() + timeout;
+    let mut last = format!("group {} has no known leader", group.id);
+    for _ in 0..FORWARD_ATTEMPTS_MAX {
+        let Some((leader, addr)) = known_leader(group, deadline).await else { break };
+        if leader == pool.self_id() {
+            return Forwarded::Local;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match pool.call(leader, &addr, request.clone(), remaining).await {
+            Ok(Err(status)) if status.code == StatusCode::NotLeader => {
+                // The hint was stale: wait for this node to learn the new leader.
+                last = status.message;
+                pause(group).await;
+            }
+            Ok(answer) => return Forwarded::Answer(answer),
+            Err(e @ PeerError::Timeout { .. }) => {
+                last = e.to_string();
+                break;
+            }
+            Err(e) => {
+                last = e.to_string();
+                pause(group).await;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    let mut status = Status::unavailable(format!("could not reach the leader of group {}: {last}", group.id));
+    status.leader_hint = group.leader_hint();
+    Forwarded::Answer(Err(status))
+}
+
+/// The group's leader once this node knows one (before `deadline`).
+async fn known_leader(group: &Group, deadline: Instant) -> Option<(u64, String)> {
+    if let Some(hint) = group.leader_hint() {
+        return Some(hint);
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let _ = group.raft.wait(Some(remaining)).metrics(|m| m.current_leader.is_some(), "a known leader").await;
+    group.leader_hint()
+}
+
+/// A heartbeat's time: long enough for news of a new leader to arrive.
+async fn pause(group: &Group) {
+    let heartbeat = group.raft.config().heartbeat_interval;
+    glommio::timer::sleep(Duration::from_millis(heartbeat.max(10))).await;
+}

@@ -1,0 +1,339 @@
+//! The outbound peer connections of one core (SPEC §5.6, §10.9; D30). Each core keeps at most one
+//! TCP connection to each other node, shared by every group of the core and by the requests it
+//! forwards, so a node holds `cores` connections to a peer whatever its number of groups.
+//! Calls are pipelined: a writer task packs whatever is queued (heartbeats and appends of many
+//! groups, forwarded requests) into one `RequestBatch` frame, and a reader task matches the
+//! `ResponseBatch` items back to their callers by request id.
+
+use crate::constants::{PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF};
+use futures::channel::{mpsc, oneshot};
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::StreamExt;
+use glommio::net::TcpStream;
+use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
+use ledger_wire::frame::FrameKind;
+use ledger_wire::messages::{
+    Hello, HelloAck, RequestBatch, RequestEnvelope, Response, ResponseBatch, Role, Status, PROTOCOL_VERSION,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Why a call to a peer got no answer from it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No connection could be made (refused, timed out, handshake failed) or it is backing off.
+    #[error("node {node} at {addr} is unreachable: {reason}")]
+    Unreachable { node: u64, addr: String, reason: String },
+    #[error("node {node} did not answer within {ms} ms")]
+    Timeout { node: u64, ms: u128 },
+    /// The connection broke after the request was queued: it may or may not have been handled.
+    #[error("connection to node {node} closed before it answered")]
+    Closed { node: u64 },
+    /// A request too large for any frame (never sent).
+    #[error("request to node {node} does not fit in a frame")]
+    TooLarge { node: u64 },
+}
+
+type Pending = HashMap<u64, (u64, oneshot::Sender<Result<Response, Status>>)>;
+
+#[derive(Debug)]
+enum Link {
+    Down { retry_at: Option<Instant>, reason: String },
+    Up { generation: u64, outbox: mpsc::UnboundedSender<(RequestEnvelope, usize)> },
+}
+
+/// One core's connection to one peer node.
+#[derive(Debug)]
+struct PeerConn {
+    node: u64,
+    addr: String,
+    self_id: u64,
+    max_frame_bytes: u32,
+    link: RefCell<Link>,
+    connecting: futures::lock::Mutex<()>,
+    generation: Cell<u64>,
+    next_id: Cell<u64>,
+    pending: RefCell<Pending>,
+}
+
+/// The peer connections of one core, keyed by node id.
+#[derive(Debug)]
+pub struct PeerPool {
+    self_id: u64,
+    max_frame_bytes: u32,
+    conns: RefCell<HashMap<u64, Rc<PeerConn>>>,
+}
+
+impl PeerPool {
+    pub fn new(self_id: u64, max_frame_bytes: u32) -> Rc<PeerPool> {
+        Rc::new(PeerPool { self_id, max_frame_bytes, conns: RefCell::new(HashMap::new()) })
+    }
+
+    pub fn self_id(&self) -> u64 {
+        self.self_id
+    }
+
+    fn conn(&self, node: u64, addr: &str) -> Rc<PeerConn> {
+        let mut conns = self.conns.borrow_mut();
+        if let Some(c) = conns.get(&node) {
+            if c.addr == addr {
+                return c.clone();
+            }
+        }
+        // New node, or it moved: a fresh connection (the old one ends with its last user).
+        let c = Rc::new(PeerConn {
+            node,
+            addr: addr.to_string(),
+            self_id: self.self_id,
+            max_frame_bytes: self.max_frame_bytes,
+            link: RefCell::new(Link::Down { retry_at: None, reason: String::new() }),
+            connecting: futures::lock::Mutex::new(()),
+            generation: Cell::new(0),
+            next_id: Cell::new(1),
+            pending: RefCell::new(HashMap::new()),
+        });
+        conns.insert(node, c.clone());
+        c
+    }
+
+    /// Sends `request` to `node` (at `addr`) and waits up to `timeout` for its answer. `Ok` holds
+    /// the node's own answer, error statuses included.
+    pub async fn call(
+        &self,
+        node: u64,
+        addr: &str,
+        request: ledger_wire::messages::Request,
+        timeout: Duration,
+    ) -> Result<Result<Response, Status>, PeerError> {
+        let conn = self.conn(node, addr);
+        let deadline = glommio::timer::Timer::new(timeout);
+        let call = conn.call(request);
+        futures::pin_mut!(call);
+        match futures::future::select(call, deadline).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(_) => Err(PeerError::Timeout { node, ms: timeout.as_millis() }),
+        }
+    }
+}
+
+/// Removes a call's pending entry when the call ends early (timeout, caller dropped).
+struct PendingGuard<'a> {
+    conn: &'a PeerConn,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.pending.borrow_mut().remove(&self.id);
+    }
+}
+
+impl PeerConn {
+    async fn call(self: &Rc<Self>, request: ledger_wire::messages::Request) -> Result<Result<Response, Status>, PeerError> {
+        let (generation, outbox) = self.link().await?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let envelope = RequestEnvelope { request_id: id, deadline_ms: 0, request };
+        let len = archived_len(&envelope).map_err(|_| PeerError::TooLarge { node: self.node })?;
+        if !FrameBudget::fits_alone(self.max_frame_bytes, len) {
+            return Err(PeerError::TooLarge { node: self.node });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, (generation, tx));
+        let _guard = PendingGuard { conn: self.as_ref(), id };
+        if outbox.unbounded_send((envelope, len)).is_err() {
+            return Err(PeerError::Closed { node: self.node });
+        }
+        rx.await.map_err(|_| PeerError::Closed { node: self.node })
+    }
+
+    /// The live link, connecting first if there is none (one attempt at a time; after a failure
+    /// callers fail fast until `PEER_RECONNECT_BACKOFF` has passed).
+    async fn link(self: &Rc<Self>) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), PeerError> {
+        if let Some(up) = self.up() {
+            return Ok(up);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(up) = self.up() {
+            return Ok(up);
+        }
+        if let Link::Down { retry_at: Some(at), reason } = &*self.link.borrow() {
+            if Instant::now() < *at {
+                return Err(self.unreachable(reason.clone()));
+            }
+        }
+        match self.connect().await {
+            Ok(up) => Ok(up),
+            Err(reason) => {
+                *self.link.borrow_mut() =
+                    Link::Down { retry_at: Some(Instant::now() + PEER_RECONNECT_BACKOFF), reason: reason.clone() };
+                Err(self.unreachable(reason))
+            }
+        }
+    }
+
+    fn up(&self) -> Option<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>)> {
+        match &*self.link.borrow() {
+            Link::Up { generation, outbox } if !outbox.is_closed() => Some((*generation, outbox.clone())),
+            _ => None,
+        }
+    }
+
+    fn unreachable(&self, reason: String) -> PeerError {
+        PeerError::Unreachable { node: self.node, addr: self.addr.clone(), reason }
+    }
+
+    async fn connect(self: &Rc<Self>) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), String> {
+        let stream = TcpStream::connect_timeout(self.addr.as_str(), PEER_CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.split();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            node_id: Some(self.self_id),
+            client_name: format!("ledger-node-{}", self.self_id),
+            credential: None,
+        };
+        let frame = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| format!("hello: {e}"))?;
+        writer.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;
+        let mut frames = FrameReader::new(self.max_frame_bytes);
+        let mut rest = Vec::new();
+        let ack = read_frame(&mut reader, &mut frames, &mut rest)
+            .await
+            .map_err(|e| format!("hello ack: {e}"))?
+            .ok_or_else(|| "closed during the handshake".to_string())?;
+        let ack: HelloAck = match ack.kind() {
+            FrameKind::HelloAck => ack.decode().map_err(|e| format!("hello ack: {e}"))?,
+            other => return Err(format!("expected HelloAck, got {}", other.name())),
+        };
+        if ack.node_id != self.node {
+            return Err(format!("{} is node {}, not node {}", self.addr, ack.node_id, self.node));
+        }
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        let (outbox, queued) = mpsc::unbounded();
+        *self.link.borrow_mut() = Link::Up { generation, outbox: outbox.clone() };
+        let batch_items = (ack.max_batch_items as usize).clamp(1, PEER_BATCH_ITEMS_MAX);
+        let max_frame = ack.max_frame_bytes.min(self.max_frame_bytes);
+        glommio::spawn_local(write_loop(writer, queued, batch_items, max_frame)).detach();
+        glommio::spawn_local(read_loop(self.clone(), reader, frames, rest, generation)).detach();
+        Ok((generation, outbox))
+    }
+
+    /// The link of `generation` broke: its calls are answered `Closed` (by dropping their
+    /// senders), and the next call reconnects.
+    fn link_lost(&self, generation: u64, reason: String) {
+        let current = matches!(&*self.link.borrow(), Link::Up { generation: g, .. } if *g == generation);
+        if current {
+            *self.link.borrow_mut() = Link::Down { retry_at: None, reason };
+        }
+        self.pending.borrow_mut().retain(|_, (g, _)| *g != generation);
+    }
+}
+
+/// Reads until one whole frame is buffered. `Ok(None)`: closed between frames.
+async fn read_frame(
+    reader: &mut ReadHalf<TcpStream>,
+    frames: &mut FrameReader,
+    rest: &mut Vec<u8>,
+) -> Result<Option<ledger_wire::codec::Frame>, String> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if !rest.is_empty() {
+            let mut input: &[u8] = rest;
+            let result = frames.read_from(&mut input);
+            let consumed = rest.len() - input.len();
+            rest.drain(..consumed);
+            match result {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let n = reader.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return frames.finish().map(|_| None).map_err(|e| e.to_string());
+        }
+        rest.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn read_loop(
+    conn: Rc<PeerConn>,
+    mut reader: ReadHalf<TcpStream>,
+    mut frames: FrameReader,
+    mut rest: Vec<u8>,
+    generation: u64,
+) {
+    let reason = loop {
+        let frame = match read_frame(&mut reader, &mut frames, &mut rest).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break "closed by the peer".to_string(),
+            Err(e) => break e,
+        };
+        match frame.kind() {
+            FrameKind::ResponseBatch => match frame.decode::<ResponseBatch>() {
+                Ok(batch) => {
+                    for item in batch.items {
+                        let waiter = conn.pending.borrow_mut().remove(&item.request_id);
+                        if let Some((_, tx)) = waiter {
+                            let _ = tx.send(item.result);
+                        }
+                    }
+                }
+                Err(e) => break format!("bad response batch: {e}"),
+            },
+            FrameKind::Goaway => break "goaway from the peer".to_string(),
+            // Pongs and anything else a peer has no reason to send us are ignored.
+            _ => {}
+        }
+    };
+    conn.link_lost(generation, reason);
+}
+
+/// Packs queued requests into as few `RequestBatch` frames as their sizes allow.
+async fn write_loop(
+    mut writer: WriteHalf<TcpStream>,
+    mut queued: mpsc::UnboundedReceiver<(RequestEnvelope, usize)>,
+    batch_items: usize,
+    max_frame_bytes: u32,
+) {
+    let mut carry: Option<(RequestEnvelope, usize)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match queued.next().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        let mut budget = FrameBudget::new(max_frame_bytes);
+        budget.try_add(first.1);
+        let mut items = vec![first.0];
+        while items.len() < batch_items {
+            match queued.try_recv() {
+                Ok((envelope, len)) => {
+                    if budget.try_add(len) {
+                        items.push(envelope);
+                    } else {
+                        carry = Some((envelope, len));
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        let Ok(frame) = encode_frame_to_vec(FrameKind::RequestBatch, &RequestBatch { items }) else {
+            break;
+        };
+        if writer.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    // The reader sees the close and fails the calls still pending.
+    let _ = writer.close().await;
+}

@@ -1,0 +1,117 @@
+//! Peer-role messages (SPEC §5.6): openraft's three RPCs between the replicas of a group, and the
+//! scope lifecycle command the `_system` leader sends to a data group's leader. They travel as
+//! `Request::Peer` / `Response::Peer` inside ordinary `RequestBatch` / `ResponseBatch` frames, on
+//! connections whose `Hello` said `Role::Peer` (a client connection that sends one is refused), so
+//! peer frames get exactly the checks client frames get (D30).
+//!
+//! The types mirror openraft's with plain fields: the wire crate does not depend on openraft, and
+//! log entries travel in the log store's own stored form (`entries`), so an entry is encoded once
+//! for the disk and the network alike.
+
+use ledger_core::types::{BlockHeader, RetentionPolicy, ScopeKey, VaultStatus};
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireVote {
+    pub term: u64,
+    pub node_id: u64,
+    pub committed: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireLogId {
+    pub term: u64,
+    pub node_id: u64,
+    pub index: u64,
+}
+
+/// A membership config: the voter sets (two while joint) and every node with its address.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireMembership {
+    pub configs: Vec<Vec<u64>>,
+    pub nodes: Vec<(u64, String)>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireSnapshotMeta {
+    pub last_log_id: Option<WireLogId>,
+    pub membership_log_id: Option<WireLogId>,
+    pub membership: WireMembership,
+    pub snapshot_id: String,
+}
+
+/// Scope lifecycle work for a data group (SPEC §8.4 `AdminCommand`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum WireScopeCommand {
+    Create { scope: ScopeKey, retention: RetentionPolicy },
+    SetStatus { scope: ScopeKey, status: VaultStatus },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PeerRequest {
+    /// SPEC §5.6 item 41.
+    Vote { group_id: u32, vote: WireVote, last_log_id: Option<WireLogId> },
+    /// SPEC §5.6 item 42; each entry in the log store's stored form.
+    AppendEntries {
+        group_id: u32,
+        vote: WireVote,
+        prev_log_id: Option<WireLogId>,
+        entries: Vec<Vec<u8>>,
+        leader_commit: Option<WireLogId>,
+    },
+    /// SPEC §5.6 item 43: one chunk of a snapshot.
+    InstallSnapshot {
+        group_id: u32,
+        vote: WireVote,
+        meta: WireSnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    },
+    /// Proposed by the receiving node if it leads `group_id`; answered with the scope's genesis.
+    ScopeCommand { group_id: u32, command: WireScopeCommand },
+}
+
+impl PeerRequest {
+    pub fn group_id(&self) -> u32 {
+        match self {
+            PeerRequest::Vote { group_id, .. }
+            | PeerRequest::AppendEntries { group_id, .. }
+            | PeerRequest::InstallSnapshot { group_id, .. }
+            | PeerRequest::ScopeCommand { group_id, .. } => *group_id,
+        }
+    }
+
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            PeerRequest::Vote { .. } => "raft_vote",
+            PeerRequest::AppendEntries { .. } => "raft_append_entries",
+            PeerRequest::InstallSnapshot { .. } => "raft_install_snapshot",
+            PeerRequest::ScopeCommand { .. } => "scope_command",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum AppendOutcome {
+    Success,
+    PartialSuccess(Option<WireLogId>),
+    Conflict,
+    HigherVote(WireVote),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PeerResponse {
+    Vote { vote: WireVote, vote_granted: bool, last_log_id: Option<WireLogId> },
+    AppendEntries(AppendOutcome),
+    InstallSnapshot { vote: WireVote },
+    ScopeCommand { genesis: BlockHeader },
+}
