@@ -52,9 +52,21 @@ pub struct ShardConfig {
 pub struct ClusterPlan {
     /// Every initial member: node id → the address peers reach it at.
     pub members: std::collections::BTreeMap<u64, String>,
-    /// The member with the lowest id initializes every group with all members as voters; the
-    /// others wait for its leader to reach them.
+    /// The member with the lowest id (SPEC §10.2); it initializes `_system`.
     pub initializer: u64,
+}
+
+impl ClusterPlan {
+    /// The member that initializes `group` with every member a voter (and so usually leads it
+    /// first): group 0 the lowest id, data group g the g-th member in id order, round robin, so
+    /// that leaderships start spread over the nodes (D30). The others wait for its leader.
+    pub fn initializer_of(&self, group: ledger_core::types::GroupId) -> u64 {
+        if group.0 == 0 || self.members.is_empty() {
+            return self.initializer;
+        }
+        let index = group.0 as usize % self.members.len();
+        self.members.keys().nth(index).copied().unwrap_or(self.initializer)
+    }
 }
 
 /// Functions a helper thread calls when it starts and just before it ends.

@@ -255,6 +255,7 @@ pub fn run_server_to_exit_on(
     )
 }
 
+pub mod cluster;
 pub mod linearizability;
 pub mod raw;
 pub mod scope;

@@ -69,8 +69,12 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
         key: String,
-        /// Read through the leader (Linearizable).
-        #[arg(long)]
+        /// `linearizable` (default): through the group's leader, never stale (SPEC §8.6);
+        /// `eventual`: from the node asked, possibly behind the leader.
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+        /// The default; kept for scripts that still pass it.
+        #[arg(long, hide = true)]
         linearizable: bool,
         /// Verified read (SPEC §7.7): check the state proof (and chain proof) before printing;
         /// with --json print the whole verified response for `ledger verify`.
@@ -328,10 +332,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             verify_cmd::blocks(&client, ns, scope.vault, from, to, json_mode).await?;
         }
         Command::Verify { .. } => {}
-        Command::Get { scope, key, linearizable, .. } => {
+        Command::Get { scope, key, consistency, linearizable, .. } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
-            let consistency =
-                if linearizable { ReadConsistency::Linearizable } else { ReadConsistency::Eventual };
+            let consistency = match consistency {
+                _ if linearizable => ReadConsistency::Linearizable,
+                ConsistencyArg::Linearizable => ReadConsistency::Linearizable,
+                ConsistencyArg::Eventual => ReadConsistency::Eventual,
+            };
             let response = client
                 .call(Request::Read {
                     namespace_id: ns,
@@ -514,4 +521,11 @@ async fn write_at(
 
 fn unexpected(response: &Response) -> CliError {
     CliError::new(1, format!("unexpected response: {response:?}"))
+}
+
+/// `ledger get --consistency`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsistencyArg {
+    Linearizable,
+    Eventual,
 }

@@ -189,9 +189,9 @@ pub async fn open_group_with(
                 config.node_id,
                 openraft::BasicNode { addr: config.advertise_addr.clone() },
             )])),
-            // SPEC §10.2: the lowest id initializes with every member a voter; the others are
-            // brought in by its leader (initializing them too would be safe but is not needed).
-            Some(plan) if plan.initializer == config.node_id => Some(
+            // SPEC §10.2: one member initializes with every member a voter (`initializer_of`);
+            // the others are brought in by its leader.
+            Some(plan) if plan.initializer_of(group) == config.node_id => Some(
                 plan.members.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() })).collect(),
             ),
             Some(_) => None,

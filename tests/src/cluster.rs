@@ -1,0 +1,94 @@
+//! A cluster of real `ledger-server` processes on one machine for the cluster tests: ports chosen
+//! up front (each bound once by the OS, then released) so that every node can be given the full
+//! `--peers` list, all nodes started together (a coordinated bootstrap waits for all of them),
+//! and each node killed (`kill -9`) or restarted with exactly its first command.
+
+use crate::ServerProcess;
+use std::path::PathBuf;
+
+/// One node's fixed command line and its process while it runs.
+pub struct Node {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub process: Option<ServerProcess>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free port on 127.0.0.1 (bound by the OS, released at once).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `--bootstrap-expect n` and returns once all listen. `extra` flags go
+    /// to every node (and to every restart).
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = crate::temp_dir("cluster");
+        let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+        let peers = addrs.join(",");
+        let expect = n.to_string();
+        let mut common: Vec<String> =
+            vec!["--bootstrap-expect".into(), expect, "--peers".into(), peers, "--bootstrap-poll-secs".into(), "1".into()];
+        common.extend(extra.iter().map(|s| s.to_string()));
+        let nodes: Vec<Node> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Node { addr: addr.clone(), data_dir: dir.path().join(format!("n{i}")), process: None })
+            .collect();
+        let mut cluster = Cluster { nodes, extra: common, _dir: dir };
+        let all: Vec<usize> = (0..n).collect();
+        cluster.start_nodes(&all);
+        cluster
+    }
+
+    /// Starts the given (stopped) nodes concurrently and waits until each listens.
+    pub fn start_nodes(&mut self, which: &[usize]) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let started: Vec<(usize, ServerProcess)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = which
+                .iter()
+                .map(|&i| {
+                    let node = &self.nodes[i];
+                    let (dir, addr, extra) = (node.data_dir.clone(), node.addr.clone(), extra.clone());
+                    scope.spawn(move || (i, ServerProcess::start_on(&dir, &addr, &extra)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("node start")).collect()
+        });
+        for (i, process) in started {
+            self.nodes[i].process = Some(process);
+        }
+    }
+
+    pub fn addr(&self, i: usize) -> &str {
+        &self.nodes[i].addr
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].process.take() {
+            p.kill9();
+        }
+    }
+
+    /// Restarts node `i` with its first command.
+    pub fn restart(&mut self, i: usize) {
+        self.start_nodes(&[i]);
+    }
+
+    /// The stderr of node `i` so far (for failure messages).
+    pub fn stderr(&self, i: usize) -> String {
+        let path = self.nodes[i].data_dir.with_extension("stderr.log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
