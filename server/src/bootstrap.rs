@@ -79,7 +79,8 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
                 known.insert(answer.node_id, answer);
             }
         }
-        let seen = || known.values().map(|n| format!("{}@{}", n.node_id, n.address)).collect::<Vec<_>>().join(", ");
+        let seen =
+            || known.values().map(|n| format!("{}@{}", n.node_id, n.address)).collect::<Vec<_>>().join(", ");
         if known.len() > expected as usize {
             return Err(BootstrapError::TooMany { expected, seen: seen() });
         }
@@ -113,7 +114,9 @@ fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>
             Ok((stream, _)) => {
                 let _ = serve_one(stream, &me, &stop);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
@@ -131,7 +134,9 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
         let n = match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                continue
+            }
             Err(e) => return Err(e),
         };
         pending.extend_from_slice(&buf[..n]);
@@ -195,7 +200,9 @@ pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
         client_name: "ledger-bootstrap".into(),
         credential: None,
     };
-    let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request: Request::GetNodeInfo }] };
+    let batch = RequestBatch {
+        items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request: Request::GetNodeInfo }],
+    };
     let mut out = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| e.to_string())?;
     out.extend(encode_frame_to_vec(FrameKind::RequestBatch, &batch).map_err(|e| e.to_string())?);
     stream.write_all(&out).map_err(|e| e.to_string())?;
@@ -212,13 +219,15 @@ pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
                 FrameKind::HelloAck => continue,
                 FrameKind::ResponseBatch => {
                     let batch: ResponseBatch = frame.decode().map_err(|e| e.to_string())?;
-                    return match batch.items.into_iter().next().map(|i| i.result) {
-                        Some(Ok(Response::GetNodeInfo { node_id, address, cores, .. })) => {
+                    let Some(first) = batch.items.into_iter().next() else {
+                        return Err("empty answer".into());
+                    };
+                    return match first.result {
+                        Ok(Response::GetNodeInfo { node_id, address, cores, .. }) => {
                             Ok(NodeAnswer { node_id, address, cores })
                         }
-                        Some(Ok(_)) => Err("unexpected answer".into()),
-                        Some(Err(status)) => Err(status.to_string()),
-                        None => Err("empty answer".into()),
+                        Ok(_) => Err("unexpected answer".into()),
+                        Err(status) => Err(status.to_string()),
                     };
                 }
                 other => return Err(format!("unexpected {} frame", other.name())),
@@ -241,7 +250,9 @@ mod tests {
         let answers = |order: &[u64]| {
             order
                 .iter()
-                .map(|id| (*id, NodeAnswer { node_id: *id, address: format!("127.0.0.1:{id}"), cores: *id as u16 }))
+                .map(|id| {
+                    (*id, NodeAnswer { node_id: *id, address: format!("127.0.0.1:{id}"), cores: *id as u16 })
+                })
                 .collect::<BTreeMap<_, _>>()
         };
         let a = agree(&answers(&[30, 10, 20]));

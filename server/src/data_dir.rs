@@ -113,7 +113,9 @@ impl DataDir {
             Err(e) => return Err(db_err(e)),
         };
         let Some(json) = table.get("plan").map_err(db_err)? else { return Ok(None) };
-        serde_json::from_str(json.value()).map(Some).map_err(|e| DataDirError::Db(format!("cluster plan: {e}")))
+        serde_json::from_str(json.value())
+            .map(Some)
+            .map_err(|e| DataDirError::Db(format!("cluster plan: {e}")))
     }
 
     /// Records the plan together with the placement it led to, in one durable transaction, so a

@@ -11,8 +11,8 @@ use ledger_core::types::{CoreId, GroupId};
 use ledger_router::constants::LISTEN_IN_USE_WAIT;
 use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::config::{ClusterPlan, HelperHooks};
-use std::collections::BTreeMap;
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +70,13 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         };
         let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
         let agreed = crate::bootstrap::coordinate(first, &config, me)?;
-        let groups =
-            ledger_router::placement::initial_groups(agreed.initializer_cores as usize, config.groups_per_core);
+        let groups = ledger_router::placement::initial_groups(
+            agreed.initializer_cores as usize,
+            config.groups_per_core,
+        );
         let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
-        let stored = StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
+        let stored =
+            StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
         dir.store_plan(&stored, &placement)?;
         eprintln!(
             "event=cluster_bootstrapped members={:?} initializer={} data_groups={}",
@@ -97,7 +100,8 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         placement
     };
     let placement = Arc::new(placement);
-    let cluster = plan.map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
+    let cluster =
+        plan.map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
 
     let shard_config = Arc::new(ShardConfig {
         node_id: dir.node_id,

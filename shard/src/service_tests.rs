@@ -127,12 +127,15 @@ impl Node {
         let namespace = scope_namespace(&request);
         let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
         match namespace {
-            None => {
-                self.inbox.send_async(ShardMsg::Admin { envelope, reply: self.reply.clone(), forwarded: false }).await.unwrap()
-            }
+            None => self
+                .inbox
+                .send_async(ShardMsg::Admin { envelope, reply: self.reply.clone(), forwarded: false })
+                .await
+                .unwrap(),
             Some(ns) => match self.resolve(ns).await {
                 Some(group) => {
-                    let msg = ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false };
+                    let msg =
+                        ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false };
                     self.core_of(group).send_async(msg).await.unwrap();
                 }
                 None => return Err(Status::not_found("namespace not found (router)")),

@@ -120,7 +120,10 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         }
     }
     let _ = ready.send(());
-    if core.0 == 0 && shard.config.cluster.is_none() && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader()) {
+    if core.0 == 0
+        && shard.config.cluster.is_none()
+        && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader())
+    {
         glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
     }
     loop {
@@ -134,7 +137,8 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 on_group_request(&shard, group, envelope, reply, forwarded)
             }
             ShardMsg::Admin { envelope, reply, forwarded } => {
-                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply, forwarded)).detach();
+                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply, forwarded))
+                    .detach();
             }
             ShardMsg::ResolveNamespace { namespace_id, reply } => {
                 admin::requests::resolve_namespace_for(&shard, namespace_id, reply);
@@ -221,7 +225,7 @@ fn on_group_request(
         return;
     };
     if let Request::Peer(peer) = envelope.request {
-        crate::peer::serve::handle(group, peer, request_id, reply);
+        crate::peer::serve::handle(group, *peer, request_id, reply);
         return;
     }
     if !forwarded && needs_leader(&envelope.request) && !group.is_leader() && group.stopped().is_none() {

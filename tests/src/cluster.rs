@@ -33,13 +33,23 @@ impl Cluster {
         let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let peers = addrs.join(",");
         let expect = n.to_string();
-        let mut common: Vec<String> =
-            vec!["--bootstrap-expect".into(), expect, "--peers".into(), peers, "--bootstrap-poll-secs".into(), "1".into()];
+        let mut common: Vec<String> = vec![
+            "--bootstrap-expect".into(),
+            expect,
+            "--peers".into(),
+            peers,
+            "--bootstrap-poll-secs".into(),
+            "1".into(),
+        ];
         common.extend(extra.iter().map(|s| s.to_string()));
         let nodes: Vec<Node> = addrs
             .iter()
             .enumerate()
-            .map(|(i, addr)| Node { addr: addr.clone(), data_dir: dir.path().join(format!("n{i}")), process: None })
+            .map(|(i, addr)| Node {
+                addr: addr.clone(),
+                data_dir: dir.path().join(format!("n{i}")),
+                process: None,
+            })
             .collect();
         let mut cluster = Cluster { nodes, extra: common, _dir: dir };
         let all: Vec<usize> = (0..n).collect();

@@ -297,7 +297,7 @@ pub enum Request {
         trusted_height: Option<u64>,
     },
     // --- peer role only (§5.6): refused on client connections
-    Peer(crate::peer::PeerRequest),
+    Peer(Box<crate::peer::PeerRequest>),
 }
 
 impl Request {

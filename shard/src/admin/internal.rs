@@ -7,11 +7,11 @@
 // only add an allocation to every error path.
 #![allow(clippy::result_large_err)]
 
+use crate::peer::forward::{self, Forwarded};
 use crate::read::reads::{vault_info, TokenKey};
 use crate::round::group::ScopeCommand;
 use crate::shard::Shard;
 use futures::channel::oneshot;
-use crate::peer::forward::{self, Forwarded};
 use ledger_core::types::{BlockHeader, GroupId, ScopeKey, VaultHealth, VaultStatus};
 use ledger_wire::messages::{HealthStatus, Request, Response, Status, VaultInfo};
 use ledger_wire::peer::{PeerRequest, PeerResponse, WireScopeCommand};
@@ -33,7 +33,11 @@ pub enum InternalMsg {
     /// Propose a scope lifecycle command in a group this core owns; the reply carries the
     /// scope's metadata once the entry is applied.
     /// If this node does not lead the group, its leader proposes it (peer/forward.rs).
-    ScopeCommand { group: GroupId, command: ScopeCommand, reply: oneshot::Sender<Result<BlockHeader, Status>> },
+    ScopeCommand {
+        group: GroupId,
+        command: ScopeCommand,
+        reply: oneshot::Sender<Result<BlockHeader, Status>>,
+    },
     /// Describe one scope of a group this core owns.
     ScopeInfo { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<VaultInfo, Status>> },
     /// Every vault (not namespace scopes) of this core's groups.
@@ -158,9 +162,11 @@ async fn scope_command_at_leader(
         ScopeCommand::Create { scope, retention } => {
             WireScopeCommand::Create { scope: *scope, retention: *retention }
         }
-        ScopeCommand::SetStatus { scope, status } => WireScopeCommand::SetStatus { scope: *scope, status: *status },
+        ScopeCommand::SetStatus { scope, status } => {
+            WireScopeCommand::SetStatus { scope: *scope, status: *status }
+        }
     };
-    let request = Request::Peer(PeerRequest::ScopeCommand { group_id: group.id.0, command: wire });
+    let request = Request::Peer(Box::new(PeerRequest::ScopeCommand { group_id: group.id.0, command: wire }));
     match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await {
         Forwarded::Answer(Ok(Response::Peer(PeerResponse::ScopeCommand { genesis }))) => Ok(genesis),
         Forwarded::Answer(Ok(_)) => Err(Status::internal("the group leader answered a scope command oddly")),

@@ -12,10 +12,10 @@
 use crate::admin::internal::{CoreHealth, InternalMsg};
 use crate::admin::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
 use crate::msg::ShardMsg;
+use crate::peer::forward::{self, Forwarded};
 use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
 use crate::reply::ReplySender;
 use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
-use crate::peer::forward::{self, Forwarded};
 use crate::shard::Shard;
 use crate::ShardError;
 use futures::channel::oneshot;
@@ -42,6 +42,11 @@ fn status(code: StatusCode, message: impl Into<String>) -> Status {
 
 /// Answers one `ShardMsg::Admin` (spawned by the inbox loop; may await).
 pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySender, forwarded: bool) {
+    if shard.config.cluster.is_some()
+        && !matches!(envelope.request, Request::GetNodeInfo | Request::HealthCheck { .. })
+    {
+        wait_for_system(&shard).await;
+    }
     let result = if !forwarded && changes_registry(&envelope.request) && !system_leader(&shard) {
         // Registry changes are `_system` transactions: its leader makes them (SPEC §8.1).
         match system_group(&shard) {
@@ -58,6 +63,15 @@ pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySen
         answer(&shard, envelope.request).await
     };
     let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result });
+}
+
+/// A fresh cluster creates `_system` moments after it forms: registry requests that arrive
+/// before wait for it (up to the forwarding timeout) instead of failing.
+async fn wait_for_system(shard: &Shard) {
+    let deadline = std::time::Instant::now() + shard.config.forward_timeout;
+    while with_system(shard, |_| ()).is_err() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn changes_registry(request: &Request) -> bool {
@@ -195,11 +209,7 @@ pub fn resolve_namespace(shard: &Shard, namespace_id: i64) -> Option<GroupId> {
 /// Answers a `ResolveNamespace`. A replica that does not lead `_system` may not have applied a
 /// namespace its leader just created: on a miss it asks the leader (SPEC §10.4: voter reads are
 /// authoritative) before saying "unknown".
-pub fn resolve_namespace_for(
-    shard: &Rc<Shard>,
-    namespace_id: i64,
-    reply: oneshot::Sender<Option<GroupId>>,
-) {
+pub fn resolve_namespace_for(shard: &Rc<Shard>, namespace_id: i64, reply: oneshot::Sender<Option<GroupId>>) {
     let local = resolve_namespace(shard, namespace_id);
     if local.is_some() || shard.config.cluster.is_none() || system_leader(shard) {
         let _ = reply.send(local);
@@ -212,7 +222,8 @@ pub fn resolve_namespace_for(
             return;
         };
         let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
-        let found = match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await {
+        let found = match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await
+        {
             Forwarded::Answer(Ok(Response::GetNamespace(info))) => Some(GroupId(info.group_id)),
             Forwarded::Local => resolve_namespace(&shard, namespace_id),
             Forwarded::Answer(_) => None,
@@ -685,6 +696,7 @@ pub async fn registry_keeper(shard: Rc<Shard>) {
                 }
             }
         }
-        glommio::timer::sleep(std::time::Duration::from_millis(crate::constants::REGISTRY_KEEPER_TICK_MS)).await;
+        glommio::timer::sleep(std::time::Duration::from_millis(crate::constants::REGISTRY_KEEPER_TICK_MS))
+            .await;
     }
 }

@@ -125,7 +125,13 @@ pub fn install_from_wire(
     data: Vec<u8>,
     done: bool,
 ) -> InstallSnapshotRequest<TypeConfig> {
-    InstallSnapshotRequest { vote: vote_from_wire(vote), meta: snapshot_meta_from_wire(meta), offset, data, done }
+    InstallSnapshotRequest {
+        vote: vote_from_wire(vote),
+        meta: snapshot_meta_from_wire(meta),
+        offset,
+        data,
+        done,
+    }
 }
 
 #[cfg(test)]

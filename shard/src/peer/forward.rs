@@ -10,7 +10,9 @@ use crate::round::group::Group;
 use ledger_wire::messages::{Request, Response, Status, StatusCode};
 use std::time::{Duration, Instant};
 
-/// Where a forwarded request ended.
+/// Where a forwarded request ended. Built once per forwarded request and moved straight into
+/// the reply, so the size of the answer variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Forwarded {
     /// The leader's answer (or why no leader could answer in time).
     Answer(Result<Response, Status>),
@@ -25,7 +27,8 @@ pub enum Forwarded {
 pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout: Duration) -> Forwarded {
     let deadline = Instant::now() + timeout;
     let mut last = format!("group {} has no known leader", group.id);
-    for _ in 0..FORWARD_ATTEMPTS_MAX {
+    let mut refusals = 0;
+    while refusals < FORWARD_ATTEMPTS_MAX {
         let Some((leader, addr)) = known_leader(group, deadline).await else { break };
         if leader == pool.self_id() {
             return Forwarded::Local;
@@ -35,6 +38,7 @@ pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout
             Ok(Err(status)) if status.code == StatusCode::NotLeader => {
                 // The hint was stale: wait for this node to learn the new leader.
                 last = status.message;
+                refusals += 1;
                 pause(group).await;
             }
             Ok(answer) => return Forwarded::Answer(answer),
@@ -43,8 +47,10 @@ pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout
                 break;
             }
             Err(e) => {
+                // The leader is gone or unreachable: wait for this node to see another leader
+                // (an election takes about one election timeout) rather than spend attempts.
                 last = e.to_string();
-                pause(group).await;
+                leader_changed(group, leader, deadline).await;
             }
         }
         if Instant::now() >= deadline {
@@ -64,6 +70,16 @@ async fn known_leader(group: &Group, deadline: Instant) -> Option<(u64, String)>
     let remaining = deadline.saturating_duration_since(Instant::now());
     let _ = group.raft.wait(Some(remaining)).metrics(|m| m.current_leader.is_some(), "a known leader").await;
     group.leader_hint()
+}
+
+/// Waits until this node knows a leader other than `old` (or the deadline passes).
+async fn leader_changed(group: &Group, old: u64, deadline: Instant) {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let _ = group
+        .raft
+        .wait(Some(remaining))
+        .metrics(|m| m.current_leader.is_some_and(|l| l != old), "a new leader")
+        .await;
 }
 
 /// A heartbeat's time: long enough for news of a new leader to arrive.

@@ -131,7 +131,10 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl PeerConn {
-    async fn call(self: &Rc<Self>, request: ledger_wire::messages::Request) -> Result<Result<Response, Status>, PeerError> {
+    async fn call(
+        self: &Rc<Self>,
+        request: ledger_wire::messages::Request,
+    ) -> Result<Result<Response, Status>, PeerError> {
         let (generation, outbox) = self.link().await?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -151,7 +154,9 @@ impl PeerConn {
 
     /// The live link, connecting first if there is none (one attempt at a time; after a failure
     /// callers fail fast until `PEER_RECONNECT_BACKOFF` has passed).
-    async fn link(self: &Rc<Self>) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), PeerError> {
+    async fn link(
+        self: &Rc<Self>,
+    ) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), PeerError> {
         if let Some(up) = self.up() {
             return Ok(up);
         }
@@ -167,8 +172,10 @@ impl PeerConn {
         match self.connect().await {
             Ok(up) => Ok(up),
             Err(reason) => {
-                *self.link.borrow_mut() =
-                    Link::Down { retry_at: Some(Instant::now() + PEER_RECONNECT_BACKOFF), reason: reason.clone() };
+                *self.link.borrow_mut() = Link::Down {
+                    retry_at: Some(Instant::now() + PEER_RECONNECT_BACKOFF),
+                    reason: reason.clone(),
+                };
                 Err(self.unreachable(reason))
             }
         }
@@ -185,7 +192,9 @@ impl PeerConn {
         PeerError::Unreachable { node: self.node, addr: self.addr.clone(), reason }
     }
 
-    async fn connect(self: &Rc<Self>) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), String> {
+    async fn connect(
+        self: &Rc<Self>,
+    ) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), String> {
         let stream = TcpStream::connect_timeout(self.addr.as_str(), PEER_CONNECT_TIMEOUT)
             .await
             .map_err(|e| format!("connect: {e}"))?;

@@ -59,8 +59,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
 
 impl PeerClient {
     async fn call(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerResponse, PeerRpcError> {
-        let answer =
-            self.pool.call(self.target, &self.addr, Request::Peer(request), option.hard_ttl()).await?;
+        let answer = self
+            .pool
+            .call(self.target, &self.addr, Request::Peer(Box::new(request)), option.hard_ttl())
+            .await?;
         match answer {
             Ok(Response::Peer(response)) => Ok(response),
             Ok(_) => Err(PeerRpcError::Unexpected { node: self.target, what: "a raft call" }),
@@ -69,9 +71,14 @@ impl PeerClient {
     }
 
     /// Unreachable peers make openraft back off; anything else is retried on the next tick.
-    fn rpc_error<E: std::error::Error>(&self, e: PeerRpcError) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        e: PeerRpcError,
+    ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
         match &e {
-            PeerRpcError::Transport(PeerError::Unreachable { .. }) => RPCError::Unreachable(Unreachable::new(&e)),
+            PeerRpcError::Transport(PeerError::Unreachable { .. }) => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
             // A group still being created on the peer (SPEC §5.6: the sender retries).
             PeerRpcError::Refused { status, .. } if status.code == StatusCode::NotFound => {
                 RPCError::Unreachable(Unreachable::new(&e))
@@ -80,7 +87,10 @@ impl PeerClient {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self, what: &'static str) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+        what: &'static str,
+    ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
         self.rpc_error(PeerRpcError::Unexpected { node: self.target, what })
     }
 }
@@ -116,7 +126,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             done: rpc.done,
         };
         match self.call(request, &option).await {
-            Ok(PeerResponse::InstallSnapshot { vote }) => Ok(InstallSnapshotResponse { vote: vote_from_wire(vote) }),
+            Ok(PeerResponse::InstallSnapshot { vote }) => {
+                Ok(InstallSnapshotResponse { vote: vote_from_wire(vote) })
+            }
             Ok(_) => Err(self.unexpected("install_snapshot")),
             Err(e) => Err(self.rpc_error(e)),
         }

@@ -10,8 +10,8 @@ use crate::constants::{
 };
 use crate::db::open_db;
 use crate::error::ShardError;
-use crate::raft::log_store::{LogStats, LogStore};
 use crate::peer::pool::PeerPool;
+use crate::raft::log_store::{LogStats, LogStore};
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::type_config::{LedgerRaft, LogId, StoredMembership};
@@ -192,7 +192,10 @@ pub async fn open_group_with(
             // SPEC §10.2: one member initializes with every member a voter (`initializer_of`);
             // the others are brought in by its leader.
             Some(plan) if plan.initializer_of(group) == config.node_id => Some(
-                plan.members.iter().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() })).collect(),
+                plan.members
+                    .iter()
+                    .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
+                    .collect(),
             ),
             Some(_) => None,
         };
@@ -207,7 +210,15 @@ pub async fn open_group_with(
         if let Some(interval) = options.checkpoint_interval {
             glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
         }
-        return Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) });
+        return Ok(Group {
+            id: group,
+            raft,
+            data,
+            checkpointer,
+            log_stats,
+            dir,
+            stop_checkpoints: Some(stop_tx),
+        });
     }
     let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
     // Leader, and the leader's own first entry of its term applied: everything committed before

@@ -490,7 +490,7 @@ impl Group {
                     return;
                 }
             };
-            let Built { block, accepted } = built;
+            let Built { block, mut accepted } = built;
             let raft = group.raft.clone();
             let mut proposal =
                 Box::pin(
@@ -502,7 +502,19 @@ impl Group {
             let _ = completed.send(true);
             let result = match first {
                 std::task::Poll::Ready(result) => result,
-                std::task::Poll::Pending => proposal.await,
+                std::task::Poll::Pending => {
+                    // A block that cannot commit (the group lost its majority) keeps its writers
+                    // waiting no longer than the request deadline (SPEC §8.5: `Unavailable`);
+                    // the entry itself stays proposed and may still commit later.
+                    let deadline = glommio::timer::Timer::new(group.config.forward_timeout);
+                    match futures::future::select(proposal, deadline).await {
+                        futures::future::Either::Left((result, _)) => result,
+                        futures::future::Either::Right((_, proposal)) => {
+                            group.answer_stalled(&mut accepted);
+                            proposal.await
+                        }
+                    }
+                }
             };
             group.finish_round(group_height, result, accepted);
         })
@@ -577,6 +589,30 @@ impl Group {
                         w.send(Ok(WriteResult::Success(success.clone())));
                     }
                 }
+            }
+        }
+    }
+
+    /// Answers the writers of a block that did not commit within the request deadline with
+    /// `Unavailable` (outcome unknown: a retry with the same sequence learns it), leaving the
+    /// block in flight: `finish_round` answers whoever joins it later.
+    fn answer_stalled(&self, accepted: &mut [Accepted]) {
+        let status = Status {
+            code: StatusCode::Unavailable,
+            message: format!(
+                "block of group {} not committed within {} ms (no majority?); retry with the same sequence",
+                self.id,
+                self.config.forward_timeout.as_millis()
+            ),
+            leader_hint: self.leader_hint(),
+            detail: None,
+        };
+        let mut in_flight = self.in_flight_txs.borrow_mut();
+        for a in accepted.iter_mut() {
+            let key = (a.scope, a.client_id.clone(), a.sequence);
+            let retries = in_flight.get_mut(&key).map(std::mem::take).unwrap_or_default();
+            for w in a.waiters.drain(..).chain(retries) {
+                w.send(Err(status.clone()));
             }
         }
     }
