@@ -194,6 +194,7 @@ impl Session {
         }
         // Requests on a peer connection were sent on by another node (D30).
         let peer = hello.role == Role::Peer;
+        let peer_node = if peer { hello.node_id } else { None };
         // Never full: see CONTROL_QUEUE_MAX.
         let _ = control.try_send(Control::HelloAck(HelloAck {
             protocol_version: PROTOCOL_VERSION,
@@ -224,6 +225,10 @@ impl Session {
                                 batch.items.len()
                             ),
                         ));
+                    }
+                    // The test partition switch: a cut-off peer's frames vanish with its link.
+                    if peer_node.is_some_and(|node| self.settings.faults.is_partitioned(node)) {
+                        return None;
                     }
                     for envelope in batch.items {
                         if let Request::WatchBlocks { namespace_id, vault_id, start_height } =

@@ -25,6 +25,8 @@ pub struct RouterSettings {
     pub max_batch_items: u32,
     pub requests_max_concurrent: usize,
     pub idle_timeout: Duration,
+    /// The node's fault switch (peer connections from a partitioned node are dropped).
+    pub faults: std::sync::Arc<ledger_shard::faults::Faults>,
 }
 
 /// What one core's router needs: the inboxes of every core and the placement table.

@@ -43,7 +43,8 @@ pub fn target_of(request: &Request) -> Target {
         | DeleteVault { .. }
         | ListVaults
         | GetNodeInfo
-        | HealthCheck { .. } => Target::Admin,
+        | HealthCheck { .. }
+        | SetPartition { .. } => Target::Admin,
         Peer(peer) => Target::Group(peer.group_id()),
     }
 }

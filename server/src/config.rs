@@ -37,6 +37,9 @@ pub struct ConfigLayer {
     /// Give up bootstrapping after this many seconds without the expected nodes.
     #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_TIMEOUT_SECS")]
     pub bootstrap_timeout_secs: Option<u64>,
+    /// Accept fault-injection requests (`SetPartition`): for tests only, never in production.
+    #[arg(long, env = "INFERADB__LEDGER__TEST_FAULTS")]
+    pub test_faults: Option<bool>,
     /// Transactions per block at most (SPEC §8.3).
     #[arg(long, env = "INFERADB__LEDGER__BATCH_MAX_SIZE")]
     pub batch_max_size: Option<usize>,
@@ -119,6 +122,7 @@ pub struct Config {
     pub peers: Vec<String>,
     pub bootstrap_poll_secs: u64,
     pub bootstrap_timeout_secs: u64,
+    pub test_faults: bool,
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
@@ -196,6 +200,7 @@ impl Config {
                 .collect(),
             bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, 2),
             bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, 60),
+            test_faults: pick!(flags, file, test_faults, false),
             batch_max_size: pick!(flags, file, batch_max_size, 100),
             batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, 10),
             batch_eager_commit: pick!(flags, file, batch_eager_commit, true),

@@ -123,7 +123,13 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         retention_interval_secs: config.retention_interval_secs,
         helper_hooks,
         tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,
-        faults: Default::default(),
+        faults: {
+            let faults = Arc::new(ledger_shard::faults::Faults::default());
+            if config.test_faults {
+                faults.enable_peer_faults();
+            }
+            faults
+        },
         max_frame_bytes: config.max_frame_bytes,
         cluster,
         forward_timeout: Duration::from_secs(config.requests_timeout_secs),
@@ -134,6 +140,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         max_batch_items: config.max_batch_items,
         requests_max_concurrent: config.requests_max_concurrent,
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        faults: shard_config.faults.clone(),
     });
 
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =

@@ -11,6 +11,11 @@ use std::sync::{Mutex, PoisonError};
 pub struct Faults {
     append_armed: AtomicBool,
     append: Mutex<Option<AppendFault>>,
+    /// The partition switch (issue 14 item 7): peer nodes this node neither calls nor answers.
+    /// Settable only on a node started with `--test-faults` (`peer_faults_enabled`).
+    peer_faults_enabled: AtomicBool,
+    partitioned_any: AtomicBool,
+    partitioned: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// Fails the next Raft log append that carries a group block, after holding it: the append is
@@ -36,6 +41,32 @@ impl Faults {
         }
         self.append_armed.store(false, Ordering::Release);
         self.append.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl Faults {
+    /// Allows `SetPartition` requests (the server's `--test-faults` flag).
+    pub fn enable_peer_faults(&self) {
+        self.peer_faults_enabled.store(true, Ordering::Release);
+    }
+
+    pub fn peer_faults_enabled(&self) -> bool {
+        self.peer_faults_enabled.load(Ordering::Acquire)
+    }
+
+    /// Cuts this node off from `nodes` (replacing the previous set; empty heals).
+    pub fn set_partition(&self, nodes: impl IntoIterator<Item = u64>) {
+        let mut set = self.partitioned.lock().unwrap_or_else(PoisonError::into_inner);
+        *set = nodes.into_iter().collect();
+        self.partitioned_any.store(!set.is_empty(), Ordering::Release);
+    }
+
+    /// Whether traffic with `node` is cut (one relaxed load when nothing is).
+    pub fn is_partitioned(&self, node: u64) -> bool {
+        if !self.partitioned_any.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.partitioned.lock().unwrap_or_else(PoisonError::into_inner).contains(&node)
     }
 }
 

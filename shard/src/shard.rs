@@ -70,7 +70,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let mut builders = Vec::new();
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let mut failed = BTreeMap::new();
-    let peers = PeerPool::new(config.node_id, config.max_frame_bytes);
+    let peers = PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone());
     for id in owned {
         let (raft, data) = match crate::raft::state_machine::open_group(&config, id, peers.clone()).await {
             Ok(opened) => opened,

@@ -409,3 +409,128 @@ async fn t04_follower_killed_under_load_catches_up() {
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
 }
+
+/// Cuts `node` off from the others (both directions, on every node's fault switch), or heals.
+async fn partition(cluster: &Cluster, ids: &BTreeMap<u64, usize>, isolated: Option<usize>) {
+    let id_of = |i: usize| ids.iter().find(|(_, n)| **n == i).map(|(id, _)| *id).expect("node id");
+    for i in 0..cluster.nodes.len() {
+        let blocked_nodes = match isolated {
+            None => Vec::new(),
+            Some(x) if x == i => (0..cluster.nodes.len()).filter(|j| *j != x).map(id_of).collect(),
+            Some(x) => vec![id_of(x)],
+        };
+        let client = connect(cluster.addr(i)).await;
+        match client.call(Request::SetPartition { blocked_nodes }).await.expect("SetPartition") {
+            Response::SetPartition { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges() {
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--test-faults", "true"]).collect();
+    let cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "partition").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
+    let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
+    let majority: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    partition(&cluster, &ids, Some(leader)).await;
+    // The majority side elects a leader of its own and commits.
+    acks.extend(write_keys(cluster.addr(majority[0]), namespace_id, Some(vault_id), "majority", 10).await);
+    // The minority side cannot commit: its write answers Unavailable (or NotLeader) within the
+    // deadline, and its replica still serves (stale) eventual reads.
+    let minority = connect(cluster.addr(leader)).await;
+    let request = Request::Write {
+        namespace_id,
+        vault_id: Some(vault_id),
+        client_id: "minority".into(),
+        sequence: 1,
+        operations: vec![set("minority", "must not commit")],
+        include_tx_proof: false,
+    };
+    match minority.call(request).await {
+        Err(ledger_wire::error::ClientError::Status { code, message, .. }) => assert!(
+            matches!(code, StatusCode::Unavailable | StatusCode::NotLeader | StatusCode::DeadlineExceeded),
+            "{code:?}: {message}"
+        ),
+        other => panic!("a write on the minority side answered {other:?}"),
+    }
+    let stale = minority.read(namespace_id, Some(vault_id), "before:9").await.expect("eventual read");
+    assert_eq!(stale.as_deref(), Some(&b"v-before-9"[..]));
+    let missing = minority.read(namespace_id, Some(vault_id), "majority:9").await.expect("eventual read");
+    assert_eq!(missing, None, "the minority replica saw a write it cannot have received");
+    // Healed: the old leader steps down, receives what it missed, and all replicas agree.
+    partition(&cluster, &ids, None).await;
+    acks.extend(write_keys(cluster.addr(leader), namespace_id, Some(vault_id), "healed", 5).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    for i in 0..3 {
+        let client = connect(cluster.addr(i)).await;
+        let value = client.read(namespace_id, Some(vault_id), "minority").await.expect("read");
+        assert_eq!(value, None, "node {i}: the minority's uncommitted write survived the heal");
+    }
+}
+
+#[test]
+fn t07_bad_peer_bytes_are_refused_and_the_node_keeps_serving() {
+    use ledger_tests::raw::{frame_bytes, RawConn};
+    use ledger_wire::codec::encode_frame_to_vec;
+    use ledger_wire::frame::FrameKind;
+    use ledger_wire::messages::{
+        Hello, RequestBatch, RequestEnvelope, ResponseBatch, Role, PROTOCOL_VERSION,
+    };
+    use ledger_wire::peer::{PeerRequest, WireVote};
+    let dir = ledger_tests::temp_dir("peer-bytes");
+    let server = ledger_tests::ServerProcess::start(&dir.path().join("n"), &["--cores", "1"]);
+    let append = |entries: Vec<Vec<u8>>| {
+        let request = Request::Peer(Box::new(PeerRequest::AppendEntries {
+            group_id: 0,
+            vote: WireVote { term: 99, node_id: 7, committed: true },
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }));
+        let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request }] };
+        encode_frame_to_vec(FrameKind::RequestBatch, &batch).expect("encode")
+    };
+    let answer = |conn: &mut RawConn| {
+        let frame = conn.next_frame().expect("a response");
+        let batch: ResponseBatch = frame.decode().expect("a ResponseBatch");
+        batch.items.into_iter().next().expect("one item").result
+    };
+    // A client connection may not make peer calls at all.
+    let (mut client, _) = RawConn::connect_with_hello(&server.addr);
+    client.send(&append(vec![vec![1, 2, 3]])).expect("send");
+    match answer(&mut client) {
+        Err(status) => assert_eq!(status.code, StatusCode::PermissionDenied, "{status:?}"),
+        Ok(other) => panic!("a client's peer call was answered {other:?}"),
+    }
+    // A peer connection with an entry that does not decode: refused, nothing appended.
+    let mut peer = RawConn::connect(&server.addr);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        node_id: Some(7),
+        client_name: "fake-peer".into(),
+        credential: None,
+    };
+    peer.send(&encode_frame_to_vec(FrameKind::Hello, &hello).expect("hello")).expect("send");
+    assert_eq!(peer.next_frame().expect("HelloAck").kind(), FrameKind::HelloAck);
+    peer.send(&append(vec![vec![1; 7], vec![0xff; 40]])).expect("send");
+    match answer(&mut peer) {
+        Err(status) => assert_eq!(status.code, StatusCode::InvalidArgument, "{status:?}"),
+        Ok(other) => panic!("garbage entries were answered {other:?}"),
+    }
+    // Bytes that are not a frame close that connection only.
+    let _ = peer.send(&frame_bytes(FrameKind::RequestBatch, &[0xAB; 64]));
+    // The node still serves, and its group still leads (the fake vote changed nothing it keeps).
+    let (code, out, err) = ledger_tests::ledger_cli(&server.addr, &["namespace", "create", "after-garbage"]);
+    assert_eq!(code, 0, "stdout {out} stderr {err}");
+    let (code, _, err) =
+        ledger_tests::ledger_cli(&server.addr, &["set", "--namespace", "after-garbage", "k", "v"]);
+    assert_eq!(code, 0, "{err}");
+    drop(server);
+}

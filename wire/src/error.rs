@@ -113,7 +113,12 @@ impl ClientError {
         match self {
             ClientError::Status { code, .. } => matches!(
                 code,
-                StatusCode::Unavailable | StatusCode::DeadlineExceeded | StatusCode::ResourceExhausted
+                // NotLeader: the node asked could not find the leader in time; nothing was
+                // proposed, and the next attempt finds the new one (SPEC §8.1, §10.8).
+                StatusCode::Unavailable
+                    | StatusCode::DeadlineExceeded
+                    | StatusCode::ResourceExhausted
+                    | StatusCode::NotLeader
             ),
             ClientError::Goaway { code, .. } => matches!(code, GoawayCode::Shutdown | GoawayCode::Idle),
             ClientError::Io(_) | ClientError::Closed { .. } | ClientError::Timeout { .. } => true,

@@ -296,6 +296,11 @@ pub enum Request {
         include_chain_proof: bool,
         trusted_height: Option<u64>,
     },
+    /// Test fault switch (issue 14 item 7): cut this node off from these peer nodes, both ways
+    /// (empty heals). Refused unless the server runs with `--test-faults`.
+    SetPartition {
+        blocked_nodes: Vec<u64>,
+    },
     // --- peer role only (§5.6): refused on client connections
     Peer(Box<crate::peer::PeerRequest>),
 }
@@ -331,6 +336,7 @@ impl Request {
             Request::CancelStream { .. } => "cancel_stream",
             Request::VerifiedRead { .. } => "verified_read",
             Request::HistoricalRead { .. } => "historical_read",
+            Request::SetPartition { .. } => "set_partition",
             Request::Peer(peer) => peer.op_name(),
         }
     }
@@ -546,6 +552,9 @@ pub enum Response {
         block_header: Option<BlockHeader>,
         state_proof: Option<StateProof>,
         chain_proof: Option<ChainProof>,
+    },
+    SetPartition {
+        blocked_nodes: Vec<u64>,
     },
     Peer(crate::peer::PeerResponse),
 }

@@ -115,6 +115,17 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
                 rx.await.map_err(|_| Status::unavailable("health check dropped"))??;
             Ok(Response::HealthCheck { status, message, details })
         }
+        Request::SetPartition { blocked_nodes } => {
+            if !shard.config.faults.peer_faults_enabled() {
+                return Err(status(
+                    StatusCode::PermissionDenied,
+                    "the fault switch is off: SetPartition needs a server started with --test-faults",
+                ));
+            }
+            eprintln!("event=partition_set node={} blocked={blocked_nodes:?}", shard.config.node_id);
+            shard.config.faults.set_partition(blocked_nodes.iter().copied());
+            Ok(Response::SetPartition { blocked_nodes })
+        }
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
     }
 }

@@ -31,15 +31,25 @@ pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout
     while refusals < FORWARD_ATTEMPTS_MAX {
         let Some((leader, addr)) = known_leader(group, deadline).await else { break };
         if leader == pool.self_id() {
-            return Forwarded::Local;
+            if group.is_leader() {
+                return Forwarded::Local;
+            }
+            // Elected but not yet serving as leader (or just deposed): look again shortly.
+            pause(group).await;
+            if Instant::now() >= deadline {
+                break;
+            }
+            continue;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match pool.call(leader, &addr, request.clone(), remaining).await {
             Ok(Err(status)) if status.code == StatusCode::NotLeader => {
-                // The hint was stale: wait for this node to learn the new leader.
+                // The hint was stale (or that node is between elections): wait for this node to
+                // learn another leader, at most an election's time, then ask again.
                 last = status.message;
                 refusals += 1;
-                pause(group).await;
+                let election = Duration::from_millis(group.raft.config().election_timeout_max);
+                leader_changed(group, leader, deadline.min(Instant::now() + election)).await;
             }
             Ok(answer) => return Forwarded::Answer(answer),
             Err(e @ PeerError::Timeout { .. }) => {

@@ -63,12 +63,17 @@ struct PeerConn {
 pub struct PeerPool {
     self_id: u64,
     max_frame_bytes: u32,
+    faults: std::sync::Arc<crate::faults::Faults>,
     conns: RefCell<HashMap<u64, Rc<PeerConn>>>,
 }
 
 impl PeerPool {
-    pub fn new(self_id: u64, max_frame_bytes: u32) -> Rc<PeerPool> {
-        Rc::new(PeerPool { self_id, max_frame_bytes, conns: RefCell::new(HashMap::new()) })
+    pub fn new(
+        self_id: u64,
+        max_frame_bytes: u32,
+        faults: std::sync::Arc<crate::faults::Faults>,
+    ) -> Rc<PeerPool> {
+        Rc::new(PeerPool { self_id, max_frame_bytes, faults, conns: RefCell::new(HashMap::new()) })
     }
 
     pub fn self_id(&self) -> u64 {
@@ -107,6 +112,10 @@ impl PeerPool {
         request: ledger_wire::messages::Request,
         timeout: Duration,
     ) -> Result<Result<Response, Status>, PeerError> {
+        if self.faults.is_partitioned(node) {
+            let reason = "partitioned by the test fault switch".to_string();
+            return Err(PeerError::Unreachable { node, addr: addr.to_string(), reason });
+        }
         let conn = self.conn(node, addr);
         let deadline = glommio::timer::Timer::new(timeout);
         let call = conn.call(request);

@@ -177,7 +177,10 @@ pub async fn open_group_with(
     }
     .validate()
     .map_err(|e| ShardError::raft("config", e))?;
-    let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes));
+    let pool = options
+        .peers
+        .clone()
+        .unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone()));
     let network = PeerNetworkFactory { group, pool };
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
