@@ -1132,6 +1132,52 @@ fn t20_rounds_build_on_sealed_rounds() {
 /// the append fails: both copies get `Unavailable`, and after a restart s is still free, so the
 /// client's retry commits it.
 #[test]
+fn t24_a_rejection_judged_over_an_uncommitted_block_waits_for_it() {
+    // Linearizability (D32): `b` is set by a block whose append is held; a put-if-absent of `b`
+    // from another client fails its condition only because of that block, so its rejection
+    // must not be answered before the block's outcome, and must not stand if it fails.
+    use crate::faults::{AppendFault, Faults};
+    run(|dir| async move {
+        let faults = Arc::new(Faults::default());
+        let armed = faults.clone();
+        let node = start(dir.clone(), move |c| c.faults = armed).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let (reached_tx, reached) = flume::bounded(1);
+        let (release, release_rx) = flume::bounded(1);
+        faults.fail_next_block_append(AppendFault { reached: reached_tx, release: release_rx });
+        let group = node.resolve(ns).await.unwrap();
+        let send = |request_id: u64, client: &str, operations: Vec<Operation>| {
+            let request = Request::Write {
+                namespace_id: ns,
+                vault_id: vault,
+                client_id: client.into(),
+                sequence: 1,
+                operations,
+                include_tx_proof: false,
+            };
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            node.core_of(group)
+                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone(), forwarded: false })
+                .unwrap();
+        };
+        send(2001, "setter", vec![set("b", b"2")]);
+        reached.recv_async().await.unwrap();
+        send(2002, "checker", vec![set_if("b", b"3", SetCondition::MustNotExist)]);
+        glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(node.replies.is_empty(), "a rejection was answered from a block not yet committed");
+        release.send(()).unwrap();
+        for _ in 0..2 {
+            let env = node.replies.recv_async().await.unwrap();
+            let status = env.result.expect_err("nothing may succeed or fail on the failed block's state");
+            assert_eq!(status.code, StatusCode::Unavailable, "request {}: {status:?}", env.request_id);
+        }
+        node.stop().await;
+    });
+}
+
+#[test]
 fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
     use crate::faults::{AppendFault, Faults};
     run(|dir| async move {

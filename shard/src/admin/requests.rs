@@ -65,11 +65,13 @@ pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySen
     let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result });
 }
 
-/// A fresh cluster creates `_system` moments after it forms: registry requests that arrive
-/// before wait for it (up to the forwarding timeout) instead of failing.
+/// A fresh cluster creates `_system` and its bootstrap records (written in one transaction with
+/// the page-token key) moments after it forms: registry requests that arrive before wait for
+/// them (up to the forwarding timeout) instead of failing.
 async fn wait_for_system(shard: &Shard) {
     let deadline = std::time::Instant::now() + shard.config.forward_timeout;
-    while with_system(shard, |_| ()).is_err() && std::time::Instant::now() < deadline {
+    let ready = || with_system(shard, page_token_key).ok().flatten().is_some();
+    while !ready() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -187,6 +187,11 @@ pub struct Group {
     /// it that arrived meanwhile: they wait for that block's outcome and get the same answer
     /// (SPEC §6.3 answers duplicates from committed client state only).
     in_flight_txs: RefCell<HashMap<TxKey, Vec<Waiter>>>,
+    /// Condition failures judged over blocks not yet committed (this round's own earlier
+    /// transactions, or blocks in flight): answered only once the block they depend on commits
+    /// as built, else `Unavailable` — a rejection must never reveal state that may never commit
+    /// (found by the linearizability test, D32).
+    deferred: RefCell<Vec<DeferredRejection>>,
 }
 
 /// One transaction's identity for duplicate detection: scope, client id, sequence.
@@ -217,6 +222,7 @@ impl Group {
             last_round: RefCell::new(None),
             resync_log_index: Cell::new(false),
             in_flight_txs: RefCell::new(HashMap::new()),
+            deferred: RefCell::new(Vec::new()),
         })
     }
 
@@ -485,7 +491,7 @@ impl Group {
             let built = match group.complete_round(ctx, trees, accepted, group_height, predecessor_proposed) {
                 Ok(built) => built,
                 Err((status, accepted)) => {
-                    group.abandon_round(status, accepted);
+                    group.abandon_round(group_height, status, accepted);
                     let _ = completed.send(false);
                     return;
                 }
@@ -510,7 +516,7 @@ impl Group {
                     match futures::future::select(proposal, deadline).await {
                         futures::future::Either::Left((result, _)) => result,
                         futures::future::Either::Right((_, proposal)) => {
-                            group.answer_stalled(&mut accepted);
+                            group.answer_stalled(group_height, &mut accepted);
                             proposal.await
                         }
                     }
@@ -524,7 +530,8 @@ impl Group {
     /// A round that cannot be proposed: its writes are answered `status` (the client retries with
     /// the same sequence, SPEC §6.3), and the log index it reserved is given up, so the next round
     /// waits for the blocks in flight to drain and then predicts indexes afresh.
-    fn abandon_round(&self, status: Status, accepted: Vec<Accepted>) {
+    fn abandon_round(&self, group_height: u64, status: Status, accepted: Vec<Accepted>) {
+        self.release_deferred(group_height, false, &[]);
         for a in accepted {
             for w in self.waiters_of(a).0 {
                 w.send(Err(status.clone()));
@@ -569,6 +576,7 @@ impl Group {
                 (Some(self.proposal_failed(&e)), Vec::new())
             }
         };
+        self.release_deferred(group_height, failure.is_none(), &not_applied);
         let mut cache = self.cache.borrow_mut();
         for a in accepted {
             let failure = failure.clone().or_else(|| {
@@ -596,7 +604,8 @@ impl Group {
     /// Answers the writers of a block that did not commit within the request deadline with
     /// `Unavailable` (outcome unknown: a retry with the same sequence learns it), leaving the
     /// block in flight: `finish_round` answers whoever joins it later.
-    fn answer_stalled(&self, accepted: &mut [Accepted]) {
+    fn answer_stalled(&self, group_height: u64, accepted: &mut [Accepted]) {
+        self.release_deferred(group_height, false, &[]);
         let status = Status {
             code: StatusCode::Unavailable,
             message: format!(
@@ -613,6 +622,32 @@ impl Group {
             let retries = in_flight.get_mut(&key).map(std::mem::take).unwrap_or_default();
             for w in a.waiters.drain(..).chain(retries) {
                 w.send(Err(status.clone()));
+            }
+        }
+    }
+
+    /// The block at `group_height` committed as built (`committed`, with `not_applied` scopes
+    /// excepted) or did not: rejections that depended on it (and on nothing later) get their
+    /// answer; if it did not, every rejection waiting on it or a later block is `Unavailable`
+    /// (a retry judges the condition again).
+    fn release_deferred(&self, group_height: u64, committed: bool, not_applied: &[ScopeKey]) {
+        let due: Vec<DeferredRejection> = {
+            let mut deferred = self.deferred.borrow_mut();
+            let (due, keep) = std::mem::take(&mut *deferred)
+                .into_iter()
+                .partition(|d| !committed || d.after_height <= group_height);
+            *deferred = keep;
+            due
+        };
+        for d in due {
+            if committed && !not_applied.contains(&d.scope) {
+                d.waiter.send(Ok(d.result));
+            } else {
+                let message = format!(
+                    "the condition was judged over group {} block {} which did not commit as built; retry the write",
+                    self.id, d.after_height
+                );
+                d.waiter.send(Err(Status::unavailable(message)));
             }
         }
     }
@@ -648,6 +683,7 @@ impl Group {
         let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut per_scope: BTreeMap<ScopeKey, usize> = BTreeMap::new();
+        let mut rejected: Vec<(ScopeKey, Waiter, WriteResult)> = Vec::new();
         let mut cache = self.cache.borrow_mut();
         for p in batch {
             let Some(scope) = data.scopes.get(&p.scope) else {
@@ -767,21 +803,40 @@ impl Group {
                     });
                     *index += 1;
                 }
-                Err(e) => p.waiter.send(Ok(WriteResult::Error(e))),
+                Err(e) => rejected.push((p.scope, p.waiter, WriteResult::Error(e))),
             }
         }
         drop(cache);
         let sealed: Vec<(ScopeKey, SealedDraft)> =
             drafts.into_iter().filter(|(_, draft)| !draft.is_empty()).map(|(k, d)| (k, d.seal())).collect();
+        let in_flight_height = match (sealing.back(), data.speculative.back()) {
+            (Some(last), _) => Some(last.group_height),
+            (None, Some(last)) => Some(last.group_height),
+            (None, None) => None,
+        };
+        let group_height = in_flight_height.unwrap_or(data.group_height) + 1;
+        // A rejection depends on this round's block if it has one (earlier transactions of the
+        // round may be what failed the condition), else on the newest block in flight.
+        let depends_on = if sealed.is_empty() { in_flight_height } else { Some(group_height) };
+        match depends_on {
+            None => {
+                for (_, waiter, result) in rejected {
+                    waiter.send(Ok(result));
+                }
+            }
+            Some(after_height) => self.deferred.borrow_mut().extend(
+                rejected.into_iter().map(|(scope, waiter, result)| DeferredRejection {
+                    after_height,
+                    scope,
+                    waiter,
+                    result,
+                }),
+            ),
+        }
         if sealed.is_empty() {
             assert!(accepted.is_empty());
             return None;
         }
-        let group_height = match (sealing.back(), data.speculative.back()) {
-            (Some(last), _) => last.group_height + 1,
-            (None, Some(last)) => last.group_height + 1,
-            (None, None) => data.group_height + 1,
-        };
         let trees = data.trees.clone();
         let mut jobs = Vec::with_capacity(sealed.len());
         let mut scopes = Vec::with_capacity(sealed.len());
@@ -909,6 +964,14 @@ impl Group {
 }
 
 /// A dry-run block whose state trees are being built.
+/// A rejection waiting for the block at `after_height` (and those before it) to commit.
+struct DeferredRejection {
+    after_height: u64,
+    scope: ScopeKey,
+    waiter: Waiter,
+    result: WriteResult,
+}
+
 struct Drafted {
     ctx: BlockContext,
     jobs: Vec<TreeJob>,
