@@ -105,6 +105,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         peers,
     });
     glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
+    if shard.config.cluster.is_some() {
+        glommio::spawn_local(heartbeat_loop(Rc::downgrade(&shard))).detach();
+    }
     if core.0 == 0 && shard.config.cluster.is_some() {
         // Leadership of `_system` comes later and moves: whoever holds it keeps the registry's
         // bootstrap records and scopes in order (admin/requests.rs).
@@ -150,6 +153,24 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 shutdown(&shard, builders).await;
                 let _ = done.send(());
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// One heartbeat tick for every group this core leads (openraft's own per-group timers are off
+/// in a cluster): the empty appends of all groups to one node are queued together, and the peer
+/// connection's writer sends them as one frame (D30).
+async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
+    let Some(interval) = shard.upgrade().map(|s| std::time::Duration::from_millis(s.config.raft_heartbeat_ms)) else {
+        return;
+    };
+    loop {
+        glommio::timer::sleep(interval).await;
+        let Some(shard) = shard.upgrade() else { return };
+        for group in shard.groups.values() {
+            if group.is_leader() {
+                let _ = group.raft.trigger().heartbeat().await;
             }
         }
     }

@@ -173,6 +173,9 @@ pub async fn open_group_with(
         // group's maintenance task (maintenance/task.rs, docs/decisions.md D12).
         snapshot_policy: openraft::SnapshotPolicy::Never,
         install_snapshot_timeout: 10_000,
+        // In a cluster the core ticks every group's heartbeat at once (shard.rs
+        // `heartbeat_loop`), so the heartbeats of all its groups to one node leave in one frame.
+        enable_heartbeat: config.cluster.is_none(),
         ..Default::default()
     }
     .validate()
