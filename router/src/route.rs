@@ -44,7 +44,9 @@ pub fn target_of(request: &Request) -> Target {
         | ListVaults
         | GetNodeInfo
         | HealthCheck { .. }
-        | SetPartition { .. } => Target::Admin,
+        | SetPartition { .. }
+        | JoinCluster { .. }
+        | LeaveCluster { .. } => Target::Admin,
         Peer(peer) => Target::Group(peer.group_id()),
     }
 }

@@ -41,6 +41,9 @@ pub struct NodeAnswer {
     pub node_id: u64,
     pub address: String,
     pub cores: u16,
+    pub is_cluster_member: bool,
+    /// The groups it hosts (empty while it bootstraps).
+    pub groups: Vec<u32>,
 }
 
 /// The agreed result: every member with its address, the initializer, and its cores.
@@ -96,6 +99,32 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
             });
         }
         eprintln!("event=bootstrap_waiting expected={expected} found={} nodes=[{}]", known.len(), seen());
+        std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
+    }
+}
+
+/// Join mode (`bootstrap_expect = 0`, SPEC §10.2): waits until a member of the cluster answers
+/// and returns the groups it hosts, which this node will host too once an operator (or
+/// `ledger-admin join`) adds it; it never initializes a group itself.
+pub fn find_cluster(config: &Config) -> Result<Vec<u32>, BootstrapError> {
+    let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
+    loop {
+        for peer in &config.peers {
+            if let Ok(answer) = ask_node_info(peer) {
+                if answer.is_cluster_member && !answer.groups.is_empty() {
+                    return Ok(answer.groups);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(BootstrapError::Timeout {
+                expected: 1,
+                found: 0,
+                secs: config.bootstrap_timeout_secs,
+                seen: "no cluster member among --peers".into(),
+            });
+        }
+        eprintln!("event=join_waiting peers={:?}", config.peers);
         std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
     }
 }
@@ -172,6 +201,7 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
                                     is_cluster_member: false,
                                     term: 0,
                                     cores: me.cores,
+                                    groups: Vec::new(),
                                 }),
                                 _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
                             },
@@ -223,9 +253,14 @@ pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
                         return Err("empty answer".into());
                     };
                     return match first.result {
-                        Ok(Response::GetNodeInfo { node_id, address, cores, .. }) => {
-                            Ok(NodeAnswer { node_id, address, cores })
-                        }
+                        Ok(Response::GetNodeInfo {
+                            node_id,
+                            address,
+                            cores,
+                            is_cluster_member,
+                            groups,
+                            ..
+                        }) => Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups }),
                         Ok(_) => Err("unexpected answer".into()),
                         Err(status) => Err(status.to_string()),
                     };
@@ -251,7 +286,15 @@ mod tests {
             order
                 .iter()
                 .map(|id| {
-                    (*id, NodeAnswer { node_id: *id, address: format!("127.0.0.1:{id}"), cores: *id as u16 })
+                    let address = format!("127.0.0.1:{id}");
+                    let answer = NodeAnswer {
+                        node_id: *id,
+                        address,
+                        cores: *id as u16,
+                        is_cluster_member: false,
+                        groups: Vec::new(),
+                    };
+                    (*id, answer)
                 })
                 .collect::<BTreeMap<_, _>>()
         };

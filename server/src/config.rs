@@ -234,10 +234,10 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
-        if self.bootstrap_expect == 0 {
+        if self.bootstrap_expect == 0 && self.peers.is_empty() {
             return invalid(
-                "bootstrap_expect",
-                "join mode (0) is not implemented yet: bootstrap the cluster with N >= 1",
+                "peers",
+                "join mode (bootstrap_expect 0) needs a cluster member's address in --peers",
             );
         }
         if self.bootstrap_expect > 5 {

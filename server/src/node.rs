@@ -67,6 +67,8 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             node_id: dir.node_id,
             address: advertise_addr.clone(),
             cores: config.cores as u16,
+            is_cluster_member: false,
+            groups: Vec::new(),
         };
         let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
         let agreed = crate::bootstrap::coordinate(first, &config, me)?;
@@ -86,6 +88,22 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         );
         plan = Some(stored);
         early_listeners = Some(listeners);
+        placement
+    } else if previous.is_empty() && config.bootstrap_expect == 0 {
+        // Join mode: host the cluster's groups, uninitialized, until a member adds this node.
+        let groups: Vec<GroupId> =
+            crate::bootstrap::find_cluster(&config)?.into_iter().map(GroupId).collect();
+        let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
+        let stored = StoredPlan { members: Vec::new(), initializer: 0 };
+        dir.store_plan(&stored, &placement)?;
+        eprintln!(
+            "event=join_ready node={} groups={} hint=\"ledger-admin join --node {} --address {}\"",
+            dir.node_id,
+            groups.len(),
+            dir.node_id,
+            advertise_addr
+        );
+        plan = Some(stored);
         placement
     } else {
         let groups: Vec<GroupId> = if previous.is_empty() {

@@ -131,3 +131,5 @@ pub const FORWARD_ATTEMPTS_MAX: usize = 3;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// How often core 0 of a cluster member checks whether it leads `_system` (registry_keeper).
 pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;
+/// How long a node being added to a group may take to catch up as a learner (SPEC §10.6).
+pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

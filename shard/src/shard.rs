@@ -162,7 +162,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
 /// in a cluster): the empty appends of all groups to one node are queued together, and the peer
 /// connection's writer sends them as one frame (D30).
 async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
-    let Some(interval) = shard.upgrade().map(|s| std::time::Duration::from_millis(s.config.raft_heartbeat_ms)) else {
+    let Some(interval) =
+        shard.upgrade().map(|s| std::time::Duration::from_millis(s.config.raft_heartbeat_ms))
+    else {
         return;
     };
     loop {

@@ -296,6 +296,16 @@ pub enum Request {
         include_chain_proof: bool,
         trusted_height: Option<u64>,
     },
+    /// SPEC §10.6: make `node_id` (listening at `address`) a voter of every group — a learner
+    /// first, promoted once caught up — one group at a time (joint consensus).
+    JoinCluster {
+        node_id: u64,
+        address: String,
+    },
+    /// SPEC §10.6: remove `node_id` from every group (data groups first, `_system` last).
+    LeaveCluster {
+        node_id: u64,
+    },
     /// Test fault switch (issue 14 item 7): cut this node off from these peer nodes, both ways
     /// (empty heals). Refused unless the server runs with `--test-faults`.
     SetPartition {
@@ -337,6 +347,8 @@ impl Request {
             Request::VerifiedRead { .. } => "verified_read",
             Request::HistoricalRead { .. } => "historical_read",
             Request::SetPartition { .. } => "set_partition",
+            Request::JoinCluster { .. } => "join_cluster",
+            Request::LeaveCluster { .. } => "leave_cluster",
             Request::Peer(peer) => peer.op_name(),
         }
     }
@@ -518,6 +530,8 @@ pub enum Response {
         term: u64,
         /// Cores of the node: the bootstrapping node's count sets the initial data groups.
         cores: u16,
+        /// The groups this node hosts (a joining node hosts the same ones).
+        groups: Vec<u32>,
     },
     HealthCheck {
         status: HealthStatus,
@@ -552,6 +566,13 @@ pub enum Response {
         block_header: Option<BlockHeader>,
         state_proof: Option<StateProof>,
         chain_proof: Option<ChainProof>,
+    },
+    /// Per group (in the order changed): its voters afterwards.
+    JoinCluster {
+        groups: Vec<(u32, Vec<u64>)>,
+    },
+    LeaveCluster {
+        groups: Vec<(u32, Vec<u64>)>,
     },
     SetPartition {
         blocked_nodes: Vec<u64>,

@@ -76,6 +76,16 @@ pub enum PeerRequest {
     },
     /// Proposed by the receiving node if it leads `group_id`; answered with the scope's genesis.
     ScopeCommand { group_id: u32, command: WireScopeCommand },
+    /// One membership change of `group_id`, made by its leader (SPEC §10.6–10.7): add a node
+    /// (as a learner, then a voter once caught up) or remove one.
+    ChangeMembership { group_id: u32, change: MembershipChange },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum MembershipChange {
+    Add { node_id: u64, address: String },
+    Remove { node_id: u64 },
 }
 
 impl PeerRequest {
@@ -84,7 +94,8 @@ impl PeerRequest {
             PeerRequest::Vote { group_id, .. }
             | PeerRequest::AppendEntries { group_id, .. }
             | PeerRequest::InstallSnapshot { group_id, .. }
-            | PeerRequest::ScopeCommand { group_id, .. } => *group_id,
+            | PeerRequest::ScopeCommand { group_id, .. }
+            | PeerRequest::ChangeMembership { group_id, .. } => *group_id,
         }
     }
 
@@ -94,6 +105,7 @@ impl PeerRequest {
             PeerRequest::AppendEntries { .. } => "raft_append_entries",
             PeerRequest::InstallSnapshot { .. } => "raft_install_snapshot",
             PeerRequest::ScopeCommand { .. } => "scope_command",
+            PeerRequest::ChangeMembership { .. } => "change_membership",
         }
     }
 }
@@ -110,8 +122,20 @@ pub enum AppendOutcome {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum PeerResponse {
-    Vote { vote: WireVote, vote_granted: bool, last_log_id: Option<WireLogId> },
+    Vote {
+        vote: WireVote,
+        vote_granted: bool,
+        last_log_id: Option<WireLogId>,
+    },
     AppendEntries(AppendOutcome),
-    InstallSnapshot { vote: WireVote },
-    ScopeCommand { genesis: BlockHeader },
+    InstallSnapshot {
+        vote: WireVote,
+    },
+    ScopeCommand {
+        genesis: BlockHeader,
+    },
+    /// The group's voters after the change.
+    ChangeMembership {
+        voters: Vec<u64>,
+    },
 }

@@ -50,6 +50,13 @@ pub enum InternalMsg {
     ScopeHealth { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<ScopeHealthReport, Status>> },
     /// Core 0 → every core: the cluster's page-token key (SPEC §5.7).
     PageTokenKey(TokenKey),
+    /// Core 0 (the `_system` leader) → the core owning `group`: make one membership change of it
+    /// (here if this node leads it, else on its leader); the reply carries its voters afterwards.
+    ChangeMembership {
+        group: GroupId,
+        change: ledger_wire::peer::MembershipChange,
+        reply: oneshot::Sender<Result<Vec<u64>, Status>>,
+    },
     /// Any core → core 0: send me the page-token key.
     GetPageTokenKey { reply: oneshot::Sender<Option<TokenKey>> },
 }
@@ -143,6 +150,19 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
             let _ = reply.send(result);
         }
         InternalMsg::PageTokenKey(key) => shard.token_key.set(Some(key)),
+        InternalMsg::ChangeMembership { group, change, reply } => match shard.groups.get(&group) {
+            Some(g) => {
+                let (g, shard) = (g.clone(), shard.clone());
+                glommio::spawn_local(async move {
+                    let _ = reply.send(crate::admin::membership::change_anywhere(&shard, &g, change).await);
+                })
+                .detach();
+            }
+            None => {
+                let _ = reply
+                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+            }
+        },
         InternalMsg::GetPageTokenKey { reply } => {
             let _ = reply.send(shard.token_key.get());
         }

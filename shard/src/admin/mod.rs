@@ -1,7 +1,8 @@
 //! Node-level work that is not one group's: `requests` (registry and node requests, served by
 //! core 0), `registry` (the `_system` records and their keys) and `internal` (calls between cores
-//! that are not client requests).
+//! that are not client requests), `membership` (join and leave, SPEC §10.6).
 
 pub mod internal;
+pub mod membership;
 pub mod registry;
 pub mod requests;

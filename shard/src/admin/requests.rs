@@ -26,6 +26,7 @@ use ledger_wire::messages::{
     HealthStatus, NamespaceInfo, NamespaceSelector, Request, RequestEnvelope, Response, ResponseEnvelope,
     Status, StatusCode, VaultInfo, WriteResult, WriteSuccess,
 };
+use ledger_wire::peer::MembershipChange;
 use std::rc::Rc;
 
 pub const SYSTEM_SCOPE: ScopeKey = ScopeKey { namespace_id: NamespaceId(0), vault_id: VaultId(0) };
@@ -51,7 +52,12 @@ pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySen
         // Registry changes are `_system` transactions: its leader makes them (SPEC §8.1).
         match system_group(&shard) {
             Ok(group) => {
-                let timeout = shard.config.forward_timeout;
+                let timeout = match envelope.request {
+                    Request::JoinCluster { .. } | Request::LeaveCluster { .. } => {
+                        crate::admin::membership::change_timeout() * shard.placement.len().max(1) as u32
+                    }
+                    _ => shard.config.forward_timeout,
+                };
                 match forward::to_leader(&shard.peers, group, envelope.request.clone(), timeout).await {
                     Forwarded::Answer(result) => result,
                     Forwarded::Local => answer(&shard, envelope.request).await,
@@ -83,7 +89,39 @@ fn changes_registry(request: &Request) -> bool {
             | Request::DeleteNamespace { .. }
             | Request::CreateVault { .. }
             | Request::DeleteVault { .. }
+            | Request::JoinCluster { .. }
+            | Request::LeaveCluster { .. }
     )
+}
+
+/// SPEC §10.6 on the `_system` leader: the change in every group, one at a time (`_system`
+/// first when adding, last when removing); stops at the first group that refuses.
+async fn change_membership_everywhere(
+    shard: &Shard,
+    change: MembershipChange,
+) -> Result<Vec<(u32, Vec<u64>)>, Status> {
+    if shard.config.cluster.is_none() {
+        return Err(status(
+            StatusCode::FailedPrecondition,
+            "this node runs alone (bootstrap_expect 1): start the cluster with --bootstrap-expect N --peers …",
+        ));
+    }
+    let _serial = shard.admin_lock.lock().await;
+    let joining = matches!(change, MembershipChange::Add { .. });
+    let mut done = Vec::new();
+    for group in crate::admin::membership::order(shard.placement.keys().copied(), joining) {
+        let (tx, rx) = oneshot::channel();
+        let msg = InternalMsg::ChangeMembership { group, change: change.clone(), reply: tx };
+        send_to_owner(shard, group, msg).await?;
+        let voters =
+            rx.await.map_err(|_| Status::unavailable("membership change dropped"))?.map_err(|mut s| {
+                s.message = format!("{} (groups changed before it: {done:?})", s.message);
+                s
+            })?;
+        eprintln!("event=membership_changed group={group} change={change:?} voters={voters:?}");
+        done.push((group.0, voters));
+    }
+    Ok(done)
 }
 
 fn system_leader(shard: &Shard) -> bool {
@@ -116,6 +154,18 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             let (status, message, details) =
                 rx.await.map_err(|_| Status::unavailable("health check dropped"))??;
             Ok(Response::HealthCheck { status, message, details })
+        }
+        Request::JoinCluster { node_id, address } => {
+            let groups = change_membership_everywhere(
+                shard,
+                MembershipChange::Add { node_id, address: address.clone() },
+            )
+            .await?;
+            Ok(Response::JoinCluster { groups })
+        }
+        Request::LeaveCluster { node_id } => {
+            let groups = change_membership_everywhere(shard, MembershipChange::Remove { node_id }).await?;
+            Ok(Response::LeaveCluster { groups })
         }
         Request::SetPartition { blocked_nodes } => {
             if !shard.config.faults.peer_faults_enabled() {
@@ -531,6 +581,7 @@ fn node_info(shard: &Shard) -> Response {
         is_cluster_member,
         term,
         cores: shard.cores.len() as u16,
+        groups: shard.placement.keys().map(|g| g.0).collect(),
     }
 }
 

@@ -50,6 +50,10 @@ async fn answer(group: &Group, request: PeerRequest) -> Result<Response, Status>
             let meta = group.scope_command(command).await?;
             PeerResponse::ScopeCommand { genesis: meta.genesis }
         }
+        PeerRequest::ChangeMembership { change, .. } => {
+            let voters = crate::admin::membership::change_at_leader(group, change).await?;
+            PeerResponse::ChangeMembership { voters }
+        }
     };
     Ok(Response::Peer(response))
 }

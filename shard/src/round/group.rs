@@ -163,6 +163,8 @@ pub fn vault_unavailable(scope: ScopeKey, health: &VaultHealth) -> Status {
 pub struct Group {
     pub id: GroupId,
     pub raft: LedgerRaft,
+    /// One membership change of this group at a time (SPEC §10.7; admin/membership.rs).
+    pub membership_lock: futures::lock::Mutex<()>,
     pub data: Rc<RefCell<GroupData>>,
     config: Arc<ShardConfig>,
     cache: Rc<RefCell<IdemCache>>,
@@ -208,6 +210,7 @@ impl Group {
         Rc::new(Group {
             id,
             raft,
+            membership_lock: futures::lock::Mutex::new(()),
             data,
             config,
             cache,

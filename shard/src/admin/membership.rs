@@ -1,0 +1,139 @@
+//! Cluster membership changes (SPEC §10.6–10.7): `JoinCluster` and `LeaveCluster`, run by the
+//! `_system` leader one group at a time, each change made by that group's leader through
+//! openraft's joint consensus. A node is added as a learner and promoted to voter only once it
+//! has caught up (a node that does not catch up in time is removed again and the voters stay as
+//! they were); a removal that would leave fewer voters than the current quorum is refused
+//! (`WouldBreakQuorum`). Changes of one group are serialized by its lock; openraft refuses a
+//! second change in flight anyway.
+
+use crate::constants::LEARNER_CATCH_UP_TIMEOUT;
+use crate::peer::forward::{self, Forwarded};
+use crate::round::group::Group;
+use crate::shard::Shard;
+use ledger_core::types::GroupId;
+use ledger_wire::messages::{Request, Response, Status, StatusCode};
+use ledger_wire::peer::{MembershipChange, PeerRequest, PeerResponse};
+use openraft::ChangeMembers;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// How long one group's change may take, catching a learner up included.
+pub fn change_timeout() -> Duration {
+    LEARNER_CATCH_UP_TIMEOUT + Duration::from_secs(10)
+}
+
+fn voters(group: &Group) -> BTreeSet<u64> {
+    group.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+}
+
+fn failed(code: StatusCode, message: String) -> Status {
+    Status::new(code, message)
+}
+
+/// Makes `change` on `group`, whose leader must be this node; returns the voters afterwards.
+pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result<Vec<u64>, Status> {
+    let _one_at_a_time = group.membership_lock.lock().await;
+    if !group.is_leader() {
+        let mut status = Status::new(StatusCode::NotLeader, format!("not the leader of group {}", group.id));
+        status.leader_hint = group.leader_hint();
+        return Err(status);
+    }
+    let raft_failed = |what: &str, e: &dyn std::fmt::Display| {
+        Status::unavailable(format!("group {}: {what} failed: {e}", group.id))
+    };
+    let current = voters(group);
+    match change {
+        MembershipChange::Add { node_id, address } => {
+            if current.contains(&node_id) {
+                return Ok(current.into_iter().collect());
+            }
+            let node = openraft::BasicNode { addr: address };
+            let added = glommio::timer::timeout(LEARNER_CATCH_UP_TIMEOUT, async {
+                Ok(group.raft.add_learner(node_id, node, true).await)
+            })
+            .await;
+            match added {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(raft_failed("adding the learner", &e)),
+                Err(_) => {
+                    // A learner that never caught up leaves again: the voters are unchanged.
+                    let remove = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+                    let _ = group.raft.change_membership(remove, false).await;
+                    return Err(failed(
+                        StatusCode::FailedPrecondition,
+                        format!(
+                            "node {node_id} did not catch up with group {} within {} s; membership unchanged",
+                            group.id,
+                            LEARNER_CATCH_UP_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            }
+            let promote = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+            group.raft.change_membership(promote, false).await.map_err(|e| raft_failed("promoting", &e))?;
+        }
+        MembershipChange::Remove { node_id } => {
+            if !current.contains(&node_id) {
+                let learner = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+                let _ = group.raft.change_membership(learner, false).await;
+                return Ok(current.into_iter().collect());
+            }
+            let quorum = current.len() / 2 + 1;
+            if current.len() - 1 < quorum {
+                return Err(failed(
+                    StatusCode::FailedPrecondition,
+                    format!(
+                        "WouldBreakQuorum: group {} has {} voters; removing node {node_id} leaves fewer than its quorum of {quorum}",
+                        group.id,
+                        current.len()
+                    ),
+                ));
+            }
+            let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+            group.raft.change_membership(remove, false).await.map_err(|e| raft_failed("removing", &e))?;
+        }
+    }
+    Ok(voters(group).into_iter().collect())
+}
+
+/// Makes `change` on a group this core hosts: here if this node leads it, else on its leader.
+pub async fn change_anywhere(
+    shard: &Shard,
+    group: &Group,
+    change: MembershipChange,
+) -> Result<Vec<u64>, Status> {
+    if group.is_leader() {
+        return change_at_leader(group, change).await;
+    }
+    let request = Request::Peer(Box::new(PeerRequest::ChangeMembership {
+        group_id: group.id.0,
+        change: change.clone(),
+    }));
+    match forward::to_leader(&shard.peers, group, request, change_timeout()).await {
+        Forwarded::Answer(Ok(Response::Peer(peer))) => match peer {
+            PeerResponse::ChangeMembership { voters } => Ok(voters),
+            other => Err(Status::internal(format!("the leader of group {} answered {other:?}", group.id))),
+        },
+        Forwarded::Answer(Ok(other)) => {
+            Err(Status::internal(format!("the leader of group {} answered {}", group.id, other_name(&other))))
+        }
+        Forwarded::Answer(Err(status)) => Err(status),
+        Forwarded::Local => change_at_leader(group, change).await,
+    }
+}
+
+fn other_name(response: &Response) -> String {
+    format!("{response:?}").chars().take(80).collect()
+}
+
+/// The order groups change in: `_system` first when joining (the new node learns the registry
+/// first), last when leaving (the registry keeps a quorum until the end).
+pub fn order(groups: impl Iterator<Item = GroupId>, joining: bool) -> Vec<GroupId> {
+    let mut all: Vec<GroupId> = groups.collect();
+    all.sort();
+    if !joining {
+        let first = usize::from(!all.is_empty());
+        all.rotate_left(first);
+    }
+    all
+}
