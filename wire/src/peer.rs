@@ -8,7 +8,7 @@
 //! log entries travel in the log store's own stored form (`entries`), so an entry is encoded once
 //! for the disk and the network alike.
 
-use ledger_core::types::{BlockHeader, RetentionPolicy, ScopeKey, VaultStatus};
+use ledger_core::types::{BlockHeader, GroupBlock, RetentionPolicy, ScopeKey, VaultStatus};
 use rkyv::{Archive, Deserialize, Serialize};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,14 @@ pub enum PeerRequest {
     },
     /// Proposed by the receiving node if it leads `group_id`; answered with the scope's genesis.
     ScopeCommand { group_id: u32, command: WireScopeCommand },
+    /// SPEC §5.6 item 44: archived group blocks `from_group_height..`, ascending, at most
+    /// `max_blocks` (≤ `GROUP_BLOCKS_MAX`); compacted bodies are empty. Archive back-fill after a
+    /// snapshot install. The answer may hold fewer blocks (frame size, end of the archive).
+    GetGroupBlocks { group_id: u32, from_group_height: u64, max_blocks: u32 },
 }
+
+/// The most blocks one `GetGroupBlocks` may ask for (SPEC §5.6 item 44).
+pub const GROUP_BLOCKS_MAX: u32 = 1000;
 
 impl PeerRequest {
     pub fn group_id(&self) -> u32 {
@@ -84,7 +91,8 @@ impl PeerRequest {
             PeerRequest::Vote { group_id, .. }
             | PeerRequest::AppendEntries { group_id, .. }
             | PeerRequest::InstallSnapshot { group_id, .. }
-            | PeerRequest::ScopeCommand { group_id, .. } => *group_id,
+            | PeerRequest::ScopeCommand { group_id, .. }
+            | PeerRequest::GetGroupBlocks { group_id, .. } => *group_id,
         }
     }
 
@@ -94,6 +102,7 @@ impl PeerRequest {
             PeerRequest::AppendEntries { .. } => "raft_append_entries",
             PeerRequest::InstallSnapshot { .. } => "raft_install_snapshot",
             PeerRequest::ScopeCommand { .. } => "scope_command",
+            PeerRequest::GetGroupBlocks { .. } => "get_group_blocks",
         }
     }
 }
@@ -114,4 +123,5 @@ pub enum PeerResponse {
     AppendEntries(AppendOutcome),
     InstallSnapshot { vote: WireVote },
     ScopeCommand { genesis: BlockHeader },
+    GroupBlocks { blocks: Vec<GroupBlock> },
 }
