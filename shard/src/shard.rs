@@ -406,7 +406,9 @@ fn get_block(
         // At or below the tip but not archived: this replica installed a snapshot and is still
         // back-filling its archive from peers (peer/backfill.rs); another replica or a retry has it.
         .ok_or_else(|| {
-            Status::unavailable(format!("block {height} of {key} is not in this replica's archive yet (back-fill)"))
+            Status::unavailable(format!(
+                "block {height} of {key} is not in this replica's archive yet (back-fill)"
+            ))
         })?;
     let body_pruned = block_body_pruned(&block);
     Ok(Response::GetBlock { block, body_pruned })

@@ -603,7 +603,11 @@ fn t10_unusable_state_restores_from_snapshot_and_log() {
             while g.raft.metrics().borrow().snapshot.is_none_or(|s| s.index < 19)
                 || g.raft.metrics().borrow().purged.is_none()
             {
-                assert!(Instant::now() < deadline, "openraft never purged the log: {:?}", g.raft.metrics().borrow());
+                assert!(
+                    Instant::now() < deadline,
+                    "openraft never purged the log: {:?}",
+                    g.raft.metrics().borrow()
+                );
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
             let metrics = g.raft.metrics().borrow().clone();

@@ -136,16 +136,29 @@ async fn fetch(
 
 /// Checks `blocks` (heights `from..`, consecutive) top down against `top_hash`; returns the hash
 /// the block below them must have.
-pub fn verify_batch(blocks: &[GroupBlock], group_id: u32, from: u64, top_hash: Hash) -> Result<Hash, ShardError> {
+pub fn verify_batch(
+    blocks: &[GroupBlock],
+    group_id: u32,
+    from: u64,
+    top_hash: Hash,
+) -> Result<Hash, ShardError> {
     for (i, gb) in blocks.iter().enumerate() {
         if gb.group_id != group_id || gb.group_height != from + i as u64 {
-            return Err(invalid(format!("block {} of group {} where {} was asked", gb.group_height, gb.group_id, from + i as u64)));
+            return Err(invalid(format!(
+                "block {} of group {} where {} was asked",
+                gb.group_height,
+                gb.group_id,
+                from + i as u64
+            )));
         }
         for entry in &gb.vault_entries {
             if !entry.transactions.is_empty() {
                 let leaves: Vec<Hash> = entry.transactions.iter().map(tx_hash).collect();
                 if tx_merkle_root(&leaves) != entry.tx_merkle_root {
-                    return Err(invalid(format!("group block {}: a body does not match its root", gb.group_height)));
+                    return Err(invalid(format!(
+                        "group block {}: a body does not match its root",
+                        gb.group_height
+                    )));
                 }
             }
         }
@@ -153,7 +166,10 @@ pub fn verify_batch(blocks: &[GroupBlock], group_id: u32, from: u64, top_hash: H
     let mut expect = top_hash;
     for gb in blocks.iter().rev() {
         if group_hash(gb) != expect {
-            return Err(invalid(format!("group block {} does not chain to the trusted hash", gb.group_height)));
+            return Err(invalid(format!(
+                "group block {} does not chain to the trusted hash",
+                gb.group_height
+            )));
         }
         expect = gb.previous_group_hash;
     }
@@ -177,7 +193,8 @@ async fn fill_gap(
     while top >= lo {
         let from = lo.max(top + 1 - window.min(top));
         let count = top - from + 1;
-        let blocks = fetch(peers, peer, group_id, from, u32::try_from(count).unwrap_or(GROUP_BLOCKS_MAX)).await?;
+        let blocks =
+            fetch(peers, peer, group_id, from, u32::try_from(count).unwrap_or(GROUP_BLOCKS_MAX)).await?;
         if (blocks.len() as u64) < count {
             // The answer was cut short (frame budget, or the peer lacks the top): ask for less.
             if blocks.is_empty() {
@@ -247,5 +264,47 @@ async fn check_commitments(data: &Rc<RefCell<GroupData>>) {
         Ok(bad) if bad.is_empty() => {}
         Ok(bad) => eprintln!("event=backfill_commitment_mismatch group={group_id} scopes={bad:?}"),
         Err(e) => eprintln!("event=backfill_commitment_check_failed group={group_id} error={e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ledger_core::types::Timestamp;
+
+    fn chain(n: u64) -> Vec<GroupBlock> {
+        let mut out: Vec<GroupBlock> = Vec::new();
+        for h in 1..=n {
+            let previous_group_hash = out.last().map(group_hash).unwrap_or(ZERO_HASH);
+            out.push(GroupBlock {
+                group_id: 3,
+                group_height: h,
+                previous_group_hash,
+                vault_entries: Vec::new(),
+                timestamp: Timestamp { secs: h as i64, nanos: 0 },
+                leader_id: 1,
+                term: 1,
+                committed_index: h + 2,
+            });
+        }
+        out
+    }
+
+    /// Proves a fetched batch is accepted only when it chains to the trusted hash above it: the
+    /// intact chain links down to ZERO_HASH; a changed block, a wrong anchor, a gap in heights or
+    /// another group's block is refused.
+    #[test]
+    fn t01_batches_must_chain_to_the_anchor() {
+        let blocks = chain(5);
+        let top = group_hash(&blocks[4]);
+        assert_eq!(verify_batch(&blocks, 3, 1, top).unwrap(), ZERO_HASH);
+        assert_eq!(verify_batch(&blocks[2..], 3, 3, top).unwrap(), group_hash(&blocks[1]));
+        let mut changed = blocks.clone();
+        changed[1].timestamp.secs += 1;
+        assert!(verify_batch(&changed, 3, 1, top).is_err());
+        assert!(verify_batch(&blocks, 3, 1, ZERO_HASH).is_err());
+        assert!(verify_batch(&blocks[1..], 3, 1, top).is_err());
+        assert!(verify_batch(&blocks, 4, 1, top).is_err());
     }
 }

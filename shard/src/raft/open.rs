@@ -335,10 +335,8 @@ async fn open_state(
             detail: format!("state.redb is unusable ({reason}) and no snapshot file verifies"),
         });
     };
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let aside = dir.join(format!("state.redb.unusable-{secs}"));
     std::fs::rename(&path, &aside).map_err(|source| ShardError::Io { path: path.clone(), source })?;
     eprintln!(

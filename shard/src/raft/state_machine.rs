@@ -348,7 +348,11 @@ impl StateMachine {
         files_of(&self.data, &self.env, &self.checkpointer)
     }
 
-    async fn install_verified(&mut self, meta: &SnapshotMeta, verified: VerifiedSnapshot) -> Result<(), StorageError> {
+    async fn install_verified(
+        &mut self,
+        meta: &SnapshotMeta,
+        verified: VerifiedSnapshot,
+    ) -> Result<(), StorageError> {
         let Some((env, checkpointer)) = self.files() else {
             load_snapshot_state(&mut self.data.borrow_mut(), &verified.applied, verified.scopes);
             if let Some(checkpointer) = &self.checkpointer {
@@ -427,15 +431,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Some(bytes) => bytes,
                 None => read_file(entry.path.clone()).await.map_err(|e| snapshot_err(None, &e))?,
             };
-            return Ok(RaftSnapshot { meta: raft_meta(&entry.header), snapshot: Box::new(Cursor::new(bytes)) });
+            return Ok(RaftSnapshot {
+                meta: raft_meta(&entry.header),
+                snapshot: Box::new(Cursor::new(bytes)),
+            });
         }
         let (header, bytes) = {
             let data = self.data.borrow();
             let cut = SnapshotCut::take(&data);
             let built = cut.build(|key, height| {
-                data.archive
-                    .get_header(key, height)?
-                    .ok_or_else(|| ShardError::Corrupt { what: "archive", detail: format!("{key} lacks {height}") })
+                data.archive.get_header(key, height)?.ok_or_else(|| ShardError::Corrupt {
+                    what: "archive",
+                    detail: format!("{key} lacks {height}"),
+                })
             });
             let (header, body) = built.map_err(|e| snapshot_err(None, &e))?;
             encode_file(header, &body)
@@ -535,7 +543,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 checked.map_err(|e| {
                     eprintln!("event=snapshot_refused group={group_id} error={e}");
-                    StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))
+                    StorageError::from(StorageIOError::read_snapshot(
+                        Some(meta.signature()),
+                        AnyError::new(&e),
+                    ))
                 })?
             }
         };

@@ -389,7 +389,12 @@ impl Archive {
     /// Up to `max` consecutive archived group blocks from `from` (SPEC §5.6 item 44), stopping at
     /// the first missing height and once the blocks' encoded size passes `budget_bytes` (at least
     /// one block is returned if `from` is archived).
-    pub fn group_blocks(&self, from: u64, max: u32, budget_bytes: usize) -> Result<Vec<GroupBlock>, ShardError> {
+    pub fn group_blocks(
+        &self,
+        from: u64,
+        max: u32,
+        budget_bytes: usize,
+    ) -> Result<Vec<GroupBlock>, ShardError> {
         let mut out = Vec::new();
         let mut used = 0usize;
         for height in from..from.saturating_add(u64::from(max)) {

@@ -788,4 +788,30 @@ mod tests {
         assert!(catalog.corrupt[0].header.is_some());
         assert_eq!(catalog.newest().unwrap().path, snapshot_path(&dir, 50));
     }
+
+    /// Proves a received snapshot is checked before install: a good one passes; one announced
+    /// with another cut, sent to another group, with a damaged body, or whose summary's tip hash
+    /// differs from its rows' meta is refused.
+    #[test]
+    fn t05_verify_received_refuses_bad_snapshots() {
+        let (data, headers) = group(4);
+        let (header, bytes) = file_of(&data, &headers);
+        let meta = raft_meta(&header);
+        let ok = verify_received(bytes.clone(), 3, &meta, None).unwrap();
+        assert_eq!(ok.snapshot_id, meta.snapshot_id);
+        assert_eq!(ok.scopes[0].meta.state_root, data.scopes[&key()].meta.state_root);
+        assert!(verify_received(bytes.clone(), 4, &meta, None).is_err());
+        let mut other_cut = meta.clone();
+        other_cut.last_log_id = Some(LogId::from(LogIdRecord { term: 9, node_id: 1, index: 99 }));
+        assert!(verify_received(bytes.clone(), 3, &other_cut, None).is_err());
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(verify_received(damaged, 3, &meta, None).is_err());
+        let (mut bad_header, body) = SnapshotCut::take(&data).build(|_, h| Ok(headers[&h].clone())).unwrap();
+        bad_header.scopes[0].block_hash = ZERO_HASH;
+        let (bad_header, bad) = encode_file(bad_header, &body);
+        let err = verify_received(bad, 3, &raft_meta(&bad_header), None).unwrap_err().to_string();
+        assert!(err.contains("summary hashes"), "{err}");
+    }
 }
