@@ -95,25 +95,27 @@ async fn receive_snapshot_chunk(
     }
     let group_id = group.id.0;
     let snapshot_id = rpc.meta.snapshot_id.clone();
-    let complete = RECEIVING.with(|receiving| {
-        let mut receiving = receiving.borrow_mut();
-        if rpc.offset == 0 {
-            receiving.insert(group_id, (snapshot_id.clone(), Vec::new()));
-        }
-        let fits = matches!(receiving.get(&group_id),
+    let complete = RECEIVING
+        .with(|receiving| {
+            let mut receiving = receiving.borrow_mut();
+            if rpc.offset == 0 {
+                receiving.insert(group_id, (snapshot_id.clone(), Vec::new()));
+            }
+            let fits = matches!(receiving.get(&group_id),
             Some((id, bytes)) if *id == snapshot_id && bytes.len() as u64 == rpc.offset);
-        if !fits {
-            receiving.remove(&group_id);
-            return Err(Status::invalid(format!(
-                "group {group_id}: snapshot chunk at {} of {snapshot_id} out of order",
-                rpc.offset
-            )));
-        }
-        if let Some((_, bytes)) = receiving.get_mut(&group_id) {
-            bytes.extend_from_slice(&rpc.data);
-        }
-        Ok(if rpc.done { receiving.remove(&group_id).map(|(_, bytes)| bytes) } else { None })
-    })?;
+            if !fits {
+                receiving.remove(&group_id);
+                return Err(format!(
+                    "group {group_id}: snapshot chunk at {} of {snapshot_id} out of order",
+                    rpc.offset
+                ));
+            }
+            if let Some((_, bytes)) = receiving.get_mut(&group_id) {
+                bytes.extend_from_slice(&rpc.data);
+            }
+            Ok(if rpc.done { receiving.remove(&group_id).map(|(_, bytes)| bytes) } else { None })
+        })
+        .map_err(Status::invalid)?;
     let Some(bytes) = complete else {
         return Ok(PeerResponse::InstallSnapshot { vote: vote_to_wire(&my_vote) });
     };
