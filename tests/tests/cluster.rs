@@ -5,7 +5,7 @@
 
 use ledger_core::types::ReadConsistency;
 use ledger_tests::cluster::Cluster;
-use ledger_tests::scope::{connect, create_scope, set, tip, walk_chain, ScopeTip};
+use ledger_tests::scope::{connect, create_scope, retry_transient, set, tip, walk_chain, ScopeTip};
 use ledger_wire::client::{Client, RetryPolicy, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, StatusCode};
 use std::collections::BTreeMap;
@@ -419,7 +419,10 @@ async fn t05_follower_behind_purged_log_is_brought_back_by_snapshot() {
     let mut cluster = Cluster::start(3, &flags);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
-    let (namespace_id, vault_id) = create_scope(&admin, "snapshots").await;
+    // A fresh cluster's registry may not list its data group yet (`Unavailable`): retried.
+    let (namespace_id, _) =
+        retry_transient(|| admin.create_namespace("snapshots")).await.expect("create namespace");
+    let vault_id = retry_transient(|| admin.create_vault(namespace_id, None)).await.expect("create vault");
     let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
     let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
     let follower = (leader + 1) % 3;
