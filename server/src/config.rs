@@ -100,6 +100,13 @@ pub struct ConfigLayer {
     /// Snapshot files kept per group.
     #[arg(long, env = "INFERADB__LEDGER__SNAPSHOTS_KEEP")]
     pub snapshots_keep: Option<usize>,
+    /// openraft snapshots a group (the SPEC §9.4 snapshot file) after this many log entries since
+    /// the last one, then purges the log behind it (D31).
+    #[arg(long, env = "INFERADB__LEDGER__RAFT_SNAPSHOT_LOGS")]
+    pub raft_snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers (`raft_log_keep`, SPEC §9.4).
+    #[arg(long, env = "INFERADB__LEDGER__RAFT_LOG_KEEP")]
+    pub raft_log_keep: Option<u64>,
     /// Period of the body-compaction pass over Compacted vaults (SPEC §9.5).
     #[arg(long, env = "INFERADB__LEDGER__RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
@@ -146,6 +153,8 @@ pub struct Config {
     pub snapshot_interval_blocks: u64,
     pub snapshot_interval_secs: u64,
     pub snapshots_keep: usize,
+    pub raft_snapshot_logs: u64,
+    pub raft_log_keep: u64,
     pub retention_interval_secs: u64,
     pub stream_buffer: usize,
     pub log_level: String,
@@ -224,6 +233,8 @@ impl Config {
             snapshot_interval_blocks: pick!(flags, file, snapshot_interval_blocks, 10_000),
             snapshot_interval_secs: pick!(flags, file, snapshot_interval_secs, 3600),
             snapshots_keep: pick!(flags, file, snapshots_keep, 3),
+            raft_snapshot_logs: pick!(flags, file, raft_snapshot_logs, 10_000),
+            raft_log_keep: pick!(flags, file, raft_log_keep, 1000),
             retention_interval_secs: pick!(flags, file, retention_interval_secs, 300),
             stream_buffer: pick!(flags, file, stream_buffer, 1024),
             log_level: pick!(flags, file, log_level, "info".to_string()),
@@ -263,6 +274,9 @@ impl Config {
         }
         if self.stream_buffer == 0 {
             return invalid("stream_buffer", "must be at least 1");
+        }
+        if self.raft_snapshot_logs == 0 {
+            return invalid("raft_snapshot_logs", "must be at least 1");
         }
         if self.snapshots_keep == 0 || self.retention_interval_secs == 0 {
             return invalid(

@@ -138,6 +138,8 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         snapshot_interval_blocks: config.snapshot_interval_blocks,
         snapshot_interval_secs: config.snapshot_interval_secs,
         snapshots_keep: config.snapshots_keep,
+        raft_snapshot_logs: config.raft_snapshot_logs,
+        raft_log_keep: config.raft_log_keep,
         retention_interval_secs: config.retention_interval_secs,
         helper_hooks,
         tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,

@@ -28,6 +28,12 @@ pub struct ShardConfig {
     pub snapshot_interval_secs: u64,
     /// SPEC §9.4: snapshot files kept per group (newest first).
     pub snapshots_keep: usize,
+    /// openraft's `SnapshotPolicy::LogsSinceLast`: a snapshot (the SPEC §9.4 file) after this many
+    /// log entries since the last one; the log is then purged behind it (D31).
+    pub raft_snapshot_logs: u64,
+    /// Log entries kept behind a snapshot for lagging followers (`max_in_snapshot_log_to_keep`,
+    /// SPEC §9.4 `raft_log_keep`).
+    pub raft_log_keep: u64,
     /// SPEC §9.5: period of the body-compaction pass over Compacted vaults (300 s by default).
     pub retention_interval_secs: u64,
     /// Run at the start and end of the long-lived helper threads that build and free state trees
@@ -95,6 +101,8 @@ impl ShardConfig {
             snapshot_interval_blocks: 10_000,
             snapshot_interval_secs: 3600,
             snapshots_keep: 3,
+            raft_snapshot_logs: 10_000,
+            raft_log_keep: 1000,
             retention_interval_secs: 300,
             helper_hooks: HelperHooks::default(),
             tree_thread_min_leaves: 0,

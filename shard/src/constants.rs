@@ -129,6 +129,8 @@ pub const PEER_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::fro
 pub const FORWARD_ATTEMPTS_MAX: usize = 3;
 /// Bytes of a snapshot per `InstallSnapshot` chunk (SPEC §5.6 item 43).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Pause before an archive back-fill tries its peers again (peer/backfill.rs).
+pub const BACKFILL_RETRY_MS: u64 = 500;
 /// How often core 0 of a cluster member checks whether it leads `_system` (registry_keeper).
 pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;
 /// How long a node being added to a group may take to catch up as a learner (SPEC §10.6).

@@ -426,7 +426,13 @@ fn get_block(
     let block = data
         .get_block(key, height)
         .map_err(|e| Status::internal(format!("archive: {e}")))?
-        .ok_or_else(|| Status::not_found(format!("block {height} of {key} not found")))?;
+        // At or below the tip but not archived: this replica installed a snapshot and is still
+        // back-filling its archive from peers (peer/backfill.rs); another replica or a retry has it.
+        .ok_or_else(|| {
+            Status::unavailable(format!(
+                "block {height} of {key} is not in this replica's archive yet (back-fill)"
+            ))
+        })?;
     let body_pruned = block_body_pruned(&block);
     Ok(Response::GetBlock { block, body_pruned })
 }
@@ -445,8 +451,18 @@ fn get_block_range(
     let blocks = if range.is_empty() {
         Vec::new()
     } else {
-        data.get_range(scope.meta.key, *range.start(), *range.end())
-            .map_err(|e| Status::internal(format!("archive: {e}")))?
+        let blocks = data
+            .get_range(scope.meta.key, *range.start(), *range.end())
+            .map_err(|e| Status::internal(format!("archive: {e}")))?;
+        let wanted = (range.end() - range.start() + 1).min(crate::constants::ARCHIVE_RANGE_BLOCKS_MAX);
+        if (blocks.len() as u64) < wanted {
+            let missing = range.start() + blocks.len() as u64;
+            return Err(Status::unavailable(format!(
+                "block {missing} of {} is not in this replica's archive yet (back-fill)",
+                scope.meta.key
+            )));
+        }
+        blocks
     };
     Ok(Response::GetBlockRange { blocks, current_tip: tip })
 }

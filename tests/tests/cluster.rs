@@ -5,7 +5,7 @@
 
 use ledger_core::types::ReadConsistency;
 use ledger_tests::cluster::Cluster;
-use ledger_tests::scope::{connect, create_scope, set, tip, walk_chain, ScopeTip};
+use ledger_tests::scope::{connect, create_scope, retry_transient, set, tip, walk_chain, ScopeTip};
 use ledger_wire::client::{Client, RetryPolicy, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, StatusCode};
 use std::collections::BTreeMap;
@@ -408,6 +408,51 @@ async fn t04_follower_killed_under_load_catches_up() {
     let acks = acks.lock().expect("acks").clone();
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t05_follower_behind_purged_log_is_brought_back_by_snapshot() {
+    // A snapshot every 20 log entries and 5 kept behind it: the leader soon purges what a
+    // stopped follower still needs.
+    let mut flags = NODE_FLAGS.to_vec();
+    flags.extend(["--raft-snapshot-logs", "20", "--raft-log-keep", "5"]);
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    // A fresh cluster's registry may not list its data group yet (`Unavailable`): retried.
+    let (namespace_id, _) =
+        retry_transient(|| admin.create_namespace("snapshots")).await.expect("create namespace");
+    let vault_id = retry_transient(|| admin.create_vault(namespace_id, None)).await.expect("create vault");
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
+    let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
+    let follower = (leader + 1) % 3;
+    cluster.kill9(follower);
+    // Far more entries than the threshold and the kept tail, to both scopes of the group.
+    acks.extend(write_keys(cluster.addr(leader), namespace_id, Some(vault_id), "down", 120).await);
+    acks.extend(write_keys(cluster.addr(leader), namespace_id, None, "down-ns", 30).await);
+    let leader_log = cluster.stderr(leader);
+    assert!(leader_log.contains("event=snapshot_created"), "the leader never snapshotted");
+    cluster.restart(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.stderr(follower).contains("event=snapshot_installed") {
+        assert!(
+            Instant::now() < deadline,
+            "node {follower} was not brought back by a snapshot:\n{}",
+            cluster.stderr(follower)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acks.extend(write_keys(cluster.addr(follower), namespace_id, Some(vault_id), "after", 10).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    // Every replica's chain is complete from genesis: the follower back-filled its archive.
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    let log = cluster.stderr(follower);
+    assert!(log.contains("event=archive_backfilled"), "no archive back-fill:\n{log}");
+    assert!(!log.contains("event=backfill_commitment_mismatch"), "{log}");
+    assert!(!log.contains("event=snapshot_refused"), "{log}");
+    for line in log.lines().filter(|l| l.contains("snapshot") || l.contains("backfill")) {
+        println!("node {follower}: {line}");
+    }
 }
 
 /// Cuts `node` off from the others (both directions, on every node's fault switch), or heals.

@@ -8,7 +8,7 @@
 //! log entries travel in the log store's own stored form (`entries`), so an entry is encoded once
 //! for the disk and the network alike.
 
-use ledger_core::types::{BlockHeader, RetentionPolicy, ScopeKey, VaultStatus};
+use ledger_core::types::{BlockHeader, GroupBlock, RetentionPolicy, ScopeKey, VaultStatus};
 use rkyv::{Archive, Deserialize, Serialize};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,10 @@ pub enum PeerRequest {
     /// One membership change of `group_id`, made by its leader (SPEC §10.6–10.7): add a node
     /// (as a learner, then a voter once caught up) or remove one.
     ChangeMembership { group_id: u32, change: MembershipChange },
+    /// SPEC §5.6 item 44: archived group blocks `from_group_height..`, ascending, at most
+    /// `max_blocks` (≤ `GROUP_BLOCKS_MAX`); compacted bodies are empty. Archive back-fill after a
+    /// snapshot install. The answer may hold fewer blocks (frame size, end of the archive).
+    GetGroupBlocks { group_id: u32, from_group_height: u64, max_blocks: u32 },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub enum MembershipChange {
     Remove { node_id: u64 },
 }
 
+/// The most blocks one `GetGroupBlocks` may ask for (SPEC §5.6 item 44).
+pub const GROUP_BLOCKS_MAX: u32 = 1000;
+
 impl PeerRequest {
     pub fn group_id(&self) -> u32 {
         match self {
@@ -95,7 +102,8 @@ impl PeerRequest {
             | PeerRequest::AppendEntries { group_id, .. }
             | PeerRequest::InstallSnapshot { group_id, .. }
             | PeerRequest::ScopeCommand { group_id, .. }
-            | PeerRequest::ChangeMembership { group_id, .. } => *group_id,
+            | PeerRequest::ChangeMembership { group_id, .. }
+            | PeerRequest::GetGroupBlocks { group_id, .. } => *group_id,
         }
     }
 
@@ -106,6 +114,7 @@ impl PeerRequest {
             PeerRequest::InstallSnapshot { .. } => "raft_install_snapshot",
             PeerRequest::ScopeCommand { .. } => "scope_command",
             PeerRequest::ChangeMembership { .. } => "change_membership",
+            PeerRequest::GetGroupBlocks { .. } => "get_group_blocks",
         }
     }
 }
@@ -137,5 +146,8 @@ pub enum PeerResponse {
     /// The group's voters after the change.
     ChangeMembership {
         voters: Vec<u64>,
+    },
+    GroupBlocks {
+        blocks: Vec<GroupBlock>,
     },
 }

@@ -1,14 +1,31 @@
 //! Peer calls that reach the core owning their group (SPEC §5.6): openraft's vote, append and
 //! snapshot RPCs handed to the group's `Raft`, and the registry leader's scope commands proposed
-//! here when this node leads the group. Bad bytes from a peer (an entry that does not decode) are
-//! refused with `InvalidArgument`; nothing of the call is applied.
+//! here when this node leads the group, and `GetGroupBlocks` (archive back-fill, SPEC §5.6 item
+//! 44). Bad bytes from a peer (an entry that does not decode) are refused with `InvalidArgument`;
+//! nothing of the call is applied.
+//!
+//! Snapshot chunks are put together here rather than by openraft: once the last one arrived, the
+//! whole file is verified off the core (`snapshot::verify_received`: checksums, roots, chain
+//! commitments) and only then handed to `Raft::install_full_snapshot`; a bad snapshot is refused
+//! to the leader (`InvalidArgument`, it retries later) with nothing changed, where an error from
+//! the state machine's `install_snapshot` would stop the group's Raft (D31).
 
 use crate::peer::convert::*;
+use crate::raft::type_config::{Snapshot, TypeConfig};
 use crate::reply::ReplySender;
 use crate::round::group::{Group, ScopeCommand};
 use ledger_wire::messages::{Response, ResponseEnvelope, Status};
-use ledger_wire::peer::{PeerRequest, PeerResponse, WireScopeCommand};
+use ledger_wire::peer::{PeerRequest, PeerResponse, WireScopeCommand, GROUP_BLOCKS_MAX};
+use openraft::raft::InstallSnapshotRequest;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Cursor;
 use std::rc::Rc;
+
+thread_local! {
+    /// Snapshots being received, per group of this core: (snapshot id, bytes so far).
+    static RECEIVING: RefCell<HashMap<u32, (String, Vec<u8>)>> = RefCell::new(HashMap::new());
+}
 
 /// Answers one peer call on `reply` (spawned: openraft's calls may wait for an fsync).
 pub fn handle(group: Rc<Group>, request: PeerRequest, request_id: u64, reply: ReplySender) {
@@ -39,8 +56,19 @@ async fn answer(group: &Group, request: PeerRequest) -> Result<Response, Status>
         }
         PeerRequest::InstallSnapshot { vote, meta, offset, data, done, .. } => {
             let rpc = install_from_wire(vote, meta, offset, data, done);
-            let r = group.raft.install_snapshot(rpc).await.map_err(|e| raft_status(group, "snapshot", e))?;
-            PeerResponse::InstallSnapshot { vote: vote_to_wire(&r.vote) }
+            receive_snapshot_chunk(group, rpc).await?
+        }
+        PeerRequest::GetGroupBlocks { from_group_height, max_blocks, .. } => {
+            let max = max_blocks.clamp(1, GROUP_BLOCKS_MAX);
+            // Half a frame: the rest of the response batch and its envelope fit beside it.
+            let budget = (group.config().max_frame_bytes / 2) as usize;
+            let blocks = group
+                .data
+                .borrow()
+                .archive
+                .group_blocks(from_group_height, max, budget)
+                .map_err(|e| Status::internal(format!("group {} archive: {e}", group.id)))?;
+            PeerResponse::GroupBlocks { blocks }
         }
         PeerRequest::ScopeCommand { command, .. } => {
             let command = match command {
@@ -56,4 +84,61 @@ async fn answer(group: &Group, request: PeerRequest) -> Result<Response, Status>
         }
     };
     Ok(Response::Peer(response))
+}
+
+/// One `InstallSnapshot` chunk: appended to the group's buffer; the last one is verified and
+/// installed (see the module comment).
+async fn receive_snapshot_chunk(
+    group: &Group,
+    rpc: InstallSnapshotRequest<TypeConfig>,
+) -> Result<PeerResponse, Status> {
+    let my_vote = group.raft.metrics().borrow().vote;
+    if rpc.vote < my_vote {
+        // A stale leader: it learns the newer vote and stops.
+        return Ok(PeerResponse::InstallSnapshot { vote: vote_to_wire(&my_vote) });
+    }
+    let group_id = group.id.0;
+    let snapshot_id = rpc.meta.snapshot_id.clone();
+    let complete = RECEIVING
+        .with(|receiving| {
+            let mut receiving = receiving.borrow_mut();
+            if rpc.offset == 0 {
+                receiving.insert(group_id, (snapshot_id.clone(), Vec::new()));
+            }
+            let fits = matches!(receiving.get(&group_id),
+            Some((id, bytes)) if *id == snapshot_id && bytes.len() as u64 == rpc.offset);
+            if !fits {
+                receiving.remove(&group_id);
+                return Err(format!(
+                    "group {group_id}: snapshot chunk at {} of {snapshot_id} out of order",
+                    rpc.offset
+                ));
+            }
+            if let Some((_, bytes)) = receiving.get_mut(&group_id) {
+                bytes.extend_from_slice(&rpc.data);
+            }
+            Ok(if rpc.done { receiving.remove(&group_id).map(|(_, bytes)| bytes) } else { None })
+        })
+        .map_err(Status::invalid)?;
+    let Some(bytes) = complete else {
+        return Ok(PeerResponse::InstallSnapshot { vote: vote_to_wire(&my_vote) });
+    };
+    let db = group.data.borrow().archive.db().cloned();
+    let meta = rpc.meta.clone();
+    let verified = glommio::executor()
+        .spawn_blocking(move || {
+            crate::storage::snapshot::verify_received(bytes, group_id, &meta, db.as_deref())
+        })
+        .await
+        .map_err(|e| {
+            eprintln!("event=snapshot_refused group={group_id} snapshot={snapshot_id} error={e}");
+            Status::invalid(format!("group {group_id}: snapshot {snapshot_id} refused: {e}"))
+        })?;
+    group.data.borrow_mut().received_snapshot = Some(verified);
+    let snapshot = Snapshot { meta: rpc.meta, snapshot: Box::new(Cursor::new(Vec::new())) };
+    let installed = group.raft.install_full_snapshot(rpc.vote, snapshot).await;
+    // openraft skips a snapshot older than what is committed here: drop it unused.
+    group.data.borrow_mut().received_snapshot = None;
+    let response = installed.map_err(|e| raft_status(group, "snapshot", e))?;
+    Ok(PeerResponse::InstallSnapshot { vote: vote_to_wire(&response.vote) })
 }

@@ -510,6 +510,11 @@ impl LogStore {
         self.core.borrow().last_log_id
     }
 
+    /// The last purged log id (`None`: the log still starts at index 1).
+    pub fn last_purged(&self) -> Option<LogId> {
+        self.core.borrow().last_purged
+    }
+
     /// Entries currently held in memory.
     pub fn cached_entries(&self) -> usize {
         self.core.borrow().cache.len()

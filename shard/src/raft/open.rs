@@ -13,13 +13,14 @@ use crate::error::ShardError;
 use crate::peer::pool::PeerPool;
 use crate::raft::log_store::{LogStats, LogStore};
 use crate::raft::network::PeerNetworkFactory;
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{load_snapshot_state, SnapshotEnv, StateMachine};
 use crate::raft::type_config::{LedgerRaft, LogId, StoredMembership};
 use crate::round::group_data::GroupData;
 use crate::round::tree_worker::TreeWorker;
 use crate::storage::archive::Archive;
-use crate::storage::checkpoint::{load_state, retry_open, Checkpointer};
-use crate::storage::snapshot::SnapshotCatalog;
+use crate::storage::checkpoint::{load_state, retry_open, AppliedRecord, Checkpointer, LoadedState};
+use crate::storage::snapshot::{restore_newest, SnapshotCatalog};
+use ledger_core::state::ScopeState;
 use ledger_core::types::*;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -95,25 +96,23 @@ pub async fn open_group_with(
     let dir = group_dir(config, group);
     std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
 
-    let state_db = Arc::new(retry_open(|| open_db(&dir.join("state.redb"), STATE_DB_CACHE_BYTES)).await?);
     let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
     let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
     log_store.set_faults(config.faults.clone());
-
-    let loaded = {
-        let db = state_db.clone();
-        glommio::executor().spawn_blocking(move || load_state(&db)).await?
-    };
-    let mut data = GroupData::new(group, Archive::open(blocks_db)?);
-    data.trees =
-        TreeWorker::start(&format!("tree-g{}", group.0), config.helper_hooks, config.tree_thread_min_leaves);
-    data.history.release_through(data.trees.clone());
-    data.snapshots = {
+    let catalog = {
         let dir = dir.join("snapshots");
         let scan_dir = dir.clone();
         let scan = glommio::executor().spawn_blocking(move || SnapshotCatalog::scan(&scan_dir)).await?;
         SnapshotCatalog::with_files(dir, scan)
     };
+    let (state_db, loaded, restored) =
+        open_state(&dir, group, &catalog, log_store.last_purged().is_some()).await?;
+
+    let mut data = GroupData::new(group, Archive::open(blocks_db)?);
+    data.trees =
+        TreeWorker::start(&format!("tree-g{}", group.0), config.helper_hooks, config.tree_thread_min_leaves);
+    data.history.release_through(data.trees.clone());
+    data.snapshots = catalog;
     if let Some(applied) = loaded.applied {
         data.applied_log_id = applied.log_id.map(LogId::from);
         data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
@@ -144,10 +143,34 @@ pub async fn open_group_with(
         }
         data.scopes.insert(scope.meta.key, scope);
     }
+    let restoring = restored.is_some();
+    if let Some((applied, scopes)) = restored {
+        // SPEC §9.6 step 4: the newest valid snapshot replaces the unusable state; openraft
+        // re-applies the log after its cut, which the log still holds (purges never pass the
+        // snapshot openraft last built or installed, SPEC §8.5).
+        load_snapshot_state(&mut data, &applied, scopes);
+        if let Some(purged) = log_store.last_purged() {
+            if Some(purged.index) > data.applied_log_id.map(|l| l.index) {
+                return Err(ShardError::Corrupt {
+                    what: "group state",
+                    detail: format!(
+                        "state.redb is unusable and the newest valid snapshot (log index {}) is older than the purged log ({})",
+                        data.applied_index, purged.index
+                    ),
+                });
+            }
+        }
+    }
     // The log is durable before anything is applied and never purged past the durable
-    // checkpoint, so a checkpoint ahead of the log means a lost or foreign log file.
+    // checkpoint, so a checkpoint ahead of the log means a lost or foreign log file, unless a
+    // snapshot installed just before a crash covers it (openraft then purges up to it).
     let log_last = log_store.last_log_id().map(|l| l.index).unwrap_or(0);
-    if data.applied_index > log_last {
+    let covered = data
+        .snapshots
+        .entries
+        .iter()
+        .any(|e| e.header.last_log_id.is_some_and(|l| l.index >= data.applied_index));
+    if data.applied_index > log_last && !covered {
         return Err(ShardError::Corrupt {
             what: "group state",
             detail: format!(
@@ -158,9 +181,18 @@ pub async fn open_group_with(
     }
     let data = Rc::new(RefCell::new(data));
     let checkpointer = Rc::new(Checkpointer::new(data.clone(), state_db, loaded.journal_rows));
+    if restoring {
+        // The restored state becomes durable at once (a full rewrite of the new state.redb).
+        checkpointer.checkpoint().await?;
+    }
     log_store.set_purge_limit(checkpointer.durable());
     let log_stats = log_store.stats();
-    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()));
+    let pool = options
+        .peers
+        .clone()
+        .unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone()));
+    let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
+    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone())).with_files(env);
 
     let raft_config = openraft::Config {
         cluster_name: format!("ledger-g{:05}", group.0),
@@ -168,10 +200,12 @@ pub async fn open_group_with(
         election_timeout_min: config.raft_election_min_ms,
         election_timeout_max: config.raft_election_max_ms,
         max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
-        // openraft's snapshots copy the whole group state on the core, and the log is kept
-        // whole (a follower catches up from it). The SPEC §9.4 snapshot files are taken by the
-        // group's maintenance task (maintenance/task.rs, docs/decisions.md D12).
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // openraft's snapshot is the SPEC §9.4 file (state_machine.rs, D31): one after
+        // `raft_snapshot_logs` entries, then the log is purged behind it, keeping `raft_log_keep`
+        // entries for lagging followers (and never past the durable checkpoint, log_store.rs).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft_snapshot_logs),
+        max_in_snapshot_log_to_keep: config.raft_log_keep,
+        // A large snapshot streams in 1 MiB chunks and is verified before it is installed.
         install_snapshot_timeout: 10_000,
         // In a cluster the core ticks every group's heartbeat at once (shard.rs
         // `heartbeat_loop`), so the heartbeats of all its groups to one node leave in one frame.
@@ -180,10 +214,6 @@ pub async fn open_group_with(
     }
     .validate()
     .map_err(|e| ShardError::raft("config", e))?;
-    let pool = options
-        .peers
-        .clone()
-        .unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone()));
     let network = PeerNetworkFactory { group, pool };
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
@@ -211,7 +241,11 @@ pub async fn open_group_with(
     }
     if config.cluster.is_some() {
         // A member of a cluster serves as soon as its group runs: leadership comes and goes,
-        // and the block builder waits for it (round/group.rs).
+        // and the block builder waits for it (round/group.rs). An archive left with gaps by a
+        // snapshot install before a restart is back-filled from the other members.
+        if let Some(peers) = &options.peers {
+            crate::peer::backfill::spawn(data.clone(), peers.clone());
+        }
         let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
         if let Some(interval) = options.checkpoint_interval {
             glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
@@ -255,4 +289,70 @@ pub async fn open_group_with(
         glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
     }
     Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
+}
+
+/// Opens `state.redb` and loads it; when it is unusable (fails to open or to load, or is empty
+/// although the log was purged, so the log alone cannot rebuild it), moves it aside, starts a
+/// fresh one and returns the newest valid snapshot to restore from (SPEC §9.6 step 4).
+async fn open_state(
+    dir: &std::path::Path,
+    group: GroupId,
+    catalog: &SnapshotCatalog,
+    log_purged: bool,
+) -> Result<(Arc<redb::Database>, LoadedState, Option<(AppliedRecord, Vec<ScopeState>)>), ShardError> {
+    let path = dir.join("state.redb");
+    let attempt = match retry_open(|| open_db(&path, STATE_DB_CACHE_BYTES)).await {
+        Ok(db) => {
+            let db = Arc::new(db);
+            let reader = db.clone();
+            match glommio::executor().spawn_blocking(move || load_state(&reader)).await {
+                Ok(loaded) => Ok((db, loaded)),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let reason = match attempt {
+        Ok((db, loaded)) if loaded.applied.is_some() || !log_purged || catalog.entries.is_empty() => {
+            return Ok((db, loaded, None))
+        }
+        Ok((db, loaded)) => {
+            // Empty but the log was purged: restore into this (empty) file.
+            let entries = catalog.entries.clone();
+            let restored = glommio::executor().spawn_blocking(move || restore_newest(&entries)).await;
+            let Some((entry, applied, scopes)) = restored else {
+                return Ok((db, loaded, None));
+            };
+            eprintln!(
+                "event=state_restored_from_snapshot group={group} path={} group_height={} reason=empty_state_with_purged_log",
+                entry.path.display(),
+                applied.group_height
+            );
+            return Ok((db, loaded, Some((applied, scopes))));
+        }
+        Err(e) if e.is_already_open() || catalog.entries.is_empty() => return Err(e),
+        Err(e) => e,
+    };
+    let entries = catalog.entries.clone();
+    let restored = glommio::executor().spawn_blocking(move || restore_newest(&entries)).await;
+    let Some((entry, applied, scopes)) = restored else {
+        return Err(ShardError::Corrupt {
+            what: "group state",
+            detail: format!("state.redb is unusable ({reason}) and no snapshot file verifies"),
+        });
+    };
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let aside = dir.join(format!("state.redb.unusable-{secs}"));
+    std::fs::rename(&path, &aside).map_err(|source| ShardError::Io { path: path.clone(), source })?;
+    eprintln!(
+        "event=state_restored_from_snapshot group={group} path={} group_height={} moved_aside={} reason={reason:?}",
+        entry.path.display(),
+        applied.group_height,
+        aside.display()
+    );
+    let db = Arc::new(open_db(&path, STATE_DB_CACHE_BYTES)?);
+    let reader = db.clone();
+    let loaded = glommio::executor().spawn_blocking(move || load_state(&reader)).await?;
+    Ok((db, loaded, Some((applied, scopes))))
 }

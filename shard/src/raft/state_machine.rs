@@ -14,18 +14,27 @@
 //!   marks that scope Diverged and skips it (the others continue). Non-Healthy scopes are skipped.
 //!   Every entry is archived either way.
 //!
-//! Snapshots are a real but simple full copy of the state (all scopes' rows and metas plus the
-//! applied record, rkyv, with a blake3 checksum), kept in memory as the current snapshot. Building
-//! one first writes a durable checkpoint, so openraft's log purge after it can never pass the
-//! durable state. The group config never triggers one on its own (`SnapshotPolicy::Never`).
+//! Snapshots are the group's SPEC §9.4 files (storage/snapshot.rs, docs/decisions.md D31):
+//! `build_snapshot` cuts the applied state on the core and writes the file on a blocking thread
+//! (after a durable checkpoint, so the log purge that follows never passes durable state);
+//! `get_current_snapshot` reads the newest file, so it works after a restart; `install_snapshot`
+//! takes a snapshot verified before anything changes (checksums, roots, chain commitments), keeps
+//! it as a file, replaces the state, checkpoints it and starts the archive back-fill
+//! (peer/backfill.rs). A group without a snapshot directory (storage tests) keeps the same format
+//! in memory.
 
-use crate::codec::{decode, encode};
+use crate::config::ShardConfig;
 use crate::error::ShardError;
+use crate::peer::pool::PeerPool;
 use crate::raft::type_config::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::round::group_data::GroupData;
 use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::storage::snapshot::{
+    add_to_catalog, create_with_bytes, encode_file, raft_meta, verify_received, write_file, CatalogEntry,
+    SnapshotCut, VerifiedSnapshot,
+};
 use ledger_core::hash::{block_hash, group_hash};
 use ledger_core::state::{BlockContext, ScopeDelta, ScopeState};
 use ledger_core::types::*;
@@ -260,12 +269,7 @@ pub fn apply_entry(data: &mut GroupData, entry: Entry) -> ApplyResult {
     result
 }
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
-const SNAPSHOT_VERSION: u32 = 1;
-/// magic ‖ version u32 LE ‖ blake3(body) ‖ body.
-const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 32;
-
-/// Body of a snapshot: the whole applied state of the group.
+/// Body of a snapshot file (storage/snapshot.rs): the whole applied state of the group.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
     pub group_id: u32,
@@ -273,37 +277,7 @@ pub struct SnapshotRecord {
     pub scopes: Vec<ScopeRows>,
 }
 
-fn encode_snapshot(data: &GroupData) -> Vec<u8> {
-    let record = SnapshotRecord {
-        group_id: data.group_id.0,
-        applied: AppliedRecord::of(data),
-        scopes: data.scopes.values().map(ScopeRows::of).collect(),
-    };
-    let body = encode(&record);
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(blake3::hash(&body).as_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, ShardError> {
-    let corrupt = |detail: &str| ShardError::Corrupt { what: "snapshot", detail: detail.to_string() };
-    if bytes.len() < SNAPSHOT_HEADER_LEN || &bytes[0..4] != SNAPSHOT_MAGIC {
-        return Err(corrupt("bad magic"));
-    }
-    if bytes[4..8] != SNAPSHOT_VERSION.to_le_bytes() {
-        return Err(corrupt("unknown version"));
-    }
-    let body = &bytes[SNAPSHOT_HEADER_LEN..];
-    if blake3::hash(body).as_bytes() != &bytes[8..40] {
-        return Err(corrupt("checksum mismatch"));
-    }
-    decode::<SnapshotRecord>("snapshot body", body)
-}
-
-/// The last built or installed snapshot.
+/// The last built or installed snapshot of a memory-only group (storage tests).
 #[derive(Clone)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -314,58 +288,171 @@ fn write_err(e: &ShardError) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(e)).into()
 }
 
+fn snapshot_err(meta: Option<&SnapshotMeta>, e: &ShardError) -> StorageError {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(e)).into()
+}
+
+/// What a group with files needs for its snapshots: where they go and the peers that back-fill
+/// the archive after an install.
+pub struct SnapshotEnv {
+    pub config: Arc<ShardConfig>,
+    pub peers: Option<Rc<PeerPool>>,
+}
+
+/// Replaces the group's applied state with a verified snapshot's (install, SPEC §9.6 step 4
+/// restore). Blocks archived below the cut stay; the archive's gaps are back-filled from peers.
+pub fn load_snapshot_state(data: &mut GroupData, applied: &AppliedRecord, scopes: Vec<ScopeState>) {
+    let old: Vec<ScopeKey> = data.scopes.keys().copied().collect();
+    for key in old {
+        data.history.forget(key);
+    }
+    data.scopes = scopes.into_iter().map(|scope| (scope.meta.key, scope)).collect();
+    data.group_height = applied.group_height;
+    data.last_group_hash = applied.last_group_hash;
+    data.applied_log_id = applied.log_id.map(LogId::from);
+    data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
+    data.membership = StoredMembership::from(applied.membership.clone());
+    data.speculative.clear();
+    data.dirty = Default::default();
+    data.dirty.full_rewrite = true;
+    data.dirty.applied = true;
+}
+
 /// The group's `RaftStateMachine`.
 pub struct StateMachine {
     data: Rc<RefCell<GroupData>>,
     /// `None` in storage tests that run without a glommio executor (no durable checkpoints).
     checkpointer: Option<Rc<Checkpointer>>,
+    /// `None`: snapshots stay in memory (storage tests); otherwise they are the group's files.
+    env: Option<Rc<SnapshotEnv>>,
     current: Rc<RefCell<Option<StoredSnapshot>>>,
-    snapshots_built: Rc<RefCell<u64>>,
 }
 
 impl StateMachine {
     pub fn new(data: Rc<RefCell<GroupData>>, checkpointer: Option<Rc<Checkpointer>>) -> Self {
-        StateMachine {
-            data,
-            checkpointer,
-            current: Rc::new(RefCell::new(None)),
-            snapshots_built: Rc::new(RefCell::new(0)),
-        }
+        StateMachine { data, checkpointer, env: None, current: Rc::new(RefCell::new(None)) }
+    }
+
+    /// Snapshots become the group's SPEC §9.4 files (needs a checkpointer and a glommio executor).
+    pub fn with_files(mut self, env: SnapshotEnv) -> Self {
+        self.env = Some(Rc::new(env));
+        self
     }
 
     pub fn data(&self) -> Rc<RefCell<GroupData>> {
         self.data.clone()
     }
+
+    /// The file mode's pieces, when this group keeps its snapshots in files.
+    fn files(&self) -> Option<(Rc<SnapshotEnv>, Rc<Checkpointer>)> {
+        files_of(&self.data, &self.env, &self.checkpointer)
+    }
+
+    async fn install_verified(
+        &mut self,
+        meta: &SnapshotMeta,
+        verified: VerifiedSnapshot,
+    ) -> Result<(), StorageError> {
+        let Some((env, checkpointer)) = self.files() else {
+            load_snapshot_state(&mut self.data.borrow_mut(), &verified.applied, verified.scopes);
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
+            }
+            let bytes = Rc::new(verified.bytes);
+            *self.current.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), bytes });
+            return Ok(());
+        };
+        // The file first (durable), then memory, then the durable checkpoint of the new state:
+        // a crash in between restarts from the old checkpoint or from this file (open.rs).
+        let (dir, group_id) = {
+            let data = self.data.borrow();
+            (data.snapshots.dir.clone(), data.group_id.0)
+        };
+        let tmp_dir = env.config.data_dir.join("tmp");
+        let keep = env.config.snapshots_keep;
+        let VerifiedSnapshot { header, applied, scopes, bytes, .. } = verified;
+        let group_height = header.group_height;
+        let path = glommio::executor()
+            .spawn_blocking(move || write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep))
+            .await
+            .map_err(|e| snapshot_err(Some(meta), &e))?;
+        load_snapshot_state(&mut self.data.borrow_mut(), &applied, scopes);
+        checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
+        add_to_catalog(&mut self.data.borrow_mut().snapshots, CatalogEntry { path, header });
+        eprintln!(
+            "event=snapshot_installed group={group_id} group_height={group_height} last_log_index={}",
+            meta.last_log_id.map(|l| l.index).unwrap_or(0)
+        );
+        if let Some(peers) = &env.peers {
+            crate::peer::backfill::spawn(self.data.clone(), peers.clone());
+        }
+        Ok(())
+    }
 }
 
-/// Builds full-state snapshots of a group.
+fn files_of(
+    data: &Rc<RefCell<GroupData>>,
+    env: &Option<Rc<SnapshotEnv>>,
+    checkpointer: &Option<Rc<Checkpointer>>,
+) -> Option<(Rc<SnapshotEnv>, Rc<Checkpointer>)> {
+    let (env, checkpointer) = (env.as_ref()?, checkpointer.as_ref()?);
+    if data.borrow().snapshots.dir.as_os_str().is_empty() {
+        return None;
+    }
+    Some((env.clone(), checkpointer.clone()))
+}
+
+/// Reads a snapshot file off the executor.
+async fn read_file(path: std::path::PathBuf) -> Result<Vec<u8>, ShardError> {
+    glommio::executor()
+        .spawn_blocking(move || std::fs::read(&path).map_err(|source| ShardError::Io { path, source }))
+        .await
+}
+
+/// Builds a group's snapshots: the SPEC §9.4 file (storage/snapshot.rs), or, for a memory-only
+/// group, the same format in memory.
 pub struct SnapshotBuilder {
     data: Rc<RefCell<GroupData>>,
     checkpointer: Option<Rc<Checkpointer>>,
+    env: Option<Rc<SnapshotEnv>>,
     current: Rc<RefCell<Option<StoredSnapshot>>>,
-    snapshots_built: Rc<RefCell<u64>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // The state machine worker does not apply while it builds, so the copy below and the
-        // checkpoint describe the same applied log id.
-        let (meta, bytes) = {
-            let data = self.data.borrow();
-            let mut n = self.snapshots_built.borrow_mut();
-            *n += 1;
-            let last = data.applied_log_id;
-            let snapshot_id = match last {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, *n),
-                None => format!("0-0-{}", *n),
+        if let Some((env, checkpointer)) = files_of(&self.data, &self.env, &self.checkpointer) {
+            // The cut is taken at one point on the core (apply goes on meanwhile); encoding,
+            // commitments and the fsync'd file run on a blocking thread; an unchanged group
+            // reuses its newest file.
+            let (entry, bytes) = create_with_bytes(&self.data, &checkpointer, &env.config)
+                .await
+                .map_err(|e| snapshot_err(None, &e))?;
+            let bytes = match bytes {
+                Some(bytes) => bytes,
+                None => read_file(entry.path.clone()).await.map_err(|e| snapshot_err(None, &e))?,
             };
-            let meta =
-                SnapshotMeta { last_log_id: last, last_membership: data.membership.clone(), snapshot_id };
-            (meta, Rc::new(encode_snapshot(&data)))
+            return Ok(RaftSnapshot {
+                meta: raft_meta(&entry.header),
+                snapshot: Box::new(Cursor::new(bytes)),
+            });
+        }
+        let (header, bytes) = {
+            let data = self.data.borrow();
+            let cut = SnapshotCut::take(&data);
+            let built = cut.build(|key, height| {
+                data.archive.get_header(key, height)?.ok_or_else(|| ShardError::Corrupt {
+                    what: "archive",
+                    detail: format!("{key} lacks {height}"),
+                })
+            });
+            let (header, body) = built.map_err(|e| snapshot_err(None, &e))?;
+            encode_file(header, &body)
         };
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
         }
+        let meta = raft_meta(&header);
+        let bytes = Rc::new(bytes);
         *self.current.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), bytes: bytes.clone() });
         Ok(RaftSnapshot { meta, snapshot: Box::new(Cursor::new(bytes.as_ref().clone())) })
     }
@@ -412,8 +499,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             data: self.data.clone(),
             checkpointer: self.checkpointer.clone(),
+            env: self.env.clone(),
             current: self.current.clone(),
-            snapshots_built: self.snapshots_built.clone(),
         }
     }
 
@@ -421,44 +508,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// Installs a snapshot. One that the peer service already verified off the core
+    /// (`peer/serve.rs`, parked in `GroupData.received_snapshot` under its id) is used as is;
+    /// anything else is verified here first, and a bad one is refused with nothing changed.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let record = decode_snapshot(&bytes).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))
-        })?;
-        {
+        let parked = {
             let mut data = self.data.borrow_mut();
-            assert!(record.group_id == data.group_id.0, "snapshot of another group");
-            data.scopes = record
-                .scopes
-                .into_iter()
-                .map(|rows| {
-                    let scope = rows.into_scope();
-                    (scope.meta.key, scope)
-                })
-                .collect();
-            data.group_height = record.applied.group_height;
-            data.last_group_hash = record.applied.last_group_hash;
-            data.applied_log_id = meta.last_log_id;
-            data.applied_index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-            data.membership = meta.last_membership.clone();
-            data.speculative.clear();
-            data.dirty = Default::default();
-            data.dirty.full_rewrite = true;
-            data.dirty.applied = true;
-        }
-        if let Some(checkpointer) = &self.checkpointer {
-            checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
-        }
-        *self.current.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), bytes: Rc::new(bytes) });
-        Ok(())
+            match data.received_snapshot.take() {
+                Some(v) if v.snapshot_id == meta.snapshot_id => Some(v),
+                _ => None,
+            }
+        };
+        let verified = match parked {
+            Some(verified) => verified,
+            None => {
+                let bytes = snapshot.into_inner();
+                let group_id = self.data.borrow().group_id.0;
+                let checked = match self.files() {
+                    Some(_) => {
+                        let db = self.data.borrow().archive.db().cloned();
+                        let meta = meta.clone();
+                        glommio::executor()
+                            .spawn_blocking(move || verify_received(bytes, group_id, &meta, db.as_deref()))
+                            .await
+                    }
+                    None => {
+                        let db = self.data.borrow().archive.db().cloned();
+                        verify_received(bytes, group_id, meta, db.as_deref())
+                    }
+                };
+                checked.map_err(|e| {
+                    eprintln!("event=snapshot_refused group={group_id} error={e}");
+                    StorageError::from(StorageIOError::read_snapshot(
+                        Some(meta.signature()),
+                        AnyError::new(&e),
+                    ))
+                })?
+            }
+        };
+        self.install_verified(meta, verified).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        if self.files().is_some() {
+            // The newest readable file (a build may have pruned an older one meanwhile).
+            let entries: Vec<CatalogEntry> = self.data.borrow().snapshots.entries.clone();
+            for entry in entries.iter().rev() {
+                match read_file(entry.path.clone()).await {
+                    Ok(bytes) => {
+                        return Ok(Some(RaftSnapshot {
+                            meta: raft_meta(&entry.header),
+                            snapshot: Box::new(Cursor::new(bytes)),
+                        }))
+                    }
+                    Err(e) => eprintln!("event=snapshot_unreadable path={} error={e}", entry.path.display()),
+                }
+            }
+            return Ok(None);
+        }
         Ok(self.current.borrow().as_ref().map(|s| RaftSnapshot {
             meta: s.meta.clone(),
             snapshot: Box::new(Cursor::new(s.bytes.as_ref().clone())),

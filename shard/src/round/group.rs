@@ -200,6 +200,10 @@ pub struct Group {
 type TxKey = (ScopeKey, String, u64);
 
 impl Group {
+    pub fn config(&self) -> &Arc<ShardConfig> {
+        &self.config
+    }
+
     pub fn new(
         id: GroupId,
         raft: LedgerRaft,

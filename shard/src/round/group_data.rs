@@ -64,6 +64,9 @@ pub struct GroupData {
     /// corrupt log entry): from then on nothing more is applied or checkpointed, the group's
     /// requests are answered `Unavailable`, and the node's other groups carry on (SPEC §2 goal 3).
     pub fault: Option<GroupFault>,
+    /// A snapshot the peer service received and verified off the core, waiting for openraft to
+    /// install it (`StateMachine::install_snapshot` takes it when the id matches).
+    pub received_snapshot: Option<crate::storage::snapshot::VerifiedSnapshot>,
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -135,6 +138,7 @@ impl GroupData {
             snapshots: crate::storage::snapshot::SnapshotCatalog::empty(std::path::PathBuf::new()),
             trees: crate::round::tree_worker::TreeWorker::inline(),
             fault: None,
+            received_snapshot: None,
         }
     }
 

@@ -348,4 +348,64 @@ impl Archive {
             groups.last().map_err(|e| ShardError::redb("blocks.redb last", e))?.map(|(k, _)| k.value());
         Ok(last.unwrap_or(0))
     }
+
+    /// Ranges of group heights in `1..=upto` that are neither in memory nor in `blocks.redb`,
+    /// ascending (a snapshot install leaves the heights below its cut missing until back-fill,
+    /// SPEC §9.4). Reads only the keys.
+    pub fn gaps(&self, upto: u64) -> Result<Vec<(u64, u64)>, ShardError> {
+        let mut present: Vec<u64> = self.pending.keys().copied().filter(|h| *h <= upto).collect();
+        if let Some(db) = &self.db {
+            let txn = db.begin_read().map_err(|e| ShardError::redb("blocks.redb begin_read", e))?;
+            let groups = txn.open_table(GROUP_BLOCKS).map_err(|e| ShardError::redb("blocks.redb open", e))?;
+            for row in groups.range(1..=upto).map_err(|e| ShardError::redb("blocks.redb range", e))? {
+                let (k, _) = row.map_err(|e| ShardError::redb("blocks.redb range", e))?;
+                present.push(k.value());
+            }
+        }
+        present.sort_unstable();
+        present.dedup();
+        let mut gaps = Vec::new();
+        let mut next = 1u64;
+        for h in present {
+            if h > next {
+                gaps.push((next, h - 1));
+            }
+            next = h + 1;
+        }
+        if next <= upto {
+            gaps.push((next, upto));
+        }
+        Ok(gaps)
+    }
+
+    /// `previous_group_hash` of the archived group block at `group_height`.
+    pub fn previous_group_hash(&self, group_height: u64) -> Result<Option<Hash>, ShardError> {
+        if let Some(gb) = self.pending.get(&group_height) {
+            return Ok(Some(gb.previous_group_hash));
+        }
+        Ok(self.read_record(group_height)?.map(|r| r.previous_group_hash))
+    }
+
+    /// Up to `max` consecutive archived group blocks from `from` (SPEC §5.6 item 44), stopping at
+    /// the first missing height and once the blocks' encoded size passes `budget_bytes` (at least
+    /// one block is returned if `from` is archived).
+    pub fn group_blocks(
+        &self,
+        from: u64,
+        max: u32,
+        budget_bytes: usize,
+    ) -> Result<Vec<GroupBlock>, ShardError> {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for height in from..from.saturating_add(u64::from(max)) {
+            let Some(gb) = self.get_group_block(height)? else { break };
+            let size = ledger_wire::codec::archived_len(&gb).unwrap_or(usize::MAX);
+            if !out.is_empty() && used.saturating_add(size) > budget_bytes {
+                break;
+            }
+            used = used.saturating_add(size);
+            out.push(gb);
+        }
+        Ok(out)
+    }
 }

@@ -22,8 +22,9 @@
 //! from `blocks.redb` headers, and the file is written to `{data_dir}/tmp/`, fsync'd, renamed into
 //! `snapshots/` and the directory fsync'd. The newest `snapshots_keep` files are kept.
 //!
-//! openraft's snapshot (state_machine.rs) is still its own in-memory full copy: a single-voter
-//! group never sends one and `SnapshotPolicy::Never` never builds one (docs/decisions.md D12).
+//! The same file is openraft's snapshot (state_machine.rs, docs/decisions.md D31): `build_snapshot`
+//! returns it (`create_with_bytes`), `get_current_snapshot` reads the newest one, and a follower
+//! checks a received one with `verify_received` before installing it and keeping it here.
 
 use crate::codec::{decode, encode};
 use crate::config::ShardConfig;
@@ -31,6 +32,7 @@ use crate::constants::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::error::ShardError;
 use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
 use crate::raft::state_machine::SnapshotRecord;
+use crate::raft::type_config::{LogId, SnapshotMeta, StoredMembership};
 use crate::round::group_data::GroupData;
 use crate::storage::archive_scan::ArchiveScan;
 use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
@@ -242,6 +244,8 @@ pub struct SnapshotCatalog {
     pub compacted_below: RefCell<std::collections::BTreeMap<i64, u64>>,
     /// Set when the group closes; stops its maintenance task.
     pub stopped: Rc<Cell<bool>>,
+    /// An archive back-fill (peer/backfill.rs) is running for the group.
+    pub backfilling: Rc<Cell<bool>>,
 }
 
 impl SnapshotCatalog {
@@ -254,6 +258,7 @@ impl SnapshotCatalog {
             last_at: Cell::new(Instant::now()),
             compacted_below: RefCell::new(Default::default()),
             stopped: Rc::new(Cell::new(false)),
+            backfilling: Rc::new(Cell::new(false)),
         }
     }
 
@@ -442,6 +447,17 @@ pub async fn create(
     checkpointer: &Rc<Checkpointer>,
     config: &ShardConfig,
 ) -> Result<CatalogEntry, ShardError> {
+    create_with_bytes(data, checkpointer, config).await.map(|(entry, _)| entry)
+}
+
+/// [`create`], also returning the file's bytes when it wrote a new file (`None`: the newest file
+/// already was at the applied log id; read it from `entry.path`). openraft's `build_snapshot`
+/// hands these bytes on as its snapshot (state_machine.rs, D31).
+pub async fn create_with_bytes(
+    data: &Rc<RefCell<GroupData>>,
+    checkpointer: &Rc<Checkpointer>,
+    config: &ShardConfig,
+) -> Result<(CatalogEntry, Option<Vec<u8>>), ShardError> {
     let lock = data.borrow().snapshots.lock.clone();
     let _one_at_a_time = lock.lock().await;
     let (cut, dir, blocks_db) = {
@@ -450,7 +466,7 @@ pub async fn create(
             if newest.header.group_height == data.group_height
                 && newest.header.last_log_id == data.applied_log_id.as_ref().map(LogIdRecord::from)
             {
-                return Ok(newest.clone());
+                return Ok((newest.clone(), None));
             }
         }
         (SnapshotCut::take(&data), data.snapshots.dir.clone(), data.archive.db().cloned())
@@ -465,8 +481,8 @@ pub async fn create(
     let keep = config.snapshots_keep;
     let group_id = cut.group_id;
     let group_height = cut.applied.group_height;
-    let written = glommio::executor()
-        .spawn_blocking(move || -> Result<CatalogEntry, ShardError> {
+    let (written, bytes) = glommio::executor()
+        .spawn_blocking(move || -> Result<(CatalogEntry, Vec<u8>), ShardError> {
             let scan = blocks_db.as_deref().map(ArchiveScan::begin).transpose()?;
             let (header, body) = cut.build(|key, height| {
                 let scan = scan.as_ref().ok_or_else(|| corrupt("no archive to read headers from"))?;
@@ -476,23 +492,157 @@ pub async fn create(
             })?;
             let (header, bytes) = encode_file(header, &body);
             let path = write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep)?;
-            Ok(CatalogEntry { path, header })
+            Ok((CatalogEntry { path, header }, bytes))
         })
         .await?;
-    let mut data = data.borrow_mut();
-    let catalog = &mut data.snapshots;
-    catalog.entries.retain(|e| e.path != written.path);
-    catalog.entries.push(written.clone());
-    catalog.entries.retain(|e| e.path.exists());
-    catalog.corrupt.retain(|c| c.path.exists());
-    catalog.last_at.set(Instant::now());
+    add_to_catalog(&mut data.borrow_mut().snapshots, written.clone());
     eprintln!(
         "event=snapshot_created group={} group_height={} path={}",
         group_id,
         group_height,
         written.path.display()
     );
-    Ok(written)
+    Ok((written, Some(bytes)))
+}
+
+/// Records a file just written into `catalog` (replacing one of the same path) and forgets the
+/// files `prune` deleted.
+pub fn add_to_catalog(catalog: &mut SnapshotCatalog, written: CatalogEntry) {
+    catalog.entries.retain(|e| e.path != written.path);
+    catalog.entries.push(written);
+    catalog.entries.sort_by_key(|e| (e.header.group_height, e.header.last_log_id.map(|l| l.index)));
+    catalog.entries.retain(|e| e.path.exists());
+    catalog.corrupt.retain(|c| c.path.exists());
+    catalog.last_at.set(Instant::now());
+}
+
+/// openraft's view of a snapshot file: its cut (last log id and membership) and an id that is
+/// the same for the same file after a restart.
+pub fn raft_meta(header: &SnapshotHeader) -> SnapshotMeta {
+    let last_log_id = header.last_log_id.map(LogId::from);
+    let checksum: String = header.body_checksum[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let snapshot_id = match header.last_log_id {
+        Some(l) => format!("{}-{}-{}-{checksum}", l.term, l.index, header.group_height),
+        None => format!("0-0-{}-{checksum}", header.group_height),
+    };
+    SnapshotMeta {
+        last_log_id,
+        last_membership: StoredMembership::from(header.membership.clone()),
+        snapshot_id,
+    }
+}
+
+/// A received snapshot file that passed every check `verify_received` makes, decoded and with its
+/// scopes rebuilt (off the core), ready to replace the group's state.
+pub struct VerifiedSnapshot {
+    pub snapshot_id: String,
+    pub header: SnapshotHeader,
+    pub applied: AppliedRecord,
+    pub scopes: Vec<ScopeState>,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for VerifiedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedSnapshot")
+            .field("snapshot_id", &self.snapshot_id)
+            .field("group_height", &self.header.group_height)
+            .finish()
+    }
+}
+
+/// Checks a snapshot received from the leader BEFORE anything of it is installed (D31):
+/// * both checksums, the format, the group, and that its header states the cut openraft's `meta`
+///   announces (last log id and membership);
+/// * every Healthy scope's rows reproduce its state root, height and key count (`verify_scopes`);
+/// * each scope's summary agrees with its meta (tip block hash, genesis hash), and its §7.8 chain
+///   commitment is well formed (`to_height` = the tip, `from_height` right after the previous
+///   snapshot's height or 0); a commitment starting at genesis of a scope still at height 0 is
+///   recomputed; and when `blocks_db` already holds every header the commitment folds, it is
+///   recomputed from them and must match.
+///
+/// Blocking (hashes every row; reads the archive): run it off the executor.
+pub fn verify_received(
+    bytes: Vec<u8>,
+    group_id: u32,
+    meta: &SnapshotMeta,
+    blocks_db: Option<&redb::Database>,
+) -> Result<VerifiedSnapshot, ShardError> {
+    let (header, record) = decode_file(&bytes)?;
+    if header.group_id != group_id {
+        return Err(corrupt(format!("snapshot of group {} sent to group {group_id}", header.group_id)));
+    }
+    if header.last_log_id != meta.last_log_id.as_ref().map(LogIdRecord::from) {
+        return Err(corrupt("the file's last log id is not the one announced"));
+    }
+    if header.membership != StoredMembershipRecord::from(&meta.last_membership) {
+        return Err(corrupt("the file's membership is not the one announced"));
+    }
+    if record.applied.log_id != header.last_log_id || record.applied.membership != header.membership {
+        return Err(corrupt("header and body describe different cuts"));
+    }
+    if record.scopes.len() != header.scopes.len() {
+        return Err(corrupt("header and body list different scopes"));
+    }
+    let applied = record.applied.clone();
+    let scopes = verify_scopes(&header, record)?;
+    let scan = blocks_db.map(ArchiveScan::begin).transpose()?;
+    for scope in &scopes {
+        let meta = &scope.meta;
+        let id = meta.key.scope_id();
+        let summary = header.scope(meta.key).ok_or_else(|| corrupt(format!("scope {id} not in header")))?;
+        if summary.block_hash != meta.last_block_hash || summary.genesis_hash != block_hash(&meta.genesis) {
+            return Err(corrupt(format!("scope {id}: summary hashes differ from its meta")));
+        }
+        let Some(c) = &summary.chain_commitment else {
+            if summary.previous_snapshot_height != Some(summary.vault_height) {
+                return Err(corrupt(format!("scope {id}: no chain commitment but new blocks")));
+            }
+            continue;
+        };
+        let from = summary.previous_snapshot_height.map(|h| h + 1).unwrap_or(0);
+        if c.to_height != summary.vault_height || c.from_height != from {
+            return Err(corrupt(format!("scope {id}: chain commitment covers the wrong heights")));
+        }
+        let mut headers = Vec::new();
+        if from == 0 {
+            headers.push(meta.genesis.clone());
+        }
+        let mut complete = true;
+        for height in from.max(1)..=c.to_height {
+            match scan.as_ref().map(|s| s.header(meta.key, height)).transpose()? {
+                Some(Ok(located)) => headers.push(located.header),
+                _ => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        if complete && chain_commitment(&headers).as_ref() != Some(c) {
+            return Err(corrupt(format!("scope {id}: chain commitment does not match the headers")));
+        }
+    }
+    Ok(VerifiedSnapshot { snapshot_id: raft_meta(&header).snapshot_id, header, applied, scopes, bytes })
+}
+
+/// The newest snapshot file of `catalog` that loads and verifies completely (checksums and every
+/// Healthy scope's root), for a group whose `state.redb` is unusable (SPEC §9.6 step 4); files
+/// that fail are reported and skipped for older ones. Blocking.
+pub fn restore_newest(entries: &[CatalogEntry]) -> Option<(CatalogEntry, AppliedRecord, Vec<ScopeState>)> {
+    for entry in entries.iter().rev() {
+        let loaded = std::fs::read(&entry.path)
+            .map_err(|source| ShardError::Io { path: entry.path.clone(), source })
+            .and_then(|bytes| decode_file(&bytes))
+            .and_then(|(header, record)| {
+                let applied = record.applied.clone();
+                verify_scopes(&header, record).map(|scopes| (applied, scopes))
+            });
+        match loaded {
+            Ok((applied, scopes)) => return Some((entry.clone(), applied, scopes)),
+            Err(e) => eprintln!("event=snapshot_skipped path={} error={e}", entry.path.display()),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -637,5 +787,31 @@ mod tests {
         assert_eq!(catalog.corrupt.len(), 1);
         assert!(catalog.corrupt[0].header.is_some());
         assert_eq!(catalog.newest().unwrap().path, snapshot_path(&dir, 50));
+    }
+
+    /// Proves a received snapshot is checked before install: a good one passes; one announced
+    /// with another cut, sent to another group, with a damaged body, or whose summary's tip hash
+    /// differs from its rows' meta is refused.
+    #[test]
+    fn t05_verify_received_refuses_bad_snapshots() {
+        let (data, headers) = group(4);
+        let (header, bytes) = file_of(&data, &headers);
+        let meta = raft_meta(&header);
+        let ok = verify_received(bytes.clone(), 3, &meta, None).unwrap();
+        assert_eq!(ok.snapshot_id, meta.snapshot_id);
+        assert_eq!(ok.scopes[0].meta.state_root, data.scopes[&key()].meta.state_root);
+        assert!(verify_received(bytes.clone(), 4, &meta, None).is_err());
+        let mut other_cut = meta.clone();
+        other_cut.last_log_id = Some(LogId::from(LogIdRecord { term: 9, node_id: 1, index: 99 }));
+        assert!(verify_received(bytes.clone(), 3, &other_cut, None).is_err());
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(verify_received(damaged, 3, &meta, None).is_err());
+        let (mut bad_header, body) = SnapshotCut::take(&data).build(|_, h| Ok(headers[&h].clone())).unwrap();
+        bad_header.scopes[0].block_hash = ZERO_HASH;
+        let (bad_header, bad) = encode_file(bad_header, &body);
+        let err = verify_received(bad, 3, &raft_meta(&bad_header), None).unwrap_err().to_string();
+        assert!(err.contains("summary hashes"), "{err}");
     }
 }
