@@ -84,6 +84,21 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// Starts one more node in join mode (`--bootstrap-expect 0 --peers` = every node so far); it
+    /// hosts the cluster's groups once a member adds it (`ledger-admin join`). Returns its index.
+    pub fn start_joining(&mut self, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let peers = self.addrs().join(",");
+        let addr = free_addr();
+        let data_dir = self._dir.path().join(format!("n{i}"));
+        let mut flags: Vec<&str> =
+            vec!["--bootstrap-expect", "0", "--peers", &peers, "--bootstrap-poll-secs", "1"];
+        flags.extend_from_slice(extra);
+        let process = ServerProcess::start_on(&data_dir, &addr, &flags);
+        self.nodes.push(Node { addr, data_dir, process: Some(process) });
+        i
+    }
+
     /// `kill -9` of node `i`.
     pub fn kill9(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].process.take() {

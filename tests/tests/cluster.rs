@@ -790,3 +790,58 @@ async fn t08_histories_under_kills_and_partitions_are_linearizable() {
         assert_converged(&cluster, &[0, 1, 2], &scopes, &[], scope.0).await;
     }
 }
+
+/// Runs `ledger-admin --addr ADDR ARGS…`; returns (exit code, stdout + stderr).
+fn admin_cli(addr: &str, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(ledger_tests::binary("ledger-admin"))
+        .args(["--addr", addr, "--timeout-secs", "60"])
+        .args(args)
+        .output()
+        .expect("run ledger-admin");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t09_a_node_joins_and_another_leaves_at_runtime() {
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "membership").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 20).await;
+    // A fourth node in join mode, added by an operator through any member.
+    let joiner = cluster.start_joining(NODE_FLAGS);
+    let joiner_id = match connect(cluster.addr(joiner)).await.call(Request::GetNodeInfo).await.expect("info")
+    {
+        Response::GetNodeInfo { node_id, is_cluster_member, .. } => {
+            assert!(!is_cluster_member, "a node in join mode is not a member until added");
+            node_id
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    let id = joiner_id.to_string();
+    let (code, out) = admin_cli(cluster.addr(1), &["join", "--node", &id, "--address", cluster.addr(joiner)]);
+    assert_eq!(code, 0, "join failed: {out}");
+    assert!(out.contains(&format!("node {joiner_id} joined")), "{out}");
+    acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "joined", 10).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2, joiner], &scopes, &acks, namespace_id).await;
+    // Node 2 leaves, then stops: the three others go on.
+    let leaver = ids.iter().find(|(_, i)| **i == 2).map(|(id, _)| id.to_string()).expect("node 2's id");
+    let (code, out) = admin_cli(cluster.addr(joiner), &["leave", "--node", &leaver]);
+    assert_eq!(code, 0, "leave failed: {out}");
+    cluster.kill9(2);
+    acks.extend(write_keys(cluster.addr(0), namespace_id, Some(vault_id), "after-leave", 10).await);
+    assert_converged(&cluster, &[0, 1, joiner], &scopes, &acks, namespace_id).await;
+    // Down to two voters, removing one more would leave fewer than the quorum: refused.
+    let one = ids.iter().find(|(_, i)| **i == 1).map(|(id, _)| id.to_string()).expect("node 1's id");
+    let (code, out) = admin_cli(cluster.addr(0), &["leave", "--node", &one]);
+    assert_eq!(code, 0, "leave failed: {out}");
+    let zero = ids.iter().find(|(_, i)| **i == 0).map(|(id, _)| id.to_string()).expect("node 0's id");
+    let (code, out) = admin_cli(cluster.addr(0), &["leave", "--node", &zero]);
+    assert_ne!(code, 0, "a leave that breaks the quorum was accepted: {out}");
+    assert!(out.contains("WouldBreakQuorum"), "{out}");
+    acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "two-voters", 5).await);
+    assert_converged(&cluster, &[0, joiner], &scopes, &acks, namespace_id).await;
+}

@@ -74,6 +74,20 @@ enum Command {
     },
     /// Raw Prometheus exposition text from the metrics endpoint.
     Metrics,
+    /// Add a node to every group (SPEC §10.6): a learner first, a voter once caught up. The
+    /// node must be running in join mode (`--bootstrap-expect 0 --peers …`).
+    Join {
+        #[arg(long)]
+        node: u64,
+        /// The address the node listens on for peers and clients.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node from every group (data groups first, `_system` last).
+    Leave {
+        #[arg(long)]
+        node: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +185,25 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Namespace(command) => {
             let client = client(&cli).await?;
             namespace_command(&client, command, format).await
+        }
+        Command::Join { node, address } => {
+            let client = client(&cli).await?;
+            let response =
+                client.call(Request::JoinCluster { node_id: *node, address: address.clone() }).await?;
+            let Response::JoinCluster { groups } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            print_membership(format, "joined", *node, &groups);
+            Ok(0)
+        }
+        Command::Leave { node } => {
+            let client = client(&cli).await?;
+            let response = client.call(Request::LeaveCluster { node_id: *node }).await?;
+            let Response::LeaveCluster { groups } = response else {
+                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+            };
+            print_membership(format, "left", *node, &groups);
+            Ok(0)
         }
         Command::Vault(command) => {
             let client = client(&cli).await?;
@@ -369,4 +402,14 @@ fn http_get(addr: &str, path: &str, timeout_secs: u64) -> Result<String, CliErro
         Some((head, _)) => Err(CliError::new(1, head.lines().next().unwrap_or("bad response").to_string())),
         None => Err(CliError::new(1, "malformed HTTP response")),
     }
+}
+
+/// `join` / `leave` output: each group with its voters afterwards.
+fn print_membership(format: Format, what: &str, node: u64, groups: &[(u32, Vec<u64>)]) {
+    let listed: Vec<Value> = groups.iter().map(|(g, voters)| json!({"group": g, "voters": voters})).collect();
+    emit(format, json!({"result": what, "node": node, "groups": listed}), || {
+        let mut lines = vec![format!("node {node} {what} {} group(s)", groups.len())];
+        lines.extend(groups.iter().map(|(g, voters)| format!("  group {g}\tvoters {voters:?}")));
+        lines.join("\n")
+    });
 }
