@@ -80,6 +80,10 @@ impl PeerPool {
         self.self_id
     }
 
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_frame_bytes
+    }
+
     fn conn(&self, node: u64, addr: &str) -> Rc<PeerConn> {
         let mut conns = self.conns.borrow_mut();
         if let Some(c) = conns.get(&node) {

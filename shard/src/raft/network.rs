@@ -101,10 +101,29 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let (vote, prev_log_id, entries, leader_commit) = append_to_wire(&rpc);
+        let (vote, prev_log_id, mut entries, leader_commit) = append_to_wire(&rpc);
+        // A follower far behind is sent up to `RAFT_PAYLOAD_ENTRIES_MAX` entries at once, which
+        // can outgrow a frame: send the prefix that fits in half of one and report a partial
+        // success, so openraft sends the rest next (otherwise it would retry the same too-large
+        // call forever and the follower would never catch up).
+        let budget = self.pool.max_frame_bytes() as usize / 2;
+        let mut fits = 0;
+        let mut bytes = 0usize;
+        for entry in &entries {
+            if fits > 0 && bytes + entry.len() > budget {
+                break;
+            }
+            bytes += entry.len();
+            fits += 1;
+        }
+        let partial = (fits < entries.len()).then(|| rpc.entries.get(fits.saturating_sub(1)).map(|e| e.log_id));
+        entries.truncate(fits);
         let request =
             PeerRequest::AppendEntries { group_id: self.group.0, vote, prev_log_id, entries, leader_commit };
         match self.call(request, &option).await {
+            Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success)) if partial.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(partial.flatten()))
+            }
             Ok(PeerResponse::AppendEntries(outcome)) => Ok(append_response_from_wire(outcome)),
             Ok(_) => Err(self.unexpected("append_entries")),
             Err(e) => Err(self.rpc_error(e)),

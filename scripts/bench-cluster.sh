@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Three-node cluster figures for docs/benchmarks.md (issue 14 item 9): builds release binaries,
+# starts 3 `ledger-server` processes on this machine (all sharing its cores, fsync on) with a
+# coordinated bootstrap, runs the loadgen scenarios below with connections spread over all three
+# nodes (`--addr A,B,C`: requests reaching a follower are forwarded to the leader), prints one
+# JSON report per scenario, and stops every server by PID. Not part of CI: ~3 minutes, wants a
+# quiet machine. Compare with `NODES=3 ../shared/peers/etcd.sh` run right before or after.
+#   usage: scripts/bench-cluster.sh [DURATION (default 15s)] [extra ledger-server flags…]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-15s}"; shift || true
+cargo build --release -q -p ledger-server -p ledger-loadgen
+BASE="$(mktemp -d /tmp/ledger-cluster-bench.XXXXXX)"
+PORTS=(); for i in 1 2 3; do PORTS+=("$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"); done
+PEERS="127.0.0.1:${PORTS[0]},127.0.0.1:${PORTS[1]},127.0.0.1:${PORTS[2]}"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$BASE"; }
+trap cleanup EXIT
+for i in 0 1 2; do
+  ./target/release/ledger-server --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off \
+    --bootstrap-expect 3 --peers "$PEERS" --bootstrap-poll-secs 1 --cpu-pinning false "$@" > "$BASE/n$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 0 1 2; do for _ in $(seq 300); do grep -q "listening on" "$BASE/n$i.log" && break; sleep 0.1; done; done
+LG=(./target/release/ledger-loadgen --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
+    --duration "$DURATION" --warmup 5s --report json)
+run() { echo "== $1"; shift; "${LG[@]}" "$@" 2>/dev/null; }
+run "single writes, 16 in flight"        --mix write=100 --batch-items 1   --connections 4 --pipeline 4
+run "single writes, 256 in flight"       --mix write=100 --batch-items 1   --connections 4 --pipeline 64
+run "client-batched writes (100 ops/tx)" --mix write=100 --batch-items 100 --connections 4 --pipeline 16
+run "eventual reads"                     --mix read=100                    --connections 6 --pipeline 100
+run "linearizable reads"                 --mix read=100 --consistency linearizable --connections 6 --pipeline 100
