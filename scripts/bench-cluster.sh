@@ -24,7 +24,7 @@ done
 for i in 0 1 2; do for _ in $(seq 300); do grep -q "listening on" "$BASE/n$i.log" && break; sleep 0.1; done; done
 LG=(./target/release/ledger-loadgen --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
     --duration "$DURATION" --warmup 5s --report json)
-run() { echo "== $1"; shift; "${LG[@]}" "$@" 2>/dev/null; }
+run() { echo "== $1"; shift; "${LG[@]}" "$@" 2>"$BASE/loadgen.err" || { echo "(failed)"; tail -n 3 "$BASE/loadgen.err"; }; }
 run "single writes, 16 in flight"        --mix write=100 --batch-items 1   --connections 4 --pipeline 4
 run "single writes, 256 in flight"       --mix write=100 --batch-items 1   --connections 4 --pipeline 64
 run "client-batched writes (100 ops/tx)" --mix write=100 --batch-items 100 --connections 4 --pipeline 16
