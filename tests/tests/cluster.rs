@@ -205,7 +205,10 @@ async fn t01_three_nodes_form_one_cluster_serve_from_any_node_and_restart() {
                 trusted: None,
                 consistency: Some(consistency),
             };
-            let read = client.verified_read(namespace_id, Some(vault_id), "v1:7", options).await.expect("verified read");
+            let read = client
+                .verified_read(namespace_id, Some(vault_id), "v1:7", options)
+                .await
+                .expect("verified read");
             assert_eq!(read.value.as_deref(), Some(&b"v-v1-7"[..]), "node {i} {consistency:?}");
         }
     }

@@ -116,12 +116,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             bytes += entry.len();
             fits += 1;
         }
-        let partial = (fits < entries.len()).then(|| rpc.entries.get(fits.saturating_sub(1)).map(|e| e.log_id));
+        let partial =
+            (fits < entries.len()).then(|| rpc.entries.get(fits.saturating_sub(1)).map(|e| e.log_id));
         entries.truncate(fits);
         let request =
             PeerRequest::AppendEntries { group_id: self.group.0, vote, prev_log_id, entries, leader_commit };
         match self.call(request, &option).await {
-            Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success)) if partial.is_some() => {
+            Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success))
+                if partial.is_some() =>
+            {
                 Ok(AppendEntriesResponse::PartialSuccess(partial.flatten()))
             }
             Ok(PeerResponse::AppendEntries(outcome)) => Ok(append_response_from_wire(outcome)),
