@@ -3,6 +3,10 @@
 //! acknowledged write is on every replica and that the replicas agree on each scope's tip
 //! height, block hash and state root (SPEC §12 invariants 1–3, 14, 24–26).
 
+// `ONE_CLUSTER`'s guard is held for a whole test on purpose; each test runs on a runtime of its
+// own, so no task of the same runtime ever waits for it.
+#![allow(clippy::await_holding_lock)]
+
 use ledger_core::types::ReadConsistency;
 use ledger_tests::cluster::Cluster;
 use ledger_tests::scope::{connect, create_scope, retry_transient, set, tip, walk_chain, ScopeTip};
@@ -12,6 +16,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// One cluster at a time: each test starts three or four server processes, and several clusters
+/// at once on two CPUs would starve elections into flakiness.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// One core per node: three nodes share this machine's two CPUs.
 const NODE_FLAGS: &[&str] = &["--cores", "1", "--requests-timeout-secs", "5"];
@@ -108,6 +120,29 @@ async fn assert_converged(
 ) -> BTreeMap<(i64, Option<i64>), ScopeTip> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let clients: Vec<Client> = futures_join(live.iter().map(|&i| connect(cluster.addr(i)))).await;
+    // A node that just restarted answers from its checkpoint until it learns the commit index
+    // and re-applies its log (stale, never wrong): wait until every replica shows every
+    // acknowledged write, then compare the tips.
+    let vault_scope = scopes.iter().find(|s| s.0 == namespace_id && s.1.is_some()).and_then(|s| s.1);
+    for (client, &i) in clients.iter().zip(live) {
+        for scope in [None, vault_scope] {
+            let keys: Vec<String> =
+                acks.iter().filter(|a| a.vault_id == scope).map(|a| a.key.clone()).collect();
+            for chunk in keys.chunks(500) {
+                loop {
+                    let items = client
+                        .batch_read(namespace_id, scope, chunk.to_vec(), ReadConsistency::Eventual)
+                        .await
+                        .expect("batch read");
+                    if items.iter().all(|item| item.value.is_some()) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "node {i} never showed every acknowledged write");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
     let mut agreed = BTreeMap::new();
     for &(ns, vault) in scopes {
         loop {
@@ -170,6 +205,7 @@ async fn futures_join<F: std::future::Future<Output = Client>>(futs: impl Iterat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t01_three_nodes_form_one_cluster_serve_from_any_node_and_restart() {
+    let _one = one_cluster();
     // Two data groups, so that the spread of their first leaders shows.
     let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--groups-per-core", "2"]).collect();
     let mut cluster = Cluster::start(3, &flags);
@@ -287,6 +323,7 @@ fn spawn_writers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t02_leader_killed_under_load_fails_over_and_rejoins_identical() {
+    let _one = one_cluster();
     let mut cluster = Cluster::start(3, NODE_FLAGS);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
@@ -350,6 +387,7 @@ async fn t02_leader_killed_under_load_fails_over_and_rejoins_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t03_majority_lost_writes_unavailable_reads_served_nothing_lost() {
+    let _one = one_cluster();
     let mut cluster = Cluster::start(3, NODE_FLAGS);
     let admin = connect(cluster.addr(0)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "majority").await;
@@ -394,6 +432,7 @@ async fn t03_majority_lost_writes_unavailable_reads_served_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t04_follower_killed_under_load_catches_up() {
+    let _one = one_cluster();
     let mut cluster = Cluster::start(3, NODE_FLAGS);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
@@ -430,6 +469,7 @@ async fn t04_follower_killed_under_load_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t05_follower_behind_purged_log_is_brought_back_by_snapshot() {
+    let _one = one_cluster();
     // A snapshot every 20 log entries and 5 kept behind it: the leader soon purges what a
     // stopped follower still needs.
     let mut flags = NODE_FLAGS.to_vec();
@@ -492,6 +532,7 @@ async fn partition(cluster: &Cluster, ids: &BTreeMap<u64, usize>, isolated: Opti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges() {
+    let _one = one_cluster();
     let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--test-faults", "true"]).collect();
     let cluster = Cluster::start(3, &flags);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
@@ -539,6 +580,7 @@ async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges
 
 #[test]
 fn t07_bad_peer_bytes_are_refused_and_the_node_keeps_serving() {
+    let _one = one_cluster();
     use ledger_tests::raw::{frame_bytes, RawConn};
     use ledger_wire::codec::encode_frame_to_vec;
     use ledger_wire::frame::FrameKind;
@@ -759,6 +801,7 @@ fn nemesis(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t08_histories_under_kills_and_partitions_are_linearizable() {
+    let _one = one_cluster();
     let runs = env_u64("LEDGER_LIN_SEEDS", 2);
     let secs = env_u64("LEDGER_LIN_SECS", 6);
     let first = env_u64("LEDGER_LIN_SEED", 0x11ea7);
@@ -823,6 +866,7 @@ fn admin_cli(addr: &str, args: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t09_a_node_joins_and_another_leaves_at_runtime() {
+    let _one = one_cluster();
     let mut cluster = Cluster::start(3, NODE_FLAGS);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
