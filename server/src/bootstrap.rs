@@ -219,20 +219,55 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
 
 /// One `GetNodeInfo` round trip to `addr` over a fresh connection.
 pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
+    match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT)? {
+        Ok(Response::GetNodeInfo { node_id, address, cores, is_cluster_member, groups, .. }) => {
+            Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups })
+        }
+        Ok(_) => Err("unexpected answer".into()),
+        Err(status) => Err(status.to_string()),
+    }
+}
+
+/// A joining node asks to be added (SPEC §10.6: it calls `JoinCluster` on its peers every
+/// `bootstrap_poll_secs` until one accepts), on a thread of its own so the node serves
+/// meanwhile. Stops once a member has added it to every group.
+pub fn join_by_itself(peers: Vec<String>, node_id: u64, address: String, poll: Duration) {
+    let run = move || loop {
+        for peer in &peers {
+            let request = Request::JoinCluster { node_id, address: address.clone() };
+            match call_once(peer, request, JOIN_TIMEOUT) {
+                Ok(Ok(Response::JoinCluster { groups })) => {
+                    eprintln!("event=joined node={node_id} via={peer} groups={}", groups.len());
+                    return;
+                }
+                Ok(other) => eprintln!("event=join_refused node={node_id} via={peer} answer={other:?}"),
+                Err(e) => eprintln!("event=join_unreachable node={node_id} via={peer} error={e:?}"),
+            }
+        }
+        std::thread::sleep(poll);
+    };
+    if let Err(e) = std::thread::Builder::new().name("join-cluster".into()).spawn(run) {
+        eprintln!("event=join_thread_failed error={e}");
+    }
+}
+
+/// Longest a `JoinCluster` may take: catching the node up in every group.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One request over a fresh peer-role connection; the outer error is the transport's.
+fn call_once(addr: &str, request: Request, timeout: Duration) -> Result<Result<Response, Status>, String> {
     let target = addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("unresolvable address")?;
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
-        role: Role::Peer,
+        role: Role::Client,
         node_id: None,
         client_name: "ledger-bootstrap".into(),
         credential: None,
     };
-    let batch = RequestBatch {
-        items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request: Request::GetNodeInfo }],
-    };
+    let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request }] };
     let mut out = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| e.to_string())?;
     out.extend(encode_frame_to_vec(FrameKind::RequestBatch, &batch).map_err(|e| e.to_string())?);
     stream.write_all(&out).map_err(|e| e.to_string())?;
@@ -252,18 +287,7 @@ pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
                     let Some(first) = batch.items.into_iter().next() else {
                         return Err("empty answer".into());
                     };
-                    return match first.result {
-                        Ok(Response::GetNodeInfo {
-                            node_id,
-                            address,
-                            cores,
-                            is_cluster_member,
-                            groups,
-                            ..
-                        }) => Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups }),
-                        Ok(_) => Err("unexpected answer".into()),
-                        Err(status) => Err(status.to_string()),
-                    };
+                    return Ok(first.result);
                 }
                 other => return Err(format!("unexpected {} frame", other.name())),
             }

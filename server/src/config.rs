@@ -37,6 +37,10 @@ pub struct ConfigLayer {
     /// Give up bootstrapping after this many seconds without the expected nodes.
     #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_TIMEOUT_SECS")]
     pub bootstrap_timeout_secs: Option<u64>,
+    /// In join mode (`--bootstrap-expect 0`), ask the peers to add this node until one does
+    /// (SPEC §10.6); `false` waits for an operator's `ledger-admin join`.
+    #[arg(long, env = "INFERADB__LEDGER__JOIN_BY_ITSELF")]
+    pub join_by_itself: Option<bool>,
     /// Accept fault-injection requests (`SetPartition`): for tests only, never in production.
     #[arg(long, env = "INFERADB__LEDGER__TEST_FAULTS")]
     pub test_faults: Option<bool>,
@@ -130,6 +134,7 @@ pub struct Config {
     pub bootstrap_poll_secs: u64,
     pub bootstrap_timeout_secs: u64,
     pub test_faults: bool,
+    pub join_by_itself: bool,
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
@@ -210,6 +215,7 @@ impl Config {
             bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, 2),
             bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, 60),
             test_faults: pick!(flags, file, test_faults, false),
+            join_by_itself: pick!(flags, file, join_by_itself, true),
             batch_max_size: pick!(flags, file, batch_max_size, 100),
             batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, 10),
             batch_eager_commit: pick!(flags, file, batch_eager_commit, true),

@@ -60,6 +60,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     // A fresh node of a coordinated bootstrap listens early: it must answer discovery while it
     // waits for the others (SPEC §10.2). A node with groups just restarts.
     let mut socket = Some(socket);
+    let mut join_after_start = false;
     let mut early_listeners = None;
     let placement = if previous.is_empty() && config.bootstrap_expect >= 2 {
         let listeners = socket.take().ok_or(NodeError::ShardStart(0))?.listen(config.cores)?;
@@ -104,6 +105,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             advertise_addr
         );
         plan = Some(stored);
+        join_after_start = config.join_by_itself;
         placement
     } else {
         let groups: Vec<GroupId> = if previous.is_empty() {
@@ -117,6 +119,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         }
         placement
     };
+    // A node that started in join mode keeps asking to be added after a restart too (an added
+    // node is answered at once: the change is a no-op for a voter).
+    join_after_start |= config.join_by_itself && plan.as_ref().is_some_and(|p| p.members.is_empty());
     let placement = Arc::new(placement);
     let cluster =
         plan.map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
@@ -263,6 +268,14 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    if join_after_start {
+        crate::bootstrap::join_by_itself(
+            config.peers.clone(),
+            dir.node_id,
+            advertise_addr.clone(),
+            Duration::from_secs(config.bootstrap_poll_secs),
+        );
+    }
     let signal = wait_for_signal(&signals);
     eprintln!("ledger-server: received signal {signal}, shutting down");
     for control in &controls {

@@ -873,7 +873,8 @@ async fn t09_a_node_joins_and_another_leaves_at_runtime() {
     let (namespace_id, vault_id) = create_scope(&admin, "membership").await;
     let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 20).await;
     // A fourth node in join mode, added by an operator through any member.
-    let joiner = cluster.start_joining(NODE_FLAGS);
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--join-by-itself", "false"]).collect();
+    let joiner = cluster.start_joining(&flags);
     let joiner_id = match connect(cluster.addr(joiner)).await.call(Request::GetNodeInfo).await.expect("info")
     {
         Response::GetNodeInfo { node_id, is_cluster_member, .. } => {
@@ -906,4 +907,28 @@ async fn t09_a_node_joins_and_another_leaves_at_runtime() {
     assert!(out.contains("WouldBreakQuorum"), "{out}");
     acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "two-voters", 5).await);
     assert_converged(&cluster, &[0, joiner], &scopes, &acks, namespace_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_a_node_in_join_mode_asks_to_be_added_by_itself() {
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "self-join").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
+    let joiner = cluster.start_joining(NODE_FLAGS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.stderr(joiner).contains("event=joined") {
+        assert!(Instant::now() < deadline, "the joining node was never added:\n{}", cluster.stderr(joiner));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match connect(cluster.addr(joiner)).await.call(Request::GetNodeInfo).await.expect("GetNodeInfo") {
+        Response::GetNodeInfo { is_cluster_member, .. } => {
+            assert!(is_cluster_member, "joined but not a member")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "after", 10).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2, joiner], &scopes, &acks, namespace_id).await;
 }
