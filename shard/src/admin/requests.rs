@@ -121,6 +121,31 @@ async fn change_membership_everywhere(
         eprintln!("event=membership_changed group={group} change={change:?} voters={voters:?}");
         done.push((group.0, voters));
     }
+    // The registry follows (SPEC §10.4): each data group's members and the node's record.
+    let ops = with_system(shard, |s| {
+        let mut ops = Vec::new();
+        for (group, voters) in &done {
+            if let Some(mut record) = group_record(s, *group).filter(|r| &r.members != voters) {
+                record.members = voters.clone();
+                ops.push(reg::set(reg::group_key(*group), reg::encode(&record)));
+            }
+        }
+        match &change {
+            MembershipChange::Add { node_id, address } => {
+                let node = NodeRecord { node_id: *node_id, address: address.clone() };
+                ops.push(reg::set(reg::node_key(*node_id), reg::encode(&node)));
+            }
+            MembershipChange::Remove { node_id } => {
+                if reg::record::<NodeRecord>(s, &reg::node_key(*node_id)).is_some() {
+                    ops.push(Operation::DeleteEntity { key: reg::node_key(*node_id) });
+                }
+            }
+        }
+        ops
+    })?;
+    if !ops.is_empty() {
+        system_tx_ok(shard, ops).await?;
+    }
     Ok(done)
 }
 
