@@ -409,7 +409,10 @@ fn t07_loadgen_stops_with_a_clear_message_when_every_request_fails() {
     assert!(!status.success(), "{stderr}");
     assert!(killed.elapsed() < Duration::from_secs(60), "loadgen ran on for {:?}", killed.elapsed());
     assert!(stderr.contains("every request failed"), "{stderr}");
+    // Each loss is reported once. The OS may hand the freed port to another test's server in
+    // this process meanwhile (every test binds port 0): a reconnect that lands there is one more
+    // connection, lost again when that server goes. Hence up to two losses per connection.
     let lost = stderr.lines().filter(|l| l.contains(" lost: ")).count();
-    assert!((1..=2).contains(&lost), "lost reported {lost} times:\n{stderr}");
+    assert!((1..=4).contains(&lost), "lost reported {lost} times:\n{stderr}");
     assert!(stderr.lines().count() < 20, "too chatty:\n{stderr}");
 }
