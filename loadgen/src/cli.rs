@@ -65,6 +65,10 @@ pub struct Args {
     /// Seed of the workload: the same seed gives the same operation sequence per worker.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send writes and linearizable reads to the leader each connection learned (default), or
+    /// only to the `--addr` node of the connection, which forwards them (`forward`).
+    #[arg(long, value_enum, default_value_t = Routing::Leader)]
+    pub routing: Routing,
 }
 
 /// Read consistency as spelled on the command line.
@@ -88,6 +92,13 @@ impl Consistency {
             Consistency::Linearizable => "linearizable",
         }
     }
+}
+
+/// `--routing leader|forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Routing {
+    Leader,
+    Forward,
 }
 
 /// `--report json|text`.

@@ -96,6 +96,7 @@ impl Report<'_> {
                 "value_size": a.value_size,
                 "consistency": a.consistency.name(),
                 "seed": a.seed,
+                "routing": if a.routing == crate::cli::Routing::Leader { "leader" } else { "forward" },
             },
             "scopes": self.scopes.iter().map(|(ns, v)| json!([ns, v])).collect::<Vec<_>>(),
             "measured_s": self.measured.as_secs_f64(),
@@ -116,7 +117,7 @@ impl Report<'_> {
             if a.open_loop() { format!("open loop at {} ops/s", a.rate) } else { "closed loop".into() };
         let _ = writeln!(
             s,
-            "ledger-loadgen: {} scope(s), {} conn × {} pipeline, batch {}, {}, mix {}, {} keys × {} B, {}, seed {}",
+            "ledger-loadgen: {} scope(s), {} conn × {} pipeline, batch {}, {}, mix {}, {} keys × {} B, {}, seed {}, routing {}",
             self.scopes.len(),
             a.connections,
             a.pipeline,
@@ -126,7 +127,8 @@ impl Report<'_> {
             a.key_space,
             a.value_size,
             a.consistency.name(),
-            a.seed
+            a.seed,
+            if a.routing == crate::cli::Routing::Leader { "leader" } else { "forward" }
         );
         let _ = writeln!(
             s,

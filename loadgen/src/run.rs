@@ -39,6 +39,7 @@ fn run_id() -> String {
 async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
     let options = ClientOptions {
         client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
+        follow_leaders: args.routing == crate::cli::Routing::Leader,
         ..ClientOptions::default()
     };
     let mut clients = Vec::new();

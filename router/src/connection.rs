@@ -515,6 +515,7 @@ fn encode_replies(
             .into_iter()
             .map(|item| ResponseEnvelope {
                 request_id: item.request_id,
+                leader_hint: None,
                 result: Err(Status::internal(format!("response could not be encoded: {e}"))),
             })
             .collect();
@@ -535,13 +536,14 @@ fn fit_frame(reply: ResponseEnvelope, max_frame_bytes: u32) -> (ResponseEnvelope
         )),
         Err(e) => Status::internal(format!("response could not be encoded: {e}")),
     };
-    let reply = ResponseEnvelope { request_id: reply.request_id, result: Err(status) };
+    let reply = ResponseEnvelope { request_id: reply.request_id, result: Err(status), leader_hint: None };
     match archived_len(&reply) {
         Ok(len) if FrameBudget::fits_alone(max_frame_bytes, len) => (reply, len),
         // Unreachable with the configured minimum of max_frame_bytes; an empty status is smaller.
         _ => {
             let reply = ResponseEnvelope {
                 request_id: reply.request_id,
+                leader_hint: None,
                 result: Err(Status::invalid("result exceeds max_frame_bytes")),
             };
             let len = archived_len(&reply).unwrap_or(0);

@@ -167,5 +167,5 @@ fn request_id_of(msg: &ShardMsg) -> Option<u64> {
 
 /// Answers one request with an error status.
 pub fn answer(reply: &ReplySender, request_id: u64, status: Status) {
-    let _ = reply.send(ResponseEnvelope { request_id, result: Err(status) });
+    let _ = reply.send(ResponseEnvelope { request_id, result: Err(status), leader_hint: None });
 }

@@ -105,7 +105,11 @@ impl OpenStreams {
         if let Some(core) = core {
             dispatcher.cancel_stream(core, self.key(stream));
         }
-        let _ = replies.send(ResponseEnvelope { request_id, result: Ok(Response::CancelStream) });
+        let _ = replies.send(ResponseEnvelope {
+            request_id,
+            result: Ok(Response::CancelStream),
+            leader_hint: None,
+        });
     }
 
     /// The connection is closing: every core drops this connection's streams.

@@ -194,6 +194,7 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
                         .into_iter()
                         .map(|e| ResponseEnvelope {
                             request_id: e.request_id,
+                            leader_hint: None,
                             result: match e.request {
                                 Request::GetNodeInfo => Ok(Response::GetNodeInfo {
                                     node_id: me.node_id,

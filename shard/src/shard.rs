@@ -195,7 +195,7 @@ async fn shutdown(shard: &Rc<Shard>, builders: Vec<glommio::task::JoinHandle<()>
 }
 
 fn reply_err(reply: &ReplySender, request_id: u64, status: Status) {
-    let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status) });
+    let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status), leader_hint: None });
 }
 
 fn validation_status(e: ValidationError) -> Status {
@@ -214,17 +214,11 @@ pub fn group_failure(shard: &Shard, group_id: GroupId) -> Option<Status> {
     Some(Status::unavailable(format!("group {group_id} on this node has failed and is stopped: {reason}")))
 }
 
-/// Whether answering `request` here takes the group's leader (SPEC §8.1 step 3, §8.6).
+/// Whether answering `request` here takes the group's leader (SPEC §8.1 step 3, §8.6). One
+/// definition with the client's routing (`Request::leader_namespace`), so what a client sends
+/// to a learned leader is exactly what a follower would forward.
 fn needs_leader(request: &Request) -> bool {
-    match request {
-        Request::Write { .. } | Request::BatchWrite { .. } => true,
-        Request::VerifiedRead { consistency, at_height, .. } => {
-            at_height.unwrap_or(0) == 0
-                && consistency.unwrap_or(ledger_core::types::ReadConsistency::Linearizable)
-                    == ledger_core::types::ReadConsistency::Linearizable
-        }
-        other => reads::needs_linearizable(other),
-    }
+    request.leader_namespace().is_some()
 }
 
 fn on_group_request(
@@ -257,7 +251,9 @@ fn on_group_request(
             let timeout = shard.config.forward_timeout;
             match forward::to_leader(&shard.peers, &group, envelope.request.clone(), timeout).await {
                 Forwarded::Answer(result) => {
-                    let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                    // The leader this node forwarded to (or knows now): the client learns it.
+                    let leader_hint = group.leader_hint().filter(|(id, _)| *id != shard.peers.self_id());
+                    let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint });
                 }
                 Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true),
             }
@@ -295,18 +291,18 @@ fn on_group_request(
         }
         Request::GetBlock { namespace_id, vault_id, height } => {
             let result = get_block(&group, namespace_id, vault_id, height);
-            let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
         }
         Request::GetBlockRange { namespace_id, vault_id, start_height, end_height } => {
             let result = get_block_range(&group, namespace_id, vault_id, start_height, end_height);
-            let _ = reply.try_send(ResponseEnvelope { request_id, result });
+            let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
         }
         Request::CheckIntegrity { namespace_id, vault_id, full_check } => {
             glommio::spawn_local(async move {
                 let result =
                     crate::maintenance::task::check_integrity(&group, namespace_id, vault_id, full_check)
                         .await;
-                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             })
             .detach();
         }
@@ -315,7 +311,7 @@ fn on_group_request(
             glommio::spawn_local(async move {
                 let result =
                     crate::maintenance::task::create_snapshot(&group, &config, namespace_id, vault_id).await;
-                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             })
             .detach();
         }
@@ -328,13 +324,13 @@ fn on_group_request(
                 && reads::historical_list_target(&group, &request, shard.token_key.get().as_ref()).is_some();
             if !reads::needs_linearizable(&request) && !need_key && !historical {
                 let result = reads::answer(&group, &request, shard.token_key.get().as_ref());
-                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
                 return;
             }
             let shard = shard.clone();
             glommio::spawn_local(async move {
                 let result = slow_read(&shard, &group, &request).await;
-                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             })
             .detach();
         }

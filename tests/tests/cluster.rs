@@ -936,3 +936,70 @@ async fn t10_a_node_in_join_mode_asks_to_be_added_by_itself() {
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2, joiner], &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t11_the_client_learns_the_leader_sends_to_it_and_follows_a_failover() {
+    // Issue 14 item 3 (D33): a client connected to a follower has its first write forwarded,
+    // learns the leader from the answer's hint and sends the next writes there directly; when
+    // that leader dies it goes back through its own node and learns the new one.
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "routing").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "warm", 2).await;
+    let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
+    let home = (0..3).find(|i| *i != leader).expect("a follower");
+    let client = connect(cluster.addr(home)).await;
+    let mut session = WriteSession::new(client.clone(), namespace_id, Some(vault_id))
+        .with_client_id("router-test")
+        .with_retry_policy(patient());
+    let mut write = |n: usize| {
+        let (key, value) = (format!("routed:{n}"), format!("v{n}").into_bytes());
+        acks.push(Ack { vault_id: Some(vault_id), key: key.clone(), value: value.clone() });
+        vec![set(key, value)]
+    };
+    session.write(write(0)).await.expect("first write");
+    let learned = client.learned_leader(namespace_id).expect("a forwarded write teaches the leader");
+    assert_eq!(ids.get(&learned.node_id), Some(&leader), "learned {learned:?}");
+    assert_eq!(learned.address, cluster.addr(leader));
+    // The side connection opens in the background; once it is up, writes go straight there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 1;
+    while client.routed_calls() == 0 {
+        assert!(Instant::now() < deadline, "no call was ever sent to the learned leader");
+        session.write(write(n)).await.expect("write");
+        n += 1;
+    }
+    let before = client.routed_calls();
+    for _ in 0..20 {
+        session.write(write(n)).await.expect("write");
+        n += 1;
+    }
+    assert_eq!(client.routed_calls() - before, 20, "writes after learning went elsewhere");
+    // Eventual reads stay on the client's own node.
+    let read = Request::Read {
+        namespace_id,
+        vault_id: Some(vault_id),
+        key: "routed:0".into(),
+        consistency: ReadConsistency::Eventual,
+    };
+    client.call(read).await.expect("eventual read");
+    assert_eq!(client.routed_calls() - before, 20, "an eventual read went to the leader");
+
+    cluster.kill9(leader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        session.write(write(n)).await.expect("write after failover");
+        n += 1;
+        let now = client.learned_leader(namespace_id);
+        if now.as_ref().is_some_and(|l| l.node_id != learned.node_id) || now.is_none() {
+            // Either another node leads (learned), or this client's own node does (no route).
+            break;
+        }
+        assert!(Instant::now() < deadline, "still routed to the killed leader: {now:?}");
+    }
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let scopes = [(namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &live, &scopes, &acks, namespace_id).await;
+}

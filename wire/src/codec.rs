@@ -575,7 +575,7 @@ mod tests {
             2 => Err(Status::invalid("x".repeat(pick(5, 300) as usize))),
             _ => Ok(Response::Read { value: None, block_height: 1, stale: false }),
         };
-        ResponseEnvelope { request_id: seed, result }
+        ResponseEnvelope { request_id: seed, result, leader_hint: None }
     }
 
     #[test]

@@ -316,6 +316,35 @@ pub enum Request {
 }
 
 impl Request {
+    /// The namespace of a request that only its group's leader answers (writes and linearizable
+    /// reads; SPEC §8.1 step 3): where a client that learned leaders sends it directly.
+    pub fn leader_namespace(&self) -> Option<i64> {
+        use ReadConsistency::Linearizable;
+        match self {
+            Request::Write { namespace_id, .. } | Request::BatchWrite { namespace_id, .. } => {
+                Some(*namespace_id)
+            }
+            // SPEC §5.1 item 9: always linearizable.
+            Request::GetClientState { namespace_id, .. } => Some(*namespace_id),
+            Request::Read { namespace_id, consistency, .. }
+            | Request::BatchRead { namespace_id, consistency, .. }
+            | Request::ListRelationships { namespace_id, consistency, .. }
+            | Request::ListResources { namespace_id, consistency, .. }
+            | Request::ListEntities { namespace_id, consistency, .. }
+                if *consistency == Linearizable =>
+            {
+                Some(*namespace_id)
+            }
+            // A historical height is served by any replica that has it.
+            Request::VerifiedRead { namespace_id, consistency, at_height, .. }
+                if at_height.unwrap_or(0) == 0 && consistency.unwrap_or(Linearizable) == Linearizable =>
+            {
+                Some(*namespace_id)
+            }
+            _ => None,
+        }
+    }
+
     /// snake_case name of the variant, for metrics labels and logs.
     pub fn op_name(&self) -> &'static str {
         match self {
@@ -603,6 +632,10 @@ pub struct RequestBatch {
 pub struct ResponseEnvelope {
     pub request_id: u64,
     pub result: Result<Response, Status>,
+    /// Set when this node forwarded the request to its group's leader (SPEC §8.1 step 3): that
+    /// leader's `(node_id, address)`, so a client can send the scope's next requests there
+    /// directly (issue 14 item 3, D33). Failures carry their hint in `Status::leader_hint`.
+    pub leader_hint: Option<(u64, String)>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -229,7 +229,7 @@ fn response_batch() -> impl Strategy<Value = ResponseBatch> {
     vec((any::<u64>(), result), 1..12).prop_map(|items| ResponseBatch {
         items: items
             .into_iter()
-            .map(|(request_id, result)| ResponseEnvelope { request_id, result })
+            .map(|(request_id, result)| ResponseEnvelope { request_id, result, leader_hint: None })
             .collect(),
     })
 }

@@ -68,7 +68,7 @@ pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySen
     } else {
         answer(&shard, envelope.request).await
     };
-    let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result });
+    let _ = reply.try_send(ResponseEnvelope { request_id: envelope.request_id, result, leader_hint: None });
 }
 
 /// A fresh cluster creates `_system` and its bootstrap records (written in one transaction with

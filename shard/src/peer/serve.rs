@@ -31,7 +31,7 @@ thread_local! {
 pub fn handle(group: Rc<Group>, request: PeerRequest, request_id: u64, reply: ReplySender) {
     glommio::spawn_local(async move {
         let result = answer(&group, request).await;
-        let _ = reply.try_send(ResponseEnvelope { request_id, result });
+        let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
     })
     .detach();
 }

@@ -102,18 +102,20 @@ pub fn handle(group: Rc<Group>, request: Request, request_id: u64, reply: ReplyS
     let read = match ProofRead::parse(request) {
         Ok(read) => read,
         Err(status) => {
-            let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status) });
+            let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status), leader_hint: None });
             return;
         }
     };
     if !read.linearizable {
         match answer_now(&group, &read) {
             Ok(Some(response)) => {
-                let _ = reply.try_send(ResponseEnvelope { request_id, result: Ok(response) });
+                let _ =
+                    reply.try_send(ResponseEnvelope { request_id, result: Ok(response), leader_hint: None });
                 return;
             }
             Err(status) => {
-                let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status) });
+                let _ =
+                    reply.try_send(ResponseEnvelope { request_id, result: Err(status), leader_hint: None });
                 return;
             }
             Ok(None) => {}
@@ -121,7 +123,7 @@ pub fn handle(group: Rc<Group>, request: Request, request_id: u64, reply: ReplyS
     }
     glommio::spawn_local(async move {
         let result = answer(&group, &read).await;
-        let _ = reply.try_send(ResponseEnvelope { request_id, result });
+        let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
     })
     .detach();
 }

@@ -55,7 +55,7 @@ impl Waiter {
             Waiter::Client { request_id, reply } => {
                 let result = result.map(Response::Write);
                 // A closed channel means the connection went away; nothing is left to tell.
-                let _ = reply.try_send(ResponseEnvelope { request_id, result });
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             }
             Waiter::Internal(tx) => {
                 let _ = tx.send(result);

@@ -24,7 +24,10 @@ use crate::messages::{
 /// Bytes of encoded frames the writer gathers before it writes them out.
 const WRITE_COALESCE_BYTES_MAX: usize = 1024 * 1024;
 
-type Reply = oneshot::Sender<Result<Response, ClientError>>;
+/// A call's result and, when the node forwarded it, the leader that answered (D33).
+pub(super) type Answer = (Result<Response, ClientError>, Option<(u64, String)>);
+
+type Reply = oneshot::Sender<Answer>;
 
 /// What callers (and the reader, for Pong) hand to the writer task.
 #[derive(Debug)]
@@ -96,11 +99,16 @@ impl Shared {
     }
 
     /// Delivers a result; unknown ids (timed-out or cancelled calls) are ignored.
-    pub fn complete(&self, request_id: u64, result: Result<Response, ClientError>) {
+    pub fn complete(
+        &self,
+        request_id: u64,
+        result: Result<Response, ClientError>,
+        leader_hint: Option<(u64, String)>,
+    ) {
         let reply = self.lock().pending.remove(&request_id);
         if let Some(reply) = reply {
             // The caller may have given up in the meantime; that is fine.
-            let _ = reply.send(result);
+            let _ = reply.send((result, leader_hint));
         }
     }
 
@@ -120,7 +128,7 @@ impl Shared {
             (std::mem::take(&mut table.pending), reason)
         };
         for (_, reply) in pending {
-            let _ = reply.send(Err(reason.clone()));
+            let _ = reply.send((Err(reason.clone()), None));
         }
         self.streams.close(&reason);
         self.closed_signal.notify_waiters();
@@ -284,7 +292,7 @@ fn encode_batch(items: Vec<RequestEnvelope>, out: &mut Vec<u8>, shared: &Shared,
                 e => ClientError::Protocol(format!("cannot send request: {e}")),
             };
             for envelope in batch.items {
-                shared.complete(envelope.request_id, Err(error.clone()));
+                shared.complete(envelope.request_id, Err(error.clone()), None);
             }
         }
     }
@@ -347,7 +355,11 @@ fn handle_frame(frame: &Frame, shared: &Shared, queue: &mpsc::Sender<Outgoing>) 
             for envelope in batch.items.iter() {
                 let request_id = envelope.request_id.to_native();
                 let result = deserialize::<Result<Response, Status>>(&envelope.result)?;
-                shared.complete(request_id, result.map_err(ClientError::from));
+                let mut leader_hint = deserialize::<Option<(u64, String)>>(&envelope.leader_hint)?;
+                if let Err(status) = &result {
+                    leader_hint = leader_hint.or_else(|| status.leader_hint.clone());
+                }
+                shared.complete(request_id, result.map_err(ClientError::from), leader_hint);
             }
             Ok(())
         }

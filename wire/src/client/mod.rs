@@ -8,6 +8,7 @@
 
 mod conn;
 mod ops;
+mod routes;
 mod session;
 mod stream;
 mod verified;
@@ -28,7 +29,9 @@ use crate::constants::{
 use crate::error::ClientError;
 use crate::messages::{HelloAck, Request, RequestEnvelope, Response, Role};
 
-use conn::{Limits, Outgoing, PendingGuard, Shared};
+use conn::{Answer, Limits, Outgoing, PendingGuard, Shared};
+pub use routes::LeaderRoute;
+use routes::Routes;
 pub use session::{RetryPolicy, WriteOutcome, WriteSession};
 pub use stream::{BlockStream, StreamNext};
 pub use verified::{verify_read_response, verify_write_success, VerifiedRead, VerifiedReadOptions};
@@ -53,6 +56,10 @@ pub struct ClientOptions {
     pub max_frame_bytes: u32,
     /// Most calls in flight on this connection (the server rejects more with `ResourceExhausted`).
     pub max_outstanding: usize,
+    /// Learn each namespace's leader from the hints of forwarded answers and send its writes
+    /// and linearizable reads there directly (D33). Harmless on a single node (nothing is
+    /// forwarded, so nothing is learned).
+    pub follow_leaders: bool,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +73,7 @@ impl Default for ClientOptions {
             max_batch_items: MAX_BATCH_ITEMS_DEFAULT,
             max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
             max_outstanding: MAX_OUTSTANDING_DEFAULT,
+            follow_leaders: true,
         }
     }
 }
@@ -99,6 +107,8 @@ struct Inner {
     hello_ack: HelloAck,
     peer_addr: SocketAddr,
     options: ClientOptions,
+    /// Leaders learned and side connections to them (`follow_leaders`).
+    routes: Option<Arc<Routes>>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -140,6 +150,7 @@ impl Client {
         let writer = tokio::spawn(conn::writer_loop(write_half, queue_rx, Arc::clone(&shared), limits));
         let reader =
             tokio::spawn(conn::reader_loop(read_half, reader, leftover, Arc::clone(&shared), queue.clone()));
+        let routes = options.follow_leaders.then(|| Arc::new(Routes::new(peer_addr, &options)));
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
@@ -149,6 +160,7 @@ impl Client {
                 hello_ack,
                 peer_addr,
                 options,
+                routes,
                 tasks: [writer, reader],
             }),
         })
@@ -190,21 +202,61 @@ impl Client {
         self.call_with(request, CallOptions::default()).await
     }
 
+    /// The leader this client learned for `namespace_id`'s group, when it is not the node this
+    /// client is connected to (`follow_leaders`).
+    pub fn learned_leader(&self, namespace_id: i64) -> Option<LeaderRoute> {
+        self.inner.routes.as_ref()?.leader_of(namespace_id)
+    }
+
+    /// How many calls went to a learned leader over a side connection rather than this one.
+    pub fn routed_calls(&self) -> u64 {
+        self.inner.routes.as_ref().map_or(0, |r| r.routed())
+    }
+
     /// Sends one request. A transport `Status` becomes `ClientError::Status`; the deadline
-    /// covers waiting for an in-flight slot, the round trip and the server's work.
+    /// covers waiting for an in-flight slot, the round trip and the server's work. With
+    /// `follow_leaders`, a leader-only request for a namespace whose leader was learned goes to
+    /// that leader directly.
     pub async fn call_with(&self, request: Request, options: CallOptions) -> Result<Response, ClientError> {
+        let routed = self.inner.routes.as_ref().and_then(|routes| {
+            let namespace_id = request.leader_namespace()?;
+            let (side, route) = routes.client_for(namespace_id)?;
+            Some((routes, namespace_id, side, route))
+        });
+        if let Some((routes, namespace_id, side, route)) = routed {
+            routes.count_routed();
+            let (result, hint) = side.call_answer(request, options).await;
+            if let Err(error) = &result {
+                routes.on_side_error(namespace_id, &route, error);
+            }
+            if let Some(hint) = hint {
+                routes.learn(namespace_id, hint);
+            }
+            return result;
+        }
+        let namespace_id = request.leader_namespace();
+        let (result, hint) = self.call_answer(request, options).await;
+        if let (Some(routes), Some(namespace_id), Some(hint)) = (&self.inner.routes, namespace_id, hint) {
+            routes.learn(namespace_id, hint);
+        }
+        result
+    }
+
+    /// One call on this connection, with the leader hint its answer carried.
+    async fn call_answer(&self, request: Request, options: CallOptions) -> Answer {
         let timeout = options.timeout.unwrap_or(self.inner.options.call_timeout);
         let started = Instant::now();
         let call = async {
             let _permit = self.inner.permits.acquire().await.map_err(|_| self.lost())?;
             let (guard, reply) = self.enqueue(request, timeout.saturating_sub(started.elapsed())).await?;
-            let result = reply.await.map_err(|_| self.lost())?;
+            let answer = reply.await.map_err(|_| self.lost())?;
             drop(guard);
-            result
+            Ok::<_, ClientError>(answer)
         };
         match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => (Err(error), None),
+            Err(_) => (Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }), None),
         }
     }
 
@@ -286,7 +338,7 @@ impl Client {
                 Err(e) => Err(e),
                 Ok((guard, reply)) => {
                     let result = match tokio::time::timeout_at(deadline, reply).await {
-                        Ok(Ok(result)) => result,
+                        Ok(Ok((result, _hint))) => result,
                         Ok(Err(_)) => Err(self.lost()),
                         Err(_) => Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
                     };
@@ -305,7 +357,7 @@ impl Client {
         &self,
         request: Request,
         remaining: Duration,
-    ) -> Result<(PendingGuard, oneshot::Receiver<Result<Response, ClientError>>), ClientError> {
+    ) -> Result<(PendingGuard, oneshot::Receiver<Answer>), ClientError> {
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         self.inner.shared.register(request_id, reply_tx)?;

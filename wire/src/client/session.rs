@@ -260,7 +260,9 @@ impl WriteSession {
             return Err(error);
         }
         tokio::time::sleep(delay).await;
-        if error.is_connection_lost() || self.client.closed_reason().is_some() {
+        // Only this session's own connection is replaced: a lost side connection to a learned
+        // leader (`follow_leaders`) is the client's to forget, and the retry goes out here.
+        if self.client.closed_reason().is_some() {
             // A failed reconnect is itself retryable; the next attempt fails fast and backs off.
             if let Ok(client) = self.client.reconnect().await {
                 self.client = client;

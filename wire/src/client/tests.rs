@@ -128,6 +128,7 @@ fn echo_state(envelope: &RequestEnvelope) -> ResponseEnvelope {
     let last_committed_sequence = client_id.parse().unwrap();
     ResponseEnvelope {
         request_id: envelope.request_id,
+        leader_hint: None,
         result: Ok(Response::GetClientState { last_committed_sequence }),
     }
 }
@@ -232,6 +233,7 @@ async fn t23_status_timeout_and_close() {
             match client_id.as_str() {
                 "status" => replies.push(Reply::Responses(vec![ResponseEnvelope {
                     request_id: envelope.request_id,
+                    leader_hint: None,
                     result: Err(Status::unavailable("no leader")),
                 }])),
                 "silent" => {}
@@ -338,7 +340,7 @@ async fn t24_write_session_follows_client_rules() {
                 }
                 _ => panic!("unexpected request"),
             };
-            replies.push(Reply::Responses(vec![ResponseEnvelope { request_id, result }]));
+            replies.push(Reply::Responses(vec![ResponseEnvelope { request_id, result, leader_hint: None }]));
         }
         replies
     });
@@ -466,7 +468,11 @@ async fn t41_call_idempotent_backs_off_on_retryable_errors() {
             (2, _) => Err(Status::exhausted("queue full")),
             _ => return vec![Reply::Responses(vec![echo_state(&items[0])])],
         };
-        vec![Reply::Responses(vec![ResponseEnvelope { request_id: items[0].request_id, result }])]
+        vec![Reply::Responses(vec![ResponseEnvelope {
+            request_id: items[0].request_id,
+            result,
+            leader_hint: None,
+        }])]
     });
     let (addr, _seen) = fake_server(1024, handler).await;
     let client = Client::connect(addr, fast_options()).await.unwrap();
@@ -495,6 +501,7 @@ async fn t42_frames_up_to_the_announced_limit_are_accepted() {
             .iter()
             .map(|e| ResponseEnvelope {
                 request_id: e.request_id,
+                leader_hint: None,
                 result: Ok(Response::Read { value: Some(vec![5u8; 200_000]), block_height: 1, stale: false }),
             })
             .collect();
