@@ -155,6 +155,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             }
             faults
         },
+        storage_counters: Default::default(),
         max_frame_bytes: config.max_frame_bytes,
         cluster,
         forward_timeout: Duration::from_secs(config.requests_timeout_secs),
@@ -252,7 +253,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
 
     let metrics = match &config.metrics_addr {
         Some(addr) => Some(
-            metrics_http::start(addr, inbox_senders.clone())
+            metrics_http::start(addr, inbox_senders.clone(), shard_config.storage_counters.clone())
                 .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })?,
         ),
         None => None,
