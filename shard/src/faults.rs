@@ -22,6 +22,8 @@ pub struct Faults {
     /// `(group, count)`: checkpoint writes of that group still to fail (before touching files).
     checkpoint_armed: AtomicBool,
     checkpoint_failures: Mutex<Option<(u32, u32)>>,
+    /// Abandons the next block round as it completes (as a lost leadership would).
+    abandon_round: AtomicBool,
 }
 
 /// Fails the next Raft log append that carries a group block, after holding it: the append is
@@ -84,6 +86,15 @@ impl Faults {
 
     pub(crate) fn storage_full(&self) -> bool {
         self.storage_full.load(Ordering::Acquire)
+    }
+
+    /// Abandons the next block round of any group when it completes.
+    pub fn abandon_next_round(&self) {
+        self.abandon_round.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_round_abandon(&self) -> bool {
+        self.abandon_round.load(Ordering::Relaxed) && self.abandon_round.swap(false, Ordering::AcqRel)
     }
 
     /// Fails the next `count` checkpoint writes of `group` with an I/O error.

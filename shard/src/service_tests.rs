@@ -1365,6 +1365,44 @@ fn t25_a_group_whose_checkpoints_fail_reopens_itself_and_loses_nothing() {
     });
 }
 
+#[test]
+fn t26_writes_after_an_abandoned_round_commit() {
+    // A round abandoned while it was built (leadership moved, its vault's chain moved, ...)
+    // answers its writes Unavailable; the retry, drafted after the pipeline drained, must not
+    // inherit that fate. It did: every later round followed the abandoned one's "not proposed"
+    // and was abandoned too, so the group took no write again (seen under load in
+    // scripts/bench-cluster.sh as "the block before it was abandoned", forever).
+    run(|dir| async move {
+        let faults = Arc::new(crate::faults::Faults::default());
+        let armed = faults.clone();
+        let node = start(dir.clone(), move |c| c.faults = armed).await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+        faults.abandon_next_round();
+        let write = |sequence: u64, value: &[u8]| Request::Write {
+            namespace_id: ns,
+            vault_id: vault,
+            client_id: "c".into(),
+            sequence,
+            operations: vec![set("b", value)],
+            include_tx_proof: false,
+        };
+        let status = node.call(write(2, b"2")).await.unwrap_err();
+        assert_eq!(status.code, StatusCode::Unavailable, "{status:?}");
+        assert!(status.message.contains("injected fault"), "{}", status.message);
+        for (sequence, value) in [(2, b"2"), (3, b"3")] {
+            match node.call(write(sequence, value)).await {
+                Ok(Response::Write(WriteResult::Success(_))) => {}
+                other => panic!("write {sequence} after the abandoned round: {other:?}"),
+            }
+        }
+        assert_eq!(node.read(ns, vault, "b").await, Some(b"3".to_vec()));
+        node.stop().await;
+    });
+}
+
 /// A node with groups 1 and 2 on one core, namespace "one" in group 1 and "two" in group 2, one
 /// committed write in each; returns the namespace ids.
 async fn two_groups(dir: &Path) -> (Node, i64, i64) {

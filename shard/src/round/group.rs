@@ -487,6 +487,10 @@ impl Group {
         if self.in_flight.get() == 0 {
             let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
             self.next_log_index.set(last + 1);
+            // Every earlier round has finished and said whether it was proposed; this one
+            // builds on committed state alone, so it follows none of them. Keeping the link made
+            // one abandoned round doom every later one ("the block before it was abandoned").
+            self.last_round.replace(None);
         }
         let Some(drafted) = self.dry_run(batch) else { return };
         assert!(self.in_flight.get() < BLOCKS_IN_FLIGHT_MAX, "too many blocks in flight");
@@ -906,6 +910,9 @@ impl Group {
         };
         if !predecessor_proposed {
             return abandoned("the block before it was abandoned", accepted);
+        }
+        if self.config.faults.take_round_abandon() {
+            return abandoned("injected fault", accepted);
         }
         if !self.is_leader() {
             return abandoned("leadership moved", accepted);
