@@ -32,7 +32,23 @@ for i in 0 1 2; do for _ in $(seq 300); do grep -q "listening on" "$BASE/n$i.log
 LG=(./target/release/ledger-loadgen --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
     --duration "$DURATION" --warmup 5s --report json)
 # ONLY="substring" runs only the scenarios whose name contains it.
-run() { [[ -z "${ONLY:-}" || "$1" == *"$ONLY"* ]] || return 0; echo "== $1"; shift; "${LG[@]}" "$@" 2>"$BASE/loadgen.err" || { echo "(failed)"; tail -n 3 "$BASE/loadgen.err"; }; }
+# CPU seconds (user + system) a process has used so far, from /proc.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# After each scenario: the CPU seconds each node and the load generator used during it (preload
+# included), to show where the machine's two cores went.
+run() {
+  [[ -z "${ONLY:-}" || "$1" == *"$ONLY"* ]] || return 0
+  echo "== $1"; shift
+  local before=() p; for p in "${PIDS[@]}"; do before+=("$(cpu_secs "$p")"); done
+  local started=$SECONDS
+  "${LG[@]}" "$@" 2>"$BASE/loadgen.err" &
+  local lg=$!; local lg_cpu=0
+  while kill -0 "$lg" 2>/dev/null; do lg_cpu=$(cpu_secs "$lg"); sleep 0.5; done
+  wait "$lg" || { echo "(failed)"; tail -n 3 "$BASE/loadgen.err"; }
+  local line="cpu seconds over $((SECONDS - started))s wall (preload included): loadgen ≈$lg_cpu" i
+  for i in "${!PIDS[@]}"; do line+=", node$i $(echo "$(cpu_secs "${PIDS[$i]}") - ${before[$i]}" | bc)"; done
+  echo "$line"
+}
 run "single writes, 16 in flight"        --mix write=100 --batch-items 1   --connections 4 --pipeline 4
 run "single writes, 256 in flight"       --mix write=100 --batch-items 1   --connections 4 --pipeline 64
 run "client-batched writes (100 ops/tx)" --mix write=100 --batch-items 100 --connections 4 --pipeline 16
