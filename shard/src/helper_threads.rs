@@ -63,8 +63,10 @@ mod tests {
     fn own_cpus() -> Vec<usize> {
         // SAFETY: as in `process_cpus`, for the calling thread (0).
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer and size describe `set`, which outlives the call.
         let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
         assert_eq!(rc, 0);
+        // SAFETY: `set` was filled in by the kernel; CPU_ISSET only reads it.
         (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
     }
 
