@@ -7,6 +7,8 @@ pub mod hash;
 pub mod hash_lanes;
 pub mod rows;
 pub mod smt;
+#[cfg(any(test, feature = "test-support"))]
+pub mod smt_check;
 pub mod state;
 pub mod types;
 pub mod validate;
