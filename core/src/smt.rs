@@ -1292,13 +1292,15 @@ mod tests {
         )
     }
 
-    /// 128 cases natively. Under Miri (`.ci/run`), which interprets every step and checks each
-    /// memory access, 4 cases, and no regression file: Miri isolates the test from the file system.
+    /// 128 cases natively (`LEDGER_SMT_CASES` overrides: scripts/memcheck.sh runs a few under
+    /// valgrind). Under Miri, which interprets every step and checks each memory access, 4 cases,
+    /// and no regression file: Miri isolates the test from the file system.
     fn proptest_config() -> ProptestConfig {
         if cfg!(miri) {
             ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() }
         } else {
-            ProptestConfig::with_cases(128)
+            let cases = std::env::var("LEDGER_SMT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+            ProptestConfig::with_cases(cases)
         }
     }
 

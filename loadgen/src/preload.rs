@@ -103,6 +103,17 @@ pub async fn preload(clients: &[Client], scopes: &[Scope], plan: PreloadPlan) ->
     Ok(plan.key_space * scopes.len() as u64)
 }
 
+/// The preload outlasts a leader election (a cluster under load may hold one): a retryable
+/// failure is retried with the same sequence for up to about a minute before setup gives up.
+fn preload_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        base: std::time::Duration::from_millis(crate::constants::RETRY_BACKOFF_BASE_MS),
+        cap: std::time::Duration::from_millis(crate::constants::RECONNECT_BACKOFF_CAP_MS),
+        max_attempts: crate::constants::PRELOAD_RETRY_ATTEMPTS,
+        jitter: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,13 +139,3 @@ mod tests {
     }
 }
 
-/// The preload outlasts a leader election (a cluster under load may hold one): a retryable
-/// failure is retried with the same sequence for up to about a minute before setup gives up.
-fn preload_retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        base: std::time::Duration::from_millis(crate::constants::RETRY_BACKOFF_BASE_MS),
-        cap: std::time::Duration::from_millis(crate::constants::RECONNECT_BACKOFF_CAP_MS),
-        max_attempts: crate::constants::PRELOAD_RETRY_ATTEMPTS,
-        jitter: true,
-    }
-}
