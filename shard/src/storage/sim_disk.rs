@@ -12,7 +12,8 @@
 //!
 //! Files written with std::fs (snapshot files) stay on the real disk, but the sim tracks their
 //! directory entries: a file renamed into place counts only once its directory is fsync'd
-//! ([`SimDisk::dir_synced`]); `restore` deletes the ones that were not before the cut. Not
+//! ([`SimDisk::dir_synced`]); `restore` deletes the ones that were not before the cut, and a
+//! delete after the cut is skipped (it never reached the disk). Not
 //! simulated: loss of file contents written with std::fs before their own fsync, a redb file's
 //! own directory entry (the sim knows files by path), and deletes that come undone.
 
@@ -53,6 +54,7 @@ struct SimFile {
     dirty: BTreeSet<u64>,
     /// The backend holding redb's whole-file lock, if any.
     held_by: Option<u64>,
+    syncs: u64,
 }
 
 #[derive(Debug)]
@@ -67,10 +69,9 @@ struct DiskState {
     rng: StdRng,
     /// Canary: syncs make nothing durable (a disk that lies), so tests must notice lost writes.
     ignore_syncs: bool,
-    /// Files written through std::fs: path → whether their directory was fsync'd since.
+    /// Files written through std::fs: path → whether their directory was fsync'd since (frozen
+    /// by a cut: what the dying process renames afterwards is lost).
     plain: BTreeMap<PathBuf, bool>,
-    /// Plain files that were not durable when the power was cut.
-    plain_lost: Vec<PathBuf>,
 }
 
 /// The simulated disk shared by every redb file of a test node.
@@ -99,7 +100,6 @@ impl SimDisk {
                 rng: StdRng::seed_from_u64(seed),
                 ignore_syncs: false,
                 plain: BTreeMap::new(),
-                plain_lost: Vec::new(),
             }),
             cut: AtomicBool::new(false),
             next_backend: AtomicU64::new(1),
@@ -154,14 +154,12 @@ impl SimDisk {
         if self.cut.load(Ordering::Acquire) {
             return;
         }
-        let mode = state.mode;
-        let DiskState { files, rng, plain, plain_lost, .. } = &mut *state;
-        for file in files.values_mut() {
-            if mode == CutMode::TornWriteback {
+        if state.mode == CutMode::TornWriteback {
+            let DiskState { files, rng, .. } = &mut *state;
+            for file in files.values_mut() {
                 tear(file, rng);
             }
         }
-        *plain_lost = plain.iter().filter(|(_, durable)| !**durable).map(|(p, _)| p.clone()).collect();
         state.plan = None;
         self.cut.store(true, Ordering::Release);
     }
@@ -172,9 +170,24 @@ impl SimDisk {
         self.cut.load(Ordering::Acquire)
     }
 
+    /// Files some redb handle still holds (a stopped node's I/O threads end just after it).
+    pub fn files_held(&self) -> usize {
+        self.lock().files.values().filter(|f| f.held_by.is_some()).count()
+    }
+
     /// Syncs of any file so far.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Syncs so far per file name (`raft.redb`, …), summed over the groups.
+    pub fn syncs_by_name(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for (path, file) in &self.lock().files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            *counts.entry(name).or_default() += file.syncs;
+        }
+        counts
     }
 
     /// Power back on, once the process that saw the cut has stopped: every file is its frozen
@@ -187,7 +200,9 @@ impl SimDisk {
             file.dirty.clear();
             file.held_by = None;
         }
-        for path in std::mem::take(&mut state.plain_lost) {
+        let lost: Vec<PathBuf> =
+            state.plain.iter().filter(|(_, durable)| !**durable).map(|(p, _)| p.clone()).collect();
+        for path in lost {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -201,17 +216,27 @@ impl SimDisk {
 
     /// A std::fs file was renamed into place; it survives a cut once its directory is synced.
     pub fn plain_file_renamed(&self, path: &Path) {
-        if !self.is_cut() {
-            self.lock().plain.insert(path.to_path_buf(), false);
+        let mut state = self.lock();
+        if self.is_cut() {
+            // After the cut a new name never reaches the disk; an old one keeps what it had.
+            state.plain.entry(path.to_path_buf()).or_insert(false);
+        } else {
+            state.plain.insert(path.to_path_buf(), false);
         }
+    }
+
+    /// Whether a std::fs delete would reach the disk (not after the cut: the file stays).
+    pub fn deletes_persist(&self) -> bool {
+        !self.is_cut()
     }
 
     /// `dir` was fsync'd: the plain files renamed into it are durable.
     pub fn dir_synced(&self, dir: &Path) {
-        if self.is_cut() {
+        let mut state = self.lock();
+        if self.is_cut() || state.ignore_syncs {
             return;
         }
-        for (path, durable) in self.lock().plain.iter_mut() {
+        for (path, durable) in state.plain.iter_mut() {
             if path.parent() == Some(dir) {
                 *durable = true;
             }
@@ -324,6 +349,7 @@ impl StorageBackend for SimBackend {
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned());
         self.with(|file, state| {
             disk.syncs.fetch_add(1, Ordering::Relaxed);
+            file.syncs += 1;
             let hit = state.plan.as_ref().is_some_and(|plan| plan.file.is_none() || plan.file == name);
             if hit {
                 state.plan_syncs += 1;

@@ -434,6 +434,9 @@ pub fn write_file(
     fsync_dir(dir).map_err(io(dir))?;
     if let Some(sim) = sim {
         sim.dir_synced(dir);
+        if !sim.deletes_persist() {
+            return Ok(target);
+        }
     }
     prune(dir, keep)?;
     Ok(target)
