@@ -24,7 +24,7 @@ const CLIENTS: u64 = 6;
 /// Rounds at most before the power is cut anyway.
 const ROUNDS_MAX: u64 = 24;
 /// Seeds per mode in CI (`LEDGER_POWER_CUTS` overrides).
-const CUTS_DEFAULT: u64 = 5;
+const CUTS_DEFAULT: u64 = 8;
 const SEED_DEFAULT: u64 = 0x5eed_0012_0004;
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -52,11 +52,13 @@ async fn start_on(dir: PathBuf, disk: &Arc<SimDisk>) -> Node {
 
 /// Where the power goes: at the nth sync of one file kind (or of any file).
 fn plan(rng: &mut StdRng) -> CutPlan {
+    // Ranges fit the syncs a full run makes after setup (about 30 of the logs, 10 each of the
+    // checkpoint and archive files): most plans are reached, the rest cut at the end.
     let (file, nth_max) = match rng.gen_range(0..4) {
-        0 => (None, 120),
-        1 => (Some("raft.redb"), 60),
-        2 => (Some("state.redb"), 30),
-        _ => (Some("blocks.redb"), 30),
+        0 => (None, 50),
+        1 => (Some("raft.redb"), 30),
+        2 => (Some("state.redb"), 10),
+        _ => (Some("blocks.redb"), 10),
     };
     CutPlan { file: file.map(String::from), nth: rng.gen_range(1..=nth_max) }
 }
@@ -220,7 +222,8 @@ async fn wait_released(disk: &SimDisk) {
     }
 }
 
-/// One seeded power cut: setup, writes until the cut, stop, power back, restart, checks.
+/// One seeded power cut: setup, writes until the cut, stop, power back (half the seeds cut again
+/// while recovering), restart, checks.
 async fn scenario(dir: PathBuf, seed: u64, mode: CutMode, lying_disk: bool) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let disk = SimDisk::new(seed, mode);
@@ -234,12 +237,29 @@ async fn scenario(dir: PathBuf, seed: u64, mode: CutMode, lying_disk: bool) -> R
     );
     disk.arm(plan);
     let acked = write_until_cut(&node, &disk, ns, vault, seed, &mut rng).await;
+    let planned = disk.is_cut();
     disk.cut_now();
     let syncs = disk.syncs_by_name();
     node.stop().await;
     wait_released(&disk).await;
     disk.restore().unwrap();
-    eprintln!("power cut: seed={seed} acknowledged={} syncs={syncs:?}", acked.len());
+    eprintln!("power cut: seed={seed} planned={planned} acknowledged={} syncs={syncs:?}", acked.len());
+
+    if rng.gen_ratio(1, 2) {
+        // A second cut during recovery (open, log replay, restore checkpoint, first snapshot):
+        // recovery must leave the disk recoverable too.
+        let again = CutPlan { file: None, nth: rng.gen_range(1..=12) };
+        eprintln!("power cut: seed={seed} during recovery at {again:?}");
+        disk.arm(again);
+        let node = start_on(dir.clone(), &disk).await;
+        disk.disarm();
+        let recut = disk.is_cut();
+        node.stop().await;
+        if recut {
+            wait_released(&disk).await;
+            disk.restore().unwrap();
+        }
+    }
 
     let node = start_on(dir, &disk).await;
     let checked = match check_survivors(&node, ns, vault, &acked).await {

@@ -139,6 +139,11 @@ impl SimDisk {
         state.plan_syncs = 0;
     }
 
+    /// Forgets an armed plan that was not reached.
+    pub fn disarm(&self) {
+        self.lock().plan = None;
+    }
+
     /// Canary switch: syncs stop making anything durable.
     pub fn ignore_syncs(&self, ignore: bool) {
         self.lock().ignore_syncs = ignore;
