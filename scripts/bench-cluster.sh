@@ -14,7 +14,14 @@ BASE="$(mktemp -d /tmp/ledger-cluster-bench.XXXXXX)"
 PORTS=(); for i in 1 2 3; do PORTS+=("$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"); done
 PEERS="127.0.0.1:${PORTS[0]},127.0.0.1:${PORTS[1]},127.0.0.1:${PORTS[2]}"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$BASE"; }
+cleanup() {
+  local died=0
+  for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || died=1; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # A node that died during the run leaves its logs behind for the post-mortem.
+  if [[ $died == 1 ]]; then mkdir -p "$BASE.logs" && cp "$BASE"/*.log "$BASE.logs/" && echo "a node died: logs in $BASE.logs" >&2; fi
+  rm -rf "$BASE"
+}
 trap cleanup EXIT
 for i in 0 1 2; do
   ./target/release/ledger-server --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off \
@@ -24,7 +31,8 @@ done
 for i in 0 1 2; do for _ in $(seq 300); do grep -q "listening on" "$BASE/n$i.log" && break; sleep 0.1; done; done
 LG=(./target/release/ledger-loadgen --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
     --duration "$DURATION" --warmup 5s --report json)
-run() { echo "== $1"; shift; "${LG[@]}" "$@" 2>"$BASE/loadgen.err" || { echo "(failed)"; tail -n 3 "$BASE/loadgen.err"; }; }
+# ONLY="substring" runs only the scenarios whose name contains it.
+run() { [[ -z "${ONLY:-}" || "$1" == *"$ONLY"* ]] || return 0; echo "== $1"; shift; "${LG[@]}" "$@" 2>"$BASE/loadgen.err" || { echo "(failed)"; tail -n 3 "$BASE/loadgen.err"; }; }
 run "single writes, 16 in flight"        --mix write=100 --batch-items 1   --connections 4 --pipeline 4
 run "single writes, 256 in flight"       --mix write=100 --batch-items 1   --connections 4 --pipeline 64
 run "client-batched writes (100 ops/tx)" --mix write=100 --batch-items 100 --connections 4 --pipeline 16

@@ -50,3 +50,6 @@ pub const RECONNECT_BACKOFF_BASE_MS: u64 = 100;
 pub const RECONNECT_BACKOFF_CAP_MS: u64 = 2_000;
 /// A run stops with an error once this long has passed with failed requests and no success.
 pub const ALL_FAILING_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Attempts of one preload transaction (with backoff up to `RECONNECT_BACKOFF_CAP_MS`).
+pub const PRELOAD_RETRY_ATTEMPTS: u32 = 60;

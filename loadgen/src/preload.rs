@@ -7,7 +7,7 @@ use crate::error::LoadgenError;
 use crate::scopes::Scope;
 use crate::workload::{key_name, mix_seed, value_bytes};
 use ledger_core::types::Operation;
-use ledger_wire::{Client, WriteOutcome, WriteSession};
+use ledger_wire::{Client, RetryPolicy, WriteOutcome, WriteSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,6 +79,7 @@ pub async fn preload(clients: &[Client], scopes: &[Scope], plan: PreloadPlan) ->
                     let session = sessions.entry(scope_index).or_insert_with(|| {
                         WriteSession::new(client.clone(), scope.namespace_id, Some(scope.vault_id))
                             .with_client_id(client_id.clone())
+                            .with_retry_policy(preload_retry_policy())
                     });
                     let ops = chunk_operations(chunk, items, plan.key_space, plan.value_size, plan.seed);
                     let step = format!("preloading {}/{} chunk {chunk}", scope.namespace_id, scope.vault_id);
@@ -124,5 +125,16 @@ mod tests {
         }
         let expected: Vec<String> = (0..key_space).map(key_name).collect();
         assert_eq!(keys, expected);
+    }
+}
+
+/// The preload outlasts a leader election (a cluster under load may hold one): a retryable
+/// failure is retried with the same sequence for up to about a minute before setup gives up.
+fn preload_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        base: std::time::Duration::from_millis(crate::constants::RETRY_BACKOFF_BASE_MS),
+        cap: std::time::Duration::from_millis(crate::constants::RECONNECT_BACKOFF_CAP_MS),
+        max_attempts: crate::constants::PRELOAD_RETRY_ATTEMPTS,
+        jitter: true,
     }
 }

@@ -2,29 +2,41 @@
 //! `GET /metrics` (Prometheus text 0.0.4) and `GET /health` (JSON `{status, details}`, 503 when
 //! Unavailable). It reaches the cores only through their inbox channels.
 
+use ledger_shard::maintenance::reopen::StorageCounters;
 use ledger_shard::ShardMsg;
 use ledger_wire::messages::{HealthStatus, Request, RequestEnvelope, Response};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds `addr` and serves on a background thread; returns the bound address.
-pub fn start(addr: &str, cores: Vec<flume::Sender<ShardMsg>>) -> std::io::Result<SocketAddr> {
+pub fn start(
+    addr: &str,
+    cores: Vec<flume::Sender<ShardMsg>>,
+    storage: Arc<StorageCounters>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let started = Instant::now();
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = handle(stream, &cores, started);
+            let _ = handle(stream, &cores, &storage, started);
         }
     })?;
     Ok(bound)
 }
 
-fn handle(mut stream: TcpStream, cores: &[flume::Sender<ShardMsg>], started: Instant) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    cores: &[flume::Sender<ShardMsg>],
+    storage: &StorageCounters,
+    started: Instant,
+) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/");
@@ -37,7 +49,7 @@ fn handle(mut stream: TcpStream, cores: &[flume::Sender<ShardMsg>], started: Ins
             let body = format!("{{\"status\":\"{health}\",\"details\":[{}]}}\n", details.join(","));
             (code, "application/json", body)
         }
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render_metrics(cores, started)),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render_metrics(cores, storage, started)),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
     write!(
@@ -77,12 +89,35 @@ fn node_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String,
     }
 }
 
-fn render_metrics(cores: &[flume::Sender<ShardMsg>], started: Instant) -> String {
+fn render_metrics(cores: &[flume::Sender<ShardMsg>], storage: &StorageCounters, started: Instant) -> String {
     let mut out = String::new();
     out.push_str("# HELP core_queue_depth Messages waiting in a core shard's inbox.\n");
     out.push_str("# TYPE core_queue_depth gauge\n");
     for (core, sender) in cores.iter().enumerate() {
         out.push_str(&format!("core_queue_depth{{core=\"{core}\"}} {}\n", sender.len()));
+    }
+    let storage_lines = [
+        (
+            "storage_failures_total",
+            "counter",
+            "Groups taken out of service by a storage error (failed log write or checkpoints).",
+            storage.failures_total.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "storage_groups_stopped",
+            "gauge",
+            "Groups out of service on a storage error now (they reopen once the disk takes writes).",
+            storage.groups_stopped.load(Ordering::Relaxed),
+        ),
+        (
+            "storage_group_reopens_total",
+            "counter",
+            "Groups reopened after a storage error.",
+            storage.reopens_total.load(Ordering::Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, value) in storage_lines {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     out.push_str("# HELP process_uptime_seconds Seconds since the node started serving.\n");
     out.push_str("# TYPE process_uptime_seconds gauge\n");

@@ -44,6 +44,8 @@ pub struct ShardConfig {
     pub tree_thread_min_leaves: u64,
     /// Fault-injection points (faults.rs); none armed outside tests.
     pub faults: std::sync::Arc<crate::faults::Faults>,
+    /// Storage failures and recoveries of this node's groups, for the metrics endpoint.
+    pub storage_counters: std::sync::Arc<crate::maintenance::reopen::StorageCounters>,
     /// The largest frame this node sends or accepts, peers included (`max_frame_bytes`).
     pub max_frame_bytes: u32,
     /// The cluster this node was bootstrapped into; `None`: a single node that initializes its
@@ -114,6 +116,7 @@ impl ShardConfig {
             helper_hooks: HelperHooks::default(),
             tree_thread_min_leaves: 0,
             faults: Default::default(),
+            storage_counters: Default::default(),
             max_frame_bytes: 16 * 1024 * 1024,
             cluster: None,
             forward_timeout: std::time::Duration::from_secs(10),

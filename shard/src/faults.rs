@@ -16,6 +16,12 @@ pub struct Faults {
     peer_faults_enabled: AtomicBool,
     partitioned_any: AtomicBool,
     partitioned: Mutex<std::collections::BTreeSet<u64>>,
+    /// Makes the storage probe of a group that stopped on a storage error fail, as on a disk
+    /// that is still full (maintenance/reopen.rs).
+    storage_full: AtomicBool,
+    /// `(group, count)`: checkpoint writes of that group still to fail (before touching files).
+    checkpoint_armed: AtomicBool,
+    checkpoint_failures: Mutex<Option<(u32, u32)>>,
 }
 
 /// Fails the next Raft log append that carries a group block, after holding it: the append is
@@ -67,6 +73,38 @@ impl Faults {
             return false;
         }
         self.partitioned.lock().unwrap_or_else(PoisonError::into_inner).contains(&node)
+    }
+}
+
+impl Faults {
+    /// While set, a stopped group's storage probe fails as on a full disk.
+    pub fn set_storage_full(&self, full: bool) {
+        self.storage_full.store(full, Ordering::Release);
+    }
+
+    pub(crate) fn storage_full(&self) -> bool {
+        self.storage_full.load(Ordering::Acquire)
+    }
+
+    /// Fails the next `count` checkpoint writes of `group` with an I/O error.
+    pub fn fail_checkpoints(&self, group: u32, count: u32) {
+        *self.checkpoint_failures.lock().unwrap_or_else(PoisonError::into_inner) = Some((group, count));
+        self.checkpoint_armed.store(true, Ordering::Release);
+    }
+
+    /// Whether this checkpoint write of `group` must fail (counting it down).
+    pub(crate) fn take_checkpoint_failure(&self, group: u32) -> bool {
+        if !self.checkpoint_armed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut armed = self.checkpoint_failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match armed.as_mut() {
+            Some((g, count)) if *g == group && *count > 0 => {
+                *count -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

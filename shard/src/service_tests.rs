@@ -11,6 +11,7 @@ use ledger_wire::messages::*;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A running node (core 0 runs in the test's executor, other cores in their own threads);
@@ -1150,8 +1151,13 @@ fn t24_a_rejection_judged_over_an_uncommitted_block_waits_for_it() {
     use crate::faults::{AppendFault, Faults};
     run(|dir| async move {
         let faults = Arc::new(Faults::default());
-        let armed = faults.clone();
-        let node = start(dir.clone(), move |c| c.faults = armed).await;
+        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
+        let (armed, counted) = (faults.clone(), counters.clone());
+        let node = start(dir.clone(), move |c| {
+            c.faults = armed;
+            c.storage_counters = counted;
+        })
+        .await;
         let ns = node.create_namespace("acme").await;
         let (v, _) = node.create_vault(ns).await;
         let vault = Some(v);
@@ -1193,8 +1199,13 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
     use crate::faults::{AppendFault, Faults};
     run(|dir| async move {
         let faults = Arc::new(Faults::default());
-        let armed = faults.clone();
-        let node = start(dir.clone(), move |c| c.faults = armed).await;
+        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
+        let (armed, counted) = (faults.clone(), counters.clone());
+        let node = start(dir.clone(), move |c| {
+            c.faults = armed;
+            c.storage_counters = counted;
+        })
+        .await;
         let ns = node.create_namespace("acme").await;
         let (v, _) = node.create_vault(ns).await;
         let vault = Some(v);
@@ -1203,6 +1214,8 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
         let (reached_tx, reached) = flume::bounded(1);
         let (release, release_rx) = flume::bounded(1);
         faults.fail_next_block_append(AppendFault { reached: reached_tx, release: release_rx });
+        // The disk stays "full" until the end: the stopped group cannot reopen yet.
+        faults.set_storage_full(true);
         let write = || Request::Write {
             namespace_id: ns,
             vault_id: vault,
@@ -1254,12 +1267,110 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
             }
             other => panic!("{other:?}"),
         }
+        // The core's storage watch notices the stopped group within a few of its ticks.
+        let noticed = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while counters.failures_total.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < noticed, "the stopped group was never reported");
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let status = node.call(write()).await.unwrap_err();
+        assert_eq!(status.code, StatusCode::Unavailable, "still full: {status:?}");
+        assert_eq!(counters.failures_total.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.groups_stopped.load(Ordering::Relaxed), 1);
+
+        // Issue 12 item 9: once the disk takes writes again the group reopens by itself (no
+        // restart) and the retried write commits; the acknowledged one is still there.
+        faults.set_storage_full(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match node.call(write()).await {
+                Ok(Response::Write(WriteResult::Success(_))) => break,
+                Ok(other) => panic!("{other:?}"),
+                Err(status) => {
+                    assert_eq!(status.code, StatusCode::Unavailable, "{status:?}");
+                    assert!(std::time::Instant::now() < deadline, "the group never reopened: {status:?}");
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert_eq!(node.read(ns, vault, "a").await, Some(b"1".to_vec()));
+        assert_eq!(node.read(ns, vault, "b").await, Some(b"2".to_vec()));
+        assert_eq!(counters.reopens_total.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.groups_stopped.load(Ordering::Relaxed), 0);
+        match node.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await.unwrap() {
+            Response::HealthCheck { status, details, .. } => {
+                assert_eq!(status, HealthStatus::Healthy, "{details:?}")
+            }
+            other => panic!("{other:?}"),
+        }
         node.stop().await;
 
         let node = start(dir, |_| {}).await;
-        assert_eq!(node.last_sequence(ns, vault, "c").await, 1);
-        assert_eq!(node.read(ns, vault, "b").await, None);
+        assert_eq!(node.last_sequence(ns, vault, "c").await, 2);
+        assert_eq!(node.read(ns, vault, "b").await, Some(b"2".to_vec()));
+        success(node.write(ns, vault, "c", 3, vec![set("c", b"3")]).await);
+        node.stop().await;
+    });
+}
+
+#[test]
+fn t25_a_group_whose_checkpoints_fail_reopens_itself_and_loses_nothing() {
+    // Issue 12 item 9: checkpoint writes that fail (an I/O error latches redb's file until it is
+    // reopened) take the group out for a reopen once the disk works, without a node restart.
+    run(|dir| async move {
+        let faults = Arc::new(crate::faults::Faults::default());
+        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
+        let (armed, counted) = (faults.clone(), counters.clone());
+        let node = start(dir.clone(), move |c| {
+            c.faults = armed;
+            c.storage_counters = counted;
+        })
+        .await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+        let group = node.resolve(ns).await.unwrap();
+        faults.fail_checkpoints(group.0, 2);
         success(node.write(ns, vault, "c", 2, vec![set("b", b"2")]).await);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while counters.reopens_total.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the group never reopened");
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(counters.failures_total.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.groups_stopped.load(Ordering::Relaxed), 0);
+        let sequence = 3;
+        loop {
+            match node
+                .call(Request::Write {
+                    namespace_id: ns,
+                    vault_id: vault,
+                    client_id: "c".into(),
+                    sequence,
+                    operations: vec![set("c", b"3")],
+                    include_tx_proof: false,
+                })
+                .await
+            {
+                Ok(Response::Write(WriteResult::Success(_))) => break,
+                Ok(other) => panic!("{other:?}"),
+                // Reopened but still electing itself leader.
+                Err(status)
+                    if status.code == StatusCode::Unavailable || status.code == StatusCode::NotLeader =>
+                {
+                    assert!(std::time::Instant::now() < deadline, "no write after the reopen: {status:?}");
+                    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+        for (key, value) in [("a", b"1"), ("b", b"2"), ("c", b"3")] {
+            assert_eq!(node.read(ns, vault, key).await, Some(value.to_vec()), "{key}");
+        }
+        node.stop().await;
+        let node = start(dir, |_| {}).await;
+        assert_eq!(node.last_sequence(ns, vault, "c").await, 3);
         assert_eq!(node.read(ns, vault, "b").await, Some(b"2".to_vec()));
         node.stop().await;
     });

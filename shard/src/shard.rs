@@ -45,7 +45,9 @@ pub struct ShardSpec {
 pub struct Shard {
     pub core: CoreId,
     pub config: Arc<ShardConfig>,
-    pub groups: BTreeMap<GroupId, Rc<Group>>,
+    /// Open groups. Changes only when a group reopens itself after a storage error
+    /// (maintenance/reopen.rs); take what you need out of it, never hold the borrow across an await.
+    pub groups: RefCell<BTreeMap<GroupId, Rc<Group>>>,
     pub cores: Vec<flume::Sender<ShardMsg>>,
     pub placement: Arc<BTreeMap<GroupId, CoreId>>,
     /// The cluster's page-token MAC key (SPEC §5.7), once known on this core.
@@ -56,9 +58,50 @@ pub struct Shard {
     pub watches: Rc<crate::read::watch::Watches>,
     /// Groups of this core that could not be opened, with why: their requests are answered
     /// `Unavailable` and the node's health names them.
-    pub failed: BTreeMap<GroupId, String>,
+    pub failed: RefCell<BTreeMap<GroupId, String>>,
     /// This core's connections to the other nodes (raft calls and forwarded requests).
     pub peers: Rc<PeerPool>,
+    /// The core's idempotency cache, shared by its groups.
+    cache: Rc<RefCell<IdemCache>>,
+    /// Block builder tasks, awaited at shutdown (queued work is still built).
+    builders: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Groups waiting to reopen after a storage error, with the cause (maintenance/reopen.rs).
+    pub reopening: RefCell<BTreeMap<GroupId, String>>,
+    /// Set by `shutdown`: nothing reopens any more.
+    closing: Cell<bool>,
+}
+
+impl Shard {
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    pub fn group(&self, id: GroupId) -> Option<Rc<Group>> {
+        self.groups.borrow().get(&id).cloned()
+    }
+
+    /// The open groups, in id order (a copy: safe to iterate across awaits).
+    pub fn group_list(&self) -> Vec<Rc<Group>> {
+        self.groups.borrow().values().cloned().collect()
+    }
+
+    /// Why group `id` cannot serve, if it failed to open (or is reopening).
+    pub fn failure_of(&self, id: GroupId) -> Option<String> {
+        self.failed.borrow().get(&id).cloned()
+    }
+
+    /// Opens group `id` (SPEC §9.6 recovery) and starts its block builder and maintenance task.
+    pub async fn open_group(&self, id: GroupId) -> Result<Rc<Group>, ShardError> {
+        let (raft, data) =
+            crate::raft::state_machine::open_group(&self.config, id, self.peers.clone()).await?;
+        self.watches.attach(id, &data);
+        let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
+        self.builders.borrow_mut().push(glommio::spawn_local(group.clone().run()).detach());
+        glommio::spawn_local(crate::maintenance::task::run(group.clone(), self.config.clone())).detach();
+        self.groups.borrow_mut().insert(id, group.clone());
+        self.failed.borrow_mut().remove(&id);
+        Ok(group)
+    }
 }
 
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
@@ -66,44 +109,40 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let ShardSpec { core, config, groups: owned, inbox, cores, placement, ready } = spec;
     let cache =
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
-    let mut groups = BTreeMap::new();
-    let mut builders = Vec::new();
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
-    let mut failed = BTreeMap::new();
     let peers = PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone());
+    let shard = Rc::new(Shard {
+        core,
+        config,
+        groups: RefCell::new(BTreeMap::new()),
+        cores,
+        placement,
+        token_key: Cell::new(None),
+        admin_lock: futures::lock::Mutex::new(()),
+        watches,
+        failed: RefCell::new(BTreeMap::new()),
+        peers,
+        cache,
+        builders: RefCell::new(Vec::new()),
+        reopening: RefCell::new(BTreeMap::new()),
+        closing: Cell::new(false),
+    });
     for id in owned {
-        let (raft, data) = match crate::raft::state_machine::open_group(&config, id, peers.clone()).await {
-            Ok(opened) => opened,
+        match shard.open_group(id).await {
+            Ok(_) => {}
             // `_system` routes every request: the node cannot serve without it.
             Err(e) if id == GroupId(0) => return Err(e),
             Err(e) => {
                 // One group's broken files or log must not keep the others from serving
                 // (SPEC §2 goal 3): it stays closed and its requests are answered Unavailable.
                 let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-                let reason = format!("{e}{cause}");
+                let reason = format!("failed to open: {e}{cause}");
                 eprintln!("event=group_open_failed group={id} core={core} reason={reason:?}");
-                failed.insert(id, reason);
-                continue;
+                shard.failed.borrow_mut().insert(id, reason);
             }
-        };
-        watches.attach(id, &data);
-        let group = Group::new(id, raft, data, config.clone(), cache.clone());
-        builders.push(glommio::spawn_local(group.clone().run()).detach());
-        glommio::spawn_local(crate::maintenance::task::run(group.clone(), config.clone())).detach();
-        groups.insert(id, group);
+        }
     }
-    let shard = Rc::new(Shard {
-        core,
-        config,
-        groups,
-        cores,
-        placement,
-        token_key: Cell::new(None),
-        admin_lock: futures::lock::Mutex::new(()),
-        watches,
-        failed,
-        peers,
-    });
+    glommio::spawn_local(crate::maintenance::reopen::storage_watch(Rc::downgrade(&shard))).detach();
     glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
     if shard.config.cluster.is_some() {
         glommio::spawn_local(heartbeat_loop(Rc::downgrade(&shard))).detach();
@@ -123,16 +162,14 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         }
     }
     let _ = ready.send(());
-    if core.0 == 0
-        && shard.config.cluster.is_none()
-        && shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader())
+    if core.0 == 0 && shard.config.cluster.is_none() && shard.group(GroupId(0)).is_some_and(|g| g.is_leader())
     {
         glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
     }
     loop {
         let Ok(msg) = inbox.recv_async().await else {
             // Every sender is gone: the node is exiting without a Shutdown.
-            shutdown(&shard, builders).await;
+            shutdown(&shard).await;
             return Ok(());
         };
         match msg {
@@ -150,7 +187,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
             ShardMsg::CancelStream { key } => shard.watches.cancel(key),
             ShardMsg::Shutdown { done } => {
-                shutdown(&shard, builders).await;
+                shutdown(&shard).await;
                 let _ = done.send(());
                 return Ok(());
             }
@@ -170,7 +207,7 @@ async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
     loop {
         glommio::timer::sleep(interval).await;
         let Some(shard) = shard.upgrade() else { return };
-        for group in shard.groups.values() {
+        for group in shard.group_list() {
             if group.is_leader() {
                 let _ = group.raft.trigger().heartbeat().await;
             }
@@ -180,16 +217,18 @@ async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
 
 /// Stops every builder (queued work is still built), then closes the groups: the storage layer
 /// checkpoints durably and openraft stops.
-async fn shutdown(shard: &Rc<Shard>, builders: Vec<glommio::task::JoinHandle<()>>) {
+async fn shutdown(shard: &Rc<Shard>) {
+    shard.closing.set(true);
     shard.watches.close_all();
-    for g in shard.groups.values() {
+    for g in shard.group_list() {
         g.stop();
         g.data.borrow().snapshots.stop();
     }
+    let builders = std::mem::take(&mut *shard.builders.borrow_mut());
     for b in builders {
         let _ = b.await;
     }
-    for g in shard.groups.values() {
+    for g in shard.group_list() {
         crate::raft::state_machine::close_group(&g.raft, &g.data).await;
     }
 }
@@ -207,9 +246,9 @@ fn validation_status(e: ValidationError) -> Status {
 
 /// `Unavailable` for a group that failed to open or stopped on a failed apply.
 pub fn group_failure(shard: &Shard, group_id: GroupId) -> Option<Status> {
-    let reason = match shard.failed.get(&group_id) {
-        Some(reason) => reason.clone(),
-        None => shard.groups.get(&group_id)?.data.borrow().fault.as_ref()?.to_string(),
+    let reason = match shard.failure_of(group_id) {
+        Some(reason) => reason,
+        None => shard.group(group_id)?.data.borrow().fault.as_ref()?.to_string(),
     };
     Some(Status::unavailable(format!("group {group_id} on this node has failed and is stopped: {reason}")))
 }
@@ -233,7 +272,7 @@ fn on_group_request(
         reply_err(&reply, request_id, status);
         return;
     }
-    let Some(group) = shard.groups.get(&group_id).cloned() else {
+    let Some(group) = shard.group(group_id) else {
         reply_err(
             &reply,
             request_id,

@@ -64,9 +64,8 @@ pub enum InternalMsg {
 /// Handles one internal message; never blocks the inbox loop (async work is spawned).
 pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     match msg {
-        InternalMsg::ScopeCommand { group, command, reply } => match shard.groups.get(&group) {
+        InternalMsg::ScopeCommand { group, command, reply } => match shard.group(group) {
             Some(g) => {
-                let g = g.clone();
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let _ = reply.send(scope_command_at_leader(&shard, &g, command).await);
@@ -79,11 +78,11 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
             }
         },
         InternalMsg::ScopeInfo { group, scope, reply } => {
-            let result = match shard.groups.get(&group) {
+            let result = match shard.group(group) {
                 Some(g) => {
                     let data = g.data.borrow();
                     match data.scopes.get(&scope) {
-                        Some(s) => Ok(vault_info(g, s)),
+                        Some(s) => Ok(vault_info(&g, s)),
                         None => Err(Status::not_found(format!(
                             "vault {} not found in namespace {}",
                             scope.vault_id, scope.namespace_id
@@ -96,30 +95,40 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         }
         InternalMsg::ListVaults { reply } => {
             let mut out = Vec::new();
-            for g in shard.groups.values() {
+            for g in shard.group_list() {
                 let data = g.data.borrow();
                 out.extend(
                     data.scopes
                         .values()
                         .filter(|s| !s.meta.key.is_namespace_scope())
-                        .map(|s| vault_info(g, s)),
+                        .map(|s| vault_info(&g, s)),
                 );
             }
             let _ = reply.send(out);
         }
         InternalMsg::ScopeStatuses { reply } => {
             let mut out = Vec::new();
-            for g in shard.groups.values() {
+            for g in shard.group_list() {
                 out.extend(g.data.borrow().scopes.values().map(|s| (s.meta.key, s.meta.status)));
             }
             let _ = reply.send(out);
         }
         InternalMsg::Health { reply } => {
             let mut health = CoreHealth::default();
-            for (id, reason) in &shard.failed {
-                health.unavailable.push((format!("group:{id}"), format!("failed to open: {reason}")));
+            for (id, reason) in shard.failed.borrow().iter() {
+                health.unavailable.push((format!("group:{id}"), reason.clone()));
             }
-            for (id, g) in &shard.groups {
+            for (id, cause) in shard.reopening.borrow().iter() {
+                health.unavailable.push((
+                    format!("group:{id}"),
+                    format!("stopped on a storage error, reopens once its disk takes writes again: {cause}"),
+                ));
+            }
+            for g in shard.group_list() {
+                let id = g.id;
+                if shard.reopening.borrow().contains_key(&id) {
+                    continue;
+                }
                 if let Some(fault) = &g.data.borrow().fault {
                     health.unavailable.push((format!("group:{id}"), format!("failed: {fault}")));
                     continue;
@@ -143,16 +152,16 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
             let _ = reply.send(health);
         }
         InternalMsg::ScopeHealth { group, scope, reply } => {
-            let result = match shard.groups.get(&group) {
-                Some(g) => scope_health(g, scope),
+            let result = match shard.group(group) {
+                Some(g) => scope_health(&g, scope),
                 None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
             };
             let _ = reply.send(result);
         }
         InternalMsg::PageTokenKey(key) => shard.token_key.set(Some(key)),
-        InternalMsg::ChangeMembership { group, change, reply } => match shard.groups.get(&group) {
+        InternalMsg::ChangeMembership { group, change, reply } => match shard.group(group) {
             Some(g) => {
-                let (g, shard) = (g.clone(), shard.clone());
+                let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let _ = reply.send(crate::admin::membership::change_anywhere(&shard, &g, change).await);
                 })

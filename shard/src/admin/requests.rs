@@ -58,7 +58,7 @@ pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySen
                     }
                     _ => shard.config.forward_timeout,
                 };
-                match forward::to_leader(&shard.peers, group, envelope.request.clone(), timeout).await {
+                match forward::to_leader(&shard.peers, &group, envelope.request.clone(), timeout).await {
                     Forwarded::Answer(result) => result,
                     Forwarded::Local => answer(&shard, envelope.request).await,
                 }
@@ -150,7 +150,7 @@ async fn change_membership_everywhere(
 }
 
 fn system_leader(shard: &Shard) -> bool {
-    shard.groups.get(&GroupId(0)).is_some_and(|g| g.is_leader())
+    shard.group(GroupId(0)).is_some_and(|g| g.is_leader())
 }
 
 async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status> {
@@ -207,8 +207,8 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
     }
 }
 
-fn system_group(shard: &Shard) -> Result<&Rc<crate::round::group::Group>, Status> {
-    shard.groups.get(&GroupId(0)).ok_or_else(|| Status::unavailable("group 0 is not on this core"))
+fn system_group(shard: &Shard) -> Result<Rc<crate::round::group::Group>, Status> {
+    shard.group(GroupId(0)).ok_or_else(|| Status::unavailable("group 0 is not on this core"))
 }
 
 /// Runs `f` on the committed `_system` scope.
@@ -310,12 +310,12 @@ pub fn resolve_namespace_for(shard: &Rc<Shard>, namespace_id: i64, reply: onesho
             return;
         };
         let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
-        let found = match forward::to_leader(&shard.peers, group, request, shard.config.forward_timeout).await
-        {
-            Forwarded::Answer(Ok(Response::GetNamespace(info))) => Some(GroupId(info.group_id)),
-            Forwarded::Local => resolve_namespace(&shard, namespace_id),
-            Forwarded::Answer(_) => None,
-        };
+        let found =
+            match forward::to_leader(&shard.peers, &group, request, shard.config.forward_timeout).await {
+                Forwarded::Answer(Ok(Response::GetNamespace(info))) => Some(GroupId(info.group_id)),
+                Forwarded::Local => resolve_namespace(&shard, namespace_id),
+                Forwarded::Answer(_) => None,
+            };
         let _ = reply.send(found);
     })
     .detach();
@@ -416,8 +416,7 @@ async fn delete_namespace(shard: &Shard, namespace_id: i64) -> Result<Response, 
 
 fn namespace_info(shard: &Shard, record: &NamespaceRecord) -> Result<NamespaceInfo, Status> {
     let group = with_system(shard, |s| group_record(s, record.group_id))?;
-    let leader_hint =
-        shard.groups.get(&GroupId(record.group_id)).and_then(|g| g.leader_hint()).map(|(id, _)| id);
+    let leader_hint = shard.group(GroupId(record.group_id)).and_then(|g| g.leader_hint()).map(|(id, _)| id);
     Ok(NamespaceInfo {
         namespace_id: record.namespace_id,
         name: record.name.clone(),
@@ -593,7 +592,7 @@ async fn list_vaults(shard: &Shard) -> Vec<VaultInfo> {
 }
 
 fn node_info(shard: &Shard) -> Response {
-    let (is_cluster_member, term) = match shard.groups.get(&GroupId(0)) {
+    let (is_cluster_member, term) = match shard.group(GroupId(0)) {
         Some(g) => {
             let m = g.raft.metrics().borrow().clone();
             (m.membership_config.membership().get_node(&shard.config.node_id).is_some(), m.current_term)

@@ -187,12 +187,10 @@ pub async fn open_group_with(
         });
     }
     let data = Rc::new(RefCell::new(data));
-    let checkpointer = Rc::new(Checkpointer::new(
-        data.clone(),
-        state_db,
-        loaded.journal_rows,
-        config.journal_merge_rows_min,
-    ));
+    let checkpointer = Rc::new(
+        Checkpointer::new(data.clone(), state_db, loaded.journal_rows, config.journal_merge_rows_min)
+            .with_faults(config.faults.clone()),
+    );
     if restoring {
         // The restored state becomes durable at once (a full rewrite of the new state.redb).
         checkpointer.checkpoint().await?;

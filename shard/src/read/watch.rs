@@ -202,6 +202,12 @@ impl Watches {
         }));
     }
 
+    /// Lets go of a group's state while it is closed to be reopened (its files must be free);
+    /// its streams stay open and follow the reopened group once it is attached again.
+    pub fn detach(&self, group: GroupId) {
+        self.groups.borrow_mut().remove(&group);
+    }
+
     /// Open streams on this core.
     pub fn len(&self) -> usize {
         self.streams.borrow().len()

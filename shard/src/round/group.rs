@@ -292,11 +292,20 @@ impl Group {
         self.raft.metrics().borrow().running_state.as_ref().err().map(|fatal| fatal.to_string())
     }
 
+    /// The storage error openraft stopped this group on, if that is why it stopped (not a
+    /// shutdown); maintenance/reopen.rs reopens such a group once its disk works.
+    pub fn storage_failure(&self) -> Option<String> {
+        match self.raft.metrics().borrow().running_state.as_ref() {
+            Err(openraft::error::Fatal::StorageError(e)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     fn not_leader(&self) -> Status {
         if let Some(fatal) = self.stopped() {
             // Not a leadership question: a client told NotLeader would look for another node.
             return Status::unavailable(format!(
-                "group {} stopped on a storage error and takes no writes until the node restarts: {fatal}",
+                "group {} stopped on a storage error and takes no writes until it reopens (once its disk takes writes again): {fatal}",
                 self.id
             ));
         }
@@ -451,7 +460,7 @@ impl Group {
         if let openraft::error::RaftError::Fatal(fatal) = e {
             eprintln!("event=group_stopped group={} error={fatal:?}", self.id);
             return Status::unavailable(format!(
-                "group {} stopped on a storage error and takes no writes until the node restarts: {fatal}",
+                "group {} stopped on a storage error and takes no writes until it reopens (once its disk takes writes again): {fatal}",
                 self.id
             ));
         }

@@ -555,6 +555,9 @@ pub struct CheckpointStats {
     pub checkpoints: u64,
     pub rows: u64,
     pub failures: u64,
+    /// Failures since the last checkpoint that succeeded: a file that keeps failing (redb
+    /// refuses every write after an I/O error) makes the group reopen itself (maintenance/reopen.rs).
+    pub failures_in_a_row: u64,
     /// Duration of the last checkpoint's blocking part, µs.
     pub last_us: u64,
     /// Checkpoints that took a step of a row-journal merge, and the rows those steps wrote.
@@ -579,6 +582,8 @@ pub struct Checkpointer {
     /// Bumped whenever the journal is emptied by other means, so a merge prepared before that is
     /// dropped instead of writing stale rows.
     merge_epoch: Rc<Cell<u64>>,
+    /// Fault points (a test may fail checkpoint writes).
+    faults: Arc<crate::faults::Faults>,
 }
 
 /// Where a row-journal merge stands.
@@ -610,7 +615,13 @@ impl Checkpointer {
             merge: Rc::new(RefCell::new(MergeState::Idle)),
             merge_rows_min,
             merge_epoch: Rc::new(Cell::new(0)),
+            faults: Arc::default(),
         }
+    }
+
+    pub fn with_faults(mut self, faults: Arc<crate::faults::Faults>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Reads and sorts every journal record so far in a read transaction beside the checkpoints
@@ -750,9 +761,17 @@ impl Checkpointer {
         let upto = batch.archive.upto();
         let log_id = batch.log_id;
         let state_db = self.state_db.clone();
+        let fail = self.faults.take_checkpoint_failure(self.data.borrow().group_id.0);
         let (result, took) = glommio::executor()
             .spawn_blocking(move || {
                 let started = Instant::now();
+                if fail {
+                    let source = std::io::Error::other("injected fault: checkpoint write failed");
+                    return (
+                        Err(ShardError::Io { path: PathBuf::from("state.redb"), source }),
+                        started.elapsed(),
+                    );
+                }
                 let r = batch.write(&state_db, blocks_db.as_deref());
                 (r, started.elapsed())
             })
@@ -789,6 +808,7 @@ impl Checkpointer {
                     *self.merge.borrow_mut() = MergeState::Ready(m);
                 }
                 stats.checkpoints += 1;
+                stats.failures_in_a_row = 0;
                 stats.rows += journal.written_rows;
                 self.stats.set(stats);
                 Ok(true)
@@ -797,6 +817,7 @@ impl Checkpointer {
                 data.dirty.full_rewrite = true;
                 data.dirty.applied = true;
                 stats.failures += 1;
+                stats.failures_in_a_row += 1;
                 self.stats.set(stats);
                 Err(e)
             }
