@@ -2,6 +2,7 @@
 //! Snowflake `node_id`, the `tmp/` staging area and the `node.redb` placement table.
 
 use ledger_core::types::{CoreId, GroupId};
+use ledger_shard::storage::dir_sync::{create_dir_durable, fsync_dir};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -49,7 +50,9 @@ impl DataDir {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { what, path, source }
         };
-        std::fs::create_dir_all(root).map_err(io("cannot create", root))?;
+        // Directories, `node_id` and `node.redb` are made durable by an fsync of the directory
+        // holding each new entry: a power loss must not take back what the node acted on.
+        create_dir_durable(root).map_err(io("cannot create", root))?;
         let lock_path = root.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -63,7 +66,7 @@ impl DataDir {
             return Err(DataDirError::Locked(lock_path));
         }
         let groups = root.join("groups");
-        std::fs::create_dir_all(&groups).map_err(io("cannot create", &groups))?;
+        create_dir_durable(&groups).map_err(io("cannot create", &groups))?;
         let tmp = root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io("cannot clear", &tmp))?;
@@ -140,7 +143,17 @@ impl DataDir {
     }
 
     fn node_db(&self) -> Result<Database, DataDirError> {
-        Database::create(self.root.join("node.redb")).map_err(db_err)
+        let path = self.root.join("node.redb");
+        let created = !path.exists();
+        let db = Database::create(&path).map_err(db_err)?;
+        if created {
+            fsync_dir(&self.root).map_err(|source| DataDirError::Io {
+                what: "cannot sync",
+                path: self.root.clone(),
+                source,
+            })?;
+        }
+        Ok(db)
     }
 }
 
@@ -165,6 +178,9 @@ fn load_or_create_node_id(path: &Path) -> Result<u64, DataDirError> {
             writeln!(file, "{id}").map_err(io)?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&staging, path).map_err(io)?;
+            if let Some(dir) = path.parent() {
+                fsync_dir(dir).map_err(io)?;
+            }
             Ok(id)
         }
         Err(source) => Err(DataDirError::Io { what: "cannot read", path: path.to_path_buf(), source }),

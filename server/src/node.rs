@@ -159,6 +159,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         max_frame_bytes: config.max_frame_bytes,
         cluster,
         forward_timeout: Duration::from_secs(config.requests_timeout_secs),
+        checkpoint_interval_ms: ledger_shard::constants::CHECKPOINT_INTERVAL_MS,
+        journal_merge_rows_min: ledger_shard::constants::JOURNAL_MERGE_ROWS_MIN,
+        sim_disk: None,
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,

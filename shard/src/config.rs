@@ -53,6 +53,13 @@ pub struct ShardConfig {
     pub cluster: Option<ClusterPlan>,
     /// How long a request forwarded to a group's leader may take, finding the leader included.
     pub forward_timeout: std::time::Duration,
+    /// Period of a group's durable checkpoint (`CHECKPOINT_INTERVAL_MS`; tests shorten it).
+    pub checkpoint_interval_ms: u64,
+    /// The row journal is merged once it holds this many rows or as many as the group
+    /// (`JOURNAL_MERGE_ROWS_MIN`; tests lower it to merge often).
+    pub journal_merge_rows_min: u64,
+    /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
+    pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
 }
 
 /// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
@@ -113,6 +120,9 @@ impl ShardConfig {
             max_frame_bytes: 16 * 1024 * 1024,
             cluster: None,
             forward_timeout: std::time::Duration::from_secs(10),
+            checkpoint_interval_ms: crate::constants::CHECKPOINT_INTERVAL_MS,
+            journal_merge_rows_min: crate::constants::JOURNAL_MERGE_ROWS_MIN,
+            sim_disk: None,
         }
     }
 }

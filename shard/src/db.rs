@@ -3,15 +3,36 @@
 //! checkpoint alike.
 
 use crate::error::ShardError;
+use crate::storage::sim_disk::SimDisk;
 use redb::Database;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Opens (creating if missing) a redb file whose page cache holds at most `cache_bytes`.
-pub fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, ShardError> {
-    Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
+/// Opens (creating if missing) a redb file whose page cache holds at most `cache_bytes`; on the
+/// simulated disk of a power-loss test when `sim` is set (`ShardConfig::sim_disk`).
+pub fn open_db(path: &Path, cache_bytes: usize, sim: Option<&Arc<SimDisk>>) -> Result<Database, ShardError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    let opened = match sim {
+        None => builder.create(path),
+        Some(disk) => builder.create_with_backend(disk.open(path)),
+    };
+    opened.map_err(|e| ShardError::redb(format!("open {}", path.display()), e))
+}
+
+/// Renames a closed redb file (on the simulated disk when `sim` is set), durably.
+pub fn rename_db(from: &Path, to: &Path, sim: Option<&Arc<SimDisk>>) -> Result<(), ShardError> {
+    let io = |source| ShardError::Io { path: from.to_path_buf(), source };
+    match sim {
+        None => {
+            std::fs::rename(from, to).map_err(io)?;
+            match to.parent() {
+                Some(dir) => crate::storage::dir_sync::fsync_dir(dir).map_err(io),
+                None => Ok(()),
+            }
+        }
+        Some(disk) => disk.rename(from, to).map_err(io),
+    }
 }
 
 impl ShardError {

@@ -20,6 +20,8 @@ pub mod isolation;
 pub mod maintenance;
 pub mod msg;
 pub mod peer;
+#[cfg(test)]
+mod power_tests;
 pub mod raft;
 pub mod read;
 pub mod reply;

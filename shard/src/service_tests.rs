@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// A running node (core 0 runs in the test's executor, other cores in their own threads);
 /// shards are shut down explicitly with `stop`.
-struct Node {
+pub(crate) struct Node {
     inbox: flume::Sender<ShardMsg>,
     /// Every core's inbox and the group → core placement, for routing like the router does.
     cores: Vec<flume::Sender<ShardMsg>>,
@@ -37,7 +37,7 @@ async fn start(dir: PathBuf, cfg: impl FnOnce(&mut ShardConfig)) -> Node {
 }
 
 /// Starts one shard per core named in `placement`; core 0 runs on the current executor.
-async fn start_cores(
+pub(crate) async fn start_cores(
     dir: PathBuf,
     cfg: impl FnOnce(&mut ShardConfig),
     placement: BTreeMap<GroupId, CoreId>,
@@ -98,7 +98,7 @@ async fn start_cores(
 }
 
 impl Node {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for core in self.cores.iter().rev() {
             let (done, wait) = futures::channel::oneshot::channel();
             core.send_async(ShardMsg::Shutdown { done }).await.unwrap();
@@ -122,7 +122,7 @@ impl Node {
     }
 
     /// Sends one request the way the router would and waits for its answer.
-    async fn call(&self, request: Request) -> Result<Response, Status> {
+    pub(crate) async fn call(&self, request: Request) -> Result<Response, Status> {
         let request_id = self.next_id.get();
         self.next_id.set(request_id + 1);
         let namespace = scope_namespace(&request);
@@ -149,6 +149,15 @@ impl Node {
 
     /// Sends many requests at once (pipelined) and returns the answers in request order.
     async fn call_all(&self, requests: Vec<Request>) -> Vec<Result<Response, Status>> {
+        self.call_all_noting(requests, || ()).await.into_iter().map(|(r, ())| r).collect()
+    }
+
+    /// [`Self::call_all`], with what `note` returned as each answer arrived.
+    pub(crate) async fn call_all_noting<T>(
+        &self,
+        requests: Vec<Request>,
+        note: impl Fn() -> T,
+    ) -> Vec<(Result<Response, Status>, T)> {
         let mut ids = Vec::new();
         let mut groups = Vec::new();
         for request in &requests {
@@ -167,19 +176,19 @@ impl Node {
         let mut got = BTreeMap::new();
         while got.len() < ids.len() {
             let env = self.replies.recv_async().await.unwrap();
-            got.insert(env.request_id, env.result);
+            got.insert(env.request_id, (env.result, note()));
         }
         ids.iter().map(|id| got.remove(id).unwrap()).collect()
     }
 
-    async fn create_namespace(&self, name: &str) -> i64 {
+    pub(crate) async fn create_namespace(&self, name: &str) -> i64 {
         match self.call(Request::CreateNamespace { name: name.into(), group_id: None }).await.unwrap() {
             Response::CreateNamespace { namespace_id, .. } => namespace_id,
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    async fn create_vault(&self, namespace_id: i64) -> (i64, BlockHeader) {
+    pub(crate) async fn create_vault(&self, namespace_id: i64) -> (i64, BlockHeader) {
         let req = Request::CreateVault {
             namespace_id,
             replication_factor: 0,
@@ -251,12 +260,14 @@ fn scope_namespace(request: &Request) -> Option<i64> {
         | ListEntities { namespace_id, .. }
         | Write { namespace_id, .. }
         | BatchWrite { namespace_id, .. }
-        | GetVault { namespace_id, .. } => Some(*namespace_id),
+        | GetVault { namespace_id, .. }
+        | CheckIntegrity { namespace_id, .. }
+        | CreateSnapshot { namespace_id, .. } => Some(*namespace_id),
         _ => None,
     }
 }
 
-fn set(key: &str, value: &[u8]) -> Operation {
+pub(crate) fn set(key: &str, value: &[u8]) -> Operation {
     Operation::SetEntity { key: key.into(), value: value.to_vec(), expires_at: None, condition: None }
 }
 
@@ -269,7 +280,7 @@ fn set_if(key: &str, value: &[u8], condition: SetCondition) -> Operation {
     }
 }
 
-fn rel(resource: &str, relation: &str, subject: &str) -> Operation {
+pub(crate) fn rel(resource: &str, relation: &str, subject: &str) -> Operation {
     Operation::CreateRelationship {
         resource: resource.into(),
         relation: relation.into(),
@@ -292,7 +303,7 @@ fn failure(r: WriteResult) -> WriteError {
 }
 
 /// Runs `test` inside a fresh glommio executor with a temporary data directory.
-fn run<F, Fut>(test: F)
+pub(crate) fn run<F, Fut>(test: F)
 where
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,

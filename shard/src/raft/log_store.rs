@@ -427,8 +427,11 @@ fn io_error(e: &ShardError) -> AnyError {
 impl LogStore {
     /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
     /// the store and every reader clone are dropped (then the file is released).
-    pub fn open(path: &Path) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::db::open_db(path, RAFT_DB_CACHE_BYTES)?);
+    pub fn open(
+        path: &Path,
+        sim: Option<&Arc<crate::storage::sim_disk::SimDisk>>,
+    ) -> Result<LogStore, ShardError> {
+        let db = Arc::new(crate::db::open_db(path, RAFT_DB_CACHE_BYTES, sim)?);
         let (vote, committed, last_purged, last_in_log) = {
             let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
             {
@@ -701,7 +704,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().unwrap();
-            let store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
+            let store = LogStore::open(&dir.path().join("raft.redb"), None).unwrap();
             let data = Rc::new(RefCell::new(GroupData::new(GroupId(0), Archive::in_memory())));
             Ok((dir, store, StateMachine::new(data, None)))
         }
@@ -727,7 +730,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         futures::executor::block_on(async {
-            let mut store = LogStore::open(&path).unwrap();
+            let mut store = LogStore::open(&path, None).unwrap();
             store.save_vote(&Vote::new(3, 1)).await.unwrap();
             let appends = 2000u64;
             let mut waiters = Vec::new();
@@ -764,7 +767,7 @@ mod tests {
         });
         // Reopen: the writer thread has released the file once the store is dropped.
         let reopened = loop {
-            match LogStore::open(&path) {
+            match LogStore::open(&path, None) {
                 Ok(s) => break s,
                 Err(e) if e.is_already_open() => std::thread::sleep(std::time::Duration::from_millis(5)),
                 Err(e) => panic!("{e}"),
@@ -792,7 +795,7 @@ mod tests {
     fn t03_purge_never_passes_durable_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         futures::executor::block_on(async {
-            let mut store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
+            let mut store = LogStore::open(&dir.path().join("raft.redb"), None).unwrap();
             let limit = Rc::new(Cell::new(None));
             store.set_purge_limit(limit.clone());
             for i in 1..=20 {

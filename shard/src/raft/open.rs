@@ -8,7 +8,7 @@ use crate::constants::{
     BLOCKS_DB_CACHE_BYTES, CHECKPOINT_INTERVAL_MS, LEADER_WAIT_MS_MAX, RAFT_PAYLOAD_ENTRIES_MAX,
     STATE_DB_CACHE_BYTES,
 };
-use crate::db::open_db;
+use crate::db::{open_db, rename_db};
 use crate::error::ShardError;
 use crate::peer::pool::PeerPool;
 use crate::raft::log_store::{LogStats, LogStore};
@@ -19,6 +19,8 @@ use crate::round::group_data::GroupData;
 use crate::round::tree_worker::TreeWorker;
 use crate::storage::archive::Archive;
 use crate::storage::checkpoint::{load_state, retry_open, AppliedRecord, Checkpointer, LoadedState};
+use crate::storage::dir_sync::{create_dir_durable, fsync_dir};
+use crate::storage::sim_disk::SimDisk;
 use crate::storage::snapshot::{restore_newest, SnapshotCatalog};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;
@@ -94,10 +96,14 @@ pub async fn open_group_with(
     options: GroupOptions,
 ) -> Result<Group, ShardError> {
     let dir = group_dir(config, group);
-    std::fs::create_dir_all(&dir).map_err(|source| ShardError::Io { path: dir.clone(), source })?;
+    let dir_io = |source| ShardError::Io { path: dir.clone(), source };
+    // `groups/gNNNNN` and the files created in it below must survive a power loss.
+    create_dir_durable(&dir).map_err(dir_io)?;
+    let sim = config.sim_disk.as_ref();
 
-    let blocks_db = Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES)).await?);
-    let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"))).await?;
+    let blocks_db =
+        Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES, sim)).await?);
+    let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"), sim)).await?;
     log_store.set_faults(config.faults.clone());
     let catalog = {
         let dir = dir.join("snapshots");
@@ -106,7 +112,8 @@ pub async fn open_group_with(
         SnapshotCatalog::with_files(dir, scan)
     };
     let (state_db, loaded, restored) =
-        open_state(&dir, group, &catalog, log_store.last_purged().is_some()).await?;
+        open_state(&dir, group, &catalog, log_store.last_purged().is_some(), sim).await?;
+    fsync_dir(&dir).map_err(dir_io)?;
 
     let mut data = GroupData::new(group, Archive::open(blocks_db)?);
     data.trees =
@@ -181,7 +188,8 @@ pub async fn open_group_with(
     }
     let data = Rc::new(RefCell::new(data));
     let checkpointer = Rc::new(
-        Checkpointer::new(data.clone(), state_db, loaded.journal_rows).with_faults(config.faults.clone()),
+        Checkpointer::new(data.clone(), state_db, loaded.journal_rows, config.journal_merge_rows_min)
+            .with_faults(config.faults.clone()),
     );
     if restoring {
         // The restored state becomes durable at once (a full rewrite of the new state.redb).
@@ -301,9 +309,10 @@ async fn open_state(
     group: GroupId,
     catalog: &SnapshotCatalog,
     log_purged: bool,
+    sim: Option<&Arc<SimDisk>>,
 ) -> Result<(Arc<redb::Database>, LoadedState, Option<(AppliedRecord, Vec<ScopeState>)>), ShardError> {
     let path = dir.join("state.redb");
-    let attempt = match retry_open(|| open_db(&path, STATE_DB_CACHE_BYTES)).await {
+    let attempt = match retry_open(|| open_db(&path, STATE_DB_CACHE_BYTES, sim)).await {
         Ok(db) => {
             let db = Arc::new(db);
             let reader = db.clone();
@@ -346,14 +355,14 @@ async fn open_state(
     let secs =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let aside = dir.join(format!("state.redb.unusable-{secs}"));
-    std::fs::rename(&path, &aside).map_err(|source| ShardError::Io { path: path.clone(), source })?;
+    rename_db(&path, &aside, sim)?;
     eprintln!(
         "event=state_restored_from_snapshot group={group} path={} group_height={} moved_aside={} reason={reason:?}",
         entry.path.display(),
         applied.group_height,
         aside.display()
     );
-    let db = Arc::new(open_db(&path, STATE_DB_CACHE_BYTES)?);
+    let db = Arc::new(open_db(&path, STATE_DB_CACHE_BYTES, sim)?);
     let reader = db.clone();
     let loaded = glommio::executor().spawn_blocking(move || load_state(&reader)).await?;
     Ok((db, loaded, Some((applied, scopes))))

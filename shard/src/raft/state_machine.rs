@@ -370,10 +370,13 @@ impl StateMachine {
         };
         let tmp_dir = env.config.data_dir.join("tmp");
         let keep = env.config.snapshots_keep;
+        let sim = env.config.sim_disk.clone();
         let VerifiedSnapshot { header, applied, scopes, bytes, .. } = verified;
         let group_height = header.group_height;
         let path = glommio::executor()
-            .spawn_blocking(move || write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep))
+            .spawn_blocking(move || {
+                write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep, sim.as_deref())
+            })
             .await
             .map_err(|e| snapshot_err(Some(meta), &e))?;
         load_snapshot_state(&mut self.data.borrow_mut(), &applied, scopes);
@@ -592,7 +595,10 @@ pub async fn open_group(
     group: GroupId,
     peers: Rc<crate::peer::pool::PeerPool>,
 ) -> Result<(crate::raft::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
-    let options = crate::raft::open::GroupOptions { peers: Some(peers), ..Default::default() };
+    let options = crate::raft::open::GroupOptions {
+        peers: Some(peers),
+        checkpoint_interval: Some(std::time::Duration::from_millis(config.checkpoint_interval_ms)),
+    };
     let opened = crate::raft::open::open_group_with(config, group, options).await?;
     let handles = (opened.raft.clone(), opened.data.clone());
     OPEN_GROUPS.with(|groups| groups.borrow_mut().insert(group, opened));

@@ -25,8 +25,8 @@
 
 use crate::codec::{decode, encode};
 use crate::constants::{
-    DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_ROWS_MIN, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS,
-    JOURNAL_MERGE_STEP_ROWS_MIN, JOURNAL_RECORD_ROWS_MAX,
+    DB_OPEN_RETRY_MS_MAX, JOURNAL_MERGE_STEPS, JOURNAL_MERGE_STEP_BUDGET_MS, JOURNAL_MERGE_STEP_ROWS_MIN,
+    JOURNAL_RECORD_ROWS_MAX,
 };
 use crate::error::ShardError;
 use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
@@ -577,6 +577,8 @@ pub struct Checkpointer {
     journal_rows: Cell<u64>,
     /// The journal merge in progress, if any (its next step runs with the next checkpoint).
     merge: Rc<RefCell<MergeState>>,
+    /// `ShardConfig::journal_merge_rows_min`.
+    merge_rows_min: u64,
     /// Bumped whenever the journal is emptied by other means, so a merge prepared before that is
     /// dropped instead of writing stale rows.
     merge_epoch: Rc<Cell<u64>>,
@@ -595,7 +597,13 @@ pub enum MergeState {
 
 impl Checkpointer {
     /// `journal_rows`: rows already in the file's row journal.
-    pub fn new(data: Rc<RefCell<GroupData>>, state_db: Arc<Database>, journal_rows: u64) -> Self {
+    /// `merge_rows_min`: the journal is merged once it holds this many rows or as many as the group.
+    pub fn new(
+        data: Rc<RefCell<GroupData>>,
+        state_db: Arc<Database>,
+        journal_rows: u64,
+        merge_rows_min: u64,
+    ) -> Self {
         let durable = Rc::new(Cell::new(data.borrow().durable_log_id));
         Checkpointer {
             data,
@@ -605,6 +613,7 @@ impl Checkpointer {
             stats: Cell::new(CheckpointStats::default()),
             journal_rows: Cell::new(journal_rows),
             merge: Rc::new(RefCell::new(MergeState::Idle)),
+            merge_rows_min,
             merge_epoch: Rc::new(Cell::new(0)),
             faults: Arc::default(),
         }
@@ -683,7 +692,7 @@ impl Checkpointer {
     }
 
     /// Rows in the row journal (merged into the tables once they reach the larger of
-    /// `JOURNAL_MERGE_ROWS_MIN` and the rows the group holds).
+    /// `journal_merge_rows_min` and the rows the group holds).
     pub fn journal_rows(&self) -> u64 {
         self.journal_rows.get()
     }
@@ -718,7 +727,7 @@ impl Checkpointer {
             let fold_journal = merge && self.journal_rows.get() > 0;
             let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(false) };
             let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
-            let threshold = JOURNAL_MERGE_ROWS_MIN.max(held);
+            let threshold = self.merge_rows_min.max(held);
             let state = std::mem::replace(&mut *self.merge.borrow_mut(), MergeState::Idle);
             batch.journal = if merge || batch.full_rewrite {
                 // Whatever a merge in progress prepared is about to be stale.

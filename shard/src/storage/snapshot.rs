@@ -36,6 +36,8 @@ use crate::raft::type_config::{LogId, SnapshotMeta, StoredMembership};
 use crate::round::group_data::GroupData;
 use crate::storage::archive_scan::ArchiveScan;
 use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
+use crate::storage::dir_sync::{create_dir_durable, fsync_dir};
+use crate::storage::sim_disk::SimDisk;
 use ledger_core::hash::{block_hash, chain_commitment, ChainCommitment};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;
@@ -399,7 +401,8 @@ impl SnapshotCut {
 }
 
 /// Writes `bytes` as `dir/{group_height}.snap` through `tmp_dir` (write, fsync, rename, fsync
-/// the directory), then deletes all but the newest `keep` snapshot files. Blocking.
+/// the directory), then deletes all but the newest `keep` snapshot files. Blocking. `sim`: the
+/// simulated disk of a power-loss test, told which renames reached a synced directory.
 pub fn write_file(
     dir: &Path,
     tmp_dir: &Path,
@@ -407,12 +410,15 @@ pub fn write_file(
     group_height: u64,
     bytes: &[u8],
     keep: usize,
+    sim: Option<&SimDisk>,
 ) -> Result<PathBuf, ShardError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ShardError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // `snapshots/` must outlive a power loss once a file in it is relied on (the log is purged
+    // behind it); `tmp/` need not, its files are copied nowhere else.
+    create_dir_durable(dir).map_err(io(dir))?;
     std::fs::create_dir_all(tmp_dir).map_err(io(tmp_dir))?;
     let tmp = tmp_dir.join(format!("g{group_id:05}-{group_height:09}.{SNAPSHOT_EXT}.tmp"));
     {
@@ -422,7 +428,16 @@ pub fn write_file(
     }
     let target = snapshot_path(dir, group_height);
     std::fs::rename(&tmp, &target).map_err(io(&target))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    if let Some(sim) = sim {
+        sim.plain_file_renamed(&target);
+    }
+    fsync_dir(dir).map_err(io(dir))?;
+    if let Some(sim) = sim {
+        sim.dir_synced(dir);
+        if !sim.deletes_persist() {
+            return Ok(target);
+        }
+    }
     prune(dir, keep)?;
     Ok(target)
 }
@@ -479,6 +494,7 @@ pub async fn create_with_bytes(
     checkpointer.checkpoint().await?;
     let tmp_dir = config.data_dir.join("tmp");
     let keep = config.snapshots_keep;
+    let sim = config.sim_disk.clone();
     let group_id = cut.group_id;
     let group_height = cut.applied.group_height;
     let (written, bytes) = glommio::executor()
@@ -491,7 +507,7 @@ pub async fn create_with_bytes(
                     .map_err(|fault| corrupt(format!("{key} header {height} unreadable: {fault}")))
             })?;
             let (header, bytes) = encode_file(header, &body);
-            let path = write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep)?;
+            let path = write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep, sim.as_deref())?;
             Ok((CatalogEntry { path, header }, bytes))
         })
         .await?;
@@ -772,7 +788,7 @@ mod tests {
         let (data, headers) = group(2);
         let (_, bytes) = file_of(&data, &headers);
         for height in [10, 20, 30, 40, 50] {
-            write_file(&dir, &tmp, 3, height, &bytes, 3).unwrap();
+            write_file(&dir, &tmp, 3, height, &bytes, 3, None).unwrap();
         }
         let names: Vec<_> = snapshot_files(&dir).unwrap();
         assert_eq!(names, vec![snapshot_path(&dir, 30), snapshot_path(&dir, 40), snapshot_path(&dir, 50)]);
