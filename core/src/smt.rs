@@ -1166,8 +1166,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "100k keys and a timing bound: hours under Miri, and no memory case t24 lacks")]
     fn t23_throughput_smoke() {
-        // Batch-update throughput at 100k keys (informational; the assertion is generous because
-        // test builds are not optimised): 100 blocks of 1000 updates over a 100k-key tree.
+        // Batch-update throughput at 100k keys, informational only (performance is measured in
+        // bench/, never asserted in a timed test): 100 blocks of 1000 updates over a 100k-key tree.
         let n = 100_000u32;
         let tree = SparseMerkleTree::from_leaves((0..n).map(|i| {
             let k = i.to_be_bytes();
@@ -1186,8 +1186,7 @@ mod tests {
         }
         let rate = updates as f64 / start.elapsed().as_secs_f64();
         eprintln!("smt: {rate:.0} key updates/s at {n} keys");
-        assert!(rate > 10_000.0);
-        assert_eq!(tree.len(), n as u64);
+        assert_eq!(tree.len(), n as u64, "the updates made new versions; the base is unchanged");
     }
 
     #[test]
