@@ -9,7 +9,8 @@
 # fuzz/target/corpus/<target>/ (not committed); fuzz/corpus/<target>/ is the committed seed
 # corpus. A crash leaves its input in fuzz/artifacts/<target>/ and stops the script: make it a
 # regression test next to the code it broke. FUZZ_SANITIZER=none trades ASan for ~2-3x speed.
-# FUZZ_RUNS=N stops a target after N executions (or the time limit, whichever comes first).
+# FUZZ_RUNS=N stops a target after N executions (or the time limit, whichever comes first);
+# FUZZ_MAX_LEN caps input size (page tokens: 8192 covers the longest valid token and then some).
 # Not run by .ci/run: it needs nightly and minutes per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ for target in "${TARGETS[@]}"; do
     # The fresh corpus directory comes first: libFuzzer writes new inputs there, and only reads
     # the committed seeds.
     cargo +nightly fuzz run --debug-assertions --sanitizer "$SANITIZER" "$target" "target/corpus/$target" "corpus/$target" -- \
-        -max_total_time="$SECONDS_PER_TARGET" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -print_final_stats=1 -max_len=65536 -rss_limit_mb=4096 \
+        -max_total_time="$SECONDS_PER_TARGET" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -print_final_stats=1 -max_len="${FUZZ_MAX_LEN:-65536}" -rss_limit_mb=4096 \
         >"$log" 2>&1 || { tail -n 40 "$log"; echo "FAILED: $target (input in fuzz/artifacts/$target/)"; exit 1; }
     executions=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
     speed=$(grep -m1 'stat::average_exec_per_sec' "$log" | awk '{print $2}')
