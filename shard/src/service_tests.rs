@@ -1194,22 +1194,30 @@ fn t24_a_rejection_judged_over_an_uncommitted_block_waits_for_it() {
     });
 }
 
+/// A node with fault points and storage counters of the test's own, namespace "acme" with one
+/// vault, and `a` = 1 committed there by client "c" (sequence 1).
+async fn faulty_node(
+    dir: &Path,
+) -> (Node, Arc<crate::faults::Faults>, Arc<crate::maintenance::reopen::StorageCounters>, i64, Option<i64>) {
+    let faults = Arc::new(crate::faults::Faults::default());
+    let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
+    let (armed, counted) = (faults.clone(), counters.clone());
+    let node = start(dir.to_path_buf(), move |c| {
+        c.faults = armed;
+        c.storage_counters = counted;
+    })
+    .await;
+    let ns = node.create_namespace("acme").await;
+    let (v, _) = node.create_vault(ns).await;
+    success(node.write(ns, Some(v), "c", 1, vec![set("a", b"1")]).await);
+    (node, faults, counters, ns, Some(v))
+}
+
 #[test]
 fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
-    use crate::faults::{AppendFault, Faults};
+    use crate::faults::AppendFault;
     run(|dir| async move {
-        let faults = Arc::new(Faults::default());
-        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
-        let (armed, counted) = (faults.clone(), counters.clone());
-        let node = start(dir.clone(), move |c| {
-            c.faults = armed;
-            c.storage_counters = counted;
-        })
-        .await;
-        let ns = node.create_namespace("acme").await;
-        let (v, _) = node.create_vault(ns).await;
-        let vault = Some(v);
-        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+        let (node, faults, counters, ns, vault) = faulty_node(&dir).await;
 
         let (reached_tx, reached) = flume::bounded(1);
         let (release, release_rx) = flume::bounded(1);
@@ -1318,18 +1326,7 @@ fn t25_a_group_whose_checkpoints_fail_reopens_itself_and_loses_nothing() {
     // Issue 12 item 9: checkpoint writes that fail (an I/O error latches redb's file until it is
     // reopened) take the group out for a reopen once the disk works, without a node restart.
     run(|dir| async move {
-        let faults = Arc::new(crate::faults::Faults::default());
-        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
-        let (armed, counted) = (faults.clone(), counters.clone());
-        let node = start(dir.clone(), move |c| {
-            c.faults = armed;
-            c.storage_counters = counted;
-        })
-        .await;
-        let ns = node.create_namespace("acme").await;
-        let (v, _) = node.create_vault(ns).await;
-        let vault = Some(v);
-        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+        let (node, faults, counters, ns, vault) = faulty_node(&dir).await;
         let group = node.resolve(ns).await.unwrap();
         faults.fail_checkpoints(group.0, 2);
         success(node.write(ns, vault, "c", 2, vec![set("b", b"2")]).await);
@@ -1384,13 +1381,7 @@ fn t26_writes_after_an_abandoned_round_commit() {
     // and was abandoned too, so the group took no write again (seen under load in
     // scripts/bench-cluster.sh as "the block before it was abandoned", forever).
     run(|dir| async move {
-        let faults = Arc::new(crate::faults::Faults::default());
-        let armed = faults.clone();
-        let node = start(dir.clone(), move |c| c.faults = armed).await;
-        let ns = node.create_namespace("acme").await;
-        let (v, _) = node.create_vault(ns).await;
-        let vault = Some(v);
-        success(node.write(ns, vault, "c", 1, vec![set("a", b"1")]).await);
+        let (node, faults, _counters, ns, vault) = faulty_node(&dir).await;
         faults.abandon_next_round();
         let write = |sequence: u64, value: &[u8]| Request::Write {
             namespace_id: ns,
