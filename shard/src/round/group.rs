@@ -273,7 +273,9 @@ impl Group {
 
     /// The leader hint of SPEC §4.5 for `NotLeader` answers.
     pub fn leader_hint(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs for every forwarded request and heartbeat tick.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader?;
         let addr =
             m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
