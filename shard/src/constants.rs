@@ -1,22 +1,23 @@
 //! Every bound of the shard, named (STYLE: "Put a bound on every channel, batch, frame and
 //! in-flight count").
 
-/// Log entries kept in memory per group in front of `raft.redb` (replication and apply read the
-/// log from here; older entries are read from redb). Only durable entries are ever evicted. An
+/// Log entries kept in memory per group in front of the core's log files (replication and apply
+/// read the log from here; older entries are read back from the segment files). Only durable entries are ever evicted. An
 /// entry is one block of up to thousands of operations (~200 KB at 1000 100-byte writes), so 4096
 /// of them held ~800 MB per group; 512 still cover several seconds of apply or replication lag.
 pub const LOG_CACHE_ENTRIES_MAX: usize = 512;
-/// Commands queued to a group's log I/O thread before `append` waits for room.
+/// A core log segment is closed and a new one started once it would grow past this (a single
+/// record larger than it gets a segment of its own).
+pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Commands queued to a core's log thread before `append` waits for room.
 pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
-/// Commands the log I/O thread folds into one write transaction (one fsync).
+/// Commands the log thread folds into one write and one fdatasync.
 pub const LOG_WRITER_BATCH_MAX: usize = 1024;
-/// redb page-cache sizes per group file (redb's default is 1 GiB each). The Raft log is written
-/// once and read back only on restart or by a lagging follower, the archive is append-mostly, and
+/// redb page-cache sizes per group file (redb's default is 1 GiB each). The archive is append-mostly, and
 /// the rows live in memory (`state.redb` is written by checkpoints and read at open); caches that
 /// grew to 3 GiB per group only cost memory and the kernel's zeroing of fresh pages while growing.
 /// `state.redb` keeps 1 GiB: a checkpoint's random-key inserts re-read any page the cache dropped
 /// (a 1 M-row file is 285 MB; D16).
-pub const RAFT_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const BLOCKS_DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
 /// The row journal of `state.redb` is merged into its tables once it holds this many rows or as

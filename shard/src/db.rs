@@ -1,4 +1,4 @@
-//! Opening the redb files of a group (`raft.redb`, `state.redb`, `blocks.redb`): one place that
+//! Opening the redb files of a group (`state.redb`, `blocks.redb`): one place that
 //! sets the page cache and says what "already open" means, used by the log store and the
 //! checkpoint alike.
 
@@ -38,6 +38,10 @@ pub fn rename_db(from: &Path, to: &Path, sim: Option<&Arc<SimDisk>>) -> Result<(
 impl ShardError {
     /// The file is still held by a previous incarnation of the group in this process.
     pub fn is_already_open(&self) -> bool {
-        matches!(self, ShardError::Redb { source: redb::Error::DatabaseAlreadyOpen, .. })
+        matches!(
+            self,
+            ShardError::Redb { source: redb::Error::DatabaseAlreadyOpen, .. }
+                | ShardError::LogAttached { .. }
+        )
     }
 }

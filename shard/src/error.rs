@@ -43,6 +43,9 @@ pub enum ShardError {
     /// The group's storage I/O thread is gone (it failed or the group is closing).
     #[error("storage thread of {what} stopped")]
     StorageClosed { what: String },
+    /// The group's log is still held by a previous incarnation of the group (closing): retry.
+    #[error("the raft log of group {group} is still open")]
+    LogAttached { group: u32 },
     /// Applying the group's log broke an invariant (`GroupData::fault`): the group is stopped.
     #[error("group {group} failed: {fault}")]
     GroupFailed { group: u32, fault: GroupFault },

@@ -56,7 +56,7 @@ fn plan(rng: &mut StdRng) -> CutPlan {
     // checkpoint and archive files): most plans are reached, the rest cut at the end.
     let (file, nth_max) = match rng.gen_range(0..4) {
         0 => (None, 50),
-        1 => (Some("raft.redb"), 30),
+        1 => (Some(".log"), 30),
         2 => (Some("state.redb"), 10),
         _ => (Some("blocks.redb"), 10),
     };

@@ -1506,34 +1506,22 @@ fn t22_a_group_with_corrupt_state_does_not_stop_the_node() {
 /// fails group 2 the same way instead of looping.
 #[test]
 fn t23_a_log_entry_that_breaks_apply_fails_only_its_group() {
-    use crate::raft::log_store::{decode_entry, encode_entry};
-    use redb::ReadableTable;
+    use crate::raft::core_log::offline;
     run(|dir| async move {
         let (node, one, two) = two_groups(&dir).await;
         node.stop().await;
         {
-            let log: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
-            let db = open_when_released(&dir.join("groups/g00002/raft.redb"));
-            let txn = db.begin_write().unwrap();
-            {
-                let mut table = txn.open_table(log).unwrap();
-                let (last_index, last_id) = {
-                    let (k, v) = table.last().unwrap().unwrap();
-                    (k.value(), decode_entry(v.value()).unwrap().log_id)
-                };
-                let mut block_entry = None;
-                for row in table.iter().unwrap() {
-                    let (_, v) = row.unwrap();
-                    let entry = decode_entry(v.value()).unwrap();
-                    if matches!(entry.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))) {
-                        block_entry = Some(entry);
-                    }
-                }
-                let mut bad = block_entry.expect("group 2 holds a block");
-                bad.log_id = openraft::LogId::new(last_id.leader_id, last_index + 1);
-                table.insert(last_index + 1, encode_entry(&bad).as_slice()).unwrap();
-            }
-            txn.commit().unwrap();
+            let config = crate::config::ShardConfig::for_tests(dir.to_path_buf());
+            let log_dir = || crate::raft::open::core_log_dir(&config, 0);
+            let entries = offline::entries(log_dir(), GroupId(2)).unwrap();
+            let last_id = entries.last().unwrap().log_id;
+            let block_entry = entries
+                .iter()
+                .rev()
+                .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))));
+            let mut bad = block_entry.expect("group 2 holds a block").clone();
+            bad.log_id = openraft::LogId::new(last_id.leader_id, last_id.index + 1);
+            offline::append(log_dir(), GroupId(2), &bad).unwrap();
         }
         for start in 0..2 {
             let node = restart_two_groups(&dir).await;

@@ -93,7 +93,7 @@ impl Shard {
     /// Opens group `id` (SPEC §9.6 recovery) and starts its block builder and maintenance task.
     pub async fn open_group(&self, id: GroupId) -> Result<Rc<Group>, ShardError> {
         let (raft, data) =
-            crate::raft::state_machine::open_group(&self.config, id, self.peers.clone()).await?;
+            crate::raft::state_machine::open_group(&self.config, id, self.core.0, self.peers.clone()).await?;
         self.watches.attach(id, &data);
         let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
         self.builders.borrow_mut().push(glommio::spawn_local(group.clone().run()).detach());

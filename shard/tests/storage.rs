@@ -27,7 +27,7 @@ fn config(dir: &Path) -> ShardConfig {
 }
 
 fn no_periodic() -> GroupOptions {
-    GroupOptions { checkpoint_interval: None, peers: None }
+    GroupOptions { checkpoint_interval: None, peers: None, core: 0 }
 }
 
 fn scope(vault: i64) -> ScopeKey {

@@ -5,42 +5,33 @@
 //! one answers `Unavailable`.
 #![allow(clippy::unwrap_used)]
 
+use ledger_core::types::GroupId;
 use ledger_core::types::{LogPayload, ReadConsistency};
-use ledger_shard::raft::log_store::{decode_entry, encode_entry};
+use ledger_shard::raft::core_log::offline;
+use ledger_shard::storage::log_files::LogDir;
 use ledger_tests::scope::{connect, set};
 use ledger_tests::{temp_dir, ServerProcess};
 use ledger_wire::client::WriteSession;
 use ledger_wire::messages::{Request, Response, StatusCode};
-use redb::{ReadableTable, TableDefinition};
 use std::time::Duration;
 
 const FLAGS: &[&str] = &["--cores", "1", "--groups-per-core", "2"];
 
-/// Appends a copy of the group's last block entry at the next index: its group height does not
-/// follow, so applying it breaks an invariant of the whole group.
-fn append_out_of_order_block(raft_db: &std::path::Path) {
-    let log: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-    let db = redb::Database::open(raft_db).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut table = txn.open_table(log).unwrap();
-        let (last_index, last_id) = {
-            let (k, v) = table.last().unwrap().unwrap();
-            (k.value(), decode_entry(v.value()).unwrap().log_id)
-        };
-        let mut block = None;
-        for row in table.iter().unwrap() {
-            let entry = decode_entry(row.unwrap().1.value()).unwrap();
-            if matches!(entry.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))) {
-                block = Some(entry);
-            }
-        }
-        let mut bad = block.expect("the group holds a block");
-        bad.log_id.index = last_index + 1;
-        bad.log_id.leader_id = last_id.leader_id;
-        table.insert(last_index + 1, encode_entry(&bad).as_slice()).unwrap();
-    }
-    txn.commit().unwrap();
+/// Appends a copy of group 2's last block entry at the next index of the (stopped) node's log:
+/// its group height does not follow, so applying it breaks an invariant of the whole group.
+fn append_out_of_order_block(data_dir: &std::path::Path) {
+    // `--cores 1`: every group is in core 0's log.
+    let log_dir = || LogDir::Real(data_dir.join("log/core-00"));
+    let entries = offline::entries(log_dir(), GroupId(2)).unwrap();
+    let last = entries.last().unwrap().log_id;
+    let block = entries
+        .iter()
+        .rev()
+        .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))));
+    let mut bad = block.expect("the group holds a block").clone();
+    bad.log_id.index = last.index + 1;
+    bad.log_id.leader_id = last.leader_id;
+    offline::append(log_dir(), GroupId(2), &bad).unwrap();
 }
 
 #[test]
@@ -67,7 +58,7 @@ fn t01_a_log_entry_that_breaks_apply_fails_one_group_not_the_server() {
         (ids[0], ids[1])
     });
     assert_eq!(server.stop(), Some(0));
-    append_out_of_order_block(&data_dir.join("groups/g00002/raft.redb"));
+    append_out_of_order_block(&data_dir);
 
     for round in 0..2 {
         let server = ServerProcess::restart(&data_dir, FLAGS);

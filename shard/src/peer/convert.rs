@@ -1,6 +1,6 @@
 //! openraft's RPC types ↔ the wire's peer messages (`ledger_wire::peer`). Entries travel in the
 //! log store's stored form (`log_store::encode_entry`), so decoding a peer's entries runs the
-//! same checks as reading them back from `raft.redb`.
+//! same checks as reading them back from the core's log files.
 
 use crate::error::ShardError;
 use crate::raft::log_store::records::{LogIdRecord, MembershipRecord, VoteRecord};

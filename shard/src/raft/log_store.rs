@@ -1,59 +1,33 @@
-//! A group's Raft log in `raft.redb` (SPEC §9.1–9.2): table `log` (u64 index → encoded entry) and
-//! table `meta` (`vote`, `committed`, `last_purged`), behind openraft's storage-v2
-//! `RaftLogStorage`.
+//! A group's Raft log behind openraft's storage-v2 `RaftLogStorage`: an in-memory cache of the
+//! recent entries in front of the core's shared log file (`core_log.rs`, issue 15 item 1, D37).
 //!
-//! Group commit (STACK.md "redb 4.6: what a commit costs"): `append` puts the entries in the
-//! in-memory cache, queues them to the group's log I/O thread and returns. The thread drains
-//! everything queued (up to `LOG_WRITER_BATCH_MAX` commands), writes it in ONE redb write
-//! transaction with `Durability::Immediate` and only then completes each `LogFlushed` callback, so
-//! nothing is acknowledged before its fsync. `save_vote`, `truncate` and `purge` go through the same
-//! queue (keeping their order relative to appends) and return once durable. `save_committed` is
-//! queued without waiting: it rides along with the next durable commit (alone, it commits with
-//! `Durability::None`), since losing it only means re-applying a little more after a crash.
-//!
-//! What grouping buys with openraft 0.9.25: its RaftCore awaits every append's flush callback
-//! inline (`RaftCore::append_to_log`) and runs engine commands after each client write, so one
-//! group never has two appends in flight; measured: pipelined client writes to one group cost one
-//! fsync each. The fold still merges `save_committed` and vote writes, and would merge appends of
-//! a future openraft that pipelines them; throughput per group comes from putting many
-//! transactions in one block (SPEC §8.2–8.3). Sharing one flusher (one txn, one fsync) across the
-//! groups of a core would need one log file per core instead of SPEC §9.1's `raft.redb` per group.
-//!
-//! A dedicated thread per group rather than glommio's `spawn_blocking`: the executor never blocks
-//! on a commit either way, the thread is a natural place to fold queued commands into one
-//! transaction, and the store stays runtime-agnostic, so openraft's storage test suite (which runs
-//! on a tokio runtime) can exercise the exact production code.
+//! Group commit: `append` caches the entries, queues them to the core's log thread and returns;
+//! the thread writes whatever every group of the core queued meanwhile and completes each
+//! `LogFlushed` callback only after ONE fdatasync covering them all. openraft 0.9.25 awaits every
+//! append's callback inline (`RaftCore::append_to_log`), so one group never has two appends in
+//! flight (D8); sharing the core's fsync is what lets many groups' appends share it. `save_vote`,
+//! `truncate` and `purge` go through the same queue (keeping their order relative to appends) and
+//! return once durable; `save_committed` rides along with the next durable write.
 //!
 //! Reads: the most recent entries (at most `LOG_CACHE_ENTRIES_MAX`, and every entry not yet
-//! durable) are served from memory; older ones are read from redb on the calling thread (a
-//! read transaction: MVCC, never waits for the writer; only lagging followers and re-apply after a
-//! restart need them).
+//! durable) are served from memory; older ones are read back from the segment files on the
+//! calling thread (only lagging followers and re-apply after a restart need them).
 
 use crate::codec::{decode, encode};
-use crate::constants::{
-    LOG_CACHE_ENTRIES_MAX, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, RAFT_DB_CACHE_BYTES,
-};
+use crate::constants::LOG_CACHE_ENTRIES_MAX;
 use crate::error::ShardError;
+use crate::raft::core_log::{AppendDone, CoreLog};
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
-use futures::channel::oneshot;
-use ledger_core::types::LogPayload;
+use ledger_core::types::{GroupId, LogPayload};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, LogState, RaftLogReader, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const META_VOTE: &str = "vote";
-const META_COMMITTED: &str = "committed";
-const META_LAST_PURGED: &str = "last_purged";
 
 /// rkyv mirrors of openraft's vote, log id and membership types (openraft's serde feature is off).
 pub mod records {
@@ -150,7 +124,7 @@ pub mod records {
     }
 }
 
-use records::{LogIdRecord, MembershipRecord, VoteRecord};
+use records::{LogIdRecord, MembershipRecord};
 
 const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
@@ -198,123 +172,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, ShardError> {
     Ok(Entry { log_id, payload })
 }
 
-/// Completion of an append (openraft's `LogFlushed`, boxed so tests can observe it too).
-type AppendDone = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
-
-enum WriteCmd {
-    Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, done: AppendDone },
-    Truncate { from: u64, done: oneshot::Sender<Result<(), String>> },
-    Purge { upto: u64, record: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
-    SaveVote { record: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
-    SaveCommitted { record: Vec<u8> },
+/// The log id in a stored entry's header (`None`: too short to be an entry).
+pub fn stored_log_id(bytes: &[u8]) -> Option<LogId> {
+    let u64_at = |at: usize| {
+        bytes.get(at..at + 8).map(|s| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(s);
+            u64::from_le_bytes(b)
+        })
+    };
+    Some(LogIdRecord { term: u64_at(1)?, node_id: u64_at(9)?, index: u64_at(17)? }.into())
 }
 
-impl WriteCmd {
-    fn needs_fsync(&self) -> bool {
-        !matches!(self, WriteCmd::SaveCommitted { .. })
-    }
-}
-
-/// Body of the group's log I/O thread: fold queued commands into one transaction each round.
-fn writer_loop(
-    db: Arc<Database>,
-    rx: flume::Receiver<WriteCmd>,
-    flushed_seq: Arc<AtomicU64>,
-    stats: Arc<LogStats>,
-) {
-    // After a failed commit nothing is written any more: the group must be restarted (openraft
-    // treats the failed callback as a fatal storage error).
-    let mut failed: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < LOG_WRITER_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
-        let result = match &failed {
-            Some(e) => Err(e.clone()),
-            None => {
-                let started = std::time::Instant::now();
-                let r =
-                    write_batch(&db, &batch).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)));
-                stats.record(started.elapsed(), batch.iter().filter(|c| c.needs_fsync()).count() > 0);
-                r
-            }
-        };
-        if let Err(e) = &result {
-            failed = Some(e.clone());
-        }
-        // Publish durability before telling anyone, so a caller woken by `done` that reads the
-        // cache already sees these entries as evictable.
-        let max_seq = batch
-            .iter()
-            .filter_map(|cmd| match cmd {
-                WriteCmd::Append { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .max();
-        if let (Some(seq), Ok(())) = (max_seq, &result) {
-            flushed_seq.store(seq, Ordering::Release);
-        }
-        for cmd in batch {
-            match cmd {
-                WriteCmd::Append { done, .. } => {
-                    done(result.clone().map_err(std::io::Error::other));
-                }
-                WriteCmd::Truncate { done, .. }
-                | WriteCmd::Purge { done, .. }
-                | WriteCmd::SaveVote { done, .. } => {
-                    let _ = done.send(result.clone());
-                }
-                WriteCmd::SaveCommitted { .. } => {}
-            }
-        }
-    }
-}
-
-fn write_batch(db: &Database, batch: &[WriteCmd]) -> Result<(), ShardError> {
-    let mut txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
-    let durability =
-        if batch.iter().any(WriteCmd::needs_fsync) { Durability::Immediate } else { Durability::None };
-    txn.set_durability(durability).map_err(|e| ShardError::redb("raft.redb set_durability", e))?;
-    {
-        let mut log = txn.open_table(LOG).map_err(|e| ShardError::redb("raft.redb open log", e))?;
-        let mut meta = txn.open_table(META).map_err(|e| ShardError::redb("raft.redb open meta", e))?;
-        for cmd in batch {
-            match cmd {
-                WriteCmd::Append { entries, .. } => {
-                    for (index, bytes) in entries {
-                        log.insert(*index, bytes.as_slice())
-                            .map_err(|e| ShardError::redb("raft.redb append", e))?;
-                    }
-                }
-                WriteCmd::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)
-                        .map_err(|e| ShardError::redb("raft.redb truncate", e))?;
-                }
-                WriteCmd::Purge { upto, record, .. } => {
-                    log.retain_in(..=*upto, |_, _| false)
-                        .map_err(|e| ShardError::redb("raft.redb purge", e))?;
-                    meta.insert(META_LAST_PURGED, record.as_slice())
-                        .map_err(|e| ShardError::redb("raft.redb purge", e))?;
-                }
-                WriteCmd::SaveVote { record, .. } => {
-                    meta.insert(META_VOTE, record.as_slice())
-                        .map_err(|e| ShardError::redb("raft.redb vote", e))?;
-                }
-                WriteCmd::SaveCommitted { record } => {
-                    meta.insert(META_COMMITTED, record.as_slice())
-                        .map_err(|e| ShardError::redb("raft.redb committed", e))?;
-                }
-            }
-        }
-    }
-    txn.commit().map_err(|e| ShardError::redb("raft.redb commit", e))
-}
-
-/// Counters of the log I/O thread, readable from any thread (metrics and tests).
+/// Counters of the core's log thread, readable from any thread (metrics and tests).
 #[derive(Debug, Default)]
 pub struct LogStats {
     /// Write transactions committed with fsync.
@@ -326,7 +196,7 @@ pub struct LogStats {
 }
 
 impl LogStats {
-    fn record(&self, took: std::time::Duration, durable: bool) {
+    pub(crate) fn record(&self, took: std::time::Duration, durable: bool) {
         if !durable {
             return;
         }
@@ -338,28 +208,31 @@ impl LogStats {
 }
 
 struct LogCore {
-    path: PathBuf,
-    db: Arc<Database>,
-    /// Cached entries by index with the sequence number of the append that queued them. For every
-    /// index at or above the first cached one, the cache holds exactly the entries of the log.
+    group: GroupId,
+    log: Rc<CoreLog>,
+    /// Cached entries by index with the core log's write sequence number of the append that
+    /// queued them. For every index at or above the first cached one, the cache holds exactly the
+    /// entries of the log.
     cache: BTreeMap<u64, (u64, Entry)>,
     last_log_id: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
-    next_seq: u64,
-    /// Highest append sequence number known durable (written by the I/O thread).
-    flushed_seq: Arc<AtomicU64>,
-    writer: flume::Sender<WriteCmd>,
     /// The state machine's last durable checkpoint, when one is attached: purges never pass it.
     purge_limit: Option<Rc<Cell<Option<LogId>>>>,
     /// Fault-injection points (tests only arm them).
     faults: Arc<crate::faults::Faults>,
 }
 
+impl Drop for LogCore {
+    fn drop(&mut self) {
+        self.log.detach(self.group);
+    }
+}
+
 impl LogCore {
     fn evict(&mut self) {
-        let flushed = self.flushed_seq.load(Ordering::Acquire);
+        let flushed = self.log.flushed_seq();
         while self.cache.len() > LOG_CACHE_ENTRIES_MAX {
             match self.cache.first_key_value() {
                 Some((_, (seq, _))) if *seq <= flushed => {
@@ -368,17 +241,6 @@ impl LogCore {
                 _ => break,
             }
         }
-    }
-
-    fn read_db(&self, lo: Bound<u64>, hi: Bound<u64>) -> Result<Vec<Entry>, ShardError> {
-        let txn = self.db.begin_read().map_err(|e| ShardError::redb("raft.redb begin_read", e))?;
-        let table = txn.open_table(LOG).map_err(|e| ShardError::redb("raft.redb open log", e))?;
-        let mut out = Vec::new();
-        for row in table.range::<u64>((lo, hi)).map_err(|e| ShardError::redb("raft.redb range", e))? {
-            let (_, v) = row.map_err(|e| ShardError::redb("raft.redb range", e))?;
-            out.push(decode_entry(v.value())?);
-        }
-        Ok(out)
     }
 
     fn read(&self, lo: Bound<u64>, hi: Bound<u64>) -> Result<Vec<Entry>, ShardError> {
@@ -390,25 +252,25 @@ impl LogCore {
         };
         let mut out = Vec::new();
         if below_cache {
-            let db_hi = match hi {
+            let file_hi = match hi {
                 Bound::Included(h) if h < first_cached => Bound::Included(h),
                 Bound::Excluded(h) if h <= first_cached => Bound::Excluded(h),
                 _ => Bound::Excluded(first_cached),
             };
-            out = self.read_db(lo, db_hi)?;
+            out = self.log.read(self.group, lo, file_hi)?;
         }
         out.extend(self.cache.range((lo, hi)).map(|(_, (_, e))| e.clone()));
         Ok(out)
     }
 
-    fn log_id_at(&self, index: u64) -> Result<Option<LogId>, ShardError> {
+    fn log_id_at(&self, index: u64) -> Option<LogId> {
         if let Some((_, e)) = self.cache.get(&index) {
-            return Ok(Some(e.log_id));
+            return Some(e.log_id);
         }
         if self.last_purged.is_some_and(|p| p.index == index) {
-            return Ok(self.last_purged);
+            return self.last_purged;
         }
-        Ok(self.read_db(Bound::Included(index), Bound::Included(index))?.first().map(|e| e.log_id))
+        self.log.log_id_at(self.group, index)
     }
 }
 
@@ -425,63 +287,19 @@ fn io_error(e: &ShardError) -> AnyError {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) `path` and starts the group's log I/O thread, which stops once
-    /// the store and every reader clone are dropped (then the file is released).
-    pub fn open(
-        path: &Path,
-        sim: Option<&Arc<crate::storage::sim_disk::SimDisk>>,
-    ) -> Result<LogStore, ShardError> {
-        let db = Arc::new(crate::db::open_db(path, RAFT_DB_CACHE_BYTES, sim)?);
-        let (vote, committed, last_purged, last_in_log) = {
-            let txn = db.begin_write().map_err(|e| ShardError::redb("raft.redb begin_write", e))?;
-            {
-                txn.open_table(LOG).map_err(|e| ShardError::redb("raft.redb create log", e))?;
-                txn.open_table(META).map_err(|e| ShardError::redb("raft.redb create meta", e))?;
-            }
-            txn.commit().map_err(|e| ShardError::redb("raft.redb create tables", e))?;
-            let txn = db.begin_read().map_err(|e| ShardError::redb("raft.redb begin_read", e))?;
-            let meta = txn.open_table(META).map_err(|e| ShardError::redb("raft.redb open meta", e))?;
-            let get = |key: &str| -> Result<Option<Vec<u8>>, ShardError> {
-                Ok(meta
-                    .get(key)
-                    .map_err(|e| ShardError::redb("raft.redb meta get", e))?
-                    .map(|v| v.value().to_vec()))
-            };
-            let vote = get(META_VOTE)?.map(|b| decode::<VoteRecord>("vote", &b)).transpose()?.map(Vote::from);
-            let committed = get(META_COMMITTED)?
-                .map(|b| decode::<LogIdRecord>("committed", &b))
-                .transpose()?
-                .map(LogId::from);
-            let purged = get(META_LAST_PURGED)?
-                .map(|b| decode::<LogIdRecord>("last_purged", &b))
-                .transpose()?
-                .map(LogId::from);
-            let log = txn.open_table(LOG).map_err(|e| ShardError::redb("raft.redb open log", e))?;
-            let last = log.last().map_err(|e| ShardError::redb("raft.redb last", e))?;
-            let last = last.map(|(_, v)| decode_entry(v.value()).map(|e| e.log_id)).transpose()?;
-            (vote, committed, purged, last)
-        };
-        let (writer, rx) = flume::bounded(LOG_WRITER_QUEUE_MAX);
-        let flushed_seq = Arc::new(AtomicU64::new(0));
-        let stats = Arc::new(LogStats::default());
-        let thread_db = db.clone();
-        let thread_flushed = flushed_seq.clone();
-        let thread_stats = stats.clone();
-        crate::helper_threads::spawn_helper("raft-log-io", move || {
-            writer_loop(thread_db, rx, thread_flushed, thread_stats)
-        })
-        .map_err(|source| ShardError::Io { path: path.to_path_buf(), source })?;
+    /// Opens `group`'s log in the core's shared log. Fails with `ShardError::LogAttached` while a
+    /// store of the same group is still open (a closing incarnation: retry).
+    pub fn open(log: Rc<CoreLog>, group: GroupId) -> Result<LogStore, ShardError> {
+        let state = log.attach(group).ok_or(ShardError::LogAttached { group: group.0 })?;
+        let stats = log.stats();
         let core = LogCore {
-            path: path.to_path_buf(),
-            db,
+            group,
+            log,
             cache: BTreeMap::new(),
-            last_log_id: last_in_log.or(last_purged),
-            last_purged,
-            vote,
-            committed,
-            next_seq: 1,
-            flushed_seq,
-            writer,
+            last_log_id: state.last_log_id,
+            last_purged: state.last_purged,
+            vote: state.vote,
+            committed: state.committed,
             purge_limit: None,
             faults: Arc::default(),
         };
@@ -500,6 +318,7 @@ impl LogStore {
         self.core.borrow_mut().purge_limit = Some(limit);
     }
 
+    /// The core log's write counters (shared by the core's groups).
     pub fn stats(&self) -> Arc<LogStats> {
         self.stats.clone()
     }
@@ -525,36 +344,40 @@ impl LogStore {
 }
 
 impl LogStore {
-    /// Caches `entries`, queues them to the I/O thread and returns; `done` runs on the I/O thread
-    /// once they are durable (or the write failed).
+    /// Caches `entries`, queues them to the core's log thread and returns; `done` runs on that
+    /// thread once they are durable (or the write failed).
     pub(crate) async fn append_then<I>(&mut self, entries: I, done: AppendDone) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
-        let (writer, cmd) = {
-            let mut core = self.core.borrow_mut();
-            let seq = core.next_seq;
-            core.next_seq += 1;
-            let mut encoded = Vec::new();
-            let mut carries_block = false;
-            for entry in entries {
-                carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
-                encoded.push((entry.log_id.index, encode_entry(&entry)));
+        let mut core = self.core.borrow_mut();
+        let mut encoded = Vec::new();
+        let mut carries_block = false;
+        let mut cached = Vec::new();
+        for entry in entries {
+            carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
+            encoded.push((entry.log_id, encode_entry(&entry)));
+            cached.push(entry);
+        }
+        if let Some(fault) = carries_block.then(|| core.faults.take_block_append()).flatten() {
+            // Never written: the completion reports the injected error instead.
+            for entry in cached {
                 core.last_log_id = Some(entry.log_id);
-                core.cache.insert(entry.log_id.index, (seq, entry));
+                core.cache.insert(entry.log_id.index, (u64::MAX, entry));
             }
-            core.evict();
-            if let Some(fault) = carries_block.then(|| core.faults.take_block_append()).flatten() {
-                // Never written: the completion reports the injected error instead.
-                fault.fail(move |e| done(Err(e)));
-                return Ok(());
-            }
-            (core.writer.clone(), WriteCmd::Append { seq, entries: encoded, done })
-        };
-        writer
-            .send_async(cmd)
-            .await
-            .map_err(|_| StorageIOError::write_logs(AnyError::error("raft log I/O thread stopped")).into())
+            fault.fail(move |e| done(Err(e)));
+            return Ok(());
+        }
+        let seq = core
+            .log
+            .append(core.group, &encoded, done)
+            .map_err(|e| StorageIOError::write_logs(io_error(&e)))?;
+        for entry in cached {
+            core.last_log_id = Some(entry.log_id);
+            core.cache.insert(entry.log_id.index, (seq, entry));
+        }
+        core.evict();
+        Ok(())
     }
 }
 
@@ -588,15 +411,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let record = encode(&VoteRecord::from(vote));
-        let (writer, path) = {
+        let (log, group) = {
             let mut core = self.core.borrow_mut();
             core.vote = Some(*vote);
-            (core.writer.clone(), core.path.clone())
+            (core.log.clone(), core.group)
         };
-        send_and_wait(writer, path, move |done| WriteCmd::SaveVote { record, done })
-            .await
-            .map_err(|e| StorageIOError::write_vote(io_error(&e)).into())
+        log.save_vote(group, vote).await.map_err(|e| StorageIOError::write_vote(io_error(&e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -605,16 +425,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let Some(committed) = committed else { return Ok(()) };
-        let record = encode(&LogIdRecord::from(&committed));
-        let writer = {
-            let mut core = self.core.borrow_mut();
-            core.committed = Some(committed);
-            core.writer.clone()
-        };
-        writer
-            .send_async(WriteCmd::SaveCommitted { record })
-            .await
-            .map_err(|_| StorageIOError::write(AnyError::error("raft log I/O thread stopped")).into())
+        let mut core = self.core.borrow_mut();
+        core.committed = Some(committed);
+        core.log.save_committed(core.group, committed).map_err(|e| StorageIOError::write(io_error(&e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -630,19 +443,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let from = log_id.index;
-        let (writer, path) = {
+        let (log, group) = {
             let mut core = self.core.borrow_mut();
             let _ = core.cache.split_off(&from);
-            let prev = match from.checked_sub(1) {
-                Some(i) => core.log_id_at(i).map_err(|e| StorageIOError::write_logs(io_error(&e)))?,
-                None => None,
-            };
+            let prev = from.checked_sub(1).and_then(|i| core.log_id_at(i));
             core.last_log_id = prev.or(core.last_purged);
-            (core.writer.clone(), core.path.clone())
+            (core.log.clone(), core.group)
         };
-        send_and_wait(writer, path, move |done| WriteCmd::Truncate { from, done })
-            .await
-            .map_err(|e| StorageIOError::write_logs(io_error(&e)).into())
+        log.truncate(group, from).await.map_err(|e| StorageIOError::write_logs(io_error(&e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -656,8 +464,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(None) => return Ok(()),
         };
         let upto = log_id.index;
-        let record = encode(&LogIdRecord::from(&log_id));
-        let (writer, path) = {
+        let (log, group) = {
             let mut core = self.core.borrow_mut();
             let kept = core.cache.split_off(&(upto.saturating_add(1)));
             core.cache = kept;
@@ -665,26 +472,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if core.last_log_id.is_none_or(|l| l.index < upto) {
                 core.last_log_id = Some(log_id);
             }
-            (core.writer.clone(), core.path.clone())
+            (core.log.clone(), core.group)
         };
-        send_and_wait(writer, path, move |done| WriteCmd::Purge { upto, record, done })
-            .await
-            .map_err(|e| StorageIOError::write_logs(io_error(&e)).into())
-    }
-}
-
-async fn send_and_wait(
-    writer: flume::Sender<WriteCmd>,
-    path: PathBuf,
-    make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteCmd,
-) -> Result<(), ShardError> {
-    let (tx, rx) = oneshot::channel();
-    let closed = || ShardError::StorageClosed { what: path.display().to_string() };
-    writer.send_async(make(tx)).await.map_err(|_| closed())?;
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(detail)) => Err(ShardError::WriteFailed { what: path.display().to_string(), detail }),
-        Err(_) => Err(closed()),
+        log.purge(group, log_id).await.map_err(|e| StorageIOError::write_logs(io_error(&e)).into())
     }
 }
 
@@ -695,6 +485,7 @@ mod tests {
     use crate::raft::state_machine::StateMachine;
     use crate::round::group_data::GroupData;
     use crate::storage::archive::Archive;
+    use futures::channel::oneshot;
     use ledger_core::types::GroupId;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::CommittedLeaderId;
@@ -704,13 +495,17 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().unwrap();
-            let store = LogStore::open(&dir.path().join("raft.redb"), None).unwrap();
+            let store = LogStore::open(open_log(dir.path()), GroupId(0)).unwrap();
             let data = Rc::new(RefCell::new(GroupData::new(GroupId(0), Archive::in_memory())));
             Ok((dir, store, StateMachine::new(data, None)))
         }
     }
 
-    /// Proves the redb log store and the state machine honour openraft's storage contract by
+    fn open_log(dir: &std::path::Path) -> Rc<CoreLog> {
+        Rc::new(CoreLog::open(crate::storage::log_files::LogDir::Real(dir.join("log"))).unwrap())
+    }
+
+    /// Proves the log store and the state machine honour openraft's storage contract by
     /// running openraft's own storage-v2 suite against them (on its tokio runtime: the store does
     /// not depend on glommio; the state machine runs without a checkpointer).
     #[test]
@@ -722,15 +517,14 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
     }
 
-    /// Proves group commit: many appends queued back to back are folded into far fewer durable
-    /// transactions than appends, every callback completes only after its commit, and the
-    /// entries and vote survive a reopen (they were fsync'd, not just cached).
+    /// Proves group commit: many appends queued back to back are folded into far fewer fsyncs
+    /// than appends, every callback completes only after its sync, and the entries and vote
+    /// survive a reopen (they were fsync'd, not just cached).
     #[test]
     fn t02_group_commit_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
         futures::executor::block_on(async {
-            let mut store = LogStore::open(&path, None).unwrap();
+            let mut store = LogStore::open(open_log(dir.path()), GroupId(7)).unwrap();
             store.save_vote(&Vote::new(3, 1)).await.unwrap();
             let appends = 2000u64;
             let mut waiters = Vec::new();
@@ -765,16 +559,9 @@ mod tests {
             assert_eq!(all.len() as u64, appends);
             assert!(all.iter().enumerate().all(|(i, e)| e.log_id.index == i as u64 + 1));
         });
-        // Reopen: the writer thread has released the file once the store is dropped.
-        let reopened = loop {
-            match LogStore::open(&path, None) {
-                Ok(s) => break s,
-                Err(e) if e.is_already_open() => std::thread::sleep(std::time::Duration::from_millis(5)),
-                Err(e) => panic!("{e}"),
-            }
-        };
+        // Reopen: a fresh replay of the segment files.
         futures::executor::block_on(async {
-            let mut store = reopened;
+            let mut store = LogStore::open(open_log(dir.path()), GroupId(7)).unwrap();
             assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
             let state = store.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id.unwrap().index, 2000);
@@ -787,6 +574,16 @@ mod tests {
             assert_eq!(state.last_purged_log_id.unwrap().index, 100);
             assert_eq!(store.try_get_log_entries(0..2001).await.unwrap().len(), 1399);
         });
+        // And again: the truncate and the purge were durable too.
+        futures::executor::block_on(async {
+            let mut store = LogStore::open(open_log(dir.path()), GroupId(7)).unwrap();
+            let state = store.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id.unwrap().index, 1499);
+            assert_eq!(state.last_purged_log_id.unwrap().index, 100);
+            let all = store.try_get_log_entries(0..2001).await.unwrap();
+            assert_eq!(all.len(), 1399);
+            assert_eq!(all[0].log_id.index, 101);
+        });
     }
 
     /// Proves the purge limit: with nothing durable no entry is purged, and a purge past the
@@ -795,7 +592,7 @@ mod tests {
     fn t03_purge_never_passes_durable_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         futures::executor::block_on(async {
-            let mut store = LogStore::open(&dir.path().join("raft.redb"), None).unwrap();
+            let mut store = LogStore::open(open_log(dir.path()), GroupId(1)).unwrap();
             let limit = Rc::new(Cell::new(None));
             store.set_purge_limit(limit.clone());
             for i in 1..=20 {

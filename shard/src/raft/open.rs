@@ -11,6 +11,7 @@ use crate::constants::{
 use crate::db::{open_db, rename_db};
 use crate::error::ShardError;
 use crate::peer::pool::PeerPool;
+use crate::raft::core_log::CoreLog;
 use crate::raft::log_store::{LogStats, LogStore};
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::state_machine::{load_snapshot_state, SnapshotEnv, StateMachine};
@@ -20,6 +21,7 @@ use crate::round::tree_worker::TreeWorker;
 use crate::storage::archive::Archive;
 use crate::storage::checkpoint::{load_state, retry_open, AppliedRecord, Checkpointer, LoadedState};
 use crate::storage::dir_sync::{create_dir_durable, fsync_dir};
+use crate::storage::log_files::LogDir;
 use crate::storage::sim_disk::SimDisk;
 use crate::storage::snapshot::{restore_newest, SnapshotCatalog};
 use ledger_core::state::ScopeState;
@@ -38,11 +40,17 @@ pub struct GroupOptions {
     pub checkpoint_interval: Option<Duration>,
     /// The core's peer connections (`None`: a pool of the group's own, for tests of one node).
     pub peers: Option<Rc<PeerPool>>,
+    /// The core that owns the group: its log lives in that core's log (`log/core-NN`).
+    pub core: u16,
 }
 
 impl Default for GroupOptions {
     fn default() -> Self {
-        GroupOptions { checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)), peers: None }
+        GroupOptions {
+            checkpoint_interval: Some(Duration::from_millis(CHECKPOINT_INTERVAL_MS)),
+            peers: None,
+            core: 0,
+        }
     }
 }
 
@@ -76,14 +84,19 @@ impl Group {
     }
 }
 
+/// `{data_dir}/log/core-NN`: the Raft log shared by the groups of core `core` (D37).
+pub fn core_log_dir(config: &ShardConfig, core: u16) -> LogDir {
+    LogDir::new(config.data_dir.join("log").join(format!("core-{core:02}")), config.sim_disk.as_ref())
+}
+
 /// `{data_dir}/groups/gNNNNN` (SPEC §9.1).
 pub fn group_dir(config: &ShardConfig, group: GroupId) -> PathBuf {
     config.data_dir.join("groups").join(format!("g{:05}", group.0))
 }
 
 /// Opens (creating on first use) a Raft group and returns it once this node leads it and has
-/// re-applied the whole committed log (SPEC §9.6): creates the group directory, opens `raft.redb`,
-/// `state.redb` and `blocks.redb`, loads every scope from `state.redb` and hard-checks each
+/// re-applied the whole committed log (SPEC §9.6): creates the group directory, attaches to the core's
+/// Raft log (`core_log.rs`), opens `state.redb` and `blocks.redb`, loads every scope from `state.redb` and hard-checks each
 /// recomputed state root against its `ScopeMeta` and its archived header (mismatch ⇒ the scope is
 /// Diverged, not the node), starts openraft, initializes a never-initialized group with this node
 /// as its single voter (address = `advertise_addr`), waits for leadership and for apply to reach the
@@ -103,7 +116,20 @@ pub async fn open_group_with(
 
     let blocks_db =
         Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES, sim)).await?);
-    let log_store = retry_open(|| LogStore::open(&dir.join("raft.redb"), sim)).await?;
+    let core_log = CoreLog::shared(core_log_dir(config, options.core))?;
+    let log_store = retry_open(|| LogStore::open(core_log.clone(), group)).await?;
+    if log_store.last_log_id().is_none() && dir.join("raft.redb").exists() {
+        // An older version kept each group's log in its own `raft.redb` (D37): refuse rather
+        // than start this group over from an empty log.
+        return Err(ShardError::Corrupt {
+            what: "group log",
+            detail: format!(
+                "{} holds this group's log in the format of an older version; this version keeps it in {}",
+                dir.join("raft.redb").display(),
+                core_log.dir().path().display()
+            ),
+        });
+    }
     log_store.set_faults(config.faults.clone());
     let catalog = {
         let dir = dir.join("snapshots");
@@ -181,7 +207,7 @@ pub async fn open_group_with(
         return Err(ShardError::Corrupt {
             what: "group state",
             detail: format!(
-                "state.redb applied index {} is ahead of raft.redb's last index {log_last}",
+                "state.redb applied index {} is ahead of the raft log's last index {log_last}",
                 data.applied_index
             ),
         });

@@ -593,10 +593,12 @@ thread_local! {
 pub async fn open_group(
     config: &crate::config::ShardConfig,
     group: GroupId,
+    core: u16,
     peers: Rc<crate::peer::pool::PeerPool>,
 ) -> Result<(crate::raft::type_config::LedgerRaft, Rc<RefCell<GroupData>>), ShardError> {
     let options = crate::raft::open::GroupOptions {
         peers: Some(peers),
+        core,
         checkpoint_interval: Some(std::time::Duration::from_millis(config.checkpoint_interval_ms)),
     };
     let opened = crate::raft::open::open_group_with(config, group, options).await?;

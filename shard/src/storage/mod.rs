@@ -2,12 +2,13 @@
 //! the applied index, and opening a group from it), `row_journal` (the journal a checkpoint appends
 //! rows to and now and then merges into the row tables), `archive` and `archive_scan` (blocks in
 //! `blocks.redb` and the scans over them), `snapshot` (snapshot files, their catalog, loading),
-//! `dir_sync` (directory fsyncs) and `sim_disk` (the simulated disk of the power-loss tests).
+//! `dir_sync` (directory fsyncs), `log_files` (the segment files of a core's Raft log) and `sim_disk` (the simulated disk of the power-loss tests).
 
 pub mod archive;
 pub mod archive_scan;
 pub mod checkpoint;
 pub mod dir_sync;
+pub mod log_files;
 pub mod row_journal;
 pub mod sim_disk;
 pub mod snapshot;

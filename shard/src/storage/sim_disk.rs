@@ -39,7 +39,7 @@ pub enum CutMode {
 }
 
 /// Cut the power at the `nth` sync (1-based, counted from `arm`) of files named `file` (any file
-/// when `None`), before that sync makes anything durable.
+/// when `None`; a name suffix such as `.log` matches every segment of the Raft logs), before that sync makes anything durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CutPlan {
     pub file: Option<String>,
@@ -123,6 +123,24 @@ impl SimDisk {
         }
     }
 
+    /// Bumped by every `restore` (handles and logs opened before it are stale).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Paths of the files directly in `dir`.
+    pub fn files_in(&self, dir: &Path) -> Vec<PathBuf> {
+        self.lock().files.keys().filter(|p| p.parent() == Some(dir)).cloned().collect()
+    }
+
+    /// Deletes a file (after a cut the delete never reaches the disk: the file stays).
+    pub fn remove(&self, path: &Path) {
+        let mut state = self.lock();
+        if !self.is_cut() {
+            state.files.remove(path);
+        }
+    }
+
     /// Moves a file (durably at once: redb files are renamed only while closed).
     pub fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         let mut state = self.lock();
@@ -185,7 +203,7 @@ impl SimDisk {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Syncs so far per file name (`raft.redb`, …), summed over the groups.
+    /// Syncs so far per file name (`state.redb`, `0000000000000001.log`, …), summed over the groups.
     pub fn syncs_by_name(&self) -> BTreeMap<String, u64> {
         let mut counts = BTreeMap::new();
         for (path, file) in &self.lock().files {
@@ -355,7 +373,9 @@ impl StorageBackend for SimBackend {
         self.with(|file, state| {
             disk.syncs.fetch_add(1, Ordering::Relaxed);
             file.syncs += 1;
-            let hit = state.plan.as_ref().is_some_and(|plan| plan.file.is_none() || plan.file == name);
+            let hit = state.plan.as_ref().is_some_and(|plan| {
+                plan.file.as_ref().is_none_or(|f| name.as_ref().is_some_and(|n| n.ends_with(f.as_str())))
+            });
             if hit {
                 state.plan_syncs += 1;
             }
