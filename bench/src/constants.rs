@@ -27,6 +27,16 @@ pub const QUICK_DIVISOR: u64 = 10;
 /// clock read does not dominate.
 pub const INNER_LOOP_FAST: u64 = 100;
 
+/// Latency-budget benches (`fsync/…`, `net/…`): the size of one durable write, the pages of the
+/// pre-allocated file that the overwrite bench cycles through, and the round trip's message size.
+pub const FSYNC_PAGE_BYTES: usize = 4096;
+pub const FSYNC_RING_PAGES: u64 = 64;
+pub const RTT_MESSAGE_BYTES: usize = 64;
+/// Samples of each fsync bench: p99.9 needs at least a thousand.
+pub const SAMPLES_FSYNC: u64 = 1_000;
+/// A round trip that takes longer than this fails the bench instead of hanging it.
+pub const RTT_READ_TIMEOUT_SECS: u64 = 10;
+
 /// Histogram range of per-iteration times: 1 ns to 1 h, 3 significant digits.
 pub const HDR_LOW_NS: u64 = 1;
 pub const HDR_HIGH_NS: u64 = 3_600_000_000_000;

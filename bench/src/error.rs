@@ -1,9 +1,16 @@
-//! Why a benchmark could not run (the benches themselves do not fail): temp files and redb.
+//! Why a benchmark could not run (the benches themselves do not fail): temp files, file and socket
+//! I/O, and redb.
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot create a temporary database file: {0}")]
     TempFile(#[source] std::io::Error),
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("redb: {0}")]
     Redb(#[from] redb::Error),
     #[error("codec: {0}")]

@@ -1,8 +1,10 @@
 //! `ledger-bench`: micro-benchmarks of the hot paths (SPEC §11.8) — hashes, state-root updates and
-//! proofs at 1 M rows, the rkyv frame codec, and redb block apply. Each bench prints one line with
-//! per-iteration p50/p99/p99.9/max (HDR histogram, ns) and throughput at p50. Method and how to
-//! read the lines: docs/benchmarks.md.
+//! proofs at 1 M rows, the rkyv frame codec, redb block apply — and the inputs of a write's latency
+//! budget: the fsync cost of a directory's disk and a loopback round trip. Each bench prints one
+//! line with per-iteration p50/p99/p99.9/max (HDR histogram, ns) and throughput at p50. Method and
+//! how to read the lines: docs/benchmarks.md.
 
+mod bench_budget;
 mod bench_codec;
 mod bench_hash;
 mod bench_redb;
@@ -16,6 +18,7 @@ use clap::Parser;
 use constants::{QUICK_DIVISOR, TREE_ROWS_FULL, TREE_ROWS_QUICK};
 use error::BenchError;
 use harness::Outcome;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Micro-benchmarks of Ledger's hot paths.
@@ -35,15 +38,29 @@ pub struct Options {
     /// the state tree's write cost in a small vault with a large one.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows: Option<u64>,
+    /// Directory of the fsync benches' files (default: the system temp directory); put it on the
+    /// data directory's disk. Without --filter it runs only the latency-budget benches (fsync/…
+    /// and net/…).
+    #[arg(long, value_name = "DIR", value_parser = existing_dir)]
+    pub fsync_dir: Option<PathBuf>,
     /// Print the bench names and exit.
     #[arg(long)]
     pub list: bool,
 }
 
 impl Options {
-    /// Whether bench `name` passes `--filter`.
+    /// Whether bench `name` passes `--filter` (or, without one, `--fsync-dir`'s selection).
     pub fn selects(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| name.contains(f))
+        match (&self.filter, &self.fsync_dir) {
+            (Some(filter), _) => name.contains(filter.as_str()),
+            (None, Some(_)) => bench_budget::NAMES.contains(&name),
+            (None, None) => true,
+        }
+    }
+
+    /// Directory of the fsync benches' files.
+    pub fn fsync_dir(&self) -> PathBuf {
+        self.fsync_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 
     /// Samples for a bench whose default is `default`.
@@ -72,7 +89,17 @@ impl Options {
         names.extend(bench_tree::names(self.tree_rows()));
         names.extend(bench_codec::NAMES.iter().map(|s| s.to_string()));
         names.extend(bench_redb::NAMES.iter().map(|s| s.to_string()));
+        names.extend(bench_budget::NAMES.iter().map(|s| s.to_string()));
         names
+    }
+}
+
+/// `--fsync-dir` takes a directory that exists: the benches create their files inside it.
+fn existing_dir(arg: &str) -> Result<PathBuf, String> {
+    if Path::new(arg).is_dir() {
+        Ok(PathBuf::from(arg))
+    } else {
+        Err(format!("{arg} is not an existing directory"))
     }
 }
 
@@ -102,6 +129,7 @@ fn run(options: &Options) -> Result<usize, BenchError> {
     bench_tree::run(options, &mut print);
     bench_codec::run(options, &mut print)?;
     bench_redb::run(options, &mut print)?;
+    bench_budget::run(options, &mut print)?;
     Ok(count)
 }
 
@@ -174,9 +202,49 @@ mod tests {
         bench_hash::run(&o, &mut collect);
         bench_codec::run(&o, &mut collect).unwrap();
         bench_redb::run(&o, &mut collect).unwrap();
+        bench_budget::run(&o, &mut collect).unwrap();
         let mut expected: Vec<String> = bench_hash::NAMES.iter().map(|s| s.to_string()).collect();
         expected.extend(bench_codec::NAMES.iter().map(|s| s.to_string()));
         expected.extend(bench_redb::NAMES.iter().map(|s| s.to_string()));
+        expected.extend(bench_budget::NAMES.iter().map(|s| s.to_string()));
         assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn t23_fsync_dir_selects_the_budget_benches() {
+        // Proves --fsync-dir takes only an existing directory, places the fsync files there, runs
+        // only the budget benches unless --filter says otherwise, and that those benches run end
+        // to end in that directory (one sample each; nothing timed is asserted).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let o = options(&["--fsync-dir", path, "--iterations", "1"]);
+        assert_eq!(o.fsync_dir(), dir.path());
+        for name in bench_budget::NAMES {
+            assert!(o.selects(name), "{name}");
+        }
+        assert!(!o.selects("hash/tx"));
+        assert!(!o.selects("redb/apply_100tx/immediate"));
+        let only_fsync = options(&["--fsync-dir", path, "--filter", "fsync/"]);
+        assert!(only_fsync.selects("fsync/overwrite_4k"));
+        assert!(!only_fsync.selects("net/loopback_rtt_64b"));
+        assert!(options(&[]).selects("fsync/append_4k"));
+        assert_eq!(options(&[]).fsync_dir(), std::env::temp_dir());
+        let missing = dir.path().join("missing");
+        let refused = Options::try_parse_from(["ledger-bench", "--fsync-dir", missing.to_str().unwrap()]);
+        assert!(refused.is_err());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(Options::try_parse_from(["ledger-bench", "--fsync-dir", file.to_str().unwrap()]).is_err());
+
+        let mut names = Vec::new();
+        bench_budget::run(&o, &mut |outcome: Outcome| {
+            assert_eq!(outcome.ns.len(), 1);
+            names.push(outcome.name);
+        })
+        .unwrap();
+        assert_eq!(names, bench_budget::NAMES);
+        // The bench files are temporary: only the one this test made is left.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["file"]);
     }
 }
