@@ -1,130 +1,480 @@
 //! Server configuration (SPEC §11.1): CLI flag > environment `INFERADB__LEDGER__{KEY}` > TOML file
-//! (`--config PATH`, default `./inferadb-ledger.toml` if present) > built-in default. Every key
-//! is optional at each layer; `Config::resolve` merges them. Unknown TOML keys are an error.
+//! (`--config PATH`, default `./inferadb-ledger.toml` if present) > built-in default. Each source
+//! is read into a `ConfigLayer` (every key optional): flags and environment variables through the
+//! same clap value parsers, the file through serde. `Config::resolve` merges the layers key by key
+//! and checks the result. A file key or `INFERADB__LEDGER__*` variable that names no setting is an
+//! error naming it, and so is a SPEC §11.1 key of a feature not built yet (`NOT_IMPLEMENTED`):
+//! the operator learns that it would have no effect (D37). Every setting has one default, in
+//! `defaults`, shown by `--help` and listed in docs/operations.md (a test keeps the three equal).
 
-use clap::Parser;
+use clap::{Arg, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// One optional value per key; the same struct is parsed from flags/env and from TOML.
-#[derive(Parser, Deserialize, Debug, Default, Clone)]
+/// Prefix of the environment variables (SPEC §11.1): the key follows in upper case.
+pub const ENV_PREFIX: &str = "INFERADB__LEDGER__";
+/// The file read when no `--config` is given, if it exists (relative to the working directory).
+pub const DEFAULT_FILE: &str = "./inferadb-ledger.toml";
+
+/// SPEC §11.1 keys of features this server does not have yet, with what is missing. They are
+/// rejected from every source rather than accepted and ignored (D37).
+pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("discovery_domain", "DNS discovery, SPEC §10.3; peers come from `peers` only"),
+    ("discovery_cache_path", "the peer cache, SPEC §10.3"),
+    ("discovery_cache_ttl_secs", "the peer cache, SPEC §10.3"),
+    ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
+    ("replication_factor", "every group is replicated on every node"),
+    ("integrity_interval_secs", "the background integrity check, SPEC §9.7"),
+    ("gc_interval_secs", "GC of expired entities, SPEC §3.8"),
+    ("rate_limit_rps", "rate limiting, SPEC §8.9"),
+    ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
+    ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
+    ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
+    ("health_lag_threshold_blocks", "replication lag in health checks, SPEC §11.5"),
+    ("auth_tokens", "authentication, SPEC §4.1"),
+    ("log_level", "log levels; the server writes plain lines to stdout and stderr"),
+];
+
+/// Built-in defaults (SPEC §11.1 unless noted), one per setting. `--help` and
+/// docs/operations.md show them through `default_of`.
+pub mod defaults {
+    pub const LISTEN_ADDR: &str = "127.0.0.1:50051";
+    pub const DATA_DIR: &str = "./ledger-data";
+    pub const BOOTSTRAP_EXPECT: u32 = 1;
+    pub const BOOTSTRAP_POLL_SECS: u64 = 2;
+    pub const BOOTSTRAP_TIMEOUT_SECS: u64 = 60;
+    /// Not in SPEC §11.1: join mode's choice between asking and waiting (SPEC §10.6).
+    pub const JOIN_BY_ITSELF: bool = true;
+    /// Not in SPEC §11.1: the test fault switch.
+    pub const TEST_FAULTS: bool = false;
+    pub const BATCH_MAX_SIZE: usize = 100;
+    pub const BATCH_MAX_DELAY_MS: u64 = 10;
+    pub const BATCH_EAGER_COMMIT: bool = true;
+    pub const REQUESTS_MAX_CONCURRENT: usize = 100;
+    pub const REQUESTS_TIMEOUT_SECS: u64 = 30;
+    pub const METRICS_ADDR: &str = "127.0.0.1:9090";
+    /// `metrics_addr` value that turns the endpoint off.
+    pub const METRICS_OFF: &str = "off";
+    pub const CPU_PINNING: bool = true;
+    pub const CORE_QUEUE_CAPACITY: usize = 8192;
+    /// Not in SPEC §11.1 (D10).
+    pub const SPIN_BEFORE_PARK_US: u64 = 0;
+    pub const MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
+    pub const MAX_BATCH_ITEMS: u32 = 1024;
+    pub const IDLE_TIMEOUT_SECS: u64 = 300;
+    pub const MAX_OPS_PER_TX: usize = 10_000;
+    pub const IDEMPOTENCY_CACHE_ENTRIES: usize = 100_000;
+    pub const GROUPS_PER_CORE: u32 = 1;
+    pub const RAFT_HEARTBEAT_MS: u64 = 50;
+    pub const RAFT_ELECTION_MIN_MS: u64 = 150;
+    pub const RAFT_ELECTION_MAX_MS: u64 = 300;
+    pub const SNAPSHOT_INTERVAL_BLOCKS: u64 = 10_000;
+    pub const SNAPSHOT_INTERVAL_SECS: u64 = 3600;
+    pub const SNAPSHOTS_KEEP: usize = 3;
+    /// Not in SPEC §11.1 (D31).
+    pub const RAFT_SNAPSHOT_LOGS: u64 = 10_000;
+    pub const RAFT_LOG_KEEP: u64 = 1000;
+    /// Not in SPEC §11.1 (SPEC §9.5 names no period).
+    pub const RETENTION_INTERVAL_SECS: u64 = 300;
+    pub const STREAM_BUFFER: usize = 1024;
+}
+
+/// One optional value per setting; parsed from the flags, from the environment and from the TOML
+/// file alike. The field name is the TOML key, the flag is `--` and the key with dashes, the
+/// environment variable is `ENV_PREFIX` and the key in upper case.
+#[derive(Parser, Deserialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 #[command(name = "ledger-server", version, about = "Ledger: a replicated, verifiable ledger server")]
 pub struct ConfigLayer {
-    /// TOML configuration file (default ./inferadb-ledger.toml if it exists).
-    #[arg(long, env = "INFERADB__LEDGER__CONFIG")]
+    /// TOML configuration file; a key that names no setting is an error.
+    #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Client + peer TCP endpoint.
-    #[arg(long, env = "INFERADB__LEDGER__LISTEN_ADDR")]
+    /// Client and peer TCP endpoint.
+    #[arg(long)]
     pub listen_addr: Option<String>,
-    /// Address peers use (defaults to the bound listen address).
-    #[arg(long, env = "INFERADB__LEDGER__ADVERTISE_ADDR")]
+    /// Address other nodes use to reach this one (reported by GetNodeInfo); in a cluster it must
+    /// be reachable by the peers.
+    #[arg(long)]
     pub advertise_addr: Option<String>,
     /// Data directory (SPEC §9.1).
-    #[arg(long, env = "INFERADB__LEDGER__DATA_DIR")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Cluster size to wait for before bootstrapping (SPEC §10.2): 1 = a single node; N ≥ 2 =
-    /// wait until N nodes of `--peers` (this one included) answer, then form one cluster.
-    #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_EXPECT")]
+    /// wait until N nodes of `--peers` (this one included) answer, then form one cluster; 0 =
+    /// join mode (SPEC §10.6).
+    #[arg(long)]
     pub bootstrap_expect: Option<u32>,
-    /// Addresses of the other nodes, comma-separated (this node's own may be listed too).
-    #[arg(long, env = "INFERADB__LEDGER__PEERS")]
+    /// Addresses of the other nodes, comma-separated (this node's own may be listed too); in the
+    /// TOML file a string or an array of strings.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "peers_from_toml")]
     pub peers: Option<String>,
-    /// Seconds between discovery rounds while bootstrapping (SPEC §10.2).
-    #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_POLL_SECS")]
+    /// Seconds between discovery rounds while bootstrapping or joining (SPEC §10.2).
+    #[arg(long)]
     pub bootstrap_poll_secs: Option<u64>,
-    /// Give up bootstrapping after this many seconds without the expected nodes.
-    #[arg(long, env = "INFERADB__LEDGER__BOOTSTRAP_TIMEOUT_SECS")]
+    /// Give up bootstrapping or joining after this many seconds without the expected nodes.
+    #[arg(long)]
     pub bootstrap_timeout_secs: Option<u64>,
     /// In join mode (`--bootstrap-expect 0`), ask the peers to add this node until one does
     /// (SPEC §10.6); `false` waits for an operator's `ledger-admin join`.
-    #[arg(long, env = "INFERADB__LEDGER__JOIN_BY_ITSELF")]
+    #[arg(long)]
     pub join_by_itself: Option<bool>,
     /// Accept fault-injection requests (`SetPartition`): for tests only, never in production.
-    #[arg(long, env = "INFERADB__LEDGER__TEST_FAULTS")]
+    #[arg(long)]
     pub test_faults: Option<bool>,
     /// Transactions per block at most (SPEC §8.3).
-    #[arg(long, env = "INFERADB__LEDGER__BATCH_MAX_SIZE")]
+    #[arg(long)]
     pub batch_max_size: Option<usize>,
-    /// Longest wait of the first transaction of a round before the block closes.
-    #[arg(long, env = "INFERADB__LEDGER__BATCH_MAX_DELAY_MS")]
+    /// Longest wait of a round's first transaction before the block closes, in ms (SPEC §8.3).
+    #[arg(long)]
     pub batch_max_delay_ms: Option<u64>,
-    /// Close a round as soon as the queue is empty.
-    #[arg(long, env = "INFERADB__LEDGER__BATCH_EAGER_COMMIT")]
+    /// Close a round as soon as the queue is empty (SPEC §8.3).
+    #[arg(long)]
     pub batch_eager_commit: Option<bool>,
-    /// Outstanding requests per connection.
-    #[arg(long, env = "INFERADB__LEDGER__REQUESTS_MAX_CONCURRENT")]
+    /// Outstanding requests and open streams per connection.
+    #[arg(long)]
     pub requests_max_concurrent: Option<usize>,
-    /// Default request deadline.
-    #[arg(long, env = "INFERADB__LEDGER__REQUESTS_TIMEOUT_SECS")]
+    /// Seconds a write waits for its block to commit, and a forwarded request for the leader's
+    /// answer, before `Unavailable`.
+    #[arg(long)]
     pub requests_timeout_secs: Option<u64>,
-    /// Prometheus + health HTTP endpoint, or `off`.
-    #[arg(long, env = "INFERADB__LEDGER__METRICS_ADDR")]
+    /// Prometheus `GET /metrics` and `GET /health` HTTP endpoint, or `off`.
+    #[arg(long)]
     pub metrics_addr: Option<String>,
-    /// Number of core shards (default: all available CPUs).
-    #[arg(long, env = "INFERADB__LEDGER__CORES")]
+    /// Number of core shards.
+    #[arg(long)]
     pub cores: Option<usize>,
-    /// CPUs to pin the shards to, e.g. `2-9,12` (default `0..cores`).
-    #[arg(long, env = "INFERADB__LEDGER__CPU_LIST")]
+    /// CPUs to pin the shards to, e.g. `2-9,12`.
+    #[arg(long)]
     pub cpu_list: Option<String>,
     /// Pin each shard to its CPU.
-    #[arg(long, env = "INFERADB__LEDGER__CPU_PINNING")]
+    #[arg(long)]
     pub cpu_pinning: Option<bool>,
-    /// Bound of each core's inbox channel.
-    #[arg(long, env = "INFERADB__LEDGER__CORE_QUEUE_CAPACITY")]
+    /// Bound of each core's inbox channel; a full inbox answers `Busy`.
+    #[arg(long)]
     pub core_queue_capacity: Option<usize>,
-    /// Busy-poll this long before an idle executor parks (0 = off); for dedicated hosts.
-    #[arg(long, env = "INFERADB__LEDGER__SPIN_BEFORE_PARK_US")]
+    /// Busy-poll this many µs before an idle executor parks (0 = off); for dedicated hosts (D10).
+    #[arg(long)]
     pub spin_before_park_us: Option<u64>,
-    #[arg(long, env = "INFERADB__LEDGER__MAX_FRAME_BYTES")]
+    /// Largest frame sent or accepted, in bytes, peers included (SPEC §4.2; at least 1024).
+    #[arg(long)]
     pub max_frame_bytes: Option<u32>,
-    #[arg(long, env = "INFERADB__LEDGER__MAX_BATCH_ITEMS")]
+    /// Items per batch frame at most (SPEC §4.3).
+    #[arg(long)]
     pub max_batch_items: Option<u32>,
-    #[arg(long, env = "INFERADB__LEDGER__IDLE_TIMEOUT_SECS")]
+    /// Seconds a connection may stay idle before it is closed (SPEC §4.3).
+    #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
-    #[arg(long, env = "INFERADB__LEDGER__MAX_OPS_PER_TX")]
+    /// Operations per transaction at most (SPEC §3.6).
+    #[arg(long)]
     pub max_ops_per_tx: Option<usize>,
-    #[arg(long, env = "INFERADB__LEDGER__IDEMPOTENCY_CACHE_ENTRIES")]
+    /// Client sequence entries kept per group for idempotent retries (SPEC §6.2).
+    #[arg(long)]
     pub idempotency_cache_entries: Option<usize>,
-    #[arg(long, env = "INFERADB__LEDGER__GROUPS_PER_CORE")]
+    /// Data groups created per core at bootstrap (SPEC §10.5).
+    #[arg(long)]
     pub groups_per_core: Option<u32>,
-    #[arg(long, env = "INFERADB__LEDGER__RAFT_HEARTBEAT_MS")]
+    /// Raft heartbeat interval, in ms.
+    #[arg(long)]
     pub raft_heartbeat_ms: Option<u64>,
-    #[arg(long, env = "INFERADB__LEDGER__RAFT_ELECTION_MIN_MS")]
+    /// Shortest Raft election timeout, in ms.
+    #[arg(long)]
     pub raft_election_min_ms: Option<u64>,
-    #[arg(long, env = "INFERADB__LEDGER__RAFT_ELECTION_MAX_MS")]
+    /// Longest Raft election timeout, in ms.
+    #[arg(long)]
     pub raft_election_max_ms: Option<u64>,
     /// Snapshot a group every N group blocks (SPEC §9.4; 0 = not on block count).
-    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOT_INTERVAL_BLOCKS")]
+    #[arg(long)]
     pub snapshot_interval_blocks: Option<u64>,
-    /// Snapshot a group that applied something at least this often (0 = never on time).
-    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOT_INTERVAL_SECS")]
+    /// Snapshot a group that applied something at least this often, in seconds (0 = never on
+    /// time).
+    #[arg(long)]
     pub snapshot_interval_secs: Option<u64>,
     /// Snapshot files kept per group.
-    #[arg(long, env = "INFERADB__LEDGER__SNAPSHOTS_KEEP")]
+    #[arg(long)]
     pub snapshots_keep: Option<usize>,
     /// openraft snapshots a group (the SPEC §9.4 snapshot file) after this many log entries since
     /// the last one, then purges the log behind it (D31).
-    #[arg(long, env = "INFERADB__LEDGER__RAFT_SNAPSHOT_LOGS")]
+    #[arg(long)]
     pub raft_snapshot_logs: Option<u64>,
-    /// Log entries kept behind a snapshot for lagging followers (`raft_log_keep`, SPEC §9.4).
-    #[arg(long, env = "INFERADB__LEDGER__RAFT_LOG_KEEP")]
+    /// Log entries kept behind a snapshot for lagging followers (SPEC §9.4).
+    #[arg(long)]
     pub raft_log_keep: Option<u64>,
-    /// Period of the body-compaction pass over Compacted vaults (SPEC §9.5).
-    #[arg(long, env = "INFERADB__LEDGER__RETENTION_INTERVAL_SECS")]
+    /// Period of the body-compaction pass over Compacted vaults, in seconds (SPEC §9.5).
+    #[arg(long)]
     pub retention_interval_secs: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
-    #[arg(long, env = "INFERADB__LEDGER__STREAM_BUFFER")]
+    #[arg(long)]
     pub stream_buffer: Option<usize>,
-    /// error | warn | info | debug
-    #[arg(long, env = "INFERADB__LEDGER__LOG_LEVEL")]
-    pub log_level: Option<String>,
+}
+
+/// Reads `peers` from the TOML file as `"a,b"` or `["a", "b"]`.
+fn peers_from_toml<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Peers {
+        Joined(String),
+        List(Vec<String>),
+    }
+    Ok(Some(match Peers::deserialize(deserializer)? {
+        Peers::Joined(text) => text,
+        Peers::List(list) => list.join(","),
+    }))
+}
+
+/// A setting's default as `--help` and docs/operations.md show it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DefaultValue {
+    /// The value itself, written as it would be given to the flag.
+    Literal(String),
+    /// A default that depends on the machine or on another setting, described.
+    Derived(&'static str),
+}
+
+impl std::fmt::Display for DefaultValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultValue::Literal(value) => f.write_str(value),
+            DefaultValue::Derived(description) => f.write_str(description),
+        }
+    }
+}
+
+/// The default of `key`, or None if `key` is not a setting.
+pub fn default_of(key: &str) -> Option<DefaultValue> {
+    use defaults::*;
+    fn literal(value: impl ToString) -> Option<DefaultValue> {
+        Some(DefaultValue::Literal(value.to_string()))
+    }
+    let derived = |description| Some(DefaultValue::Derived(description));
+    match key {
+        "config" => derived("./inferadb-ledger.toml if it exists"),
+        "listen_addr" => literal(LISTEN_ADDR),
+        "advertise_addr" => derived("the listen address as bound"),
+        "data_dir" => literal(DATA_DIR),
+        "bootstrap_expect" => literal(BOOTSTRAP_EXPECT),
+        "peers" => derived("none"),
+        "bootstrap_poll_secs" => literal(BOOTSTRAP_POLL_SECS),
+        "bootstrap_timeout_secs" => literal(BOOTSTRAP_TIMEOUT_SECS),
+        "join_by_itself" => literal(JOIN_BY_ITSELF),
+        "test_faults" => literal(TEST_FAULTS),
+        "batch_max_size" => literal(BATCH_MAX_SIZE),
+        "batch_max_delay_ms" => literal(BATCH_MAX_DELAY_MS),
+        "batch_eager_commit" => literal(BATCH_EAGER_COMMIT),
+        "requests_max_concurrent" => literal(REQUESTS_MAX_CONCURRENT),
+        "requests_timeout_secs" => literal(REQUESTS_TIMEOUT_SECS),
+        "metrics_addr" => literal(METRICS_ADDR),
+        "cores" => derived("all available CPUs"),
+        "cpu_list" => derived("CPUs 0 to cores-1"),
+        "cpu_pinning" => literal(CPU_PINNING),
+        "core_queue_capacity" => literal(CORE_QUEUE_CAPACITY),
+        "spin_before_park_us" => literal(SPIN_BEFORE_PARK_US),
+        "max_frame_bytes" => literal(MAX_FRAME_BYTES),
+        "max_batch_items" => literal(MAX_BATCH_ITEMS),
+        "idle_timeout_secs" => literal(IDLE_TIMEOUT_SECS),
+        "max_ops_per_tx" => literal(MAX_OPS_PER_TX),
+        "idempotency_cache_entries" => literal(IDEMPOTENCY_CACHE_ENTRIES),
+        "groups_per_core" => literal(GROUPS_PER_CORE),
+        "raft_heartbeat_ms" => literal(RAFT_HEARTBEAT_MS),
+        "raft_election_min_ms" => literal(RAFT_ELECTION_MIN_MS),
+        "raft_election_max_ms" => literal(RAFT_ELECTION_MAX_MS),
+        "snapshot_interval_blocks" => literal(SNAPSHOT_INTERVAL_BLOCKS),
+        "snapshot_interval_secs" => literal(SNAPSHOT_INTERVAL_SECS),
+        "snapshots_keep" => literal(SNAPSHOTS_KEEP),
+        "raft_snapshot_logs" => literal(RAFT_SNAPSHOT_LOGS),
+        "raft_log_keep" => literal(RAFT_LOG_KEEP),
+        "retention_interval_secs" => literal(RETENTION_INTERVAL_SECS),
+        "stream_buffer" => literal(STREAM_BUFFER),
+        _ => None,
+    }
+}
+
+/// The environment variable of `key`: `INFERADB__LEDGER__LISTEN_ADDR` for `listen_addr`.
+pub fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_uppercase())
+}
+
+/// The settings' arguments of `command` (every argument but clap's own help and version).
+fn setting_args(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    command.get_arguments().filter(|arg| !matches!(arg.get_id().as_str(), "help" | "version"))
+}
+
+/// Every setting's key, in the order `--help` lists them (`config` included).
+pub fn setting_keys() -> Vec<String> {
+    setting_args(&ConfigLayer::command()).map(|arg| arg.get_id().to_string()).collect()
+}
+
+fn not_implemented(key: &str) -> Option<&'static str> {
+    NOT_IMPLEMENTED.iter().find(|(name, _)| *name == key).map(|(_, missing)| *missing)
+}
+
+/// The `ledger-server` command line as `--help` shows it: each setting's help ends with its
+/// default and its environment variable, and the epilogue states the sources and what is not
+/// implemented.
+pub fn command() -> clap::Command {
+    let not_built: Vec<&str> = NOT_IMPLEMENTED.iter().map(|(key, _)| *key).collect();
+    ConfigLayer::command()
+        .mut_args(|arg| {
+            let key = arg.get_id().to_string();
+            let Some(default) = default_of(&key) else { return arg };
+            let note = format!("[default: {default}] [env: {}]", env_var(&key));
+            let help = arg.get_help().map(|help| format!("{help} {note}")).unwrap_or_else(|| note.clone());
+            let long_help = arg.get_long_help().map(|help| format!("{help}\n\n{note}"));
+            let arg = arg.help(help);
+            match long_help {
+                Some(long_help) => arg.long_help(long_help),
+                None => arg,
+            }
+        })
+        .after_help(format!(
+            "Each setting is taken from its flag, else its environment variable ({ENV_PREFIX} and \
+             the key in upper case), else the TOML file (keys as the flags without `--` and with \
+             `_` for `-`, e.g. `listen_addr = \"0.0.0.0:50051\"`), else its default. A file key or \
+             {ENV_PREFIX}* variable that names no setting is an error.\n\nNot implemented yet, \
+             rejected when set: {}. See docs/operations.md.",
+            not_built.join(", ")
+        ))
+}
+
+impl ConfigLayer {
+    /// The flags layer. `args` starts with the program name, as `std::env::args_os()` does.
+    /// `--help`, `--version` and malformed command lines come back as `ConfigError::Args`.
+    pub fn from_args<I, T>(args: I) -> Result<ConfigLayer, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        for arg in args.iter().skip(1).filter_map(|arg| arg.to_str()) {
+            if arg == "--" {
+                break;
+            }
+            let Some(flag) = arg.strip_prefix("--") else { continue };
+            let key = flag.split('=').next().unwrap_or(flag).replace('-', "_");
+            if let Some(missing) = not_implemented(&key) {
+                let origin = Origin::Flag(format!("--{}", key.replace('_', "-")));
+                return Err(ConfigError::NotImplemented { origin, key, missing });
+            }
+        }
+        let matches = command().try_get_matches_from(args)?;
+        Ok(ConfigLayer::from_arg_matches(&matches)?)
+    }
+
+    /// The environment layer: every `INFERADB__LEDGER__{KEY}` variable of `vars`, each parsed as
+    /// its flag would parse it. A variable with the prefix that names no setting (or a setting
+    /// not implemented, or is not in upper case) is an error, and so is a value its flag would
+    /// refuse; both name the variable.
+    pub fn from_env<I>(vars: I) -> Result<ConfigLayer, ConfigError>
+    where
+        I: IntoIterator<Item = (OsString, OsString)>,
+    {
+        let command = ConfigLayer::command();
+        let mut ours: Vec<(String, OsString)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| name.into_string().ok().map(|name| (name, value)))
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        // One order whatever the environment's, so that the same mistakes give the same error.
+        ours.sort();
+        let mut args = vec![OsString::from("ledger-server")];
+        for (var, value) in ours {
+            let key = var[ENV_PREFIX.len()..].to_lowercase();
+            if let Some(missing) = not_implemented(&key) {
+                return Err(ConfigError::NotImplemented { origin: Origin::Env(var), key, missing });
+            }
+            let arg = setting_args(&command).find(|arg| arg.get_id().as_str() == key);
+            let (Some(arg), true) = (arg, var == env_var(&key)) else {
+                return Err(ConfigError::UnknownEnv { var, key });
+            };
+            let value = value.into_string().map_err(|_| ConfigError::EnvNotUnicode { var: var.clone() })?;
+            // `--key=value`: a value that starts with `-` stays a value.
+            let flag = format!("--{}={value}", arg.get_long().unwrap_or(key.as_str()));
+            if let Err(source) = command.clone().try_get_matches_from(["ledger-server", flag.as_str()]) {
+                return Err(ConfigError::EnvValue { var, value, source });
+            }
+            args.push(flag.into());
+        }
+        let matches = command.try_get_matches_from(args)?;
+        Ok(ConfigLayer::from_arg_matches(&matches)?)
+    }
+
+    /// The file layer from `path`, or from `DEFAULT_FILE` if `path` is None and that file
+    /// exists (else an empty layer).
+    pub fn from_file(path: Option<&Path>) -> Result<ConfigLayer, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_FILE), false),
+        };
+        if !required && !path.exists() {
+            return Ok(ConfigLayer::default());
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let parse = |source| ConfigError::Parse { path: path.clone(), source: Box::new(source) };
+        // Keys first, so that the error names the key rather than listing every setting.
+        let table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        let keys = setting_keys();
+        for key in table.keys() {
+            if let Some(missing) = not_implemented(key) {
+                let origin = Origin::File(path.clone());
+                return Err(ConfigError::NotImplemented { origin, key: key.clone(), missing });
+            }
+            if key == "config" || !keys.contains(key) {
+                return Err(ConfigError::UnknownKey { path: path.clone(), key: key.clone() });
+            }
+        }
+        toml::from_str(&text).map_err(parse)
+    }
+
+    /// This layer with each key it does not set taken from `lower`.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            config: self.config.or(lower.config),
+            listen_addr: self.listen_addr.or(lower.listen_addr),
+            advertise_addr: self.advertise_addr.or(lower.advertise_addr),
+            data_dir: self.data_dir.or(lower.data_dir),
+            bootstrap_expect: self.bootstrap_expect.or(lower.bootstrap_expect),
+            peers: self.peers.or(lower.peers),
+            bootstrap_poll_secs: self.bootstrap_poll_secs.or(lower.bootstrap_poll_secs),
+            bootstrap_timeout_secs: self.bootstrap_timeout_secs.or(lower.bootstrap_timeout_secs),
+            join_by_itself: self.join_by_itself.or(lower.join_by_itself),
+            test_faults: self.test_faults.or(lower.test_faults),
+            batch_max_size: self.batch_max_size.or(lower.batch_max_size),
+            batch_max_delay_ms: self.batch_max_delay_ms.or(lower.batch_max_delay_ms),
+            batch_eager_commit: self.batch_eager_commit.or(lower.batch_eager_commit),
+            requests_max_concurrent: self.requests_max_concurrent.or(lower.requests_max_concurrent),
+            requests_timeout_secs: self.requests_timeout_secs.or(lower.requests_timeout_secs),
+            metrics_addr: self.metrics_addr.or(lower.metrics_addr),
+            cores: self.cores.or(lower.cores),
+            cpu_list: self.cpu_list.or(lower.cpu_list),
+            cpu_pinning: self.cpu_pinning.or(lower.cpu_pinning),
+            core_queue_capacity: self.core_queue_capacity.or(lower.core_queue_capacity),
+            spin_before_park_us: self.spin_before_park_us.or(lower.spin_before_park_us),
+            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            max_batch_items: self.max_batch_items.or(lower.max_batch_items),
+            idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            max_ops_per_tx: self.max_ops_per_tx.or(lower.max_ops_per_tx),
+            idempotency_cache_entries: self.idempotency_cache_entries.or(lower.idempotency_cache_entries),
+            groups_per_core: self.groups_per_core.or(lower.groups_per_core),
+            raft_heartbeat_ms: self.raft_heartbeat_ms.or(lower.raft_heartbeat_ms),
+            raft_election_min_ms: self.raft_election_min_ms.or(lower.raft_election_min_ms),
+            raft_election_max_ms: self.raft_election_max_ms.or(lower.raft_election_max_ms),
+            snapshot_interval_blocks: self.snapshot_interval_blocks.or(lower.snapshot_interval_blocks),
+            snapshot_interval_secs: self.snapshot_interval_secs.or(lower.snapshot_interval_secs),
+            snapshots_keep: self.snapshots_keep.or(lower.snapshots_keep),
+            raft_snapshot_logs: self.raft_snapshot_logs.or(lower.raft_snapshot_logs),
+            raft_log_keep: self.raft_log_keep.or(lower.raft_log_keep),
+            retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
+            stream_buffer: self.stream_buffer.or(lower.stream_buffer),
+        }
+    }
 }
 
 /// The resolved configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen_addr: String,
     pub advertise_addr: Option<String>,
@@ -162,17 +512,64 @@ pub struct Config {
     pub raft_log_keep: u64,
     pub retention_interval_secs: u64,
     pub stream_buffer: usize,
-    pub log_level: String,
+}
+
+/// Where a rejected setting was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    Flag(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// clap's own answer: `--help`, `--version`, or a malformed command line; `main` lets clap
+    /// print it and exit.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("config file {path}: unknown key `{key}` (`ledger-server --help` lists the settings)")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error(
+        "unknown environment variable {var}: `{key}` is not a setting (a setting's variable is \
+         {ENV_PREFIX} and its key in upper case; `ledger-server --help` lists them)"
+    )]
+    UnknownEnv { var: String, key: String },
+    #[error("{origin}: `{key}` is not implemented yet ({missing}); see docs/operations.md")]
+    NotImplemented { origin: Origin, key: String, missing: &'static str },
+    #[error("environment variable {var}: invalid value {value:?}: {}", clap_reason(.source))]
+    EnvValue { var: String, value: String, source: clap::Error },
+    #[error("environment variable {var}: the value is not valid UTF-8")]
+    EnvNotUnicode { var: String },
     #[error("invalid value for {key}: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// Why clap refused a value, in one line: the parser's own error (`invalid digit found in
+/// string`) or the values it accepts.
+fn clap_reason(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(source) = std::error::Error::source(error) {
+        return source.to_string();
+    }
+    if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+        return format!("expected one of {}", valid.join(", "));
+    }
+    error.kind().to_string()
 }
 
 macro_rules! pick {
@@ -182,9 +579,24 @@ macro_rules! pick {
 }
 
 impl Config {
-    /// Merges flags/env over the TOML file over defaults, then checks the values.
-    pub fn resolve(flags: ConfigLayer) -> Result<Config, ConfigError> {
-        let file = load_file(flags.config.as_deref())?;
+    /// Reads every source: `args` (starting with the program name) over the `INFERADB__LEDGER__*`
+    /// variables of `vars` over the TOML file (`--config`, its variable, or `DEFAULT_FILE`)
+    /// over the defaults.
+    pub fn load<A, T, E>(args: A, vars: E) -> Result<Config, ConfigError>
+    where
+        A: IntoIterator<Item = T>,
+        T: Into<OsString>,
+        E: IntoIterator<Item = (OsString, OsString)>,
+    {
+        let upper = ConfigLayer::from_args(args)?.over(ConfigLayer::from_env(vars)?);
+        let file = ConfigLayer::from_file(upper.config.as_deref())?;
+        Config::resolve(upper, file)
+    }
+
+    /// Merges `flags` (flags already over environment) over `file` over the defaults, then
+    /// checks the values.
+    pub fn resolve(flags: ConfigLayer, file: ConfigLayer) -> Result<Config, ConfigError> {
+        use defaults::*;
         let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cores = pick!(flags, file, cores, available);
         if cores == 0 || cores > 256 {
@@ -200,50 +612,54 @@ impl Config {
                 message: format!("{} CPUs listed for {cores} cores", cpu_list.len()),
             });
         }
-        let metrics_addr = pick!(flags, file, metrics_addr, "127.0.0.1:9090".to_string());
+        let metrics_addr = pick!(flags, file, metrics_addr, METRICS_ADDR.to_string());
         let config = Config {
-            listen_addr: pick!(flags, file, listen_addr, "127.0.0.1:50051".to_string()),
+            listen_addr: pick!(flags, file, listen_addr, LISTEN_ADDR.to_string()),
             advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
-            data_dir: pick!(flags, file, data_dir, PathBuf::from("./ledger-data")),
-            bootstrap_expect: pick!(flags, file, bootstrap_expect, 1),
+            data_dir: pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)),
+            bootstrap_expect: pick!(flags, file, bootstrap_expect, BOOTSTRAP_EXPECT),
             peers: pick!(flags, file, peers, String::new())
                 .split(',')
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(String::from)
                 .collect(),
-            bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, 2),
-            bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, 60),
-            test_faults: pick!(flags, file, test_faults, false),
-            join_by_itself: pick!(flags, file, join_by_itself, true),
-            batch_max_size: pick!(flags, file, batch_max_size, 100),
-            batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, 10),
-            batch_eager_commit: pick!(flags, file, batch_eager_commit, true),
-            requests_max_concurrent: pick!(flags, file, requests_max_concurrent, 100),
-            requests_timeout_secs: pick!(flags, file, requests_timeout_secs, 30),
-            metrics_addr: if metrics_addr == "off" { None } else { Some(metrics_addr) },
+            bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, BOOTSTRAP_POLL_SECS),
+            bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, BOOTSTRAP_TIMEOUT_SECS),
+            test_faults: pick!(flags, file, test_faults, TEST_FAULTS),
+            join_by_itself: pick!(flags, file, join_by_itself, JOIN_BY_ITSELF),
+            batch_max_size: pick!(flags, file, batch_max_size, BATCH_MAX_SIZE),
+            batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, BATCH_MAX_DELAY_MS),
+            batch_eager_commit: pick!(flags, file, batch_eager_commit, BATCH_EAGER_COMMIT),
+            requests_max_concurrent: pick!(flags, file, requests_max_concurrent, REQUESTS_MAX_CONCURRENT),
+            requests_timeout_secs: pick!(flags, file, requests_timeout_secs, REQUESTS_TIMEOUT_SECS),
+            metrics_addr: if metrics_addr == METRICS_OFF { None } else { Some(metrics_addr) },
             cores,
             cpu_list: cpu_list.into_iter().take(cores).collect(),
-            cpu_pinning: pick!(flags, file, cpu_pinning, true),
-            core_queue_capacity: pick!(flags, file, core_queue_capacity, 8192),
-            spin_before_park_us: pick!(flags, file, spin_before_park_us, 0),
-            max_frame_bytes: pick!(flags, file, max_frame_bytes, 16 * 1024 * 1024),
-            max_batch_items: pick!(flags, file, max_batch_items, 1024),
-            idle_timeout_secs: pick!(flags, file, idle_timeout_secs, 300),
-            max_ops_per_tx: pick!(flags, file, max_ops_per_tx, 10_000),
-            idempotency_cache_entries: pick!(flags, file, idempotency_cache_entries, 100_000),
-            groups_per_core: pick!(flags, file, groups_per_core, 1),
-            raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, 50),
-            raft_election_min_ms: pick!(flags, file, raft_election_min_ms, 150),
-            raft_election_max_ms: pick!(flags, file, raft_election_max_ms, 300),
-            snapshot_interval_blocks: pick!(flags, file, snapshot_interval_blocks, 10_000),
-            snapshot_interval_secs: pick!(flags, file, snapshot_interval_secs, 3600),
-            snapshots_keep: pick!(flags, file, snapshots_keep, 3),
-            raft_snapshot_logs: pick!(flags, file, raft_snapshot_logs, 10_000),
-            raft_log_keep: pick!(flags, file, raft_log_keep, 1000),
-            retention_interval_secs: pick!(flags, file, retention_interval_secs, 300),
-            stream_buffer: pick!(flags, file, stream_buffer, 1024),
-            log_level: pick!(flags, file, log_level, "info".to_string()),
+            cpu_pinning: pick!(flags, file, cpu_pinning, CPU_PINNING),
+            core_queue_capacity: pick!(flags, file, core_queue_capacity, CORE_QUEUE_CAPACITY),
+            spin_before_park_us: pick!(flags, file, spin_before_park_us, SPIN_BEFORE_PARK_US),
+            max_frame_bytes: pick!(flags, file, max_frame_bytes, MAX_FRAME_BYTES),
+            max_batch_items: pick!(flags, file, max_batch_items, MAX_BATCH_ITEMS),
+            idle_timeout_secs: pick!(flags, file, idle_timeout_secs, IDLE_TIMEOUT_SECS),
+            max_ops_per_tx: pick!(flags, file, max_ops_per_tx, MAX_OPS_PER_TX),
+            idempotency_cache_entries: pick!(
+                flags,
+                file,
+                idempotency_cache_entries,
+                IDEMPOTENCY_CACHE_ENTRIES
+            ),
+            groups_per_core: pick!(flags, file, groups_per_core, GROUPS_PER_CORE),
+            raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
+            raft_election_min_ms: pick!(flags, file, raft_election_min_ms, RAFT_ELECTION_MIN_MS),
+            raft_election_max_ms: pick!(flags, file, raft_election_max_ms, RAFT_ELECTION_MAX_MS),
+            snapshot_interval_blocks: pick!(flags, file, snapshot_interval_blocks, SNAPSHOT_INTERVAL_BLOCKS),
+            snapshot_interval_secs: pick!(flags, file, snapshot_interval_secs, SNAPSHOT_INTERVAL_SECS),
+            snapshots_keep: pick!(flags, file, snapshots_keep, SNAPSHOTS_KEEP),
+            raft_snapshot_logs: pick!(flags, file, raft_snapshot_logs, RAFT_SNAPSHOT_LOGS),
+            raft_log_keep: pick!(flags, file, raft_log_keep, RAFT_LOG_KEEP),
+            retention_interval_secs: pick!(flags, file, retention_interval_secs, RETENTION_INTERVAL_SECS),
+            stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
         };
         config.check()?;
         Ok(config)
@@ -263,53 +679,37 @@ impl Config {
         if self.bootstrap_expect >= 2 && self.peers.is_empty() {
             return invalid("peers", "bootstrap_expect >= 2 needs the other nodes' addresses in --peers");
         }
-        if self.bootstrap_poll_secs == 0 || self.bootstrap_timeout_secs == 0 {
-            return invalid("bootstrap_poll_secs", "bootstrap intervals must be at least 1 second");
-        }
-        if self.batch_max_size == 0 {
-            return invalid("batch_max_size", "must be at least 1");
-        }
-        if self.requests_max_concurrent == 0 || self.core_queue_capacity == 0 {
-            return invalid("requests_max_concurrent", "bounds must be at least 1");
+        let at_least_one = [
+            ("bootstrap_poll_secs", self.bootstrap_poll_secs == 0),
+            ("bootstrap_timeout_secs", self.bootstrap_timeout_secs == 0),
+            ("batch_max_size", self.batch_max_size == 0),
+            ("requests_max_concurrent", self.requests_max_concurrent == 0),
+            ("requests_timeout_secs", self.requests_timeout_secs == 0),
+            ("core_queue_capacity", self.core_queue_capacity == 0),
+            ("max_batch_items", self.max_batch_items == 0),
+            ("idle_timeout_secs", self.idle_timeout_secs == 0),
+            ("max_ops_per_tx", self.max_ops_per_tx == 0),
+            ("idempotency_cache_entries", self.idempotency_cache_entries == 0),
+            ("groups_per_core", self.groups_per_core == 0),
+            ("stream_buffer", self.stream_buffer == 0),
+            ("raft_snapshot_logs", self.raft_snapshot_logs == 0),
+            ("snapshots_keep", self.snapshots_keep == 0),
+            ("retention_interval_secs", self.retention_interval_secs == 0),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, zero)| *zero) {
+            return invalid(key, "must be at least 1");
         }
         if self.max_frame_bytes < ledger_wire::constants::MAX_FRAME_BYTES_MIN {
             return invalid("max_frame_bytes", "must be at least 1024");
         }
-        if self.max_batch_items == 0 {
-            return invalid("max_batch_items", "must be at least 1");
+        if self.raft_heartbeat_ms >= self.raft_election_min_ms {
+            return invalid("raft_heartbeat_ms", "must be below raft_election_min_ms");
         }
-        if self.stream_buffer == 0 {
-            return invalid("stream_buffer", "must be at least 1");
-        }
-        if self.raft_snapshot_logs == 0 {
-            return invalid("raft_snapshot_logs", "must be at least 1");
-        }
-        if self.snapshots_keep == 0 || self.retention_interval_secs == 0 {
-            return invalid(
-                "snapshots_keep",
-                "snapshots_keep and retention_interval_secs must be at least 1",
-            );
-        }
-        if self.raft_election_min_ms >= self.raft_election_max_ms
-            || self.raft_heartbeat_ms >= self.raft_election_min_ms
-        {
-            return invalid("raft_election_min_ms", "need heartbeat < election min < election max");
+        if self.raft_election_min_ms >= self.raft_election_max_ms {
+            return invalid("raft_election_min_ms", "must be below raft_election_max_ms");
         }
         Ok(())
     }
-}
-
-fn load_file(path: Option<&Path>) -> Result<ConfigLayer, ConfigError> {
-    let (path, required) = match path {
-        Some(path) => (path.to_path_buf(), true),
-        None => (PathBuf::from("./inferadb-ledger.toml"), false),
-    };
-    if !required && !path.exists() {
-        return Ok(ConfigLayer::default());
-    }
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source: Box::new(source) })
 }
 
 /// Parses `2-9,12` into `[2, 3, …, 9, 12]`.
@@ -339,6 +739,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `Config::load` over `args` (after the program name) and `vars`, with no default file.
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args = std::iter::once("ledger-server").chain(args.iter().copied());
+        Config::load(args, vars.iter().map(|(name, value)| (OsString::from(name), OsString::from(value))))
+    }
+
+    /// A fresh directory holding one config file with `text`; the directory lives as long as
+    /// the returned guard.
+    fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
     /// Ranges and single CPUs combine in order; malformed text is rejected.
     #[test]
     fn t01_cpu_list_parses_ranges() {
@@ -349,25 +764,273 @@ mod tests {
         assert!(parse_cpu_list("").is_err());
     }
 
-    /// Flags win over the file, the file over defaults; unknown TOML keys fail.
+    /// SPEC §11.1 precedence, one key per step: a flag beats its variable and the file, a
+    /// variable beats the file, the file beats the default, and a key set nowhere keeps its
+    /// default. Each step is checked against the value the lower source gave too.
     #[test]
-    fn t02_layers_merge_in_precedence_order() {
-        let dir = tempfile_dir();
-        let path = dir.join("c.toml");
-        std::fs::write(&path, "batch_max_size = 7\nlisten_addr = \"127.0.0.1:1\"\ncores = 1\n").unwrap();
-        let flags = ConfigLayer { config: Some(path.clone()), batch_max_size: Some(9), ..Default::default() };
-        let config = Config::resolve(flags).unwrap();
-        assert_eq!(config.batch_max_size, 9);
-        assert_eq!(config.listen_addr, "127.0.0.1:1");
-        assert_eq!(config.batch_max_delay_ms, 10);
-        std::fs::write(&path, "no_such_key = 1\n").unwrap();
-        let flags = ConfigLayer { config: Some(path), ..Default::default() };
-        assert!(matches!(Config::resolve(flags), Err(ConfigError::Parse { .. })));
+    fn t02_flag_beats_env_beats_file_beats_default() {
+        let (_dir, path) = config_file(
+            "batch_max_size = 7\nbatch_max_delay_ms = 11\nlisten_addr = \"127.0.0.1:1\"\ncores = 1\n",
+        );
+        let path = path.to_str().unwrap();
+        let env = [("INFERADB__LEDGER__BATCH_MAX_SIZE", "8"), ("INFERADB__LEDGER__BATCH_MAX_DELAY_MS", "12")];
+        let config = load(&["--config", path, "--batch-max-size", "9"], &env).unwrap();
+        assert_eq!(config.batch_max_size, 9, "flag over env and file");
+        assert_eq!(config.batch_max_delay_ms, 12, "env over file");
+        assert_eq!(config.listen_addr, "127.0.0.1:1", "file over default");
+        assert_eq!(config.cores, 1, "file over default");
+        assert_eq!(config.idle_timeout_secs, defaults::IDLE_TIMEOUT_SECS, "default");
+        // Without the flag the variable decides; without the variable, the file.
+        assert_eq!(load(&["--config", path], &env).unwrap().batch_max_size, 8);
+        assert_eq!(load(&["--config", path], &[]).unwrap().batch_max_size, 7);
+        assert_eq!(load(&["--cores", "1"], &[]).unwrap().batch_max_size, defaults::BATCH_MAX_SIZE);
     }
 
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ledger-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// The file itself comes from `--config`, else `INFERADB__LEDGER__CONFIG`; the flag wins.
+    #[test]
+    fn t03_config_path_from_flag_or_env() {
+        let (_a, first) = config_file("batch_max_size = 3\ncores = 1\n");
+        let (_b, second) = config_file("batch_max_size = 4\ncores = 1\n");
+        let env = [("INFERADB__LEDGER__CONFIG", second.to_str().unwrap())];
+        assert_eq!(load(&[], &env).unwrap().batch_max_size, 4);
+        assert_eq!(load(&["--config", first.to_str().unwrap()], &env).unwrap().batch_max_size, 3);
+        let missing = first.with_file_name("absent.toml");
+        let error = load(&["--config", missing.to_str().unwrap()], &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+    }
+
+    /// A file key that names no setting fails with an error naming the key and the file, at the
+    /// top level, as a table, and for `config` (a file cannot name another file); a value of the
+    /// wrong type fails naming its key.
+    #[test]
+    fn t04_unknown_file_key_is_rejected_by_name() {
+        for (text, key) in [
+            ("cores = 1\nno_such_key = 1\n", "no_such_key"),
+            ("cores = 1\n[server]\nlisten_addr = \"127.0.0.1:1\"\n", "server"),
+            ("config = \"other.toml\"\n", "config"),
+            ("listen-addr = \"127.0.0.1:1\"\n", "listen-addr"),
+        ] {
+            let (_dir, path) = config_file(text);
+            let error = load(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
+            match &error {
+                ConfigError::UnknownKey { path: at, key: named } => {
+                    assert_eq!(named, key);
+                    assert_eq!(at, &path);
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+            let message = error.to_string();
+            assert!(message.contains(&format!("unknown key `{key}`")), "{message}");
+            assert!(message.contains(path.to_str().unwrap()), "{message}");
+        }
+        let (_dir, path) = config_file("cores = 1\nbatch_max_size = \"many\"\n");
+        let error = load(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
+        assert!(error.to_string().contains("batch_max_size"), "{error}");
+    }
+
+    /// A variable with the prefix that names no setting, or a setting's name not in upper case,
+    /// fails naming the variable; variables without the prefix are not ours and are ignored.
+    #[test]
+    fn t05_unknown_env_var_is_rejected_by_name() {
+        for var in ["INFERADB__LEDGER__NO_SUCH_SETTING", "INFERADB__LEDGER__cores", "INFERADB__LEDGER__HELP"]
+        {
+            let error = load(&["--cores", "1"], &[(var, "1")]).unwrap_err();
+            assert!(
+                matches!(&error, ConfigError::UnknownEnv { var: named, .. } if named == var),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains(var), "{error}");
+        }
+        let others = [
+            ("LEDGER_TESTS_SKIP_BUILD", "1"),
+            ("INFERADB__OTHER__CORES", "x"),
+            ("INFERADB_LEDGER_CORES", "x"),
+            ("PATH", "/bin"),
+        ];
+        assert_eq!(load(&["--cores", "1"], &others).unwrap(), load(&["--cores", "1"], &[]).unwrap());
+    }
+
+    /// A variable is parsed as its flag would be: booleans, lists, `off`, negative-looking
+    /// values. A value the flag would refuse fails as `EnvValue`, naming the variable, the value
+    /// and the reason.
+    #[test]
+    fn t06_env_values_parse_like_flags_and_errors_name_the_variable() {
+        let config = load(
+            &["--cores", "1"],
+            &[
+                ("INFERADB__LEDGER__CPU_PINNING", "false"),
+                ("INFERADB__LEDGER__PEERS", "127.0.0.1:1, 127.0.0.1:2"),
+                ("INFERADB__LEDGER__METRICS_ADDR", "off"),
+                ("INFERADB__LEDGER__DATA_DIR", "-data"),
+            ],
+        )
+        .unwrap();
+        assert!(!config.cpu_pinning);
+        assert_eq!(config.peers, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.data_dir, PathBuf::from("-data"));
+        for (var, value, reason) in [
+            ("INFERADB__LEDGER__CORES", "abc", "invalid digit"),
+            ("INFERADB__LEDGER__BATCH_MAX_SIZE", "", "empty string"),
+            ("INFERADB__LEDGER__BOOTSTRAP_EXPECT", "-1", "-1 is not in 0..=4294967295"),
+            ("INFERADB__LEDGER__MAX_FRAME_BYTES", "99999999999", "is not in 0..=4294967295"),
+            ("INFERADB__LEDGER__BATCH_MAX_DELAY_MS", "-5", "invalid digit"),
+            ("INFERADB__LEDGER__IDLE_TIMEOUT_SECS", "99999999999999999999", "too large"),
+            ("INFERADB__LEDGER__CPU_PINNING", "yes", "expected one of true, false"),
+        ] {
+            let error = load(&["--cores", "1"], &[(var, value)]).unwrap_err();
+            match &error {
+                ConfigError::EnvValue { var: named, value: given, .. } => {
+                    assert_eq!(named, var);
+                    assert_eq!(given, value);
+                }
+                other => panic!("{var}={value}: {other:?}"),
+            }
+            let message = error.to_string();
+            assert!(message.contains(var), "{message}");
+            assert!(message.contains(&format!("{value:?}")), "{message}");
+            assert!(message.contains(reason), "{message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let vars = [(OsString::from("INFERADB__LEDGER__DATA_DIR"), OsString::from_vec(vec![0xff]))];
+        let error = Config::load(["ledger-server", "--cores", "1"], vars).unwrap_err();
+        assert!(matches!(&error, ConfigError::EnvNotUnicode { var } if var == "INFERADB__LEDGER__DATA_DIR"));
+    }
+
+    /// SPEC §11.1 keys of features not built are refused from the file, the environment and
+    /// the command line alike, naming the key and the source; none of them is a setting.
+    #[test]
+    fn t07_unimplemented_keys_are_rejected_from_every_source() {
+        let keys = setting_keys();
+        for (key, _) in NOT_IMPLEMENTED {
+            assert!(!keys.contains(&key.to_string()), "{key} is both a setting and not implemented");
+            let (_dir, path) = config_file(&format!("{key} = 1\n"));
+            let from_file = load(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
+            let var = env_var(key);
+            let from_env = load(&["--cores", "1"], &[(var.as_str(), "1")]).unwrap_err();
+            let flag = format!("--{}", key.replace('_', "-"));
+            let from_flag = load(&[flag.as_str(), "1"], &[]).unwrap_err();
+            let joined = format!("{flag}=1");
+            let from_joined = load(&[joined.as_str()], &[]).unwrap_err();
+            for (error, origin) in [
+                (from_file, Origin::File(path.clone())),
+                (from_env, Origin::Env(var.clone())),
+                (from_flag, Origin::Flag(flag.clone())),
+                (from_joined, Origin::Flag(flag.clone())),
+            ] {
+                let message = error.to_string();
+                match error {
+                    ConfigError::NotImplemented { origin: at, key: named, .. } => {
+                        assert_eq!(at, origin);
+                        assert_eq!(named, *key);
+                    }
+                    other => panic!("{key}: {other:?}"),
+                }
+                assert!(message.contains(&format!("`{key}` is not implemented yet")), "{message}");
+            }
+        }
+    }
+
+    /// `--help` shows, for every setting, its flag, its default and its variable, and names
+    /// every key that is not implemented.
+    #[test]
+    fn t08_help_lists_every_setting_with_default_and_env() {
+        let help = command().render_long_help().to_string();
+        let short = command().render_help().to_string();
+        let keys = setting_keys();
+        assert!(keys.len() >= 37, "{keys:?}");
+        for key in &keys {
+            let default = default_of(key).unwrap_or_else(|| panic!("{key} has no documented default"));
+            let note = format!("[default: {default}] [env: {}]", env_var(key));
+            for text in [&help, &short] {
+                assert!(text.contains(&format!("--{}", key.replace('_', "-"))), "{key}");
+                assert!(text.contains(&note), "{key}: {note} not in\n{text}");
+            }
+        }
+        for (key, _) in NOT_IMPLEMENTED {
+            assert!(help.contains(key), "{key}");
+        }
+    }
+
+    /// A literal default shown by `--help` is the value the server uses: giving it explicitly
+    /// changes nothing. The derived ones resolve as described.
+    #[test]
+    fn t09_shown_defaults_are_the_effective_defaults() {
+        let baseline = load(&["--cores", "1"], &[]).unwrap();
+        let mut literals = 0;
+        for key in setting_keys() {
+            let Some(DefaultValue::Literal(value)) = default_of(&key) else { continue };
+            let flag = format!("--{}={value}", key.replace('_', "-"));
+            assert_eq!(load(&["--cores", "1", flag.as_str()], &[]).unwrap(), baseline, "{flag}");
+            literals += 1;
+        }
+        assert!(literals >= 30, "{literals}");
+        let derived = load(&[], &[]).unwrap();
+        let available = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(derived.cores, available);
+        assert_eq!(derived.cpu_list, (0..available).collect::<Vec<_>>());
+        assert_eq!(derived.advertise_addr, None);
+        assert!(derived.peers.is_empty());
+    }
+
+    /// docs/operations.md's Configuration section has one row per setting with its flag,
+    /// variable and default, and names every key that is not implemented.
+    #[test]
+    fn t10_operations_doc_lists_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let section = doc.split("\n## Configuration\n").nth(1).expect("a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        for key in setting_keys() {
+            let row = section
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("no row for {key}"));
+            let default = default_of(&key).unwrap();
+            for needle in [format!("`--{}`", key.replace('_', "-")), format!("`{}`", env_var(&key))] {
+                assert!(row.contains(&needle), "{key}: {needle} not in {row}");
+            }
+            let shown = match default {
+                DefaultValue::Literal(value) => format!("`{value}`"),
+                DefaultValue::Derived(description) => description.to_string(),
+            };
+            assert!(row.contains(&shown), "{key}: default {shown} not in {row}");
+        }
+        for (key, _) in NOT_IMPLEMENTED {
+            assert!(section.contains(&format!("`{key}`")), "{key} not in the doc");
+        }
+    }
+
+    /// `peers` in the file is a comma-separated string or an array; either gives the list.
+    #[test]
+    fn t11_peers_in_file_as_string_or_array() {
+        for text in ["peers = \"127.0.0.1:1,127.0.0.1:2\"\n", "peers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n"]
+        {
+            let (_dir, path) = config_file(&format!("cores = 1\n{text}"));
+            let config = load(&["--config", path.to_str().unwrap()], &[]).unwrap();
+            assert_eq!(config.peers, vec!["127.0.0.1:1", "127.0.0.1:2"], "{text}");
+        }
+    }
+
+    /// Values out of range fail naming the key that is wrong.
+    #[test]
+    fn t12_invalid_values_name_their_key() {
+        for (args, key) in [
+            (&["--cores", "0"][..], "cores"),
+            (&["--cores", "1", "--groups-per-core", "0"][..], "groups_per_core"),
+            (&["--cores", "1", "--bootstrap-timeout-secs", "0"][..], "bootstrap_timeout_secs"),
+            (&["--cores", "1", "--core-queue-capacity", "0"][..], "core_queue_capacity"),
+            (&["--cores", "1", "--raft-heartbeat-ms", "200"][..], "raft_heartbeat_ms"),
+            (&["--cores", "1", "--raft-election-min-ms", "400"][..], "raft_election_min_ms"),
+            (&["--cores", "1", "--max-frame-bytes", "100"][..], "max_frame_bytes"),
+            (&["--cores", "2", "--cpu-list", "3"][..], "cpu_list"),
+        ] {
+            match load(args, &[]) {
+                Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -2,8 +2,7 @@
 //! the listen address in use by another process), 2 bad configuration, 3 data directory locked
 //! (SPEC §9.6 step 1).
 
-use clap::Parser;
-use ledger_server::config::{Config, ConfigLayer};
+use ledger_server::config::{Config, ConfigError};
 use ledger_server::node::{run_node_with, NodeError};
 use ledger_server::node_alloc::{cache_this_thread, release_this_thread, NodeCacheAlloc};
 use ledger_shard::config::HelperHooks;
@@ -39,8 +38,10 @@ fn release_node_blocks() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let config = match Config::resolve(ConfigLayer::parse()) {
+    let config = match Config::load(std::env::args_os(), std::env::vars_os()) {
         Ok(config) => config,
+        // `--help`, `--version` (exit 0) and a malformed command line (exit 2), as clap prints them.
+        Err(ConfigError::Args(e)) => e.exit(),
         Err(e) => {
             eprintln!("ledger-server: {e}");
             return ExitCode::from(2);
