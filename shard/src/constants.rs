@@ -9,6 +9,9 @@ pub const LOG_CACHE_ENTRIES_MAX: usize = 512;
 /// A core log segment is closed and a new one started once it would grow past this (a single
 /// record larger than it gets a segment of its own).
 pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Zeros the core log's thread writes and syncs ahead of the active segment's end when idle, in
+/// chunks of this size (D38).
+pub const LOG_ZERO_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 /// Commands queued to a core's log thread before `append` waits for room.
 pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
 /// Commands the log thread folds into one write and one fdatasync.
