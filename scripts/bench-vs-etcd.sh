@@ -254,7 +254,7 @@ run_ledger() { # nodes
     fi
     # shellcheck disable=SC2086 # LEDGER_FLAGS is a list of flags
     "$BIN/ledger-server" --data-dir "$CLUSTER_DIR/n$i" --listen-addr "${addrs[$i]}" --metrics-addr off \
-      --log-level warn "${cluster_flags[@]}" $LEDGER_FLAGS >"$CLUSTER_DIR/m$i.log" 2>&1 &
+      "${cluster_flags[@]}" $LEDGER_FLAGS >"$CLUSTER_DIR/m$i.log" 2>&1 &
     SERVERS+=($!)
   done
   # Ready when every node listens and the cluster answers a registry read.

@@ -37,6 +37,10 @@ pub enum NodeError {
     Bootstrap(#[from] crate::bootstrap::BootstrapError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
+    /// A group's Raft log lives in the log of the core that owns it (D38): a node cannot start
+    /// with fewer cores than its data directory has groups placed on.
+    #[error("the data directory places group {group} on core {core}, whose Raft log is in log/core-{core:02}; start with --cores {needed} or more")]
+    CoresShrunk { group: u32, core: u16, needed: u16 },
 }
 
 pub fn run_node(config: Config) -> Result<(), NodeError> {
@@ -113,6 +117,10 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         } else {
             previous.keys().copied().collect()
         };
+        if let Some((group, core)) = previous.iter().find(|(_, c)| c.0 as usize >= config.cores) {
+            let needed = previous.values().map(|c| c.0 + 1).max().unwrap_or(1);
+            return Err(NodeError::CoresShrunk { group: group.0, core: core.0, needed });
+        }
         let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
         if placement != previous {
             dir.store_placement(&placement)?;

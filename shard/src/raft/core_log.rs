@@ -1,4 +1,4 @@
-//! One durable Raft log per core (issue 15 item 1, D37): every group of a core appends to the same
+//! One durable Raft log per core (issue 15 item 1, D38): every group of a core appends to the same
 //! segment files, and one write + one fdatasync on the core's log thread covers whatever every
 //! group queued meanwhile. openraft 0.9 keeps one append per group in flight (D8), so this is what
 //! lets a core's groups share an fsync instead of each paying its own.

@@ -1,5 +1,5 @@
 //! A group's Raft log behind openraft's storage-v2 `RaftLogStorage`: an in-memory cache of the
-//! recent entries in front of the core's shared log file (`core_log.rs`, issue 15 item 1, D37).
+//! recent entries in front of the core's shared log file (`core_log.rs`, issue 15 item 1, D38).
 //!
 //! Group commit: `append` caches the entries, queues them to the core's log thread and returns;
 //! the thread writes whatever every group of the core queued meanwhile and completes each

@@ -84,7 +84,7 @@ impl Group {
     }
 }
 
-/// `{data_dir}/log/core-NN`: the Raft log shared by the groups of core `core` (D37).
+/// `{data_dir}/log/core-NN`: the Raft log shared by the groups of core `core` (D38).
 pub fn core_log_dir(config: &ShardConfig, core: u16) -> LogDir {
     LogDir::new(config.data_dir.join("log").join(format!("core-{core:02}")), config.sim_disk.as_ref())
 }
@@ -119,7 +119,7 @@ pub async fn open_group_with(
     let core_log = CoreLog::shared(core_log_dir(config, options.core))?;
     let log_store = retry_open(|| LogStore::open(core_log.clone(), group)).await?;
     if log_store.last_log_id().is_none() && dir.join("raft.redb").exists() {
-        // An older version kept each group's log in its own `raft.redb` (D37): refuse rather
+        // An older version kept each group's log in its own `raft.redb` (D38): refuse rather
         // than start this group over from an empty log.
         return Err(ShardError::Corrupt {
             what: "group log",
