@@ -408,3 +408,46 @@ fn t90_issue_13_closed_pipe_exits_quietly() {
     }
     server.stop();
 }
+
+/// Runs `ledger-admin --addr ADDR ARGS…`; returns (exit code, stdout, stderr).
+fn admin(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(ledger_tests::binary("ledger-admin"))
+        .args(["--addr", addr, "--timeout-secs", "5"])
+        .args(args)
+        .output()
+        .expect("run ledger-admin");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn t91_admin_ping_writes_and_reads_back_through_consensus() {
+    // Proves `ledger-admin ping` (SPEC §11.2, issue 16 item 1): a write of `_ping:{node}` and a
+    // linearizable read of it, timed; repeated pings take the next sequence of the admin's own
+    // client id; JSON is one object; an unreachable node is exit 3 with one line.
+    let (_dir, server, ns, vault) = setup("clit91");
+    let addr_owned = server.addr.clone();
+    let addr = addr_owned.as_str();
+    let (code, stdout, stderr) = admin(addr, &["ping", "--namespace", &ns, "--vault", &vault]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.starts_with("ok\n"), "{stdout}");
+    assert!(stdout.contains("write ") && stdout.contains(" ms"), "{stdout}");
+    let (code, stdout, stderr) =
+        admin(addr, &["--format", "json", "ping", "--namespace", &ns, "--vault", &vault]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    let value: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(value["ok"], true);
+    assert!(value["write_us"].as_u64().unwrap() > 0 && value["read_us"].as_u64().is_some(), "{value}");
+    let key = value["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("_ping:"), "{key}");
+    // The value is really there, written through the normal path.
+    assert!(!ok(addr, &["get", "--namespace", &ns, "--vault", &vault, &key]).is_empty());
+    // The namespace scope too (vault 0).
+    let (code, _, stderr) = admin(addr, &["ping", "--namespace", &ns, "--vault", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    server.stop();
+    let (code, stdout, stderr) = admin(addr, &["ping", "--namespace", &ns, "--vault", &vault]);
+    assert_eq!(code, 3, "{stdout} {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

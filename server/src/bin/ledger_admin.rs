@@ -1,5 +1,6 @@
 //! `ledger-admin`: the operator CLI (SPEC §11.2). Implemented so far: namespace and vault
-//! lifecycle, `vault-status`, `health`, `metrics`, `check-integrity` and `snapshot`; the
+//! lifecycle, `vault-status`, `health`, `metrics`, `check-integrity`, `snapshot`, `ping`, `join`
+//! and `leave`; the
 //! remaining §11.2 commands are listed as missing in the README. Exit codes: 0 ok, 1 ran but unhealthy/failed, 2 usage, 3 unreachable.
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -74,6 +75,15 @@ enum Command {
     },
     /// Raw Prometheus exposition text from the metrics endpoint.
     Metrics,
+    /// Write `_ping:{node}` and read it back linearizably (SPEC §11.2); prints both latencies,
+    /// exit 1 on failure.
+    Ping {
+        #[arg(long)]
+        namespace: String,
+        /// Vault id; 0 names the namespace scope.
+        #[arg(long)]
+        vault: i64,
+    },
     /// Add a node to every group (SPEC §10.6): a learner first, a voter once caught up. The
     /// node must be running in join mode (`--bootstrap-expect 0 --peers …`).
     Join {
@@ -250,6 +260,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             );
             Ok(0)
         }
+        Command::Ping { namespace, vault } => {
+            let client = client(&cli).await?;
+            ping(&client, namespace, *vault, format).await
+        }
         Command::VaultStatus { namespace, vault } => {
             let client = client(&cli).await?;
             let ns = namespace_id(&client, namespace).await?;
@@ -272,6 +286,58 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
         }
     }
+}
+
+/// `ping`: one write through consensus and one linearizable read of it, each timed. The client
+/// id is this host's own (`ledger-admin:{hostname}`) and its sequence follows the last committed
+/// one, so repeated pings never collide with each other or with applications.
+async fn ping(client: &Client, namespace: &str, vault: i64, format: Format) -> Result<u8, CliError> {
+    let ns = namespace_id(client, namespace).await?;
+    let vault_id = (vault != 0).then_some(vault);
+    let node = match client.call(Request::GetNodeInfo).await? {
+        Response::GetNodeInfo { node_id, .. } => node_id,
+        other => return Err(CliError::new(1, format!("unexpected response: {other:?}"))),
+    };
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let client_id = format!("ledger-admin:{}", if host.is_empty() { "unknown" } else { &host });
+    let key = format!("_ping:{node}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let value = now.as_nanos().to_string().into_bytes();
+    let sequence = client.get_client_state(ns, vault_id, client_id.clone()).await? + 1;
+    let started = std::time::Instant::now();
+    let op = ledger_core::types::Operation::SetEntity {
+        key: key.clone(),
+        value: value.clone(),
+        expires_at: None,
+        condition: None,
+    };
+    let written = client.write(ns, vault_id, client_id, sequence, vec![op]).await?;
+    let write_us = started.elapsed().as_micros() as u64;
+    let height = match written {
+        ledger_wire::messages::WriteResult::Success(success) => success.block_height,
+        ledger_wire::messages::WriteResult::Error(error) => {
+            return Err(CliError::new(1, format!("ping write failed: {error:?}")));
+        }
+    };
+    let started = std::time::Instant::now();
+    let read = client
+        .read_with(ns, vault_id, key.clone(), ledger_core::types::ReadConsistency::Linearizable)
+        .await?;
+    let read_us = started.elapsed().as_micros() as u64;
+    let ok = read.as_deref() == Some(value.as_slice());
+    emit(
+        format,
+        json!({"ok": ok, "node": node, "key": key, "height": height, "write_us": write_us, "read_us": read_us}),
+        || {
+            let verdict = if ok { "ok" } else { "FAILED: the read did not return the written value" };
+            format!(
+                "{verdict}\nnode      {node}\nkey       {key}\nheight    {height}\nwrite     {:.3} ms\nread      {:.3} ms",
+                write_us as f64 / 1000.0,
+                read_us as f64 / 1000.0
+            )
+        },
+    );
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn namespace_command(
