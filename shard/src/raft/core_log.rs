@@ -61,6 +61,9 @@ struct GroupLog {
     vote: Option<Vote>,
     committed: Option<LogId>,
     last_purged: Option<LogId>,
+    /// Why replay found this group's records unusable: the group fails to open (alone, SPEC §2
+    /// goal 3); the other groups of the core are unaffected.
+    broken: Option<String>,
 }
 
 impl GroupLog {
@@ -333,19 +336,31 @@ impl CoreLog {
                 );
             }
             for record in records.iter().skip(1) {
-                replay_record(&mut groups, seg, record)?;
+                let log = groups.entry(record.group).or_default();
+                if log.broken.is_some() {
+                    continue;
+                }
+                if let Err(e) = replay_record(log, seg, record) {
+                    log.broken = Some(e.to_string());
+                }
             }
             segments.insert(seg, file);
         }
-        for (group, log) in &groups {
+        for (group, log) in groups.iter_mut() {
             // openraft's log starts at index 0 (the initial membership) unless purged.
             let expected_first = log.last_purged.map(|p| p.index + 1).unwrap_or(0);
             if let Some((first, _)) = log.entries.first_key_value() {
                 if *first != expected_first && !(log.last_purged.is_none() && *first == 1) {
-                    return Err(corrupt(format!(
+                    log.broken.get_or_insert(format!(
                         "group {group}: the log starts at index {first}, expected {expected_first} (a segment is missing)"
-                    )));
+                    ));
                 }
+            }
+            if let Some(why) = &log.broken {
+                eprintln!(
+                    "event=raft_log_group_unusable dir={} group={group} reason={why:?}",
+                    dir.path().display()
+                );
             }
         }
         let active = seqs.last().map(|s| s + 1).unwrap_or(1);
@@ -400,18 +415,21 @@ impl CoreLog {
 
     /// Marks `group`'s log store open and returns what the log holds for it; `None` if a store of
     /// the group is still open (a previous incarnation not yet dropped: retry later).
-    pub fn attach(&self, group: GroupId) -> Option<GroupLogState> {
+    pub fn attach(&self, group: GroupId) -> Option<Result<GroupLogState, ShardError>> {
         let mut inner = self.inner.borrow_mut();
+        if let Some(why) = inner.groups.get(&group).and_then(|l| l.broken.clone()) {
+            return Some(Err(corrupt(why)));
+        }
         if !inner.attached.insert(group) {
             return None;
         }
         let log = inner.groups.entry(group).or_default();
-        Some(GroupLogState {
+        Some(Ok(GroupLogState {
             last_log_id: log.entries.last_key_value().map(|(_, l)| l.log_id).or(log.last_purged),
             vote: log.vote,
             committed: log.committed,
             last_purged: log.last_purged,
-        })
+        }))
     }
 
     pub fn detach(&self, group: GroupId) {
@@ -623,15 +641,10 @@ impl Drop for CoreLog {
     }
 }
 
-fn replay_record(
-    groups: &mut BTreeMap<GroupId, GroupLog>,
-    seg: u64,
-    record: &Record<'_>,
-) -> Result<(), ShardError> {
+fn replay_record(log: &mut GroupLog, seg: u64, record: &Record<'_>) -> Result<(), ShardError> {
     let bad = |what: &str| {
         corrupt(format!("segment {seg:016x}: malformed {what} record of group {}", record.group))
     };
-    let log = groups.entry(record.group).or_default();
     match record.kind {
         KIND_ENTRIES => {
             for (at, len, log_id) in entries_in(record.payload).ok_or_else(|| bad("entries"))? {
@@ -929,7 +942,7 @@ mod tests {
             };
             assert_eq!(indexes(&log, group), want, "group {group}");
         }
-        let three = log.attach(GroupId(3)).unwrap();
+        let three = log.attach(GroupId(3)).unwrap().unwrap();
         assert_eq!(three.vote, Some(Vote::new(2, 1)));
         assert_eq!(three.committed, Some(log_id(2, 150)));
         assert_eq!(three.last_purged, Some(log_id(2, 50)));
@@ -937,7 +950,7 @@ mod tests {
         assert!(log.attach(GroupId(3)).is_none(), "a group attaches once at a time");
         log.detach(GroupId(3));
         assert!(log.attach(GroupId(3)).is_some());
-        assert_eq!(log.attach(GroupId(5)).unwrap().last_log_id, Some(log_id(2, 100)));
+        assert_eq!(log.attach(GroupId(5)).unwrap().unwrap().last_log_id, Some(log_id(2, 100)));
         let some = log.read(GroupId(1), Included(10), Excluded(13)).unwrap();
         assert_eq!(some.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![10, 11, 12]);
     }
@@ -966,7 +979,7 @@ mod tests {
         futures::executor::block_on(async {
             let log = CoreLog::open(LogDir::Real(path.clone())).unwrap();
             assert_eq!(indexes(&log, 1), (1..=9).collect::<Vec<_>>());
-            let state = log.attach(GroupId(1)).unwrap();
+            let state = log.attach(GroupId(1)).unwrap().unwrap();
             assert_eq!(state.last_log_id, Some(log_id(1, 9)));
             append_durably(&log, 1, vec![entry(2, 10), entry(2, 11)]).await;
         });
@@ -1009,10 +1022,10 @@ mod tests {
         assert!(files.len() <= 2, "{files:?}");
         let log = CoreLog::open_with(LogDir::Real(path), 1024).unwrap();
         assert_eq!(indexes(&log, 1), (291..=301).collect::<Vec<_>>());
-        let one = log.attach(GroupId(1)).unwrap();
+        let one = log.attach(GroupId(1)).unwrap().unwrap();
         assert_eq!(one.last_purged, Some(log_id(4, 290)));
         assert_eq!(one.committed, Some(log_id(4, 300)));
-        assert_eq!(log.attach(GroupId(2)).unwrap().vote, Some(Vote::new(4, 1)));
+        assert_eq!(log.attach(GroupId(2)).unwrap().unwrap().vote, Some(Vote::new(4, 1)));
         assert_eq!(indexes(&log, 2), vec![1]);
     }
 
@@ -1070,5 +1083,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Proves isolation: a record of one group that replays badly (here a vote that does not
+    /// decode, with a valid checksum) makes only that group fail to attach, with the reason; the
+    /// other groups of the core open as before.
+    #[test]
+    fn t05_a_bad_record_fails_only_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        futures::executor::block_on(async {
+            let log = CoreLog::open(LogDir::Real(path.clone())).unwrap();
+            for index in 1..=5 {
+                append_durably(&log, 1, vec![entry(1, index)]).await;
+                append_durably(&log, 2, vec![entry(1, index)]).await;
+            }
+        });
+        let seg = LogDir::Real(path.clone()).segment_path(1);
+        let end = parse_segment(&std::fs::read(&seg).unwrap()).1 as u64;
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &file,
+            &encode_record(KIND_VOTE, GroupId(2), b"not a vote"),
+            end,
+        )
+        .unwrap();
+        drop(file);
+        let log = CoreLog::open(LogDir::Real(path)).unwrap();
+        match log.attach(GroupId(2)) {
+            Some(Err(ShardError::Corrupt { detail, .. })) => assert!(detail.contains("vote"), "{detail}"),
+            other => panic!("group 2 attached: {:?}", other.map(|r| r.map(|s| s.last_log_id))),
+        }
+        assert_eq!(log.attach(GroupId(1)).unwrap().unwrap().last_log_id, Some(log_id(1, 5)));
+        assert_eq!(indexes(&log, 1), (1..=5).collect::<Vec<_>>());
     }
 }

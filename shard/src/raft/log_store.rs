@@ -290,7 +290,7 @@ impl LogStore {
     /// Opens `group`'s log in the core's shared log. Fails with `ShardError::LogAttached` while a
     /// store of the same group is still open (a closing incarnation: retry).
     pub fn open(log: Rc<CoreLog>, group: GroupId) -> Result<LogStore, ShardError> {
-        let state = log.attach(group).ok_or(ShardError::LogAttached { group: group.0 })?;
+        let state = log.attach(group).ok_or(ShardError::LogAttached { group: group.0 })??;
         let stats = log.stats();
         let core = LogCore {
             group,
