@@ -436,7 +436,8 @@ impl CoreLog {
         self.inner.borrow_mut().attached.remove(&group);
     }
 
-    /// Queues `record` and returns its write sequence number.
+    /// Queues one record (opening a new segment first if it would not fit) and returns its write
+    /// sequence number, its segment and the offset of its payload.
     fn queue(
         &self,
         kind: u8,
