@@ -1510,19 +1510,8 @@ fn t23_a_log_entry_that_breaks_apply_fails_only_its_group() {
     run(|dir| async move {
         let (node, one, two) = two_groups(&dir).await;
         node.stop().await;
-        {
-            let config = crate::config::ShardConfig::for_tests(dir.to_path_buf());
-            let log_dir = || crate::raft::open::core_log_dir(&config, 0);
-            let entries = offline::entries(log_dir(), GroupId(2)).unwrap();
-            let last_id = entries.last().unwrap().log_id;
-            let block_entry = entries
-                .iter()
-                .rev()
-                .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))));
-            let mut bad = block_entry.expect("group 2 holds a block").clone();
-            bad.log_id = openraft::LogId::new(last_id.leader_id, last_id.index + 1);
-            offline::append(log_dir(), GroupId(2), &bad).unwrap();
-        }
+        let config = crate::config::ShardConfig::for_tests(dir.to_path_buf());
+        offline::append_copy_of_last_block(crate::raft::open::core_log_dir(&config, 0), GroupId(2)).unwrap();
         for start in 0..2 {
             let node = restart_two_groups(&dir).await;
             check_group_2_failed_group_1_serves(&node, one, two, "group block out of order", start).await;

@@ -5,8 +5,7 @@
 //! one answers `Unavailable`.
 #![allow(clippy::unwrap_used)]
 
-use ledger_core::types::GroupId;
-use ledger_core::types::{LogPayload, ReadConsistency};
+use ledger_core::types::{GroupId, ReadConsistency};
 use ledger_shard::raft::core_log::offline;
 use ledger_shard::storage::log_files::LogDir;
 use ledger_tests::scope::{connect, set};
@@ -16,23 +15,6 @@ use ledger_wire::messages::{Request, Response, StatusCode};
 use std::time::Duration;
 
 const FLAGS: &[&str] = &["--cores", "1", "--groups-per-core", "2"];
-
-/// Appends a copy of group 2's last block entry at the next index of the (stopped) node's log:
-/// its group height does not follow, so applying it breaks an invariant of the whole group.
-fn append_out_of_order_block(data_dir: &std::path::Path) {
-    // `--cores 1`: every group is in core 0's log.
-    let log_dir = || LogDir::Real(data_dir.join("log/core-00"));
-    let entries = offline::entries(log_dir(), GroupId(2)).unwrap();
-    let last = entries.last().unwrap().log_id;
-    let block = entries
-        .iter()
-        .rev()
-        .find(|e| matches!(e.payload, openraft::EntryPayload::Normal(LogPayload::Block(_))));
-    let mut bad = block.expect("the group holds a block").clone();
-    bad.log_id.index = last.index + 1;
-    bad.log_id.leader_id = last.leader_id;
-    offline::append(log_dir(), GroupId(2), &bad).unwrap();
-}
 
 #[test]
 fn t01_a_log_entry_that_breaks_apply_fails_one_group_not_the_server() {
@@ -58,7 +40,8 @@ fn t01_a_log_entry_that_breaks_apply_fails_one_group_not_the_server() {
         (ids[0], ids[1])
     });
     assert_eq!(server.stop(), Some(0));
-    append_out_of_order_block(&data_dir);
+    // `--cores 1`: every group is in core 0's log.
+    offline::append_copy_of_last_block(LogDir::Real(data_dir.join("log/core-00")), GroupId(2)).unwrap();
 
     for round in 0..2 {
         let server = ServerProcess::restart(&data_dir, FLAGS);

@@ -21,8 +21,8 @@
 use crate::codec::{decode, encode};
 use crate::constants::{LOG_SEGMENT_BYTES, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, LOG_ZERO_AHEAD_BYTES};
 use crate::error::ShardError;
-use crate::raft::log_store::records::{LogIdRecord, VoteRecord};
-use crate::raft::log_store::{decode_entry, stored_log_id, LogStats};
+use crate::raft::log_store::records::VoteRecord;
+use crate::raft::log_store::{decode_entry, log_id_from_le, stored_log_id, LogStats};
 use crate::raft::type_config::{Entry, LogId, Vote};
 use crate::storage::log_files::{LogDir, LogFile};
 use futures::channel::oneshot;
@@ -166,16 +166,22 @@ fn checksum(header16: &[u8], payload: &[u8]) -> u64 {
 
 /// Encodes one record (header, payload, padding).
 fn encode_record(kind: u8, group: GroupId, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + align8(payload.len()));
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[kind, 0, 0, 0]);
-    out.extend_from_slice(&group.0.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    let sum = checksum(&out[..16], payload);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out.extend_from_slice(payload);
-    out.resize(HEADER_LEN + align8(payload.len()), 0);
+    record_with(kind, group, payload.len(), |out| out.extend_from_slice(payload))
+}
+
+/// Encodes one record whose payload `fill` appends (`capacity`: its expected length), so a
+/// payload built from parts is written once, straight into the record.
+fn record_with(kind: u8, group: GroupId, capacity: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + align8(capacity));
+    out.resize(HEADER_LEN, 0);
+    fill(&mut out);
+    let len = out.len() - HEADER_LEN;
+    out[0..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    out[4] = kind;
+    out[8..12].copy_from_slice(&group.0.to_le_bytes());
+    let sum = checksum(&out[..16], &out[HEADER_LEN..]);
+    out[16..24].copy_from_slice(&sum.to_le_bytes());
+    out.resize(HEADER_LEN + align8(len), 0);
     out
 }
 
@@ -199,11 +205,6 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     let mut b = [0u8; 4];
     b.copy_from_slice(slice);
     Some(u32::from_le_bytes(b))
-}
-
-fn parse_log_id(bytes: &[u8]) -> Option<LogId> {
-    let r = LogIdRecord { term: u64_at(bytes, 0)?, node_id: u64_at(bytes, 8)?, index: u64_at(bytes, 16)? };
-    Some(r.into())
 }
 
 /// One valid record of a segment.
@@ -244,16 +245,16 @@ fn parse_segment(bytes: &[u8]) -> (Vec<Record<'_>>, usize) {
     (out, at.min(bytes.len()))
 }
 
-/// Entries payload: `count u32`, then per entry `len u32` and the stored entry bytes.
-fn entries_payload(entries: &[(LogId, Vec<u8>)]) -> Vec<u8> {
-    let total: usize = entries.iter().map(|(_, b)| 4 + b.len()).sum();
-    let mut out = Vec::with_capacity(4 + total);
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (_, bytes) in entries {
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
-    }
-    out
+/// An entries record: payload `count u32`, then per entry `len u32` and the stored entry bytes.
+fn entries_record(group: GroupId, entries: &[(LogId, Vec<u8>)]) -> Vec<u8> {
+    let total: usize = 4 + entries.iter().map(|(_, b)| 4 + b.len()).sum::<usize>();
+    record_with(KIND_ENTRIES, group, total, |out| {
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for (_, bytes) in entries {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    })
 }
 
 /// Positions (relative to the payload) and log ids of an entries payload's entries.
@@ -438,15 +439,7 @@ impl CoreLog {
 
     /// Queues one record (opening a new segment first if it would not fit) and returns its write
     /// sequence number, its segment and the offset of its payload.
-    fn queue(
-        &self,
-        kind: u8,
-        group: GroupId,
-        payload: &[u8],
-        sync: bool,
-        done: Done,
-    ) -> Result<(u64, u64, u64), ShardError> {
-        let bytes = encode_record(kind, group, payload);
+    fn queue(&self, bytes: Vec<u8>, sync: bool, done: Done) -> Result<(u64, u64, u64), ShardError> {
         if self.inner.borrow().next_offset > 0
             && self.inner.borrow().next_offset + bytes.len() as u64 > self.segment_bytes
         {
@@ -484,16 +477,24 @@ impl CoreLog {
             inner.writer.send(WalCmd::NewSegment { seg, file }).map_err(|_| self.closed())?;
             inner.groups.iter().map(|(g, l)| (*g, l.vote, l.committed, l.last_purged)).collect()
         };
-        self.queue(KIND_SEGMENT, GroupId(0), &seg.to_le_bytes(), false, Done::Nothing)?;
+        self.queue(encode_record(KIND_SEGMENT, GroupId(0), &seg.to_le_bytes()), false, Done::Nothing)?;
         for (group, vote, committed, purged) in metas {
             if let Some(vote) = vote {
-                self.queue(KIND_VOTE, group, &encode(&VoteRecord::from(&vote)), false, Done::Nothing)?;
+                self.queue(
+                    encode_record(KIND_VOTE, group, &encode(&VoteRecord::from(&vote))),
+                    false,
+                    Done::Nothing,
+                )?;
             }
             if let Some(committed) = committed {
-                self.queue(KIND_COMMITTED, group, &log_id_bytes(&committed), false, Done::Nothing)?;
+                self.queue(
+                    encode_record(KIND_COMMITTED, group, &log_id_bytes(&committed)),
+                    false,
+                    Done::Nothing,
+                )?;
             }
             if let Some(purged) = purged {
-                self.queue(KIND_PURGE, group, &log_id_bytes(&purged), false, Done::Nothing)?;
+                self.queue(encode_record(KIND_PURGE, group, &log_id_bytes(&purged)), false, Done::Nothing)?;
             }
         }
         Ok(())
@@ -507,8 +508,7 @@ impl CoreLog {
         entries: &[(LogId, Vec<u8>)],
         done: AppendDone,
     ) -> Result<u64, ShardError> {
-        let payload = entries_payload(entries);
-        let (seq, seg, payload_at) = self.queue(KIND_ENTRIES, group, &payload, true, Done::Append(done))?;
+        let (seq, seg, payload_at) = self.queue(entries_record(group, entries), true, Done::Append(done))?;
         let mut inner = self.inner.borrow_mut();
         let log = inner.groups.entry(group).or_default();
         let mut at = payload_at + 4;
@@ -546,7 +546,8 @@ impl CoreLog {
     /// durable write (losing it only means re-applying a little more after a crash).
     pub fn save_committed(&self, group: GroupId, committed: LogId) -> Result<(), ShardError> {
         self.inner.borrow_mut().groups.entry(group).or_default().committed = Some(committed);
-        self.queue(KIND_COMMITTED, group, &log_id_bytes(&committed), false, Done::Nothing).map(|_| ())
+        self.queue(encode_record(KIND_COMMITTED, group, &log_id_bytes(&committed)), false, Done::Nothing)
+            .map(|_| ())
     }
 
     fn queue_and_wait(
@@ -556,7 +557,7 @@ impl CoreLog {
         payload: &[u8],
     ) -> impl std::future::Future<Output = Result<(), ShardError>> {
         let (tx, rx) = oneshot::channel();
-        let queued = self.queue(kind, group, payload, true, Done::Wait(tx));
+        let queued = self.queue(encode_record(kind, group, payload), true, Done::Wait(tx));
         let what = format!("raft log {}", self.dir.path().display());
         async move {
             queued?;
@@ -656,9 +657,11 @@ fn replay_record(log: &mut GroupLog, seg: u64, record: &Record<'_>) -> Result<()
             let from = u64_at(record.payload, 0).ok_or_else(|| bad("truncate"))?;
             let _ = log.entries.split_off(&from);
         }
-        KIND_PURGE => log.purge(parse_log_id(record.payload).ok_or_else(|| bad("purge"))?),
+        KIND_PURGE => log.purge(log_id_from_le(record.payload).ok_or_else(|| bad("purge"))?),
         KIND_VOTE => log.vote = Some(decode::<VoteRecord>("vote", record.payload)?.into()),
-        KIND_COMMITTED => log.committed = Some(parse_log_id(record.payload).ok_or_else(|| bad("committed"))?),
+        KIND_COMMITTED => {
+            log.committed = Some(log_id_from_le(record.payload).ok_or_else(|| bad("committed"))?)
+        }
         _ => return Err(bad("unexpected")),
     }
     Ok(())
@@ -871,6 +874,26 @@ pub mod offline {
             Ok(Err(e)) => Err(ShardError::WriteFailed { what, detail: e.to_string() }),
             Err(_) => Err(ShardError::StorageClosed { what }),
         }
+    }
+
+    /// Appends a copy of `group`'s last block entry at the next index (its group height does
+    /// not follow, so applying it breaks an invariant of the whole group): how tests make one
+    /// group's log fail apply while the others stay sound. Returns the copy's log id.
+    pub fn append_copy_of_last_block(dir: LogDir, group: GroupId) -> Result<LogId, ShardError> {
+        let entries = entries(dir.clone(), group)?;
+        let last =
+            entries.last().map(|e| e.log_id).ok_or_else(|| corrupt(format!("group {group} has no log")))?;
+        let block = entries
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(e.payload, openraft::EntryPayload::Normal(ledger_core::types::LogPayload::Block(_)))
+            })
+            .ok_or_else(|| corrupt(format!("group {group} holds no block")))?;
+        let mut copy = block.clone();
+        copy.log_id = LogId::new(last.leader_id, last.index + 1);
+        append(dir, group, &copy)?;
+        Ok(copy.log_id)
     }
 }
 

@@ -154,12 +154,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, ShardError> {
     if bytes.len() < ENTRY_HEADER_LEN {
         return Err(corrupt(format!("{} bytes", bytes.len())));
     }
-    let u64_at = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    let log_id: LogId = LogIdRecord { term: u64_at(1), node_id: u64_at(9), index: u64_at(17) }.into();
+    let log_id = stored_log_id(bytes).ok_or_else(|| corrupt(format!("{} bytes", bytes.len())))?;
     let body = &bytes[ENTRY_HEADER_LEN..];
     let payload = match bytes[0] {
         KIND_BLANK => EntryPayload::Blank,
@@ -174,14 +169,14 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, ShardError> {
 
 /// The log id in a stored entry's header (`None`: too short to be an entry).
 pub fn stored_log_id(bytes: &[u8]) -> Option<LogId> {
-    let u64_at = |at: usize| {
-        bytes.get(at..at + 8).map(|s| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(s);
-            u64::from_le_bytes(b)
-        })
-    };
-    Some(LogIdRecord { term: u64_at(1)?, node_id: u64_at(9)?, index: u64_at(17)? }.into())
+    log_id_from_le(bytes.get(1..)?)
+}
+
+/// A log id stored as term, leader node id and index, each u64 little-endian (the entry header's
+/// form, also used by the core log's purge and committed records).
+pub fn log_id_from_le(bytes: &[u8]) -> Option<LogId> {
+    let u64_at = |at: usize| bytes.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+    Some(LogIdRecord { term: u64_at(0)?, node_id: u64_at(8)?, index: u64_at(16)? }.into())
 }
 
 /// Counters of the core's log thread, readable from any thread (metrics and tests).
