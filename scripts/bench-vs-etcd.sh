@@ -200,8 +200,34 @@ drive() {
 # The word after label $2 in line $1 (etcd-loadgen prints `label value` pairs).
 after() { echo "$1" | awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }'; }
 
+# Polls `$@` every 0.1 s up to TRIES times while every server is alive; fails otherwise.
+wait_ready() { # tries command...
+  local tries="$1"; shift
+  for _ in $(seq "$tries"); do
+    if "$@"; then return 0; fi
+    all_alive || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# A cluster that never became ready: every level of this run fails with `why`.
+give_up() { # system nodes why
+  check_alive || true
+  for level in $LEVELS; do failed "$1" "$2" "$level" "$3"; done
+  stop_servers; rm -rf "$CLUSTER_DIR"
+}
+
+etcd_healthy() { etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; }
+
+# Every node listens and the cluster answers a registry read.
+ledger_ready() {
+  [[ "$(grep -l "listening on" "$CLUSTER_DIR"/m*.log 2>/dev/null | wc -l)" == "$nodes" ]] \
+    && "$BIN/ledger" --addr "${addrs[0]}" namespace list >/dev/null 2>&1
+}
+
 run_etcd() { # nodes
-  local nodes="$1" i cluster="" endpoints="" ports=() ok=0 level out
+  local nodes="$1" i cluster="" endpoints="" ports=() level out
   CLUSTER_DIR="$WORK/etcd-$nodes"; mkdir -p "$CLUSTER_DIR"
   for i in $(seq 0 $((nodes - 1))); do
     local client peer; take_port client; take_port peer; ports+=("$client:$peer")
@@ -216,15 +242,8 @@ run_etcd() { # nodes
       --logger zap --log-outputs "$CLUSTER_DIR/m$i.log" --log-level warn >/dev/null 2>&1 &
     SERVERS+=($!)
   done
-  for _ in $(seq 300); do
-    if etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; then ok=1; break; fi
-    all_alive || break
-    sleep 0.1
-  done
-  if [[ "$ok" != 1 ]]; then
-    check_alive || true
-    for level in $LEVELS; do failed etcd "$nodes" "$level" "the cluster did not become healthy"; done
-    stop_servers; rm -rf "$CLUSTER_DIR"; return 0
+  if ! wait_ready 300 etcd_healthy; then
+    give_up etcd "$nodes" "the cluster did not become healthy"; return 0
   fi
   for level in $LEVELS; do
     if drive "$ETCD_LOADGEN" --endpoints "$endpoints" --connections "${level%x*}" --pipeline "${level#*x}" \
@@ -242,7 +261,7 @@ run_etcd() { # nodes
 }
 
 run_ledger() { # nodes
-  local nodes="$1" i peers="" addrs=() ok=0 level
+  local nodes="$1" i peers="" addrs=() level
   CLUSTER_DIR="$WORK/ledger-$nodes"; mkdir -p "$CLUSTER_DIR"
   for i in $(seq 0 $((nodes - 1))); do
     local port; take_port port; addrs+=("127.0.0.1:$port"); peers+="${peers:+,}127.0.0.1:$port"
@@ -257,18 +276,8 @@ run_ledger() { # nodes
       "${cluster_flags[@]}" $LEDGER_FLAGS >"$CLUSTER_DIR/m$i.log" 2>&1 &
     SERVERS+=($!)
   done
-  # Ready when every node listens and the cluster answers a registry read.
-  for _ in $(seq 600); do
-    if grep -q "listening on" "$CLUSTER_DIR"/m*.log 2>/dev/null \
-        && [[ "$(grep -l "listening on" "$CLUSTER_DIR"/m*.log | wc -l)" == "$nodes" ]] \
-        && "$BIN/ledger" --addr "${addrs[0]}" namespace list >/dev/null 2>&1; then ok=1; break; fi
-    all_alive || break
-    sleep 0.1
-  done
-  if [[ "$ok" != 1 ]]; then
-    check_alive || true
-    for level in $LEVELS; do failed ledger "$nodes" "$level" "the cluster did not start serving"; done
-    stop_servers; rm -rf "$CLUSTER_DIR"; return 0
+  if ! wait_ready 600 ledger_ready; then
+    give_up ledger "$nodes" "the cluster did not start serving"; return 0
   fi
   for level in $LEVELS; do
     if drive "$BIN/ledger-loadgen" --addr "$peers" --namespaces "$NAMESPACES" --key-space "$KEYS" \
