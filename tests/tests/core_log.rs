@@ -121,3 +121,19 @@ fn t01_groups_of_two_cores_share_their_core_logs_across_kill_9() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("--cores 2"), "{stderr}");
 }
+
+#[test]
+fn t02_a_data_directory_from_before_the_core_log_is_refused_not_started_empty() {
+    // A group with a `raft.redb` of its own and nothing in its core's log was written by an older
+    // version (D38): starting it from an empty log would lose its history, so the node refuses,
+    // naming the file.
+    let dir = temp_dir("core-log-old");
+    let data_dir = dir.path().join("node");
+    let server = ServerProcess::start(&data_dir, &["--cores", "1"]);
+    assert_eq!(server.stop(), Some(0));
+    std::fs::remove_dir_all(data_dir.join("log")).unwrap();
+    std::fs::write(data_dir.join("groups/g00000/raft.redb"), b"an old per-group log").unwrap();
+    let (code, _, stderr) = run_server_to_exit(&data_dir, &["--cores", "1"], Duration::from_secs(30));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("older version") && stderr.contains("raft.redb"), "{stderr}");
+}
