@@ -32,6 +32,10 @@ pub fn target_of(request: &Request) -> Target {
         | HistoricalRead { namespace_id, .. }
         | CheckIntegrity { namespace_id, .. }
         | CreateSnapshot { namespace_id, .. }
+        | RecoverVault { namespace_id, .. }
+        | SimulateDivergence { namespace_id, .. }
+        | CompareStateRoots { namespace_id, .. }
+        | GetVaultHealth { namespace_id, .. }
         | WatchBlocks { namespace_id, .. } => Target::Namespace(*namespace_id),
         // Answered by the connection itself, which knows which core serves each of its streams.
         CancelStream { .. } => Target::Admin,
@@ -46,7 +50,12 @@ pub fn target_of(request: &Request) -> Target {
         | HealthCheck { .. }
         | SetPartition { .. }
         | JoinCluster { .. }
-        | LeaveCluster { .. } => Target::Admin,
+        | LeaveCluster { .. }
+        | GetClusterInfo
+        | GetGroupStatus
+        | TransferLeadership { .. }
+        | LagReport { .. }
+        | GetEvents { .. } => Target::Admin,
         Peer(peer) => Target::Group(peer.group_id()),
     }
 }

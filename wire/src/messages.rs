@@ -311,6 +311,53 @@ pub enum Request {
     SetPartition {
         blocked_nodes: Vec<u64>,
     },
+    // --- operations (SPEC §5.3 items 25, 29–30, 32–36; §11.2)
+    /// The cluster's members from the `_system` registry, with group 0's leader and term.
+    GetClusterInfo,
+    /// Raft status of every group hosted by THIS node (project addition for `cluster-status`).
+    GetGroupStatus,
+    /// Rebuild the scope on this node (SPEC §9.9). Without `force` only a non-Healthy scope.
+    RecoverVault {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        force: bool,
+    },
+    /// Test builds only (`--test-faults`): mark the local replica Diverged, data untouched.
+    SimulateDivergence {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        expected_state_root: Hash,
+        computed_state_root: Hash,
+        at_height: u64,
+    },
+    /// Served by `node_id` (forwarded there): give up leadership of `group_id` (or of every
+    /// group it leads) by making an up-to-date voter elect itself.
+    TransferLeadership {
+        node_id: u64,
+        group_id: Option<u32>,
+    },
+    /// Each group's replication progress, from its leader (the receiving node forwards).
+    LagReport {
+        group_id: Option<u32>,
+    },
+    /// This node's event log (SPEC §11.6).
+    GetEvents {
+        since_secs: u64,
+        filter: Option<String>,
+        min_level: Option<EventLevel>,
+        limit: u32,
+    },
+    /// The scope's state root on every replica (fans out to the group's members).
+    CompareStateRoots {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+        height: Option<u64>,
+    },
+    /// The local replica's health and recovery progress.
+    GetVaultHealth {
+        namespace_id: i64,
+        vault_id: Option<i64>,
+    },
     // --- peer role only (§5.6): refused on client connections
     Peer(Box<crate::peer::PeerRequest>),
 }
@@ -378,6 +425,15 @@ impl Request {
             Request::SetPartition { .. } => "set_partition",
             Request::JoinCluster { .. } => "join_cluster",
             Request::LeaveCluster { .. } => "leave_cluster",
+            Request::GetClusterInfo => "get_cluster_info",
+            Request::GetGroupStatus => "get_group_status",
+            Request::RecoverVault { .. } => "recover_vault",
+            Request::SimulateDivergence { .. } => "simulate_divergence",
+            Request::TransferLeadership { .. } => "transfer_leadership",
+            Request::LagReport { .. } => "lag_report",
+            Request::GetEvents { .. } => "get_events",
+            Request::CompareStateRoots { .. } => "compare_state_roots",
+            Request::GetVaultHealth { .. } => "get_vault_health",
             Request::Peer(peer) => peer.op_name(),
         }
     }
@@ -606,7 +662,136 @@ pub enum Response {
     SetPartition {
         blocked_nodes: Vec<u64>,
     },
+    GetClusterInfo {
+        members: Vec<ClusterMember>,
+        leader_id: Option<u64>,
+        term: u64,
+    },
+    GetGroupStatus {
+        node_id: u64,
+        groups: Vec<GroupStatusInfo>,
+    },
+    RecoverVault {
+        success: bool,
+        message: String,
+        health: VaultHealth,
+        final_height: u64,
+        final_state_root: Hash,
+    },
+    SimulateDivergence {
+        success: bool,
+        message: String,
+        health: VaultHealth,
+    },
+    /// `moved`: (group, new leader).
+    TransferLeadership {
+        moved: Vec<(u32, u64)>,
+        not_moved: Vec<u32>,
+    },
+    LagReport {
+        groups: Vec<GroupLag>,
+    },
+    GetEvents {
+        events: Vec<Event>,
+    },
+    CompareStateRoots {
+        height: u64,
+        replicas: Vec<ReplicaRoot>,
+    },
+    GetVaultHealth {
+        health: VaultHealth,
+        recovery_attempts: u32,
+        last_error: Option<String>,
+    },
     Peer(crate::peer::PeerResponse),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ClusterMember {
+    pub node_id: u64,
+    pub address: String,
+    pub role: MemberRole,
+    pub is_leader: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupStatusInfo {
+    pub group_id: u32,
+    /// `leader`, `follower`, `candidate`, `learner`, or `failed: …` when the group did not open.
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Scopes of the group on this replica, and how many are not Healthy.
+    pub scopes: u32,
+    pub unhealthy_scopes: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FollowerLag {
+    pub node_id: u64,
+    pub matched_index: u64,
+    pub lag_blocks: u64,
+    /// Milliseconds since the leader last heard from it (None: never).
+    pub last_ack_ms: Option<u64>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupLag {
+    pub group_id: u32,
+    pub leader: Option<u64>,
+    pub leader_last_index: u64,
+    pub followers: Vec<FollowerLag>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[rkyv(derive(Debug))]
+pub enum EventLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Event {
+    pub ts: Timestamp,
+    pub level: EventLevel,
+    pub kind: String,
+    pub group_id: Option<u32>,
+    pub namespace_id: Option<i64>,
+    pub vault_id: Option<i64>,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ReplicaRoot {
+    pub node_id: u64,
+    /// None: the replica did not answer or has no root at that height.
+    pub state_root: Option<Hash>,
+    pub height: u64,
+    pub health: Option<VaultHealth>,
+    pub matches_leader: bool,
+    /// Why `state_root` is missing.
+    pub error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
