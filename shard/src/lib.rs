@@ -14,6 +14,7 @@ pub mod config;
 pub mod constants;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod helper_threads;
 pub mod isolation;

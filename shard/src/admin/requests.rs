@@ -203,6 +203,9 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             shard.config.faults.set_partition(blocked_nodes.iter().copied());
             Ok(Response::SetPartition { blocked_nodes })
         }
+        Request::GetEvents { since_secs, filter, min_level, limit } => {
+            crate::events::query(shard, since_secs, filter, min_level, limit)
+        }
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
     }
 }
