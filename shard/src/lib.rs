@@ -20,6 +20,7 @@ pub mod helper_threads;
 pub mod isolation;
 pub mod maintenance;
 pub mod msg;
+pub mod ops;
 pub mod peer;
 #[cfg(test)]
 mod power_tests;

@@ -194,6 +194,9 @@ pub struct Group {
     /// as built, else `Unavailable` — a rejection must never reveal state that may never commit
     /// (found by the linearizability test, D32).
     deferred: RefCell<Vec<DeferredRejection>>,
+    /// Set while leadership is handed to another voter (ops/leadership.rs): no new block is
+    /// proposed, so the successor is not behind when it is asked to elect itself.
+    pub handing_over: Cell<bool>,
 }
 
 /// One transaction's identity for duplicate detection: scope, client id, sequence.
@@ -230,6 +233,7 @@ impl Group {
             resync_log_index: Cell::new(false),
             in_flight_txs: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
+            handing_over: Cell::new(false),
         })
     }
 
@@ -341,6 +345,10 @@ impl Group {
                     let result = self.propose_scope_command(a.command).await;
                     let _ = a.reply.send(result);
                 }
+                continue;
+            }
+            if self.handing_over.get() && !self.stopping.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
                 continue;
             }
             if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX
