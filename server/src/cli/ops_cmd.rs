@@ -373,14 +373,24 @@ pub async fn stepdown(
 pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) -> Result<u8, CliError> {
     let info = client.get_vault(ns, vault).await?;
     let vault_id = (vault != 0).then_some(vault);
-    let (attempts, last_error) =
+    let (attempts, last_error, checked_at, issues) =
         match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
-            Response::GetVaultHealth { recovery_attempts, last_error, .. } => (recovery_attempts, last_error),
+            Response::GetVaultHealth {
+                recovery_attempts,
+                last_error,
+                last_integrity_check,
+                integrity_issues,
+                ..
+            } => (recovery_attempts, last_error, last_integrity_check, integrity_issues),
             other => return Err(unexpected(&other)),
         };
     let mut value = render::vault(&info);
     value["recovery_attempts"] = json!(attempts);
     value["last_error"] = json!(last_error);
+    value["integrity"] = json!({
+        "checked_at": checked_at.map(|t| rfc3339(t.secs)),
+        "issues": issues.iter().map(|i| json!({"block_height": i.block_height, "issue_type": i.issue_type.as_str(), "description": i.description})).collect::<Vec<_>>(),
+    });
     emit(json_out, value, || {
         let mut rows = vec![
             ("namespace", info.namespace_id.to_string()),
@@ -420,10 +430,22 @@ pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) 
         if let Some(e) = &last_error {
             rows.push(("last error", e.clone()));
         }
+        let checked = match checked_at {
+            Some(t) if issues.is_empty() => format!("{}: no issues", rfc3339(t.secs)),
+            Some(t) => format!("{}: {} issue(s)", rfc3339(t.secs), issues.len()),
+            None => "not run yet".into(),
+        };
+        rows.push(("integrity check", checked));
+        for i in &issues {
+            rows.push((
+                "  issue",
+                format!("height {} {}: {}", i.block_height, i.issue_type.as_str(), i.description),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter().map(|(k, v)| format!("{k:<width$}  {v}")).collect::<Vec<_>>().join("\n")
     });
-    Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
+    Ok(if info.health == VaultHealth::Healthy && issues.is_empty() { 0 } else { 1 })
 }
 
 /// Seconds since the epoch as RFC 3339 UTC.
@@ -490,7 +512,7 @@ pub async fn watch_recovery(
     loop {
         let (health, attempts, last_error) =
             match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
-                Response::GetVaultHealth { health, recovery_attempts, last_error } => {
+                Response::GetVaultHealth { health, recovery_attempts, last_error, .. } => {
                     (health, recovery_attempts, last_error)
                 }
                 other => return Err(unexpected(&other)),
