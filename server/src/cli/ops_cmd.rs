@@ -636,3 +636,55 @@ pub fn health_status_name(status: HealthStatus) -> &'static str {
         HealthStatus::Unavailable => "unavailable",
     }
 }
+
+/// `clear-vault-state` (SPEC §9.9), offline: takes the data directory's lock (refused while a
+/// server holds it), then clears the scope in whichever group's state file holds it.
+pub fn clear_vault_state(
+    data_dir: &std::path::Path,
+    ns: i64,
+    vault: i64,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    use std::os::fd::AsRawFd;
+    let lock_path = data_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new().write(true).open(&lock_path).map_err(|e| {
+        CliError::new(1, format!("{}: not a Ledger data directory ({e})", data_dir.display()))
+    })?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(CliError::new(
+            1,
+            format!("{} is locked: stop the server using this data directory first", lock_path.display()),
+        ));
+    }
+    let scope = ledger_core::types::ScopeKey::new(
+        ledger_core::types::NamespaceId(ns),
+        (vault != 0).then_some(ledger_core::types::VaultId(vault)),
+    );
+    let groups = data_dir.join("groups");
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&groups)
+        .map_err(|e| CliError::new(1, format!("{}: {e}", groups.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let path = dir.join("state.redb");
+        if !path.exists() {
+            continue;
+        }
+        let cleared = ledger_shard::storage::checkpoint::clear_scope_offline(&path, scope)
+            .map_err(|e| CliError::new(1, format!("{}: {e}", path.display())))?;
+        if let Some(rows) = cleared {
+            emit(
+                json_out,
+                json!({"namespace_id": ns, "vault_id": vault, "state_file": path.display().to_string(), "rows_removed": rows, "health": "diverged"}),
+                || {
+                    format!("cleared vault {vault} of namespace {ns} in {}: {rows} row(s) removed; marked Diverged, rebuilt at the next start", path.display())
+                },
+            );
+            return Ok(0);
+        }
+    }
+    Err(CliError::new(1, format!("vault {vault} of namespace {ns} is in no group of {}", data_dir.display())))
+}
