@@ -60,6 +60,9 @@ pub struct ShardConfig {
     pub journal_merge_rows_min: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
+    /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
+    /// in-process tests (`GetEvents` then answers `FailedPrecondition`).
+    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
 }
 
 /// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
@@ -123,6 +126,7 @@ impl ShardConfig {
             checkpoint_interval_ms: crate::constants::CHECKPOINT_INTERVAL_MS,
             journal_merge_rows_min: crate::constants::JOURNAL_MERGE_ROWS_MIN,
             sim_disk: None,
+            events: None,
         }
     }
 }

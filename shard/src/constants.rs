@@ -139,3 +139,21 @@ pub const BACKFILL_RETRY_MS: u64 = 500;
 pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;
 /// How long a node being added to a group may take to catch up as a learner (SPEC §10.6).
 pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+// --- event log (events.rs, SPEC §11.6)
+/// Events kept in `node.redb` at most; older ones are dropped first (SPEC §11.6: 100,000).
+pub const EVENTS_KEPT_MAX: u64 = 100_000;
+/// Events older than this are dropped (SPEC §11.6: 7 days).
+pub const EVENTS_AGE_MAX_SECS: u64 = 7 * 24 * 3600;
+/// Events queued for the writer thread at most; an event that finds the queue full is dropped
+/// and counted (recording must never wait).
+pub const EVENTS_QUEUED_MAX: usize = 4096;
+/// Events the writer inserts in one transaction at most.
+pub const EVENTS_BATCH_MAX: usize = 1024;
+/// The writer's transactions are not synced; one that is follows within this period.
+pub const EVENTS_SYNC_INTERVAL_MS: u64 = 5_000;
+/// Events a `GetEvents` answers when its limit is 0, and at most.
+pub const EVENTS_LIMIT_DEFAULT: u32 = 1000;
+pub const EVENTS_LIMIT_MAX: u32 = 10_000;
+/// Bytes of an event's message, or of one field value, kept (longer text is cut).
+pub const EVENT_TEXT_BYTES_MAX: usize = 2048;

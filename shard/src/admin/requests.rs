@@ -204,7 +204,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             Ok(Response::SetPartition { blocked_nodes })
         }
         Request::GetEvents { since_secs, filter, min_level, limit } => {
-            crate::events::query(shard, since_secs, filter, min_level, limit)
+            crate::events::query(shard, since_secs, filter, min_level, limit).await
         }
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
     }
