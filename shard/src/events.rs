@@ -431,7 +431,8 @@ impl EventVisitor {
             "message" => event.message = text,
             "group" if text.parse::<u32>().is_ok() => event.group_id = text.parse().ok(),
             "namespace" if text.parse::<i64>().is_ok() => event.namespace_id = text.parse().ok(),
-            "vault" if text.parse::<i64>().is_ok() => event.vault_id = text.parse().ok(),
+            // Vault 0 is the namespace scope, which the wire writes as no vault.
+            "vault" if text.parse::<i64>().is_ok() => event.vault_id = text.parse().ok().filter(|v| *v != 0),
             "scope" => match text.split_once('/').map(|(n, v)| (n.parse::<i64>(), v.parse::<i64>())) {
                 Some((Ok(namespace), Ok(vault))) => {
                     event.namespace_id = Some(namespace);

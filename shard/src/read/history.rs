@@ -395,7 +395,7 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
                 Ok(Some(state)) if state.meta.height == at => Some(state),
                 Ok(_) => None,
                 Err(e) => {
-                    eprintln!("event=history_snapshot_unusable scope={key} height={at} error={e}");
+                    crate::event!(warn, "history_snapshot_unusable", scope = %key, height = at, error = %e);
                     None
                 }
             }
