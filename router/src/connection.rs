@@ -470,7 +470,7 @@ fn encode_control(message: Control, out: &mut Vec<u8>) -> bool {
         Control::Shutdown => return false,
     };
     if let Err(e) = result {
-        eprintln!("ledger-server: cannot encode a control frame: {e}");
+        tracing::error!(error = %e, "cannot encode a control frame");
     }
     closing
 }
@@ -509,7 +509,7 @@ fn encode_replies(
     if let Err(e) = encode_frame_limited(FrameKind::ResponseBatch, &batch, out, max_frame_bytes) {
         // The budget bounds the encoding (wire codec t16), so this is a bug; the replies are
         // still owed, as errors.
-        eprintln!("ledger-server: cannot encode a response batch: {e}");
+        tracing::error!(error = %e, "cannot encode a response batch");
         let items = batch
             .items
             .into_iter()

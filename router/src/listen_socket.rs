@@ -34,9 +34,8 @@ impl ListenSocket {
                         return Err(ListenError::InUse { addr: target });
                     }
                     if !waiting {
-                        eprintln!(
-                            "ledger-server: address {target} is in use; waiting up to {in_use_wait:?} for it \
-                             to be released"
+                        tracing::warn!(
+                            "address {target} is in use; waiting up to {in_use_wait:?} for it to be released"
                         );
                         waiting = true;
                     }

@@ -69,7 +69,7 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
                     .detach();
                 }
                 Err(e) => {
-                    eprintln!("ledger-server: accept failed: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             },

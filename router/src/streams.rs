@@ -153,7 +153,7 @@ pub fn encode_stream_events(
             StreamEvent::Refused(end) => encode_end(&end, out, max_frame_bytes),
         };
         if let Err(e) = result {
-            eprintln!("ledger-server: cannot encode a stream frame: {e}");
+            tracing::error!(error = %e, "cannot encode a stream frame");
         }
         count += 1;
         if count < STREAM_EVENTS_PER_WRITE_MAX {

@@ -98,7 +98,7 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
                 seen: seen(),
             });
         }
-        eprintln!("event=bootstrap_waiting expected={expected} found={} nodes=[{}]", known.len(), seen());
+        ledger_shard::event!(info, "bootstrap_waiting", expected, found = known.len(), nodes = %seen());
         std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
     }
 }
@@ -124,7 +124,7 @@ pub fn find_cluster(config: &Config) -> Result<Vec<u32>, BootstrapError> {
                 seen: "no cluster member among --peers".into(),
             });
         }
-        eprintln!("event=join_waiting peers={:?}", config.peers);
+        ledger_shard::event!(info, "join_waiting", peers = ?config.peers);
         std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
     }
 }
@@ -238,17 +238,21 @@ pub fn join_by_itself(peers: Vec<String>, node_id: u64, address: String, poll: D
             let request = Request::JoinCluster { node_id, address: address.clone() };
             match call_once(peer, request, JOIN_TIMEOUT) {
                 Ok(Ok(Response::JoinCluster { groups })) => {
-                    eprintln!("event=joined node={node_id} via={peer} groups={}", groups.len());
+                    ledger_shard::event!(info, "joined", node = node_id, via = %peer, groups = groups.len());
                     return;
                 }
-                Ok(other) => eprintln!("event=join_refused node={node_id} via={peer} answer={other:?}"),
-                Err(e) => eprintln!("event=join_unreachable node={node_id} via={peer} error={e:?}"),
+                Ok(other) => {
+                    ledger_shard::event!(warn, "join_refused", node = node_id, via = %peer, answer = ?other)
+                }
+                Err(e) => {
+                    ledger_shard::event!(warn, "join_unreachable", node = node_id, via = %peer, error = ?e)
+                }
             }
         }
         std::thread::sleep(poll);
     };
     if let Err(e) = std::thread::Builder::new().name("join-cluster".into()).spawn(run) {
-        eprintln!("event=join_thread_failed error={e}");
+        ledger_shard::event!(error, "join_thread_failed", error = %e);
     }
 }
 

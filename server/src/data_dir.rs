@@ -1,5 +1,7 @@
 //! The node's data directory (SPEC §9.1, §9.6 steps 1–3): the exclusive `.lock`, the persisted
-//! Snowflake `node_id`, the `tmp/` staging area and the `node.redb` placement table.
+//! Snowflake `node_id`, the `tmp/` staging area and `node.redb` (placement, cluster plan, and the
+//! event log's table), which stays open as long as the directory: redb allows one handle per file
+//! in a process, and the event log shares it.
 
 use ledger_core::types::{CoreId, GroupId};
 use ledger_shard::storage::dir_sync::{create_dir_durable, fsync_dir};
@@ -10,6 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Milliseconds of 2024-01-01T00:00:00Z, the Snowflake epoch (SPEC §10.1).
 const SNOWFLAKE_EPOCH_MS: u64 = 1_704_067_200_000;
@@ -40,6 +43,7 @@ pub enum DataDirError {
 pub struct DataDir {
     pub root: PathBuf,
     pub node_id: u64,
+    node_db: Arc<Database>,
     _lock: File,
 }
 
@@ -73,12 +77,18 @@ impl DataDir {
         }
         std::fs::create_dir_all(&tmp).map_err(io("cannot create", &tmp))?;
         let node_id = load_or_create_node_id(&root.join("node_id"))?;
-        Ok(DataDir { root: root.to_path_buf(), node_id, _lock: lock })
+        let node_db = Arc::new(open_node_db(root)?);
+        Ok(DataDir { root: root.to_path_buf(), node_id, node_db, _lock: lock })
+    }
+
+    /// `node.redb`, shared with the event log (`ledger_shard::events`).
+    pub fn node_db(&self) -> Arc<Database> {
+        self.node_db.clone()
     }
 
     /// Reads the recorded group → core placement (empty on a fresh node).
     pub fn load_placement(&self) -> Result<BTreeMap<GroupId, CoreId>, DataDirError> {
-        let db = self.node_db()?;
+        let db = &self.node_db;
         let txn = db.begin_read().map_err(db_err)?;
         let mut placement = BTreeMap::new();
         let table = match txn.open_table(PLACEMENT) {
@@ -95,7 +105,7 @@ impl DataDir {
 
     /// Records the placement durably (SPEC §10.5: stable across restarts).
     pub fn store_placement(&self, placement: &BTreeMap<GroupId, CoreId>) -> Result<(), DataDirError> {
-        let db = self.node_db()?;
+        let db = &self.node_db;
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(PLACEMENT).map_err(db_err)?;
@@ -108,7 +118,7 @@ impl DataDir {
 
     /// The cluster plan recorded at bootstrap (`None`: a single node, or a fresh one).
     pub fn load_plan(&self) -> Result<Option<StoredPlan>, DataDirError> {
-        let db = self.node_db()?;
+        let db = &self.node_db;
         let txn = db.begin_read().map_err(db_err)?;
         let table = match txn.open_table(CLUSTER) {
             Ok(table) => table,
@@ -129,7 +139,7 @@ impl DataDir {
         placement: &BTreeMap<GroupId, CoreId>,
     ) -> Result<(), DataDirError> {
         let json = serde_json::to_string(plan).map_err(|e| DataDirError::Db(format!("cluster plan: {e}")))?;
-        let db = self.node_db()?;
+        let db = &self.node_db;
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(CLUSTER).map_err(db_err)?;
@@ -141,20 +151,20 @@ impl DataDir {
         }
         txn.commit().map_err(db_err)
     }
+}
 
-    fn node_db(&self) -> Result<Database, DataDirError> {
-        let path = self.root.join("node.redb");
-        let created = !path.exists();
-        let db = Database::create(&path).map_err(db_err)?;
-        if created {
-            fsync_dir(&self.root).map_err(|source| DataDirError::Io {
-                what: "cannot sync",
-                path: self.root.clone(),
-                source,
-            })?;
-        }
-        Ok(db)
+fn open_node_db(root: &Path) -> Result<Database, DataDirError> {
+    let path = root.join("node.redb");
+    let created = !path.exists();
+    let db = Database::create(&path).map_err(db_err)?;
+    if created {
+        fsync_dir(root).map_err(|source| DataDirError::Io {
+            what: "cannot sync",
+            path: root.to_path_buf(),
+            source,
+        })?;
     }
+    Ok(db)
 }
 
 fn db_err(e: impl std::fmt::Display) -> DataDirError {

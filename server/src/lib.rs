@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod logging;
 pub mod metrics_http;
 pub mod node;
 pub mod node_alloc;

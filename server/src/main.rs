@@ -47,16 +47,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    ledger_server::logging::init(&config.log_level, config.log_format);
     // The state-tree threads allocate and free tree nodes all day, like the executors.
     let hooks = HelperHooks { on_start: Some(cache_this_thread), on_exit: Some(release_node_blocks) };
     match run_node_with(config, hooks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ NodeError::DataDir(ledger_server::data_dir::DataDirError::Locked(_))) => {
-            eprintln!("ledger-server: {e}");
+            tracing::error!("ledger-server: {e}");
             ExitCode::from(3)
         }
         Err(e) => {
-            eprintln!("ledger-server: {e}");
+            tracing::error!("ledger-server: {e}");
             ExitCode::from(1)
         }
     }

@@ -11,6 +11,7 @@ use ledger_core::types::{CoreId, GroupId};
 use ledger_router::constants::LISTEN_IN_USE_WAIT;
 use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::config::{ClusterPlan, HelperHooks};
+use ledger_shard::events::{EventBounds, EventLog};
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,19 @@ pub enum NodeError {
     /// with fewer cores than its data directory has groups placed on.
     #[error("the data directory places group {group} on core {core}, whose Raft log is in log/core-{core:02}; start with --cores {needed} or more")]
     CoresShrunk { group: u32, core: u16, needed: u16 },
+    #[error("event log in node.redb: {0}")]
+    Events(#[source] ledger_shard::ShardError),
+}
+
+/// The open event log, attached to the process's event layer; detached, written and synced when
+/// the node stops, however it stops (its writes are not synced one by one, D39).
+struct EventsOpen(Arc<EventLog>);
+
+impl Drop for EventsOpen {
+    fn drop(&mut self) {
+        ledger_shard::events::attach(None);
+        self.0.close();
+    }
 }
 
 pub fn run_node(config: Config) -> Result<(), NodeError> {
@@ -54,6 +68,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
     let dir = DataDir::open(&config.data_dir)?;
+    let events =
+        EventsOpen(EventLog::open(dir.node_db(), EventBounds::default()).map_err(NodeError::Events)?);
+    ledger_shard::events::attach(Some(events.0.clone()));
     // The address is claimed before any work on the groups, so that a second server on it stops
     // here (D26); clients are refused, not queued, until the listen below.
     let socket = ListenSocket::claim(&config.listen_addr, LISTEN_IN_USE_WAIT)?;
@@ -85,11 +102,14 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         let stored =
             StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
         dir.store_plan(&stored, &placement)?;
-        eprintln!(
-            "event=cluster_bootstrapped members={:?} initializer={} data_groups={}",
-            stored.members,
-            stored.initializer,
-            groups.len().saturating_sub(1)
+        ledger_shard::event!(
+            info,
+            "bootstrap",
+            mode = "cluster",
+            members = ?stored.members,
+            initializer = stored.initializer,
+            data_groups = groups.len().saturating_sub(1),
+            "the cluster's members agreed; groups placed"
         );
         plan = Some(stored);
         early_listeners = Some(listeners);
@@ -101,12 +121,14 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
         let stored = StoredPlan { members: Vec::new(), initializer: 0 };
         dir.store_plan(&stored, &placement)?;
-        eprintln!(
-            "event=join_ready node={} groups={} hint=\"ledger-admin join --node {} --address {}\"",
-            dir.node_id,
-            groups.len(),
-            dir.node_id,
-            advertise_addr
+        ledger_shard::event!(
+            info,
+            "bootstrap",
+            mode = "join",
+            node = dir.node_id,
+            groups = groups.len(),
+            hint = %format_args!("ledger-admin join --node {} --address {advertise_addr}", dir.node_id),
+            "ready to be added to the cluster"
         );
         plan = Some(stored);
         join_after_start = config.join_by_itself;
@@ -124,6 +146,15 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
         if placement != previous {
             dir.store_placement(&placement)?;
+        }
+        if previous.is_empty() {
+            ledger_shard::event!(
+                info,
+                "bootstrap",
+                mode = "single",
+                groups = groups.len(),
+                "a new single node"
+            );
         }
         placement
     };
@@ -172,6 +203,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         vault_auto_recovery: config.vault_auto_recovery,
         integrity_interval_secs: config.integrity_interval_secs,
         sim_disk: None,
+        events: Some(events.0.clone()),
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,
@@ -235,7 +267,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
                 crate::node_alloc::cache_this_thread();
                 let shard = glommio::spawn_local(async move {
                     if let Err(e) = ledger_shard::run_shard(spec).await {
-                        eprintln!("ledger-server: core {index}: {e}");
+                        ledger_shard::event!(error, "core_failed", core = index, error = %e);
                     }
                 });
                 ledger_router::serve(router, control_rx).await;
@@ -281,6 +313,14 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    ledger_shard::event!(
+        info,
+        "node_started",
+        node = dir.node_id,
+        address = %listen_addr,
+        cores = config.cores,
+        version = env!("CARGO_PKG_VERSION")
+    );
 
     if join_after_start {
         crate::bootstrap::join_by_itself(
@@ -291,7 +331,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         );
     }
     let signal = wait_for_signal(&signals);
-    eprintln!("ledger-server: received signal {signal}, shutting down");
+    ledger_shard::event!(info, "node_stopping", signal, "received a termination signal; shutting down");
     for control in &controls {
         let _ = control.send(ListenerControl::Stop);
     }
@@ -306,7 +346,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     let mut all_done = true;
     for rx in done {
         if wait_oneshot(rx, deadline).is_none() {
-            eprintln!("ledger-server: a core did not finish shutting down in time");
+            tracing::warn!("a core did not finish shutting down in time");
             all_done = false;
         }
     }
@@ -317,6 +357,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             let _ = handle.join();
         }
     }
+    drop(events);
     drop(dir);
     Ok(())
 }

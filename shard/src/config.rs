@@ -65,6 +65,9 @@ pub struct ShardConfig {
     pub integrity_interval_secs: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
+    /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
+    /// in-process tests (`GetEvents` then answers `FailedPrecondition`).
+    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
 }
 
 /// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
@@ -132,6 +135,7 @@ impl ShardConfig {
             vault_auto_recovery: false,
             integrity_interval_secs: 0,
             sim_disk: None,
+            events: None,
         }
     }
 }

@@ -127,6 +127,8 @@ pub const TREE_RELEASES_QUEUED_MAX: usize = 256;
 pub const PEER_BATCH_ITEMS_MAX: usize = 1024;
 /// How long a connect to a peer may take before it counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// A core records `node_unreachable` for a peer at most once per this period.
+pub const PEER_UNREACHABLE_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// After a failed connect, calls to that peer fail at once for this long (openraft backs off too).
 pub const PEER_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// Nodes a request is sent to when looking for its group's leader (SPEC §8.1 step 3: 3 hops).
@@ -139,3 +141,23 @@ pub const BACKFILL_RETRY_MS: u64 = 500;
 pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;
 /// How long a node being added to a group may take to catch up as a learner (SPEC §10.6).
 pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+// --- event log (events.rs, SPEC §11.6)
+/// Events kept in `node.redb` at most; older ones are dropped first (SPEC §11.6: 100,000).
+pub const EVENTS_KEPT_MAX: u64 = 100_000;
+/// Events older than this are dropped (SPEC §11.6: 7 days).
+pub const EVENTS_AGE_MAX_SECS: u64 = 7 * 24 * 3600;
+/// Events queued for the writer thread at most; an event that finds the queue full is dropped
+/// and counted (recording must never wait).
+pub const EVENTS_QUEUED_MAX: usize = 4096;
+/// Events the writer inserts in one transaction at most.
+pub const EVENTS_BATCH_MAX: usize = 1024;
+/// The writer's transactions are not synced; one that is follows within this period.
+pub const EVENTS_SYNC_INTERVAL_MS: u64 = 5_000;
+/// Events a `GetEvents` answers when its limit is 0, and at most.
+pub const EVENTS_LIMIT_DEFAULT: u32 = 1000;
+pub const EVENTS_LIMIT_MAX: u32 = 10_000;
+/// `integrity_issue` events recorded per integrity check at most (the reply lists every issue).
+pub const INTEGRITY_EVENTS_MAX: usize = 100;
+/// Bytes of an event's message, or of one field value, kept (longer text is cut).
+pub const EVENT_TEXT_BYTES_MAX: usize = 2048;

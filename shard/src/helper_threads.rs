@@ -50,7 +50,7 @@ where
     std::thread::Builder::new().name(name.to_string()).spawn(move || {
         match cpus.and_then(|cpus| run_on(&cpus)) {
             Ok(()) => {}
-            Err(e) => eprintln!("event=helper_thread_unpin_failed error={e}"),
+            Err(e) => crate::event!(warn, "helper_thread_unpin_failed", error = %e),
         }
         work()
     })

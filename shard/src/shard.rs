@@ -138,7 +138,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 // (SPEC §2 goal 3): it stays closed and its requests are answered Unavailable.
                 let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
                 let reason = format!("failed to open: {e}{cause}");
-                eprintln!("event=group_open_failed group={id} core={core} reason={reason:?}");
+                crate::event!(error, "group_open_failed", group = %id, core = %core, reason = ?reason);
                 shard.failed.borrow_mut().insert(id, reason);
             }
         }

@@ -129,6 +129,15 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
         .expect("follower id");
     assert_eq!(mismatched, vec![follower_id], "{roots}");
 
+    // The divergence is in the follower's event log.
+    let (code, out, err) =
+        admin(cluster.addr(follower), &["logs", "--since", "1h", "--filter", "state_root_divergence"]);
+    assert_eq!(code, 0, "logs: {out} {err}");
+    assert!(
+        out.lines().any(|l| l.contains("state_root_divergence") && l.contains(&format!("{ns}/{vault}"))),
+        "{out}"
+    );
+
     // The cluster keeps serving the vault: writes through the leader commit.
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 21, 10));
     // Node health shows the follower degraded; the whole cluster is not healthy.
@@ -158,6 +167,10 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
         assert!(Instant::now() < deadline, "roots never matched again: {roots}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let (_, out, _) =
+        admin(cluster.addr(follower), &["logs", "--since", "1h", "--filter", "vault_recovered"]);
+    assert_eq!(out.lines().count(), 1, "one recovery: {out}");
+
     // And --force rebuilds a healthy vault.
     let (code, out, err) =
         admin(cluster.addr(follower), &[&["recover-vault", "--force"][..], &scope].concat());

@@ -1,6 +1,6 @@
 //! `ledger-admin`: the operator CLI (SPEC §11.2). Implemented so far: namespace and vault
-//! lifecycle, `vault-status`, `health`, `metrics`, `check-integrity`, `snapshot`, `ping`, `join`
-//! and `leave`; the
+//! lifecycle, `vault-status`, `health`, `metrics`, `check-integrity`, `snapshot`, `ping`, `join`,
+//! `leave` and `logs`; the
 //! remaining §11.2 commands are listed as missing in the README. Exit codes: 0 ok, 1 ran but unhealthy/failed, 2 usage, 3 unreachable.
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,7 +8,7 @@ use ledger_core::hash::block_hash;
 use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, CliError};
-use ledger_server::cli::{ops_cmd, out};
+use ledger_server::cli::{logs, ops_cmd, out};
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
 use serde_json::{json, Value};
@@ -165,6 +165,21 @@ enum Command {
         #[arg(long)]
         height: Option<u64>,
     },
+    /// This node's events (SPEC §11.6), oldest first: time, level, kind, scope, message, fields.
+    Logs {
+        /// Only events this recent: a number with s, m, h or d (`90s`, `1h`, `7d`); all if absent.
+        #[arg(long, value_parser = logs::parse_duration)]
+        since: Option<u64>,
+        /// Only events whose kind, message or a `key=value` field contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only events this severe or more (`warn`: errors and warnings).
+        #[arg(long, value_enum)]
+        level: Option<logs::LevelArg>,
+        /// At most this many events, the newest (0: the node's default, 1000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +304,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Vault(command) => {
             let client = client(&cli).await?;
             vault_command(&client, command, format).await
+        }
+        Command::Logs { since, filter, level, limit } => {
+            let client = client(&cli).await?;
+            logs::run(&client, since.unwrap_or(0), filter.clone(), *level, *limit, format == Format::Json)
+                .await
         }
         Command::CheckIntegrity { namespace, vault, full } => {
             let client = client(&cli).await?;

@@ -118,7 +118,7 @@ async fn change_membership_everywhere(
                 s.message = format!("{} (groups changed before it: {done:?})", s.message);
                 s
             })?;
-        eprintln!("event=membership_changed group={group} change={change:?} voters={voters:?}");
+        crate::event!(info, "membership_changed", group = %group, change = ?change, voters = ?voters);
         done.push((group.0, voters));
     }
     // The registry follows (SPEC §10.4): each data group's members and the node's record.
@@ -199,7 +199,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
                     "the fault switch is off: SetPartition needs a server started with --test-faults",
                 ));
             }
-            eprintln!("event=partition_set node={} blocked={blocked_nodes:?}", shard.config.node_id);
+            crate::event!(warn, "partition_set", node = shard.config.node_id, blocked = ?blocked_nodes);
             shard.config.faults.set_partition(blocked_nodes.iter().copied());
             Ok(Response::SetPartition { blocked_nodes })
         }
@@ -217,7 +217,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             crate::ops::leadership::transfer(shard, statuses, group_id).await
         }
         Request::GetEvents { since_secs, filter, min_level, limit } => {
-            crate::events::query(shard, since_secs, filter, min_level, limit)
+            crate::events::query(shard, since_secs, filter, min_level, limit).await
         }
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
     }
@@ -811,12 +811,12 @@ pub async fn reconcile(shard: Rc<Shard>) {
         let have = present.get(&scope).copied();
         if have.is_none() && status == VaultStatus::Active {
             if let Err(e) = scope_command(&shard, group, ScopeCommand::Create { scope, retention }).await {
-                eprintln!("event=reconcile_failed scope={scope} action=create error={e}");
+                crate::event!(warn, "reconcile_failed", scope = %scope, action = "create", error = %e);
             }
         }
         if have.is_some_and(|h| h != status) {
             if let Err(e) = scope_command(&shard, group, ScopeCommand::SetStatus { scope, status }).await {
-                eprintln!("event=reconcile_failed scope={scope} action=set_status error={e}");
+                crate::event!(warn, "reconcile_failed", scope = %scope, action = "set_status", error = %e);
             }
         }
     }
@@ -854,7 +854,7 @@ pub async fn registry_keeper(shard: Rc<Shard>) {
                             kept_term = Some(term);
                             reconcile(shard.clone()).await;
                         }
-                        Err(e) => eprintln!("event=registry_bootstrap_failed term={term} error={e}"),
+                        Err(e) => crate::event!(error, "registry_bootstrap_failed", term, error = %e),
                     }
                 }
             }

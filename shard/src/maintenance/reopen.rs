@@ -78,7 +78,7 @@ pub async fn storage_watch(shard: Weak<Shard>) {
 /// stays in service meanwhile: its applied state is still read, and its writes are answered
 /// `Unavailable` naming the storage error (`Group::not_leader`).
 fn report(shard: &Shard, id: GroupId, cause: &str) {
-    eprintln!("event=group_storage_failed group={id} core={} cause={cause:?}", shard.core);
+    crate::event!(error, "group_storage_failed", group = %id, core = %shard.core, cause = ?cause);
     let counters = &shard.config.storage_counters;
     counters.failures_total.fetch_add(1, Ordering::Relaxed);
     counters.groups_stopped.fetch_add(1, Ordering::Relaxed);
@@ -103,11 +103,11 @@ async fn reopen_when_writable(shard: Rc<Shard>, id: GroupId) {
                     counters.reopens_total.fetch_add(1, Ordering::Relaxed);
                     counters.groups_stopped.fetch_sub(1, Ordering::Relaxed);
                     shard.reopening.borrow_mut().remove(&id);
-                    eprintln!("event=group_reopened group={id} attempts={attempts}");
+                    crate::event!(info, "group_reopened", group = %id, attempts);
                     return;
                 }
                 Err(e) => {
-                    eprintln!("event=group_reopen_failed group={id} attempts={attempts} error={e:?}");
+                    crate::event!(error, "group_reopen_failed", group = %id, attempts, error = ?e);
                     shard
                         .failed
                         .borrow_mut()
@@ -116,7 +116,7 @@ async fn reopen_when_writable(shard: Rc<Shard>, id: GroupId) {
                 }
             },
             Err(e) if attempts.is_power_of_two() => {
-                eprintln!("event=storage_probe_failed group={id} attempts={attempts} error={e:?}");
+                crate::event!(warn, "storage_probe_failed", group = %id, attempts, error = ?e);
             }
             Err(_) => {}
         }

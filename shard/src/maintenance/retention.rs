@@ -85,6 +85,7 @@ pub async fn run_pass(data: &Rc<RefCell<GroupData>>) -> Result<u64, ShardError> 
         return Ok(0);
     }
     let group = data.borrow().group_id;
+    let scopes = work.len();
     let done = work.iter().map(|(key, _, bound)| (key.scope_id(), *bound)).collect::<Vec<_>>();
     let deleted = glommio::executor()
         .spawn_blocking(move || -> Result<u64, ShardError> {
@@ -97,7 +98,7 @@ pub async fn run_pass(data: &Rc<RefCell<GroupData>>) -> Result<u64, ShardError> 
         .await?;
     let data = data.borrow();
     data.snapshots.compacted_below.borrow_mut().extend(done);
-    eprintln!("event=retention_pass group={group} bodies_deleted={deleted}");
+    crate::event!(info, "retention_run", group = %group, scopes, bodies_deleted = deleted);
     Ok(deleted)
 }
 

@@ -9,7 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::config::ShardConfig;
-use crate::constants::MAINTENANCE_TICK_MS;
+use crate::constants::{INTEGRITY_EVENTS_MAX, MAINTENANCE_TICK_MS};
 use crate::read::reads;
 use crate::round::group::Group;
 use crate::storage::checkpoint::Checkpointer;
@@ -60,6 +60,26 @@ pub async fn check_integrity(
     let issues = crate::maintenance::integrity::check(&group.data, &checkpointer, key, full_check)
         .await
         .map_err(|e| Status::internal(format!("integrity check of {key}: {e}")))?;
+    crate::event!(
+        info,
+        "integrity_checked",
+        group = %group.id,
+        scope = %key,
+        full = full_check,
+        issues = issues.len()
+    );
+    for issue in issues.iter().take(INTEGRITY_EVENTS_MAX) {
+        crate::event!(
+            error,
+            "integrity_issue",
+            group = %group.id,
+            scope = %key,
+            height = issue.block_height,
+            issue = issue.issue_type.as_str(),
+            "{}",
+            issue.description
+        );
+    }
     Ok(Response::CheckIntegrity { healthy: issues.is_empty(), issues })
 }
 
@@ -92,13 +112,13 @@ pub async fn run(group: Rc<Group>, config: Arc<ShardConfig>) {
         };
         if due {
             if let Err(e) = crate::storage::snapshot::create(&group.data, &checkpointer, &config).await {
-                eprintln!("event=snapshot_failed group={} error={e}", group.id);
+                crate::event!(error, "snapshot_failed", group = %group.id, error = %e);
             }
         }
         if last_retention.elapsed() >= retention_every {
             last_retention = Instant::now();
             if let Err(e) = crate::maintenance::retention::run_pass(&group.data).await {
-                eprintln!("event=retention_failed group={} error={e}", group.id);
+                crate::event!(error, "retention_failed", group = %group.id, error = %e);
             }
         }
     }

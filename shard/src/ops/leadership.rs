@@ -98,7 +98,8 @@ pub async fn hand_over(shard: &Shard, group: &Rc<Group>, successor: u64) -> Resu
         let _ = leadership_call(shard, group, *v, addr, LeadershipAction::HoldElections { ms: 0 }).await;
     }
     let new_leader = result?;
-    crate::ops::vault_repair::note_event(
+    crate::ops::vault_repair::note_event_at(
+        ledger_wire::messages::EventLevel::Info,
         "leader_transfer",
         Some(group.id.0),
         None,

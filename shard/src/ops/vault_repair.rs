@@ -21,7 +21,7 @@ use ledger_core::hash::to_hex;
 use ledger_core::state::ScopeState;
 use ledger_core::types::{GroupId, ScopeKey, VaultHealth};
 use ledger_core::types::{Hash, ZERO_HASH};
-use ledger_wire::messages::{ReplicaRoot, Request, Response, Status, StatusCode};
+use ledger_wire::messages::{EventLevel, ReplicaRoot, Request, Response, Status, StatusCode};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -81,17 +81,34 @@ fn update(group: GroupId, scope: ScopeKey, f: impl FnOnce(&mut RecoveryRecord)) 
     RECORDS.with(|r| f(r.borrow_mut().entry((group.0, scope)).or_default()));
 }
 
-/// Records an operator-visible event (SPEC §11.6).
+/// Records an operator-visible event (SPEC §11.6) at warning level.
 pub fn note_event(kind: &str, group: Option<u32>, scope: Option<ScopeKey>, message: String) {
+    note_event_at(EventLevel::Warn, kind, group, scope, message);
+}
+
+/// Records an operator-visible event (SPEC §11.6; `events.rs`).
+pub fn note_event_at(
+    level: EventLevel,
+    kind: &str,
+    group: Option<u32>,
+    scope: Option<ScopeKey>,
+    message: String,
+) {
     let namespace = scope.map(|s| s.namespace_id.0);
     let vault = scope.map(|s| s.vault_id.0);
-    tracing::warn!(target: "ledger::event", kind, group, namespace, vault, "{message}");
+    match level {
+        EventLevel::Error => crate::event!(error, kind, group, namespace, vault, "{message}"),
+        EventLevel::Warn => crate::event!(warn, kind, group, namespace, vault, "{message}"),
+        EventLevel::Info => crate::event!(info, kind, group, namespace, vault, "{message}"),
+        EventLevel::Debug => crate::event!(debug, kind, group, namespace, vault, "{message}"),
+    }
 }
 
 /// Counts a divergence apply found (SPEC §8.4 step 2) and records its event.
 pub fn on_divergence(group: GroupId, scope: ScopeKey, expected: &Hash, computed: &Hash, at_height: u64) {
     COUNTERS.with(|c| *c.borrow_mut().divergences.entry(group.0).or_default() += 1);
-    note_event(
+    note_event_at(
+        EventLevel::Error,
         "state_root_divergence",
         Some(group.0),
         Some(scope),
@@ -216,7 +233,8 @@ async fn run_attempt(group: &Rc<Group>, scope: ScopeKey) -> Response {
         s.meta.health = VaultHealth::Recovering { started_at: now_ts(), attempt, exhausted: false };
     }
     group.data.borrow_mut().dirty.scopes.insert(scope);
-    note_event(
+    note_event_at(
+        EventLevel::Info,
         "vault_recovery_started",
         Some(group.id.0),
         Some(scope),
@@ -234,14 +252,26 @@ async fn run_attempt(group: &Rc<Group>, scope: ScopeKey) -> Response {
                 r.successes_total += 1;
             });
             let message = format!("scope {scope} rebuilt to height {height}, state root {}", to_hex(&root));
-            note_event("vault_recovered", Some(group.id.0), Some(scope), message.clone());
+            note_event_at(
+                EventLevel::Info,
+                "vault_recovered",
+                Some(group.id.0),
+                Some(scope),
+                message.clone(),
+            );
             (true, message)
         }
         Err(RebuildError::Diverged(status)) => {
             COUNTERS.with(|c| *c.borrow_mut().determinism_bugs.entry(group.id.0).or_default() += 1);
             set_failed(group, scope, attempt, true, &status.message);
             let message = format!("determinism bug: {}", status.message);
-            tracing::error!(target: "ledger::event", kind = "determinism_bug", group = group.id.0, namespace = scope.namespace_id.0, vault = scope.vault_id.0, "{message}");
+            note_event_at(
+                EventLevel::Error,
+                "determinism_bug",
+                Some(group.id.0),
+                Some(scope),
+                message.clone(),
+            );
             (false, message)
         }
         Err(RebuildError::Other(status)) => {

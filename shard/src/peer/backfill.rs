@@ -45,12 +45,12 @@ pub fn spawn(data: Rc<RefCell<GroupData>>, peers: Rc<PeerPool>) {
             match run_once(&data, &peers).await {
                 Ok(0) => break,
                 Ok(filled) => {
-                    eprintln!("event=archive_backfilled group={group} blocks={filled}");
+                    crate::event!(info, "archive_backfilled", group = %group, blocks = filled);
                     check_commitments(&data).await;
                     break;
                 }
                 Err(e) => {
-                    eprintln!("event=archive_backfill_failed group={group} error={e}");
+                    crate::event!(warn, "archive_backfill_failed", group = %group, error = %e);
                     glommio::timer::sleep(Duration::from_millis(BACKFILL_RETRY_MS)).await;
                 }
             }
@@ -218,7 +218,7 @@ async fn fill_gap(
         },
     };
     if below != expect {
-        eprintln!("event=archive_backfill_link_mismatch group={group_id} height={lo}");
+        crate::event!(error, "archive_backfill_link_mismatch", group = %group_id, height = lo);
     }
     Ok(stored)
 }
@@ -262,8 +262,8 @@ async fn check_commitments(data: &Rc<RefCell<GroupData>>) {
         .await;
     match checked {
         Ok(bad) if bad.is_empty() => {}
-        Ok(bad) => eprintln!("event=backfill_commitment_mismatch group={group_id} scopes={bad:?}"),
-        Err(e) => eprintln!("event=backfill_commitment_check_failed group={group_id} error={e}"),
+        Ok(bad) => crate::event!(error, "backfill_commitment_mismatch", group = %group_id, scopes = ?bad),
+        Err(e) => crate::event!(warn, "backfill_commitment_check_failed", group = %group_id, error = %e),
     }
 }
 

@@ -5,7 +5,9 @@
 //! groups, forwarded requests) into one `RequestBatch` frame, and a reader task matches the
 //! `ResponseBatch` items back to their callers by request id.
 
-use crate::constants::{PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF};
+use crate::constants::{
+    PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_UNREACHABLE_EVENT_INTERVAL,
+};
 use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::StreamExt;
@@ -56,6 +58,10 @@ struct PeerConn {
     generation: Cell<u64>,
     next_id: Cell<u64>,
     pending: RefCell<Pending>,
+    /// When this core last recorded `node_unreachable` for the node (at most one per
+    /// `PEER_UNREACHABLE_EVENT_INTERVAL`, so a node that stays down cannot flood the event log),
+    /// and whether it has connected since.
+    unreachable_event_at: Cell<Option<Instant>>,
 }
 
 /// The peer connections of one core, keyed by node id.
@@ -102,6 +108,7 @@ impl PeerPool {
             generation: Cell::new(0),
             next_id: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
+            unreachable_event_at: Cell::new(None),
         });
         conns.insert(node, c.clone());
         c
@@ -183,8 +190,21 @@ impl PeerConn {
             }
         }
         match self.connect().await {
-            Ok(up) => Ok(up),
+            Ok(up) => {
+                if self.unreachable_event_at.take().is_some() {
+                    crate::event!(info, "node_reachable", node = self.node, addr = %self.addr);
+                }
+                Ok(up)
+            }
             Err(reason) => {
+                let quiet = self
+                    .unreachable_event_at
+                    .get()
+                    .is_some_and(|at| at.elapsed() < PEER_UNREACHABLE_EVENT_INTERVAL);
+                if !quiet {
+                    self.unreachable_event_at.set(Some(Instant::now()));
+                    crate::event!(warn, "node_unreachable", node = self.node, addr = %self.addr, reason = %reason);
+                }
                 *self.link.borrow_mut() = Link::Down {
                     retry_at: Some(Instant::now() + PEER_RECONNECT_BACKOFF),
                     reason: reason.clone(),

@@ -135,7 +135,7 @@ async fn receive_snapshot_chunk(
         })
         .await
         .map_err(|e| {
-            eprintln!("event=snapshot_refused group={group_id} snapshot={snapshot_id} error={e}");
+            crate::event!(warn, "snapshot_refused", group = %group_id, snapshot = %snapshot_id, error = %e);
             Status::invalid(format!("group {group_id}: snapshot {snapshot_id} refused: {e}"))
         })?;
     group.data.borrow_mut().received_snapshot = Some(verified);

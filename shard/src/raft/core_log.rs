@@ -330,10 +330,13 @@ impl CoreLog {
                 return Err(corrupt(format!("segment {seg:016x} does not start with its own header")));
             }
             if bytes[stopped..].iter().any(|b| *b != 0) {
-                eprintln!(
-                    "event=raft_log_torn_tail dir={} segment={seg:016x} offset={stopped} bytes_after={}",
-                    dir.path().display(),
-                    bytes.len() - stopped
+                crate::event!(
+                    warn,
+                    "raft_log_torn_tail",
+                    dir = %dir.path().display(),
+                    segment = %format_args!("{seg:016x}"),
+                    offset = stopped,
+                    bytes_after = bytes.len() - stopped
                 );
             }
             for record in records.iter().skip(1) {
@@ -358,9 +361,12 @@ impl CoreLog {
                 }
             }
             if let Some(why) = &log.broken {
-                eprintln!(
-                    "event=raft_log_group_unusable dir={} group={group} reason={why:?}",
-                    dir.path().display()
+                crate::event!(
+                    error,
+                    "raft_log_group_unusable",
+                    dir = %dir.path().display(),
+                    group = %group,
+                    reason = %why
                 );
             }
         }
@@ -716,7 +722,7 @@ fn writer_loop(
             Err(e) => {
                 let mut failed = failure.lock().unwrap_or_else(PoisonError::into_inner);
                 if failed.is_none() {
-                    eprintln!("event=raft_log_write_failed dir={} error={e:?}", dir.path().display());
+                    crate::event!(error, "raft_log_write_failed", dir = %dir.path().display(), error = ?e);
                     *failed = Some(e.clone());
                 }
             }
@@ -736,7 +742,7 @@ fn writer_loop(
         if result.is_ok() && rx.is_empty() {
             if let Err(e) = zeroed.extend(&files) {
                 // Only a cost: appends past the zeroed region sync like plain appends.
-                eprintln!("event=raft_log_zero_ahead_failed dir={} error={e}", dir.path().display());
+                crate::event!(warn, "raft_log_zero_ahead_failed", dir = %dir.path().display(), error = %e);
             }
         }
     }

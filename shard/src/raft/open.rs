@@ -160,9 +160,14 @@ pub async fn open_group_with(
             let archived = data.archive.get_header(scope.meta.key, scope.meta.height)?;
             let archived_root = archived.as_ref().map(|h| h.state_root);
             if archived_root != Some(scope.meta.state_root) {
-                eprintln!(
-                    "event=state_root_divergence source=archive_check group={} namespace={} vault={} height={}",
-                    group, scope.meta.key.namespace_id, scope.meta.key.vault_id, scope.meta.height
+                crate::event!(
+                    error,
+                    "state_root_divergence",
+                    source = "archive_check",
+                    group = %group,
+                    scope = %scope.meta.key,
+                    height = scope.meta.height,
+                    "the checkpointed state root differs from the archived block's"
                 );
                 scope.meta.health = VaultHealth::Diverged {
                     expected: scope.meta.state_root,
@@ -254,6 +259,7 @@ pub async fn open_group_with(
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;
+    record_leader_changes(group, &raft);
 
     if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
         let members: Option<BTreeMap<u64, openraft::BasicNode>> = match &config.cluster {
@@ -327,6 +333,30 @@ pub async fn open_group_with(
     Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
 }
 
+/// Records `leader_changed` each time the group has a leader other than the last one recorded
+/// (a new node, or the same node in a new term), from a task that ends when the group's Raft
+/// stops (its metrics sender is dropped).
+fn record_leader_changes(group: GroupId, raft: &LedgerRaft) {
+    let mut metrics = raft.metrics();
+    glommio::spawn_local(async move {
+        let mut recorded: Option<(u64, u64)> = None;
+        loop {
+            let (leader, term, me) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader, m.current_term, m.id)
+            };
+            if let Some(leader) = leader.filter(|l| recorded != Some((*l, term))) {
+                recorded = Some((leader, term));
+                crate::event!(info, "leader_changed", group = %group, leader, term, local = leader == me);
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+}
+
 /// Opens `state.redb` and loads it; when it is unusable (fails to open or to load, or is empty
 /// although the log was purged, so the log alone cannot rebuild it), moves it aside, starts a
 /// fresh one and returns the newest valid snapshot to restore from (SPEC §9.6 step 4).
@@ -360,10 +390,13 @@ async fn open_state(
             let Some((entry, applied, scopes)) = restored else {
                 return Ok((db, loaded, None));
             };
-            eprintln!(
-                "event=state_restored_from_snapshot group={group} path={} group_height={} reason=empty_state_with_purged_log",
-                entry.path.display(),
-                applied.group_height
+            crate::event!(
+                warn,
+                "state_restored_from_snapshot",
+                group = %group,
+                path = %entry.path.display(),
+                group_height = applied.group_height,
+                reason = "empty_state_with_purged_log"
             );
             return Ok((db, loaded, Some((applied, scopes))));
         }
@@ -382,11 +415,14 @@ async fn open_state(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let aside = dir.join(format!("state.redb.unusable-{secs}"));
     rename_db(&path, &aside, sim)?;
-    eprintln!(
-        "event=state_restored_from_snapshot group={group} path={} group_height={} moved_aside={} reason={reason:?}",
-        entry.path.display(),
-        applied.group_height,
-        aside.display()
+    crate::event!(
+        warn,
+        "state_restored_from_snapshot",
+        group = %group,
+        path = %entry.path.display(),
+        group_height = applied.group_height,
+        moved_aside = %aside.display(),
+        reason = ?reason
     );
     let db = Arc::new(open_db(&path, STATE_DB_CACHE_BYTES, sim)?);
     let reader = db.clone();

@@ -142,10 +142,7 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
     for entry in &gb.vault_entries {
         let key = scope_key(entry.namespace_id, entry.vault_id);
         let Some(scope) = data.scopes.get_mut(&key) else {
-            eprintln!(
-                "event=apply_unknown_scope group={} namespace={} vault={}",
-                gb.group_id, entry.namespace_id, entry.vault_id
-            );
+            crate::event!(error, "apply_unknown_scope", group = gb.group_id, scope = %key);
             skipped.push(key);
             continue;
         };
@@ -188,9 +185,13 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
             Err(reason) => {
                 // The scope may be half-committed: it stops here, Diverged with no computed
                 // root, and waits for recovery (SPEC §9.8–§9.9); the group's other scopes go on.
-                eprintln!(
-                    "event=scope_apply_failed group={} namespace={} vault={} height={} reason={reason:?}",
-                    gb.group_id, entry.namespace_id, entry.vault_id, entry.vault_height
+                crate::event!(
+                    error,
+                    "scope_apply_failed",
+                    group = gb.group_id,
+                    scope = %key,
+                    height = entry.vault_height,
+                    reason = ?reason
                 );
                 scope.meta.health = VaultHealth::Diverged {
                     expected: entry.state_root,
@@ -385,9 +386,12 @@ impl StateMachine {
         load_snapshot_state(&mut self.data.borrow_mut(), &applied, scopes);
         checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
         add_to_catalog(&mut self.data.borrow_mut().snapshots, CatalogEntry { path, header });
-        eprintln!(
-            "event=snapshot_installed group={group_id} group_height={group_height} last_log_index={}",
-            meta.last_log_id.map(|l| l.index).unwrap_or(0)
+        crate::event!(
+            info,
+            "snapshot_installed",
+            group = %group_id,
+            group_height,
+            last_log_index = meta.last_log_id.map(|l| l.index).unwrap_or(0)
         );
         if let Some(peers) = &env.peers {
             crate::peer::backfill::spawn(self.data.clone(), peers.clone());
@@ -491,7 +495,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // An invariant of the whole group broke (chain order, a corrupt entry): its
                     // memory may be half-applied, so it applies and checkpoints nothing more.
                     // openraft stops this group on the error; the node's other groups go on.
-                    eprintln!("event=group_apply_failed group={group} index={at_index} reason={reason:?}");
+                    crate::event!(error, "group_apply_failed", group = %group, index = at_index, reason = ?reason);
                     let fault = crate::error::GroupFault { at_index, reason };
                     data.fault = Some(fault.clone());
                     return Err(write_err(&ShardError::GroupFailed { group, fault }));
@@ -548,7 +552,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 };
                 checked.map_err(|e| {
-                    eprintln!("event=snapshot_refused group={group_id} error={e}");
+                    crate::event!(warn, "snapshot_refused", group = %group_id, error = %e);
                     StorageError::from(StorageIOError::read_snapshot(
                         Some(meta.signature()),
                         AnyError::new(&e),
@@ -571,7 +575,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             snapshot: Box::new(Cursor::new(bytes)),
                         }))
                     }
-                    Err(e) => eprintln!("event=snapshot_unreadable path={} error={e}", entry.path.display()),
+                    Err(e) => {
+                        crate::event!(warn, "snapshot_unreadable", path = %entry.path.display(), error = %e)
+                    }
                 }
             }
             return Ok(None);
@@ -627,7 +633,7 @@ pub async fn close_group(raft: &crate::raft::type_config::LedgerRaft, data: &Rc<
         None => raft.shutdown().await.map_err(|e| ShardError::raft("shutdown", e)),
     };
     if let Err(e) = result {
-        eprintln!("event=group_close_failed group={id} error={e} cause={:?}", std::error::Error::source(&e));
+        crate::event!(error, "group_close_failed", group = %id, error = %e, cause = ?std::error::Error::source(&e));
     }
 }
 

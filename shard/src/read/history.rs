@@ -427,7 +427,7 @@ pub async fn rebuild_checked(
                 Ok(Some(state)) if state.meta.height == at => Some(state),
                 Ok(_) => None,
                 Err(e) => {
-                    eprintln!("event=history_snapshot_unusable scope={key} height={at} error={e}");
+                    crate::event!(warn, "history_snapshot_unusable", scope = %key, height = at, error = %e);
                     None
                 }
             }

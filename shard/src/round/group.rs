@@ -468,7 +468,7 @@ impl Group {
     /// current leader, if known, rides along as the hint.
     fn proposal_failed<E: std::error::Error>(&self, e: &openraft::error::RaftError<u64, E>) -> Status {
         if let openraft::error::RaftError::Fatal(fatal) = e {
-            eprintln!("event=group_stopped group={} error={fatal:?}", self.id);
+            crate::event!(error, "group_stopped", group = %self.id, error = ?fatal);
             return Status::unavailable(format!(
                 "group {} stopped on a storage error and takes no writes until it reopens (once its disk takes writes again): {fatal}",
                 self.id

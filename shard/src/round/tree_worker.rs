@@ -169,7 +169,7 @@ impl TreeWorker {
         match spawned {
             Ok(_) => TreeWorker { jobs: Some(jobs), released: Some(released), min_leaves },
             Err(e) => {
-                eprintln!("event=tree_thread_spawn_failed name={name} error={e}");
+                crate::event!(error, "tree_thread_spawn_failed", name = %name, error = %e);
                 TreeWorker::inline()
             }
         }

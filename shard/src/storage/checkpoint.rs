@@ -151,9 +151,13 @@ impl ScopeRows {
         let mut scope = ScopeState::from_rows(meta, entities, self.relationships, self.clients);
         let computed = scope.computed_root();
         if scope.meta.health == VaultHealth::Healthy && computed != scope.meta.state_root {
-            eprintln!(
-                "event=state_root_divergence source=recovery namespace={} vault={} height={}",
-                scope.meta.key.namespace_id, scope.meta.key.vault_id, scope.meta.height
+            crate::event!(
+                error,
+                "state_root_divergence",
+                source = "recovery",
+                scope = %scope.meta.key,
+                height = scope.meta.height,
+                "the state root recomputed from state.redb differs from the recorded one"
             );
             scope.meta.health = VaultHealth::Diverged {
                 expected: scope.meta.state_root,
@@ -656,10 +660,10 @@ impl Checkpointer {
                     })
                     .transpose()?;
                 if let Some(m) = &merge {
-                    eprintln!(
-                        "event=row_journal_merge_prepared rows={} took_us={}",
-                        m.remaining(),
-                        started.elapsed().as_micros()
+                    tracing::debug!(
+                        rows = m.remaining(),
+                        took_us = started.elapsed().as_micros() as u64,
+                        "row journal merge prepared"
                     );
                 }
                 Ok(merge)
@@ -683,7 +687,7 @@ impl Checkpointer {
                 Ok(Some(merge)) => MergeState::Ready(merge),
                 Ok(None) => MergeState::Idle,
                 Err(e) => {
-                    eprintln!("event=row_journal_merge_failed error={e}");
+                    crate::event!(warn, "row_journal_merge_failed", error = %e);
                     MergeState::Idle
                 }
             };
@@ -796,12 +800,12 @@ impl Checkpointer {
                 if journal.merged_rows > 0 || journal.released_rows > 0 {
                     stats.journal_merge_steps += 1;
                     stats.journal_merged_rows += journal.merged_rows as u64;
-                    eprintln!(
-                        "event=row_journal_merge_step group={} merged_rows={} done={} took_us={}",
-                        data.group_id,
-                        journal.merged_rows,
-                        journal.merge.is_none(),
-                        stats.last_us
+                    tracing::debug!(
+                        group = %data.group_id,
+                        merged_rows = journal.merged_rows,
+                        done = journal.merge.is_none(),
+                        took_us = stats.last_us,
+                        "row journal merge step"
                     );
                 }
                 if let Some(m) = journal.merge {
@@ -842,9 +846,12 @@ impl Checkpointer {
             next = (next + interval).max(Instant::now());
             let group = self.data.borrow().group_id;
             if let Err(e) = self.checkpoint().await {
-                eprintln!(
-                    "event=checkpoint_failed group={group} error={e} cause={:?}",
-                    std::error::Error::source(&e)
+                crate::event!(
+                    error,
+                    "checkpoint_failed",
+                    group = %group,
+                    error = %e,
+                    cause = ?std::error::Error::source(&e)
                 );
             }
         }

@@ -280,7 +280,7 @@ impl SnapshotCatalog {
             match checked {
                 Ok(header) => catalog.entries.push(CatalogEntry { path, header }),
                 Err(e) => {
-                    eprintln!("event=snapshot_corrupt path={} error={e}", path.display());
+                    crate::event!(warn, "snapshot_corrupt", path = %path.display(), error = %e);
                     let header = read_header(&path).ok();
                     catalog.corrupt.push(CorruptSnapshot { path, header, reason: e.to_string() });
                 }
@@ -512,11 +512,12 @@ pub async fn create_with_bytes(
         })
         .await?;
     add_to_catalog(&mut data.borrow_mut().snapshots, written.clone());
-    eprintln!(
-        "event=snapshot_created group={} group_height={} path={}",
-        group_id,
+    crate::event!(
+        info,
+        "snapshot_created",
+        group = %group_id,
         group_height,
-        written.path.display()
+        path = %written.path.display()
     );
     Ok((written, Some(bytes)))
 }
@@ -655,7 +656,7 @@ pub fn restore_newest(entries: &[CatalogEntry]) -> Option<(CatalogEntry, Applied
             });
         match loaded {
             Ok((applied, scopes)) => return Some((entry.clone(), applied, scopes)),
-            Err(e) => eprintln!("event=snapshot_skipped path={} error={e}", entry.path.display()),
+            Err(e) => crate::event!(warn, "snapshot_skipped", path = %entry.path.display(), error = %e),
         }
     }
     None
