@@ -279,3 +279,53 @@ fn t04_unreachable_node_exits_3_with_one_line() {
         assert!(out.is_empty(), "{out}");
     }
 }
+
+#[test]
+fn t05_clear_vault_state_offline_then_rebuilt_at_start() {
+    // SPEC §9.9's offline tool: refused while the server holds the data directory; with the
+    // server stopped it clears the vault's rows and marks it Diverged; the next start rebuilds
+    // it from the archive (automatic recovery) and it serves the same data and root again.
+    let dir = ledger_tests::temp_dir("clear-vault");
+    let data_dir = dir.path().join("node");
+    let server = ledger_tests::ServerProcess::start(&data_dir, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (ns, vault) = rt.block_on(async {
+        let client = connect(&server.addr).await;
+        let (ns, vault) = create_scope(&client, "clear").await;
+        write_keys(&server.addr, ns, vault, "w", 1, 10).await;
+        (ns, vault)
+    });
+    let (ns_arg, vault_arg) = (ns.to_string(), vault.to_string());
+    let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
+    let (_, before) = admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
+    let dir_arg = data_dir.display().to_string();
+    let offline: Vec<&str> = [&["clear-vault-state"][..], &scope, &["--data-dir", &dir_arg]].concat();
+    let (code, out, err) = admin(&server.addr, &offline);
+    assert_eq!(code, 1, "refused while running: {out} {err}");
+    assert!(err.contains("locked"), "{err}");
+    assert_eq!(server.stop(), Some(0));
+    let (code, cleared) = admin_json("127.0.0.1:1", &offline);
+    assert_eq!(code, 0, "{cleared}");
+    assert!(cleared["rows_removed"].as_u64().unwrap_or(0) >= 10, "{cleared}");
+    let server = ledger_tests::ServerProcess::restart(&data_dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, after) = admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
+        if code == 0 {
+            assert_eq!(after["state_root"], before["state_root"], "{after}");
+            assert_eq!(after["height"], before["height"], "{after}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rebuilt: {after}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rt.block_on(async {
+        let client = connect(&server.addr).await;
+        let value = client
+            .read_with(ns, Some(vault), "k7", ledger_core::types::ReadConsistency::Eventual)
+            .await
+            .expect("read after the rebuild");
+        assert_eq!(value.as_deref(), Some(b"v7".as_slice()));
+    });
+    assert_eq!(server.stop(), Some(0));
+}
