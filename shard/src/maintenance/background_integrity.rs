@@ -1,7 +1,7 @@
 //! The background integrity check (SPEC §9.7): every `integrity_interval_secs`, each group runs
-//! the quick check of every scope it hosts, one scope at a time, in a low-share task queue of
-//! the core so that requests go first (the chain and body scan itself runs on a blocking thread,
-//! `integrity::check`). Findings are reported, never fixed: one `integrity_issue` event per issue,
+//! the quick check of every scope it hosts, from a low-share task queue of the core so that
+//! requests go first; one checkpoint per round, and the chain and body scans on a thread at the
+//! lowest CPU priority (`integrity::check_low_priority`). Findings are reported, never fixed: one `integrity_issue` event per issue,
 //! counters for `/metrics`, and the last result per scope for `vault-status`.
 
 use crate::round::group::{now_ts, Group};
@@ -15,8 +15,6 @@ use std::time::Duration;
 /// Shares of the integrity queue against the default queue's 1000: it runs when the core has
 /// nothing else to do, or 1 % of the time under load.
 const INTEGRITY_SHARES: usize = 10;
-/// Pause between two scopes' checks, so a group of many vaults spreads its checks out.
-const BETWEEN_SCOPES: Duration = Duration::from_millis(50);
 
 /// The last background check of one scope.
 #[derive(Debug, Clone)]
@@ -88,21 +86,18 @@ async fn run(group: Rc<Group>, interval: Duration) {
             .filter(|s| s.meta.status != VaultStatus::Deleted)
             .map(|s| s.meta.key)
             .collect();
-        for scope in scopes {
-            if stopped.get() {
-                return;
+        let results = match crate::maintenance::integrity::check_low_priority(&group.data, &checkpointer, &scopes).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(group = group.id.0, error = %e, "background integrity check failed");
+                continue;
             }
-            let issues = match crate::maintenance::integrity::check(&group.data, &checkpointer, scope, false)
-                .await
-            {
-                Ok(issues) => issues,
-                Err(e) => {
-                    tracing::warn!(group = group.id.0, %scope, error = %e, "background integrity check failed");
-                    continue;
-                }
-            };
-            record(group.id.0, scope, issues);
-            glommio::timer::sleep(BETWEEN_SCOPES).await;
+        };
+        for (scope, result) in results {
+            match result {
+                Ok(issues) => record(group.id.0, scope, issues),
+                Err(e) => tracing::warn!(group = group.id.0, %scope, error = %e, "background integrity check failed"),
+            }
         }
     }
 }

@@ -380,6 +380,50 @@ pub async fn check(
     glommio::executor().spawn_blocking(move || run_check(db.as_deref(), input)).await
 }
 
+/// The quick check of several scopes of one group for the background check
+/// (background_integrity.rs): their inputs are copied together, one checkpoint makes their blocks
+/// readable, and the scans run one after the other on a thread of their own at the lowest CPU
+/// priority (nice 19), so that they take only what the node leaves idle.
+pub async fn check_low_priority(
+    data: &Rc<RefCell<GroupData>>,
+    checkpointer: &Rc<Checkpointer>,
+    scopes: &[ScopeKey],
+) -> Result<Vec<(ScopeKey, Result<Vec<IntegrityIssue>, ShardError>)>, ShardError> {
+    let lock = data.borrow().snapshots.lock.clone();
+    let _no_snapshot_or_compaction = lock.lock().await;
+    let (inputs, db) = {
+        let data = data.borrow();
+        let inputs: Vec<CheckInput> = scopes
+            .iter()
+            .filter_map(|scope| data.scopes.get(scope))
+            .map(|state| CheckInput {
+                meta: state.meta.clone(),
+                tree_root: state.computed_root(),
+                snapshots: data.snapshots.entries.clone(),
+                corrupt_snapshots: data.snapshots.corrupt.clone(),
+                full: false,
+            })
+            .collect();
+        (inputs, data.archive.db().cloned())
+    };
+    checkpointer.checkpoint().await?;
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("integrity-check".into())
+        .spawn(move || {
+            // SAFETY: setpriority on the calling thread (who = 0 names it on Linux); no memory
+            // is shared with the kernel.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
+            let results: Vec<_> =
+                inputs.into_iter().map(|input| (input.meta.key, run_check(db.as_deref(), input))).collect();
+            let _ = tx.send(results);
+        })
+        .map_err(|e| ShardError::Io { path: "integrity-check thread".into(), source: e })?;
+    rx.await.map_err(|_| ShardError::Corrupt { what: "integrity check", detail: "the check thread died".into() })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
