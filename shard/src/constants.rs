@@ -139,3 +139,15 @@ pub const BACKFILL_RETRY_MS: u64 = 500;
 pub const REGISTRY_KEEPER_TICK_MS: u64 = 100;
 /// How long a node being added to a group may take to catch up as a learner (SPEC §10.6).
 pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+// --- metrics (metrics.rs, SPEC §11.3)
+/// Largest latency a histogram holds, in µs (60 s); larger values count as 60 s.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Significant digits of every metrics histogram (SPEC §11.3).
+pub const LATENCY_DIGITS: u8 = 3;
+/// Slots of a latency window and their length: the quantile gauges cover 6 × 10 s.
+pub const METRICS_WINDOW_SLOTS: usize = 6;
+pub const METRICS_WINDOW_SLOT_SECS: u64 = 10;
+/// A healthy scope whose last block is older than this gets no labels of its own (SPEC §11.3:
+/// activity in the last hour).
+pub const WINDOW_SECS_MAX: u64 = 3600;
