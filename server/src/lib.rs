@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod metrics_http;
+pub mod metrics_text;
 pub mod node;
 pub mod node_alloc;
