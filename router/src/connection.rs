@@ -379,6 +379,7 @@ enum Owed {
 /// Writes control frames, coalesced response batches and stream frames until the read side is
 /// done and every outstanding reply has been written (or the socket fails). No frame it writes
 /// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: WriteHalf<TcpStream>,
     max_frame_bytes: u32,

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// How long a scrape or health check waits for each core.
 const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Request header lines read at most (the endpoint needs only the request line).
+const HEADER_LINES_MAX: usize = 100;
 /// Disk usage above which the node is Degraded (SPEC §11.5).
 const DISK_USAGE_DEGRADED: f64 = 0.9;
 
@@ -54,8 +56,18 @@ fn handle(
     settings: &MetricsSettings,
     started: Instant,
 ) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    reader.read_line(&mut line)?;
+    // Read the headers too: closing a socket with unread request bytes resets the connection
+    // before the client has read the answer.
+    let mut header = String::new();
+    for _ in 0..HEADER_LINES_MAX {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
         "/health" => {

@@ -529,6 +529,7 @@ fn add_core_gauges(f: &mut Families, cores: &[CoreSnapshot]) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// Buckets are cumulative at the given bounds, and the text parses back with the values set.

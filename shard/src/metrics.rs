@@ -458,6 +458,7 @@ pub fn scope_is_labelled(tip_age_secs: f64, health: HealthState) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// The constant bounds make a histogram that holds 1 µs and 60 s at 3 digits.
