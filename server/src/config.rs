@@ -47,6 +47,8 @@ pub mod defaults {
     pub const JOIN_BY_ITSELF: bool = true;
     /// Not in SPEC §11.1: the test fault switch.
     pub const TEST_FAULTS: bool = false;
+    /// Not in SPEC §11.1: SPEC §9.9's automatic recovery of a Diverged vault.
+    pub const VAULT_AUTO_RECOVERY: bool = true;
     pub const BATCH_MAX_SIZE: usize = 100;
     pub const BATCH_MAX_DELAY_MS: u64 = 10;
     pub const BATCH_EAGER_COMMIT: bool = true;
@@ -124,6 +126,10 @@ pub struct ConfigLayer {
     /// Accept fault-injection requests (`SetPartition`): for tests only, never in production.
     #[arg(long)]
     pub test_faults: Option<bool>,
+    /// Rebuild a Diverged vault automatically (SPEC §9.9: at once, after 30 s, after 5 min);
+    /// `false` leaves it to `ledger-admin recover-vault`.
+    #[arg(long)]
+    pub vault_auto_recovery: Option<bool>,
     /// Transactions per block at most (SPEC §8.3).
     #[arg(long)]
     pub batch_max_size: Option<usize>,
@@ -265,6 +271,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "bootstrap_timeout_secs" => literal(BOOTSTRAP_TIMEOUT_SECS),
         "join_by_itself" => literal(JOIN_BY_ITSELF),
         "test_faults" => literal(TEST_FAULTS),
+        "vault_auto_recovery" => literal(VAULT_AUTO_RECOVERY),
         "batch_max_size" => literal(BATCH_MAX_SIZE),
         "batch_max_delay_ms" => literal(BATCH_MAX_DELAY_MS),
         "batch_eager_commit" => literal(BATCH_EAGER_COMMIT),
@@ -447,6 +454,7 @@ impl ConfigLayer {
             bootstrap_timeout_secs: self.bootstrap_timeout_secs.or(lower.bootstrap_timeout_secs),
             join_by_itself: self.join_by_itself.or(lower.join_by_itself),
             test_faults: self.test_faults.or(lower.test_faults),
+            vault_auto_recovery: self.vault_auto_recovery.or(lower.vault_auto_recovery),
             batch_max_size: self.batch_max_size.or(lower.batch_max_size),
             batch_max_delay_ms: self.batch_max_delay_ms.or(lower.batch_max_delay_ms),
             batch_eager_commit: self.batch_eager_commit.or(lower.batch_eager_commit),
@@ -492,6 +500,7 @@ pub struct Config {
     pub bootstrap_poll_secs: u64,
     pub bootstrap_timeout_secs: u64,
     pub test_faults: bool,
+    pub vault_auto_recovery: bool,
     pub join_by_itself: bool,
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
@@ -636,6 +645,7 @@ impl Config {
             bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, BOOTSTRAP_POLL_SECS),
             bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, BOOTSTRAP_TIMEOUT_SECS),
             test_faults: pick!(flags, file, test_faults, TEST_FAULTS),
+            vault_auto_recovery: pick!(flags, file, vault_auto_recovery, VAULT_AUTO_RECOVERY),
             join_by_itself: pick!(flags, file, join_by_itself, JOIN_BY_ITSELF),
             batch_max_size: pick!(flags, file, batch_max_size, BATCH_MAX_SIZE),
             batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, BATCH_MAX_DELAY_MS),

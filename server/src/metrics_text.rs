@@ -366,6 +366,24 @@ fn add_groups(f: &mut Families, cores: &[CoreSnapshot], node_id: u64) {
             );
             f.counter("gc_expired_total", "Entities expired by GC (not built: always 0).", &group, 0.0);
         }
+        for (group, n) in &core.divergences {
+            let group = [("group", group.to_string())];
+            f.counter(
+                "state_root_divergence_total",
+                "Scopes found diverged when applying (SPEC §8.4).",
+                &group,
+                *n as f64,
+            );
+        }
+        for (group, n) in &core.determinism_bugs {
+            let group = [("group", group.to_string())];
+            f.counter(
+                "determinism_bug_total",
+                "Recoveries whose replay did not reproduce the chain.",
+                &group,
+                *n as f64,
+            );
+        }
         for g in &core.counters.groups {
             let group = [("group", g.group.to_string())];
             f.counter(
@@ -457,9 +475,15 @@ fn add_scopes(f: &mut Families, cores: &[CoreSnapshot]) {
             f.gauge("state_tree_keys", "Committed rows (state tree leaves).", &scope, s.keys as f64);
             f.counter(
                 "vault_recovery_attempts_total",
-                "Attempt number of the vault's current recovery (0 when not recovering).",
+                "Recovery attempts of the vault on this node since it started.",
                 &scope,
-                s.recovery_attempt as f64,
+                s.recovery_attempts_total as f64,
+            );
+            f.counter(
+                "vault_recovery_success_total",
+                "Recoveries of the vault on this node that ended Healthy, since it started.",
+                &scope,
+                s.recovery_successes_total as f64,
             );
             f.gauge(
                 "vault_recovery_exhausted",

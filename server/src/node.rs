@@ -169,6 +169,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         forward_timeout: Duration::from_secs(config.requests_timeout_secs),
         checkpoint_interval_ms: ledger_shard::constants::CHECKPOINT_INTERVAL_MS,
         journal_merge_rows_min: ledger_shard::constants::JOURNAL_MERGE_ROWS_MIN,
+        vault_auto_recovery: config.vault_auto_recovery,
         sim_disk: None,
     });
     let settings = Arc::new(RouterSettings {

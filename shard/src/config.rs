@@ -58,6 +58,9 @@ pub struct ShardConfig {
     /// The row journal is merged once it holds this many rows or as many as the group
     /// (`JOURNAL_MERGE_ROWS_MIN`; tests lower it to merge often).
     pub journal_merge_rows_min: u64,
+    /// Rebuild a Diverged scope automatically, with SPEC §9.9's backoff (ops/vault_repair.rs);
+    /// off, only `RecoverVault` rebuilds it.
+    pub vault_auto_recovery: bool,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
 }
@@ -122,6 +125,7 @@ impl ShardConfig {
             forward_timeout: std::time::Duration::from_secs(10),
             checkpoint_interval_ms: crate::constants::CHECKPOINT_INTERVAL_MS,
             journal_merge_rows_min: crate::constants::JOURNAL_MERGE_ROWS_MIN,
+            vault_auto_recovery: true,
             sim_disk: None,
         }
     }

@@ -1,6 +1,9 @@
 //! The node's event log (SPEC §11.6). Placeholder until the persistent log lands: `GetEvents`
 //! answers `FailedPrecondition`.
 
+// Errors travel as the wire `Status` (SPEC §4.5).
+#![allow(clippy::result_large_err)]
+
 use crate::shard::Shard;
 use ledger_wire::messages::{EventLevel, Response, Status, StatusCode};
 

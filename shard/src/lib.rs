@@ -21,6 +21,7 @@ pub mod isolation;
 pub mod maintenance;
 pub mod metrics;
 pub mod msg;
+pub mod ops;
 pub mod peer;
 #[cfg(test)]
 mod power_tests;

@@ -433,7 +433,9 @@ pub struct ScopeSnapshot {
     pub tip_age_secs: f64,
     pub keys: u64,
     pub health: HealthState,
-    pub recovery_attempt: u64,
+    /// Recovery attempts and successes since the node started (ops/vault_repair.rs).
+    pub recovery_attempts_total: u64,
+    pub recovery_successes_total: u64,
     pub recovery_exhausted: bool,
 }
 
@@ -449,6 +451,10 @@ pub struct CoreSnapshot {
     pub health_counts: [u64; 3],
     pub idem_size: u64,
     pub closing: bool,
+    /// Per group of this core: scopes found diverged at apply, and determinism bugs found by
+    /// recoveries (ops/vault_repair.rs), since the node started.
+    pub divergences: Vec<(u32, u64)>,
+    pub determinism_bugs: Vec<(u32, u64)>,
 }
 
 /// Whether a scope whose last block is `tip_age_secs` old and in `health` gets its own labels.

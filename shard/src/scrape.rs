@@ -19,17 +19,24 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
     let mut groups = Vec::new();
     let mut scopes = Vec::new();
     let mut health_counts = [0u64; 3];
+    let recoveries: std::collections::HashMap<_, _> =
+        crate::ops::vault_repair::records().into_iter().collect();
+    let repair = crate::ops::vault_repair::counters();
+    let per_group =
+        |counts: &std::collections::HashMap<u32, u64>, group: u32| counts.get(&group).copied().unwrap_or(0);
+    let mut divergences = Vec::new();
+    let mut determinism_bugs = Vec::new();
     for group in shard.group_list() {
+        divergences.push((group.id.0, per_group(&repair.divergences, group.id.0)));
+        determinism_bugs.push((group.id.0, per_group(&repair.determinism_bugs, group.id.0)));
         groups.push(group_snapshot(shard, &group, now));
         let data = group.data.borrow();
         for scope in data.scopes.values() {
             let meta = &scope.meta;
-            let (health, attempt, exhausted) = match &meta.health {
-                VaultHealth::Healthy => (HealthState::Healthy, 0, false),
-                VaultHealth::Diverged { .. } => (HealthState::Diverged, 0, false),
-                VaultHealth::Recovering { attempt, exhausted, .. } => {
-                    (HealthState::Recovering, u64::from(*attempt), *exhausted)
-                }
+            let (health, exhausted) = match &meta.health {
+                VaultHealth::Healthy => (HealthState::Healthy, false),
+                VaultHealth::Diverged { .. } => (HealthState::Diverged, false),
+                VaultHealth::Recovering { exhausted, .. } => (HealthState::Recovering, *exhausted),
             };
             health_counts[health as usize] += 1;
             let block_secs = meta.last_block_ts.secs as f64 + f64::from(meta.last_block_ts.nanos) / 1e9;
@@ -37,6 +44,7 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
             if !metrics::scope_is_labelled(tip_age_secs, health) {
                 continue;
             }
+            let recovery = recoveries.get(&(group.id.0, meta.key));
             scopes.push(ScopeSnapshot {
                 namespace: meta.key.namespace_id.0,
                 vault: meta.key.vault_id.0,
@@ -45,8 +53,9 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
                 tip_age_secs,
                 keys: scope.tree().len(),
                 health,
-                recovery_attempt: attempt,
-                recovery_exhausted: exhausted,
+                recovery_attempts_total: recovery.map_or(0, |r| r.attempts_total),
+                recovery_successes_total: recovery.map_or(0, |r| r.successes_total),
+                recovery_exhausted: exhausted || recovery.is_some_and(|r| r.exhausted),
             });
         }
     }
@@ -64,6 +73,8 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
         health_counts,
         idem_size: shard.idem_cache_len() as u64,
         closing: shard.is_closing(),
+        divergences,
+        determinism_bugs,
     }
 }
 

@@ -149,6 +149,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     }
     glommio::spawn_local(crate::maintenance::reopen::storage_watch(Rc::downgrade(&shard))).detach();
     glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
+    glommio::spawn_local(crate::ops::vault_repair::doctor(Rc::downgrade(&shard))).detach();
     if shard.config.cluster.is_some() {
         glommio::spawn_local(heartbeat_loop(Rc::downgrade(&shard))).detach();
     }
@@ -358,6 +359,17 @@ fn on_group_request(
             glommio::spawn_local(async move {
                 let result =
                     crate::maintenance::task::create_snapshot(&group, &config, namespace_id, vault_id).await;
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
+            })
+            .detach();
+        }
+        request @ (Request::RecoverVault { .. }
+        | Request::SimulateDivergence { .. }
+        | Request::GetVaultHealth { .. }
+        | Request::CompareStateRoots { .. }) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let result = crate::ops::vault_repair::answer(&shard, &group, request, forwarded).await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             })
             .detach();

@@ -83,6 +83,18 @@ pub enum PeerRequest {
     /// `max_blocks` (≤ `GROUP_BLOCKS_MAX`); compacted bodies are empty. Archive back-fill after a
     /// snapshot install. The answer may hold fewer blocks (frame size, end of the archive).
     GetGroupBlocks { group_id: u32, from_group_height: u64, max_blocks: u32 },
+    /// Leadership transfer (project, SPEC §5.3 item 32): what the old leader asks of a voter.
+    Leadership { group_id: u32, action: LeadershipAction },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum LeadershipAction {
+    /// Start an election now (the chosen successor).
+    ElectNow,
+    /// Do not start elections for this long (the other voters, so the successor wins); 0 ends
+    /// the hold early.
+    HoldElections { ms: u32 },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -103,7 +115,8 @@ impl PeerRequest {
             | PeerRequest::InstallSnapshot { group_id, .. }
             | PeerRequest::ScopeCommand { group_id, .. }
             | PeerRequest::ChangeMembership { group_id, .. }
-            | PeerRequest::GetGroupBlocks { group_id, .. } => *group_id,
+            | PeerRequest::GetGroupBlocks { group_id, .. }
+            | PeerRequest::Leadership { group_id, .. } => *group_id,
         }
     }
 
@@ -115,6 +128,7 @@ impl PeerRequest {
             PeerRequest::ScopeCommand { .. } => "scope_command",
             PeerRequest::ChangeMembership { .. } => "change_membership",
             PeerRequest::GetGroupBlocks { .. } => "get_group_blocks",
+            PeerRequest::Leadership { .. } => "leadership",
         }
     }
 }
@@ -150,4 +164,5 @@ pub enum PeerResponse {
     GroupBlocks {
         blocks: Vec<GroupBlock>,
     },
+    Leadership,
 }

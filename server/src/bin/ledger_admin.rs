@@ -5,10 +5,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ledger_core::hash::block_hash;
-use ledger_core::types::{RetentionMode, RetentionPolicy, VaultHealth};
-use ledger_server::cli::out;
+use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, CliError};
+use ledger_server::cli::{ops_cmd, out};
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
 use serde_json::{json, Value};
@@ -98,6 +98,61 @@ enum Command {
         #[arg(long)]
         node: u64,
     },
+    /// Every node's health and every group's leader, term, indexes and lag; exit 1 unless the
+    /// whole cluster is healthy.
+    ClusterStatus,
+    /// Replication lag per group and follower (ok ≤ 50 blocks, warning > 50, critical > 100);
+    /// exit 1 if any is critical.
+    LagReport {
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Move every group leadership off a node (or one group's), spreading them over the other
+    /// voters.
+    Stepdown {
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Rebuild a vault on the node at --addr from its snapshot and archived blocks (SPEC §9.9).
+    RecoverVault {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+        /// Rebuild even a healthy vault, and reset the attempt counter.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a vault's health on the node at --addr as it changes, until Healthy (exit 0) or
+    /// recovery is exhausted (exit 1).
+    WatchRecovery {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+        #[arg(long, default_value_t = 2)]
+        interval_secs: u64,
+    },
+    /// A vault's state root on every replica against the leader's; exit 1 on a mismatch.
+    CompareStateRoots {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+        #[arg(long)]
+        height: Option<u64>,
+    },
+    /// Test servers only (--test-faults): mark the vault Diverged on the node at --addr.
+    SimulateDivergence {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        vault: i64,
+        #[arg(long)]
+        height: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,17 +211,21 @@ fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
-async fn client(cli: &Cli) -> Result<Client, CliError> {
-    let options = ClientOptions {
+fn options(cli: &Cli) -> ClientOptions {
+    ClientOptions {
         call_timeout: Duration::from_secs(cli.timeout_secs),
         connect_timeout: Duration::from_secs(cli.timeout_secs),
         ..ClientOptions::admin()
-    };
-    connect(&cli.addr, options).await
+    }
+}
+
+async fn client(cli: &Cli) -> Result<Client, CliError> {
+    connect(&cli.addr, options(cli)).await
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let format = cli.format;
+    let json_out = format == Format::Json;
     match &cli.command {
         Command::Metrics => {
             let text = http_get(&cli.metrics_addr, "/metrics", cli.timeout_secs)?;
@@ -264,26 +323,46 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let client = client(&cli).await?;
             ping(&client, namespace, *vault, format).await
         }
+        Command::ClusterStatus => {
+            let client = client(&cli).await?;
+            ops_cmd::cluster_status(&client, &options(&cli), json_out).await
+        }
+        Command::LagReport { group } => {
+            let client = client(&cli).await?;
+            ops_cmd::lag_report(&client, *group, json_out).await
+        }
+        Command::Stepdown { node, group } => {
+            let client = client(&cli).await?;
+            // Each hand-over waits out an election timeout; many groups take a while.
+            let timeout = Duration::from_secs(cli.timeout_secs.max(60));
+            ops_cmd::stepdown(&client, *node, *group, json_out, timeout).await
+        }
+        Command::RecoverVault { namespace, vault, force } => {
+            let client = client(&cli).await?;
+            let ns = namespace_id(&client, namespace).await?;
+            let timeout = Duration::from_secs(cli.timeout_secs);
+            ops_cmd::recover_vault(&client, ns, *vault, *force, json_out, timeout).await
+        }
+        Command::WatchRecovery { namespace, vault, interval_secs } => {
+            let client = client(&cli).await?;
+            let ns = namespace_id(&client, namespace).await?;
+            let interval = Duration::from_secs((*interval_secs).max(1));
+            ops_cmd::watch_recovery(&client, ns, *vault, interval, json_out).await
+        }
+        Command::CompareStateRoots { namespace, vault, height } => {
+            let client = client(&cli).await?;
+            let ns = namespace_id(&client, namespace).await?;
+            ops_cmd::compare_state_roots(&client, ns, *vault, *height, json_out).await
+        }
+        Command::SimulateDivergence { namespace, vault, height } => {
+            let client = client(&cli).await?;
+            let ns = namespace_id(&client, namespace).await?;
+            ops_cmd::simulate_divergence(&client, ns, *vault, *height, json_out).await
+        }
         Command::VaultStatus { namespace, vault } => {
             let client = client(&cli).await?;
             let ns = namespace_id(&client, namespace).await?;
-            let info = client.get_vault(ns, *vault).await?;
-            emit(format, render::vault(&info), || {
-                format!(
-                    "namespace {}\nvault {}\ngroup {}\nstatus {:?}\nheight {}\nstate_root {}\nlast_block_time {}\nretention {:?}/{}\nhealth {}",
-                    info.namespace_id,
-                    info.vault_id,
-                    info.group_id,
-                    info.status,
-                    info.height,
-                    hex(&info.state_root),
-                    info.last_block_timestamp.secs,
-                    info.retention_policy.mode,
-                    info.retention_policy.retention_blocks,
-                    render::health(&info.health)
-                )
-            });
-            Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
+            ops_cmd::vault_status(&client, ns, *vault, json_out).await
         }
     }
 }

@@ -59,6 +59,13 @@ pub enum InternalMsg {
     },
     /// Any core → core 0: send me the page-token key.
     GetPageTokenKey { reply: oneshot::Sender<Option<TokenKey>> },
+    /// Raft status of this core's groups (`GetGroupStatus`).
+    GroupStatus { reply: oneshot::Sender<Vec<ledger_wire::messages::GroupStatusInfo>> },
+    /// One group's replication lag, from its leader (`LagReport`).
+    GroupLag { group: GroupId, reply: oneshot::Sender<Result<ledger_wire::messages::GroupLag, Status>> },
+    /// Hand the leadership of a group this node leads to `successor` (`TransferLeadership`);
+    /// the reply carries the leader afterwards.
+    HandOver { group: GroupId, successor: u64, reply: oneshot::Sender<Result<u64, Status>> },
 }
 
 /// Handles one internal message; never blocks the inbox loop (async work is spawned).
@@ -175,6 +182,40 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         InternalMsg::GetPageTokenKey { reply } => {
             let _ = reply.send(shard.token_key.get());
         }
+        InternalMsg::GroupStatus { reply } => {
+            let mut out: Vec<_> =
+                shard.group_list().iter().map(|g| crate::ops::cluster::group_status(shard, g)).collect();
+            for (id, reason) in shard.failed.borrow().iter() {
+                out.push(crate::ops::cluster::failed_group_status(*id, reason));
+            }
+            let _ = reply.send(out);
+        }
+        InternalMsg::GroupLag { group, reply } => match shard.group(group) {
+            Some(g) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(crate::ops::cluster::lag_at_leader(&shard, &g).await);
+                })
+                .detach();
+            }
+            None => {
+                let _ = reply
+                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+            }
+        },
+        InternalMsg::HandOver { group, successor, reply } => match shard.group(group) {
+            Some(g) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(crate::ops::leadership::hand_over(&shard, &g, successor).await);
+                })
+                .detach();
+            }
+            None => {
+                let _ = reply
+                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+            }
+        },
     }
 }
 

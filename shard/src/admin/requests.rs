@@ -203,10 +203,82 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             shard.config.faults.set_partition(blocked_nodes.iter().copied());
             Ok(Response::SetPartition { blocked_nodes })
         }
+        Request::GetClusterInfo => crate::ops::cluster::cluster_info(shard),
+        Request::GetGroupStatus => Ok(Response::GetGroupStatus {
+            node_id: shard.config.node_id,
+            groups: group_statuses(shard).await,
+        }),
+        Request::LagReport { group_id } => lag_report(shard, group_id).await,
+        Request::TransferLeadership { node_id, group_id } => {
+            if node_id != shard.config.node_id {
+                return transfer_elsewhere(shard, node_id, group_id).await;
+            }
+            let statuses = group_statuses(shard).await;
+            crate::ops::leadership::transfer(shard, statuses, group_id).await
+        }
         Request::GetEvents { since_secs, filter, min_level, limit } => {
             crate::events::query(shard, since_secs, filter, min_level, limit)
         }
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
+    }
+}
+
+/// Every group of this node with its Raft status, by group id.
+async fn group_statuses(shard: &Shard) -> Vec<ledger_wire::messages::GroupStatusInfo> {
+    let mut all: Vec<_> =
+        fan_out(shard, |reply| InternalMsg::GroupStatus { reply }).await.into_iter().flatten().collect();
+    all.sort_by_key(|g| g.group_id);
+    all
+}
+
+/// `LagReport` (SPEC §5.3 item 33): each group's entry from its leader.
+async fn lag_report(shard: &Shard, group_id: Option<u32>) -> Result<Response, Status> {
+    let mut ids: Vec<GroupId> = shard.placement.keys().copied().collect();
+    ids.sort();
+    if let Some(g) = group_id {
+        if !ids.contains(&GroupId(g)) {
+            return Err(Status::not_found(format!("group {g} is not hosted on this node")));
+        }
+        ids.retain(|id| id.0 == g);
+    }
+    let mut waits = Vec::new();
+    for group in ids {
+        let (tx, rx) = oneshot::channel();
+        send_to_owner(shard, group, InternalMsg::GroupLag { group, reply: tx }).await?;
+        waits.push((group, rx));
+    }
+    let mut groups = Vec::new();
+    for (group, rx) in waits {
+        match rx.await {
+            Ok(Ok(lag)) => groups.push(lag),
+            // A group without a reachable leader: reported with no leader and no followers.
+            Ok(Err(_)) | Err(_) => groups.push(ledger_wire::messages::GroupLag {
+                group_id: group.0,
+                leader: None,
+                leader_last_index: 0,
+                followers: Vec::new(),
+            }),
+        }
+    }
+    Ok(Response::LagReport { groups })
+}
+
+/// `TransferLeadership` for another node: sent there (it answers for itself).
+async fn transfer_elsewhere(shard: &Shard, node_id: u64, group_id: Option<u32>) -> Result<Response, Status> {
+    let addr = system_group(shard)?
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&node_id)
+        .map(|n| n.addr.clone())
+        .ok_or_else(|| Status::not_found(format!("node {node_id} is not a member of the cluster")))?;
+    let request = Request::TransferLeadership { node_id, group_id };
+    let timeout = shard.config.forward_timeout;
+    match shard.peers.call(node_id, &addr, request, timeout).await {
+        Ok(answer) => answer,
+        Err(e) => Err(Status::unavailable(format!("node {node_id}: {e}"))),
     }
 }
 
@@ -255,7 +327,7 @@ async fn system_tx_ok(shard: &Shard, operations: Vec<Operation>) -> Result<Write
 }
 
 /// Sends an internal message to the core owning `group` (this core included).
-async fn send_to_owner(shard: &Shard, group: GroupId, msg: InternalMsg) -> Result<(), Status> {
+pub(crate) async fn send_to_owner(shard: &Shard, group: GroupId, msg: InternalMsg) -> Result<(), Status> {
     let core = shard
         .placement
         .get(&group)
@@ -570,7 +642,7 @@ async fn delete_vault(shard: &Shard, namespace_id: i64, vault_id: i64) -> Result
 }
 
 /// Asks every core (this one included) and collects the answers.
-async fn fan_out<T>(shard: &Shard, make: impl Fn(oneshot::Sender<T>) -> InternalMsg) -> Vec<T> {
+pub(crate) async fn fan_out<T>(shard: &Shard, make: impl Fn(oneshot::Sender<T>) -> InternalMsg) -> Vec<T> {
     let mut waits = Vec::new();
     for inbox in &shard.cores {
         let (tx, rx) = oneshot::channel();

@@ -40,7 +40,7 @@ fn raft_status(group: &Group, what: &str, e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("group {} {what}: {e}", group.id))
 }
 
-async fn answer(group: &Group, request: PeerRequest) -> Result<Response, Status> {
+async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Status> {
     let response = match request {
         PeerRequest::Vote { vote, last_log_id, .. } => {
             let rpc = vote_request_from_wire(vote, last_log_id);
@@ -81,6 +81,10 @@ async fn answer(group: &Group, request: PeerRequest) -> Result<Response, Status>
         PeerRequest::ChangeMembership { change, .. } => {
             let voters = crate::admin::membership::change_at_leader(group, change).await?;
             PeerResponse::ChangeMembership { voters }
+        }
+        PeerRequest::Leadership { action, .. } => {
+            crate::ops::leadership::on_leadership_request(group, action).await?;
+            PeerResponse::Leadership
         }
     };
     Ok(Response::Peer(response))

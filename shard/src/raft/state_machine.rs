@@ -170,9 +170,12 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
                 }
             }
             Ok(Err(div)) => {
-                eprintln!(
-                    "event=state_root_divergence group={} namespace={} vault={} height={}",
-                    gb.group_id, entry.namespace_id, entry.vault_id, div.at_height
+                crate::ops::vault_repair::on_divergence(
+                    GroupId(gb.group_id),
+                    key,
+                    &div.expected,
+                    &div.computed,
+                    div.at_height,
                 );
                 scope.meta.health = VaultHealth::Diverged {
                     expected: div.expected,

@@ -365,6 +365,38 @@ fn lru_put(group: GroupId, state: Rc<ScopeState>) {
 /// the closest rebuilt state below it, or from genesis. Yields the core between chunks; the
 /// group's data is only borrowed while a chunk is read and replayed.
 pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<ScopeState>, Status> {
+    rebuild_checked(group, key, height).await.map_err(RebuildError::into_status)
+}
+
+/// Why a rebuild failed: a replayed block's roots differed from its header (a determinism bug,
+/// SPEC §9.9), or anything else (missing or compacted blocks, I/O).
+#[derive(Debug)]
+pub enum RebuildError {
+    Diverged(Status),
+    Other(Status),
+}
+
+impl RebuildError {
+    pub fn into_status(self) -> Status {
+        match self {
+            RebuildError::Diverged(s) | RebuildError::Other(s) => s,
+        }
+    }
+}
+
+impl From<Status> for RebuildError {
+    fn from(status: Status) -> Self {
+        RebuildError::Other(status)
+    }
+}
+
+/// `rebuild`, telling a replay divergence apart. Reads the archive directly, so it also rebuilds
+/// past the applied height of a scope that stopped applying (Diverged, recovery).
+pub async fn rebuild_checked(
+    group: &Group,
+    key: ScopeKey,
+    height: u64,
+) -> Result<Rc<ScopeState>, RebuildError> {
     let (floor, snapshot, genesis, retention, oldest) = {
         let data = group.data.borrow();
         let scope = crate::read::reads::existing_scope(&data, key)?;
@@ -408,24 +440,26 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
         (None, None) => ScopeState::genesis(key, retention, &context_of(&genesis)),
     };
     if block_hash(&state.meta.genesis) != block_hash(&genesis) {
-        return Err(Status::internal(format!(
+        return Err(RebuildError::Other(Status::internal(format!(
             "scope {key}: rebuilt genesis differs from the stored genesis"
-        )));
+        ))));
     }
     while state.meta.height < height {
         let from = state.meta.height + 1;
         let to = height.min(state.meta.height + HISTORY_REPLAY_CHUNK_BLOCKS);
         let blocks = {
             let data = group.data.borrow();
-            data.get_range(key, from, to).map_err(|e| Status::internal(format!("archive: {e}")))?
+            data.archive
+                .get_range(key, from, to, &genesis)
+                .map_err(|e| Status::internal(format!("archive: {e}")))?
         };
         if blocks.len() as u64 != to - from + 1 {
-            return Err(unavailable(height, from, "archived blocks are missing"));
+            return Err(unavailable(height, from, "archived blocks are missing").into());
         }
         for block in blocks {
             let h = block.header.height;
             if block.transactions.is_empty() {
-                return Err(unavailable(height, oldest, "the block bodies it needs were compacted"));
+                return Err(unavailable(height, oldest, "the block bodies it needs were compacted").into());
             }
             let entry = VaultEntry {
                 namespace_id: block.header.namespace_id,
@@ -437,12 +471,12 @@ pub async fn rebuild(group: &Group, key: ScopeKey, height: u64) -> Result<Rc<Sco
                 transactions: block.transactions,
             };
             let delta = state.replay_entry(&entry, &context_of(&block.header)).map_err(|d| {
-                Status::internal(format!(
+                RebuildError::Diverged(Status::internal(format!(
                     "scope {key}: replay of archived block {} diverged (expected root {}, computed {})",
                     d.at_height,
                     ledger_core::hash::to_hex(&d.expected),
                     ledger_core::hash::to_hex(&d.computed)
-                ))
+                )))
             })?;
             state.commit(delta);
         }

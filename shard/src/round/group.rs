@@ -195,6 +195,9 @@ pub struct Group {
     /// as built, else `Unavailable` — a rejection must never reveal state that may never commit
     /// (found by the linearizability test, D32).
     deferred: RefCell<Vec<DeferredRejection>>,
+    /// Set while leadership is handed to another voter (ops/leadership.rs): no new block is
+    /// proposed, so the successor is not behind when it is asked to elect itself.
+    pub handing_over: Cell<bool>,
     /// When the oldest transaction still queued arrived (`batch_wait_ms`, metrics.rs).
     first_queued: Cell<Option<Instant>>,
 }
@@ -233,6 +236,7 @@ impl Group {
             resync_log_index: Cell::new(false),
             in_flight_txs: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
+            handing_over: Cell::new(false),
             first_queued: Cell::new(None),
         })
     }
@@ -250,7 +254,7 @@ impl Group {
             return Err((tx.waiter, Status::exhausted(format!("group {} write queue is full", self.id))));
         }
         self.queue.borrow_mut().push_back(tx);
-        if self.first_queued.get().is_none() {
+        if self.queue.borrow().len() == 1 {
             self.first_queued.set(Some(Instant::now()));
         }
         self.signal.raise();
@@ -348,6 +352,10 @@ impl Group {
                     let result = self.propose_scope_command(a.command).await;
                     let _ = a.reply.send(result);
                 }
+                continue;
+            }
+            if self.handing_over.get() && !self.stopping.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
                 continue;
             }
             if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX

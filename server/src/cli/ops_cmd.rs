@@ -1,0 +1,616 @@
+//! `ledger-admin`'s cluster and repair commands (SPEC §11.2): `cluster-status`, `lag-report`,
+//! `stepdown`, `vault-status`, `recover-vault`, `watch-recovery`, `compare-state-roots` and
+//! `simulate-divergence`. Each prints an aligned table (text) or one JSON object, and returns the
+//! exit code: 0 ok, 1 ran but unhealthy or failed (3, unreachable, comes from connecting).
+
+use crate::cli::render::{self, hex};
+use crate::cli::{connect, out, CliError};
+use ledger_core::types::{Hash, VaultHealth};
+use ledger_wire::client::{CallOptions, Client, ClientOptions};
+use ledger_wire::messages::{GroupLag, GroupStatusInfo, HealthStatus, MemberRole, Request, Response};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+/// SPEC §11.2 `lag-report` states: ok ≤ 50 blocks, warning > 50, critical > 100.
+const LAG_WARNING: u64 = 50;
+const LAG_CRITICAL: u64 = 100;
+/// A recovery may replay a long chain: it gets this long at least, whatever `--timeout-secs`.
+const RECOVERY_TIMEOUT_MIN: Duration = Duration::from_secs(600);
+
+fn unexpected(response: &Response) -> CliError {
+    let name: String = format!("{response:?}").chars().take_while(|c| c.is_alphanumeric()).collect();
+    CliError::new(1, format!("unexpected response: {name}"))
+}
+
+fn emit(json_out: bool, value: Value, text: impl FnOnce() -> String) {
+    if json_out {
+        out::line(value);
+    } else {
+        out::line(text());
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart, headers first.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut lines = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    lines.extend(rows.iter().map(|r| line(r.clone())));
+    lines.join("\n")
+}
+
+fn health_name(h: &VaultHealth) -> String {
+    match h {
+        VaultHealth::Healthy => "healthy".into(),
+        VaultHealth::Diverged { at_height, .. } => format!("diverged at height {at_height}"),
+        VaultHealth::Recovering { attempt, exhausted: false, .. } => {
+            format!("recovering (attempt {attempt})")
+        }
+        VaultHealth::Recovering { attempt, exhausted: true, .. } => {
+            format!("recovering, exhausted after attempt {attempt}")
+        }
+    }
+}
+
+fn lag_state(lag: u64) -> &'static str {
+    if lag > LAG_CRITICAL {
+        "critical"
+    } else if lag > LAG_WARNING {
+        "warning"
+    } else {
+        "ok"
+    }
+}
+
+/// While `work` runs, shows the elapsed time on stderr when stderr is a terminal.
+async fn with_progress<T>(label: &str, work: impl std::future::Future<Output = T>) -> T {
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    tokio::pin!(work);
+    let spinner = ['|', '/', '-', '\\'];
+    let mut i = 0;
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                eprint!("\r\x1b[2K");
+                return result;
+            }
+            _ = ticker.tick() => {
+                eprint!("\r{} {label} … {:.0} s", spinner[i % spinner.len()], started.elapsed().as_secs_f64());
+                i += 1;
+            }
+        }
+    }
+}
+
+struct NodeView {
+    node_id: u64,
+    address: String,
+    role: MemberRole,
+    is_leader: bool,
+    health: String,
+    groups: Vec<GroupStatusInfo>,
+    error: Option<String>,
+}
+
+/// `cluster-status`: the members from `--addr`, then every member's health and groups.
+pub async fn cluster_status(
+    client: &Client,
+    options: &ClientOptions,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    let Response::GetClusterInfo { members, leader_id, term } = client.call(Request::GetClusterInfo).await?
+    else {
+        return Err(CliError::new(1, "unexpected response to GetClusterInfo"));
+    };
+    let lag = match client.call(Request::LagReport { group_id: None }).await? {
+        Response::LagReport { groups } => groups,
+        other => return Err(unexpected(&other)),
+    };
+    let mut nodes = Vec::new();
+    for m in &members {
+        let mut view = NodeView {
+            node_id: m.node_id,
+            address: m.address.clone(),
+            role: m.role,
+            is_leader: m.is_leader,
+            health: "unavailable".into(),
+            groups: Vec::new(),
+            error: None,
+        };
+        match connect(&m.address, options.clone()).await {
+            Ok(c) => {
+                match c.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await {
+                    Ok(Response::HealthCheck { status, .. }) => {
+                        view.health = format!("{status:?}").to_lowercase()
+                    }
+                    Ok(other) => view.error = Some(unexpected(&other).message),
+                    Err(e) => view.error = Some(e.to_string()),
+                }
+                match c.call(Request::GetGroupStatus).await {
+                    Ok(Response::GetGroupStatus { groups, .. }) => view.groups = groups,
+                    Ok(other) => view.error = Some(unexpected(&other).message),
+                    Err(e) => view.error = Some(e.to_string()),
+                }
+            }
+            Err(e) => view.error = Some(e.message),
+        }
+        nodes.push(view);
+    }
+    let lag_by_group: BTreeMap<u32, &GroupLag> = lag.iter().map(|g| (g.group_id, g)).collect();
+    let mut group_ids: Vec<u32> = nodes.iter().flat_map(|n| n.groups.iter().map(|g| g.group_id)).collect();
+    group_ids.extend(lag.iter().map(|g| g.group_id));
+    group_ids.sort_unstable();
+    group_ids.dedup();
+    let summary =
+        if nodes.iter().all(|n| n.health == "healthy") && lag_by_group.values().all(|g| g.leader.is_some()) {
+            "healthy"
+        } else if nodes.iter().any(|n| n.health == "healthy") {
+            "degraded"
+        } else {
+            "unavailable"
+        };
+    let group_rows: Vec<(u32, Value, Vec<String>)> = group_ids
+        .iter()
+        .map(|g| {
+            let lag = lag_by_group.get(g);
+            let max_lag = lag.map(|l| l.followers.iter().map(|f| f.lag_blocks).max().unwrap_or(0)).unwrap_or(0);
+            let leader_view = lag
+                .and_then(|l| l.leader)
+                .and_then(|leader| nodes.iter().find(|n| n.node_id == leader))
+                .and_then(|n| n.groups.iter().find(|s| s.group_id == *g));
+            let any_view = nodes.iter().find_map(|n| n.groups.iter().find(|s| s.group_id == *g));
+            let view = leader_view.or(any_view);
+            let replicas: Vec<(u64, String, u64)> = nodes
+                .iter()
+                .map(|n| match n.groups.iter().find(|s| s.group_id == *g) {
+                    Some(s) => (n.node_id, s.role.clone(), s.applied_index),
+                    None => (n.node_id, if n.error.is_some() { "unreachable" } else { "-" }.to_string(), 0),
+                })
+                .collect();
+            let value = json!({
+                "group_id": g,
+                "leader": lag.and_then(|l| l.leader),
+                "term": view.map(|v| v.term),
+                "members": view.map(|v| v.voters.clone()).unwrap_or_default(),
+                "leader_last_index": lag.map(|l| l.leader_last_index),
+                "commit_index": view.map(|v| v.committed_index),
+                "applied_index": view.map(|v| v.applied_index),
+                "max_lag": max_lag,
+                "replicas": replicas.iter().map(|(n, role, applied)| json!({"node_id": n, "role": role, "applied_index": applied})).collect::<Vec<_>>(),
+            });
+            let row = vec![
+                g.to_string(),
+                lag.and_then(|l| l.leader).map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+                view.map(|v| v.term.to_string()).unwrap_or_default(),
+                view.map(|v| v.voters.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                lag.map(|l| l.leader_last_index.to_string()).unwrap_or_default(),
+                view.map(|v| v.committed_index.to_string()).unwrap_or_default(),
+                view.map(|v| v.applied_index.to_string()).unwrap_or_default(),
+                format!("{max_lag} ({})", lag_state(max_lag)),
+                replicas
+                    .iter()
+                    .map(|(n, role, applied)| format!("{n}:{}@{applied}", role_letter(role)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ];
+            (*g, value, row)
+        })
+        .collect();
+    let node_json: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id, "address": n.address,
+                "role": if n.role == MemberRole::Voter { "voter" } else { "learner" },
+                "is_leader": n.is_leader, "health": n.health, "error": n.error,
+                "groups_led": n.groups.iter().filter(|g| g.role == "leader").count(),
+            })
+        })
+        .collect();
+    let value = json!({
+        "leader_id": leader_id, "term": term, "status": summary,
+        "nodes": node_json,
+        "groups": group_rows.iter().map(|(_, v, _)| v.clone()).collect::<Vec<_>>(),
+    });
+    emit(json_out, value, || {
+        let leader = leader_id.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+        let node_rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.node_id.to_string(),
+                    n.address.clone(),
+                    if n.role == MemberRole::Voter { "voter" } else { "learner" }.into(),
+                    if n.is_leader { "yes" } else { "" }.into(),
+                    n.groups.iter().filter(|g| g.role == "leader").count().to_string(),
+                    n.health.clone(),
+                    n.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let rows: Vec<Vec<String>> = group_rows.iter().map(|(_, _, r)| r.clone()).collect();
+        format!(
+            "cluster leader {leader}, term {term}, {} node(s)\n\n{}\n\n{}\n\n{summary}",
+            nodes.len(),
+            table(&["NODE", "ADDRESS", "ROLE", "LEADER", "LEADS", "HEALTH", "ERROR"], &node_rows),
+            table(
+                &[
+                    "GROUP",
+                    "LEADER",
+                    "TERM",
+                    "MEMBERS",
+                    "LAST",
+                    "COMMIT",
+                    "APPLIED",
+                    "MAX LAG",
+                    "REPLICAS (node:role@applied)"
+                ],
+                &rows
+            ),
+        )
+    });
+    Ok(if summary == "healthy" { 0 } else { 1 })
+}
+
+fn role_letter(role: &str) -> &str {
+    match role {
+        "leader" => "L",
+        "follower" => "F",
+        "candidate" => "C",
+        "learner" => "l",
+        other => other,
+    }
+}
+
+/// `lag-report [--group G]`: per group and follower, matched index and lag; exit 1 if any is
+/// critical.
+pub async fn lag_report(client: &Client, group: Option<u32>, json_out: bool) -> Result<u8, CliError> {
+    let groups = match client.call(Request::LagReport { group_id: group }).await? {
+        Response::LagReport { groups } => groups,
+        other => return Err(unexpected(&other)),
+    };
+    let mut rows = Vec::new();
+    let mut critical = false;
+    let mut listed = Vec::new();
+    for g in &groups {
+        let leader = g.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+        if g.leader.is_none() {
+            critical = true;
+            rows.push(vec![
+                g.group_id.to_string(),
+                leader.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no leader".into(),
+            ]);
+        }
+        for f in &g.followers {
+            let state = lag_state(f.lag_blocks);
+            critical |= state == "critical";
+            rows.push(vec![
+                g.group_id.to_string(),
+                leader.clone(),
+                f.node_id.to_string(),
+                f.matched_index.to_string(),
+                f.lag_blocks.to_string(),
+                state.into(),
+            ]);
+        }
+        listed.push(json!({
+            "group_id": g.group_id, "leader": g.leader, "leader_last_index": g.leader_last_index,
+            "followers": g.followers.iter().map(|f| json!({
+                "node_id": f.node_id, "matched_index": f.matched_index, "lag_blocks": f.lag_blocks,
+                "state": lag_state(f.lag_blocks),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    emit(json_out, json!({"groups": listed, "critical": critical}), || {
+        table(&["GROUP", "LEADER", "FOLLOWER", "MATCHED", "LAG (BLOCKS)", "STATE"], &rows)
+    });
+    Ok(if critical { 1 } else { 0 })
+}
+
+/// `stepdown --node ID [--group G]`: moves that node's leaderships to the other voters.
+pub async fn stepdown(
+    client: &Client,
+    node: u64,
+    group: Option<u32>,
+    json_out: bool,
+    timeout: Duration,
+) -> Result<u8, CliError> {
+    let request = Request::TransferLeadership { node_id: node, group_id: group };
+    let response = with_progress(
+        "moving leaderships",
+        client.call_with(request, CallOptions { timeout: Some(timeout) }),
+    )
+    .await?;
+    let Response::TransferLeadership { moved, not_moved } = response else {
+        return Err(unexpected(&response));
+    };
+    emit(
+        json_out,
+        json!({"node_id": node, "moved": moved.iter().map(|(g, l)| json!({"group_id": g, "new_leader": l})).collect::<Vec<_>>(), "not_moved": not_moved}),
+        || {
+            let rows: Vec<Vec<String>> =
+                moved.iter().map(|(g, l)| vec![g.to_string(), l.to_string()]).collect();
+            let mut text = if moved.is_empty() {
+                format!("node {node}: no leadership moved")
+            } else {
+                table(&["GROUP", "NEW LEADER"], &rows)
+            };
+            if !not_moved.is_empty() {
+                let list: Vec<String> = not_moved.iter().map(|g| g.to_string()).collect();
+                text.push_str(&format!("\nnot moved: {}", list.join(", ")));
+            }
+            text
+        },
+    );
+    Ok(if not_moved.is_empty() { 0 } else { 1 })
+}
+
+/// `vault-status`: GetVault plus the local replica's recovery state; exit 1 unless Healthy.
+pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) -> Result<u8, CliError> {
+    let info = client.get_vault(ns, vault).await?;
+    let vault_id = (vault != 0).then_some(vault);
+    let (attempts, last_error) =
+        match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
+            Response::GetVaultHealth { recovery_attempts, last_error, .. } => (recovery_attempts, last_error),
+            other => return Err(unexpected(&other)),
+        };
+    let mut value = render::vault(&info);
+    value["recovery_attempts"] = json!(attempts);
+    value["last_error"] = json!(last_error);
+    emit(json_out, value, || {
+        let mut rows = vec![
+            ("namespace", info.namespace_id.to_string()),
+            ("vault", info.vault_id.to_string()),
+            ("group", info.group_id.to_string()),
+            ("status", format!("{:?}", info.status).to_lowercase()),
+            ("height", info.height.to_string()),
+            ("state root", hex(&info.state_root)),
+            ("last block", rfc3339(info.last_block_timestamp.secs)),
+            ("leader", info.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into())),
+            ("nodes", info.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")),
+            (
+                "retention",
+                format!(
+                    "{:?} ({} blocks)",
+                    info.retention_policy.mode, info.retention_policy.retention_blocks
+                )
+                .to_lowercase(),
+            ),
+            ("health", health_name(&info.health)),
+        ];
+        match &info.health {
+            VaultHealth::Diverged { expected, computed, at_height } => {
+                rows.push(("expected root", hex(expected)));
+                rows.push(("computed root", hex(computed)));
+                rows.push(("at height", at_height.to_string()));
+            }
+            VaultHealth::Recovering { attempt, exhausted, .. } => {
+                rows.push(("attempt", attempt.to_string()));
+                rows.push(("exhausted", exhausted.to_string()));
+            }
+            VaultHealth::Healthy => {}
+        }
+        if attempts > 0 {
+            rows.push(("recovery attempts", attempts.to_string()));
+        }
+        if let Some(e) = &last_error {
+            rows.push(("last error", e.clone()));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter().map(|(k, v)| format!("{k:<width$}  {v}")).collect::<Vec<_>>().join("\n")
+    });
+    Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
+}
+
+/// Seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `recover-vault [--force]`: rebuilds the vault on the node at `--addr`.
+pub async fn recover_vault(
+    client: &Client,
+    ns: i64,
+    vault: i64,
+    force: bool,
+    json_out: bool,
+    timeout: Duration,
+) -> Result<u8, CliError> {
+    let request = Request::RecoverVault { namespace_id: ns, vault_id: (vault != 0).then_some(vault), force };
+    let timeout = timeout.max(RECOVERY_TIMEOUT_MIN);
+    let response =
+        with_progress("recovering", client.call_with(request, CallOptions { timeout: Some(timeout) }))
+            .await?;
+    let Response::RecoverVault { success, message, health, final_height, final_state_root } = response else {
+        return Err(unexpected(&response));
+    };
+    emit(
+        json_out,
+        json!({"success": success, "message": message, "final_height": final_height,
+               "final_state_root": hex(&final_state_root), "health": render::health(&health)}),
+        || {
+            let verdict = if success { "recovered" } else { "FAILED" };
+            format!(
+                "{verdict}: {message}\nheight      {final_height}\nstate root  {}\nhealth      {}",
+                hex(&final_state_root),
+                health_name(&health)
+            )
+        },
+    );
+    Ok(if success { 0 } else { 1 })
+}
+
+/// `watch-recovery`: polls the local replica's health and prints each change until Healthy (0)
+/// or exhausted (1).
+pub async fn watch_recovery(
+    client: &Client,
+    ns: i64,
+    vault: i64,
+    interval: Duration,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    let vault_id = (vault != 0).then_some(vault);
+    let mut last: Option<(VaultHealth, u32)> = None;
+    loop {
+        let (health, attempts, last_error) =
+            match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
+                Response::GetVaultHealth { health, recovery_attempts, last_error } => {
+                    (health, recovery_attempts, last_error)
+                }
+                other => return Err(unexpected(&other)),
+            };
+        let changed = last.as_ref().is_none_or(|(h, a)| !same_state(h, &health) || *a != attempts);
+        if changed {
+            let now = crate::cli::now_secs() as i64;
+            emit(
+                json_out,
+                json!({"time": rfc3339(now), "health": render::health(&health), "recovery_attempts": attempts, "last_error": last_error}),
+                || {
+                    let mut line = format!("{}  {}", rfc3339(now), health_name(&health));
+                    if let Some(e) = &last_error {
+                        line.push_str(&format!("  (last error: {e})"));
+                    }
+                    line
+                },
+            );
+            last = Some((health.clone(), attempts));
+        }
+        match health {
+            VaultHealth::Healthy => return Ok(0),
+            VaultHealth::Recovering { exhausted: true, .. } => return Ok(1),
+            _ => tokio::time::sleep(interval).await,
+        }
+    }
+}
+
+/// Health states compared without their timestamps.
+fn same_state(a: &VaultHealth, b: &VaultHealth) -> bool {
+    match (a, b) {
+        (
+            VaultHealth::Recovering { attempt: x, exhausted: e, .. },
+            VaultHealth::Recovering { attempt: y, exhausted: f, .. },
+        ) => x == y && e == f,
+        _ => a == b,
+    }
+}
+
+/// `compare-state-roots [--height H]`: every replica's root against the leader's; exit 1 on a
+/// mismatch.
+pub async fn compare_state_roots(
+    client: &Client,
+    ns: i64,
+    vault: i64,
+    height: Option<u64>,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    let request =
+        Request::CompareStateRoots { namespace_id: ns, vault_id: (vault != 0).then_some(vault), height };
+    let response = client.call(request).await?;
+    let Response::CompareStateRoots { height, replicas } = response else {
+        return Err(unexpected(&response));
+    };
+    let all_match = replicas.iter().all(|r| r.matches_leader);
+    let root_text = |r: &Option<Hash>| r.map(|h| hex(&h)).unwrap_or_else(|| "-".into());
+    emit(
+        json_out,
+        json!({"height": height, "match": all_match, "replicas": replicas.iter().map(|r| json!({
+            "node_id": r.node_id, "height": r.height, "state_root": r.state_root.map(|h| hex(&h)),
+            "health": r.health.as_ref().map(render::health), "matches_leader": r.matches_leader, "error": r.error,
+        })).collect::<Vec<_>>()}),
+        || {
+            let rows: Vec<Vec<String>> = replicas
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.node_id.to_string(),
+                        r.height.to_string(),
+                        root_text(&r.state_root),
+                        r.health.as_ref().map(health_name).unwrap_or_else(|| "unknown".into()),
+                        if r.matches_leader { "✓" } else { "✗" }.into(),
+                        r.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            format!(
+                "height {height}\n{}",
+                table(&["NODE", "HEIGHT", "STATE ROOT", "HEALTH", "MATCH", "NOTE"], &rows)
+            )
+        },
+    );
+    Ok(if all_match { 0 } else { 1 })
+}
+
+/// `simulate-divergence` (test servers only, `--test-faults`): marks the replica at `--addr`
+/// Diverged (expected = its current root, computed = zeros).
+pub async fn simulate_divergence(
+    client: &Client,
+    ns: i64,
+    vault: i64,
+    height: Option<u64>,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    let vault_id = (vault != 0).then_some(vault);
+    let info = client.get_vault(ns, vault).await?;
+    let request = Request::SimulateDivergence {
+        namespace_id: ns,
+        vault_id,
+        expected_state_root: info.state_root,
+        computed_state_root: ledger_core::types::ZERO_HASH,
+        at_height: height.unwrap_or(info.height),
+    };
+    let response = client.call(request).await?;
+    let Response::SimulateDivergence { success, message, health } = response else {
+        return Err(unexpected(&response));
+    };
+    emit(
+        json_out,
+        json!({"success": success, "message": message, "health": render::health(&health)}),
+        || format!("{message}\nhealth {}", health_name(&health)),
+    );
+    Ok(if success { 0 } else { 1 })
+}
+
+/// Node health status as SPEC §11.5 words.
+pub fn health_status_name(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Degraded => "degraded",
+        HealthStatus::Unavailable => "unavailable",
+    }
+}

@@ -1,0 +1,268 @@
+//! Operating a 3-node cluster with `ledger-admin` (issue 16 items 1, 4, 5; SPEC §9.8–9.9,
+//! §11.2): the vault-repair runbook end to end (a vault diverges on one follower, shows in
+//! `vault-status` and `compare-state-roots`, the others keep serving, `recover-vault` repairs
+//! it), automatic recovery, `stepdown` moving and spreading leaderships, `cluster-status` and
+//! `lag-report`, and an unreachable node (exit 3).
+
+use ledger_tests::cluster::Cluster;
+use ledger_tests::scope::{connect, create_scope, retry_transient, set};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// One core per node: three nodes share this machine's two CPUs. Test-only requests on.
+const NODE_FLAGS: &[&str] = &["--cores", "1", "--requests-timeout-secs", "5", "--test-faults", "true"];
+
+/// One cluster at a time (see cluster.rs).
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `ledger-admin --addr ADDR ARGS…`; returns (exit code, stdout, stderr).
+fn admin(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(ledger_tests::binary("ledger-admin"))
+        .args(["--addr", addr, "--timeout-secs", "20"])
+        .args(args)
+        .output()
+        .expect("run ledger-admin");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+/// `ledger-admin --format json …`: exit code and the one JSON object it printed.
+fn admin_json(addr: &str, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = admin(addr, &all);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("ledger-admin {args:?}: not one JSON object ({e}): {stdout:?} {stderr:?}")
+    });
+    (code, value)
+}
+
+/// Waits until `cluster-status` reports every group with a leader and every node healthy.
+fn wait_healthy(addr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, status) = admin_json(addr, &["cluster-status"]);
+        if code == 0 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "cluster never became healthy: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The node index of node id `id`.
+fn index_of(cluster: &Cluster, status: &Value, id: u64) -> usize {
+    let addr = status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node_id"].as_u64() == Some(id)))
+        .and_then(|n| n["address"].as_str())
+        .unwrap_or_else(|| panic!("node {id} not in {status}"));
+    cluster.addrs().iter().position(|a| a == addr).unwrap_or_else(|| panic!("{addr} is not a node"))
+}
+
+async fn write_keys(addr: &str, ns: i64, vault: i64, client_id: &str, from: u64, n: u64) {
+    let client = connect(addr).await;
+    for i in from..from + n {
+        let result = retry_transient(|| {
+            let client = client.clone();
+            let client_id = client_id.to_string();
+            async move {
+                client.write(ns, Some(vault), client_id, i, vec![set(format!("k{i}"), format!("v{i}"))]).await
+            }
+        })
+        .await
+        .expect("write");
+        assert!(matches!(result, ledger_wire::messages::WriteResult::Success(_)), "write {i}: {result:?}");
+    }
+}
+
+#[test]
+fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
+    let _one = one_cluster();
+    let mut flags = NODE_FLAGS.to_vec();
+    flags.extend_from_slice(&["--vault-auto-recovery", "false"]);
+    let mut cluster = Cluster::start(3, &flags);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = wait_healthy(cluster.addr(0));
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
+    let (ns, vault) = rt.block_on(async {
+        let client = connect(cluster.addr(0)).await;
+        create_scope(&client, "runbook").await
+    });
+    let ns_arg = ns.to_string();
+    let vault_arg = vault.to_string();
+    let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
+    let (_, info) = admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let leader = info["leader"].as_u64().expect("vault has a leader");
+    let leader_i = index_of(&cluster, &status, leader);
+    let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
+    rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 1, 20));
+
+    // Diverge the vault on one follower.
+    let (code, out, err) = admin(cluster.addr(follower), &[&["simulate-divergence"][..], &scope].concat());
+    assert_eq!(code, 0, "simulate-divergence: {out} {err}");
+
+    // vault-status on that follower: Diverged, exit 1.
+    let (code, out, _) = admin(cluster.addr(follower), &[&["vault-status"][..], &scope].concat());
+    assert_eq!(code, 1, "vault-status of a Diverged vault exits 1: {out}");
+    assert!(out.contains("diverged at height"), "{out}");
+    assert!(out.contains("expected root") && out.contains("computed root"), "{out}");
+
+    // compare-state-roots: the follower alone mismatches, exit 1.
+    let (code, roots) = admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+    assert_eq!(code, 1, "{roots}");
+    let replicas = roots["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 3, "{roots}");
+    let mismatched: Vec<u64> = replicas
+        .iter()
+        .filter(|r| r["matches_leader"] == false)
+        .filter_map(|r| r["node_id"].as_u64())
+        .collect();
+    let follower_id = status["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["address"].as_str() == Some(cluster.addr(follower))))
+        .and_then(|n| n["node_id"].as_u64())
+        .expect("follower id");
+    assert_eq!(mismatched, vec![follower_id], "{roots}");
+
+    // The cluster keeps serving the vault: writes through the leader commit.
+    rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 21, 10));
+    // Node health shows the follower degraded; the whole cluster is not healthy.
+    let (code, cs) = admin_json(cluster.addr(leader_i), &["cluster-status"]);
+    assert_eq!(code, 1, "{cs}");
+    assert_eq!(cs["status"], "degraded", "{cs}");
+
+    // recover-vault on the follower: rebuilt past the writes made while it was Diverged.
+    let (code, out, err) = admin(cluster.addr(follower), &[&["recover-vault"][..], &scope].concat());
+    assert_eq!(code, 0, "recover-vault: {out} {err}");
+    assert!(out.starts_with("recovered"), "{out}");
+    // A healthy vault is not recovered without --force.
+    let (code, _, err) = admin(cluster.addr(follower), &[&["recover-vault"][..], &scope].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Healthy"), "{err}");
+    let (code, out, _) = admin(cluster.addr(follower), &[&["vault-status"][..], &scope].concat());
+    assert_eq!(code, 0, "{out}");
+    // Every replica agrees with the leader at the leader's height (30 blocks past genesis).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, roots) =
+            admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+        if code == 0 {
+            assert_eq!(roots["height"].as_u64(), Some(30), "{roots}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "roots never matched again: {roots}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And --force rebuilds a healthy vault.
+    let (code, out, err) =
+        admin(cluster.addr(follower), &[&["recover-vault", "--force"][..], &scope].concat());
+    assert_eq!(code, 0, "recover-vault --force: {out} {err}");
+    // The recovered replica serves its reads again and they match.
+    rt.block_on(async {
+        let client = connect(cluster.addr(follower)).await;
+        let value = client
+            .read_with(ns, Some(vault), "k30", ledger_core::types::ReadConsistency::Eventual)
+            .await
+            .expect("read on the recovered follower");
+        assert_eq!(value.as_deref(), Some(b"v30".as_slice()));
+    });
+    let _ = &mut cluster;
+}
+
+#[test]
+fn t02_automatic_recovery_heals_a_diverged_vault() {
+    let _one = one_cluster();
+    let cluster = Cluster::start(3, NODE_FLAGS);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = wait_healthy(cluster.addr(0));
+    let (ns, vault) = rt.block_on(async {
+        let client = connect(cluster.addr(0)).await;
+        create_scope(&client, "auto").await
+    });
+    let ns_arg = ns.to_string();
+    let vault_arg = vault.to_string();
+    let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
+    let (_, info) = admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let leader_i = index_of(&cluster, &status, info["leader"].as_u64().expect("leader"));
+    let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
+    rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "w", 1, 5));
+    let (code, out, err) = admin(cluster.addr(follower), &[&["simulate-divergence"][..], &scope].concat());
+    assert_eq!(code, 0, "{out} {err}");
+    // watch-recovery prints the transitions and exits 0 once Healthy (attempt 1 runs at once).
+    let (code, out, err) =
+        admin(cluster.addr(follower), &[&["watch-recovery", "--interval-secs", "1"][..], &scope].concat());
+    assert_eq!(code, 0, "watch-recovery: {out} {err}");
+    assert!(out.lines().last().is_some_and(|l| l.ends_with("healthy")), "{out}");
+    let (code, roots) = admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+    assert_eq!(code, 0, "{roots}");
+}
+
+#[test]
+fn t03_stepdown_moves_and_spreads_leaderships() {
+    let _one = one_cluster();
+    let mut flags = NODE_FLAGS.to_vec();
+    flags.extend_from_slice(&["--groups-per-core", "5"]);
+    let cluster = Cluster::start(3, &flags);
+    let status = wait_healthy(cluster.addr(0));
+    let groups = status["groups"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(groups, 6, "group 0 and five data groups: {status}");
+    // The node that leads the most groups steps down.
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let busiest = nodes.iter().max_by_key(|n| n["groups_led"].as_u64()).expect("a node");
+    let id = busiest["node_id"].as_u64().expect("id");
+    let led = busiest["groups_led"].as_u64().unwrap_or(0);
+    assert!(led > 0, "{status}");
+    let id_arg = id.to_string();
+    // Asked through another node: the request goes to the node stepping down.
+    let other =
+        cluster.addrs().into_iter().find(|a| Some(a.as_str()) != busiest["address"].as_str()).expect("other");
+    let (code, moved) = admin_json(&other, &["stepdown", "--node", &id_arg]);
+    assert_eq!(code, 0, "stepdown: {moved}");
+    assert_eq!(moved["moved"].as_array().map(Vec::len), Some(led as usize), "{moved}");
+    let after = wait_healthy(cluster.addr(0));
+    let leads: Vec<(u64, u64)> = after["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (n["node_id"].as_u64().unwrap_or(0), n["groups_led"].as_u64().unwrap_or(0)))
+        .collect();
+    let of_stepped = leads.iter().find(|(n, _)| *n == id).map(|(_, l)| *l);
+    assert_eq!(of_stepped, Some(0), "node {id} still leads groups: {after}");
+    // Spread: the other two nodes lead 3 and 3 of the 6 groups, give or take one.
+    let others: Vec<u64> = leads.iter().filter(|(n, _)| *n != id).map(|(_, l)| *l).collect();
+    assert_eq!(others.iter().sum::<u64>(), 6, "{after}");
+    assert!(
+        others.iter().max().unwrap_or(&0) - others.iter().min().unwrap_or(&0) <= 2,
+        "not spread: {after}"
+    );
+    // Writes still commit, and the lag report has every group with a leader.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let client = connect(cluster.addr(0)).await;
+        let (ns, vault) = create_scope(&client, "after-stepdown").await;
+        write_keys(cluster.addr(0), ns, vault, "w", 1, 5).await;
+    });
+    let (code, lag) = admin_json(cluster.addr(1), &["lag-report"]);
+    assert_eq!(code, 0, "{lag}");
+    assert_eq!(lag["groups"].as_array().map(Vec::len), Some(6), "{lag}");
+    // Text output is an aligned table with a header.
+    let (code, out, _) = admin(cluster.addr(2), &["cluster-status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GROUP") && out.contains("NODE") && out.trim_end().ends_with("healthy"), "{out}");
+}
+
+#[test]
+fn t04_unreachable_node_exits_3_with_one_line() {
+    let addr = ledger_tests::cluster::free_addr();
+    for command in [&["cluster-status"][..], &["lag-report"], &["stepdown", "--node", "1"]] {
+        let (code, out, err) = admin(&addr, command);
+        assert_eq!(code, 3, "{command:?}: {out} {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{command:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+}
