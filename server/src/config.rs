@@ -25,7 +25,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("discovery_cache_ttl_secs", "the peer cache, SPEC §10.3"),
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
-    ("integrity_interval_secs", "the background integrity check, SPEC §9.7"),
     ("gc_interval_secs", "GC of expired entities, SPEC §3.8"),
     ("rate_limit_rps", "rate limiting, SPEC §8.9"),
     ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
@@ -79,6 +78,7 @@ pub mod defaults {
     pub const RAFT_LOG_KEEP: u64 = 1000;
     /// Not in SPEC §11.1 (SPEC §9.5 names no period).
     pub const RETENTION_INTERVAL_SECS: u64 = 300;
+    pub const INTEGRITY_INTERVAL_SECS: u64 = 3600;
     pub const STREAM_BUFFER: usize = 1024;
 }
 
@@ -215,6 +215,9 @@ pub struct ConfigLayer {
     /// Period of the body-compaction pass over Compacted vaults, in seconds (SPEC §9.5).
     #[arg(long)]
     pub retention_interval_secs: Option<u64>,
+    /// Period of the background quick integrity check of every vault (SPEC §9.7; 0 = off).
+    #[arg(long)]
+    pub integrity_interval_secs: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
     #[arg(long)]
@@ -299,6 +302,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "raft_snapshot_logs" => literal(RAFT_SNAPSHOT_LOGS),
         "raft_log_keep" => literal(RAFT_LOG_KEEP),
         "retention_interval_secs" => literal(RETENTION_INTERVAL_SECS),
+        "integrity_interval_secs" => literal(INTEGRITY_INTERVAL_SECS),
         "stream_buffer" => literal(STREAM_BUFFER),
         _ => None,
     }
@@ -484,6 +488,7 @@ impl ConfigLayer {
             raft_snapshot_logs: self.raft_snapshot_logs.or(lower.raft_snapshot_logs),
             raft_log_keep: self.raft_log_keep.or(lower.raft_log_keep),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
+            integrity_interval_secs: self.integrity_interval_secs.or(lower.integrity_interval_secs),
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
         }
     }
@@ -529,6 +534,7 @@ pub struct Config {
     pub raft_snapshot_logs: u64,
     pub raft_log_keep: u64,
     pub retention_interval_secs: u64,
+    pub integrity_interval_secs: u64,
     pub stream_buffer: usize,
 }
 
@@ -684,6 +690,7 @@ impl Config {
             raft_snapshot_logs: pick!(flags, file, raft_snapshot_logs, RAFT_SNAPSHOT_LOGS),
             raft_log_keep: pick!(flags, file, raft_log_keep, RAFT_LOG_KEEP),
             retention_interval_secs: pick!(flags, file, retention_interval_secs, RETENTION_INTERVAL_SECS),
+            integrity_interval_secs: pick!(flags, file, integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
         };
         config.check()?;

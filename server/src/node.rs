@@ -170,6 +170,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         checkpoint_interval_ms: ledger_shard::constants::CHECKPOINT_INTERVAL_MS,
         journal_merge_rows_min: ledger_shard::constants::JOURNAL_MERGE_ROWS_MIN,
         vault_auto_recovery: config.vault_auto_recovery,
+        integrity_interval_secs: config.integrity_interval_secs,
         sim_disk: None,
     });
     let settings = Arc::new(RouterSettings {

@@ -61,6 +61,8 @@ pub struct ShardConfig {
     /// Rebuild a Diverged scope automatically, with SPEC §9.9's backoff (ops/vault_repair.rs);
     /// off, only `RecoverVault` rebuilds it.
     pub vault_auto_recovery: bool,
+    /// Period of the background integrity check (SPEC §9.7; 0 = off).
+    pub integrity_interval_secs: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
 }
@@ -125,7 +127,10 @@ impl ShardConfig {
             forward_timeout: std::time::Duration::from_secs(10),
             checkpoint_interval_ms: crate::constants::CHECKPOINT_INTERVAL_MS,
             journal_merge_rows_min: crate::constants::JOURNAL_MERGE_ROWS_MIN,
-            vault_auto_recovery: true,
+            // Unit tests observe Diverged scopes as apply leaves them; tests/tests/ops.rs covers
+            // automatic recovery.
+            vault_auto_recovery: false,
+            integrity_interval_secs: 0,
             sim_disk: None,
         }
     }

@@ -103,6 +103,7 @@ impl Shard {
         let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
         self.builders.borrow_mut().push(glommio::spawn_local(group.clone().run()).detach());
         glommio::spawn_local(crate::maintenance::task::run(group.clone(), self.config.clone())).detach();
+        crate::maintenance::background_integrity::start(group.clone());
         self.groups.borrow_mut().insert(id, group.clone());
         self.failed.borrow_mut().remove(&id);
         Ok(group)

@@ -171,7 +171,10 @@ fn t01_corruption_reported_at_its_height() {
         txn.commit().unwrap();
     }
 
-    let server = ServerProcess::restart(&data_dir, &[]);
+    // Automatic recovery off: this test looks at the Diverged vault as restart leaves it
+    // (tests/tests/ops.rs covers recovery). The background check runs every second.
+    let flags = ["--vault-auto-recovery", "false", "--integrity-interval-secs", "1"];
+    let server = ServerProcess::restart(&data_dir, &flags);
     rt.block_on(async {
         let client = connect(&server.addr).await;
         let value = retry_transient(|| client.read(ns, Some(clean_vault), "key-3")).await.unwrap();
@@ -205,6 +208,40 @@ fn t01_corruption_reported_at_its_height() {
     assert_eq!(code, 1);
     assert!(has(&diverged, 20, "state_divergence"), "{diverged:?}");
     assert_eq!(check(&server.addr, ns, clean_vault, true), (0, true, vec![]));
+
+    // The background check (SPEC §9.7, issue 16 item 6) finds the same chain breaks by itself
+    // and reports them in `vault-status` (exit 1); the clean vault's check finds nothing.
+    let (ns_arg, chain_arg, clean_arg) = (ns.to_string(), chain_vault.to_string(), clean_vault.to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let found = loop {
+        let (code, status) =
+            admin(&server.addr, &["vault-status", "--namespace", &ns_arg, "--vault", &chain_arg]);
+        let issues = status["integrity"]["issues"].as_array().cloned().unwrap_or_default();
+        if !issues.is_empty() {
+            assert_eq!(code, 1, "{status}");
+            break issues;
+        }
+        assert!(std::time::Instant::now() < deadline, "the background check never ran: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let found: Vec<(u64, String)> = found
+        .iter()
+        .map(|i| (i["block_height"].as_u64().unwrap(), i["issue_type"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(has(&found, 60, "chain_break"), "{found:?}");
+    assert!(has(&found, 180, "tx_root_mismatch"), "{found:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, status) =
+            admin(&server.addr, &["vault-status", "--namespace", &ns_arg, "--vault", &clean_arg]);
+        if status["integrity"]["checked_at"].is_string() {
+            assert_eq!(code, 0, "{status}");
+            assert_eq!(status["integrity"]["issues"].as_array().map(Vec::len), Some(0), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the clean vault was never checked: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(server.stop(), Some(0));
 }
 

@@ -702,6 +702,9 @@ pub enum Response {
         health: VaultHealth,
         recovery_attempts: u32,
         last_error: Option<String>,
+        /// The last background integrity check of the scope here (SPEC §9.7), and its findings.
+        last_integrity_check: Option<Timestamp>,
+        integrity_issues: Vec<IntegrityIssue>,
     },
     Peer(crate::peer::PeerResponse),
 }

@@ -144,6 +144,18 @@ enum Command {
         #[arg(long)]
         height: Option<u64>,
     },
+    /// Offline, with the server stopped: delete the vault's state rows in DIR and mark it
+    /// Diverged, so that the next start rebuilds it (SPEC §9.9). Refused while the data
+    /// directory is locked by a running server.
+    ClearVaultState {
+        /// Namespace id (offline: names cannot be resolved).
+        #[arg(long)]
+        namespace: i64,
+        #[arg(long)]
+        vault: i64,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Test servers only (--test-faults): mark the vault Diverged on the node at --addr.
     SimulateDivergence {
         #[arg(long)]
@@ -358,6 +370,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let client = client(&cli).await?;
             let ns = namespace_id(&client, namespace).await?;
             ops_cmd::simulate_divergence(&client, ns, *vault, *height, json_out).await
+        }
+        Command::ClearVaultState { namespace, vault, data_dir } => {
+            ops_cmd::clear_vault_state(data_dir, *namespace, *vault, json_out)
         }
         Command::VaultStatus { namespace, vault } => {
             let client = client(&cli).await?;

@@ -373,14 +373,24 @@ pub async fn stepdown(
 pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) -> Result<u8, CliError> {
     let info = client.get_vault(ns, vault).await?;
     let vault_id = (vault != 0).then_some(vault);
-    let (attempts, last_error) =
+    let (attempts, last_error, checked_at, issues) =
         match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
-            Response::GetVaultHealth { recovery_attempts, last_error, .. } => (recovery_attempts, last_error),
+            Response::GetVaultHealth {
+                recovery_attempts,
+                last_error,
+                last_integrity_check,
+                integrity_issues,
+                ..
+            } => (recovery_attempts, last_error, last_integrity_check, integrity_issues),
             other => return Err(unexpected(&other)),
         };
     let mut value = render::vault(&info);
     value["recovery_attempts"] = json!(attempts);
     value["last_error"] = json!(last_error);
+    value["integrity"] = json!({
+        "checked_at": checked_at.map(|t| rfc3339(t.secs)),
+        "issues": issues.iter().map(|i| json!({"block_height": i.block_height, "issue_type": i.issue_type.as_str(), "description": i.description})).collect::<Vec<_>>(),
+    });
     emit(json_out, value, || {
         let mut rows = vec![
             ("namespace", info.namespace_id.to_string()),
@@ -420,10 +430,22 @@ pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) 
         if let Some(e) = &last_error {
             rows.push(("last error", e.clone()));
         }
+        let checked = match checked_at {
+            Some(t) if issues.is_empty() => format!("{}: no issues", rfc3339(t.secs)),
+            Some(t) => format!("{}: {} issue(s)", rfc3339(t.secs), issues.len()),
+            None => "not run yet".into(),
+        };
+        rows.push(("integrity check", checked));
+        for i in &issues {
+            rows.push((
+                "  issue",
+                format!("height {} {}: {}", i.block_height, i.issue_type.as_str(), i.description),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter().map(|(k, v)| format!("{k:<width$}  {v}")).collect::<Vec<_>>().join("\n")
     });
-    Ok(if info.health == VaultHealth::Healthy { 0 } else { 1 })
+    Ok(if info.health == VaultHealth::Healthy && issues.is_empty() { 0 } else { 1 })
 }
 
 /// Seconds since the epoch as RFC 3339 UTC.
@@ -490,7 +512,7 @@ pub async fn watch_recovery(
     loop {
         let (health, attempts, last_error) =
             match client.call(Request::GetVaultHealth { namespace_id: ns, vault_id }).await? {
-                Response::GetVaultHealth { health, recovery_attempts, last_error } => {
+                Response::GetVaultHealth { health, recovery_attempts, last_error, .. } => {
                     (health, recovery_attempts, last_error)
                 }
                 other => return Err(unexpected(&other)),
@@ -613,4 +635,56 @@ pub fn health_status_name(status: HealthStatus) -> &'static str {
         HealthStatus::Degraded => "degraded",
         HealthStatus::Unavailable => "unavailable",
     }
+}
+
+/// `clear-vault-state` (SPEC §9.9), offline: takes the data directory's lock (refused while a
+/// server holds it), then clears the scope in whichever group's state file holds it.
+pub fn clear_vault_state(
+    data_dir: &std::path::Path,
+    ns: i64,
+    vault: i64,
+    json_out: bool,
+) -> Result<u8, CliError> {
+    use std::os::fd::AsRawFd;
+    let lock_path = data_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new().write(true).open(&lock_path).map_err(|e| {
+        CliError::new(1, format!("{}: not a Ledger data directory ({e})", data_dir.display()))
+    })?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(CliError::new(
+            1,
+            format!("{} is locked: stop the server using this data directory first", lock_path.display()),
+        ));
+    }
+    let scope = ledger_core::types::ScopeKey::new(
+        ledger_core::types::NamespaceId(ns),
+        (vault != 0).then_some(ledger_core::types::VaultId(vault)),
+    );
+    let groups = data_dir.join("groups");
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&groups)
+        .map_err(|e| CliError::new(1, format!("{}: {e}", groups.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let path = dir.join("state.redb");
+        if !path.exists() {
+            continue;
+        }
+        let cleared = ledger_shard::storage::checkpoint::clear_scope_offline(&path, scope)
+            .map_err(|e| CliError::new(1, format!("{}: {e}", path.display())))?;
+        if let Some(rows) = cleared {
+            emit(
+                json_out,
+                json!({"namespace_id": ns, "vault_id": vault, "state_file": path.display().to_string(), "rows_removed": rows, "health": "diverged"}),
+                || {
+                    format!("cleared vault {vault} of namespace {ns} in {}: {rows} row(s) removed; marked Diverged, rebuilt at the next start", path.display())
+                },
+            );
+            return Ok(0);
+        }
+    }
+    Err(CliError::new(1, format!("vault {vault} of namespace {ns} is in no group of {}", data_dir.display())))
 }

@@ -2,6 +2,7 @@
 //! `CheckIntegrity` handlers), `retention` (body compaction), `integrity` (the chain, body and
 //! snapshot checks) and `reopen` (a group stopped by a storage error reopens once the disk works). The heavy lifting runs on blocking threads.
 
+pub mod background_integrity;
 pub mod integrity;
 pub mod reopen;
 pub mod retention;

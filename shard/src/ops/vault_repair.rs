@@ -117,10 +117,13 @@ pub fn vault_health(group: &Group, scope: ScopeKey) -> Result<Response, Status> 
         .map(|s| s.meta.health.clone())
         .ok_or_else(|| scope_missing(scope))?;
     let record = record_of(group.id, scope);
+    let integrity = crate::maintenance::background_integrity::last(group.id.0, scope);
     Ok(Response::GetVaultHealth {
         health,
         recovery_attempts: u32::from(record.attempt),
         last_error: record.last_error,
+        last_integrity_check: integrity.as_ref().map(|r| r.checked_at),
+        integrity_issues: integrity.map(|r| r.issues).unwrap_or_default(),
     })
 }
 

@@ -850,3 +850,42 @@ impl Checkpointer {
         }
     }
 }
+
+/// Offline (server stopped, data directory locked by the caller): deletes `scope`'s entity,
+/// relationship and client rows from the state file at `path` and marks the scope Diverged, so
+/// that the next start rebuilds it from its snapshot and archive (SPEC §9.9,
+/// `ledger-admin clear-vault-state`). The Raft log and the archive are untouched. Returns the
+/// rows removed, or `None` when this file does not hold the scope.
+pub fn clear_scope_offline(path: &std::path::Path, scope: ScopeKey) -> Result<Option<u64>, ShardError> {
+    let db = Database::open(path).map_err(|e| ShardError::redb(format!("open {}", path.display()), e))?;
+    let t = |e: redb::TableError| ShardError::redb("state.redb open table", e);
+    let s = |e: redb::StorageError| ShardError::redb("state.redb write", e);
+    let txn = db.begin_write().map_err(|e| ShardError::redb("state.redb begin", e))?;
+    let id = scope.scope_id();
+    let removed = {
+        let mut scopes = txn.open_table(SCOPES).map_err(t)?;
+        let Some(bytes) = scopes.get(id).map_err(s)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        let mut record: ScopeMetaRecord = decode("scope meta", &bytes)?;
+        record.health = VaultHealth::Diverged {
+            expected: record.state_root,
+            computed: ZERO_HASH,
+            at_height: record.height,
+        };
+        scopes.insert(id, encode(&record).as_slice()).map_err(s)?;
+        let lower = id.to_be_bytes().to_vec();
+        let upper = id.checked_add(1).map(|next| next.to_be_bytes().to_vec());
+        let in_scope = |k: &[u8]| k.starts_with(&lower) && upper.as_ref().is_none_or(|u| k < u.as_slice());
+        let mut removed = 0u64;
+        let mut entities = txn.open_table(ENTITIES).map_err(t)?;
+        removed += entities.extract_if(|k, _| in_scope(k)).map_err(s)?.count() as u64;
+        let mut relationships = txn.open_table(RELATIONSHIPS).map_err(t)?;
+        removed += relationships.extract_if(|k, _| in_scope(k)).map_err(s)?.count() as u64;
+        let mut clients = txn.open_table(CLIENT_STATE).map_err(t)?;
+        removed += clients.extract_if(|k, _| in_scope(k)).map_err(s)?.count() as u64;
+        removed
+    };
+    txn.commit().map_err(|e| ShardError::redb("state.redb commit", e))?;
+    Ok(Some(removed))
+}

@@ -1,0 +1,130 @@
+//! The background integrity check (SPEC §9.7): every `integrity_interval_secs`, each group runs
+//! the quick check of every scope it hosts, one scope at a time, in a low-share task queue of
+//! the core so that requests go first (the chain and body scan itself runs on a blocking thread,
+//! `integrity::check`). Findings are reported, never fixed: one `integrity_issue` event per issue,
+//! counters for `/metrics`, and the last result per scope for `vault-status`.
+
+use crate::round::group::{now_ts, Group};
+use ledger_core::types::{ScopeKey, Timestamp, VaultStatus};
+use ledger_wire::messages::IntegrityIssue;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Shares of the integrity queue against the default queue's 1000: it runs when the core has
+/// nothing else to do, or 1 % of the time under load.
+const INTEGRITY_SHARES: usize = 10;
+/// Pause between two scopes' checks, so a group of many vaults spreads its checks out.
+const BETWEEN_SCOPES: Duration = Duration::from_millis(50);
+
+/// The last background check of one scope.
+#[derive(Debug, Clone)]
+pub struct IntegrityRecord {
+    pub checked_at: Timestamp,
+    pub issues: Vec<IntegrityIssue>,
+}
+
+/// This core's background-check counters, per group (for `/metrics`).
+#[derive(Debug, Default, Clone)]
+pub struct IntegrityCounters {
+    pub checks: HashMap<u32, u64>,
+    pub issues: HashMap<u32, u64>,
+}
+
+thread_local! {
+    static LAST: RefCell<HashMap<(u32, ScopeKey), IntegrityRecord>> = RefCell::new(HashMap::new());
+    static COUNTERS: RefCell<IntegrityCounters> = RefCell::new(IntegrityCounters::default());
+    static QUEUE: RefCell<Option<glommio::TaskQueueHandle>> = const { RefCell::new(None) };
+}
+
+/// The last background check of `scope` in `group` on this core, if one ran.
+pub fn last(group: u32, scope: ScopeKey) -> Option<IntegrityRecord> {
+    LAST.with(|l| l.borrow().get(&(group, scope)).cloned())
+}
+
+pub fn counters() -> IntegrityCounters {
+    COUNTERS.with(|c| c.borrow().clone())
+}
+
+/// Starts the group's background check on this core's low-priority queue (no-op when the
+/// interval is 0).
+pub fn start(group: Rc<Group>) {
+    let interval = group.config().integrity_interval_secs;
+    if interval == 0 {
+        return;
+    }
+    let queue = QUEUE.with(|q| {
+        *q.borrow_mut().get_or_insert_with(|| {
+            glommio::executor().create_task_queue(
+                glommio::Shares::Static(INTEGRITY_SHARES),
+                glommio::Latency::NotImportant,
+                "integrity",
+            )
+        })
+    });
+    let task = run(group, Duration::from_secs(interval));
+    match glommio::spawn_local_into(task, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => tracing::warn!(error = %e, "background integrity check not started"),
+    };
+}
+
+async fn run(group: Rc<Group>, interval: Duration) {
+    let stopped = group.data.borrow().snapshots.stopped.clone();
+    loop {
+        glommio::timer::sleep(interval).await;
+        if stopped.get() {
+            return;
+        }
+        let Some(checkpointer) = crate::raft::state_machine::checkpointer_of(group.id) else { continue };
+        let scopes: Vec<ScopeKey> = group
+            .data
+            .borrow()
+            .scopes
+            .values()
+            .filter(|s| s.meta.status != VaultStatus::Deleted)
+            .map(|s| s.meta.key)
+            .collect();
+        for scope in scopes {
+            if stopped.get() {
+                return;
+            }
+            let issues = match crate::maintenance::integrity::check(&group.data, &checkpointer, scope, false)
+                .await
+            {
+                Ok(issues) => issues,
+                Err(e) => {
+                    tracing::warn!(group = group.id.0, %scope, error = %e, "background integrity check failed");
+                    continue;
+                }
+            };
+            record(group.id.0, scope, issues);
+            glommio::timer::sleep(BETWEEN_SCOPES).await;
+        }
+    }
+}
+
+fn record(group: u32, scope: ScopeKey, issues: Vec<IntegrityIssue>) {
+    for issue in &issues {
+        crate::ops::vault_repair::note_event(
+            "integrity_issue",
+            Some(group),
+            Some(scope),
+            format!(
+                "scope {scope} height {}: {} ({})",
+                issue.block_height,
+                issue.issue_type.as_str(),
+                issue.description
+            ),
+        );
+    }
+    COUNTERS.with(|c| {
+        let mut c = c.borrow_mut();
+        *c.checks.entry(group).or_default() += 1;
+        *c.issues.entry(group).or_default() += issues.len() as u64;
+    });
+    LAST.with(|l| l.borrow_mut().insert((group, scope), IntegrityRecord { checked_at: now_ts(), issues }));
+}
