@@ -93,6 +93,8 @@ pub async fn serve_connection(
     connections.register(control_tx.clone());
     connections.live.set(connections.live.get() + 1);
     let _live = LiveGuard(connections.clone());
+    let _counted = crate::observe::OpenConnection::count();
+    let inflight = Rc::new(crate::observe::InFlight::default());
     // Unbounded, and bounded all the same: every reply answers one request the read loop
     // admitted, it admits one only while `outstanding` + open streams < requests_max_concurrent,
     // and `outstanding` drops only once the write loop has taken the reply off this channel and
@@ -115,6 +117,7 @@ pub async fn serve_connection(
         outstanding.clone(),
         stream_rx,
         streams.clone(),
+        inflight.clone(),
     ))
     .detach();
     let mut session = Session {
@@ -125,6 +128,7 @@ pub async fn serve_connection(
         settings,
         streams: streams.clone(),
         stream_tx,
+        inflight,
     };
     let mut writer_task = writer_task;
     let ended = {
@@ -159,6 +163,8 @@ struct Session {
     /// This connection's open streams; while any is open the connection is not idle.
     streams: Rc<OpenStreams>,
     stream_tx: flume::Sender<StreamEvent>,
+    /// When each outstanding request was admitted (observe.rs).
+    inflight: Rc<crate::observe::InFlight>,
 }
 
 impl Session {
@@ -212,10 +218,13 @@ impl Session {
             };
             match frame.kind() {
                 FrameKind::RequestBatch => {
+                    let decode_started = std::time::Instant::now();
                     let batch = match frame.decode::<RequestBatch>() {
                         Ok(batch) => batch,
                         Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
                     };
+                    let decoded = (frame.payload.len(), decode_started.elapsed());
+                    ledger_shard::metrics::with(|m| m.wire_frame(true, decoded.0, decoded.1));
                     if batch.items.is_empty() || batch.items.len() > self.settings.max_batch_items as usize {
                         return Some(goaway(
                             GoawayCode::ProtocolError,
@@ -253,6 +262,7 @@ impl Session {
                             continue;
                         }
                         outstanding.set(outstanding.get() + 1);
+                        self.inflight.start(&envelope);
                         if connections.is_shutting_down() {
                             answer(
                                 replies,
@@ -369,6 +379,7 @@ enum Owed {
 /// Writes control frames, coalesced response batches and stream frames until the read side is
 /// done and every outstanding reply has been written (or the socket fails). No frame it writes
 /// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: WriteHalf<TcpStream>,
     max_frame_bytes: u32,
@@ -377,6 +388,7 @@ async fn write_loop(
     outstanding: Rc<Cell<usize>>,
     streams: flume::Receiver<StreamEvent>,
     open: Rc<OpenStreams>,
+    inflight: Rc<crate::observe::InFlight>,
 ) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     // Buffer counters of the stream items in `out`, released once `out` is on the socket.
@@ -389,7 +401,7 @@ async fn write_loop(
         out.clear();
         let mut closing = false;
         if let Some(reply) = carried.take() {
-            carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+            carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
         } else if let Some(deadline) = drain_deadline {
             // Shutting down: owed replies and stream ends first, then the Goaway.
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -408,7 +420,8 @@ async fn write_loop(
             };
             match next {
                 Some(Owed::Reply(reply)) => {
-                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                    carried =
+                        encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
                 }
                 Some(Owed::Stream(event)) => {
                     encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes)
@@ -429,7 +442,7 @@ async fn write_loop(
                     Err(_) => control_open = false,
                 },
                 reply = replies.recv_async().fuse() => match reply {
-                    Ok(reply) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes); },
+                    Ok(reply) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight); },
                     Err(_) => return,
                 },
                 event = streams.recv_async().fuse() => match event {
@@ -444,7 +457,8 @@ async fn write_loop(
             }
             match replies.recv_async().await {
                 Ok(reply) => {
-                    carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes);
+                    carried =
+                        encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
                 }
                 Err(_) => return,
             }
@@ -486,6 +500,7 @@ fn encode_replies(
     out: &mut Vec<u8>,
     outstanding: &Cell<usize>,
     max_frame_bytes: u32,
+    inflight: &crate::observe::InFlight,
 ) -> Option<ResponseEnvelope> {
     let mut budget = FrameBudget::new(max_frame_bytes);
     let (first, len) = fit_frame(first, max_frame_bytes);
@@ -505,8 +520,13 @@ fn encode_replies(
         items.push(reply);
     }
     outstanding.set(outstanding.get().saturating_sub(items.len()));
+    inflight.finish(&items);
     let batch = ResponseBatch { items };
-    if let Err(e) = encode_frame_limited(FrameKind::ResponseBatch, &batch, out, max_frame_bytes) {
+    let (encode_started, bytes_before) = (std::time::Instant::now(), out.len());
+    let encoded = encode_frame_limited(FrameKind::ResponseBatch, &batch, out, max_frame_bytes);
+    let took = encode_started.elapsed();
+    ledger_shard::metrics::with(|m| m.wire_frame(false, out.len().saturating_sub(bytes_before), took));
+    if let Err(e) = encoded {
         // The budget bounds the encoding (wire codec t16), so this is a bug; the replies are
         // still owed, as errors.
         tracing::error!(error = %e, "cannot encode a response batch");

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod error;
 pub mod listen_socket;
 pub mod listener;
+pub mod observe;
 pub mod placement;
 pub mod route;
 pub mod streams;

@@ -30,7 +30,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
     ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
-    ("health_lag_threshold_blocks", "replication lag in health checks, SPEC §11.5"),
     ("auth_tokens", "authentication, SPEC §4.1"),
 ];
 
@@ -56,6 +55,7 @@ pub mod defaults {
     pub const METRICS_ADDR: &str = "127.0.0.1:9090";
     /// `metrics_addr` value that turns the endpoint off.
     pub const METRICS_OFF: &str = "off";
+    pub const HEALTH_LAG_THRESHOLD_BLOCKS: u64 = 50;
     pub const CPU_PINNING: bool = true;
     pub const CORE_QUEUE_CAPACITY: usize = 8192;
     /// Not in SPEC §11.1 (D10).
@@ -170,6 +170,10 @@ pub struct ConfigLayer {
     /// Prometheus `GET /metrics` and `GET /health` HTTP endpoint, or `off`.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// `GET /health` says Degraded when a hosted group has more log entries than this not yet
+    /// applied here (SPEC §11.5).
+    #[arg(long)]
+    pub health_lag_threshold_blocks: Option<u64>,
     /// Number of core shards.
     #[arg(long)]
     pub cores: Option<usize>,
@@ -305,6 +309,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "requests_max_concurrent" => literal(REQUESTS_MAX_CONCURRENT),
         "requests_timeout_secs" => literal(REQUESTS_TIMEOUT_SECS),
         "metrics_addr" => literal(METRICS_ADDR),
+        "health_lag_threshold_blocks" => literal(HEALTH_LAG_THRESHOLD_BLOCKS),
         "cores" => derived("all available CPUs"),
         "cpu_list" => derived("CPUs 0 to cores-1"),
         "cpu_pinning" => literal(CPU_PINNING),
@@ -490,6 +495,9 @@ impl ConfigLayer {
             requests_max_concurrent: self.requests_max_concurrent.or(lower.requests_max_concurrent),
             requests_timeout_secs: self.requests_timeout_secs.or(lower.requests_timeout_secs),
             metrics_addr: self.metrics_addr.or(lower.metrics_addr),
+            health_lag_threshold_blocks: self
+                .health_lag_threshold_blocks
+                .or(lower.health_lag_threshold_blocks),
             cores: self.cores.or(lower.cores),
             cpu_list: self.cpu_list.or(lower.cpu_list),
             cpu_pinning: self.cpu_pinning.or(lower.cpu_pinning),
@@ -537,6 +545,7 @@ pub struct Config {
     pub requests_max_concurrent: usize,
     pub requests_timeout_secs: u64,
     pub metrics_addr: Option<String>,
+    pub health_lag_threshold_blocks: u64,
     pub cores: usize,
     pub cpu_list: Vec<usize>,
     pub cpu_pinning: bool,
@@ -684,6 +693,12 @@ impl Config {
             requests_max_concurrent: pick!(flags, file, requests_max_concurrent, REQUESTS_MAX_CONCURRENT),
             requests_timeout_secs: pick!(flags, file, requests_timeout_secs, REQUESTS_TIMEOUT_SECS),
             metrics_addr: if metrics_addr == METRICS_OFF { None } else { Some(metrics_addr) },
+            health_lag_threshold_blocks: pick!(
+                flags,
+                file,
+                health_lag_threshold_blocks,
+                HEALTH_LAG_THRESHOLD_BLOCKS
+            ),
             cores,
             cpu_list: cpu_list.into_iter().take(cores).collect(),
             cpu_pinning: pick!(flags, file, cpu_pinning, CPU_PINNING),

@@ -8,5 +8,6 @@ pub mod config;
 pub mod data_dir;
 pub mod logging;
 pub mod metrics_http;
+pub mod metrics_text;
 pub mod node;
 pub mod node_alloc;

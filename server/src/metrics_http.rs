@@ -1,23 +1,42 @@
-//! The metrics/health HTTP endpoint (SPEC §11.3, §11.5) on a plain thread, off the cores:
-//! `GET /metrics` (Prometheus text 0.0.4) and `GET /health` (JSON `{status, details}`, 503 when
-//! Unavailable). It reaches the cores only through their inbox channels.
+//! The metrics/health HTTP endpoint (SPEC §11.3–§11.5) on a plain thread, off the cores:
+//! `GET /metrics` (Prometheus text 0.0.4, encoded by metrics_text.rs), `GET /health` (JSON
+//! `{status, details}`, 503 when Unavailable) and `GET /ready` (200 once group 0 has a leader).
+//! It reaches the cores only through their inbox channels: a scrape sends `ShardMsg::Metrics` to
+//! every core and merges the snapshots they return.
 
+use crate::metrics_text::{add_core_families, Families};
 use ledger_shard::maintenance::reopen::StorageCounters;
+use ledger_shard::metrics::CoreSnapshot;
 use ledger_shard::ShardMsg;
 use ledger_wire::messages::{HealthStatus, Request, RequestEnvelope, Response};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a scrape or health check waits for each core.
+const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Request header lines read at most (the endpoint needs only the request line).
+const HEADER_LINES_MAX: usize = 100;
+/// Disk usage above which the node is Degraded (SPEC §11.5).
+const DISK_USAGE_DEGRADED: f64 = 0.9;
+
+/// What the endpoint needs besides the cores.
+pub struct MetricsSettings {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// SPEC §11.5: a hosted group whose local lag exceeds this makes the node Degraded.
+    pub health_lag_threshold_blocks: u64,
+    pub storage: Arc<StorageCounters>,
+}
 
 /// Binds `addr` and serves on a background thread; returns the bound address.
 pub fn start(
     addr: &str,
     cores: Vec<flume::Sender<ShardMsg>>,
-    storage: Arc<StorageCounters>,
+    settings: MetricsSettings,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
@@ -25,7 +44,7 @@ pub fn start(
     std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = handle(stream, &cores, &storage, started);
+            let _ = handle(stream, &cores, &settings, started);
         }
     })?;
     Ok(bound)
@@ -34,22 +53,48 @@ pub fn start(
 fn handle(
     mut stream: TcpStream,
     cores: &[flume::Sender<ShardMsg>],
-    storage: &StorageCounters,
+    settings: &MetricsSettings,
     started: Instant,
 ) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    reader.read_line(&mut line)?;
+    // Read the headers too: closing a socket with unread request bytes resets the connection
+    // before the client has read the answer.
+    let mut header = String::new();
+    for _ in 0..HEADER_LINES_MAX {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
         "/health" => {
-            let (health, details) = node_health(cores);
+            let (health, details) = node_health(cores, settings);
             let code = if health == "unavailable" { "503 Service Unavailable" } else { "200 OK" };
             let details: Vec<String> =
                 details.iter().map(|(k, v)| format!("{{\"{}\":\"{}\"}}", escape(k), escape(v))).collect();
             let body = format!("{{\"status\":\"{health}\",\"details\":[{}]}}\n", details.join(","));
             (code, "application/json", body)
         }
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render_metrics(cores, storage, started)),
+        "/ready" => {
+            let snapshots = scrape(cores);
+            let ready = snapshots
+                .iter()
+                .flat_map(|c| &c.groups)
+                .any(|g| g.group == 0 && g.current_leader.is_some() && g.failure.is_none());
+            if ready {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: group 0 has no leader here\n".to_string(),
+                )
+            }
+        }
+        "/metrics" => ("200 OK", prometheus::TEXT_FORMAT, render_metrics(cores, settings, started)),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
     write!(
@@ -59,7 +104,64 @@ fn handle(
     )
 }
 
-fn node_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String, String)>) {
+/// Every core's snapshot; a core that does not answer in time is left out (its queue depth
+/// still shows it).
+fn scrape(cores: &[flume::Sender<ShardMsg>]) -> Vec<CoreSnapshot> {
+    let (reply, replies) = flume::bounded(cores.len().max(1));
+    let asked =
+        cores.iter().filter(|core| core.try_send(ShardMsg::Metrics { reply: reply.clone() }).is_ok()).count();
+    drop(reply);
+    let deadline = Instant::now() + CORE_ANSWER_TIMEOUT;
+    let mut out = Vec::with_capacity(asked);
+    while out.len() < asked {
+        match replies.recv_deadline(deadline) {
+            Ok(snapshot) => out.push(snapshot),
+            Err(_) => break,
+        }
+    }
+    out.sort_by_key(|s| s.core);
+    out
+}
+
+/// SPEC §11.5: core 0's answer (groups without a leader, failed groups, unhealthy scopes), made
+/// Degraded also by a hosted group's local lag over the threshold and by disk usage over 0.9.
+fn node_health(
+    cores: &[flume::Sender<ShardMsg>],
+    settings: &MetricsSettings,
+) -> (&'static str, Vec<(String, String)>) {
+    let (mut status, mut details) = core0_health(cores);
+    if status == "unavailable" {
+        return (status, details);
+    }
+    let snapshots = scrape(cores);
+    if snapshots.len() < cores.len() {
+        return ("unavailable", vec![("node".into(), "a core did not answer within 2 s".into())]);
+    }
+    if snapshots.iter().any(|s| s.closing) {
+        return ("unavailable", vec![("node".into(), "shutting down".into())]);
+    }
+    for g in snapshots.iter().flat_map(|s| &s.groups) {
+        if g.local_lag > settings.health_lag_threshold_blocks {
+            status = "degraded";
+            details.push((
+                format!("group {}", g.group),
+                format!(
+                    "{} entries not applied (health_lag_threshold_blocks {})",
+                    g.local_lag, settings.health_lag_threshold_blocks
+                ),
+            ));
+        }
+    }
+    if let Some(usage) = disk_usage_ratio(&settings.data_dir) {
+        if usage > DISK_USAGE_DEGRADED {
+            status = "degraded";
+            details.push(("disk".into(), format!("{:.0}% used", usage * 100.0)));
+        }
+    }
+    (status, details)
+}
+
+fn core0_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String, String)>) {
     let Some(core0) = cores.first() else {
         return ("unavailable", vec![("node".into(), "no cores".into())]);
     };
@@ -72,7 +174,7 @@ fn node_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String,
     if core0.try_send(ShardMsg::Admin { envelope, reply, forwarded: false }).is_err() {
         return ("unavailable", vec![("core_0".into(), "inbox full or closed".into())]);
     }
-    match replies.recv_timeout(HEALTH_TIMEOUT) {
+    match replies.recv_timeout(CORE_ANSWER_TIMEOUT) {
         Ok(envelope) => match envelope.result {
             Ok(Response::HealthCheck { status, details, .. }) => {
                 let status = match status {
@@ -89,40 +191,118 @@ fn node_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String,
     }
 }
 
-fn render_metrics(cores: &[flume::Sender<ShardMsg>], storage: &StorageCounters, started: Instant) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP core_queue_depth Messages waiting in a core shard's inbox.\n");
-    out.push_str("# TYPE core_queue_depth gauge\n");
+fn render_metrics(cores: &[flume::Sender<ShardMsg>], settings: &MetricsSettings, started: Instant) -> String {
+    let snapshots = scrape(cores);
+    let mut f = Families::default();
+    add_core_families(&mut f, &snapshots, settings.node_id, started.elapsed());
     for (core, sender) in cores.iter().enumerate() {
-        out.push_str(&format!("core_queue_depth{{core=\"{core}\"}} {}\n", sender.len()));
+        f.gauge(
+            "core_queue_depth",
+            "Messages waiting in a core's inbox.",
+            &[("core", core.to_string())],
+            sender.len() as f64,
+        );
     }
-    let storage_lines = [
-        (
-            "storage_failures_total",
-            "counter",
-            "Groups taken out of service by a storage error (failed log write or checkpoints).",
-            storage.failures_total.load(Ordering::Relaxed) as i64,
-        ),
-        (
-            "storage_groups_stopped",
-            "gauge",
-            "Groups out of service on a storage error now (they reopen once the disk takes writes).",
-            storage.groups_stopped.load(Ordering::Relaxed),
-        ),
-        (
-            "storage_group_reopens_total",
-            "counter",
-            "Groups reopened after a storage error.",
-            storage.reopens_total.load(Ordering::Relaxed) as i64,
-        ),
-    ];
-    for (name, kind, help, value) in storage_lines {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    let storage = &settings.storage;
+    f.counter(
+        "storage_failures_total",
+        "Groups taken out of service by a storage error (failed log write or checkpoints).",
+        &[],
+        storage.failures_total.load(Ordering::Relaxed) as f64,
+    );
+    f.gauge(
+        "storage_groups_stopped",
+        "Groups out of service on a storage error now (they reopen once the disk takes writes).",
+        &[],
+        storage.groups_stopped.load(Ordering::Relaxed) as f64,
+    );
+    f.counter(
+        "storage_group_reopens_total",
+        "Groups reopened after a storage error.",
+        &[],
+        storage.reopens_total.load(Ordering::Relaxed) as f64,
+    );
+    f.gauge(
+        "process_uptime_seconds",
+        "Seconds since the node started serving.",
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
+    f.counter(
+        "rate_limit_exceeded_total",
+        "Writes refused by the per-namespace rate limit (rate limiting is not built: always 0).",
+        &[],
+        0.0,
+    );
+    f.counter("learner_refresh_total", "`_system` learner refreshes (no learners: always 0).", &[], 0.0);
+    f.counter(
+        "learner_cache_stale_total",
+        "Stale `_system` learner reads (no learners: always 0).",
+        &[],
+        0.0,
+    );
+    if let Some(usage) = disk_usage_ratio(&settings.data_dir) {
+        f.gauge("disk_usage_ratio", "Used share of the file system holding the data directory.", &[], usage);
     }
-    out.push_str("# HELP process_uptime_seconds Seconds since the node started serving.\n");
-    out.push_str("# TYPE process_uptime_seconds gauge\n");
-    out.push_str(&format!("process_uptime_seconds {:.3}\n", started.elapsed().as_secs_f64()));
+    for (group, file, bytes) in storage_bytes(&settings.data_dir) {
+        f.gauge(
+            "storage_bytes",
+            "Bytes on disk per group and file.",
+            &[("group", group), ("file", file)],
+            bytes as f64,
+        );
+    }
+    f.encode()
+}
+
+/// Used share of the file system holding `dir` (statvfs), `None` if it cannot be read.
+pub fn disk_usage_ratio(dir: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` points to
+    // writable memory of the struct's size, which statvfs fills in when it returns 0.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    let total = stat.f_blocks as f64;
+    if total == 0.0 {
+        return None;
+    }
+    Some((total - stat.f_bfree as f64) / total)
+}
+
+/// `(group, file, bytes)` for the files of each group directory (its `snapshots/` summed as one)
+/// and, as group `node`, the core logs and node.redb (SPEC §9.1 layout).
+pub fn storage_bytes(data_dir: &Path) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    if let Ok(groups) = std::fs::read_dir(data_dir.join("groups")) {
+        for group_dir in groups.flatten() {
+            let name = group_dir.file_name().to_string_lossy().to_string();
+            let Some(id) = name.strip_prefix('g').and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(files) = std::fs::read_dir(group_dir.path()) else { continue };
+            for file in files.flatten() {
+                let bytes = tree_bytes(&file.path());
+                out.push((id.to_string(), file.file_name().to_string_lossy().to_string(), bytes));
+            }
+        }
+    }
+    out.push(("node".into(), "log".into(), tree_bytes(&data_dir.join("log"))));
+    out.push(("node".into(), "node.redb".into(), tree_bytes(&data_dir.join("node.redb"))));
+    out.sort();
     out
+}
+
+/// Bytes of a file, or of every file under a directory.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum()).unwrap_or(0)
 }
 
 fn escape(text: &str) -> String {

@@ -298,8 +298,17 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
 
     let metrics = match &config.metrics_addr {
         Some(addr) => Some(
-            metrics_http::start(addr, inbox_senders.clone(), shard_config.storage_counters.clone())
-                .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })?,
+            metrics_http::start(
+                addr,
+                inbox_senders.clone(),
+                metrics_http::MetricsSettings {
+                    node_id: dir.node_id,
+                    data_dir: dir.root.clone(),
+                    health_lag_threshold_blocks: config.health_lag_threshold_blocks,
+                    storage: shard_config.storage_counters.clone(),
+                },
+            )
+            .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })?,
         ),
         None => None,
     };

@@ -161,3 +161,14 @@ pub const EVENTS_LIMIT_MAX: u32 = 10_000;
 pub const INTEGRITY_EVENTS_MAX: usize = 100;
 /// Bytes of an event's message, or of one field value, kept (longer text is cut).
 pub const EVENT_TEXT_BYTES_MAX: usize = 2048;
+// --- metrics (metrics.rs, SPEC §11.3)
+/// Largest latency a histogram holds, in µs (60 s); larger values count as 60 s.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Significant digits of every metrics histogram (SPEC §11.3).
+pub const LATENCY_DIGITS: u8 = 3;
+/// Slots of a latency window and their length: the quantile gauges cover 6 × 10 s.
+pub const METRICS_WINDOW_SLOTS: usize = 6;
+pub const METRICS_WINDOW_SLOT_SECS: u64 = 10;
+/// A healthy scope whose last block is older than this gets no labels of its own (SPEC §11.3:
+/// activity in the last hour).
+pub const WINDOW_SECS_MAX: u64 = 3600;

@@ -19,6 +19,7 @@ pub mod faults;
 pub mod helper_threads;
 pub mod isolation;
 pub mod maintenance;
+pub mod metrics;
 pub mod msg;
 pub mod ops;
 pub mod peer;
@@ -28,6 +29,7 @@ pub mod raft;
 pub mod read;
 pub mod reply;
 pub mod round;
+pub mod scrape;
 #[cfg(test)]
 mod service_tests;
 pub mod shard;

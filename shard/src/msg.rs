@@ -24,6 +24,8 @@ pub enum ShardMsg {
     /// Router → the core serving a stream: end it with `StreamEnd{Cancelled}` (`CancelStream`,
     /// or its connection closed). Unknown streams are ignored.
     CancelStream { key: crate::read::watch::StreamKey },
+    /// The metrics endpoint → every core: this core's metrics snapshot (SPEC §11.3; scrape.rs).
+    Metrics { reply: flume::Sender<crate::metrics::CoreSnapshot> },
     /// Stop: finish in-flight work, checkpoint durably, then return from `Shard::run`.
     Shutdown { done: futures::channel::oneshot::Sender<()> },
 }

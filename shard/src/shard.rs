@@ -85,6 +85,11 @@ impl Shard {
         self.groups.borrow().values().cloned().collect()
     }
 
+    /// Entries in the core's idempotency cache (`idempotency_cache_size`).
+    pub fn idem_cache_len(&self) -> usize {
+        self.cache.borrow().len()
+    }
+
     /// Why group `id` cannot serve, if it failed to open (or is reopening).
     pub fn failure_of(&self, id: GroupId) -> Option<String> {
         self.failed.borrow().get(&id).cloned()
@@ -188,6 +193,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             ShardMsg::Internal(msg) => internal::handle(&shard, msg),
             ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
             ShardMsg::CancelStream { key } => shard.watches.cancel(key),
+            ShardMsg::Metrics { reply } => {
+                let _ = reply.try_send(crate::scrape::collect(&shard));
+            }
             ShardMsg::Shutdown { done } => {
                 shutdown(&shard).await;
                 let _ = done.send(());

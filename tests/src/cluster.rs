@@ -9,6 +9,8 @@ use std::path::PathBuf;
 /// One node's fixed command line and its process while it runs.
 pub struct Node {
     pub addr: String,
+    /// Its metrics endpoint, when the cluster was started with them (`start_with_metrics`).
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     pub process: Option<ServerProcess>,
 }
@@ -29,6 +31,15 @@ impl Cluster {
     /// Starts `n` nodes with `--bootstrap-expect n` and returns once all listen. `extra` flags go
     /// to every node (and to every restart).
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_inner(n, extra, false)
+    }
+
+    /// [`Cluster::start`] with a metrics endpoint per node (`Node::metrics_addr`).
+    pub fn start_with_metrics(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_inner(n, extra, true)
+    }
+
+    fn start_inner(n: usize, extra: &[&str], metrics: bool) -> Cluster {
         let dir = crate::temp_dir("cluster");
         let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let peers = addrs.join(",");
@@ -47,6 +58,7 @@ impl Cluster {
             .enumerate()
             .map(|(i, addr)| Node {
                 addr: addr.clone(),
+                metrics_addr: metrics.then(free_addr),
                 data_dir: dir.path().join(format!("n{i}")),
                 process: None,
             })
@@ -65,7 +77,10 @@ impl Cluster {
                 .iter()
                 .map(|&i| {
                     let node = &self.nodes[i];
-                    let (dir, addr, extra) = (node.data_dir.clone(), node.addr.clone(), extra.clone());
+                    let (dir, addr, mut extra) = (node.data_dir.clone(), node.addr.clone(), extra.clone());
+                    if let Some(m) = &node.metrics_addr {
+                        extra.extend(["--metrics-addr", m.as_str()]);
+                    }
                     scope.spawn(move || (i, ServerProcess::start_on(&dir, &addr, &extra)))
                 })
                 .collect();
@@ -95,7 +110,7 @@ impl Cluster {
             vec!["--bootstrap-expect", "0", "--peers", &peers, "--bootstrap-poll-secs", "1"];
         flags.extend_from_slice(extra);
         let process = ServerProcess::start_on(&data_dir, &addr, &flags);
-        self.nodes.push(Node { addr, data_dir, process: Some(process) });
+        self.nodes.push(Node { addr, metrics_addr: None, data_dir, process: Some(process) });
         i
     }
 

@@ -101,10 +101,14 @@ impl ServerProcess {
         let stderr_log = data_dir.with_extension("stderr.log");
         let stderr =
             std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).expect("open stderr log");
+        // No metrics endpoint unless the test asks for one (tests/tests/metrics.rs).
+        let metrics_off: &[&str] =
+            if extra.contains(&"--metrics-addr") { &[] } else { &["--metrics-addr", "off"] };
         let mut child = Command::new(binary("ledger-server"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen-addr", listen_addr, "--metrics-addr", "off", "--cpu-pinning", "false"])
+            .args(["--listen-addr", listen_addr, "--cpu-pinning", "false"])
+            .args(metrics_off)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

@@ -85,7 +85,7 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     let _one = one_cluster();
     let mut flags = NODE_FLAGS.to_vec();
     flags.extend_from_slice(&["--vault-auto-recovery", "false"]);
-    let mut cluster = Cluster::start(3, &flags);
+    let mut cluster = Cluster::start_with_metrics(3, &flags);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let status = wait_healthy(cluster.addr(0));
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
@@ -138,6 +138,24 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
         "{out}"
     );
 
+    // /metrics on the follower: one diverged scope, the divergence counted, health ratio < 1.
+    let metrics = cluster.nodes[follower].metrics_addr.clone().expect("metrics endpoint");
+    let (code, text, err) = admin(cluster.addr(follower), &["--metrics-addr", &metrics, "metrics"]);
+    assert_eq!(code, 0, "metrics: {err}");
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the exposition"))
+    };
+    assert_eq!(sample("vault_health{state=\"diverged\"}"), 1.0);
+    assert!(sample("vault_health_ratio") < 1.0);
+    assert!(
+        text.lines().any(|l| l.starts_with("state_root_divergence_total") && l.ends_with(" 1")),
+        "{text}"
+    );
+
     // The cluster keeps serving the vault: writes through the leader commit.
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 21, 10));
     // Node health shows the follower degraded; the whole cluster is not healthy.
@@ -155,6 +173,9 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     assert!(err.contains("Healthy"), "{err}");
     let (code, out, _) = admin(cluster.addr(follower), &[&["vault-status"][..], &scope].concat());
     assert_eq!(code, 0, "{out}");
+    let (_, text, _) = admin(cluster.addr(follower), &["--metrics-addr", &metrics, "metrics"]);
+    assert!(text.lines().any(|l| l == "vault_health{state=\"diverged\"} 0"), "{text}");
+    assert!(text.lines().any(|l| l == "vault_health_ratio 1"), "{text}");
     // Every replica agrees with the leader at the leader's height (30 blocks past genesis).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

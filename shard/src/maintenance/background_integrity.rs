@@ -86,7 +86,13 @@ async fn run(group: Rc<Group>, interval: Duration) {
             .filter(|s| s.meta.status != VaultStatus::Deleted)
             .map(|s| s.meta.key)
             .collect();
-        let results = match crate::maintenance::integrity::check_low_priority(&group.data, &checkpointer, &scopes).await {
+        let results = match crate::maintenance::integrity::check_low_priority(
+            &group.data,
+            &checkpointer,
+            &scopes,
+        )
+        .await
+        {
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(group = group.id.0, error = %e, "background integrity check failed");
@@ -96,7 +102,9 @@ async fn run(group: Rc<Group>, interval: Duration) {
         for (scope, result) in results {
             match result {
                 Ok(issues) => record(group.id.0, scope, issues),
-                Err(e) => tracing::warn!(group = group.id.0, %scope, error = %e, "background integrity check failed"),
+                Err(e) => {
+                    tracing::warn!(group = group.id.0, %scope, error = %e, "background integrity check failed")
+                }
             }
         }
     }

@@ -421,7 +421,8 @@ pub async fn check_low_priority(
             let _ = tx.send(results);
         })
         .map_err(|e| ShardError::Io { path: "integrity-check thread".into(), source: e })?;
-    rx.await.map_err(|_| ShardError::Corrupt { what: "integrity check", detail: "the check thread died".into() })
+    rx.await
+        .map_err(|_| ShardError::Corrupt { what: "integrity check", detail: "the check thread died".into() })
 }
 
 #[cfg(test)]

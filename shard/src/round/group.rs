@@ -20,6 +20,7 @@
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
 use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
+use crate::metrics::CommitReason;
 use crate::raft::type_config::LedgerRaft;
 use crate::reply::ReplySender;
 use crate::round::group_data::{GroupData, SpeculativeBlock};
@@ -197,6 +198,8 @@ pub struct Group {
     /// Set while leadership is handed to another voter (ops/leadership.rs): no new block is
     /// proposed, so the successor is not behind when it is asked to elect itself.
     pub handing_over: Cell<bool>,
+    /// When the oldest transaction still queued arrived (`batch_wait_ms`, metrics.rs).
+    first_queued: Cell<Option<Instant>>,
 }
 
 /// One transaction's identity for duplicate detection: scope, client id, sequence.
@@ -234,6 +237,7 @@ impl Group {
             in_flight_txs: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
             handing_over: Cell::new(false),
+            first_queued: Cell::new(None),
         })
     }
 
@@ -250,6 +254,9 @@ impl Group {
             return Err((tx.waiter, Status::exhausted(format!("group {} write queue is full", self.id))));
         }
         self.queue.borrow_mut().push_back(tx);
+        if self.queue.borrow().len() == 1 {
+            self.first_queued.set(Some(Instant::now()));
+        }
         self.signal.raise();
         Ok(())
     }
@@ -361,12 +368,13 @@ impl Group {
             if self.in_flight.get() == 0 {
                 self.wait_caught_up().await;
             }
-            self.close_round().await;
+            let reason = self.close_round().await;
             let n = self.config.batch_max_size.max(1).min(self.queue.borrow().len());
             if n == 0 {
                 continue;
             }
             let batch: Vec<PendingTx> = self.queue.borrow_mut().drain(..n).collect();
+            self.note_round(reason, n);
             self.round(batch).await;
         }
     }
@@ -384,11 +392,11 @@ impl Group {
 
     /// SPEC §8.3: eager ⇒ close once the already-arrived messages are queued; otherwise wait for
     /// a full batch or the delay, whichever comes first.
-    async fn close_round(&self) {
+    async fn close_round(&self) -> CommitReason {
         let max = self.config.batch_max_size.max(1);
         if self.config.batch_eager_commit {
             YieldOnce(false).await;
-            return;
+            return if self.queue.borrow().len() >= max { CommitReason::Size } else { CommitReason::Eager };
         }
         let opened = Instant::now();
         let delay = Duration::from_millis(self.config.batch_max_delay_ms);
@@ -404,6 +412,21 @@ impl Group {
             futures::future::select(timer, wake).await;
         }
         // A signal consumed above only meant "more queued"; the loop re-checks the queue anyway.
+        if self.queue.borrow().len() >= max {
+            CommitReason::Size
+        } else {
+            CommitReason::Timeout
+        }
+    }
+
+    /// Counts a closed round (SPEC §11.3 `batch_size`, `batch_wait_ms`, `*_commits_total`). The
+    /// wait is the oldest queued transaction's; one left behind by a full round counts from then.
+    fn note_round(&self, reason: CommitReason, transactions: usize) {
+        let waited = self.first_queued.take().map(|t| t.elapsed()).unwrap_or_default();
+        if !self.queue.borrow().is_empty() {
+            self.first_queued.set(Some(Instant::now()));
+        }
+        crate::metrics::with(|m| m.round_closed(self.id.0, reason, transactions, waited));
     }
 
     /// The block timestamp: leader clock at round open, never before the group's previous block.
@@ -513,7 +536,9 @@ impl Group {
         let group = self.clone();
         glommio::spawn_local(async move {
             let Drafted { ctx, jobs, accepted, group_height } = drafted;
+            let trees_started = Instant::now();
             let trees = futures::future::join_all(jobs.into_iter().map(TreeJob::wait)).await;
+            let trees_took = trees_started.elapsed();
             let predecessor_proposed = match predecessor {
                 Some(proposed) => proposed.await.unwrap_or(false),
                 None => true,
@@ -534,6 +559,8 @@ impl Group {
                 );
             // The first poll hands the entry to openraft's core (an unbounded channel send), so
             // the next round's block, proposed once told below, reaches the log after this one.
+            let proposed = Instant::now();
+            crate::metrics::with(|m| m.block_proposed(group.id.0, trees_took));
             let first = futures::poll!(proposal.as_mut());
             let _ = completed.send(true);
             let result = match first {
@@ -552,6 +579,9 @@ impl Group {
                     }
                 }
             };
+            if result.is_ok() {
+                crate::metrics::with(|m| m.block_applied(proposed.elapsed()));
+            }
             group.finish_round(group_height, result, accepted);
         })
         .detach();

@@ -51,7 +51,11 @@ impl IdemCache {
         let key = ((scope, client_id.to_string()), sequence);
         self.tick += 1;
         let tick = self.tick;
-        let slot = self.slots.get_mut(&key)?;
+        let Some(slot) = self.slots.get_mut(&key) else {
+            crate::metrics::with(|m| m.idem_misses += 1);
+            return None;
+        };
+        crate::metrics::with(|m| m.idem_hits += 1);
         let old = std::mem::replace(&mut slot.tick, tick);
         let value = slot.value.clone();
         if let Some(k) = self.order.remove(&old) {
@@ -79,12 +83,14 @@ impl IdemCache {
         if seqs.len() > self.per_client {
             if let Some(oldest) = seqs.pop_front() {
                 self.remove_slot(&(client, oldest));
+                crate::metrics::with(|m| m.idem_evictions += 1);
             }
         }
         while self.slots.len() > self.total {
             let Some((_, victim)) = self.order.pop_first() else { break };
             self.slots.remove(&victim);
             self.forget_in_client(&victim);
+            crate::metrics::with(|m| m.idem_evictions += 1);
         }
         assert!(self.slots.len() == self.order.len());
     }

@@ -475,6 +475,7 @@ pub async fn create_with_bytes(
 ) -> Result<(CatalogEntry, Option<Vec<u8>>), ShardError> {
     let lock = data.borrow().snapshots.lock.clone();
     let _one_at_a_time = lock.lock().await;
+    let started = std::time::Instant::now();
     let (cut, dir, blocks_db) = {
         let data = data.borrow();
         if let Some(newest) = data.snapshots.newest() {
@@ -511,6 +512,7 @@ pub async fn create_with_bytes(
             Ok((CatalogEntry { path, header }, bytes))
         })
         .await?;
+    crate::metrics::with(|m| m.snapshot_created(group_id, bytes.len() as u64, started.elapsed()));
     add_to_catalog(&mut data.borrow_mut().snapshots, written.clone());
     crate::event!(
         info,

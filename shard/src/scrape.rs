@@ -1,0 +1,167 @@
+//! A core's answer to a metrics scrape (`ShardMsg::Metrics`, SPEC §11.3): the thread-local
+//! counters of `metrics.rs` plus what the core's groups know — openraft's metrics per group and
+//! the applied scopes' heights and health — copied into one plain `CoreSnapshot` that the
+//! metrics thread merges with the other cores'. Runs on the core, between two inbox messages;
+//! it reads each group's state once and holds no borrow across an await (it has none).
+
+use crate::metrics::{self, CoreSnapshot, GroupSnapshot, HealthState, ScopeSnapshot};
+use crate::round::group::Group;
+use crate::shard::Shard;
+use ledger_core::types::VaultHealth;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Copies this core's metrics. Must run on the core's executor thread.
+pub fn collect(shard: &Shard) -> CoreSnapshot {
+    let now = Instant::now();
+    let busy = glommio::executor().executor_stats().total_runtime();
+    let counters = metrics::with(|m| m.snapshot(now));
+    let wall_secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let mut groups = Vec::new();
+    let mut scopes = Vec::new();
+    let mut health_counts = [0u64; 3];
+    let recoveries: std::collections::HashMap<_, _> =
+        crate::ops::vault_repair::records().into_iter().collect();
+    let repair = crate::ops::vault_repair::counters();
+    let per_group =
+        |counts: &std::collections::HashMap<u32, u64>, group: u32| counts.get(&group).copied().unwrap_or(0);
+    let mut divergences = Vec::new();
+    let mut determinism_bugs = Vec::new();
+    let integrity = crate::maintenance::background_integrity::counters();
+    let mut integrity_checks = Vec::new();
+    for group in shard.group_list() {
+        divergences.push((group.id.0, per_group(&repair.divergences, group.id.0)));
+        determinism_bugs.push((group.id.0, per_group(&repair.determinism_bugs, group.id.0)));
+        integrity_checks.push((
+            group.id.0,
+            per_group(&integrity.checks, group.id.0),
+            per_group(&integrity.issues, group.id.0),
+        ));
+        groups.push(group_snapshot(shard, &group, now));
+        let data = group.data.borrow();
+        for scope in data.scopes.values() {
+            let meta = &scope.meta;
+            let (health, exhausted) = match &meta.health {
+                VaultHealth::Healthy => (HealthState::Healthy, false),
+                VaultHealth::Diverged { .. } => (HealthState::Diverged, false),
+                VaultHealth::Recovering { exhausted, .. } => (HealthState::Recovering, *exhausted),
+            };
+            health_counts[health as usize] += 1;
+            let block_secs = meta.last_block_ts.secs as f64 + f64::from(meta.last_block_ts.nanos) / 1e9;
+            let tip_age_secs = (wall_secs - block_secs).max(0.0);
+            if !metrics::scope_is_labelled(tip_age_secs, health) {
+                continue;
+            }
+            let recovery = recoveries.get(&(group.id.0, meta.key));
+            scopes.push(ScopeSnapshot {
+                namespace: meta.key.namespace_id.0,
+                vault: meta.key.vault_id.0,
+                group: group.id.0,
+                height: meta.height,
+                tip_age_secs,
+                keys: scope.tree().len(),
+                health,
+                recovery_attempts_total: recovery.map_or(0, |r| r.attempts_total),
+                recovery_successes_total: recovery.map_or(0, |r| r.successes_total),
+                recovery_exhausted: exhausted || recovery.is_some_and(|r| r.exhausted),
+            });
+        }
+    }
+    for (id, reason) in shard.failed.borrow().iter() {
+        if !groups.iter().any(|g| g.group == id.0) {
+            groups.push(failed_group(id.0, reason.clone()));
+        }
+    }
+    CoreSnapshot {
+        core: shard.core.0,
+        counters,
+        busy,
+        groups,
+        scopes,
+        health_counts,
+        idem_size: shard.idem_cache_len() as u64,
+        closing: shard.is_closing(),
+        divergences,
+        determinism_bugs,
+        integrity_checks,
+    }
+}
+
+fn group_snapshot(shard: &Shard, group: &Group, now: Instant) -> GroupSnapshot {
+    let node_id = shard.config.node_id;
+    let (term, last_log_index, applied_index, current_leader, leader, replication, commit_index) = {
+        let watch = group.raft.metrics();
+        let m = watch.borrow();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let applied_index = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let leader = m.current_leader == Some(node_id) && m.state == openraft::ServerState::Leader;
+        let mut replication = Vec::new();
+        let mut commit_index = applied_index;
+        if let (true, Some(matched)) = (leader, m.replication.as_ref()) {
+            let matched_of = |node: u64| {
+                if node == node_id {
+                    last_log_index
+                } else {
+                    matched.get(&node).copied().flatten().map(|l| l.index).unwrap_or(0)
+                }
+            };
+            for (follower, log_id) in matched {
+                if *follower != node_id {
+                    let index = log_id.map(|l| l.index).unwrap_or(0);
+                    replication.push((*follower, last_log_index.saturating_sub(index)));
+                }
+            }
+            // The index a majority of voters holds: what openraft has committed (it does not
+            // export its committed index itself).
+            let mut voters: Vec<u64> = m.membership_config.membership().voter_ids().map(matched_of).collect();
+            voters.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(quorum) = voters.get(voters.len() / 2) {
+                commit_index = commit_index.max(*quorum);
+            }
+        }
+        (m.current_term, last_log_index, applied_index, m.current_leader, leader, replication, commit_index)
+    };
+    let group_height = group.data.borrow().group_height;
+    let (leader_changes, blocks_per_second) = metrics::with(|m| {
+        (m.leader_seen(group.id.0, current_leader), m.blocks_rate(group.id.0, now, group_height))
+    });
+    let failure = shard
+        .failure_of(group.id)
+        .or_else(|| shard.reopening.borrow().get(&group.id).cloned())
+        .or_else(|| group.stopped())
+        .or_else(|| group.data.borrow().fault.as_ref().map(|f| f.to_string()));
+    GroupSnapshot {
+        group: group.id.0,
+        term,
+        last_log_index,
+        applied_index,
+        commit_index,
+        leader,
+        current_leader,
+        replication,
+        local_lag: last_log_index.saturating_sub(applied_index),
+        leader_changes,
+        pending: group.pending() as u64,
+        group_height,
+        blocks_per_second,
+        failure,
+    }
+}
+
+fn failed_group(group: u32, reason: String) -> GroupSnapshot {
+    GroupSnapshot {
+        group,
+        term: 0,
+        last_log_index: 0,
+        applied_index: 0,
+        commit_index: 0,
+        leader: false,
+        current_leader: None,
+        replication: Vec::new(),
+        local_lag: 0,
+        leader_changes: 0,
+        pending: 0,
+        group_height: 0,
+        blocks_per_second: 0.0,
+        failure: Some(reason),
+    }
+}
