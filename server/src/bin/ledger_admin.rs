@@ -314,9 +314,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let client = client(&cli).await?;
             let ns = namespace_id(&client, namespace).await?;
             let vault_id = (*vault != 0).then_some(*vault);
-            let response = client
-                .call(Request::CheckIntegrity { namespace_id: ns, vault_id, full_check: *full })
-                .await?;
+            let request = Request::CheckIntegrity { namespace_id: ns, vault_id, full_check: *full };
+            // A full check replays the chain: it may take longer than one call's default timeout.
+            let timeout = Duration::from_secs(cli.timeout_secs.max(if *full { 600 } else { 60 }));
+            let call = client.call_with(request, ledger_wire::client::CallOptions { timeout: Some(timeout) });
+            let response = ops_cmd::with_progress("checking integrity", call).await?;
             let Response::CheckIntegrity { healthy, issues } = response else {
                 return Err(CliError::new(1, format!("unexpected response: {response:?}")));
             };

@@ -79,7 +79,7 @@ fn lag_state(lag: u64) -> &'static str {
 }
 
 /// While `work` runs, shows the elapsed time on stderr when stderr is a terminal.
-async fn with_progress<T>(label: &str, work: impl std::future::Future<Output = T>) -> T {
+pub async fn with_progress<T>(label: &str, work: impl std::future::Future<Output = T>) -> T {
     if !std::io::stderr().is_terminal() {
         return work.await;
     }
