@@ -457,6 +457,8 @@ struct Run {
     inputs: Vec<[u8; INPUT_BYTES]>,
     hashes: Vec<Hash>,
     len_delta: i64,
+    /// Nodes hashed so far (new leaves and internal nodes), for `state_nodes_hashed_per_block`.
+    hashed: u64,
 }
 
 impl Run {
@@ -531,6 +533,7 @@ impl Run {
             }));
             hashes.resize(inputs.len(), ZERO_HASH);
             hash_all(&inputs, &mut hashes);
+            self.hashed += inputs.len() as u64;
             for (pending, hash) in level_nodes.iter().zip(&hashes) {
                 // Every new node ends up under a new parent or at the root.
                 assert!(!pending.target.is_null(), "state tree node made but not placed");
@@ -615,9 +618,16 @@ impl SparseMerkleTree {
     /// A new tree with `changes` applied (later duplicates of a key win). Only the paths of the
     /// changed keys are copied and every new node is hashed once; the receiver is unchanged.
     pub fn with_updates(&self, changes: impl IntoIterator<Item = Change>) -> SparseMerkleTree {
+        self.with_updates_counted(changes).0
+    }
+
+    /// [`Self::with_updates`], also returning how many nodes the update hashed: each new leaf and
+    /// internal node once (a leaf only moved up or down keeps its hash; untouched subtrees are
+    /// shared). Counted in the hash passes, so it costs one addition per level.
+    pub fn with_updates_counted(&self, changes: impl IntoIterator<Item = Change>) -> (SparseMerkleTree, u64) {
         let mut changes: Vec<Change> = changes.into_iter().collect();
         if changes.is_empty() {
-            return self.clone();
+            return (self.clone(), 0);
         }
         // Stable sort keeps the request order within one key; keep the last change of each run.
         changes.sort_by_key(|change| change.0);
@@ -633,7 +643,7 @@ impl SparseMerkleTree {
         self.with_sorted_updates(&changes)
     }
 
-    fn with_sorted_updates(&self, changes: &[Change]) -> SparseMerkleTree {
+    fn with_sorted_updates(&self, changes: &[Change]) -> (SparseMerkleTree, u64) {
         let parent = &*self.version;
         let reserved = match &parent.place {
             None => None,
@@ -662,7 +672,7 @@ impl SparseMerkleTree {
             }
         };
         let version = Version { root: built.child, root_hash, len, place: Some(place) };
-        SparseMerkleTree { version: Arc::new(version) }
+        (SparseMerkleTree { version: Arc::new(version) }, run.hashed)
     }
 
     /// This version's tree copied node by node into a new lineage.
@@ -1274,6 +1284,78 @@ mod tests {
         assert_eq!(dropper.join().unwrap(), blocks);
         assert_eq!(tree.len(), model.len() as u64);
         assert_eq!(tree.root(), from_scratch_root(model.iter().map(|(k, v)| (*k, *v))));
+    }
+
+    /// The node hashes of a tree: its root and every non-empty child's (leaves included).
+    fn node_hashes(tree: &SparseMerkleTree) -> std::collections::HashSet<Hash> {
+        let mut out = std::collections::HashSet::new();
+        if !tree.is_empty() {
+            out.insert(tree.root());
+        }
+        let mut stack = vec![tree.version.root];
+        while let Some(node) = stack.pop() {
+            // SAFETY: `tree` holds the version, so its nodes are live.
+            if let Node::Internal(internal) = unsafe { node.node() } {
+                for side in 0..2 {
+                    if !internal.children[side].is_empty() {
+                        out.insert(internal.hashes[side]);
+                        stack.push(internal.children[side]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `with_updates_counted` counts each node it hashes once: new leaves and the internal nodes
+    /// above them, not leaves that only moved, not shared subtrees (state_nodes_hashed_per_block).
+    #[test]
+    fn t27_nodes_hashed_by_an_update() {
+        let key = |first: u8| {
+            let mut k = [0u8; 32];
+            k[0] = first;
+            k
+        };
+        let (a, b, c) = (key(0x00), key(0x80), key(0x20)); // b splits from a at bit 0, c at bit 2
+        let v = |n: u8| [n; 32];
+        let empty = SparseMerkleTree::new();
+        assert_eq!(empty.with_updates_counted([]).1, 0);
+        // A lone leaf is the root: one hash.
+        let (one, n) = empty.with_updates_counted([(a, Some(v(1)))]);
+        assert_eq!(n, 1);
+        // Two leaves under the root.
+        let (two, n) = empty.with_updates_counted([(a, Some(v(1))), (b, Some(v(2)))]);
+        assert_eq!(n, 3);
+        // Adding b to the lone a: a moves down unhashed; b and the root are new.
+        assert_eq!(one.with_updates_counted([(b, Some(v(2)))]).1, 2);
+        // a and c share two bits: the new leaf c and three internal nodes (depths 2, 1, 0).
+        assert_eq!(one.with_updates_counted([(c, Some(v(3)))]).1, 4);
+        // A new value of a: its leaf and the root.
+        assert_eq!(two.with_updates_counted([(a, Some(v(9)))]).1, 2);
+        // The same value, or removing an absent key: nothing.
+        assert_eq!(two.with_updates_counted([(a, Some(v(1)))]).1, 0);
+        assert_eq!(two.with_updates_counted([(c, None)]).1, 0);
+        // Removing b leaves a alone at the root, with the hash it had.
+        let (back, n) = two.with_updates_counted([(b, None)]);
+        assert_eq!(n, 0);
+        assert_eq!(back.root(), one.root());
+        // On a larger tree the count is the number of node hashes the new version has and the
+        // old one does not.
+        let h = |n: u64| *blake3::hash(&n.to_le_bytes()).as_bytes();
+        let base = SparseMerkleTree::from_leaves((0..2_000u64).map(|n| (h(n), h(n + 1_000_000))));
+        let changes: Vec<Change> = (0..150u64)
+            .map(|n| match n % 3 {
+                0 => (h(n * 7), None),
+                1 => (h(n * 11), Some(h(n + 5_000_000))),
+                _ => (h(n + 10_000), Some(h(n))),
+            })
+            .collect();
+        let (next, n) = base.with_updates_counted(changes.clone());
+        let old = node_hashes(&base);
+        let fresh = node_hashes(&next).difference(&old).count() as u64;
+        assert_eq!(n, fresh);
+        assert_eq!(next.root(), base.with_updates(changes).root());
+        assert!(n > 150, "{n}");
     }
 
     fn arb_key() -> impl Strategy<Value = Vec<u8>> {

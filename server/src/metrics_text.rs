@@ -5,7 +5,7 @@
 //! 60 s and cumulative counts and sums.
 
 use hdrhistogram::Histogram;
-use ledger_shard::metrics::{CoreSnapshot, HealthState, LatencySnapshot};
+use ledger_shard::metrics::{CodecSnapshot, CoreSnapshot, HealthState, LatencySnapshot, ProofKind};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram as PromHistogram, LabelPair, Metric, MetricFamily, MetricType,
     Quantile, Summary,
@@ -22,6 +22,9 @@ const MS_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 5
 const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10000.0];
 const BYTES_BUCKETS: &[f64] =
     &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
+/// State-tree nodes hashed per block (a changed key at 1 M keys re-hashes ~20 nodes).
+const NODES_BUCKETS: &[f64] =
+    &[10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0, 300000.0, 1000000.0];
 /// Operations whose latencies make up `read_latency_ms` and `reads_per_second`.
 const READ_OPS: &[&str] = &[
     "read",
@@ -261,35 +264,81 @@ fn add_requests(f: &mut Families, cores: &[CoreSnapshot], uptime: Duration) {
         let _ = bytes_in.add(&core.counters.bytes_in);
         let _ = bytes_out.add(&core.counters.bytes_out);
     }
-    let wire_in = [("direction", "in".to_string()), ("kind", "wire".to_string())];
-    let wire_out = [("direction", "out".to_string()), ("kind", "wire".to_string())];
+    let wire = CodecSnapshot {
+        encode_us: encode.total,
+        encode_sum_us: encode.sum_us,
+        decode_us: decode.total,
+        decode_sum_us: decode.sum_us,
+        bytes_out_sum: mean_sum(&bytes_out, 1.0) as u64,
+        bytes_out,
+        bytes_in_sum: mean_sum(&bytes_in, 1.0) as u64,
+        bytes_in,
+    };
+    let mut log = CodecSnapshot::empty();
+    let mut snapshot = CodecSnapshot::empty();
+    let mut proofs: Vec<(ProofKind, Histogram<u64>, u64)> =
+        ProofKind::ALL.iter().map(|k| (*k, ledger_shard::metrics::histogram(), 0)).collect();
+    for core in cores {
+        log.merge(&core.counters.log_codec);
+        snapshot.merge(&core.counters.snapshot_codec);
+        for ((_, total, sum), (_, h, s)) in proofs.iter_mut().zip(&core.counters.proofs) {
+            let _ = total.add(h);
+            *sum += s;
+        }
+    }
+    add_codec(f, "wire", &wire);
+    add_codec(f, "log", &log);
+    add_codec(f, "snapshot", &snapshot);
+    for (kind, h, sum_us) in &proofs {
+        f.histogram(
+            "merkle_proof_generation_seconds",
+            "Time to build a Merkle proof: a transaction's inclusion proof in its block (tx), a \
+             key's state-tree proof (state), the headers of a chain proof (chain).",
+            &[("kind", kind.label().to_string())],
+            h,
+            1e-6,
+            SECONDS_BUCKETS,
+            *sum_us as f64 / 1e6,
+        );
+    }
+}
+
+/// The three `serialization_*` families of one `kind`: decoding is `direction="in"`, encoding
+/// `direction="out"`.
+fn add_codec(f: &mut Families, kind: &str, c: &CodecSnapshot) {
+    let inbound = [("direction", "in".to_string()), ("kind", kind.to_string())];
+    let outbound = [("direction", "out".to_string()), ("kind", kind.to_string())];
     f.histogram(
         "serialization_decode_seconds",
-        "Time to validate and decode a request frame (rkyv).",
-        &wire_in,
-        &decode.total,
+        "Time to validate and decode (rkyv): request frames (wire), log entries read back (log), \
+         snapshot files installed or restored (snapshot).",
+        &inbound,
+        &c.decode_us,
         1e-6,
         SECONDS_BUCKETS,
-        decode.sum_us as f64 / 1e6,
+        c.decode_sum_us as f64 / 1e6,
     );
     f.histogram(
         "serialization_encode_seconds",
-        "Time to encode a response frame (rkyv).",
-        &wire_out,
-        &encode.total,
+        "Time to encode (rkyv): response frames (wire), log entries appended (log), snapshot \
+         files written (snapshot).",
+        &outbound,
+        &c.encode_us,
         1e-6,
         SECONDS_BUCKETS,
-        encode.sum_us as f64 / 1e6,
+        c.encode_sum_us as f64 / 1e6,
     );
-    for (pairs, h) in [(&wire_in, &bytes_in), (&wire_out, &bytes_out)] {
+    for (pairs, h, sum) in
+        [(&inbound, &c.bytes_in, c.bytes_in_sum), (&outbound, &c.bytes_out, c.bytes_out_sum)]
+    {
         f.histogram(
             "serialization_bytes",
-            "Frame payload bytes decoded or encoded.",
+            "Bytes decoded or encoded: frame payloads, log entries, snapshot files.",
             pairs,
             h,
             1.0,
             BYTES_BUCKETS,
-            mean_sum(h, 1.0),
+            sum as f64,
         );
     }
 }
@@ -472,6 +521,25 @@ fn add_groups(f: &mut Families, cores: &[CoreSnapshot], node_id: u64) {
                 1e-6,
                 SECONDS_BUCKETS,
                 mean_sum(&g.snapshot_create_us, 1e-6),
+            );
+            f.histogram(
+                "snapshot_restore_seconds",
+                "Time to install a snapshot from the leader (verify, write, load, checkpoint) or \
+                 restore one at open (read, decode, verify).",
+                &group,
+                &g.snapshot_restore_us,
+                1e-6,
+                SECONDS_BUCKETS,
+                mean_sum(&g.snapshot_restore_us, 1e-6),
+            );
+            f.histogram(
+                "state_nodes_hashed_per_block",
+                "State-tree nodes (leaves and internal) hashed to build a proposed block's trees.",
+                &group,
+                &g.nodes_hashed,
+                1.0,
+                NODES_BUCKETS,
+                mean_sum(&g.nodes_hashed, 1.0),
             );
         }
     }

@@ -156,11 +156,89 @@ pub struct GroupCounters {
     pub snapshots_created: u64,
     pub snapshot_bytes_last: u64,
     pub snapshot_create_us: Option<Histogram<u64>>,
+    pub snapshot_restore_us: Option<Histogram<u64>>,
+    /// State-tree nodes hashed per proposed block (all its scopes' trees).
+    pub nodes_hashed: Option<Histogram<u64>>,
     /// The leader seen at the previous look (scrape or proposal) and how often it changed.
     pub leader_seen: Option<Option<u64>>,
     pub leader_changes: u64,
     /// `(when, group height)` at the previous scrape, for `blocks_per_second`.
     pub height_seen: Option<(Instant, u64)>,
+}
+
+/// The §11.3 `kind` of `merkle_proof_generation_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofKind {
+    Tx = 0,
+    State = 1,
+    Chain = 2,
+}
+
+impl ProofKind {
+    pub const ALL: [ProofKind; 3] = [ProofKind::Tx, ProofKind::State, ProofKind::Chain];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProofKind::Tx => "tx",
+            ProofKind::State => "state",
+            ProofKind::Chain => "chain",
+        }
+    }
+}
+
+/// The §11.3 `kind` of the `serialization_*` families other than `wire` (whose frames the
+/// routers time in `CoreMetrics::decode`/`encode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecKind {
+    /// Raft log entries: encoded when appended, decoded when read back from a segment file.
+    Log,
+    /// Snapshot files: encoded when written, decoded when installed or restored.
+    Snapshot,
+}
+
+/// Encode and decode times (µs) and sizes of one kind, with exact sums.
+#[derive(Default)]
+pub struct Codec {
+    pub encode_us: Option<Histogram<u64>>,
+    pub encode_sum_us: u64,
+    pub decode_us: Option<Histogram<u64>>,
+    pub decode_sum_us: u64,
+    pub bytes_out: Option<Histogram<u64>>,
+    pub bytes_out_sum: u64,
+    pub bytes_in: Option<Histogram<u64>>,
+    pub bytes_in_sum: u64,
+}
+
+impl Codec {
+    fn record(&mut self, encode: bool, bytes: usize, elapsed: Duration) {
+        let us = micros(elapsed);
+        let bytes = bytes as u64;
+        if encode {
+            record_into(&mut self.encode_us, us);
+            self.encode_sum_us = self.encode_sum_us.saturating_add(us);
+            record_into(&mut self.bytes_out, bytes);
+            self.bytes_out_sum = self.bytes_out_sum.saturating_add(bytes);
+        } else {
+            record_into(&mut self.decode_us, us);
+            self.decode_sum_us = self.decode_sum_us.saturating_add(us);
+            record_into(&mut self.bytes_in, bytes);
+            self.bytes_in_sum = self.bytes_in_sum.saturating_add(bytes);
+        }
+    }
+
+    fn snapshot(&self) -> CodecSnapshot {
+        let copy = |h: &Option<Histogram<u64>>| h.clone().unwrap_or_else(histogram);
+        CodecSnapshot {
+            encode_us: copy(&self.encode_us),
+            encode_sum_us: self.encode_sum_us,
+            decode_us: copy(&self.decode_us),
+            decode_sum_us: self.decode_sum_us,
+            bytes_out: copy(&self.bytes_out),
+            bytes_out_sum: self.bytes_out_sum,
+            bytes_in: copy(&self.bytes_in),
+            bytes_in_sum: self.bytes_in_sum,
+        }
+    }
 }
 
 /// Why a block round closed (SPEC §8.3).
@@ -185,6 +263,12 @@ pub struct CoreMetrics {
     pub encode: Latency,
     pub bytes_in: Option<Histogram<u64>>,
     pub bytes_out: Option<Histogram<u64>>,
+    /// `serialization_*{kind="log"}` and `{kind="snapshot"}`.
+    pub log_codec: Codec,
+    pub snapshot_codec: Codec,
+    /// `merkle_proof_generation_seconds` by `ProofKind`, µs, with exact sums.
+    pub proof_us: [Option<Histogram<u64>>; 3],
+    pub proof_sum_us: [u64; 3],
     /// When the executor's busy time was last taken (`core_busy_ratio`).
     pub busy_since: Option<Instant>,
 }
@@ -220,11 +304,35 @@ impl CoreMetrics {
         record_into(&mut g.batch_wait_us, micros(waited));
     }
 
-    /// A block was handed to openraft, its trees having taken `state_root` to build.
-    pub fn block_proposed(&mut self, group: u32, state_root: Duration) {
+    /// A block was handed to openraft, its trees having taken `state_root` to build and hashed
+    /// `nodes_hashed` tree nodes.
+    pub fn block_proposed(&mut self, group: u32, state_root: Duration, nodes_hashed: u64) {
         let g = self.group(group);
         g.proposals += 1;
         record_into(&mut g.state_root_us, micros(state_root));
+        // A block whose trees hashed nothing (only unchanged values) counts as 1: hdrhistogram
+        // has no zero bucket at these bounds (the same floor every histogram here has).
+        record_into(&mut g.nodes_hashed, nodes_hashed);
+    }
+
+    /// A snapshot was installed or restored at open, in `elapsed` (read, verify, load, checkpoint).
+    pub fn snapshot_restored(&mut self, group: u32, elapsed: Duration) {
+        record_into(&mut self.group(group).snapshot_restore_us, micros(elapsed));
+    }
+
+    /// A Merkle proof of `kind` was generated in `elapsed`.
+    pub fn proof_generated(&mut self, kind: ProofKind, elapsed: Duration) {
+        let us = micros(elapsed);
+        record_into(&mut self.proof_us[kind as usize], us);
+        self.proof_sum_us[kind as usize] = self.proof_sum_us[kind as usize].saturating_add(us);
+    }
+
+    /// A log entry or snapshot file of `bytes` encoded (`encode`) or decoded in `elapsed`.
+    pub fn codec(&mut self, kind: CodecKind, encode: bool, bytes: usize, elapsed: Duration) {
+        match kind {
+            CodecKind::Log => self.log_codec.record(encode, bytes, elapsed),
+            CodecKind::Snapshot => self.snapshot_codec.record(encode, bytes, elapsed),
+        }
     }
 
     /// A proposed block committed and applied `elapsed` after it was proposed.
@@ -304,6 +412,8 @@ impl CoreMetrics {
                 snapshots_created: g.snapshots_created,
                 snapshot_bytes_last: g.snapshot_bytes_last,
                 snapshot_create_us: g.snapshot_create_us.clone().unwrap_or_else(histogram),
+                snapshot_restore_us: g.snapshot_restore_us.clone().unwrap_or_else(histogram),
+                nodes_hashed: g.nodes_hashed.clone().unwrap_or_else(histogram),
             })
             .collect();
         let busy_window = self.busy_since.replace(now).map(|since| now.saturating_duration_since(since));
@@ -319,6 +429,12 @@ impl CoreMetrics {
             encode: self.encode.snapshot(now),
             bytes_in: self.bytes_in.clone().unwrap_or_else(histogram),
             bytes_out: self.bytes_out.clone().unwrap_or_else(histogram),
+            log_codec: self.log_codec.snapshot(),
+            snapshot_codec: self.snapshot_codec.snapshot(),
+            proofs: ProofKind::ALL.map(|kind| {
+                let i = kind as usize;
+                (kind, self.proof_us[i].clone().unwrap_or_else(histogram), self.proof_sum_us[i])
+            }),
             busy_window,
         }
     }
@@ -366,6 +482,39 @@ pub struct GroupCounterSnapshot {
     pub snapshots_created: u64,
     pub snapshot_bytes_last: u64,
     pub snapshot_create_us: Histogram<u64>,
+    pub snapshot_restore_us: Histogram<u64>,
+    pub nodes_hashed: Histogram<u64>,
+}
+
+/// A `Codec` copied; `merge` adds another core's.
+#[derive(Clone)]
+pub struct CodecSnapshot {
+    pub encode_us: Histogram<u64>,
+    pub encode_sum_us: u64,
+    pub decode_us: Histogram<u64>,
+    pub decode_sum_us: u64,
+    pub bytes_out: Histogram<u64>,
+    pub bytes_out_sum: u64,
+    pub bytes_in: Histogram<u64>,
+    pub bytes_in_sum: u64,
+}
+
+impl CodecSnapshot {
+    pub fn empty() -> Self {
+        Codec::default().snapshot()
+    }
+
+    pub fn merge(&mut self, other: &CodecSnapshot) {
+        // Same bounds everywhere: `add` cannot fail.
+        let _ = self.encode_us.add(&other.encode_us);
+        let _ = self.decode_us.add(&other.decode_us);
+        let _ = self.bytes_out.add(&other.bytes_out);
+        let _ = self.bytes_in.add(&other.bytes_in);
+        self.encode_sum_us = self.encode_sum_us.saturating_add(other.encode_sum_us);
+        self.decode_sum_us = self.decode_sum_us.saturating_add(other.decode_sum_us);
+        self.bytes_out_sum = self.bytes_out_sum.saturating_add(other.bytes_out_sum);
+        self.bytes_in_sum = self.bytes_in_sum.saturating_add(other.bytes_in_sum);
+    }
 }
 
 /// What `CoreMetrics::snapshot` copies.
@@ -381,6 +530,10 @@ pub struct CounterSnapshot {
     pub encode: LatencySnapshot,
     pub bytes_in: Histogram<u64>,
     pub bytes_out: Histogram<u64>,
+    pub log_codec: CodecSnapshot,
+    pub snapshot_codec: CodecSnapshot,
+    /// `(kind, µs histogram, exact sum µs)` of every proof kind, empty ones included.
+    pub proofs: [(ProofKind, Histogram<u64>, u64); 3],
     /// Wall time since the previous scrape of this core (`None` at the first).
     pub busy_window: Option<Duration>,
 }
@@ -550,7 +703,7 @@ mod tests {
         m.round_closed(1, CommitReason::Eager, 1, Duration::from_micros(10));
         m.round_closed(1, CommitReason::Size, 100, Duration::from_millis(2));
         m.round_closed(1, CommitReason::Timeout, 7, Duration::from_millis(10));
-        m.block_proposed(1, Duration::from_micros(500));
+        m.block_proposed(1, Duration::from_micros(500), 40);
         assert_eq!(m.leader_seen(1, Some(5)), 0);
         assert_eq!(m.leader_seen(1, Some(5)), 0);
         assert_eq!(m.leader_seen(1, None), 1);
@@ -563,6 +716,40 @@ mod tests {
         assert_eq!((g.eager_commits, g.size_commits, g.timeout_commits, g.proposals), (1, 1, 1, 1));
         assert_eq!(g.batch_size.len(), 3);
         assert_eq!(g.batch_size.max(), 100);
+    }
+
+    /// Nodes hashed per block, restore times, proof times by kind and log/snapshot codec
+    /// timings land where the exporter reads them; merging adds them up.
+    #[test]
+    fn t08_tree_restore_proof_and_codec() {
+        let mut m = CoreMetrics::default();
+        m.block_proposed(2, Duration::from_micros(300), 120);
+        m.block_proposed(2, Duration::from_micros(300), 0);
+        m.snapshot_restored(2, Duration::from_millis(40));
+        m.proof_generated(ProofKind::State, Duration::from_micros(12));
+        m.proof_generated(ProofKind::State, Duration::from_micros(8));
+        m.proof_generated(ProofKind::Chain, Duration::from_micros(100));
+        m.codec(CodecKind::Log, true, 500, Duration::from_micros(3));
+        m.codec(CodecKind::Log, false, 500, Duration::from_micros(2));
+        m.codec(CodecKind::Snapshot, true, 1 << 20, Duration::from_millis(5));
+        let s = m.snapshot(Instant::now());
+        let g = s.groups.iter().find(|g| g.group == 2).unwrap();
+        assert_eq!(g.nodes_hashed.len(), 2);
+        assert_eq!(g.nodes_hashed.max(), 120);
+        assert_eq!(g.nodes_hashed.min(), 1, "a block that hashed nothing counts at the floor");
+        assert_eq!(g.snapshot_restore_us.len(), 1);
+        assert!(g.snapshot_restore_us.equivalent(g.snapshot_restore_us.max(), 40_000));
+        let proofs: Vec<(&str, u64, u64)> =
+            s.proofs.iter().map(|(k, h, sum)| (k.label(), h.len(), *sum)).collect();
+        assert_eq!(proofs, vec![("tx", 0, 0), ("state", 2, 20), ("chain", 1, 100)]);
+        assert_eq!((s.log_codec.encode_us.len(), s.log_codec.decode_us.len()), (1, 1));
+        assert_eq!((s.log_codec.bytes_out_sum, s.log_codec.bytes_in_sum), (500, 500));
+        assert_eq!((s.snapshot_codec.encode_sum_us, s.snapshot_codec.bytes_out_sum), (5_000, 1 << 20));
+        assert_eq!(s.snapshot_codec.decode_us.len(), 0);
+        let mut merged = CodecSnapshot::empty();
+        merged.merge(&s.log_codec);
+        merged.merge(&s.log_codec);
+        assert_eq!((merged.encode_us.len(), merged.encode_sum_us, merged.bytes_in_sum), (2, 6, 1000));
     }
 
     #[test]

@@ -14,7 +14,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub fn collect(shard: &Shard) -> CoreSnapshot {
     let now = Instant::now();
     let busy = glommio::executor().executor_stats().total_runtime();
-    let counters = metrics::with(|m| m.snapshot(now));
+    let hosted = shard.group_list();
+    let counters = metrics::with(|m| {
+        // Every hosted group gets its per-group families (empty histograms included) from the
+        // first scrape on, not only once it has proposed, restored or snapshotted here.
+        for group in &hosted {
+            m.group(group.id.0);
+        }
+        m.snapshot(now)
+    });
     let wall_secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let mut groups = Vec::new();
     let mut scopes = Vec::new();
@@ -28,7 +36,7 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
     let mut determinism_bugs = Vec::new();
     let integrity = crate::maintenance::background_integrity::counters();
     let mut integrity_checks = Vec::new();
-    for group in shard.group_list() {
+    for group in hosted {
         divergences.push((group.id.0, per_group(&repair.divergences, group.id.0)));
         determinism_bugs.push((group.id.0, per_group(&repair.determinism_bugs, group.id.0)));
         integrity_checks.push((

@@ -4,10 +4,11 @@
 //! Prometheus text parser (`prometheus-parse`). The test checks the families and their labels,
 //! that counters and indexes move between the scrapes, and that `/health` and `/ready` answer.
 
+use ledger_core::verify::TrustedBlock;
 use ledger_tests::cluster::free_addr;
 use ledger_tests::scope::{connect, create_scope, set};
 use ledger_tests::ServerProcess;
-use ledger_wire::client::{RetryPolicy, WriteOutcome, WriteSession};
+use ledger_wire::client::{RetryPolicy, VerifiedReadOptions, WriteOutcome, WriteSession};
 use prometheus_parse::{Sample, Scrape, Value};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -51,6 +52,9 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("serialization_decode_seconds", &["direction", "kind"]),
     ("serialization_encode_seconds", &["direction", "kind"]),
     ("serialization_bytes", &["direction", "kind"]),
+    ("merkle_proof_generation_seconds", &["kind"]),
+    ("snapshot_restore_seconds", &["group"]),
+    ("state_nodes_hashed_per_block", &["group"]),
     ("core_queue_depth", &["core"]),
     ("core_busy_ratio", &["core"]),
     ("core_groups", &["core"]),
@@ -75,6 +79,19 @@ const LEADER_FAMILIES: &[(&str, &[&str])] = &[
     ("batch_wait_ms", &["group"]),
     ("state_root_computation_duration_seconds", &["group"]),
 ];
+
+/// The observations of the histogram series of `name` whose labels include `labels`, summed
+/// (each series' count is its largest cumulative bucket).
+fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(scrape, name)
+        .into_iter()
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            other => panic!("{name} is not a histogram: {other:?}"),
+        })
+        .sum()
+}
 
 /// A plain HTTP/1.1 GET; returns (status line, content type, body).
 fn http_get(addr: &str, path: &str) -> (String, String, String) {
@@ -197,9 +214,27 @@ async fn t01_metrics_of_a_loaded_cluster() {
     let client = connect(&addrs[0]).await;
     let (namespace_id, vault_id) = create_scope(&client, "metrics").await;
     load(&addrs[0], namespace_id, vault_id, "a", 100).await;
+    // A state proof now, then a write with its transaction proof and a read with a chain proof
+    // from the block the first read trusted (merkle_proof_generation_seconds, every kind).
+    let first_read = client
+        .verified_read(namespace_id, Some(vault_id), "a:0", VerifiedReadOptions::default())
+        .await
+        .expect("verified read");
 
     let first: Vec<Scrape> = metrics.iter().map(|m| scrape(m)).collect();
     load(&addrs[0], namespace_id, vault_id, "b", 100).await;
+    let mut session = WriteSession::new(connect(&addrs[0]).await, namespace_id, Some(vault_id))
+        .with_client_id("metrics-proof".to_string());
+    match session.write_verified(vec![set("p:0".to_string(), b"v".to_vec())]).await.expect("write") {
+        WriteOutcome::Committed { .. } => {}
+        other => panic!("a new client's first write: {other:?}"),
+    }
+    let options = VerifiedReadOptions {
+        trusted: Some(TrustedBlock::of(&first_read.block_header)),
+        ..VerifiedReadOptions::default()
+    };
+    let chained = client.verified_read(namespace_id, Some(vault_id), "b:0", options).await.expect("read");
+    assert!(chained.chain_proof.is_some(), "the read asked for a chain proof");
     // Every replica applies the second batch before the second scrape.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second: Vec<Scrape> = metrics.iter().map(|m| scrape(m)).collect();
@@ -223,7 +258,29 @@ async fn t01_metrics_of_a_loaded_cluster() {
         );
         assert!(sum(scrape, "raft_apply_index") > sum(&first[i], "raft_apply_index"));
         assert!(value(scrape, "disk_usage_ratio", &[]) > 0.0);
+        // Every kind of serialization is exported, and every replica appended log entries.
+        for kind in ["wire", "log", "snapshot"] {
+            for family in ["serialization_decode_seconds", "serialization_encode_seconds"] {
+                assert_eq!(
+                    series(scrape, family).iter().filter(|s| s.labels.get("kind") == Some(kind)).count(),
+                    1,
+                    "node {i}: {family}{{kind={kind}}}"
+                );
+            }
+        }
+        let log_encodes = observations(scrape, "serialization_encode_seconds", &[("kind", "log")]);
+        assert!(log_encodes >= 200.0, "node {i}: log entries encoded: {log_encodes}");
+        assert!(
+            observations(scrape, "serialization_bytes", &[("kind", "log"), ("direction", "out")]) >= 200.0
+        );
     }
+    // The proofs were generated on some node (the one that answered): count them over all.
+    let proofs = |kind: &str| -> f64 {
+        second.iter().map(|s| observations(s, "merkle_proof_generation_seconds", &[("kind", kind)])).sum()
+    };
+    assert!(proofs("state") >= 2.0, "state proofs: {}", proofs("state"));
+    assert!(proofs("chain") >= 1.0, "chain proofs: {}", proofs("chain"));
+    assert!(proofs("tx") >= 1.0, "tx proofs: {}", proofs("tx"));
     // Each group has one leader across the nodes, and that leader reports a lag per follower.
     let groups: std::collections::BTreeSet<String> = series(&second[0], "raft_leader")
         .into_iter()
@@ -243,6 +300,13 @@ async fn t01_metrics_of_a_loaded_cluster() {
         assert_eq!(followers.len(), 2, "group {group}: one lag per follower on its leader");
         if group != "0" {
             check_families(leaders[0], leader, LEADER_FAMILIES);
+            // The leader hashed state-tree nodes for each block it proposed in this group.
+            let blocks = observations(leader, "state_nodes_hashed_per_block", &[("group", group)]);
+            let proposed = value(leader, "raft_proposals_total", &[("group", group)]);
+            assert!(
+                blocks > 0.0 && blocks == proposed,
+                "group {group}: {blocks} blocks, {proposed} proposed"
+            );
             leaders_seen += 1;
         }
     }

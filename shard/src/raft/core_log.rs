@@ -21,6 +21,7 @@
 use crate::codec::{decode, encode};
 use crate::constants::{LOG_SEGMENT_BYTES, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, LOG_ZERO_AHEAD_BYTES};
 use crate::error::ShardError;
+use crate::metrics::CodecKind;
 use crate::raft::log_store::records::VoteRecord;
 use crate::raft::log_store::{decode_entry, log_id_from_le, stored_log_id, LogStats};
 use crate::raft::type_config::{Entry, LogId, Vote};
@@ -611,7 +612,10 @@ impl CoreLog {
                 .ok_or_else(|| corrupt(format!("group {group}: segment {:016x} is gone", loc.seg)))?;
             let mut bytes = vec![0u8; loc.len as usize];
             file.read_at(loc.offset, &mut bytes).map_err(|e| io_err(&self.dir, e))?;
+            let started = std::time::Instant::now();
             let entry = decode_entry(&bytes)?;
+            let took = started.elapsed();
+            crate::metrics::with(|m| m.codec(CodecKind::Log, false, bytes.len(), took));
             if entry.log_id != loc.log_id {
                 return Err(corrupt(format!(
                     "group {group}: entry at {:016x}+{} is {} where {} was written",

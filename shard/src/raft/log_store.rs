@@ -16,6 +16,7 @@
 use crate::codec::{decode, encode};
 use crate::constants::LOG_CACHE_ENTRIES_MAX;
 use crate::error::ShardError;
+use crate::metrics::CodecKind;
 use crate::raft::core_log::{AppendDone, CoreLog};
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use ledger_core::types::{GroupId, LogPayload};
@@ -351,7 +352,12 @@ impl LogStore {
         let mut cached = Vec::new();
         for entry in entries {
             carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
-            encoded.push((entry.log_id, encode_entry(&entry)));
+            // Timed here, on the core: the log thread only writes the bytes.
+            let started = std::time::Instant::now();
+            let bytes = encode_entry(&entry);
+            let took = started.elapsed();
+            crate::metrics::with(|m| m.codec(CodecKind::Log, true, bytes.len(), took));
+            encoded.push((entry.log_id, bytes));
             cached.push(entry);
         }
         if let Some(fault) = carries_block.then(|| core.faults.take_block_append()).flatten() {

@@ -23,7 +23,7 @@ use crate::storage::checkpoint::{load_state, retry_open, AppliedRecord, Checkpoi
 use crate::storage::dir_sync::{create_dir_durable, fsync_dir};
 use crate::storage::log_files::LogDir;
 use crate::storage::sim_disk::SimDisk;
-use crate::storage::snapshot::{restore_newest, SnapshotCatalog};
+use crate::storage::snapshot::{restore_newest, CatalogEntry, SnapshotCatalog};
 use ledger_core::state::ScopeState;
 use ledger_core::types::*;
 use std::cell::RefCell;
@@ -357,6 +357,22 @@ fn record_leader_changes(group: GroupId, raft: &LedgerRaft) {
     .detach();
 }
 
+/// [`restore_newest`] on a blocking thread, recorded as a snapshot restore of `group` (read,
+/// decode and verify of the file; `snapshot_restore_seconds`) and a snapshot decode.
+async fn restore_timed(
+    group: GroupId,
+    entries: Vec<CatalogEntry>,
+) -> Option<(CatalogEntry, AppliedRecord, Vec<ScopeState>)> {
+    let started = std::time::Instant::now();
+    let restored = glommio::executor().spawn_blocking(move || restore_newest(&entries)).await;
+    let (entry, applied, scopes, decoded) = restored?;
+    crate::metrics::with(|m| {
+        m.codec(crate::metrics::CodecKind::Snapshot, false, decoded.bytes, decoded.took);
+        m.snapshot_restored(group.0, started.elapsed());
+    });
+    Some((entry, applied, scopes))
+}
+
 /// Opens `state.redb` and loads it; when it is unusable (fails to open or to load, or is empty
 /// although the log was purged, so the log alone cannot rebuild it), moves it aside, starts a
 /// fresh one and returns the newest valid snapshot to restore from (SPEC §9.6 step 4).
@@ -386,8 +402,7 @@ async fn open_state(
         Ok((db, loaded)) => {
             // Empty but the log was purged: restore into this (empty) file.
             let entries = catalog.entries.clone();
-            let restored = glommio::executor().spawn_blocking(move || restore_newest(&entries)).await;
-            let Some((entry, applied, scopes)) = restored else {
+            let Some((entry, applied, scopes)) = restore_timed(group, entries).await else {
                 return Ok((db, loaded, None));
             };
             crate::event!(
@@ -404,8 +419,7 @@ async fn open_state(
         Err(e) => e,
     };
     let entries = catalog.entries.clone();
-    let restored = glommio::executor().spawn_blocking(move || restore_newest(&entries)).await;
-    let Some((entry, applied, scopes)) = restored else {
+    let Some((entry, applied, scopes)) = restore_timed(group, entries).await else {
         return Err(ShardError::Corrupt {
             what: "group state",
             detail: format!("state.redb is unusable ({reason}) and no snapshot file verifies"),

@@ -25,6 +25,7 @@
 
 use crate::config::ShardConfig;
 use crate::error::ShardError;
+use crate::metrics::CodecKind;
 use crate::peer::pool::PeerPool;
 use crate::raft::type_config::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -32,8 +33,8 @@ use crate::raft::type_config::{
 use crate::round::group_data::GroupData;
 use crate::storage::checkpoint::{AppliedRecord, Checkpointer, ScopeRows};
 use crate::storage::snapshot::{
-    add_to_catalog, create_with_bytes, encode_file, raft_meta, verify_received, write_file, CatalogEntry,
-    SnapshotCut, VerifiedSnapshot,
+    add_to_catalog, create_with_bytes, encode_file_timed, raft_meta, verify_received, write_file,
+    CatalogEntry, SnapshotCut, VerifiedSnapshot,
 };
 use ledger_core::hash::{block_hash, group_hash};
 use ledger_core::state::{BlockContext, ScopeDelta, ScopeState};
@@ -456,7 +457,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 })
             });
             let (header, body) = built.map_err(|e| snapshot_err(None, &e))?;
-            encode_file(header, &body)
+            let (header, bytes, encoded_in) = encode_file_timed(header, &body);
+            crate::metrics::with(|m| m.codec(CodecKind::Snapshot, true, bytes.len(), encoded_in));
+            (header, bytes)
         };
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.checkpoint().await.map_err(|e| write_err(&e))?;
@@ -526,6 +529,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let parked = {
             let mut data = self.data.borrow_mut();
             match data.received_snapshot.take() {
@@ -560,7 +564,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 })?
             }
         };
-        self.install_verified(meta, verified).await
+        let decoded = verified.decoded;
+        self.install_verified(meta, verified).await?;
+        // A snapshot verified by the peer service (parked) was decoded there, off the core; its
+        // restore time here starts at the install.
+        let group = self.data.borrow().group_id.0;
+        crate::metrics::with(|m| {
+            m.codec(CodecKind::Snapshot, false, decoded.bytes, decoded.took);
+            m.snapshot_restored(group, started.elapsed());
+        });
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::constants::CHAIN_PROOF_HEADERS_MAX;
+use crate::metrics::ProofKind;
 use crate::read::history::{self, StateAt};
 use crate::read::reads;
 use crate::reply::ReplySender;
@@ -18,6 +19,7 @@ use ledger_core::state::ScopeState;
 use ledger_core::types::*;
 use ledger_wire::messages::{Request, Response, ResponseEnvelope, Status};
 use std::rc::Rc;
+use std::time::Instant;
 
 /// A `VerifiedRead` or `HistoricalRead`, normalized.
 #[derive(Debug, Clone)]
@@ -203,7 +205,13 @@ fn respond(
         version: r.version,
     });
     let chain_proof = match read.trusted_height {
-        Some(trusted) if read.include_chain_proof => Some(chain_proof(data, scope, trusted, height)?),
+        Some(trusted) if read.include_chain_proof => {
+            let started = Instant::now();
+            let proof = chain_proof(data, scope, trusted, height)?;
+            let took = started.elapsed();
+            crate::metrics::with(|m| m.proof_generated(ProofKind::Chain, took));
+            Some(proof)
+        }
         _ => None,
     };
     if !read.include_proof {
@@ -220,7 +228,10 @@ fn respond(
         Some(header) => header,
         None => history::header_at(data, scope, height)?,
     };
+    let started = Instant::now();
     let state_proof = state.prove(&read.key);
+    let took = started.elapsed();
+    crate::metrics::with(|m| m.proof_generated(ProofKind::State, took));
     if state_proof.state_root != header.state_root {
         // Never serve a proof that cannot verify: the in-memory tree and the archive disagree.
         return Err(Status::internal(format!(

@@ -20,7 +20,7 @@
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
 use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
-use crate::metrics::CommitReason;
+use crate::metrics::{CommitReason, ProofKind};
 use crate::raft::type_config::LedgerRaft;
 use crate::reply::ReplySender;
 use crate::round::group_data::{GroupData, SpeculativeBlock};
@@ -539,6 +539,7 @@ impl Group {
             let trees_started = Instant::now();
             let trees = futures::future::join_all(jobs.into_iter().map(TreeJob::wait)).await;
             let trees_took = trees_started.elapsed();
+            let nodes_hashed: u64 = trees.iter().flatten().map(|t| t.nodes_hashed).sum();
             let predecessor_proposed = match predecessor {
                 Some(proposed) => proposed.await.unwrap_or(false),
                 None => true,
@@ -560,7 +561,7 @@ impl Group {
             // The first poll hands the entry to openraft's core (an unbounded channel send), so
             // the next round's block, proposed once told below, reaches the log after this one.
             let proposed = Instant::now();
-            crate::metrics::with(|m| m.block_proposed(group.id.0, trees_took));
+            crate::metrics::with(|m| m.block_proposed(group.id.0, trees_took, nodes_hashed));
             let first = futures::poll!(proposal.as_mut());
             let _ = completed.send(true);
             let result = match first {
@@ -1007,7 +1008,10 @@ impl Group {
             a.success.block_height = header.height;
             if a.include_tx_proof {
                 a.success.block_header = Some(header.clone());
+                let started = Instant::now();
                 a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
+                let took = started.elapsed();
+                crate::metrics::with(|m| m.proof_generated(ProofKind::Tx, took));
             }
         }
         let block = GroupBlock {

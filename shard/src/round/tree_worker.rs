@@ -33,6 +33,8 @@ pub type TreeSlot = OnceLock<SparseMerkleTree>;
 pub struct BuiltTree {
     pub parent_root: Hash,
     pub tree: SparseMerkleTree,
+    /// Nodes the update hashed (`state_nodes_hashed_per_block`).
+    pub nodes_hashed: u64,
 }
 
 struct Update {
@@ -113,10 +115,10 @@ fn build(parent: TreeParent, changes: Vec<Change>, slot: &TreeSlot) -> Option<Bu
         TreeParent::Built(tree) => tree,
         TreeParent::After(earlier) => earlier.get()?.clone(),
     };
-    let tree = parent.with_updates(changes);
+    let (tree, nodes_hashed) = parent.with_updates_counted(changes);
     // Each slot belongs to one job, so this is its only write.
     let _ = slot.set(tree.clone());
-    Some(BuiltTree { parent_root: parent.root(), tree })
+    Some(BuiltTree { parent_root: parent.root(), tree, nodes_hashed })
 }
 
 /// Handle to a group's tree thread; clones share the thread, which ends when the last handle is

@@ -30,6 +30,7 @@ use crate::codec::{decode, encode};
 use crate::config::ShardConfig;
 use crate::constants::SNAPSHOT_HEADER_BYTES_MAX;
 use crate::error::ShardError;
+use crate::metrics::CodecKind;
 use crate::raft::log_store::records::{LogIdRecord, StoredMembershipRecord};
 use crate::raft::state_machine::SnapshotRecord;
 use crate::raft::type_config::{LogId, SnapshotMeta, StoredMembership};
@@ -46,7 +47,7 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"LSNP";
 pub const SNAPSHOT_FILE_VERSION: u32 = 1;
@@ -103,10 +104,24 @@ fn corrupt(detail: impl Into<String>) -> ShardError {
 }
 
 /// The whole file for `header` (its `body_checksum` is filled in here) and `body`.
-pub fn encode_file(mut header: SnapshotHeader, body: &SnapshotRecord) -> (SnapshotHeader, Vec<u8>) {
+pub fn encode_file(header: SnapshotHeader, body: &SnapshotRecord) -> (SnapshotHeader, Vec<u8>) {
+    let (header, bytes, _) = encode_file_timed(header, body);
+    (header, bytes)
+}
+
+/// [`encode_file`], also returning the time the rkyv encoding of body and header took
+/// (`serialization_encode_seconds{kind="snapshot"}`; checksums and copies not included).
+pub fn encode_file_timed(
+    mut header: SnapshotHeader,
+    body: &SnapshotRecord,
+) -> (SnapshotHeader, Vec<u8>, Duration) {
+    let started = Instant::now();
     let body = encode(body);
+    let mut took = started.elapsed();
     header.body_checksum = *blake3::hash(&body).as_bytes();
+    let started = Instant::now();
     let header_bytes = encode(&header);
+    took += started.elapsed();
     let mut out = Vec::with_capacity(PREAMBLE_LEN + header_bytes.len() + body.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_FILE_VERSION.to_le_bytes());
@@ -115,7 +130,15 @@ pub fn encode_file(mut header: SnapshotHeader, body: &SnapshotRecord) -> (Snapsh
     out.extend_from_slice(blake3::hash(&header_bytes).as_bytes());
     out.extend_from_slice(&header_bytes);
     out.extend_from_slice(&body);
-    (header, out)
+    (header, out, took)
+}
+
+/// How long decoding a snapshot file took, and its size, measured where it was decoded (often a
+/// blocking thread) for the core to record (`serialization_decode_seconds{kind="snapshot"}`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Decoded {
+    pub bytes: usize,
+    pub took: Duration,
 }
 
 /// Parses the preamble and header (header checksum checked); returns the header and the body
@@ -160,15 +183,25 @@ pub fn read_header(path: &Path) -> Result<SnapshotHeader, ShardError> {
 
 /// Checks both checksums and decodes header and body.
 pub fn decode_file(bytes: &[u8]) -> Result<(SnapshotHeader, SnapshotRecord), ShardError> {
+    decode_file_timed(bytes).map(|(header, record, _)| (header, record))
+}
+
+/// [`decode_file`], also returning how long the decoding took (the preamble and header with its
+/// checksum, and the body's validation and decoding; the body checksum not included).
+pub fn decode_file_timed(bytes: &[u8]) -> Result<(SnapshotHeader, SnapshotRecord, Decoded), ShardError> {
+    let started = Instant::now();
     let (header, body) = split_file(bytes)?;
+    let mut took = started.elapsed();
     if blake3::hash(body).as_bytes() != &header.body_checksum {
         return Err(corrupt("body checksum mismatch"));
     }
+    let started = Instant::now();
     let record = decode::<SnapshotRecord>("snapshot body", body)?;
+    took += started.elapsed();
     if record.group_id != header.group_id || record.applied.group_height != header.group_height {
         return Err(corrupt("header and body describe different group positions"));
     }
-    Ok((header, record))
+    Ok((header, record, Decoded { bytes: bytes.len(), took }))
 }
 
 /// Rebuilds the scopes of a decoded snapshot and HARD CHECKS each Healthy scope: its recomputed
@@ -498,8 +531,8 @@ pub async fn create_with_bytes(
     let sim = config.sim_disk.clone();
     let group_id = cut.group_id;
     let group_height = cut.applied.group_height;
-    let (written, bytes) = glommio::executor()
-        .spawn_blocking(move || -> Result<(CatalogEntry, Vec<u8>), ShardError> {
+    let (written, bytes, encoded_in) = glommio::executor()
+        .spawn_blocking(move || -> Result<(CatalogEntry, Vec<u8>, Duration), ShardError> {
             let scan = blocks_db.as_deref().map(ArchiveScan::begin).transpose()?;
             let (header, body) = cut.build(|key, height| {
                 let scan = scan.as_ref().ok_or_else(|| corrupt("no archive to read headers from"))?;
@@ -507,12 +540,15 @@ pub async fn create_with_bytes(
                     .map(|located| located.header)
                     .map_err(|fault| corrupt(format!("{key} header {height} unreadable: {fault}")))
             })?;
-            let (header, bytes) = encode_file(header, &body);
+            let (header, bytes, encoded_in) = encode_file_timed(header, &body);
             let path = write_file(&dir, &tmp_dir, group_id, group_height, &bytes, keep, sim.as_deref())?;
-            Ok((CatalogEntry { path, header }, bytes))
+            Ok((CatalogEntry { path, header }, bytes, encoded_in))
         })
         .await?;
-    crate::metrics::with(|m| m.snapshot_created(group_id, bytes.len() as u64, started.elapsed()));
+    crate::metrics::with(|m| {
+        m.snapshot_created(group_id, bytes.len() as u64, started.elapsed());
+        m.codec(CodecKind::Snapshot, true, bytes.len(), encoded_in);
+    });
     add_to_catalog(&mut data.borrow_mut().snapshots, written.clone());
     crate::event!(
         info,
@@ -559,6 +595,8 @@ pub struct VerifiedSnapshot {
     pub applied: AppliedRecord,
     pub scopes: Vec<ScopeState>,
     pub bytes: Vec<u8>,
+    /// How long the file took to decode (recorded by the core that installs it).
+    pub decoded: Decoded,
 }
 
 impl std::fmt::Debug for VerifiedSnapshot {
@@ -587,7 +625,7 @@ pub fn verify_received(
     meta: &SnapshotMeta,
     blocks_db: Option<&redb::Database>,
 ) -> Result<VerifiedSnapshot, ShardError> {
-    let (header, record) = decode_file(&bytes)?;
+    let (header, record, decoded) = decode_file_timed(&bytes)?;
     if header.group_id != group_id {
         return Err(corrupt(format!("snapshot of group {} sent to group {group_id}", header.group_id)));
     }
@@ -641,23 +679,33 @@ pub fn verify_received(
             return Err(corrupt(format!("scope {id}: chain commitment does not match the headers")));
         }
     }
-    Ok(VerifiedSnapshot { snapshot_id: raft_meta(&header).snapshot_id, header, applied, scopes, bytes })
+    Ok(VerifiedSnapshot {
+        snapshot_id: raft_meta(&header).snapshot_id,
+        header,
+        applied,
+        scopes,
+        bytes,
+        decoded,
+    })
 }
 
 /// The newest snapshot file of `catalog` that loads and verifies completely (checksums and every
 /// Healthy scope's root), for a group whose `state.redb` is unusable (SPEC §9.6 step 4); files
-/// that fail are reported and skipped for older ones. Blocking.
-pub fn restore_newest(entries: &[CatalogEntry]) -> Option<(CatalogEntry, AppliedRecord, Vec<ScopeState>)> {
+/// that fail are reported and skipped for older ones; with the decoding time of the one that
+/// loaded. Blocking.
+pub fn restore_newest(
+    entries: &[CatalogEntry],
+) -> Option<(CatalogEntry, AppliedRecord, Vec<ScopeState>, Decoded)> {
     for entry in entries.iter().rev() {
         let loaded = std::fs::read(&entry.path)
             .map_err(|source| ShardError::Io { path: entry.path.clone(), source })
-            .and_then(|bytes| decode_file(&bytes))
-            .and_then(|(header, record)| {
+            .and_then(|bytes| decode_file_timed(&bytes))
+            .and_then(|(header, record, decoded)| {
                 let applied = record.applied.clone();
-                verify_scopes(&header, record).map(|scopes| (applied, scopes))
+                verify_scopes(&header, record).map(|scopes| (applied, scopes, decoded))
             });
         match loaded {
-            Ok((applied, scopes)) => return Some((entry.clone(), applied, scopes)),
+            Ok((applied, scopes, decoded)) => return Some((entry.clone(), applied, scopes, decoded)),
             Err(e) => crate::event!(warn, "snapshot_skipped", path = %entry.path.display(), error = %e),
         }
     }
