@@ -103,27 +103,13 @@ fn group_snapshot(shard: &Shard, group: &Group, now: Instant) -> GroupSnapshot {
         let applied_index = m.last_applied.map(|l| l.index).unwrap_or(0);
         let leader = m.current_leader == Some(node_id) && m.state == openraft::ServerState::Leader;
         let mut replication = Vec::new();
-        let mut commit_index = applied_index;
+        let commit_index = crate::ops::cluster::commit_index(&m).max(applied_index);
         if let (true, Some(matched)) = (leader, m.replication.as_ref()) {
-            let matched_of = |node: u64| {
-                if node == node_id {
-                    last_log_index
-                } else {
-                    matched.get(&node).copied().flatten().map(|l| l.index).unwrap_or(0)
-                }
-            };
             for (follower, log_id) in matched {
                 if *follower != node_id {
                     let index = log_id.map(|l| l.index).unwrap_or(0);
                     replication.push((*follower, last_log_index.saturating_sub(index)));
                 }
-            }
-            // The index a majority of voters holds: what openraft has committed (it does not
-            // export its committed index itself).
-            let mut voters: Vec<u64> = m.membership_config.membership().voter_ids().map(matched_of).collect();
-            voters.sort_unstable_by(|a, b| b.cmp(a));
-            if let Some(quorum) = voters.get(voters.len() / 2) {
-                commit_index = commit_index.max(*quorum);
             }
         }
         (m.current_term, last_log_index, applied_index, m.current_leader, leader, replication, commit_index)

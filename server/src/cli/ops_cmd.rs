@@ -7,7 +7,7 @@ use crate::cli::render::{self, hex};
 use crate::cli::{connect, out, CliError};
 use ledger_core::types::{Hash, VaultHealth};
 use ledger_wire::client::{CallOptions, Client, ClientOptions};
-use ledger_wire::messages::{GroupLag, GroupStatusInfo, HealthStatus, MemberRole, Request, Response};
+use ledger_wire::messages::{GroupLag, GroupStatusInfo, MemberRole, Request, Response};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -448,21 +448,9 @@ pub async fn vault_status(client: &Client, ns: i64, vault: i64, json_out: bool) 
     Ok(if info.health == VaultHealth::Healthy && issues.is_empty() { 0 } else { 1 })
 }
 
-/// Seconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+/// Seconds since the epoch as RFC 3339 UTC (the `logs` command's format).
+fn rfc3339(secs: i64) -> String {
+    crate::cli::logs::rfc3339(&ledger_core::types::Timestamp { secs, nanos: 0 })
 }
 
 /// `recover-vault [--force]`: rebuilds the vault on the node at `--addr`.
@@ -626,15 +614,6 @@ pub async fn simulate_divergence(
         || format!("{message}\nhealth {}", health_name(&health)),
     );
     Ok(if success { 0 } else { 1 })
-}
-
-/// Node health status as SPEC §11.5 words.
-pub fn health_status_name(status: HealthStatus) -> &'static str {
-    match status {
-        HealthStatus::Healthy => "healthy",
-        HealthStatus::Degraded => "degraded",
-        HealthStatus::Unavailable => "unavailable",
-    }
 }
 
 /// `clear-vault-state` (SPEC §9.9), offline: takes the data directory's lock (refused while a

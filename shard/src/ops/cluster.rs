@@ -63,6 +63,11 @@ pub fn group_status(shard: &Shard, group: &Group) -> GroupStatusInfo {
         }
         .to_string()
     };
+    let (mut voters, learners) = (voters, learners);
+    if voters.is_empty() && learners.is_empty() {
+        // A group openraft never initialized reports no members: this node is its only voter.
+        voters.push(shard.config.node_id);
+    }
     let data = group.data.borrow();
     let unhealthy = data.scopes.values().filter(|s| s.meta.health != VaultHealth::Healthy).count();
     let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
@@ -72,19 +77,19 @@ pub fn group_status(shard: &Shard, group: &Group) -> GroupStatusInfo {
         leader: m.current_leader,
         term: m.current_term,
         last_log_index: m.last_log_index.unwrap_or(0),
-        committed_index: committed_index(&m).max(applied),
+        committed_index: commit_index(&m).max(applied),
         applied_index: applied,
         voters,
         learners,
         scopes: data.scopes.len() as u32,
         unhealthy_scopes: unhealthy as u32,
     }
-    .tap_node(shard)
 }
 
 /// openraft 0.9 does not publish the commit index. A leader's is the highest index a majority
-/// of voters hold; elsewhere the applied index stands in for it.
-fn committed_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+/// of voters hold (0 elsewhere: callers take the applied index instead). Shared with the
+/// `raft_commit_index` metric (scrape.rs).
+pub fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
     let Some(replication) = &m.replication else { return 0 };
     let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
     let mut held: Vec<u64> = voters
@@ -99,21 +104,6 @@ fn committed_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
         .collect();
     held.sort_unstable_by(|a, b| b.cmp(a));
     held.get(voters.len() / 2).copied().unwrap_or(0)
-}
-
-trait TapNode {
-    fn tap_node(self, shard: &Shard) -> Self;
-}
-
-impl TapNode for GroupStatusInfo {
-    /// A group this node hosts but that openraft never initialized reports no members: show
-    /// this node as its only voter rather than an empty list.
-    fn tap_node(mut self, shard: &Shard) -> Self {
-        if self.voters.is_empty() && self.learners.is_empty() {
-            self.voters.push(shard.config.node_id);
-        }
-        self
-    }
 }
 
 /// The status of a group that failed to open on this core.

@@ -88,12 +88,12 @@ pub async fn hand_over(shard: &Shard, group: &Rc<Group>, successor: u64) -> Resu
     let Some(successor_addr) = successor_addr else {
         return Err(Status::invalid(format!("node {successor} is not a voter of group {}", group.id)));
     };
-    group.handing_over.set(true);
+    group.set_handing_over(true);
     let result = hand_over_steps(shard, group, successor, &successor_addr, &voters).await;
     // Whatever happened: heartbeats on again (a follower ignores them), blocks again, and the
     // other voters may elect again.
     group.raft.runtime_config().heartbeat(true);
-    group.handing_over.set(false);
+    group.set_handing_over(false);
     for (v, addr) in voters.iter().filter(|(v, _)| *v != successor) {
         let _ = leadership_call(shard, group, *v, addr, LeadershipAction::HoldElections { ms: 0 }).await;
     }

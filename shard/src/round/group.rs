@@ -197,7 +197,7 @@ pub struct Group {
     deferred: RefCell<Vec<DeferredRejection>>,
     /// Set while leadership is handed to another voter (ops/leadership.rs): no new block is
     /// proposed, so the successor is not behind when it is asked to elect itself.
-    pub handing_over: Cell<bool>,
+    handing_over: Cell<bool>,
     /// When the oldest transaction still queued arrived (`batch_wait_ms`, metrics.rs).
     first_queued: Cell<Option<Instant>>,
 }
@@ -278,6 +278,13 @@ impl Group {
         self.signal.raise();
     }
 
+    /// While set, no new block is proposed (ops/leadership.rs hands leadership over); clearing
+    /// it wakes the builder.
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over.set(on);
+        self.signal.raise();
+    }
+
     pub fn pending(&self) -> usize {
         self.queue.borrow().len()
     }
@@ -355,7 +362,7 @@ impl Group {
                 continue;
             }
             if self.handing_over.get() && !self.stopping.get() {
-                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                self.signal.wait().await;
                 continue;
             }
             if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX
