@@ -198,6 +198,21 @@ pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `ledger-admin --addr ADDR --timeout-secs SECS ARGS…`; returns (exit code, stdout,
+/// stderr).
+pub fn ledger_admin(addr: &str, timeout_secs: u64, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary("ledger-admin"))
+        .args(["--addr", addr, "--timeout-secs", &timeout_secs.to_string()])
+        .args(args)
+        .output()
+        .expect("run ledger-admin");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A fresh temporary directory removed on drop.
 pub fn temp_dir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("ledger-{tag}-")).tempdir().expect("tempdir")

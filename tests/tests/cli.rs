@@ -411,13 +411,7 @@ fn t90_issue_13_closed_pipe_exits_quietly() {
 
 /// Runs `ledger-admin --addr ADDR ARGS…`; returns (exit code, stdout, stderr).
 fn admin(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(ledger_tests::binary("ledger-admin"))
-        .args(["--addr", addr, "--timeout-secs", "5"])
-        .args(args)
-        .output()
-        .expect("run ledger-admin");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    ledger_tests::ledger_admin(addr, 5, args)
 }
 
 #[test]
