@@ -86,6 +86,7 @@ pub fn request_batch(requests: usize) -> RequestBatch {
         .map(|i| RequestEnvelope {
             request_id: i + 1,
             deadline_ms: 0,
+            on_behalf_of: None,
             request: Request::Write {
                 namespace_id: 1,
                 vault_id: Some(2),

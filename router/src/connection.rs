@@ -13,6 +13,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
 use glommio::net::TcpStream;
 use ledger_shard::read::watch::StreamEvent;
+use ledger_shard::Caller;
 use ledger_wire::codec::{archived_len, encode_frame, encode_frame_limited, Frame, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::*;
@@ -239,7 +240,7 @@ impl Session {
                     if peer_node.is_some_and(|node| self.settings.faults.is_partitioned(node)) {
                         return None;
                     }
-                    for envelope in batch.items {
+                    for mut envelope in batch.items {
                         if let Request::WatchBlocks { namespace_id, vault_id, start_height } =
                             envelope.request
                         {
@@ -302,7 +303,14 @@ impl Session {
                             self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
                             continue;
                         }
-                        dispatcher.dispatch(envelope, replies, peer).await;
+                        let caller = match self.caller_of(&mut envelope, peer) {
+                            Ok(caller) => caller,
+                            Err(status) => {
+                                answer(replies, envelope.request_id, status);
+                                continue;
+                            }
+                        };
+                        dispatcher.dispatch(envelope, replies, peer, caller).await;
                     }
                 }
                 FrameKind::Ping => match frame.decode::<Ping>() {
@@ -326,6 +334,26 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Who sent `envelope` and its deadline (SPEC §4.1): the client's `deadline_ms` (0 = none)
+    /// capped by `requests_timeout`. Only a peer may name the client it forwards for.
+    // The refusal is answered as the wire `Status` at once; boxing it would only allocate.
+    #[allow(clippy::result_large_err)]
+    fn caller_of(&self, envelope: &mut RequestEnvelope, peer: bool) -> Result<Caller, Status> {
+        let on_behalf_of = envelope.on_behalf_of.take();
+        if on_behalf_of.is_some() && !peer {
+            return Err(Status::new(
+                StatusCode::PermissionDenied,
+                "on_behalf_of is set only by nodes forwarding a request (Role::Peer connections)",
+            ));
+        }
+        let timeout = match envelope.deadline_ms {
+            0 => self.settings.requests_timeout,
+            ms => self.settings.requests_timeout.min(std::time::Duration::from_millis(u64::from(ms))),
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        Ok(Caller { credential_id: on_behalf_of.map(Into::into), deadline })
     }
 
     /// Reads until one whole frame is available. `Ok(None)` = clean close between frames.

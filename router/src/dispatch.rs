@@ -5,7 +5,7 @@ use crate::listener::RouterContext;
 use crate::route::{target_of, Target};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_shard::read::watch::{StreamKey, WatchRequest};
-use ledger_shard::{ReplySender, ShardMsg};
+use ledger_shard::{Caller, ReplySender, ShardMsg};
 use ledger_wire::messages::{RequestEnvelope, ResponseEnvelope, Status, StatusCode};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,17 +26,29 @@ impl Dispatcher {
     /// Routes and sends `envelope`; every failure is answered on `reply` with a status.
     /// Awaits only the one-time namespace lookup on core 0, never a full inbox.
     /// `forwarded`: it came on a peer connection (another node sent it on to this one).
-    pub async fn dispatch(&self, envelope: RequestEnvelope, reply: &ReplySender, forwarded: bool) {
+    pub async fn dispatch(
+        &self,
+        envelope: RequestEnvelope,
+        reply: &ReplySender,
+        forwarded: bool,
+        caller: Caller,
+    ) {
         match target_of(&envelope.request) {
             Target::Admin => {
-                let msg = ShardMsg::Admin { envelope, reply: reply.clone(), forwarded };
+                let msg = ShardMsg::Admin { envelope, reply: reply.clone(), forwarded, caller };
                 self.send(CoreId(0), msg, reply);
             }
             Target::Group(group) => {
                 let group = GroupId(group);
                 match self.context.placement.get(&group).copied() {
                     Some(core) => {
-                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone(), forwarded: true };
+                        let msg = ShardMsg::Group {
+                            group,
+                            envelope,
+                            reply: reply.clone(),
+                            forwarded: true,
+                            caller,
+                        };
                         self.send(core, msg, reply);
                     }
                     // SPEC §5.6: the sender retries (the group may still be in creation).
@@ -50,7 +62,8 @@ impl Dispatcher {
             Target::Namespace(namespace_id) => match self.group_of(namespace_id).await {
                 Ok(Some(group)) => match self.context.placement.get(&group).copied() {
                     Some(core) => {
-                        let msg = ShardMsg::Group { group, envelope, reply: reply.clone(), forwarded };
+                        let msg =
+                            ShardMsg::Group { group, envelope, reply: reply.clone(), forwarded, caller };
                         self.send(core, msg, reply);
                     }
                     None => answer(

@@ -25,6 +25,9 @@ pub struct RouterSettings {
     pub max_batch_items: u32,
     pub requests_max_concurrent: usize,
     pub idle_timeout: Duration,
+    /// The longest a request may wait to be served (`requests_timeout_secs`, SPEC §4.1); a
+    /// client's own deadline can only shorten it.
+    pub requests_timeout: Duration,
     /// The node's fault switch (peer connections from a partitioned node are dropped).
     pub faults: std::sync::Arc<ledger_shard::faults::Faults>,
 }

@@ -272,7 +272,9 @@ fn call_once(addr: &str, request: Request, timeout: Duration) -> Result<Result<R
         client_name: "ledger-bootstrap".into(),
         credential: None,
     };
-    let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request }] };
+    let batch = RequestBatch {
+        items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, on_behalf_of: None, request }],
+    };
     let mut out = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| e.to_string())?;
     out.extend(encode_frame_to_vec(FrameKind::RequestBatch, &batch).map_err(|e| e.to_string())?);
     stream.write_all(&out).map_err(|e| e.to_string())?;

@@ -169,9 +169,18 @@ fn core0_health(cores: &[flume::Sender<ShardMsg>]) -> (&'static str, Vec<(String
     let envelope = RequestEnvelope {
         request_id: 0,
         deadline_ms: 0,
+        on_behalf_of: None,
         request: Request::HealthCheck { namespace_id: None, vault_id: None },
     };
-    if core0.try_send(ShardMsg::Admin { envelope, reply, forwarded: false }).is_err() {
+    if core0
+        .try_send(ShardMsg::Admin {
+            envelope,
+            reply,
+            forwarded: false,
+            caller: ledger_shard::Caller::internal(CORE_ANSWER_TIMEOUT),
+        })
+        .is_err()
+    {
         return ("unavailable", vec![("core_0".into(), "inbox full or closed".into())]);
     }
     match replies.recv_timeout(CORE_ANSWER_TIMEOUT) {

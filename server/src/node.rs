@@ -211,6 +211,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         max_batch_items: config.max_batch_items,
         requests_max_concurrent: config.requests_max_concurrent,
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        requests_timeout: Duration::from_secs(config.requests_timeout_secs),
         faults: shard_config.faults.clone(),
     });
 

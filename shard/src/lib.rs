@@ -37,6 +37,6 @@ pub mod storage;
 
 pub use config::ShardConfig;
 pub use error::ShardError;
-pub use msg::ShardMsg;
+pub use msg::{Caller, ShardMsg};
 pub use reply::ReplySender;
 pub use shard::{run_shard, ShardSpec};

@@ -126,17 +126,27 @@ impl Node {
         let request_id = self.next_id.get();
         self.next_id.set(request_id + 1);
         let namespace = scope_namespace(&request);
-        let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+        let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
         match namespace {
             None => self
                 .inbox
-                .send_async(ShardMsg::Admin { envelope, reply: self.reply.clone(), forwarded: false })
+                .send_async(ShardMsg::Admin {
+                    envelope,
+                    reply: self.reply.clone(),
+                    forwarded: false,
+                    caller: crate::msg::Caller::internal(std::time::Duration::from_secs(30)),
+                })
                 .await
                 .unwrap(),
             Some(ns) => match self.resolve(ns).await {
                 Some(group) => {
-                    let msg =
-                        ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false };
+                    let msg = ShardMsg::Group {
+                        group,
+                        envelope,
+                        reply: self.reply.clone(),
+                        forwarded: false,
+                        caller: crate::msg::Caller::internal(std::time::Duration::from_secs(30)),
+                    };
                     self.core_of(group).send_async(msg).await.unwrap();
                 }
                 None => return Err(Status::not_found("namespace not found (router)")),
@@ -167,9 +177,15 @@ impl Node {
         for (request, group) in requests.into_iter().zip(groups) {
             let request_id = self.next_id.get();
             self.next_id.set(request_id + 1);
-            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
             self.core_of(group)
-                .try_send(ShardMsg::Group { group, envelope, reply: self.reply.clone(), forwarded: false })
+                .try_send(ShardMsg::Group {
+                    group,
+                    envelope,
+                    reply: self.reply.clone(),
+                    forwarded: false,
+                    caller: crate::msg::Caller::internal(std::time::Duration::from_secs(30)),
+                })
                 .unwrap();
             ids.push(request_id);
         }
@@ -1174,9 +1190,15 @@ fn t24_a_rejection_judged_over_an_uncommitted_block_waits_for_it() {
                 operations,
                 include_tx_proof: false,
             };
-            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
             node.core_of(group)
-                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone(), forwarded: false })
+                .try_send(ShardMsg::Group {
+                    group,
+                    envelope,
+                    reply: node.reply.clone(),
+                    forwarded: false,
+                    caller: crate::msg::Caller::internal(std::time::Duration::from_secs(30)),
+                })
                 .unwrap();
         };
         send(2001, "setter", vec![set("b", b"2")]);
@@ -1234,9 +1256,15 @@ fn t21_retry_of_an_in_flight_write_gets_its_block_outcome() {
         };
         let group = node.resolve(ns).await.unwrap();
         let send = |request_id: u64, request: Request| {
-            let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+            let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
             node.core_of(group)
-                .try_send(ShardMsg::Group { group, envelope, reply: node.reply.clone(), forwarded: false })
+                .try_send(ShardMsg::Group {
+                    group,
+                    envelope,
+                    reply: node.reply.clone(),
+                    forwarded: false,
+                    caller: crate::msg::Caller::internal(std::time::Duration::from_secs(30)),
+                })
                 .unwrap();
         };
         send(1001, write());

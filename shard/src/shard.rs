@@ -15,7 +15,7 @@ use crate::peer::pool::PeerPool;
 use crate::read::reads::{self, TokenKey};
 use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
 use crate::round::idem_cache::IdemCache;
-use crate::{config::ShardConfig, error::ShardError, msg::ShardMsg, reply::ReplySender};
+use crate::{config::ShardConfig, error::ShardError, msg::Caller, msg::ShardMsg, reply::ReplySender};
 use futures::channel::oneshot;
 use ledger_core::types::{CoreId, GroupId, NamespaceId, Operation, ScopeKey, VaultId};
 use ledger_core::validate::{validate_client_id, validate_client_operations_with_limit, validate_sequence};
@@ -180,12 +180,18 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             return Ok(());
         };
         match msg {
-            ShardMsg::Group { group, envelope, reply, forwarded } => {
-                on_group_request(&shard, group, envelope, reply, forwarded)
+            ShardMsg::Group { group, envelope, reply, forwarded, caller } => {
+                on_group_request(&shard, group, envelope, reply, forwarded, caller)
             }
-            ShardMsg::Admin { envelope, reply, forwarded } => {
-                glommio::spawn_local(admin::requests::handle(shard.clone(), envelope, reply, forwarded))
-                    .detach();
+            ShardMsg::Admin { envelope, reply, forwarded, caller } => {
+                glommio::spawn_local(admin::requests::handle(
+                    shard.clone(),
+                    envelope,
+                    reply,
+                    forwarded,
+                    caller,
+                ))
+                .detach();
             }
             ShardMsg::ResolveNamespace { namespace_id, reply } => {
                 admin::requests::resolve_namespace_for(&shard, namespace_id, reply);
@@ -247,6 +253,11 @@ fn reply_err(reply: &ReplySender, request_id: u64, status: Status) {
     let _ = reply.try_send(ResponseEnvelope { request_id, result: Err(status), leader_hint: None });
 }
 
+/// A request that waited past its deadline before it was taken up (SPEC §4.1).
+pub fn deadline_exceeded() -> Status {
+    Status::new(StatusCode::DeadlineExceeded, "the request's deadline passed before it was served")
+}
+
 fn validation_status(e: ValidationError) -> Status {
     match e {
         ValidationError::InvalidArgument(m) => Status::invalid(m),
@@ -276,8 +287,13 @@ fn on_group_request(
     envelope: RequestEnvelope,
     reply: ReplySender,
     forwarded: bool,
+    caller: Caller,
 ) {
     let request_id = envelope.request_id;
+    if caller.expired() {
+        reply_err(&reply, request_id, deadline_exceeded());
+        return;
+    }
     if let Some(status) = group_failure(shard, group_id) {
         reply_err(&reply, request_id, status);
         return;
@@ -297,14 +313,16 @@ fn on_group_request(
     if !forwarded && needs_leader(&envelope.request) && !group.is_leader() && group.stopped().is_none() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let timeout = shard.config.forward_timeout;
-            match forward::to_leader(&shard.peers, &group, envelope.request.clone(), timeout).await {
+            let timeout = shard.config.forward_timeout.min(caller.remaining());
+            let on_behalf_of = caller.credential_id.as_deref().map(str::to_string);
+            let request = envelope.request.clone();
+            match forward::to_leader_for(&shard.peers, &group, request, timeout, on_behalf_of).await {
                 Forwarded::Answer(result) => {
                     // The leader this node forwarded to (or knows now): the client learns it.
                     let leader_hint = group.leader_hint().filter(|(id, _)| *id != shard.peers.self_id());
                     let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint });
                 }
-                Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true),
+                Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true, caller),
             }
         })
         .detach();
@@ -322,7 +340,7 @@ fn on_group_request(
                 sizes,
                 include_tx_proof,
             };
-            intake_write(shard, &group, write, request_id, reply);
+            intake_write(shard, &group, write, request_id, reply, caller);
         }
         Request::BatchWrite { namespace_id, vault_id, client_id, sequence, groups, include_tx_proof } => {
             let sizes = groups.iter().map(Vec::len).collect();
@@ -336,7 +354,7 @@ fn on_group_request(
                 sizes,
                 include_tx_proof,
             };
-            intake_write(shard, &group, write, request_id, reply);
+            intake_write(shard, &group, write, request_id, reply, caller);
         }
         Request::GetBlock { namespace_id, vault_id, height } => {
             let result = get_block(&group, namespace_id, vault_id, height);
@@ -437,7 +455,14 @@ struct WriteIntake {
 }
 
 /// Stateless validation (SPEC §3.4, §3.6, §3.7, §6.3) before a write may be queued.
-fn intake_write(shard: &Shard, group: &Group, w: WriteIntake, request_id: u64, reply: ReplySender) {
+fn intake_write(
+    shard: &Shard,
+    group: &Group,
+    w: WriteIntake,
+    request_id: u64,
+    reply: ReplySender,
+    caller: Caller,
+) {
     let namespace_scope = w.vault_id.unwrap_or(0) == 0;
     let checked =
         validate_client_id(&w.client_id).and_then(|_| validate_sequence(w.sequence)).and_then(|_| {
@@ -454,13 +479,14 @@ fn intake_write(shard: &Shard, group: &Group, w: WriteIntake, request_id: u64, r
     }
     let pending = PendingTx {
         scope: ScopeKey::new(NamespaceId(w.namespace_id), w.vault_id.map(VaultId)),
-        actor: format!("client:{}", w.client_id),
+        actor: caller.actor(&w.client_id),
         client_id: w.client_id,
         sequence: w.sequence,
         operations: w.operations,
         group_sizes: w.sizes,
         include_tx_proof: w.include_tx_proof,
         waiter: Waiter::Client { request_id, reply },
+        deadline: Some(caller.deadline),
     };
     if let Err((waiter, status)) = group.submit(pending) {
         waiter.send(Err(status));

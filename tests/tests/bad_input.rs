@@ -549,7 +549,12 @@ fn t18_batch_size_limits_and_second_hello_are_protocol_errors() {
     let server = ServerProcess::start(&dir.path().join("data"), &["--cores", "1", "--max-batch-items", "4"]);
     let envelopes = |count: u64| RequestBatch {
         items: (1..=count)
-            .map(|request_id| RequestEnvelope { request_id, deadline_ms: 0, request: Request::GetNodeInfo })
+            .map(|request_id| RequestEnvelope {
+                request_id,
+                deadline_ms: 0,
+                on_behalf_of: None,
+                request: Request::GetNodeInfo,
+            })
             .collect(),
     };
     let (mut conn, ack) = RawConn::connect_with_hello(&server.addr);

@@ -598,7 +598,9 @@ fn t07_bad_peer_bytes_are_refused_and_the_node_keeps_serving() {
             entries,
             leader_commit: None,
         }));
-        let batch = RequestBatch { items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, request }] };
+        let batch = RequestBatch {
+            items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, on_behalf_of: None, request }],
+        };
         encode_frame_to_vec(FrameKind::RequestBatch, &batch).expect("encode")
     };
     // The answer's status code, or `None` for a success.

@@ -171,7 +171,12 @@ fn seed_fuzz_corpus() {
     let mut page_tokens = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
         let batch = RequestBatch {
-            items: vec![RequestEnvelope { request_id: i as u64 + 1, deadline_ms: 0, request }],
+            items: vec![RequestEnvelope {
+                request_id: i as u64 + 1,
+                deadline_ms: 0,
+                on_behalf_of: None,
+                request,
+            }],
         };
         let bytes = encode_frame_to_vec(FrameKind::RequestBatch, &batch).unwrap();
         conn.send(&bytes).unwrap();

@@ -167,7 +167,7 @@ fn write_of_size(ns: i64, vault: i64, sequence: u64, payload_len_max: usize) -> 
     let len_of = |request: &Request| {
         let request = request.clone();
         archived_len(&RequestBatch {
-            items: vec![RequestEnvelope { request_id: 1, deadline_ms: 1, request }],
+            items: vec![RequestEnvelope { request_id: 1, deadline_ms: 1, on_behalf_of: None, request }],
         })
         .unwrap()
     };

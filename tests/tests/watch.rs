@@ -210,6 +210,7 @@ async fn t04_client_that_stops_reading_gets_resource_exhausted() {
         .map(|request_id| RequestEnvelope {
             request_id,
             deadline_ms: 0,
+            on_behalf_of: None,
             request: Request::WatchBlocks { namespace_id: ns, vault_id: Some(vault), start_height: start },
         })
         .collect();

@@ -806,6 +806,10 @@ pub struct RequestEnvelope {
     pub request_id: u64,
     /// 0 = the server default (`requests_timeout_secs`).
     pub deadline_ms: u32,
+    /// Set only by a node forwarding a client's request to the group's leader (SPEC §8.1 step 3):
+    /// the credential id that client authenticated with, so the leader records the same actor
+    /// (SPEC §4.1). Honoured on peer connections only; a client that sets it is refused.
+    pub on_behalf_of: Option<String>,
     pub request: Request,
 }
 

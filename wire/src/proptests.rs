@@ -219,7 +219,12 @@ fn request_batch() -> impl Strategy<Value = RequestBatch> {
     vec((any::<u64>(), any::<u32>(), request()), 1..12).prop_map(|items| RequestBatch {
         items: items
             .into_iter()
-            .map(|(request_id, deadline_ms, request)| RequestEnvelope { request_id, deadline_ms, request })
+            .map(|(request_id, deadline_ms, request)| RequestEnvelope {
+                request_id,
+                deadline_ms,
+                on_behalf_of: None,
+                request,
+            })
             .collect(),
     })
 }

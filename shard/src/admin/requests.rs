@@ -42,7 +42,24 @@ fn status(code: StatusCode, message: impl Into<String>) -> Status {
 }
 
 /// Answers one `ShardMsg::Admin` (spawned by the inbox loop; may await).
-pub async fn handle(shard: Rc<Shard>, envelope: RequestEnvelope, reply: ReplySender, forwarded: bool) {
+pub async fn handle(
+    shard: Rc<Shard>,
+    envelope: RequestEnvelope,
+    reply: ReplySender,
+    forwarded: bool,
+    caller: crate::msg::Caller,
+) {
+    // Admin work is not queued behind a builder, so only a request that waited in the inbox past
+    // its deadline is refused; a started one runs to its own bounded end.
+    if caller.expired() {
+        let status = crate::shard::deadline_exceeded();
+        let _ = reply.try_send(ResponseEnvelope {
+            request_id: envelope.request_id,
+            result: Err(status),
+            leader_hint: None,
+        });
+        return;
+    }
     if shard.config.cluster.is_some()
         && !matches!(envelope.request, Request::GetNodeInfo | Request::HealthCheck { .. })
     {
@@ -309,6 +326,7 @@ async fn system_tx(shard: &Shard, operations: Vec<Operation>) -> Result<WriteRes
         operations,
         include_tx_proof: false,
         waiter: Waiter::Internal(tx),
+        deadline: None,
     };
     if let Err((waiter, status)) = group.submit(pending) {
         waiter.send(Err(status));

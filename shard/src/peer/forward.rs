@@ -25,6 +25,18 @@ pub enum Forwarded {
 /// client sequence, so a retry of one that did apply is answered from the idempotency state
 /// (SPEC §6).
 pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout: Duration) -> Forwarded {
+    to_leader_for(pool, group, request, timeout, None).await
+}
+
+/// `to_leader` for a client's request: the leader records `on_behalf_of` (the credential id the
+/// client authenticated with) as the actor, and drops the request once `timeout` has passed.
+pub async fn to_leader_for(
+    pool: &PeerPool,
+    group: &Group,
+    request: Request,
+    timeout: Duration,
+    on_behalf_of: Option<String>,
+) -> Forwarded {
     let deadline = Instant::now() + timeout;
     let mut last = format!("group {} has no known leader", group.id);
     let mut refusals = 0;
@@ -42,7 +54,7 @@ pub async fn to_leader(pool: &PeerPool, group: &Group, request: Request, timeout
             continue;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match pool.call(leader, &addr, request.clone(), remaining).await {
+        match pool.call_for(leader, &addr, request.clone(), remaining, on_behalf_of.clone()).await {
             Ok(Err(status)) if status.code == StatusCode::NotLeader => {
                 // The hint was stale (or that node is between elections): wait for this node to
                 // learn another leader, at most an election's time, then ask again.

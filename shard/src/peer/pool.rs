@@ -123,13 +123,28 @@ impl PeerPool {
         request: ledger_wire::messages::Request,
         timeout: Duration,
     ) -> Result<Result<Response, Status>, PeerError> {
+        self.call_for(node, addr, request, timeout, None).await
+    }
+
+    /// `call` on behalf of a client: `on_behalf_of` is the credential id it authenticated with,
+    /// which the receiving leader records as the actor (SPEC §4.1). The envelope's deadline is
+    /// `timeout`, so the leader drops the request if it is still queued by then.
+    pub async fn call_for(
+        &self,
+        node: u64,
+        addr: &str,
+        request: ledger_wire::messages::Request,
+        timeout: Duration,
+        on_behalf_of: Option<String>,
+    ) -> Result<Result<Response, Status>, PeerError> {
         if self.faults.is_partitioned(node) {
             let reason = "partitioned by the test fault switch".to_string();
             return Err(PeerError::Unreachable { node, addr: addr.to_string(), reason });
         }
         let conn = self.conn(node, addr);
         let deadline = glommio::timer::Timer::new(timeout);
-        let call = conn.call(request);
+        let deadline_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        let call = conn.call(request, deadline_ms, on_behalf_of);
         futures::pin_mut!(call);
         match futures::future::select(call, deadline).await {
             futures::future::Either::Left((result, _)) => result,
@@ -154,11 +169,13 @@ impl PeerConn {
     async fn call(
         self: &Rc<Self>,
         request: ledger_wire::messages::Request,
+        deadline_ms: u32,
+        on_behalf_of: Option<String>,
     ) -> Result<Result<Response, Status>, PeerError> {
         let (generation, outbox) = self.link().await?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let envelope = RequestEnvelope { request_id: id, deadline_ms: 0, request };
+        let envelope = RequestEnvelope { request_id: id, deadline_ms, on_behalf_of, request };
         let len = archived_len(&envelope).map_err(|_| PeerError::TooLarge { node: self.node })?;
         if !FrameBudget::fits_alone(self.max_frame_bytes, len) {
             return Err(PeerError::TooLarge { node: self.node });

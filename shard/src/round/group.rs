@@ -76,6 +76,8 @@ pub struct PendingTx {
     pub group_sizes: Vec<usize>,
     pub include_tx_proof: bool,
     pub waiter: Waiter,
+    /// When the client stops waiting (SPEC §4.1); `None` for the server's own transactions.
+    pub deadline: Option<Instant>,
 }
 
 /// Scope lifecycle work for the builder loop (SPEC §8.4 `AdminCommand`).

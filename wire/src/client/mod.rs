@@ -363,7 +363,7 @@ impl Client {
         self.inner.shared.register(request_id, reply_tx)?;
         let guard = PendingGuard::new(Arc::clone(&self.inner.shared), request_id);
         let deadline_ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX).max(1);
-        let envelope = RequestEnvelope { request_id, deadline_ms, request };
+        let envelope = RequestEnvelope { request_id, deadline_ms, on_behalf_of: None, request };
         self.inner.queue.send(Outgoing::Request(envelope)).await.map_err(|_| self.lost())?;
         Ok((guard, reply_rx))
     }

@@ -203,7 +203,7 @@ impl Client {
             return Err(reason);
         }
         let request = Request::WatchBlocks { namespace_id, vault_id, start_height };
-        let envelope = RequestEnvelope { request_id, deadline_ms: 0, request };
+        let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
         if self.inner.queue.send(Outgoing::Request(envelope)).await.is_err() {
             self.inner.shared.streams.forget(request_id);
             return Err(self.lost());
@@ -225,6 +225,7 @@ impl Client {
         let envelope = RequestEnvelope {
             request_id,
             deadline_ms: 0,
+            on_behalf_of: None,
             request: Request::CancelStream { request_id: stream },
         };
         let _ = self.inner.queue.try_send(Outgoing::Request(envelope));
