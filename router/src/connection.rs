@@ -84,7 +84,10 @@ pub async fn serve_connection(
     settings: Arc<RouterSettings>,
     dispatcher: Rc<Dispatcher>,
     connections: Rc<Connections>,
+    slot: crate::admission::Slot,
 ) {
+    // Held until the connection ends: the node's count of open connections (D46).
+    let _slot = slot;
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
     let (control_tx, control_rx) = flume::bounded::<Control>(CONTROL_QUEUE_MAX);
@@ -178,10 +181,20 @@ impl Session {
         replies: &flume::Sender<ResponseEnvelope>,
         outstanding: &Cell<usize>,
     ) -> Option<Goaway> {
-        let hello = match self.next_frame().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return None,
-            Err(goaway) => return Some(goaway),
+        // A socket that never says Hello holds a connection slot: it gets handshake_timeout.
+        let first =
+            glommio::timer::timeout(self.settings.handshake_timeout, async { Ok(self.next_frame().await) });
+        let hello = match first.await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => return None,
+            Ok(Err(goaway)) => return Some(goaway),
+            Err(_) => {
+                let secs = self.settings.handshake_timeout.as_secs_f64();
+                return Some(goaway(
+                    GoawayCode::Idle,
+                    &format!("no Hello within the handshake timeout ({secs} s)"),
+                ));
+            }
         };
         if hello.kind() != FrameKind::Hello {
             return Some(goaway(GoawayCode::ProtocolError, "the first frame must be Hello"));

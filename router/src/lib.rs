@@ -2,6 +2,7 @@
 //! on every core, frame decoding and the Hello handshake, namespace → group → core resolution,
 //! dispatch to the owning core over its bounded flume inbox, and response fan-in per connection.
 
+pub mod admission;
 pub mod connection;
 pub mod constants;
 pub mod dispatch;

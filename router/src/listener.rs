@@ -28,6 +28,10 @@ pub struct RouterSettings {
     /// The longest a request may wait to be served (`requests_timeout_secs`, SPEC §4.1); a
     /// client's own deadline can only shorten it.
     pub requests_timeout: Duration,
+    /// A new connection's Hello must arrive within this (D46).
+    pub handshake_timeout: Duration,
+    /// Open connections of the whole node, shared by every core's listener (D46).
+    pub connection_slots: Arc<crate::admission::ConnectionSlots>,
     /// The node's fault switch (peer connections from a partitioned node are dropped).
     pub faults: std::sync::Arc<ledger_shard::faults::Faults>,
 }
@@ -62,15 +66,22 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
     loop {
         futures::select! {
             accepted = listener.accept().fuse() => match accepted {
-                Ok(stream) => {
-                    glommio::spawn_local(connection::serve_connection(
-                        stream,
-                        settings.clone(),
-                        dispatcher.clone(),
-                        connections.clone(),
-                    ))
-                    .detach();
-                }
+                Ok(stream) => match settings.connection_slots.try_acquire() {
+                    Some(slot) => {
+                        glommio::spawn_local(connection::serve_connection(
+                            stream,
+                            settings.clone(),
+                            dispatcher.clone(),
+                            connections.clone(),
+                            slot,
+                        ))
+                        .detach();
+                    }
+                    None => {
+                        let max = settings.connection_slots.max();
+                        glommio::spawn_local(crate::admission::refuse(stream, max)).detach();
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     glommio::timer::sleep(Duration::from_millis(10)).await;

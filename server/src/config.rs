@@ -63,6 +63,10 @@ pub mod defaults {
     pub const MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
     pub const MAX_BATCH_ITEMS: u32 = 1024;
     pub const IDLE_TIMEOUT_SECS: u64 = 300;
+    /// Not in SPEC §11.1 (D46): open client and peer connections per node at most.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Not in SPEC §11.1 (D46): seconds a new connection has to complete its Hello.
+    pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
     pub const MAX_OPS_PER_TX: usize = 10_000;
     pub const IDEMPOTENCY_CACHE_ENTRIES: usize = 100_000;
     pub const GROUPS_PER_CORE: u32 = 1;
@@ -198,6 +202,12 @@ pub struct ConfigLayer {
     /// Seconds a connection may stay idle before it is closed (SPEC §4.3).
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// Open connections per node at most; more are refused with Goaway{TooManyConnections} (D46).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection has to send its Hello (and finish TLS) before it is closed (D46).
+    #[arg(long)]
+    pub handshake_timeout_secs: Option<u64>,
     /// Operations per transaction at most (SPEC §3.6).
     #[arg(long)]
     pub max_ops_per_tx: Option<usize>,
@@ -318,6 +328,8 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "max_frame_bytes" => literal(MAX_FRAME_BYTES),
         "max_batch_items" => literal(MAX_BATCH_ITEMS),
         "idle_timeout_secs" => literal(IDLE_TIMEOUT_SECS),
+        "max_connections" => literal(MAX_CONNECTIONS),
+        "handshake_timeout_secs" => literal(HANDSHAKE_TIMEOUT_SECS),
         "max_ops_per_tx" => literal(MAX_OPS_PER_TX),
         "idempotency_cache_entries" => literal(IDEMPOTENCY_CACHE_ENTRIES),
         "groups_per_core" => literal(GROUPS_PER_CORE),
@@ -506,6 +518,8 @@ impl ConfigLayer {
             max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
             max_batch_items: self.max_batch_items.or(lower.max_batch_items),
             idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            max_connections: self.max_connections.or(lower.max_connections),
+            handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             max_ops_per_tx: self.max_ops_per_tx.or(lower.max_ops_per_tx),
             idempotency_cache_entries: self.idempotency_cache_entries.or(lower.idempotency_cache_entries),
             groups_per_core: self.groups_per_core.or(lower.groups_per_core),
@@ -554,6 +568,8 @@ pub struct Config {
     pub max_frame_bytes: u32,
     pub max_batch_items: u32,
     pub idle_timeout_secs: u64,
+    pub max_connections: usize,
+    pub handshake_timeout_secs: u64,
     pub max_ops_per_tx: usize,
     pub idempotency_cache_entries: usize,
     pub groups_per_core: u32,
@@ -707,6 +723,8 @@ impl Config {
             max_frame_bytes: pick!(flags, file, max_frame_bytes, MAX_FRAME_BYTES),
             max_batch_items: pick!(flags, file, max_batch_items, MAX_BATCH_ITEMS),
             idle_timeout_secs: pick!(flags, file, idle_timeout_secs, IDLE_TIMEOUT_SECS),
+            max_connections: pick!(flags, file, max_connections, MAX_CONNECTIONS),
+            handshake_timeout_secs: pick!(flags, file, handshake_timeout_secs, HANDSHAKE_TIMEOUT_SECS),
             max_ops_per_tx: pick!(flags, file, max_ops_per_tx, MAX_OPS_PER_TX),
             idempotency_cache_entries: pick!(
                 flags,
@@ -756,6 +774,8 @@ impl Config {
             ("core_queue_capacity", self.core_queue_capacity == 0),
             ("max_batch_items", self.max_batch_items == 0),
             ("idle_timeout_secs", self.idle_timeout_secs == 0),
+            ("max_connections", self.max_connections == 0),
+            ("handshake_timeout_secs", self.handshake_timeout_secs == 0),
             ("max_ops_per_tx", self.max_ops_per_tx == 0),
             ("idempotency_cache_entries", self.idempotency_cache_entries == 0),
             ("groups_per_core", self.groups_per_core == 0),

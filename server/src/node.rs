@@ -212,6 +212,8 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         requests_max_concurrent: config.requests_max_concurrent,
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         requests_timeout: Duration::from_secs(config.requests_timeout_secs),
+        handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+        connection_slots: ledger_router::admission::ConnectionSlots::new(config.max_connections),
         faults: shard_config.faults.clone(),
     });
 

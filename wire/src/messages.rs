@@ -44,6 +44,8 @@ pub enum GoawayCode {
     FrameTooLarge,
     Idle,
     Shutdown,
+    /// The node already serves `max_connections` connections (D46); sent instead of `HelloAck`.
+    TooManyConnections,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
