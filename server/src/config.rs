@@ -26,7 +26,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
     ("gc_interval_secs", "GC of expired entities, SPEC §3.8"),
-    ("rate_limit_rps", "rate limiting, SPEC §8.9"),
     ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
     ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
@@ -69,6 +68,7 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
     pub const MAX_OPS_PER_TX: usize = 10_000;
     pub const IDEMPOTENCY_CACHE_ENTRIES: usize = 100_000;
+    pub const RATE_LIMIT_RPS: u32 = 1000;
     pub const GROUPS_PER_CORE: u32 = 1;
     pub const RAFT_HEARTBEAT_MS: u64 = 50;
     pub const RAFT_ELECTION_MIN_MS: u64 = 150;
@@ -214,6 +214,10 @@ pub struct ConfigLayer {
     /// Client sequence entries kept per group for idempotent retries (SPEC §6.2).
     #[arg(long)]
     pub idempotency_cache_entries: Option<usize>,
+    /// Client write transactions per second per namespace, admitted at the group leader with
+    /// bursts of twice that; more are refused with ResourceExhausted (SPEC §8.9; 0 = off).
+    #[arg(long)]
+    pub rate_limit_rps: Option<u32>,
     /// Data groups created per core at bootstrap (SPEC §10.5).
     #[arg(long)]
     pub groups_per_core: Option<u32>,
@@ -332,6 +336,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "handshake_timeout_secs" => literal(HANDSHAKE_TIMEOUT_SECS),
         "max_ops_per_tx" => literal(MAX_OPS_PER_TX),
         "idempotency_cache_entries" => literal(IDEMPOTENCY_CACHE_ENTRIES),
+        "rate_limit_rps" => literal(RATE_LIMIT_RPS),
         "groups_per_core" => literal(GROUPS_PER_CORE),
         "raft_heartbeat_ms" => literal(RAFT_HEARTBEAT_MS),
         "raft_election_min_ms" => literal(RAFT_ELECTION_MIN_MS),
@@ -522,6 +527,7 @@ impl ConfigLayer {
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             max_ops_per_tx: self.max_ops_per_tx.or(lower.max_ops_per_tx),
             idempotency_cache_entries: self.idempotency_cache_entries.or(lower.idempotency_cache_entries),
+            rate_limit_rps: self.rate_limit_rps.or(lower.rate_limit_rps),
             groups_per_core: self.groups_per_core.or(lower.groups_per_core),
             raft_heartbeat_ms: self.raft_heartbeat_ms.or(lower.raft_heartbeat_ms),
             raft_election_min_ms: self.raft_election_min_ms.or(lower.raft_election_min_ms),
@@ -572,6 +578,7 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     pub max_ops_per_tx: usize,
     pub idempotency_cache_entries: usize,
+    pub rate_limit_rps: u32,
     pub groups_per_core: u32,
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
@@ -732,6 +739,7 @@ impl Config {
                 idempotency_cache_entries,
                 IDEMPOTENCY_CACHE_ENTRIES
             ),
+            rate_limit_rps: pick!(flags, file, rate_limit_rps, RATE_LIMIT_RPS),
             groups_per_core: pick!(flags, file, groups_per_core, GROUPS_PER_CORE),
             raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
             raft_election_min_ms: pick!(flags, file, raft_election_min_ms, RAFT_ELECTION_MIN_MS),

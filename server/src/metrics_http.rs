@@ -237,12 +237,7 @@ fn render_metrics(cores: &[flume::Sender<ShardMsg>], settings: &MetricsSettings,
         &[],
         started.elapsed().as_secs_f64(),
     );
-    f.counter(
-        "rate_limit_exceeded_total",
-        "Writes refused by the per-namespace rate limit (rate limiting is not built: always 0).",
-        &[],
-        0.0,
-    );
+    add_rate_limited(&mut f, &snapshots);
     f.counter("learner_refresh_total", "`_system` learner refreshes (no learners: always 0).", &[], 0.0);
     f.counter(
         "learner_cache_stale_total",
@@ -262,6 +257,29 @@ fn render_metrics(cores: &[flume::Sender<ShardMsg>], settings: &MetricsSettings,
         );
     }
     f.encode()
+}
+
+/// `rate_limit_exceeded_total{namespace}` (SPEC §11.3): every namespace with a refusal on this
+/// node, and every namespace with a labelled scope here (at 0), so that the family is there on a
+/// node that serves traffic before anything was refused.
+fn add_rate_limited(f: &mut Families, snapshots: &[CoreSnapshot]) {
+    let mut counts: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+    for core in snapshots {
+        for scope in &core.scopes {
+            counts.entry(scope.namespace).or_default();
+        }
+        for (namespace, refused) in &core.counters.rate_limited {
+            *counts.entry(*namespace).or_default() += refused;
+        }
+    }
+    for (namespace, refused) in counts {
+        f.counter(
+            "rate_limit_exceeded_total",
+            "Client writes refused by the per-namespace rate limit at this node (SPEC §8.9).",
+            &[("namespace", namespace.to_string())],
+            refused as f64,
+        );
+    }
 }
 
 /// Used share of the file system holding `dir` (statvfs), `None` if it cannot be read.

@@ -174,6 +174,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         batch_eager_commit: config.batch_eager_commit,
         max_ops_per_tx: config.max_ops_per_tx,
         idempotency_cache_entries: config.idempotency_cache_entries,
+        rate_limit_rps: config.rate_limit_rps,
         raft_heartbeat_ms: config.raft_heartbeat_ms,
         raft_election_min_ms: config.raft_election_min_ms,
         raft_election_max_ms: config.raft_election_max_ms,

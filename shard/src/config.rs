@@ -14,6 +14,9 @@ pub struct ShardConfig {
     pub batch_eager_commit: bool,
     pub max_ops_per_tx: usize,
     pub idempotency_cache_entries: usize,
+    /// Client write transactions per second admitted per namespace at its group's leader, with
+    /// bursts of twice that (SPEC §8.9); 0 = no limit.
+    pub rate_limit_rps: u32,
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
@@ -110,6 +113,8 @@ impl ShardConfig {
             batch_eager_commit: true,
             max_ops_per_tx: 10_000,
             idempotency_cache_entries: 100_000,
+            // The in-process tests write as fast as they can; a limit is asked for explicitly.
+            rate_limit_rps: 0,
             raft_heartbeat_ms: 50,
             raft_election_min_ms: 150,
             raft_election_max_ms: 300,

@@ -55,6 +55,9 @@ pub const ARCHIVE_RANGE_BLOCKS_MAX: u64 = 1000;
 /// Pending transactions per group, as a multiple of `batch_max_size` (SPEC §8.9); beyond it a
 /// write is refused with `ResourceExhausted`.
 pub const PENDING_QUEUE_FACTOR: usize = 10;
+/// Namespaces whose rate-limit buckets a core keeps before it forgets the full ones (a full
+/// bucket is the same as none; round/rate_limit.rs).
+pub const RATE_LIMIT_BUCKETS_MAX: usize = 10_000;
 /// Cached full write responses per `(scope, client)` (SPEC §6.2); the per-core total is the
 /// `idempotency_cache_entries` setting.
 pub const IDEM_CACHE_PER_CLIENT_MAX: usize = 1000;

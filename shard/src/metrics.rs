@@ -271,6 +271,8 @@ pub struct CoreMetrics {
     pub proof_sum_us: [u64; 3],
     /// When the executor's busy time was last taken (`core_busy_ratio`).
     pub busy_since: Option<Instant>,
+    /// Client writes refused by the rate limit, per namespace (`rate_limit_exceeded_total`).
+    pub rate_limited: BTreeMap<i64, u64>,
 }
 
 fn record_into(h: &mut Option<Histogram<u64>>, value: u64) {
@@ -333,6 +335,11 @@ impl CoreMetrics {
             CodecKind::Log => self.log_codec.record(encode, bytes, elapsed),
             CodecKind::Snapshot => self.snapshot_codec.record(encode, bytes, elapsed),
         }
+    }
+
+    /// A client write of `namespace` was refused by the rate limit.
+    pub fn rate_limited(&mut self, namespace: i64) {
+        *self.rate_limited.entry(namespace).or_default() += 1;
     }
 
     /// A proposed block committed and applied `elapsed` after it was proposed.
@@ -436,6 +443,7 @@ impl CoreMetrics {
                 (kind, self.proof_us[i].clone().unwrap_or_else(histogram), self.proof_sum_us[i])
             }),
             busy_window,
+            rate_limited: self.rate_limited.iter().map(|(ns, n)| (*ns, *n)).collect(),
         }
     }
 }
@@ -536,6 +544,8 @@ pub struct CounterSnapshot {
     pub proofs: [(ProofKind, Histogram<u64>, u64); 3],
     /// Wall time since the previous scrape of this core (`None` at the first).
     pub busy_window: Option<Duration>,
+    /// `(namespace, refused writes)` since the node started (`rate_limit_exceeded_total`).
+    pub rate_limited: Vec<(i64, u64)>,
 }
 
 /// One group's Raft and chain numbers on this node (SPEC §11.3 raft_* and group families).

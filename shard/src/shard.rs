@@ -15,12 +15,15 @@ use crate::peer::pool::PeerPool;
 use crate::read::reads::{self, TokenKey};
 use crate::round::group::{Group, PendingTx, Waiter, IDEM_CACHE_PER_CLIENT_MAX};
 use crate::round::idem_cache::IdemCache;
+use crate::round::rate_limit::{retry_after_ms, RateLimiter};
 use crate::{config::ShardConfig, error::ShardError, msg::Caller, msg::ShardMsg, reply::ReplySender};
 use futures::channel::oneshot;
 use ledger_core::types::{CoreId, GroupId, NamespaceId, Operation, ScopeKey, VaultId};
 use ledger_core::validate::{validate_client_id, validate_client_operations_with_limit, validate_sequence};
 use ledger_core::ValidationError;
-use ledger_wire::messages::{Request, RequestEnvelope, Response, ResponseEnvelope, Status, StatusCode};
+use ledger_wire::messages::{
+    ErrorDetail, Request, RequestEnvelope, Response, ResponseEnvelope, Status, StatusCode,
+};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -63,6 +66,8 @@ pub struct Shard {
     pub peers: Rc<PeerPool>,
     /// The core's idempotency cache, shared by its groups.
     cache: Rc<RefCell<IdemCache>>,
+    /// Write rate limit of the namespaces whose groups this core leads (SPEC §8.9).
+    limiter: RefCell<RateLimiter>,
     /// Block builder tasks, awaited at shutdown (queued work is still built).
     builders: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// Groups waiting to reopen after a storage error, with the cause (maintenance/reopen.rs).
@@ -117,6 +122,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let peers = PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone());
+    let limiter = RefCell::new(RateLimiter::new(config.rate_limit_rps));
     let shard = Rc::new(Shard {
         core,
         config,
@@ -129,6 +135,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         failed: RefCell::new(BTreeMap::new()),
         peers,
         cache,
+        limiter,
         builders: RefCell::new(Vec::new()),
         reopening: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
@@ -256,6 +263,20 @@ fn reply_err(reply: &ReplySender, request_id: u64, status: Status) {
 /// A request that waited past its deadline before it was taken up (SPEC §4.1).
 pub fn deadline_exceeded() -> Status {
     Status::new(StatusCode::DeadlineExceeded, "the request's deadline passed before it was served")
+}
+
+/// `ResourceExhausted` for a write over its namespace's rate, with when to retry (SPEC §8.9).
+fn rate_limited(namespace_id: i64, rps: u32, wait: std::time::Duration) -> Status {
+    let ms = retry_after_ms(wait);
+    Status {
+        code: StatusCode::ResourceExhausted,
+        message: format!(
+            "namespace {namespace_id} is over its write rate limit ({rps} transactions/s, bursts of {}); retry after {ms} ms",
+            u64::from(rps) * 2
+        ),
+        leader_hint: None,
+        detail: Some(ErrorDetail::RetryAfter { ms }),
+    }
 }
 
 fn validation_status(e: ValidationError) -> Status {
@@ -476,6 +497,15 @@ fn intake_write(
     if let Err(e) = checked {
         reply_err(&reply, request_id, validation_status(e));
         return;
+    }
+    // Only the leader's admission counts (a follower forwards, SPEC §8.9); a write that will be
+    // answered NotLeader takes no token.
+    if group.is_leader() {
+        if let Err(wait) = shard.limiter.borrow_mut().admit(w.namespace_id, std::time::Instant::now()) {
+            crate::metrics::with(|m| m.rate_limited(w.namespace_id));
+            reply_err(&reply, request_id, rate_limited(w.namespace_id, shard.config.rate_limit_rps, wait));
+            return;
+        }
     }
     let pending = PendingTx {
         scope: ScopeKey::new(NamespaceId(w.namespace_id), w.vault_id.map(VaultId)),

@@ -89,8 +89,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `ledger-server` on `data_dir` (created if needed) with port 0 and no metrics
-    /// endpoint, plus `extra` flags; waits for its "listening on" line.
+    /// Starts `ledger-server` on `data_dir` (created if needed) with port 0, no metrics
+    /// endpoint and no rate limit, plus `extra` flags; waits for its "listening on" line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         ServerProcess::start_on(data_dir, "127.0.0.1:0", extra)
     }
@@ -104,11 +104,16 @@ impl ServerProcess {
         // No metrics endpoint unless the test asks for one (tests/tests/metrics.rs).
         let metrics_off: &[&str] =
             if extra.contains(&"--metrics-addr") { &[] } else { &["--metrics-addr", "off"] };
+        // No rate limit unless the test asks for one (tests/tests/limits_rate.rs): tests write
+        // thousands of transactions per second to one namespace (D44).
+        let unlimited: &[&str] =
+            if extra.contains(&"--rate-limit-rps") { &[] } else { &["--rate-limit-rps", "0"] };
         let mut child = Command::new(binary("ledger-server"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen-addr", listen_addr, "--cpu-pinning", "false"])
             .args(metrics_off)
+            .args(unlimited)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

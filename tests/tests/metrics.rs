@@ -59,7 +59,7 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("core_busy_ratio", &["core"]),
     ("core_groups", &["core"]),
     ("active_connections", &[]),
-    ("rate_limit_exceeded_total", &[]),
+    ("rate_limit_exceeded_total", &["namespace"]),
     ("gc_cycles_total", &["group"]),
     ("gc_expired_total", &["group"]),
     ("disk_usage_ratio", &[]),

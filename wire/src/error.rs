@@ -128,6 +128,18 @@ impl ClientError {
         }
     }
 
+    /// The server's hint of how long to wait before a retry can be admitted (a rate-limited
+    /// write, SPEC §8.9), if it gave one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Status { detail, .. } => match detail.as_deref() {
+                Some(ErrorDetail::RetryAfter { ms }) => Some(std::time::Duration::from_millis(u64::from(*ms))),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether the connection this error came from is unusable and must be replaced.
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, ClientError::Goaway { .. } | ClientError::Io(_) | ClientError::Closed { .. })

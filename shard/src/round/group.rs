@@ -378,14 +378,26 @@ impl Group {
                 self.wait_caught_up().await;
             }
             let reason = self.close_round().await;
-            let n = self.config.batch_max_size.max(1).min(self.queue.borrow().len());
-            if n == 0 {
+            let batch = self.take_batch();
+            if batch.is_empty() {
                 continue;
             }
-            let batch: Vec<PendingTx> = self.queue.borrow_mut().drain(..n).collect();
-            self.note_round(reason, n);
+            self.note_round(reason, batch.len());
             self.round(batch).await;
         }
+    }
+
+    /// SPEC §8.2 step 2: up to `batch_max_size` queued transactions in arrival order. One whose
+    /// deadline passed while it was queued is answered `DeadlineExceeded` and dropped, never
+    /// applied (SPEC §4.1); once taken, a transaction is built and committed whatever its deadline
+    /// (a retry with its sequence gets its outcome, SPEC §6.3).
+    fn take_batch(&self) -> Vec<PendingTx> {
+        let max = self.config.batch_max_size.max(1);
+        let (batch, expired) = take_live(&mut self.queue.borrow_mut(), max, Instant::now());
+        for p in expired {
+            p.waiter.send(Err(crate::shard::deadline_exceeded()));
+        }
+        batch
     }
 
     /// SPEC §8.2 step 1: build only on fully applied state (a new leader's no-op included).
@@ -1083,6 +1095,22 @@ struct Built {
     accepted: Vec<Accepted>,
 }
 
+/// Takes up to `max` transactions from the front of `queue` whose deadline is after `now`; also
+/// returns those it passed over because their deadline is not (`None` never expires).
+fn take_live(queue: &mut VecDeque<PendingTx>, max: usize, now: Instant) -> (Vec<PendingTx>, Vec<PendingTx>) {
+    let mut batch = Vec::with_capacity(max.min(queue.len()));
+    let mut expired = Vec::new();
+    while batch.len() < max {
+        let Some(p) = queue.pop_front() else { break };
+        if p.deadline.is_some_and(|deadline| deadline <= now) {
+            expired.push(p);
+        } else {
+            batch.push(p);
+        }
+    }
+    (batch, expired)
+}
+
 /// Splits one transaction's statuses back into its `BatchWrite` groups.
 pub fn split_statuses(statuses: Vec<OpStatus>, group_sizes: &[usize]) -> Vec<Vec<OpStatus>> {
     let mut out = Vec::with_capacity(group_sizes.len());
@@ -1107,5 +1135,56 @@ mod tests {
             vec![vec![Created], vec![], vec![Updated, Deleted, NotFound]]
         );
         assert_eq!(split_statuses(vec![Created], &[1]), vec![vec![Created]]);
+    }
+
+    fn pending(sequence: u64, deadline: Option<Instant>) -> (PendingTx, oneshot::Receiver<Result<WriteResult, Status>>) {
+        let (tx, rx) = oneshot::channel();
+        let p = PendingTx {
+            scope: ScopeKey::new(NamespaceId(1), Some(VaultId(1))),
+            client_id: "c".into(),
+            sequence,
+            actor: "client:c".into(),
+            operations: Vec::new(),
+            group_sizes: vec![0],
+            include_tx_proof: false,
+            waiter: Waiter::Internal(tx),
+            deadline,
+        };
+        (p, rx)
+    }
+
+    /// The builder takes live transactions in arrival order up to the batch size; expired ones
+    /// are passed over (not counted against the batch) and handed back to be answered
+    /// `DeadlineExceeded`; the server's own (no deadline) never expire; the rest stay queued.
+    #[test]
+    fn t02_take_live_drops_expired_transactions() {
+        let now = Instant::now();
+        let past = Some(now - Duration::from_millis(1));
+        let at_now = Some(now);
+        let future = Some(now + Duration::from_secs(5));
+        let deadlines = [past, future, None, at_now, future, past, future, future];
+        let mut queue: VecDeque<PendingTx> = VecDeque::new();
+        let mut receivers = Vec::new();
+        for (i, d) in deadlines.iter().enumerate() {
+            let (p, rx) = pending(i as u64 + 1, *d);
+            queue.push_back(p);
+            receivers.push(rx);
+        }
+        let (batch, expired) = take_live(&mut queue, 4, now);
+        let seqs = |v: &[PendingTx]| v.iter().map(|p| p.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(&batch), vec![2, 3, 5, 7]);
+        assert_eq!(seqs(&expired), vec![1, 4, 6]);
+        assert_eq!(queue.iter().map(|p| p.sequence).collect::<Vec<_>>(), vec![8]);
+        // What the builder does with the expired ones: each waiter learns DeadlineExceeded.
+        for p in expired {
+            p.waiter.send(Err(crate::shard::deadline_exceeded()));
+        }
+        let mut first = receivers.remove(0);
+        match first.try_recv() {
+            Ok(Some(Err(status))) => assert_eq!(status.code, StatusCode::DeadlineExceeded),
+            other => panic!("expired write answered {other:?}"),
+        }
+        let (batch, expired) = take_live(&mut queue, 4, now);
+        assert_eq!((seqs(&batch), expired.len()), (vec![8], 0));
     }
 }

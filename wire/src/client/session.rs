@@ -254,7 +254,8 @@ impl WriteSession {
         if !error.is_retryable() {
             return Err(error);
         }
-        let delay = self.policy.delay(*attempt, &mut self.rng);
+        // A rate-limited write is not tried again before the server said it could be admitted.
+        let delay = self.policy.delay(*attempt, &mut self.rng).max(error.retry_after().unwrap_or_default());
         *attempt += 1;
         if *attempt >= self.policy.max_attempts.max(1) {
             return Err(error);
