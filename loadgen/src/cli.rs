@@ -69,6 +69,15 @@ pub struct Args {
     /// only to the `--addr` node of the connection, which forwards them (`forward`).
     #[arg(long, value_enum, default_value_t = Routing::Leader)]
     pub routing: Routing,
+    /// Noisy-neighbour scenario (SPEC §8.9): the load above runs on namespace loadgen-0, first
+    /// alone, then beside a flood of writes to loadgen-1 that neither retries nor backs off; the
+    /// text report compares the quiet namespace's latencies (--namespaces and --vaults-per-ns
+    /// are ignored).
+    #[arg(long = "noisy-neighbour")]
+    pub noisy_neighbour: bool,
+    /// Connections of the flood in --noisy-neighbour, each with --pipeline workers.
+    #[arg(long = "noisy-connections", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
+    pub noisy_connections: u64,
 }
 
 /// Read consistency as spelled on the command line.

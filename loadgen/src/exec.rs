@@ -13,7 +13,7 @@ use crate::workload::{key_name, list_prefix, value_bytes, OpSpec};
 use ledger_core::types::{Operation, ReadConsistency};
 use ledger_wire::client::VerifiedReadOptions;
 use ledger_wire::messages::{Request, Response};
-use ledger_wire::{Client, ClientError, WriteOutcome, WriteSession};
+use ledger_wire::{Client, ClientError, RetryPolicy, WriteOutcome, WriteSession};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,6 +46,9 @@ pub struct Executor {
     client_id: String,
     consistency: ReadConsistency,
     value_size: usize,
+    /// `false` for a flooding worker (the noisy neighbour): a failed write is neither retried
+    /// nor followed by a backoff, so refusals come back as fast as the server gives them.
+    paced: bool,
 }
 
 impl Executor {
@@ -72,7 +75,15 @@ impl Executor {
             client_id,
             consistency,
             value_size,
+            paced: true,
         }
+    }
+
+    /// A worker that sends its next operation as soon as the last one is answered, whatever
+    /// the answer (`--noisy-neighbour`'s flood): no retries, no backoff.
+    pub fn unpaced(mut self) -> Executor {
+        self.paced = false;
+        self
     }
 
     /// Sets when reconnect attempts stop (the end of the measured window).
@@ -82,10 +93,16 @@ impl Executor {
 
     fn session(&mut self, scope: usize) -> &mut WriteSession {
         let s = self.scopes[scope];
-        let (client, client_id) = (&self.client, &self.client_id);
+        let (client, client_id, paced) = (&self.client, &self.client_id, self.paced);
         self.sessions[scope].get_or_insert_with(|| {
-            WriteSession::new(client.clone(), s.namespace_id, Some(s.vault_id))
-                .with_client_id(client_id.clone())
+            let session = WriteSession::new(client.clone(), s.namespace_id, Some(s.vault_id))
+                .with_client_id(client_id.clone());
+            if paced {
+                session
+            } else {
+                let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+                session.with_retry_policy(once)
+            }
         })
     }
 
@@ -131,7 +148,7 @@ impl Executor {
             for session in self.sessions.iter_mut().flatten() {
                 session.replace_client(self.client.clone());
             }
-        } else if error.is_retryable() || error.is_connection_lost() {
+        } else if self.paced && (error.is_retryable() || error.is_connection_lost()) {
             tokio::time::sleep(self.backoff.failed()).await;
         }
     }

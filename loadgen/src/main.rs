@@ -12,6 +12,7 @@ mod exec;
 mod hdr_out;
 mod machine;
 mod mix;
+mod neighbour;
 mod preload;
 mod report;
 mod run;
@@ -42,6 +43,11 @@ fn main() -> ExitCode {
 fn run_and_report(args: &Args) -> Result<(), LoadgenError> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(LoadgenError::Runtime)?;
+    if args.noisy_neighbour {
+        let output = runtime.block_on(neighbour::run(args))?;
+        print_report(&neighbour::to_text(args, &output, &machine::MachineInfo::detect()));
+        return Ok(());
+    }
     let output = runtime.block_on(run::run(args))?;
     let machine = machine::MachineInfo::detect();
     let scopes: Vec<(i64, i64)> = output.scopes.iter().map(|s| (s.namespace_id, s.vault_id)).collect();

@@ -31,19 +31,24 @@ pub struct RunOutput {
 }
 
 /// A run id unique enough to keep client ids of different runs apart (sequences are per id).
-fn run_id() -> String {
+pub fn run_id() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("lg-{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
 async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
+    connect_n(args, args.connections).await
+}
+
+/// `count` connections, spread over `--addr` round-robin.
+pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenError> {
     let options = ClientOptions {
         client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
         follow_leaders: args.routing == crate::cli::Routing::Leader,
         ..ClientOptions::default()
     };
     let mut clients = Vec::new();
-    for c in 0..args.connections {
+    for c in 0..count {
         let addr = &args.addr.0[usize::try_from(c).unwrap_or(0) % args.addr.0.len()];
         let client = Client::connect(addr.as_str(), options.clone())
             .await
@@ -162,7 +167,7 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
 }
 
 /// The loop of one worker: issue, time, record (measured window only), until the end.
-async fn drive(
+pub async fn drive(
     mut executor: Executor,
     mut workload: Workload,
     timeline: Timeline,

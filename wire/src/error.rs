@@ -133,7 +133,9 @@ impl ClientError {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             ClientError::Status { detail, .. } => match detail.as_deref() {
-                Some(ErrorDetail::RetryAfter { ms }) => Some(std::time::Duration::from_millis(u64::from(*ms))),
+                Some(ErrorDetail::RetryAfter { ms }) => {
+                    Some(std::time::Duration::from_millis(u64::from(*ms)))
+                }
                 _ => None,
             },
             _ => None,

@@ -84,12 +84,19 @@ pub enum StatusCode {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ErrorDetail {
-    HeightUnavailable { requested: u64, oldest_available: u64 },
-    VaultUnavailable { health: VaultHealth },
+    HeightUnavailable {
+        requested: u64,
+        oldest_available: u64,
+    },
+    VaultUnavailable {
+        health: VaultHealth,
+    },
     WriteError(WriteError),
     /// With `ResourceExhausted` from the rate limit (SPEC §8.9, D44): the earliest a retry can
     /// be admitted, in milliseconds.
-    RetryAfter { ms: u32 },
+    RetryAfter {
+        ms: u32,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -1137,7 +1137,10 @@ mod tests {
         assert_eq!(split_statuses(vec![Created], &[1]), vec![vec![Created]]);
     }
 
-    fn pending(sequence: u64, deadline: Option<Instant>) -> (PendingTx, oneshot::Receiver<Result<WriteResult, Status>>) {
+    fn pending(
+        sequence: u64,
+        deadline: Option<Instant>,
+    ) -> (PendingTx, oneshot::Receiver<Result<WriteResult, Status>>) {
         let (tx, rx) = oneshot::channel();
         let p = PendingTx {
             scope: ScopeKey::new(NamespaceId(1), Some(VaultId(1))),

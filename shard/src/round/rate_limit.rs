@@ -140,9 +140,8 @@ mod tests {
         }
         // Twice the rate: half of the writes beyond the burst are refused.
         let mut limiter = RateLimiter::new(1000);
-        let ok = (0..10_000u64)
-            .filter(|i| limiter.admit(3, t0 + Duration::from_micros(i * 500)).is_ok())
-            .count();
+        let ok =
+            (0..10_000u64).filter(|i| limiter.admit(3, t0 + Duration::from_micros(i * 500)).is_ok()).count();
         assert!((6_900..=7_100).contains(&ok), "{ok}");
     }
 
