@@ -24,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for i in 0 1 2; do
-  ./target/release/ledger-server --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off \
+  ./target/release/ledger-server --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off --rate-limit-rps 0 \
     --bootstrap-expect 3 --peers "$PEERS" --bootstrap-poll-secs 1 --cpu-pinning false "$@" > "$BASE/n$i.log" 2>&1 &
   PIDS+=($!)
 done

@@ -10,7 +10,7 @@ DURATION="${1:-20s}"; shift || true
 cargo build --release -q -p ledger-server -p ledger-loadgen
 DATA="$(mktemp -d /tmp/ledger-bench.XXXXXX)"
 LOG="$DATA.log"
-./target/release/ledger-server --data-dir "$DATA" --listen-addr 127.0.0.1:0 --metrics-addr off \
+./target/release/ledger-server --data-dir "$DATA" --listen-addr 127.0.0.1:0 --metrics-addr off --rate-limit-rps 0 \
   --spin-before-park-us 50 "$@" > "$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA" "$LOG"' EXIT

@@ -272,7 +272,7 @@ run_ledger() { # nodes
       cluster_flags=(--bootstrap-expect "$nodes" --peers "$peers" --bootstrap-poll-secs 1 --cpu-pinning false)
     fi
     # shellcheck disable=SC2086 # LEDGER_FLAGS is a list of flags
-    "$BIN/ledger-server" --data-dir "$CLUSTER_DIR/n$i" --listen-addr "${addrs[$i]}" --metrics-addr off \
+    "$BIN/ledger-server" --data-dir "$CLUSTER_DIR/n$i" --listen-addr "${addrs[$i]}" --metrics-addr off --rate-limit-rps 0 \
       "${cluster_flags[@]}" $LEDGER_FLAGS >"$CLUSTER_DIR/m$i.log" 2>&1 &
     SERVERS+=($!)
   done

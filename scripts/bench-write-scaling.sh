@@ -20,7 +20,7 @@ declare -A RATE
 for KEYS in 1000 1000000; do
   DATA="$(mktemp -d /tmp/ledger-scaling.XXXXXX)"
   LOG="$DATA.log"
-  "$BIN_DIR/ledger-server" --data-dir "$DATA" --listen-addr 127.0.0.1:0 --metrics-addr off \
+  "$BIN_DIR/ledger-server" --data-dir "$DATA" --listen-addr 127.0.0.1:0 --metrics-addr off --rate-limit-rps 0 \
     --spin-before-park-us 50 "$@" > "$LOG" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do grep -q "listening on" "$LOG" && break; sleep 0.1; done

@@ -1547,3 +1547,53 @@ fn t23_a_log_entry_that_breaks_apply_fails_only_its_group() {
         }
     });
 }
+
+/// SPEC §8.9 queue cap: a group holds at most 10 × `batch_max_size` pending transactions. With
+/// rounds held open (eager commit off) and 25 writes arriving in one go, the first 20 are queued
+/// and commit, the other 5 are refused `ResourceExhausted` and applied nowhere.
+#[test]
+fn t27_pending_queue_is_capped_at_ten_batches() {
+    run(|dir| async move {
+        let node = start(dir, |c| {
+            c.batch_max_size = 2;
+            c.batch_eager_commit = false;
+            c.batch_max_delay_ms = 200;
+        })
+        .await;
+        let ns = node.create_namespace("capped").await;
+        let (v, _) = node.create_vault(ns).await;
+        let requests = (0..25)
+            .map(|i| Request::Write {
+                namespace_id: ns,
+                vault_id: Some(v),
+                client_id: format!("c{i}"),
+                sequence: 1,
+                operations: vec![set(&format!("k{i}"), b"v")],
+                include_tx_proof: false,
+            })
+            .collect();
+        let answers = node.call_all(requests).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let read = node
+                .call(Request::Read {
+                    namespace_id: ns,
+                    vault_id: Some(v),
+                    key: format!("k{i}"),
+                    consistency: ReadConsistency::Eventual,
+                })
+                .await
+                .unwrap();
+            let Response::Read { value, .. } = read else { panic!("{read:?}") };
+            if i < 20 {
+                assert!(matches!(answer, Ok(Response::Write(WriteResult::Success(_)))), "{i}: {answer:?}");
+                assert!(value.is_some(), "queued write {i} not applied");
+            } else {
+                let status = answer.unwrap_err();
+                assert_eq!(status.code, StatusCode::ResourceExhausted, "{i}: {status:?}");
+                assert!(status.message.contains("write queue is full"), "{status:?}");
+                assert_eq!(value, None, "refused write {i} was applied");
+            }
+        }
+        node.stop().await;
+    });
+}
