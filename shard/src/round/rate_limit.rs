@@ -84,6 +84,7 @@ pub fn retry_after_ms(wait: Duration) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn admitted(limiter: &mut RateLimiter, namespace: i64, now: Instant, tries: usize) -> usize {
