@@ -12,7 +12,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use super::Client;
 use crate::constants::{RETRY_ATTEMPTS_MAX, RETRY_BACKOFF_BASE_MS, RETRY_BACKOFF_CAP_MS};
 use crate::error::ClientError;
-use crate::messages::{Request, Response, WriteResult, WriteSuccess};
+use crate::messages::{Request, Response, StatusCode, WriteResult, WriteSuccess};
 use ledger_core::types::{Operation, TxId, WriteError, WriteErrorCode};
 
 /// Backoff between attempts: `base × 2^n`, capped at `cap`, jittered into `[d/2, d]`.
@@ -195,6 +195,9 @@ impl WriteSession {
             None => self.sync_sequence().await?,
         };
         let mut attempt = 0;
+        // Whether some attempt may have reached a block: every `ResourceExhausted` is a refusal
+        // before the write was queued (rate limit, full queue, concurrency cap, SPEC §8.9).
+        let mut maybe_applied = false;
         loop {
             let outcome = match self.client.call(build(sequence)).await {
                 Ok(Response::Write(WriteResult::Success(success))) => {
@@ -232,10 +235,14 @@ impl WriteSession {
                     return Err(ClientError::Protocol(format!("unexpected response to a write: {other:?}")));
                 }
                 Err(e) => {
+                    maybe_applied |=
+                        !matches!(e, ClientError::Status { code: StatusCode::ResourceExhausted, .. });
                     if let Err(e) = self.backoff_or_fail(e, &mut attempt).await {
                         // The outcome is unknown: the sequence may have committed, so it is
-                        // never reused for a different transaction.
-                        self.next_sequence = Some(sequence.saturating_add(1));
+                        // never reused for a different transaction. One only ever refused was
+                        // never queued, so the next transaction takes it.
+                        let next = if maybe_applied { sequence.saturating_add(1) } else { sequence };
+                        self.next_sequence = Some(next);
                         return Err(e);
                     }
                     None
