@@ -514,3 +514,67 @@ async fn t42_frames_up_to_the_announced_limit_are_accepted() {
     assert_eq!(value.map(|v| v.len()), Some(200_000));
     assert!(client.closed_reason().is_none());
 }
+
+#[tokio::test]
+async fn t43_a_write_only_refused_keeps_its_sequence_and_waits_the_hint() {
+    // Proves D44 in WriteSession: a write refused with ResourceExhausted + RetryAfter is retried
+    // no sooner than the hint; a write whose every attempt was refused leaves its sequence to
+    // the next transaction (it was never queued), while one that also met Unavailable (maybe
+    // applied) does not.
+    let script = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let log = Arc::clone(&script);
+    let mut writes = 0u32;
+    let refused = || {
+        let mut status = Status::exhausted("over the rate limit");
+        status.detail = Some(crate::messages::ErrorDetail::RetryAfter { ms: 30 });
+        Err(status)
+    };
+    let handler: Handler = Box::new(move |items| {
+        let mut replies = Vec::new();
+        for envelope in items {
+            let request_id = envelope.request_id;
+            let result = match envelope.request {
+                Request::GetClientState { .. } => Ok(Response::GetClientState { last_committed_sequence: 0 }),
+                Request::Write { sequence, operations, .. } => {
+                    let Operation::DeleteEntity { key } = &operations[0] else { panic!() };
+                    log.lock().unwrap().push((key.clone(), sequence));
+                    writes += 1;
+                    match writes {
+                        1 | 2 | 3 => refused(),
+                        4 => Err(Status::unavailable("election")),
+                        5 => refused(),
+                        _ => Ok(Response::Write(WriteResult::Success(success(1)))),
+                    }
+                }
+                _ => panic!("unexpected request"),
+            };
+            replies.push(Reply::Responses(vec![ResponseEnvelope { request_id, result, leader_hint: None }]));
+        }
+        replies
+    });
+    let (addr, _seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let policy = RetryPolicy {
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(2),
+        max_attempts: 2,
+        jitter: false,
+    };
+    let mut session = WriteSession::new(client, 1, Some(2)).with_retry_policy(policy).with_rng_seed(7);
+    let delete = |key: &str| vec![Operation::DeleteEntity { key: key.into() }];
+
+    let started = std::time::Instant::now();
+    let e = session.write(delete("a")).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_millis(30)));
+    assert!(started.elapsed() >= Duration::from_millis(30), "retried before the hint");
+    assert_eq!(session.next_sequence(), Some(1), "a refused sequence is free again");
+    session.write(delete("b")).await.unwrap_err();
+    assert_eq!(session.next_sequence(), Some(2), "after Unavailable the sequence may be taken");
+    let outcome = session.write(delete("c")).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Committed { sequence: 2, .. }), "{outcome:?}");
+    let expected: Vec<(String, u64)> = [("a", 1), ("a", 1), ("b", 1), ("b", 1), ("c", 2), ("c", 2)]
+        .iter()
+        .map(|(k, s)| (k.to_string(), *s))
+        .collect();
+    assert_eq!(*script.lock().unwrap(), expected);
+}
