@@ -527,7 +527,7 @@ async fn t43_a_write_only_refused_keeps_its_sequence_and_waits_the_hint() {
     let refused = || {
         let mut status = Status::exhausted("over the rate limit");
         status.detail = Some(crate::messages::ErrorDetail::RetryAfter { ms: 30 });
-        Err(status)
+        status
     };
     let handler: Handler = Box::new(move |items| {
         let mut replies = Vec::new();
@@ -540,9 +540,9 @@ async fn t43_a_write_only_refused_keeps_its_sequence_and_waits_the_hint() {
                     log.lock().unwrap().push((key.clone(), sequence));
                     writes += 1;
                     match writes {
-                        1 | 2 | 3 => refused(),
+                        1..=3 => Err(refused()),
                         4 => Err(Status::unavailable("election")),
-                        5 => refused(),
+                        5 => Err(refused()),
                         _ => Ok(Response::Write(WriteResult::Success(success(1)))),
                     }
                 }
