@@ -29,6 +29,10 @@ pub struct CoreHealth {
 /// A scope-level health answer: status, message, details (SPEC §5.4).
 pub type ScopeHealthReport = (HealthStatus, String, Vec<(String, String)>);
 
+/// Work a unit test runs on a core (`InternalMsg::Test`).
+#[cfg(test)]
+pub type TestWork = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
 pub enum InternalMsg {
     /// Propose a scope lifecycle command in a group this core owns; the reply carries the
     /// scope's metadata once the entry is applied.
@@ -66,11 +70,26 @@ pub enum InternalMsg {
     /// Hand the leadership of a group this node leads to `successor` (`TransferLeadership`);
     /// the reply carries the leader afterwards.
     HandOver { group: GroupId, successor: u64, reply: oneshot::Sender<Result<u64, Status>> },
+    /// `ForceGc` without a scope: one GC cycle of every group of this core that this node
+    /// leads (`None`: it leads none of them).
+    ForceGc { reply: oneshot::Sender<Option<crate::maintenance::gc::GcOutcome>> },
+    /// Unit tests: run this on the core (it may spawn work there).
+    #[cfg(test)]
+    Test(TestWork),
 }
 
 /// Handles one internal message; never blocks the inbox loop (async work is spawned).
 pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     match msg {
+        #[cfg(test)]
+        InternalMsg::Test(f) => f(shard),
+        InternalMsg::ForceGc { reply } => {
+            let groups = shard.group_list();
+            glommio::spawn_local(async move {
+                let _ = reply.send(crate::maintenance::gc::cycle_led_groups(groups).await);
+            })
+            .detach();
+        }
         InternalMsg::ScopeCommand { group, command, reply } => match shard.group(group) {
             Some(g) => {
                 let shard = shard.clone();
