@@ -69,6 +69,9 @@ pub struct Args {
     /// only to the `--addr` node of the connection, which forwards them (`forward`).
     #[arg(long, value_enum, default_value_t = Routing::Leader)]
     pub routing: Routing,
+    /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
+    #[arg(long, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Read consistency as spelled on the command line.

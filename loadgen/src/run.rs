@@ -37,7 +37,12 @@ fn run_id() -> String {
 }
 
 async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
+    let credential = match &args.token_file {
+        Some(path) => Some(ledger_wire::client::read_token_file(path).map_err(LoadgenError::TokenFile)?),
+        None => None,
+    };
     let options = ClientOptions {
+        credential,
         client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
         follow_leaders: args.routing == crate::cli::Routing::Leader,
         ..ClientOptions::default()
