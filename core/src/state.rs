@@ -271,6 +271,14 @@ impl ScopeState {
         self.entities.iter()
     }
 
+    /// Entity rows from `lower` on, in key order (the GC's resumable scan, SPEC §3.8).
+    pub fn entities_from<'a>(
+        &'a self,
+        lower: Bound<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a EntityRow)> {
+        self.entities.range_from(lower)
+    }
+
     /// Relationships in key order (`rel:{resource}#{relation}@{subject}`).
     pub fn relationships(&self) -> impl Iterator<Item = (&Relationship, &u64)> {
         self.relationships.iter()

@@ -37,6 +37,9 @@ pub fn target_of(request: &Request) -> Target {
         | CompareStateRoots { namespace_id, .. }
         | GetVaultHealth { namespace_id, .. }
         | WatchBlocks { namespace_id, .. } => Target::Namespace(*namespace_id),
+        ForceGc { namespace_id: Some(namespace_id), .. } => Target::Namespace(*namespace_id),
+        // Every group this node leads: core 0 asks every core (admin/requests.rs).
+        ForceGc { namespace_id: None, .. } => Target::Admin,
         // Answered by the connection itself, which knows which core serves each of its streams.
         CancelStream { .. } => Target::Admin,
         CreateNamespace { .. }

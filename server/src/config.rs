@@ -25,7 +25,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("discovery_cache_ttl_secs", "the peer cache, SPEC §10.3"),
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
-    ("gc_interval_secs", "GC of expired entities, SPEC §3.8"),
     ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
     ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
@@ -82,6 +81,7 @@ pub mod defaults {
     /// Not in SPEC §11.1 (SPEC §9.5 names no period).
     pub const RETENTION_INTERVAL_SECS: u64 = 300;
     pub const INTEGRITY_INTERVAL_SECS: u64 = 3600;
+    pub const GC_INTERVAL_SECS: u64 = 60;
     pub const STREAM_BUFFER: usize = 1024;
     pub const LOG_LEVEL: &str = "info";
     /// Not in SPEC §11.1 (which asks for JSON lines, §11.6; text is easier to read by eye).
@@ -253,6 +253,9 @@ pub struct ConfigLayer {
     /// Period of the background quick integrity check of every vault (SPEC §9.7; 0 = off).
     #[arg(long)]
     pub integrity_interval_secs: Option<u64>,
+    /// Period of the GC of expired entities by each group's leader (SPEC §3.8; 0 = off).
+    #[arg(long)]
+    pub gc_interval_secs: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
     #[arg(long)]
@@ -348,6 +351,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "raft_log_keep" => literal(RAFT_LOG_KEEP),
         "retention_interval_secs" => literal(RETENTION_INTERVAL_SECS),
         "integrity_interval_secs" => literal(INTEGRITY_INTERVAL_SECS),
+        "gc_interval_secs" => literal(GC_INTERVAL_SECS),
         "stream_buffer" => literal(STREAM_BUFFER),
         "log_level" => literal(LOG_LEVEL),
         "log_format" => literal(LOG_FORMAT),
@@ -539,6 +543,7 @@ impl ConfigLayer {
             raft_log_keep: self.raft_log_keep.or(lower.raft_log_keep),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
             integrity_interval_secs: self.integrity_interval_secs.or(lower.integrity_interval_secs),
+            gc_interval_secs: self.gc_interval_secs.or(lower.gc_interval_secs),
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
@@ -590,6 +595,7 @@ pub struct Config {
     pub raft_log_keep: u64,
     pub retention_interval_secs: u64,
     pub integrity_interval_secs: u64,
+    pub gc_interval_secs: u64,
     pub stream_buffer: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -751,6 +757,7 @@ impl Config {
             raft_log_keep: pick!(flags, file, raft_log_keep, RAFT_LOG_KEEP),
             retention_interval_secs: pick!(flags, file, retention_interval_secs, RETENTION_INTERVAL_SECS),
             integrity_interval_secs: pick!(flags, file, integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
+            gc_interval_secs: pick!(flags, file, gc_interval_secs, GC_INTERVAL_SECS),
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
             log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),
             log_format: pick!(flags, file, log_format, LOG_FORMAT),

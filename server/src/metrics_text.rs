@@ -407,13 +407,6 @@ fn add_groups(f: &mut Families, cores: &[CoreSnapshot], node_id: u64) {
                 &group,
                 if g.failure.is_some() { 1.0 } else { 0.0 },
             );
-            f.counter(
-                "gc_cycles_total",
-                "GC cycles (GC of expired entities is not built: always 0).",
-                &group,
-                0.0,
-            );
-            f.counter("gc_expired_total", "Entities expired by GC (not built: always 0).", &group, 0.0);
         }
         for (group, n) in &core.divergences {
             let group = [("group", group.to_string())];
@@ -431,6 +424,21 @@ fn add_groups(f: &mut Families, cores: &[CoreSnapshot], node_id: u64) {
                 "Recoveries whose replay did not reproduce the chain.",
                 &group,
                 *n as f64,
+            );
+        }
+        for (group, cycles, expired) in &core.gc {
+            let group = [("group", group.to_string())];
+            f.counter(
+                "gc_cycles_total",
+                "GC cycles this node ran as the group's leader (SPEC §3.8).",
+                &group,
+                *cycles as f64,
+            );
+            f.counter(
+                "gc_expired_total",
+                "Entities removed by this node's GC transactions (ExpireEntity with status Expired).",
+                &group,
+                *expired as f64,
             );
         }
         for (group, checks, issues) in &core.integrity_checks {

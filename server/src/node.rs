@@ -203,6 +203,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         journal_merge_rows_min: ledger_shard::constants::JOURNAL_MERGE_ROWS_MIN,
         vault_auto_recovery: config.vault_auto_recovery,
         integrity_interval_secs: config.integrity_interval_secs,
+        gc_interval_secs: config.gc_interval_secs,
         sim_disk: None,
         events: Some(events.0.clone()),
     });

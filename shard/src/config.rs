@@ -66,6 +66,8 @@ pub struct ShardConfig {
     pub vault_auto_recovery: bool,
     /// Period of the background integrity check (SPEC §9.7; 0 = off).
     pub integrity_interval_secs: u64,
+    /// Period of the leader's GC of expired entities (SPEC §3.8; 0 = off).
+    pub gc_interval_secs: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
     /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
@@ -139,6 +141,9 @@ impl ShardConfig {
             // automatic recovery.
             vault_auto_recovery: false,
             integrity_interval_secs: 0,
+            // Unit tests run GC on demand (`ForceGc`, gc.rs tests) so that no block appears
+            // by itself.
+            gc_interval_secs: 0,
             sim_disk: None,
             events: None,
         }

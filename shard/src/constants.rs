@@ -175,3 +175,8 @@ pub const METRICS_WINDOW_SLOT_SECS: u64 = 10;
 /// A healthy scope whose last block is older than this gets no labels of its own (SPEC §11.3:
 /// activity in the last hour).
 pub const WINDOW_SECS_MAX: u64 = 3600;
+
+/// SPEC §3.8: `ExpireEntity` operations per scope per GC cycle (one transaction).
+pub const GC_EXPIRE_PER_SCOPE_MAX: usize = 1000;
+/// Rows the GC scans between two chances for the core to run other work (maintenance/gc.rs).
+pub const GC_SCAN_CHUNK_ROWS: usize = 4096;

@@ -16,6 +16,8 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod faults;
+#[cfg(test)]
+mod gc_tests;
 pub mod helper_threads;
 pub mod isolation;
 pub mod maintenance;

@@ -620,6 +620,8 @@ pub struct CoreSnapshot {
     pub determinism_bugs: Vec<(u32, u64)>,
     /// Background integrity checks run and issues they found, per group (SPEC §9.7).
     pub integrity_checks: Vec<(u32, u64, u64)>,
+    /// GC cycles run and entities they expired, per group (SPEC §3.8, §11.3).
+    pub gc: Vec<(u32, u64, u64)>,
 }
 
 /// Whether a scope whose last block is `tip_age_secs` old and in `health` gets its own labels.

@@ -36,6 +36,8 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
     let mut determinism_bugs = Vec::new();
     let integrity = crate::maintenance::background_integrity::counters();
     let mut integrity_checks = Vec::new();
+    let gc_counters = crate::maintenance::gc::counters();
+    let mut gc = Vec::new();
     for group in hosted {
         divergences.push((group.id.0, per_group(&repair.divergences, group.id.0)));
         determinism_bugs.push((group.id.0, per_group(&repair.determinism_bugs, group.id.0)));
@@ -43,6 +45,11 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
             group.id.0,
             per_group(&integrity.checks, group.id.0),
             per_group(&integrity.issues, group.id.0),
+        ));
+        gc.push((
+            group.id.0,
+            per_group(&gc_counters.cycles, group.id.0),
+            per_group(&gc_counters.expired, group.id.0),
         ));
         groups.push(group_snapshot(shard, &group, now));
         let data = group.data.borrow();
@@ -91,6 +98,7 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
         divergences,
         determinism_bugs,
         integrity_checks,
+        gc,
     }
 }
 

@@ -32,7 +32,7 @@ fn config(dir: &Path) -> ShardConfig {
     ShardConfig::for_tests(dir.to_path_buf())
 }
 
-async fn start(dir: PathBuf, cfg: impl FnOnce(&mut ShardConfig)) -> Node {
+pub(crate) async fn start(dir: PathBuf, cfg: impl FnOnce(&mut ShardConfig)) -> Node {
     start_cores(dir, cfg, [(GroupId(0), CoreId(0)), (GroupId(1), CoreId(0))].into()).await
 }
 
@@ -108,6 +108,11 @@ impl Node {
         for other in self.others {
             other.join().unwrap();
         }
+    }
+
+    /// Sends an internal message to core 0 (gc_tests.rs runs work on a group through it).
+    pub(crate) async fn send_internal(&self, msg: crate::admin::internal::InternalMsg) {
+        self.inbox.send_async(ShardMsg::Internal(msg)).await.unwrap();
     }
 
     /// The inbox of the core that owns `group`.
@@ -217,7 +222,7 @@ impl Node {
         }
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         ns: i64,
         vault: Option<i64>,
@@ -240,7 +245,7 @@ impl Node {
     }
 
     /// `GetClientState`'s last committed sequence of `client`.
-    async fn last_sequence(&self, ns: i64, vault: Option<i64>, client: &str) -> u64 {
+    pub(crate) async fn last_sequence(&self, ns: i64, vault: Option<i64>, client: &str) -> u64 {
         let req = Request::GetClientState { namespace_id: ns, vault_id: vault, client_id: client.into() };
         match self.call(req).await.unwrap() {
             Response::GetClientState { last_committed_sequence } => last_committed_sequence,
@@ -248,7 +253,7 @@ impl Node {
         }
     }
 
-    async fn read(&self, ns: i64, vault: Option<i64>, key: &str) -> Option<Vec<u8>> {
+    pub(crate) async fn read(&self, ns: i64, vault: Option<i64>, key: &str) -> Option<Vec<u8>> {
         let req = Request::Read {
             namespace_id: ns,
             vault_id: vault,
@@ -279,6 +284,7 @@ fn scope_namespace(request: &Request) -> Option<i64> {
         | GetVault { namespace_id, .. }
         | CheckIntegrity { namespace_id, .. }
         | CreateSnapshot { namespace_id, .. } => Some(*namespace_id),
+        ForceGc { namespace_id: Some(namespace_id), .. } => Some(*namespace_id),
         _ => None,
     }
 }
@@ -304,7 +310,7 @@ pub(crate) fn rel(resource: &str, relation: &str, subject: &str) -> Operation {
     }
 }
 
-fn success(r: WriteResult) -> WriteSuccess {
+pub(crate) fn success(r: WriteResult) -> WriteSuccess {
     match r {
         WriteResult::Success(s) => s,
         WriteResult::Error(e) => panic!("write failed: {e:?}"),

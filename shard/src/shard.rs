@@ -109,6 +109,7 @@ impl Shard {
         self.builders.borrow_mut().push(glommio::spawn_local(group.clone().run()).detach());
         glommio::spawn_local(crate::maintenance::task::run(group.clone(), self.config.clone())).detach();
         crate::maintenance::background_integrity::start(group.clone());
+        crate::maintenance::gc::start(group.clone());
         self.groups.borrow_mut().insert(id, group.clone());
         self.failed.borrow_mut().remove(&id);
         Ok(group)
@@ -414,6 +415,13 @@ fn on_group_request(
             })
             .detach();
         }
+        Request::ForceGc { namespace_id, vault_id } => {
+            glommio::spawn_local(async move {
+                let result = force_gc_scope(&group, namespace_id, vault_id).await;
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
+            })
+            .detach();
+        }
         request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
             crate::read::proof_reads::handle(group, request, request_id, reply);
         }
@@ -463,6 +471,19 @@ async fn slow_read(shard: &Shard, group: &Group, request: &Request) -> Result<Re
         return reads::list_on(&state, request, key, block_secs);
     }
     reads::answer(group, request, token_key.as_ref())
+}
+
+/// `ForceGc` of one scope (SPEC §5.3 item 31), on its group's leader (forwarded there).
+async fn force_gc_scope(
+    group: &Group,
+    namespace_id: Option<i64>,
+    vault_id: Option<i64>,
+) -> Result<Response, Status> {
+    let namespace_id =
+        namespace_id.ok_or_else(|| Status::invalid("ForceGc of a scope needs its namespace"))?;
+    let key = ScopeKey::new(NamespaceId(namespace_id), vault_id.map(VaultId));
+    let outcome = crate::maintenance::gc::cycle(group, Some(key), true).await?;
+    Ok(crate::maintenance::gc::response(outcome))
 }
 
 struct WriteIntake {

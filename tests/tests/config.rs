@@ -164,15 +164,15 @@ fn t02_unknown_file_key_exits_non_zero_naming_the_key() {
 fn t03_default_file_unknown_variable_and_bad_value_exit_non_zero_naming_them() {
     // Proves the other refusals in the binary, each with exit code 2 and its culprit named on
     // stderr: `./inferadb-ledger.toml` in the working directory is read without `--config` and
-    // a key of a feature not built (`gc_interval_secs`) is refused; an INFERADB__LEDGER__
+    // a key of a feature not built (`learner_cache_ttl_secs`) is refused; an INFERADB__LEDGER__
     // variable that is no setting is refused; a variable whose value its flag would refuse is
     // refused with the value and the reason.
     let dir = temp_dir("config-t03");
-    std::fs::write(dir.path().join("inferadb-ledger.toml"), "gc_interval_secs = 60\n").unwrap();
+    std::fs::write(dir.path().join("inferadb-ledger.toml"), "learner_cache_ttl_secs = 5\n").unwrap();
     let (code, _, stderr) = run_to_exit(server_command(dir.path(), &[], &[]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("./inferadb-ledger.toml"), "{stderr}");
-    assert!(stderr.contains("`gc_interval_secs` is not implemented yet"), "{stderr}");
+    assert!(stderr.contains("`learner_cache_ttl_secs` is not implemented yet"), "{stderr}");
 
     let other = temp_dir("config-t03-env");
     let cases = [

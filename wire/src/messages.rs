@@ -370,6 +370,12 @@ pub enum Request {
         namespace_id: i64,
         vault_id: Option<i64>,
     },
+    /// One GC cycle now (SPEC §3.8, §5.3 item 31): with a namespace, of that scope (at its
+    /// group's leader); without, of every scope of the groups the receiving node leads.
+    ForceGc {
+        namespace_id: Option<i64>,
+        vault_id: Option<i64>,
+    },
     // --- peer role only (§5.6): refused on client connections
     Peer(Box<crate::peer::PeerRequest>),
 }
@@ -385,6 +391,8 @@ impl Request {
             }
             // SPEC §5.1 item 9: always linearizable.
             Request::GetClientState { namespace_id, .. } => Some(*namespace_id),
+            // SPEC §5.3 item 31: a scope's GC runs where its writes are built.
+            Request::ForceGc { namespace_id: Some(namespace_id), .. } => Some(*namespace_id),
             Request::Read { namespace_id, consistency, .. }
             | Request::BatchRead { namespace_id, consistency, .. }
             | Request::ListRelationships { namespace_id, consistency, .. }
@@ -446,6 +454,7 @@ impl Request {
             Request::GetEvents { .. } => "get_events",
             Request::CompareStateRoots { .. } => "compare_state_roots",
             Request::GetVaultHealth { .. } => "get_vault_health",
+            Request::ForceGc { .. } => "force_gc",
             Request::Peer(peer) => peer.op_name(),
         }
     }
@@ -717,6 +726,13 @@ pub enum Response {
         /// The last background integrity check of the scope here (SPEC §9.7), and its findings.
         last_integrity_check: Option<Timestamp>,
         integrity_issues: Vec<IntegrityIssue>,
+    },
+    /// SPEC §5.3 item 31: `vaults_scanned` counts every scope scanned (namespace scopes too).
+    ForceGc {
+        success: bool,
+        message: String,
+        expired_count: u64,
+        vaults_scanned: u64,
     },
     Peer(crate::peer::PeerResponse),
 }

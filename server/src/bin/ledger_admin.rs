@@ -1,6 +1,6 @@
 //! `ledger-admin`: the operator CLI (SPEC §11.2). Implemented so far: namespace and vault
 //! lifecycle, `vault-status`, `health`, `metrics`, `check-integrity`, `snapshot`, `ping`, `join`,
-//! `leave` and `logs`; the
+//! `leave`, `logs` and `force-gc`; the
 //! remaining §11.2 commands are listed as missing in the README. Exit codes: 0 ok, 1 ran but unhealthy/failed, 2 usage, 3 unreachable.
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,7 +8,7 @@ use ledger_core::hash::block_hash;
 use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, CliError};
-use ledger_server::cli::{logs, ops_cmd, out};
+use ledger_server::cli::{gc_cmd, logs, ops_cmd, out};
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
 use serde_json::{json, Value};
@@ -72,6 +72,15 @@ enum Command {
         /// Vault id; 0 names the namespace scope.
         #[arg(long)]
         vault: i64,
+    },
+    /// One GC cycle of expired entities now (SPEC §3.8): of one scope (on its group's leader),
+    /// or of every group the node at --addr leads. Prints entities expired and scopes scanned.
+    ForceGc {
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Vault id; absent or 0 names the namespace scope.
+        #[arg(long, requires = "namespace")]
+        vault: Option<i64>,
     },
     /// Raw Prometheus exposition text from the metrics endpoint.
     Metrics,
@@ -352,6 +361,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 || format!("height {block_height}\nstate_root {}\npath {snapshot_path}", hex(&state_root)),
             );
             Ok(0)
+        }
+        Command::ForceGc { namespace, vault } => {
+            let client = client(&cli).await?;
+            let ns = match namespace {
+                Some(name) => Some(namespace_id(&client, name).await?),
+                None => None,
+            };
+            gc_cmd::force_gc(&client, ns, *vault, json_out).await
         }
         Command::Ping { namespace, vault } => {
             let client = client(&cli).await?;

@@ -1,6 +1,7 @@
 //! Shared pieces of the `ledger` and `ledger-admin` command-line tools: connecting, resolving a
 //! namespace given by id or name, printing hashes and records, and mapping errors to one line.
 
+pub mod gc_cmd;
 pub mod logs;
 pub mod ops_cmd;
 pub mod out;

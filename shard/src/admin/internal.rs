@@ -66,11 +66,26 @@ pub enum InternalMsg {
     /// Hand the leadership of a group this node leads to `successor` (`TransferLeadership`);
     /// the reply carries the leader afterwards.
     HandOver { group: GroupId, successor: u64, reply: oneshot::Sender<Result<u64, Status>> },
+    /// `ForceGc` without a scope: one GC cycle of every group of this core that this node
+    /// leads (`None`: it leads none of them).
+    ForceGc { reply: oneshot::Sender<Option<crate::maintenance::gc::GcOutcome>> },
+    /// Unit tests: run this on the core (it may spawn work there).
+    #[cfg(test)]
+    Test(Box<dyn FnOnce(&Rc<Shard>) + Send>),
 }
 
 /// Handles one internal message; never blocks the inbox loop (async work is spawned).
 pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     match msg {
+        #[cfg(test)]
+        InternalMsg::Test(f) => f(shard),
+        InternalMsg::ForceGc { reply } => {
+            let groups = shard.group_list();
+            glommio::spawn_local(async move {
+                let _ = reply.send(crate::maintenance::gc::cycle_led_groups(groups).await);
+            })
+            .detach();
+        }
         InternalMsg::ScopeCommand { group, command, reply } => match shard.group(group) {
             Some(g) => {
                 let shard = shard.clone();

@@ -236,8 +236,31 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
         Request::GetEvents { since_secs, filter, min_level, limit } => {
             crate::events::query(shard, since_secs, filter, min_level, limit).await
         }
+        Request::ForceGc { namespace_id: None, vault_id } => force_gc_node(shard, vault_id).await,
         other => Err(Status::invalid(format!("{} is not an admin request", other.op_name()))),
     }
+}
+
+/// `ForceGc` without a scope (SPEC §5.3 item 31): a GC cycle of every group this node leads,
+/// on the cores owning them; `FailedPrecondition` when it leads none.
+async fn force_gc_node(shard: &Shard, vault_id: Option<i64>) -> Result<Response, Status> {
+    if vault_id.is_some() {
+        return Err(Status::invalid("ForceGc with a vault needs its namespace"));
+    }
+    let mut total: Option<crate::maintenance::gc::GcOutcome> = None;
+    for outcome in fan_out(shard, |reply| InternalMsg::ForceGc { reply }).await.into_iter().flatten() {
+        total.get_or_insert_with(Default::default).add(outcome);
+    }
+    let total = total.ok_or_else(|| {
+        status(
+            StatusCode::FailedPrecondition,
+            format!(
+                "node {} leads no group: GC runs on each group's leader (ask that node, or name a scope)",
+                shard.config.node_id
+            ),
+        )
+    })?;
+    Ok(crate::maintenance::gc::response(total))
 }
 
 /// Every group of this node with its Raft status, by group id.

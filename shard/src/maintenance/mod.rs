@@ -1,8 +1,11 @@
 //! Work off the request path: `task` (each group's maintenance timer and the `CreateSnapshot` /
 //! `CheckIntegrity` handlers), `retention` (body compaction), `integrity` (the chain, body and
-//! snapshot checks) and `reopen` (a group stopped by a storage error reopens once the disk works). The heavy lifting runs on blocking threads.
+//! snapshot checks), `gc` (the leader's expiry of TTL'd entities, SPEC §3.8) and `reopen` (a
+//! group stopped by a storage error reopens once the disk works). The heavy lifting runs on
+//! blocking threads.
 
 pub mod background_integrity;
+pub mod gc;
 pub mod integrity;
 pub mod reopen;
 pub mod retention;
