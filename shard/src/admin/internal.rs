@@ -29,6 +29,10 @@ pub struct CoreHealth {
 /// A scope-level health answer: status, message, details (SPEC §5.4).
 pub type ScopeHealthReport = (HealthStatus, String, Vec<(String, String)>);
 
+/// Work a unit test runs on a core (`InternalMsg::Test`).
+#[cfg(test)]
+pub type TestWork = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
 pub enum InternalMsg {
     /// Propose a scope lifecycle command in a group this core owns; the reply carries the
     /// scope's metadata once the entry is applied.
@@ -71,7 +75,7 @@ pub enum InternalMsg {
     ForceGc { reply: oneshot::Sender<Option<crate::maintenance::gc::GcOutcome>> },
     /// Unit tests: run this on the core (it may spawn work there).
     #[cfg(test)]
-    Test(Box<dyn FnOnce(&Rc<Shard>) + Send>),
+    Test(TestWork),
 }
 
 /// Handles one internal message; never blocks the inbox loop (async work is spawned).

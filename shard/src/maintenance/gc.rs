@@ -84,13 +84,13 @@ pub fn scan_step(
     found: &mut Vec<Operation>,
 ) -> Option<String> {
     let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut last = None;
+    let mut last: Option<&String> = None;
     for (seen, (key, row)) in scope.entities_from(lower).enumerate() {
         if found.len() >= max {
             return None;
         }
         if seen == rows {
-            return last.map(|k: &String| k.clone());
+            return last.cloned();
         }
         if is_expired(row.expires_at, now_secs) {
             found.push(Operation::ExpireEntity { key: key.clone(), expired_at: row.expires_at });
@@ -292,12 +292,11 @@ pub fn start(group: Rc<Group>) {
         })
     });
     match glommio::spawn_local_into(run(group, Duration::from_secs(interval)), queue) {
-        Ok(task) => task.detach(),
-        Err(e) => {
-            tracing::warn!(error = %e, "GC not started");
-            return;
+        Ok(task) => {
+            task.detach();
         }
-    };
+        Err(e) => tracing::warn!(error = %e, "GC not started"),
+    }
 }
 
 async fn run(group: Rc<Group>, interval: Duration) {
