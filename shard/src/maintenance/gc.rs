@@ -149,6 +149,7 @@ pub fn submit(
         operations,
         include_tx_proof: false,
         waiter: Waiter::Internal(tx),
+        deadline: None,
     };
     group.submit(pending).map_err(|(_, status)| status)?;
     Ok(rx)
