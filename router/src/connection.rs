@@ -3,6 +3,7 @@
 //! the replies arriving from any core into `ResponseBatch` frames (out of order, as they come).
 //! Framing or protocol errors get a `Goaway` and close this connection only.
 
+use crate::auth::{access_of, Access, AuthState, Credential};
 use crate::constants::{
     CONTROL_QUEUE_MAX, PONGS_QUEUED_MAX, READ_CHUNK_BYTES, RESPONSES_PER_FRAME_MAX, SERVER_VERSION,
 };
@@ -85,6 +86,7 @@ pub async fn serve_connection(
     dispatcher: Rc<Dispatcher>,
     connections: Rc<Connections>,
     slot: crate::admission::Slot,
+    auth: Rc<AuthState>,
 ) {
     // Held until the connection ends: the node's count of open connections (D46).
     let _slot = slot;
@@ -133,6 +135,7 @@ pub async fn serve_connection(
         streams: streams.clone(),
         stream_tx,
         inflight,
+        auth,
     };
     let mut writer_task = writer_task;
     let ended = {
@@ -169,6 +172,8 @@ struct Session {
     stream_tx: flume::Sender<StreamEvent>,
     /// When each outstanding request was admitted (observe.rs).
     inflight: Rc<crate::observe::InFlight>,
+    /// This core's `auth_tokens` (D42).
+    auth: Rc<AuthState>,
 }
 
 impl Session {
@@ -199,7 +204,7 @@ impl Session {
         if hello.kind() != FrameKind::Hello {
             return Some(goaway(GoawayCode::ProtocolError, "the first frame must be Hello"));
         }
-        let hello: Hello = match hello.decode::<Hello>() {
+        let mut hello: Hello = match hello.decode::<Hello>() {
             Ok(hello) => hello,
             Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
         };
@@ -212,8 +217,10 @@ impl Session {
                 ),
             ));
         }
-        // Requests on a peer connection were sent on by another node (D30).
+        // Requests on a peer connection were sent on by another node (D30); a peer proves it is
+        // one with the peer token, a client with its own (D42). Only the secret's hash is kept.
         let peer = hello.role == Role::Peer;
+        let mut credential = Credential::new(hello.credential.take().as_deref(), &self.auth);
         let peer_node = if peer { hello.node_id } else { None };
         // Never full: see CONTROL_QUEUE_MAX.
         let _ = control.try_send(Control::HelloAck(HelloAck {
@@ -254,12 +261,19 @@ impl Session {
                         return None;
                     }
                     for mut envelope in batch.items {
+                        // Checked on every request: the table may have changed since the last.
+                        let access = if peer { Access::Peer } else { access_of(&envelope.request) };
+                        let authorized = credential
+                            .check(&self.auth, access)
+                            .map(|token| token.map(|token| token.id.clone()));
                         if let Request::WatchBlocks { namespace_id, vault_id, start_height } =
                             envelope.request
                         {
-                            let refusal = connections
-                                .is_shutting_down()
-                                .then(|| Status::unavailable("node is shutting down"));
+                            let refusal = if connections.is_shutting_down() {
+                                Some(Status::unavailable("node is shutting down"))
+                            } else {
+                                authorized.err()
+                            };
                             self.streams
                                 .open(
                                     dispatcher,
@@ -285,6 +299,13 @@ impl Session {
                             );
                             continue;
                         }
+                        let token_id = match authorized {
+                            Ok(token_id) => token_id,
+                            Err(status) => {
+                                answer(replies, envelope.request_id, status);
+                                continue;
+                            }
+                        };
                         if !peer && matches!(envelope.request, Request::Peer(_)) {
                             answer(
                                 replies,
@@ -316,7 +337,7 @@ impl Session {
                             self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
                             continue;
                         }
-                        let caller = match self.caller_of(&mut envelope, peer) {
+                        let caller = match self.caller_of(&mut envelope, peer, token_id) {
                             Ok(caller) => caller,
                             Err(status) => {
                                 answer(replies, envelope.request_id, status);
@@ -350,10 +371,16 @@ impl Session {
     }
 
     /// Who sent `envelope` and its deadline (SPEC §4.1): the client's `deadline_ms` (0 = none)
-    /// capped by `requests_timeout`. Only a peer may name the client it forwards for.
+    /// capped by `requests_timeout`. The credential is the connection's token id (`token_id`),
+    /// or on a peer connection the client's the forwarding node names; only a peer may name one.
     // The refusal is answered as the wire `Status` at once; boxing it would only allocate.
     #[allow(clippy::result_large_err)]
-    fn caller_of(&self, envelope: &mut RequestEnvelope, peer: bool) -> Result<Caller, Status> {
+    fn caller_of(
+        &self,
+        envelope: &mut RequestEnvelope,
+        peer: bool,
+        token_id: Option<Arc<str>>,
+    ) -> Result<Caller, Status> {
         let on_behalf_of = envelope.on_behalf_of.take();
         if on_behalf_of.is_some() && !peer {
             return Err(Status::new(
@@ -366,7 +393,8 @@ impl Session {
             ms => self.settings.requests_timeout.min(std::time::Duration::from_millis(u64::from(ms))),
         };
         let deadline = std::time::Instant::now() + timeout;
-        Ok(Caller { credential_id: on_behalf_of.map(Into::into), deadline })
+        let credential_id = if peer { on_behalf_of.map(Into::into) } else { token_id };
+        Ok(Caller { credential_id, deadline })
     }
 
     /// Reads until one whole frame is available. `Ok(None)` = clean close between frames.

@@ -3,6 +3,7 @@
 //! dispatch to the owning core over its bounded flume inbox, and response fan-in per connection.
 
 pub mod admission;
+pub mod auth;
 pub mod connection;
 pub mod constants;
 pub mod dispatch;

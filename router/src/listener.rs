@@ -42,6 +42,8 @@ pub struct RouterContext {
     pub settings: Arc<RouterSettings>,
     pub cores: Vec<flume::Sender<ShardMsg>>,
     pub placement: Arc<BTreeMap<GroupId, CoreId>>,
+    /// The `auth_tokens` at start (D42); `ListenerControl::Auth` replaces it.
+    pub auth: Arc<crate::auth::AuthTable>,
 }
 
 /// Commands from the node to a core's listener.
@@ -50,15 +52,23 @@ pub enum ListenerControl {
     Listen(std::net::TcpListener),
     /// Stop accepting (shutdown).
     Stop,
+    /// New `auth_tokens` (SIGHUP): every connection checks its next request against them.
+    Auth(Arc<crate::auth::AuthTable>),
 }
 
 /// Waits for `Listen`, then accepts until `Stop`.
 pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerControl>) {
-    let listener = match control.recv_async().await {
-        // SAFETY: `into_raw_fd` hands over the only owner of a bound, listening TCP socket
-        // descriptor (a duplicate per core); the glommio listener owns and closes it from here.
-        Ok(ListenerControl::Listen(socket)) => unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) },
-        _ => return,
+    let auth = Rc::new(crate::auth::AuthState::new(context.auth.clone()));
+    let listener = loop {
+        match control.recv_async().await {
+            // SAFETY: `into_raw_fd` hands over the only owner of a bound, listening TCP socket
+            // descriptor (a duplicate per core); the glommio listener owns and closes it from here.
+            Ok(ListenerControl::Listen(socket)) => {
+                break unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
+            }
+            Ok(ListenerControl::Auth(table)) => auth.replace(table),
+            Ok(ListenerControl::Stop) | Err(_) => return,
+        }
     };
     let settings = context.settings.clone();
     let dispatcher = Rc::new(Dispatcher::new(context));
@@ -74,6 +84,7 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
                             dispatcher.clone(),
                             connections.clone(),
                             slot,
+                            auth.clone(),
                         ))
                         .detach();
                     }
@@ -89,6 +100,7 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
             },
             command = control.recv_async().fuse() => match command {
                 Ok(ListenerControl::Listen(_)) => {}
+                Ok(ListenerControl::Auth(table)) => auth.replace(table),
                 Ok(ListenerControl::Stop) | Err(_) => break,
             },
         }

@@ -6,11 +6,13 @@
 //! before any executor exists.
 
 use crate::config::Config;
+use ledger_router::auth::{hash_secret, AuthTable};
+use ledger_shard::peer::credential::PeerCredential;
 use ledger_wire::codec::{encode_frame_to_vec, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
     Hello, HelloAck, Request, RequestBatch, RequestEnvelope, Response, ResponseBatch, ResponseEnvelope, Role,
-    Status, PROTOCOL_VERSION,
+    Status, StatusCode, PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -62,9 +64,10 @@ pub fn coordinate(listener: &TcpListener, config: &Config, me: NodeAnswer) -> Re
         let listener = listener.try_clone()?;
         let stop = stop.clone();
         let me = me.clone();
+        let auth = config.auth_tokens.table();
         std::thread::Builder::new()
             .name("bootstrap-discovery".into())
-            .spawn(move || answer_discovery(listener, me, stop))?
+            .spawn(move || answer_discovery(listener, me, stop, auth))?
     };
     let result = poll_peers(config, &me);
     stop.store(true, Ordering::Release);
@@ -76,9 +79,10 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
     let expected = config.bootstrap_expect;
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
     let mut known: BTreeMap<u64, NodeAnswer> = BTreeMap::from([(me.node_id, me.clone())]);
+    let credential = config.auth_tokens.peer_secret();
     loop {
         for peer in &config.peers {
-            if let Ok(answer) = ask_node_info(peer) {
+            if let Ok(answer) = ask_node_info(peer, credential.as_deref()) {
                 known.insert(answer.node_id, answer);
             }
         }
@@ -108,9 +112,10 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
 /// `ledger-admin join`) adds it; it never initializes a group itself.
 pub fn find_cluster(config: &Config) -> Result<Vec<u32>, BootstrapError> {
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
+    let credential = config.auth_tokens.peer_secret();
     loop {
         for peer in &config.peers {
-            if let Ok(answer) = ask_node_info(peer) {
+            if let Ok(answer) = ask_node_info(peer, credential.as_deref()) {
                 if answer.is_cluster_member && !answer.groups.is_empty() {
                     return Ok(answer.groups);
                 }
@@ -137,11 +142,11 @@ pub fn agree(known: &BTreeMap<u64, NodeAnswer>) -> Agreed {
 }
 
 /// Serves `Hello` + `GetNodeInfo` (anything else: `Unavailable`) until `stop`.
-fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>) {
+fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>, auth: AuthTable) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let _ = serve_one(stream, &me, &stop);
+                let _ = serve_one(stream, &me, &stop, &auth);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -151,7 +156,14 @@ fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>
     }
 }
 
-fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::io::Result<()> {
+/// Answers `GetNodeInfo` on one connection; with `auth_tokens`, only to the peer token (D42).
+fn serve_one(
+    mut stream: TcpStream,
+    me: &NodeAnswer,
+    stop: &AtomicBool,
+    auth: &AuthTable,
+) -> std::io::Result<()> {
+    let mut authenticated = !auth.enabled();
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -176,17 +188,23 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
             pending.drain(..consumed);
             let Some(frame) = frame else { break };
             let out = match frame.kind() {
-                FrameKind::Hello => encode_frame_to_vec(
-                    FrameKind::HelloAck,
-                    &HelloAck {
-                        protocol_version: PROTOCOL_VERSION,
-                        node_id: me.node_id,
-                        cluster_id: None,
-                        max_frame_bytes: 1024 * 1024,
-                        max_batch_items: 16,
-                        server_version: env!("CARGO_PKG_VERSION").to_string(),
-                    },
-                ),
+                FrameKind::Hello => {
+                    let hello: Hello = frame.decode().map_err(std::io::Error::other)?;
+                    let token =
+                        hello.credential.as_deref().and_then(|secret| auth.find(&hash_secret(secret)));
+                    authenticated |= token.is_some_and(|token| token.peer);
+                    encode_frame_to_vec(
+                        FrameKind::HelloAck,
+                        &HelloAck {
+                            protocol_version: PROTOCOL_VERSION,
+                            node_id: me.node_id,
+                            cluster_id: None,
+                            max_frame_bytes: 1024 * 1024,
+                            max_batch_items: 16,
+                            server_version: env!("CARGO_PKG_VERSION").to_string(),
+                        },
+                    )
+                }
                 FrameKind::RequestBatch => {
                     let batch: RequestBatch = frame.decode().map_err(std::io::Error::other)?;
                     let items = batch
@@ -196,6 +214,10 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
                             request_id: e.request_id,
                             leader_hint: None,
                             result: match e.request {
+                                _ if !authenticated => Err(Status::new(
+                                    StatusCode::Unauthenticated,
+                                    "bootstrap discovery answers the cluster's peer token only",
+                                )),
                                 Request::GetNodeInfo => Ok(Response::GetNodeInfo {
                                     node_id: me.node_id,
                                     address: me.address.clone(),
@@ -219,8 +241,8 @@ fn serve_one(mut stream: TcpStream, me: &NodeAnswer, stop: &AtomicBool) -> std::
 }
 
 /// One `GetNodeInfo` round trip to `addr` over a fresh connection.
-pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
-    match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT)? {
+pub fn ask_node_info(addr: &str, credential: Option<&str>) -> Result<NodeAnswer, String> {
+    match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT, credential)? {
         Ok(Response::GetNodeInfo { node_id, address, cores, is_cluster_member, groups, .. }) => {
             Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups })
         }
@@ -232,11 +254,17 @@ pub fn ask_node_info(addr: &str) -> Result<NodeAnswer, String> {
 /// A joining node asks to be added (SPEC §10.6: it calls `JoinCluster` on its peers every
 /// `bootstrap_poll_secs` until one accepts), on a thread of its own so the node serves
 /// meanwhile. Stops once a member has added it to every group.
-pub fn join_by_itself(peers: Vec<String>, node_id: u64, address: String, poll: Duration) {
+pub fn join_by_itself(
+    peers: Vec<String>,
+    node_id: u64,
+    address: String,
+    poll: Duration,
+    credential: Arc<PeerCredential>,
+) {
     let run = move || loop {
         for peer in &peers {
             let request = Request::JoinCluster { node_id, address: address.clone() };
-            match call_once(peer, request, JOIN_TIMEOUT) {
+            match call_once(peer, request, JOIN_TIMEOUT, credential.get().as_deref()) {
                 Ok(Ok(Response::JoinCluster { groups })) => {
                     ledger_shard::event!(info, "joined", node = node_id, via = %peer, groups = groups.len());
                     return;
@@ -260,7 +288,13 @@ pub fn join_by_itself(peers: Vec<String>, node_id: u64, address: String, poll: D
 const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One request over a fresh peer-role connection; the outer error is the transport's.
-fn call_once(addr: &str, request: Request, timeout: Duration) -> Result<Result<Response, Status>, String> {
+/// `credential`: the peer token's secret (D42).
+fn call_once(
+    addr: &str,
+    request: Request,
+    timeout: Duration,
+    credential: Option<&str>,
+) -> Result<Result<Response, Status>, String> {
     let target = addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("unresolvable address")?;
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
@@ -270,7 +304,7 @@ fn call_once(addr: &str, request: Request, timeout: Duration) -> Result<Result<R
         role: Role::Client,
         node_id: None,
         client_name: "ledger-bootstrap".into(),
-        credential: None,
+        credential: credential.map(str::to_string),
     };
     let batch = RequestBatch {
         items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, on_behalf_of: None, request }],

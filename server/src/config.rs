@@ -12,6 +12,8 @@ use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+pub use crate::auth_config::AuthTokens;
+
 /// Prefix of the environment variables (SPEC §11.1): the key follows in upper case.
 pub const ENV_PREFIX: &str = "INFERADB__LEDGER__";
 /// The file read when no `--config` is given, if it exists (relative to the working directory).
@@ -28,7 +30,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
     ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
-    ("auth_tokens", "authentication, SPEC §4.1"),
 ];
 
 /// Built-in defaults (SPEC §11.1 unless noted), one per setting. `--help` and
@@ -267,7 +268,22 @@ pub struct ConfigLayer {
     /// Log lines on stderr as `text` or `json` (one object per line).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Tokens (SPEC §4.1, D42): file or environment only, never a flag (a flag's value shows in
+    /// the process list). Parsed apart from the rest (`auth_config.rs`) so that no error quotes
+    /// a secret.
+    #[arg(skip)]
+    #[serde(default, deserialize_with = "parsed_apart")]
+    pub auth_tokens: Option<AuthTokens>,
 }
+
+/// `auth_tokens` is read from the file's table by `ConfigLayer::from_file`, not by serde.
+fn parsed_apart<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<AuthTokens>, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer)?;
+    Ok(None)
+}
+
+/// The key of the token table (not a flag, so not among `setting_keys`).
+pub const AUTH_TOKENS: &str = "auth_tokens";
 
 /// Reads `peers` from the TOML file as `"a,b"` or `["a", "b"]`.
 fn peers_from_toml<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -447,7 +463,18 @@ impl ConfigLayer {
         // One order whatever the environment's, so that the same mistakes give the same error.
         ours.sort();
         let mut args = vec![OsString::from("ledger-server")];
+        let mut auth_tokens = None;
         for (var, value) in ours {
+            if var == env_var(AUTH_TOKENS) {
+                let value =
+                    value.into_string().map_err(|_| ConfigError::EnvNotUnicode { var: var.clone() })?;
+                let tokens = AuthTokens::from_env(&value).map_err(|message| ConfigError::Invalid {
+                    key: AUTH_TOKENS,
+                    message: format!("{var}: {message}"),
+                })?;
+                auth_tokens = Some(tokens);
+                continue;
+            }
             let key = var[ENV_PREFIX.len()..].to_lowercase();
             if let Some(missing) = not_implemented(&key) {
                 return Err(ConfigError::NotImplemented { origin: Origin::Env(var), key, missing });
@@ -465,7 +492,7 @@ impl ConfigLayer {
             args.push(flag.into());
         }
         let matches = command.try_get_matches_from(args)?;
-        Ok(ConfigLayer::from_arg_matches(&matches)?)
+        Ok(ConfigLayer { auth_tokens, ..ConfigLayer::from_arg_matches(&matches)? })
     }
 
     /// The file layer from `path`, or from `DEFAULT_FILE` if `path` is None and that file
@@ -482,9 +509,24 @@ impl ConfigLayer {
             .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         let parse = |source| ConfigError::Parse { path: path.clone(), source: Box::new(source) };
         // Keys first, so that the error names the key rather than listing every setting.
-        let table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        let table: toml::Table = toml::from_str(&text).map_err(|source: toml::de::Error| {
+            // toml's message quotes the line, which may hold a secret.
+            if text.contains(AUTH_TOKENS) {
+                let line = source.span().map(|span| text[..span.start].lines().count().max(1)).unwrap_or(0);
+                ConfigError::ParseQuiet { path: path.clone(), line, message: source.message().to_string() }
+            } else {
+                parse(source)
+            }
+        })?;
+        let auth_tokens = match table.get(AUTH_TOKENS) {
+            Some(value) => Some(AuthTokens::from_toml(value).map_err(|message| ConfigError::Invalid {
+                key: AUTH_TOKENS,
+                message: format!("config file {}: {message}", path.display()),
+            })?),
+            None => None,
+        };
         let keys = setting_keys();
-        for key in table.keys() {
+        for key in table.keys().filter(|key| *key != AUTH_TOKENS) {
             if let Some(missing) = not_implemented(key) {
                 let origin = Origin::File(path.clone());
                 return Err(ConfigError::NotImplemented { origin, key: key.clone(), missing });
@@ -493,7 +535,8 @@ impl ConfigLayer {
                 return Err(ConfigError::UnknownKey { path: path.clone(), key: key.clone() });
             }
         }
-        toml::from_str(&text).map_err(parse)
+        let layer: ConfigLayer = toml::from_str(&text).map_err(parse)?;
+        Ok(ConfigLayer { auth_tokens, ..layer })
     }
 
     /// This layer with each key it does not set taken from `lower`.
@@ -547,6 +590,7 @@ impl ConfigLayer {
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
+            auth_tokens: self.auth_tokens.or(lower.auth_tokens),
         }
     }
 }
@@ -599,6 +643,8 @@ pub struct Config {
     pub stream_buffer: usize,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Empty = no authentication (SPEC §4.1).
+    pub auth_tokens: AuthTokens,
 }
 
 /// Where a rejected setting was given.
@@ -629,6 +675,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    /// A syntax error in a file with `auth_tokens`: the line number, not the line.
+    #[error("invalid config file {path}, line {line}: {message}")]
+    ParseQuiet { path: PathBuf, line: usize, message: String },
     #[error("config file {path}: unknown key `{key}` (`ledger-server --help` lists the settings)")]
     UnknownKey { path: PathBuf, key: String },
     #[error(
@@ -761,6 +810,7 @@ impl Config {
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
             log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),
             log_format: pick!(flags, file, log_format, LOG_FORMAT),
+            auth_tokens: pick!(flags, file, auth_tokens, AuthTokens::default()),
         };
         config.check()?;
         Ok(config)

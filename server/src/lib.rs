@@ -2,6 +2,7 @@
 //! per core running its shard and router, the metrics/health endpoint, and signal handling.
 //! Wiring only: the request path lives in `ledger-router` and `ledger-shard`.
 
+pub mod auth_config;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -3,7 +3,7 @@
 //! (SPEC §9.6 step 1).
 
 use ledger_server::config::{Config, ConfigError};
-use ledger_server::node::{run_node_with, NodeError};
+use ledger_server::node::{run_node_with, NodeError, ReloadTokens};
 use ledger_server::node_alloc::{cache_this_thread, release_this_thread, NodeCacheAlloc};
 use ledger_shard::config::HelperHooks;
 use std::process::ExitCode;
@@ -38,7 +38,8 @@ fn release_node_blocks() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let config = match Config::load(std::env::args_os(), std::env::vars_os()) {
+    let (args, vars): (Vec<_>, Vec<_>) = (std::env::args_os().collect(), std::env::vars_os().collect());
+    let config = match Config::load(args.clone(), vars.clone()) {
         Ok(config) => config,
         // `--help`, `--version` (exit 0) and a malformed command line (exit 2), as clap prints them.
         Err(ConfigError::Args(e)) => e.exit(),
@@ -50,7 +51,11 @@ fn main() -> ExitCode {
     ledger_server::logging::init(&config.log_level, config.log_format);
     // The state-tree threads allocate and free tree nodes all day, like the executors.
     let hooks = HelperHooks { on_start: Some(cache_this_thread), on_exit: Some(release_node_blocks) };
-    match run_node_with(config, hooks) {
+    // SIGHUP re-reads every source as at start and takes the new `auth_tokens` (D42).
+    let reload: ReloadTokens = Box::new(move || {
+        Config::load(args.clone(), vars.clone()).map(|config| config.auth_tokens).map_err(|e| e.to_string())
+    });
+    match run_node_with(config, hooks, Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ NodeError::DataDir(ledger_server::data_dir::DataDirError::Locked(_))) => {
             tracing::error!("ledger-server: {e}");

@@ -12,6 +12,7 @@ use ledger_router::constants::LISTEN_IN_USE_WAIT;
 use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, RouterSettings};
 use ledger_shard::config::{ClusterPlan, HelperHooks};
 use ledger_shard::events::{EventBounds, EventLog};
+use ledger_shard::peer::credential::PeerCredential;
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,13 +59,20 @@ impl Drop for EventsOpen {
 }
 
 pub fn run_node(config: Config) -> Result<(), NodeError> {
-    run_node_with(config, HelperHooks::default())
+    run_node_with(config, HelperHooks::default(), None)
 }
+
+/// Reads `auth_tokens` again from the node's configuration sources (SIGHUP, D42).
+pub type ReloadTokens = Box<dyn Fn() -> Result<crate::config::AuthTokens, String>>;
 
 /// [`run_node`] with `helper_hooks` run at the start and end of the state-tree threads (the
 /// binary turns its node-block allocator cache on there and hands the cached blocks back at the
-/// end, see `node_alloc.rs`).
-pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), NodeError> {
+/// end, see `node_alloc.rs`). On SIGHUP, `reload` gives the new `auth_tokens`.
+pub fn run_node_with(
+    config: Config,
+    helper_hooks: HelperHooks,
+    reload: Option<ReloadTokens>,
+) -> Result<(), NodeError> {
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
     let dir = DataDir::open(&config.data_dir)?;
@@ -206,7 +214,9 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         gc_interval_secs: config.gc_interval_secs,
         sim_disk: None,
         events: Some(events.0.clone()),
+        peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),
     });
+    let auth = Arc::new(config.auth_tokens.table());
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,
         max_frame_bytes: config.max_frame_bytes,
@@ -250,6 +260,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             settings: settings.clone(),
             cores: inbox_senders.clone(),
             placement: placement.clone(),
+            auth: auth.clone(),
         };
         let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
             Placement::Fixed(config.cpu_list[index])
@@ -342,9 +353,15 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             dir.node_id,
             advertise_addr.clone(),
             Duration::from_secs(config.bootstrap_poll_secs),
+            shard_config.peer_credential.clone(),
         );
     }
-    let signal = wait_for_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => reload_tokens(reload.as_deref(), &controls, &shard_config.peer_credential),
+            signal => break signal,
+        }
+    };
     ledger_shard::event!(info, "node_stopping", signal, "received a termination signal; shutting down");
     for control in &controls {
         let _ = control.send(ListenerControl::Stop);
@@ -374,6 +391,41 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     drop(events);
     drop(dir);
     Ok(())
+}
+
+/// SIGHUP: hands the re-read `auth_tokens` to every core's listener and to the peer pools
+/// (D42). A configuration that no longer loads keeps the tokens in force.
+fn reload_tokens(
+    reload: Option<&dyn Fn() -> Result<crate::config::AuthTokens, String>>,
+    controls: &[flume::Sender<ListenerControl>],
+    peer_credential: &PeerCredential,
+) {
+    let Some(reload) = reload else {
+        ledger_shard::event!(warn, "auth_reload_failed", error = "no configuration source to re-read");
+        return;
+    };
+    match reload() {
+        Ok(tokens) => {
+            let table = Arc::new(tokens.table());
+            for control in controls {
+                let _ = control.send(ListenerControl::Auth(table.clone()));
+            }
+            peer_credential.set(tokens.peer_secret());
+            ledger_shard::event!(
+                info,
+                "auth_reloaded",
+                tokens = tokens.0.len(),
+                ids = ?tokens,
+                "auth_tokens re-read on SIGHUP"
+            );
+        }
+        Err(error) => ledger_shard::event!(
+            error,
+            "auth_reload_failed",
+            error = %error,
+            "SIGHUP: the configuration does not load; the tokens in force stay"
+        ),
+    }
 }
 
 /// Waits for a oneshot from a plain thread, polling so that a deadline applies.
@@ -411,8 +463,9 @@ fn install_fail_stop_panic_hook() {
     }));
 }
 
-/// Blocks SIGINT/SIGTERM in this thread before any executor thread exists, so every thread
-/// inherits the mask and only `wait_for_signal` receives them.
+/// Blocks SIGINT/SIGTERM (stop) and SIGHUP (re-read the tokens) in this thread before any
+/// executor thread exists, so every thread inherits the mask and only `wait_for_signal`
+/// receives them.
 fn block_termination_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local, zero-initialised sigset_t.
     unsafe {
@@ -420,6 +473,7 @@ fn block_termination_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

@@ -14,14 +14,26 @@ pub enum Role {
     Admin,
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[rkyv(derive(Debug))]
+/// `Debug` never shows the credential (a token secret).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub protocol_version: u16,
     pub role: Role,
     pub node_id: Option<u64>,
     pub client_name: String,
     pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("protocol_version", &self.protocol_version)
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .field("client_name", &self.client_name)
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

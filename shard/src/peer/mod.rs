@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod convert;
+pub mod credential;
 pub mod forward;
 pub mod pool;
 pub mod serve;

@@ -15,7 +15,8 @@ use glommio::net::TcpStream;
 use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
-    Hello, HelloAck, RequestBatch, RequestEnvelope, Response, ResponseBatch, Role, Status, PROTOCOL_VERSION,
+    Hello, HelloAck, RequestBatch, RequestEnvelope, Response, ResponseBatch, Role, Status, StatusCode,
+    PROTOCOL_VERSION,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ struct PeerConn {
     addr: String,
     self_id: u64,
     max_frame_bytes: u32,
+    credential: std::sync::Arc<super::credential::PeerCredential>,
     link: RefCell<Link>,
     connecting: futures::lock::Mutex<()>,
     generation: Cell<u64>,
@@ -70,16 +72,19 @@ pub struct PeerPool {
     self_id: u64,
     max_frame_bytes: u32,
     faults: std::sync::Arc<crate::faults::Faults>,
+    credential: std::sync::Arc<super::credential::PeerCredential>,
     conns: RefCell<HashMap<u64, Rc<PeerConn>>>,
 }
 
 impl PeerPool {
-    pub fn new(
-        self_id: u64,
-        max_frame_bytes: u32,
-        faults: std::sync::Arc<crate::faults::Faults>,
-    ) -> Rc<PeerPool> {
-        Rc::new(PeerPool { self_id, max_frame_bytes, faults, conns: RefCell::new(HashMap::new()) })
+    pub fn new(config: &crate::config::ShardConfig) -> Rc<PeerPool> {
+        Rc::new(PeerPool {
+            self_id: config.node_id,
+            max_frame_bytes: config.max_frame_bytes,
+            faults: config.faults.clone(),
+            credential: config.peer_credential.clone(),
+            conns: RefCell::new(HashMap::new()),
+        })
     }
 
     pub fn self_id(&self) -> u64 {
@@ -103,6 +108,7 @@ impl PeerPool {
             addr: addr.to_string(),
             self_id: self.self_id,
             max_frame_bytes: self.max_frame_bytes,
+            credential: self.credential.clone(),
             link: RefCell::new(Link::Down { retry_at: None, reason: String::new() }),
             connecting: futures::lock::Mutex::new(()),
             generation: Cell::new(0),
@@ -255,7 +261,7 @@ impl PeerConn {
             role: Role::Peer,
             node_id: Some(self.self_id),
             client_name: format!("ledger-node-{}", self.self_id),
-            credential: None,
+            credential: self.credential.get(),
         };
         let frame = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| format!("hello: {e}"))?;
         writer.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;
@@ -337,11 +343,18 @@ async fn read_loop(
         match frame.kind() {
             FrameKind::ResponseBatch => match frame.decode::<ResponseBatch>() {
                 Ok(batch) => {
+                    let mut refused = false;
                     for item in batch.items {
+                        // The peer no longer accepts the secret this link opened with (tokens
+                        // rotated, D42): the next call reconnects with the current one.
+                        refused |= matches!(&item.result, Err(s) if s.code == StatusCode::Unauthenticated);
                         let waiter = conn.pending.borrow_mut().remove(&item.request_id);
                         if let Some((_, tx)) = waiter {
                             let _ = tx.send(item.result);
                         }
+                    }
+                    if refused {
+                        break "the peer refused this node's credential".to_string();
                     }
                 }
                 Err(e) => break format!("bad response batch: {e}"),

@@ -36,8 +36,8 @@ pub use session::{RetryPolicy, WriteOutcome, WriteSession};
 pub use stream::{BlockStream, StreamNext};
 pub use verified::{verify_read_response, verify_write_success, VerifiedRead, VerifiedReadOptions};
 
-/// How a `Client` connects and behaves.
-#[derive(Debug, Clone)]
+/// How a `Client` connects and behaves. `Debug` never shows the credential.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// `Client` or `Admin` (SPEC §4.1); `Peer` is for node-to-node traffic.
     pub role: Role,
@@ -83,6 +83,33 @@ impl ClientOptions {
     pub fn admin() -> Self {
         ClientOptions { role: Role::Admin, ..ClientOptions::default() }
     }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("role", &self.role)
+            .field("client_name", &self.client_name)
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_batch_items", &self.max_batch_items)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_outstanding", &self.max_outstanding)
+            .field("follow_leaders", &self.follow_leaders)
+            .finish()
+    }
+}
+
+/// The token secret in `path` (`--token-file`, `LEDGER_TOKEN_FILE`): the file's text without
+/// surrounding whitespace. The error names the file, never its contents.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(secret.to_string())
 }
 
 /// Per-call overrides.
