@@ -78,6 +78,9 @@ pub struct Args {
     /// Connections of the flood in --noisy-neighbour, each with --pipeline workers.
     #[arg(long = "noisy-connections", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
     pub noisy_connections: u64,
+    /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
+    #[arg(long, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Read consistency as spelled on the command line.

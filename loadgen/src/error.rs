@@ -43,6 +43,9 @@ pub enum ArgError {
 pub enum LoadgenError {
     #[error("invalid arguments: {0}")]
     Args(#[from] ArgError),
+    /// `--token-file` unreadable or empty (the message names the file, not its contents).
+    #[error("{0}")]
+    TokenFile(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,

@@ -42,7 +42,12 @@ async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
 
 /// `count` connections, spread over `--addr` round-robin.
 pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenError> {
+    let credential = match &args.token_file {
+        Some(path) => Some(ledger_wire::client::read_token_file(path).map_err(LoadgenError::TokenFile)?),
+        None => None,
+    };
     let options = ClientOptions {
+        credential,
         client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
         follow_leaders: args.routing == crate::cli::Routing::Leader,
         ..ClientOptions::default()

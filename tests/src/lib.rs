@@ -181,6 +181,22 @@ impl ServerProcess {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
+
+    /// SIGHUP: the server re-reads its `auth_tokens`.
+    pub fn sighup(&self) {
+        // SAFETY: sending a signal to our own child process by PID.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGHUP);
+        }
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path: a `--config` file with `auth_tokens`, or a
+/// `--token-file` holding one secret.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
 }
 
 impl Drop for ServerProcess {
@@ -194,8 +210,16 @@ impl Drop for ServerProcess {
 
 /// Runs the `ledger` CLI against `addr`; returns (exit code, stdout, stderr).
 pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let output =
-        Command::new(binary("ledger")).arg("--addr").arg(addr).args(args).output().expect("run ledger");
+    ledger_cli_env(addr, &[], args)
+}
+
+/// [`ledger_cli`] with extra environment variables (e.g. `LEDGER_TOKEN_FILE`).
+pub fn ledger_cli_env(addr: &str, env: &[(&str, &Path)], args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(binary("ledger"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.arg("--addr").arg(addr).args(args).output().expect("run ledger");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -206,11 +230,22 @@ pub fn ledger_cli(addr: &str, args: &[&str]) -> (i32, String, String) {
 /// Runs `ledger-admin --addr ADDR --timeout-secs SECS ARGS…`; returns (exit code, stdout,
 /// stderr).
 pub fn ledger_admin(addr: &str, timeout_secs: u64, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary("ledger-admin"))
-        .args(["--addr", addr, "--timeout-secs", &timeout_secs.to_string()])
-        .args(args)
-        .output()
-        .expect("run ledger-admin");
+    ledger_admin_with(addr, timeout_secs, None, args)
+}
+
+/// [`ledger_admin`] with `--token-file TOKEN_FILE` when given (servers with `auth_tokens`).
+pub fn ledger_admin_with(
+    addr: &str,
+    timeout_secs: u64,
+    token_file: Option<&Path>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut command = Command::new(binary("ledger-admin"));
+    command.args(["--addr", addr, "--timeout-secs", &timeout_secs.to_string()]);
+    if let Some(path) = token_file {
+        command.arg("--token-file").arg(path);
+    }
+    let output = command.args(args).output().expect("run ledger-admin");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

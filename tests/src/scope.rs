@@ -22,6 +22,14 @@ pub async fn connect(addr: &str) -> Client {
     Client::connect(addr, ClientOptions::default()).await.expect("connect client")
 }
 
+/// A client presenting the token `secret` (servers with `auth_tokens`); `follow_leaders` off
+/// makes a follower forward the client's writes.
+pub async fn connect_with_token(addr: &str, secret: Option<&str>, follow_leaders: bool) -> Client {
+    let options =
+        ClientOptions { credential: secret.map(str::to_string), follow_leaders, ..ClientOptions::default() };
+    Client::connect(addr, options).await.expect("connect client")
+}
+
 /// Creates namespace `name` and one vault in it; returns `(namespace_id, vault_id)`.
 pub async fn create_scope(client: &Client, name: &str) -> (i64, i64) {
     let (namespace_id, _group) = client.create_namespace(name).await.expect("create namespace");

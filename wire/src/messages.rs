@@ -36,6 +36,16 @@ impl std::fmt::Debug for Hello {
     }
 }
 
+impl std::fmt::Debug for ArchivedHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchivedHello")
+            .field("role", &self.role)
+            .field("client_name", &self.client_name.as_str())
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct HelloAck {

@@ -10,7 +10,7 @@ use ledger_server::cli::out;
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::verify_cmd;
 use ledger_server::cli::watch::WatchArgs;
-use ledger_server::cli::{connect, namespace_id, now_secs, CliError};
+use ledger_server::cli::{connect, credential, namespace_id, now_secs, CliError};
 use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, WriteResult};
 use serde_json::{json, Value};
@@ -36,6 +36,9 @@ struct Cli {
     /// with the same client id and sequence is an idempotent retry (SPEC §6).
     #[arg(long, global = true, requires = "client_id")]
     sequence: Option<u64>,
+    /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
+    #[arg(long, global = true, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -220,7 +223,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Verify { file } = &cli.command {
         return verify_cmd::offline(file, cli.json);
     }
-    let client = connect(&cli.addr, ClientOptions::default()).await?;
+    let options =
+        ClientOptions { credential: credential(cli.token_file.as_deref())?, ..ClientOptions::default() };
+    let client = connect(&cli.addr, options).await?;
     let json_mode = cli.json;
     match cli.command {
         Command::Namespace(NamespaceCommand::Create { name }) => {

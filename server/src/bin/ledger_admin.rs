@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ledger_core::hash::block_hash;
 use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
-use ledger_server::cli::{connect, namespace_id, CliError};
+use ledger_server::cli::{connect, credential, namespace_id, CliError};
 use ledger_server::cli::{gc_cmd, logs, ops_cmd, out};
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
@@ -29,6 +29,9 @@ struct Cli {
     format: Format,
     #[arg(long, global = true, default_value_t = 10)]
     timeout_secs: u64,
+    /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
+    #[arg(long, global = true, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -247,16 +250,17 @@ fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
-fn options(cli: &Cli) -> ClientOptions {
-    ClientOptions {
+fn options(cli: &Cli) -> Result<ClientOptions, CliError> {
+    Ok(ClientOptions {
         call_timeout: Duration::from_secs(cli.timeout_secs),
         connect_timeout: Duration::from_secs(cli.timeout_secs),
+        credential: credential(cli.token_file.as_deref())?,
         ..ClientOptions::admin()
-    }
+    })
 }
 
 async fn client(cli: &Cli) -> Result<Client, CliError> {
-    connect(&cli.addr, options(cli)).await
+    connect(&cli.addr, options(cli)?).await
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
@@ -376,7 +380,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::ClusterStatus => {
             let client = client(&cli).await?;
-            ops_cmd::cluster_status(&client, &options(&cli), json_out).await
+            ops_cmd::cluster_status(&client, &options(&cli)?, json_out).await
         }
         Command::LagReport { group } => {
             let client = client(&cli).await?;

@@ -39,6 +39,14 @@ pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, CliEr
     Client::connect(addr, options).await.map_err(|e| CliError::new(3, format!("cannot reach {addr}: {e}")))
 }
 
+/// The token secret of `--token-file` / `LEDGER_TOKEN_FILE`, if given; an unreadable or empty
+/// file is a usage error (exit 2).
+pub fn credential(token_file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {
+    token_file
+        .map(|path| ledger_wire::client::read_token_file(path).map_err(|message| CliError::new(2, message)))
+        .transpose()
+}
+
 /// Accepts a numeric namespace id or a namespace name.
 pub async fn namespace_id(client: &Client, namespace: &str) -> Result<i64, CliError> {
     if let Ok(id) = namespace.parse::<i64>() {
