@@ -61,10 +61,11 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
     let auth = Rc::new(crate::auth::AuthState::new(context.auth.clone()));
     let listener = loop {
         match control.recv_async().await {
-            // SAFETY: `into_raw_fd` hands over the only owner of a bound, listening TCP socket
-            // descriptor (a duplicate per core); the glommio listener owns and closes it from here.
             Ok(ListenerControl::Listen(socket)) => {
-                break unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
+                let fd = socket.into_raw_fd();
+                // SAFETY: `into_raw_fd` handed over the only owner of a bound, listening TCP socket
+                // descriptor (a duplicate per core); the glommio listener owns and closes it now.
+                break unsafe { TcpListener::from_raw_fd(fd) };
             }
             Ok(ListenerControl::Auth(table)) => auth.replace(table),
             Ok(ListenerControl::Stop) | Err(_) => return,

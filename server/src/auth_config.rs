@@ -140,6 +140,7 @@ fn token(id: &str, entry: &toml::Value) -> Result<TokenSpec, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn parse(text: &str) -> Result<AuthTokens, String> {
