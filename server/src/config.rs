@@ -1200,4 +1200,29 @@ mod tests {
             }
         }
     }
+
+    /// `auth_tokens` from the file or the environment (which wins), never from a flag; errors
+    /// and `Debug` never show a secret (D42).
+    #[test]
+    fn t13_auth_tokens_from_file_and_env_without_showing_secrets() {
+        let secret = "file-secret-0123456789";
+        let (_dir, path) = config_file(&format!("cores = 1\n[auth_tokens]\nnode = \"{secret}\"\n"));
+        let path = path.to_str().unwrap();
+        let config = load(&["--config", path], &[]).unwrap();
+        assert_eq!(config.auth_tokens.peer_secret().as_deref(), Some(secret));
+        assert!(!format!("{config:?}").contains(secret), "Debug shows token ids only");
+        let var = env_var(AUTH_TOKENS);
+        let env = load(&["--config", path], &[(var.as_str(), r#"env = "env-secret-0123456789""#)]).unwrap();
+        assert_eq!(env.auth_tokens.0.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["env"]);
+        assert!(load(&["--cores", "1", "--auth-tokens", "x"], &[]).is_err(), "no flag");
+        for (text, vars) in [
+            (format!("cores = 1\n[auth_tokens]\nnode = \"{secret}\"\nbad = 1 2\n"), vec![]),
+            ("cores = 1\n".to_string(), vec![(var.as_str(), r#"node = "file-secret-0123456789", x"#)]),
+            ("cores = 1\n[auth_tokens.node]\nsecret = \"file-secret-0123456789\"\n".to_string(), vec![]),
+        ] {
+            let (_dir, path) = config_file(&text);
+            let error = load(&["--config", path.to_str().unwrap()], &vars).unwrap_err().to_string();
+            assert!(!error.contains(secret), "{error}");
+        }
+    }
 }
