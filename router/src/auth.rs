@@ -181,6 +181,7 @@ pub fn access_of(request: &Request) -> Access {
         | CreateSnapshot { .. }
         | RecoverVault { .. }
         | SimulateDivergence { .. }
+        | ForceGc { .. }
         | JoinCluster { .. }
         | LeaveCluster { .. }
         | SetPartition { .. }
