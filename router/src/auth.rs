@@ -181,11 +181,11 @@ pub fn access_of(request: &Request) -> Access {
         | CreateSnapshot { .. }
         | RecoverVault { .. }
         | SimulateDivergence { .. }
+        | ForceGc { .. }
         | JoinCluster { .. }
         | LeaveCluster { .. }
         | SetPartition { .. }
-        | TransferLeadership { .. }
-        | ForceGc { .. } => Access::Admin,
+        | TransferLeadership { .. } => Access::Admin,
         Peer(_) => Access::Peer,
     }
 }

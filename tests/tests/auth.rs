@@ -54,10 +54,18 @@ async fn write(
     }
 }
 
+/// Block `height` of the namespace scope, waiting while the node asked (a follower, in a
+/// cluster) has not applied it yet.
 async fn block(client: &Client, namespace_id: i64, height: u64) -> Block {
-    match client.call(Request::GetBlock { namespace_id, vault_id: None, height }).await.expect("GetBlock") {
-        Response::GetBlock { block, .. } => block,
-        other => panic!("unexpected {other:?}"),
+    let deadline = Instant::now() + RELOAD_GUARD;
+    loop {
+        match client.call(Request::GetBlock { namespace_id, vault_id: None, height }).await {
+            Ok(Response::GetBlock { block, .. }) => return block,
+            Err(ClientError::Status { code: StatusCode::NotFound, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("GetBlock: {other:?}"),
+        }
     }
 }
 
