@@ -44,6 +44,8 @@ pub enum NodeError {
     CoresShrunk { group: u32, core: u16, needed: u16 },
     #[error("event log in node.redb: {0}")]
     Events(#[source] ledger_shard::ShardError),
+    #[error("TLS: {0}")]
+    Tls(#[from] ledger_wire::tls::TlsError),
 }
 
 /// The open event log, attached to the process's event layer; detached, written and synced when
@@ -67,6 +69,8 @@ pub fn run_node(config: Config) -> Result<(), NodeError> {
 pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), NodeError> {
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
+    // Unreadable TLS files stop the node before it takes anything.
+    let tls = config.tls.as_ref().map(crate::tls::NodeTls::load).transpose()?;
     let dir = DataDir::open(&config.data_dir)?;
     let events =
         EventsOpen(EventLog::open(dir.node_db(), EventBounds::default()).map_err(NodeError::Events)?);
@@ -93,7 +97,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             groups: Vec::new(),
         };
         let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
-        let agreed = crate::bootstrap::coordinate(first, &config, me)?;
+        let agreed = crate::bootstrap::coordinate(first, &config, me, tls.as_ref())?;
         let groups = ledger_router::placement::initial_groups(
             agreed.initializer_cores as usize,
             config.groups_per_core,
@@ -117,7 +121,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
     } else if previous.is_empty() && config.bootstrap_expect == 0 {
         // Join mode: host the cluster's groups, uninitialized, until a member adds this node.
         let groups: Vec<GroupId> =
-            crate::bootstrap::find_cluster(&config)?.into_iter().map(GroupId).collect();
+            crate::bootstrap::find_cluster(&config, tls.as_ref())?.into_iter().map(GroupId).collect();
         let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
         let stored = StoredPlan { members: Vec::new(), initializer: 0 };
         dir.store_plan(&stored, &placement)?;
@@ -206,6 +210,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         gc_interval_secs: config.gc_interval_secs,
         sim_disk: None,
         events: Some(events.0.clone()),
+        peer_tls: tls.as_ref().and_then(|tls| tls.peer.clone()),
     });
     let settings = Arc::new(RouterSettings {
         node_id: dir.node_id,
@@ -217,6 +222,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
         connection_slots: ledger_router::admission::ConnectionSlots::new(config.max_connections),
         faults: shard_config.faults.clone(),
+        tls: tls.as_ref().map(|tls| tls.server.clone()),
     });
 
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
@@ -342,6 +348,7 @@ pub fn run_node_with(config: Config, helper_hooks: HelperHooks) -> Result<(), No
             dir.node_id,
             advertise_addr.clone(),
             Duration::from_secs(config.bootstrap_poll_secs),
+            tls.clone(),
         );
     }
     let signal = wait_for_signal(&signals);

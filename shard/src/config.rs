@@ -73,6 +73,8 @@ pub struct ShardConfig {
     /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
     /// in-process tests (`GetEvents` then answers `FailedPrecondition`).
     pub events: Option<std::sync::Arc<crate::events::EventLog>>,
+    /// Connect to peers over TLS, presenting this node's certificate (D43); `None` = plain TCP.
+    pub peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
@@ -146,6 +148,7 @@ impl ShardConfig {
             gc_interval_secs: 0,
             sim_disk: None,
             events: None,
+            peer_tls: None,
         }
     }
 }

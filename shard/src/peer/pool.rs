@@ -9,9 +9,10 @@ use crate::constants::{
     PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_UNREACHABLE_EVENT_INTERVAL,
 };
 use futures::channel::{mpsc, oneshot};
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::StreamExt;
 use glommio::net::TcpStream;
+use std::sync::Arc;
 use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
@@ -53,6 +54,7 @@ struct PeerConn {
     addr: String,
     self_id: u64,
     max_frame_bytes: u32,
+    tls: Option<Arc<rustls::ClientConfig>>,
     link: RefCell<Link>,
     connecting: futures::lock::Mutex<()>,
     generation: Cell<u64>,
@@ -70,6 +72,8 @@ pub struct PeerPool {
     self_id: u64,
     max_frame_bytes: u32,
     faults: std::sync::Arc<crate::faults::Faults>,
+    /// Peers are dialled over TLS with this configuration (D43), else over plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
     conns: RefCell<HashMap<u64, Rc<PeerConn>>>,
 }
 
@@ -78,8 +82,9 @@ impl PeerPool {
         self_id: u64,
         max_frame_bytes: u32,
         faults: std::sync::Arc<crate::faults::Faults>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Rc<PeerPool> {
-        Rc::new(PeerPool { self_id, max_frame_bytes, faults, conns: RefCell::new(HashMap::new()) })
+        Rc::new(PeerPool { self_id, max_frame_bytes, faults, tls, conns: RefCell::new(HashMap::new()) })
     }
 
     pub fn self_id(&self) -> u64 {
@@ -103,6 +108,7 @@ impl PeerPool {
             addr: addr.to_string(),
             self_id: self.self_id,
             max_frame_bytes: self.max_frame_bytes,
+            tls: self.tls.clone(),
             link: RefCell::new(Link::Down { retry_at: None, reason: String::new() }),
             connecting: futures::lock::Mutex::new(()),
             generation: Cell::new(0),
@@ -249,6 +255,29 @@ impl PeerConn {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let Some(config) = self.tls.clone() else {
+            return self.start(stream).await;
+        };
+        // The peer's certificate must carry the host of its address, signed by a trusted CA;
+        // this node presents its own certificate (mutual TLS, D43).
+        let name = ledger_wire::tls::server_name(&self.addr).map_err(|e| format!("tls: {e}"))?;
+        let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
+        futures::pin_mut!(handshake);
+        match futures::future::select(handshake, glommio::timer::Timer::new(PEER_CONNECT_TIMEOUT)).await {
+            futures::future::Either::Left((Ok(tls), _)) => self.start(tls).await,
+            futures::future::Either::Left((Err(e), _)) => Err(format!("tls handshake: {e}")),
+            futures::future::Either::Right(_) => Err("tls handshake: timed out".to_string()),
+        }
+    }
+
+    /// The Hello/HelloAck exchange on a connected `stream` (plain or TLS), then its tasks.
+    async fn start<S>(
+        self: &Rc<Self>,
+        stream: S,
+    ) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let (mut reader, mut writer) = stream.split();
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -259,6 +288,7 @@ impl PeerConn {
         };
         let frame = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| format!("hello: {e}"))?;
         writer.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;
+        writer.flush().await.map_err(|e| format!("hello: {e}"))?;
         let mut frames = FrameReader::new(self.max_frame_bytes);
         let mut rest = Vec::new();
         let ack = read_frame(&mut reader, &mut frames, &mut rest)
@@ -295,8 +325,8 @@ impl PeerConn {
 }
 
 /// Reads until one whole frame is buffered. `Ok(None)`: closed between frames.
-async fn read_frame(
-    reader: &mut ReadHalf<TcpStream>,
+async fn read_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    reader: &mut ReadHalf<S>,
     frames: &mut FrameReader,
     rest: &mut Vec<u8>,
 ) -> Result<Option<ledger_wire::codec::Frame>, String> {
@@ -321,9 +351,9 @@ async fn read_frame(
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     conn: Rc<PeerConn>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<S>,
     mut frames: FrameReader,
     mut rest: Vec<u8>,
     generation: u64,
@@ -355,8 +385,8 @@ async fn read_loop(
 }
 
 /// Packs queued requests into as few `RequestBatch` frames as their sizes allow.
-async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut writer: WriteHalf<S>,
     mut queued: mpsc::UnboundedReceiver<(RequestEnvelope, usize)>,
     batch_items: usize,
     max_frame_bytes: u32,
@@ -389,7 +419,8 @@ async fn write_loop(
         let Ok(frame) = encode_frame_to_vec(FrameKind::RequestBatch, &RequestBatch { items }) else {
             break;
         };
-        if writer.write_all(&frame).await.is_err() {
+        // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+        if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
             break;
         }
     }
