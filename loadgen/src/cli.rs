@@ -78,6 +78,15 @@ pub struct Args {
     /// Connections of the flood in --noisy-neighbour, each with --pipeline workers.
     #[arg(long = "noisy-connections", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
     pub noisy_connections: u64,
+    /// Connect over TLS, trusting the CA certificates of this PEM file (D43).
+    #[arg(long, env = "LEDGER_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require one (mutual TLS).
+    #[arg(long, env = "LEDGER_TLS_CERT", value_name = "PATH", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LEDGER_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Read consistency as spelled on the command line.

@@ -11,6 +11,7 @@ use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::verify_cmd;
 use ledger_server::cli::watch::WatchArgs;
 use ledger_server::cli::{connect, namespace_id, now_secs, CliError};
+use ledger_server::cli::tls_args::TlsArgs;
 use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, WriteResult};
 use serde_json::{json, Value};
@@ -36,6 +37,8 @@ struct Cli {
     /// with the same client id and sequence is an idempotent retry (SPEC §6).
     #[arg(long, global = true, requires = "client_id")]
     sequence: Option<u64>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -220,7 +223,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Verify { file } = &cli.command {
         return verify_cmd::offline(file, cli.json);
     }
-    let client = connect(&cli.addr, ClientOptions::default()).await?;
+    let options = ClientOptions { tls: cli.tls.client_tls(&cli.addr)?, ..ClientOptions::default() };
+    let client = connect(&cli.addr, options).await?;
     let json_mode = cli.json;
     match cli.command {
         Command::Namespace(NamespaceCommand::Create { name }) => {

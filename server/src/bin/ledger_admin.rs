@@ -9,6 +9,7 @@ use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::{connect, namespace_id, CliError};
 use ledger_server::cli::{gc_cmd, logs, ops_cmd, out};
+use ledger_server::cli::tls_args::TlsArgs;
 use ledger_wire::client::{Client, ClientOptions};
 use ledger_wire::messages::{HealthStatus, NamespaceSelector, Request, Response};
 use serde_json::{json, Value};
@@ -29,6 +30,8 @@ struct Cli {
     format: Format,
     #[arg(long, global = true, default_value_t = 10)]
     timeout_secs: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -247,16 +250,17 @@ fn emit(format: Format, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
-fn options(cli: &Cli) -> ClientOptions {
-    ClientOptions {
+fn options(cli: &Cli) -> Result<ClientOptions, CliError> {
+    Ok(ClientOptions {
         call_timeout: Duration::from_secs(cli.timeout_secs),
         connect_timeout: Duration::from_secs(cli.timeout_secs),
+        tls: cli.tls.client_tls(&cli.addr)?,
         ..ClientOptions::admin()
-    }
+    })
 }
 
 async fn client(cli: &Cli) -> Result<Client, CliError> {
-    connect(&cli.addr, options(cli)).await
+    connect(&cli.addr, options(cli)?).await
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
@@ -376,7 +380,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::ClusterStatus => {
             let client = client(&cli).await?;
-            ops_cmd::cluster_status(&client, &options(&cli), json_out).await
+            ops_cmd::cluster_status(&client, &options(&cli)?, json_out).await
         }
         Command::LagReport { group } => {
             let client = client(&cli).await?;
