@@ -283,3 +283,4 @@ pub mod cluster;
 pub mod linearizability;
 pub mod raw;
 pub mod scope;
+pub mod tls;
