@@ -1212,7 +1212,18 @@ mod tests {
             (&["--cores", "1", "--tls-key", "k.pem"][..], "tls_cert"),
             (&["--cores", "1", "--tls-client-ca", "ca.pem"][..], "tls_client_ca"),
             (
-                &["--cores", "1", "--tls-cert", "c", "--tls-key", "k", "--bootstrap-expect", "3", "--peers", "a:1"][..],
+                &[
+                    "--cores",
+                    "1",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--bootstrap-expect",
+                    "3",
+                    "--peers",
+                    "a:1",
+                ][..],
                 "tls_ca",
             ),
         ] {

@@ -122,7 +122,8 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let cache =
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
-    let peers = PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone(), config.peer_tls.clone());
+    let peers =
+        PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone(), config.peer_tls.clone());
     let limiter = RefCell::new(RateLimiter::new(config.rate_limit_rps));
     let shard = Rc::new(Shard {
         core,

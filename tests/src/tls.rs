@@ -38,7 +38,8 @@ fn leaf_params(name: &str, sans: &[&str]) -> CertificateParams {
     let mut params = CertificateParams::new(sans).expect("leaf params");
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params
 }
 
@@ -53,8 +54,9 @@ impl TestPki {
         let dir = crate::temp_dir("pki");
         let ca = CertifiedIssuer::self_signed(ca_params("ledger test CA"), KeyPair::generate().expect("key"))
             .expect("CA");
-        let other = CertifiedIssuer::self_signed(ca_params("unrelated CA"), KeyPair::generate().expect("key"))
-            .expect("other CA");
+        let other =
+            CertifiedIssuer::self_signed(ca_params("unrelated CA"), KeyPair::generate().expect("key"))
+                .expect("other CA");
         let leaf = |name: &str, sans: &[&str], issuer: &CertifiedIssuer<'_, KeyPair>| {
             let key = KeyPair::generate().expect("key");
             let cert = leaf_params(name, sans).signed_by(&key, issuer).expect("sign");

@@ -77,7 +77,8 @@ async fn t01_single_node_tls_serves_trusting_clients_only() {
     write_and_read(&again, "tls-again", "w2").await;
 
     let ca = pki.ca.display().to_string();
-    let (code, out, err) = run("ledger", &["--addr", &server.addr, "--tls-ca", &ca, "namespace", "create", "cli-ns"]);
+    let (code, out, err) =
+        run("ledger", &["--addr", &server.addr, "--tls-ca", &ca, "namespace", "create", "cli-ns"]);
     assert_eq!(code, 0, "ledger over TLS: {out}{err}");
     let (code, out, err) = run("ledger-admin", &["--addr", &server.addr, "--tls-ca", &ca, "health"]);
     assert_eq!(code, 0, "ledger-admin over TLS: {out}{err}");
@@ -106,8 +107,11 @@ async fn t02_mutual_tls_requires_a_client_certificate_of_the_client_ca() {
         connect_with(&server.addr, pki.client_options_with_cert()).await.expect("client with a certificate");
     write_and_read(&client, "tls-mutual", "w1").await;
 
-    let (ca, cert, key) =
-        (pki.ca.display().to_string(), pki.client_cert.display().to_string(), pki.client_key.display().to_string());
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
     let base = ["--addr", server.addr.as_str(), "--tls-ca", ca.as_str()];
     let (code, _, _) = run("ledger-admin", &[&base[..], &["health"]].concat());
     assert_ne!(code, 0, "ledger-admin without a client certificate got an answer");
@@ -145,7 +149,8 @@ async fn t03_three_node_cluster_over_mutual_tls() {
             let key = format!("k{i}");
             // Eventual reads answer from the node's own replica: wait for it to apply.
             loop {
-                let value = retry_transient(|| client.read(namespace_id, None, key.clone())).await.expect("read");
+                let value =
+                    retry_transient(|| client.read(namespace_id, None, key.clone())).await.expect("read");
                 if value.as_deref() == Some(format!("v{i}").as_bytes()) {
                     break;
                 }
@@ -169,7 +174,9 @@ async fn t04_garbage_instead_of_a_client_hello_closes_only_that_connection() {
     let before = connect_with(&server.addr, pki.client_options()).await.expect("TLS client");
     write_and_read(&before, "before", "w1").await;
 
-    for garbage in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5][..]] {
+    for garbage in
+        [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5][..]]
+    {
         let mut raw = std::net::TcpStream::connect(&server.addr).expect("connect");
         raw.set_read_timeout(Some(READ_GUARD)).expect("read timeout");
         raw.write_all(garbage).expect("send garbage");

@@ -58,9 +58,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::BadCa { path: path.to_path_buf(), message: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.to_path_buf(), message: e.to_string() })?;
     }
     Ok(roots)
 }
@@ -112,6 +110,8 @@ pub fn server_name(addr: &str) -> Result<ServerName<'static>, TlsError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

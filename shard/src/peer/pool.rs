@@ -12,7 +12,6 @@ use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::StreamExt;
 use glommio::net::TcpStream;
-use std::sync::Arc;
 use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
@@ -21,6 +20,7 @@ use ledger_wire::messages::{
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call to a peer got no answer from it.

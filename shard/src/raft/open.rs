@@ -228,10 +228,9 @@ pub async fn open_group_with(
     }
     log_store.set_purge_limit(checkpointer.durable());
     let log_stats = log_store.stats();
-    let pool = options
-        .peers
-        .clone()
-        .unwrap_or_else(|| PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone(), config.peer_tls.clone()));
+    let pool = options.peers.clone().unwrap_or_else(|| {
+        PeerPool::new(config.node_id, config.max_frame_bytes, config.faults.clone(), config.peer_tls.clone())
+    });
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
     let sm = StateMachine::new(data.clone(), Some(checkpointer.clone())).with_files(env);
 
