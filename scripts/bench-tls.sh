@@ -23,7 +23,7 @@ start() { # MODE: plain | tls
   local data="$WORK/data-$1-$2" log="$WORK/log-$1-$2" tls=()
   [ "$1" = tls ] && tls=(--tls-cert "$WORK/node.pem" --tls-key "$WORK/node.key")
   ./target/release/ledger-server --data-dir "$data" --listen-addr 127.0.0.1:0 --metrics-addr off \
-    --log-level warn "${tls[@]}" > "$log" 2>&1 &
+    --log-level warn --rate-limit-rps 0 "${tls[@]}" > "$log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
   ADDR="$(grep -o 'listening on [0-9.:]*' "$log" | awk '{print $3}')"
