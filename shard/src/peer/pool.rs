@@ -6,7 +6,8 @@
 //! `ResponseBatch` items back to their callers by request id.
 
 use crate::constants::{
-    PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_UNREACHABLE_EVENT_INTERVAL,
+    PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_TLS_HANDSHAKE_TIMEOUT,
+    PEER_UNREACHABLE_EVENT_INTERVAL,
 };
 use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -263,7 +264,8 @@ impl PeerConn {
         let name = ledger_wire::tls::server_name(&self.addr).map_err(|e| format!("tls: {e}"))?;
         let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
         futures::pin_mut!(handshake);
-        match futures::future::select(handshake, glommio::timer::Timer::new(PEER_CONNECT_TIMEOUT)).await {
+        match futures::future::select(handshake, glommio::timer::Timer::new(PEER_TLS_HANDSHAKE_TIMEOUT)).await
+        {
             futures::future::Either::Left((Ok(tls), _)) => self.start(tls).await,
             futures::future::Either::Left((Err(e), _)) => Err(format!("tls handshake: {e}")),
             futures::future::Either::Right(_) => Err("tls handshake: timed out".to_string()),
