@@ -81,6 +81,15 @@ pub struct Args {
     /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
     #[arg(long, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates of this PEM file (D43).
+    #[arg(long, env = "LEDGER_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require one (mutual TLS).
+    #[arg(long, env = "LEDGER_TLS_CERT", value_name = "PATH", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LEDGER_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Read consistency as spelled on the command line.

@@ -79,4 +79,6 @@ pub enum LoadgenError {
     AllFailing { window_secs: f64, failed: u64, last_error: String },
     #[error("a worker task failed: {message}")]
     Worker { message: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] ledger_wire::tls::TlsError),
 }

@@ -15,7 +15,7 @@ use crate::scopes::{ensure_scopes, Scope};
 use crate::stats::Recorder;
 use crate::timeline::{Schedule, Timeline};
 use crate::workload::{Shape, Workload};
-use ledger_wire::{Client, ClientOptions};
+use ledger_wire::{Client, ClientOptions, ClientTls};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -46,10 +46,19 @@ pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenEr
         Some(path) => Some(ledger_wire::client::read_token_file(path).map_err(LoadgenError::TokenFile)?),
         None => None,
     };
+    // Each node's certificate is checked against the IP address connected to.
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            Some(ClientTls::from_files(ca, identity)?)
+        }
+        None => None,
+    };
     let options = ClientOptions {
         credential,
         client_name: format!("ledger-loadgen/{}", env!("CARGO_PKG_VERSION")),
         follow_leaders: args.routing == crate::cli::Routing::Leader,
+        tls,
         ..ClientOptions::default()
     };
     let mut clients = Vec::new();

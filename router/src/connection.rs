@@ -10,9 +10,8 @@ use crate::constants::{
 use crate::dispatch::{answer, Dispatcher};
 use crate::listener::RouterSettings;
 use crate::streams::{encode_stream_events, release, OpenStreams};
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::FutureExt;
-use glommio::net::TcpStream;
 use ledger_shard::read::watch::StreamEvent;
 use ledger_shard::Caller;
 use ledger_wire::codec::{archived_len, encode_frame, encode_frame_limited, Frame, FrameBudget, FrameReader};
@@ -80,17 +79,20 @@ impl Connections {
     }
 }
 
-pub async fn serve_connection(
-    stream: TcpStream,
+/// Serves one connection on `stream`: a plain TCP socket, or a TLS stream over one
+/// (tls_accept.rs). Generic rather than boxed so the plain path stays as it was.
+pub async fn serve_connection<S>(
+    stream: S,
     settings: Arc<RouterSettings>,
     dispatcher: Rc<Dispatcher>,
     connections: Rc<Connections>,
     slot: crate::admission::Slot,
     auth: Rc<AuthState>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     // Held until the connection ends: the node's count of open connections (D46).
     let _slot = slot;
-    let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
     let (control_tx, control_rx) = flume::bounded::<Control>(CONTROL_QUEUE_MAX);
     if connections.is_shutting_down() {
@@ -160,8 +162,8 @@ pub async fn serve_connection(
     streams.cancel_all(&dispatcher);
 }
 
-struct Session {
-    reader: ReadHalf<TcpStream>,
+struct Session<S> {
+    reader: ReadHalf<S>,
     frames: FrameReader,
     chunk: Vec<u8>,
     /// Bytes read but not yet consumed by the frame reader.
@@ -176,7 +178,7 @@ struct Session {
     auth: Rc<AuthState>,
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the connection; returns the Goaway to send, or `None` when the peer just closed.
     async fn run(
         &mut self,
@@ -449,8 +451,8 @@ enum Owed {
 /// done and every outstanding reply has been written (or the socket fails). No frame it writes
 /// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
 #[allow(clippy::too_many_arguments)]
-async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut writer: WriteHalf<S>,
     max_frame_bytes: u32,
     control: flume::Receiver<Control>,
     replies: flume::Receiver<ResponseEnvelope>,
@@ -532,7 +534,8 @@ async fn write_loop(
                 Err(_) => return,
             }
         }
-        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+        // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+        if !out.is_empty() && (writer.write_all(&out).await.is_err() || writer.flush().await.is_err()) {
             return;
         }
         release(&mut written);

@@ -2,7 +2,7 @@
 //! node binds it and hands each core a duplicate, each core accepts from the shared queue, and
 //! each connection is served entirely by the core that accepted it.
 
-use crate::connection::{self, Connections};
+use crate::connection::Connections;
 use crate::dispatch::Dispatcher;
 use futures::FutureExt;
 use glommio::net::TcpListener;
@@ -34,6 +34,8 @@ pub struct RouterSettings {
     pub connection_slots: Arc<crate::admission::ConnectionSlots>,
     /// The node's fault switch (peer connections from a partitioned node are dropped).
     pub faults: std::sync::Arc<ledger_shard::faults::Faults>,
+    /// Serve every connection, clients and peers alike, over TLS (D43); `None` = plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What one core's router needs: the inboxes of every core and the placement table.
@@ -79,7 +81,7 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
             accepted = listener.accept().fuse() => match accepted {
                 Ok(stream) => match settings.connection_slots.try_acquire() {
                     Some(slot) => {
-                        glommio::spawn_local(connection::serve_connection(
+                        glommio::spawn_local(crate::tls_accept::serve_accepted(
                             stream,
                             settings.clone(),
                             dispatcher.clone(),

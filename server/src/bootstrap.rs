@@ -3,9 +3,11 @@
 //! included) have answered. Every node then derives the same plan from the same answers: all N
 //! are voters of every group, the lowest node id initializes the groups, and the number of data
 //! groups is that node's cores × `groups_per_core`. Plain threads and blocking sockets: this runs
-//! before any executor exists.
+//! before any executor exists. With TLS configured (D43) both sides speak it, as the node's
+//! listener and peer connections do.
 
 use crate::config::Config;
+use crate::tls::NodeTls;
 use ledger_router::auth::{hash_secret, AuthTable};
 use ledger_shard::peer::credential::PeerCredential;
 use ledger_wire::codec::{encode_frame_to_vec, FrameReader};
@@ -58,31 +60,37 @@ pub struct Agreed {
 
 /// Answers discovery on `listener` and polls the peers until `config.bootstrap_expect` nodes
 /// are known. `me` is this node's own answer.
-pub fn coordinate(listener: &TcpListener, config: &Config, me: NodeAnswer) -> Result<Agreed, BootstrapError> {
+pub fn coordinate(
+    listener: &TcpListener,
+    config: &Config,
+    me: NodeAnswer,
+    tls: Option<&NodeTls>,
+) -> Result<Agreed, BootstrapError> {
     let stop = Arc::new(AtomicBool::new(false));
     let responder = {
         let listener = listener.try_clone()?;
         let stop = stop.clone();
         let me = me.clone();
         let auth = config.auth_tokens.table();
+        let server_tls = tls.map(|tls| tls.server.clone());
         std::thread::Builder::new()
             .name("bootstrap-discovery".into())
-            .spawn(move || answer_discovery(listener, me, stop, auth))?
+            .spawn(move || answer_discovery(listener, me, stop, auth, server_tls))?
     };
-    let result = poll_peers(config, &me);
+    let result = poll_peers(config, &me, tls);
     stop.store(true, Ordering::Release);
     let _ = responder.join();
     result
 }
 
-fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError> {
+fn poll_peers(config: &Config, me: &NodeAnswer, tls: Option<&NodeTls>) -> Result<Agreed, BootstrapError> {
     let expected = config.bootstrap_expect;
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
     let mut known: BTreeMap<u64, NodeAnswer> = BTreeMap::from([(me.node_id, me.clone())]);
     let credential = config.auth_tokens.peer_secret();
     loop {
         for peer in &config.peers {
-            if let Ok(answer) = ask_node_info(peer, credential.as_deref()) {
+            if let Ok(answer) = ask_node_info(peer, credential.as_deref(), tls) {
                 known.insert(answer.node_id, answer);
             }
         }
@@ -110,12 +118,12 @@ fn poll_peers(config: &Config, me: &NodeAnswer) -> Result<Agreed, BootstrapError
 /// Join mode (`bootstrap_expect = 0`, SPEC §10.2): waits until a member of the cluster answers
 /// and returns the groups it hosts, which this node will host too once an operator (or
 /// `ledger-admin join`) adds it; it never initializes a group itself.
-pub fn find_cluster(config: &Config) -> Result<Vec<u32>, BootstrapError> {
+pub fn find_cluster(config: &Config, tls: Option<&NodeTls>) -> Result<Vec<u32>, BootstrapError> {
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
     let credential = config.auth_tokens.peer_secret();
     loop {
         for peer in &config.peers {
-            if let Ok(answer) = ask_node_info(peer, credential.as_deref()) {
+            if let Ok(answer) = ask_node_info(peer, credential.as_deref(), tls) {
                 if answer.is_cluster_member && !answer.groups.is_empty() {
                     return Ok(answer.groups);
                 }
@@ -142,11 +150,17 @@ pub fn agree(known: &BTreeMap<u64, NodeAnswer>) -> Agreed {
 }
 
 /// Serves `Hello` + `GetNodeInfo` (anything else: `Unavailable`) until `stop`.
-fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>, auth: AuthTable) {
+fn answer_discovery(
+    listener: TcpListener,
+    me: NodeAnswer,
+    stop: Arc<AtomicBool>,
+    auth: AuthTable,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let _ = serve_one(stream, &me, &stop, &auth);
+                let _ = serve_one(stream, &me, &stop, &auth, tls.as_ref());
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -156,17 +170,30 @@ fn answer_discovery(listener: TcpListener, me: NodeAnswer, stop: Arc<AtomicBool>
     }
 }
 
+/// A blocking socket, plain or TLS.
+trait Io: Read + Write {}
+impl<T: Read + Write> Io for T {}
+
 /// Answers `GetNodeInfo` on one connection; with `auth_tokens`, only to the peer token (D42).
 fn serve_one(
-    mut stream: TcpStream,
+    stream: TcpStream,
     me: &NodeAnswer,
     stop: &AtomicBool,
     auth: &AuthTable,
+    tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let mut authenticated = !auth.enabled();
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    // The handshake happens on the first read, within the same idle bound as the frames.
+    let mut stream: Box<dyn Io> = match tls {
+        Some(config) => {
+            let session = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(session, stream))
+        }
+        None => Box::new(stream),
+    };
     let mut frames = FrameReader::new(1024 * 1024);
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
@@ -235,14 +262,19 @@ fn serve_one(
                 _ => return Ok(()),
             };
             stream.write_all(&out.map_err(std::io::Error::other)?)?;
+            stream.flush()?;
         }
     }
     Ok(())
 }
 
 /// One `GetNodeInfo` round trip to `addr` over a fresh connection.
-pub fn ask_node_info(addr: &str, credential: Option<&str>) -> Result<NodeAnswer, String> {
-    match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT, credential)? {
+pub fn ask_node_info(
+    addr: &str,
+    credential: Option<&str>,
+    tls: Option<&NodeTls>,
+) -> Result<NodeAnswer, String> {
+    match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT, credential, tls)? {
         Ok(Response::GetNodeInfo { node_id, address, cores, is_cluster_member, groups, .. }) => {
             Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups })
         }
@@ -260,11 +292,12 @@ pub fn join_by_itself(
     address: String,
     poll: Duration,
     credential: Arc<PeerCredential>,
+    tls: Option<NodeTls>,
 ) {
     let run = move || loop {
         for peer in &peers {
             let request = Request::JoinCluster { node_id, address: address.clone() };
-            match call_once(peer, request, JOIN_TIMEOUT, credential.get().as_deref()) {
+            match call_once(peer, request, JOIN_TIMEOUT, credential.get().as_deref(), tls.as_ref()) {
                 Ok(Ok(Response::JoinCluster { groups })) => {
                     ledger_shard::event!(info, "joined", node = node_id, via = %peer, groups = groups.len());
                     return;
@@ -294,11 +327,21 @@ fn call_once(
     request: Request,
     timeout: Duration,
     credential: Option<&str>,
+    tls: Option<&NodeTls>,
 ) -> Result<Result<Response, Status>, String> {
     let target = addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("unresolvable address")?;
-    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn Io> = match tls {
+        Some(tls) => {
+            let config = tls.peer.clone().ok_or("TLS without a CA for the other nodes (tls_ca)")?;
+            let name = ledger_wire::tls::server_name(addr).map_err(|e| e.to_string())?;
+            let session = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+            Box::new(rustls::StreamOwned::new(session, stream))
+        }
+        None => Box::new(stream),
+    };
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         role: Role::Client,
@@ -312,6 +355,7 @@ fn call_once(
     let mut out = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| e.to_string())?;
     out.extend(encode_frame_to_vec(FrameKind::RequestBatch, &batch).map_err(|e| e.to_string())?);
     stream.write_all(&out).map_err(|e| e.to_string())?;
+    stream.flush().map_err(|e| e.to_string())?;
     let mut frames = FrameReader::new(16 * 1024 * 1024);
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];

@@ -126,6 +126,21 @@ pub struct ConfigLayer {
     /// be reachable by the peers.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// PEM certificate chain of this node: with `tls_key`, clients and peers connect over TLS
+    /// (D43). Its names must include the host part of the addresses clients and peers dial.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: every client and peer must present a certificate they signed
+    /// (mutual TLS); also the CA peers are checked against unless `tls_ca` is set.
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates this node trusts for the other nodes' certificates when it dials
+    /// them; a TLS cluster needs it or `tls_client_ca`.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Data directory (SPEC §9.1).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -328,6 +343,9 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "config" => derived("./inferadb-ledger.toml if it exists"),
         "listen_addr" => literal(LISTEN_ADDR),
         "advertise_addr" => derived("the listen address as bound"),
+        "tls_cert" | "tls_key" => derived("none (plain TCP)"),
+        "tls_client_ca" => derived("none (no client certificate asked)"),
+        "tls_ca" => derived("tls_client_ca"),
         "data_dir" => literal(DATA_DIR),
         "bootstrap_expect" => literal(BOOTSTRAP_EXPECT),
         "peers" => derived("none"),
@@ -545,6 +563,10 @@ impl ConfigLayer {
             config: self.config.or(lower.config),
             listen_addr: self.listen_addr.or(lower.listen_addr),
             advertise_addr: self.advertise_addr.or(lower.advertise_addr),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
+            tls_ca: self.tls_ca.or(lower.tls_ca),
             data_dir: self.data_dir.or(lower.data_dir),
             bootstrap_expect: self.bootstrap_expect.or(lower.bootstrap_expect),
             peers: self.peers.or(lower.peers),
@@ -600,6 +622,8 @@ impl ConfigLayer {
 pub struct Config {
     pub listen_addr: String,
     pub advertise_addr: Option<String>,
+    /// TLS for clients and peers (D43); `None` = plain TCP.
+    pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub bootstrap_expect: u32,
     pub peers: Vec<String>,
@@ -645,6 +669,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Empty = no authentication (SPEC §4.1).
     pub auth_tokens: AuthTokens,
+}
+
+/// The TLS files of a node (D43).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: clients and peers must present a certificate signed by these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// The CAs other nodes' certificates are checked against when this node dials them
+    /// (`tls_ca`, else `tls_client_ca`).
+    pub peer_ca: Option<PathBuf>,
 }
 
 /// Where a rejected setting was given.
@@ -749,9 +785,11 @@ impl Config {
             });
         }
         let metrics_addr = pick!(flags, file, metrics_addr, METRICS_ADDR.to_string());
+        let tls = resolve_tls(&flags, &file)?;
         let config = Config {
             listen_addr: pick!(flags, file, listen_addr, LISTEN_ADDR.to_string()),
             advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
+            tls,
             data_dir: pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)),
             bootstrap_expect: pick!(flags, file, bootstrap_expect, BOOTSTRAP_EXPECT),
             peers: pick!(flags, file, peers, String::new())
@@ -830,6 +868,13 @@ impl Config {
         if self.bootstrap_expect >= 2 && self.peers.is_empty() {
             return invalid("peers", "bootstrap_expect >= 2 needs the other nodes' addresses in --peers");
         }
+        let clustered = self.bootstrap_expect != 1 || !self.peers.is_empty();
+        if clustered && self.tls.as_ref().is_some_and(|tls| tls.peer_ca.is_none()) {
+            return invalid(
+                "tls_ca",
+                "a TLS cluster needs the CA of the other nodes' certificates: set tls_ca or tls_client_ca",
+            );
+        }
         let at_least_one = [
             ("bootstrap_poll_secs", self.bootstrap_poll_secs == 0),
             ("bootstrap_timeout_secs", self.bootstrap_timeout_secs == 0),
@@ -875,6 +920,26 @@ impl Config {
             return invalid("log_level", &format!("{:?}: {e}", self.log_level));
         }
         Ok(())
+    }
+}
+
+/// `tls_cert` and `tls_key` together turn TLS on; the CAs only mean something with them.
+fn resolve_tls(flags: &ConfigLayer, file: &ConfigLayer) -> Result<Option<TlsFiles>, ConfigError> {
+    let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+    let key = flags.tls_key.clone().or(file.tls_key.clone());
+    let client_ca = flags.tls_client_ca.clone().or(file.tls_client_ca.clone());
+    let ca = flags.tls_ca.clone().or(file.tls_ca.clone());
+    let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let peer_ca = ca.or(client_ca.clone());
+            Ok(Some(TlsFiles { cert, key, client_ca, peer_ca }))
+        }
+        (Some(_), None) => invalid("tls_key", "tls_cert needs tls_key"),
+        (None, Some(_)) => invalid("tls_cert", "tls_key needs tls_cert"),
+        (None, None) if client_ca.is_some() => invalid("tls_client_ca", "needs tls_cert and tls_key"),
+        (None, None) if ca.is_some() => invalid("tls_ca", "needs tls_cert and tls_key"),
+        (None, None) => Ok(None),
     }
 }
 
@@ -1193,6 +1258,24 @@ mod tests {
             (&["--cores", "1", "--max-frame-bytes", "100"][..], "max_frame_bytes"),
             (&["--cores", "2", "--cpu-list", "3"][..], "cpu_list"),
             (&["--cores", "1", "--log-level", "loud"][..], "log_level"),
+            (&["--cores", "1", "--tls-cert", "c.pem"][..], "tls_key"),
+            (&["--cores", "1", "--tls-key", "k.pem"][..], "tls_cert"),
+            (&["--cores", "1", "--tls-client-ca", "ca.pem"][..], "tls_client_ca"),
+            (
+                &[
+                    "--cores",
+                    "1",
+                    "--tls-cert",
+                    "c",
+                    "--tls-key",
+                    "k",
+                    "--bootstrap-expect",
+                    "3",
+                    "--peers",
+                    "a:1",
+                ][..],
+                "tls_ca",
+            ),
         ] {
             match load(args, &[]) {
                 Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key, "{args:?}"),

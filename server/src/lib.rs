@@ -12,3 +12,4 @@ pub mod metrics_http;
 pub mod metrics_text;
 pub mod node;
 pub mod node_alloc;
+pub mod tls;

@@ -45,6 +45,8 @@ pub enum NodeError {
     CoresShrunk { group: u32, core: u16, needed: u16 },
     #[error("event log in node.redb: {0}")]
     Events(#[source] ledger_shard::ShardError),
+    #[error("TLS: {0}")]
+    Tls(#[from] ledger_wire::tls::TlsError),
 }
 
 /// The open event log, attached to the process's event layer; detached, written and synced when
@@ -75,6 +77,8 @@ pub fn run_node_with(
 ) -> Result<(), NodeError> {
     install_fail_stop_panic_hook();
     let signals = block_termination_signals();
+    // Unreadable TLS files stop the node before it takes anything.
+    let tls = config.tls.as_ref().map(crate::tls::NodeTls::load).transpose()?;
     let dir = DataDir::open(&config.data_dir)?;
     let events =
         EventsOpen(EventLog::open(dir.node_db(), EventBounds::default()).map_err(NodeError::Events)?);
@@ -101,7 +105,7 @@ pub fn run_node_with(
             groups: Vec::new(),
         };
         let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
-        let agreed = crate::bootstrap::coordinate(first, &config, me)?;
+        let agreed = crate::bootstrap::coordinate(first, &config, me, tls.as_ref())?;
         let groups = ledger_router::placement::initial_groups(
             agreed.initializer_cores as usize,
             config.groups_per_core,
@@ -125,7 +129,7 @@ pub fn run_node_with(
     } else if previous.is_empty() && config.bootstrap_expect == 0 {
         // Join mode: host the cluster's groups, uninitialized, until a member adds this node.
         let groups: Vec<GroupId> =
-            crate::bootstrap::find_cluster(&config)?.into_iter().map(GroupId).collect();
+            crate::bootstrap::find_cluster(&config, tls.as_ref())?.into_iter().map(GroupId).collect();
         let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
         let stored = StoredPlan { members: Vec::new(), initializer: 0 };
         dir.store_plan(&stored, &placement)?;
@@ -215,6 +219,7 @@ pub fn run_node_with(
         sim_disk: None,
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),
+        peer_tls: tls.as_ref().and_then(|tls| tls.peer.clone()),
     });
     let auth = Arc::new(config.auth_tokens.table());
     let settings = Arc::new(RouterSettings {
@@ -227,6 +232,7 @@ pub fn run_node_with(
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
         connection_slots: ledger_router::admission::ConnectionSlots::new(config.max_connections),
         faults: shard_config.faults.clone(),
+        tls: tls.as_ref().map(|tls| tls.server.clone()),
     });
 
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
@@ -354,6 +360,7 @@ pub fn run_node_with(
             advertise_addr.clone(),
             Duration::from_secs(config.bootstrap_poll_secs),
             shard_config.peer_credential.clone(),
+            tls.clone(),
         );
     }
     let signal = loop {

@@ -75,6 +75,8 @@ pub struct ShardConfig {
     pub events: Option<std::sync::Arc<crate::events::EventLog>>,
     /// The secret this node's peer connections present (D42); replaced on SIGHUP.
     pub peer_credential: std::sync::Arc<crate::peer::credential::PeerCredential>,
+    /// Connect to peers over TLS, presenting this node's certificate (D43); `None` = plain TCP.
+    pub peer_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The members a coordinated bootstrap agreed on (SPEC §10.2), persisted in `node.redb`.
@@ -149,6 +151,7 @@ impl ShardConfig {
             sim_disk: None,
             events: None,
             peer_credential: Default::default(),
+            peer_tls: None,
         }
     }
 }

@@ -130,6 +130,9 @@ pub const TREE_RELEASES_QUEUED_MAX: usize = 256;
 pub const PEER_BATCH_ITEMS_MAX: usize = 1024;
 /// How long a connect to a peer may take before it counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long the TLS handshake with a peer may take after the connect (D43): two round trips and
+/// signature checks on both sides, so more than a connect on a loaded host.
+pub const PEER_TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A core records `node_unreachable` for a peer at most once per this period.
 pub const PEER_UNREACHABLE_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// After a failed connect, calls to that peer fail at once for this long (openraft backs off too).

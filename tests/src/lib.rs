@@ -56,6 +56,19 @@ fn build_binaries(profile_dir: &Path) -> Result<(), String> {
         .arg(target_dir)
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
+    // `cargo test` sets these for the test process; build scripts that watch them (ring's does,
+    // `rerun-if-env-changed=CARGO_MANIFEST_DIR`) would otherwise see them change between this
+    // build and the user's own, and each would rebuild ring, rustls and everything above them.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || matches!(name, "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR");
+        if set_by_cargo {
+            command.env_remove(name);
+        }
+    }
     let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if output.status.success() {
         Ok(())
@@ -318,3 +331,4 @@ pub mod cluster;
 pub mod linearizability;
 pub mod raw;
 pub mod scope;
+pub mod tls;

@@ -9,6 +9,8 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod peer;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(test)]
 mod proptests;
@@ -24,6 +26,6 @@ pub use error::{CodecError, FrameError};
 pub use frame::{FrameHeader, FrameKind};
 
 #[cfg(feature = "client")]
-pub use client::{CallOptions, Client, ClientOptions, RetryPolicy, WriteOutcome, WriteSession};
+pub use client::{CallOptions, Client, ClientOptions, ClientTls, RetryPolicy, WriteOutcome, WriteSession};
 #[cfg(feature = "client")]
 pub use error::ClientError;

@@ -8,6 +8,7 @@ use ledger_core::hash::block_hash;
 use ledger_core::types::{Operation, ReadConsistency, SetCondition, WriteErrorCode};
 use ledger_server::cli::out;
 use ledger_server::cli::render::{self, hex};
+use ledger_server::cli::tls_args::TlsArgs;
 use ledger_server::cli::verify_cmd;
 use ledger_server::cli::watch::WatchArgs;
 use ledger_server::cli::{connect, credential, namespace_id, now_secs, CliError};
@@ -39,6 +40,8 @@ struct Cli {
     /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
     #[arg(long, global = true, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -223,8 +226,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Verify { file } = &cli.command {
         return verify_cmd::offline(file, cli.json);
     }
-    let options =
-        ClientOptions { credential: credential(cli.token_file.as_deref())?, ..ClientOptions::default() };
+    let options = ClientOptions {
+        credential: credential(cli.token_file.as_deref())?,
+        tls: cli.tls.client_tls(&cli.addr)?,
+        ..ClientOptions::default()
+    };
     let client = connect(&cli.addr, options).await?;
     let json_mode = cli.json;
     match cli.command {

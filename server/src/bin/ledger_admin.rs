@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ledger_core::hash::block_hash;
 use ledger_core::types::{RetentionMode, RetentionPolicy};
 use ledger_server::cli::render::{self, hex};
+use ledger_server::cli::tls_args::TlsArgs;
 use ledger_server::cli::{connect, credential, namespace_id, CliError};
 use ledger_server::cli::{gc_cmd, logs, ops_cmd, out};
 use ledger_wire::client::{Client, ClientOptions};
@@ -32,6 +33,8 @@ struct Cli {
     /// File holding the token secret, when the server has `auth_tokens` (SPEC §4.1).
     #[arg(long, global = true, env = "LEDGER_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -255,6 +258,7 @@ fn options(cli: &Cli) -> Result<ClientOptions, CliError> {
         call_timeout: Duration::from_secs(cli.timeout_secs),
         connect_timeout: Duration::from_secs(cli.timeout_secs),
         credential: credential(cli.token_file.as_deref())?,
+        tls: cli.tls.client_tls(&cli.addr)?,
         ..ClientOptions::admin()
     })
 }

@@ -6,6 +6,7 @@ pub mod logs;
 pub mod ops_cmd;
 pub mod out;
 pub mod render;
+pub mod tls_args;
 pub mod verify;
 pub mod verify_cmd;
 pub mod watch;

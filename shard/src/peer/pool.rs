@@ -6,10 +6,11 @@
 //! `ResponseBatch` items back to their callers by request id.
 
 use crate::constants::{
-    PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_UNREACHABLE_EVENT_INTERVAL,
+    PEER_BATCH_ITEMS_MAX, PEER_CONNECT_TIMEOUT, PEER_RECONNECT_BACKOFF, PEER_TLS_HANDSHAKE_TIMEOUT,
+    PEER_UNREACHABLE_EVENT_INTERVAL,
 };
 use futures::channel::{mpsc, oneshot};
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::StreamExt;
 use glommio::net::TcpStream;
 use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
@@ -21,6 +22,7 @@ use ledger_wire::messages::{
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call to a peer got no answer from it.
@@ -55,6 +57,7 @@ struct PeerConn {
     self_id: u64,
     max_frame_bytes: u32,
     credential: std::sync::Arc<super::credential::PeerCredential>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     link: RefCell<Link>,
     connecting: futures::lock::Mutex<()>,
     generation: Cell<u64>,
@@ -73,6 +76,8 @@ pub struct PeerPool {
     max_frame_bytes: u32,
     faults: std::sync::Arc<crate::faults::Faults>,
     credential: std::sync::Arc<super::credential::PeerCredential>,
+    /// Peers are dialled over TLS with this configuration (D43), else over plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
     conns: RefCell<HashMap<u64, Rc<PeerConn>>>,
 }
 
@@ -83,6 +88,7 @@ impl PeerPool {
             max_frame_bytes: config.max_frame_bytes,
             faults: config.faults.clone(),
             credential: config.peer_credential.clone(),
+            tls: config.peer_tls.clone(),
             conns: RefCell::new(HashMap::new()),
         })
     }
@@ -109,6 +115,7 @@ impl PeerPool {
             self_id: self.self_id,
             max_frame_bytes: self.max_frame_bytes,
             credential: self.credential.clone(),
+            tls: self.tls.clone(),
             link: RefCell::new(Link::Down { retry_at: None, reason: String::new() }),
             connecting: futures::lock::Mutex::new(()),
             generation: Cell::new(0),
@@ -255,6 +262,30 @@ impl PeerConn {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let Some(config) = self.tls.clone() else {
+            return self.start(stream).await;
+        };
+        // The peer's certificate must carry the host of its address, signed by a trusted CA;
+        // this node presents its own certificate (mutual TLS, D43).
+        let name = ledger_wire::tls::server_name(&self.addr).map_err(|e| format!("tls: {e}"))?;
+        let handshake = futures_rustls::TlsConnector::from(config).connect(name, stream);
+        futures::pin_mut!(handshake);
+        match futures::future::select(handshake, glommio::timer::Timer::new(PEER_TLS_HANDSHAKE_TIMEOUT)).await
+        {
+            futures::future::Either::Left((Ok(tls), _)) => self.start(tls).await,
+            futures::future::Either::Left((Err(e), _)) => Err(format!("tls handshake: {e}")),
+            futures::future::Either::Right(_) => Err("tls handshake: timed out".to_string()),
+        }
+    }
+
+    /// The Hello/HelloAck exchange on a connected `stream` (plain or TLS), then its tasks.
+    async fn start<S>(
+        self: &Rc<Self>,
+        stream: S,
+    ) -> Result<(u64, mpsc::UnboundedSender<(RequestEnvelope, usize)>), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let (mut reader, mut writer) = stream.split();
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -265,6 +296,7 @@ impl PeerConn {
         };
         let frame = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| format!("hello: {e}"))?;
         writer.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;
+        writer.flush().await.map_err(|e| format!("hello: {e}"))?;
         let mut frames = FrameReader::new(self.max_frame_bytes);
         let mut rest = Vec::new();
         let ack = read_frame(&mut reader, &mut frames, &mut rest)
@@ -301,8 +333,8 @@ impl PeerConn {
 }
 
 /// Reads until one whole frame is buffered. `Ok(None)`: closed between frames.
-async fn read_frame(
-    reader: &mut ReadHalf<TcpStream>,
+async fn read_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    reader: &mut ReadHalf<S>,
     frames: &mut FrameReader,
     rest: &mut Vec<u8>,
 ) -> Result<Option<ledger_wire::codec::Frame>, String> {
@@ -327,9 +359,9 @@ async fn read_frame(
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     conn: Rc<PeerConn>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<S>,
     mut frames: FrameReader,
     mut rest: Vec<u8>,
     generation: u64,
@@ -368,8 +400,8 @@ async fn read_loop(
 }
 
 /// Packs queued requests into as few `RequestBatch` frames as their sizes allow.
-async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut writer: WriteHalf<S>,
     mut queued: mpsc::UnboundedReceiver<(RequestEnvelope, usize)>,
     batch_items: usize,
     max_frame_bytes: u32,
@@ -402,7 +434,8 @@ async fn write_loop(
         let Ok(frame) = encode_frame_to_vec(FrameKind::RequestBatch, &RequestBatch { items }) else {
             break;
         };
-        if writer.write_all(&frame).await.is_err() {
+        // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+        if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
             break;
         }
     }

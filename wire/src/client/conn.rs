@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::ClientOptions;
@@ -167,8 +165,8 @@ impl Drop for PendingGuard {
 
 /// Sends `Hello` and waits for `HelloAck`. Returns the ack, the frame reader and any bytes
 /// that arrived after the ack.
-pub(super) async fn handshake(
-    stream: &mut TcpStream,
+pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     options: &ClientOptions,
 ) -> Result<(HelloAck, FrameReader, Vec<u8>), ClientError> {
     let hello = Hello {
@@ -181,6 +179,8 @@ pub(super) async fn handshake(
     let mut out: Vec<u8> = Vec::new();
     encode_frame(FrameKind::Hello, &hello, &mut out)?;
     stream.write_all(&out).await?;
+    // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+    stream.flush().await?;
 
     let mut reader = FrameReader::new(options.max_frame_bytes);
     let mut buf = vec![0u8; CLIENT_READ_BUFFER_BYTES];
@@ -222,8 +222,8 @@ fn goaway_error(frame: &Frame) -> ClientError {
 
 /// Drains the queue into frames: everything queued while the previous write was in progress
 /// leaves together, as `RequestBatch` frames of at most `max_batch_items` envelopes.
-pub(super) async fn writer_loop(
-    mut socket: OwnedWriteHalf,
+pub(super) async fn writer_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut queue: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -268,6 +268,11 @@ pub(super) async fn writer_loop(
             shared.close(e.into());
             return;
         }
+        // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+        if let Err(e) = socket.flush().await {
+            shared.close(e.into());
+            return;
+        }
     }
 }
 
@@ -299,8 +304,8 @@ fn encode_batch(items: Vec<RequestEnvelope>, out: &mut Vec<u8>, shared: &Shared,
 }
 
 /// Reads frames until the connection ends, delivering responses to pending calls.
-pub(super) async fn reader_loop(
-    mut socket: OwnedReadHalf,
+pub(super) async fn reader_loop<R: AsyncRead + Unpin>(
+    mut socket: R,
     mut reader: FrameReader,
     leftover: Vec<u8>,
     shared: Arc<Shared>,
@@ -310,8 +315,8 @@ pub(super) async fn reader_loop(
     shared.close(reason);
 }
 
-async fn read_frames(
-    socket: &mut OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    socket: &mut R,
     reader: &mut FrameReader,
     leftover: Vec<u8>,
     shared: &Shared,

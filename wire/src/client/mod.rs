@@ -60,6 +60,30 @@ pub struct ClientOptions {
     /// and linearizable reads there directly (D33). Harmless on a single node (nothing is
     /// forwarded, so nothing is learned).
     pub follow_leaders: bool,
+    /// Connect over TLS (D43); `None` = plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How a `Client` speaks TLS: whom it trusts, what it presents, and which name it checks.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// Trusted CAs and, for mutual TLS, the client's own certificate (`crate::tls`).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry; `None` = the IP address connected to
+    /// (so each node of a cluster, leaders reached by `follow_leaders` included, is checked
+    /// against its own address).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates of the PEM file `ca`; presents `identity` (certificate chain
+    /// and key PEM files) when the server requires a client certificate.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientTls, crate::tls::TlsError> {
+        Ok(ClientTls { config: Arc::new(crate::tls::client_config(ca, identity)?), server_name: None })
+    }
 }
 
 impl Default for ClientOptions {
@@ -74,6 +98,7 @@ impl Default for ClientOptions {
             max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
             max_outstanding: MAX_OUTSTANDING_DEFAULT,
             follow_leaders: true,
+            tls: None,
         }
     }
 }
@@ -111,6 +136,8 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     }
     Ok(secret.to_string())
 }
+/// A started connection: its shared table, its writer's queue and its two socket tasks.
+type Started = (Arc<Shared>, mpsc::Sender<Outgoing>, [JoinHandle<()>; 2]);
 
 /// Per-call overrides.
 #[derive(Debug, Clone, Copy, Default)]
@@ -157,26 +184,36 @@ impl Client {
     /// Connects, sets `TCP_NODELAY`, exchanges Hello/HelloAck and starts the socket tasks.
     pub async fn connect<A: ToSocketAddrs>(addr: A, options: ClientOptions) -> Result<Client, ClientError> {
         let started = Instant::now();
-        let handshake = async {
-            let mut stream = TcpStream::connect(addr).await?;
+        let connect = async {
+            let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let peer_addr = stream.peer_addr()?;
-            let (hello_ack, reader, leftover) = conn::handshake(&mut stream, &options).await?;
-            Ok::<_, ClientError>((stream, peer_addr, hello_ack, reader, leftover))
+            Ok::<_, ClientError>((stream, peer_addr))
         };
-        let (stream, peer_addr, hello_ack, mut reader, leftover) =
-            match tokio::time::timeout(options.connect_timeout, handshake).await {
-                Ok(result) => result?,
-                Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
-            };
-        let limits = Limits::negotiate(&options, &hello_ack);
-        reader.set_max_frame_bytes(Limits::receive_max(&options, &hello_ack));
-        let shared = Arc::new(Shared::default());
-        let (queue, queue_rx) = mpsc::channel(CLIENT_QUEUE_CAPACITY);
-        let (read_half, write_half) = stream.into_split();
-        let writer = tokio::spawn(conn::writer_loop(write_half, queue_rx, Arc::clone(&shared), limits));
-        let reader =
-            tokio::spawn(conn::reader_loop(read_half, reader, leftover, Arc::clone(&shared), queue.clone()));
+        let connected = match tokio::time::timeout(options.connect_timeout, connect).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+        };
+        let (stream, peer_addr) = connected;
+        let left = options.connect_timeout.saturating_sub(started.elapsed());
+        let (hello_ack, tasks) = match &options.tls {
+            // Plain TCP keeps tokio's lock-free owned halves.
+            None => Client::start(stream, TcpStream::into_split, &options, left, started).await?,
+            Some(tls) => {
+                let name = tls
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(peer_addr.ip().into()));
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                let stream = match tokio::time::timeout(left, connector.connect(name, stream)).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+                };
+                let left = options.connect_timeout.saturating_sub(started.elapsed());
+                Client::start(stream, tokio::io::split, &options, left, started).await?
+            }
+        };
+        let (shared, queue, tasks) = tasks;
         let routes = options.follow_leaders.then(|| Arc::new(Routes::new(peer_addr, &options)));
         Ok(Client {
             inner: Arc::new(Inner {
@@ -188,9 +225,39 @@ impl Client {
                 peer_addr,
                 options,
                 routes,
-                tasks: [writer, reader],
+                tasks,
             }),
         })
+    }
+
+    /// The Hello/HelloAck exchange on `stream` (plain or TLS) within `left`, then the socket
+    /// tasks on the two halves `split` makes of it.
+    async fn start<S, R, W>(
+        mut stream: S,
+        split: impl FnOnce(S) -> (R, W),
+        options: &ClientOptions,
+        left: Duration,
+        started: Instant,
+    ) -> Result<(HelloAck, Started), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (hello_ack, mut reader, leftover) =
+            match tokio::time::timeout(left, conn::handshake(&mut stream, options)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ClientError::Timeout { elapsed_ms: elapsed_ms(started) }),
+            };
+        let limits = Limits::negotiate(options, &hello_ack);
+        reader.set_max_frame_bytes(Limits::receive_max(options, &hello_ack));
+        let shared = Arc::new(Shared::default());
+        let (queue, queue_rx) = mpsc::channel(CLIENT_QUEUE_CAPACITY);
+        let (read_half, write_half) = split(stream);
+        let writer = tokio::spawn(conn::writer_loop(write_half, queue_rx, Arc::clone(&shared), limits));
+        let reader =
+            tokio::spawn(conn::reader_loop(read_half, reader, leftover, Arc::clone(&shared), queue.clone()));
+        Ok((hello_ack, (shared, queue, [writer, reader])))
     }
 
     /// A new connection to the same address with the same options.
