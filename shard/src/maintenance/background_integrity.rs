@@ -33,7 +33,6 @@ pub struct IntegrityCounters {
 thread_local! {
     static LAST: RefCell<HashMap<(u32, ScopeKey), IntegrityRecord>> = RefCell::new(HashMap::new());
     static COUNTERS: RefCell<IntegrityCounters> = RefCell::new(IntegrityCounters::default());
-    static QUEUE: RefCell<Option<glommio::TaskQueueHandle>> = const { RefCell::new(None) };
 }
 
 /// The last background check of `scope` in `group` on this core, if one ran.
@@ -52,22 +51,8 @@ pub fn start(group: Rc<Group>) {
     if interval == 0 {
         return;
     }
-    let queue = QUEUE.with(|q| {
-        *q.borrow_mut().get_or_insert_with(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::Static(INTEGRITY_SHARES),
-                glommio::Latency::NotImportant,
-                "integrity",
-            )
-        })
-    });
     let task = run(group, Duration::from_secs(interval));
-    match glommio::spawn_local_into(task, queue) {
-        Ok(task) => {
-            task.detach();
-        }
-        Err(e) => tracing::warn!(error = %e, "background integrity check not started"),
-    };
+    crate::maintenance::low_priority::spawn("integrity", INTEGRITY_SHARES, task);
 }
 
 async fn run(group: Rc<Group>, interval: Duration) {

@@ -64,7 +64,6 @@ thread_local! {
     /// One cycle per group at a time (the periodic one and `ForceGc`): a cycle takes the GC
     /// client's next sequence from committed state, so it waits for the previous one's.
     static LOCKS: RefCell<HashMap<u32, Rc<futures::lock::Mutex<()>>>> = RefCell::new(HashMap::new());
-    static QUEUE: RefCell<Option<glommio::TaskQueueHandle>> = const { RefCell::new(None) };
 }
 
 pub fn counters() -> GcCounters {
@@ -283,21 +282,7 @@ pub fn start(group: Rc<Group>) {
     if interval == 0 {
         return;
     }
-    let queue = QUEUE.with(|q| {
-        *q.borrow_mut().get_or_insert_with(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::Static(GC_SHARES),
-                glommio::Latency::NotImportant,
-                "gc",
-            )
-        })
-    });
-    match glommio::spawn_local_into(run(group, Duration::from_secs(interval)), queue) {
-        Ok(task) => {
-            task.detach();
-        }
-        Err(e) => tracing::warn!(error = %e, "GC not started"),
-    }
+    crate::maintenance::low_priority::spawn("gc", GC_SHARES, run(group, Duration::from_secs(interval)));
 }
 
 async fn run(group: Rc<Group>, interval: Duration) {

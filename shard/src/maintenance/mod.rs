@@ -1,12 +1,14 @@
 //! Work off the request path: `task` (each group's maintenance timer and the `CreateSnapshot` /
 //! `CheckIntegrity` handlers), `retention` (body compaction), `integrity` (the chain, body and
-//! snapshot checks), `gc` (the leader's expiry of TTL'd entities, SPEC §3.8) and `reopen` (a
+//! snapshot checks), `gc` (the leader's expiry of TTL'd entities, SPEC §3.8), `low_priority` (the task queues
+//! the background jobs run in) and `reopen` (a
 //! group stopped by a storage error reopens once the disk works). The heavy lifting runs on
 //! blocking threads.
 
 pub mod background_integrity;
 pub mod gc;
 pub mod integrity;
+pub mod low_priority;
 pub mod reopen;
 pub mod retention;
 pub mod task;
