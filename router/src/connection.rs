@@ -102,7 +102,7 @@ pub async fn serve_connection<S>(
     connections.live.set(connections.live.get() + 1);
     let _live = LiveGuard(connections.clone());
     let _counted = crate::observe::OpenConnection::count();
-    let inflight = Rc::new(crate::observe::InFlight::default());
+    let inflight = Rc::new(crate::observe::InFlight::new(dispatcher.throttle().clone()));
     // Unbounded, and bounded all the same: every reply answers one request the read loop
     // admitted, it admits one only while `outstanding` + open streams < requests_max_concurrent,
     // and `outstanding` drops only once the write loop has taken the reply off this channel and
@@ -346,6 +346,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                                 continue;
                             }
                         };
+                        if !peer && refused_here(dispatcher, &self.inflight, replies, &envelope, &caller) {
+                            continue;
+                        }
                         dispatcher.dispatch(envelope, replies, peer, caller).await;
                     }
                 }
@@ -434,6 +437,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
     }
+}
+
+/// Refuses a client write of a namespace this core knows to be over its rate limit, without
+/// the hop to the leader's core, and answers after the refusal's hold (D47). `false` = send it on.
+fn refused_here(
+    dispatcher: &Dispatcher,
+    inflight: &crate::observe::InFlight,
+    replies: &flume::Sender<ResponseEnvelope>,
+    envelope: &RequestEnvelope,
+    caller: &Caller,
+) -> bool {
+    let Some(namespace) = crate::throttle::write_namespace(&envelope.request) else {
+        return false;
+    };
+    let Some(refused) = dispatcher.throttle().check(namespace, std::time::Instant::now()) else {
+        return false;
+    };
+    ledger_shard::metrics::with(|m| m.rate_limited(namespace));
+    // Only a leader's refusal teaches the throttle: learning from this one would extend it.
+    inflight.refused_here(envelope.request_id);
+    let hold = refused.hold.min(caller.remaining());
+    let (replies, request_id) = (replies.clone(), envelope.request_id);
+    if hold.is_zero() {
+        answer(&replies, request_id, crate::throttle::refusal(namespace, hold));
+    } else {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(hold).await;
+            answer(&replies, request_id, crate::throttle::refusal(namespace, hold));
+        })
+        .detach();
+    }
+    true
 }
 
 fn goaway(code: GoawayCode, message: &str) -> Goaway {

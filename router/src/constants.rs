@@ -32,3 +32,9 @@ pub const PONGS_QUEUED_MAX: usize = 64;
 /// sent at most once per connection) and `Shutdown` (at most twice: when the connection opens
 /// during a shutdown, and from `shutdown_all`), so those sends never find the channel full.
 pub const CONTROL_QUEUE_MAX: usize = PONGS_QUEUED_MAX + 4;
+
+/// The longest a router holds a write refusal it made itself for an over-limit namespace (D47).
+pub const THROTTLE_HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+/// Over-limit namespaces one core's router remembers at once (D47); beyond it, a namespace's
+/// writes simply go to the leader to be refused there.
+pub const THROTTLE_NAMESPACES_MAX: usize = 10_000;

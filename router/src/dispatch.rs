@@ -16,11 +16,19 @@ use std::collections::HashMap;
 pub struct Dispatcher {
     context: RouterContext,
     namespace_groups: RefCell<HashMap<i64, GroupId>>,
+    /// Namespaces over their write rate limit, as learned from the leaders' refusals (D47).
+    throttle: std::rc::Rc<crate::throttle::WriteThrottle>,
 }
 
 impl Dispatcher {
     pub fn new(context: RouterContext) -> Self {
-        Dispatcher { context, namespace_groups: RefCell::new(HashMap::new()) }
+        let throttle = std::rc::Rc::new(crate::throttle::WriteThrottle::new(context.settings.rate_limit_rps));
+        Dispatcher { context, namespace_groups: RefCell::new(HashMap::new()), throttle }
+    }
+
+    /// This core's memory of over-limit namespaces (D47).
+    pub fn throttle(&self) -> &std::rc::Rc<crate::throttle::WriteThrottle> {
+        &self.throttle
     }
 
     /// Routes and sends `envelope`; every failure is answered on `reply` with a status.

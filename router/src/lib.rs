@@ -14,6 +14,7 @@ pub mod observe;
 pub mod placement;
 pub mod route;
 pub mod streams;
+pub mod throttle;
 pub mod tls_accept;
 
 pub use error::ListenError;

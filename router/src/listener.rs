@@ -36,6 +36,9 @@ pub struct RouterSettings {
     pub faults: std::sync::Arc<ledger_shard::faults::Faults>,
     /// Serve every connection, clients and peers alike, over TLS (D43); `None` = plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client write transactions per second per namespace (`rate_limit_rps`, 0 = off): the
+    /// pace of the refusals a router makes itself (D47).
+    pub rate_limit_rps: u32,
 }
 
 /// What one core's router needs: the inboxes of every core and the placement table.

@@ -233,6 +233,7 @@ pub fn run_node_with(
         connection_slots: ledger_router::admission::ConnectionSlots::new(config.max_connections),
         faults: shard_config.faults.clone(),
         tls: tls.as_ref().map(|tls| tls.server.clone()),
+        rate_limit_rps: config.rate_limit_rps,
     });
 
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =

@@ -184,6 +184,88 @@ fn t02_a_write_queued_past_its_deadline_is_dropped_and_its_retry_commits_once() 
     server.stop();
 }
 
+/// t04: a client that ignores the retry-after hint (16 writes always in flight to one namespace,
+/// each refusal followed at once by the next write) is paced by the router (D47): over 3 s at
+/// `--rate-limit-rps 100`, its admitted writes stay within the burst plus the rate (and it is not
+/// starved: at least half the rate gets through), and it is refused at most ~20 × the rate per
+/// second: without the router's pacing a loopback client is refused tens of thousands of times a
+/// second. Every refusal carries a hint, no refused write is applied, the metric counts them, and
+/// another namespace written meanwhile is admitted in full.
+#[test]
+fn t04_a_client_ignoring_the_hint_is_paced_not_served_faster() {
+    const RPS: u64 = 100;
+    const WORKERS: usize = 16;
+    const FLOOD: Duration = Duration::from_secs(3);
+    let dir = temp_dir("rate-t04");
+    let metrics = free_addr();
+    let rps = RPS.to_string();
+    let flags = ["--cores", "2", "--rate-limit-rps", rps.as_str(), "--metrics-addr", metrics.as_str()];
+    let server = ServerProcess::start(&dir.path().join("data"), &flags);
+    runtime().block_on(async {
+        let client = connect(&server.addr).await;
+        let (noisy, noisy_vault) = create_scope(&client, "flood").await;
+        let (quiet, quiet_vault) = create_scope(&client, "quiet").await;
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..WORKERS {
+            let client = connect(&server.addr).await;
+            workers.push(tokio::spawn(async move {
+                let (mut admitted, mut refused, mut sequence) = (Vec::new(), Vec::new(), 1);
+                while started.elapsed() < FLOOD {
+                    let key = format!("w{w}-s{sequence}");
+                    match client.call(write(noisy, noisy_vault, &format!("w{w}"), sequence, &key)).await {
+                        Ok(Response::Write(WriteResult::Success(_))) => {
+                            admitted.push(key);
+                            sequence += 1;
+                        }
+                        Err(e @ ClientError::Status { code: StatusCode::ResourceExhausted, .. }) => {
+                            assert!(e.retry_after().is_some(), "no hint: {e:?}");
+                            refused.push(key);
+                        }
+                        other => panic!("worker {w}: {other:?}"),
+                    }
+                }
+                (admitted, refused)
+            }));
+        }
+        // The other namespace, written meanwhile at a fifth of its rate, is never refused.
+        for i in 0..(RPS as usize / 5) * 2 {
+            let result = client.call(write(quiet, quiet_vault, "q", i as u64 + 1, &format!("q{i}"))).await;
+            assert!(matches!(result, Ok(Response::Write(WriteResult::Success(_)))), "quiet {i}: {result:?}");
+            tokio::time::sleep(Duration::from_millis(1000 / (RPS / 5))).await;
+        }
+        let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+        for worker in workers {
+            let (a, r) = worker.await.unwrap();
+            admitted.extend(a);
+            refused.extend(r);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let most = 2 * RPS + (RPS as f64 * elapsed).ceil() as u64;
+        let least = (RPS as f64 * (elapsed - 1.0) / 2.0) as u64;
+        let (a, r) = (admitted.len() as u64, refused.len() as u64);
+        assert!(a <= most && a >= least, "admitted {a} in {elapsed:.2}s (expected {least}..={most})");
+        let refused_per_s = r as f64 / elapsed;
+        assert!(refused_per_s <= 20.0 * RPS as f64, "refused {r} in {elapsed:.2}s: the flood was not paced");
+        // A sample of refused writes: none applied (a refused write is retried with its
+        // sequence and key, so only those never admitted later are absent).
+        let admitted_keys: std::collections::HashSet<&String> = admitted.iter().collect();
+        let never_admitted: std::collections::HashSet<&String> =
+            refused.iter().filter(|k| !admitted_keys.contains(k)).collect();
+        assert!(never_admitted.len() <= WORKERS, "a worker has at most its last write unanswered");
+        for key in never_admitted {
+            assert_eq!(client.read(noisy, Some(noisy_vault), key.clone()).await.unwrap(), None, "{key}");
+        }
+        for key in admitted.iter().step_by((admitted.len() / 50).max(1)) {
+            assert!(client.read(noisy, Some(noisy_vault), key.clone()).await.unwrap().is_some(), "{key}");
+        }
+        let body = scrape(&metrics);
+        assert_eq!(refused_metric(&body, noisy), Some(r as f64), "{body}");
+        assert_eq!(refused_metric(&body, quiet), Some(0.0), "{body}");
+    });
+    server.stop();
+}
+
 /// The detail travels on the wire as sent (a typed hint, not only text).
 #[test]
 fn t03_retry_after_detail_round_trips() {
