@@ -6,10 +6,15 @@
 # JSON report per scenario, and stops every server by PID. Not part of CI: ~3 minutes, wants a
 # quiet machine. Compare with `NODES=3 ../shared/peers/etcd.sh` run right before or after.
 #   usage: scripts/bench-cluster.sh [DURATION (default 15s)] [extra ledger-server flags…]
+#   ONLY="substring" runs only the scenarios whose name contains it.
+#   BIN_DIR=dir uses ledger-server/ledger-loadgen from dir instead of building (before/after runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-15s}"; shift || true
-cargo build --release -q -p ledger-server -p ledger-loadgen
+if [[ -z "${BIN_DIR:-}" ]]; then
+  cargo build --release -q -p ledger-server -p ledger-loadgen
+  BIN_DIR=./target/release
+fi
 BASE="$(mktemp -d /tmp/ledger-cluster-bench.XXXXXX)"
 PORTS=(); for i in 1 2 3; do PORTS+=("$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"); done
 PEERS="127.0.0.1:${PORTS[0]},127.0.0.1:${PORTS[1]},127.0.0.1:${PORTS[2]}"
@@ -24,14 +29,13 @@ cleanup() {
 }
 trap cleanup EXIT
 for i in 0 1 2; do
-  ./target/release/ledger-server --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off --rate-limit-rps 0 \
+  "$BIN_DIR/ledger-server" --data-dir "$BASE/n$i" --listen-addr "127.0.0.1:${PORTS[$i]}" --metrics-addr off --rate-limit-rps 0 \
     --bootstrap-expect 3 --peers "$PEERS" --bootstrap-poll-secs 1 --cpu-pinning false "$@" > "$BASE/n$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in 0 1 2; do for _ in $(seq 300); do grep -q "listening on" "$BASE/n$i.log" && break; sleep 0.1; done; done
-LG=(./target/release/ledger-loadgen --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
+LG=("$BIN_DIR/ledger-loadgen" --addr "$PEERS" --namespaces 4 --key-space 100000 --value-size 100
     --duration "$DURATION" --warmup 5s --report json)
-# ONLY="substring" runs only the scenarios whose name contains it.
 # CPU seconds (user + system) a process has used so far, from /proc.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # After each scenario: the CPU seconds each node and the load generator used during it (preload

@@ -12,6 +12,9 @@ pub struct ShardConfig {
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
+    /// Blocks a group leader may have proposed and not yet applied (`BLOCKS_IN_FLIGHT_MAX`,
+    /// D48: 1 on nodes; unit tests keep several so the pipelined path stays covered).
+    pub blocks_in_flight_max: usize,
     pub max_ops_per_tx: usize,
     pub idempotency_cache_entries: usize,
     /// Client write transactions per second admitted per namespace at its group's leader, with
@@ -117,6 +120,8 @@ impl ShardConfig {
             batch_max_size: 100,
             batch_max_delay_ms: 10,
             batch_eager_commit: true,
+            // Pipelined rounds (D7) are kept reachable and tested here; nodes run with 1 (D48).
+            blocks_in_flight_max: crate::constants::BLOCKS_IN_FLIGHT_PIPELINED,
             max_ops_per_tx: 10_000,
             idempotency_cache_entries: 100_000,
             // The in-process tests write as fast as they can; a limit is asked for explicitly.

@@ -1,7 +1,7 @@
 //! The block builder of one Raft group on its leader (SPEC §8.2–§8.3): a bounded pending queue of
 //! accepted client transactions, and a loop that turns them into one `GroupBlock` at a time.
 //!
-//! A round opens when a transaction is queued and fewer than `BLOCKS_IN_FLIGHT_MAX` blocks are
+//! A round opens when a transaction is queued and fewer than `blocks_in_flight_max` blocks are
 //! proposed but not yet applied. Blocks are pipelined (docs/decisions.md D7): each draft builds on
 //! the committed state plus the deltas of the blocks still in flight (`BlockDraft::over`), so the
 //! next block's dry run overlaps the previous block's fsync, and every replica still replays
@@ -19,7 +19,7 @@
 
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
-use crate::constants::{BLOCKS_IN_FLIGHT_MAX, CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
+use crate::constants::{CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
 use crate::metrics::{CommitReason, ProofKind};
 use crate::raft::type_config::LedgerRaft;
 use crate::reply::ReplySender;
@@ -174,7 +174,7 @@ pub struct Group {
     queue: RefCell<VecDeque<PendingTx>>,
     admin: RefCell<VecDeque<PendingAdmin>>,
     signal: Signal,
-    /// Blocks proposed and not yet answered (≤ BLOCKS_IN_FLIGHT_MAX).
+    /// Blocks proposed and not yet answered (≤ `config.blocks_in_flight_max`).
     in_flight: Cell<usize>,
     /// Log index the next proposal will get (valid while blocks are in flight).
     next_log_index: Cell<u64>,
@@ -367,7 +367,7 @@ impl Group {
                 self.signal.wait().await;
                 continue;
             }
-            if self.in_flight.get() >= BLOCKS_IN_FLIGHT_MAX
+            if self.in_flight.get() >= self.config.blocks_in_flight_max.max(1)
                 || (self.resync_log_index.get() && self.in_flight.get() > 0)
             {
                 self.signal.wait().await;
@@ -547,7 +547,7 @@ impl Group {
             self.last_round.replace(None);
         }
         let Some(drafted) = self.dry_run(batch) else { return };
-        assert!(self.in_flight.get() < BLOCKS_IN_FLIGHT_MAX, "too many blocks in flight");
+        assert!(self.in_flight.get() < self.config.blocks_in_flight_max.max(1), "too many blocks in flight");
         self.in_flight.set(self.in_flight.get() + 1);
         self.next_log_index.set(self.next_log_index.get() + 1);
         // Rounds complete and propose in the order they were drafted: each waits for the one

@@ -154,8 +154,8 @@ impl TreeWorker {
         // Unbounded, but bounded by the block builder: only `Group::dry_run` submits updates, one
         // per scope its round changed (at most one per transaction, so `batch_max_size`), and a
         // round counts in `Group::in_flight` from that dry run until its task has awaited every
-        // one of its jobs. At most `BLOCKS_IN_FLIGHT_MAX` rounds are in flight, so at most
-        // `BLOCKS_IN_FLIGHT_MAX × batch_max_size` updates are queued. A bounded channel could only
+        // one of its jobs. At most `blocks_in_flight_max` rounds are in flight, so at most
+        // `blocks_in_flight_max × batch_max_size` updates are queued. A bounded channel could only
         // turn a full queue into a stalled or abandoned block.
         let (jobs, updates) = flume::unbounded::<Update>();
         let (released, releases) = flume::bounded::<Box<dyn Send>>(TREE_RELEASES_QUEUED_MAX);
