@@ -183,6 +183,7 @@ pub fn run_node_with(
         data_dir: dir.root.clone(),
         batch_max_size: config.batch_max_size,
         blocks_in_flight_max: ledger_shard::constants::BLOCKS_IN_FLIGHT_MAX,
+        pipeline_tree_changes_min: ledger_shard::constants::PIPELINE_TREE_CHANGES_MIN,
         batch_max_delay_ms: config.batch_max_delay_ms,
         batch_eager_commit: config.batch_eager_commit,
         max_ops_per_tx: config.max_ops_per_tx,

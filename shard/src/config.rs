@@ -12,9 +12,12 @@ pub struct ShardConfig {
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
-    /// Blocks a group leader may have proposed and not yet applied (`BLOCKS_IN_FLIGHT_MAX`,
-    /// D48: 1 on nodes; unit tests keep several so the pipelined path stays covered).
+    /// Blocks a group leader may have proposed and not yet applied when its trees are built on
+    /// the tree thread (`BLOCKS_IN_FLIGHT_MAX`); otherwise one (D48).
     pub blocks_in_flight_max: usize,
+    /// Leaf changes a round must give the tree thread for the next rounds to overlap it
+    /// (`PIPELINE_TREE_CHANGES_MIN`, D48); below it a group keeps one block in flight.
+    pub pipeline_tree_changes_min: usize,
     pub max_ops_per_tx: usize,
     pub idempotency_cache_entries: usize,
     /// Client write transactions per second admitted per namespace at its group's leader, with
@@ -120,8 +123,11 @@ impl ShardConfig {
             batch_max_size: 100,
             batch_max_delay_ms: 10,
             batch_eager_commit: true,
-            // Pipelined rounds (D7) are kept reachable and tested here; nodes run with 1 (D48).
-            blocks_in_flight_max: crate::constants::BLOCKS_IN_FLIGHT_PIPELINED,
+            // With `tree_thread_min_leaves: 0` every tree goes to the thread, so the unit tests
+            // run the pipelined rounds (D7).
+            blocks_in_flight_max: crate::constants::BLOCKS_IN_FLIGHT_MAX,
+            // ... and with 0 here every round lets the next overlap it.
+            pipeline_tree_changes_min: 0,
             max_ops_per_tx: 10_000,
             idempotency_cache_entries: 100_000,
             // The in-process tests write as fast as they can; a limit is asked for explicitly.

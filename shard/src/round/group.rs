@@ -1,7 +1,7 @@
 //! The block builder of one Raft group on its leader (SPEC §8.2–§8.3): a bounded pending queue of
 //! accepted client transactions, and a loop that turns them into one `GroupBlock` at a time.
 //!
-//! A round opens when a transaction is queued and fewer than `blocks_in_flight_max` blocks are
+//! A round opens when a transaction is queued and fewer than `in_flight_limit()` blocks are
 //! proposed but not yet applied. Blocks are pipelined (docs/decisions.md D7): each draft builds on
 //! the committed state plus the deltas of the blocks still in flight (`BlockDraft::over`), so the
 //! next block's dry run overlaps the previous block's fsync, and every replica still replays
@@ -176,6 +176,10 @@ pub struct Group {
     signal: Signal,
     /// Blocks proposed and not yet answered (≤ `config.blocks_in_flight_max`).
     in_flight: Cell<usize>,
+    /// The last round gave the tree thread at least `pipeline_tree_changes_min` leaf changes:
+    /// let the next rounds overlap it (up to `blocks_in_flight_max`); otherwise one block at a
+    /// time (D48).
+    pipelined: Cell<bool>,
     /// Log index the next proposal will get (valid while blocks are in flight).
     next_log_index: Cell<u64>,
     stopping: Cell<bool>,
@@ -230,6 +234,7 @@ impl Group {
             admin: RefCell::new(VecDeque::new()),
             signal: Signal::default(),
             in_flight: Cell::new(0),
+            pipelined: Cell::new(false),
             next_log_index: Cell::new(0),
             stopping: Cell::new(false),
             last_ts: Cell::new(Timestamp::default()),
@@ -367,7 +372,7 @@ impl Group {
                 self.signal.wait().await;
                 continue;
             }
-            if self.in_flight.get() >= self.config.blocks_in_flight_max.max(1)
+            if self.in_flight.get() >= self.in_flight_limit()
                 || (self.resync_log_index.get() && self.in_flight.get() > 0)
             {
                 self.signal.wait().await;
@@ -384,6 +389,19 @@ impl Group {
             }
             self.note_round(reason, batch.len());
             self.round(batch).await;
+        }
+    }
+
+    /// Blocks this group may have in flight now (D48). openraft appends one entry per fsync per
+    /// group (D8), so a second block in flight only queues there, and the clients it holds miss
+    /// the next block: one at a time is faster, unless the block's state tree is a large job
+    /// on the tree thread (many changes in a large vault, D21), which the next rounds then
+    /// build behind this block's fsync.
+    fn in_flight_limit(&self) -> usize {
+        if self.pipelined.get() {
+            self.config.blocks_in_flight_max.max(1)
+        } else {
+            1
         }
     }
 
@@ -922,6 +940,7 @@ impl Group {
         let trees = data.trees.clone();
         let mut jobs = Vec::with_capacity(sealed.len());
         let mut scopes = Vec::with_capacity(sealed.len());
+        let mut threaded_changes = 0usize;
         for (key, mut draft) in sealed {
             let parent = match draft.parent_tree.take() {
                 Some(tree) => TreeParent::Built(tree),
@@ -938,11 +957,15 @@ impl Group {
                 }
             };
             let leaves = data.scopes.get(&key).map_or(0, |scope| scope.tree().len());
+            if leaves >= self.config.tree_thread_min_leaves {
+                threaded_changes += draft.changes.len();
+            }
             let job = trees.submit(parent, std::mem::take(&mut draft.changes), leaves);
             scopes.push(SealingScope { key, draft, tree: job.slot() });
             jobs.push(job);
         }
         drop(sealing_ref);
+        self.pipelined.set(threaded_changes >= self.config.pipeline_tree_changes_min);
         self.sealing.borrow_mut().push_back(SealingBlock { group_height, scopes });
         Some(Drafted { ctx, jobs, accepted, group_height })
     }
