@@ -246,6 +246,32 @@ pub fn ledger_admin(addr: &str, timeout_secs: u64, args: &[&str]) -> (i32, Strin
     ledger_admin_with(addr, timeout_secs, None, args)
 }
 
+/// `ledger-admin --format json ARGS…` against `addr` (20 s timeout): the exit code and the one
+/// JSON object it printed.
+pub fn ledger_admin_json(addr: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = ledger_admin(addr, 20, &all);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("ledger-admin {args:?}: not one JSON object ({e}): {stdout:?} {stderr:?}")
+    });
+    (code, value)
+}
+
+/// Waits (up to 30 s) until `ledger-admin cluster-status` against `addr` exits 0: every group
+/// has a leader and every node is healthy. Returns that status.
+pub fn wait_cluster_healthy(addr: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, status) = ledger_admin_json(addr, &["cluster-status"]);
+        if code == 0 {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "cluster never became healthy: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// [`ledger_admin`] with `--token-file TOKEN_FILE` when given (servers with `auth_tokens`).
 pub fn ledger_admin_with(
     addr: &str,

@@ -10,7 +10,6 @@ use ledger_tests::cluster::Cluster;
 use ledger_tests::scope::{connect, create_scope, retry_transient, set, walk_chain};
 use ledger_wire::client::Client;
 use ledger_wire::messages::{Request, Response, WriteResult};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,28 +29,6 @@ fn now_secs() -> u64 {
 
 fn admin(addr: &str, args: &[&str]) -> (i32, String, String) {
     ledger_tests::ledger_admin(addr, 20, args)
-}
-
-fn admin_json(addr: &str, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--format", "json"];
-    all.extend_from_slice(args);
-    let (code, stdout, stderr) = admin(addr, &all);
-    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("ledger-admin {args:?}: not one JSON object ({e}): {stdout:?} {stderr:?}")
-    });
-    (code, value)
-}
-
-fn wait_healthy(addr: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, status) = admin_json(addr, &["cluster-status"]);
-        if code == 0 {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "cluster never became healthy: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn ttl(key: &str, expires_at: u64) -> Operation {
@@ -114,7 +91,10 @@ fn wait_roots_agree(addr: &str, ns: i64, vault: i64) {
     let (ns, vault) = (ns.to_string(), vault.to_string());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, roots) = admin_json(addr, &["compare-state-roots", "--namespace", &ns, "--vault", &vault]);
+        let (code, roots) = ledger_tests::ledger_admin_json(
+            addr,
+            &["compare-state-roots", "--namespace", &ns, "--vault", &vault],
+        );
         if code == 0 {
             assert_eq!(roots["replicas"].as_array().map(Vec::len), Some(3), "{roots}");
             return;
@@ -145,7 +125,7 @@ fn t01_periodic_gc_expires_rows_with_a_short_ttl() {
     flags.extend_from_slice(&["--gc-interval-secs", "1"]);
     let cluster = Cluster::start_with_metrics(3, &flags);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    wait_healthy(cluster.addr(0));
+    ledger_tests::wait_cluster_healthy(cluster.addr(0));
     let expires_at = now_secs() + 2;
     let (ns, vault) = rt.block_on(async {
         let client = connect(cluster.addr(0)).await;
@@ -208,7 +188,7 @@ fn t02_force_gc_of_a_vault_a_namespace_and_a_node() {
     flags.extend_from_slice(&["--gc-interval-secs", "0"]);
     let cluster = Cluster::start(3, &flags);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let status = wait_healthy(cluster.addr(0));
+    let status = ledger_tests::wait_cluster_healthy(cluster.addr(0));
     let past = now_secs() - 60;
     let client = rt.block_on(connect(cluster.addr(0)));
     let (ns, vault) = rt.block_on(create_scope(&client, "forced"));
@@ -223,8 +203,10 @@ fn t02_force_gc_of_a_vault_a_namespace_and_a_node() {
     let (ns_arg, vault_arg) = (ns.to_string(), vault.to_string());
 
     // The vault's group leader, and a node that is not it.
-    let (_, info) =
-        admin_json(cluster.addr(0), &["vault-status", "--namespace", &ns_arg, "--vault", &vault_arg]);
+    let (_, info) = ledger_tests::ledger_admin_json(
+        cluster.addr(0),
+        &["vault-status", "--namespace", &ns_arg, "--vault", &vault_arg],
+    );
     let leader = info["leader"].as_u64().expect("vault has a leader");
     let addr_of = |id: u64| -> String {
         status["nodes"]
@@ -246,14 +228,14 @@ fn t02_force_gc_of_a_vault_a_namespace_and_a_node() {
     wait_roots_agree(cluster.addr(1), ns, vault);
 
     // Of the namespace scope (no --vault).
-    let (code, gc) = admin_json(&follower_addr, &["force-gc", "--namespace", &ns_arg]);
+    let (code, gc) = ledger_tests::ledger_admin_json(&follower_addr, &["force-gc", "--namespace", &ns_arg]);
     assert_eq!(code, 0, "{gc}");
     assert_eq!((gc["expired_count"].as_u64(), gc["vaults_scanned"].as_u64()), (Some(1), Some(1)), "{gc}");
     assert_eq!(rt.block_on(raw_keys(cluster.addr(1), ns, None)), ["later"]);
 
     // Of every group a node leads: on the data group's leader it collects the vault's new row.
     rt.block_on(write(&client, ns, Some(vault), 2, vec![ttl("c", past)]));
-    let (code, gc) = admin_json(&leader_addr, &["force-gc"]);
+    let (code, gc) = ledger_tests::ledger_admin_json(&leader_addr, &["force-gc"]);
     assert_eq!(code, 0, "{gc}");
     assert_eq!(gc["expired_count"].as_u64(), Some(1), "{gc}");
     assert!(gc["vaults_scanned"].as_u64() >= Some(2), "the namespace scope and the vault at least: {gc}");

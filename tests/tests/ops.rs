@@ -24,30 +24,6 @@ fn admin(addr: &str, args: &[&str]) -> (i32, String, String) {
     ledger_tests::ledger_admin(addr, 20, args)
 }
 
-/// `ledger-admin --format json …`: exit code and the one JSON object it printed.
-fn admin_json(addr: &str, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--format", "json"];
-    all.extend_from_slice(args);
-    let (code, stdout, stderr) = admin(addr, &all);
-    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("ledger-admin {args:?}: not one JSON object ({e}): {stdout:?} {stderr:?}")
-    });
-    (code, value)
-}
-
-/// Waits until `cluster-status` reports every group with a leader and every node healthy.
-fn wait_healthy(addr: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, status) = admin_json(addr, &["cluster-status"]);
-        if code == 0 {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "cluster never became healthy: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The node index of node id `id`.
 fn index_of(cluster: &Cluster, status: &Value, id: u64) -> usize {
     let addr = status["nodes"]
@@ -81,7 +57,7 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     flags.extend_from_slice(&["--vault-auto-recovery", "false"]);
     let mut cluster = Cluster::start_with_metrics(3, &flags);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let status = wait_healthy(cluster.addr(0));
+    let status = ledger_tests::wait_cluster_healthy(cluster.addr(0));
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3), "{status}");
     let (ns, vault) = rt.block_on(async {
         let client = connect(cluster.addr(0)).await;
@@ -90,7 +66,8 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     let ns_arg = ns.to_string();
     let vault_arg = vault.to_string();
     let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
-    let (_, info) = admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let (_, info) =
+        ledger_tests::ledger_admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
     let leader = info["leader"].as_u64().expect("vault has a leader");
     let leader_i = index_of(&cluster, &status, leader);
     let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
@@ -107,7 +84,10 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     assert!(out.contains("expected root") && out.contains("computed root"), "{out}");
 
     // compare-state-roots: the follower alone mismatches, exit 1.
-    let (code, roots) = admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+    let (code, roots) = ledger_tests::ledger_admin_json(
+        cluster.addr(follower),
+        &[&["compare-state-roots"][..], &scope].concat(),
+    );
     assert_eq!(code, 1, "{roots}");
     let replicas = roots["replicas"].as_array().expect("replicas");
     assert_eq!(replicas.len(), 3, "{roots}");
@@ -153,7 +133,7 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     // The cluster keeps serving the vault: writes through the leader commit.
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 21, 10));
     // Node health shows the follower degraded; the whole cluster is not healthy.
-    let (code, cs) = admin_json(cluster.addr(leader_i), &["cluster-status"]);
+    let (code, cs) = ledger_tests::ledger_admin_json(cluster.addr(leader_i), &["cluster-status"]);
     assert_eq!(code, 1, "{cs}");
     assert_eq!(cs["status"], "degraded", "{cs}");
 
@@ -173,8 +153,10 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     // Every replica agrees with the leader at the leader's height (30 blocks past genesis).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, roots) =
-            admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+        let (code, roots) = ledger_tests::ledger_admin_json(
+            cluster.addr(follower),
+            &[&["compare-state-roots"][..], &scope].concat(),
+        );
         if code == 0 {
             assert_eq!(roots["height"].as_u64(), Some(30), "{roots}");
             break;
@@ -207,7 +189,7 @@ fn t02_automatic_recovery_heals_a_diverged_vault() {
     let _one = one_cluster();
     let cluster = Cluster::start(3, NODE_FLAGS);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let status = wait_healthy(cluster.addr(0));
+    let status = ledger_tests::wait_cluster_healthy(cluster.addr(0));
     let (ns, vault) = rt.block_on(async {
         let client = connect(cluster.addr(0)).await;
         create_scope(&client, "auto").await
@@ -215,7 +197,8 @@ fn t02_automatic_recovery_heals_a_diverged_vault() {
     let ns_arg = ns.to_string();
     let vault_arg = vault.to_string();
     let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
-    let (_, info) = admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let (_, info) =
+        ledger_tests::ledger_admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
     let leader_i = index_of(&cluster, &status, info["leader"].as_u64().expect("leader"));
     let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "w", 1, 5));
@@ -226,7 +209,10 @@ fn t02_automatic_recovery_heals_a_diverged_vault() {
         admin(cluster.addr(follower), &[&["watch-recovery", "--interval-secs", "1"][..], &scope].concat());
     assert_eq!(code, 0, "watch-recovery: {out} {err}");
     assert!(out.lines().last().is_some_and(|l| l.ends_with("healthy")), "{out}");
-    let (code, roots) = admin_json(cluster.addr(follower), &[&["compare-state-roots"][..], &scope].concat());
+    let (code, roots) = ledger_tests::ledger_admin_json(
+        cluster.addr(follower),
+        &[&["compare-state-roots"][..], &scope].concat(),
+    );
     assert_eq!(code, 0, "{roots}");
 }
 
@@ -236,7 +222,7 @@ fn t03_stepdown_moves_and_spreads_leaderships() {
     let mut flags = NODE_FLAGS.to_vec();
     flags.extend_from_slice(&["--groups-per-core", "5"]);
     let cluster = Cluster::start(3, &flags);
-    let status = wait_healthy(cluster.addr(0));
+    let status = ledger_tests::wait_cluster_healthy(cluster.addr(0));
     let groups = status["groups"].as_array().map(Vec::len).unwrap_or(0);
     assert_eq!(groups, 6, "group 0 and five data groups: {status}");
     // The node that leads the most groups steps down.
@@ -249,10 +235,10 @@ fn t03_stepdown_moves_and_spreads_leaderships() {
     // Asked through another node: the request goes to the node stepping down.
     let other =
         cluster.addrs().into_iter().find(|a| Some(a.as_str()) != busiest["address"].as_str()).expect("other");
-    let (code, moved) = admin_json(&other, &["stepdown", "--node", &id_arg]);
+    let (code, moved) = ledger_tests::ledger_admin_json(&other, &["stepdown", "--node", &id_arg]);
     assert_eq!(code, 0, "stepdown: {moved}");
     assert_eq!(moved["moved"].as_array().map(Vec::len), Some(led as usize), "{moved}");
-    let after = wait_healthy(cluster.addr(0));
+    let after = ledger_tests::wait_cluster_healthy(cluster.addr(0));
     let leads: Vec<(u64, u64)> = after["nodes"]
         .as_array()
         .expect("nodes")
@@ -275,7 +261,7 @@ fn t03_stepdown_moves_and_spreads_leaderships() {
         let (ns, vault) = create_scope(&client, "after-stepdown").await;
         write_keys(cluster.addr(0), ns, vault, "w", 1, 5).await;
     });
-    let (code, lag) = admin_json(cluster.addr(1), &["lag-report"]);
+    let (code, lag) = ledger_tests::ledger_admin_json(cluster.addr(1), &["lag-report"]);
     assert_eq!(code, 0, "{lag}");
     assert_eq!(lag["groups"].as_array().map(Vec::len), Some(6), "{lag}");
     // Text output is an aligned table with a header.
@@ -312,20 +298,22 @@ fn t05_clear_vault_state_offline_then_rebuilt_at_start() {
     });
     let (ns_arg, vault_arg) = (ns.to_string(), vault.to_string());
     let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
-    let (_, before) = admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
+    let (_, before) =
+        ledger_tests::ledger_admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
     let dir_arg = data_dir.display().to_string();
     let offline: Vec<&str> = [&["clear-vault-state"][..], &scope, &["--data-dir", &dir_arg]].concat();
     let (code, out, err) = admin(&server.addr, &offline);
     assert_eq!(code, 1, "refused while running: {out} {err}");
     assert!(err.contains("locked"), "{err}");
     assert_eq!(server.stop(), Some(0));
-    let (code, cleared) = admin_json("127.0.0.1:1", &offline);
+    let (code, cleared) = ledger_tests::ledger_admin_json("127.0.0.1:1", &offline);
     assert_eq!(code, 0, "{cleared}");
     assert!(cleared["rows_removed"].as_u64().unwrap_or(0) >= 10, "{cleared}");
     let server = ledger_tests::ServerProcess::restart(&data_dir, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, after) = admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
+        let (code, after) =
+            ledger_tests::ledger_admin_json(&server.addr, &[&["vault-status"][..], &scope].concat());
         if code == 0 {
             assert_eq!(after["state_root"], before["state_root"], "{after}");
             assert_eq!(after["height"], before["height"], "{after}");
