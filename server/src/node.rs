@@ -202,6 +202,7 @@ pub fn run_node_with(
         retention_interval_secs: config.retention_interval_secs,
         helper_hooks,
         tree_thread_min_leaves: ledger_shard::constants::TREE_THREAD_MIN_LEAVES,
+        tree_thread_min_changes: ledger_shard::constants::TREE_THREAD_MIN_CHANGES,
         faults: {
             let faults = Arc::new(ledger_shard::faults::Faults::default());
             if config.test_faults {

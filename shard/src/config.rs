@@ -51,6 +51,8 @@ pub struct ShardConfig {
     /// Trees of at least this many leaves are updated on the group's tree thread (D21;
     /// `TREE_THREAD_MIN_LEAVES`, 0 in tests so that every block goes through the thread).
     pub tree_thread_min_leaves: u64,
+    /// ... by at least this many leaf changes (D49; `TREE_THREAD_MIN_CHANGES`, 0 in tests).
+    pub tree_thread_min_changes: usize,
     /// Fault-injection points (faults.rs); none armed outside tests.
     pub faults: std::sync::Arc<crate::faults::Faults>,
     /// Storage failures and recoveries of this node's groups, for the metrics endpoint.
@@ -145,6 +147,7 @@ impl ShardConfig {
             retention_interval_secs: 300,
             helper_hooks: HelperHooks::default(),
             tree_thread_min_leaves: 0,
+            tree_thread_min_changes: 0,
             faults: Default::default(),
             storage_counters: Default::default(),
             max_frame_bytes: 16 * 1024 * 1024,

@@ -121,6 +121,11 @@ pub const CHAIN_PROOF_HEADERS_MAX: u64 = 10_000;
 /// its update costs less than the round trip to the tree thread (measured at 1 k keys: 215 k
 /// entity writes/s through the thread against 250–280 k inline).
 pub const TREE_THREAD_MIN_LEAVES: u64 = 65_536;
+/// ... and an update by fewer leaf changes is made on the executor too, whatever the tree's size:
+/// at 1 M leaves one change costs ~9 µs and 100 cost ~490 µs (`ledger-bench`
+/// `state_root/1M/k1`, `k100`), so 16 stay under ~100 µs of the core's time, while the round trip
+/// to the thread wakes two threads (D49).
+pub const TREE_THREAD_MIN_CHANGES: usize = 16;
 /// Old tree versions queued to be dropped on a group's tree thread at most. The thread takes
 /// them between tree updates and keeps up, one per applied scope block; a full queue means it is
 /// this many versions behind, and the executor then drops the version itself (slower for that

@@ -142,8 +142,12 @@ pub async fn open_group_with(
     fsync_dir(&dir).map_err(dir_io)?;
 
     let mut data = GroupData::new(group, Archive::open(blocks_db)?);
-    data.trees =
-        TreeWorker::start(&format!("tree-g{}", group.0), config.helper_hooks, config.tree_thread_min_leaves);
+    data.trees = TreeWorker::start(
+        &format!("tree-g{}", group.0),
+        config.helper_hooks,
+        config.tree_thread_min_leaves,
+        config.tree_thread_min_changes,
+    );
     data.history.release_through(data.trees.clone());
     data.snapshots = catalog;
     if let Some(applied) = loaded.applied {

@@ -957,7 +957,7 @@ impl Group {
                 }
             };
             let leaves = data.scopes.get(&key).map_or(0, |scope| scope.tree().len());
-            if leaves >= self.config.tree_thread_min_leaves {
+            if trees.is_threaded(leaves, draft.changes.len()) {
                 threaded_changes += draft.changes.len();
             }
             let job = trees.submit(parent, std::mem::take(&mut draft.changes), leaves);

@@ -10,7 +10,7 @@
 use crate::config::HelperHooks;
 use crate::constants::TREE_RELEASES_QUEUED_MAX;
 #[cfg(doc)]
-use crate::constants::TREE_THREAD_MIN_LEAVES;
+use crate::constants::{TREE_THREAD_MIN_CHANGES, TREE_THREAD_MIN_LEAVES};
 use futures::channel::oneshot;
 use ledger_core::smt::{Change, SparseMerkleTree};
 use ledger_core::types::Hash;
@@ -129,6 +129,7 @@ pub struct TreeWorker {
     released: Option<flume::Sender<Box<dyn Send>>>,
     /// Trees with fewer leaves are updated on the caller.
     min_leaves: u64,
+    min_changes: usize,
 }
 
 impl std::fmt::Debug for TreeWorker {
@@ -136,6 +137,7 @@ impl std::fmt::Debug for TreeWorker {
         f.debug_struct("TreeWorker")
             .field("threaded", &self.jobs.is_some())
             .field("min_leaves", &self.min_leaves)
+            .field("min_changes", &self.min_changes)
             .finish()
     }
 }
@@ -143,14 +145,15 @@ impl std::fmt::Debug for TreeWorker {
 impl TreeWorker {
     /// No thread: updates and releases run on the calling thread.
     pub fn inline() -> Self {
-        TreeWorker { jobs: None, released: None, min_leaves: 0 }
+        TreeWorker { jobs: None, released: None, min_leaves: 0, min_changes: 0 }
     }
 
     /// Starts the thread `name` (on all of the process's CPUs, like every helper), which updates
-    /// trees of at least `min_leaves` leaves (normally [`TREE_THREAD_MIN_LEAVES`]; smaller trees
-    /// fit in the core's caches and cost less than the round trip). If the thread cannot be
-    /// spawned the worker runs inline, which is slower but equivalent.
-    pub fn start(name: &str, hooks: HelperHooks, min_leaves: u64) -> Self {
+    /// trees of at least `min_leaves` leaves by at least `min_changes` leaf changes (normally
+    /// [`TREE_THREAD_MIN_LEAVES`] and [`TREE_THREAD_MIN_CHANGES`]): a smaller tree fits in the
+    /// core's caches, and a smaller update costs less than the round trip. If the thread cannot
+    /// be spawned the worker runs inline, which is slower but equivalent.
+    pub fn start(name: &str, hooks: HelperHooks, min_leaves: u64, min_changes: usize) -> Self {
         // Unbounded, but bounded by the block builder: only `Group::dry_run` submits updates, one
         // per scope its round changed (at most one per transaction, so `batch_max_size`), and a
         // round counts in `Group::in_flight` from that dry run until its task has awaited every
@@ -169,7 +172,7 @@ impl TreeWorker {
             }
         });
         match spawned {
-            Ok(_) => TreeWorker { jobs: Some(jobs), released: Some(released), min_leaves },
+            Ok(_) => TreeWorker { jobs: Some(jobs), released: Some(released), min_leaves, min_changes },
             Err(e) => {
                 crate::event!(error, "tree_thread_spawn_failed", name = %name, error = %e);
                 TreeWorker::inline()
@@ -177,10 +180,8 @@ impl TreeWorker {
         }
     }
 
-    /// `parent` with `changes` applied ([`SparseMerkleTree::with_updates`]), computed on the
-    /// tree thread after every job queued before it.
     /// Queue the update of `parent` by `changes` ([`SparseMerkleTree::with_updates`]) behind
-    /// every job submitted before it. `leaves` (the scope's size) below `min_leaves` runs it
+    /// every job submitted before it. A job the thread is not for ([`Self::is_threaded`]) runs
     /// here and now, unless it follows a tree still being built on the thread.
     pub fn submit(&self, parent: TreeParent, changes: Vec<Change>, leaves: u64) -> TreeJob {
         let slot = Arc::new(TreeSlot::new());
@@ -189,7 +190,7 @@ impl TreeWorker {
             TreeParent::After(earlier) => earlier.get().is_some(),
         };
         let jobs = match &self.jobs {
-            Some(jobs) if leaves >= self.min_leaves || !parent_ready => jobs,
+            Some(jobs) if self.is_threaded(leaves, changes.len()) || !parent_ready => jobs,
             _ => {
                 let built = build(parent, changes, &slot);
                 return TreeJob { slot, answer: Answer::Ready(built) };
@@ -205,6 +206,13 @@ impl TreeWorker {
                 TreeJob { slot, answer: Answer::Ready(built) }
             }
         }
+    }
+
+    /// Whether an update of a tree of `leaves` leaves by `changes` leaf changes is the thread's
+    /// (when there is one): a large tree by enough changes. A few changes to a large tree cost
+    /// a few µs each, less than the two thread wake-ups of the round trip (D49).
+    pub fn is_threaded(&self, leaves: u64, changes: usize) -> bool {
+        self.jobs.is_some() && leaves >= self.min_leaves && changes >= self.min_changes
     }
 
     /// Drop `value` (an old tree version, or anything holding one) on the tree thread, or here
@@ -235,13 +243,22 @@ mod tests {
     /// runs; evicted versions released there leave newer ones intact.
     #[test]
     fn t01_chained_jobs_equal_sequential_updates() {
-        for (min_leaves, name) in [(0, "t01-thread"), (100, "t01-mixed"), (u64::MAX, "t01-inline")] {
-            let worker = TreeWorker::start(name, HelperHooks::default(), min_leaves);
+        let cases = [
+            (0, 0, "t01-thread"),
+            (100, 0, "t01-mixed"),
+            (0, 20, "t01-small-inline"),
+            (u64::MAX, 0, "t01-inline"),
+        ];
+        for (min_leaves, min_changes, name) in cases {
+            let worker = TreeWorker::start(name, HelperHooks::default(), min_leaves, min_changes);
             let mut expected = SparseMerkleTree::new();
             let mut jobs = Vec::new();
             let mut parent = TreeParent::Built(SparseMerkleTree::new());
             for round in 0..20u32 {
-                let batch = changes(round * 7, round * 7 + 50, round as u8);
+                // Every third job is small (5 changes), so with `min_changes` 20 the jobs
+                // alternate between the thread and the caller, each chained on the one before.
+                let size = if round % 3 == 0 { 5 } else { 50 };
+                let batch = changes(round * 7, round * 7 + size, round as u8);
                 let before = expected.root();
                 expected = expected.with_updates(batch.clone());
                 let job = worker.submit(parent, batch, u64::from(round) * 7 + 50);
@@ -258,6 +275,18 @@ mod tests {
         }
     }
 
+    /// The thread takes a job only for a large enough tree AND enough changes; an inline worker
+    /// takes none.
+    #[test]
+    fn t04_thread_takes_large_trees_by_enough_changes() {
+        let worker = TreeWorker::start("t04-tree", HelperHooks::default(), 1000, 16);
+        assert!(worker.is_threaded(1000, 16));
+        assert!(worker.is_threaded(1_000_000, 100));
+        assert!(!worker.is_threaded(999, 100));
+        assert!(!worker.is_threaded(1_000_000, 15));
+        assert!(!TreeWorker::inline().is_threaded(u64::MAX, usize::MAX));
+    }
+
     /// Releasing far more values than the queue holds, faster than the thread drops them, never
     /// blocks the caller and drops every value exactly once (on the thread, or on the caller
     /// when the queue is full).
@@ -272,7 +301,7 @@ mod tests {
         }
         let dropped = Arc::new(AtomicUsize::new(0));
         let total = 10 * TREE_RELEASES_QUEUED_MAX;
-        let worker = TreeWorker::start("t03-tree", HelperHooks::default(), 0);
+        let worker = TreeWorker::start("t03-tree", HelperHooks::default(), 0, 0);
         for _ in 0..total {
             worker.release(Counted(dropped.clone()));
         }
@@ -288,7 +317,7 @@ mod tests {
     #[test]
     fn t02_a_job_after_an_unbuilt_tree_answers_none() {
         for min_leaves in [0, u64::MAX] {
-            let worker = TreeWorker::start("t02-tree", HelperHooks::default(), min_leaves);
+            let worker = TreeWorker::start("t02-tree", HelperHooks::default(), min_leaves, 0);
             let never = Arc::new(TreeSlot::new());
             let first = worker.submit(TreeParent::After(never), changes(0, 5, 1), 0);
             let second = worker.submit(TreeParent::After(first.slot()), changes(5, 9, 2), 0);
