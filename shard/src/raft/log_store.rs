@@ -2,10 +2,14 @@
 //! recent entries in front of the core's shared log file (`core_log.rs`, issue 15 item 1, D38).
 //!
 //! Group commit: `append` caches the entries, queues them to the core's log thread and returns;
-//! the thread writes whatever every group of the core queued meanwhile and completes each
-//! `LogFlushed` callback only after ONE fdatasync covering them all. openraft 0.9.25 awaits every
-//! append's callback inline (`RaftCore::append_to_log`), so one group never has two appends in
-//! flight (D8); sharing the core's fsync is what lets many groups' appends share it. `save_vote`,
+//! the thread writes whatever every group of the core queued meanwhile and runs ONE fdatasync
+//! covering them all. openraft 0.9.25 awaits every append's `LogFlushed` callback inline
+//! (`RaftCore::append_to_log`) before it replicates or appends again (D8). A follower's appends
+//! are reported once durable (its answer counts in the commit quorum); the leader's own entries
+//! of its term are reported at once (D50), so it replicates while it syncs and its next blocks
+//! join the sync in progress; `wait_durable` (before apply) and `durable_log_id` (the commit
+//! index followers are told, and the committed id saved) keep every use of an entry behind its
+//! sync. `save_vote`,
 //! `truncate` and `purge` go through the same queue (keeping their order relative to appends) and
 //! return once durable; `save_committed` rides along with the next durable write.
 //!
@@ -19,11 +23,13 @@ use crate::error::ShardError;
 use crate::metrics::CodecKind;
 use crate::raft::core_log::{AppendDone, CoreLog};
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use ledger_core::types::{GroupId, LogPayload};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, LogState, RaftLogReader, StorageIOError};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::rc::Rc;
@@ -218,7 +224,17 @@ struct LogCore {
     purge_limit: Option<Rc<Cell<Option<LogId>>>>,
     /// Fault-injection points (tests only arm them).
     faults: Arc<crate::faults::Faults>,
+    /// This node's id once the group runs under Raft: its own entries appended as the leader of
+    /// the current term are reported to openraft before they are durable (D50). `None` (storage
+    /// tests): every append is reported once durable.
+    node_id: Option<u64>,
+    /// Completions of the appends not yet seen durable, oldest first: the core log's write
+    /// sequence number and the outcome, shared by everything waiting for it (D50).
+    pending: VecDeque<(u64, AppendOutcome)>,
 }
+
+/// The outcome of one append (`Err`: the write failed), for every task that waits for it.
+type AppendOutcome = Shared<oneshot::Receiver<Result<(), String>>>;
 
 impl Drop for LogCore {
     fn drop(&mut self) {
@@ -227,6 +243,29 @@ impl Drop for LogCore {
 }
 
 impl LogCore {
+    /// The last entry that is durable with every entry before it. The cache holds every entry
+    /// not yet durable, and write sequence numbers grow with the index, so only the cached tail
+    /// written after the last sync is not.
+    fn durable_log_id(&self) -> Option<LogId> {
+        let flushed = self.log.flushed_seq();
+        let first_unsynced = self.cache.iter().rev().take_while(|(_, (seq, _))| *seq > flushed).last();
+        match first_unsynced {
+            Some((index, _)) => index.checked_sub(1).and_then(|i| self.log_id_at(i)).or(self.last_purged),
+            None => self.last_log_id,
+        }
+    }
+
+    /// Whether `entries` are this node's own, appended as the leader of the current term: the
+    /// vote is committed and names this node, and every entry carries that leader id. Only the
+    /// leader of a term makes entries of that term, so a follower's append never qualifies.
+    fn appends_own_entries(&self, entries: &[Entry]) -> bool {
+        let (Some(node_id), Some(vote)) = (self.node_id, self.vote) else { return false };
+        vote.committed
+            && vote.leader_id.node_id == node_id
+            && !entries.is_empty()
+            && entries.iter().all(|e| e.log_id.leader_id == vote.leader_id)
+    }
+
     fn evict(&mut self) {
         let flushed = self.log.flushed_seq();
         while self.cache.len() > LOG_CACHE_ENTRIES_MAX {
@@ -298,8 +337,58 @@ impl LogStore {
             committed: state.committed,
             purge_limit: None,
             faults: Arc::default(),
+            node_id: None,
+            pending: VecDeque::new(),
         };
         Ok(LogStore { core: Rc::new(RefCell::new(core)), stats })
+    }
+
+    /// Lets this node's own entries, appended as leader, be reported to openraft before they are
+    /// durable (D50): the leader then replicates while it syncs, and a group's next appends join
+    /// the sync in progress. Durability is still awaited before anything is applied
+    /// ([`Self::wait_durable`], the state machine) and before a follower learns an entry is
+    /// committed ([`Self::durable_log_id`], the network).
+    pub fn set_node_id(&self, node_id: u64) {
+        self.core.borrow_mut().node_id = Some(node_id);
+    }
+
+    /// The last entry that is durable here, with every entry before it.
+    pub fn durable_log_id(&self) -> Option<LogId> {
+        self.core.borrow().durable_log_id()
+    }
+
+    /// Waits until the entry at `index` and every entry before it are durable here; `Err` if a
+    /// write failed (the group must then stop: openraft was told it was appended).
+    pub async fn wait_durable(&self, index: u64) -> Result<(), String> {
+        loop {
+            let next = {
+                let mut core = self.core.borrow_mut();
+                let flushed = core.log.flushed_seq();
+                while core.pending.front().is_some_and(|(seq, _)| *seq <= flushed) {
+                    core.pending.pop_front();
+                }
+                if core.durable_log_id().is_some_and(|d| d.index >= index) {
+                    return Ok(());
+                }
+                if let Some(e) = core.log.failure() {
+                    return Err(e);
+                }
+                core.pending.front().cloned()
+            };
+            // Nothing pending: everything appended is durable, so `index` was never appended
+            // (openraft applies only what it appended); there is nothing to wait for.
+            let Some((seq, outcome)) = next else { return Ok(()) };
+            match outcome.await {
+                Ok(Ok(())) => {
+                    let mut core = self.core.borrow_mut();
+                    if core.pending.front().is_some_and(|(s, _)| *s == seq) {
+                        core.pending.pop_front();
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(oneshot::Canceled) => return Err("the core log closed before the write completed".into()),
+            }
+        }
     }
 
     /// Attaches the node's fault-injection points (faults.rs).
@@ -347,6 +436,13 @@ impl LogStore {
         I: IntoIterator<Item = Entry>,
     {
         let mut core = self.core.borrow_mut();
+        // Everything that waits for durability (`wait_durable`) learns the outcome from here.
+        let (outcome_tx, outcome_rx) = oneshot::channel::<Result<(), String>>();
+        let done: AppendDone = Box::new(move |r: Result<(), std::io::Error>| {
+            let _ = outcome_tx.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            done(r);
+        });
+        let outcome = outcome_rx.shared();
         let mut encoded = Vec::new();
         let mut carries_block = false;
         let mut cached = Vec::new();
@@ -367,6 +463,7 @@ impl LogStore {
                 core.cache.insert(entry.log_id.index, (u64::MAX, entry));
             }
             fault.fail(move |e| done(Err(e)));
+            core.pending.push_back((u64::MAX, outcome));
             return Ok(());
         }
         let seq = core
@@ -377,8 +474,43 @@ impl LogStore {
             core.last_log_id = Some(entry.log_id);
             core.cache.insert(entry.log_id.index, (seq, entry));
         }
+        core.pending.push_back((seq, outcome));
         core.evict();
         Ok(())
+    }
+}
+
+/// `id`, or the durable id when that is lower (`None`: nothing durable yet).
+pub fn clamp_to_durable(id: LogId, durable: Option<LogId>) -> Option<LogId> {
+    match durable {
+        Some(d) if d.index < id.index => Some(d),
+        Some(_) => Some(id),
+        None => None,
+    }
+}
+
+impl LogStore {
+    /// openraft's append: `report` tells openraft the entries are appended. This node's own
+    /// entries as the leader of the current term are reported at once (D50): openraft may go on
+    /// (replicate them, take the next append) while the core log syncs them, and nothing is
+    /// applied, nor does any follower learn them committed, before they are durable here. Any
+    /// other append (a follower's) is reported once durable, since its answer to the leader
+    /// counts it in the commit quorum.
+    pub(crate) async fn append_for_raft<I>(
+        &mut self,
+        entries: I,
+        report: AppendDone,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if self.core.borrow().appends_own_entries(&entries) {
+            self.append_then(entries, Box::new(|_| {})).await?;
+            report(Ok(()));
+            return Ok(());
+        }
+        self.append_then(entries, report).await
     }
 }
 
@@ -427,6 +559,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let Some(committed) = committed else { return Ok(()) };
         let mut core = self.core.borrow_mut();
+        // A leader's entry can be committed before it is durable here (D50); a committed id
+        // past the durable log would name an entry a restart may not find. Saving less only
+        // means re-applying a little more after a restart.
+        let Some(committed) = clamp_to_durable(committed, core.durable_log_id()) else { return Ok(()) };
         core.committed = Some(committed);
         core.log.save_committed(core.group, committed).map_err(|e| StorageIOError::write(io_error(&e)).into())
     }
@@ -439,7 +575,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
-        self.append_then(entries, Box::new(move |r| callback.log_io_completed(r))).await
+        self.append_for_raft(entries, Box::new(move |r| callback.log_io_completed(r))).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -516,6 +652,85 @@ mod tests {
 
     fn blank(term: u64, index: u64) -> Entry {
         Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+    }
+
+    fn entry_of(term: u64, node: u64, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, node), index), payload: EntryPayload::Blank }
+    }
+
+    /// D50: the leader's own entries of its term are reported to openraft before they are
+    /// durable, and `wait_durable` then waits for them; a committed id is never saved past the
+    /// durable log; anyone else's entries, or any entry while this node is not the committed
+    /// leader, are reported only once durable.
+    #[test]
+    fn t04_own_entries_are_reported_at_once_and_waited_for_before_apply() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(open_log(dir.path()), GroupId(0)).unwrap();
+        futures::executor::block_on(async {
+            let report = |flag: &Arc<AtomicBool>| -> AppendDone {
+                let flag = flag.clone();
+                Box::new(move |r: Result<(), std::io::Error>| {
+                    r.unwrap();
+                    flag.store(true, Ordering::SeqCst);
+                })
+            };
+            // No node id (storage tests): never early, whatever the vote.
+            store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+            assert!(!store.core.borrow().appends_own_entries(&[entry_of(1, 1, 1)]));
+            store.set_node_id(1);
+            {
+                let core = store.core.borrow();
+                assert!(core.appends_own_entries(&[entry_of(1, 1, 1), entry_of(1, 1, 2)]));
+                assert!(!core.appends_own_entries(&[]));
+                // An entry of an earlier term of this node (re-replicated to it as a follower).
+                assert!(!core.appends_own_entries(&[entry_of(0, 1, 1)]));
+                assert!(!core.appends_own_entries(&[entry_of(1, 2, 1)]));
+            }
+
+            let reported = Arc::new(AtomicBool::new(false));
+            store.append_for_raft([entry_of(1, 1, 1)], report(&reported)).await.unwrap();
+            assert!(reported.load(Ordering::SeqCst), "an own entry is reported at once");
+            store.save_committed(Some(entry_of(1, 1, 1).log_id)).await.unwrap();
+            let saved = store.read_committed().await.unwrap();
+            let durable = store.durable_log_id();
+            assert!(
+                saved.map(|c| c.index) <= durable.map(|d| d.index),
+                "committed {saved:?} saved past the durable log {durable:?}"
+            );
+            store.wait_durable(1).await.unwrap();
+            assert_eq!(store.durable_log_id().map(|d| d.index), Some(1));
+
+            // A vote for another node: this node is a follower, its appends are reported once
+            // durable (the callback runs on the log thread after the sync).
+            store.save_vote(&Vote::new_committed(2, 2)).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            let flag = Arc::new(AtomicBool::new(false));
+            let done = report(&flag);
+            store
+                .append_for_raft(
+                    [entry_of(2, 2, 2)],
+                    Box::new(move |r| {
+                        done(r);
+                        let _ = tx.send(());
+                    }),
+                )
+                .await
+                .unwrap();
+            rx.await.unwrap();
+            assert!(flag.load(Ordering::SeqCst));
+            assert_eq!(store.durable_log_id().map(|d| d.index), Some(2));
+            store.wait_durable(2).await.unwrap();
+        });
+        assert_eq!(
+            clamp_to_durable(entry_of(1, 1, 5).log_id, Some(entry_of(1, 1, 3).log_id)).map(|l| l.index),
+            Some(3)
+        );
+        assert_eq!(
+            clamp_to_durable(entry_of(1, 1, 2).log_id, Some(entry_of(1, 1, 3).log_id)).map(|l| l.index),
+            Some(2)
+        );
+        assert_eq!(clamp_to_durable(entry_of(1, 1, 2).log_id, None), None);
     }
 
     /// Proves group commit: many appends queued back to back are folded into far fewer fsyncs

@@ -6,6 +6,7 @@
 use crate::constants::SNAPSHOT_CHUNK_BYTES;
 use crate::peer::convert::*;
 use crate::peer::pool::{PeerError, PeerPool};
+use crate::raft::log_store::{clamp_to_durable, LogStore};
 use crate::raft::type_config::{Snapshot, TypeConfig, Vote};
 use ledger_core::types::GroupId;
 use ledger_wire::messages::{Request, Response, Status, StatusCode};
@@ -39,6 +40,9 @@ pub enum PeerRpcError {
 pub struct PeerNetworkFactory {
     pub group: GroupId,
     pub pool: Rc<PeerPool>,
+    /// The group's log on this node: a follower is told an entry is committed only once it is
+    /// durable here too (D50).
+    pub log: LogStore,
 }
 
 /// One group's client to one peer node.
@@ -47,13 +51,20 @@ pub struct PeerClient {
     target: u64,
     addr: String,
     pool: Rc<PeerPool>,
+    log: LogStore,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient { group: self.group, target, addr: node.addr.clone(), pool: self.pool.clone() }
+        PeerClient {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+            log: self.log.clone(),
+        }
     }
 }
 
@@ -101,6 +112,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        // D50: the leader counts its own entries as appended before its sync ends, so its commit
+        // index can pass what is durable here. A follower that applied such an entry could see
+        // it lost with this node's power, so followers learn commits only up to what is durable
+        // here (the entry then is on this node and on the follower quorum that committed it).
+        let mut rpc = rpc;
+        rpc.leader_commit = rpc.leader_commit.and_then(|c| clamp_to_durable(c, self.log.durable_log_id()));
         let (vote, prev_log_id, mut entries, leader_commit) = append_to_wire(&rpc);
         // A follower far behind is sent up to `RAFT_PAYLOAD_ENTRIES_MAX` entries at once, which
         // can outgrow a frame: send the prefix that fits in half of one and report a partial

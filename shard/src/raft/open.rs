@@ -234,7 +234,10 @@ pub async fn open_group_with(
     let log_stats = log_store.stats();
     let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
-    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone())).with_files(env);
+    log_store.set_node_id(config.node_id);
+    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()))
+        .with_files(env)
+        .applying_durable_from(log_store.clone());
 
     let raft_config = openraft::Config {
         cluster_name: format!("ledger-g{:05}", group.0),
@@ -256,7 +259,7 @@ pub async fn open_group_with(
     }
     .validate()
     .map_err(|e| ShardError::raft("config", e))?;
-    let network = PeerNetworkFactory { group, pool };
+    let network = PeerNetworkFactory { group, pool, log: log_store.clone() };
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;

@@ -331,11 +331,20 @@ pub struct StateMachine {
     /// `None`: snapshots stay in memory (storage tests); otherwise they are the group's files.
     env: Option<Rc<SnapshotEnv>>,
     current: Rc<RefCell<Option<StoredSnapshot>>>,
+    /// The group's log, when its leader reports its own appends before they are durable (D50):
+    /// an entry is applied only once durable here.
+    log: Option<crate::raft::log_store::LogStore>,
 }
 
 impl StateMachine {
     pub fn new(data: Rc<RefCell<GroupData>>, checkpointer: Option<Rc<Checkpointer>>) -> Self {
-        StateMachine { data, checkpointer, env: None, current: Rc::new(RefCell::new(None)) }
+        StateMachine { data, checkpointer, env: None, current: Rc::new(RefCell::new(None)), log: None }
+    }
+
+    /// Applies each entry only once it is durable in `log` (D50).
+    pub fn applying_durable_from(mut self, log: crate::raft::log_store::LogStore) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Snapshots become the group's SPEC §9.4 files (needs a checkpointer and a glommio executor).
@@ -483,6 +492,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         I: IntoIterator<Item = Entry>,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(log), Some(last)) = (&self.log, entries.last()) {
+            // A leader's own entries may be committed before its own sync ends (D50); applying
+            // (and so answering the client, checkpointing) waits for it.
+            if let Err(e) = log.wait_durable(last.log_id.index).await {
+                return Err(StorageIOError::write_logs(AnyError::error(e)).into());
+            }
+        }
         let mut data = self.data.borrow_mut();
         let group = data.group_id.0;
         let mut results = Vec::new();
