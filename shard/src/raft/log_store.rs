@@ -266,6 +266,16 @@ impl LogCore {
             && entries.iter().all(|e| e.log_id.leader_id == vote.leader_id)
     }
 
+    /// Drops the completions of appends already durable: what is left is at most the appends
+    /// written since the last sync (and a failed one), so the queue stays short on a node that
+    /// appends without applying (a follower waiting for commits).
+    fn settle_pending(&mut self) {
+        let flushed = self.log.flushed_seq();
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= flushed) {
+            self.pending.pop_front();
+        }
+    }
+
     fn evict(&mut self) {
         let flushed = self.log.flushed_seq();
         while self.cache.len() > LOG_CACHE_ENTRIES_MAX {
@@ -363,10 +373,7 @@ impl LogStore {
         loop {
             let next = {
                 let mut core = self.core.borrow_mut();
-                let flushed = core.log.flushed_seq();
-                while core.pending.front().is_some_and(|(seq, _)| *seq <= flushed) {
-                    core.pending.pop_front();
-                }
+                core.settle_pending();
                 if core.durable_log_id().is_some_and(|d| d.index >= index) {
                     return Ok(());
                 }
@@ -429,6 +436,29 @@ impl LogStore {
 }
 
 impl LogStore {
+    /// openraft's append: `report` tells openraft the entries are appended. This node's own
+    /// entries as the leader of the current term are reported at once (D50): openraft may go on
+    /// (replicate them, take the next append) while the core log syncs them, and nothing is
+    /// applied, nor does any follower learn them committed, before they are durable here. Any
+    /// other append (a follower's) is reported once durable, since its answer to the leader
+    /// counts it in the commit quorum.
+    pub(crate) async fn append_for_raft<I>(
+        &mut self,
+        entries: I,
+        report: AppendDone,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if self.core.borrow().appends_own_entries(&entries) {
+            self.append_then(entries, Box::new(|_| {})).await?;
+            report(Ok(()));
+            return Ok(());
+        }
+        self.append_then(entries, report).await
+    }
+
     /// Caches `entries`, queues them to the core's log thread and returns; `done` runs on that
     /// thread once they are durable (or the write failed).
     pub(crate) async fn append_then<I>(&mut self, entries: I, done: AppendDone) -> Result<(), StorageError>
@@ -474,6 +504,7 @@ impl LogStore {
             core.last_log_id = Some(entry.log_id);
             core.cache.insert(entry.log_id.index, (seq, entry));
         }
+        core.settle_pending();
         core.pending.push_back((seq, outcome));
         core.evict();
         Ok(())
@@ -486,31 +517,6 @@ pub fn clamp_to_durable(id: LogId, durable: Option<LogId>) -> Option<LogId> {
         Some(d) if d.index < id.index => Some(d),
         Some(_) => Some(id),
         None => None,
-    }
-}
-
-impl LogStore {
-    /// openraft's append: `report` tells openraft the entries are appended. This node's own
-    /// entries as the leader of the current term are reported at once (D50): openraft may go on
-    /// (replicate them, take the next append) while the core log syncs them, and nothing is
-    /// applied, nor does any follower learn them committed, before they are durable here. Any
-    /// other append (a follower's) is reported once durable, since its answer to the leader
-    /// counts it in the commit quorum.
-    pub(crate) async fn append_for_raft<I>(
-        &mut self,
-        entries: I,
-        report: AppendDone,
-    ) -> Result<(), StorageError>
-    where
-        I: IntoIterator<Item = Entry>,
-    {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if self.core.borrow().appends_own_entries(&entries) {
-            self.append_then(entries, Box::new(|_| {})).await?;
-            report(Ok(()));
-            return Ok(());
-        }
-        self.append_then(entries, report).await
     }
 }
 
@@ -651,7 +657,7 @@ mod tests {
     }
 
     fn blank(term: u64, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+        entry_of(term, 1, index)
     }
 
     fn entry_of(term: u64, node: u64, index: u64) -> Entry {
