@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Single-key writes against a fresh one-node server, with the CPU each write costs: runs
-# `ledger-loadgen --connections C --pipeline P --batch-items 1 --mix write=100 --namespaces 2
+# `ledger-loadgen --connections C --pipeline P --batch-items 1 --mix write=100 --namespaces NS
 # --key-space 100000` for 10 s after 2 s of warm-up, and over seconds 5–10 of the run samples the
 # CPU time (user + system, /proc/PID/stat) of the server and of the load generator and the
 # server's `batch_size` metric, then prints the loadgen's write line and one line:
@@ -9,6 +9,7 @@
 #   usage: scripts/bench-write-cpu.sh [C (default 4)] [P (default 4)] [extra ledger-server flags…]
 #   BIN_DIR=dir uses ledger-server/ledger-loadgen from dir instead of building (before/after runs).
 #   PORT=n listen port (default 27600; n+1 serves metrics).
+#   NS=n namespaces written (default 2: one data group on each core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C="${1:-4}"; P="${2:-4}"; shift 2 || shift $#
@@ -34,7 +35,7 @@ batches() {
     | awk '{split($1, a, "{"); v[a[1]] += $2} END {print v["batch_size_count"] + 0, v["batch_size_sum"] + 0}'
 }
 "$BIN_DIR/ledger-loadgen" --addr "127.0.0.1:$PORT" --connections "$C" --pipeline "$P" --batch-items 1 \
-  --mix write=100 --namespaces 2 --key-space 100000 --duration 10s --warmup 2s \
+  --mix write=100 --namespaces "${NS:-2}" --key-space 100000 --duration 10s --warmup 2s \
   > "$BASE/loadgen.out" 2> "$BASE/loadgen.err" &
 LP=$!
 sleep 5; s0=$(ticks "$SP"); l0=$(ticks "$LP"); b0=$(batches)

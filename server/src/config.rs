@@ -49,6 +49,8 @@ pub mod defaults {
     pub const BATCH_MAX_SIZE: usize = 100;
     pub const BATCH_MAX_DELAY_MS: u64 = 10;
     pub const BATCH_EAGER_COMMIT: bool = true;
+    /// Not in SPEC §11.1 (D51).
+    pub const BATCH_FILL_WAIT_US: u64 = 200;
     pub const REQUESTS_MAX_CONCURRENT: usize = 100;
     pub const REQUESTS_TIMEOUT_SECS: u64 = 30;
     pub const METRICS_ADDR: &str = "127.0.0.1:9090";
@@ -180,6 +182,10 @@ pub struct ConfigLayer {
     /// Close a round as soon as the queue is empty (SPEC §8.3).
     #[arg(long)]
     pub batch_eager_commit: Option<bool>,
+    /// With eager commit, how long a round may wait (µs) for as many writes as the group's last
+    /// round took, when no block is in flight (D51; 0 = close at once).
+    #[arg(long)]
+    pub batch_fill_wait_us: Option<u64>,
     /// Outstanding requests and open streams per connection.
     #[arg(long)]
     pub requests_max_concurrent: Option<usize>,
@@ -357,6 +363,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "batch_max_size" => literal(BATCH_MAX_SIZE),
         "batch_max_delay_ms" => literal(BATCH_MAX_DELAY_MS),
         "batch_eager_commit" => literal(BATCH_EAGER_COMMIT),
+        "batch_fill_wait_us" => literal(BATCH_FILL_WAIT_US),
         "requests_max_concurrent" => literal(REQUESTS_MAX_CONCURRENT),
         "requests_timeout_secs" => literal(REQUESTS_TIMEOUT_SECS),
         "metrics_addr" => literal(METRICS_ADDR),
@@ -578,6 +585,7 @@ impl ConfigLayer {
             batch_max_size: self.batch_max_size.or(lower.batch_max_size),
             batch_max_delay_ms: self.batch_max_delay_ms.or(lower.batch_max_delay_ms),
             batch_eager_commit: self.batch_eager_commit.or(lower.batch_eager_commit),
+            batch_fill_wait_us: self.batch_fill_wait_us.or(lower.batch_fill_wait_us),
             requests_max_concurrent: self.requests_max_concurrent.or(lower.requests_max_concurrent),
             requests_timeout_secs: self.requests_timeout_secs.or(lower.requests_timeout_secs),
             metrics_addr: self.metrics_addr.or(lower.metrics_addr),
@@ -635,6 +643,7 @@ pub struct Config {
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
+    pub batch_fill_wait_us: u64,
     pub requests_max_concurrent: usize,
     pub requests_timeout_secs: u64,
     pub metrics_addr: Option<String>,
@@ -806,6 +815,7 @@ impl Config {
             batch_max_size: pick!(flags, file, batch_max_size, BATCH_MAX_SIZE),
             batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, BATCH_MAX_DELAY_MS),
             batch_eager_commit: pick!(flags, file, batch_eager_commit, BATCH_EAGER_COMMIT),
+            batch_fill_wait_us: pick!(flags, file, batch_fill_wait_us, BATCH_FILL_WAIT_US),
             requests_max_concurrent: pick!(flags, file, requests_max_concurrent, REQUESTS_MAX_CONCURRENT),
             requests_timeout_secs: pick!(flags, file, requests_timeout_secs, REQUESTS_TIMEOUT_SECS),
             metrics_addr: if metrics_addr == METRICS_OFF { None } else { Some(metrics_addr) },

@@ -186,6 +186,7 @@ pub fn run_node_with(
         pipeline_tree_changes_min: ledger_shard::constants::PIPELINE_TREE_CHANGES_MIN,
         batch_max_delay_ms: config.batch_max_delay_ms,
         batch_eager_commit: config.batch_eager_commit,
+        batch_fill_wait_us: config.batch_fill_wait_us,
         max_ops_per_tx: config.max_ops_per_tx,
         idempotency_cache_entries: config.idempotency_cache_entries,
         rate_limit_rps: config.rate_limit_rps,

@@ -12,6 +12,9 @@ pub struct ShardConfig {
     pub batch_max_size: usize,
     pub batch_max_delay_ms: u64,
     pub batch_eager_commit: bool,
+    /// With eager commit and no block in flight, how long a round may wait, in µs, for as many
+    /// transactions as the group's last round took (D51; 0 = close at once).
+    pub batch_fill_wait_us: u64,
     /// Blocks a group leader may have proposed and not yet applied when its trees are built on
     /// the tree thread (`BLOCKS_IN_FLIGHT_MAX`); otherwise one (D48).
     pub blocks_in_flight_max: usize,
@@ -125,6 +128,7 @@ impl ShardConfig {
             batch_max_size: 100,
             batch_max_delay_ms: 10,
             batch_eager_commit: true,
+            batch_fill_wait_us: 0,
             // With `tree_thread_min_leaves: 0` every tree goes to the thread, so the unit tests
             // run the pipelined rounds (D7).
             blocks_in_flight_max: crate::constants::BLOCKS_IN_FLIGHT_MAX,

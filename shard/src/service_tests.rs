@@ -173,13 +173,27 @@ impl Node {
         requests: Vec<Request>,
         note: impl Fn() -> T,
     ) -> Vec<(Result<Response, Status>, T)> {
+        self.call_all_spaced(requests, None, note).await
+    }
+
+    /// Sends the requests `gap` apart (all at once without one), then collects the answers in
+    /// request order, each with what `note` returned as it arrived.
+    async fn call_all_spaced<T>(
+        &self,
+        requests: Vec<Request>,
+        gap: Option<std::time::Duration>,
+        note: impl Fn() -> T,
+    ) -> Vec<(Result<Response, Status>, T)> {
         let mut ids = Vec::new();
         let mut groups = Vec::new();
         for request in &requests {
             groups.push(self.resolve(scope_namespace(request).unwrap()).await.unwrap());
         }
-        // Everything is sent without yielding, so the inbox holds all of it at once.
+        // Without a gap everything is sent without yielding, so the inbox holds all of it at once.
         for (request, group) in requests.into_iter().zip(groups) {
+            if let (Some(gap), false) = (gap, ids.is_empty()) {
+                glommio::timer::sleep(gap).await;
+            }
             let request_id = self.next_id.get();
             self.next_id.set(request_id + 1);
             let envelope = RequestEnvelope { request_id, deadline_ms: 0, on_behalf_of: None, request };
@@ -1600,6 +1614,52 @@ fn t27_pending_queue_is_capped_at_ten_batches() {
                 assert_eq!(value, None, "refused write {i} was applied");
             }
         }
+        node.stop().await;
+    });
+}
+
+/// D51: with eager commit and no block in flight, a round waits (up to `batch_fill_wait_us`) for
+/// as many transactions as the group's last round took. Clients that come back one at a time,
+/// 10 ms apart, after a round of theirs still share one block; then a lone writer's round waits
+/// out the bound once and commits alone, and the next round's target is that one write.
+#[test]
+fn t28_a_round_waits_for_as_many_writes_as_the_last_round_took() {
+    run(|dir| async move {
+        let node = start(dir, |c| {
+            c.batch_fill_wait_us = 1_000_000;
+            // Trees on the executor and one block in flight: the rounds the wait applies to.
+            c.tree_thread_min_leaves = u64::MAX;
+            c.pipeline_tree_changes_min = usize::MAX;
+        })
+        .await;
+        let ns = node.create_namespace("fill").await;
+        let (v, _) = node.create_vault(ns).await;
+        let write = |client: usize, seq: u64| Request::Write {
+            namespace_id: ns,
+            vault_id: Some(v),
+            client_id: format!("c{client}"),
+            sequence: seq,
+            operations: vec![set(&format!("k{client}"), &seq.to_le_bytes())],
+            include_tx_proof: false,
+        };
+        let height = |answer: &Result<Response, Status>| match answer {
+            Ok(Response::Write(WriteResult::Success(s))) => s.block_height,
+            other => panic!("{other:?}"),
+        };
+        let first: Vec<u64> =
+            node.call_all((0..3).map(|c| write(c, 1)).collect()).await.iter().map(height).collect();
+        // The last round took the writes of the highest block (all three, unless they split).
+        let top = first.iter().copied().max().unwrap();
+        let clients: Vec<usize> = (0..3).filter(|&c| first[c] == top).collect();
+        let spaced = clients.iter().map(|&c| write(c, 2)).collect();
+        let second = node.call_all_spaced(spaced, Some(std::time::Duration::from_millis(10)), || ()).await;
+        let second: Vec<u64> = second.iter().map(|(a, ())| height(a)).collect();
+        assert!(second.iter().all(|&h| h == top + 1), "one block for the returning clients: {second:?}");
+        // A lone writer: the round waits for the others (up to the bound) and commits alone.
+        let lone = height(&node.call(write(0, 3)).await);
+        assert_eq!(lone, top + 2);
+        let next = height(&node.call(write(0, 4)).await);
+        assert_eq!(next, top + 3);
         node.stop().await;
     });
 }

@@ -6,7 +6,9 @@
 //! the committed state plus the deltas of the blocks still in flight (`BlockDraft::over`), so the
 //! next block's dry run overlaps the previous block's fsync, and every replica still replays
 //! and checks exactly the roots the leader proposed. A round closes when the batch is full, when
-//! `batch_max_delay_ms` has passed, or at once when eager commit is on. The dry run uses
+//! `batch_max_delay_ms` has passed, or at once when eager commit is on (with no block in flight,
+//! after waiting up to `batch_fill_wait_us` for as many transactions as the last round took,
+//! D51). The dry run uses
 //! `core::state::BlockDraft` per touched scope: scope checks, the §6.3 sequence check,
 //! TxId/timestamp/actor assignment and the all-or-nothing apply. The deltas go into
 //! `GroupData.speculative` so apply can commit them without recomputation. Scope lifecycle
@@ -189,6 +191,8 @@ pub struct Group {
     sealing: RefCell<VecDeque<SealingBlock>>,
     /// Resolves when the newest drafted round was proposed (`true`) or abandoned.
     last_round: RefCell<Option<oneshot::Receiver<bool>>>,
+    /// Transactions the last round took: the clients a closed loop sends back next (D51).
+    last_batch: Cell<usize>,
     /// A round was abandoned: its reserved log index went unused, so the next round waits for
     /// the blocks in flight to drain and predicts indexes afresh.
     resync_log_index: Cell<bool>,
@@ -240,6 +244,7 @@ impl Group {
             last_ts: Cell::new(Timestamp::default()),
             sealing: RefCell::new(VecDeque::new()),
             last_round: RefCell::new(None),
+            last_batch: Cell::new(0),
             resync_log_index: Cell::new(false),
             in_flight_txs: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
@@ -388,6 +393,7 @@ impl Group {
                 continue;
             }
             self.note_round(reason, batch.len());
+            self.last_batch.set(batch.len());
             self.round(batch).await;
         }
     }
@@ -435,6 +441,7 @@ impl Group {
         let max = self.config.batch_max_size.max(1);
         if self.config.batch_eager_commit {
             YieldOnce(false).await;
+            self.wait_for_last_round_size(max).await;
             return if self.queue.borrow().len() >= max { CommitReason::Size } else { CommitReason::Eager };
         }
         let opened = Instant::now();
@@ -455,6 +462,31 @@ impl Group {
             CommitReason::Size
         } else {
             CommitReason::Timeout
+        }
+    }
+
+    /// D51: with no block in flight, waits up to `batch_fill_wait_us` for the queue to hold as
+    /// many transactions as the last round took. Clients answered by that round send their next
+    /// writes only after its reply, so a round closed at once takes just the clients that were
+    /// not in it, and a group's clients split over twice the blocks, each paying a block's fixed
+    /// cost. A lone client refills its one slot at once and never waits; pipelined rounds (a large
+    /// tree job, D48) do not wait either.
+    async fn wait_for_last_round_size(&self, max: usize) {
+        let bound = Duration::from_micros(self.config.batch_fill_wait_us);
+        if bound.is_zero() || self.in_flight.get() > 0 || self.pipelined.get() {
+            return;
+        }
+        let target = self.last_batch.get().min(max);
+        let opened = Instant::now();
+        while self.queue.borrow().len() < target && !self.stopping.get() {
+            let Some(left) = bound.checked_sub(opened.elapsed()).filter(|left| !left.is_zero()) else {
+                break;
+            };
+            let timer = glommio::timer::sleep(left);
+            futures::pin_mut!(timer);
+            let wake = self.signal.wait();
+            futures::pin_mut!(wake);
+            futures::future::select(timer, wake).await;
         }
     }
 
