@@ -140,14 +140,15 @@ impl ScopeHistory {
         }
     }
 
-    /// Drops the oldest block, its tree on the tree thread: the tree's unshared paths are most
-    /// of the nodes freed per block (D21).
+    /// Drops the oldest block, its tree on the tree thread unless the block changed few rows:
+    /// the tree's unshared paths are most of the nodes freed per block (D21), and a small
+    /// block's few paths cost less to free here than a wake-up of the thread (D49).
     fn evict_oldest(&mut self, trees: &TreeWorker) {
         let Some(oldest) = self.ring.pop_front() else { return };
         self.rows -= oldest.before.len();
         self.bytes -= oldest.bytes;
         // The row pre-images were allocated here and are cheapest freed here.
-        trees.release(oldest.tree);
+        trees.release_version(oldest.tree, oldest.before.len());
     }
 
     /// `key`'s row at `height` (which the ring must cover): the pre-image recorded by the first
