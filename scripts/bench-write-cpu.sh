@@ -10,6 +10,7 @@
 #   BIN_DIR=dir uses ledger-server/ledger-loadgen from dir instead of building (before/after runs).
 #   PORT=n listen port (default 27600; n+1 serves metrics).
 #   NS=n namespaces written (default 2: one data group on each core).
+#   LOADGEN_FLAGS="…" extra ledger-loadgen flags (e.g. --scope-per-connection, D53).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C="${1:-4}"; P="${2:-4}"; shift 2 || shift $#
@@ -35,7 +36,7 @@ batches() {
     | awk '{split($1, a, "{"); v[a[1]] += $2} END {print v["batch_size_count"] + 0, v["batch_size_sum"] + 0}'
 }
 "$BIN_DIR/ledger-loadgen" --addr "127.0.0.1:$PORT" --connections "$C" --pipeline "$P" --batch-items 1 \
-  --mix write=100 --namespaces "${NS:-2}" --key-space 100000 --duration 10s --warmup 2s \
+  --mix write=100 --namespaces "${NS:-2}" --key-space 100000 --duration 10s --warmup 2s ${LOADGEN_FLAGS:-} \
   > "$BASE/loadgen.out" 2> "$BASE/loadgen.err" &
 LP=$!
 sleep 5; s0=$(ticks "$SP"); l0=$(ticks "$LP"); b0=$(batches)

@@ -26,6 +26,10 @@ pub struct Args {
     /// Vaults per namespace.
     #[arg(long = "vaults-per-ns", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=SCOPES_PER_AXIS_MAX as u64))]
     pub vaults_per_ns: u64,
+    /// Pin connection c's workers to scope c mod the scope count, and name that scope's namespace
+    /// in the connection's Hello, so a node serves it on the core owning that namespace (D53).
+    #[arg(long = "scope-per-connection")]
+    pub scope_per_connection: bool,
     /// TCP connections; each carries `--pipeline` workers, every worker with its own client id.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_MAX as u64))]
     pub connections: u64,

@@ -42,6 +42,15 @@ async fn connect_all(args: &Args) -> Result<Vec<Client>, LoadgenError> {
 
 /// `count` connections, spread over `--addr` round-robin.
 pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenError> {
+    connect_hinted(args, count, |_| None).await
+}
+
+/// [`connect_n`], connection `c` naming namespace `hint(c)` in its Hello (D53).
+async fn connect_hinted(
+    args: &Args,
+    count: u64,
+    hint: impl Fn(u64) -> Option<i64>,
+) -> Result<Vec<Client>, LoadgenError> {
     let credential = match &args.token_file {
         Some(path) => Some(ledger_wire::client::read_token_file(path).map_err(LoadgenError::TokenFile)?),
         None => None,
@@ -64,7 +73,8 @@ pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenEr
     let mut clients = Vec::new();
     for c in 0..count {
         let addr = &args.addr.0[usize::try_from(c).unwrap_or(0) % args.addr.0.len()];
-        let client = Client::connect(addr.as_str(), options.clone())
+        let options = ClientOptions { namespace_hint: hint(c), ..options.clone() };
+        let client = Client::connect(addr.as_str(), options)
             .await
             .map_err(|source| LoadgenError::Connect { addr: addr.clone(), source })?;
         clients.push(client);
@@ -75,8 +85,16 @@ pub async fn connect_n(args: &Args, count: u64) -> Result<Vec<Client>, LoadgenEr
 /// Performs the run described by `args`; progress goes to stderr.
 pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
     let run_id = run_id();
-    let clients = connect_all(args).await?;
+    let mut clients = connect_all(args).await?;
     let scopes = ensure_scopes(&clients[0], args.namespaces, args.vaults_per_ns).await?;
+    if args.scope_per_connection {
+        // Reconnected now that the namespaces' ids are known, each naming its connection's.
+        let count = scopes.len() as u64;
+        clients = connect_hinted(args, args.connections, |c| {
+            scopes.get(usize::try_from(c % count).unwrap_or(0)).map(|s| s.namespace_id)
+        })
+        .await?;
+    }
     eprintln!("ledger-loadgen: {} scope(s) ready; preloading {} keys each", scopes.len(), args.key_space);
     let started = Instant::now();
     let plan = PreloadPlan {
@@ -116,6 +134,8 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
             )
             .await;
             let workload = Workload::new(args.seed, worker, shape);
+            let workload =
+                if args.scope_per_connection { workload.pinned(c as u64 % shape.scopes) } else { workload };
             let writes = args.mix.weight(OpKind::Write) > 0;
             let (schedule, mut start_rx, ready_tx) = (schedule.clone(), start_rx.clone(), ready_tx.clone());
             tasks.push(tokio::spawn(async move {

@@ -69,6 +69,8 @@ impl OpSpec {
 pub struct Workload {
     shape: Shape,
     rng: StdRng,
+    /// Every operation goes to this scope (`--scope-per-connection`).
+    pinned: Option<u64>,
 }
 
 /// SplitMix64 finaliser: spreads `(seed, worker)` so neighbouring workers get unrelated streams.
@@ -86,13 +88,19 @@ impl Workload {
         assert!(shape.key_space > 0, "workload needs a key space");
         assert!(shape.batch_items >= 1, "a write carries at least one operation");
         assert!(shape.batch_items <= shape.key_space, "a write's keys must be distinct");
-        Workload { shape, rng: StdRng::seed_from_u64(mix_seed(seed, worker)) }
+        Workload { shape, rng: StdRng::seed_from_u64(mix_seed(seed, worker)), pinned: None }
+    }
+
+    /// The same stream with every operation on `scope` (`< shape.scopes`).
+    pub fn pinned(self, scope: u64) -> Workload {
+        Workload { pinned: Some(scope % self.shape.scopes), ..self }
     }
 
     /// The next operation of this worker.
     pub fn next_op(&mut self) -> OpSpec {
         let kind = self.shape.mix.pick(self.rng.gen_range(0..self.shape.mix.total()));
-        let scope = self.rng.gen_range(0..self.shape.scopes);
+        let drawn = self.rng.gen_range(0..self.shape.scopes);
+        let scope = self.pinned.unwrap_or(drawn);
         match kind {
             OpKind::Read => OpSpec::Read { scope, key: self.key() },
             OpKind::Verified => OpSpec::Verified { scope, key: self.key() },
@@ -217,6 +225,21 @@ mod tests {
         }
         let one = Shape { scopes: 1, key_space: 1, batch_items: 1, mix: Mix::parse("write=1").unwrap() };
         assert_eq!(ops(5, 0, one, 3).len(), 3);
+    }
+
+    #[test]
+    fn t34_a_pinned_worker_uses_its_scope_only() {
+        // Proves --scope-per-connection: a pinned stream keeps the unpinned stream's operations
+        // and keys, every one of them on the pinned scope.
+        let s = shape("read=1,write=1", 3);
+        let free: Vec<OpSpec> = ops(7, 2, s, 200);
+        let mut pinned = Workload::new(7, 2, s).pinned(4);
+        for op in &free {
+            let p = pinned.next_op();
+            assert_eq!(p.scope(), 4);
+            assert_eq!(p.kind(), op.kind());
+        }
+        assert!(free.iter().any(|op| op.scope() != 4), "the free stream spreads over scopes");
     }
 
     #[test]

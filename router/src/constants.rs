@@ -38,3 +38,11 @@ pub const THROTTLE_HOLD_MAX: std::time::Duration = std::time::Duration::from_mil
 /// Over-limit namespaces one core's router remembers at once (D47); beyond it, a namespace's
 /// writes simply go to the leader to be refused there.
 pub const THROTTLE_NAMESPACES_MAX: usize = 10_000;
+
+/// Bytes peeked for a Hello's namespace hint (D53): a Hello is a 16-byte header and a payload
+/// of well under this.
+pub const HELLO_PEEK_BYTES: usize = 4096;
+/// Peeks for a whole Hello before a connection is served where it was accepted.
+pub const HELLO_PEEK_TRIES: u32 = 4;
+/// Pause between those peeks while a Hello is still arriving.
+pub const HELLO_PEEK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);

@@ -26,6 +26,32 @@ impl Dispatcher {
         Dispatcher { context, namespace_groups: RefCell::new(HashMap::new()), throttle }
     }
 
+    /// The core this router runs on.
+    pub fn core(&self) -> CoreId {
+        self.context.core
+    }
+
+    /// The core owning `namespace_id`'s group, if the namespace exists and its group is here.
+    pub async fn core_of_namespace(&self, namespace_id: i64) -> Option<CoreId> {
+        let group = self.group_of(namespace_id).await.ok().flatten()?;
+        self.context.placement.get(&group).copied()
+    }
+
+    /// Gives a connection to `core`'s listener (D53); `Err` gives it back if that core is gone.
+    pub fn hand_off(
+        &self,
+        core: CoreId,
+        handoff: crate::handoff::Handoff,
+    ) -> Result<(), crate::handoff::Handoff> {
+        let Some(listener) = self.context.listeners.get(core.0 as usize) else { return Err(handoff) };
+        match listener.send(crate::listener::ListenerControl::Adopt(handoff)) {
+            Ok(()) => Ok(()),
+            Err(flume::SendError(crate::listener::ListenerControl::Adopt(handoff))) => Err(handoff),
+            // Not what was sent; nothing to give back.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// This core's memory of over-limit namespaces (D47).
     pub fn throttle(&self) -> &std::rc::Rc<crate::throttle::WriteThrottle> {
         &self.throttle

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod constants;
 pub mod dispatch;
 pub mod error;
+pub mod handoff;
 pub mod listen_socket;
 pub mod listener;
 pub mod observe;

@@ -49,6 +49,9 @@ pub struct RouterContext {
     pub placement: Arc<BTreeMap<GroupId, CoreId>>,
     /// The `auth_tokens` at start (D42); `ListenerControl::Auth` replaces it.
     pub auth: Arc<crate::auth::AuthTable>,
+    /// Every core's listener, indexed by core: where a connection goes to be served on the core
+    /// that owns its namespace (D53).
+    pub listeners: Vec<flume::Sender<ListenerControl>>,
 }
 
 /// Commands from the node to a core's listener.
@@ -59,11 +62,26 @@ pub enum ListenerControl {
     Stop,
     /// New `auth_tokens` (SIGHUP): every connection checks its next request against them.
     Auth(Arc<crate::auth::AuthTable>),
+    /// Serve this connection, accepted by another core, here (D53).
+    Adopt(crate::handoff::Handoff),
 }
 
 /// Waits for `Listen`, then accepts until `Stop`.
 pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerControl>) {
     let auth = Rc::new(crate::auth::AuthState::new(context.auth.clone()));
+    let settings = context.settings.clone();
+    let dispatcher = Rc::new(Dispatcher::new(context));
+    let connections = Rc::new(Connections::default());
+    let adopt = |handoff: crate::handoff::Handoff| {
+        glommio::spawn_local(crate::tls_accept::serve_adopted(
+            handoff,
+            settings.clone(),
+            dispatcher.clone(),
+            connections.clone(),
+            auth.clone(),
+        ))
+        .detach();
+    };
     let listener = loop {
         match control.recv_async().await {
             Ok(ListenerControl::Listen(socket)) => {
@@ -73,12 +91,10 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
                 break unsafe { TcpListener::from_raw_fd(fd) };
             }
             Ok(ListenerControl::Auth(table)) => auth.replace(table),
+            Ok(ListenerControl::Adopt(handoff)) => adopt(handoff),
             Ok(ListenerControl::Stop) | Err(_) => return,
         }
     };
-    let settings = context.settings.clone();
-    let dispatcher = Rc::new(Dispatcher::new(context));
-    let connections = Rc::new(Connections::default());
     loop {
         futures::select! {
             accepted = listener.accept().fuse() => match accepted {
@@ -107,6 +123,7 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
             command = control.recv_async().fuse() => match command {
                 Ok(ListenerControl::Listen(_)) => {}
                 Ok(ListenerControl::Auth(table)) => auth.replace(table),
+                Ok(ListenerControl::Adopt(handoff)) => adopt(handoff),
                 Ok(ListenerControl::Stop) | Err(_) => break,
             },
         }

@@ -348,6 +348,7 @@ fn call_once(
         node_id: None,
         client_name: "ledger-bootstrap".into(),
         credential: credential.map(str::to_string),
+        namespace_hint: None,
     };
     let batch = RequestBatch {
         items: vec![RequestEnvelope { request_id: 1, deadline_ms: 0, on_behalf_of: None, request }],

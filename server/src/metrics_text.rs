@@ -620,6 +620,12 @@ fn add_core_gauges(f: &mut Families, cores: &[CoreSnapshot]) {
             &label,
             c.idem_evictions as f64,
         );
+        f.counter(
+            "connection_handoffs_total",
+            "Client connections this core took over from the core that accepted them, by their namespace hint (D53).",
+            &label,
+            c.connection_handoffs_in as f64,
+        );
         f.gauge(
             "idempotency_cache_size",
             "Entries in the core's idempotency cache.",
@@ -637,6 +643,12 @@ fn add_core_gauges(f: &mut Families, cores: &[CoreSnapshot]) {
             busy,
         );
         f.gauge("core_groups", "Raft groups hosted on the core.", &label, core.groups.len() as f64);
+        f.gauge(
+            "core_connections",
+            "Open connections served by the core (after any hand-over, D53).",
+            &label,
+            c.connections_open as f64,
+        );
         connections += c.connections_open;
     }
     f.gauge("active_connections", "Open client and peer connections.", &[], connections as f64);

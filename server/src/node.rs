@@ -243,7 +243,12 @@ pub fn run_node_with(
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
         (0..config.cores).map(|_| flume::bounded::<ShardMsg>(config.core_queue_capacity)).unzip();
     let mut ready_receivers = Vec::new();
-    let mut controls = Vec::new();
+    // Every core's listener control, made first: each router may hand a connection to any core's
+    // listener (D53).
+    let (controls, mut control_receivers): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::unbounded::<ListenerControl>())
+        .map(|(tx, rx)| (tx, Some(rx)))
+        .unzip();
     let mut executors = Vec::new();
     // Helper threads run on every CPU the process may use (D20); None (the mask unreadable, or
     // glommio not knowing those CPUs) leaves glommio's default, the shard's own CPU.
@@ -255,8 +260,7 @@ pub fn run_node_with(
         let core = CoreId(index as u16);
         let (ready_tx, ready_rx) = futures::channel::oneshot::channel();
         ready_receivers.push(ready_rx);
-        let (control_tx, control_rx) = flume::unbounded::<ListenerControl>();
-        controls.push(control_tx);
+        let control_rx = control_receivers[index].take().ok_or(NodeError::ShardStart(index))?;
         let spec = ShardSpec {
             core,
             config: shard_config.clone(),
@@ -272,6 +276,7 @@ pub fn run_node_with(
             cores: inbox_senders.clone(),
             placement: placement.clone(),
             auth: auth.clone(),
+            listeners: controls.clone(),
         };
         let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
             Placement::Fixed(config.cpu_list[index])

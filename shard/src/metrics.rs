@@ -259,6 +259,8 @@ pub struct CoreMetrics {
     pub idem_misses: u64,
     pub idem_evictions: u64,
     pub connections_open: i64,
+    /// Client connections this core took over from the core that accepted them (D53).
+    pub connection_handoffs_in: u64,
     pub decode: Latency,
     pub encode: Latency,
     pub bytes_in: Option<Histogram<u64>>,
@@ -432,6 +434,7 @@ impl CoreMetrics {
             idem_misses: self.idem_misses,
             idem_evictions: self.idem_evictions,
             connections_open: self.connections_open,
+            connection_handoffs_in: self.connection_handoffs_in,
             decode: self.decode.snapshot(now),
             encode: self.encode.snapshot(now),
             bytes_in: self.bytes_in.clone().unwrap_or_else(histogram),
@@ -534,6 +537,8 @@ pub struct CounterSnapshot {
     pub idem_misses: u64,
     pub idem_evictions: u64,
     pub connections_open: i64,
+    /// Client connections this core took over from the core that accepted them (D53).
+    pub connection_handoffs_in: u64,
     pub decode: LatencySnapshot,
     pub encode: LatencySnapshot,
     pub bytes_in: Histogram<u64>,

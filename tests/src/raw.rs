@@ -41,6 +41,7 @@ pub fn hello_frame(protocol_version: u16) -> Vec<u8> {
         node_id: None,
         client_name: "ledger-tests/raw".to_string(),
         credential: None,
+        namespace_hint: None,
     };
     encode_frame_to_vec(FrameKind::Hello, &hello).expect("encode Hello")
 }

@@ -193,6 +193,7 @@ fn t02_peer_role_needs_the_peer_token() {
             node_id: Some(7),
             client_name: "fake-peer".into(),
             credential: credential.map(str::to_string),
+            namespace_hint: None,
         };
         peer.send(&encode_frame_to_vec(FrameKind::Hello, &hello).expect("hello")).expect("send");
         assert_eq!(peer.next_frame().expect("HelloAck").kind(), FrameKind::HelloAck);

@@ -621,6 +621,7 @@ fn t07_bad_peer_bytes_are_refused_and_the_node_keeps_serving() {
         node_id: Some(7),
         client_name: "fake-peer".into(),
         credential: None,
+        namespace_hint: None,
     };
     peer.send(&encode_frame_to_vec(FrameKind::Hello, &hello).expect("hello")).expect("send");
     assert_eq!(peer.next_frame().expect("HelloAck").kind(), FrameKind::HelloAck);

@@ -58,6 +58,8 @@ const FAMILIES: &[(&str, &[&str])] = &[
     ("core_queue_depth", &["core"]),
     ("core_busy_ratio", &["core"]),
     ("core_groups", &["core"]),
+    ("core_connections", &["core"]),
+    ("connection_handoffs_total", &["core"]),
     ("active_connections", &[]),
     ("rate_limit_exceeded_total", &["namespace"]),
     ("gc_cycles_total", &["group"]),

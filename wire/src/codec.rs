@@ -453,6 +453,7 @@ mod tests {
             node_id: Some(7),
             client_name: "t".into(),
             credential: None,
+            namespace_hint: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Hello {
     pub node_id: Option<u64>,
     pub client_name: String,
     pub credential: Option<String>,
+    /// The namespace this connection will mostly serve (D53): a node may then serve the
+    /// connection on the core that owns that namespace's group. Only a hint; every request is
+    /// routed by its own namespace whatever the core.
+    pub namespace_hint: Option<i64>,
 }
 
 impl std::fmt::Debug for Hello {
@@ -32,6 +36,7 @@ impl std::fmt::Debug for Hello {
             .field("node_id", &self.node_id)
             .field("client_name", &self.client_name)
             .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .field("namespace_hint", &self.namespace_hint)
             .finish()
     }
 }

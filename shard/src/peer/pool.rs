@@ -293,6 +293,7 @@ impl PeerConn {
             node_id: Some(self.self_id),
             client_name: format!("ledger-node-{}", self.self_id),
             credential: self.credential.get(),
+            namespace_hint: None,
         };
         let frame = encode_frame_to_vec(FrameKind::Hello, &hello).map_err(|e| format!("hello: {e}"))?;
         writer.write_all(&frame).await.map_err(|e| format!("hello: {e}"))?;

@@ -175,6 +175,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         node_id: None,
         client_name: options.client_name.clone(),
         credential: options.credential.clone(),
+        namespace_hint: options.namespace_hint,
     };
     let mut out: Vec<u8> = Vec::new();
     encode_frame(FrameKind::Hello, &hello, &mut out)?;

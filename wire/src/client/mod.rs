@@ -62,6 +62,10 @@ pub struct ClientOptions {
     pub follow_leaders: bool,
     /// Connect over TLS (D43); `None` = plain TCP.
     pub tls: Option<ClientTls>,
+    /// Sent in `Hello`: the namespace this connection will mostly serve, so that the node can
+    /// serve it on the core that owns that namespace (D53). Every request still works on any
+    /// connection.
+    pub namespace_hint: Option<i64>,
 }
 
 /// How a `Client` speaks TLS: whom it trusts, what it presents, and which name it checks.
@@ -99,6 +103,7 @@ impl Default for ClientOptions {
             max_outstanding: MAX_OUTSTANDING_DEFAULT,
             follow_leaders: true,
             tls: None,
+            namespace_hint: None,
         }
     }
 }
@@ -116,6 +121,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("role", &self.role)
             .field("client_name", &self.client_name)
             .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .field("namespace_hint", &self.namespace_hint)
             .field("connect_timeout", &self.connect_timeout)
             .field("call_timeout", &self.call_timeout)
             .field("max_batch_items", &self.max_batch_items)
