@@ -13,7 +13,9 @@
 #     (fresh data directories, fsync on, default settings), each driven with single-key 100-byte
 #     writes in a closed loop at 1, 16 and 256 in flight, with the same connections × pipeline for
 #     both systems (etcd: tools/etcd-loadgen; Ledger: ledger-loadgen --batch-items 1
-#     --mix write=100). Connections are spread over all the nodes.
+#     --mix write=100 --scope-per-connection: each connection writes one of the namespaces and
+#     names it in its Hello, so a node serves it on the core owning that namespace, D53).
+#     Connections are spread over all the nodes.
 #  5. Prints one line per run, then a table: ops/s and p99 of both, Ledger/etcd throughput, etcd/
 #     Ledger p99, and issue 15's targets marked met or missed (16 in flight: ≥ 2× etcd's ops/s;
 #     256 in flight: ≥ 3× and p99 ≤ etcd's / 3; 1 in flight: Ledger's p50 within the budget of one
@@ -33,6 +35,8 @@
 #                     append + fdatasync; overwrite is the floor of a pre-allocated log)
 #   BASE_PORT=25100   first port tried for etcd and Ledger (busy ports are skipped)
 #   LEDGER_FLAGS="…"  extra ledger-server flags for every node
+#   LOADGEN_FLAGS="…" ledger-loadgen's own flags (default --scope-per-connection; empty: every
+#                     worker spreads its writes over all namespaces, the shape before D53)
 #   ETCD_LOADGEN_TARGET=DIR  cargo target directory of etcd-loadgen
 #                     (default ${XDG_CACHE_HOME:-~/.cache}/ledger-etcd-loadgen-target)
 #
@@ -50,6 +54,7 @@ TMPBASE="${TMPBASE:-/tmp}"
 BUDGET_FSYNC="${BUDGET_FSYNC:-append}"
 NEXT_PORT="${BASE_PORT:-25100}"
 LEDGER_FLAGS="${LEDGER_FLAGS:-}"
+LOADGEN_FLAGS="${LOADGEN_FLAGS---scope-per-connection}"
 ETCD_LOADGEN_TARGET="${ETCD_LOADGEN_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/ledger-etcd-loadgen-target}"
 
 say() { echo "# $*" >&2; }
@@ -282,7 +287,7 @@ run_ledger() { # nodes
   for level in $LEVELS; do
     if drive "$BIN/ledger-loadgen" --addr "$peers" --namespaces "$NAMESPACES" --key-space "$KEYS" \
         --value-size 100 --connections "${level%x*}" --pipeline "${level#*x}" --batch-items 1 --mix write=100 \
-        --duration "$DURATION" --warmup "$WARMUP" --report text; then
+        --duration "$DURATION" --warmup "$WARMUP" --report text $LOADGEN_FLAGS; then
       # op count ops/s p50 p95 p99 p99.9 max entities/s errors (latencies in µs)
       local row ops p50 p99 p999 errors
       row="$(awk '$1 == "write"' "$WORK/client.out")"
