@@ -44,5 +44,7 @@ pub const THROTTLE_NAMESPACES_MAX: usize = 10_000;
 pub const HELLO_PEEK_BYTES: usize = 4096;
 /// Peeks for a whole Hello before a connection is served where it was accepted.
 pub const HELLO_PEEK_TRIES: u32 = 4;
+/// The longest one peek waits for a connection's first bytes; a client sends its Hello at once.
+pub const HELLO_PEEK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// Pause between those peeks while a Hello is still arriving.
 pub const HELLO_PEEK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);

@@ -11,7 +11,7 @@
 //! where it was accepted). Routing never depends on it: any request works on any core.
 
 use crate::admission::Slot;
-use crate::constants::{HELLO_PEEK_BYTES, HELLO_PEEK_PAUSE, HELLO_PEEK_TRIES};
+use crate::constants::{HELLO_PEEK_BYTES, HELLO_PEEK_PAUSE, HELLO_PEEK_TRIES, HELLO_PEEK_WAIT};
 use crate::dispatch::Dispatcher;
 use crate::listener::RouterSettings;
 use glommio::net::TcpStream;
@@ -73,7 +73,8 @@ async fn peek_hint(stream: &TcpStream, max_frame_bytes: u32) -> Option<i64> {
         if attempt > 0 {
             glommio::timer::sleep(HELLO_PEEK_PAUSE).await;
         }
-        let n = stream.peek(&mut buf).await.ok()?;
+        // A socket that says nothing is served here, where the handshake timeout applies.
+        let n = glommio::timer::timeout(HELLO_PEEK_WAIT, async { stream.peek(&mut buf).await }).await.ok()?;
         if n == 0 {
             return None;
         }
