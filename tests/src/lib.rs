@@ -358,3 +358,15 @@ pub mod linearizability;
 pub mod raw;
 pub mod scope;
 pub mod tls;
+
+/// The body of `GET /metrics` from a node's metrics endpoint at `addr`.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("set a read timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    response.split_once("\r\n\r\n").expect("an HTTP response").1.to_string()
+}

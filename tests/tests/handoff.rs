@@ -6,28 +6,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::time::Duration;
 
 use ledger_core::types::ReadConsistency;
 use ledger_tests::cluster::free_addr;
 use ledger_tests::scope::{connect, set};
-use ledger_tests::{temp_dir, ServerProcess};
+use ledger_tests::{scrape_metrics, temp_dir, ServerProcess};
 use ledger_wire::messages::{Request, Response, WriteResult};
 use ledger_wire::{Client, ClientOptions};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-/// The body of `GET /metrics`.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 /// `family{core="N"} value` for every core.
@@ -100,7 +88,7 @@ fn t01_a_hinted_connection_is_served_on_the_core_owning_its_namespace() {
         let mut kept = Vec::new();
         let mut owners = Vec::new();
         for (round, &(namespace_id, vault_id, _)) in scopes.iter().enumerate() {
-            let before = per_core(&scrape(&metrics), "core_connections");
+            let before = per_core(&scrape_metrics(&metrics), "core_connections");
             let options = ClientOptions { namespace_hint: Some(namespace_id), ..ClientOptions::default() };
             for c in 0..6 {
                 let client = Client::connect(server.addr.as_str(), options.clone()).await.unwrap();
@@ -109,7 +97,7 @@ fn t01_a_hinted_connection_is_served_on_the_core_owning_its_namespace() {
                 write_and_read(&client, other_ns, other_vault, &format!("other-{round}-{c}")).await;
                 kept.push(client);
             }
-            let delta = grown(&before, &per_core(&scrape(&metrics), "core_connections"));
+            let delta = grown(&before, &per_core(&scrape_metrics(&metrics), "core_connections"));
             let mut counts: Vec<(String, f64)> = delta.into_iter().collect();
             counts.sort_by(|a, b| b.1.total_cmp(&a.1));
             assert_eq!(counts.len(), 2, "{counts:?}");
@@ -117,7 +105,7 @@ fn t01_a_hinted_connection_is_served_on_the_core_owning_its_namespace() {
             owners.push(counts[0].0.clone());
         }
         assert_ne!(owners[0], owners[1], "the two namespaces' connections went to different cores");
-        let handoffs: f64 = per_core(&scrape(&metrics), "connection_handoffs_total").values().sum();
+        let handoffs: f64 = per_core(&scrape_metrics(&metrics), "connection_handoffs_total").values().sum();
         assert!(handoffs >= 1.0, "every hinted connection accepted by the other core was handed over");
 
         // A hint naming no namespace, and no hint at all: served where accepted, and working.

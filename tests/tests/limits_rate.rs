@@ -6,13 +6,12 @@
 //! its sequence returns the original result.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ledger_tests::cluster::free_addr;
 use ledger_tests::raw::RawConn;
 use ledger_tests::scope::{client_state, connect, create_scope, set};
-use ledger_tests::{temp_dir, ServerProcess};
+use ledger_tests::{scrape_metrics, temp_dir, ServerProcess};
 use ledger_wire::codec::encode_frame_to_vec;
 use ledger_wire::error::ClientError;
 use ledger_wire::frame::FrameKind;
@@ -35,16 +34,6 @@ fn write(namespace_id: i64, vault_id: i64, client_id: &str, sequence: u64, key: 
         operations: vec![set(key, b"v".to_vec())],
         include_tx_proof: false,
     }
-}
-
-/// The body of `GET /metrics`.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 /// The value of `rate_limit_exceeded_total{namespace="N"}`, if the series is there.
@@ -115,7 +104,7 @@ fn t01_a_burst_beyond_the_limit_is_refused_and_applies_nothing() {
             );
         }
 
-        let body = scrape(&metrics);
+        let body = scrape_metrics(&metrics);
         assert_eq!(refused_metric(&body, noisy), Some(refused.len() as f64), "{body}");
         assert_eq!(refused_metric(&body, quiet), Some(0.0), "{body}");
     });
@@ -259,7 +248,7 @@ fn t04_a_client_ignoring_the_hint_is_paced_not_served_faster() {
         for key in admitted.iter().step_by((admitted.len() / 50).max(1)) {
             assert!(client.read(noisy, Some(noisy_vault), key.clone()).await.unwrap().is_some(), "{key}");
         }
-        let body = scrape(&metrics);
+        let body = scrape_metrics(&metrics);
         assert_eq!(refused_metric(&body, noisy), Some(r as f64), "{body}");
         assert_eq!(refused_metric(&body, quiet), Some(0.0), "{body}");
     });

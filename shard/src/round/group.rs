@@ -444,20 +444,7 @@ impl Group {
             self.wait_for_last_round_size(max).await;
             return if self.queue.borrow().len() >= max { CommitReason::Size } else { CommitReason::Eager };
         }
-        let opened = Instant::now();
-        let delay = Duration::from_millis(self.config.batch_max_delay_ms);
-        while self.queue.borrow().len() < max && !self.stopping.get() {
-            let Some(left) = delay.checked_sub(opened.elapsed()) else { break };
-            if left.is_zero() {
-                break;
-            }
-            let timer = glommio::timer::sleep(left);
-            futures::pin_mut!(timer);
-            let wake = self.signal.wait();
-            futures::pin_mut!(wake);
-            futures::future::select(timer, wake).await;
-        }
-        // A signal consumed above only meant "more queued"; the loop re-checks the queue anyway.
+        self.wait_for_queue(max, Duration::from_millis(self.config.batch_max_delay_ms)).await;
         if self.queue.borrow().len() >= max {
             CommitReason::Size
         } else {
@@ -476,9 +463,14 @@ impl Group {
         if bound.is_zero() || self.in_flight.get() > 0 || self.pipelined.get() {
             return;
         }
-        let target = self.last_batch.get().min(max);
+        self.wait_for_queue(self.last_batch.get().min(max), bound).await;
+    }
+
+    /// Waits until `len` transactions are queued, `bound` has passed, or the group stops. A
+    /// signal only means "something changed"; the loop re-checks the queue each time.
+    async fn wait_for_queue(&self, len: usize, bound: Duration) {
         let opened = Instant::now();
-        while self.queue.borrow().len() < target && !self.stopping.get() {
+        while self.queue.borrow().len() < len && !self.stopping.get() {
             let Some(left) = bound.checked_sub(opened.elapsed()).filter(|left| !left.is_zero()) else {
                 break;
             };
