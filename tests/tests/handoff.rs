@@ -105,8 +105,19 @@ fn t01_a_hinted_connection_is_served_on_the_core_owning_its_namespace() {
             owners.push(counts[0].0.clone());
         }
         assert_ne!(owners[0], owners[1], "the two namespaces' connections went to different cores");
-        let handoffs: f64 = per_core(&scrape_metrics(&metrics), "connection_handoffs_total").values().sum();
-        assert!(handoffs >= 1.0, "every hinted connection accepted by the other core was handed over");
+        // Which core accepts a connection is the kernel's choice: all twelve may (rarely) have
+        // been accepted by their owners. More hinted connections make a hand-over certain.
+        let handoffs =
+            || per_core(&scrape_metrics(&metrics), "connection_handoffs_total").values().sum::<f64>();
+        let (namespace_id, vault_id, _) = scopes[0];
+        let options = ClientOptions { namespace_hint: Some(namespace_id), ..ClientOptions::default() };
+        let mut extra = 0;
+        while handoffs() < 1.0 {
+            assert!(extra < 64, "no hinted connection accepted by the other core was handed over");
+            let client = Client::connect(server.addr.as_str(), options.clone()).await.unwrap();
+            write_and_read(&client, namespace_id, vault_id, &format!("extra-{extra}")).await;
+            extra += 1;
+        }
 
         // A hint naming no namespace, and no hint at all: served where accepted, and working.
         let nowhere = ClientOptions { namespace_hint: Some(999_999), ..ClientOptions::default() };
