@@ -35,6 +35,10 @@
 #                     append + fdatasync; overwrite is the floor of a pre-allocated log)
 #   BASE_PORT=25100   first port tried for etcd and Ledger (busy ports are skipped)
 #   LEDGER_FLAGS="…"  extra ledger-server flags for every node
+#   CLUSTER_CORES=1   --cores of each Ledger node in the three-node runs (D54): three nodes share
+#                     this machine's two CPUs, and a node runs one executor per core it is given,
+#                     so the default 2 would put six executors and six log threads on two CPUs.
+#                     Empty: each node's default (one core per CPU). etcd is left unrestricted.
 #   LOADGEN_FLAGS="…" ledger-loadgen's own flags (default --scope-per-connection; empty: every
 #                     worker spreads its writes over all namespaces, the shape before D53)
 #   ETCD_LOADGEN_TARGET=DIR  cargo target directory of etcd-loadgen
@@ -54,6 +58,7 @@ TMPBASE="${TMPBASE:-/tmp}"
 BUDGET_FSYNC="${BUDGET_FSYNC:-append}"
 NEXT_PORT="${BASE_PORT:-25100}"
 LEDGER_FLAGS="${LEDGER_FLAGS:-}"
+CLUSTER_CORES="${CLUSTER_CORES-1}"
 LOADGEN_FLAGS="${LOADGEN_FLAGS---scope-per-connection}"
 ETCD_LOADGEN_TARGET="${ETCD_LOADGEN_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/ledger-etcd-loadgen-target}"
 
@@ -67,6 +72,7 @@ for level in $LEVELS; do
 done
 [[ "$DURATION" =~ ^[1-9][0-9]*(ms|s|m|h)?$ ]] || die "DURATION is e.g. 10s, 500ms or 2m, not '$DURATION'"
 [[ "$WARMUP" =~ ^[0-9]+(ms|s|m|h)?$ ]] || die "WARMUP is e.g. 2s, not '$WARMUP'"
+[[ -z "$CLUSTER_CORES" || "$CLUSTER_CORES" =~ ^[1-9][0-9]*$ ]] || die "CLUSTER_CORES is empty or a positive integer"
 [[ "$KEYS" =~ ^[1-9][0-9]*$ && "$NAMESPACES" =~ ^[1-9][0-9]*$ ]] || die "KEYS and NAMESPACES are positive integers"
 case "$(stat -f -c %T "$TMPBASE" 2>/dev/null || echo missing)" in
   tmpfs|ramfs) die "TMPBASE=$TMPBASE is in memory: fsync costs nothing there; point it at a real disk" ;;
@@ -275,6 +281,7 @@ run_ledger() { # nodes
     local cluster_flags=()
     if ((nodes > 1)); then
       cluster_flags=(--bootstrap-expect "$nodes" --peers "$peers" --bootstrap-poll-secs 1 --cpu-pinning false)
+      if [[ -n "$CLUSTER_CORES" ]]; then cluster_flags+=(--cores "$CLUSTER_CORES"); fi
     fi
     # shellcheck disable=SC2086 # LEDGER_FLAGS is a list of flags
     "$BIN/ledger-server" --data-dir "$CLUSTER_DIR/n$i" --listen-addr "${addrs[$i]}" --metrics-addr off --rate-limit-rps 0 \
@@ -308,7 +315,9 @@ run_ledger() { # nodes
 TOPOLOGIES=(1 3)
 [[ -n "$ONLY" ]] && TOPOLOGIES=("$ONLY")
 for nodes in "${TOPOLOGIES[@]}"; do
-  echo "== $nodes node(s): etcd, then Ledger; $DURATION per run after $WARMUP of warm-up"
+  shape="default cores"
+  ((nodes > 1)) && [[ -n "$CLUSTER_CORES" ]] && shape="--cores $CLUSTER_CORES per node"
+  echo "== $nodes node(s): etcd, then Ledger ($shape); $DURATION per run after $WARMUP of warm-up"
   run_etcd "$nodes"
   run_ledger "$nodes"
 done
