@@ -93,7 +93,7 @@ impl IdemCache {
         let tick = self.tick;
         if let Some(slot) = self.shard(&key).get_mut(&key) {
             let old = std::mem::replace(&mut slot.tick, tick);
-            slot.value = Box::new(value);
+            *slot.value = value;
             self.order.remove(&old);
             self.order.insert(tick, key);
             return;
