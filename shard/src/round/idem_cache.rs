@@ -12,7 +12,7 @@
 
 use ledger_core::types::ScopeKey;
 use ledger_wire::messages::WriteSuccess;
-use std::collections::hash_map::RandomState;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 
@@ -91,14 +91,20 @@ impl IdemCache {
         let key = (client.clone(), sequence);
         self.tick += 1;
         let tick = self.tick;
-        if let Some(slot) = self.shard(&key).get_mut(&key) {
-            let old = std::mem::replace(&mut slot.tick, tick);
-            *slot.value = value;
-            self.order.remove(&old);
-            self.order.insert(tick, key);
-            return;
+        // One lookup for both cases: the key's shard is hashed once, its slot found once.
+        match self.shard(&key).entry(key.clone()) {
+            Entry::Occupied(mut occupied) => {
+                let slot = occupied.get_mut();
+                let old = std::mem::replace(&mut slot.tick, tick);
+                *slot.value = value;
+                self.order.remove(&old);
+                self.order.insert(tick, key);
+                return;
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot { value: Box::new(value), tick });
+            }
         }
-        self.shard(&key).insert(key.clone(), Slot { value: Box::new(value), tick });
         self.len += 1;
         self.order.insert(tick, key);
         let seqs = self.clients.entry(client.clone()).or_default();
