@@ -1247,6 +1247,10 @@ async fn faulty_node(
     let node = start(dir.to_path_buf(), move |c| {
         c.faults = armed;
         c.storage_counters = counted;
+        // The server's default periods, so that the groups' GC and integrity tasks sleep
+        // through the test as they would in production: a stopped group must reopen anyway.
+        c.gc_interval_secs = 60;
+        c.integrity_interval_secs = 3600;
     })
     .await;
     let ns = node.create_namespace("acme").await;

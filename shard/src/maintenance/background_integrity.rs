@@ -57,8 +57,13 @@ pub fn start(group: Rc<Group>) {
 
 async fn run(group: Rc<Group>, interval: Duration) {
     let stopped = group.data.borrow().snapshots.stopped.clone();
+    // Held weakly while asleep: a closed group (a storage-error reopen, D56) must release its
+    // files now, not at the next check an hour later.
+    let weak = Rc::downgrade(&group);
+    drop(group);
     loop {
         glommio::timer::sleep(interval).await;
+        let Some(group) = weak.upgrade() else { return };
         if stopped.get() {
             return;
         }

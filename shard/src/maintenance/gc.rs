@@ -287,8 +287,12 @@ pub fn start(group: Rc<Group>) {
 
 async fn run(group: Rc<Group>, interval: Duration) {
     let stopped = group.data.borrow().snapshots.stopped.clone();
+    // Held weakly while asleep, so that a closed group releases its files at once (D56).
+    let weak = Rc::downgrade(&group);
+    drop(group);
     loop {
         glommio::timer::sleep(interval).await;
+        let Some(group) = weak.upgrade() else { return };
         if stopped.get() {
             return;
         }

@@ -97,10 +97,14 @@ pub fn snapshot_due(config: &ShardConfig, group_height: u64, last_height: u64, s
 /// The group's maintenance task; ends when the group's catalog is stopped (close).
 pub async fn run(group: Rc<Group>, config: Arc<ShardConfig>) {
     let stopped = group.data.borrow().snapshots.stopped.clone();
+    // Held weakly while asleep, so that a closed group releases its files at once (D56).
+    let weak = Rc::downgrade(&group);
+    drop(group);
     let mut last_retention = Instant::now();
     let retention_every = Duration::from_secs(config.retention_interval_secs);
     loop {
         glommio::timer::sleep(Duration::from_millis(MAINTENANCE_TICK_MS)).await;
+        let Some(group) = weak.upgrade() else { return };
         if stopped.get() {
             return;
         }
