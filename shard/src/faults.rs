@@ -22,6 +22,9 @@ pub struct Faults {
     /// `(group, count)`: checkpoint writes of that group still to fail (before touching files).
     checkpoint_armed: AtomicBool,
     checkpoint_failures: Mutex<Option<(u32, u32)>>,
+    /// `(group, count)`: snapshot files of that group still to fail (before touching files).
+    snapshot_armed: AtomicBool,
+    snapshot_failures: Mutex<Option<(u32, u32)>>,
     /// Abandons the next block round as it completes (as a lost leadership would).
     abandon_round: AtomicBool,
 }
@@ -105,17 +108,33 @@ impl Faults {
 
     /// Whether this checkpoint write of `group` must fail (counting it down).
     pub(crate) fn take_checkpoint_failure(&self, group: u32) -> bool {
-        if !self.checkpoint_armed.load(Ordering::Relaxed) {
-            return false;
+        take_one(&self.checkpoint_armed, &self.checkpoint_failures, group)
+    }
+
+    /// Fails the next `count` snapshot files of `group` with an I/O error (0 disarms).
+    pub fn fail_snapshots(&self, group: u32, count: u32) {
+        *self.snapshot_failures.lock().unwrap_or_else(PoisonError::into_inner) = Some((group, count));
+        self.snapshot_armed.store(true, Ordering::Release);
+    }
+
+    /// Whether this snapshot file of `group` must fail (counting it down).
+    pub(crate) fn take_snapshot_failure(&self, group: u32) -> bool {
+        take_one(&self.snapshot_armed, &self.snapshot_failures, group)
+    }
+}
+
+/// Counts down one armed `(group, count)` fault of `group`; whether it fires.
+fn take_one(armed_flag: &AtomicBool, armed: &Mutex<Option<(u32, u32)>>, group: u32) -> bool {
+    if !armed_flag.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut armed = armed.lock().unwrap_or_else(PoisonError::into_inner);
+    match armed.as_mut() {
+        Some((g, count)) if *g == group && *count > 0 => {
+            *count -= 1;
+            true
         }
-        let mut armed = self.checkpoint_failures.lock().unwrap_or_else(PoisonError::into_inner);
-        match armed.as_mut() {
-            Some((g, count)) if *g == group && *count > 0 => {
-                *count -= 1;
-                true
-            }
-            _ => false,
-        }
+        _ => false,
     }
 }
 

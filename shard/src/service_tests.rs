@@ -1667,3 +1667,94 @@ fn t28_a_round_waits_for_as_many_writes_as_the_last_round_took() {
         node.stop().await;
     });
 }
+
+/// D57: a group whose snapshots keep failing (the disk passes the reopen's probe, openraft's next
+/// snapshot fails again) reopens with a pause that doubles per relapse instead of every few
+/// hundred ms, and once the cause is gone it serves again with nothing acknowledged lost.
+#[test]
+fn t29_a_group_that_relapses_after_each_reopen_backs_off_and_recovers() {
+    run(|dir| async move {
+        let faults = Arc::new(crate::faults::Faults::default());
+        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
+        let (armed, counted) = (faults.clone(), counters.clone());
+        let node = start(dir.clone(), move |c| {
+            c.faults = armed;
+            c.storage_counters = counted;
+            // openraft snapshots (and purges) every few entries, and again right after a reopen.
+            c.raft_snapshot_logs = 4;
+            c.raft_log_keep = 2;
+        })
+        .await;
+        let ns = node.create_namespace("acme").await;
+        let (v, _) = node.create_vault(ns).await;
+        let vault = Some(v);
+        let group = node.resolve(ns).await.unwrap();
+        // Writes `k{seq}` with retries: the group is out of service while it reopens.
+        let write = |seq: u64| {
+            let node = &node;
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    let request = Request::Write {
+                        namespace_id: ns,
+                        vault_id: vault,
+                        client_id: "c".into(),
+                        sequence: seq,
+                        operations: vec![set(&format!("k{seq}"), b"v")],
+                        include_tx_proof: false,
+                    };
+                    match node.call(request).await {
+                        Ok(Response::Write(WriteResult::Success(_))) => return,
+                        // Committed, but its answer was lost to the reopen (SPEC §6.3).
+                        Ok(Response::Write(WriteResult::Error(e)))
+                            if e.code == WriteErrorCode::AlreadyCommitted =>
+                        {
+                            return
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(status)
+                            if status.code == StatusCode::Unavailable
+                                || status.code == StatusCode::NotLeader =>
+                        {
+                            assert!(
+                                std::time::Instant::now() < deadline,
+                                "write {seq} never committed: {status:?}"
+                            );
+                            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        Err(status) => panic!("{status:?}"),
+                    }
+                }
+            }
+        };
+        faults.fail_snapshots(group.0, u32::MAX);
+        let mut seq = 0;
+        while counters.failures_total.load(Ordering::Relaxed) == 0 {
+            seq += 1;
+            write(seq).await;
+        }
+        // Writes go on for 3.5 s (each one applied lets openraft try its snapshot again; the last
+        // may wait for a later reopen). The n-th reopen comes after pauses of 1, 2, 4 … s, so by
+        // then at least 2^(n-2) s have passed: n ≤ 2 + log2(seconds + 1). Without the pauses a
+        // reopen takes tens of ms and the watch finds the next failure within 200 ms (~19 here).
+        let window = std::time::Instant::now();
+        while window.elapsed() < std::time::Duration::from_millis(3_500) {
+            seq += 1;
+            write(seq).await;
+        }
+        let reopens = counters.reopens_total.load(Ordering::Relaxed);
+        let bound = 2.0 + (window.elapsed().as_secs_f64() + 1.0).log2();
+        assert!(reopens >= 2 && reopens as f64 <= bound, "{reopens} reopens in {:?}", window.elapsed());
+        assert!(counters.failures_total.load(Ordering::Relaxed) <= reopens + 1);
+        faults.fail_snapshots(group.0, 0);
+        seq += 1;
+        write(seq).await;
+        for k in 1..=seq {
+            assert_eq!(node.read(ns, vault, &format!("k{k}")).await, Some(b"v".to_vec()), "k{k}");
+        }
+        node.stop().await;
+        let node = start(dir, |_| {}).await;
+        assert_eq!(node.last_sequence(ns, vault, "c").await, seq);
+        node.stop().await;
+    });
+}

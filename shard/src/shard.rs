@@ -72,6 +72,8 @@ pub struct Shard {
     builders: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// Groups waiting to reopen after a storage error, with the cause (maintenance/reopen.rs).
     pub reopening: RefCell<BTreeMap<GroupId, String>>,
+    /// When each group last reopened, and how many relapses in a row led to it (reopen.rs).
+    pub reopened: RefCell<BTreeMap<GroupId, (std::time::Instant, u32)>>,
     /// Set by `shutdown`: nothing reopens any more.
     closing: Cell<bool>,
 }
@@ -139,6 +141,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         limiter,
         builders: RefCell::new(Vec::new()),
         reopening: RefCell::new(BTreeMap::new()),
+        reopened: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
     });
     for id in owned {

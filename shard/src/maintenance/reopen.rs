@@ -27,6 +27,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 /// What the probe writes and syncs: enough that a disk with only crumbs left still fails it.
 const PROBE_BYTES: usize = 1024 * 1024;
+/// A group that fails again within this long of its reopen has relapsed: the cause is still
+/// there (the disk passes the probe, but not what the group does next, e.g. a snapshot's rename).
+const RELAPSE_WINDOW: Duration = Duration::from_secs(60);
 /// Checkpoints failed in a row that mean the state file is stuck (redb's `PreviousIo` latch).
 const CHECKPOINT_FAILURES_BEFORE_REOPEN: u64 = 2;
 
@@ -91,6 +94,17 @@ async fn reopen_when_writable(shard: Rc<Shard>, id: GroupId) {
     let dir = group_dir(&shard.config, id);
     let mut pause = PROBE_INTERVAL;
     let mut attempts = 0u64;
+    // A relapse waits before it reopens, doubling per relapse in a row (D57): a cause that
+    // survives each reopen costs a reopen every few seconds at most, not a hot loop.
+    let relapses = match shard.reopened.borrow().get(&id) {
+        Some((at, before)) if at.elapsed() < RELAPSE_WINDOW => before + 1,
+        _ => 0,
+    };
+    if relapses > 0 {
+        let hold = relapse_pause(relapses);
+        crate::event!(warn, "group_storage_relapsed", group = %id, relapses, pause_ms = hold.as_millis() as u64);
+        glommio::timer::sleep(hold).await;
+    }
     loop {
         if shard.is_closing() {
             return;
@@ -103,6 +117,7 @@ async fn reopen_when_writable(shard: Rc<Shard>, id: GroupId) {
                     counters.reopens_total.fetch_add(1, Ordering::Relaxed);
                     counters.groups_stopped.fetch_sub(1, Ordering::Relaxed);
                     shard.reopening.borrow_mut().remove(&id);
+                    shard.reopened.borrow_mut().insert(id, (std::time::Instant::now(), relapses));
                     crate::event!(info, "group_reopened", group = %id, attempts);
                     return;
                 }
@@ -122,6 +137,12 @@ async fn reopen_when_writable(shard: Rc<Shard>, id: GroupId) {
         }
         glommio::timer::sleep(pause).await;
     }
+}
+
+/// The wait before reopening after `relapses` relapses in a row (≥ 1): the probe interval,
+/// doubled per further relapse, at most the probe's own cap.
+fn relapse_pause(relapses: u32) -> Duration {
+    PROBE_INTERVAL.saturating_mul(1u32 << relapses.saturating_sub(1).min(5)).min(PROBE_INTERVAL_MAX)
 }
 
 /// Takes the group (if still open) out of the core's map, closes it and opens it again.
@@ -161,4 +182,17 @@ async fn probe(shard: &Shard, dir: PathBuf) -> Result<(), String> {
         })
         .await;
     written.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relapse waits the probe interval, doubled per relapse in a row, never over the cap.
+    #[test]
+    fn t01_relapse_pause_doubles_up_to_the_cap() {
+        let secs: Vec<u64> =
+            [1, 2, 3, 4, 5, 6, 40, u32::MAX].into_iter().map(|n| relapse_pause(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 }

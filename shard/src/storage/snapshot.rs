@@ -454,13 +454,20 @@ pub fn write_file(
     create_dir_durable(dir).map_err(io(dir))?;
     std::fs::create_dir_all(tmp_dir).map_err(io(tmp_dir))?;
     let tmp = tmp_dir.join(format!("g{group_id:05}-{group_height:09}.{SNAPSHOT_EXT}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-    }
     let target = snapshot_path(dir, group_height);
-    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    let placed = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .map_err(io(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, &target).map_err(io(&target)));
+    if let Err(e) = placed {
+        // A failure that repeats (a full disk, a snapshot directory on another file system)
+        // must not leave a snapshot-sized file behind each time.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(sim) = sim {
         sim.plain_file_renamed(&target);
     }
@@ -531,6 +538,10 @@ pub async fn create_with_bytes(
     let sim = config.sim_disk.clone();
     let group_id = cut.group_id;
     let group_height = cut.applied.group_height;
+    if config.faults.take_snapshot_failure(group_id) {
+        let source = std::io::Error::other("injected fault: snapshot write failed");
+        return Err(ShardError::Io { path: snapshot_path(&dir, group_height), source });
+    }
     let (written, bytes, encoded_in) = glommio::executor()
         .spawn_blocking(move || -> Result<(CatalogEntry, Vec<u8>, Duration), ShardError> {
             let scan = blocks_db.as_deref().map(ArchiveScan::begin).transpose()?;
@@ -880,5 +891,22 @@ mod tests {
         let (bad_header, bad) = encode_file(bad_header, &body);
         let err = verify_received(bad, 3, &raft_meta(&bad_header), None).unwrap_err().to_string();
         assert!(err.contains("summary hashes"), "{err}");
+    }
+
+    /// A snapshot file that cannot be put in place (here its name is taken by a directory, as a
+    /// rename across file systems or into a full disk would fail) is an error and leaves no
+    /// temporary file behind: a failure that repeats must not fill the disk.
+    #[test]
+    fn t06_failed_write_leaves_no_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, tmp) = (root.path().join("snapshots"), root.path().join("tmp"));
+        let (data, headers) = group(2);
+        let (_, bytes) = file_of(&data, &headers);
+        std::fs::create_dir_all(snapshot_path(&dir, 7).join("occupied")).unwrap();
+        let err = write_file(&dir, &tmp, 3, 7, &bytes, 3, None).unwrap_err();
+        assert!(matches!(err, ShardError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "a temporary file was left behind");
+        write_file(&dir, &tmp, 3, 8, &bytes, 3, None).unwrap();
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
 }
