@@ -1241,6 +1241,14 @@ fn t24_a_rejection_judged_over_an_uncommitted_block_waits_for_it() {
 async fn faulty_node(
     dir: &Path,
 ) -> (Node, Arc<crate::faults::Faults>, Arc<crate::maintenance::reopen::StorageCounters>, i64, Option<i64>) {
+    faulty_node_with(dir, |_| {}).await
+}
+
+/// [`faulty_node`] with `tweak` applied to its configuration last.
+async fn faulty_node_with(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ShardConfig),
+) -> (Node, Arc<crate::faults::Faults>, Arc<crate::maintenance::reopen::StorageCounters>, i64, Option<i64>) {
     let faults = Arc::new(crate::faults::Faults::default());
     let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
     let (armed, counted) = (faults.clone(), counters.clone());
@@ -1251,6 +1259,7 @@ async fn faulty_node(
         // through the test as they would in production: a stopped group must reopen anyway.
         c.gc_interval_secs = 60;
         c.integrity_interval_secs = 3600;
+        tweak(c);
     })
     .await;
     let ns = node.create_namespace("acme").await;
@@ -1674,20 +1683,12 @@ fn t28_a_round_waits_for_as_many_writes_as_the_last_round_took() {
 #[test]
 fn t29_a_group_that_relapses_after_each_reopen_backs_off_and_recovers() {
     run(|dir| async move {
-        let faults = Arc::new(crate::faults::Faults::default());
-        let counters = Arc::new(crate::maintenance::reopen::StorageCounters::default());
-        let (armed, counted) = (faults.clone(), counters.clone());
-        let node = start(dir.clone(), move |c| {
-            c.faults = armed;
-            c.storage_counters = counted;
+        let (node, faults, counters, ns, vault) = faulty_node_with(&dir, |c| {
             // openraft snapshots (and purges) every few entries, and again right after a reopen.
             c.raft_snapshot_logs = 4;
             c.raft_log_keep = 2;
         })
         .await;
-        let ns = node.create_namespace("acme").await;
-        let (v, _) = node.create_vault(ns).await;
-        let vault = Some(v);
         let group = node.resolve(ns).await.unwrap();
         // Writes `k{seq}` with retries: the group is out of service while it reopens.
         let write = |seq: u64| {
@@ -1728,7 +1729,8 @@ fn t29_a_group_that_relapses_after_each_reopen_backs_off_and_recovers() {
             }
         };
         faults.fail_snapshots(group.0, u32::MAX);
-        let mut seq = 0;
+        // Sequence 1 (`a`) is faulty_node's.
+        let mut seq = 1;
         while counters.failures_total.load(Ordering::Relaxed) == 0 {
             seq += 1;
             write(seq).await;
@@ -1749,7 +1751,8 @@ fn t29_a_group_that_relapses_after_each_reopen_backs_off_and_recovers() {
         faults.fail_snapshots(group.0, 0);
         seq += 1;
         write(seq).await;
-        for k in 1..=seq {
+        assert_eq!(node.read(ns, vault, "a").await, Some(b"1".to_vec()));
+        for k in 2..=seq {
             assert_eq!(node.read(ns, vault, &format!("k{k}")).await, Some(b"v".to_vec()), "k{k}");
         }
         node.stop().await;
