@@ -47,6 +47,15 @@ pub const DB_OPEN_RETRY_MS_MAX: u64 = 5_000;
 pub const LEADER_WAIT_MS_MAX: u64 = 10_000;
 /// Entries per AppendEntries payload (openraft `max_payload_entries`).
 pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 300;
+/// An empty AppendEntries within this long of the follower's last acknowledgement (and at most
+/// half the heartbeat interval) is answered on the leader if it tells the follower nothing new,
+/// or replaced by a notice sent `COMMIT_NOTICE_DELAY` later if it announces a commit (D58).
+pub const COMMIT_NOTICE_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long a commit announcement waits for the next AppendEntries to carry it (D58).
+pub const COMMIT_NOTICE_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+/// Notice attempts while the leader's log is not yet durable up to the commit (then the next
+/// heartbeat carries it).
+pub const COMMIT_NOTICE_ATTEMPTS_MAX: u32 = 10;
 /// Blocks returned by one archive range read (SPEC §3.6 `GetBlockRange`).
 pub const ARCHIVE_RANGE_BLOCKS_MAX: u64 = 1000;
 

@@ -1014,3 +1014,66 @@ async fn t11_the_client_learns_the_leader_sends_to_it_and_follows_a_failover() {
     let scopes = [(namespace_id, Some(vault_id))];
     assert_converged(&cluster, &live, &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_followers_of_an_idle_group_learn_each_commit_without_waiting_for_a_heartbeat() {
+    // D58: the leader answers openraft's empty AppendEntries itself when they repeat what a
+    // follower just acknowledged, and sends a commit it announces as a notice 2 ms later unless
+    // the next block carries it. With heartbeats 500 ms apart, a follower that had to wait for one
+    // would show a lone write after ~250 ms on average; with the notice it shows it at once.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS
+        .iter()
+        .copied()
+        .chain([
+            "--raft-heartbeat-ms",
+            "500",
+            "--raft-election-min-ms",
+            "1500",
+            "--raft-election-max-ms",
+            "3000",
+        ])
+        .collect();
+    let cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "notice").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "warm", 2).await;
+    let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
+    let followers: Vec<Client> =
+        futures_join((0..3).filter(|i| *i != leader).map(|i| connect(cluster.addr(i)))).await;
+    let mut lags = Vec::new();
+    for n in 0..20 {
+        // A quiet moment first, so that no other block carries the commit.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let ack =
+            write_keys(cluster.addr(leader), namespace_id, Some(vault_id), &format!("idle{n}"), 1).await;
+        let acked_at = Instant::now();
+        for follower in &followers {
+            loop {
+                let value = follower
+                    .read_with(namespace_id, Some(vault_id), &ack[0].key, ReadConsistency::Eventual)
+                    .await
+                    .expect("eventual read");
+                if value.is_some() {
+                    break;
+                }
+                assert!(
+                    acked_at.elapsed() < Duration::from_secs(10),
+                    "a follower never applied {:?}",
+                    ack[0]
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lags.push(acked_at.elapsed());
+        }
+        acks.extend(ack);
+    }
+    lags.sort();
+    let median = lags[lags.len() / 2];
+    assert!(
+        median < Duration::from_millis(100),
+        "followers learned commits late: median {median:?} of {lags:?}"
+    );
+    assert_converged(&cluster, &[0, 1, 2], &[(namespace_id, Some(vault_id))], &acks, namespace_id).await;
+}

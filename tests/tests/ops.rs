@@ -34,6 +34,39 @@ fn index_of(cluster: &Cluster, status: &Value, id: u64) -> usize {
     cluster.addrs().iter().position(|a| a == addr).unwrap_or_else(|| panic!("{addr} is not a node"))
 }
 
+/// `vault-status` on `addr` once that node knows the vault. A node that follows the vault's group
+/// learns a commit a few milliseconds after the leader answered it (D58): eventual, like every
+/// read of a node's own replica.
+fn vault_status_once_known(addr: &str, scope: &[&str]) -> Value {
+    let args = [&["--format", "json", "vault-status"][..], scope].concat();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = ledger_tests::ledger_admin(addr, 20, &args);
+        if let Ok(value) = serde_json::from_str::<Value>(out.trim()) {
+            return value;
+        }
+        assert!(code != 0 && err.contains("NotFound"), "vault-status: {code} {out} {err}");
+        assert!(Instant::now() < deadline, "the node never learned the vault: {err}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every replica has applied the leader's tip of the scope with the same root
+/// (`compare-state-roots` exits 0), so that what a test does next to one follower does not race
+/// the others' last commits.
+fn wait_replicas_agree(addr: &str, scope: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, roots) =
+            ledger_tests::ledger_admin_json(addr, &[&["compare-state-roots"][..], scope].concat());
+        if code == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replicas never agreed: {roots}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn write_keys(addr: &str, ns: i64, vault: i64, client_id: &str, from: u64, n: u64) {
     let client = connect(addr).await;
     for i in from..from + n {
@@ -66,12 +99,12 @@ fn t01_runbook_diverged_vault_is_seen_and_recovered_by_hand() {
     let ns_arg = ns.to_string();
     let vault_arg = vault.to_string();
     let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
-    let (_, info) =
-        ledger_tests::ledger_admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let info = vault_status_once_known(cluster.addr(0), &scope);
     let leader = info["leader"].as_u64().expect("vault has a leader");
     let leader_i = index_of(&cluster, &status, leader);
     let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "writer", 1, 20));
+    wait_replicas_agree(cluster.addr(leader_i), &scope);
 
     // Diverge the vault on one follower.
     let (code, out, err) = admin(cluster.addr(follower), &[&["simulate-divergence"][..], &scope].concat());
@@ -197,11 +230,11 @@ fn t02_automatic_recovery_heals_a_diverged_vault() {
     let ns_arg = ns.to_string();
     let vault_arg = vault.to_string();
     let scope: [&str; 4] = ["--namespace", &ns_arg, "--vault", &vault_arg];
-    let (_, info) =
-        ledger_tests::ledger_admin_json(cluster.addr(0), &[&["vault-status"][..], &scope].concat());
+    let info = vault_status_once_known(cluster.addr(0), &scope);
     let leader_i = index_of(&cluster, &status, info["leader"].as_u64().expect("leader"));
     let follower = (0..3).find(|i| *i != leader_i).expect("a follower");
     rt.block_on(write_keys(cluster.addr(leader_i), ns, vault, "w", 1, 5));
+    wait_replicas_agree(cluster.addr(leader_i), &scope);
     let (code, out, err) = admin(cluster.addr(follower), &[&["simulate-divergence"][..], &scope].concat());
     assert_eq!(code, 0, "{out} {err}");
     // watch-recovery prints the transitions and exits 0 once Healthy (attempt 1 runs at once).

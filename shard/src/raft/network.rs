@@ -3,9 +3,12 @@
 //! core's groups, as a `Request::Peer` envelope; the receiving node's router hands it to the
 //! core owning the group there (`peer/serve.rs`).
 
-use crate::constants::SNAPSHOT_CHUNK_BYTES;
+use crate::constants::{
+    COMMIT_NOTICE_ATTEMPTS_MAX, COMMIT_NOTICE_DELAY, COMMIT_NOTICE_WINDOW, SNAPSHOT_CHUNK_BYTES,
+};
 use crate::peer::convert::*;
 use crate::peer::pool::{PeerError, PeerPool};
+use crate::raft::commit_notice::{Acked, CommitNotice, Due, Heartbeat};
 use crate::raft::log_store::{clamp_to_durable, LogStore};
 use crate::raft::type_config::{Snapshot, TypeConfig, Vote};
 use ledger_core::types::GroupId;
@@ -21,8 +24,10 @@ use openraft::raft::{
     SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// What went wrong on the way to a peer, as openraft sees it.
 #[derive(Debug, thiserror::Error)]
@@ -38,20 +43,36 @@ pub enum PeerRpcError {
 /// Creates a [`PeerClient`] per target; cheap (openraft calls it per stream and per election).
 #[derive(Clone)]
 pub struct PeerNetworkFactory {
-    pub group: GroupId,
-    pub pool: Rc<PeerPool>,
+    group: GroupId,
+    pool: Rc<PeerPool>,
     /// The group's log on this node: a follower is told an entry is committed only once it is
     /// durable here too (D50).
-    pub log: LogStore,
+    log: LogStore,
+    /// How long after an acknowledgement an empty AppendEntries may be answered here (D58).
+    notice_window: Duration,
+    heartbeat: Duration,
+}
+
+impl PeerNetworkFactory {
+    pub fn new(group: GroupId, pool: Rc<PeerPool>, log: LogStore, heartbeat: Duration) -> PeerNetworkFactory {
+        let notice_window = COMMIT_NOTICE_WINDOW.min(heartbeat / 2);
+        PeerNetworkFactory { group, pool, log, notice_window, heartbeat }
+    }
 }
 
 /// One group's client to one peer node.
+#[derive(Clone)]
 pub struct PeerClient {
     group: GroupId,
     target: u64,
     addr: String,
     pool: Rc<PeerPool>,
     log: LogStore,
+    /// This client's follower as of its last acknowledged AppendEntries (D58); fresh per client,
+    /// so only a replication stream's own calls open the window.
+    notice: Rc<RefCell<CommitNotice>>,
+    notice_window: Duration,
+    heartbeat: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
@@ -64,6 +85,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             addr: node.addr.clone(),
             pool: self.pool.clone(),
             log: self.log.clone(),
+            notice: Rc::default(),
+            notice_window: self.notice_window,
+            heartbeat: self.heartbeat,
         }
     }
 }
@@ -98,6 +122,53 @@ impl PeerClient {
         }
     }
 
+    /// D58: the delayed commit notice. Sends an empty AppendEntries with the pending commit once
+    /// `COMMIT_NOTICE_DELAY` has passed without another call, retrying while the leader's log
+    /// is not yet durable up to it; its answer only updates what the follower acknowledged.
+    fn spawn_notice(&self) {
+        let client = self.clone();
+        glommio::spawn_local(async move {
+            for _ in 0..COMMIT_NOTICE_ATTEMPTS_MAX {
+                let since = client.notice.borrow().sends();
+                glommio::timer::sleep(COMMIT_NOTICE_DELAY).await;
+                let durable = client.log.durable_log_id();
+                let due = client.notice.borrow_mut().due(since, |c| clamp_to_durable(c, durable));
+                let (acked, commit) = match due {
+                    Due::Void => break,
+                    Due::NotYet => continue,
+                    Due::Send(acked, commit) => (acked, commit),
+                };
+                let rpc = AppendEntriesRequest::<TypeConfig> {
+                    vote: acked.vote,
+                    prev_log_id: acked.last,
+                    leader_commit: commit,
+                    entries: Vec::new(),
+                };
+                let send = client.notice.borrow_mut().sending();
+                let (vote, prev_log_id, entries, leader_commit) = append_to_wire(&rpc);
+                let request = PeerRequest::AppendEntries {
+                    group_id: client.group.0,
+                    vote,
+                    prev_log_id,
+                    entries,
+                    leader_commit,
+                };
+                let sent_at = Instant::now();
+                let answer = client.call(request, &RPCOption::new(client.heartbeat)).await;
+                let mut notice = client.notice.borrow_mut();
+                match answer {
+                    Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success)) => {
+                        notice.acked(send, Acked { at: sent_at, commit, ..acked });
+                    }
+                    _ => notice.forget(),
+                }
+                break;
+            }
+            client.notice.borrow_mut().done();
+        })
+        .detach();
+    }
+
     fn unexpected<E: std::error::Error>(
         &self,
         what: &'static str,
@@ -117,7 +188,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // it lost with this node's power, so followers learn commits only up to what is durable
         // here (the entry then is on this node and on the follower quorum that committed it).
         let mut rpc = rpc;
+        let announced = rpc.leader_commit;
         rpc.leader_commit = rpc.leader_commit.and_then(|c| clamp_to_durable(c, self.log.durable_log_id()));
+        if rpc.entries.is_empty() {
+            // The commit as openraft announced it: one not yet durable here is still news, which
+            // the notice delivers once it is.
+            let decision =
+                self.notice.borrow_mut().heartbeat(&rpc.vote, rpc.prev_log_id, announced, self.notice_window);
+            if let Heartbeat::Answer { schedule } = decision {
+                if schedule {
+                    self.spawn_notice();
+                }
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
+        let send = self.notice.borrow_mut().sending();
+        let sent = Acked {
+            at: Instant::now(),
+            vote: rpc.vote,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            commit: rpc.leader_commit,
+        };
         let (vote, prev_log_id, mut entries, leader_commit) = append_to_wire(&rpc);
         // A follower far behind is sent up to `RAFT_PAYLOAD_ENTRIES_MAX` entries at once, which
         // can outgrow a frame: send the prefix that fits in half of one and report a partial
@@ -142,11 +233,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success))
                 if partial.is_some() =>
             {
+                self.notice.borrow_mut().forget();
                 Ok(AppendEntriesResponse::PartialSuccess(partial.flatten()))
             }
-            Ok(PeerResponse::AppendEntries(outcome)) => Ok(append_response_from_wire(outcome)),
-            Ok(_) => Err(self.unexpected("append_entries")),
-            Err(e) => Err(self.rpc_error(e)),
+            Ok(PeerResponse::AppendEntries(outcome)) => {
+                let response = append_response_from_wire(outcome);
+                if matches!(response, AppendEntriesResponse::Success) {
+                    self.notice.borrow_mut().acked(send, sent);
+                } else {
+                    self.notice.borrow_mut().forget();
+                }
+                Ok(response)
+            }
+            Ok(_) => {
+                self.notice.borrow_mut().forget();
+                Err(self.unexpected("append_entries"))
+            }
+            Err(e) => {
+                self.notice.borrow_mut().forget();
+                Err(self.rpc_error(e))
+            }
         }
     }
 

@@ -259,7 +259,12 @@ pub async fn open_group_with(
     }
     .validate()
     .map_err(|e| ShardError::raft("config", e))?;
-    let network = PeerNetworkFactory { group, pool, log: log_store.clone() };
+    let network = PeerNetworkFactory::new(
+        group,
+        pool,
+        log_store.clone(),
+        std::time::Duration::from_millis(config.raft_heartbeat_ms),
+    );
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;
