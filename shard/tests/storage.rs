@@ -578,6 +578,23 @@ fn t08_tampered_journal_record_marks_scope_diverged() {
     });
 }
 
+/// Waits while openraft owes the group a snapshot (10 applied entries past the last one:
+/// t10's `raft_snapshot_logs`).
+async fn wait_for_due_snapshot(g: &Group) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (applied, next) = {
+            let m = g.raft.metrics().borrow().clone();
+            (m.last_applied.map_or(0, |l| l.index + 1), m.snapshot.map_or(0, |s| s.index + 1))
+        };
+        if applied < next + 10 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "openraft never built the snapshot due at {applied}");
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Proves snapshots are openraft's and files at once, and SPEC §9.6 step 4: with a low
 /// `raft_snapshot_logs` openraft builds snapshot files on its own and purges the log behind them
 /// (never past the durable checkpoint); after a crash that leaves `state.redb` unusable (garbage
@@ -596,6 +613,11 @@ fn t10_unusable_state_restores_from_snapshot_and_log() {
             create_scope(&g, scope(1)).await;
             for i in 1..=25 {
                 propose(&g, scope(1), vec![tx("c", i, &format!("k{}", i % 7), &[i as u8])], i % 2 == 0).await;
+                // openraft starts a build once 10 entries are applied past the last snapshot and
+                // builds at whatever is applied when its task runs: wait for each build before
+                // the next entry, so that a slow machine cannot move a build past index 9 and the
+                // next one past the last entry (27).
+                wait_for_due_snapshot(&g).await;
             }
             // openraft builds its snapshots in a task of its own and purges after them: entries 0..=27
             // (membership, blank, scope, 25 blocks) give builds at indexes 9 and 19.
