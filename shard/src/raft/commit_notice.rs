@@ -11,8 +11,9 @@
 //! metrics alone), and the follower matched that entry under that vote a moment ago.
 //!
 //! If the skipped call announced a commit the follower was not told, a notice is scheduled: after
-//! `COMMIT_NOTICE_DELAY` it is sent as a real empty AppendEntries, unless an AppendEntries went
-//! out meanwhile (it carried the commit). Followers of an idle group therefore still learn a
+//! `COMMIT_NOTICE_DELAY` it is sent as a real empty AppendEntries, unless an AppendEntries that
+//! went out meanwhile carried the commit (the notice waits for its answer to know), with the
+//! commit clamped to what is durable here (D50). Followers of an idle group therefore still learn a
 //! commit within a few milliseconds, and a busy group sends none. Heartbeats are never skipped
 //! once `window` (at most half the heartbeat interval) has passed, so followers' election timers
 //! see the leader as often as before. Calls on a fresh client (openraft's leadership check for a
@@ -38,7 +39,8 @@ pub struct Acked {
 #[derive(Debug, Default)]
 pub struct CommitNotice {
     acked: Option<Acked>,
-    /// Real AppendEntries sent on this client so far; a notice is void once another one went out.
+    /// Real AppendEntries sent on this client so far; a notice waits for the answer of one sent
+    /// after it was scheduled.
     sends: u64,
     /// A notice is scheduled and not yet sent.
     scheduled: bool,
