@@ -183,7 +183,8 @@ pub struct ConfigLayer {
     #[arg(long)]
     pub batch_eager_commit: Option<bool>,
     /// With eager commit, how long a round may wait (µs) for as many writes as the group's last
-    /// round took, when no block is in flight (D51; 0 = close at once).
+    /// round took, when no block is in flight; stretched to the group's last block time, up to
+    /// 2 ms, when that is longer (D51, D59; 0 = close at once).
     #[arg(long)]
     pub batch_fill_wait_us: Option<u64>,
     /// Outstanding requests and open streams per connection.

@@ -201,3 +201,7 @@ pub const WINDOW_SECS_MAX: u64 = 3600;
 pub const GC_EXPIRE_PER_SCOPE_MAX: usize = 1000;
 /// Rows the GC scans between two chances for the core to run other work (maintenance/gc.rs).
 pub const GC_SCAN_CHUNK_ROWS: usize = 4096;
+
+/// D59: a round's fill wait (D51) stretches to the group's last block time, at most this long
+/// (µs), so one slow block (a stalled fsync) cannot make every later round wait as long.
+pub const FILL_WAIT_BLOCK_TIME_MAX_US: u64 = 2_000;

@@ -7,8 +7,8 @@
 //! next block's dry run overlaps the previous block's fsync, and every replica still replays
 //! and checks exactly the roots the leader proposed. A round closes when the batch is full, when
 //! `batch_max_delay_ms` has passed, or at once when eager commit is on (with no block in flight,
-//! after waiting up to `batch_fill_wait_us` for as many transactions as the last round took,
-//! D51). The dry run uses
+//! after waiting up to `batch_fill_wait_us`, or the last block's time when longer, for as many
+//! transactions as the last round took, D51, D59). The dry run uses
 //! `core::state::BlockDraft` per touched scope: scope checks, the §6.3 sequence check,
 //! TxId/timestamp/actor assignment and the all-or-nothing apply. The deltas go into
 //! `GroupData.speculative` so apply can commit them without recomputation. Scope lifecycle
@@ -21,7 +21,7 @@
 
 use crate::config::ShardConfig;
 pub use crate::constants::IDEM_CACHE_PER_CLIENT_MAX;
-use crate::constants::{CATCH_UP_WAIT_MS, PENDING_QUEUE_FACTOR};
+use crate::constants::{CATCH_UP_WAIT_MS, FILL_WAIT_BLOCK_TIME_MAX_US, PENDING_QUEUE_FACTOR};
 use crate::metrics::{CommitReason, ProofKind};
 use crate::raft::type_config::LedgerRaft;
 use crate::reply::ReplySender;
@@ -193,6 +193,8 @@ pub struct Group {
     last_round: RefCell<Option<oneshot::Receiver<bool>>>,
     /// Transactions the last round took: the clients a closed loop sends back next (D51).
     last_batch: Cell<usize>,
+    /// How long the last committed block took from its round's close to its answer (D59).
+    last_block_time: Cell<Duration>,
     /// A round was abandoned: its reserved log index went unused, so the next round waits for
     /// the blocks in flight to drain and predicts indexes afresh.
     resync_log_index: Cell<bool>,
@@ -245,6 +247,7 @@ impl Group {
             sealing: RefCell::new(VecDeque::new()),
             last_round: RefCell::new(None),
             last_batch: Cell::new(0),
+            last_block_time: Cell::new(Duration::ZERO),
             resync_log_index: Cell::new(false),
             in_flight_txs: RefCell::new(HashMap::new()),
             deferred: RefCell::new(Vec::new()),
@@ -452,17 +455,18 @@ impl Group {
         }
     }
 
-    /// D51: with no block in flight, waits up to `batch_fill_wait_us` for the queue to hold as
+    /// D51: with no block in flight, waits (up to [`fill_wait_bound`]) for the queue to hold as
     /// many transactions as the last round took. Clients answered by that round send their next
     /// writes only after its reply, so a round closed at once takes just the clients that were
     /// not in it, and a group's clients split over twice the blocks, each paying a block's fixed
     /// cost. A lone client refills its one slot at once and never waits; pipelined rounds (a large
     /// tree job, D48) do not wait either.
     async fn wait_for_last_round_size(&self, max: usize) {
-        let bound = Duration::from_micros(self.config.batch_fill_wait_us);
-        if bound.is_zero() || self.in_flight.get() > 0 || self.pipelined.get() {
+        let configured = Duration::from_micros(self.config.batch_fill_wait_us);
+        if configured.is_zero() || self.in_flight.get() > 0 || self.pipelined.get() {
             return;
         }
+        let bound = fill_wait_bound(configured, self.last_block_time.get());
         self.wait_for_queue(self.last_batch.get().min(max), bound).await;
     }
 
@@ -588,6 +592,7 @@ impl Group {
             // one abandoned round doom every later one ("the block before it was abandoned").
             self.last_round.replace(None);
         }
+        let round_closed = Instant::now();
         let Some(drafted) = self.dry_run(batch) else { return };
         assert!(self.in_flight.get() < self.config.blocks_in_flight_max.max(1), "too many blocks in flight");
         self.in_flight.set(self.in_flight.get() + 1);
@@ -645,6 +650,7 @@ impl Group {
             };
             if result.is_ok() {
                 crate::metrics::with(|m| m.block_applied(proposed.elapsed()));
+                group.last_block_time.set(round_closed.elapsed());
             }
             group.finish_round(group_height, result, accepted);
         })
@@ -1168,6 +1174,15 @@ pub fn split_statuses(statuses: Vec<OpStatus>, group_sizes: &[usize]) -> Vec<Vec
     out
 }
 
+/// How long a round may wait for the clients of the last one (D51, D59): `batch_fill_wait_us`,
+/// or the group's last block time (round close to answer) when that is longer, at most
+/// `FILL_WAIT_BLOCK_TIME_MAX_US`. A client that misses this round waits for the next one, which
+/// opens only when this block is answered, so waiting up to one block time for it costs the
+/// round's other writes no more than it spares the straggler, and the block carries it.
+fn fill_wait_bound(configured: Duration, last_block_time: Duration) -> Duration {
+    configured.max(last_block_time.min(Duration::from_micros(FILL_WAIT_BLOCK_TIME_MAX_US)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,5 +1251,22 @@ mod tests {
         }
         let (batch, expired) = take_live(&mut queue, 4, now);
         assert_eq!((seqs(&batch), expired.len()), (vec![8], 0));
+    }
+
+    /// D59: the fill wait is the configured bound, stretched to the last block's time when that
+    /// is longer, and never past the cap (one stalled block must not slow every later round).
+    #[test]
+    fn t03_fill_wait_stretches_to_the_last_block_time_up_to_the_cap() {
+        let us = Duration::from_micros;
+        let cap = us(FILL_WAIT_BLOCK_TIME_MAX_US);
+        // No block yet, or blocks faster than the configured bound: the bound.
+        assert_eq!(fill_wait_bound(us(200), Duration::ZERO), us(200));
+        assert_eq!(fill_wait_bound(us(200), us(150)), us(200));
+        // A slower block: as long as it took.
+        assert_eq!(fill_wait_bound(us(200), us(900)), us(900));
+        // A stalled block (a slow fsync) counts up to the cap only.
+        assert_eq!(fill_wait_bound(us(200), Duration::from_millis(250)), cap);
+        // A configured bound past the cap is kept (tests wait whole seconds, t28).
+        assert_eq!(fill_wait_bound(Duration::from_secs(1), us(900)), Duration::from_secs(1));
     }
 }
