@@ -229,31 +229,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         entries.truncate(fits);
         let request =
             PeerRequest::AppendEntries { group_id: self.group.0, vote, prev_log_id, entries, leader_commit };
-        match self.call(request, &option).await {
+        let result = match self.call(request, &option).await {
             Ok(PeerResponse::AppendEntries(ledger_wire::peer::AppendOutcome::Success))
                 if partial.is_some() =>
             {
-                self.notice.borrow_mut().forget();
                 Ok(AppendEntriesResponse::PartialSuccess(partial.flatten()))
             }
-            Ok(PeerResponse::AppendEntries(outcome)) => {
-                let response = append_response_from_wire(outcome);
-                if matches!(response, AppendEntriesResponse::Success) {
-                    self.notice.borrow_mut().acked(send, sent);
-                } else {
-                    self.notice.borrow_mut().forget();
-                }
-                Ok(response)
-            }
-            Ok(_) => {
-                self.notice.borrow_mut().forget();
-                Err(self.unexpected("append_entries"))
-            }
-            Err(e) => {
-                self.notice.borrow_mut().forget();
-                Err(self.rpc_error(e))
-            }
+            Ok(PeerResponse::AppendEntries(outcome)) => Ok(append_response_from_wire(outcome)),
+            Ok(_) => Err(self.unexpected("append_entries")),
+            Err(e) => Err(self.rpc_error(e)),
+        };
+        // D58: only a plain success tells what the follower holds; anything else (a partial
+        // success, a conflict, a higher vote, an error) makes the next empty call go out for real.
+        match &result {
+            Ok(AppendEntriesResponse::Success) => self.notice.borrow_mut().acked(send, sent),
+            _ => self.notice.borrow_mut().forget(),
         }
+        result
     }
 
     async fn install_snapshot(
