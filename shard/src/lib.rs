@@ -36,6 +36,7 @@ pub mod scrape;
 mod service_tests;
 pub mod shard;
 pub mod storage;
+pub mod yield_once;
 
 pub use config::ShardConfig;
 pub use error::ShardError;

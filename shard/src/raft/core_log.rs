@@ -14,26 +14,30 @@
 //!
 //! Split of work: the executor (this type, single-threaded) decides where each record goes (segment
 //! and offset), keeps every group's index of entry positions and its vote/committed/purged ids, and
-//! queues the encoded bytes; the log thread (`writer_loop`) writes what is queued contiguously,
+//! queues the encoded bytes; the writer (`log_writer.rs`) writes what is queued contiguously,
 //! syncs each file it wrote once, and only then completes the callbacks (nothing is acknowledged
-//! before its fdatasync).
+//! before its fdatasync). The writer is the core's log thread, or the executor itself when a
+//! synced record is due and the thread is idle (D60).
 
 use crate::codec::{decode, encode};
-use crate::constants::{LOG_SEGMENT_BYTES, LOG_WRITER_BATCH_MAX, LOG_WRITER_QUEUE_MAX, LOG_ZERO_AHEAD_BYTES};
+use crate::constants::{LOG_SEGMENT_BYTES, LOG_WRITER_QUEUE_MAX};
 use crate::error::ShardError;
 use crate::metrics::CodecKind;
 use crate::raft::log_store::records::VoteRecord;
 use crate::raft::log_store::{decode_entry, log_id_from_le, stored_log_id, LogStats};
+use crate::raft::log_writer::{Done, Failure, LogWriter, SharedWriter, WalCmd};
 use crate::raft::type_config::{Entry, LogId, Vote};
 use crate::storage::log_files::{LogDir, LogFile};
 use futures::channel::oneshot;
 use ledger_core::types::GroupId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
+
+pub use crate::raft::log_writer::AppendDone;
 
 const HEADER_LEN: usize = 24;
 const KIND_ENTRIES: u8 = 1;
@@ -42,9 +46,6 @@ const KIND_PURGE: u8 = 3;
 const KIND_VOTE: u8 = 4;
 const KIND_COMMITTED: u8 = 5;
 const KIND_SEGMENT: u8 = 6;
-
-/// Completion of an append (openraft's `LogFlushed`, boxed): runs on the log thread.
-pub type AppendDone = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
 /// Where an entry's stored bytes are.
 #[derive(Debug, Clone, Copy)]
@@ -101,26 +102,23 @@ pub struct GroupLogState {
     pub last_purged: Option<LogId>,
 }
 
-enum Done {
-    Nothing,
-    Append(AppendDone),
-    Wait(oneshot::Sender<Result<(), String>>),
+/// Who syncs a record that must be durable (D60).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncBy {
+    /// Once the executor's ready tasks have run: the executor itself if the log thread is idle
+    /// then (no hand-off to wait for), otherwise the thread.
+    IdleWriter,
+    /// The log thread, while the executor goes on: a leader's entries, which it replicates
+    /// during the sync (D50).
+    Thread,
 }
 
-enum WalCmd {
-    /// Record bytes for `offset` of segment `seg`; `sync`: must be durable before `done`.
-    Write { seq: u64, seg: u64, offset: u64, bytes: Vec<u8>, sync: bool, done: Done },
-    /// Later writes go to this new (empty) segment; its name must be made durable.
-    NewSegment { seg: u64, file: Arc<dyn LogFile> },
-    /// Delete a segment once everything queued before is durable.
-    Remove { seg: u64 },
-}
+/// A queued record that is not synced now rides with the next one that is (a committed id:
+/// losing it only means re-applying a little more after a crash).
+const UNSYNCED: Option<SyncBy> = None;
 
 /// A group's vote, committed and purged ids, as a segment header repeats them.
 type GroupMeta = (GroupId, Option<Vote>, Option<LogId>, Option<LogId>);
-
-/// Why the log thread stopped writing, shared with the executor.
-type Failure = Arc<Mutex<Option<String>>>;
 
 /// One core's Raft log. Single-threaded (the core's executor); shared by its groups' log stores.
 pub struct CoreLog {
@@ -130,9 +128,16 @@ pub struct CoreLog {
     segment_bytes: u64,
     inner: RefCell<Inner>,
     stats: Arc<LogStats>,
-    /// Highest write sequence number known durable (set by the log thread).
+    /// Highest write sequence number known durable (set by the writer).
     flushed_seq: Arc<AtomicU64>,
     failure: Failure,
+    /// Writes what is queued: the log thread, or this executor when the thread is idle (D60).
+    writer: SharedWriter,
+    /// This log itself, once it is a core's shared log on its executor (`shared`): only then may
+    /// the executor write synced records itself (a log opened elsewhere leaves all to the thread).
+    me: RefCell<Weak<CoreLog>>,
+    /// A task that writes on the executor is spawned and has not run yet.
+    write_scheduled: Cell<bool>,
 }
 
 struct Inner {
@@ -142,7 +147,7 @@ struct Inner {
     active: u64,
     next_offset: u64,
     next_seq: u64,
-    writer: flume::Sender<WalCmd>,
+    queue: flume::Sender<WalCmd>,
     /// Groups whose log store is open (a group opens at most once at a time).
     attached: std::collections::BTreeSet<GroupId>,
 }
@@ -292,13 +297,22 @@ impl CoreLog {
                 return Ok(log);
             }
         }
-        let log = Rc::new(CoreLog::open(dir)?);
+        let log = CoreLog::open(dir)?.on_executor();
         OPEN_LOGS.with(|open| {
             let mut open = open.borrow_mut();
             open.retain(|_, weak| weak.strong_count() > 0);
             open.insert(key, Rc::downgrade(&log));
         });
         Ok(log)
+    }
+
+    /// Makes this the shared log of the calling executor's core: from then on the executor may
+    /// write and sync records itself when the log thread is idle (D60). Must run on a glommio
+    /// executor, which every later append must run on too.
+    fn on_executor(self) -> Rc<CoreLog> {
+        let log = Rc::new(self);
+        *log.me.borrow_mut() = Rc::downgrade(&log);
+        log
     }
 
     /// Replays every segment of `dir`, starts a new segment and the log thread.
@@ -372,16 +386,12 @@ impl CoreLog {
             }
         }
         let active = seqs.last().map(|s| s + 1).unwrap_or(1);
-        let (writer, rx) = flume::bounded(LOG_WRITER_QUEUE_MAX);
+        let (queue, rx) = flume::bounded(LOG_WRITER_QUEUE_MAX);
         let stats = Arc::new(LogStats::default());
         let flushed_seq = Arc::new(AtomicU64::new(0));
         let failure: Failure = Arc::default();
-        let (thread_dir, thread_stats, thread_flushed, thread_failure) =
-            (dir.clone(), stats.clone(), flushed_seq.clone(), failure.clone());
-        crate::helper_threads::spawn_helper("raft-log-io", move || {
-            writer_loop(thread_dir, rx, thread_flushed, thread_stats, thread_failure)
-        })
-        .map_err(|e| io_err(&dir, e))?;
+        let writer = LogWriter::new(dir.clone(), rx, flushed_seq.clone(), stats.clone(), failure.clone());
+        let writer = SharedWriter::start(writer).map_err(|e| io_err(&dir, e))?;
         let log = CoreLog {
             dir,
             generation,
@@ -392,12 +402,15 @@ impl CoreLog {
                 active: 0,
                 next_offset: 0,
                 next_seq: 1,
-                writer,
+                queue,
                 attached: Default::default(),
             }),
             stats,
             flushed_seq,
             failure,
+            writer,
+            me: RefCell::new(Weak::new()),
+            write_scheduled: Cell::new(false),
         };
         log.start_segment(active)?;
         Ok(log)
@@ -446,7 +459,7 @@ impl CoreLog {
 
     /// Queues one record (opening a new segment first if it would not fit) and returns its write
     /// sequence number, its segment and the offset of its payload.
-    fn queue(&self, bytes: Vec<u8>, sync: bool, done: Done) -> Result<(u64, u64, u64), ShardError> {
+    fn queue(&self, bytes: Vec<u8>, sync: Option<SyncBy>, done: Done) -> Result<(u64, u64, u64), ShardError> {
         if self.inner.borrow().next_offset > 0
             && self.inner.borrow().next_offset + bytes.len() as u64 > self.segment_bytes
         {
@@ -458,14 +471,51 @@ impl CoreLog {
         inner.next_seq += 1;
         let (seg, offset) = (inner.active, inner.next_offset);
         inner.next_offset += bytes.len() as u64;
-        let cmd = WalCmd::Write { seq, seg, offset, bytes, sync, done };
-        inner.writer.try_send(cmd).or_else(|e| match e {
-            // The queue is bounded so a stuck disk shows up as back-pressure, not memory growth;
-            // the executor waits for room (rare: the thread drains 1,024 commands per batch).
-            flume::TrySendError::Full(cmd) => inner.writer.send(cmd).map_err(|_| self.closed()),
-            flume::TrySendError::Disconnected(_) => Err(self.closed()),
-        })?;
+        let cmd = WalCmd::Write { seq, seg, offset, bytes, sync: sync.is_some(), done };
+        self.push(&inner.queue, cmd)?;
+        drop(inner);
+        match sync {
+            None => {}
+            Some(SyncBy::IdleWriter) => self.write_soon(),
+            Some(SyncBy::Thread) => self.writer.nudge(),
+        }
         Ok((seq, seg, offset + HEADER_LEN as u64))
+    }
+
+    /// Puts `cmd` on the writer's queue. The queue is bounded so a stuck disk shows up as
+    /// back-pressure, not memory growth: when it is full the executor wakes the thread and waits
+    /// for room (rare: the thread drains the whole queue each time it wakes).
+    fn push(&self, queue: &flume::Sender<WalCmd>, cmd: WalCmd) -> Result<(), ShardError> {
+        queue.try_send(cmd).or_else(|e| match e {
+            flume::TrySendError::Full(cmd) => {
+                self.writer.nudge();
+                queue.send(cmd).map_err(|_| self.closed())
+            }
+            flume::TrySendError::Disconnected(_) => Err(self.closed()),
+        })
+    }
+
+    /// Has what is queued written and synced: by this executor, once the tasks ready now have
+    /// run (so that what they queue shares the sync, and a leader's AppendEntries leave first),
+    /// if the log thread is idle then; otherwise by the thread (D60).
+    fn write_soon(&self) {
+        if self.write_scheduled.get() {
+            return;
+        }
+        let me = self.me.borrow().clone();
+        if me.strong_count() == 0 {
+            self.writer.nudge();
+            return;
+        }
+        self.write_scheduled.set(true);
+        glommio::spawn_local(async move {
+            crate::yield_once::YieldOnce::default().await;
+            if let Some(log) = me.upgrade() {
+                log.write_scheduled.set(false);
+                log.writer.write_here_if_idle();
+            }
+        })
+        .detach();
     }
 
     fn closed(&self) -> ShardError {
@@ -481,41 +531,47 @@ impl CoreLog {
             inner.segments.insert(seg, file.clone());
             inner.active = seg;
             inner.next_offset = 0;
-            inner.writer.send(WalCmd::NewSegment { seg, file }).map_err(|_| self.closed())?;
+            self.push(&inner.queue, WalCmd::NewSegment { seg, file })?;
             inner.groups.iter().map(|(g, l)| (*g, l.vote, l.committed, l.last_purged)).collect()
         };
-        self.queue(encode_record(KIND_SEGMENT, GroupId(0), &seg.to_le_bytes()), false, Done::Nothing)?;
+        self.queue(encode_record(KIND_SEGMENT, GroupId(0), &seg.to_le_bytes()), UNSYNCED, Done::Nothing)?;
         for (group, vote, committed, purged) in metas {
             if let Some(vote) = vote {
                 self.queue(
                     encode_record(KIND_VOTE, group, &encode(&VoteRecord::from(&vote))),
-                    false,
+                    UNSYNCED,
                     Done::Nothing,
                 )?;
             }
             if let Some(committed) = committed {
                 self.queue(
                     encode_record(KIND_COMMITTED, group, &log_id_bytes(&committed)),
-                    false,
+                    UNSYNCED,
                     Done::Nothing,
                 )?;
             }
             if let Some(purged) = purged {
-                self.queue(encode_record(KIND_PURGE, group, &log_id_bytes(&purged)), false, Done::Nothing)?;
+                self.queue(
+                    encode_record(KIND_PURGE, group, &log_id_bytes(&purged)),
+                    UNSYNCED,
+                    Done::Nothing,
+                )?;
             }
         }
         Ok(())
     }
 
     /// Queues one append of `group` (entries in stored form, ascending and contiguous); `done`
-    /// runs on the log thread once they are durable. Returns the write's sequence number.
+    /// runs on the writer's thread once they are durable. Returns the write's sequence number.
     pub fn append(
         &self,
         group: GroupId,
         entries: &[(LogId, Vec<u8>)],
+        sync_by: SyncBy,
         done: AppendDone,
     ) -> Result<u64, ShardError> {
-        let (seq, seg, payload_at) = self.queue(entries_record(group, entries), true, Done::Append(done))?;
+        let (seq, seg, payload_at) =
+            self.queue(entries_record(group, entries), Some(sync_by), Done::Append(done))?;
         let mut inner = self.inner.borrow_mut();
         let log = inner.groups.entry(group).or_default();
         let mut at = payload_at + 4;
@@ -553,7 +609,7 @@ impl CoreLog {
     /// durable write (losing it only means re-applying a little more after a crash).
     pub fn save_committed(&self, group: GroupId, committed: LogId) -> Result<(), ShardError> {
         self.inner.borrow_mut().groups.entry(group).or_default().committed = Some(committed);
-        self.queue(encode_record(KIND_COMMITTED, group, &log_id_bytes(&committed)), false, Done::Nothing)
+        self.queue(encode_record(KIND_COMMITTED, group, &log_id_bytes(&committed)), UNSYNCED, Done::Nothing)
             .map(|_| ())
     }
 
@@ -564,7 +620,8 @@ impl CoreLog {
         payload: &[u8],
     ) -> impl std::future::Future<Output = Result<(), ShardError>> {
         let (tx, rx) = oneshot::channel();
-        let queued = self.queue(encode_record(kind, group, payload), true, Done::Wait(tx));
+        let queued =
+            self.queue(encode_record(kind, group, payload), Some(SyncBy::IdleWriter), Done::Wait(tx));
         let what = format!("raft log {}", self.dir.path().display());
         async move {
             queued?;
@@ -589,7 +646,7 @@ impl CoreLog {
         let dead: Vec<u64> = inner.segments.range(..oldest_live).map(|(s, _)| *s).collect();
         for seg in dead {
             inner.segments.remove(&seg);
-            inner.writer.send(WalCmd::Remove { seg }).map_err(|_| self.closed())?;
+            self.push(&inner.queue, WalCmd::Remove { seg })?;
         }
         Ok(())
     }
@@ -677,191 +734,6 @@ fn replay_record(log: &mut GroupLog, seg: u64, record: &Record<'_>) -> Result<()
     Ok(())
 }
 
-/// Body of the core's log thread: write what is queued, sync each written file once, then
-/// complete. After a failed write or sync nothing is written any more (the groups reopen the log).
-fn writer_loop(
-    dir: LogDir,
-    rx: flume::Receiver<WalCmd>,
-    flushed_seq: Arc<AtomicU64>,
-    stats: Arc<LogStats>,
-    failure: Failure,
-) {
-    let mut files: BTreeMap<u64, Arc<dyn LogFile>> = BTreeMap::new();
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut unsynced = Unsynced::default();
-    let mut zeroed = ZeroedAhead::default();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < LOG_WRITER_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
-        let failed_before = failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let started = std::time::Instant::now();
-        let result = match failed_before {
-            Some(e) => Err(e),
-            None => {
-                write_batch(&dir, &mut files, &mut buffer, &mut unsynced, &batch).map_err(|e| e.to_string())
-            }
-        };
-        let synced = batch.iter().any(|c| matches!(c, WalCmd::Write { sync: true, .. }));
-        if synced {
-            stats.record(started.elapsed(), true);
-        }
-        match &result {
-            Ok(()) => {
-                let max_seq = batch
-                    .iter()
-                    .filter_map(|c| match c {
-                        WalCmd::Write { seq, .. } => Some(*seq),
-                        _ => None,
-                    })
-                    .max();
-                if let (true, Some(seq)) = (synced, max_seq) {
-                    flushed_seq.store(seq, Ordering::Release);
-                }
-            }
-            Err(e) => {
-                let mut failed = failure.lock().unwrap_or_else(PoisonError::into_inner);
-                if failed.is_none() {
-                    crate::event!(error, "raft_log_write_failed", dir = %dir.path().display(), error = ?e);
-                    *failed = Some(e.clone());
-                }
-            }
-        }
-        zeroed.note(&batch);
-        for cmd in batch {
-            if let WalCmd::Write { done, .. } = cmd {
-                match done {
-                    Done::Nothing => {}
-                    Done::Append(done) => done(result.clone().map_err(std::io::Error::other)),
-                    Done::Wait(tx) => {
-                        let _ = tx.send(result.clone());
-                    }
-                }
-            }
-        }
-        if result.is_ok() && rx.is_empty() {
-            if let Err(e) = zeroed.extend(&files) {
-                // Only a cost: appends past the zeroed region sync like plain appends.
-                crate::event!(warn, "raft_log_zero_ahead_failed", dir = %dir.path().display(), error = %e);
-            }
-        }
-    }
-}
-
-/// Keeps a stretch of zeros, written and synced, ahead of the active segment's end (D38): an
-/// fdatasync after overwriting allocated blocks skips the file-system metadata an append must
-/// journal (about half the cost here, STACK.md). Replay stops at the first zero header anyway.
-#[derive(Default)]
-struct ZeroedAhead {
-    /// The segment written last and the end of its last write.
-    frontier: Option<(u64, u64)>,
-    /// How far that segment is zeroed and synced.
-    zeroed_to: u64,
-}
-
-impl ZeroedAhead {
-    fn note(&mut self, batch: &[WalCmd]) {
-        for cmd in batch {
-            if let WalCmd::Write { seg, offset, bytes, .. } = cmd {
-                if self.frontier.is_some_and(|(s, _)| s != *seg) {
-                    self.zeroed_to = 0;
-                }
-                self.frontier = Some((*seg, offset + bytes.len() as u64));
-            }
-        }
-    }
-
-    /// Zeroes one chunk past the frontier if less than half a chunk is left.
-    fn extend(&mut self, files: &BTreeMap<u64, Arc<dyn LogFile>>) -> std::io::Result<()> {
-        let Some((seg, end)) = self.frontier else { return Ok(()) };
-        if self.zeroed_to >= end + LOG_ZERO_AHEAD_BYTES / 2 {
-            return Ok(());
-        }
-        let Some(file) = files.get(&seg) else { return Ok(()) };
-        let start = self.zeroed_to.max(end);
-        let zeros = vec![0u8; LOG_ZERO_AHEAD_BYTES as usize];
-        file.write_at(start, &zeros)?;
-        file.sync()?;
-        self.zeroed_to = start + LOG_ZERO_AHEAD_BYTES;
-        Ok(())
-    }
-}
-
-/// What was written and not synced yet (kept across batches: a batch that needs no sync leaves
-/// its writes for the next one that does).
-#[derive(Default)]
-struct Unsynced {
-    files: std::collections::BTreeSet<u64>,
-    dir: bool,
-}
-
-fn write_batch(
-    dir: &LogDir,
-    files: &mut BTreeMap<u64, Arc<dyn LogFile>>,
-    buffer: &mut Vec<u8>,
-    unsynced: &mut Unsynced,
-    batch: &[WalCmd],
-) -> std::io::Result<()> {
-    let mut must_sync = false;
-    // Contiguous writes to one segment go out as one write.
-    let mut pending: Option<(u64, u64)> = None; // (seg, start offset) of `buffer`
-    let flush =
-        |pending: &mut Option<(u64, u64)>, buffer: &mut Vec<u8>, files: &BTreeMap<u64, Arc<dyn LogFile>>| {
-            if let Some((seg, start)) = pending.take() {
-                let file = files
-                    .get(&seg)
-                    .ok_or_else(|| std::io::Error::other(format!("segment {seg:016x} not open")))?;
-                file.write_at(start, buffer)?;
-                buffer.clear();
-            }
-            Ok::<(), std::io::Error>(())
-        };
-    let mut removes = Vec::new();
-    for cmd in batch {
-        match cmd {
-            WalCmd::NewSegment { seg, file } => {
-                files.insert(*seg, file.clone());
-                unsynced.dir = true;
-            }
-            WalCmd::Remove { seg } => removes.push(*seg),
-            WalCmd::Write { seg, offset, bytes, sync, .. } => {
-                must_sync |= *sync;
-                let contiguous =
-                    pending.is_some_and(|(s, start)| s == *seg && start + buffer.len() as u64 == *offset);
-                if !contiguous {
-                    flush(&mut pending, buffer, files)?;
-                    pending = Some((*seg, *offset));
-                }
-                buffer.extend_from_slice(bytes);
-                unsynced.files.insert(*seg);
-            }
-        }
-    }
-    flush(&mut pending, buffer, files)?;
-    if must_sync || !removes.is_empty() {
-        for seg in std::mem::take(&mut unsynced.files) {
-            if let Some(file) = files.get(&seg) {
-                file.sync()?;
-            }
-        }
-        if std::mem::take(&mut unsynced.dir) {
-            dir.sync_dir()?;
-        }
-    }
-    for seg in removes {
-        files.remove(&seg);
-        dir.remove(seg)?;
-    }
-    if buffer.capacity() > 4 * 1024 * 1024 {
-        *buffer = Vec::new();
-    }
-    Ok(())
-}
-
 /// Reading and writing a stopped node's log from outside the server: tests that damage a log on
 /// purpose, and inspection.
 pub mod offline {
@@ -877,7 +749,12 @@ pub mod offline {
     pub fn append(dir: LogDir, group: GroupId, entry: &Entry) -> Result<(), ShardError> {
         let log = CoreLog::open(dir)?;
         let (tx, rx) = std::sync::mpsc::channel();
-        log.append(group, &[(entry.log_id, encode_entry(entry))], Box::new(move |r| drop(tx.send(r))))?;
+        log.append(
+            group,
+            &[(entry.log_id, encode_entry(entry))],
+            SyncBy::IdleWriter,
+            Box::new(move |r| drop(tx.send(r))),
+        )?;
         let what = format!("raft log {}", log.dir.path().display());
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
@@ -931,7 +808,8 @@ mod tests {
     /// Appends `entries` and waits until they are durable.
     async fn append_durably(log: &CoreLog, group: u32, entries: Vec<(LogId, Vec<u8>)>) {
         let (tx, rx) = oneshot::channel();
-        log.append(GroupId(group), &entries, Box::new(move |r| drop(tx.send(r)))).unwrap();
+        log.append(GroupId(group), &entries, SyncBy::IdleWriter, Box::new(move |r| drop(tx.send(r))))
+            .unwrap();
         rx.await.unwrap().unwrap();
     }
 
@@ -952,8 +830,13 @@ mod tests {
             for index in 1..=200u64 {
                 for group in 1..=8u32 {
                     let (tx, rx) = oneshot::channel();
-                    log.append(GroupId(group), &[entry(2, index)], Box::new(move |r| drop(tx.send(r))))
-                        .unwrap();
+                    log.append(
+                        GroupId(group),
+                        &[entry(2, index)],
+                        SyncBy::IdleWriter,
+                        Box::new(move |r| drop(tx.send(r))),
+                    )
+                    .unwrap();
                     waiters.push(rx);
                 }
             }
@@ -1066,57 +949,104 @@ mod tests {
     /// Proves durability under a simulated power cut: every append acknowledged before the cut
     /// is replayed after it, in both cut modes and at every sync of the first 40; what was not
     /// acknowledged may or may not be there, but the log is always a contiguous prefix.
+    ///
+    /// Both writers are cut: the log thread alone (a log outside an executor) and the executor
+    /// writing while the thread is idle (D60).
     #[test]
     fn t04_acknowledged_appends_survive_a_power_cut() {
-        for mode in [CutMode::DropUnsynced, CutMode::TornWriteback] {
-            for nth in 1..=40u64 {
-                let disk = SimDisk::new(nth, mode);
-                let dir = LogDir::Sim(disk.clone(), PathBuf::from("/sim/log"));
-                disk.arm(crate::storage::sim_disk::CutPlan { file: Some(".log".into()), nth });
-                let acked = futures::executor::block_on(async {
-                    let log = CoreLog::open_with(dir.clone(), 2048).unwrap();
-                    let mut acked = [0u64; 3];
-                    for index in 1..=30u64 {
-                        for group in 0..3u32 {
-                            let (tx, rx) = oneshot::channel();
-                            if log
-                                .append(
-                                    GroupId(group),
-                                    &[entry(1, index)],
-                                    Box::new(move |r| drop(tx.send(r))),
-                                )
-                                .is_err()
-                            {
-                                break;
-                            }
-                            if rx.await.unwrap().is_ok() && !disk.is_cut() {
-                                acked[group as usize] = index;
-                            }
-                        }
-                    }
-                    acked
-                });
-                if !disk.is_cut() {
-                    disk.cut_now();
-                }
-                disk.restore().unwrap();
-                let log =
-                    CoreLog::open_with(LogDir::Sim(disk.clone(), PathBuf::from("/sim/log")), 2048).unwrap();
-                for group in 0..3u32 {
-                    let got = indexes(&log, group);
-                    assert!(
-                        got.len() as u64 >= acked[group as usize],
-                        "{mode:?} cut at sync {nth}: group {group} lost acknowledged entries: {} < {}",
-                        got.len(),
-                        acked[group as usize]
-                    );
-                    assert!(
-                        got.iter().enumerate().all(|(i, x)| *x == i as u64 + 1),
-                        "{mode:?} {nth}: {got:?}"
-                    );
+        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+        for on_executor in [false, true] {
+            for mode in [CutMode::DropUnsynced, CutMode::TornWriteback] {
+                for nth in 1..=40u64 {
+                    let disk = SimDisk::new(nth, mode);
+                    let dir = LogDir::Sim(disk.clone(), PathBuf::from("/sim/log"));
+                    disk.arm(crate::storage::sim_disk::CutPlan { file: Some(".log".into()), nth });
+                    let run = append_until_cut(dir.clone(), disk.clone(), on_executor);
+                    let acked =
+                        if on_executor { executor.run(run) } else { futures::executor::block_on(run) };
+                    check_after_cut(&disk, mode, nth, acked);
                 }
             }
         }
+    }
+
+    /// Appends 30 entries to each of three groups, one at a time, and returns for each group the
+    /// last index acknowledged before the disk was cut.
+    async fn append_until_cut(dir: LogDir, disk: Arc<SimDisk>, on_executor: bool) -> [u64; 3] {
+        let log = CoreLog::open_with(dir, 2048).unwrap();
+        let log = if on_executor { log.on_executor() } else { Rc::new(log) };
+        let mut acked = [0u64; 3];
+        for index in 1..=30u64 {
+            for group in 0..3u32 {
+                let (tx, rx) = oneshot::channel();
+                if log
+                    .append(
+                        GroupId(group),
+                        &[entry(1, index)],
+                        SyncBy::IdleWriter,
+                        Box::new(move |r| drop(tx.send(r))),
+                    )
+                    .is_err()
+                {
+                    break;
+                }
+                if rx.await.unwrap().is_ok() && !disk.is_cut() {
+                    acked[group as usize] = index;
+                }
+            }
+        }
+        acked
+    }
+
+    /// Replays the cut disk: every acknowledged entry is there, and each group's log is a
+    /// contiguous prefix.
+    fn check_after_cut(disk: &Arc<SimDisk>, mode: CutMode, nth: u64, acked: [u64; 3]) {
+        if !disk.is_cut() {
+            disk.cut_now();
+        }
+        disk.restore().unwrap();
+        let log = CoreLog::open_with(LogDir::Sim(disk.clone(), PathBuf::from("/sim/log")), 2048).unwrap();
+        for group in 0..3u32 {
+            let got = indexes(&log, group);
+            assert!(
+                got.len() as u64 >= acked[group as usize],
+                "{mode:?} cut at sync {nth}: group {group} lost acknowledged entries: {} < {}",
+                got.len(),
+                acked[group as usize]
+            );
+            assert!(got.iter().enumerate().all(|(i, x)| *x == i as u64 + 1), "{mode:?} {nth}: {got:?}");
+        }
+    }
+
+    /// Proves D60's split of the writing: on its executor, an append synced by whoever is idle is
+    /// written and synced by the executor itself while the log thread is idle, and one for the
+    /// thread is written there; each is durable once acknowledged, and both replay.
+    #[test]
+    fn t06_the_executor_writes_when_the_thread_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+        executor.run(async {
+            let log = CoreLog::open(LogDir::Real(path.clone())).unwrap().on_executor();
+            let here = std::thread::current().id();
+            for (index, by) in [(1, SyncBy::IdleWriter), (2, SyncBy::Thread)] {
+                let (tx, rx) = oneshot::channel();
+                let done: AppendDone = Box::new(move |r| {
+                    let _ = tx.send((r.is_ok(), std::thread::current().id()));
+                });
+                let seq = log.append(GroupId(1), &[entry(1, index)], by, done).unwrap();
+                let (ok, written_on) = rx.await.unwrap();
+                assert!(ok, "{by:?}");
+                assert_eq!(
+                    written_on == here,
+                    by == SyncBy::IdleWriter,
+                    "{by:?} written on the wrong thread"
+                );
+                assert!(log.flushed_seq() >= seq, "{by:?} acknowledged before it was durable");
+            }
+        });
+        let log = CoreLog::open(LogDir::Real(path)).unwrap();
+        assert_eq!(indexes(&log, 1), vec![1, 2]);
     }
 
     /// Proves isolation: a record of one group that replays badly (here a vote that does not

@@ -21,7 +21,7 @@ use crate::codec::{decode, encode};
 use crate::constants::LOG_CACHE_ENTRIES_MAX;
 use crate::error::ShardError;
 use crate::metrics::CodecKind;
-use crate::raft::core_log::{AppendDone, CoreLog};
+use crate::raft::core_log::{AppendDone, CoreLog, SyncBy};
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
@@ -231,6 +231,10 @@ struct LogCore {
     /// Completions of the appends not yet seen durable, oldest first: the core log's write
     /// sequence number and the outcome, shared by everything waiting for it (D50).
     pending: VecDeque<(u64, AppendOutcome)>,
+    /// Whether the group's membership names a voter other than this node (kept by
+    /// `open.rs::follow_server_changes`; until it is known, assumed): the leader's own entries
+    /// are then synced on the log thread while it replicates them (D50, D60).
+    replicated: bool,
 }
 
 /// The outcome of one append (`Err`: the write failed), for every task that waits for it.
@@ -349,6 +353,7 @@ impl LogStore {
             faults: Arc::default(),
             node_id: None,
             pending: VecDeque::new(),
+            replicated: true,
         };
         Ok(LogStore { core: Rc::new(RefCell::new(core)), stats })
     }
@@ -360,6 +365,11 @@ impl LogStore {
     /// committed ([`Self::durable_log_id`], the network).
     pub fn set_node_id(&self, node_id: u64) {
         self.core.borrow_mut().node_id = Some(node_id);
+    }
+
+    /// Tells the store whether the group has a voter other than this node (D60).
+    pub fn set_replicated(&self, replicated: bool) {
+        self.core.borrow_mut().replicated = replicated;
     }
 
     /// The last entry that is durable here, with every entry before it.
@@ -451,17 +461,30 @@ impl LogStore {
         I: IntoIterator<Item = Entry>,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if self.core.borrow().appends_own_entries(&entries) {
-            self.append_then(entries, Box::new(|_| {})).await?;
+        let (own, replicated) = {
+            let core = self.core.borrow();
+            (core.appends_own_entries(&entries), core.replicated)
+        };
+        if own {
+            // A leader with other voters sends the entries to them during its sync, so the
+            // executor must not block on it; a lone leader has nothing else to do (D60).
+            let by = if replicated { SyncBy::Thread } else { SyncBy::IdleWriter };
+            self.append_then(entries, by, Box::new(|_| {})).await?;
             report(Ok(()));
             return Ok(());
         }
-        self.append_then(entries, report).await
+        // A follower answers only after the sync: nothing of its own waits meanwhile (D60).
+        self.append_then(entries, SyncBy::IdleWriter, report).await
     }
 
     /// Caches `entries`, queues them to the core's log thread and returns; `done` runs on that
     /// thread once they are durable (or the write failed).
-    pub(crate) async fn append_then<I>(&mut self, entries: I, done: AppendDone) -> Result<(), StorageError>
+    pub(crate) async fn append_then<I>(
+        &mut self,
+        entries: I,
+        sync_by: SyncBy,
+        done: AppendDone,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
@@ -498,7 +521,7 @@ impl LogStore {
         }
         let seq = core
             .log
-            .append(core.group, &encoded, done)
+            .append(core.group, &encoded, sync_by, done)
             .map_err(|e| StorageIOError::write_logs(io_error(&e)))?;
         for entry in cached {
             core.last_log_id = Some(entry.log_id);
@@ -756,7 +779,7 @@ mod tests {
                 let done: AppendDone = Box::new(move |r| {
                     let _ = tx.send(r);
                 });
-                store.append_then([blank(3, i)], done).await.unwrap();
+                store.append_then([blank(3, i)], SyncBy::IdleWriter, done).await.unwrap();
                 waiters.push(rx);
             }
             for rx in waiters {
@@ -822,7 +845,7 @@ mod tests {
                 let done: AppendDone = Box::new(move |r| {
                     let _ = tx.send(r);
                 });
-                store.append_then([blank(1, i)], done).await.unwrap();
+                store.append_then([blank(1, i)], SyncBy::IdleWriter, done).await.unwrap();
                 rx.await.unwrap().unwrap();
             }
             store.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();

@@ -1,6 +1,7 @@
 //! Raft plumbing: everything openraft 0.9 needs to run one group on a glommio executor. `runtime`
 //! is the glommio `AsyncRuntime`; `type_config` holds the one `declare_raft_types!`; `core_log`
-//! is the core's durable log file shared by its groups, `log_store` a group's view of it for
+//! is the core's durable log file shared by its groups (`log_writer` writes and syncs it, on the
+//! log thread or the executor, D60), `log_store` a group's view of it for
 //! openraft; `network` is the peer transport (through the core's peer pool), and `commit_notice`
 //! spares followers the empty AppendEntries that only repeat a commit (D58); `state_machine` applies committed blocks to the group's
 //! state; `open` assembles a group from its files and starts openraft. Kept apart so that the
@@ -9,6 +10,7 @@
 pub mod commit_notice;
 pub mod core_log;
 pub mod log_store;
+pub mod log_writer;
 pub mod network;
 pub mod open;
 pub mod runtime;

@@ -265,10 +265,10 @@ pub async fn open_group_with(
         log_store.clone(),
         std::time::Duration::from_millis(config.raft_heartbeat_ms),
     );
-    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
+    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store.clone(), sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;
-    record_leader_changes(group, &raft);
+    follow_server_changes(group, &raft, log_store);
 
     if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
         let members: Option<BTreeMap<u64, openraft::BasicNode>> = match &config.cluster {
@@ -342,18 +342,22 @@ pub async fn open_group_with(
     Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
 }
 
-/// Records `leader_changed` each time the group has a leader other than the last one recorded
-/// (a new node, or the same node in a new term), from a task that ends when the group's Raft
-/// stops (its metrics sender is dropped).
-fn record_leader_changes(group: GroupId, raft: &LedgerRaft) {
-    let mut metrics = raft.metrics();
+/// Follows the group's server metrics (leader, vote, membership: they change rarely, unlike the
+/// full metrics, which change with every block) from a task that ends when the group's Raft
+/// stops (its metrics sender is dropped). It records `leader_changed` each time the group has a
+/// leader other than the last one recorded (a new node, or the same node in a new term), and
+/// tells the log store whether any other node votes (D60).
+fn follow_server_changes(group: GroupId, raft: &LedgerRaft, log_store: LogStore) {
+    let mut metrics = raft.server_metrics();
     glommio::spawn_local(async move {
         let mut recorded: Option<(u64, u64)> = None;
         loop {
-            let (leader, term, me) = {
+            let (leader, term, me, replicated) = {
                 let m = metrics.borrow_and_update();
-                (m.current_leader, m.current_term, m.id)
+                let replicated = m.membership_config.membership().voter_ids().any(|id| id != m.id);
+                (m.current_leader, m.vote.leader_id.term, m.id, replicated)
             };
+            log_store.set_replicated(replicated);
             if let Some(leader) = leader.filter(|l| recorded != Some((*l, term))) {
                 recorded = Some((leader, term));
                 crate::event!(info, "leader_changed", group = %group, leader, term, local = leader == me);

@@ -28,6 +28,7 @@ use crate::reply::ReplySender;
 use crate::round::group_data::{GroupData, SpeculativeBlock};
 use crate::round::idem_cache::IdemCache;
 use crate::round::tree_worker::{BuiltTree, TreeJob, TreeParent, TreeSlot};
+use crate::yield_once::YieldOnce;
 use futures::channel::oneshot;
 use ledger_core::hash::{group_hash, tx_merkle_proof};
 use ledger_core::state::{BlockContext, BlockDraft, ScopeMeta, SealedDraft, SequenceCheck};
@@ -125,21 +126,6 @@ impl Future for SignalWait<'_> {
             return Poll::Ready(());
         }
         *self.signal.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-/// Lets other tasks of the executor run once (the inbox loop enqueues what has arrived).
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
         Poll::Pending
     }
 }
@@ -443,7 +429,8 @@ impl Group {
     async fn close_round(&self) -> CommitReason {
         let max = self.config.batch_max_size.max(1);
         if self.config.batch_eager_commit {
-            YieldOnce(false).await;
+            // Lets other tasks of the executor run once (the inbox loop enqueues what has arrived).
+            YieldOnce::default().await;
             self.wait_for_last_round_size(max).await;
             return if self.queue.borrow().len() >= max { CommitReason::Size } else { CommitReason::Eager };
         }

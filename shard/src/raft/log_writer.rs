@@ -1,0 +1,329 @@
+//! Writing a core log's queued records (D38, D60): write what is queued contiguously, sync each
+//! written file once, and only then complete the callbacks (nothing is acknowledged before its
+//! fdatasync).
+//!
+//! Two parties write, one at a time under the writer's lock, always taking the queue's records in
+//! order: the core's log thread, woken by a nudge, and the executor itself, when the thread is idle
+//! at the moment a synced record is due (D60). Taking records off the queue only while holding the
+//! lock keeps them in order, so "every record up to the highest one processed is written" holds
+//! whichever party wrote them, and `flushed_seq` means what it always meant.
+
+use crate::constants::{LOG_WRITER_BATCH_MAX, LOG_ZERO_AHEAD_BYTES};
+use crate::raft::log_store::LogStats;
+use crate::storage::log_files::{LogDir, LogFile};
+use futures::channel::oneshot;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+
+/// Completion of an append (openraft's `LogFlushed`, boxed): runs on whichever thread wrote it.
+pub type AppendDone = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
+/// What to do once a write is durable (or failed).
+pub(crate) enum Done {
+    Nothing,
+    Append(AppendDone),
+    Wait(oneshot::Sender<Result<(), String>>),
+}
+
+pub(crate) enum WalCmd {
+    /// Record bytes for `offset` of segment `seg`; `sync`: must be durable before `done`.
+    Write { seq: u64, seg: u64, offset: u64, bytes: Vec<u8>, sync: bool, done: Done },
+    /// Later writes go to this new (empty) segment; its name must be made durable.
+    NewSegment { seg: u64, file: Arc<dyn LogFile> },
+    /// Delete a segment once everything queued before is durable.
+    Remove { seg: u64 },
+}
+
+/// Why the writer stopped writing, shared with the executor.
+pub(crate) type Failure = Arc<Mutex<Option<String>>>;
+
+/// The writing side of a core log: the queue's receiving end and what has been written.
+pub(crate) struct LogWriter {
+    dir: LogDir,
+    rx: flume::Receiver<WalCmd>,
+    files: BTreeMap<u64, Arc<dyn LogFile>>,
+    buffer: Vec<u8>,
+    unsynced: Unsynced,
+    zeroed: ZeroedAhead,
+    /// Highest write sequence number known durable (read by the executor).
+    flushed_seq: Arc<AtomicU64>,
+    stats: Arc<LogStats>,
+    failure: Failure,
+}
+
+impl LogWriter {
+    pub(crate) fn new(
+        dir: LogDir,
+        rx: flume::Receiver<WalCmd>,
+        flushed_seq: Arc<AtomicU64>,
+        stats: Arc<LogStats>,
+        failure: Failure,
+    ) -> LogWriter {
+        LogWriter {
+            dir,
+            rx,
+            files: BTreeMap::new(),
+            buffer: Vec::new(),
+            unsynced: Unsynced::default(),
+            zeroed: ZeroedAhead::default(),
+            flushed_seq,
+            stats,
+            failure,
+        }
+    }
+
+    /// Writes everything queued, a batch at a time; returns whether there was anything.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let batch: Vec<WalCmd> = self.rx.try_iter().take(LOG_WRITER_BATCH_MAX).collect();
+            if batch.is_empty() {
+                return any;
+            }
+            any = true;
+            self.write(batch);
+        }
+    }
+
+    /// Writes one batch, syncs it if any record must be durable, then completes its callbacks.
+    /// After a failed write or sync nothing is written any more (the groups reopen the log).
+    fn write(&mut self, batch: Vec<WalCmd>) {
+        let failed_before = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let started = std::time::Instant::now();
+        let result = match failed_before {
+            Some(e) => Err(e),
+            None => write_batch(&self.dir, &mut self.files, &mut self.buffer, &mut self.unsynced, &batch)
+                .map_err(|e| e.to_string()),
+        };
+        let synced = batch.iter().any(|c| matches!(c, WalCmd::Write { sync: true, .. }));
+        if synced {
+            self.stats.record(started.elapsed(), true);
+        }
+        match &result {
+            Ok(()) => {
+                let max_seq = batch
+                    .iter()
+                    .filter_map(|c| match c {
+                        WalCmd::Write { seq, .. } => Some(*seq),
+                        _ => None,
+                    })
+                    .max();
+                if let (true, Some(seq)) = (synced, max_seq) {
+                    // Records leave the queue in order and only under the lock, so every record
+                    // before this one is written, and this sync covered the unsynced ones.
+                    debug_assert!(seq >= self.flushed_seq.load(Ordering::Acquire));
+                    self.flushed_seq.store(seq, Ordering::Release);
+                }
+            }
+            Err(e) => {
+                let mut failed = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if failed.is_none() {
+                    crate::event!(error, "raft_log_write_failed", dir = %self.dir.path().display(), error = ?e);
+                    *failed = Some(e.clone());
+                }
+            }
+        }
+        self.zeroed.note(&batch);
+        for cmd in batch {
+            if let WalCmd::Write { done, .. } = cmd {
+                match done {
+                    Done::Nothing => {}
+                    Done::Append(done) => done(result.clone().map_err(std::io::Error::other)),
+                    Done::Wait(tx) => {
+                        let _ = tx.send(result.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the zeros ahead of the log's end need extending (a job for the thread: it writes
+    /// and syncs a whole chunk).
+    fn zeros_due(&self) -> bool {
+        self.zeroed.due()
+    }
+
+    /// Extends the zeros ahead of the end if nothing waits to be written.
+    fn extend_zeros_when_idle(&mut self) {
+        let healthy = self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_none();
+        if healthy && self.rx.is_empty() {
+            if let Err(e) = self.zeroed.extend(&self.files) {
+                // Only a cost: appends past the zeroed region sync like plain appends.
+                crate::event!(warn, "raft_log_zero_ahead_failed", dir = %self.dir.path().display(), error = %e);
+            }
+        }
+    }
+}
+
+/// The writer shared by the executor and the log thread, and the thread's wake-up.
+#[derive(Clone)]
+pub(crate) struct SharedWriter {
+    writer: Arc<Mutex<LogWriter>>,
+    nudge: flume::Sender<()>,
+}
+
+impl SharedWriter {
+    /// Starts the core's log thread for `writer`.
+    pub(crate) fn start(writer: LogWriter) -> std::io::Result<SharedWriter> {
+        // One pending nudge is enough: the thread drains the whole queue each time it wakes.
+        let (nudge, woken) = flume::bounded(1);
+        let writer = Arc::new(Mutex::new(writer));
+        let thread_writer = writer.clone();
+        crate::helper_threads::spawn_helper("raft-log-io", move || writer_loop(&thread_writer, &woken))?;
+        Ok(SharedWriter { writer, nudge })
+    }
+
+    /// Wakes the log thread to write what is queued.
+    pub(crate) fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Writes what is queued on the calling thread (the executor), if the log thread is not
+    /// writing now; otherwise leaves it to the thread, which takes it with its current batch's
+    /// successor (D60).
+    pub(crate) fn write_here_if_idle(&self) {
+        let mut writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.nudge();
+                return;
+            }
+        };
+        writer.drain();
+        if writer.zeros_due() {
+            self.nudge();
+        }
+    }
+}
+
+/// Body of the core's log thread: on each nudge, write everything queued (including what the
+/// executor queued while the thread was writing), then keep zeros ahead of the end. When the log
+/// closes (the nudge's sender is dropped) it writes what is left and stops.
+fn writer_loop(writer: &Mutex<LogWriter>, woken: &flume::Receiver<()>) {
+    loop {
+        let closed = woken.recv().is_err();
+        let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.drain();
+        if closed {
+            return;
+        }
+        writer.extend_zeros_when_idle();
+    }
+}
+
+/// Keeps a stretch of zeros, written and synced, ahead of the active segment's end (D38): an
+/// fdatasync after overwriting allocated blocks skips the file-system metadata an append must
+/// journal (about half the cost here, STACK.md). Replay stops at the first zero header anyway.
+#[derive(Default)]
+struct ZeroedAhead {
+    /// The segment written last and the end of its last write.
+    frontier: Option<(u64, u64)>,
+    /// How far that segment is zeroed and synced.
+    zeroed_to: u64,
+}
+
+impl ZeroedAhead {
+    fn note(&mut self, batch: &[WalCmd]) {
+        for cmd in batch {
+            if let WalCmd::Write { seg, offset, bytes, .. } = cmd {
+                if self.frontier.is_some_and(|(s, _)| s != *seg) {
+                    self.zeroed_to = 0;
+                }
+                self.frontier = Some((*seg, offset + bytes.len() as u64));
+            }
+        }
+    }
+
+    /// Whether less than half a chunk of zeros is left past the frontier.
+    fn due(&self) -> bool {
+        self.frontier.is_some_and(|(_, end)| self.zeroed_to < end + LOG_ZERO_AHEAD_BYTES / 2)
+    }
+
+    /// Zeroes one chunk past the frontier if less than half a chunk is left.
+    fn extend(&mut self, files: &BTreeMap<u64, Arc<dyn LogFile>>) -> std::io::Result<()> {
+        let Some((seg, end)) = self.frontier else { return Ok(()) };
+        if !self.due() {
+            return Ok(());
+        }
+        let Some(file) = files.get(&seg) else { return Ok(()) };
+        let start = self.zeroed_to.max(end);
+        let zeros = vec![0u8; LOG_ZERO_AHEAD_BYTES as usize];
+        file.write_at(start, &zeros)?;
+        file.sync()?;
+        self.zeroed_to = start + LOG_ZERO_AHEAD_BYTES;
+        Ok(())
+    }
+}
+
+/// What was written and not synced yet (kept across batches: a batch that needs no sync leaves
+/// its writes for the next one that does).
+#[derive(Default)]
+struct Unsynced {
+    files: BTreeSet<u64>,
+    dir: bool,
+}
+
+fn write_batch(
+    dir: &LogDir,
+    files: &mut BTreeMap<u64, Arc<dyn LogFile>>,
+    buffer: &mut Vec<u8>,
+    unsynced: &mut Unsynced,
+    batch: &[WalCmd],
+) -> std::io::Result<()> {
+    let mut must_sync = false;
+    // Contiguous writes to one segment go out as one write.
+    let mut pending: Option<(u64, u64)> = None; // (seg, start offset) of `buffer`
+    let flush =
+        |pending: &mut Option<(u64, u64)>, buffer: &mut Vec<u8>, files: &BTreeMap<u64, Arc<dyn LogFile>>| {
+            if let Some((seg, start)) = pending.take() {
+                let file = files
+                    .get(&seg)
+                    .ok_or_else(|| std::io::Error::other(format!("segment {seg:016x} not open")))?;
+                file.write_at(start, buffer)?;
+                buffer.clear();
+            }
+            Ok::<(), std::io::Error>(())
+        };
+    let mut removes = Vec::new();
+    for cmd in batch {
+        match cmd {
+            WalCmd::NewSegment { seg, file } => {
+                files.insert(*seg, file.clone());
+                unsynced.dir = true;
+            }
+            WalCmd::Remove { seg } => removes.push(*seg),
+            WalCmd::Write { seg, offset, bytes, sync, .. } => {
+                must_sync |= *sync;
+                let contiguous =
+                    pending.is_some_and(|(s, start)| s == *seg && start + buffer.len() as u64 == *offset);
+                if !contiguous {
+                    flush(&mut pending, buffer, files)?;
+                    pending = Some((*seg, *offset));
+                }
+                buffer.extend_from_slice(bytes);
+                unsynced.files.insert(*seg);
+            }
+        }
+    }
+    flush(&mut pending, buffer, files)?;
+    if must_sync || !removes.is_empty() {
+        for seg in std::mem::take(&mut unsynced.files) {
+            if let Some(file) = files.get(&seg) {
+                file.sync()?;
+            }
+        }
+        if std::mem::take(&mut unsynced.dir) {
+            dir.sync_dir()?;
+        }
+    }
+    for seg in removes {
+        files.remove(&seg);
+        dir.remove(seg)?;
+    }
+    if buffer.capacity() > 4 * 1024 * 1024 {
+        *buffer = Vec::new();
+    }
+    Ok(())
+}
