@@ -12,6 +12,10 @@ pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Zeros the core log's thread writes and syncs ahead of the active segment's end when idle, in
 /// chunks of this size (D38).
 pub const LOG_ZERO_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+/// A synced log record larger than this is written by the log thread even when the executor could
+/// write it itself (D60): a block of client-batched writes, whose write and sync take long enough
+/// that the executor has better to do meanwhile. A block of a hundred single writes is ~30 KB.
+pub const LOG_EXECUTOR_WRITE_BYTES_MAX: usize = 64 * 1024;
 /// Commands queued to a core's log thread before `append` waits for room.
 pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
 /// Commands the log thread folds into one write and one fdatasync.

@@ -20,7 +20,7 @@
 //! synced record is due and the thread is idle (D60).
 
 use crate::codec::{decode, encode};
-use crate::constants::{LOG_SEGMENT_BYTES, LOG_WRITER_QUEUE_MAX};
+use crate::constants::{LOG_EXECUTOR_WRITE_BYTES_MAX, LOG_SEGMENT_BYTES, LOG_WRITER_QUEUE_MAX};
 use crate::error::ShardError;
 use crate::metrics::CodecKind;
 use crate::raft::log_store::records::VoteRecord;
@@ -471,6 +471,13 @@ impl CoreLog {
         inner.next_seq += 1;
         let (seg, offset) = (inner.active, inner.next_offset);
         inner.next_offset += bytes.len() as u64;
+        // A large record (a block of client-batched writes) is the thread's: its write and sync
+        // take long enough that the executor has better to do meanwhile (the next pipelined
+        // round), and the hand-off is small beside them (D60).
+        let sync = match sync {
+            Some(SyncBy::IdleWriter) if bytes.len() > LOG_EXECUTOR_WRITE_BYTES_MAX => Some(SyncBy::Thread),
+            sync => sync,
+        };
         let cmd = WalCmd::Write { seq, seg, offset, bytes, sync: sync.is_some(), done };
         self.push(&inner.queue, cmd)?;
         drop(inner);
