@@ -1027,7 +1027,8 @@ mod tests {
 
     /// Proves D60's split of the writing: on its executor, an append synced by whoever is idle is
     /// written and synced by the executor itself while the log thread is idle, and one for the
-    /// thread is written there; each is durable once acknowledged, and both replay.
+    /// thread is written there, as is one too large for the executor; each is durable once
+    /// acknowledged, and they replay.
     #[test]
     fn t06_the_executor_writes_when_the_thread_is_idle() {
         let dir = tempfile::tempdir().unwrap();
@@ -1051,6 +1052,15 @@ mod tests {
                 );
                 assert!(log.flushed_seq() >= seq, "{by:?} acknowledged before it was durable");
             }
+            // A record over the bound stays with the thread (group 2: its bytes are only filler).
+            let (tx, rx) = oneshot::channel();
+            let done: AppendDone = Box::new(move |r| {
+                let _ = tx.send((r.is_ok(), std::thread::current().id()));
+            });
+            let large = vec![0u8; LOG_EXECUTOR_WRITE_BYTES_MAX + 1];
+            log.append(GroupId(2), &[(log_id(1, 1), large)], SyncBy::IdleWriter, done).unwrap();
+            let (ok, written_on) = rx.await.unwrap();
+            assert!(ok && written_on != here, "a large record was written on the executor");
         });
         let log = CoreLog::open(LogDir::Real(path)).unwrap();
         assert_eq!(indexes(&log, 1), vec![1, 2]);
