@@ -367,9 +367,16 @@ impl LogStore {
         self.core.borrow_mut().node_id = Some(node_id);
     }
 
-    /// Tells the store whether the group has a voter other than this node (D60).
-    pub fn set_replicated(&self, replicated: bool) {
-        self.core.borrow_mut().replicated = replicated;
+    /// Tells the store, through the returned setter, whether the group has a voter other than
+    /// this node (D60). The setter holds the store weakly, so a task that keeps it does not keep
+    /// the group's log attached after the group closes (D56).
+    pub fn replicated_setter(&self) -> impl Fn(bool) + 'static {
+        let core = Rc::downgrade(&self.core);
+        move |replicated| {
+            if let Some(core) = core.upgrade() {
+                core.borrow_mut().replicated = replicated;
+            }
+        }
     }
 
     /// The last entry that is durable here, with every entry before it.

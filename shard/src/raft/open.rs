@@ -268,7 +268,7 @@ pub async fn open_group_with(
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store.clone(), sm)
         .await
         .map_err(|e| ShardError::raft("start", e))?;
-    follow_server_changes(group, &raft, log_store);
+    follow_server_changes(group, &raft, log_store.replicated_setter());
 
     if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
         let members: Option<BTreeMap<u64, openraft::BasicNode>> = match &config.cluster {
@@ -347,7 +347,7 @@ pub async fn open_group_with(
 /// stops (its metrics sender is dropped). It records `leader_changed` each time the group has a
 /// leader other than the last one recorded (a new node, or the same node in a new term), and
 /// tells the log store whether any other node votes (D60).
-fn follow_server_changes(group: GroupId, raft: &LedgerRaft, log_store: LogStore) {
+fn follow_server_changes(group: GroupId, raft: &LedgerRaft, set_replicated: impl Fn(bool) + 'static) {
     let mut metrics = raft.server_metrics();
     glommio::spawn_local(async move {
         let mut recorded: Option<(u64, u64)> = None;
@@ -357,7 +357,7 @@ fn follow_server_changes(group: GroupId, raft: &LedgerRaft, log_store: LogStore)
                 let replicated = m.membership_config.membership().voter_ids().any(|id| id != m.id);
                 (m.current_leader, m.vote.leader_id.term, m.id, replicated)
             };
-            log_store.set_replicated(replicated);
+            set_replicated(replicated);
             if let Some(leader) = leader.filter(|l| recorded != Some((*l, term))) {
                 recorded = Some((leader, term));
                 crate::event!(info, "leader_changed", group = %group, leader, term, local = leader == me);
