@@ -503,8 +503,8 @@ impl CoreLog {
     }
 
     /// Has what is queued written and synced: by this executor, once the tasks ready now have
-    /// run (so that what they queue shares the sync, and a leader's AppendEntries leave first),
-    /// if the log thread is idle then; otherwise by the thread (D60).
+    /// run (so that what they queue shares the sync, and replies already due leave first), if
+    /// the log thread is idle then; otherwise by the thread (D60).
     fn write_soon(&self) {
         if self.write_scheduled.get() {
             return;
