@@ -426,9 +426,11 @@ fn on_group_request(
             .detach();
         }
         request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
+            crate::raft::core_log::note_read();
             crate::read::proof_reads::handle(group, request, request_id, reply);
         }
         request => {
+            crate::raft::core_log::note_read();
             let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
             let historical = reads::needs_token_key(&request)
                 && reads::historical_list_target(&group, &request, shard.token_key.get().as_ref()).is_some();

@@ -138,6 +138,8 @@ pub struct CoreLog {
     me: RefCell<Weak<CoreLog>>,
     /// A task that writes on the executor is spawned and has not run yet.
     write_scheduled: Cell<bool>,
+    /// `READS_TAKEN` when the executor last chose who syncs.
+    reads_seen: Cell<u64>,
 }
 
 struct Inner {
@@ -155,6 +157,14 @@ struct Inner {
 thread_local! {
     /// The logs open on this thread (one core), by directory.
     static OPEN_LOGS: RefCell<HashMap<PathBuf, Weak<CoreLog>>> = RefCell::new(HashMap::new());
+    /// Reads this core has taken (`note_read`), so that its logs can tell whether it serves reads.
+    static READS_TAKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts a read taken by this core: a core that serves reads leaves its syncs to the log
+/// thread, so that no read waits behind a sync on the executor (D60).
+pub fn note_read() {
+    READS_TAKEN.with(|n| n.set(n.get().wrapping_add(1)));
 }
 
 fn align8(n: usize) -> usize {
@@ -411,6 +421,7 @@ impl CoreLog {
             writer,
             me: RefCell::new(Weak::new()),
             write_scheduled: Cell::new(false),
+            reads_seen: Cell::new(0),
         };
         log.start_segment(active)?;
         Ok(log)
@@ -519,7 +530,14 @@ impl CoreLog {
             crate::yield_once::YieldOnce::default().await;
             if let Some(log) = me.upgrade() {
                 log.write_scheduled.set(false);
-                log.writer.write_here_if_idle();
+                // Reads taken since the last choice: the core serves them, and a read that
+                // arrives during a sync on the executor would wait for it.
+                let reads = READS_TAKEN.with(Cell::get);
+                if log.reads_seen.replace(reads) != reads {
+                    log.writer.nudge();
+                } else {
+                    log.writer.write_here_if_idle();
+                }
             }
         })
         .detach();
@@ -1027,8 +1045,8 @@ mod tests {
 
     /// Proves D60's split of the writing: on its executor, an append synced by whoever is idle is
     /// written and synced by the executor itself while the log thread is idle, and one for the
-    /// thread is written there, as is one too large for the executor; each is durable once
-    /// acknowledged, and they replay.
+    /// thread is written there, as are one too large for the executor and one queued after the
+    /// core took a read; each is durable once acknowledged, and they replay.
     #[test]
     fn t06_the_executor_writes_when_the_thread_is_idle() {
         let dir = tempfile::tempdir().unwrap();
@@ -1052,6 +1070,15 @@ mod tests {
                 );
                 assert!(log.flushed_seq() >= seq, "{by:?} acknowledged before it was durable");
             }
+            // A core that took a read since the last choice leaves the sync to the thread.
+            note_read();
+            let (tx, rx) = oneshot::channel();
+            let done: AppendDone = Box::new(move |r| {
+                let _ = tx.send((r.is_ok(), std::thread::current().id()));
+            });
+            log.append(GroupId(1), &[entry(1, 3)], SyncBy::IdleWriter, done).unwrap();
+            let (ok, written_on) = rx.await.unwrap();
+            assert!(ok && written_on != here, "a core serving reads synced on the executor");
             // A record over the bound stays with the thread (group 2: its bytes are only filler).
             let (tx, rx) = oneshot::channel();
             let done: AppendDone = Box::new(move |r| {
@@ -1063,7 +1090,7 @@ mod tests {
             assert!(ok && written_on != here, "a large record was written on the executor");
         });
         let log = CoreLog::open(LogDir::Real(path)).unwrap();
-        assert_eq!(indexes(&log, 1), vec![1, 2]);
+        assert_eq!(indexes(&log, 1), vec![1, 2, 3]);
     }
 
     /// Proves isolation: a record of one group that replays badly (here a vote that does not
