@@ -73,15 +73,13 @@ impl LogWriter {
         }
     }
 
-    /// Writes everything queued, a batch at a time; returns whether there was anything.
-    fn drain(&mut self) -> bool {
-        let mut any = false;
+    /// Writes everything queued, a batch at a time.
+    fn drain(&mut self) {
         loop {
             let batch: Vec<WalCmd> = self.rx.try_iter().take(LOG_WRITER_BATCH_MAX).collect();
             if batch.is_empty() {
-                return any;
+                return;
             }
-            any = true;
             self.write(batch);
         }
     }
