@@ -8,7 +8,7 @@
 //! lock keeps them in order, so "every record up to the highest one processed is written" holds
 //! whichever party wrote them, and `flushed_seq` means what it always meant.
 
-use crate::constants::{LOG_WRITER_BATCH_MAX, LOG_ZERO_AHEAD_BYTES};
+use crate::constants::{LOG_SPARE_SEGMENTS_MAX, LOG_WRITER_BATCH_MAX, LOG_ZERO_AHEAD_BYTES};
 use crate::raft::log_store::LogStats;
 use crate::storage::log_files::{LogDir, LogFile};
 use futures::channel::oneshot;
@@ -29,11 +29,16 @@ pub(crate) enum Done {
 pub(crate) enum WalCmd {
     /// Record bytes for `offset` of segment `seg`; `sync`: must be durable before `done`.
     Write { seq: u64, seg: u64, offset: u64, bytes: Vec<u8>, sync: bool, done: Done },
-    /// Later writes go to this new (empty) segment; its name must be made durable.
-    NewSegment { seg: u64, file: Arc<dyn LogFile> },
-    /// Delete a segment once everything queued before is durable.
+    /// Later writes go to this new segment; its name must be made durable. `prewritten`: how many
+    /// of its bytes are already written (a reused spare's length, D61; 0 for a new file).
+    NewSegment { seg: u64, file: Arc<dyn LogFile>, prewritten: u64 },
+    /// Delete a segment once everything queued before is durable (or keep it as a spare).
     Remove { seg: u64 },
 }
+
+/// Old segments kept for reuse (D61), by their old sequence numbers: the writer adds the ones it
+/// removes, the executor takes one when it starts a segment.
+pub(crate) type Spares = Arc<Mutex<Vec<u64>>>;
 
 /// Why the writer stopped writing, shared with the executor.
 pub(crate) type Failure = Arc<Mutex<Option<String>>>;
@@ -50,6 +55,7 @@ pub(crate) struct LogWriter {
     flushed_seq: Arc<AtomicU64>,
     stats: Arc<LogStats>,
     failure: Failure,
+    spares: Spares,
 }
 
 impl LogWriter {
@@ -59,6 +65,7 @@ impl LogWriter {
         flushed_seq: Arc<AtomicU64>,
         stats: Arc<LogStats>,
         failure: Failure,
+        spares: Spares,
     ) -> LogWriter {
         LogWriter {
             dir,
@@ -70,6 +77,7 @@ impl LogWriter {
             flushed_seq,
             stats,
             failure,
+            spares,
         }
     }
 
@@ -92,6 +100,7 @@ impl LogWriter {
         let result = match failed_before {
             Some(e) => Err(e),
             None => write_batch(&self.dir, &mut self.files, &mut self.buffer, &mut self.unsynced, &batch)
+                .and_then(|()| self.retire_removed(&batch))
                 .map_err(|e| e.to_string()),
         };
         let synced = batch.iter().any(|c| matches!(c, WalCmd::Write { sync: true, .. }));
@@ -134,6 +143,24 @@ impl LogWriter {
                 }
             }
         }
+    }
+
+    /// Deletes the segments `batch` removes, or keeps them as spares while fewer than
+    /// `LOG_SPARE_SEGMENTS_MAX` are kept (D61). Runs after the batch is durable.
+    fn retire_removed(&mut self, batch: &[WalCmd]) -> std::io::Result<()> {
+        for cmd in batch {
+            if let WalCmd::Remove { seg } = cmd {
+                self.files.remove(seg);
+                let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+                if spares.len() < LOG_SPARE_SEGMENTS_MAX {
+                    self.dir.make_spare(*seg)?;
+                    spares.push(*seg);
+                } else {
+                    self.dir.remove(*seg)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the zeros ahead of the log's end need extending (a job for the thread: it writes
@@ -214,22 +241,31 @@ fn writer_loop(writer: &Mutex<LogWriter>, woken: &flume::Receiver<()>) {
 /// Keeps a stretch of zeros, written and synced, ahead of the active segment's end (D38): an
 /// fdatasync after overwriting allocated blocks skips the file-system metadata an append must
 /// journal (about half the cost here, STACK.md). Replay stops at the first zero header anyway.
+/// A reused spare (D61) is written already up to its length: no zeros are needed below that.
 #[derive(Default)]
 struct ZeroedAhead {
     /// The segment written last and the end of its last write.
     frontier: Option<(u64, u64)>,
-    /// How far that segment is zeroed and synced.
+    /// How far that segment is zeroed (or written by its earlier use) and synced.
     zeroed_to: u64,
+    /// Segments started but not written yet, and how much of each is written already.
+    prewritten: BTreeMap<u64, u64>,
 }
 
 impl ZeroedAhead {
     fn note(&mut self, batch: &[WalCmd]) {
         for cmd in batch {
-            if let WalCmd::Write { seg, offset, bytes, .. } = cmd {
-                if self.frontier.is_some_and(|(s, _)| s != *seg) {
-                    self.zeroed_to = 0;
+            match cmd {
+                WalCmd::NewSegment { seg, prewritten, .. } => {
+                    self.prewritten.insert(*seg, *prewritten);
                 }
-                self.frontier = Some((*seg, offset + bytes.len() as u64));
+                WalCmd::Write { seg, offset, bytes, .. } => {
+                    if self.frontier.is_none_or(|(s, _)| s != *seg) {
+                        self.zeroed_to = self.prewritten.remove(seg).unwrap_or(0);
+                    }
+                    self.frontier = Some((*seg, offset + bytes.len() as u64));
+                }
+                WalCmd::Remove { .. } => {}
             }
         }
     }
@@ -284,14 +320,14 @@ fn write_batch(
             }
             Ok::<(), std::io::Error>(())
         };
-    let mut removes = Vec::new();
+    let mut removes = false;
     for cmd in batch {
         match cmd {
-            WalCmd::NewSegment { seg, file } => {
+            WalCmd::NewSegment { seg, file, .. } => {
                 files.insert(*seg, file.clone());
                 unsynced.dir = true;
             }
-            WalCmd::Remove { seg } => removes.push(*seg),
+            WalCmd::Remove { .. } => removes = true,
             WalCmd::Write { seg, offset, bytes, sync, .. } => {
                 must_sync |= *sync;
                 let contiguous =
@@ -306,7 +342,7 @@ fn write_batch(
         }
     }
     flush(&mut pending, buffer, files)?;
-    if must_sync || !removes.is_empty() {
+    if must_sync || removes {
         for seg in std::mem::take(&mut unsynced.files) {
             if let Some(file) = files.get(&seg) {
                 file.sync()?;
@@ -315,10 +351,6 @@ fn write_batch(
         if std::mem::take(&mut unsynced.dir) {
             dir.sync_dir()?;
         }
-    }
-    for seg in removes {
-        files.remove(&seg);
-        dir.remove(seg)?;
     }
     if buffer.capacity() > 4 * 1024 * 1024 {
         *buffer = Vec::new();

@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 /// Segment files are `{seq:016x}.log`.
 const SEGMENT_SUFFIX: &str = ".log";
+/// A deleted segment kept for reuse (D61) is `{seq:016x}.spare`: never replayed, only renamed into
+/// place as a later segment.
+const SPARE_SUFFIX: &str = ".spare";
 
 /// One segment file: positioned reads and writes, and a data sync.
 pub trait LogFile: Send + Sync {
@@ -111,6 +114,15 @@ impl LogDir {
 
     /// Sequence numbers of the segment files present, ascending.
     pub fn list(&self) -> io::Result<Vec<u64>> {
+        self.list_suffix(SEGMENT_SUFFIX)
+    }
+
+    /// Sequence numbers of the spare files present (old segments kept for reuse), ascending.
+    pub fn spares(&self) -> io::Result<Vec<u64>> {
+        self.list_suffix(SPARE_SUFFIX)
+    }
+
+    fn list_suffix(&self, suffix: &str) -> io::Result<Vec<u64>> {
         let names: Vec<String> = match self {
             LogDir::Real(p) => match std::fs::read_dir(p) {
                 Ok(entries) => {
@@ -131,7 +143,7 @@ impl LogDir {
         };
         let mut seqs: Vec<u64> = names
             .iter()
-            .filter_map(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .filter_map(|n| n.strip_suffix(suffix))
             .filter(|stem| stem.len() == 16)
             .filter_map(|stem| u64::from_str_radix(stem, 16).ok())
             .collect();
@@ -161,10 +173,45 @@ impl LogDir {
         }
     }
 
+    fn spare_path(&self, seq: u64) -> PathBuf {
+        self.path().join(format!("{seq:016x}{SPARE_SUFFIX}"))
+    }
+
+    /// Keeps deleted segment `seq` as a spare instead of deleting it (D61). Like a delete, the
+    /// rename may be lost in a power cut, and the segment that comes back is harmless.
+    pub fn make_spare(&self, seq: u64) -> io::Result<()> {
+        self.rename(&self.segment_path(seq), &self.spare_path(seq))
+    }
+
+    /// Renames spare `spare` into place as segment `seq` and opens it; returns it and its length
+    /// (written in its earlier use, so overwriting it syncs like overwriting the zeros ahead of a
+    /// new segment's end). The name is durable once the directory is synced, as a new one's is.
+    pub fn reuse_spare(&self, spare: u64, seq: u64) -> io::Result<(Arc<dyn LogFile>, u64)> {
+        self.rename(&self.spare_path(spare), &self.segment_path(seq))?;
+        let file = self.open(seq, false)?;
+        let len = file.size()?;
+        Ok((file, len))
+    }
+
+    /// Deletes spare `seq`.
+    pub fn remove_spare(&self, seq: u64) -> io::Result<()> {
+        self.remove_path(self.spare_path(seq))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self {
+            LogDir::Real(_) => std::fs::rename(from, to),
+            LogDir::Sim(disk, _) => disk.rename(from, to),
+        }
+    }
+
     /// Deletes segment `seq` (a segment that comes back after a power loss is harmless: replay
     /// applies its records before the later ones that superseded them).
     pub fn remove(&self, seq: u64) -> io::Result<()> {
-        let path = self.segment_path(seq);
+        self.remove_path(self.segment_path(seq))
+    }
+
+    fn remove_path(&self, path: PathBuf) -> io::Result<()> {
         match self {
             LogDir::Real(_) => std::fs::remove_file(path),
             LogDir::Sim(disk, _) => {
