@@ -360,12 +360,6 @@ impl CoreLog {
 
     /// `open` with segments of at most `segment_bytes` (tests make them small to rotate often).
     pub fn open_with(dir: LogDir, segment_bytes: u64) -> Result<CoreLog, ShardError> {
-        CoreLog::open_inner(dir, segment_bytes, true)
-    }
-
-    /// `open_with`, and `prepare_spares`: whether spare segments are prepared ahead of need (D61;
-    /// a test turns it off to control which spares there are).
-    fn open_inner(dir: LogDir, segment_bytes: u64, prepare_spares: bool) -> Result<CoreLog, ShardError> {
         dir.create().map_err(|e| io_err(&dir, e))?;
         let generation = dir.generation();
         let mut groups: BTreeMap<GroupId, GroupLog> = BTreeMap::new();
@@ -441,9 +435,6 @@ impl CoreLog {
             }
         }
         let active = seqs.last().map(|s| s + 1).unwrap_or(1);
-        for leftover in dir.preparing().map_err(|e| io_err(&dir, e))? {
-            dir.remove_preparing(leftover).map_err(|e| io_err(&dir, e))?;
-        }
         let spares = Spares::default();
         for spare in dir.spares().map_err(|e| io_err(&dir, e))? {
             let mut kept = spares.lock().unwrap_or_else(PoisonError::into_inner);
@@ -464,9 +455,7 @@ impl CoreLog {
             stats.clone(),
             failure.clone(),
             spares.clone(),
-            segment_bytes,
         );
-        let writer = writer.preparing_spares(prepare_spares);
         let writer = SharedWriter::start(writer).map_err(|e| io_err(&dir, e))?;
         let log = CoreLog {
             dir,
@@ -1223,7 +1212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ldir = LogDir::Real(dir.path().join("log"));
         futures::executor::block_on(async {
-            let log = CoreLog::open_inner(ldir.clone(), 2048, false).unwrap();
+            let log = CoreLog::open_with(ldir.clone(), 2048).unwrap();
             for index in 1..=200 {
                 append_durably(&log, 1, vec![entry(1, index)]).await;
             }
@@ -1232,7 +1221,6 @@ mod tests {
             log.purge(GroupId(1), log_id(1, 190)).await.unwrap();
             // The writer retires removed segments after the batch that removes them is durable.
             append_durably(&log, 1, vec![entry(2, 201)]).await;
-            // The rest of the purged segments are deleted.
             assert_eq!(ldir.spares().unwrap().len(), LOG_SPARE_SEGMENTS_MAX);
             assert!(ldir.list().unwrap().len() <= 2, "{:?}", ldir.list().unwrap());
             for index in 202..=230 {
@@ -1337,41 +1325,5 @@ mod tests {
         assert_eq!(stopped, end);
         assert!(records.iter().all(|r| u64_at(r.payload, 0).is_some_and(|from| from >= 100)));
         assert_eq!(parse_segment(&bytes[end..]).0.len(), 3, "the old records are valid under their own tag");
-    }
-
-    /// Proves the preparer (D61): once the active segment is half full a spare of a segment's
-    /// size is prepared on its own thread, the next segment starts on it (its opening record says
-    /// so), and everything replays.
-    #[test]
-    fn t10_a_spare_is_prepared_ahead_of_need_and_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let ldir = LogDir::Real(dir.path().join("log"));
-        let last = futures::executor::block_on(async {
-            let log = CoreLog::open_with(ldir.clone(), 4096).unwrap();
-            let mut index = 0;
-            while ldir.spares().unwrap().is_empty() {
-                index += 1;
-                assert!(index < 5_000, "no spare was prepared");
-                append_durably(&log, 1, vec![entry(1, index)]).await;
-            }
-            let spare = ldir.spares().unwrap()[0];
-            assert_ne!(spare & crate::raft::log_writer::PREPARED_SPARE_BASE, 0);
-            let segments = ldir.list().unwrap().len();
-            while ldir.list().unwrap().len() == segments {
-                index += 1;
-                append_durably(&log, 1, vec![entry(1, index)]).await;
-            }
-            index
-        });
-        let newest = *ldir.list().unwrap().last().unwrap();
-        let bytes = std::fs::read(ldir.segment_path(newest)).unwrap();
-        assert!(bytes.len() >= 4096, "{} bytes", bytes.len());
-        assert_eq!(
-            u64_at(parse_segment(&bytes).0[0].payload, 8),
-            Some(1),
-            "the new segment is not the spare"
-        );
-        let log = CoreLog::open_with(ldir, 4096).unwrap();
-        assert_eq!(indexes(&log, 1), (1..=last).collect::<Vec<_>>());
     }
 }

@@ -36,14 +36,9 @@ pub(crate) enum WalCmd {
     Remove { seg: u64 },
 }
 
-/// Segment files kept for reuse (D61), by the number in their spare name: old segments the writer
-/// removed (their old sequence numbers) and files the preparer zeroed ahead of need
-/// (`PREPARED_SPARE_BASE | the segment active then`). The executor takes one when it starts a
-/// segment.
+/// Old segments kept for reuse (D61), by their old sequence numbers: the writer adds the ones it
+/// removes, the executor takes one when it starts a segment.
 pub(crate) type Spares = Arc<Mutex<Vec<u64>>>;
-
-/// Spare names of prepared files have this bit set, so they never collide with a segment's.
-pub(crate) const PREPARED_SPARE_BASE: u64 = 1 << 63;
 
 /// Why the writer stopped writing, shared with the executor.
 pub(crate) type Failure = Arc<Mutex<Option<String>>>;
@@ -61,8 +56,6 @@ pub(crate) struct LogWriter {
     stats: Arc<LogStats>,
     failure: Failure,
     spares: Spares,
-    /// Asks the preparer for a spare once the active segment is half full (D61).
-    prepare: PrepareTrigger,
 }
 
 impl LogWriter {
@@ -73,7 +66,6 @@ impl LogWriter {
         stats: Arc<LogStats>,
         failure: Failure,
         spares: Spares,
-        segment_bytes: u64,
     ) -> LogWriter {
         LogWriter {
             dir,
@@ -86,14 +78,7 @@ impl LogWriter {
             stats,
             failure,
             spares,
-            prepare: PrepareTrigger { segment_bytes, enabled: true, requested_for: None, tx: None },
         }
-    }
-
-    /// Whether the preparer runs (D61; on unless a test turns it off).
-    pub(crate) fn preparing_spares(mut self, on: bool) -> LogWriter {
-        self.prepare.enabled = on;
-        self
     }
 
     /// Writes everything queued, a batch at a time.
@@ -147,9 +132,6 @@ impl LogWriter {
             }
         }
         self.zeroed.note(&batch);
-        if result.is_ok() {
-            self.prepare.maybe_request(self.zeroed.frontier, &self.spares);
-        }
         for cmd in batch {
             if let WalCmd::Write { done, .. } = cmd {
                 match done {
@@ -207,17 +189,8 @@ pub(crate) struct SharedWriter {
 }
 
 impl SharedWriter {
-    /// Starts the core's log thread for `writer`, and its preparer of spare segments.
-    pub(crate) fn start(mut writer: LogWriter) -> std::io::Result<SharedWriter> {
-        if writer.prepare.enabled {
-            let (prepare_tx, prepare_rx) = flume::bounded(1);
-            let (dir, spares, bytes) =
-                (writer.dir.clone(), writer.spares.clone(), writer.prepare.segment_bytes);
-            crate::helper_threads::spawn_helper("raft-log-prep", move || {
-                prepare_loop(&dir, &spares, bytes, &prepare_rx)
-            })?;
-            writer.prepare.tx = Some(prepare_tx);
-        }
+    /// Starts the core's log thread for `writer`.
+    pub(crate) fn start(writer: LogWriter) -> std::io::Result<SharedWriter> {
         // One pending nudge is enough: the thread drains the whole queue each time it wakes.
         let (nudge, woken) = flume::bounded(1);
         let writer = Arc::new(Mutex::new(writer));
@@ -263,74 +236,6 @@ fn writer_loop(writer: &Mutex<LogWriter>, woken: &flume::Receiver<()>) {
         }
         writer.extend_zeros_when_idle();
     }
-}
-
-/// When to ask for a spare segment: once per active segment, when it is half full and no spare is
-/// kept, so that the next segment starts on a file written already (D61).
-struct PrepareTrigger {
-    segment_bytes: u64,
-    enabled: bool,
-    /// The active segment a spare was last asked for.
-    requested_for: Option<u64>,
-    /// The preparer's queue (`None` until the threads are started).
-    tx: Option<flume::Sender<u64>>,
-}
-
-impl PrepareTrigger {
-    fn maybe_request(&mut self, frontier: Option<(u64, u64)>, spares: &Spares) {
-        let Some((seg, end)) = frontier else { return };
-        if end <= self.segment_bytes / 2 || self.requested_for == Some(seg) {
-            return;
-        }
-        self.requested_for = Some(seg);
-        let none_kept = spares.lock().unwrap_or_else(PoisonError::into_inner).is_empty();
-        if let (true, Some(tx)) = (none_kept, &self.tx) {
-            // A full queue means one is being prepared already.
-            let _ = tx.try_send(PREPARED_SPARE_BASE | seg);
-        }
-    }
-}
-
-/// Body of the preparer thread (D61): for each request, a spare file of a segment's size written
-/// with zeros and synced a chunk at a time, as the zeros ahead would be, but on its own thread and
-/// file, so that the log thread and the active segment's syncs never wait for it. Stops when the
-/// log closes.
-fn prepare_loop(dir: &LogDir, spares: &Spares, segment_bytes: u64, requests: &flume::Receiver<u64>) {
-    while let Ok(name) = requests.recv() {
-        let kept = prepare_spare(dir, name, segment_bytes).and_then(|()| {
-            // Under the lock, so that the spare files and the list agree.
-            let mut kept = spares.lock().unwrap_or_else(PoisonError::into_inner);
-            if kept.len() >= LOG_SPARE_SEGMENTS_MAX {
-                return Ok(false);
-            }
-            dir.finish_spare(name)?;
-            kept.push(name);
-            Ok(true)
-        });
-        match kept {
-            Ok(true) => continue,
-            Ok(false) => {}
-            // Only a cost: the next segment is a new file with zeros written ahead of its end.
-            Err(e) => {
-                crate::event!(warn, "raft_log_spare_prepare_failed", dir = %dir.path().display(), error = %e)
-            }
-        }
-        let _ = dir.remove_preparing(name);
-    }
-}
-
-/// Writes spare `name` under its preparing name (`LogDir::finish_spare` renames it).
-fn prepare_spare(dir: &LogDir, name: u64, bytes: u64) -> std::io::Result<()> {
-    let file = dir.create_preparing(name)?;
-    let zeros = vec![0u8; LOG_ZERO_AHEAD_BYTES as usize];
-    let mut at = 0u64;
-    while at < bytes {
-        let n = (bytes - at).min(zeros.len() as u64);
-        file.write_at(at, &zeros[..n as usize])?;
-        file.sync()?;
-        at += n;
-    }
-    Ok(())
 }
 
 /// Keeps a stretch of zeros, written and synced, ahead of the active segment's end (D38): an

@@ -15,8 +15,6 @@ const SEGMENT_SUFFIX: &str = ".log";
 /// A deleted segment kept for reuse (D61) is `{seq:016x}.spare`: never replayed, only renamed into
 /// place as a later segment.
 const SPARE_SUFFIX: &str = ".spare";
-/// A spare being written by the preparer (D61): renamed to `.spare` once written and synced.
-const PREPARING_SUFFIX: &str = ".preparing";
 
 /// One segment file: positioned reads and writes, and a data sync.
 pub trait LogFile: Send + Sync {
@@ -193,46 +191,6 @@ impl LogDir {
         let file = self.open(seq, false)?;
         let len = file.size()?;
         Ok((file, len))
-    }
-
-    fn preparing_path(&self, seq: u64) -> PathBuf {
-        self.path().join(format!("{seq:016x}{PREPARING_SUFFIX}"))
-    }
-
-    /// Creates (or truncates: a leftover of a crash) spare `seq` under its preparing name, for the
-    /// preparer to write.
-    pub fn create_preparing(&self, seq: u64) -> io::Result<Arc<dyn LogFile>> {
-        let path = self.preparing_path(seq);
-        match self {
-            LogDir::Real(_) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(path)?;
-                Ok(Arc::new(file))
-            }
-            LogDir::Sim(disk, _) => {
-                disk.remove(&path);
-                Ok(Arc::new(disk.open(&path)))
-            }
-        }
-    }
-
-    /// Gives prepared spare `seq` its spare name.
-    pub fn finish_spare(&self, seq: u64) -> io::Result<()> {
-        self.rename(&self.preparing_path(seq), &self.spare_path(seq))
-    }
-
-    /// Deletes spare `seq` under its preparing name.
-    pub fn remove_preparing(&self, seq: u64) -> io::Result<()> {
-        self.remove_path(self.preparing_path(seq))
-    }
-
-    /// Preparing files present (leftovers of a crash), by number.
-    pub fn preparing(&self) -> io::Result<Vec<u64>> {
-        self.list_suffix(PREPARING_SUFFIX)
     }
 
     /// Deletes spare `seq`.
