@@ -1213,17 +1213,17 @@ mod tests {
         let ldir = LogDir::Real(dir.path().join("log"));
         futures::executor::block_on(async {
             let log = CoreLog::open_with(ldir.clone(), 2048).unwrap();
-            for index in 1..=200 {
+            for index in 1..=400 {
                 append_durably(&log, 1, vec![entry(1, index)]).await;
             }
             let before = ldir.list().unwrap();
             assert!(before.len() > LOG_SPARE_SEGMENTS_MAX + 2, "{before:?}");
-            log.purge(GroupId(1), log_id(1, 190)).await.unwrap();
+            log.purge(GroupId(1), log_id(1, 390)).await.unwrap();
             // The writer retires removed segments after the batch that removes them is durable.
-            append_durably(&log, 1, vec![entry(2, 201)]).await;
+            append_durably(&log, 1, vec![entry(2, 401)]).await;
             assert_eq!(ldir.spares().unwrap().len(), LOG_SPARE_SEGMENTS_MAX);
             assert!(ldir.list().unwrap().len() <= 2, "{:?}", ldir.list().unwrap());
-            for index in 202..=230 {
+            for index in 402..=430 {
                 append_durably(&log, 1, vec![entry(2, index)]).await;
             }
             assert!(ldir.spares().unwrap().len() < LOG_SPARE_SEGMENTS_MAX, "no spare was reused");
@@ -1242,9 +1242,9 @@ mod tests {
             .expect("no old record follows the reused segment's own");
         assert_ne!(u32_at(&bytes[old..], 12), Some(tag));
         let log = CoreLog::open_with(ldir.clone(), 2048).unwrap();
-        assert_eq!(indexes(&log, 1), (191..=230).collect::<Vec<_>>());
+        assert_eq!(indexes(&log, 1), (391..=430).collect::<Vec<_>>());
         let terms: Vec<u64> = log
-            .read(GroupId(1), Included(199), Included(202))
+            .read(GroupId(1), Included(399), Included(402))
             .unwrap()
             .iter()
             .map(|e| e.log_id.leader_id.term)
@@ -1266,6 +1266,7 @@ mod tests {
                     let log = CoreLog::open_with(dir.clone(), 1024).unwrap();
                     let mut acked = 0;
                     let mut reused = false;
+                    let mut spares_before = 0;
                     for index in 1..=150u64 {
                         let (tx, rx) = oneshot::channel();
                         let done: AppendDone = Box::new(move |r| drop(tx.send(r)));
@@ -1279,7 +1280,10 @@ mod tests {
                         if index % 20 == 0 && log.purge(GroupId(1), log_id(1, index - 5)).await.is_err() {
                             break;
                         }
-                        reused |= dir.spares().unwrap().len() < LOG_SPARE_SEGMENTS_MAX && index > 60;
+                        // Only a reuse takes a spare away.
+                        let spares = dir.spares().unwrap().len();
+                        reused |= spares < spares_before;
+                        spares_before = spares;
                     }
                     (acked, reused)
                 });
