@@ -15,6 +15,10 @@ pub const LOG_ZERO_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 /// Deleted log segments a core keeps as spares, reused (renamed) as later segments instead of
 /// writing zeros ahead of a new one's end (D61).
 pub const LOG_SPARE_SEGMENTS_MAX: usize = 8;
+/// A group whose live log entries all lie a whole segment behind has them copied forward when a
+/// segment starts, if it holds at most this many (and at most a quarter segment's bytes): a quiet
+/// group must not keep its busy neighbours' old segments alive (D62).
+pub const LOG_RELOCATE_ENTRIES_MAX: usize = 4096;
 /// A synced log record larger than this is written by the log thread even when the executor could
 /// write it itself (D60): a block of client-batched writes, whose write and sync take long enough
 /// that the executor has better to do meanwhile. A block of a hundred single writes is ~30 KB.

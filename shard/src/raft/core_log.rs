@@ -28,7 +28,8 @@
 
 use crate::codec::{decode, encode};
 use crate::constants::{
-    LOG_EXECUTOR_WRITE_BYTES_MAX, LOG_SEGMENT_BYTES, LOG_SPARE_SEGMENTS_MAX, LOG_WRITER_QUEUE_MAX,
+    LOG_EXECUTOR_WRITE_BYTES_MAX, LOG_RELOCATE_ENTRIES_MAX, LOG_SEGMENT_BYTES, LOG_SPARE_SEGMENTS_MAX,
+    LOG_WRITER_QUEUE_MAX,
 };
 use crate::error::ShardError;
 use crate::metrics::CodecKind;
@@ -126,6 +127,17 @@ pub enum SyncBy {
 /// losing it only means re-applying a little more after a crash).
 const UNSYNCED: Option<SyncBy> = None;
 
+/// Entries in stored form, with their log ids.
+type StoredEntries = Vec<(LogId, Vec<u8>)>;
+
+/// A copy of a quiet group's live entries (D62): once the record holding it (write sequence
+/// number `seq`) is durable, the group's index points at the copies.
+struct Relocation {
+    group: GroupId,
+    seq: u64,
+    locs: Vec<EntryLoc>,
+}
+
 /// A group's vote, committed and purged ids, as a segment header repeats them.
 type GroupMeta = (GroupId, Option<Vote>, Option<LogId>, Option<LogId>);
 
@@ -160,6 +172,11 @@ struct Inner {
     active: u64,
     /// The active segment's tag, sealed into each of its records (D61).
     active_tag: u32,
+    /// Write sequence numbers of the opening records of the active segment and the one before it:
+    /// once the latter is durable, every record of the older segments is written (D62).
+    opened_at: [u64; 2],
+    /// Copies of quiet groups' entries queued and not yet durable (D62).
+    relocations: Vec<Relocation>,
     next_offset: u64,
     next_seq: u64,
     queue: flume::Sender<WalCmd>,
@@ -466,6 +483,8 @@ impl CoreLog {
                 segments,
                 active: 0,
                 active_tag: 0,
+                opened_at: [0; 2],
+                relocations: Vec::new(),
                 next_offset: 0,
                 next_seq: 1,
                 queue,
@@ -621,7 +640,12 @@ impl CoreLog {
         };
         let mut opening = seg.to_le_bytes().to_vec();
         opening.extend_from_slice(&u64::from(prewritten > 0).to_le_bytes());
-        self.queue(encode_record(KIND_SEGMENT, GroupId(0), &opening), UNSYNCED, Done::Nothing)?;
+        let (opened, ..) =
+            self.queue(encode_record(KIND_SEGMENT, GroupId(0), &opening), UNSYNCED, Done::Nothing)?;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.opened_at = [opened, inner.opened_at[0]];
+        }
         for (group, vote, committed, purged) in metas {
             if let Some(vote) = vote {
                 self.queue(
@@ -645,7 +669,101 @@ impl CoreLog {
                 )?;
             }
         }
+        self.finish_relocations();
+        self.relocate_quiet_groups(seg)?;
+        self.remove_unneeded_segments()
+    }
+
+    /// Copies into the new segment `seg` the live entries of every group whose entries all lie at
+    /// least a whole segment behind and are few (D62): a quiet group (one that writes too little
+    /// to snapshot and purge) would otherwise keep every later segment of the core alive while its
+    /// busy neighbours purge theirs. The copies carry the same log ids, so replay takes them over
+    /// the originals (an entry at or below the last one replaces it). The group's index moves to
+    /// the copies only once they are durable (`finish_relocations`), and the old segments go after
+    /// that, once nothing else needs them.
+    fn relocate_quiet_groups(&self, seg: u64) -> Result<(), ShardError> {
+        let groups: Vec<GroupId> = {
+            let inner = self.inner.borrow();
+            // Only once every record of the segments behind the previous one is written.
+            if seg < 3 || self.flushed_seq() < inner.opened_at[1] {
+                return Ok(());
+            }
+            inner.groups.keys().copied().filter(|g| inner.relocations.iter().all(|r| r.group != *g)).collect()
+        };
+        for group in groups {
+            // Looked up afresh for each group: a copy that does not fit starts another segment.
+            let Some(entries) = self.quiet_entries(group, seg)? else { continue };
+            let (seq, at_seg, payload_at) =
+                self.queue(entries_record(group, &entries), UNSYNCED, Done::Nothing)?;
+            let mut locs = Vec::with_capacity(entries.len());
+            let mut at = payload_at + 4;
+            for (log_id, bytes) in &entries {
+                let len = bytes.len() as u32;
+                locs.push(EntryLoc { seg: at_seg, offset: at + 4, len, log_id: *log_id });
+                at += 4 + u64::from(len);
+            }
+            self.inner.borrow_mut().relocations.push(Relocation { group, seq, locs });
+        }
         Ok(())
+    }
+
+    /// `group`'s live entries (log ids and stored bytes), if all of them lie at least a whole
+    /// segment behind `seg` (so they are written) and they are few enough to copy.
+    fn quiet_entries(&self, group: GroupId, seg: u64) -> Result<Option<StoredEntries>, ShardError> {
+        let inner = self.inner.borrow();
+        let Some(log) = inner.groups.get(&group).filter(|log| log.broken.is_none()) else { return Ok(None) };
+        let (Some((_, first)), Some((_, last))) =
+            (log.entries.first_key_value(), log.entries.last_key_value())
+        else {
+            return Ok(None);
+        };
+        let bytes: u64 = log.entries.values().map(|l| u64::from(l.len)).sum();
+        if first.seg.max(last.seg) + 2 > seg
+            || log.entries.len() > LOG_RELOCATE_ENTRIES_MAX
+            || bytes > self.segment_bytes / 4
+        {
+            return Ok(None);
+        }
+        let mut entries = Vec::with_capacity(log.entries.len());
+        for loc in log.entries.values() {
+            let file = inner
+                .segments
+                .get(&loc.seg)
+                .ok_or_else(|| corrupt(format!("group {group}: segment {:016x} is gone", loc.seg)))?;
+            let mut stored = vec![0u8; loc.len as usize];
+            file.read_at(loc.offset, &mut stored).map_err(|e| io_err(&self.dir, e))?;
+            if stored_log_id(&stored) != Some(loc.log_id) {
+                return Err(corrupt(format!(
+                    "group {group}: entry at {:016x}+{} is not {}",
+                    loc.seg, loc.offset, loc.log_id
+                )));
+            }
+            entries.push((loc.log_id, stored));
+        }
+        Ok(Some(entries))
+    }
+
+    /// Points each relocated group's index at its copies once they are durable (D62); an entry
+    /// truncated or replaced since the copy keeps what the index says now.
+    fn finish_relocations(&self) {
+        let flushed = self.flushed_seq();
+        let mut inner = self.inner.borrow_mut();
+        let pending = std::mem::take(&mut inner.relocations);
+        for relocation in pending {
+            if relocation.seq > flushed {
+                inner.relocations.push(relocation);
+                continue;
+            }
+            if let Some(log) = inner.groups.get_mut(&relocation.group) {
+                for copy in relocation.locs {
+                    if let Some(now) = log.entries.get_mut(&copy.log_id.index) {
+                        if now.log_id == copy.log_id {
+                            *now = copy;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Segment `seg`'s file and how many of its bytes are written already: a kept spare renamed to
@@ -700,6 +818,7 @@ impl CoreLog {
     pub async fn purge(&self, group: GroupId, upto: LogId) -> Result<(), ShardError> {
         self.inner.borrow_mut().groups.entry(group).or_default().purge(upto);
         let waiting = self.queue_and_wait(KIND_PURGE, group, &log_id_bytes(&upto));
+        self.finish_relocations();
         self.remove_unneeded_segments()?;
         waiting.await
     }
@@ -1263,8 +1382,21 @@ mod tests {
                 let disk = SimDisk::new(nth, mode);
                 let dir = LogDir::Sim(disk.clone(), PathBuf::from("/sim/log"));
                 disk.arm(crate::storage::sim_disk::CutPlan { file: Some(".log".into()), nth: nth * 3 });
-                let (acked, reused) = futures::executor::block_on(async {
+                let (acked, reused, quiet) = futures::executor::block_on(async {
                     let log = CoreLog::open_with(dir.clone(), 1024).unwrap();
+                    // A quiet group, whose entries are copied forward (D62).
+                    let mut quiet = 0;
+                    for index in 1..=3u64 {
+                        let (tx, rx) = oneshot::channel();
+                        let done: AppendDone = Box::new(move |r| drop(tx.send(r)));
+                        if log.append(GroupId(2), &[entry(1, index)], SyncBy::IdleWriter, done).is_err()
+                            || rx.await.unwrap().is_err()
+                            || disk.is_cut()
+                        {
+                            break;
+                        }
+                        quiet = index;
+                    }
                     let mut acked = 0;
                     let mut reused = false;
                     let mut spares_before = 0;
@@ -1286,7 +1418,7 @@ mod tests {
                         reused |= spares < spares_before;
                         spares_before = spares;
                     }
-                    (acked, reused)
+                    (acked, reused, quiet)
                 });
                 if !disk.is_cut() {
                     disk.cut_now();
@@ -1300,6 +1432,12 @@ mod tests {
                     "{mode:?} cut {nth}: lost acked {acked}: {got:?}"
                 );
                 assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{mode:?} cut {nth}: {got:?}");
+                let got = indexes(&log, 2);
+                assert!(got.len() as u64 >= quiet, "{mode:?} cut {nth}: quiet group lost {quiet}: {got:?}");
+                assert!(
+                    got.iter().enumerate().all(|(i, x)| *x == i as u64 + 1),
+                    "{mode:?} cut {nth}: {got:?}"
+                );
                 if nth == 40 {
                     assert!(reused, "{mode:?}: no spare was reused before the cut");
                 }
@@ -1330,5 +1468,40 @@ mod tests {
         assert_eq!(stopped, end);
         assert!(records.iter().all(|r| u64_at(r.payload, 0).is_some_and(|from| from >= 100)));
         assert_eq!(parse_segment(&bytes[end..]).0.len(), 3, "the old records are valid under their own tag");
+    }
+
+    /// Proves relocation (D62): a quiet group's few entries, left behind in the first segment,
+    /// are copied forward as its busy neighbour rotates and purges, so the old segments go; reads
+    /// of the quiet group work throughout; after a reopen the quiet group has exactly its entries
+    /// and the busy one its live range.
+    #[test]
+    fn t10_a_quiet_group_does_not_keep_old_segments_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let ldir = LogDir::Real(dir.path().join("log"));
+        futures::executor::block_on(async {
+            let log = CoreLog::open_with(ldir.clone(), 2048).unwrap();
+            for index in 1..=3 {
+                append_durably(&log, 1, vec![entry(7, index)]).await;
+            }
+            for index in 1..=600 {
+                append_durably(&log, 2, vec![entry(1, index)]).await;
+                if index % 50 == 0 {
+                    log.purge(GroupId(2), log_id(1, index - 10)).await.unwrap();
+                    assert_eq!(indexes(&log, 1), vec![1, 2, 3]);
+                }
+            }
+            let left = ldir.list().unwrap();
+            assert!(left.len() <= 4, "old segments kept alive: {left:?}");
+        });
+        let log = CoreLog::open_with(ldir, 2048).unwrap();
+        assert_eq!(indexes(&log, 1), vec![1, 2, 3]);
+        let terms: Vec<u64> = log
+            .read(GroupId(1), Unbounded, Unbounded)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(terms, vec![7, 7, 7]);
+        assert_eq!(indexes(&log, 2), (591..=600).collect::<Vec<_>>());
     }
 }
