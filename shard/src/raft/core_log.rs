@@ -318,6 +318,21 @@ fn entries_record(group: GroupId, entries: &[(LogId, Vec<u8>)]) -> Vec<u8> {
     })
 }
 
+/// Where each entry of an entries record queued at `payload_at` of segment `seg` lies (its
+/// payload is `count u32`, then per entry `len u32` and the bytes).
+fn entry_locs(seg: u64, payload_at: u64, entries: &[(LogId, Vec<u8>)]) -> Vec<EntryLoc> {
+    let mut at = payload_at + 4;
+    entries
+        .iter()
+        .map(|(log_id, bytes)| {
+            let len = bytes.len() as u32;
+            let loc = EntryLoc { seg, offset: at + 4, len, log_id: *log_id };
+            at += 4 + u64::from(len);
+            loc
+        })
+        .collect()
+}
+
 /// Positions (relative to the payload) and log ids of an entries payload's entries.
 fn entries_in(payload: &[u8]) -> Option<Vec<(usize, u32, LogId)>> {
     let count = u32_at(payload, 0)? as usize;
@@ -695,13 +710,7 @@ impl CoreLog {
             let Some(entries) = self.quiet_entries(group, seg)? else { continue };
             let (seq, at_seg, payload_at) =
                 self.queue(entries_record(group, &entries), UNSYNCED, Done::Nothing)?;
-            let mut locs = Vec::with_capacity(entries.len());
-            let mut at = payload_at + 4;
-            for (log_id, bytes) in &entries {
-                let len = bytes.len() as u32;
-                locs.push(EntryLoc { seg: at_seg, offset: at + 4, len, log_id: *log_id });
-                at += 4 + u64::from(len);
-            }
+            let locs = entry_locs(at_seg, payload_at, &entries);
             self.inner.borrow_mut().relocations.push(Relocation { group, seq, locs });
         }
         Ok(())
@@ -712,13 +721,11 @@ impl CoreLog {
     fn quiet_entries(&self, group: GroupId, seg: u64) -> Result<Option<StoredEntries>, ShardError> {
         let inner = self.inner.borrow();
         let Some(log) = inner.groups.get(&group).filter(|log| log.broken.is_none()) else { return Ok(None) };
-        let (Some((_, first)), Some((_, last))) =
-            (log.entries.first_key_value(), log.entries.last_key_value())
-        else {
-            return Ok(None);
-        };
+        // Entries lie in segments in index order (each append and each copy goes to the active
+        // segment), so the last one's segment is the newest.
+        let Some((_, last)) = log.entries.last_key_value() else { return Ok(None) };
         let bytes: u64 = log.entries.values().map(|l| u64::from(l.len)).sum();
-        if first.seg.max(last.seg) + 2 > seg
+        if last.seg + 2 > seg
             || log.entries.len() > LOG_RELOCATE_ENTRIES_MAX
             || bytes > self.segment_bytes / 4
         {
@@ -726,12 +733,7 @@ impl CoreLog {
         }
         let mut entries = Vec::with_capacity(log.entries.len());
         for loc in log.entries.values() {
-            let file = inner
-                .segments
-                .get(&loc.seg)
-                .ok_or_else(|| corrupt(format!("group {group}: segment {:016x} is gone", loc.seg)))?;
-            let mut stored = vec![0u8; loc.len as usize];
-            file.read_at(loc.offset, &mut stored).map_err(|e| io_err(&self.dir, e))?;
+            let stored = self.stored(&inner, group, loc)?;
             if stored_log_id(&stored) != Some(loc.log_id) {
                 return Err(corrupt(format!(
                     "group {group}: entry at {:016x}+{} is not {}",
@@ -796,11 +798,8 @@ impl CoreLog {
             self.queue(entries_record(group, entries), Some(sync_by), Done::Append(done))?;
         let mut inner = self.inner.borrow_mut();
         let log = inner.groups.entry(group).or_default();
-        let mut at = payload_at + 4;
-        for (log_id, bytes) in entries {
-            let len = bytes.len() as u32;
-            log.insert(EntryLoc { seg, offset: at + 4, len, log_id: *log_id });
-            at += 4 + len as u64;
+        for loc in entry_locs(seg, payload_at, entries) {
+            log.insert(loc);
         }
         Ok(seq)
     }
@@ -886,12 +885,7 @@ impl CoreLog {
         let Some(log) = inner.groups.get(&group) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for loc in log.entries.range((lo, hi)).map(|(_, l)| *l) {
-            let file = inner
-                .segments
-                .get(&loc.seg)
-                .ok_or_else(|| corrupt(format!("group {group}: segment {:016x} is gone", loc.seg)))?;
-            let mut bytes = vec![0u8; loc.len as usize];
-            file.read_at(loc.offset, &mut bytes).map_err(|e| io_err(&self.dir, e))?;
+            let bytes = self.stored(&inner, group, &loc)?;
             let started = std::time::Instant::now();
             let entry = decode_entry(&bytes)?;
             let took = started.elapsed();
@@ -905,6 +899,17 @@ impl CoreLog {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// The stored bytes of `group`'s entry at `loc`, read from its segment file.
+    fn stored(&self, inner: &Inner, group: GroupId, loc: &EntryLoc) -> Result<Vec<u8>, ShardError> {
+        let file = inner
+            .segments
+            .get(&loc.seg)
+            .ok_or_else(|| corrupt(format!("group {group}: segment {:016x} is gone", loc.seg)))?;
+        let mut bytes = vec![0u8; loc.len as usize];
+        file.read_at(loc.offset, &mut bytes).map_err(|e| io_err(&self.dir, e))?;
+        Ok(bytes)
     }
 
     /// The log id at `index`, if the log holds that entry.
@@ -1201,24 +1206,22 @@ mod tests {
         let mut acked = [0u64; 3];
         for index in 1..=30u64 {
             for group in 0..3u32 {
-                let (tx, rx) = oneshot::channel();
-                if log
-                    .append(
-                        GroupId(group),
-                        &[entry(1, index)],
-                        SyncBy::IdleWriter,
-                        Box::new(move |r| drop(tx.send(r))),
-                    )
-                    .is_err()
-                {
-                    break;
-                }
-                if rx.await.unwrap().is_ok() && !disk.is_cut() {
+                if acked_before_cut(&log, group, index, &disk).await {
                     acked[group as usize] = index;
                 }
             }
         }
         acked
+    }
+
+    /// Appends entry `index` (term 1) to `group`; whether it was acknowledged before the disk was
+    /// cut.
+    async fn acked_before_cut(log: &CoreLog, group: u32, index: u64, disk: &SimDisk) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let done: AppendDone = Box::new(move |r| drop(tx.send(r)));
+        log.append(GroupId(group), &[entry(1, index)], SyncBy::IdleWriter, done).is_ok()
+            && rx.await.unwrap().is_ok()
+            && !disk.is_cut()
     }
 
     /// Replays the cut disk: every acknowledged entry is there, and each group's log is a
@@ -1387,12 +1390,7 @@ mod tests {
                     // A quiet group, whose entries are copied forward (D62).
                     let mut quiet = 0;
                     for index in 1..=3u64 {
-                        let (tx, rx) = oneshot::channel();
-                        let done: AppendDone = Box::new(move |r| drop(tx.send(r)));
-                        if log.append(GroupId(2), &[entry(1, index)], SyncBy::IdleWriter, done).is_err()
-                            || rx.await.unwrap().is_err()
-                            || disk.is_cut()
-                        {
+                        if !acked_before_cut(&log, 2, index, &disk).await {
                             break;
                         }
                         quiet = index;
@@ -1401,12 +1399,7 @@ mod tests {
                     let mut reused = false;
                     let mut spares_before = 0;
                     for index in 1..=150u64 {
-                        let (tx, rx) = oneshot::channel();
-                        let done: AppendDone = Box::new(move |r| drop(tx.send(r)));
-                        if log.append(GroupId(1), &[entry(1, index)], SyncBy::IdleWriter, done).is_err() {
-                            break;
-                        }
-                        if rx.await.unwrap().is_err() || disk.is_cut() {
+                        if !acked_before_cut(&log, 1, index, &disk).await {
                             break;
                         }
                         acked = index;
