@@ -2,7 +2,9 @@
 //! SPEC §7.6). One hash is two compressions of a single-chunk input, and the `blake3` crate runs
 //! them one at a time; a tree update has thousands of independent node hashes per level, so this
 //! runs [`LANES`] of them side by side, one input per vector lane (word `w` of every lane in one
-//! array), which the compiler turns into AVX-512 (or SSE2) instructions. The result is exactly
+//! array), which the compiler turns into AVX-512, AVX2 or SSE2 instructions, whichever the CPU has
+//! (chosen at run time). AVX2 matters: on this project's AVX2-only machines the SSE2 build of the
+//! same code took 118 ns a hash, no faster than one `blake3::hash`, and the AVX2 build 44 ns. The result is exactly
 //! `blake3::hash(input)`; the tests check that against the crate.
 
 use crate::types::Hash;
@@ -136,6 +138,12 @@ fn hash_all_avx512(inputs: &[[u8; INPUT_BYTES]], out: &mut [Hash]) {
     hash_groups(inputs, out);
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn hash_all_avx2(inputs: &[[u8; INPUT_BYTES]], out: &mut [Hash]) {
+    hash_groups(inputs, out);
+}
+
 fn hash_one_by_one(inputs: &[[u8; INPUT_BYTES]], out: &mut [Hash]) {
     for (input, out) in inputs.iter().zip(out.iter_mut()) {
         *out = *blake3::hash(input).as_bytes();
@@ -158,6 +166,12 @@ pub fn hash_all(inputs: &[[u8; INPUT_BYTES]], out: &mut [Hash]) {
     if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
         // SAFETY: the CPU has the features the function was compiled for (checked just above).
         unsafe { hash_all_avx512(inputs, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: as above, for AVX2.
+        unsafe { hash_all_avx2(inputs, out) };
         return;
     }
     hash_all_portable(inputs, out);
@@ -185,6 +199,13 @@ mod tests {
             let mut portable = vec![[0u8; 32]; n];
             hash_all_portable(&inputs[..n], &mut portable);
             assert_eq!(portable, out, "{n} inputs, portable");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![[0u8; 32]; n];
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { hash_all_avx2(&inputs[..n], &mut avx2) };
+                assert_eq!(avx2, out, "{n} inputs, AVX2");
+            }
         }
     }
 
