@@ -51,6 +51,19 @@ pub const JOURNAL_MERGE_STEP_BUDGET_MS: u64 = 400;
 pub const JOURNAL_MERGE_CLOCK_ROWS: usize = 1_024;
 /// Period of the durable state checkpoint while there is applied, un-checkpointed state.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// A redb file's first writes after a sync, up to this many bytes, are neither pushed nor paced
+/// (D64): a small checkpoint goes at once, as it did before.
+pub const CHECKPOINT_PACE_FREE_BYTES: u64 = 4 * 1024 * 1024;
+/// Past those, a redb file's writes are pushed to the disk each time this many bytes were written since the
+/// last push, and then paced (D64), so a checkpoint never queues megabytes ahead of a log sync.
+pub const CHECKPOINT_PUSH_BYTES: u64 = 256 * 1024;
+/// The pace of a checkpoint's writes: after each push, the writer sleeps what the pushed bytes
+/// take at this rate (D64: 32 MB/s per core left the log's syncs short on the project's disk, and
+/// slower rates did not shorten them further).
+pub const CHECKPOINT_PACE_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+/// At most this much pacing sleep between two syncs of a redb file: a large checkpoint (a journal
+/// merge step) writes the rest at full speed, so it still ends well inside its period (SPEC §8.5).
+pub const CHECKPOINT_PACE_BUDGET_MS: u64 = 300;
 /// How long `open_group` retries a redb file still held by a previous incarnation of the same
 /// group in this process (its I/O thread or tasks are still releasing it).
 pub const DB_OPEN_RETRY_MS_MAX: u64 = 5_000;

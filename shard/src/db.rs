@@ -3,6 +3,7 @@
 //! checkpoint alike.
 
 use crate::error::ShardError;
+use crate::storage::paced_file::PacedFileBackend;
 use crate::storage::sim_disk::SimDisk;
 use redb::Database;
 use std::path::Path;
@@ -14,7 +15,8 @@ pub fn open_db(path: &Path, cache_bytes: usize, sim: Option<&Arc<SimDisk>>) -> R
     let mut builder = Database::builder();
     builder.set_cache_size(cache_bytes);
     let opened = match sim {
-        None => builder.create(path),
+        // redb's file backend with paced writes (D64).
+        None => PacedFileBackend::open(path).and_then(|backend| builder.create_with_backend(backend)),
         Some(disk) => builder.create_with_backend(disk.open(path)),
     };
     opened.map_err(|e| ShardError::redb(format!("open {}", path.display()), e))

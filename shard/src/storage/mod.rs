@@ -9,6 +9,7 @@ pub mod archive_scan;
 pub mod checkpoint;
 pub mod dir_sync;
 pub mod log_files;
+pub mod paced_file;
 pub mod row_journal;
 pub mod sim_disk;
 pub mod snapshot;
