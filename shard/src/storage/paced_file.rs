@@ -8,9 +8,10 @@
 //! 10–11 ms with no checkpoint in the window). Here, past the first `CHECKPOINT_PACE_FREE_BYTES`
 //! after a sync (a small checkpoint goes at once, as before: pacing it only spread its cost over
 //! more of the log's syncs), every `CHECKPOINT_PUSH_BYTES` written are handed to the disk at once
-//! (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: writeback starts, nothing waits) and the writer, a blocking thread of the core, sleeps as long as those bytes take at
+//! (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: writeback starts, nothing waits) and the writer, a
+//! blocking thread of the core, sleeps as long as those bytes take at
 //! `CHECKPOINT_PACE_BYTES_PER_SEC`, up to `CHECKPOINT_PACE_BUDGET_MS` between two syncs. Each log
-//! sync then carries at most a push's worth of the checkpoint. Durability is unchanged: redb
+//! sync then carries at most about a push's worth of the checkpoint. Durability is unchanged: redb
 //! still syncs the file at its commit, and a push only starts early what that sync would write.
 
 use crate::constants::{
