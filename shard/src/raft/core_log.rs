@@ -724,11 +724,12 @@ impl CoreLog {
         // Entries lie in segments in index order (each append and each copy goes to the active
         // segment), so the last one's segment is the newest.
         let Some((_, last)) = log.entries.last_key_value() else { return Ok(None) };
+        // The cheap checks first: a busy group fails them without its entries being summed.
+        if last.seg + 2 > seg || log.entries.len() > LOG_RELOCATE_ENTRIES_MAX {
+            return Ok(None);
+        }
         let bytes: u64 = log.entries.values().map(|l| u64::from(l.len)).sum();
-        if last.seg + 2 > seg
-            || log.entries.len() > LOG_RELOCATE_ENTRIES_MAX
-            || bytes > self.segment_bytes / 4
-        {
+        if bytes > self.segment_bytes / 4 {
             return Ok(None);
         }
         let mut entries = Vec::with_capacity(log.entries.len());
