@@ -175,7 +175,7 @@ impl Dispatcher {
             flume::TrySendError::Full(_) => Status::exhausted("core 0 inbox is full"),
             flume::TrySendError::Disconnected(_) => Status::unavailable("node is shutting down"),
         })?;
-        let group = rx.await.map_err(|_| Status::unavailable("namespace lookup was dropped"))?;
+        let group = rx.await.map_err(|_| Status::unavailable("namespace lookup was dropped"))??;
         if let Some(group) = group {
             self.namespace_groups.borrow_mut().insert(namespace_id, group);
         }

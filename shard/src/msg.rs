@@ -52,8 +52,12 @@ pub enum ShardMsg {
     /// Node-level and registry requests (namespace/vault lifecycle, ListVaults, GetNodeInfo,
     /// HealthCheck); the router sends them to core 0, which owns group 0.
     Admin { envelope: RequestEnvelope, reply: ReplySender, forwarded: bool, caller: Caller },
-    /// Router → core 0: which group hosts this namespace? `None` = unknown or deleted.
-    ResolveNamespace { namespace_id: i64, reply: futures::channel::oneshot::Sender<Option<GroupId>> },
+    /// Router → core 0: which group hosts this namespace? `Ok(None)` = unknown or deleted; an
+    /// error when that could not be confirmed (no leader reachable).
+    ResolveNamespace {
+        namespace_id: i64,
+        reply: futures::channel::oneshot::Sender<Result<Option<GroupId>, ledger_wire::messages::Status>>,
+    },
     /// Core → core calls that are not client requests (scope creation in a data group, ListVaults
     /// fan-out, ...). Defined by the shard crate.
     Internal(crate::admin::internal::InternalMsg),

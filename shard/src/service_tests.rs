@@ -123,7 +123,7 @@ impl Node {
     async fn resolve(&self, namespace_id: i64) -> Option<GroupId> {
         let (tx, rx) = futures::channel::oneshot::channel();
         self.inbox.send_async(ShardMsg::ResolveNamespace { namespace_id, reply: tx }).await.unwrap();
-        rx.await.unwrap()
+        rx.await.unwrap().unwrap()
     }
 
     /// Sends one request the way the router would and waits for its answer.

@@ -294,7 +294,13 @@ pub fn ledger_admin_with(
 
 /// A fresh temporary directory removed on drop.
 pub fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("ledger-{tag}-")).tempdir().expect("tempdir")
+    // `LEDGER_TEST_KEEP_DIRS=1` keeps every test's directories (node logs) for a post-mortem.
+    let keep = std::env::var_os("LEDGER_TEST_KEEP_DIRS").is_some();
+    tempfile::Builder::new()
+        .prefix(&format!("ledger-{tag}-"))
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("tempdir")
 }
 
 impl ServerProcess {

@@ -420,6 +420,15 @@ async fn t03_majority_lost_writes_unavailable_reads_served_nothing_lost() {
         other => panic!("a write without a majority answered {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(12), "took {:?}", started.elapsed());
+    // A namespace the survivor does not know cannot be confirmed unknown without a leader: it
+    // answers a retryable status, not NotFound (its replica may only lag).
+    match survivor.read(namespace_id + 1000, None, "k").await {
+        Err(ledger_wire::error::ClientError::Status { code, message, .. }) => assert!(
+            matches!(code, StatusCode::Unavailable | StatusCode::NotLeader | StatusCode::DeadlineExceeded),
+            "{code:?}: {message}"
+        ),
+        other => panic!("an unconfirmed namespace miss answered {other:?}"),
+    }
     // Eventual reads are still served by the survivor.
     let value = survivor.read(namespace_id, Some(vault_id), "before:19").await.expect("eventual read");
     assert_eq!(value.as_deref(), Some(&b"v-before-19"[..]));

@@ -174,7 +174,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
     match request {
         Request::CreateNamespace { name, group_id } => create_namespace(shard, name, group_id).await,
         Request::DeleteNamespace { namespace_id } => delete_namespace(shard, namespace_id).await,
-        Request::GetNamespace { by } => get_namespace(shard, by).map(Response::GetNamespace),
+        Request::GetNamespace { by } => get_namespace_confirmed(shard, by).await.map(Response::GetNamespace),
         Request::ListNamespaces { page_token, page_size } => list_namespaces(shard, &page_token, page_size),
         Request::CreateVault { namespace_id, retention_policy, .. } => {
             create_vault(shard, namespace_id, retention_policy.unwrap_or_default()).await
@@ -410,31 +410,60 @@ pub fn resolve_namespace(shard: &Shard, namespace_id: i64) -> Option<GroupId> {
     namespace_group(shard, namespace_id).ok()
 }
 
-/// Answers a `ResolveNamespace`. A replica that does not lead `_system` may not have applied a
-/// namespace its leader just created: on a miss it asks the leader (SPEC §10.4: voter reads are
-/// authoritative) before saying "unknown".
-pub fn resolve_namespace_for(shard: &Rc<Shard>, namespace_id: i64, reply: oneshot::Sender<Option<GroupId>>) {
+/// Answers a `ResolveNamespace`. A miss is not believed at once: this replica of `_system` may
+/// lag its leader, and a leader just elected may not have applied its predecessor's last
+/// entries. So a miss is checked on the leader against its read index (SPEC §8.6) before it is
+/// answered "unknown"; a failure to check is `Unavailable` (retryable), never `NotFound`.
+pub fn resolve_namespace_for(
+    shard: &Rc<Shard>,
+    namespace_id: i64,
+    reply: oneshot::Sender<Result<Option<GroupId>, Status>>,
+) {
     let local = resolve_namespace(shard, namespace_id);
-    if local.is_some() || shard.config.cluster.is_none() || system_leader(shard) {
-        let _ = reply.send(local);
+    if local.is_some() {
+        let _ = reply.send(Ok(local));
         return;
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let Ok(group) = system_group(&shard) else {
-            let _ = reply.send(None);
-            return;
-        };
-        let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
-        let found =
-            match forward::to_leader(&shard.peers, &group, request, shard.config.forward_timeout).await {
-                Forwarded::Answer(Ok(Response::GetNamespace(info))) => Some(GroupId(info.group_id)),
-                Forwarded::Local => resolve_namespace(&shard, namespace_id),
-                Forwarded::Answer(_) => None,
-            };
-        let _ = reply.send(found);
+        let _ = reply.send(confirm_namespace_miss(&shard, namespace_id).await);
     })
     .detach();
+}
+
+/// The group of `namespace_id` as the `_system` leader knows it at its read index.
+async fn confirm_namespace_miss(shard: &Shard, namespace_id: i64) -> Result<Option<GroupId>, Status> {
+    let group = system_group(shard)?;
+    if shard.config.cluster.is_some() && !group.is_leader() {
+        let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
+        match forward::to_leader(&shard.peers, &group, request, shard.config.forward_timeout).await {
+            Forwarded::Answer(Ok(Response::GetNamespace(info))) if info.status == NamespaceStatus::Active => {
+                return Ok(Some(GroupId(info.group_id)))
+            }
+            Forwarded::Answer(Ok(Response::GetNamespace(_))) => return Ok(None),
+            Forwarded::Answer(Err(status)) if status.code == StatusCode::NotFound => return Ok(None),
+            Forwarded::Answer(Err(status)) => return Err(status),
+            Forwarded::Answer(Ok(other)) => {
+                return Err(Status::internal(format!("GetNamespace was answered with {other:?}")))
+            }
+            Forwarded::Local => {}
+        }
+    }
+    crate::read::reads::ensure_linearizable(&group).await?;
+    Ok(resolve_namespace(shard, namespace_id))
+}
+
+/// `GetNamespace`: a miss on the `_system` leader is checked again at its read index, so a
+/// leader just elected does not deny a namespace its predecessor created (a follower's answer
+/// is its own replica's, as for any eventual read).
+async fn get_namespace_confirmed(shard: &Shard, by: NamespaceSelector) -> Result<NamespaceInfo, Status> {
+    match get_namespace(shard, by.clone()) {
+        Err(status) if status.code == StatusCode::NotFound && system_leader(shard) => {
+            crate::read::reads::ensure_linearizable(&*system_group(shard)?).await?;
+            get_namespace(shard, by)
+        }
+        answer => answer,
+    }
 }
 
 fn group_record(system: &ScopeState, group: u32) -> Option<GroupRecord> {
