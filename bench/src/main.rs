@@ -7,6 +7,7 @@
 mod bench_budget;
 mod bench_codec;
 mod bench_hash;
+mod bench_idem;
 mod bench_redb;
 mod bench_tree;
 mod constants;
@@ -89,6 +90,7 @@ impl Options {
         names.extend(bench_tree::names(self.tree_rows()));
         names.extend(bench_codec::NAMES.iter().map(|s| s.to_string()));
         names.extend(bench_redb::NAMES.iter().map(|s| s.to_string()));
+        names.extend(bench_idem::NAMES.iter().map(|s| s.to_string()));
         names.extend(bench_budget::NAMES.iter().map(|s| s.to_string()));
         names
     }
@@ -129,6 +131,7 @@ fn run(options: &Options) -> Result<usize, BenchError> {
     bench_tree::run(options, &mut print);
     bench_codec::run(options, &mut print)?;
     bench_redb::run(options, &mut print)?;
+    bench_idem::run(options, &mut print);
     bench_budget::run(options, &mut print)?;
     Ok(count)
 }
@@ -202,10 +205,12 @@ mod tests {
         bench_hash::run(&o, &mut collect);
         bench_codec::run(&o, &mut collect).unwrap();
         bench_redb::run(&o, &mut collect).unwrap();
+        bench_idem::run(&o, &mut collect);
         bench_budget::run(&o, &mut collect).unwrap();
         let mut expected: Vec<String> = bench_hash::NAMES.iter().map(|s| s.to_string()).collect();
         expected.extend(bench_codec::NAMES.iter().map(|s| s.to_string()));
         expected.extend(bench_redb::NAMES.iter().map(|s| s.to_string()));
+        expected.extend(bench_idem::NAMES.iter().map(|s| s.to_string()));
         expected.extend(bench_budget::NAMES.iter().map(|s| s.to_string()));
         assert_eq!(names, expected);
     }

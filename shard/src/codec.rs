@@ -23,6 +23,29 @@ where
     }
 }
 
+/// Encodes `value` with rkyv into `buf` (cleared first) and returns its bytes: a caller that
+/// encodes many values in a row reuses one buffer instead of growing a new one and copying it
+/// out for each (`encode`).
+pub fn encode_in<'b, T>(value: &T, buf: &'b mut rkyv::util::AlignedVec) -> &'b [u8]
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::BoxedError,
+        >,
+    >,
+{
+    let mut taken = std::mem::take(buf);
+    taken.clear();
+    match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, taken) {
+        Ok(bytes) => *buf = bytes,
+        // As in `encode`: no failure mode short of allocation failure.
+        Err(e) => panic!("rkyv serialization of an in-memory value failed: {e}"),
+    }
+    buf.as_slice()
+}
+
 /// Decodes rkyv bytes of any alignment (redb values are not aligned: copy into an `AlignedVec`).
 pub fn decode<T>(what: &'static str, bytes: &[u8]) -> Result<T, ShardError>
 where

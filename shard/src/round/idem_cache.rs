@@ -4,54 +4,66 @@
 //! `per_client` entries per `(scope, client)` and at most `total` entries on the core, evicting
 //! the least recently used.
 //!
-//! The entries live in `SLOT_SHARDS` hash maps, each value boxed. A full cache inserts and evicts
-//! on every write, and a hash map that does so now and then rebuilds its whole table (to grow, or
-//! to clear the tombstones of removed entries). With one map of 100 k unboxed responses that
-//! rebuild moved tens of MB and stopped the core's executor for tens of ms, the p99 of every
-//! write on the core (D55); a shard holds 1/64 of the entries, each a pointer wide.
+//! A full cache inserts and evicts on every write, so both are O(1) and allocate nothing in the
+//! steady state (D66): entries live in a slab, linked in LRU order by index; a client's cached
+//! sequences are a deque of slab indexes in ascending order (a client commits its sequences in
+//! order); an evicted entry's slot, and its boxed response, are reused by the next insert. The
+//! slab only grows (to `total`), and each slot is a few words wide (D55: nothing large moves).
 
 use ledger_core::types::ScopeKey;
 use ledger_wire::messages::WriteSuccess;
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{HashMap, VecDeque};
 
-type ClientKey = (ScopeKey, String);
-type SlotKey = (ClientKey, u64);
+/// "No slot" in the LRU links.
+const NIL: u32 = u32::MAX;
 
-/// How many maps the entries are spread over (a power of two).
-const SLOT_SHARDS: usize = 64;
-
-struct Slot {
+/// One cached response, linked into the LRU list.
+struct Entry {
     value: Box<WriteSuccess>,
-    tick: u64,
+    client: u32,
+    sequence: u64,
+    /// Towards the most recently used end.
+    newer: u32,
+    /// Towards the least recently used end.
+    older: u32,
+}
+
+/// One `(scope, client)` with at least one cached sequence.
+struct ClientSlot {
+    scope: ScopeKey,
+    id: String,
+    /// `(sequence, entry)`, ascending by sequence.
+    sequences: VecDeque<(u64, u32)>,
 }
 
 pub struct IdemCache {
     total: usize,
     per_client: usize,
-    tick: u64,
-    /// Every entry, in the shard its key hashes to.
-    shards: Vec<HashMap<SlotKey, Slot>>,
-    shard_of: RandomState,
+    entries: Vec<Entry>,
+    free_entries: Vec<u32>,
+    /// Most and least recently used entries (NIL when empty).
+    newest: u32,
+    oldest: u32,
     len: usize,
-    /// tick → key, oldest first: the global LRU order.
-    order: BTreeMap<u64, SlotKey>,
-    /// Per client, its cached sequences in insertion order (for the per-client bound).
-    clients: HashMap<ClientKey, VecDeque<u64>>,
+    clients: Vec<ClientSlot>,
+    free_clients: Vec<u32>,
+    /// scope → client id → its slot in `clients` (looked up by `&str`, no allocation).
+    index: HashMap<ScopeKey, HashMap<String, u32>>,
 }
 
 impl IdemCache {
     pub fn new(total: usize, per_client: usize) -> Self {
         IdemCache {
-            total: total.max(1),
+            total: total.clamp(1, NIL as usize - 1),
             per_client: per_client.max(1),
-            tick: 0,
-            shards: (0..SLOT_SHARDS).map(|_| HashMap::new()).collect(),
-            shard_of: RandomState::new(),
+            entries: Vec::new(),
+            free_entries: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
             len: 0,
-            order: BTreeMap::new(),
-            clients: HashMap::new(),
+            clients: Vec::new(),
+            free_clients: Vec::new(),
+            index: HashMap::new(),
         }
     }
 
@@ -63,86 +75,200 @@ impl IdemCache {
         self.len == 0
     }
 
-    fn shard(&mut self, key: &SlotKey) -> &mut HashMap<SlotKey, Slot> {
-        let index = self.shard_of.hash_one(key) as usize & (SLOT_SHARDS - 1);
-        &mut self.shards[index]
+    fn client_of(&self, scope: ScopeKey, client_id: &str) -> Option<u32> {
+        self.index.get(&scope).and_then(|ids| ids.get(client_id)).copied()
+    }
+
+    /// The entry of `sequence` in `client`'s deque: `Ok(position)` or where it would go.
+    /// A new sequence goes at the back and an evicted one is at the front, so both ends are
+    /// looked at first: a search through a long deque misses the cache at every step.
+    fn position(&self, client: u32, sequence: u64) -> Result<usize, usize> {
+        let sequences = &self.clients[client as usize].sequences;
+        match (sequences.front(), sequences.back()) {
+            (None, _) | (_, None) => Err(0),
+            (_, Some(&(last, _))) if sequence > last => Err(sequences.len()),
+            (_, Some(&(last, _))) if sequence == last => Ok(sequences.len() - 1),
+            (Some(&(first, _)), _) if sequence < first => Err(0),
+            (Some(&(first, _)), _) if sequence == first => Ok(0),
+            _ => sequences.binary_search_by_key(&sequence, |&(s, _)| s),
+        }
     }
 
     /// The cached response for `(scope, client, sequence)`, refreshed as most recently used.
     pub fn get(&mut self, scope: ScopeKey, client_id: &str, sequence: u64) -> Option<WriteSuccess> {
-        let key = ((scope, client_id.to_string()), sequence);
-        self.tick += 1;
-        let tick = self.tick;
-        let Some(slot) = self.shard(&key).get_mut(&key) else {
+        let found = self
+            .client_of(scope, client_id)
+            .and_then(|c| self.position(c, sequence).ok().map(|p| self.clients[c as usize].sequences[p].1));
+        let Some(entry) = found else {
             crate::metrics::with(|m| m.idem_misses += 1);
             return None;
         };
         crate::metrics::with(|m| m.idem_hits += 1);
-        let old = std::mem::replace(&mut slot.tick, tick);
-        let value = (*slot.value).clone();
-        if let Some(k) = self.order.remove(&old) {
-            self.order.insert(tick, k);
-        }
-        Some(value)
+        self.unlink(entry);
+        self.link_newest(entry);
+        Some((*self.entries[entry as usize].value).clone())
     }
 
     pub fn insert(&mut self, scope: ScopeKey, client_id: &str, sequence: u64, value: WriteSuccess) {
-        let client: ClientKey = (scope, client_id.to_string());
-        let key = (client.clone(), sequence);
-        self.tick += 1;
-        let tick = self.tick;
-        // One lookup for both cases: the key's shard is hashed once, its slot found once.
-        match self.shard(&key).entry(key.clone()) {
-            Entry::Occupied(mut occupied) => {
-                let slot = occupied.get_mut();
-                let old = std::mem::replace(&mut slot.tick, tick);
-                *slot.value = value;
-                self.order.remove(&old);
-                self.order.insert(tick, key);
+        if let Some(client) = self.client_of(scope, client_id) {
+            if let Ok(p) = self.position(client, sequence) {
+                // The same sequence again: the newer response replaces the cached one.
+                let entry = self.clients[client as usize].sequences[p].1;
+                *self.entries[entry as usize].value = value;
+                self.unlink(entry);
+                self.link_newest(entry);
                 return;
             }
-            Entry::Vacant(vacant) => {
-                vacant.insert(Slot { value: Box::new(value), tick });
+        }
+        // Room first: the evicted entry may be this client's last, which frees its slot.
+        if self.len >= self.total {
+            self.evict(self.oldest);
+        }
+        let client = match self.client_of(scope, client_id) {
+            Some(client) => client,
+            None => self.add_client(scope, client_id),
+        };
+        let at = match self.position(client, sequence) {
+            Ok(p) | Err(p) => p,
+        };
+        let entry = self.new_entry(value, client, sequence);
+        self.clients[client as usize].sequences.insert(at, (sequence, entry));
+        if self.clients[client as usize].sequences.len() > self.per_client {
+            if let Some(&(_, oldest)) = self.clients[client as usize].sequences.front() {
+                self.evict(oldest);
             }
         }
+        assert!(self.len <= self.total, "the idempotency cache outgrew its bound");
+    }
+
+    fn add_client(&mut self, scope: ScopeKey, client_id: &str) -> u32 {
+        let slot = ClientSlot { scope, id: client_id.to_string(), sequences: VecDeque::new() };
+        let client = match self.free_clients.pop() {
+            Some(c) => {
+                self.clients[c as usize] = slot;
+                c
+            }
+            None => {
+                self.clients.push(slot);
+                (self.clients.len() - 1) as u32
+            }
+        };
+        self.index.entry(scope).or_default().insert(client_id.to_string(), client);
+        client
+    }
+
+    fn new_entry(&mut self, value: WriteSuccess, client: u32, sequence: u64) -> u32 {
+        let entry = match self.free_entries.pop() {
+            Some(e) => {
+                let slot = &mut self.entries[e as usize];
+                *slot.value = value;
+                slot.client = client;
+                slot.sequence = sequence;
+                e
+            }
+            None => {
+                let value = Box::new(value);
+                self.entries.push(Entry { value, client, sequence, newer: NIL, older: NIL });
+                (self.entries.len() - 1) as u32
+            }
+        };
         self.len += 1;
-        self.order.insert(tick, key);
-        let seqs = self.clients.entry(client.clone()).or_default();
-        seqs.push_back(sequence);
-        if seqs.len() > self.per_client {
-            if let Some(oldest) = seqs.pop_front() {
-                self.remove_slot(&(client, oldest));
-                crate::metrics::with(|m| m.idem_evictions += 1);
-            }
-        }
-        while self.len > self.total {
-            let Some((_, victim)) = self.order.pop_first() else { break };
-            if self.shard(&victim).remove(&victim).is_some() {
-                self.len -= 1;
-            }
-            self.forget_in_client(&victim);
-            crate::metrics::with(|m| m.idem_evictions += 1);
-        }
-        assert!(self.len == self.order.len());
+        self.link_newest(entry);
+        entry
     }
 
-    fn remove_slot(&mut self, key: &SlotKey) {
-        if let Some(slot) = self.shard(key).remove(key) {
-            self.len -= 1;
-            self.order.remove(&slot.tick);
+    /// Drops `entry` from the LRU list and from its client (the client too once it is empty).
+    fn evict(&mut self, entry: u32) {
+        if entry == NIL {
+            return;
         }
+        self.unlink(entry);
+        let (client, sequence) = {
+            let e = &self.entries[entry as usize];
+            (e.client, e.sequence)
+        };
+        if let Ok(p) = self.position(client, sequence) {
+            self.clients[client as usize].sequences.remove(p);
+        }
+        let slot = &self.clients[client as usize];
+        if slot.sequences.is_empty() {
+            if let Some(ids) = self.index.get_mut(&slot.scope) {
+                ids.remove(slot.id.as_str());
+                if ids.is_empty() {
+                    self.index.remove(&slot.scope);
+                }
+            }
+            self.free_clients.push(client);
+        }
+        self.free_entries.push(entry);
+        self.len -= 1;
+        crate::metrics::with(|m| m.idem_evictions += 1);
     }
 
-    fn forget_in_client(&mut self, key: &SlotKey) {
-        let (client, seq) = key;
-        if let Some(seqs) = self.clients.get_mut(client) {
-            if let Some(pos) = seqs.iter().position(|s| s == seq) {
-                seqs.remove(pos);
-            }
-            if seqs.is_empty() {
-                self.clients.remove(client);
-            }
+    fn unlink(&mut self, entry: u32) {
+        let (newer, older) = {
+            let e = &self.entries[entry as usize];
+            (e.newer, e.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.entries[n as usize].older = older,
         }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.entries[o as usize].newer = newer,
+        }
+        let e = &mut self.entries[entry as usize];
+        e.newer = NIL;
+        e.older = NIL;
+    }
+
+    fn link_newest(&mut self, entry: u32) {
+        let old_newest = self.newest;
+        {
+            let e = &mut self.entries[entry as usize];
+            e.older = old_newest;
+            e.newer = NIL;
+        }
+        match old_newest {
+            NIL => self.oldest = entry,
+            n => self.entries[n as usize].newer = entry,
+        }
+        self.newest = entry;
+    }
+
+    /// O(n) self-check of the links, the client deques and the counts (tests, debug builds).
+    #[cfg(any(test, debug_assertions))]
+    pub fn check(&self) {
+        let mut walked = 0;
+        let mut at = self.newest;
+        let mut newer = NIL;
+        while at != NIL {
+            let e = &self.entries[at as usize];
+            assert_eq!(e.newer, newer, "LRU back link");
+            let slot = &self.clients[e.client as usize];
+            assert!(
+                slot.sequences.iter().any(|&(s, i)| s == e.sequence && i == at),
+                "entry not in its client"
+            );
+            walked += 1;
+            newer = at;
+            at = e.older;
+        }
+        assert_eq!(newer, self.oldest, "LRU tail");
+        assert_eq!(walked, self.len, "LRU length");
+        let in_clients: usize = self
+            .index
+            .values()
+            .flat_map(|ids| ids.values())
+            .map(|&c| {
+                let q = &self.clients[c as usize].sequences;
+                assert!(q.iter().zip(q.iter().skip(1)).all(|(a, b)| a.0 < b.0), "client sequences ascend");
+                assert!(q.len() <= self.per_client, "per-client bound");
+                q.len()
+            })
+            .sum();
+        assert_eq!(in_clients, self.len, "entries in clients");
     }
 }
 
@@ -196,7 +322,8 @@ mod tests {
         assert!(c.get(scope(), "c", 1).is_some());
         assert_eq!(c.len(), 2);
         // Client bookkeeping of the evicted entry is gone, so "b" can fill its quota again.
-        assert!(!c.clients.contains_key(&(scope(), "b".to_string())));
+        assert!(c.client_of(scope(), "b").is_none());
+        c.check();
     }
 
     /// Many clients over many shards: the bound holds, the newest entries stay and come back
@@ -208,11 +335,10 @@ mod tests {
         for s in 1..=200u64 {
             for client in &clients {
                 c.insert(scope(), client, s, success(s));
-                assert_eq!(c.len(), c.order.len());
             }
+            c.check();
         }
         assert_eq!(c.len(), 1000);
-        assert_eq!(c.shards.iter().map(HashMap::len).sum::<usize>(), 1000);
         for client in &clients {
             for s in 181..=200 {
                 assert_eq!(c.get(scope(), client, s), Some(success(s)), "{client} {s}");
@@ -229,5 +355,85 @@ mod tests {
         c.insert(scope(), "a", 1, success(1));
         assert!(c.get(other, "a", 1).is_none());
         assert!(c.get(scope(), "a", 1).is_some());
+    }
+    /// Against a plain model (a list in LRU order, oldest first) under random inserts, repeats
+    /// and gets over a few scopes and clients: the same entries, the same answers, every step.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Insert the client's next sequence (or repeat its last one).
+            Insert {
+                scope: u8,
+                client: u8,
+                repeat: bool,
+            },
+            Get {
+                scope: u8,
+                client: u8,
+                back: u8,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..2u8, 0..5u8, proptest::bool::weighted(0.1))
+                    .prop_map(|(scope, client, repeat)| Op::Insert { scope, client, repeat }),
+                1 => (0..2u8, 0..5u8, 0..8u8).prop_map(|(scope, client, back)| Op::Get { scope, client, back }),
+            ]
+        }
+
+        fn key(scope: u8) -> ScopeKey {
+            ScopeKey { namespace_id: NamespaceId(1), vault_id: VaultId(i64::from(scope)) }
+        }
+
+        proptest! {
+            #[test]
+            fn p01_matches_a_plain_lru(ops in proptest::collection::vec(op(), 1..400), total in 1..12usize, per in 1..5usize) {
+                let mut cache = IdemCache::new(total, per);
+                // (scope, client, sequence) in LRU order, oldest first.
+                let mut model: Vec<(u8, u8, u64)> = Vec::new();
+                let mut next = std::collections::HashMap::<(u8, u8), u64>::new();
+                for op in ops {
+                    match op {
+                        Op::Insert { scope, client, repeat } => {
+                            let last = next.get(&(scope, client)).copied().unwrap_or(0);
+                            let seq = if repeat && last > 0 { last } else { last + 1 };
+                            next.insert((scope, client), seq);
+                            cache.insert(key(scope), &format!("c{client}"), seq, success(seq));
+                            if let Some(i) = model.iter().position(|e| *e == (scope, client, seq)) {
+                                model.remove(i);
+                            } else if model.len() >= total {
+                                model.remove(0);
+                            }
+                            model.push((scope, client, seq));
+                            let mine: Vec<usize> = model.iter().enumerate()
+                                .filter(|(_, e)| e.0 == scope && e.1 == client).map(|(i, _)| i).collect();
+                            if mine.len() > per {
+                                let oldest_seq = mine.iter().map(|&i| model[i].2).min().unwrap();
+                                model.retain(|e| *e != (scope, client, oldest_seq));
+                            }
+                        }
+                        Op::Get { scope, client, back } => {
+                            let last = next.get(&(scope, client)).copied().unwrap_or(0);
+                            let seq = last.saturating_sub(u64::from(back));
+                            let got = cache.get(key(scope), &format!("c{client}"), seq);
+                            match model.iter().position(|e| *e == (scope, client, seq)) {
+                                Some(i) => {
+                                    prop_assert_eq!(got, Some(success(seq)));
+                                    let e = model.remove(i);
+                                    model.push(e);
+                                }
+                                None => prop_assert_eq!(got, None),
+                            }
+                        }
+                    }
+                    cache.check();
+                    prop_assert_eq!(cache.len(), model.len());
+                }
+            }
+        }
     }
 }

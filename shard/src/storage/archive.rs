@@ -14,7 +14,7 @@
 //! a block whose body row is missing is returned with an empty transaction list. Off-core scans
 //! (snapshots, integrity checks, compaction) read the tables through `archive_scan.rs`.
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode_in};
 use crate::constants::ARCHIVE_RANGE_BLOCKS_MAX;
 use crate::error::ShardError;
 use ledger_core::types::{
@@ -125,19 +125,21 @@ impl ArchiveFlush {
             let mut bodies = txn.open_table(BODIES).map_err(|e| ShardError::redb("blocks.redb open", e))?;
             let mut index =
                 txn.open_table(VAULT_INDEX).map_err(|e| ShardError::redb("blocks.redb open", e))?;
+            // One buffer for every record and body of the flush.
+            let mut buf = rkyv::util::AlignedVec::new();
             for gb in &self.blocks {
-                let record = encode(&GroupBlockRecord::of(gb));
+                let record = encode_in(&GroupBlockRecord::of(gb), &mut buf);
                 groups
-                    .insert(gb.group_height, record.as_slice())
+                    .insert(gb.group_height, record)
                     .map_err(|e| ShardError::redb("blocks.redb insert", e))?;
                 for (i, entry) in gb.vault_entries.iter().enumerate() {
                     let i = u32::try_from(i).map_err(|_| ShardError::Corrupt {
                         what: "group block",
                         detail: format!("{} entries", gb.vault_entries.len()),
                     })?;
-                    let body = encode(&entry.transactions);
+                    let body = encode_in(&entry.transactions, &mut buf);
                     bodies
-                        .insert((gb.group_height, i), body.as_slice())
+                        .insert((gb.group_height, i), body)
                         .map_err(|e| ShardError::redb("blocks.redb insert", e))?;
                     index
                         .insert((scope_of(entry).scope_id(), entry.vault_height), (gb.group_height, i))
