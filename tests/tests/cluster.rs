@@ -539,6 +539,31 @@ async fn partition(cluster: &Cluster, ids: &BTreeMap<u64, usize>, isolated: Opti
     }
 }
 
+/// The `stale` flag of an eventual read of `key` on `client`'s node.
+async fn stale_flag(client: &Client, namespace_id: i64, vault_id: i64, key: &str) -> bool {
+    let request = Request::Read {
+        namespace_id,
+        vault_id: Some(vault_id),
+        key: key.into(),
+        consistency: ReadConsistency::Eventual,
+    };
+    match client.call(request).await.expect("eventual read") {
+        Response::Read { stale, .. } => stale,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits (at most 20 s) until node `i`'s eventual reads carry `stale == want` (SPEC §8.6: set
+/// after 2 × the election timeout without a leader, cleared once one is heard again).
+async fn await_stale(cluster: &Cluster, i: usize, namespace_id: i64, vault_id: i64, want: bool) {
+    let client = connect(cluster.addr(i)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stale_flag(&client, namespace_id, vault_id, "before:0").await != want {
+        assert!(Instant::now() < deadline, "node {i}: reads never said stale = {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges() {
     let _one = one_cluster();
@@ -573,6 +598,12 @@ async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges
     }
     let stale = minority.read(namespace_id, Some(vault_id), "before:9").await.expect("eventual read");
     assert_eq!(stale.as_deref(), Some(&b"v-before-9"[..]));
+    // Cut off, the old leader has heard from no quorum: its reads say they may be stale; the
+    // majority's replicas hear their new leader and say they are not.
+    await_stale(&cluster, leader, namespace_id, vault_id, true).await;
+    for &i in &majority {
+        await_stale(&cluster, i, namespace_id, vault_id, false).await;
+    }
     let missing = minority.read(namespace_id, Some(vault_id), "majority:9").await.expect("eventual read");
     assert_eq!(missing, None, "the minority replica saw a write it cannot have received");
     // Healed: the old leader steps down, receives what it missed, and all replicas agree.
@@ -580,6 +611,7 @@ async fn t06_partition_majority_commits_minority_cannot_then_heals_and_converges
     acks.extend(write_keys(cluster.addr(leader), namespace_id, Some(vault_id), "healed", 5).await);
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    await_stale(&cluster, leader, namespace_id, vault_id, false).await;
     for i in 0..3 {
         let client = connect(cluster.addr(i)).await;
         let value = client.read(namespace_id, Some(vault_id), "minority").await.expect("read");

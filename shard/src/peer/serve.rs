@@ -51,7 +51,12 @@ async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Sta
         PeerRequest::AppendEntries { vote, prev_log_id, entries, leader_commit, .. } => {
             let rpc = append_from_wire(vote, prev_log_id, &entries, leader_commit)
                 .map_err(|e| Status::invalid(format!("append entries for group {}: {e}", group.id)))?;
+            let received = std::time::Instant::now();
             let r = group.raft.append_entries(rpc).await.map_err(|e| raft_status(group, "append", e))?;
+            if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                // The sender leads this node's term: this replica has heard from a leader.
+                group.data.borrow().contact.heard_from_leader(received);
+            }
             PeerResponse::AppendEntries(append_response_to_wire(&r))
         }
         PeerRequest::InstallSnapshot { vote, meta, offset, data, done, .. } => {

@@ -3,11 +3,13 @@
 //! is the core's durable log file shared by its groups (`log_writer` writes and syncs it, on the
 //! log thread or the executor, D60), `log_store` a group's view of it for
 //! openraft; `network` is the peer transport (through the core's peer pool), and `commit_notice`
-//! spares followers the empty AppendEntries that only repeat a commit (D58); `state_machine` applies committed blocks to the group's
+//! spares followers the empty AppendEntries that only repeat a commit (D58); `contact` tracks
+//! when a replica last heard from its leader (the `stale` flag of reads); `state_machine` applies committed blocks to the group's
 //! state; `open` assembles a group from its files and starts openraft. Kept apart so that the
 //! cluster work finds openraft's side in one room.
 
 pub mod commit_notice;
+pub mod contact;
 pub mod core_log;
 pub mod log_store;
 pub mod log_writer;

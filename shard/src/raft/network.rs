@@ -9,6 +9,7 @@ use crate::constants::{
 use crate::peer::convert::*;
 use crate::peer::pool::{PeerError, PeerPool};
 use crate::raft::commit_notice::{Acked, CommitNotice, Due, Heartbeat};
+use crate::raft::contact::LeaderContact;
 use crate::raft::log_store::{clamp_to_durable, LogStore};
 use crate::raft::type_config::{Snapshot, TypeConfig, Vote};
 use ledger_core::types::GroupId;
@@ -51,12 +52,20 @@ pub struct PeerNetworkFactory {
     /// How long after an acknowledgement an empty AppendEntries may be answered here (D58).
     notice_window: Duration,
     heartbeat: Duration,
+    /// Where a peer's answer that accepted this node's term is noted (the `stale` flag).
+    contact: Rc<LeaderContact>,
 }
 
 impl PeerNetworkFactory {
-    pub fn new(group: GroupId, pool: Rc<PeerPool>, log: LogStore, heartbeat: Duration) -> PeerNetworkFactory {
+    pub fn new(
+        group: GroupId,
+        pool: Rc<PeerPool>,
+        log: LogStore,
+        heartbeat: Duration,
+        contact: Rc<LeaderContact>,
+    ) -> PeerNetworkFactory {
         let notice_window = COMMIT_NOTICE_WINDOW.min(heartbeat / 2);
-        PeerNetworkFactory { group, pool, log, notice_window, heartbeat }
+        PeerNetworkFactory { group, pool, log, notice_window, heartbeat, contact }
     }
 }
 
@@ -73,6 +82,7 @@ pub struct PeerClient {
     notice: Rc<RefCell<CommitNotice>>,
     notice_window: Duration,
     heartbeat: Duration,
+    contact: Rc<LeaderContact>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
@@ -88,6 +98,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             notice: Rc::default(),
             notice_window: self.notice_window,
             heartbeat: self.heartbeat,
+            contact: self.contact.clone(),
         }
     }
 }
@@ -241,9 +252,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         };
         // D58: only a plain success tells what the follower holds; anything else (a partial
         // success, a conflict, a higher vote, an error) makes the next empty call go out for real.
+        let sent_at = sent.at;
         match &result {
             Ok(AppendEntriesResponse::Success) => self.notice.borrow_mut().acked(send, sent),
             _ => self.notice.borrow_mut().forget(),
+        }
+        // Any answer but a higher vote accepted this node as the term's leader.
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.contact.acked_by(self.target, sent_at);
         }
         result
     }

@@ -233,6 +233,7 @@ pub async fn open_group_with(
     log_store.set_purge_limit(checkpointer.durable());
     let log_stats = log_store.stats();
     let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
+    let contact = data.borrow().contact.clone();
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
     log_store.set_node_id(config.node_id);
     let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()))
@@ -264,6 +265,7 @@ pub async fn open_group_with(
         pool,
         log_store.clone(),
         std::time::Duration::from_millis(config.raft_heartbeat_ms),
+        contact,
     );
     let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store.clone(), sm)
         .await

@@ -184,15 +184,14 @@ pub fn parse_relationship_key(key: &str) -> Option<Relationship> {
 /// Answers a scope read from applied state (the caller has done any linearizable check).
 /// `token_key` is required for list requests only.
 pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) -> Result<Response, Status> {
+    let stale = || group.is_stale();
     let data = group.data.borrow();
-    // SPEC §8.6 `stale`: approximated as "this replica knows no leader".
-    let stale = group.raft.metrics().borrow().current_leader.is_none();
     let now = now_secs();
     match request {
         Request::Read { namespace_id, vault_id, key, .. } => {
             let scope = readable_scope(&data, *namespace_id, *vault_id)?;
             let value = scope.get_entity(key).filter(|r| visible(r.expires_at, now)).map(|r| r.value.clone());
-            Ok(Response::Read { value, block_height: scope.meta.height, stale })
+            Ok(Response::Read { value, block_height: scope.meta.height, stale: stale() })
         }
         Request::BatchRead { namespace_id, vault_id, keys, .. } => {
             if keys.len() > BATCH_READ_KEYS_MAX {
@@ -210,7 +209,7 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
                     BatchReadItem { key: k.clone(), found: value.is_some(), value }
                 })
                 .collect();
-            Ok(Response::BatchRead { results, block_height: scope.meta.height, stale })
+            Ok(Response::BatchRead { results, block_height: scope.meta.height, stale: stale() })
         }
         Request::GetTip { namespace_id, vault_id } => {
             let scope = readable_scope(&data, *namespace_id, *vault_id)?;

@@ -307,6 +307,23 @@ impl Group {
         m.current_leader == Some(self.config.node_id) && m.state == openraft::ServerState::Leader
     }
 
+    /// SPEC §8.6 `stale`: this replica has not heard from a leader (or, leading, from a quorum)
+    /// for more than 2 × the election timeout, so its reads may be older than replication lag.
+    pub fn is_stale(&self) -> bool {
+        use crate::raft::contact::Standing;
+        let window = Duration::from_millis(self.config.raft_election_max_ms.saturating_mul(2));
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let me = self.config.node_id;
+        let standing = if m.current_leader == Some(me) && m.state == openraft::ServerState::Leader {
+            Standing::Leader { self_id: me, voters: m.membership_config.membership().voter_ids() }
+        } else {
+            Standing::Follower
+        };
+        let data = self.data.borrow();
+        data.contact.is_stale(standing, std::time::Instant::now(), window)
+    }
+
     /// Why openraft stopped this group, if it did (a log write failed: disk full, I/O error,
     /// or a failed apply). Such a group leads nothing until it is reopened.
     pub fn stopped(&self) -> Option<String> {

@@ -67,6 +67,8 @@ pub struct GroupData {
     /// A snapshot the peer service received and verified off the core, waiting for openraft to
     /// install it (`StateMachine::install_snapshot` takes it when the id matches).
     pub received_snapshot: Option<crate::storage::snapshot::VerifiedSnapshot>,
+    /// When this replica last heard from the group's leader (the `stale` flag, SPEC §8.6).
+    pub contact: std::rc::Rc<crate::raft::contact::LeaderContact>,
 }
 
 /// Receives the announcement of each scope block apply commits (see `on_block_applied`).
@@ -139,6 +141,7 @@ impl GroupData {
             trees: crate::round::tree_worker::TreeWorker::inline(),
             fault: None,
             received_snapshot: None,
+            contact: std::rc::Rc::default(),
         }
     }
 
