@@ -208,6 +208,7 @@ pub fn run_node_with(
             let faults = Arc::new(ledger_shard::faults::Faults::default());
             if config.test_faults {
                 faults.enable_peer_faults();
+                faults.arm_crash_marker(dir.root.join(ledger_shard::faults::CRASH_MARKER_FILE));
             }
             faults
         },

@@ -6,6 +6,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+/// The crash marker's file name in a `--test-faults` node's data directory
+/// (`Faults::arm_crash_marker`).
+pub const CRASH_MARKER_FILE: &str = "crash-before-final-config";
+
 /// The fault points of one node, shared by its groups through `ShardConfig::faults`.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -27,6 +31,10 @@ pub struct Faults {
     snapshot_failures: Mutex<Option<(u32, u32)>>,
     /// Abandons the next block round as it completes (as a lost leadership would).
     abandon_round: AtomicBool,
+    /// With `--test-faults`: a file whose presence makes this node abort as its leader is about
+    /// to append the final config that follows a joint one (a leader crash between the two
+    /// steps of a membership change, SPEC §10.7). The file is removed first: one crash.
+    crash_marker: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// Fails the next Raft log append that carries a group block, after holding it: the append is
@@ -52,6 +60,24 @@ impl Faults {
         }
         self.append_armed.store(false, Ordering::Release);
         self.append.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl Faults {
+    /// Arms the crash point at `marker` (only a `--test-faults` node does).
+    pub fn arm_crash_marker(&self, marker: std::path::PathBuf) {
+        *self.crash_marker.lock().unwrap_or_else(PoisonError::into_inner) = Some(marker);
+    }
+
+    /// Aborts the process if the crash marker exists (removing it first). Called by the log
+    /// store before it appends its own final config after a joint one.
+    pub(crate) fn crash_before_final_config(&self) {
+        let marker = self.crash_marker.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(marker) = marker.filter(|m| m.exists()) {
+            let _ = std::fs::remove_file(&marker);
+            eprintln!("test fault: crashing before the final config of a membership change");
+            std::process::abort();
+        }
     }
 }
 

@@ -237,6 +237,7 @@ async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
         for group in shard.group_list() {
             if group.is_leader() {
                 let _ = group.raft.trigger().heartbeat().await;
+                crate::admin::membership::complete_joint_config(&group);
             }
         }
     }

@@ -1118,3 +1118,104 @@ async fn t12_followers_of_an_idle_group_learn_each_commit_without_waiting_for_a_
     );
     assert_converged(&cluster, &[0, 1, 2], &[(namespace_id, Some(vault_id))], &acks, namespace_id).await;
 }
+
+/// Each group's voters as node `i` sees them (openraft lists a joint config's union).
+async fn group_voters(cluster: &Cluster, i: usize) -> BTreeMap<u32, Vec<u64>> {
+    let client = connect(cluster.addr(i)).await;
+    match client.call(Request::GetGroupStatus).await.expect("GetGroupStatus") {
+        Response::GetGroupStatus { groups, .. } => groups
+            .into_iter()
+            .map(|g| {
+                let mut voters = g.voters;
+                voters.sort_unstable();
+                (g.group_id, voters)
+            })
+            .collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_a_leader_crashed_between_joint_and_final_config_is_completed_by_its_successor() {
+    // SPEC §10.7: "leader crash between joint and final config (new leader completes)". The
+    // `_system` leader is armed to abort as it is about to append the final config of the first
+    // change it makes (removing node `leaver`), so that group is left joint: {all three} and
+    // {the two others}. The new config's quorum needs the crashed node, so the group waits for it;
+    // once it is back, whichever node leads completes the change without being asked again.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--test-faults", "true"]).collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let id_of = |i: usize| ids.iter().find(|(_, n)| **n == i).map(|(id, _)| *id).expect("node id");
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "joint").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let crasher = leader_of(&admin, &ids, 0, None).await;
+    let leaver = (0..3).find(|i| *i != crasher).expect("another node");
+    let stayer = (0..3).find(|i| *i != crasher && *i != leaver).expect("a third node");
+    let (crasher_id, leaver_id, stayer_id) = (id_of(crasher), id_of(leaver), id_of(stayer));
+    std::fs::write(cluster.nodes[crasher].data_dir.join(ledger_shard::faults::CRASH_MARKER_FILE), b"")
+        .expect("arm the crash marker");
+    // The leave is sent to the armed leader itself, and its client is stopped once that leader
+    // has crashed, so no one asks again (a follower would forward the request to the next
+    // leader, which would then finish the change as part of the leave).
+    let mut first_leave = std::process::Command::new(ledger_tests::binary("ledger-admin"))
+        .args([
+            "--addr",
+            cluster.addr(crasher),
+            "--timeout-secs",
+            "60",
+            "leave",
+            "--node",
+            &leaver_id.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ledger-admin leave");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.stderr(crasher).contains("test fault: crashing before the final config") {
+        assert!(Instant::now() < deadline, "the armed leader never crashed:\n{}", cluster.stderr(crasher));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = first_leave.kill();
+    let _ = first_leave.wait();
+    let two = {
+        let mut two = vec![crasher_id, stayer_id];
+        two.sort_unstable();
+        two
+    };
+    // The groups changed before the crash have the two voters; the interrupted one is joint (its
+    // voters, as listed, are still all three) and cannot change without the crashed node.
+    let completed = |voters: &BTreeMap<u32, Vec<u64>>| voters.values().filter(|v| **v == two).count();
+    let before = completed(&group_voters(&cluster, stayer).await);
+    cluster.kill9(crasher);
+    cluster.restart(crasher);
+    // No second request: the interrupted group is completed to the two remaining voters.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let voters = group_voters(&cluster, stayer).await;
+        if completed(&voters) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the joint config was never completed: {voters:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The leave, asked again, finishes the other groups; the cluster writes and converges.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (code, out) = admin_cli(cluster.addr(stayer), &["leave", "--node", &leaver_id.to_string()]);
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leave never succeeded: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for i in [crasher, stayer] {
+        let voters = group_voters(&cluster, i).await;
+        assert!(voters.values().all(|v| *v == two), "node {i}: {voters:?}");
+    }
+    acks.extend(write_keys(cluster.addr(stayer), namespace_id, Some(vault_id), "after", 5).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[crasher, stayer], &scopes, &acks, namespace_id).await;
+}

@@ -15,6 +15,7 @@ use ledger_wire::messages::{Request, Response, Status, StatusCode};
 use ledger_wire::peer::{MembershipChange, PeerRequest, PeerResponse};
 use openraft::ChangeMembers;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How long one group's change may take, catching a learner up included.
@@ -94,6 +95,35 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
         }
     }
     Ok(voters(group).into_iter().collect())
+}
+
+/// The voters a joint config of `group` is heading to, if its membership is joint.
+fn joint_target(group: &Group) -> Option<BTreeSet<u64>> {
+    let metrics = group.raft.metrics();
+    let m = metrics.borrow();
+    let configs = m.membership_config.membership().get_joint_config();
+    (configs.len() > 1).then(|| configs.last().cloned()).flatten()
+}
+
+/// Finishes a joint config that no change on this node is making (SPEC §10.7: a leader that
+/// crashed between the joint and the final config leaves the group joint, and its successor
+/// completes the change). Called by the leader at each heartbeat tick; cheap when not joint.
+/// A change this node is making holds the group's lock while it is joint, so it is left alone.
+pub fn complete_joint_config(group: &Rc<Group>) {
+    if joint_target(group).is_none() {
+        return;
+    }
+    let group = group.clone();
+    glommio::spawn_local(async move {
+        let Some(_one_at_a_time) = group.membership_lock.try_lock() else { return };
+        let Some(target) = joint_target(&group).filter(|_| group.is_leader()) else { return };
+        let voters: Vec<u64> = target.iter().copied().collect();
+        match group.raft.change_membership(ChangeMembers::ReplaceAllVoters(target), false).await {
+            Ok(_) => crate::event!(info, "joint_config_completed", group = %group.id, voters = ?voters),
+            Err(e) => crate::event!(warn, "joint_config_not_completed", group = %group.id, error = %e),
+        }
+    })
+    .detach();
 }
 
 /// Makes `change` on a group this core hosts: here if this node leads it, else on its leader.

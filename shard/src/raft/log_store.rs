@@ -224,6 +224,8 @@ struct LogCore {
     purge_limit: Option<Rc<Cell<Option<LogId>>>>,
     /// Fault-injection points (tests only arm them).
     faults: Arc<crate::faults::Faults>,
+    /// The last membership entry appended was a joint config (the test crash point only).
+    last_membership_joint: bool,
     /// This node's id once the group runs under Raft: its own entries appended as the leader of
     /// the current term are reported to openraft before they are durable (D50). `None` (storage
     /// tests): every append is reported once durable.
@@ -351,6 +353,7 @@ impl LogStore {
             committed: state.committed,
             purge_limit: None,
             faults: Arc::default(),
+            last_membership_joint: false,
             node_id: None,
             pending: VecDeque::new(),
             replicated: true,
@@ -506,6 +509,17 @@ impl LogStore {
         let mut encoded = Vec::new();
         let mut carries_block = false;
         let mut cached = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let own = core.appends_own_entries(&entries);
+        for entry in &entries {
+            if let EntryPayload::Membership(m) = &entry.payload {
+                let joint = m.get_joint_config().len() > 1;
+                if own && !joint && core.last_membership_joint {
+                    core.faults.crash_before_final_config();
+                }
+                core.last_membership_joint = joint;
+            }
+        }
         for entry in entries {
             carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
             // Timed here, on the core: the log thread only writes the bytes.
