@@ -431,8 +431,19 @@ pub fn resolve_namespace_for(
     .detach();
 }
 
-/// The group of `namespace_id` as the `_system` leader knows it at its read index.
+/// The group of `namespace_id` as the `_system` leader knows it at its read index. A failed
+/// check is `Unavailable` without a leader hint: the hint would name `_system`'s leader, not the
+/// namespace's, and a client would follow it.
 async fn confirm_namespace_miss(shard: &Shard, namespace_id: i64) -> Result<Option<GroupId>, Status> {
+    confirm_namespace_miss_at_leader(shard, namespace_id).await.map_err(|status| {
+        Status::unavailable(format!("namespace {namespace_id} could not be looked up: {}", status.message))
+    })
+}
+
+async fn confirm_namespace_miss_at_leader(
+    shard: &Shard,
+    namespace_id: i64,
+) -> Result<Option<GroupId>, Status> {
     let group = system_group(shard)?;
     if shard.config.cluster.is_some() && !group.is_leader() {
         let request = Request::GetNamespace { by: NamespaceSelector::Id(namespace_id) };
