@@ -4,43 +4,45 @@
 
 use crate::error::ShardError;
 
-/// Encodes `value` with rkyv.
-pub fn encode<T>(value: &T) -> Vec<u8>
-where
+/// A value the shard can encode with rkyv into an `AlignedVec` (one name for the bound).
+pub trait Encodable:
+    for<'a> rkyv::Serialize<
+    rkyv::api::high::HighSerializer<
+        rkyv::util::AlignedVec,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rkyv::rancor::BoxedError,
+    >,
+>
+{
+}
+
+impl<T> Encodable for T where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
             rkyv::util::AlignedVec,
             rkyv::ser::allocator::ArenaHandle<'a>,
             rkyv::rancor::BoxedError,
         >,
-    >,
+    >
 {
-    match rkyv::to_bytes::<rkyv::rancor::BoxedError>(value) {
-        Ok(bytes) => bytes.into_vec(),
-        // Serializing owned, in-memory values into a growable buffer has no failure mode short of
-        // allocation failure, which aborts anyway.
-        Err(e) => panic!("rkyv serialization of an in-memory value failed: {e}"),
-    }
+}
+
+/// Encodes `value` with rkyv.
+pub fn encode<T: Encodable>(value: &T) -> Vec<u8> {
+    let mut buf = rkyv::util::AlignedVec::new();
+    encode_in(value, &mut buf).to_vec()
 }
 
 /// Encodes `value` with rkyv into `buf` (cleared first) and returns its bytes: a caller that
 /// encodes many values in a row reuses one buffer instead of growing a new one and copying it
 /// out for each (`encode`).
-pub fn encode_in<'b, T>(value: &T, buf: &'b mut rkyv::util::AlignedVec) -> &'b [u8]
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::BoxedError,
-        >,
-    >,
-{
+pub fn encode_in<'b, T: Encodable>(value: &T, buf: &'b mut rkyv::util::AlignedVec) -> &'b [u8] {
     let mut taken = std::mem::take(buf);
     taken.clear();
     match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, taken) {
         Ok(bytes) => *buf = bytes,
-        // As in `encode`: no failure mode short of allocation failure.
+        // Serializing owned, in-memory values into a growable buffer has no failure mode short of
+        // allocation failure, which aborts anyway.
         Err(e) => panic!("rkyv serialization of an in-memory value failed: {e}"),
     }
     buf.as_slice()

@@ -509,18 +509,18 @@ impl LogStore {
         let mut encoded = Vec::new();
         let mut carries_block = false;
         let mut cached = Vec::new();
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let own = core.appends_own_entries(&entries);
-        for entry in &entries {
+        for entry in entries {
             if let EntryPayload::Membership(m) = &entry.payload {
+                // The test crash point (D68), before anything of this append is written.
                 let joint = m.get_joint_config().len() > 1;
-                if own && !joint && core.last_membership_joint {
+                if !joint
+                    && core.last_membership_joint
+                    && core.appends_own_entries(std::slice::from_ref(&entry))
+                {
                     core.faults.crash_before_final_config();
                 }
                 core.last_membership_joint = joint;
             }
-        }
-        for entry in entries {
             carries_block |= matches!(entry.payload, EntryPayload::Normal(LogPayload::Block(_)));
             // Timed here, on the core: the log thread only writes the bytes.
             let started = std::time::Instant::now();
