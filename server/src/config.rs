@@ -27,7 +27,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("discovery_cache_ttl_secs", "the peer cache, SPEC §10.3"),
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
-    ("node_heartbeat_timeout_secs", "automatic removal of a node that stays down, SPEC §10.6"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
     ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
 ];
@@ -85,6 +84,7 @@ pub mod defaults {
     pub const RETENTION_INTERVAL_SECS: u64 = 300;
     pub const INTEGRITY_INTERVAL_SECS: u64 = 3600;
     pub const GC_INTERVAL_SECS: u64 = 60;
+    pub const NODE_HEARTBEAT_TIMEOUT_SECS: u64 = 30;
     pub const STREAM_BUFFER: usize = 1024;
     pub const LOG_LEVEL: &str = "info";
     /// Not in SPEC §11.1 (which asks for JSON lines, §11.6; text is easier to read by eye).
@@ -279,6 +279,11 @@ pub struct ConfigLayer {
     /// Period of the GC of expired entities by each group's leader (SPEC §3.8; 0 = off).
     #[arg(long)]
     pub gc_interval_secs: Option<u64>,
+    /// Seconds without an answer to `_system`'s appends before its leader marks a member
+    /// unavailable; after as long again it removes the member from every group, if the voters
+    /// left keep a live quorum (SPEC §10.6; 0 = never).
+    #[arg(long)]
+    pub node_heartbeat_timeout_secs: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
     #[arg(long)]
@@ -394,6 +399,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "retention_interval_secs" => literal(RETENTION_INTERVAL_SECS),
         "integrity_interval_secs" => literal(INTEGRITY_INTERVAL_SECS),
         "gc_interval_secs" => literal(GC_INTERVAL_SECS),
+        "node_heartbeat_timeout_secs" => literal(NODE_HEARTBEAT_TIMEOUT_SECS),
         "stream_buffer" => literal(STREAM_BUFFER),
         "log_level" => literal(LOG_LEVEL),
         "log_format" => literal(LOG_FORMAT),
@@ -618,6 +624,9 @@ impl ConfigLayer {
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
             integrity_interval_secs: self.integrity_interval_secs.or(lower.integrity_interval_secs),
             gc_interval_secs: self.gc_interval_secs.or(lower.gc_interval_secs),
+            node_heartbeat_timeout_secs: self
+                .node_heartbeat_timeout_secs
+                .or(lower.node_heartbeat_timeout_secs),
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
@@ -674,6 +683,7 @@ pub struct Config {
     pub retention_interval_secs: u64,
     pub integrity_interval_secs: u64,
     pub gc_interval_secs: u64,
+    pub node_heartbeat_timeout_secs: u64,
     pub stream_buffer: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -856,6 +866,12 @@ impl Config {
             retention_interval_secs: pick!(flags, file, retention_interval_secs, RETENTION_INTERVAL_SECS),
             integrity_interval_secs: pick!(flags, file, integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
             gc_interval_secs: pick!(flags, file, gc_interval_secs, GC_INTERVAL_SECS),
+            node_heartbeat_timeout_secs: pick!(
+                flags,
+                file,
+                node_heartbeat_timeout_secs,
+                NODE_HEARTBEAT_TIMEOUT_SECS
+            ),
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
             log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),
             log_format: pick!(flags, file, log_format, LOG_FORMAT),
@@ -916,6 +932,14 @@ impl Config {
         }
         if self.raft_election_min_ms >= self.raft_election_max_ms {
             return invalid("raft_election_min_ms", "must be below raft_election_max_ms");
+        }
+        if self.node_heartbeat_timeout_secs != 0
+            && self.node_heartbeat_timeout_secs * 1000 <= self.raft_election_max_ms * 2
+        {
+            return invalid(
+                "node_heartbeat_timeout_secs",
+                "must be 0 (never remove a silent node) or longer than two election timeouts",
+            );
         }
         // `tracing` would read a bare word as a target to log at every level: only a level may
         // stand alone (`info`), a target needs its level (`ledger_shard=debug`).

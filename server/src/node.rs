@@ -221,6 +221,7 @@ pub fn run_node_with(
         vault_auto_recovery: config.vault_auto_recovery,
         integrity_interval_secs: config.integrity_interval_secs,
         gc_interval_secs: config.gc_interval_secs,
+        node_heartbeat_timeout_secs: config.node_heartbeat_timeout_secs,
         sim_disk: None,
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),

@@ -79,6 +79,9 @@ pub struct ShardConfig {
     pub integrity_interval_secs: u64,
     /// Period of the leader's GC of expired entities (SPEC §3.8; 0 = off).
     pub gc_interval_secs: u64,
+    /// The `_system` leader marks a member silent this long unavailable, and removes it after
+    /// as long again (SPEC §10.6, D69; 0 = never).
+    pub node_heartbeat_timeout_secs: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
     /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
@@ -166,6 +169,7 @@ impl ShardConfig {
             // Unit tests run GC on demand (`ForceGc`, gc.rs tests) so that no block appears
             // by itself.
             gc_interval_secs: 0,
+            node_heartbeat_timeout_secs: 0,
             sim_disk: None,
             events: None,
             peer_credential: Default::default(),

@@ -76,6 +76,8 @@ pub struct Shard {
     pub reopened: RefCell<BTreeMap<GroupId, (std::time::Instant, u32)>>,
     /// Set by `shutdown`: nothing reopens any more.
     closing: Cell<bool>,
+    /// On core 0 of a cluster node: which members the `_system` leader found silent (D69).
+    pub node_watch: RefCell<crate::admin::node_loss::NodeWatch>,
 }
 
 impl Shard {
@@ -126,6 +128,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let peers = PeerPool::new(&config);
     let limiter = RefCell::new(RateLimiter::new(config.rate_limit_rps));
+    let node_heartbeat_timeout_secs = config.node_heartbeat_timeout_secs;
     let shard = Rc::new(Shard {
         core,
         config,
@@ -143,6 +146,9 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         reopening: RefCell::new(BTreeMap::new()),
         reopened: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
+        node_watch: RefCell::new(crate::admin::node_loss::NodeWatch::new(std::time::Duration::from_secs(
+            node_heartbeat_timeout_secs,
+        ))),
     });
     for id in owned {
         match shard.open_group(id).await {
@@ -169,6 +175,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         // Leadership of `_system` comes later and moves: whoever holds it keeps the registry's
         // bootstrap records and scopes in order (admin/requests.rs).
         glommio::spawn_local(admin::requests::registry_keeper(shard.clone())).detach();
+        glommio::spawn_local(admin::node_loss::watch_members(Rc::downgrade(&shard))).detach();
     } else if core.0 == 0 {
         admin::requests::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {

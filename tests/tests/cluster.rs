@@ -1219,3 +1219,87 @@ async fn t13_a_leader_crashed_between_joint_and_final_config_is_completed_by_its
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[crasher, stayer], &scopes, &acks, namespace_id).await;
 }
+
+/// `cluster-status --format json`'s node entry for `node_id`, asked of node `i`.
+fn status_of_node(cluster: &Cluster, i: usize, node_id: u64) -> Option<serde_json::Value> {
+    let (_, out) = admin_cli(cluster.addr(i), &["--format", "json", "cluster-status"]);
+    let value: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or_default()).ok()?;
+    value["nodes"].as_array()?.iter().find(|n| n["node_id"].as_u64() == Some(node_id)).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t14_a_node_that_stays_down_is_marked_unavailable_then_removed() {
+    // SPEC §10.6 (D69): the `_system` leader marks a member silent for `node_heartbeat_timeout_secs`
+    // unavailable and removes it from every group after as long again, since the two voters
+    // left are a live quorum. The node killed here leads `_system`, so its successor counts from
+    // its own term's start. Back with its old data directory, the removed node is told it is no
+    // member, and the two others go on without it.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--node-heartbeat-timeout-secs", "2"]).collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let id_of = |i: usize| ids.iter().find(|(_, n)| **n == i).map(|(id, _)| *id).expect("node id");
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "node-loss").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
+    let lost = leader_of(&admin, &ids, 0, None).await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != lost).collect();
+    let lost_id = id_of(lost);
+    cluster.kill9(lost);
+    // Marked unavailable first: `cluster-status` shows it (any survivor asks the new leader).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut marked = false;
+    let mut groups_removed = false;
+    while !groups_removed {
+        if let Some(node) = status_of_node(&cluster, survivors[0], lost_id) {
+            marked |= node["marked_unavailable"] == serde_json::Value::Bool(true);
+        }
+        let voters = group_voters(&cluster, survivors[0]).await;
+        groups_removed = voters.values().all(|v| !v.contains(&lost_id));
+        assert!(Instant::now() < deadline, "node {lost_id} was never removed: {voters:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log: String = survivors.iter().map(|&i| cluster.stderr(i)).collect();
+    assert!(marked || log.contains("event=node_unavailable"), "never marked unavailable first:\n{log}");
+    assert!(log.contains("event=node_removed"), "no removal event:\n{log}");
+    let two = {
+        let mut two: Vec<u64> = survivors.iter().map(|&i| id_of(i)).collect();
+        two.sort_unstable();
+        two
+    };
+    // Every group on both survivors ends with the two of them; the member list drops the node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &i in &survivors {
+        loop {
+            let voters = group_voters(&cluster, i).await;
+            if voters.values().all(|v| *v == two) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i}: {voters:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let client = connect(cluster.addr(survivors[0])).await;
+    match client.call(Request::GetClusterInfo).await.expect("GetClusterInfo") {
+        Response::GetClusterInfo { members, .. } => {
+            assert!(members.iter().all(|m| m.node_id != lost_id), "still listed: {members:?}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    acks.extend(write_keys(cluster.addr(survivors[1]), namespace_id, Some(vault_id), "after", 10).await);
+    // Back with its old data directory: its vote requests are refused as a non-member's, and
+    // the others keep their two voters and keep writing.
+    cluster.restart(lost);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.stderr(lost).contains("event=not_a_member") {
+        assert!(Instant::now() < deadline, "the removed node was never told:\n{}", cluster.stderr(lost));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acks.extend(write_keys(cluster.addr(survivors[0]), namespace_id, Some(vault_id), "back", 10).await);
+    for &i in &survivors {
+        let voters = group_voters(&cluster, i).await;
+        assert!(voters.values().all(|v| *v == two), "node {i}: {voters:?}");
+    }
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &survivors, &scopes, &acks, namespace_id).await;
+}

@@ -778,6 +778,11 @@ pub struct ClusterMember {
     pub address: String,
     pub role: MemberRole,
     pub is_leader: bool,
+    /// Milliseconds since `_system`'s leader last heard from this member: known only when the
+    /// answering node is that leader (`None` elsewhere, and for the leader itself).
+    pub heard_ms_ago: Option<u64>,
+    /// `_system`'s leader has marked it unavailable (SPEC §10.6, D69).
+    pub unavailable: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::cli::render::{self, hex};
 use crate::cli::{connect, out, CliError};
 use ledger_core::types::{Hash, VaultHealth};
 use ledger_wire::client::{CallOptions, Client, ClientOptions};
-use ledger_wire::messages::{GroupLag, GroupStatusInfo, MemberRole, Request, Response};
+use ledger_wire::messages::{ClusterMember, GroupLag, GroupStatusInfo, MemberRole, Request, Response};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -107,9 +107,39 @@ struct NodeView {
     address: String,
     role: MemberRole,
     is_leader: bool,
+    /// From `_system`'s leader: how long since it heard from the node, and whether it marked
+    /// the node unavailable (SPEC §10.6).
+    heard_ms_ago: Option<u64>,
+    marked_unavailable: bool,
     health: String,
     groups: Vec<GroupStatusInfo>,
     error: Option<String>,
+}
+
+/// The members as `_system`'s leader sees them (it alone knows when it last heard from each):
+/// asked of the leader when `--addr` is another node; empty when it cannot be reached.
+async fn members_seen_by_leader(members: &[ClusterMember], options: &ClientOptions) -> Vec<ClusterMember> {
+    if members.iter().any(|m| m.heard_ms_ago.is_some()) {
+        return members.to_vec();
+    }
+    let Some(leader) = members.iter().find(|m| m.is_leader) else { return Vec::new() };
+    let Ok(client) = connect(&leader.address, options.clone()).await else { return Vec::new() };
+    match client.call(Request::GetClusterInfo).await {
+        Ok(Response::GetClusterInfo { members, .. }) => members,
+        _ => Vec::new(),
+    }
+}
+
+/// The HEARD column: the age of `_system`'s leader's last answer from the node, `unavailable`
+/// once that leader marked it so, `-` for the leader itself or when unknown.
+fn heard(n: &NodeView) -> String {
+    match (n.heard_ms_ago, n.marked_unavailable) {
+        (Some(ms), true) => format!("{:.1}s (unavailable)", ms as f64 / 1000.0),
+        (None, true) => "unavailable".into(),
+        (Some(ms), false) if ms < 10_000 => format!("{ms}ms"),
+        (Some(ms), false) => format!("{:.1}s", ms as f64 / 1000.0),
+        (None, false) => "-".into(),
+    }
 }
 
 /// `cluster-status`: the members from `--addr`, then every member's health and groups.
@@ -126,13 +156,17 @@ pub async fn cluster_status(
         Response::LagReport { groups } => groups,
         other => return Err(unexpected(&other)),
     };
+    let leader_view = members_seen_by_leader(&members, options).await;
     let mut nodes = Vec::new();
     for m in &members {
+        let seen = leader_view.iter().find(|l| l.node_id == m.node_id).unwrap_or(m);
         let mut view = NodeView {
             node_id: m.node_id,
             address: m.address.clone(),
             role: m.role,
             is_leader: m.is_leader,
+            heard_ms_ago: seen.heard_ms_ago,
+            marked_unavailable: seen.unavailable,
             health: "unavailable".into(),
             groups: Vec::new(),
             error: None,
@@ -223,6 +257,7 @@ pub async fn cluster_status(
                 "node_id": n.node_id, "address": n.address,
                 "role": if n.role == MemberRole::Voter { "voter" } else { "learner" },
                 "is_leader": n.is_leader, "health": n.health, "error": n.error,
+                "heard_ms_ago": n.heard_ms_ago, "marked_unavailable": n.marked_unavailable,
                 "groups_led": n.groups.iter().filter(|g| g.role == "leader").count(),
             })
         })
@@ -243,6 +278,7 @@ pub async fn cluster_status(
                     if n.role == MemberRole::Voter { "voter" } else { "learner" }.into(),
                     if n.is_leader { "yes" } else { "" }.into(),
                     n.groups.iter().filter(|g| g.role == "leader").count().to_string(),
+                    heard(n),
                     n.health.clone(),
                     n.error.clone().unwrap_or_default(),
                 ]
@@ -252,7 +288,7 @@ pub async fn cluster_status(
         format!(
             "cluster leader {leader}, term {term}, {} node(s)\n\n{}\n\n{}\n\n{summary}",
             nodes.len(),
-            table(&["NODE", "ADDRESS", "ROLE", "LEADER", "LEADS", "HEALTH", "ERROR"], &node_rows),
+            table(&["NODE", "ADDRESS", "ROLE", "LEADER", "LEADS", "HEARD", "HEALTH", "ERROR"], &node_rows),
             table(
                 &[
                     "GROUP",

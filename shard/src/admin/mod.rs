@@ -4,5 +4,6 @@
 
 pub mod internal;
 pub mod membership;
+pub mod node_loss;
 pub mod registry;
 pub mod requests;

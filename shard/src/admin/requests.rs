@@ -113,7 +113,7 @@ fn changes_registry(request: &Request) -> bool {
 
 /// SPEC §10.6 on the `_system` leader: the change in every group, one at a time (`_system`
 /// first when adding, last when removing); stops at the first group that refuses.
-async fn change_membership_everywhere(
+pub(crate) async fn change_membership_everywhere(
     shard: &Shard,
     change: MembershipChange,
 ) -> Result<Vec<(u32, Vec<u64>)>, Status> {

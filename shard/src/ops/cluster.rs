@@ -20,6 +20,8 @@ pub fn cluster_info(shard: &Shard) -> Result<Response, Status> {
     let m = metrics.borrow();
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let leading = m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader;
+    let (watch, data, now) = (shard.node_watch.borrow(), group.data.borrow(), std::time::Instant::now());
     let mut members: Vec<ClusterMember> = membership
         .nodes()
         .map(|(id, node)| ClusterMember {
@@ -27,6 +29,14 @@ pub fn cluster_info(shard: &Shard) -> Result<Response, Status> {
             address: node.addr.clone(),
             role: if voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
             is_leader: m.current_leader == Some(*id),
+            heard_ms_ago: (leading && *id != m.id)
+                .then(|| {
+                    let ack = data.contact.last_ack(*id);
+                    watch.silence(now, ack).or_else(|| ack.map(|at| now.saturating_duration_since(at)))
+                })
+                .flatten()
+                .map(|d| d.as_millis() as u64),
+            unavailable: watch.is_unavailable(*id),
         })
         .collect();
     if members.is_empty() {
@@ -36,6 +46,8 @@ pub fn cluster_info(shard: &Shard) -> Result<Response, Status> {
             address: shard.config.advertise_addr.clone(),
             role: MemberRole::Voter,
             is_leader: group.is_leader(),
+            heard_ms_ago: None,
+            unavailable: false,
         });
     }
     members.sort_by_key(|m| m.node_id);
@@ -132,6 +144,7 @@ pub fn local_lag(group: &Group) -> Option<GroupLag> {
     let metrics = group.raft.metrics();
     let m = metrics.borrow();
     let last = m.last_log_index.unwrap_or(0);
+    let (data, now) = (group.data.borrow(), std::time::Instant::now());
     let mut followers = Vec::new();
     if let Some(replication) = &m.replication {
         for (node, matched) in replication.iter() {
@@ -143,7 +156,10 @@ pub fn local_lag(group: &Group) -> Option<GroupLag> {
                 node_id: *node,
                 matched_index: matched,
                 lag_blocks: last.saturating_sub(matched),
-                last_ack_ms: None,
+                last_ack_ms: data
+                    .contact
+                    .last_ack(*node)
+                    .map(|at| now.saturating_duration_since(at).as_millis() as u64),
             });
         }
     }

@@ -44,6 +44,9 @@ async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Sta
     let response = match request {
         PeerRequest::Vote { vote, last_log_id, .. } => {
             let rpc = vote_request_from_wire(vote, last_log_id);
+            if let Some(refused) = refusal_of_non_member(group, rpc.vote.leader_id().voted_for()) {
+                return Err(refused);
+            }
             let r = group.raft.vote(rpc).await.map_err(|e| raft_status(group, "vote", e))?;
             let (vote, vote_granted, last_log_id) = vote_response_to_wire(&r);
             PeerResponse::Vote { vote, vote_granted, last_log_id }
@@ -93,6 +96,31 @@ async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Sta
         }
     };
     Ok(Response::Peer(response))
+}
+
+/// Prefix of the status a vote request from a node that is no voter of the group gets.
+pub const NOT_A_MEMBER: &str = "NotAMember";
+
+/// A node that is no voter of the group here asks for votes only when it was removed while it
+/// was away (SPEC §10.6, D69): it is told so, rather than left to campaign unanswered. Refusing
+/// a vote is always safe; a voter this replica does not know yet is refused too and wins with
+/// the votes of those that know it.
+fn refusal_of_non_member(group: &Group, candidate: Option<u64>) -> Option<Status> {
+    let candidate = candidate?;
+    let metrics = group.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    if membership.voter_ids().any(|v| v == candidate) || membership.voter_ids().next().is_none() {
+        return None;
+    }
+    Some(Status::new(
+        ledger_wire::messages::StatusCode::FailedPrecondition,
+        format!(
+            "{NOT_A_MEMBER}: node {candidate} is not a voter of group {} (removed from the cluster?); \
+             a removed node must rejoin as a new member with a wiped data directory",
+            group.id
+        ),
+    ))
 }
 
 /// One `InstallSnapshot` chunk: appended to the group's buffer; the last one is verified and

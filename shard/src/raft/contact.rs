@@ -15,6 +15,9 @@ pub struct LeaderContact {
     heard: Cell<Option<Instant>>,
     /// As a leader: each peer's last answer that accepted this node's term.
     acks: RefCell<HashMap<u64, Instant>>,
+    /// A peer refused this node's vote request because it is no voter there (removed while it
+    /// was away, D69): reported once.
+    pub told_not_a_member: Cell<bool>,
 }
 
 /// Where this replica stands in its group right now.
@@ -34,6 +37,11 @@ impl LeaderContact {
 
     pub fn acked_by(&self, node: u64, at: Instant) {
         self.acks.borrow_mut().insert(node, at);
+    }
+
+    /// As a leader: when `node` last answered (`None`: never, since this node started).
+    pub fn last_ack(&self, node: u64) -> Option<Instant> {
+        self.acks.borrow().get(&node).copied()
     }
 
     /// Whether this replica's reads may be staler than replication lag: it has not heard from a

@@ -303,7 +303,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 Ok(vote_response_from_wire(vote, vote_granted, last_log_id))
             }
             Ok(_) => Err(self.unexpected("vote")),
-            Err(e) => Err(self.rpc_error(e)),
+            Err(e) => {
+                if let PeerRpcError::Refused { status, .. } = &e {
+                    if status.message.starts_with(crate::peer::serve::NOT_A_MEMBER)
+                        && !self.contact.told_not_a_member.replace(true)
+                    {
+                        crate::event!(error, "not_a_member", group = %self.group, peer = self.target, message = %status.message);
+                    }
+                }
+                Err(self.rpc_error(e))
+            }
         }
     }
 
