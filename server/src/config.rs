@@ -1291,6 +1291,10 @@ mod tests {
             (&["--cores", "1", "--raft-heartbeat-ms", "200"][..], "raft_heartbeat_ms"),
             (&["--cores", "1", "--raft-election-min-ms", "400"][..], "raft_election_min_ms"),
             (&["--cores", "1", "--max-frame-bytes", "100"][..], "max_frame_bytes"),
+            (
+                &["--cores", "1", "--node-heartbeat-timeout-secs", "1", "--raft-election-max-ms", "600"][..],
+                "node_heartbeat_timeout_secs",
+            ),
             (&["--cores", "2", "--cpu-list", "3"][..], "cpu_list"),
             (&["--cores", "1", "--log-level", "loud"][..], "log_level"),
             (&["--cores", "1", "--tls-cert", "c.pem"][..], "tls_key"),
