@@ -252,6 +252,7 @@ fn serve_one(
                                     term: 0,
                                     cores: me.cores,
                                     groups: Vec::new(),
+                                    draining: false,
                                 }),
                                 _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
                             },

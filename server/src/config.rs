@@ -85,6 +85,8 @@ pub mod defaults {
     pub const INTEGRITY_INTERVAL_SECS: u64 = 3600;
     pub const GC_INTERVAL_SECS: u64 = 60;
     pub const NODE_HEARTBEAT_TIMEOUT_SECS: u64 = 30;
+    /// Not in SPEC §11.1, which asks for periodic balancing and names no period (D70).
+    pub const LEADER_BALANCE_INTERVAL_SECS: u64 = 30;
     pub const STREAM_BUFFER: usize = 1024;
     pub const LOG_LEVEL: &str = "info";
     /// Not in SPEC §11.1 (which asks for JSON lines, §11.6; text is easier to read by eye).
@@ -284,6 +286,10 @@ pub struct ConfigLayer {
     /// left keep a live quorum (SPEC §10.6; 0 = never).
     #[arg(long)]
     pub node_heartbeat_timeout_secs: Option<u64>,
+    /// Period of the `_system` leader's look at who leads each group: a move agreed by two looks
+    /// in a row spreads leaderships (SPEC §10.5; 0 = off).
+    #[arg(long)]
+    pub leader_balance_interval_secs: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
     #[arg(long)]
@@ -400,6 +406,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "integrity_interval_secs" => literal(INTEGRITY_INTERVAL_SECS),
         "gc_interval_secs" => literal(GC_INTERVAL_SECS),
         "node_heartbeat_timeout_secs" => literal(NODE_HEARTBEAT_TIMEOUT_SECS),
+        "leader_balance_interval_secs" => literal(LEADER_BALANCE_INTERVAL_SECS),
         "stream_buffer" => literal(STREAM_BUFFER),
         "log_level" => literal(LOG_LEVEL),
         "log_format" => literal(LOG_FORMAT),
@@ -627,6 +634,9 @@ impl ConfigLayer {
             node_heartbeat_timeout_secs: self
                 .node_heartbeat_timeout_secs
                 .or(lower.node_heartbeat_timeout_secs),
+            leader_balance_interval_secs: self
+                .leader_balance_interval_secs
+                .or(lower.leader_balance_interval_secs),
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
@@ -684,6 +694,7 @@ pub struct Config {
     pub integrity_interval_secs: u64,
     pub gc_interval_secs: u64,
     pub node_heartbeat_timeout_secs: u64,
+    pub leader_balance_interval_secs: u64,
     pub stream_buffer: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -871,6 +882,12 @@ impl Config {
                 file,
                 node_heartbeat_timeout_secs,
                 NODE_HEARTBEAT_TIMEOUT_SECS
+            ),
+            leader_balance_interval_secs: pick!(
+                flags,
+                file,
+                leader_balance_interval_secs,
+                LEADER_BALANCE_INTERVAL_SECS
             ),
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
             log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),

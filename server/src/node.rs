@@ -222,6 +222,7 @@ pub fn run_node_with(
         integrity_interval_secs: config.integrity_interval_secs,
         gc_interval_secs: config.gc_interval_secs,
         node_heartbeat_timeout_secs: config.node_heartbeat_timeout_secs,
+        leader_balance_interval_secs: config.leader_balance_interval_secs,
         sim_disk: None,
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),

@@ -82,6 +82,8 @@ pub struct ShardConfig {
     /// The `_system` leader marks a member silent this long unavailable, and removes it after
     /// as long again (SPEC §10.6, D69; 0 = never).
     pub node_heartbeat_timeout_secs: u64,
+    /// Period of the `_system` leader's look at who leads each group (D70; 0 = no balancing).
+    pub leader_balance_interval_secs: u64,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
     /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
@@ -170,6 +172,7 @@ impl ShardConfig {
             // by itself.
             gc_interval_secs: 0,
             node_heartbeat_timeout_secs: 0,
+            leader_balance_interval_secs: 0,
             sim_disk: None,
             events: None,
             peer_credential: Default::default(),

@@ -229,3 +229,7 @@ pub const GC_SCAN_CHUNK_ROWS: usize = 4096;
 /// D59: a round's fill wait (D51) stretches to the group's last block time, at most this long
 /// (µs), so one slow block (a stalled fsync) cannot make every later round wait as long.
 pub const FILL_WAIT_BLOCK_TIME_MAX_US: u64 = 2_000;
+
+/// How long a whole-node stepdown keeps the leader balancer from giving that node leaderships
+/// (D70): long enough for the maintenance it is usually the first step of; a restart ends it.
+pub const LEADER_DRAIN: std::time::Duration = std::time::Duration::from_secs(600);

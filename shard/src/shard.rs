@@ -78,11 +78,23 @@ pub struct Shard {
     closing: Cell<bool>,
     /// On core 0 of a cluster node: which members the `_system` leader found silent (D69).
     pub node_watch: RefCell<crate::admin::node_loss::NodeWatch>,
+    /// On core 0: until when this node was drained by a whole-node stepdown (D70).
+    drained_until: Cell<Option<std::time::Instant>>,
 }
 
 impl Shard {
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Drained by a whole-node stepdown within the last `for_`: the leader balancer gives this
+    /// node no leadership (D70).
+    pub fn drain_for(&self, for_: std::time::Duration) {
+        self.drained_until.set(Some(std::time::Instant::now() + for_));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drained_until.get().is_some_and(|until| std::time::Instant::now() < until)
     }
 
     pub fn group(&self, id: GroupId) -> Option<Rc<Group>> {
@@ -149,6 +161,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         node_watch: RefCell::new(crate::admin::node_loss::NodeWatch::new(std::time::Duration::from_secs(
             node_heartbeat_timeout_secs,
         ))),
+        drained_until: Cell::new(None),
     });
     for id in owned {
         match shard.open_group(id).await {
@@ -176,6 +189,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         // bootstrap records and scopes in order (admin/requests.rs).
         glommio::spawn_local(admin::requests::registry_keeper(shard.clone())).detach();
         glommio::spawn_local(admin::node_loss::watch_members(Rc::downgrade(&shard))).detach();
+        glommio::spawn_local(crate::ops::balance::balance_leaders(Rc::downgrade(&shard))).detach();
     } else if core.0 == 0 {
         admin::requests::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {

@@ -1303,3 +1303,75 @@ async fn t14_a_node_that_stays_down_is_marked_unavailable_then_removed() {
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &survivors, &scopes, &acks, namespace_id).await;
 }
+
+/// Each group's leader as node `i` sees it.
+async fn group_leaders(cluster: &Cluster, i: usize) -> BTreeMap<u32, Option<u64>> {
+    let client = connect(cluster.addr(i)).await;
+    match client.call(Request::GetGroupStatus).await.expect("GetGroupStatus") {
+        Response::GetGroupStatus { groups, .. } => {
+            groups.into_iter().map(|g| (g.group_id, g.leader)).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits until node 0 sees a leader for each of the three groups and `cond` holds.
+async fn wait_for_leaders(
+    cluster: &Cluster,
+    what: &str,
+    cond: impl Fn(&BTreeMap<u32, Option<u64>>) -> bool,
+) -> BTreeMap<u32, Option<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let leaders = group_leaders(cluster, 0).await;
+        if leaders.len() == 3 && leaders.values().all(Option::is_some) && cond(&leaders) {
+            return leaders;
+        }
+        assert!(Instant::now() < deadline, "{what}: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_leaderships_are_spread_again_after_a_failover_but_not_onto_a_drained_node() {
+    // SPEC §10.5 (D70): three groups on three nodes start with one leader each. The leader of a
+    // data group is killed and restarted: the survivors lead everything meanwhile, and the
+    // balancer (a look per second here) gives the returning node one group back. A node then
+    // stepped down as a whole is drained: the balancer gives it nothing.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--groups-per-core", "2", "--leader-balance-interval-secs", "1"])
+        .collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let id_of = |i: usize| ids.iter().find(|(_, n)| **n == i).map(|(id, _)| *id).expect("node id");
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "balance").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let led_by = |leaders: &BTreeMap<u32, Option<u64>>, node: u64| {
+        leaders.values().filter(|l| **l == Some(node)).count()
+    };
+    let spread = |leaders: &BTreeMap<u32, Option<u64>>| (0..3).all(|i| led_by(leaders, id_of(i)) == 1);
+    let leaders = wait_for_leaders(&cluster, "never one leader per node", spread).await;
+    let victim = (0..3).find(|i| leaders.get(&1) == Some(&Some(id_of(*i)))).expect("group 1's leader");
+    let victim_id = id_of(victim);
+    cluster.kill9(victim);
+    let survivor = (0..3).find(|i| *i != victim).expect("a survivor");
+    acks.extend(write_keys(cluster.addr(survivor), namespace_id, Some(vault_id), "failover", 5).await);
+    cluster.restart(victim);
+    wait_for_leaders(&cluster, "the returning node was never given a leadership back", spread).await;
+    let log: String = (0..3).map(|i| cluster.stderr(i)).collect();
+    assert!(log.contains("event=leader_balanced"), "no balancing event:\n{log}");
+    // Drained: the balancer leaves the node without leaderships.
+    let (code, out) = admin_cli(cluster.addr(0), &["stepdown", "--node", &victim_id.to_string()]);
+    assert_eq!(code, 0, "stepdown failed: {out}");
+    wait_for_leaders(&cluster, "stepdown left leaderships", |l| led_by(l, victim_id) == 0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leaders = group_leaders(&cluster, 0).await;
+    assert_eq!(led_by(&leaders, victim_id), 0, "a drained node was given a leadership: {leaders:?}");
+    acks.extend(write_keys(cluster.addr(victim), namespace_id, Some(vault_id), "after", 5).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}

@@ -370,10 +370,13 @@ pub enum Request {
         at_height: u64,
     },
     /// Served by `node_id` (forwarded there): give up leadership of `group_id` (or of every
-    /// group it leads) by making an up-to-date voter elect itself.
+    /// group it leads) by making an up-to-date voter elect itself: `successor`, or else the
+    /// voter leading the fewest groups. Moving every group of a node, with no successor named,
+    /// also drains it: the leader balancer gives it no leadership for a while (D70).
     TransferLeadership {
         node_id: u64,
         group_id: Option<u32>,
+        successor: Option<u64>,
     },
     /// Each group's replication progress, from its leader (the receiving node forwards).
     LagReport {
@@ -665,6 +668,8 @@ pub enum Response {
         cores: u16,
         /// The groups this node hosts (a joining node hosts the same ones).
         groups: Vec<u32>,
+        /// Stepped down as a whole lately: the leader balancer gives it no leadership (D70).
+        draining: bool,
     },
     HealthCheck {
         status: HealthStatus,

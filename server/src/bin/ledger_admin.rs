@@ -123,12 +123,15 @@ enum Command {
         group: Option<u32>,
     },
     /// Move every group leadership off a node (or one group's), spreading them over the other
-    /// voters.
+    /// voters, or to the voter --to names. A whole node stepped down with no --to is drained:
+    /// the leader balancer gives it no leadership for 10 minutes or until it restarts.
     Stepdown {
         #[arg(long)]
         node: u64,
         #[arg(long)]
         group: Option<u32>,
+        #[arg(long)]
+        to: Option<u64>,
     },
     /// Rebuild a vault on the node at --addr from its snapshot and archived blocks (SPEC §9.9).
     RecoverVault {
@@ -390,11 +393,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let client = client(&cli).await?;
             ops_cmd::lag_report(&client, *group, json_out).await
         }
-        Command::Stepdown { node, group } => {
+        Command::Stepdown { node, group, to } => {
             let client = client(&cli).await?;
             // Each hand-over waits out an election timeout; many groups take a while.
             let timeout = Duration::from_secs(cli.timeout_secs.max(60));
-            ops_cmd::stepdown(&client, *node, *group, json_out, timeout).await
+            ops_cmd::stepdown(&client, *node, *group, *to, json_out, timeout).await
         }
         Command::RecoverVault { namespace, vault, force } => {
             let client = client(&cli).await?;

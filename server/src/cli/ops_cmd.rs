@@ -367,15 +367,17 @@ pub async fn lag_report(client: &Client, group: Option<u32>, json_out: bool) -> 
     Ok(if critical { 1 } else { 0 })
 }
 
-/// `stepdown --node ID [--group G]`: moves that node's leaderships to the other voters.
+/// `stepdown --node ID [--group G] [--to N]`: moves that node's leaderships to the other voters
+/// (to N when given).
 pub async fn stepdown(
     client: &Client,
     node: u64,
     group: Option<u32>,
+    successor: Option<u64>,
     json_out: bool,
     timeout: Duration,
 ) -> Result<u8, CliError> {
-    let request = Request::TransferLeadership { node_id: node, group_id: group };
+    let request = Request::TransferLeadership { node_id: node, group_id: group, successor };
     let response = with_progress(
         "moving leaderships",
         client.call_with(request, CallOptions { timeout: Some(timeout) }),

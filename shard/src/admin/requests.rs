@@ -226,12 +226,12 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
             groups: group_statuses(shard).await,
         }),
         Request::LagReport { group_id } => lag_report(shard, group_id).await,
-        Request::TransferLeadership { node_id, group_id } => {
+        Request::TransferLeadership { node_id, group_id, successor } => {
             if node_id != shard.config.node_id {
-                return transfer_elsewhere(shard, node_id, group_id).await;
+                return transfer_elsewhere(shard, node_id, group_id, successor).await;
             }
             let statuses = group_statuses(shard).await;
-            crate::ops::leadership::transfer(shard, statuses, group_id).await
+            crate::ops::leadership::transfer(shard, statuses, group_id, successor).await
         }
         Request::GetEvents { since_secs, filter, min_level, limit } => {
             crate::events::query(shard, since_secs, filter, min_level, limit).await
@@ -264,7 +264,7 @@ async fn force_gc_node(shard: &Shard, vault_id: Option<i64>) -> Result<Response,
 }
 
 /// Every group of this node with its Raft status, by group id.
-async fn group_statuses(shard: &Shard) -> Vec<ledger_wire::messages::GroupStatusInfo> {
+pub(crate) async fn group_statuses(shard: &Shard) -> Vec<ledger_wire::messages::GroupStatusInfo> {
     let mut all: Vec<_> =
         fan_out(shard, |reply| InternalMsg::GroupStatus { reply }).await.into_iter().flatten().collect();
     all.sort_by_key(|g| g.group_id);
@@ -304,7 +304,12 @@ async fn lag_report(shard: &Shard, group_id: Option<u32>) -> Result<Response, St
 }
 
 /// `TransferLeadership` for another node: sent there (it answers for itself).
-async fn transfer_elsewhere(shard: &Shard, node_id: u64, group_id: Option<u32>) -> Result<Response, Status> {
+pub(crate) async fn transfer_elsewhere(
+    shard: &Shard,
+    node_id: u64,
+    group_id: Option<u32>,
+    successor: Option<u64>,
+) -> Result<Response, Status> {
     let addr = system_group(shard)?
         .raft
         .metrics()
@@ -314,7 +319,7 @@ async fn transfer_elsewhere(shard: &Shard, node_id: u64, group_id: Option<u32>) 
         .get_node(&node_id)
         .map(|n| n.addr.clone())
         .ok_or_else(|| Status::not_found(format!("node {node_id} is not a member of the cluster")))?;
-    let request = Request::TransferLeadership { node_id, group_id };
+    let request = Request::TransferLeadership { node_id, group_id, successor };
     let timeout = shard.config.forward_timeout;
     match shard.peers.call(node_id, &addr, request, timeout).await {
         Ok(answer) => answer,
@@ -762,6 +767,7 @@ fn node_info(shard: &Shard) -> Response {
         term,
         cores: shard.cores.len() as u16,
         groups: shard.placement.keys().map(|g| g.0).collect(),
+        draining: shard.is_draining(),
     }
 }
 

@@ -227,11 +227,14 @@ pub async fn on_leadership_request(group: &Rc<Group>, action: LeadershipAction) 
 }
 
 /// `TransferLeadership` on node `node_id` (core 0): every group it leads (or `group_id`), each
-/// handed to the voter with the fewest leaderships.
+/// handed to `successor` or else to the voter with the fewest leaderships. A whole node moved
+/// with no successor named is drained for `LEADER_DRAIN` (D70): an operator's stepdown before
+/// maintenance is not undone by the leader balancer.
 pub async fn transfer(
     shard: &Shard,
     statuses: Vec<GroupStatusInfo>,
     group_id: Option<u32>,
+    successor: Option<u64>,
 ) -> Result<Response, Status> {
     let me = shard.config.node_id;
     let led: Vec<u32> = statuses
@@ -244,7 +247,21 @@ pub async fn transfer(
             return Err(Status::not_found(format!("group {g} is not hosted on node {me}")));
         }
     }
-    let plan = plan_successors(&statuses, &led, me);
+    if group_id.is_none() && successor.is_none() {
+        shard.drain_for(crate::constants::LEADER_DRAIN);
+    }
+    let plan = match successor {
+        Some(to) => {
+            if to == me {
+                return Err(Status::invalid(format!("node {me} cannot hand its leadership to itself")));
+            }
+            led.iter()
+                .filter(|g| statuses.iter().any(|s| s.group_id == **g && s.voters.contains(&to)))
+                .map(|g| (*g, to))
+                .collect()
+        }
+        None => plan_successors(&statuses, &led, me),
+    };
     let mut not_moved: Vec<u32> = led.iter().filter(|g| !plan.contains_key(g)).copied().collect();
     let mut waits = Vec::new();
     for (g, successor) in &plan {

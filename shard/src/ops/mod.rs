@@ -3,6 +3,7 @@
 //! and replication lag, `leadership` hands a group's leadership to another voter, and
 //! `vault_repair` tracks scope health and rebuilds a Diverged scope.
 
+pub mod balance;
 pub mod cluster;
 pub mod leadership;
 pub mod vault_repair;
