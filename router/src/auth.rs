@@ -164,6 +164,7 @@ pub fn access_of(request: &Request) -> Access {
         GetNamespace { by: NamespaceSelector::Id(namespace_id) } => Access::Read(*namespace_id),
         Write { namespace_id, .. } | BatchWrite { namespace_id, .. } => Access::Write(*namespace_id),
         GetNodeInfo
+        | GetPeers { .. }
         | HealthCheck { namespace_id: None, .. }
         | GetNamespace { by: NamespaceSelector::Name(_) }
         | CancelStream { .. } => Access::Any,

@@ -50,6 +50,7 @@ pub fn target_of(request: &Request) -> Target {
         | DeleteVault { .. }
         | ListVaults
         | GetNodeInfo
+        | GetPeers { .. }
         | HealthCheck { .. }
         | SetPartition { .. }
         | JoinCluster { .. }

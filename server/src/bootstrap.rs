@@ -88,8 +88,9 @@ fn poll_peers(config: &Config, me: &NodeAnswer, tls: Option<&NodeTls>) -> Result
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
     let mut known: BTreeMap<u64, NodeAnswer> = BTreeMap::from([(me.node_id, me.clone())]);
     let credential = config.auth_tokens.peer_secret();
+    let discovery = crate::discovery::Discovery::from_config(config);
     loop {
-        for peer in &config.peers {
+        for peer in &discovery.candidates() {
             if let Ok(answer) = ask_node_info(peer, credential.as_deref(), tls) {
                 known.insert(answer.node_id, answer);
             }
@@ -121,10 +122,22 @@ fn poll_peers(config: &Config, me: &NodeAnswer, tls: Option<&NodeTls>) -> Result
 pub fn find_cluster(config: &Config, tls: Option<&NodeTls>) -> Result<Vec<u32>, BootstrapError> {
     let deadline = Instant::now() + Duration::from_secs(config.bootstrap_timeout_secs);
     let credential = config.auth_tokens.peer_secret();
+    let discovery = crate::discovery::Discovery::from_config(config);
     loop {
-        for peer in &config.peers {
+        let candidates = discovery.candidates();
+        for peer in &candidates {
             if let Ok(answer) = ask_node_info(peer, credential.as_deref(), tls) {
                 if answer.is_cluster_member && !answer.groups.is_empty() {
+                    // SPEC §10.3: on reaching a node, learn the others it knows.
+                    if let Ok(Ok(Response::GetPeers { peers, .. })) = call_once(
+                        peer,
+                        Request::GetPeers { max_peers: 0 },
+                        IO_TIMEOUT,
+                        credential.as_deref(),
+                        tls,
+                    ) {
+                        discovery.remember(&peers);
+                    }
                     return Ok(answer.groups);
                 }
             }
@@ -134,10 +147,10 @@ pub fn find_cluster(config: &Config, tls: Option<&NodeTls>) -> Result<Vec<u32>, 
                 expected: 1,
                 found: 0,
                 secs: config.bootstrap_timeout_secs,
-                seen: "no cluster member among --peers".into(),
+                seen: format!("no cluster member among {candidates:?} (peers, peer cache, discovery_domain)"),
             });
         }
-        ledger_shard::event!(info, "join_waiting", peers = ?config.peers);
+        ledger_shard::event!(info, "join_waiting", candidates = ?candidates);
         std::thread::sleep(Duration::from_secs(config.bootstrap_poll_secs));
     }
 }
@@ -288,7 +301,7 @@ pub fn ask_node_info(
 /// `bootstrap_poll_secs` until one accepts), on a thread of its own so the node serves
 /// meanwhile. Stops once a member has added it to every group.
 pub fn join_by_itself(
-    peers: Vec<String>,
+    discovery: crate::discovery::Discovery,
     node_id: u64,
     address: String,
     poll: Duration,
@@ -296,7 +309,7 @@ pub fn join_by_itself(
     tls: Option<NodeTls>,
 ) {
     let run = move || loop {
-        for peer in &peers {
+        for peer in &discovery.candidates() {
             let request = Request::JoinCluster { node_id, address: address.clone() };
             match call_once(peer, request, JOIN_TIMEOUT, credential.get().as_deref(), tls.as_ref()) {
                 Ok(Ok(Response::JoinCluster { groups })) => {

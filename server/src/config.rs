@@ -22,9 +22,6 @@ pub const DEFAULT_FILE: &str = "./inferadb-ledger.toml";
 /// SPEC §11.1 keys of features this server does not have yet, with what is missing. They are
 /// rejected from every source rather than accepted and ignored (D37).
 pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("discovery_domain", "DNS discovery, SPEC §10.3; peers come from `peers` only"),
-    ("discovery_cache_path", "the peer cache, SPEC §10.3"),
-    ("discovery_cache_ttl_secs", "the peer cache, SPEC §10.3"),
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
     ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
@@ -39,6 +36,9 @@ pub mod defaults {
     pub const BOOTSTRAP_EXPECT: u32 = 1;
     pub const BOOTSTRAP_POLL_SECS: u64 = 2;
     pub const BOOTSTRAP_TIMEOUT_SECS: u64 = 60;
+    pub const DISCOVERY_CACHE_TTL_SECS: u64 = 3600;
+    /// The peer cache's file name in the data directory (SPEC §10.3).
+    pub const DISCOVERY_CACHE_FILE: &str = "peers.cache";
     /// Not in SPEC §11.1: join mode's choice between asking and waiting (SPEC §10.6).
     pub const JOIN_BY_ITSELF: bool = true;
     /// Not in SPEC §11.1: the test fault switch.
@@ -164,6 +164,16 @@ pub struct ConfigLayer {
     /// Give up bootstrapping or joining after this many seconds without the expected nodes.
     #[arg(long)]
     pub bootstrap_timeout_secs: Option<u64>,
+    /// DNS name whose A/AAAA addresses, with this node's listen port, are tried after `peers`
+    /// and the peer cache when bootstrapping or joining (SPEC §10.3).
+    #[arg(long)]
+    pub discovery_domain: Option<String>,
+    /// Where a member keeps the other members' addresses for discovery (SPEC §10.3).
+    #[arg(long)]
+    pub discovery_cache_path: Option<PathBuf>,
+    /// Peer cache entries older than this are tried only when nothing else is found.
+    #[arg(long)]
+    pub discovery_cache_ttl_secs: Option<u64>,
     /// In join mode (`--bootstrap-expect 0`), ask the peers to add this node until one does
     /// (SPEC §10.6); `false` waits for an operator's `ledger-admin join`.
     #[arg(long)]
@@ -365,6 +375,9 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "tls_client_ca" => derived("none (no client certificate asked)"),
         "tls_ca" => derived("tls_client_ca"),
         "data_dir" => literal(DATA_DIR),
+        "discovery_domain" => derived("none (no DNS discovery)"),
+        "discovery_cache_path" => derived("{data_dir}/peers.cache"),
+        "discovery_cache_ttl_secs" => literal(DISCOVERY_CACHE_TTL_SECS),
         "bootstrap_expect" => literal(BOOTSTRAP_EXPECT),
         "peers" => derived("none"),
         "bootstrap_poll_secs" => literal(BOOTSTRAP_POLL_SECS),
@@ -593,6 +606,9 @@ impl ConfigLayer {
             peers: self.peers.or(lower.peers),
             bootstrap_poll_secs: self.bootstrap_poll_secs.or(lower.bootstrap_poll_secs),
             bootstrap_timeout_secs: self.bootstrap_timeout_secs.or(lower.bootstrap_timeout_secs),
+            discovery_domain: self.discovery_domain.or(lower.discovery_domain),
+            discovery_cache_path: self.discovery_cache_path.or(lower.discovery_cache_path),
+            discovery_cache_ttl_secs: self.discovery_cache_ttl_secs.or(lower.discovery_cache_ttl_secs),
             join_by_itself: self.join_by_itself.or(lower.join_by_itself),
             test_faults: self.test_faults.or(lower.test_faults),
             vault_auto_recovery: self.vault_auto_recovery.or(lower.vault_auto_recovery),
@@ -653,6 +669,10 @@ pub struct Config {
     /// TLS for clients and peers (D43); `None` = plain TCP.
     pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
+    /// SPEC §10.3: DNS name tried after the peers and the cache; the cache file; its freshness.
+    pub discovery_domain: Option<String>,
+    pub discovery_cache_path: PathBuf,
+    pub discovery_cache_ttl_secs: u64,
     pub bootstrap_expect: u32,
     pub peers: Vec<String>,
     pub bootstrap_poll_secs: u64,
@@ -822,6 +842,15 @@ impl Config {
             advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
             tls,
             data_dir: pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)),
+            discovery_domain: flags.discovery_domain.clone().or(file.discovery_domain.clone()),
+            discovery_cache_path: flags
+                .discovery_cache_path
+                .clone()
+                .or(file.discovery_cache_path.clone())
+                .unwrap_or_else(|| {
+                    pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)).join(DISCOVERY_CACHE_FILE)
+                }),
+            discovery_cache_ttl_secs: pick!(flags, file, discovery_cache_ttl_secs, DISCOVERY_CACHE_TTL_SECS),
             bootstrap_expect: pick!(flags, file, bootstrap_expect, BOOTSTRAP_EXPECT),
             peers: pick!(flags, file, peers, String::new())
                 .split(',')
@@ -900,17 +929,23 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
-        if self.bootstrap_expect == 0 && self.peers.is_empty() {
+        // Discovery (SPEC §10.3) needs somewhere to start: the peers, the DNS name, or a cache.
+        let findable =
+            !self.peers.is_empty() || self.discovery_domain.is_some() || self.discovery_cache_path.exists();
+        if self.bootstrap_expect == 0 && !findable {
             return invalid(
                 "peers",
-                "join mode (bootstrap_expect 0) needs a cluster member's address in --peers",
+                "join mode (bootstrap_expect 0) needs a cluster member's address in --peers (or discovery_domain, or a peer cache)",
             );
         }
         if self.bootstrap_expect > 5 {
             return invalid("bootstrap_expect", "at most 5 initial voters (SPEC §10.4)");
         }
-        if self.bootstrap_expect >= 2 && self.peers.is_empty() {
-            return invalid("peers", "bootstrap_expect >= 2 needs the other nodes' addresses in --peers");
+        if self.bootstrap_expect >= 2 && !findable {
+            return invalid(
+                "peers",
+                "bootstrap_expect >= 2 needs the other nodes' addresses in --peers (or discovery_domain, or a peer cache)",
+            );
         }
         let clustered = self.bootstrap_expect != 1 || !self.peers.is_empty();
         if clustered && self.tls.as_ref().is_some_and(|tls| tls.peer_ca.is_none()) {

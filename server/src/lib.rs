@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod discovery;
 pub mod logging;
 pub mod metrics_http;
 pub mod metrics_text;

@@ -223,6 +223,7 @@ pub fn run_node_with(
         gc_interval_secs: config.gc_interval_secs,
         node_heartbeat_timeout_secs: config.node_heartbeat_timeout_secs,
         leader_balance_interval_secs: config.leader_balance_interval_secs,
+        discovery_cache_path: Some(config.discovery_cache_path.clone()),
         sim_disk: None,
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),
@@ -368,7 +369,7 @@ pub fn run_node_with(
 
     if join_after_start {
         crate::bootstrap::join_by_itself(
-            config.peers.clone(),
+            crate::discovery::Discovery::from_config(&config),
             dir.node_id,
             advertise_addr.clone(),
             Duration::from_secs(config.bootstrap_poll_secs),

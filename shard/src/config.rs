@@ -84,6 +84,9 @@ pub struct ShardConfig {
     pub node_heartbeat_timeout_secs: u64,
     /// Period of the `_system` leader's look at who leads each group (D70; 0 = no balancing).
     pub leader_balance_interval_secs: u64,
+    /// Where core 0 keeps the other members' addresses for discovery (SPEC §10.3, D71); `None`
+    /// in the in-process tests.
+    pub discovery_cache_path: Option<PathBuf>,
     /// Power-loss tests only: every redb file lives on this simulated disk (storage/sim_disk.rs).
     pub sim_disk: Option<std::sync::Arc<crate::storage::sim_disk::SimDisk>>,
     /// The node's event log (events.rs), which core 0 reads for `GetEvents`; `None` in the
@@ -173,6 +176,7 @@ impl ShardConfig {
             gc_interval_secs: 0,
             node_heartbeat_timeout_secs: 0,
             leader_balance_interval_secs: 0,
+            discovery_cache_path: None,
             sim_disk: None,
             events: None,
             peer_credential: Default::default(),

@@ -233,3 +233,7 @@ pub const FILL_WAIT_BLOCK_TIME_MAX_US: u64 = 2_000;
 /// How long a whole-node stepdown keeps the leader balancer from giving that node leaderships
 /// (D70): long enough for the maintenance it is usually the first step of; a restart ends it.
 pub const LEADER_DRAIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often core 0 compares `_system`'s members with the peer cache, and rewrites the cache
+/// when they differ (D71).
+pub const PEER_CACHE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);

@@ -190,6 +190,10 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         glommio::spawn_local(admin::requests::registry_keeper(shard.clone())).detach();
         glommio::spawn_local(admin::node_loss::watch_members(Rc::downgrade(&shard))).detach();
         glommio::spawn_local(crate::ops::balance::balance_leaders(Rc::downgrade(&shard))).detach();
+        if let Some(path) = shard.config.discovery_cache_path.clone() {
+            let period = crate::constants::PEER_CACHE_CHECK;
+            glommio::spawn_local(admin::peer_cache::keep_cache(Rc::downgrade(&shard), path, period)).detach();
+        }
     } else if core.0 == 0 {
         admin::requests::bootstrap(&shard).await?;
         if let Some(key) = shard.token_key.get() {

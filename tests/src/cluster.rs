@@ -102,12 +102,20 @@ impl Cluster {
     /// Starts one more node in join mode (`--bootstrap-expect 0 --peers` = every node so far); it
     /// hosts the cluster's groups once a member adds it (`ledger-admin join`). Returns its index.
     pub fn start_joining(&mut self, extra: &[&str]) -> usize {
-        let i = self.nodes.len();
         let peers = self.addrs().join(",");
+        self.start_joining_via(Some(&peers), extra)
+    }
+
+    /// [`Cluster::start_joining`] with `--peers` = `peers`, or none (the node then finds the
+    /// cluster through discovery's other sources, which `extra` names).
+    pub fn start_joining_via(&mut self, peers: Option<&str>, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
         let addr = free_addr();
         let data_dir = self._dir.path().join(format!("n{i}"));
-        let mut flags: Vec<&str> =
-            vec!["--bootstrap-expect", "0", "--peers", &peers, "--bootstrap-poll-secs", "1"];
+        let mut flags: Vec<&str> = vec!["--bootstrap-expect", "0", "--bootstrap-poll-secs", "1"];
+        if let Some(peers) = peers {
+            flags.extend(["--peers", peers]);
+        }
         flags.extend_from_slice(extra);
         let process = ServerProcess::start_on(&data_dir, &addr, &flags);
         self.nodes.push(Node { addr, metrics_addr: None, data_dir, process: Some(process) });

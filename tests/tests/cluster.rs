@@ -1375,3 +1375,68 @@ async fn t15_leaderships_are_spread_again_after_a_failover_but_not_onto_a_draine
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_members_keep_a_peer_cache_that_a_joining_node_finds_the_cluster_by() {
+    // SPEC §10.3 (D71): every member keeps `{data_dir}/peers.cache` equal to the other members
+    // and answers `GetPeers`; a node started in join mode with no `--peers`, only a copy of a
+    // member's cache, finds the cluster through it, asks to be added, and serves.
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let cache = cluster.nodes[0].data_dir.join("peers.cache");
+    let others = {
+        let mut others = vec![cluster.addr(1).to_string(), cluster.addr(2).to_string()];
+        others.sort();
+        others
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Option<Vec<String>> = std::fs::read(&cache)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| {
+                v["peers"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["addr"].as_str().map(String::from)).collect())
+            });
+        if listed.as_ref() == Some(&others) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0's peer cache never listed {others:?}: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = connect(cluster.addr(1)).await;
+    match client.call(Request::GetPeers { max_peers: 0 }).await.expect("GetPeers") {
+        Response::GetPeers { peers, system_version } => {
+            let mut listed: Vec<(u64, String)> =
+                peers.iter().map(|p| (p.node_id, format!("{}:{}", p.addresses[0], p.port))).collect();
+            listed.sort();
+            let mut want: Vec<(u64, String)> =
+                ids.iter().map(|(id, i)| (*id, cluster.addr(*i).to_string())).collect();
+            want.sort();
+            assert_eq!(listed, want);
+            assert!(system_version > 0);
+            let answering = ids.iter().find(|(_, i)| **i == 1).map(|(id, _)| *id);
+            let own = peers.iter().find(|p| Some(p.node_id) == answering).expect("the answering node");
+            assert!(own.last_seen.secs > 0, "the answering node was seen now: {own:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "discovery").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let copied = cluster.nodes[0].data_dir.with_extension("joiner.cache");
+    std::fs::copy(&cache, &copied).expect("copy the cache");
+    let path = copied.to_string_lossy().to_string();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--discovery-cache-path", &path]).collect();
+    let joiner = cluster.start_joining_via(None, &flags);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.stderr(joiner).contains("event=joined") {
+        assert!(Instant::now() < deadline, "the joining node was never added:\n{}", cluster.stderr(joiner));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "after", 5).await);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2, joiner], &scopes, &acks, namespace_id).await;
+}

@@ -408,6 +408,11 @@ pub enum Request {
     },
     // --- peer role only (§5.6): refused on client connections
     Peer(Box<crate::peer::PeerRequest>),
+    // --- discovery (§5.5)
+    /// The cluster's members this node knows (SPEC §5.5 item 38; 0 = all).
+    GetPeers {
+        max_peers: u32,
+    },
 }
 
 impl Request {
@@ -465,6 +470,7 @@ impl Request {
             Request::GetVault { .. } => "get_vault",
             Request::ListVaults => "list_vaults",
             Request::GetNodeInfo => "get_node_info",
+            Request::GetPeers { .. } => "get_peers",
             Request::HealthCheck { .. } => "health_check",
             Request::CheckIntegrity { .. } => "check_integrity",
             Request::CreateSnapshot { .. } => "create_snapshot",
@@ -767,6 +773,23 @@ pub enum Response {
         vaults_scanned: u64,
     },
     Peer(crate::peer::PeerResponse),
+    /// `system_version`: the `_system` group's applied index on the answering node (SPEC §10.4).
+    GetPeers {
+        peers: Vec<PeerInfo>,
+        system_version: u64,
+    },
+}
+
+/// One member as discovery reports it (SPEC §5.5 item 38): its IP addresses without the port,
+/// which follows apart; only private addresses are ever returned.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PeerInfo {
+    pub node_id: u64,
+    pub addresses: Vec<String>,
+    pub port: u16,
+    /// When the answering node last heard from it (itself: now); zero when it does not know.
+    pub last_seen: ledger_core::types::Timestamp,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

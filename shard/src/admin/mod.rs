@@ -5,5 +5,6 @@
 pub mod internal;
 pub mod membership;
 pub mod node_loss;
+pub mod peer_cache;
 pub mod registry;
 pub mod requests;

@@ -61,7 +61,10 @@ pub async fn handle(
         return;
     }
     if shard.config.cluster.is_some()
-        && !matches!(envelope.request, Request::GetNodeInfo | Request::HealthCheck { .. })
+        && !matches!(
+            envelope.request,
+            Request::GetNodeInfo | Request::GetPeers { .. } | Request::HealthCheck { .. }
+        )
     {
         wait_for_system(&shard).await;
     }
@@ -187,6 +190,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
         }
         Request::ListVaults => Ok(Response::ListVaults { vaults: list_vaults(shard).await }),
         Request::GetNodeInfo => Ok(node_info(shard)),
+        Request::GetPeers { max_peers } => crate::admin::peer_cache::get_peers(shard, max_peers),
         Request::HealthCheck { namespace_id: None, .. } => Ok(node_health(shard).await),
         Request::HealthCheck { namespace_id: Some(ns), vault_id } => {
             let group = namespace_group(shard, ns)?;

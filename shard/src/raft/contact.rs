@@ -35,6 +35,11 @@ impl LeaderContact {
         self.heard.set(Some(at));
     }
 
+    /// As a follower: when a leader was last heard from.
+    pub fn heard(&self) -> Option<Instant> {
+        self.heard.get()
+    }
+
     pub fn acked_by(&self, node: u64, at: Instant) {
         self.acks.borrow_mut().insert(node, at);
     }
