@@ -169,6 +169,7 @@ pub fn access_of(request: &Request) -> Access {
         | GetNamespace { by: NamespaceSelector::Name(_) }
         | CancelStream { .. } => Access::Any,
         ListNamespaces { .. }
+        | GetSystemState { .. }
         | ListVaults
         | GetClusterInfo
         | GetGroupStatus

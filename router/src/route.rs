@@ -46,6 +46,7 @@ pub fn target_of(request: &Request) -> Target {
         | DeleteNamespace { .. }
         | GetNamespace { .. }
         | ListNamespaces { .. }
+        | GetSystemState { .. }
         | CreateVault { .. }
         | DeleteVault { .. }
         | ListVaults

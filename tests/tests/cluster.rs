@@ -1426,6 +1426,32 @@ async fn t16_members_keep_a_peer_cache_that_a_joining_node_finds_the_cluster_by(
     let admin = connect(cluster.addr(0)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "discovery").await;
     let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    // GetSystemState (SPEC §5.5 item 40) from any replica: the members, and the namespaces once
+    // the replica has applied the creation; nothing new past the version a client holds.
+    let client = connect(cluster.addr(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let version = loop {
+        match client.call(Request::GetSystemState { if_version_greater_than: 0 }).await.expect("state") {
+            Response::GetSystemState { version, nodes, namespaces } => {
+                let mut listed: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
+                listed.sort_unstable();
+                assert_eq!(listed, ids.keys().copied().collect::<Vec<_>>());
+                assert!(nodes.iter().all(|n| n.port > 0 && n.capabilities.can_lead), "{nodes:?}");
+                if namespaces.iter().any(|n| n.namespace_id == namespace_id && n.name == "discovery") {
+                    break version;
+                }
+                assert!(Instant::now() < deadline, "node 2 never listed the namespace: {namespaces:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    match client.call(Request::GetSystemState { if_version_greater_than: version + 1_000_000 }).await {
+        Ok(Response::GetSystemState { nodes, namespaces, .. }) => {
+            assert!(nodes.is_empty() && namespaces.is_empty())
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     let copied = cluster.nodes[0].data_dir.with_extension("joiner.cache");
     std::fs::copy(&cache, &copied).expect("copy the cache");
     let path = copied.to_string_lossy().to_string();

@@ -413,6 +413,11 @@ pub enum Request {
     GetPeers {
         max_peers: u32,
     },
+    /// The registry as the answering node's replica holds it (SPEC §5.5 item 40): empty lists
+    /// when its version is not above `if_version_greater_than`.
+    GetSystemState {
+        if_version_greater_than: u64,
+    },
 }
 
 impl Request {
@@ -471,6 +476,7 @@ impl Request {
             Request::ListVaults => "list_vaults",
             Request::GetNodeInfo => "get_node_info",
             Request::GetPeers { .. } => "get_peers",
+            Request::GetSystemState { .. } => "get_system_state",
             Request::HealthCheck { .. } => "health_check",
             Request::CheckIntegrity { .. } => "check_integrity",
             Request::CreateSnapshot { .. } => "create_snapshot",
@@ -778,6 +784,36 @@ pub enum Response {
         peers: Vec<PeerInfo>,
         system_version: u64,
     },
+    /// `version`: `_system`'s applied index on the answering node (SPEC §10.4).
+    GetSystemState {
+        version: u64,
+        nodes: Vec<SystemNode>,
+        namespaces: Vec<NamespaceInfo>,
+    },
+}
+
+/// A member in `GetSystemState` (SPEC §5.5 item 40's NodeInfo).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SystemNode {
+    pub node_id: u64,
+    /// IP addresses without the port (an address that is a name is given whole).
+    pub addresses: Vec<String>,
+    pub port: u16,
+    pub capabilities: NodeCapabilities,
+    /// As `PeerInfo::last_seen`.
+    pub last_heartbeat: ledger_core::types::Timestamp,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NodeCapabilities {
+    /// A voter of `_system` (a learner cannot lead).
+    pub can_lead: bool,
+    /// 0: no limit.
+    pub max_vaults: u64,
+    /// Known for the answering node only (0 elsewhere).
+    pub cores: u16,
 }
 
 /// One member as discovery reports it (SPEC §5.5 item 38): its IP addresses without the port,

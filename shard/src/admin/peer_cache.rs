@@ -120,10 +120,21 @@ pub async fn keep_cache(shard: Weak<Shard>, path: PathBuf, period: Duration) {
     }
 }
 
-/// `GetPeers` (SPEC §5.5 item 38) on core 0: the members of `_system` (this node included) with
-/// a private IP address; `last_seen` is now for this node, the last answer for the others when
-/// this node leads `_system`, the last contact for the leader when it follows, else zero.
-pub fn get_peers(shard: &Shard, max_peers: u32) -> Result<Response, Status> {
+/// One member of `_system` as this node sees it, for `GetPeers` and `GetSystemState`.
+pub struct MemberSeen {
+    pub node_id: u64,
+    pub address: String,
+    /// The address's IP and port when it is `ip:port` (else `None` and 0).
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub voter: bool,
+    /// Now for this node; the last answer for the others on `_system`'s leader; the last
+    /// contact for the leader on a follower; zero otherwise.
+    pub last_seen: Timestamp,
+}
+
+/// `_system`'s members (this node included, by id) and `_system`'s applied index here.
+pub fn members_seen(shard: &Shard) -> Result<(u64, Vec<MemberSeen>), Status> {
     let group = shard.group(GroupId(0)).ok_or_else(|| Status::unavailable("group 0 is not on this core"))?;
     let (now, wall) = (Instant::now(), SystemTime::now());
     let at = |instant: Instant| -> Timestamp {
@@ -132,38 +143,59 @@ pub fn get_peers(shard: &Shard, max_peers: u32) -> Result<Response, Status> {
         let since = when.duration_since(UNIX_EPOCH).unwrap_or_default();
         Timestamp { secs: since.as_secs() as i64, nanos: since.subsec_nanos() }
     };
-    let (leader, version) = {
+    let (leader, version, voters) = {
         let metrics = group.raft.metrics();
         let m = metrics.borrow();
-        (m.current_leader, m.last_applied.map(|l| l.index).unwrap_or(0))
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        (m.current_leader, m.last_applied.map(|l| l.index).unwrap_or(0), voters)
     };
     let me = shard.config.node_id;
     let mut members = other_members(shard, &group);
     members.push((me, shard.config.advertise_addr.clone()));
     members.sort();
     let data = group.data.borrow();
-    let mut peers = Vec::new();
-    for (node_id, addr) in members {
-        let Ok(socket) = addr.parse::<SocketAddr>() else { continue };
-        if !is_private(socket.ip()) {
-            continue;
-        }
-        let last_seen = if node_id == me {
-            at(now)
-        } else if leader == Some(me) {
-            data.contact.last_ack(node_id).map(at).unwrap_or_default()
-        } else if leader == Some(node_id) {
-            data.contact.heard().map(at).unwrap_or_default()
-        } else {
-            Timestamp::default()
-        };
-        peers.push(PeerInfo {
-            node_id,
-            addresses: vec![socket.ip().to_string()],
-            port: socket.port(),
-            last_seen,
-        });
-    }
+    let seen = members
+        .into_iter()
+        .map(|(node_id, address)| {
+            let socket = address.parse::<SocketAddr>().ok();
+            let last_seen = if node_id == me {
+                at(now)
+            } else if leader == Some(me) {
+                data.contact.last_ack(node_id).map(at).unwrap_or_default()
+            } else if leader == Some(node_id) {
+                data.contact.heard().map(at).unwrap_or_default()
+            } else {
+                Timestamp::default()
+            };
+            MemberSeen {
+                node_id,
+                ip: socket.map(|s| s.ip()),
+                port: socket.map(|s| s.port()).unwrap_or(0),
+                voter: voters.contains(&node_id) || voters.is_empty(),
+                address,
+                last_seen,
+            }
+        })
+        .collect();
+    Ok((version, seen))
+}
+
+/// `GetPeers` (SPEC §5.5 item 38) on core 0: the members of `_system` (this node included) with
+/// a private IP address, at most `max_peers` (0 = all).
+pub fn get_peers(shard: &Shard, max_peers: u32) -> Result<Response, Status> {
+    let (version, members) = members_seen(shard)?;
+    let mut peers: Vec<PeerInfo> = members
+        .into_iter()
+        .filter_map(|m| {
+            let ip = m.ip.filter(|ip| is_private(*ip))?;
+            Some(PeerInfo {
+                node_id: m.node_id,
+                addresses: vec![ip.to_string()],
+                port: m.port,
+                last_seen: m.last_seen,
+            })
+        })
+        .collect();
     if max_peers > 0 {
         peers.truncate(max_peers as usize);
     }

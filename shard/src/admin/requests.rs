@@ -191,6 +191,7 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
         Request::ListVaults => Ok(Response::ListVaults { vaults: list_vaults(shard).await }),
         Request::GetNodeInfo => Ok(node_info(shard)),
         Request::GetPeers { max_peers } => crate::admin::peer_cache::get_peers(shard, max_peers),
+        Request::GetSystemState { if_version_greater_than } => system_state(shard, if_version_greater_than),
         Request::HealthCheck { namespace_id: None, .. } => Ok(node_health(shard).await),
         Request::HealthCheck { namespace_id: Some(ns), vault_id } => {
             let group = namespace_group(shard, ns)?;
@@ -577,6 +578,33 @@ async fn delete_namespace(shard: &Shard, namespace_id: i64) -> Result<Response, 
     )
     .await?;
     Ok(Response::DeleteNamespace { deleted_at })
+}
+
+/// `GetSystemState` (SPEC §5.5 item 40) from this node's replica of `_system`.
+fn system_state(shard: &Shard, if_version_greater_than: u64) -> Result<Response, Status> {
+    let (version, members) = crate::admin::peer_cache::members_seen(shard)?;
+    if version <= if_version_greater_than {
+        return Ok(Response::GetSystemState { version, nodes: Vec::new(), namespaces: Vec::new() });
+    }
+    let nodes = members
+        .into_iter()
+        .map(|m| ledger_wire::messages::SystemNode {
+            node_id: m.node_id,
+            addresses: m.ip.map(|ip| vec![ip.to_string()]).unwrap_or_else(|| vec![m.address.clone()]),
+            port: m.port,
+            capabilities: ledger_wire::messages::NodeCapabilities {
+                can_lead: m.voter,
+                max_vaults: 0,
+                cores: if m.node_id == shard.config.node_id { shard.cores.len() as u16 } else { 0 },
+            },
+            last_heartbeat: m.last_seen,
+        })
+        .collect();
+    let mut namespaces = vec![system_namespace_info(shard)?];
+    for record in with_system(shard, reg::namespaces)? {
+        namespaces.push(namespace_info(shard, &record)?);
+    }
+    Ok(Response::GetSystemState { version, nodes, namespaces })
 }
 
 fn namespace_info(shard: &Shard, record: &NamespaceRecord) -> Result<NamespaceInfo, Status> {
