@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// How long a shutdown waits for the shards to checkpoint (SPEC §11.7: in-flight ≤ 10 s).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopping cluster node may spend handing its leaderships over (SPEC §11.7).
+const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long startup waits for every shard to open its groups and elect itself.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -384,6 +386,11 @@ pub fn run_node_with(
         }
     };
     ledger_shard::event!(info, "node_stopping", signal, "received a termination signal; shutting down");
+    if shard_config.cluster.is_some() {
+        // Before the listeners stop: closing them closes the peer connections too, and the
+        // hand-over needs them (the successor's votes and appends arrive on them).
+        step_down(&inbox_senders, dir.node_id);
+    }
     for control in &controls {
         let _ = control.send(ListenerControl::Stop);
     }
@@ -412,6 +419,40 @@ pub fn run_node_with(
     drop(events);
     drop(dir);
     Ok(())
+}
+
+/// SPEC §11.7: a cluster node steps down from the groups it leads before it closes them, so
+/// that their writes pause for a hand-over rather than an election timeout. Bounded: a node
+/// whose peers are gone gives up after `STEP_DOWN_TIMEOUT` and closes anyway.
+fn step_down(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
+    let Some(core0) = inbox_senders.first() else { return };
+    let (reply, answers) = flume::bounded(1);
+    let envelope = ledger_wire::messages::RequestEnvelope {
+        request_id: 0,
+        deadline_ms: 0,
+        on_behalf_of: None,
+        request: ledger_wire::messages::Request::TransferLeadership {
+            node_id,
+            group_id: None,
+            successor: None,
+        },
+    };
+    let caller = ledger_shard::msg::Caller::internal(STEP_DOWN_TIMEOUT);
+    if core0.send(ShardMsg::Admin { envelope, reply, forwarded: true, caller }).is_err() {
+        return;
+    }
+    match answers.recv_timeout(STEP_DOWN_TIMEOUT) {
+        Ok(ledger_wire::messages::ResponseEnvelope {
+            result: Ok(ledger_wire::messages::Response::TransferLeadership { moved, not_moved }),
+            ..
+        }) => {
+            ledger_shard::event!(info, "stepped_down", node = node_id, moved = ?moved, not_moved = ?not_moved)
+        }
+        Ok(other) => ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = ?other.result),
+        Err(_) => {
+            ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = "no answer in time")
+        }
+    }
 }
 
 /// SIGHUP: hands the re-read `auth_tokens` to every core's listener and to the peer pools

@@ -129,6 +129,11 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM to node `i`, waiting for its exit; returns the exit code.
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        self.nodes[i].process.take().and_then(|p| p.stop())
+    }
+
     /// Restarts node `i` with its first command.
     pub fn restart(&mut self, i: usize) {
         self.start_nodes(&[i]);

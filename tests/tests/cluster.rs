@@ -1466,3 +1466,32 @@ async fn t16_members_keep_a_peer_cache_that_a_joining_node_finds_the_cluster_by(
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2, joiner], &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_a_stopping_node_hands_its_leaderships_over_first() {
+    // SPEC §11.7: on SIGTERM a cluster node steps down from the groups it leads before it
+    // closes them, so their writes pause for a hand-over, not an election timeout.
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "stepping-down").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let leaving = leader_of(&admin, &ids, 0, None).await;
+    let leaving_id = ids.iter().find(|(_, i)| **i == leaving).map(|(id, _)| *id).expect("id");
+    assert_eq!(cluster.stop(leaving), Some(0), "a clean stop exits 0:\n{}", cluster.stderr(leaving));
+    let log = cluster.stderr(leaving);
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=stepped_down"))
+        .unwrap_or_else(|| panic!("no step-down:\n{log}"));
+    assert!(line.contains("moved=[(0, "), "`_system` was not handed over: {line}");
+    assert!(log.contains("leadership moved from node"), "{log}");
+    let staying: Vec<usize> = (0..3).filter(|i| *i != leaving).collect();
+    let leaders = group_leaders(&cluster, staying[0]).await;
+    assert!(leaders.values().all(|l| *l != Some(leaving_id)), "still led by the stopped node: {leaders:?}");
+    acks.extend(write_keys(cluster.addr(staying[0]), namespace_id, Some(vault_id), "after", 5).await);
+    cluster.restart(leaving);
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}
