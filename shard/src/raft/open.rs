@@ -411,14 +411,20 @@ async fn open_state(
         Err(e) => Err(e),
     };
     let reason = match attempt {
-        Ok((db, loaded)) if loaded.applied.is_some() || !log_purged || catalog.entries.is_empty() => {
+        Ok((db, loaded)) if loaded.applied.is_some() || catalog.entries.is_empty() => {
             return Ok((db, loaded, None))
         }
         Ok((db, loaded)) => {
-            // Empty but the log was purged: restore into this (empty) file.
+            // Empty beside snapshot files: the state was lost (a group writes a snapshot only of
+            // applied state, which its checkpoint holds first). Restore into this (empty) file,
+            // whether or not the log was purged: openraft would otherwise start with a snapshot
+            // ahead of its committed index, which it refuses by panicking (D73).
             let entries = catalog.entries.clone();
             let Some((entry, applied, scopes)) = restore_timed(group, entries).await else {
-                return Ok((db, loaded, None));
+                return Err(ShardError::Corrupt {
+                    what: "group state",
+                    detail: "state.redb is empty beside snapshot files, and no snapshot file verifies".into(),
+                });
             };
             crate::event!(
                 warn,
@@ -426,7 +432,7 @@ async fn open_state(
                 group = %group,
                 path = %entry.path.display(),
                 group_height = applied.group_height,
-                reason = "empty_state_with_purged_log"
+                reason = if log_purged { "empty_state_with_purged_log" } else { "empty_state_beside_snapshots" }
             );
             return Ok((db, loaded, Some((applied, scopes))));
         }
