@@ -43,7 +43,8 @@ pub fn plan_move(
         leads.iter().filter(|(_, n)| **n > 0).map(|(id, n)| (*id, *n)).collect();
     givers.sort_by_key(|(id, n)| (!draining.contains(id), std::cmp::Reverse(*n), *id));
     for (from, count) in givers {
-        let margin = if draining.contains(&from) { 0 } else { 2 };
+        // A drained node gives up everything; another gives only to a node two behind it.
+        let drained = draining.contains(&from);
         let mut led: Vec<&GroupStatusInfo> = statuses.iter().filter(|s| s.leader == Some(from)).collect();
         // Data groups first: moving `_system` moves the balancer too.
         led.sort_by_key(|s| (s.group_id == 0, s.group_id));
@@ -54,7 +55,7 @@ pub fn plan_move(
                 .filter(|v| **v != from && takers.contains(v))
                 .min_by_key(|v| (leads.get(v).copied().unwrap_or(0), **v));
             if let Some(&to) = to {
-                if count >= leads.get(&to).copied().unwrap_or(0) + margin {
+                if drained || count >= leads.get(&to).copied().unwrap_or(0) + 2 {
                     return Some(Move { group: status.group_id, from, to });
                 }
             }
@@ -207,6 +208,18 @@ mod tests {
     fn t02_drained_silent_and_leaderless() {
         let one_each = [status(0, Some(1), ALL), status(1, Some(2), ALL), status(2, Some(3), ALL)];
         assert_eq!(plan_move(&one_each, &set(ALL), &set(&[3])), Some(Move { group: 2, from: 3, to: 1 }));
+        let drained_leads_least = [
+            status(0, Some(1), ALL),
+            status(1, Some(1), ALL),
+            status(2, Some(2), ALL),
+            status(3, Some(2), ALL),
+            status(4, Some(3), ALL),
+        ];
+        assert_eq!(
+            plan_move(&drained_leads_least, &set(ALL), &set(&[3])),
+            Some(Move { group: 4, from: 3, to: 1 }),
+            "a drained node gives up its group even to nodes that lead more"
+        );
         let piled = [status(0, Some(1), ALL), status(1, Some(1), ALL), status(2, Some(2), ALL)];
         assert_eq!(plan_move(&piled, &set(ALL), &set(&[3])), None, "3 is drained, 1 and 2 differ by one");
         assert_eq!(plan_move(&piled, &set(&[1, 2]), &set(&[])), None, "3 did not answer");
