@@ -186,6 +186,7 @@ pub fn access_of(request: &Request) -> Access {
         | ForceGc { .. }
         | JoinCluster { .. }
         | LeaveCluster { .. }
+        | NodeStopping { .. }
         | SetPartition { .. }
         | TransferLeadership { .. } => Access::Admin,
         Peer(_) => Access::Peer,

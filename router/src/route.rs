@@ -56,6 +56,7 @@ pub fn target_of(request: &Request) -> Target {
         | SetPartition { .. }
         | JoinCluster { .. }
         | LeaveCluster { .. }
+        | NodeStopping { .. }
         | GetClusterInfo
         | GetGroupStatus
         | TransferLeadership { .. }

@@ -390,6 +390,7 @@ pub fn run_node_with(
         // Before the listeners stop: closing them closes the peer connections too, and the
         // hand-over needs them (the successor's votes and appends arrive on them).
         step_down(&inbox_senders, dir.node_id);
+        say_stopping(&inbox_senders, dir.node_id);
     }
     for control in &controls {
         let _ = control.send(ListenerControl::Stop);
@@ -451,6 +452,31 @@ fn step_down(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
         Ok(other) => ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = ?other.result),
         Err(_) => {
             ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = "no answer in time")
+        }
+    }
+}
+
+/// Tells `_system`'s leader (through core 0, which forwards) that this stop is planned, so that
+/// the node is not removed for its silence (SPEC §10.6 removes *unexpected* losses, D74).
+/// Best effort, bounded like the step-down.
+fn say_stopping(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
+    let Some(core0) = inbox_senders.first() else { return };
+    let (reply, answers) = flume::bounded(1);
+    let envelope = ledger_wire::messages::RequestEnvelope {
+        request_id: 0,
+        deadline_ms: 0,
+        on_behalf_of: None,
+        request: ledger_wire::messages::Request::NodeStopping { node_id },
+    };
+    let caller = ledger_shard::msg::Caller::internal(STEP_DOWN_TIMEOUT);
+    if core0.send(ShardMsg::Admin { envelope, reply, forwarded: false, caller }).is_err() {
+        return;
+    }
+    match answers.recv_timeout(STEP_DOWN_TIMEOUT) {
+        Ok(ledger_wire::messages::ResponseEnvelope { result: Ok(_), .. }) => {}
+        Ok(other) => ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = ?other.result),
+        Err(_) => {
+            ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = "no answer in time")
         }
     }
 }

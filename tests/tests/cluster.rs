@@ -1495,3 +1495,41 @@ async fn t17_a_stopping_node_hands_its_leaderships_over_first() {
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t18_a_node_stopped_on_purpose_is_not_removed_for_its_silence() {
+    // D74: SPEC §10.6 removes a node lost *unexpectedly*. A node stopped with SIGTERM says so to
+    // `_system`'s leader, which records it: the node is marked unavailable but kept as a member
+    // however long it stays away, and the record goes once the node is heard from again.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--node-heartbeat-timeout-secs", "2"]).collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "planned-stop").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let stopped = 2;
+    let stopped_id = ids.iter().find(|(_, i)| **i == stopped).map(|(id, _)| *id).expect("id");
+    assert_eq!(cluster.stop(stopped), Some(0));
+    let log = |cluster: &Cluster| -> String { [0, 1].iter().map(|&i| cluster.stderr(i)).collect() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log(&cluster).contains(&format!("event=node_unavailable node={stopped_id}")) {
+        assert!(Instant::now() < deadline, "never marked unavailable:\n{}", log(&cluster));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log(&cluster).contains("event=node_stopping_recorded"), "{}", log(&cluster));
+    // Well past twice the timeout: still a member of every group.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!log(&cluster).contains("event=node_removed"), "{}", log(&cluster));
+    let voters = group_voters(&cluster, 0).await;
+    assert!(voters.values().all(|v| v.contains(&stopped_id)), "{voters:?}");
+    acks.extend(write_keys(cluster.addr(1), namespace_id, Some(vault_id), "meanwhile", 5).await);
+    cluster.restart(stopped);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log(&cluster).contains(&format!("event=node_back_from_planned_stop node={stopped_id}")) {
+        assert!(Instant::now() < deadline, "the stop record was never cleared:\n{}", log(&cluster));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}

@@ -418,6 +418,11 @@ pub enum Request {
     GetSystemState {
         if_version_greater_than: u64,
     },
+    /// A member says it is stopping on purpose (SIGTERM): `_system`'s leader records it, and
+    /// does not remove the node for its silence until it is heard again (D74).
+    NodeStopping {
+        node_id: u64,
+    },
 }
 
 impl Request {
@@ -477,6 +482,7 @@ impl Request {
             Request::GetNodeInfo => "get_node_info",
             Request::GetPeers { .. } => "get_peers",
             Request::GetSystemState { .. } => "get_system_state",
+            Request::NodeStopping { .. } => "node_stopping",
             Request::HealthCheck { .. } => "health_check",
             Request::CheckIntegrity { .. } => "check_integrity",
             Request::CreateSnapshot { .. } => "create_snapshot",
@@ -790,6 +796,7 @@ pub enum Response {
         nodes: Vec<SystemNode>,
         namespaces: Vec<NamespaceInfo>,
     },
+    NodeStopping,
 }
 
 /// A member in `GetSystemState` (SPEC §5.5 item 40's NodeInfo).

@@ -33,6 +33,8 @@ pub struct Members<'a> {
     pub self_id: u64,
     pub voters: &'a BTreeSet<u64>,
     pub learners: &'a BTreeSet<u64>,
+    /// Members that said they were stopping on purpose (D74): marked, never removed.
+    pub stopped: &'a BTreeSet<u64>,
 }
 
 /// The `_system` leader's view of which members are silent, kept across looks.
@@ -104,7 +106,8 @@ impl NodeWatch {
                 if self.unavailable.insert(node) {
                     verdict.unavailable.push(node);
                 }
-                if silent > self.timeout * 2 && longest.is_none_or(|(d, _)| silent > d) {
+                let planned = members.stopped.contains(&node);
+                if !planned && silent > self.timeout * 2 && longest.is_none_or(|(d, _)| silent > d) {
                     longest = Some((silent, node));
                 }
             } else if self.unavailable.remove(&node) {
@@ -153,6 +156,15 @@ pub async fn watch_members(shard: Weak<Shard>) {
         for node in &verdict.back {
             crate::event!(info, "node_available", node = *node);
         }
+        for node in back_from_planned_stop(&shard, &group, timeout) {
+            let op = ledger_core::types::Operation::DeleteEntity {
+                key: crate::admin::registry::node_stopped_key(node),
+            };
+            match crate::admin::requests::system_tx_ok(&shard, vec![op]).await {
+                Ok(_) => crate::event!(info, "node_back_from_planned_stop", node),
+                Err(e) => crate::event!(warn, "node_stop_record_not_cleared", node, error = %e.message),
+            }
+        }
         let Some(node) = verdict.remove else { continue };
         if retry_after.get(&node).is_some_and(|at| now < *at) {
             continue;
@@ -183,9 +195,45 @@ fn look(shard: &Shard, group: &Group, now: Instant) -> Verdict {
             .then_some(m.current_term);
         (leading, membership.voter_ids().collect(), membership.learner_ids().collect())
     };
-    let members = Members { self_id: shard.config.node_id, voters: &voters, learners: &learners };
+    let stopped =
+        crate::admin::requests::with_system(shard, crate::admin::registry::stopped_nodes).unwrap_or_default();
+    let members =
+        Members { self_id: shard.config.node_id, voters: &voters, learners: &learners, stopped: &stopped };
     let data = group.data.borrow();
     shard.node_watch.borrow_mut().observe(now, term, &members, |node| data.contact.last_ack(node))
+}
+
+/// The planned-stop records (D74) of members this leader has heard from since well after the
+/// record was written (one timeout later: a stopping node still answers for a moment after it
+/// says so), and so are back.
+fn back_from_planned_stop(shard: &Shard, group: &Group, timeout: Duration) -> Vec<u64> {
+    if !group.is_leader() {
+        return Vec::new();
+    }
+    let records: Vec<(u64, u64)> = crate::admin::requests::with_system(shard, |s| {
+        crate::admin::registry::stopped_nodes(s)
+            .into_iter()
+            .filter_map(|node| {
+                let row = s.get_entity(&crate::admin::registry::node_stopped_key(node))?;
+                let secs = <[u8; 8]>::try_from(row.value.as_slice()).ok().map(i64::from_le_bytes)?;
+                Some((node, secs.max(0) as u64))
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    let now = Instant::now();
+    let unix_now = crate::admin::peer_cache::unix_now();
+    let data = group.data.borrow();
+    records
+        .into_iter()
+        .filter(|(node, written)| {
+            let record_age = Duration::from_secs(unix_now.saturating_sub(*written));
+            data.contact
+                .last_ack(*node)
+                .is_some_and(|ack| now.saturating_duration_since(ack) + timeout < record_age)
+        })
+        .map(|(node, _)| node)
+        .collect()
 }
 
 #[cfg(test)]
@@ -204,7 +252,7 @@ mod tests {
     fn t01_marks_then_removes_counting_from_the_terms_start() {
         let mut w = NodeWatch::new(T);
         let (voters, learners) = (set(&[1, 2, 3]), set(&[]));
-        let m = Members { self_id: 1, voters: &voters, learners: &learners };
+        let m = Members { self_id: 1, voters: &voters, learners: &learners, stopped: &BTreeSet::new() };
         let t0 = Instant::now();
         let never = |_| None;
         assert_eq!(w.observe(t0, Some(5), &m, never), Verdict::default());
@@ -227,7 +275,7 @@ mod tests {
     fn t02_leadership_change_restarts_the_count() {
         let mut w = NodeWatch::new(T);
         let (voters, learners) = (set(&[1, 2, 3]), set(&[]));
-        let m = Members { self_id: 1, voters: &voters, learners: &learners };
+        let m = Members { self_id: 1, voters: &voters, learners: &learners, stopped: &BTreeSet::new() };
         let t0 = Instant::now();
         w.observe(t0, Some(5), &m, |_| None);
         assert_eq!(w.observe(t0 + T * 3, Some(5), &m, |_| Some(t0 + T * 3)).remove, None);
@@ -249,13 +297,13 @@ mod tests {
         let late = t0 + T * 2 + Duration::from_secs(1);
         let (two, none) = (set(&[1, 2]), set(&[]));
         let mut w = NodeWatch::new(T);
-        let m = Members { self_id: 1, voters: &two, learners: &none };
+        let m = Members { self_id: 1, voters: &two, learners: &none, stopped: &BTreeSet::new() };
         w.observe(t0, Some(1), &m, |_| None);
         assert_eq!(w.observe(late, Some(1), &m, |_| None).remove, None, "two voters: WouldBreakQuorum");
         // Five voters, two silent: removing one leaves four with three live; then three with three.
         let five = set(&[1, 2, 3, 4, 5]);
         let mut w = NodeWatch::new(T);
-        let m = Members { self_id: 1, voters: &five, learners: &none };
+        let m = Members { self_id: 1, voters: &five, learners: &none, stopped: &BTreeSet::new() };
         w.observe(t0, Some(1), &m, |_| None);
         let alive = |n| (n <= 3).then_some(late);
         assert_eq!(w.observe(late, Some(1), &m, alive).remove, Some(4));
@@ -268,9 +316,21 @@ mod tests {
         // A silent learner goes even beside two voters.
         let learners = set(&[7]);
         let mut w = NodeWatch::new(T);
-        let m = Members { self_id: 1, voters: &two, learners: &learners };
+        let m = Members { self_id: 1, voters: &two, learners: &learners, stopped: &BTreeSet::new() };
         w.observe(t0, Some(1), &m, |_| None);
         assert_eq!(w.observe(late, Some(1), &m, |n| (n == 2).then_some(late)).remove, Some(7));
+    }
+
+    /// A member that said it was stopping is marked but never removed.
+    #[test]
+    fn t05_a_planned_stop_is_not_removed() {
+        let mut w = NodeWatch::new(T);
+        let (voters, learners, stopped) = (set(&[1, 2, 3]), set(&[]), set(&[3]));
+        let m = Members { self_id: 1, voters: &voters, learners: &learners, stopped: &stopped };
+        let t0 = Instant::now();
+        w.observe(t0, Some(1), &m, |_| None);
+        let v = w.observe(t0 + T * 5, Some(1), &m, |n| (n == 2).then_some(t0 + T * 5));
+        assert_eq!(v, Verdict { unavailable: vec![3], back: vec![], remove: None });
     }
 
     /// A timeout of zero turns the watch off.
@@ -278,7 +338,7 @@ mod tests {
     fn t04_zero_timeout_is_off() {
         let mut w = NodeWatch::new(Duration::ZERO);
         let (voters, learners) = (set(&[1, 2, 3]), set(&[]));
-        let m = Members { self_id: 1, voters: &voters, learners: &learners };
+        let m = Members { self_id: 1, voters: &voters, learners: &learners, stopped: &BTreeSet::new() };
         let t0 = Instant::now();
         w.observe(t0, Some(1), &m, |_| None);
         assert_eq!(w.observe(t0 + T * 100, Some(1), &m, |_| None), Verdict::default());

@@ -74,6 +74,21 @@ pub fn group_key(id: u32) -> String {
 pub fn node_key(id: u64) -> String {
     format!("node:{id}")
 }
+/// `_meta:node_stopped:{id}`: the node said it was stopping on purpose (D74); value: unix secs
+/// as i64 LE. Removed once `_system`'s leader hears from the node again.
+pub const NODE_STOPPED_PREFIX: &str = "_meta:node_stopped:";
+pub fn node_stopped_key(id: u64) -> String {
+    format!("{NODE_STOPPED_PREFIX}{id}")
+}
+
+/// The nodes with a `_meta:node_stopped:` record.
+pub fn stopped_nodes(system: &ScopeState) -> std::collections::BTreeSet<u64> {
+    system
+        .entities_from(std::ops::Bound::Included(NODE_STOPPED_PREFIX))
+        .take_while(|(key, _)| key.starts_with(NODE_STOPPED_PREFIX))
+        .filter_map(|(key, _)| key[NODE_STOPPED_PREFIX.len()..].parse().ok())
+        .collect()
+}
 
 /// Registry records are encoded like every other value the shard stores.
 pub use crate::codec::encode;

@@ -111,6 +111,7 @@ fn changes_registry(request: &Request) -> bool {
             | Request::DeleteVault { .. }
             | Request::JoinCluster { .. }
             | Request::LeaveCluster { .. }
+            | Request::NodeStopping { .. }
     )
 }
 
@@ -159,6 +160,9 @@ pub(crate) async fn change_membership_everywhere(
                 if reg::record::<NodeRecord>(s, &reg::node_key(*node_id)).is_some() {
                     ops.push(Operation::DeleteEntity { key: reg::node_key(*node_id) });
                 }
+                if s.get_entity(&reg::node_stopped_key(*node_id)).is_some() {
+                    ops.push(Operation::DeleteEntity { key: reg::node_stopped_key(*node_id) });
+                }
             }
         }
         ops
@@ -192,6 +196,13 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
         Request::GetNodeInfo => Ok(node_info(shard)),
         Request::GetPeers { max_peers } => crate::admin::peer_cache::get_peers(shard, max_peers),
         Request::GetSystemState { if_version_greater_than } => system_state(shard, if_version_greater_than),
+        Request::NodeStopping { node_id } => {
+            let secs = crate::admin::peer_cache::unix_now() as i64;
+            let op = reg::set(reg::node_stopped_key(node_id), secs.to_le_bytes().to_vec());
+            system_tx_ok(shard, vec![op]).await?;
+            crate::event!(info, "node_stopping_recorded", node = node_id);
+            Ok(Response::NodeStopping)
+        }
         Request::HealthCheck { namespace_id: None, .. } => Ok(node_health(shard).await),
         Request::HealthCheck { namespace_id: Some(ns), vault_id } => {
             let group = namespace_group(shard, ns)?;
@@ -337,7 +348,7 @@ fn system_group(shard: &Shard) -> Result<Rc<crate::round::group::Group>, Status>
 }
 
 /// Runs `f` on the committed `_system` scope.
-fn with_system<T>(shard: &Shard, f: impl FnOnce(&ScopeState) -> T) -> Result<T, Status> {
+pub(crate) fn with_system<T>(shard: &Shard, f: impl FnOnce(&ScopeState) -> T) -> Result<T, Status> {
     let group = system_group(shard)?;
     let data = group.data.borrow();
     let system =
@@ -368,7 +379,7 @@ async fn system_tx(shard: &Shard, operations: Vec<Operation>) -> Result<WriteRes
 }
 
 /// A registry transaction that must succeed (its conditions were checked under the admin lock).
-async fn system_tx_ok(shard: &Shard, operations: Vec<Operation>) -> Result<WriteSuccess, Status> {
+pub(crate) async fn system_tx_ok(shard: &Shard, operations: Vec<Operation>) -> Result<WriteSuccess, Status> {
     match system_tx(shard, operations).await? {
         WriteResult::Success(s) => Ok(s),
         WriteResult::Error(e) => {
