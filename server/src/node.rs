@@ -22,6 +22,9 @@ use std::time::Duration;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a stopping cluster node may spend handing its leaderships over (SPEC §11.7).
 const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long it may wait for `_system` to record that its stop is planned (D74): a cluster
+/// stopped whole has no `_system` quorum left for the last nodes, which should not wait long.
+const STOP_NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long startup waits for every shard to open its groups and elect itself.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -390,7 +393,9 @@ pub fn run_node_with(
         // Before the listeners stop: closing them closes the peer connections too, and the
         // hand-over needs them (the successor's votes and appends arrive on them).
         step_down(&inbox_senders, dir.node_id);
-        say_stopping(&inbox_senders, dir.node_id);
+        if shard_config.node_heartbeat_timeout_secs > 0 {
+            say_stopping(&inbox_senders, dir.node_id);
+        }
     }
     for control in &controls {
         let _ = control.send(ListenerControl::Stop);
@@ -458,7 +463,7 @@ fn step_down(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
 
 /// Tells `_system`'s leader (through core 0, which forwards) that this stop is planned, so that
 /// the node is not removed for its silence (SPEC §10.6 removes *unexpected* losses, D74).
-/// Best effort, bounded like the step-down.
+/// Best effort and bounded; skipped when silent nodes are never removed.
 fn say_stopping(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
     let Some(core0) = inbox_senders.first() else { return };
     let (reply, answers) = flume::bounded(1);
@@ -468,11 +473,11 @@ fn say_stopping(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
         on_behalf_of: None,
         request: ledger_wire::messages::Request::NodeStopping { node_id },
     };
-    let caller = ledger_shard::msg::Caller::internal(STEP_DOWN_TIMEOUT);
+    let caller = ledger_shard::msg::Caller::internal(STOP_NOTICE_TIMEOUT);
     if core0.send(ShardMsg::Admin { envelope, reply, forwarded: false, caller }).is_err() {
         return;
     }
-    match answers.recv_timeout(STEP_DOWN_TIMEOUT) {
+    match answers.recv_timeout(STOP_NOTICE_TIMEOUT) {
         Ok(ledger_wire::messages::ResponseEnvelope { result: Ok(_), .. }) => {}
         Ok(other) => ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = ?other.result),
         Err(_) => {
