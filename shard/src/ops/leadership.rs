@@ -31,9 +31,14 @@ thread_local! {
 }
 
 /// Picks a successor for each group in `to_move` among its other voters: the node with the
-/// fewest leaderships (counting earlier picks), ties to the lowest id. Groups with no other
-/// voter are left out.
-pub fn plan_successors(statuses: &[GroupStatusInfo], to_move: &[u32], leaving: u64) -> BTreeMap<u32, u64> {
+/// fewest leaderships (counting earlier picks), ties to the lowest id; a node in `avoid` (drained,
+/// D70) only when the group has no other voter. Groups with no other voter are left out.
+pub fn plan_successors(
+    statuses: &[GroupStatusInfo],
+    to_move: &[u32],
+    leaving: u64,
+    avoid: &std::collections::BTreeSet<u64>,
+) -> BTreeMap<u32, u64> {
     let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
     for s in statuses {
         for v in &s.voters {
@@ -50,7 +55,7 @@ pub fn plan_successors(statuses: &[GroupStatusInfo], to_move: &[u32], leaving: u
             .voters
             .iter()
             .filter(|v| **v != leaving)
-            .min_by_key(|v| (leads.get(v).copied().unwrap_or(0), **v))
+            .min_by_key(|v| (avoid.contains(v), leads.get(v).copied().unwrap_or(0), **v))
             .copied();
         if let Some(successor) = pick {
             *leads.entry(successor).or_default() += 1;
@@ -226,6 +231,41 @@ pub async fn on_leadership_request(group: &Rc<Group>, action: LeadershipAction) 
     }
 }
 
+/// The voters of the groups in `led` (this node aside) that say they are drained (D70), asked
+/// with `GetNodeInfo`; one that does not answer in time counts as not drained.
+async fn draining_voters(
+    shard: &Shard,
+    statuses: &[GroupStatusInfo],
+    led: &[u32],
+) -> std::collections::BTreeSet<u64> {
+    let me = shard.config.node_id;
+    let voters: std::collections::BTreeSet<u64> = statuses
+        .iter()
+        .filter(|s| led.contains(&s.group_id))
+        .flat_map(|s| s.voters.iter().copied())
+        .filter(|v| *v != me)
+        .collect();
+    let addresses: Vec<(u64, String)> = match shard.group(ledger_core::types::GroupId(0)) {
+        Some(group0) => {
+            let metrics = group0.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            voters.iter().filter_map(|v| membership.get_node(v).map(|n| (*v, n.addr.clone()))).collect()
+        }
+        None => Vec::new(),
+    };
+    let timeout = shard.config.forward_timeout.min(Duration::from_secs(2));
+    let mut draining = std::collections::BTreeSet::new();
+    for (node, addr) in addresses {
+        if let Ok(Ok(Response::GetNodeInfo { draining: true, .. })) =
+            shard.peers.call(node, &addr, Request::GetNodeInfo, timeout).await
+        {
+            draining.insert(node);
+        }
+    }
+    draining
+}
+
 /// `TransferLeadership` on node `node_id` (core 0): every group it leads (or `group_id`), each
 /// handed to `successor` or else to the voter with the fewest leaderships. A whole node moved
 /// with no successor named is drained for `LEADER_DRAIN` (D70): an operator's stepdown before
@@ -260,7 +300,10 @@ pub async fn transfer(
                 .map(|g| (*g, to))
                 .collect()
         }
-        None => plan_successors(&statuses, &led, me),
+        None => {
+            let avoid = draining_voters(shard, &statuses, &led).await;
+            plan_successors(&statuses, &led, me, &avoid)
+        }
     };
     let mut not_moved: Vec<u32> = led.iter().filter(|g| !plan.contains_key(g)).copied().collect();
     let mut waits = Vec::new();
@@ -289,4 +332,43 @@ pub async fn transfer(
     }
     not_moved.sort_unstable();
     Ok(Response::TransferLeadership { moved, not_moved })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(group: u32, leader: u64, voters: &[u64]) -> GroupStatusInfo {
+        GroupStatusInfo {
+            group_id: group,
+            role: "leader".into(),
+            leader: Some(leader),
+            term: 1,
+            last_log_index: 0,
+            committed_index: 0,
+            applied_index: 0,
+            voters: voters.to_vec(),
+            learners: Vec::new(),
+            scopes: 0,
+            unhealthy_scopes: 0,
+        }
+    }
+
+    /// Successors spread by fewest leaderships; a drained node is picked only when the group
+    /// has no other voter.
+    #[test]
+    fn t01_successors_spread_and_avoid_drained_nodes() {
+        let statuses = [status(0, 1, &[1, 2, 3]), status(1, 1, &[1, 2, 3]), status(2, 2, &[1, 2, 3])];
+        let none = std::collections::BTreeSet::new();
+        let plan = plan_successors(&statuses, &[0, 1], 1, &none);
+        assert_eq!(
+            plan,
+            BTreeMap::from([(0, 3), (1, 2)]),
+            "3 leads none and takes one; then 2 and 3 tie and the lower id wins"
+        );
+        let drained = std::collections::BTreeSet::from([3]);
+        assert_eq!(plan_successors(&statuses, &[0, 1], 1, &drained), BTreeMap::from([(0, 2), (1, 2)]));
+        let pair = [status(0, 1, &[1, 3])];
+        assert_eq!(plan_successors(&pair, &[0], 1, &drained), BTreeMap::from([(0, 3)]), "no other voter");
+    }
 }
