@@ -427,37 +427,34 @@ pub fn run_node_with(
     Ok(())
 }
 
+/// Asks core 0 `request` as the node itself (`forwarded`: answered there, never sent on) and
+/// waits at most `timeout`; `None` when no answer came in time.
+fn ask_core0(
+    inbox_senders: &[flume::Sender<ShardMsg>],
+    request: ledger_wire::messages::Request,
+    forwarded: bool,
+    timeout: Duration,
+) -> Option<ledger_wire::messages::ResponseEnvelope> {
+    let core0 = inbox_senders.first()?;
+    let (reply, answers) = flume::bounded(1);
+    let envelope =
+        ledger_wire::messages::RequestEnvelope { request_id: 0, deadline_ms: 0, on_behalf_of: None, request };
+    let caller = ledger_shard::msg::Caller::internal(timeout);
+    core0.send(ShardMsg::Admin { envelope, reply, forwarded, caller }).ok()?;
+    answers.recv_timeout(timeout).ok()
+}
+
 /// SPEC §11.7: a cluster node steps down from the groups it leads before it closes them, so
 /// that their writes pause for a hand-over rather than an election timeout. Bounded: a node
 /// whose peers are gone gives up after `STEP_DOWN_TIMEOUT` and closes anyway.
 fn step_down(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
-    let Some(core0) = inbox_senders.first() else { return };
-    let (reply, answers) = flume::bounded(1);
-    let envelope = ledger_wire::messages::RequestEnvelope {
-        request_id: 0,
-        deadline_ms: 0,
-        on_behalf_of: None,
-        request: ledger_wire::messages::Request::TransferLeadership {
-            node_id,
-            group_id: None,
-            successor: None,
-        },
-    };
-    let caller = ledger_shard::msg::Caller::internal(STEP_DOWN_TIMEOUT);
-    if core0.send(ShardMsg::Admin { envelope, reply, forwarded: true, caller }).is_err() {
-        return;
-    }
-    match answers.recv_timeout(STEP_DOWN_TIMEOUT) {
-        Ok(ledger_wire::messages::ResponseEnvelope {
-            result: Ok(ledger_wire::messages::Response::TransferLeadership { moved, not_moved }),
-            ..
-        }) => {
+    let request =
+        ledger_wire::messages::Request::TransferLeadership { node_id, group_id: None, successor: None };
+    match ask_core0(inbox_senders, request, true, STEP_DOWN_TIMEOUT).as_ref().map(|answer| &answer.result) {
+        Some(Ok(ledger_wire::messages::Response::TransferLeadership { moved, not_moved })) => {
             ledger_shard::event!(info, "stepped_down", node = node_id, moved = ?moved, not_moved = ?not_moved)
         }
-        Ok(other) => ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = ?other.result),
-        Err(_) => {
-            ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = "no answer in time")
-        }
+        other => ledger_shard::event!(warn, "step_down_failed", node = node_id, answer = ?other),
     }
 }
 
@@ -465,24 +462,11 @@ fn step_down(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
 /// the node is not removed for its silence (SPEC §10.6 removes *unexpected* losses, D74).
 /// Best effort and bounded; skipped when silent nodes are never removed.
 fn say_stopping(inbox_senders: &[flume::Sender<ShardMsg>], node_id: u64) {
-    let Some(core0) = inbox_senders.first() else { return };
-    let (reply, answers) = flume::bounded(1);
-    let envelope = ledger_wire::messages::RequestEnvelope {
-        request_id: 0,
-        deadline_ms: 0,
-        on_behalf_of: None,
-        request: ledger_wire::messages::Request::NodeStopping { node_id },
-    };
-    let caller = ledger_shard::msg::Caller::internal(STOP_NOTICE_TIMEOUT);
-    if core0.send(ShardMsg::Admin { envelope, reply, forwarded: false, caller }).is_err() {
-        return;
-    }
-    match answers.recv_timeout(STOP_NOTICE_TIMEOUT) {
-        Ok(ledger_wire::messages::ResponseEnvelope { result: Ok(_), .. }) => {}
-        Ok(other) => ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = ?other.result),
-        Err(_) => {
-            ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = "no answer in time")
-        }
+    let request = ledger_wire::messages::Request::NodeStopping { node_id };
+    match ask_core0(inbox_senders, request, false, STOP_NOTICE_TIMEOUT).as_ref().map(|answer| &answer.result)
+    {
+        Some(Ok(_)) => {}
+        other => ledger_shard::event!(warn, "stop_not_recorded", node = node_id, answer = ?other),
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::shard::Shard;
 use ledger_core::types::GroupId;
-use ledger_wire::messages::{GroupStatusInfo, Request, Response};
+use ledger_wire::messages::{GroupStatusInfo, Response};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Weak;
 use std::time::Duration;
@@ -112,33 +112,22 @@ async fn answering_members(
     group0: &crate::round::group::Group,
 ) -> (BTreeSet<u64>, BTreeSet<u64>) {
     let me = shard.config.node_id;
-    let members: Vec<(u64, String)> = {
+    let members: Vec<u64> = {
         let metrics = group0.raft.metrics();
         let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter(|v| *v != me)
-            .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone()).unwrap_or_default()))
-            .collect()
+        let watch = shard.node_watch.borrow();
+        let voters = m.membership_config.membership().voter_ids();
+        voters.filter(|v| *v != me && !watch.is_unavailable(*v)).collect()
     };
     let mut live = BTreeSet::from([me]);
     let mut draining = BTreeSet::new();
     if shard.is_draining() {
         draining.insert(me);
     }
-    let timeout = shard.config.forward_timeout.min(Duration::from_secs(2));
-    for (node, addr) in members {
-        if shard.node_watch.borrow().is_unavailable(node) {
-            continue;
-        }
-        if let Ok(Ok(Response::GetNodeInfo { draining: d, is_cluster_member: true, .. })) =
-            shard.peers.call(node, &addr, Request::GetNodeInfo, timeout).await
-        {
-            live.insert(node);
-            if d {
-                draining.insert(node);
-            }
+    for (node, drained) in crate::ops::leadership::ask_members(shard, members).await {
+        live.insert(node);
+        if drained {
+            draining.insert(node);
         }
     }
     (live, draining)

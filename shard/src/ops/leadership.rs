@@ -231,8 +231,33 @@ pub async fn on_leadership_request(group: &Rc<Group>, action: LeadershipAction) 
     }
 }
 
-/// The voters of the groups in `led` (this node aside) that say they are drained (D70), asked
-/// with `GetNodeInfo`; one that does not answer in time counts as not drained.
+/// Asks each of `nodes` (members of `_system`, by their address there) `GetNodeInfo`: the
+/// members that answered in time, each with whether it is drained (D70). Shared by the
+/// balancer and by a stepdown's choice of successors.
+pub async fn ask_members(shard: &Shard, nodes: impl IntoIterator<Item = u64>) -> BTreeMap<u64, bool> {
+    let addresses: Vec<(u64, String)> = match shard.group(ledger_core::types::GroupId(0)) {
+        Some(group0) => {
+            let metrics = group0.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            nodes.into_iter().filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone()))).collect()
+        }
+        None => Vec::new(),
+    };
+    let timeout = shard.config.forward_timeout.min(Duration::from_secs(2));
+    let mut answered = BTreeMap::new();
+    for (node, addr) in addresses {
+        if let Ok(Ok(Response::GetNodeInfo { draining, is_cluster_member: true, .. })) =
+            shard.peers.call(node, &addr, Request::GetNodeInfo, timeout).await
+        {
+            answered.insert(node, draining);
+        }
+    }
+    answered
+}
+
+/// The voters of the groups in `led` (this node aside) that say they are drained; one that does
+/// not answer in time counts as not drained.
 async fn draining_voters(
     shard: &Shard,
     statuses: &[GroupStatusInfo],
@@ -245,25 +270,12 @@ async fn draining_voters(
         .flat_map(|s| s.voters.iter().copied())
         .filter(|v| *v != me)
         .collect();
-    let addresses: Vec<(u64, String)> = match shard.group(ledger_core::types::GroupId(0)) {
-        Some(group0) => {
-            let metrics = group0.raft.metrics();
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            voters.iter().filter_map(|v| membership.get_node(v).map(|n| (*v, n.addr.clone()))).collect()
-        }
-        None => Vec::new(),
-    };
-    let timeout = shard.config.forward_timeout.min(Duration::from_secs(2));
-    let mut draining = std::collections::BTreeSet::new();
-    for (node, addr) in addresses {
-        if let Ok(Ok(Response::GetNodeInfo { draining: true, .. })) =
-            shard.peers.call(node, &addr, Request::GetNodeInfo, timeout).await
-        {
-            draining.insert(node);
-        }
-    }
-    draining
+    ask_members(shard, voters)
+        .await
+        .into_iter()
+        .filter(|(_, drained)| *drained)
+        .map(|(node, _)| node)
+        .collect()
 }
 
 /// `TransferLeadership` on node `node_id` (core 0): every group it leads (or `group_id`), each
