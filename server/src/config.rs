@@ -24,8 +24,6 @@ pub const DEFAULT_FILE: &str = "./inferadb-ledger.toml";
 pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
     ("replication_factor", "every group is replicated on every node"),
-    ("learner_cache_ttl_secs", "`_system` learners, SPEC §10.4; every node is a voter"),
-    ("learner_refresh_interval_ms", "`_system` learners, SPEC §10.4; every node is a voter"),
 ];
 
 /// Built-in defaults (SPEC §11.1 unless noted), one per setting. `--help` and
@@ -87,6 +85,8 @@ pub mod defaults {
     pub const NODE_HEARTBEAT_TIMEOUT_SECS: u64 = 30;
     /// Not in SPEC §11.1, which asks for periodic balancing and names no period (D70).
     pub const LEADER_BALANCE_INTERVAL_SECS: u64 = 30;
+    pub const LEARNER_CACHE_TTL_SECS: u64 = 5;
+    pub const LEARNER_REFRESH_INTERVAL_MS: u64 = 1000;
     pub const STREAM_BUFFER: usize = 1024;
     pub const LOG_LEVEL: &str = "info";
     /// Not in SPEC §11.1 (which asks for JSON lines, §11.6; text is easier to read by eye).
@@ -300,6 +300,14 @@ pub struct ConfigLayer {
     /// in a row spreads leaderships (SPEC §10.5; 0 = off).
     #[arg(long)]
     pub leader_balance_interval_secs: Option<u64>,
+    /// A `_system` learner answers routing lookups from its own copy while it heard from the
+    /// leader within this many seconds, else it asks a voter (SPEC §10.4).
+    #[arg(long)]
+    pub learner_cache_ttl_secs: Option<u64>,
+    /// How long a stale `_system` learner reuses a voter's answer for one namespace before it
+    /// asks again (SPEC §10.4).
+    #[arg(long)]
+    pub learner_refresh_interval_ms: Option<u64>,
     /// Items buffered per WatchBlocks stream; a client that falls further behind gets
     /// `StreamEnd{ResourceExhausted}` (SPEC §4.3).
     #[arg(long)]
@@ -420,6 +428,8 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "gc_interval_secs" => literal(GC_INTERVAL_SECS),
         "node_heartbeat_timeout_secs" => literal(NODE_HEARTBEAT_TIMEOUT_SECS),
         "leader_balance_interval_secs" => literal(LEADER_BALANCE_INTERVAL_SECS),
+        "learner_cache_ttl_secs" => literal(LEARNER_CACHE_TTL_SECS),
+        "learner_refresh_interval_ms" => literal(LEARNER_REFRESH_INTERVAL_MS),
         "stream_buffer" => literal(STREAM_BUFFER),
         "log_level" => literal(LOG_LEVEL),
         "log_format" => literal(LOG_FORMAT),
@@ -653,6 +663,10 @@ impl ConfigLayer {
             leader_balance_interval_secs: self
                 .leader_balance_interval_secs
                 .or(lower.leader_balance_interval_secs),
+            learner_cache_ttl_secs: self.learner_cache_ttl_secs.or(lower.learner_cache_ttl_secs),
+            learner_refresh_interval_ms: self
+                .learner_refresh_interval_ms
+                .or(lower.learner_refresh_interval_ms),
             stream_buffer: self.stream_buffer.or(lower.stream_buffer),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
@@ -715,6 +729,8 @@ pub struct Config {
     pub gc_interval_secs: u64,
     pub node_heartbeat_timeout_secs: u64,
     pub leader_balance_interval_secs: u64,
+    pub learner_cache_ttl_secs: u64,
+    pub learner_refresh_interval_ms: u64,
     pub stream_buffer: usize,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -918,6 +934,13 @@ impl Config {
                 leader_balance_interval_secs,
                 LEADER_BALANCE_INTERVAL_SECS
             ),
+            learner_cache_ttl_secs: pick!(flags, file, learner_cache_ttl_secs, LEARNER_CACHE_TTL_SECS),
+            learner_refresh_interval_ms: pick!(
+                flags,
+                file,
+                learner_refresh_interval_ms,
+                LEARNER_REFRESH_INTERVAL_MS
+            ),
             stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
             log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),
             log_format: pick!(flags, file, log_format, LOG_FORMAT),
@@ -937,9 +960,6 @@ impl Config {
                 "peers",
                 "join mode (bootstrap_expect 0) needs a cluster member's address in --peers (or discovery_domain, or a peer cache)",
             );
-        }
-        if self.bootstrap_expect > 5 {
-            return invalid("bootstrap_expect", "at most 5 initial voters (SPEC §10.4)");
         }
         if self.bootstrap_expect >= 2 && !findable {
             return invalid(

@@ -238,12 +238,18 @@ fn render_metrics(cores: &[flume::Sender<ShardMsg>], settings: &MetricsSettings,
         started.elapsed().as_secs_f64(),
     );
     add_rate_limited(&mut f, &snapshots);
-    f.counter("learner_refresh_total", "`_system` learner refreshes (no learners: always 0).", &[], 0.0);
+    let learner = |pick: fn(&CoreSnapshot) -> u64| snapshots.iter().map(pick).sum::<u64>() as f64;
+    f.counter(
+        "learner_refresh_total",
+        "Routing answers a stale `_system` learner fetched from a voter (SPEC §10.4).",
+        &[],
+        learner(|c| c.counters.learner_refreshes),
+    );
     f.counter(
         "learner_cache_stale_total",
-        "Stale `_system` learner reads (no learners: always 0).",
+        "Routing lookups on a `_system` learner whose copy was older than learner_cache_ttl_secs.",
         &[],
-        0.0,
+        learner(|c| c.counters.learner_cache_stale),
     );
     if let Some(usage) = disk_usage_ratio(&settings.data_dir) {
         f.gauge("disk_usage_ratio", "Used share of the file system holding the data directory.", &[], usage);

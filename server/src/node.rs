@@ -228,6 +228,8 @@ pub fn run_node_with(
         gc_interval_secs: config.gc_interval_secs,
         node_heartbeat_timeout_secs: config.node_heartbeat_timeout_secs,
         leader_balance_interval_secs: config.leader_balance_interval_secs,
+        learner_cache_ttl: Duration::from_secs(config.learner_cache_ttl_secs),
+        learner_refresh: Duration::from_millis(config.learner_refresh_interval_ms),
         discovery_cache_path: Some(config.discovery_cache_path.clone()),
         sim_disk: None,
         events: Some(events.0.clone()),

@@ -84,6 +84,10 @@ pub struct ShardConfig {
     pub node_heartbeat_timeout_secs: u64,
     /// Period of the `_system` leader's look at who leads each group (D70; 0 = no balancing).
     pub leader_balance_interval_secs: u64,
+    /// A `_system` learner's copy answers routing lookups while it heard from the leader this
+    /// recently; `learner_refresh`: how long a voter's answer is reused once it is stale (§10.4).
+    pub learner_cache_ttl: std::time::Duration,
+    pub learner_refresh: std::time::Duration,
     /// Where core 0 keeps the other members' addresses for discovery (SPEC §10.3, D71); `None`
     /// in the in-process tests.
     pub discovery_cache_path: Option<PathBuf>,
@@ -176,6 +180,8 @@ impl ShardConfig {
             gc_interval_secs: 0,
             node_heartbeat_timeout_secs: 0,
             leader_balance_interval_secs: 0,
+            learner_cache_ttl: std::time::Duration::from_secs(5),
+            learner_refresh: std::time::Duration::from_secs(1),
             discovery_cache_path: None,
             sim_disk: None,
             events: None,

@@ -275,6 +275,10 @@ pub struct CoreMetrics {
     pub busy_since: Option<Instant>,
     /// Client writes refused by the rate limit, per namespace (`rate_limit_exceeded_total`).
     pub rate_limited: BTreeMap<i64, u64>,
+    /// Routing lookups a stale `_system` learner took to a voter (`learner_cache_stale_total`)
+    /// and the voters' answers it fetched (`learner_refresh_total`), SPEC §10.4.
+    pub learner_cache_stale: u64,
+    pub learner_refreshes: u64,
 }
 
 fn record_into(h: &mut Option<Histogram<u64>>, value: u64) {
@@ -447,6 +451,8 @@ impl CoreMetrics {
             }),
             busy_window,
             rate_limited: self.rate_limited.iter().map(|(ns, n)| (*ns, *n)).collect(),
+            learner_cache_stale: self.learner_cache_stale,
+            learner_refreshes: self.learner_refreshes,
         }
     }
 }
@@ -551,6 +557,8 @@ pub struct CounterSnapshot {
     pub busy_window: Option<Duration>,
     /// `(namespace, refused writes)` since the node started (`rate_limit_exceeded_total`).
     pub rate_limited: Vec<(i64, u64)>,
+    pub learner_cache_stale: u64,
+    pub learner_refreshes: u64,
 }
 
 /// One group's Raft and chain numbers on this node (SPEC §11.3 raft_* and group families).

@@ -78,6 +78,8 @@ pub struct Shard {
     closing: Cell<bool>,
     /// On core 0 of a cluster node: which members the `_system` leader found silent (D69).
     pub node_watch: RefCell<crate::admin::node_loss::NodeWatch>,
+    /// On core 0 of a `_system` learner: voters' routing answers reused while its copy is stale.
+    pub learner_routes: RefCell<crate::admin::learner_routes::LearnerRoutes>,
     /// On core 0: until when this node was drained by a whole-node stepdown (D70).
     drained_until: Cell<Option<std::time::Instant>>,
 }
@@ -158,6 +160,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         reopening: RefCell::new(BTreeMap::new()),
         reopened: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
+        learner_routes: RefCell::default(),
         node_watch: RefCell::new(crate::admin::node_loss::NodeWatch::new(std::time::Duration::from_secs(
             node_heartbeat_timeout_secs,
         ))),

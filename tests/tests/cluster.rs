@@ -1533,3 +1533,89 @@ async fn t18_a_node_stopped_on_purpose_is_not_removed_for_its_silence() {
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
 }
+
+/// Group 0's voters and learners as node `i` sees them.
+async fn system_roles(cluster: &Cluster, i: usize) -> (Vec<u64>, Vec<u64>) {
+    let client = connect(cluster.addr(i)).await;
+    match client.call(Request::GetGroupStatus).await.expect("GetGroupStatus") {
+        Response::GetGroupStatus { groups, .. } => {
+            let g = groups.into_iter().find(|g| g.group_id == 0).expect("group 0");
+            let (mut voters, mut learners) = (g.voters, g.learners);
+            voters.sort_unstable();
+            learners.sort_unstable();
+            (voters, learners)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits until node `i` sees group 0 with exactly these voters and learners.
+async fn wait_system_roles(cluster: &Cluster, i: usize, voters: &[u64], learners: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let roles = system_roles(cluster, i).await;
+        if roles.0 == voters && roles.1 == learners {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group 0 on node {i} never had voters {voters:?} and learners {learners:?}: {roles:?}\n{}",
+            cluster.stderr(i)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t19_system_keeps_five_voters_and_other_members_follow_it_as_learners() {
+    // SPEC §10.4 (D75): a bootstrap of six gives `_system` five voters (the lowest ids, the
+    // earliest starts) and one learner, while every data group has all six as voters. A learner
+    // serves like any member. When a voter leaves, the learner is promoted; a node that joins a
+    // `_system` of five voters stays its learner.
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(6, NODE_FLAGS);
+    let all: Vec<usize> = (0..6).collect();
+    let ids = node_ids(&cluster, &all).await;
+    let sorted: Vec<u64> = ids.keys().copied().collect();
+    let (first_five, learner_id) = (sorted[..5].to_vec(), sorted[5]);
+    let learner = ids[&learner_id];
+    wait_system_roles(&cluster, 0, &first_five, &[learner_id]).await;
+    let groups = group_voters(&cluster, learner).await;
+    assert!(groups.len() >= 2, "{groups:?}");
+    for (group, voters) in groups.iter().filter(|(g, _)| **g != 0) {
+        assert_eq!(voters, &sorted, "data group {group} has every member as a voter");
+    }
+    let admin = connect(cluster.addr(learner)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "learners").await;
+    let mut acks = write_keys(cluster.addr(learner), namespace_id, Some(vault_id), "via-learner", 5).await;
+
+    // A voter leaves (not node 0, which the checks ask): the learner takes its place.
+    let leaver_id = first_five[1..].iter().copied().find(|id| ids[id] != 0).expect("a voter");
+    let (code, out) = admin_cli(cluster.addr(0), &["leave", "--node", &leaver_id.to_string()]);
+    assert_eq!(code, 0, "leave: {out}");
+    let leaver = ids[&leaver_id];
+    assert_eq!(cluster.stop(leaver), Some(0));
+    let mut voters: Vec<u64> = sorted.iter().copied().filter(|id| *id != leaver_id).collect();
+    voters.sort_unstable();
+    wait_system_roles(&cluster, 0, &voters, &[]).await;
+    assert!(
+        cluster.stderr(0).contains("event=system_learner_promoted")
+            || (0..6).any(|i| cluster.stderr(i).contains("event=system_learner_promoted")),
+        "no promotion was logged"
+    );
+
+    // A node that joins a `_system` of five voters stays its learner, and serves.
+    let joiner = cluster.start_joining(NODE_FLAGS);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !cluster.stderr(joiner).contains("event=joined") {
+        assert!(Instant::now() < deadline, "the joining node was never added:\n{}", cluster.stderr(joiner));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let joined = node_ids(&cluster, &[joiner]).await;
+    let joiner_id = *joined.keys().next().expect("the joiner's id");
+    wait_system_roles(&cluster, 0, &voters, &[joiner_id]).await;
+    acks.extend(write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "via-joiner", 5).await);
+    let live: Vec<usize> = (0..=joiner).filter(|i| *i != leaver).collect();
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &live, &scopes, &acks, namespace_id).await;
+}

@@ -6,6 +6,7 @@
 //! (`WouldBreakQuorum`). Changes of one group are serialized by its lock; openraft refuses a
 //! second change in flight anyway.
 
+use crate::admin::system_voters::{self, SYSTEM_VOTERS_MAX};
 use crate::constants::LEARNER_CATCH_UP_TIMEOUT;
 use crate::peer::forward::{self, Forwarded};
 use crate::round::group::Group;
@@ -70,6 +71,11 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
                     ));
                 }
             }
+            // SPEC §10.4: `_system` keeps at most five voters; a node joining a full one stays
+            // its learner (admin/system_voters.rs promotes it when a voter goes).
+            if group.id == GroupId(0) && current.len() >= SYSTEM_VOTERS_MAX {
+                return Ok(current.into_iter().collect());
+            }
             let promote = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
             group.raft.change_membership(promote, false).await.map_err(|e| raft_failed("promoting", &e))?;
         }
@@ -79,6 +85,25 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
                 let _ = group.raft.change_membership(learner, false).await;
                 return Ok(current.into_iter().collect());
             }
+            // A `_system` voter that goes is replaced by the oldest live learner first, so that
+            // group 0 never runs with fewer voters than it could have (SPEC §10.4).
+            if group.id == GroupId(0) {
+                let members = system_voters::recorded_members(group);
+                let learners: BTreeSet<u64> =
+                    group.raft.metrics().borrow().membership_config.membership().learner_ids().collect();
+                let learners: BTreeSet<u64> = learners.into_iter().filter(|l| *l != node_id).collect();
+                let live = |id: u64| system_voters::answered_lately(group, id);
+                if let Some(successor) = system_voters::oldest_learner(&learners, &members, live) {
+                    let promote = ChangeMembers::AddVoterIds(BTreeSet::from([successor]));
+                    group
+                        .raft
+                        .change_membership(promote, false)
+                        .await
+                        .map_err(|e| raft_failed("promoting", &e))?;
+                    crate::event!(info, "system_learner_promoted", node = successor, replacing = node_id);
+                }
+            }
+            let current = voters(group);
             let quorum = current.len() / 2 + 1;
             if current.len() - 1 < quorum {
                 return Err(failed(

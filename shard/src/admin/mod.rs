@@ -3,8 +3,10 @@
 //! that are not client requests), `membership` (join and leave, SPEC §10.6).
 
 pub mod internal;
+pub mod learner_routes;
 pub mod membership;
 pub mod node_loss;
 pub mod peer_cache;
 pub mod registry;
 pub mod requests;
+pub mod system_voters;

@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::internal::{CoreHealth, InternalMsg};
+use crate::admin::learner_routes;
 use crate::admin::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
 use crate::msg::ShardMsg;
 use crate::peer::forward::{self, Forwarded};
@@ -28,6 +29,7 @@ use ledger_wire::messages::{
 };
 use ledger_wire::peer::MembershipChange;
 use std::rc::Rc;
+use std::time::Instant;
 
 pub const SYSTEM_SCOPE: ScopeKey = ScopeKey { namespace_id: NamespaceId(0), vault_id: VaultId(0) };
 
@@ -440,6 +442,10 @@ pub fn resolve_namespace_for(
     namespace_id: i64,
     reply: oneshot::Sender<Result<Option<GroupId>, Status>>,
 ) {
+    if learner_copy_is_stale(shard) {
+        resolve_on_stale_learner(shard, namespace_id, reply);
+        return;
+    }
     let local = resolve_namespace(shard, namespace_id);
     if local.is_some() {
         let _ = reply.send(Ok(local));
@@ -448,6 +454,52 @@ pub fn resolve_namespace_for(
     let shard = shard.clone();
     glommio::spawn_local(async move {
         let _ = reply.send(confirm_namespace_miss(&shard, namespace_id).await);
+    })
+    .detach();
+}
+
+/// Whether this node is a learner of `_system` whose copy is older than `learner_cache_ttl`
+/// (SPEC §10.4). A fresh learner forgets the voters' answers it reused while stale.
+fn learner_copy_is_stale(shard: &Shard) -> bool {
+    let Ok(group) = system_group(shard) else { return false };
+    if shard.config.cluster.is_none() || group.raft.metrics().borrow().state != openraft::ServerState::Learner
+    {
+        return false;
+    }
+    let heard = group.data.borrow().contact.heard();
+    let fresh = learner_routes::copy_is_fresh(heard, Instant::now(), shard.config.learner_cache_ttl);
+    if fresh {
+        shard.learner_routes.borrow_mut().forget_all();
+    }
+    !fresh
+}
+
+/// A stale learner's lookup: a voter's answer, reused for `learner_refresh`, else asked anew;
+/// its own copy when no voter answers.
+fn resolve_on_stale_learner(
+    shard: &Rc<Shard>,
+    namespace_id: i64,
+    reply: oneshot::Sender<Result<Option<GroupId>, Status>>,
+) {
+    crate::metrics::with(|m| m.learner_cache_stale += 1);
+    let refresh = shard.config.learner_refresh;
+    if let Some(answer) = shard.learner_routes.borrow().reuse(namespace_id, Instant::now(), refresh) {
+        let _ = reply.send(Ok(answer));
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let answer = match confirm_namespace_miss(&shard, namespace_id).await {
+            Ok(group) => {
+                crate::metrics::with(|m| m.learner_refreshes += 1);
+                shard.learner_routes.borrow_mut().remember(namespace_id, Instant::now(), group, refresh);
+                Ok(group)
+            }
+            // No voter answers (this learner is cut off): its own copy still routes, as any
+            // replica in a minority serves eventual reads flagged `stale` (SPEC §10.8).
+            Err(status) => resolve_namespace(&shard, namespace_id).map(Some).ok_or(status),
+        };
+        let _ = reply.send(answer);
     })
     .detach();
 }
@@ -986,6 +1038,8 @@ pub async fn registry_keeper(shard: Rc<Shard>) {
                         }
                         Err(e) => crate::event!(error, "registry_bootstrap_failed", term, error = %e),
                     }
+                } else if group.is_leader() {
+                    crate::admin::system_voters::keep(&shard).await;
                 }
             }
         }

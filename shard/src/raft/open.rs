@@ -280,9 +280,16 @@ pub async fn open_group_with(
             )])),
             // SPEC §10.2: one member initializes with every member a voter (`initializer_of`);
             // the others are brought in by its leader.
+            // `_system` starts with at most five voters (SPEC §10.4); its leader adds the
+            // other members as learners (admin/system_voters.rs).
             Some(plan) if plan.initializer_of(group) == config.node_id => Some(
                 plan.members
                     .iter()
+                    .take(if group.0 == 0 {
+                        crate::admin::system_voters::SYSTEM_VOTERS_MAX
+                    } else {
+                        usize::MAX
+                    })
                     .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
                     .collect(),
             ),
