@@ -189,7 +189,7 @@ pub fn access_of(request: &Request) -> Access {
         | NodeStopping { .. }
         | SetPartition { .. }
         | TransferLeadership { .. } => Access::Admin,
-        Peer(_) => Access::Peer,
+        Peer(_) | AnnouncePeer { .. } => Access::Peer,
     }
 }
 

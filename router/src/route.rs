@@ -57,6 +57,7 @@ pub fn target_of(request: &Request) -> Target {
         | JoinCluster { .. }
         | LeaveCluster { .. }
         | NodeStopping { .. }
+        | AnnouncePeer { .. }
         | GetClusterInfo
         | GetGroupStatus
         | TransferLeadership { .. }

@@ -237,3 +237,5 @@ pub const LEADER_DRAIN: std::time::Duration = std::time::Duration::from_secs(600
 /// How often core 0 compares `_system`'s members with the peer cache, and rewrites the cache
 /// when they differ (D71).
 pub const PEER_CACHE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// SPEC §10.3: every 5 minutes a node asks a random subset of its peers for theirs (D76).
+pub const PEER_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);

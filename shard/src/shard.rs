@@ -80,6 +80,8 @@ pub struct Shard {
     pub node_watch: RefCell<crate::admin::node_loss::NodeWatch>,
     /// On core 0 of a `_system` learner: voters' routing answers reused while its copy is stale.
     pub learner_routes: RefCell<crate::admin::learner_routes::LearnerRoutes>,
+    /// On core 0: the peers this node heard of from others (discovery gossip, D76).
+    pub peer_gossip: RefCell<crate::admin::peer_cache::Gossip>,
     /// On core 0: until when this node was drained by a whole-node stepdown (D70).
     drained_until: Cell<Option<std::time::Instant>>,
 }
@@ -161,6 +163,7 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
         reopened: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
         learner_routes: RefCell::default(),
+        peer_gossip: RefCell::default(),
         node_watch: RefCell::new(crate::admin::node_loss::NodeWatch::new(std::time::Duration::from_secs(
             node_heartbeat_timeout_secs,
         ))),

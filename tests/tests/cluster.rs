@@ -1619,3 +1619,84 @@ async fn t19_system_keeps_five_voters_and_other_members_follow_it_as_learners() 
     let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
     assert_converged(&cluster, &live, &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_announced_peers_join_the_cache_and_a_join_is_announced_to_the_members() {
+    // SPEC §10.3 and §5.5 item 39 (D76): `AnnouncePeer` merges a private address into the
+    // receiver's peer cache and refuses a public one; `_system`'s leader announces a node that
+    // joins to every other member.
+    use ledger_wire::messages::PeerInfo;
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    node_ids(&cluster, &[0, 1, 2]).await;
+    let client = connect(cluster.addr(1)).await;
+    let announce = |addresses: &[&str]| Request::AnnouncePeer {
+        peer: PeerInfo {
+            node_id: 77,
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            port: 7000,
+            last_seen: Default::default(),
+        },
+    };
+    for (addresses, accepted) in
+        [(&["8.8.8.8"][..], false), (&["10.77.0.1", "8.8.4.4"][..], false), (&["10.77.0.1"][..], true)]
+    {
+        match client.call(announce(addresses)).await.expect("AnnouncePeer") {
+            Response::AnnouncePeer { accepted: got } => assert_eq!(got, accepted, "{addresses:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let cache = cluster.nodes[1].data_dir.join("peers.cache");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&cache).unwrap_or_default();
+        if text.contains("\"10.77.0.1:7000\"") {
+            assert!(!text.contains("8.8."), "a public address was cached: {text}");
+            assert!(text.contains(cluster.addr(0)) && text.contains(cluster.addr(2)), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1's cache never took the announced peer: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let joiner = cluster.start_joining(NODE_FLAGS);
+    let joined = node_ids(&cluster, &[joiner]).await;
+    let joiner_id = *joined.keys().next().expect("the joiner's id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let heard = |cluster: &Cluster| {
+        (0..3)
+            .filter(|i| {
+                cluster.stderr(*i).contains(&format!("event=peer_announced node={joiner_id} accepted=true"))
+            })
+            .count()
+    };
+    // Every member but the announcing leader hears of the joiner.
+    while heard(&cluster) < 2 {
+        assert!(Instant::now() < deadline, "the join was not announced:\n{}", cluster.stderr(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A client keeps the nodes `GetSystemState` lists, and reaches a cached node once the one it
+    // was given is gone.
+    let nodes_cache = cluster.nodes[0].data_dir.with_file_name("client-nodes.json");
+    let cache_arg = nodes_cache.to_str().expect("utf-8 path");
+    let run = |addr: &str, args: &[&str]| {
+        let mut all = vec!["--nodes-cache", cache_arg];
+        all.extend_from_slice(args);
+        ledger_tests::ledger_cli(addr, &all)
+    };
+    let (code, out, err) = run(cluster.addr(0), &["namespace", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&nodes_cache).expect("the client wrote its cache"))
+            .expect("json");
+    let listed: Vec<&str> =
+        cached["nodes"].as_array().expect("nodes").iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(listed.len(), 4, "{cached}");
+    for i in [0, 1, 2, joiner] {
+        assert!(listed.contains(&cluster.addr(i)), "{cached}");
+    }
+    assert!(cached["version"].as_u64().is_some_and(|v| v > 0), "{cached}");
+    let gone = cluster.addr(0).to_string();
+    cluster.kill9(0);
+    let (code, out, err) = run(&gone, &["namespace", "create", "via-cached-node"]);
+    assert_eq!(code, 0, "the cached nodes were not tried: {out}{err}");
+}

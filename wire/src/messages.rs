@@ -423,6 +423,11 @@ pub enum Request {
     NodeStopping {
         node_id: u64,
     },
+    /// A member tells another of a node it knows (SPEC §5.5 item 39): merged into the
+    /// receiver's peer cache when its addresses are private.
+    AnnouncePeer {
+        peer: PeerInfo,
+    },
 }
 
 impl Request {
@@ -483,6 +488,7 @@ impl Request {
             Request::GetPeers { .. } => "get_peers",
             Request::GetSystemState { .. } => "get_system_state",
             Request::NodeStopping { .. } => "node_stopping",
+            Request::AnnouncePeer { .. } => "announce_peer",
             Request::HealthCheck { .. } => "health_check",
             Request::CheckIntegrity { .. } => "check_integrity",
             Request::CreateSnapshot { .. } => "create_snapshot",
@@ -797,6 +803,9 @@ pub enum Response {
         namespaces: Vec<NamespaceInfo>,
     },
     NodeStopping,
+    AnnouncePeer {
+        accepted: bool,
+    },
 }
 
 /// A member in `GetSystemState` (SPEC §5.5 item 40's NodeInfo).

@@ -11,7 +11,7 @@ use ledger_server::cli::render::{self, hex};
 use ledger_server::cli::tls_args::TlsArgs;
 use ledger_server::cli::verify_cmd;
 use ledger_server::cli::watch::WatchArgs;
-use ledger_server::cli::{connect, credential, namespace_id, now_secs, CliError};
+use ledger_server::cli::{connect_any, credential, namespace_id, now_secs, CliError};
 use ledger_wire::client::{Client, ClientOptions, WriteOutcome, WriteSession};
 use ledger_wire::messages::{Request, Response, WriteResult};
 use serde_json::{json, Value};
@@ -24,9 +24,13 @@ use std::process::ExitCode;
     about = "Ledger client: namespaces, vaults, entities, relationships, blocks"
 )]
 struct Cli {
-    /// Node address.
+    /// Node address; several, comma-separated, are tried in order.
     #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "LEDGER_ADDR")]
     addr: String,
+    /// A file where the client keeps the cluster's nodes (from `GetSystemState`): tried after
+    /// --addr, and rewritten when the cluster changed (SPEC §10.3).
+    #[arg(long, global = true, env = "LEDGER_NODES_CACHE")]
+    nodes_cache: Option<std::path::PathBuf>,
     /// Print one JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -228,10 +232,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let options = ClientOptions {
         credential: credential(cli.token_file.as_deref())?,
-        tls: cli.tls.client_tls(&cli.addr)?,
+        tls: cli.tls.client_tls(cli.addr.split(',').next().unwrap_or_default().trim())?,
         ..ClientOptions::default()
     };
-    let client = connect(&cli.addr, options).await?;
+    let client = connect_any(&cli.addr, cli.nodes_cache.as_deref(), options).await?;
     let json_mode = cli.json;
     match cli.command {
         Command::Namespace(NamespaceCommand::Create { name }) => {

@@ -40,6 +40,20 @@ pub async fn connect(addr: &str, options: ClientOptions) -> Result<Client, CliEr
     Client::connect(addr, options).await.map_err(|e| CliError::new(3, format!("cannot reach {addr}: {e}")))
 }
 
+/// Connects to the first of `addrs` (comma-separated) that answers, then to the nodes of the
+/// cache at `cache`, which it keeps up to date (SPEC §10.3, D76); none answering is exit code 3.
+pub async fn connect_any(
+    addrs: &str,
+    cache: Option<&std::path::Path>,
+    options: ClientOptions,
+) -> Result<Client, CliError> {
+    let configured: Vec<String> =
+        addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    Client::connect_any(&configured, cache, options)
+        .await
+        .map_err(|e| CliError::new(3, format!("cannot reach {addrs} or a cached node: {e}")))
+}
+
 /// The token secret of `--token-file` / `LEDGER_TOKEN_FILE`, if given; an unreadable or empty
 /// file is a usage error (exit 2).
 pub fn credential(token_file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {

@@ -65,7 +65,10 @@ pub async fn handle(
     if shard.config.cluster.is_some()
         && !matches!(
             envelope.request,
-            Request::GetNodeInfo | Request::GetPeers { .. } | Request::HealthCheck { .. }
+            Request::GetNodeInfo
+                | Request::GetPeers { .. }
+                | Request::AnnouncePeer { .. }
+                | Request::HealthCheck { .. }
         )
     {
         wait_for_system(&shard).await;
@@ -198,6 +201,11 @@ async fn answer(shard: &Rc<Shard>, request: Request) -> Result<Response, Status>
         Request::GetNodeInfo => Ok(node_info(shard)),
         Request::GetPeers { max_peers } => crate::admin::peer_cache::get_peers(shard, max_peers),
         Request::GetSystemState { if_version_greater_than } => system_state(shard, if_version_greater_than),
+        Request::AnnouncePeer { peer } => {
+            let accepted = shard.peer_gossip.borrow_mut().merge(&peer, crate::admin::peer_cache::unix_now());
+            crate::event!(info, "peer_announced", node = peer.node_id, accepted);
+            Ok(Response::AnnouncePeer { accepted })
+        }
         Request::NodeStopping { node_id } => {
             let secs = crate::admin::peer_cache::unix_now() as i64;
             let op = reg::set(reg::node_stopped_key(node_id), secs.to_le_bytes().to_vec());

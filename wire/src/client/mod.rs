@@ -6,6 +6,7 @@
 //! Layout: `conn` owns the socket tasks and the pending-call table; `ops` holds typed
 //! convenience calls; `session` holds `WriteSession` and `RetryPolicy`.
 
+mod bootstrap;
 mod conn;
 mod ops;
 mod routes;
@@ -29,6 +30,7 @@ use crate::constants::{
 use crate::error::ClientError;
 use crate::messages::{HelloAck, Request, RequestEnvelope, Response, Role};
 
+pub use bootstrap::NodeCache;
 use conn::{Answer, Limits, Outgoing, PendingGuard, Shared};
 pub use routes::LeaderRoute;
 use routes::Routes;
