@@ -46,8 +46,10 @@ pub enum NodeError {
     Metrics { addr: String, source: std::io::Error },
     /// A group's Raft log lives in the log of the core that owns it (D38): a node cannot start
     /// with fewer cores than its data directory has groups placed on.
-    #[error("the data directory places group {group} on core {core}, whose Raft log is in log/core-{core:02}; start with --cores {needed} or more")]
-    CoresShrunk { group: u32, core: u16, needed: u16 },
+    #[error("moving group {group}'s Raft log from core {from} to core {to} failed: {source}")]
+    GroupMove { group: u32, from: u16, to: u16, source: ledger_shard::ShardError },
+    #[error("setting aside the logs of vanished cores failed: {0}")]
+    GroupMoveCleanup(String),
     #[error("event log in node.redb: {0}")]
     Events(#[source] ledger_shard::ShardError),
     #[error("TLS: {0}")]
@@ -156,13 +158,32 @@ pub fn run_node_with(
         } else {
             previous.keys().copied().collect()
         };
-        if let Some((group, core)) = previous.iter().find(|(_, c)| c.0 as usize >= config.cores) {
-            let needed = previous.values().map(|c| c.0 + 1).max().unwrap_or(1);
-            return Err(NodeError::CoresShrunk { group: group.0, core: core.0, needed });
-        }
         let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
+        // SPEC §10.5: the groups of cores that no longer exist move to the others; their logs
+        // are copied first, durably, and only then is the new placement recorded (D77).
+        for (group, to) in &placement {
+            let Some(from) = previous.get(group).filter(|from| *from != to) else { continue };
+            let moved = ledger_shard::raft::log_move::move_group(&dir.root, *group, from.0, to.0)
+                .map_err(|source| NodeError::GroupMove { group: group.0, from: from.0, to: to.0, source })?;
+            ledger_shard::event!(
+                warn,
+                "group_moved",
+                group = group.0,
+                from_core = from.0,
+                to_core = to.0,
+                entries = moved.entries,
+                "its core is gone (--cores {}): the group's Raft log now lives in the log of core {}",
+                config.cores,
+                to.0
+            );
+        }
         if placement != previous {
             dir.store_placement(&placement)?;
+        }
+        for aside in ledger_shard::raft::log_move::set_aside_vanished_cores(&dir.root, config.cores)
+            .map_err(|e| NodeError::GroupMoveCleanup(e.to_string()))?
+        {
+            ledger_shard::event!(info, "core_log_set_aside", path = %aside.display());
         }
         if previous.is_empty() {
             ledger_shard::event!(

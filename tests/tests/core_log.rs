@@ -2,7 +2,7 @@
 //! groups on two cores write at once, the process is killed with `kill -9`, and every
 //! acknowledged write of every group is there after the restart; each core has its own log
 //! directory and no group keeps a log of its own; a restart with fewer cores than the data
-//! directory's groups are placed on is refused with a message saying what to do.
+//! directory's groups are placed on moves those groups, logs included (D77).
 #![allow(clippy::unwrap_used)]
 
 use ledger_core::types::ReadConsistency;
@@ -91,35 +91,60 @@ fn t01_groups_of_two_cores_share_their_core_logs_across_kill_9() {
     }
 
     let server = ServerProcess::restart(&data_dir, FLAGS);
-    rt.block_on(async {
-        let client = connect(&server.addr).await;
-        for (ns, vault) in &scopes {
-            let mine: Vec<_> = acked.iter().filter(|a| a.0 == *ns).collect();
-            for chunk in mine.chunks(400) {
-                let keys: Vec<String> = chunk.iter().map(|a| a.2.clone()).collect();
-                let values = retry_transient(|| {
-                    client.batch_read(*ns, Some(*vault), keys.clone(), ReadConsistency::Linearizable)
-                })
-                .await
-                .unwrap();
-                for (ack, item) in chunk.iter().zip(values) {
-                    assert_eq!(item.key, ack.2);
-                    assert_eq!(
-                        item.value.as_deref(),
-                        Some(ack.3.as_slice()),
-                        "namespace {ns} key {} lost",
-                        item.key
-                    );
-                }
-            }
+    rt.block_on(every_ack_reads_back(&server.addr, &scopes, &acked));
+    assert_eq!(server.stop(), Some(0));
+
+    // Fewer cores than the groups are placed on (SPEC §10.5, D77): the groups of core 1 move to
+    // core 0, their logs with them, and nothing acknowledged is lost.
+    let moves = |server: &ServerProcess| server.stderr().matches("event=group_moved").count();
+    let server = ServerProcess::restart(&data_dir, &["--cores", "1", "--groups-per-core", "3"]);
+    let moved = moves(&server);
+    assert_eq!(moved, 3, "core 1's three groups move:\n{}", server.stderr());
+    assert!(server.stderr().contains("from_core=1 to_core=0"), "{}", server.stderr());
+    assert!(!data_dir.join("log").join("core-01").exists(), "core 1's log was not set aside");
+    rt.block_on(every_ack_reads_back(&server.addr, &scopes, &acked));
+    let after = rt.block_on(async {
+        let (ns, vault) = scopes[scopes.len() - 1];
+        let mut session = WriteSession::new(connect(&server.addr).await, ns, Some(vault));
+        match session.write(vec![set("after-move".to_string(), b"yes".to_vec())]).await.unwrap() {
+            WriteOutcome::Committed { .. } => (ns, vault, "after-move".to_string(), b"yes".to_vec()),
+            other => panic!("{other:?}"),
         }
     });
     assert_eq!(server.stop(), Some(0));
+    // Restarts keep the new placement: with one core again, and with two (nothing moves back).
+    let acked: Vec<Ack> = acked.into_iter().chain([after]).collect();
+    for cores in ["1", "2"] {
+        let server = ServerProcess::restart(&data_dir, &["--cores", cores, "--groups-per-core", "3"]);
+        assert_eq!(moves(&server), moved, "a group moved again:\n{}", server.stderr());
+        rt.block_on(every_ack_reads_back(&server.addr, &scopes, &acked));
+        assert_eq!(server.stop(), Some(0));
+    }
+}
 
-    // Fewer cores than the groups are placed on: refused, naming the way out.
-    let (code, _, stderr) = run_server_to_exit(&data_dir, &["--cores", "1"], Duration::from_secs(30));
-    assert_ne!(code, Some(0));
-    assert!(stderr.contains("--cores 2"), "{stderr}");
+/// Every acknowledged write reads back (linearizable), namespace by namespace.
+async fn every_ack_reads_back(addr: &str, scopes: &[(i64, i64)], acked: &[Ack]) {
+    let client = connect(addr).await;
+    for (ns, vault) in scopes {
+        let mine: Vec<_> = acked.iter().filter(|a| a.0 == *ns).collect();
+        for chunk in mine.chunks(400) {
+            let keys: Vec<String> = chunk.iter().map(|a| a.2.clone()).collect();
+            let values = retry_transient(|| {
+                client.batch_read(*ns, Some(*vault), keys.clone(), ReadConsistency::Linearizable)
+            })
+            .await
+            .unwrap();
+            for (ack, item) in chunk.iter().zip(values) {
+                assert_eq!(item.key, ack.2);
+                assert_eq!(
+                    item.value.as_deref(),
+                    Some(ack.3.as_slice()),
+                    "namespace {ns} key {} lost",
+                    item.key
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod commit_notice;
 pub mod contact;
 pub mod core_log;
+pub mod log_move;
 pub mod log_store;
 pub mod log_writer;
 pub mod network;
