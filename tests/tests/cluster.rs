@@ -1700,3 +1700,43 @@ async fn t20_announced_peers_join_the_cache_and_a_join_is_announced_to_the_membe
     let (code, out, err) = run(&gone, &["namespace", "create", "via-cached-node"]);
     assert_eq!(code, 0, "the cached nodes were not tried: {out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_a_client_given_several_nodes_fails_over_when_its_node_dies() {
+    // D78: a client connected through `connect_any` keeps the other addresses; when its node is
+    // killed mid-stream, its session reconnects to the next one and goes on with the same client
+    // id and sequence, so every write is acknowledged once and nothing is lost or doubled.
+    let _one = one_cluster();
+    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(1)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "failover").await;
+    let addrs = cluster.addrs();
+    let client = Client::connect_any(&addrs, None, ledger_wire::client::ClientOptions::default())
+        .await
+        .expect("connect_any");
+    assert_eq!(client.peer_addr().to_string(), addrs[0], "the first address answers first");
+    let mut session = WriteSession::new(client, namespace_id, Some(vault_id))
+        .with_client_id("failover-writer")
+        .with_retry_policy(patient());
+    let mut acks = Vec::new();
+    for n in 0..40 {
+        if n == 15 {
+            cluster.kill9(0);
+        }
+        let (key, value) = (format!("k{n}"), format!("v{n}").into_bytes());
+        match session.write(vec![set(key.clone(), value.clone())]).await.expect("write through a failover") {
+            WriteOutcome::Committed { .. } | WriteOutcome::AlreadyCommitted { .. } => {
+                acks.push(Ack { vault_id: Some(vault_id), key, value })
+            }
+            WriteOutcome::Rejected(e) => panic!("unconditional write rejected: {e:?}"),
+        }
+    }
+    assert_ne!(session.client().peer_addr().to_string(), addrs[0], "the session never left the dead node");
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[1, 2], &scopes, &acks, namespace_id).await;
+    // 40 writes, each committed once under its own sequence.
+    let reader = connect(cluster.addr(1)).await;
+    let last = reader.get_client_state(namespace_id, Some(vault_id), "failover-writer").await.expect("state");
+    assert_eq!(last, 40);
+}

@@ -123,7 +123,8 @@ mod tests {
     fn state_of(data_dir: &Path, core: u16, group: u32) -> (Vec<u64>, crate::raft::core_log::GroupLogState) {
         let log = CoreLog::open(LogDir::new(core_dir(data_dir, core), None)).unwrap();
         let state = log.attach(GroupId(group)).unwrap().unwrap();
-        let entries = log.read(GroupId(group), std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).unwrap();
+        let entries =
+            log.read(GroupId(group), std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).unwrap();
         (entries.iter().map(|e| e.log_id.index).collect(), state)
     }
 

@@ -5,7 +5,8 @@
 //! the nodes it lists, so a client whose configured nodes are all gone still reaches the nodes
 //! that joined since. The cache is JSON: `{"version": N, "cached_at": unix_secs, "nodes":
 //! ["ip:port", …]}`, written whole through a temporary file and a rename; a cache that cannot be
-//! read or written is ignored (it only ever adds candidates).
+//! read or written is ignored (it only ever adds candidates). The client falls back on every
+//! candidate when its node is gone (`ClientOptions::fallback_addrs`, `Client::reconnect`, D78).
 
 use super::{Client, ClientOptions};
 use crate::error::ClientError;
@@ -46,6 +47,13 @@ pub fn candidates(configured: &[String], cache: Option<&NodeCache>) -> Vec<Strin
     all
 }
 
+/// The nodes a connection falls back to: those given, then the candidates not among them.
+fn fallbacks(given: &[String], candidates: &[String]) -> Vec<String> {
+    let mut all = given.to_vec();
+    all.extend(candidates.iter().filter(|c| !given.contains(c)).cloned());
+    all
+}
+
 /// Each node's `ip:port` (its first address).
 pub fn node_addrs(nodes: &[SystemNode]) -> Vec<String> {
     let mut addrs: Vec<String> = nodes
@@ -75,7 +83,9 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let cache = cache_path.and_then(NodeCache::read);
         let mut last_error = None;
-        for addr in candidates(configured, cache.as_ref()) {
+        let all = candidates(configured, cache.as_ref());
+        let options = ClientOptions { fallback_addrs: fallbacks(&options.fallback_addrs, &all), ..options };
+        for addr in all {
             match Client::connect(addr.as_str(), options.clone()).await {
                 Ok(client) => {
                     if let Some(path) = cache_path {

@@ -68,6 +68,10 @@ pub struct ClientOptions {
     /// serve it on the core that owns that namespace (D53). Every request still works on any
     /// connection.
     pub namespace_hint: Option<i64>,
+    /// Other nodes of the cluster (`ip:port`): when this connection's node is gone,
+    /// `reconnect` tries them in order after it (D78). `connect_any` fills it with its
+    /// candidates.
+    pub fallback_addrs: Vec<String>,
 }
 
 /// How a `Client` speaks TLS: whom it trusts, what it presents, and which name it checks.
@@ -106,6 +110,7 @@ impl Default for ClientOptions {
             follow_leaders: true,
             tls: None,
             namespace_hint: None,
+            fallback_addrs: Vec::new(),
         }
     }
 }
@@ -130,6 +135,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_outstanding", &self.max_outstanding)
             .field("follow_leaders", &self.follow_leaders)
+            .field("fallback_addrs", &self.fallback_addrs)
             .finish()
     }
 }
@@ -268,9 +274,22 @@ impl Client {
         Ok((hello_ack, (shared, queue, [writer, reader])))
     }
 
-    /// A new connection to the same address with the same options.
+    /// A new connection with the same options: to the same node, else to the first of
+    /// `fallback_addrs` that answers (D78). Fails with the last error when none does.
     pub async fn reconnect(&self) -> Result<Client, ClientError> {
-        Client::connect(self.inner.peer_addr, self.inner.options.clone()).await
+        let options = &self.inner.options;
+        let mut last = match Client::connect(self.inner.peer_addr, options.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let own = self.inner.peer_addr.to_string();
+        for addr in options.fallback_addrs.iter().filter(|a| **a != own) {
+            match Client::connect(addr.as_str(), options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// What the server announced in `HelloAck`.
