@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 /// The group ids a fresh single node creates: `_system` (0) and `cores × groups_per_core` data
 /// groups numbered from 1.
 pub fn initial_groups(cores: usize, groups_per_core: u32) -> Vec<GroupId> {
-    let data_groups = cores as u32 * groups_per_core.max(1);
-    (0..=data_groups).map(GroupId).collect()
+    data_groups(cores as u32 * groups_per_core.max(1))
+}
+
+/// `_system` (0) and `count` data groups numbered from 1 (SPEC §10.5 `initial_groups`).
+pub fn data_groups(count: u32) -> Vec<GroupId> {
+    (0..=count.max(1)).map(GroupId).collect()
 }
 
 /// Assigns every group in `groups` to a core. Groups already placed on a core that still exists

@@ -2,7 +2,7 @@
 //! `GetNodeInfo` on its listening socket while it polls `--peers` until N distinct nodes (itself
 //! included) have answered. Every node then derives the same plan from the same answers: all N
 //! are voters of every group, the lowest node id initializes the groups, and the number of data
-//! groups is that node's cores × `groups_per_core`. Plain threads and blocking sockets: this runs
+//! groups is that node's `initial_groups` (by default its cores × `groups_per_core`, D79). Plain threads and blocking sockets: this runs
 //! before any executor exists. With TLS configured (D43) both sides speak it, as the node's
 //! listener and peer connections do.
 
@@ -48,14 +48,18 @@ pub struct NodeAnswer {
     pub is_cluster_member: bool,
     /// The groups it hosts (empty while it bootstraps).
     pub groups: Vec<u32>,
+    /// The data groups it would start the cluster with (D79).
+    pub data_groups: u32,
 }
 
-/// The agreed result: every member with its address, the initializer, and its cores.
+/// The agreed result: every member with its address, the initializer, and its data groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agreed {
     pub members: BTreeMap<u64, String>,
     pub initializer: u64,
-    pub initializer_cores: u16,
+    /// The initializer's `initial_groups` (its cores × groups_per_core by default): every
+    /// node creates these (SPEC §10.5, D79).
+    pub data_groups: u32,
 }
 
 /// Answers discovery on `listener` and polls the peers until `config.bootstrap_expect` nodes
@@ -158,8 +162,9 @@ pub fn find_cluster(config: &Config, tls: Option<&NodeTls>) -> Result<Vec<u32>, 
 /// The plan every node derives from the same set of answers.
 pub fn agree(known: &BTreeMap<u64, NodeAnswer>) -> Agreed {
     let members = known.iter().map(|(id, n)| (*id, n.address.clone())).collect();
-    let (initializer, first) = known.iter().next().map(|(id, n)| (*id, n.cores)).unwrap_or((0, 1));
-    Agreed { members, initializer, initializer_cores: first }
+    let (initializer, data_groups) =
+        known.iter().next().map(|(id, n)| (*id, n.data_groups)).unwrap_or((0, 1));
+    Agreed { members, initializer, data_groups: data_groups.max(1) }
 }
 
 /// Serves `Hello` + `GetNodeInfo` (anything else: `Unavailable`) until `stop`.
@@ -266,6 +271,7 @@ fn serve_one(
                                     cores: me.cores,
                                     groups: Vec::new(),
                                     draining: false,
+                                    data_groups: me.data_groups,
                                 }),
                                 _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
                             },
@@ -289,9 +295,9 @@ pub fn ask_node_info(
     tls: Option<&NodeTls>,
 ) -> Result<NodeAnswer, String> {
     match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT, credential, tls)? {
-        Ok(Response::GetNodeInfo { node_id, address, cores, is_cluster_member, groups, .. }) => {
-            Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups })
-        }
+        Ok(Response::GetNodeInfo {
+            node_id, address, cores, is_cluster_member, groups, data_groups, ..
+        }) => Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups, data_groups }),
         Ok(_) => Err("unexpected answer".into()),
         Err(status) => Err(status.to_string()),
     }
@@ -414,9 +420,10 @@ mod tests {
                     let answer = NodeAnswer {
                         node_id: *id,
                         address,
-                        cores: *id as u16,
+                        cores: 1,
                         is_cluster_member: false,
                         groups: Vec::new(),
+                        data_groups: *id as u32,
                     };
                     (*id, answer)
                 })
@@ -426,7 +433,7 @@ mod tests {
         let b = agree(&answers(&[20, 30, 10]));
         assert_eq!(a, b);
         assert_eq!(a.initializer, 10);
-        assert_eq!(a.initializer_cores, 10);
+        assert_eq!(a.data_groups, 10, "the initializer's data groups");
         assert_eq!(a.members.len(), 3);
     }
 }

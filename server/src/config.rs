@@ -21,10 +21,8 @@ pub const DEFAULT_FILE: &str = "./inferadb-ledger.toml";
 
 /// SPEC §11.1 keys of features this server does not have yet, with what is missing. They are
 /// rejected from every source rather than accepted and ignored (D37).
-pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("initial_groups", "the data groups at bootstrap are cores × groups_per_core, SPEC §10.5"),
-    ("replication_factor", "every group is replicated on every node"),
-];
+pub const NOT_IMPLEMENTED: &[(&str, &str)] =
+    &[("replication_factor", "every group is replicated on every node")];
 
 /// Built-in defaults (SPEC §11.1 unless noted), one per setting. `--help` and
 /// docs/operations.md show them through `default_of`.
@@ -86,6 +84,8 @@ pub mod defaults {
     /// Not in SPEC §11.1, which asks for periodic balancing and names no period (D70).
     pub const LEADER_BALANCE_INTERVAL_SECS: u64 = 30;
     pub const LEARNER_CACHE_TTL_SECS: u64 = 5;
+    /// Bound on `initial_groups`: each group is a set of files and a Raft instance on every node.
+    pub const INITIAL_GROUPS_MAX: u32 = 4096;
     pub const LEARNER_REFRESH_INTERVAL_MS: u64 = 1000;
     pub const STREAM_BUFFER: usize = 1024;
     pub const LOG_LEVEL: &str = "info";
@@ -256,6 +256,10 @@ pub struct ConfigLayer {
     /// Data groups created per core at bootstrap (SPEC §10.5).
     #[arg(long)]
     pub groups_per_core: Option<u32>,
+    /// Data groups a new cluster (or single node) starts with; default cores × groups_per_core
+    /// of the bootstrapping node (SPEC §10.5).
+    #[arg(long)]
+    pub initial_groups: Option<u32>,
     /// Raft heartbeat interval, in ms.
     #[arg(long)]
     pub raft_heartbeat_ms: Option<u64>,
@@ -402,6 +406,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "metrics_addr" => literal(METRICS_ADDR),
         "health_lag_threshold_blocks" => literal(HEALTH_LAG_THRESHOLD_BLOCKS),
         "cores" => derived("all available CPUs"),
+        "initial_groups" => derived("cores × groups_per_core"),
         "cpu_list" => derived("CPUs 0 to cores-1"),
         "cpu_pinning" => literal(CPU_PINNING),
         "core_queue_capacity" => literal(CORE_QUEUE_CAPACITY),
@@ -646,6 +651,7 @@ impl ConfigLayer {
             idempotency_cache_entries: self.idempotency_cache_entries.or(lower.idempotency_cache_entries),
             rate_limit_rps: self.rate_limit_rps.or(lower.rate_limit_rps),
             groups_per_core: self.groups_per_core.or(lower.groups_per_core),
+            initial_groups: self.initial_groups.or(lower.initial_groups),
             raft_heartbeat_ms: self.raft_heartbeat_ms.or(lower.raft_heartbeat_ms),
             raft_election_min_ms: self.raft_election_min_ms.or(lower.raft_election_min_ms),
             raft_election_max_ms: self.raft_election_max_ms.or(lower.raft_election_max_ms),
@@ -716,6 +722,8 @@ pub struct Config {
     pub idempotency_cache_entries: usize,
     pub rate_limit_rps: u32,
     pub groups_per_core: u32,
+    /// SPEC §10.5: `None` = cores × groups_per_core.
+    pub initial_groups: Option<u32>,
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
@@ -818,6 +826,11 @@ macro_rules! pick {
 }
 
 impl Config {
+    /// SPEC §10.5: the data groups a new cluster or single node starts with.
+    pub fn data_groups(&self) -> u32 {
+        self.initial_groups.unwrap_or((self.cores as u32).saturating_mul(self.groups_per_core.max(1)))
+    }
+
     /// Reads every source: `args` (starting with the program name) over the `INFERADB__LEDGER__*`
     /// variables of `vars` over the TOML file (`--config`, its variable, or `DEFAULT_FILE`)
     /// over the defaults.
@@ -911,6 +924,7 @@ impl Config {
             ),
             rate_limit_rps: pick!(flags, file, rate_limit_rps, RATE_LIMIT_RPS),
             groups_per_core: pick!(flags, file, groups_per_core, GROUPS_PER_CORE),
+            initial_groups: flags.initial_groups.or(file.initial_groups),
             raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
             raft_election_min_ms: pick!(flags, file, raft_election_min_ms, RAFT_ELECTION_MIN_MS),
             raft_election_max_ms: pick!(flags, file, raft_election_max_ms, RAFT_ELECTION_MAX_MS),
@@ -988,6 +1002,7 @@ impl Config {
             ("max_ops_per_tx", self.max_ops_per_tx == 0),
             ("idempotency_cache_entries", self.idempotency_cache_entries == 0),
             ("groups_per_core", self.groups_per_core == 0),
+            ("initial_groups", self.initial_groups == Some(0)),
             ("stream_buffer", self.stream_buffer == 0),
             ("raft_snapshot_logs", self.raft_snapshot_logs == 0),
             ("snapshots_keep", self.snapshots_keep == 0),
@@ -995,6 +1010,9 @@ impl Config {
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, zero)| *zero) {
             return invalid(key, "must be at least 1");
+        }
+        if self.initial_groups.is_some_and(|n| n > defaults::INITIAL_GROUPS_MAX) {
+            return invalid("initial_groups", &format!("at most {}", defaults::INITIAL_GROUPS_MAX));
         }
         if self.max_frame_bytes < ledger_wire::constants::MAX_FRAME_BYTES_MIN {
             return invalid("max_frame_bytes", "must be at least 1024");
@@ -1358,6 +1376,8 @@ mod tests {
         for (args, key) in [
             (&["--cores", "0"][..], "cores"),
             (&["--cores", "1", "--groups-per-core", "0"][..], "groups_per_core"),
+            (&["--cores", "1", "--initial-groups", "0"][..], "initial_groups"),
+            (&["--cores", "1", "--initial-groups", "4097"][..], "initial_groups"),
             (&["--cores", "1", "--bootstrap-timeout-secs", "0"][..], "bootstrap_timeout_secs"),
             (&["--cores", "1", "--core-queue-capacity", "0"][..], "core_queue_capacity"),
             (&["--cores", "1", "--raft-heartbeat-ms", "200"][..], "raft_heartbeat_ms"),

@@ -110,13 +110,11 @@ pub fn run_node_with(
             cores: config.cores as u16,
             is_cluster_member: false,
             groups: Vec::new(),
+            data_groups: config.data_groups(),
         };
         let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
         let agreed = crate::bootstrap::coordinate(first, &config, me, tls.as_ref())?;
-        let groups = ledger_router::placement::initial_groups(
-            agreed.initializer_cores as usize,
-            config.groups_per_core,
-        );
+        let groups = ledger_router::placement::data_groups(agreed.data_groups);
         let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
         let stored =
             StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
@@ -154,7 +152,7 @@ pub fn run_node_with(
         placement
     } else {
         let groups: Vec<GroupId> = if previous.is_empty() {
-            ledger_router::placement::initial_groups(config.cores, config.groups_per_core)
+            ledger_router::placement::data_groups(config.data_groups())
         } else {
             previous.keys().copied().collect()
         };

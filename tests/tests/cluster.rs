@@ -1740,3 +1740,31 @@ async fn t21_a_client_given_several_nodes_fails_over_when_its_node_dies() {
     let last = reader.get_client_state(namespace_id, Some(vault_id), "failover-writer").await.expect("state");
     assert_eq!(last, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_a_cluster_starts_with_the_initializers_initial_groups() {
+    // SPEC §10.5 (D79): a coordinated bootstrap creates the initializer's `initial_groups` data
+    // groups on every node (here three on one core each), and namespaces spread over them.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--initial-groups", "3"]).collect();
+    let cluster = Cluster::start(3, &flags);
+    node_ids(&cluster, &[0, 1, 2]).await;
+    for i in 0..3 {
+        let voters = group_voters(&cluster, i).await;
+        assert_eq!(voters.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3], "node {i}");
+    }
+    let admin = connect(cluster.addr(0)).await;
+    let mut groups = std::collections::BTreeSet::new();
+    for n in 0..3 {
+        let (namespace_id, _) = create_scope(&admin, &format!("spread-{n}")).await;
+        match admin
+            .call(Request::GetNamespace { by: ledger_wire::messages::NamespaceSelector::Id(namespace_id) })
+            .await
+            .expect("GetNamespace")
+        {
+            Response::GetNamespace(info) => groups.insert(info.group_id),
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec![1, 2, 3], "least-loaded placement");
+}

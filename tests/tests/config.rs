@@ -164,15 +164,15 @@ fn t02_unknown_file_key_exits_non_zero_naming_the_key() {
 fn t03_default_file_unknown_variable_and_bad_value_exit_non_zero_naming_them() {
     // Proves the other refusals in the binary, each with exit code 2 and its culprit named on
     // stderr: `./inferadb-ledger.toml` in the working directory is read without `--config` and
-    // a key of a feature not built (`learner_cache_ttl_secs`) is refused; an INFERADB__LEDGER__
+    // a key of a feature not built (`replication_factor`) is refused; an INFERADB__LEDGER__
     // variable that is no setting is refused; a variable whose value its flag would refuse is
     // refused with the value and the reason.
     let dir = temp_dir("config-t03");
-    std::fs::write(dir.path().join("inferadb-ledger.toml"), "learner_cache_ttl_secs = 5\n").unwrap();
+    std::fs::write(dir.path().join("inferadb-ledger.toml"), "replication_factor = 3\n").unwrap();
     let (code, _, stderr) = run_to_exit(server_command(dir.path(), &[], &[]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("./inferadb-ledger.toml"), "{stderr}");
-    assert!(stderr.contains("`learner_cache_ttl_secs` is not implemented yet"), "{stderr}");
+    assert!(stderr.contains("`replication_factor` is not implemented yet"), "{stderr}");
 
     let other = temp_dir("config-t03-env");
     let cases = [
@@ -189,4 +189,24 @@ fn t03_default_file_unknown_variable_and_bad_value_exit_non_zero_naming_them() {
         assert_eq!(code, Some(2), "{var}: {stderr}");
         assert!(stderr.contains(message), "{var}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn t04_initial_groups_sets_the_data_groups_of_a_new_node() {
+    // SPEC §10.5 (D79): `initial_groups` data groups, spread over the cores, instead of cores ×
+    // groups_per_core; a restart with another value changes nothing.
+    let dir = temp_dir("config-t04");
+    let data_dir = dir.path().join("node");
+    let groups_of = |addr: String| async move {
+        match connect(&addr).await.call(Request::GetNodeInfo).await.unwrap() {
+            Response::GetNodeInfo { groups, data_groups, .. } => (groups, data_groups),
+            other => panic!("{other:?}"),
+        }
+    };
+    let server = ServerProcess::start(&data_dir, &["--cores", "2", "--initial-groups", "5"]);
+    assert_eq!(groups_of(server.addr.clone()).await, (vec![0, 1, 2, 3, 4, 5], 5));
+    assert_eq!(server.stop(), Some(0));
+    let server = ServerProcess::restart(&data_dir, &["--cores", "2", "--initial-groups", "2"]);
+    assert_eq!(groups_of(server.addr.clone()).await, (vec![0, 1, 2, 3, 4, 5], 5));
+    assert_eq!(server.stop(), Some(0));
 }

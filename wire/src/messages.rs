@@ -694,6 +694,9 @@ pub enum Response {
         groups: Vec<u32>,
         /// Stepped down as a whole lately: the leader balancer gives it no leadership (D70).
         draining: bool,
+        /// The data groups it starts a cluster with if it initializes one (`initial_groups`,
+        /// else cores × groups_per_core); a member: the data groups it hosts (D79).
+        data_groups: u32,
     },
     HealthCheck {
         status: HealthStatus,

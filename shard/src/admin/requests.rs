@@ -871,6 +871,7 @@ fn node_info(shard: &Shard) -> Response {
         cores: shard.cores.len() as u16,
         groups: shard.placement.keys().map(|g| g.0).collect(),
         draining: shard.is_draining(),
+        data_groups: shard.placement.keys().filter(|g| g.0 != 0).count() as u32,
     }
 }
 
