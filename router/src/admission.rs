@@ -56,8 +56,16 @@ impl ConnectionSlots {
     }
 }
 
-/// Tells a socket accepted over the limit why it is closed, without reading from it.
-pub async fn refuse(mut stream: TcpStream, max: usize) {
+/// Refusals over TLS handshaking at once on one core; past this a refused socket is closed
+/// without a word (D80): each costs a handshake, which a flood must not get for free.
+const TLS_REFUSALS_MAX: usize = 8;
+
+thread_local! {
+    static TLS_REFUSALS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The `Goaway{TooManyConnections}` frame a refused socket is sent.
+fn refusal_frame(max: usize) -> Option<Vec<u8>> {
     let goaway = Goaway {
         code: GoawayCode::TooManyConnections,
         message: format!(
@@ -66,11 +74,38 @@ pub async fn refuse(mut stream: TcpStream, max: usize) {
         ),
     };
     let mut out = Vec::new();
-    if encode_frame(FrameKind::Goaway, &goaway, &mut out).is_err() {
+    encode_frame(FrameKind::Goaway, &goaway, &mut out).ok()?;
+    Some(out)
+}
+
+/// Tells a socket accepted over the limit why it is closed, without reading from it. Over TLS
+/// (`tls` set) the refusal follows a handshake bounded by `handshake_timeout`, since a TLS client
+/// cannot read plain bytes (it would see a failed handshake, D80).
+pub async fn refuse(
+    stream: TcpStream,
+    max: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handshake_timeout: Duration,
+) {
+    let Some(out) = refusal_frame(max) else { return };
+    let Some(config) = tls else {
+        write_and_close(stream, &out).await;
+        return;
+    };
+    if TLS_REFUSALS.with(|n| n.get()) >= TLS_REFUSALS_MAX {
         return;
     }
+    TLS_REFUSALS.with(|n| n.set(n.get() + 1));
+    let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    if let Ok(Ok(tls)) = glommio::timer::timeout(handshake_timeout, async { Ok(handshake.await) }).await {
+        write_and_close(tls, &out).await;
+    }
+    TLS_REFUSALS.with(|n| n.set(n.get().saturating_sub(1)));
+}
+
+async fn write_and_close<S: futures::io::AsyncWrite + Unpin>(mut stream: S, out: &[u8]) {
     let _ = glommio::timer::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        let _ = stream.write_all(&out).await;
+        let _ = stream.write_all(out).await;
         let _ = stream.close().await;
         Ok(())
     })

@@ -112,7 +112,8 @@ pub async fn serve(context: RouterContext, control: flume::Receiver<ListenerCont
                     }
                     None => {
                         let max = settings.connection_slots.max();
-                        glommio::spawn_local(crate::admission::refuse(stream, max)).detach();
+                        let (tls, wait) = (settings.tls.clone(), settings.handshake_timeout);
+                        glommio::spawn_local(crate::admission::refuse(stream, max, tls, wait)).detach();
                     }
                 },
                 Err(e) => {

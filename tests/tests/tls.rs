@@ -241,3 +241,37 @@ fn t06_unreadable_tls_files_stop_the_server() {
     assert_ne!(code, Some(0));
     assert!(err.contains("tls_key"), "{err}");
 }
+
+/// D80: a TLS client over `max_connections` is told why in a `Goaway{TooManyConnections}` sent
+/// over TLS, not a plain frame it would see as a broken handshake; once the slot is free a TLS
+/// client is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t06_a_tls_client_over_max_connections_gets_a_typed_goaway() {
+    use ledger_wire::messages::GoawayCode;
+    let pki = TestPki::generate();
+    let dir = temp_dir("tls-max-connections");
+    let server_flags = pki.server_flags(false);
+    let server =
+        ServerProcess::start(&dir.path().join("data"), &flags(&server_flags, &["--max-connections", "1"]));
+    let held = connect_with(&server.addr, pki.client_options()).await.expect("the one slot");
+    write_and_read(&held, "tls-held", "held").await;
+    match connect_with(&server.addr, pki.client_options()).await {
+        Err(ClientError::Goaway { code: GoawayCode::TooManyConnections, message }) => {
+            assert!(message.contains("max_connections (1)"), "{message}")
+        }
+        Err(other) => panic!("a TLS client over the limit saw {other}"),
+        Ok(_) => panic!("a TLS client over the limit was served"),
+    }
+    held.close();
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        match connect_with(&server.addr, pki.client_options()).await {
+            Ok(fresh) => break fresh,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("the slot never came free: {e}"),
+        }
+    };
+    write_and_read(&fresh, "tls-fresh", "fresh").await;
+    server.stop();
+}
