@@ -86,11 +86,22 @@ fn live_window(group: &Group) -> Duration {
     Duration::from_millis(group.config().raft_election_max_ms.saturating_mul(2).max(1_000))
 }
 
-/// Whether the leader of `group` heard from `node` within the live window.
+/// A learner within this many entries of the leader's log has caught up (SPEC §10.6).
+const CAUGHT_UP_ENTRIES: u64 = 100;
+
+/// Whether the leader of `group` heard from `node` within the live window and `node` has
+/// caught up with its log, so that promoting it adds a voter that can vote at once.
 pub fn answered_lately(group: &Group, node: u64) -> bool {
     let window = live_window(group);
-    let data = group.data.borrow();
-    data.contact.last_ack(node).is_some_and(|at| Instant::now().saturating_duration_since(at) <= window)
+    let heard = {
+        let data = group.data.borrow();
+        data.contact.last_ack(node).is_some_and(|at| Instant::now().saturating_duration_since(at) <= window)
+    };
+    let metrics = group.raft.metrics();
+    let m = metrics.borrow();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m.replication.as_ref().and_then(|r| r.get(&node).copied().flatten()).map_or(0, |l| l.index);
+    heard && matched + CAUGHT_UP_ENTRIES >= last
 }
 
 /// The recorded members of `_system` as `group` (group 0) holds them, oldest first.
