@@ -1573,7 +1573,12 @@ async fn t19_system_keeps_five_voters_and_other_members_follow_it_as_learners() 
     // serves like any member. When a voter leaves, the learner is promoted; a node that joins a
     // `_system` of five voters stays its learner.
     let _one = one_cluster();
-    let mut cluster = Cluster::start(6, NODE_FLAGS);
+    let flags: Vec<&str> = NODE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--test-faults", "true", "--learner-cache-ttl-secs", "1"])
+        .collect();
+    let mut cluster = Cluster::start_with_metrics(6, &flags);
     let all: Vec<usize> = (0..6).collect();
     let ids = node_ids(&cluster, &all).await;
     let sorted: Vec<u64> = ids.keys().copied().collect();
@@ -1588,6 +1593,38 @@ async fn t19_system_keeps_five_voters_and_other_members_follow_it_as_learners() 
     let admin = connect(cluster.addr(learner)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "learners").await;
     let mut acks = write_keys(cluster.addr(learner), namespace_id, Some(vault_id), "via-learner", 5).await;
+
+    // A learner cut off for longer than `learner_cache_ttl_secs` finds its copy stale: its first
+    // lookup of a namespace asks the leader, gets no answer, and routes by its own copy, so an
+    // eventual read is still served (SPEC §10.4, §10.8).
+    let (other, _) = create_scope(&connect(cluster.addr(0)).await, "learner-stale").await;
+    let on_learner = connect(cluster.addr(learner)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(
+        on_learner
+            .call(Request::GetNamespace { by: ledger_wire::messages::NamespaceSelector::Id(other) })
+            .await,
+        Ok(Response::GetNamespace(_))
+    ) {
+        assert!(Instant::now() < deadline, "the learner never applied the namespace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    partition(&cluster, &ids, Some(learner)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read = on_learner.read_with(other, None, "absent", ReadConsistency::Eventual).await;
+    assert!(matches!(read, Ok(None)), "a cut-off learner's eventual read: {read:?}");
+    let metrics =
+        ledger_tests::scrape_metrics(cluster.nodes[learner].metrics_addr.as_deref().expect("metrics"));
+    let stale: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ledger_learner_cache_stale_total ")
+                .or(l.strip_prefix("learner_cache_stale_total "))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("learner_cache_stale_total");
+    assert!(stale >= 1.0, "the stale copy was not counted:\n{metrics}");
+    partition(&cluster, &ids, None).await;
 
     // A voter leaves (not node 0, which the checks ask): the learner takes its place.
     let leaver_id = first_five[1..].iter().copied().find(|id| ids[id] != 0).expect("a voter");

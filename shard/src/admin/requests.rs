@@ -483,7 +483,7 @@ fn learner_copy_is_stale(shard: &Shard) -> bool {
 }
 
 /// A stale learner's lookup: a voter's answer, reused for `learner_refresh`, else asked anew;
-/// its own copy when no voter answers.
+/// its own copy when no voter answers within `learner_refresh`.
 fn resolve_on_stale_learner(
     shard: &Rc<Shard>,
     namespace_id: i64,
@@ -497,16 +497,22 @@ fn resolve_on_stale_learner(
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let answer = match confirm_namespace_miss(&shard, namespace_id).await {
-            Ok(group) => {
-                crate::metrics::with(|m| m.learner_refreshes += 1);
-                shard.learner_routes.borrow_mut().remember(namespace_id, Instant::now(), group, refresh);
-                Ok(group)
-            }
-            // No voter answers (this learner is cut off): its own copy still routes, as any
-            // replica in a minority serves eventual reads flagged `stale` (SPEC §10.8).
-            Err(status) => resolve_namespace(&shard, namespace_id).map(Some).ok_or(status),
-        };
+        // A cut-off learner must not hold the lookup for the whole forward timeout: it waits
+        // for a voter's answer as long as it would reuse one.
+        let asked = glommio::timer::timeout(refresh, async {
+            Ok(confirm_namespace_miss(&shard, namespace_id).await)
+        });
+        let answer =
+            match asked.await.unwrap_or_else(|_| Err(Status::unavailable("no voter answered in time"))) {
+                Ok(group) => {
+                    crate::metrics::with(|m| m.learner_refreshes += 1);
+                    shard.learner_routes.borrow_mut().remember(namespace_id, Instant::now(), group, refresh);
+                    Ok(group)
+                }
+                // No voter answers (this learner is cut off): its own copy still routes, as any
+                // replica in a minority serves eventual reads flagged `stale` (SPEC §10.8).
+                Err(status) => resolve_namespace(&shard, namespace_id).map(Some).ok_or(status),
+            };
         let _ = reply.send(answer);
     })
     .detach();
