@@ -518,6 +518,18 @@ impl CoreLog {
         Ok(log)
     }
 
+    /// Closes the log and waits (at most 30 s) until its thread has written what was queued and
+    /// stopped, so that another instance may open the same directory at once (offline uses: a
+    /// group's log moving to another core, D77). A dropped log's thread finishes on its own.
+    pub fn close(self) {
+        let alive = self.writer.thread_alive();
+        drop(self);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while alive.strong_count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     pub fn dir(&self) -> &LogDir {
         &self.dir
     }

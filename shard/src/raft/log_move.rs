@@ -44,6 +44,7 @@ pub fn move_group(data_dir: &Path, group: GroupId, from: u16, to: u16) -> Result
         let source = CoreLog::open(LogDir::new(core_dir(data_dir, from), None))?;
         let state = source.attach(group).unwrap_or_else(|| Ok(Default::default()))?;
         let entries = source.read(group, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)?;
+        source.close();
         (entries, state)
     };
     let target = CoreLog::open(LogDir::new(core_dir(data_dir, to), None))?;
@@ -69,6 +70,8 @@ pub fn move_group(data_dir: &Path, group: GroupId, from: u16, to: u16) -> Result
             futures::executor::block_on(target.save_vote(group, vote))?;
         }
     }
+    // The executor opens this directory next: this instance's thread must be done with it.
+    target.close();
     Ok(Moved { entries: entries.len(), last_index: entries.last().map(|e| e.log_id.index) })
 }
 
@@ -125,6 +128,7 @@ mod tests {
         let state = log.attach(GroupId(group)).unwrap().unwrap();
         let entries =
             log.read(GroupId(group), std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).unwrap();
+        log.close();
         (entries.iter().map(|e| e.log_id.index).collect(), state)
     }
 
@@ -141,8 +145,10 @@ mod tests {
             futures::executor::block_on(source.purge(GroupId(5), log_id(10))).unwrap();
             source.save_committed(GroupId(5), log_id(35)).unwrap();
             append(&source, 5, 41..=42);
+            source.close();
             let target = CoreLog::open(LogDir::new(core_dir(dir.path(), 0), None)).unwrap();
             append(&target, 2, 1..=7);
+            target.close();
         }
         for _ in 0..2 {
             let moved = move_group(dir.path(), GroupId(5), 1, 0).unwrap();

@@ -199,6 +199,11 @@ impl SharedWriter {
         Ok(SharedWriter { writer, nudge })
     }
 
+    /// Gone once the log thread has stopped (and the log holding this writer was dropped).
+    pub(crate) fn thread_alive(&self) -> std::sync::Weak<Mutex<LogWriter>> {
+        Arc::downgrade(&self.writer)
+    }
+
     /// Wakes the log thread to write what is queued.
     pub(crate) fn nudge(&self) {
         let _ = self.nudge.try_send(());
