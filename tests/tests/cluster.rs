@@ -1749,9 +1749,11 @@ async fn t21_a_client_given_several_nodes_fails_over_when_its_node_dies() {
     let admin = connect(cluster.addr(1)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "failover").await;
     let addrs = cluster.addrs();
-    let client = Client::connect_any(&addrs, None, ledger_wire::client::ClientOptions::default())
-        .await
-        .expect("connect_any");
+    // Without leader routing every write goes through the session's own connection (node 0
+    // forwards it), so node 0's death must be survived by falling back, not by a side connection
+    // to a leader that happens to live elsewhere.
+    let options = ledger_wire::client::ClientOptions { follow_leaders: false, ..Default::default() };
+    let client = Client::connect_any(&addrs, None, options).await.expect("connect_any");
     assert_eq!(client.peer_addr().to_string(), addrs[0], "the first address answers first");
     let mut session = WriteSession::new(client, namespace_id, Some(vault_id))
         .with_client_id("failover-writer")
