@@ -1,5 +1,5 @@
 //! A cluster of real `ledger-server` processes on one machine for the cluster tests: ports chosen
-//! up front (each bound once by the OS, then released) so that every node can be given the full
+//! up front (by [`crate::ports`], outside the kernel's ephemeral range) so that every node can be given the full
 //! `--peers` list, all nodes started together (a coordinated bootstrap waits for all of them),
 //! and each node killed (`kill -9`) or restarted with exactly its first command.
 
@@ -21,11 +21,7 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// A free port on 127.0.0.1 (bound by the OS, released at once).
-pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").to_string()
-}
+pub use crate::ports::free_addr;
 
 impl Cluster {
     /// Starts `n` nodes with `--bootstrap-expect n` and returns once all listen. `extra` flags go

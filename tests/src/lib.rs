@@ -361,6 +361,7 @@ pub fn run_server_to_exit_on(
 
 pub mod cluster;
 pub mod linearizability;
+pub mod ports;
 pub mod raw;
 pub mod scope;
 pub mod tls;

@@ -34,11 +34,7 @@ fn server_command(cwd: &Path, args: &[&str], vars: &[(&str, String)]) -> Command
     command
 }
 
-/// A loopback address with a port free at the time of the call.
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
+use ledger_tests::ports::free_addr;
 
 /// Runs `command` until it exits on its own; returns (exit code, stdout, stderr).
 fn run_to_exit(mut command: Command) -> (Option<i32>, String, String) {

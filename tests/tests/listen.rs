@@ -63,8 +63,10 @@ async fn t02_restart_after_kill9_takes_the_same_address() {
     // before, over several rounds: the restart waits, bounded, for the dead process's socket.
     let dir = temp_dir("listen-t02");
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &["--cores", "2"]);
-    let addr = server.addr.clone();
+    // A port outside the ephemeral range: another test's outgoing connection could take a
+    // port-0 one while this server is down.
+    let addr = ledger_tests::ports::free_addr();
+    let mut server = ServerProcess::start_on(&data, &addr, &["--cores", "2"]);
     let client = connect(&addr).await;
     let (namespace_id, vault_id) = create_scope(&client, "restart").await;
     drop(client);
