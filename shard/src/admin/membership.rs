@@ -32,17 +32,79 @@ fn failed(code: StatusCode, message: String) -> Status {
     Status::new(code, message)
 }
 
+type ChangeError =
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, openraft::BasicNode>>;
+
+/// A change openraft refused. Leadership that moved mid-change (a rejoining voter's higher term
+/// deposes leaders, SPEC §10.7) is `NotLeader` with the new leader, so that the change is made
+/// again there (`change_anywhere`); anything else is `Unavailable`.
+fn raft_failed(group: &Group, what: &str, e: &ChangeError) -> Status {
+    if let Some(forward) = e.forward_to_leader() {
+        let mut status = Status::new(
+            StatusCode::NotLeader,
+            format!("group {}: {what} failed: leadership moved ({e})", group.id),
+        );
+        status.leader_hint = forward.leader_id.zip(forward.leader_node.as_ref().map(|n| n.addr.clone()));
+        return status;
+    }
+    if let openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(
+        openraft::error::ChangeMembershipError::InProgress(in_progress),
+    )) = e
+    {
+        // A new leader first commits the change its predecessor left uncommitted.
+        return Status::unavailable(format!(
+            "group {}: {what} waits: {CHANGE_IN_PROGRESS} ({in_progress})",
+            group.id
+        ));
+    }
+    Status::unavailable(format!("group {}: {what} failed: {e}", group.id))
+}
+
+/// Marks a change refused because another one is still being committed: made again shortly.
+const CHANGE_IN_PROGRESS: &str = "another membership change is still being committed";
+
+/// Whether a failed change is made again (leadership moved, or a change is being committed).
+fn worth_retrying(status: &Status) -> bool {
+    status.code == StatusCode::NotLeader || status.message.contains(CHANGE_IN_PROGRESS)
+}
+
+/// Runs one of openraft's membership calls on this group's leader, ending it with `NotLeader`
+/// as soon as this node stops leading: openraft does not always answer a change whose proposer
+/// was deposed before it committed (seen: a rejoining voter's higher term deposed the leader
+/// right after it proposed, and the call hung for a minute), and a hung change would hold the
+/// group's lock and the registry's. The change itself is idempotent and made again at the new
+/// leader (`change_anywhere`).
+pub(crate) async fn while_leading<T>(
+    group: &Group,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, ChangeError>>,
+) -> Result<T, Status> {
+    let wait = group.raft.wait(None);
+    let deposed = wait.metrics(|m| m.state != openraft::ServerState::Leader, "deposed");
+    futures::pin_mut!(call);
+    futures::pin_mut!(deposed);
+    match futures::future::select(call, deposed).await {
+        futures::future::Either::Left((result, _)) => result.map_err(|e| raft_failed(group, what, &e)),
+        futures::future::Either::Right(_) => {
+            let mut status = Status::new(
+                StatusCode::NotLeader,
+                format!("group {}: {what} abandoned: this node stopped leading", group.id),
+            );
+            status.leader_hint = group.leader_hint();
+            Err(status)
+        }
+    }
+}
+
 /// Makes `change` on `group`, whose leader must be this node; returns the voters afterwards.
 pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result<Vec<u64>, Status> {
     let _one_at_a_time = group.membership_lock.lock().await;
+    crate::event!(info, "group_membership_change_started", group = %group.id, change = ?change);
     if !group.is_leader() {
         let mut status = Status::new(StatusCode::NotLeader, format!("not the leader of group {}", group.id));
         status.leader_hint = group.leader_hint();
         return Err(status);
     }
-    let raft_failed = |what: &str, e: &dyn std::fmt::Display| {
-        Status::unavailable(format!("group {}: {what} failed: {e}", group.id))
-    };
     let current = voters(group);
     match change {
         MembershipChange::Add { node_id, address } => {
@@ -51,16 +113,22 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
             }
             let node = openraft::BasicNode { addr: address };
             let added = glommio::timer::timeout(LEARNER_CATCH_UP_TIMEOUT, async {
-                Ok(group.raft.add_learner(node_id, node, true).await)
+                Ok(while_leading(group, "adding the learner", group.raft.add_learner(node_id, node, true))
+                    .await)
             })
             .await;
             match added {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(raft_failed("adding the learner", &e)),
+                Ok(Err(status)) => return Err(status),
                 Err(_) => {
                     // A learner that never caught up leaves again: the voters are unchanged.
                     let remove = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-                    let _ = group.raft.change_membership(remove, false).await;
+                    let _ = while_leading(
+                        group,
+                        "removing the learner",
+                        group.raft.change_membership(remove, false),
+                    )
+                    .await;
                     return Err(failed(
                         StatusCode::FailedPrecondition,
                         format!(
@@ -77,12 +145,17 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
                 return Ok(current.into_iter().collect());
             }
             let promote = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
-            group.raft.change_membership(promote, false).await.map_err(|e| raft_failed("promoting", &e))?;
+            while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
         }
         MembershipChange::Remove { node_id } => {
             if !current.contains(&node_id) {
                 let learner = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-                let _ = group.raft.change_membership(learner, false).await;
+                let _ = while_leading(
+                    group,
+                    "removing the learner",
+                    group.raft.change_membership(learner, false),
+                )
+                .await;
                 return Ok(current.into_iter().collect());
             }
             // A `_system` voter that goes is replaced by the oldest live learner first, so that
@@ -95,11 +168,7 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
                 let live = |id: u64| system_voters::answered_lately(group, id);
                 if let Some(successor) = system_voters::oldest_learner(&learners, &members, live) {
                     let promote = ChangeMembers::AddVoterIds(BTreeSet::from([successor]));
-                    group
-                        .raft
-                        .change_membership(promote, false)
-                        .await
-                        .map_err(|e| raft_failed("promoting", &e))?;
+                    while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
                     crate::event!(info, "system_learner_promoted", node = successor, replacing = node_id);
                 }
             }
@@ -116,7 +185,7 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
                 ));
             }
             let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
-            group.raft.change_membership(remove, false).await.map_err(|e| raft_failed("removing", &e))?;
+            while_leading(group, "removing", group.raft.change_membership(remove, false)).await?;
         }
     }
     Ok(voters(group).into_iter().collect())
@@ -143,9 +212,12 @@ pub fn complete_joint_config(group: &Rc<Group>) {
         let Some(_one_at_a_time) = group.membership_lock.try_lock() else { return };
         let Some(target) = joint_target(&group).filter(|_| group.is_leader()) else { return };
         let voters: Vec<u64> = target.iter().copied().collect();
-        match group.raft.change_membership(ChangeMembers::ReplaceAllVoters(target), false).await {
+        let change = group.raft.change_membership(ChangeMembers::ReplaceAllVoters(target), false);
+        match while_leading(&group, "completing the joint config", change).await {
             Ok(_) => crate::event!(info, "joint_config_completed", group = %group.id, voters = ?voters),
-            Err(e) => crate::event!(warn, "joint_config_not_completed", group = %group.id, error = %e),
+            Err(e) => {
+                crate::event!(warn, "joint_config_not_completed", group = %group.id, error = %e.message)
+            }
         }
     })
     .detach();
@@ -157,6 +229,22 @@ pub async fn change_anywhere(
     group: &Group,
     change: MembershipChange,
 ) -> Result<Vec<u64>, Status> {
+    // A change that lost its leader midway is made again by the next one (it is idempotent:
+    // a node already added or removed is left as it is, a joint config is completed first).
+    let deadline = std::time::Instant::now() + change_timeout();
+    loop {
+        match change_once(shard, group, change.clone()).await {
+            Err(status) if worth_retrying(&status) && std::time::Instant::now() < deadline => {
+                crate::event!(info, "membership_change_retried", group = %group.id, reason = %status.message);
+                let election = Duration::from_millis(group.raft.config().election_timeout_max);
+                glommio::timer::sleep(election).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn change_once(shard: &Shard, group: &Group, change: MembershipChange) -> Result<Vec<u64>, Status> {
     if group.is_leader() {
         return change_at_leader(group, change).await;
     }

@@ -133,6 +133,7 @@ pub(crate) async fn change_membership_everywhere(
         ));
     }
     let _serial = shard.admin_lock.lock().await;
+    crate::event!(info, "membership_change_started", change = ?change);
     let joining = matches!(change, MembershipChange::Add { .. });
     let mut done = Vec::new();
     for group in crate::admin::membership::order(shard.placement.keys().copied(), joining) {

@@ -9,6 +9,7 @@
 //! it once every group has the node), so an earlier join has a lower version; the records of a
 //! bootstrap are written together and ordered by node id (lower id = earlier start, §10.1).
 
+use crate::admin::membership::while_leading;
 use crate::admin::registry as reg;
 use crate::round::group::Group;
 use crate::shard::Shard;
@@ -143,19 +144,21 @@ pub async fn keep(shard: &Shard) {
             // Not blocking: the learner catches up in the background and is promoted, if a
             // voter is missing, once it answers.
             let node = openraft::BasicNode { addr: address };
-            match group.raft.add_learner(node_id, node, false).await {
+            match while_leading(&group, "adding the learner", group.raft.add_learner(node_id, node, false))
+                .await
+            {
                 Ok(_) => crate::event!(info, "system_learner_added", node = node_id),
-                Err(e) => crate::event!(warn, "system_learner_not_added", node = node_id, error = %e),
+                Err(e) => crate::event!(warn, "system_learner_not_added", node = node_id, error = %e.message),
             }
         }
         VoterChange::Promote { node_id } => {
-            match group
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-                .await
-            {
+            let promote =
+                group.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false);
+            match while_leading(&group, "promoting", promote).await {
                 Ok(_) => crate::event!(info, "system_learner_promoted", node = node_id),
-                Err(e) => crate::event!(warn, "system_learner_not_promoted", node = node_id, error = %e),
+                Err(e) => {
+                    crate::event!(warn, "system_learner_not_promoted", node = node_id, error = %e.message)
+                }
             }
         }
     }

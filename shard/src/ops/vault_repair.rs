@@ -6,14 +6,16 @@
 //! (`read::history::rebuild_checked`), then swaps the rebuilt state in and rewrites the group's
 //! state file. While it runs the scope is `Recovering{attempt}` and skipped by apply, so no entry
 //! is lost: the swap happens only once the rebuilt height is the archive's tip, with no await
-//! in between. A replay mismatch is a determinism bug: no further automatic attempts. Other
-//! failures retry: attempt 1 at once, 2 after 30 s, 3 after 5 min, then `exhausted`.
+//! in between. Before it replays, the blocks it needs that are missing or damaged here are
+//! fetched again from the group's other members (`archive_repair`, D81). A replay mismatch over
+//! intact blocks is a determinism bug: no further automatic attempts. Other failures retry: attempt 1 at once, 2 after 30 s, 3 after 5 min, then `exhausted`.
 //!
 //! Each core runs `doctor`, which starts the automatic attempts (`vault_auto_recovery`).
 
 // Errors travel as the wire `Status` (SPEC §4.5), built once at this edge.
 #![allow(clippy::result_large_err)]
 
+use crate::peer::pool::PeerPool;
 use crate::read::history::{rebuild_checked, RebuildError};
 use crate::round::group::{now_ts, Group};
 use crate::shard::Shard;
@@ -186,7 +188,12 @@ pub fn simulate(
 
 /// `RecoverVault` (SPEC §5.3 item 29): rebuilds the scope on this node. Without `force` only a
 /// non-Healthy scope; `force` resets the attempt counter and rebuilds even a healthy one.
-pub async fn recover_vault(group: &Rc<Group>, scope: ScopeKey, force: bool) -> Result<Response, Status> {
+pub async fn recover_vault(
+    group: &Rc<Group>,
+    peers: &Rc<PeerPool>,
+    scope: ScopeKey,
+    force: bool,
+) -> Result<Response, Status> {
     let health = group
         .data
         .borrow()
@@ -216,12 +223,12 @@ pub async fn recover_vault(group: &Rc<Group>, scope: ScopeKey, force: bool) -> R
             r.next_at = None;
         });
     }
-    Ok(run_attempt(group, scope).await)
+    Ok(run_attempt(group, peers, scope).await)
 }
 
 /// One recovery attempt; the answer says how it went (never an error: a failed attempt is an
 /// outcome, recorded in the scope's health).
-async fn run_attempt(group: &Rc<Group>, scope: ScopeKey) -> Response {
+async fn run_attempt(group: &Rc<Group>, peers: &Rc<PeerPool>, scope: ScopeKey) -> Response {
     let mut attempt = 0;
     update(group.id, scope, |r| {
         r.attempt = r.attempt.saturating_add(1);
@@ -240,7 +247,10 @@ async fn run_attempt(group: &Rc<Group>, scope: ScopeKey) -> Response {
         Some(scope),
         format!("recovery attempt {attempt} of scope {scope} started"),
     );
-    let outcome = rebuild_to_tip(group, scope).await;
+    let outcome = match crate::ops::archive_repair::repair(group, peers, scope).await {
+        Ok(_) => rebuild_to_tip(group, scope).await,
+        Err(status) => Err(RebuildError::Other(status)),
+    };
     update(group.id, scope, |r| r.running = false);
     let (success, message) = match outcome {
         Ok((height, root)) => {
@@ -375,9 +385,9 @@ pub async fn doctor(shard: std::rc::Weak<Shard>) {
                 .map(|s| s.meta.key)
                 .collect();
             for scope in due {
-                let group = group.clone();
+                let (group, peers) = (group.clone(), shard.peers.clone());
                 glommio::spawn_local(async move {
-                    let _ = run_attempt(&group, scope).await;
+                    let _ = run_attempt(&group, &peers, scope).await;
                 })
                 .detach();
             }
@@ -522,7 +532,7 @@ pub async fn answer(
     };
     match request {
         Request::RecoverVault { namespace_id, vault_id, force } => {
-            recover_vault(group, scope_of(namespace_id, vault_id), force).await
+            recover_vault(group, &shard.peers, scope_of(namespace_id, vault_id), force).await
         }
         Request::SimulateDivergence {
             namespace_id,

@@ -69,23 +69,64 @@ async fn run_once(data: &Rc<RefCell<GroupData>>, peers: &Rc<PeerPool>) -> Result
     let (gaps, members, group_id, db) = {
         let data = data.borrow();
         let gaps = data.archive.gaps(data.group_height)?;
-        let members: Vec<(u64, String)> = data
-            .membership
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != peers.self_id())
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect();
-        (gaps, members, data.group_id.0, data.archive.db().cloned())
+        (gaps, members_but(&data, peers.self_id()), data.group_id.0, data.archive.db().cloned())
     };
     let Some(db) = db else { return Ok(0) };
-    let mut filled = 0u64;
     // Newest gap first: the one right below the snapshot's cut is the one reads hit first.
-    for (lo, hi) in gaps.into_iter().rev() {
+    fill_ranges(data, peers, &db, group_id, &members, gaps.into_iter().rev()).await
+}
+
+/// Fetches, verifies and stores (overwriting) the archived group blocks at `heights` from the
+/// group's other members, as back-fill does for gaps: each run of consecutive heights is checked
+/// against the block above it (or the applied state's last group hash at the top) and bodies
+/// against their roots. Recovery calls it for blocks damaged here (D81). Returns the blocks
+/// stored.
+pub async fn refetch(
+    data: &Rc<RefCell<GroupData>>,
+    peers: &Rc<PeerPool>,
+    heights: &[u64],
+) -> Result<u64, ShardError> {
+    let (members, group_id, db) = {
+        let data = data.borrow();
+        (members_but(&data, peers.self_id()), data.group_id.0, data.archive.db().cloned())
+    };
+    let Some(db) = db else { return Ok(0) };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &h in heights {
+        match runs.last_mut() {
+            Some((_, hi)) if *hi + 1 == h => *hi = h,
+            _ => runs.push((h, h)),
+        }
+    }
+    // Top run first: each run's anchor is the block above it, intact or just re-fetched.
+    fill_ranges(data, peers, &db, group_id, &members, runs.into_iter().rev()).await
+}
+
+/// The group's members other than `self_id`, with their addresses.
+fn members_but(data: &GroupData, self_id: u64) -> Vec<(u64, String)> {
+    data.membership
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != self_id)
+        .map(|(id, node)| (*id, node.addr.clone()))
+        .collect()
+}
+
+/// Fills each range from the first member that serves it whole.
+async fn fill_ranges(
+    data: &Rc<RefCell<GroupData>>,
+    peers: &Rc<PeerPool>,
+    db: &Arc<redb::Database>,
+    group_id: u32,
+    members: &[(u64, String)],
+    ranges: impl Iterator<Item = (u64, u64)>,
+) -> Result<u64, ShardError> {
+    let mut filled = 0u64;
+    for (lo, hi) in ranges {
         let mut last_error = invalid(format!("no peer to fetch {lo}..={hi} from"));
         let mut done = false;
-        for (node, addr) in &members {
-            match fill_gap(data, peers, &db, group_id, (*node, addr), lo, hi).await {
+        for (node, addr) in members {
+            match fill_gap(data, peers, db, group_id, (*node, addr), lo, hi).await {
                 Ok(n) => {
                     filled += n;
                     done = true;

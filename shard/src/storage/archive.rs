@@ -219,7 +219,18 @@ impl Archive {
         self.pending_index.clear();
     }
 
-    fn locate(&self, scope: ScopeKey, height: u64) -> Result<Option<(u64, u32)>, ShardError> {
+    /// The highest vault height of the scope among the blocks still in memory, 0 if none.
+    pub(crate) fn pending_index_tip(&self, scope_id: i64) -> u64 {
+        self.pending_index.range((scope_id, 0)..=(scope_id, u64::MAX)).next_back().map_or(0, |((_, h), _)| *h)
+    }
+
+    /// The header of entry `entry` of the in-memory group block at `group_height`.
+    pub(crate) fn pending_header(&self, group_height: u64, entry: u32) -> Option<BlockHeader> {
+        let gb = self.pending.get(&group_height)?;
+        gb.vault_entries.get(entry as usize).map(|e| gb.header_of(e))
+    }
+
+    pub(crate) fn locate(&self, scope: ScopeKey, height: u64) -> Result<Option<(u64, u32)>, ShardError> {
         let key = (scope.scope_id(), height);
         if let Some(loc) = self.pending_index.get(&key) {
             return Ok(Some(*loc));
@@ -230,7 +241,7 @@ impl Archive {
         Ok(index.get(key).map_err(|e| ShardError::redb("blocks.redb get", e))?.map(|v| v.value()))
     }
 
-    fn read_record(&self, group_height: u64) -> Result<Option<GroupBlockRecord>, ShardError> {
+    pub(crate) fn read_record(&self, group_height: u64) -> Result<Option<GroupBlockRecord>, ShardError> {
         let Some(db) = &self.db else { return Ok(None) };
         let txn = db.begin_read().map_err(|e| ShardError::redb("blocks.redb begin_read", e))?;
         let groups = txn.open_table(GROUP_BLOCKS).map_err(|e| ShardError::redb("blocks.redb open", e))?;
@@ -240,7 +251,11 @@ impl Archive {
         Ok(Some(decode::<GroupBlockRecord>("group block record", row.value())?))
     }
 
-    fn read_body(&self, group_height: u64, entry: u32) -> Result<Option<Vec<Transaction>>, ShardError> {
+    pub(crate) fn read_body(
+        &self,
+        group_height: u64,
+        entry: u32,
+    ) -> Result<Option<Vec<Transaction>>, ShardError> {
         let Some(db) = &self.db else { return Ok(None) };
         let txn = db.begin_read().map_err(|e| ShardError::redb("blocks.redb begin_read", e))?;
         let bodies = txn.open_table(BODIES).map_err(|e| ShardError::redb("blocks.redb open", e))?;
