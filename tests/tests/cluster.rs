@@ -1929,3 +1929,51 @@ async fn t23_recovery_fetches_archived_blocks_damaged_on_its_node_from_the_other
     acks.extend(write_keys(cluster.addr(victim), namespace_id, Some(vault_id), "t23-after", 3).await);
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_a_node_whose_state_and_snapshots_are_lost_fetches_a_snapshot_from_a_member() {
+    // D83: a node's `state.redb` and snapshot files of a group are lost while it is down, and its
+    // own log of that group was purged behind a snapshot, so nothing on the node can rebuild the
+    // group's state. At restart it fetches a snapshot file covering its purged log from another
+    // member, verifies it as it loads it, replays its log after it, and serves every
+    // acknowledged write. Without the fetch the group does not open ("older than the purged
+    // log").
+    let _one = one_cluster();
+    let mut flags = NODE_FLAGS.to_vec();
+    flags.extend(["--raft-snapshot-logs", "20", "--raft-log-keep", "5"]);
+    let mut cluster = Cluster::start(3, &flags);
+    node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "snapshot-fetch").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "t24", 80).await;
+    let scopes = [(namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    let group = match admin
+        .call(Request::GetNamespace { by: ledger_wire::messages::NamespaceSelector::Id(namespace_id) })
+        .await
+        .expect("GetNamespace")
+    {
+        Response::GetNamespace(info) => info.group_id,
+        other => panic!("unexpected {other:?}"),
+    };
+    let victim = 2;
+    assert!(cluster.stderr(victim).contains("event=snapshot_created"), "node {victim} never snapshotted");
+    assert_eq!(cluster.stop(victim), Some(0));
+    let group_dir = cluster.nodes[victim].data_dir.join("groups").join(format!("g{group:05}"));
+    std::fs::remove_file(group_dir.join("state.redb")).expect("remove state.redb");
+    let snapshots = group_dir.join("snapshots");
+    for file in std::fs::read_dir(&snapshots).expect("snapshots dir") {
+        std::fs::remove_file(file.expect("entry").path()).expect("remove a snapshot file");
+    }
+    cluster.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.stderr(victim).contains("event=snapshot_fetched") {
+        assert!(Instant::now() < deadline, "no snapshot fetched:\n{}", cluster.stderr(victim));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = cluster.stderr(victim);
+    assert!(log.contains("event=snapshot_needed_from_peer"), "{log}");
+    assert!(log.contains("event=state_restored_from_snapshot"), "{log}");
+    acks.extend(write_keys(cluster.addr(victim), namespace_id, Some(vault_id), "t24-after", 5).await);
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}

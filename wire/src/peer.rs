@@ -85,7 +85,15 @@ pub enum PeerRequest {
     GetGroupBlocks { group_id: u32, from_group_height: u64, max_blocks: u32 },
     /// Leadership transfer (project, SPEC §5.3 item 32): what the old leader asks of a voter.
     Leadership { group_id: u32, action: LeadershipAction },
+    /// Project addition (D83): up to `SNAPSHOT_FILE_CHUNK_MAX` bytes from `offset` of one of the
+    /// member's snapshot files of `group_id`: the one at `group_height`, or with 0 its newest one
+    /// whose last log index is at least `min_log_index`. A node whose group cannot open because
+    /// its own snapshots are older than its purged log fetches one this way.
+    GetSnapshotFile { group_id: u32, min_log_index: u64, group_height: u64, offset: u64 },
 }
+
+/// The most bytes one `GetSnapshotFile` answer carries.
+pub const SNAPSHOT_FILE_CHUNK_MAX: u64 = 1 << 20;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -116,7 +124,8 @@ impl PeerRequest {
             | PeerRequest::ScopeCommand { group_id, .. }
             | PeerRequest::ChangeMembership { group_id, .. }
             | PeerRequest::GetGroupBlocks { group_id, .. }
-            | PeerRequest::Leadership { group_id, .. } => *group_id,
+            | PeerRequest::Leadership { group_id, .. }
+            | PeerRequest::GetSnapshotFile { group_id, .. } => *group_id,
         }
     }
 
@@ -129,6 +138,7 @@ impl PeerRequest {
             PeerRequest::ChangeMembership { .. } => "change_membership",
             PeerRequest::GetGroupBlocks { .. } => "get_group_blocks",
             PeerRequest::Leadership { .. } => "leadership",
+            PeerRequest::GetSnapshotFile { .. } => "get_snapshot_file",
         }
     }
 }
@@ -165,4 +175,11 @@ pub enum PeerResponse {
         blocks: Vec<GroupBlock>,
     },
     Leadership,
+    /// Bytes `offset..offset + bytes.len()` of the snapshot file at `group_height`, which holds
+    /// `total_bytes` in all.
+    SnapshotFile {
+        group_height: u64,
+        total_bytes: u64,
+        bytes: Vec<u8>,
+    },
 }

@@ -1,7 +1,7 @@
 //! Peer calls that reach the core owning their group (SPEC §5.6): openraft's vote, append and
 //! snapshot RPCs handed to the group's `Raft`, and the registry leader's scope commands proposed
-//! here when this node leads the group, and `GetGroupBlocks` (archive back-fill, SPEC §5.6 item
-//! 44). Bad bytes from a peer (an entry that does not decode) are refused with `InvalidArgument`;
+//! here when this node leads the group, `GetGroupBlocks` (archive back-fill, SPEC §5.6 item
+//! 44) and `GetSnapshotFile` (a member whose own snapshots are older than its purged log, D83). Bad bytes from a peer (an entry that does not decode) are refused with `InvalidArgument`;
 //! nothing of the call is applied.
 //!
 //! Snapshot chunks are put together here rather than by openraft: once the last one arrived, the
@@ -15,7 +15,9 @@ use crate::raft::type_config::{Snapshot, TypeConfig};
 use crate::reply::ReplySender;
 use crate::round::group::{Group, ScopeCommand};
 use ledger_wire::messages::{Response, ResponseEnvelope, Status};
-use ledger_wire::peer::{PeerRequest, PeerResponse, WireScopeCommand, GROUP_BLOCKS_MAX};
+use ledger_wire::peer::{
+    PeerRequest, PeerResponse, WireScopeCommand, GROUP_BLOCKS_MAX, SNAPSHOT_FILE_CHUNK_MAX,
+};
 use openraft::raft::InstallSnapshotRequest;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +36,47 @@ pub fn handle(group: Rc<Group>, request: PeerRequest, request_id: u64, reply: Re
         let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
     })
     .detach();
+}
+
+/// Up to `chunk` bytes from `offset` of one of this group's snapshot files (D83): the one at
+/// `group_height`, or with 0 the newest whose last log index is at least `min_log_index`.
+async fn snapshot_file_chunk(
+    group: &Group,
+    min_log_index: u64,
+    group_height: u64,
+    offset: u64,
+    chunk: u64,
+) -> Result<PeerResponse, Status> {
+    let found = group.data.borrow().snapshots.entries.iter().rev().find_map(|e| {
+        let wanted = match group_height {
+            0 => e.header.last_log_id.as_ref().is_some_and(|l| l.index >= min_log_index),
+            h => e.header.group_height == h,
+        };
+        wanted.then(|| (e.path.clone(), e.header.group_height))
+    });
+    let Some((path, height)) = found else {
+        return Err(Status::new(
+            ledger_wire::messages::StatusCode::FailedPrecondition,
+            format!(
+                "group {}: no snapshot file here at group height {group_height} or past log index {min_log_index}",
+                group.id
+            ),
+        ));
+    };
+    let read = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(&path)?;
+            let total = file.metadata()?.len();
+            file.seek(std::io::SeekFrom::Start(offset.min(total)))?;
+            let mut bytes = Vec::new();
+            file.take(chunk).read_to_end(&mut bytes)?;
+            Ok((total, bytes))
+        })
+        .await;
+    let (total_bytes, bytes) =
+        read.map_err(|e| Status::unavailable(format!("group {} snapshot file: {e}", group.id)))?;
+    Ok(PeerResponse::SnapshotFile { group_height: height, total_bytes, bytes })
 }
 
 fn raft_status(group: &Group, what: &str, e: impl std::fmt::Display) -> Status {
@@ -77,6 +120,10 @@ async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Sta
                 .group_blocks(from_group_height, max, budget)
                 .map_err(|e| Status::internal(format!("group {} archive: {e}", group.id)))?;
             PeerResponse::GroupBlocks { blocks }
+        }
+        PeerRequest::GetSnapshotFile { min_log_index, group_height, offset, .. } => {
+            let chunk = u64::from(group.config().max_frame_bytes / 2).clamp(1, SNAPSHOT_FILE_CHUNK_MAX);
+            snapshot_file_chunk(group, min_log_index, group_height, offset, chunk).await?
         }
         PeerRequest::ScopeCommand { command, .. } => {
             let command = match command {

@@ -108,6 +108,50 @@ pub async fn open_group_with(
     group: GroupId,
     options: GroupOptions,
 ) -> Result<Group, ShardError> {
+    let (min_log_index, members) = match open_attempt(config, group, options.clone(), true).await? {
+        Opened::Group(group) => return Ok(*group),
+        Opened::NeedsSnapshot { min_log_index, members } => (min_log_index, members),
+    };
+    // D83: every file of the first attempt is closed by now (its locals dropped).
+    let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
+    let snapshots = group_dir(config, group).join("snapshots");
+    if let Err(e) =
+        crate::raft::snapshot_fetch::fetch(config, &pool, &members, group, min_log_index, &snapshots).await
+    {
+        return Err(ShardError::Corrupt {
+            what: "group state",
+            detail: format!(
+                "state.redb is lost or unusable and no snapshot here covers the purged log (index {min_log_index}); \
+                 fetching one from another member failed: {e}"
+            ),
+        });
+    }
+    match open_attempt(config, group, options, false).await? {
+        Opened::Group(group) => Ok(*group),
+        Opened::NeedsSnapshot { .. } => Err(ShardError::Corrupt {
+            what: "group state",
+            detail: "the snapshot fetched from a peer does not cover the purged log".into(),
+        }),
+    }
+}
+
+/// What one attempt to open a group came to.
+enum Opened {
+    Group(Box<Group>),
+    /// The group's state must come from a snapshot, and none here covers its purged log: a
+    /// member's file whose last log index is at least `min_log_index` is needed (D83).
+    NeedsSnapshot {
+        min_log_index: u64,
+        members: Vec<(u64, String)>,
+    },
+}
+
+async fn open_attempt(
+    config: &ShardConfig,
+    group: GroupId,
+    options: GroupOptions,
+    may_fetch: bool,
+) -> Result<Opened, ShardError> {
     let dir = group_dir(config, group);
     let dir_io = |source| ShardError::Io { path: dir.clone(), source };
     // `groups/gNNNNN` and the files created in it below must survive a power loss.
@@ -191,16 +235,38 @@ pub async fn open_group_with(
         // re-applies the log after its cut, which the log still holds (purges never pass the
         // snapshot openraft last built or installed, SPEC §8.5).
         load_snapshot_state(&mut data, &applied, scopes);
-        if let Some(purged) = log_store.last_purged() {
-            if Some(purged.index) > data.applied_log_id.map(|l| l.index) {
-                return Err(ShardError::Corrupt {
-                    what: "group state",
-                    detail: format!(
-                        "state.redb is unusable and the newest valid snapshot (log index {}) is older than the purged log ({})",
-                        data.applied_index, purged.index
-                    ),
+    }
+    // A checkpointed state is never behind the purged log (purges stop at the durable
+    // checkpoint); a restored one, or none at all, may be. In a cluster another member's
+    // snapshot covers it (D83).
+    if let Some(purged) = log_store.last_purged() {
+        if Some(purged.index) > data.applied_log_id.map(|l| l.index) {
+            if may_fetch && config.cluster.is_some() {
+                let mut members: BTreeMap<u64, String> =
+                    config.cluster.iter().flat_map(|plan| plan.members.clone()).collect();
+                members.extend(data.membership.membership().nodes().map(|(id, n)| (*id, n.addr.clone())));
+                members.remove(&config.node_id);
+                crate::event!(
+                    warn,
+                    "snapshot_needed_from_peer",
+                    group = %group,
+                    applied = data.applied_index,
+                    purged = purged.index
+                );
+                return Ok(Opened::NeedsSnapshot {
+                    min_log_index: purged.index,
+                    members: members.into_iter().collect(),
                 });
             }
+            return Err(ShardError::Corrupt {
+                what: "group state",
+                detail: format!(
+                    "state.redb is lost or unusable and the newest valid snapshot here (log index {}) is older than the purged log ({}){}",
+                    data.applied_index,
+                    purged.index,
+                    if config.cluster.is_some() { "; no other member served one that covers it" } else { "" }
+                ),
+            });
         }
     }
     // The log is durable before anything is applied and never purged past the durable
@@ -310,7 +376,7 @@ pub async fn open_group_with(
         if let Some(interval) = options.checkpoint_interval {
             glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
         }
-        return Ok(Group {
+        return Ok(Opened::Group(Box::new(Group {
             id: group,
             raft,
             data,
@@ -318,7 +384,7 @@ pub async fn open_group_with(
             log_stats,
             dir,
             stop_checkpoints: Some(stop_tx),
-        });
+        })));
     }
     let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
     // Leader, and the leader's own first entry of its term applied: everything committed before
@@ -348,7 +414,15 @@ pub async fn open_group_with(
     if let Some(interval) = options.checkpoint_interval {
         glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
     }
-    Ok(Group { id: group, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) })
+    Ok(Opened::Group(Box::new(Group {
+        id: group,
+        raft,
+        data,
+        checkpointer,
+        log_stats,
+        dir,
+        stop_checkpoints: Some(stop_tx),
+    })))
 }
 
 /// Follows the group's server metrics (leader, vote, membership: they change rarely, unlike the
