@@ -1817,6 +1817,15 @@ async fn t22_a_cluster_starts_with_the_initializers_initial_groups() {
     assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec![1, 2, 3], "least-loaded placement");
 }
 
+/// The data group a namespace lives in.
+async fn namespace_group(client: &Client, namespace_id: i64) -> u32 {
+    let by = ledger_wire::messages::NamespaceSelector::Id(namespace_id);
+    match client.call(Request::GetNamespace { by }).await.expect("GetNamespace") {
+        Response::GetNamespace(info) => info.group_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// Opens `blocks.redb` of `group` in a stopped node's data directory.
 fn blocks_db(data_dir: &std::path::Path, group: u32) -> redb::Database {
     let path = data_dir.join("groups").join(format!("g{group:05}")).join("blocks.redb");
@@ -1847,14 +1856,7 @@ async fn t23_recovery_fetches_archived_blocks_damaged_on_its_node_from_the_other
     let scopes = [(namespace_id, Some(vault_id))];
     let before = assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
     let tip_height = before[&(namespace_id, Some(vault_id))].height;
-    let group = match admin
-        .call(Request::GetNamespace { by: ledger_wire::messages::NamespaceSelector::Id(namespace_id) })
-        .await
-        .expect("GetNamespace")
-    {
-        Response::GetNamespace(info) => info.group_id,
-        other => panic!("unexpected {other:?}"),
-    };
+    let group = namespace_group(&admin, namespace_id).await;
 
     let victim = 2;
     assert_eq!(cluster.stop(victim), Some(0));
@@ -1948,14 +1950,7 @@ async fn t24_a_node_whose_state_and_snapshots_are_lost_fetches_a_snapshot_from_a
     let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "t24", 80).await;
     let scopes = [(namespace_id, Some(vault_id))];
     assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
-    let group = match admin
-        .call(Request::GetNamespace { by: ledger_wire::messages::NamespaceSelector::Id(namespace_id) })
-        .await
-        .expect("GetNamespace")
-    {
-        Response::GetNamespace(info) => info.group_id,
-        other => panic!("unexpected {other:?}"),
-    };
+    let group = namespace_group(&admin, namespace_id).await;
     let victim = 2;
     assert!(cluster.stderr(victim).contains("event=snapshot_created"), "node {victim} never snapshotted");
     assert_eq!(cluster.stop(victim), Some(0));

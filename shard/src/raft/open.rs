@@ -372,19 +372,7 @@ async fn open_attempt(
         if let Some(peers) = &options.peers {
             crate::peer::backfill::spawn(data.clone(), peers.clone());
         }
-        let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
-        if let Some(interval) = options.checkpoint_interval {
-            glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
-        }
-        return Ok(Opened::Group(Box::new(Group {
-            id: group,
-            raft,
-            data,
-            checkpointer,
-            log_stats,
-            dir,
-            stop_checkpoints: Some(stop_tx),
-        })));
+        return Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval));
     }
     let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
     // Leader, and the leader's own first entry of its term applied: everything committed before
@@ -410,19 +398,25 @@ async fn open_attempt(
         return Err(ShardError::raft("wait for leadership and apply", e));
     }
 
+    Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval))
+}
+
+/// The opened group, its periodic checkpoint started.
+fn running(
+    id: GroupId,
+    raft: LedgerRaft,
+    data: Rc<RefCell<GroupData>>,
+    checkpointer: Rc<Checkpointer>,
+    log_stats: Arc<LogStats>,
+    dir: PathBuf,
+    checkpoint_interval: Option<Duration>,
+) -> Opened {
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
-    if let Some(interval) = options.checkpoint_interval {
+    if let Some(interval) = checkpoint_interval {
         glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
     }
-    Ok(Opened::Group(Box::new(Group {
-        id: group,
-        raft,
-        data,
-        checkpointer,
-        log_stats,
-        dir,
-        stop_checkpoints: Some(stop_tx),
-    })))
+    let group = Group { id, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) };
+    Opened::Group(Box::new(group))
 }
 
 /// Follows the group's server metrics (leader, vote, membership: they change rarely, unlike the
