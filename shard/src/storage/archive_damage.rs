@@ -233,6 +233,16 @@ mod tests {
         );
         // B shares group heights 3, 7, 11, 15 with A: only the deleted record touches B.
         assert_eq!(archive.damaged_blocks(B, 1, 20, Some(ZERO_HASH)).unwrap(), vec![15]);
+        // Scanned in ranges that overlap by one height (as recovery does), the same heights.
+        let mut chunked: Vec<u64> = [(1, 4), (4, 7), (7, 10)]
+            .iter()
+            .flat_map(|&(from, to)| {
+                archive.damaged_blocks(A, from, to, (from == 1).then_some(ZERO_HASH)).unwrap()
+            })
+            .collect();
+        chunked.sort_unstable();
+        chunked.dedup();
+        assert_eq!(chunked, vec![3, 7, 11, 15, 16, 17, 18]);
         // A wrong anchor below the range names the first block.
         assert_eq!(archive.damaged_blocks(A, 1, 1, Some([9; 32])).unwrap(), vec![1]);
     }
