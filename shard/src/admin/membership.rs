@@ -38,11 +38,11 @@ type ChangeError =
 /// A change openraft refused. Leadership that moved mid-change (a rejoining voter's higher term
 /// deposes leaders, SPEC §10.7) is `NotLeader` with the new leader, so that the change is made
 /// again there (`change_anywhere`); anything else is `Unavailable`.
-fn raft_failed(group: &Group, what: &str, e: &ChangeError) -> Status {
+fn raft_failed(group: GroupId, what: &str, e: &ChangeError) -> Status {
     if let Some(forward) = e.forward_to_leader() {
         let mut status = Status::new(
             StatusCode::NotLeader,
-            format!("group {}: {what} failed: leadership moved ({e})", group.id),
+            format!("group {group}: {what} failed: leadership moved ({e})"),
         );
         status.leader_hint = forward.leader_id.zip(forward.leader_node.as_ref().map(|n| n.addr.clone()));
         return status;
@@ -53,11 +53,10 @@ fn raft_failed(group: &Group, what: &str, e: &ChangeError) -> Status {
     {
         // A new leader first commits the change its predecessor left uncommitted.
         return Status::unavailable(format!(
-            "group {}: {what} waits: {CHANGE_IN_PROGRESS} ({in_progress})",
-            group.id
+            "group {group}: {what} waits: {CHANGE_IN_PROGRESS} ({in_progress})"
         ));
     }
-    Status::unavailable(format!("group {}: {what} failed: {e}", group.id))
+    Status::unavailable(format!("group {group}: {what} failed: {e}"))
 }
 
 /// Marks a change refused because another one is still being committed: made again shortly.
@@ -84,7 +83,7 @@ pub(crate) async fn while_leading<T>(
     futures::pin_mut!(call);
     futures::pin_mut!(deposed);
     match futures::future::select(call, deposed).await {
-        futures::future::Either::Left((result, _)) => result.map_err(|e| raft_failed(group, what, &e)),
+        futures::future::Either::Left((result, _)) => result.map_err(|e| raft_failed(group.id, what, &e)),
         futures::future::Either::Right(_) => {
             let mut status = Status::new(
                 StatusCode::NotLeader,
@@ -279,4 +278,40 @@ pub fn order(groups: impl Iterator<Item = GroupId>, joining: bool) -> Vec<GroupI
         all.rotate_left(first);
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::{
+        ChangeMembershipError, ClientWriteError, EmptyMembership, ForwardToLeader, InProgress, RaftError,
+    };
+
+    /// Proves which refusals make a change be made again (D82): leadership that moved (with the
+    /// new leader as the hint) and a change still being committed; an empty membership is final.
+    #[test]
+    fn t01_moved_leadership_and_a_change_in_progress_are_retried() {
+        let moved: ChangeError = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+            leader_id: Some(7),
+            leader_node: Some(openraft::BasicNode { addr: "10.0.0.7:7000".into() }),
+        }));
+        let status = raft_failed(GroupId(3), "removing", &moved);
+        assert_eq!(status.code, StatusCode::NotLeader);
+        assert_eq!(status.leader_hint, Some((7, "10.0.0.7:7000".to_string())));
+        assert!(worth_retrying(&status));
+
+        let busy: ChangeError = RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(InProgress { committed: None, membership_log_id: None }),
+        ));
+        let status = raft_failed(GroupId(3), "removing", &busy);
+        assert_eq!(status.code, StatusCode::Unavailable);
+        assert!(worth_retrying(&status), "{}", status.message);
+
+        let empty: ChangeError = RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::EmptyMembership(EmptyMembership {}),
+        ));
+        let status = raft_failed(GroupId(3), "removing", &empty);
+        assert_eq!(status.code, StatusCode::Unavailable);
+        assert!(!worth_retrying(&status), "{}", status.message);
+    }
 }
