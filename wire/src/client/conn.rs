@@ -110,6 +110,11 @@ impl Shared {
         }
     }
 
+    /// Calls waiting for their answer (a request is registered before it is queued).
+    pub fn pending_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
     pub fn remove(&self, request_id: u64) {
         self.lock().pending.remove(&request_id);
     }
@@ -240,6 +245,14 @@ pub(super) async fn writer_loop<W: AsyncWrite + Unpin>(
             () = shared.wait_closed() => return,
         };
         out.clear();
+        // With other calls in flight, let the callers that are ready run first. A caller's send
+        // wakes this task into the runtime's next slot, so without the yield every request left
+        // in a write of its own (0.83 `sendto` per request at 256 in flight, a third of a load
+        // generator's CPU); after it, the requests that one answered batch released leave
+        // together. A lone call is not held back.
+        if shared.pending_len() > 1 {
+            tokio::task::yield_now().await;
+        }
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {

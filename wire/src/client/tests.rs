@@ -578,3 +578,44 @@ async fn t43_a_write_only_refused_keeps_its_sequence_and_waits_the_hint() {
         .collect();
     assert_eq!(*script.lock().unwrap(), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn t44_calls_released_by_one_answer_leave_together() {
+    // Proves the writer lets ready callers queue before it writes: 32 callers each answered by one
+    // ResponseBatch send their next requests in a few frames, not one frame each (a caller's send
+    // wakes the writer into the runtime's next slot, ahead of the other callers).
+    const CALLERS: usize = 32;
+    let mut held: Vec<RequestEnvelope> = Vec::new();
+    let handler: Handler = Box::new(move |items| {
+        held.extend(items);
+        if held.len() < CALLERS {
+            return Vec::new();
+        }
+        vec![Reply::Responses(held.drain(..).map(|e| echo_state(&e)).collect())]
+    });
+    let (addr, seen) = fake_server(1024, handler).await;
+    let client = Client::connect(addr, fast_options()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS as u64 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2 {
+                let response = client.call(state_request(&i.to_string())).await.unwrap();
+                assert_eq!(response, Response::GetClientState { last_committed_sequence: i });
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    // Frames up to the first CALLERS requests are the first round; the rest the second.
+    let mut sent = 0;
+    let first_round = seen.batch_sizes.iter().take_while(|&&n| {
+        sent += n;
+        sent <= CALLERS
+    });
+    let second_round = &seen.batch_sizes[first_round.count()..];
+    assert_eq!(second_round.iter().sum::<usize>(), CALLERS, "{:?}", seen.batch_sizes);
+    assert!(second_round.len() <= 4, "one frame per caller: {:?}", seen.batch_sizes);
+}
