@@ -31,8 +31,10 @@ pub const LOG_WRITER_BATCH_MAX: usize = 1024;
 /// the rows live in memory (`state.redb` is written by checkpoints and read at open); caches that
 /// grew to 3 GiB per group only cost memory and the kernel's zeroing of fresh pages while growing.
 /// `state.redb` keeps 1 GiB: a checkpoint's random-key inserts re-read any page the cache dropped
-/// (a 1 M-row file is 285 MB; D16).
-pub const BLOCKS_DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
+/// (a 1 M-row file is 285 MB; D16). `blocks.redb` keeps 16 MiB: its pages are written once and
+/// read back rarely (history, watch replays, checks), from the kernel's page cache when not here,
+/// and a larger cache only took a fresh server's first ~15 s of load to fill (D85).
+pub const BLOCKS_DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
 /// The row journal of `state.redb` is merged into its tables once it holds this many rows or as
 /// many rows as the group, whichever is more (row_journal.rs, D18).
