@@ -455,6 +455,15 @@ impl ScopeState {
     /// condition or sequence failure, a wrong height or chain link, or a root mismatch is a
     /// divergence; nothing here mutates `self`.
     pub fn replay_entry(&self, entry: &VaultEntry, ctx: &BlockContext) -> Result<ScopeDelta, Divergence> {
+        let mut replay = self.replay_sealed(entry)?;
+        let (parent, changes) = replay.take_tree_work();
+        replay.finish(parent.with_updates(changes), ctx)
+    }
+
+    /// [`Self::replay_entry`] up to its state tree: the checks before the transactions, the
+    /// transactions, and the tree's leaf changes, which the caller applies where it likes (the
+    /// shard's tree thread) before [`SealedReplay::finish`] checks the roots.
+    pub fn replay_sealed(&self, entry: &VaultEntry) -> Result<SealedReplay, Divergence> {
         let at_height = entry.vault_height;
         let same_scope =
             entry.namespace_id == self.meta.key.namespace_id.0 && entry.vault_id == self.meta.key.vault_id.0;
@@ -473,22 +482,13 @@ impl ScopeState {
         for tx in &entry.transactions {
             failed |= draft.apply_tx(tx).is_err();
         }
-        let (_, delta) = draft.finish(ctx);
-        if delta.header.tx_merkle_root != entry.tx_merkle_root {
-            return Err(Divergence {
-                expected: entry.tx_merkle_root,
-                computed: delta.header.tx_merkle_root,
-                at_height,
-            });
-        }
-        if failed || delta.header.state_root != entry.state_root {
-            return Err(Divergence {
-                expected: entry.state_root,
-                computed: delta.header.state_root,
-                at_height,
-            });
-        }
-        Ok(delta)
+        Ok(SealedReplay {
+            sealed: draft.seal(),
+            failed,
+            at_height,
+            tx_merkle_root: entry.tx_merkle_root,
+            state_root: entry.state_root,
+        })
     }
 
     /// Install a block's delta: rows, indexes, client states, tree and metadata.
@@ -588,6 +588,52 @@ impl ScopeState {
             }
         }
         Some(removed)
+    }
+}
+
+/// A committed entry replayed up to its state tree ([`ScopeState::replay_sealed`]).
+pub struct SealedReplay {
+    sealed: SealedDraft,
+    /// A transaction failed its conditions or sequence: the entry cannot be this state's next.
+    failed: bool,
+    at_height: u64,
+    /// The entry's roots, which the replay must reproduce.
+    tx_merkle_root: Hash,
+    state_root: Hash,
+}
+
+impl SealedReplay {
+    /// Leaf changes the replay's transactions made to the state tree.
+    pub fn changes(&self) -> usize {
+        self.sealed.changes.len()
+    }
+
+    /// The tree to update and the updates, taken out (call once).
+    pub fn take_tree_work(&mut self) -> (SparseMerkleTree, Vec<crate::smt::Change>) {
+        let parent = self.sealed.parent_tree.take().unwrap_or_default();
+        (parent, std::mem::take(&mut self.sealed.changes))
+    }
+
+    /// Completes the replay with its updated tree and checks both roots against the entry's.
+    pub fn finish(self, tree: SparseMerkleTree, ctx: &BlockContext) -> Result<ScopeDelta, Divergence> {
+        let at_height = self.at_height;
+        let previous_hash = self.sealed.previous_hash.unwrap_or_default();
+        let (_, delta) = self.sealed.complete(tree, previous_hash, ctx);
+        if delta.header.tx_merkle_root != self.tx_merkle_root {
+            return Err(Divergence {
+                expected: self.tx_merkle_root,
+                computed: delta.header.tx_merkle_root,
+                at_height,
+            });
+        }
+        if self.failed || delta.header.state_root != self.state_root {
+            return Err(Divergence {
+                expected: self.state_root,
+                computed: delta.header.state_root,
+                at_height,
+            });
+        }
+        Ok(delta)
     }
 }
 

@@ -5,7 +5,8 @@
 //! openraft; `network` is the peer transport (through the core's peer pool), and `commit_notice`
 //! spares followers the empty AppendEntries that only repeat a commit (D58); `contact` tracks
 //! when a replica last heard from its leader (the `stale` flag of reads); `state_machine` applies committed blocks to the group's
-//! state; `open` assembles a group from its files and starts openraft, after `snapshot_fetch` has
+//! state (a replica's replay of a large vault's block builds its tree on the tree thread first:
+//! `tree_replay`, D86); `open` assembles a group from its files and starts openraft, after `snapshot_fetch` has
 //! fetched a member's snapshot when none of its own covers its purged log (D83). Kept apart so that the
 //! cluster work finds openraft's side in one room.
 
@@ -20,4 +21,5 @@ pub mod open;
 pub mod runtime;
 pub mod snapshot_fetch;
 pub mod state_machine;
+pub mod tree_replay;
 pub mod type_config;

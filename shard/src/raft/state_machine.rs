@@ -75,7 +75,7 @@ pub enum ApplyResult {
     },
 }
 
-fn scope_key(namespace_id: i64, vault_id: i64) -> ScopeKey {
+pub(crate) fn scope_key(namespace_id: i64, vault_id: i64) -> ScopeKey {
     ScopeKey { namespace_id: NamespaceId(namespace_id), vault_id: VaultId(vault_id) }
 }
 
@@ -110,7 +110,11 @@ fn apply_admin(data: &mut GroupData, cmd: AdminCommand, log_id: &LogId) -> Apply
 }
 
 /// Applies one group block (SPEC §8.4).
-fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
+fn apply_block(
+    data: &mut GroupData,
+    gb: Arc<GroupBlock>,
+    prepared: Vec<(ScopeKey, ScopeDelta)>,
+) -> ApplyResult {
     assert!(gb.group_height == data.group_height + 1, "group block out of order");
     assert!(gb.previous_group_hash == data.last_group_hash, "group block does not extend the chain");
     assert!(gb.group_id == data.group_id.0, "group block of another group");
@@ -131,12 +135,9 @@ fn apply_block(data: &mut GroupData, gb: Arc<GroupBlock>) -> ApplyResult {
         }
         None => Vec::new(),
     };
-    let ctx = BlockContext {
-        timestamp: gb.timestamp,
-        leader_id: gb.leader_id,
-        term: gb.term,
-        committed_index: gb.committed_index,
-    };
+    // A replica's own replay with its trees built off the executor (D86): checked like the above.
+    speculative.extend(prepared);
+    let ctx = crate::raft::tree_replay::block_context(&gb);
     let (mut used, mut replayed, mut diverged, mut skipped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut announcements = Vec::new();
@@ -232,7 +233,10 @@ fn apply_scope_entry(
     let predicted = speculative
         .iter()
         .position(|(k, d)| {
-            *k == key && d.block_hash == expected_hash && d.header.height == scope.meta.height + 1
+            *k == key
+                && d.block_hash == expected_hash
+                && d.header.height == scope.meta.height + 1
+                && d.header.previous_hash == scope.meta.last_block_hash
         })
         .map(|i| speculative.swap_remove(i).1);
     let delta_used = predicted.is_some();
@@ -257,6 +261,11 @@ fn apply_scope_entry(
 
 /// Applies one entry to `data` (deterministic, memory only).
 pub fn apply_entry(data: &mut GroupData, entry: Entry) -> ApplyResult {
+    apply_prepared(data, entry, Vec::new())
+}
+
+/// [`apply_entry`] with deltas replayed ahead for it (`tree_replay::prepare`, D86).
+fn apply_prepared(data: &mut GroupData, entry: Entry, prepared: Vec<(ScopeKey, ScopeDelta)>) -> ApplyResult {
     assert!(Some(entry.log_id) > data.applied_log_id, "log entry applied out of order");
     let log_id = entry.log_id;
     let result = match entry.payload {
@@ -266,7 +275,7 @@ pub fn apply_entry(data: &mut GroupData, entry: Entry) -> ApplyResult {
             ApplyResult::Membership
         }
         EntryPayload::Normal(LogPayload::Admin(cmd)) => apply_admin(data, cmd, &log_id),
-        EntryPayload::Normal(LogPayload::Block(gb)) => apply_block(data, gb),
+        EntryPayload::Normal(LogPayload::Block(gb)) => apply_block(data, gb, prepared),
     };
     data.applied_log_id = Some(log_id);
     data.applied_index = log_id.index;
@@ -500,16 +509,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(StorageIOError::write_logs(AnyError::error(e)).into());
             }
         }
-        let mut data = self.data.borrow_mut();
-        let group = data.group_id.0;
+        let group = self.data.borrow().group_id.0;
         let mut results = Vec::new();
         for entry in entries {
+            let prepared = match &entry.payload {
+                EntryPayload::Normal(LogPayload::Block(gb)) => {
+                    crate::raft::tree_replay::prepare(&self.data, gb).await
+                }
+                _ => Vec::new(),
+            };
+            let mut data = self.data.borrow_mut();
             if let Some(fault) = &data.fault {
                 let fault = ShardError::GroupFailed { group, fault: fault.clone() };
                 return Err(write_err(&fault));
             }
             let at_index = entry.log_id.index;
-            match crate::isolation::catch(|| apply_entry(&mut data, entry)) {
+            match crate::isolation::catch(|| apply_prepared(&mut data, entry, prepared)) {
                 Ok(result) => results.push(result),
                 Err(reason) => {
                     // An invariant of the whole group broke (chain order, a corrupt entry): its
@@ -687,8 +702,10 @@ mod tests {
         Rc::new(RefCell::new(GroupData::new(GroupId(3), Archive::in_memory())))
     }
 
-    /// Applies scope creation and `blocks` one-transaction blocks to `data` through `apply_entry`.
-    fn fill(data: &mut GroupData, key: ScopeKey, blocks: u64) {
+    /// Applies scope creation and `blocks` one-transaction blocks to `data` through `apply_entry`;
+    /// returns the entries applied.
+    fn fill(data: &mut GroupData, key: ScopeKey, blocks: u64) -> Vec<Entry> {
+        let mut applied = Vec::new();
         let create = AdminCommand::CreateScope {
             namespace_id: key.namespace_id.0,
             vault_id: key.vault_id.0,
@@ -697,6 +714,7 @@ mod tests {
             leader_id: 1,
         };
         let mut index = data.applied_index + 1;
+        applied.push(entry(index, LogPayload::Admin(create.clone())));
         apply_entry(data, entry(index, LogPayload::Admin(create)));
         for b in 1..=blocks {
             index += 1;
@@ -741,8 +759,83 @@ mod tests {
                 term: 1,
                 committed_index: index,
             };
-            apply_entry(data, entry(index, LogPayload::Block(Arc::new(gb))));
+            let block = entry(index, LogPayload::Block(Arc::new(gb)));
+            applied.push(block.clone());
+            apply_entry(data, block);
         }
+        applied
+    }
+
+    /// A follower whose blocks' trees go to a tree thread (D86): an empty state machine with
+    /// one that takes every update.
+    fn threaded_follower() -> (Rc<RefCell<GroupData>>, StateMachine) {
+        let data = new_data();
+        data.borrow_mut().trees = crate::round::tree_worker::TreeWorker::start(
+            "sm-test-tree",
+            crate::config::HelperHooks::default(),
+            0,
+            1,
+        );
+        (data.clone(), StateMachine::new(data, None))
+    }
+
+    /// The scopes `apply` answered as committed with a delta prepared ahead (D86).
+    fn prepared_scopes(results: &[ApplyResult]) -> Vec<ScopeKey> {
+        results
+            .iter()
+            .flat_map(|r| match r {
+                ApplyResult::Block { speculative, .. } => speculative.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Proves D86: a follower that builds its blocks' trees on the tree thread ends exactly where
+    /// one that replays inline does (same height, chain, root and rows), and it did use the
+    /// deltas replayed ahead: every block's scope is reported as applied from one.
+    #[test]
+    fn t03_replay_with_trees_on_the_thread_matches_inline_replay() {
+        futures::executor::block_on(async {
+            let key = ScopeKey { namespace_id: NamespaceId(2), vault_id: VaultId(9) };
+            let source = new_data();
+            let entries = fill(&mut source.borrow_mut(), key, 5);
+            let (target, mut follower) = threaded_follower();
+            let results = follower.apply(entries).await.unwrap();
+            assert_eq!(prepared_scopes(&results), vec![key; 5]);
+            let (s, t) = (source.borrow(), target.borrow());
+            assert_eq!(t.group_height, 5);
+            assert_eq!(t.last_group_hash, s.last_group_hash);
+            assert_eq!(t.applied_log_id, s.applied_log_id);
+            assert_eq!(t.scopes[&key].meta, s.scopes[&key].meta);
+            assert_eq!(t.scopes[&key].computed_root(), s.scopes[&key].meta.state_root);
+            assert_eq!(t.scopes[&key].key_count(), s.scopes[&key].key_count());
+            assert_eq!(t.scopes[&key].client_state("c").last_committed_seq, 5);
+        });
+    }
+
+    /// Proves a block whose state root is not what its transactions give is still caught when
+    /// its tree is built on the thread: no delta is prepared for it, the ordinary replay reports
+    /// the divergence, and the scope stops at the height below.
+    #[test]
+    fn t04_a_wrong_root_is_reported_with_trees_on_the_thread() {
+        futures::executor::block_on(async {
+            let key = ScopeKey { namespace_id: NamespaceId(2), vault_id: VaultId(9) };
+            let mut entries = fill(&mut new_data().borrow_mut(), key, 3);
+            let EntryPayload::Normal(LogPayload::Block(gb)) = &mut entries[3].payload else {
+                panic!("entry 3 is the third block")
+            };
+            Arc::make_mut(gb).vault_entries[0].state_root = [7; 32];
+            let (target, mut follower) = threaded_follower();
+            let results = follower.apply(entries).await.unwrap();
+            assert_eq!(prepared_scopes(&results), vec![key; 2]);
+            let Some(ApplyResult::Block { diverged, .. }) = results.last() else {
+                panic!("the last entry is a block")
+            };
+            assert_eq!(diverged, &vec![key]);
+            let t = target.borrow();
+            assert!(matches!(t.scopes[&key].meta.health, VaultHealth::Diverged { at_height: 3, .. }));
+            assert_eq!(t.scopes[&key].meta.height, 2);
+        });
     }
 
     /// Proves a full-state snapshot carries everything: built from a group with entities,
