@@ -68,6 +68,8 @@ pub enum ApplyResult {
         speculative: Vec<ScopeKey>,
         /// Scopes replayed and verified.
         replayed: Vec<ScopeKey>,
+        /// Those of `replayed` replayed before the apply, their trees on the tree thread (D86).
+        replayed_ahead: Vec<ScopeKey>,
         /// Scopes whose recomputed roots did not match: now Diverged, entry not applied.
         diverged: Vec<ScopeKey>,
         /// Scopes not applied because they are unknown or not Healthy.
@@ -136,10 +138,10 @@ fn apply_block(
         None => Vec::new(),
     };
     // A replica's own replay with its trees built off the executor (D86): checked like the above.
-    speculative.extend(prepared);
+    let mut ahead = prepared;
     let ctx = crate::raft::tree_replay::block_context(&gb);
-    let (mut used, mut replayed, mut diverged, mut skipped) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut used, mut replayed, mut replayed_ahead, mut diverged, mut skipped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut announcements = Vec::new();
     for entry in &gb.vault_entries {
         let key = scope_key(entry.namespace_id, entry.vault_id);
@@ -155,14 +157,18 @@ fn apply_block(
         let expected_hash = block_hash(&gb.header_of(entry));
         let (dirty, history) = (&mut data.dirty, &mut data.history);
         let applied = crate::isolation::catch(|| {
-            apply_scope_entry(scope, entry, &ctx, expected_hash, &mut speculative, dirty, history)
+            let deltas = [&mut speculative, &mut ahead];
+            apply_scope_entry(scope, entry, &ctx, expected_hash, deltas, dirty, history)
         });
         match applied {
-            Ok(Ok((delta_used, announcement))) => {
-                if delta_used {
-                    used.push(key);
-                } else {
-                    replayed.push(key);
+            Ok(Ok((source, announcement))) => {
+                match source {
+                    DeltaSource::Proposed => used.push(key),
+                    DeltaSource::ReplayedAhead => {
+                        replayed.push(key);
+                        replayed_ahead.push(key);
+                    }
+                    DeltaSource::Replayed => replayed.push(key),
                 }
                 if data.on_block_applied.is_some() {
                     announcements.push(announcement);
@@ -214,35 +220,48 @@ fn apply_block(
     data.last_group_hash = group_hash(&gb);
     data.group_height = group_height;
     data.archive.append(gb);
-    ApplyResult::Block { group_height, speculative: used, replayed, diverged, skipped }
+    ApplyResult::Block { group_height, speculative: used, replayed, replayed_ahead, diverged, skipped }
 }
 
-/// Commits one scope's vault entry: the leader's speculative delta when it is this entry's
-/// block, else a replay checked against the entry's roots. Returns whether the delta was used
-/// and the block's announcement.
+/// Where a committed scope delta came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeltaSource {
+    /// The leader's speculative delta of its own proposal.
+    Proposed,
+    /// This replica's replay made before the apply (D86).
+    ReplayedAhead,
+    /// Replayed here, in the apply.
+    Replayed,
+}
+
+/// Commits one scope's vault entry: a delta computed before (`deltas`: the leader's speculative
+/// ones, then this replica's replays ahead) when it is this entry's block on this scope as it is
+/// now, else a replay checked against the entry's roots. Returns where the delta came from and
+/// the block's announcement.
 fn apply_scope_entry(
     scope: &mut ScopeState,
     entry: &VaultEntry,
     ctx: &BlockContext,
     expected_hash: Hash,
-    speculative: &mut Vec<(ScopeKey, ScopeDelta)>,
+    deltas: [&mut Vec<(ScopeKey, ScopeDelta)>; 2],
     dirty: &mut crate::round::group_data::DirtyRows,
     history: &mut crate::read::history::History,
-) -> Result<(bool, BlockAnnouncement), ledger_core::state::Divergence> {
+) -> Result<(DeltaSource, BlockAnnouncement), ledger_core::state::Divergence> {
     let key = scope.meta.key;
-    let predicted = speculative
-        .iter()
-        .position(|(k, d)| {
-            *k == key
-                && d.block_hash == expected_hash
-                && d.header.height == scope.meta.height + 1
-                && d.header.previous_hash == scope.meta.last_block_hash
-        })
-        .map(|i| speculative.swap_remove(i).1);
-    let delta_used = predicted.is_some();
-    let delta = match predicted {
-        Some(delta) => delta,
-        None => scope.replay_entry(entry, ctx)?,
+    let fits = |(k, d): &(ScopeKey, ScopeDelta)| {
+        *k == key
+            && d.block_hash == expected_hash
+            && d.header.height == scope.meta.height + 1
+            && d.header.previous_hash == scope.meta.last_block_hash
+    };
+    let [proposed, ahead] = deltas;
+    let found = match proposed.iter().position(fits) {
+        Some(i) => Some((DeltaSource::Proposed, proposed.swap_remove(i).1)),
+        None => ahead.iter().position(fits).map(|i| (DeltaSource::ReplayedAhead, ahead.swap_remove(i).1)),
+    };
+    let (source, delta) = match found {
+        Some(found) => found,
+        None => (DeltaSource::Replayed, scope.replay_entry(entry, ctx)?),
     };
     assert!(delta.block_hash == expected_hash, "committed delta is not the entry's block");
     let announcement = BlockAnnouncement {
@@ -256,7 +275,7 @@ fn apply_scope_entry(
     dirty.record_delta(key, &delta);
     history.commit(scope, delta);
     assert!(scope.meta.height == entry.vault_height, "scope height after commit");
-    Ok((delta_used, announcement))
+    Ok((source, announcement))
 }
 
 /// Applies one entry to `data` (deterministic, memory only).
@@ -784,7 +803,7 @@ mod tests {
         results
             .iter()
             .flat_map(|r| match r {
-                ApplyResult::Block { speculative, .. } => speculative.clone(),
+                ApplyResult::Block { replayed_ahead, .. } => replayed_ahead.clone(),
                 _ => Vec::new(),
             })
             .collect()
