@@ -603,11 +603,6 @@ pub struct SealedReplay {
 }
 
 impl SealedReplay {
-    /// Leaf changes the replay's transactions made to the state tree.
-    pub fn changes(&self) -> usize {
-        self.sealed.changes.len()
-    }
-
     /// The tree to update and the updates, taken out (call once).
     pub fn take_tree_work(&mut self) -> (SparseMerkleTree, Vec<crate::smt::Change>) {
         let parent = self.sealed.parent_tree.take().unwrap_or_default();

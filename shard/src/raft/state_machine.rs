@@ -721,9 +721,33 @@ mod tests {
         Rc::new(RefCell::new(GroupData::new(GroupId(3), Archive::in_memory())))
     }
 
-    /// Applies scope creation and `blocks` one-transaction blocks to `data` through `apply_entry`;
-    /// returns the entries applied.
+    /// Applies scope creation and `blocks` one-transaction blocks (an entity and a relationship
+    /// each) to `data` through `apply_entry`; returns the entries applied.
     fn fill(data: &mut GroupData, key: ScopeKey, blocks: u64) -> Vec<Entry> {
+        fill_with(data, key, blocks, |b| {
+            vec![
+                Operation::SetEntity {
+                    key: format!("k{b}"),
+                    value: vec![1],
+                    expires_at: None,
+                    condition: None,
+                },
+                Operation::CreateRelationship {
+                    resource: format!("doc:{b}"),
+                    relation: "viewer".into(),
+                    subject: "user:a#member".into(),
+                },
+            ]
+        })
+    }
+
+    /// [`fill`] with block `b`'s operations from `ops(b)`.
+    fn fill_with(
+        data: &mut GroupData,
+        key: ScopeKey,
+        blocks: u64,
+        ops: impl Fn(u64) -> Vec<Operation>,
+    ) -> Vec<Entry> {
         let mut applied = Vec::new();
         let create = AdminCommand::CreateScope {
             namespace_id: key.namespace_id.0,
@@ -749,19 +773,7 @@ mod tests {
                     id: [b as u8; 16],
                     client_id: "c".into(),
                     sequence: b,
-                    operations: vec![
-                        Operation::SetEntity {
-                            key: format!("k{b}"),
-                            value: vec![1],
-                            expires_at: None,
-                            condition: None,
-                        },
-                        Operation::CreateRelationship {
-                            resource: format!("doc:{b}"),
-                            relation: "viewer".into(),
-                            subject: "user:a#member".into(),
-                        },
-                    ],
+                    operations: ops(b),
                     timestamp: ctx.timestamp,
                     actor: "user:t".into(),
                 };
@@ -829,6 +841,37 @@ mod tests {
             assert_eq!(t.scopes[&key].computed_root(), s.scopes[&key].meta.state_root);
             assert_eq!(t.scopes[&key].key_count(), s.scopes[&key].key_count());
             assert_eq!(t.scopes[&key].client_state("c").last_committed_seq, 5);
+        });
+    }
+
+    /// Proves a block whose operations change fewer leaves than they number (two writes of one
+    /// key) is replayed ahead too, its small tree on the executor, and ends where the inline
+    /// replay does: its transactions are not run a second time in the apply.
+    #[test]
+    fn t05_a_block_with_few_changes_is_finished_ahead_on_the_executor() {
+        futures::executor::block_on(async {
+            let key = ScopeKey { namespace_id: NamespaceId(2), vault_id: VaultId(9) };
+            let source = new_data();
+            let set = |b: u64, v: u8| Operation::SetEntity {
+                key: format!("k{b}"),
+                value: vec![v],
+                expires_at: None,
+                condition: None,
+            };
+            let entries = fill_with(&mut source.borrow_mut(), key, 3, |b| vec![set(b, 1), set(b, 2)]);
+            let data = new_data();
+            data.borrow_mut().trees = crate::round::tree_worker::TreeWorker::start(
+                "sm-test-tree",
+                crate::config::HelperHooks::default(),
+                0,
+                2,
+            );
+            let mut follower = StateMachine::new(data.clone(), None);
+            let results = follower.apply(entries).await.unwrap();
+            assert_eq!(prepared_scopes(&results), vec![key; 3]);
+            let (s, t) = (source.borrow(), data.borrow());
+            assert_eq!(t.scopes[&key].meta, s.scopes[&key].meta);
+            assert_eq!(t.scopes[&key].computed_root(), s.scopes[&key].meta.state_root);
         });
     }
 

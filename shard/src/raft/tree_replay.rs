@@ -29,6 +29,7 @@ pub fn block_context(gb: &GroupBlock) -> BlockContext {
 /// block this replica proposed (its deltas are kept already) and for anything unusual.
 pub async fn prepare(data: &Rc<RefCell<GroupData>>, gb: &GroupBlock) -> Vec<(ScopeKey, ScopeDelta)> {
     let ctx = block_context(gb);
+    let mut deltas = Vec::new();
     let mut jobs: Vec<(ScopeKey, SealedReplay, TreeJob)> = Vec::new();
     {
         let data = data.borrow();
@@ -46,15 +47,20 @@ pub async fn prepare(data: &Rc<RefCell<GroupData>>, gb: &GroupBlock) -> Vec<(Sco
                 continue;
             }
             let Ok(Ok(mut replay)) = crate::isolation::catch(|| scope.replay_sealed(entry)) else { continue };
-            if !data.trees.is_threaded(leaves, replay.changes()) {
+            let (parent, changes) = replay.take_tree_work();
+            if !data.trees.is_threaded(leaves, changes.len()) {
+                // Fewer changes than operations (several on one key): the tree is small work, done
+                // here rather than running the transactions again in the apply.
+                let finished = crate::isolation::catch(|| replay.finish(parent.with_updates(changes), &ctx));
+                if let Ok(Ok(delta)) = finished {
+                    deltas.push((key, delta));
+                }
                 continue;
             }
-            let (parent, changes) = replay.take_tree_work();
             let job = data.trees.submit(TreeParent::Built(parent), changes, leaves);
             jobs.push((key, replay, job));
         }
     }
-    let mut deltas = Vec::with_capacity(jobs.len());
     for (key, replay, job) in jobs {
         let Some(built) = job.wait().await else { continue };
         if let Ok(Ok(delta)) = crate::isolation::catch(|| replay.finish(built.tree, &ctx)) {
