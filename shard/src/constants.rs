@@ -9,9 +9,12 @@ pub const LOG_CACHE_ENTRIES_MAX: usize = 512;
 /// A core log segment is closed and a new one started once it would grow past this (a single
 /// record larger than it gets a segment of its own).
 pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// Zeros the core log's thread writes and syncs ahead of the active segment's end when idle, in
-/// chunks of this size (D38).
+/// Zeros the core log's thread keeps written and synced ahead of the active segment's end when
+/// idle (D38): it tops them up to this once less than half is left.
 pub const LOG_ZERO_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+/// The zeros are written and synced this much at a time, the writer's lock released between
+/// steps, so a log write the executor wants to make waits behind one step at most (D87).
+pub const LOG_ZERO_STEP_BYTES: usize = 512 * 1024;
 /// Deleted log segments a core keeps as spares, reused (renamed) as later segments instead of
 /// writing zeros ahead of a new one's end (D61).
 pub const LOG_SPARE_SEGMENTS_MAX: usize = 8;

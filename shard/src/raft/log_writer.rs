@@ -8,7 +8,9 @@
 //! lock keeps them in order, so "every record up to the highest one processed is written" holds
 //! whichever party wrote them, and `flushed_seq` means what it always meant.
 
-use crate::constants::{LOG_SPARE_SEGMENTS_MAX, LOG_WRITER_BATCH_MAX, LOG_ZERO_AHEAD_BYTES};
+use crate::constants::{
+    LOG_SPARE_SEGMENTS_MAX, LOG_WRITER_BATCH_MAX, LOG_ZERO_AHEAD_BYTES, LOG_ZERO_STEP_BYTES,
+};
 use crate::raft::log_store::LogStats;
 use crate::storage::log_files::{LogDir, LogFile};
 use futures::channel::oneshot;
@@ -169,13 +171,19 @@ impl LogWriter {
         self.zeroed.due()
     }
 
-    /// Extends the zeros ahead of the end if nothing waits to be written.
-    fn extend_zeros_when_idle(&mut self) {
+    /// Writes one step of zeros ahead of the end if nothing waits to be written; whether another
+    /// step may follow.
+    fn extend_zeros_step_when_idle(&mut self) -> bool {
         let healthy = self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_none();
-        if healthy && self.rx.is_empty() {
-            if let Err(e) = self.zeroed.extend(&self.files) {
+        if !healthy || !self.rx.is_empty() {
+            return false;
+        }
+        match self.zeroed.step(&self.files) {
+            Ok(more) => more,
+            Err(e) => {
                 // Only a cost: appends past the zeroed region sync like plain appends.
                 crate::event!(warn, "raft_log_zero_ahead_failed", dir = %self.dir.path().display(), error = %e);
+                false
             }
         }
     }
@@ -229,17 +237,18 @@ impl SharedWriter {
 }
 
 /// Body of the core's log thread: on each nudge, write everything queued (including what the
-/// executor queued while the thread was writing), then keep zeros ahead of the end. When the log
-/// closes (the nudge's sender is dropped) it writes what is left and stops.
+/// executor queued while the thread was writing), then keep zeros ahead of the end, a step per
+/// hold of the lock (D87: a whole chunk held the executor's own log writes for milliseconds). When
+/// the log closes (the nudge's sender is dropped) it writes what is left and stops.
 fn writer_loop(writer: &Mutex<LogWriter>, woken: &flume::Receiver<()>) {
+    let lock = || writer.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let closed = woken.recv().is_err();
-        let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-        writer.drain();
+        lock().drain();
         if closed {
             return;
         }
-        writer.extend_zeros_when_idle();
+        while lock().extend_zeros_step_when_idle() {}
     }
 }
 
@@ -247,15 +256,22 @@ fn writer_loop(writer: &Mutex<LogWriter>, woken: &flume::Receiver<()>) {
 /// fdatasync after overwriting allocated blocks skips the file-system metadata an append must
 /// journal (about half the cost here, STACK.md). Replay stops at the first zero header anyway.
 /// A reused spare (D61) is written already up to its length: no zeros are needed below that.
+/// Once less than half of `LOG_ZERO_AHEAD_BYTES` is left it is topped up to all of it, in steps
+/// of `LOG_ZERO_STEP_BYTES` (D87).
 #[derive(Default)]
 struct ZeroedAhead {
     /// The segment written last and the end of its last write.
     frontier: Option<(u64, u64)>,
     /// How far that segment is zeroed (or written by its earlier use) and synced.
     zeroed_to: u64,
+    /// Topping up: set when less than half was left, cleared once it is all there again.
+    filling: bool,
     /// Segments started but not written yet, and how much of each is written already.
     prewritten: BTreeMap<u64, u64>,
 }
+
+/// What a step writes: static, so no step allocates or faults in a zeroed buffer.
+static ZEROS: [u8; LOG_ZERO_STEP_BYTES] = [0; LOG_ZERO_STEP_BYTES];
 
 impl ZeroedAhead {
     fn note(&mut self, batch: &[WalCmd]) {
@@ -267,6 +283,7 @@ impl ZeroedAhead {
                 WalCmd::Write { seg, offset, bytes, .. } => {
                     if self.frontier.is_none_or(|(s, _)| s != *seg) {
                         self.zeroed_to = self.prewritten.remove(seg).unwrap_or(0);
+                        self.filling = false;
                     }
                     self.frontier = Some((*seg, offset + bytes.len() as u64));
                 }
@@ -275,24 +292,27 @@ impl ZeroedAhead {
         }
     }
 
-    /// Whether less than half a chunk of zeros is left past the frontier.
+    /// Whether less than half of the zeros is left past the frontier (or a top-up is under way).
     fn due(&self) -> bool {
-        self.frontier.is_some_and(|(_, end)| self.zeroed_to < end + LOG_ZERO_AHEAD_BYTES / 2)
+        self.filling || self.frontier.is_some_and(|(_, end)| self.zeroed_to < end + LOG_ZERO_AHEAD_BYTES / 2)
     }
 
-    /// Zeroes one chunk past the frontier if less than half a chunk is left.
-    fn extend(&mut self, files: &BTreeMap<u64, Arc<dyn LogFile>>) -> std::io::Result<()> {
-        let Some((seg, end)) = self.frontier else { return Ok(()) };
+    /// Writes and syncs one step of zeros past the frontier if they are due; whether more are.
+    fn step(&mut self, files: &BTreeMap<u64, Arc<dyn LogFile>>) -> std::io::Result<bool> {
+        let Some((seg, end)) = self.frontier else { return Ok(false) };
         if !self.due() {
-            return Ok(());
+            return Ok(false);
         }
-        let Some(file) = files.get(&seg) else { return Ok(()) };
         let start = self.zeroed_to.max(end);
-        let zeros = vec![0u8; LOG_ZERO_AHEAD_BYTES as usize];
-        file.write_at(start, &zeros)?;
+        let Some(file) = files.get(&seg).filter(|_| start < end + LOG_ZERO_AHEAD_BYTES) else {
+            self.filling = false;
+            return Ok(false);
+        };
+        self.filling = true;
+        file.write_at(start, &ZEROS)?;
         file.sync()?;
-        self.zeroed_to = start + LOG_ZERO_AHEAD_BYTES;
-        Ok(())
+        self.zeroed_to = start + LOG_ZERO_STEP_BYTES as u64;
+        Ok(true)
     }
 }
 
@@ -361,4 +381,89 @@ fn write_batch(
         *buffer = Vec::new();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A segment file that records what is written to it and when it is synced.
+    #[derive(Default)]
+    struct Recorded {
+        /// (offset, length, all zeros) of each write, and `None` for a sync.
+        ops: Mutex<Vec<Option<(u64, usize, bool)>>>,
+    }
+
+    impl LogFile for Recorded {
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(0)
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            let zeros = data.iter().all(|b| *b == 0);
+            self.ops.lock().unwrap().push(Some((offset, data.len(), zeros)));
+            Ok(())
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.ops.lock().unwrap().push(None);
+            Ok(())
+        }
+    }
+
+    fn write(seg: u64, offset: u64, len: usize) -> WalCmd {
+        WalCmd::Write { seq: 0, seg, offset, bytes: vec![1; len], sync: true, done: Done::Nothing }
+    }
+
+    /// D87: the zeros ahead are written in synced steps past the frontier, topped up to the whole
+    /// stretch once less than half is left, and nothing is due in between.
+    #[test]
+    fn t01_zeros_ahead_in_synced_steps() {
+        let file = Arc::new(Recorded::default());
+        let files: BTreeMap<u64, Arc<dyn LogFile>> = [(7, file.clone() as Arc<dyn LogFile>)].into();
+        let mut zeroed = ZeroedAhead::default();
+        assert!(!zeroed.due(), "nothing written yet");
+        zeroed.note(&[write(7, 0, 1000)]);
+        let mut steps = 0;
+        while zeroed.step(&files).unwrap() {
+            steps += 1;
+        }
+        let step = LOG_ZERO_STEP_BYTES as u64;
+        assert_eq!(steps as u64, LOG_ZERO_AHEAD_BYTES.div_ceil(step));
+        let ops = file.ops.lock().unwrap().clone();
+        for (i, pair) in ops.chunks(2).enumerate() {
+            assert_eq!(pair, [Some((1000 + i as u64 * step, LOG_ZERO_STEP_BYTES, true)), None]);
+        }
+        // Less than half used: nothing due, nothing written.
+        zeroed.note(&[write(7, 1000, (LOG_ZERO_AHEAD_BYTES / 2 - step) as usize)]);
+        assert!(!zeroed.due());
+        assert!(!zeroed.step(&files).unwrap());
+        assert_eq!(file.ops.lock().unwrap().len(), ops.len());
+        // Past half: topped up from where the zeros end, to a whole stretch past the frontier.
+        let end = 1000 + LOG_ZERO_AHEAD_BYTES / 2 + step;
+        zeroed.note(&[write(7, 1000, (end - 1000) as usize)]);
+        assert!(zeroed.due());
+        let before = file.ops.lock().unwrap().len();
+        while zeroed.step(&files).unwrap() {}
+        let after = file.ops.lock().unwrap()[before..].to_vec();
+        assert_eq!(after.first(), Some(&Some((1000 + steps as u64 * step, LOG_ZERO_STEP_BYTES, true))));
+        assert!(zeroed.zeroed_to >= end + LOG_ZERO_AHEAD_BYTES);
+        assert!(zeroed.zeroed_to < end + LOG_ZERO_AHEAD_BYTES + step);
+        assert!(!zeroed.due());
+    }
+
+    /// A new segment starts from its prewritten length (a reused spare needs no zeros below it).
+    #[test]
+    fn t02_spare_segment_needs_no_zeros_below_its_length() {
+        let file = Arc::new(Recorded::default());
+        let files: BTreeMap<u64, Arc<dyn LogFile>> = [(9, file.clone() as Arc<dyn LogFile>)].into();
+        let mut zeroed = ZeroedAhead::default();
+        let spare: Arc<dyn LogFile> = file.clone();
+        zeroed.note(&[WalCmd::NewSegment { seg: 9, file: spare, prewritten: 64 << 20 }, write(9, 0, 4096)]);
+        assert!(!zeroed.due());
+        assert!(!zeroed.step(&files).unwrap());
+        assert!(file.ops.lock().unwrap().is_empty());
+    }
 }
