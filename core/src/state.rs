@@ -53,6 +53,28 @@ pub struct BlockContext {
     pub committed_index: u64,
 }
 
+impl BlockContext {
+    /// The context every vault header of `gb` carries.
+    pub fn of_group_block(gb: &GroupBlock) -> BlockContext {
+        BlockContext {
+            timestamp: gb.timestamp,
+            leader_id: gb.leader_id,
+            term: gb.term,
+            committed_index: gb.committed_index,
+        }
+    }
+
+    /// The context `header` was built with.
+    pub fn of_header(header: &BlockHeader) -> BlockContext {
+        BlockContext {
+            timestamp: header.timestamp,
+            leader_id: header.leader_id,
+            term: header.term,
+            committed_index: header.committed_index,
+        }
+    }
+}
+
 /// Result of the idempotency check of SPEC §6.3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SequenceCheck {

@@ -307,12 +307,7 @@ fn replay(
             issues.add(height, MissingBlock, "replay stopped: body needed for replay is missing".into());
             return Ok(());
         };
-        let ctx = BlockContext {
-            timestamp: header.timestamp,
-            leader_id: header.leader_id,
-            term: header.term,
-            committed_index: header.committed_index,
-        };
+        let ctx = BlockContext::of_header(&header);
         let mut draft = BlockDraft::new(&state);
         let mut failed = 0;
         for tx in transactions {

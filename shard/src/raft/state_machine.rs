@@ -139,7 +139,7 @@ fn apply_block(
     };
     // A replica's own replay with its trees built off the executor (D86): checked like the above.
     let mut ahead = prepared;
-    let ctx = crate::raft::tree_replay::block_context(&gb);
+    let ctx = BlockContext::of_group_block(&gb);
     let (mut used, mut replayed, mut replayed_ahead, mut diverged, mut skipped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut announcements = Vec::new();

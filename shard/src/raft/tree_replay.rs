@@ -14,21 +14,11 @@ use ledger_core::types::{GroupBlock, ScopeKey, VaultHealth};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The timestamp, leader, term and index every header of `gb` carries.
-pub fn block_context(gb: &GroupBlock) -> BlockContext {
-    BlockContext {
-        timestamp: gb.timestamp,
-        leader_id: gb.leader_id,
-        term: gb.term,
-        committed_index: gb.committed_index,
-    }
-}
-
 /// The deltas of `gb`'s vault entries whose trees are large enough for the tree thread, replayed
 /// on the group's state as it is now (which must be the block just below `gb`). Empty for a
 /// block this replica proposed (its deltas are kept already) and for anything unusual.
 pub async fn prepare(data: &Rc<RefCell<GroupData>>, gb: &GroupBlock) -> Vec<(ScopeKey, ScopeDelta)> {
-    let ctx = block_context(gb);
+    let ctx = BlockContext::of_group_block(gb);
     let mut deltas = Vec::new();
     let mut jobs: Vec<(ScopeKey, SealedReplay, TreeJob)> = Vec::new();
     {

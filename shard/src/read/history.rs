@@ -438,7 +438,7 @@ pub async fn rebuild_checked(
     let mut state = match (from_snapshot, floor) {
         (Some(state), _) => state,
         (None, Some(floor)) => ScopeState::clone(&floor),
-        (None, None) => ScopeState::genesis(key, retention, &context_of(&genesis)),
+        (None, None) => ScopeState::genesis(key, retention, &BlockContext::of_header(&genesis)),
     };
     if block_hash(&state.meta.genesis) != block_hash(&genesis) {
         return Err(RebuildError::Other(Status::internal(format!(
@@ -472,7 +472,7 @@ pub async fn rebuild_checked(
                 transactions: block.transactions,
             };
             let (body_root, link) = (entry.tx_merkle_root, entry.previous_vault_hash);
-            let delta = state.replay_entry(&entry, &context_of(&block.header)).map_err(|d| {
+            let delta = state.replay_entry(&entry, &BlockContext::of_header(&block.header)).map_err(|d| {
                 // A body that does not reproduce its header's root, or a header that does not
                 // link to the block below, is damage to the stored block, not a determinism bug:
                 // recovery fetches such blocks again (D81).
@@ -496,15 +496,6 @@ pub async fn rebuild_checked(
     let state = Rc::new(state);
     lru_put(group.id, state.clone());
     Ok(state)
-}
-
-fn context_of(header: &BlockHeader) -> BlockContext {
-    BlockContext {
-        timestamp: header.timestamp,
-        leader_id: header.leader_id,
-        term: header.term,
-        committed_index: header.committed_index,
-    }
 }
 
 #[cfg(test)]
