@@ -30,15 +30,15 @@ pub const LOG_EXECUTOR_WRITE_BYTES_MAX: usize = 64 * 1024;
 pub const LOG_WRITER_QUEUE_MAX: usize = 4096;
 /// Commands the log thread folds into one write and one fdatasync.
 pub const LOG_WRITER_BATCH_MAX: usize = 1024;
-/// redb page-cache sizes per group file (redb's default is 1 GiB each). The archive is append-mostly, and
-/// the rows live in memory (`state.redb` is written by checkpoints and read at open); caches that
-/// grew to 3 GiB per group only cost memory and the kernel's zeroing of fresh pages while growing.
-/// `state.redb` keeps 1 GiB: a checkpoint's random-key inserts re-read any page the cache dropped
-/// (a 1 M-row file is 285 MB; D16). `blocks.redb` keeps 16 MiB: its pages are written once and
-/// read back rarely (history, watch replays, checks), from the kernel's page cache when not here,
-/// and a larger cache only took a fresh server's first ~15 s of load to fill (D85).
+/// redb page-cache sizes per group file (redb's default is 1 GiB each). The rows live in memory, so
+/// both files are mostly written: caches only cost memory, and on a fresh server the kernel's
+/// zeroing of the fresh pages while they fill. `blocks.redb` keeps 16 MiB: its pages are written
+/// once and read back rarely (history, watch replays, checks), from the kernel's page cache when
+/// not here (D85). `state.redb` keeps 64 MiB: checkpoints append to the row journal (D18) and a
+/// merge rewrites the tables in key order, reading each page once (a 1 M-row file is 285 MB; the
+/// 1 GiB of D16 made a 1 M-key server ~0.9 GB larger at the same throughput, D88).
 pub const BLOCKS_DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
-pub const STATE_DB_CACHE_BYTES: usize = 1024 * 1024 * 1024;
+pub const STATE_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// The row journal of `state.redb` is merged into its tables once it holds this many rows or as
 /// many rows as the group, whichever is more (row_journal.rs, D18).
 pub const JOURNAL_MERGE_ROWS_MIN: u64 = 65_536;
