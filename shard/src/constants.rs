@@ -36,7 +36,7 @@ pub const LOG_WRITER_BATCH_MAX: usize = 1024;
 /// once and read back rarely (history, watch replays, checks), from the kernel's page cache when
 /// not here (D85). `state.redb` keeps 64 MiB: checkpoints append to the row journal (D18) and a
 /// merge rewrites the tables in key order, reading each page once (a 1 M-row file is 285 MB; the
-/// 1 GiB of D16 made a 1 M-key server ~0.9 GB larger at the same throughput, D88).
+/// 1 GiB of D16 made a 1 M-key server 0.7–0.9 GB larger at the same throughput, D88).
 pub const BLOCKS_DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub const STATE_DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// The row journal of `state.redb` is merged into its tables once it holds this many rows or as
