@@ -13,4 +13,5 @@ pub mod metrics_http;
 pub mod metrics_text;
 pub mod node;
 pub mod node_alloc;
+mod node_placement;
 pub mod tls;

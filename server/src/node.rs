@@ -4,8 +4,9 @@
 //! SIGINT/SIGTERM, then shut the shards down (each checkpoints durably) and release the lock.
 
 use crate::config::Config;
-use crate::data_dir::{DataDir, DataDirError, StoredPlan};
+use crate::data_dir::{DataDir, DataDirError};
 use crate::metrics_http;
+use crate::node_placement::place_groups;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use ledger_core::types::{CoreId, GroupId};
 use ledger_router::constants::LISTEN_IN_USE_WAIT;
@@ -95,115 +96,59 @@ pub fn run_node_with(
     let socket = ListenSocket::claim(&config.listen_addr, LISTEN_IN_USE_WAIT)?;
     let listen_addr = socket.local_addr();
     let advertise_addr = config.advertise_addr.clone().unwrap_or_else(|| listen_addr.to_string());
-    let previous = dir.load_placement()?;
-    let mut plan = dir.load_plan()?;
-    // A fresh node of a coordinated bootstrap listens early: it must answer discovery while it
-    // waits for the others (SPEC §10.2). A node with groups just restarts.
     let mut socket = Some(socket);
-    let mut join_after_start = false;
-    let mut early_listeners = None;
-    let placement = if previous.is_empty() && config.bootstrap_expect >= 2 {
-        let listeners = socket.take().ok_or(NodeError::ShardStart(0))?.listen(config.cores)?;
-        let me = crate::bootstrap::NodeAnswer {
-            node_id: dir.node_id,
-            address: advertise_addr.clone(),
-            cores: config.cores as u16,
-            is_cluster_member: false,
-            groups: Vec::new(),
-            data_groups: config.data_groups(),
-        };
-        let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
-        let agreed = crate::bootstrap::coordinate(first, &config, me, tls.as_ref())?;
-        let groups = ledger_router::placement::data_groups(agreed.data_groups);
-        let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
-        let stored =
-            StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
-        dir.store_plan(&stored, &placement)?;
-        ledger_shard::event!(
-            info,
-            "bootstrap",
-            mode = "cluster",
-            members = ?stored.members,
-            initializer = stored.initializer,
-            data_groups = groups.len().saturating_sub(1),
-            "the cluster's members agreed; groups placed"
-        );
-        plan = Some(stored);
-        early_listeners = Some(listeners);
-        placement
-    } else if previous.is_empty() && config.bootstrap_expect == 0 {
-        // Join mode: host the cluster's groups, uninitialized, until a member adds this node.
-        let groups: Vec<GroupId> =
-            crate::bootstrap::find_cluster(&config, tls.as_ref())?.into_iter().map(GroupId).collect();
-        let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
-        let stored = StoredPlan { members: Vec::new(), initializer: 0 };
-        dir.store_plan(&stored, &placement)?;
-        ledger_shard::event!(
-            info,
-            "bootstrap",
-            mode = "join",
-            node = dir.node_id,
-            groups = groups.len(),
-            hint = %format_args!("ledger-admin join --node {} --address {advertise_addr}", dir.node_id),
-            "ready to be added to the cluster"
-        );
-        plan = Some(stored);
-        join_after_start = config.join_by_itself;
-        placement
-    } else {
-        let groups: Vec<GroupId> = if previous.is_empty() {
-            ledger_router::placement::data_groups(config.data_groups())
-        } else {
-            previous.keys().copied().collect()
-        };
-        let placement = ledger_router::placement::plan(&previous, &groups, config.cores);
-        // SPEC §10.5: the groups of cores that no longer exist move to the others; their logs
-        // are copied first, durably, and only then is the new placement recorded (D77).
-        for (group, to) in &placement {
-            let Some(from) = previous.get(group).filter(|from| *from != to) else { continue };
-            let moved = ledger_shard::raft::log_move::move_group(&dir.root, *group, from.0, to.0)
-                .map_err(|source| NodeError::GroupMove { group: group.0, from: from.0, to: to.0, source })?;
-            ledger_shard::event!(
-                warn,
-                "group_moved",
-                group = group.0,
-                from_core = from.0,
-                to_core = to.0,
-                entries = moved.entries,
-                "its core is gone (--cores {}): the group's Raft log now lives in the log of core {}",
-                config.cores,
-                to.0
-            );
-        }
-        if placement != previous {
-            dir.store_placement(&placement)?;
-        }
-        for aside in ledger_shard::raft::log_move::set_aside_vanished_cores(&dir.root, config.cores)
-            .map_err(|e| NodeError::GroupMoveCleanup(e.to_string()))?
-        {
-            ledger_shard::event!(info, "core_log_set_aside", path = %aside.display());
-        }
-        if previous.is_empty() {
-            ledger_shard::event!(
-                info,
-                "bootstrap",
-                mode = "single",
-                groups = groups.len(),
-                "a new single node"
-            );
-        }
-        placement
-    };
-    // A node that started in join mode keeps asking to be added after a restart too (an added
-    // node is answered at once: the change is a no-op for a voter).
-    join_after_start |= config.join_by_itself && plan.as_ref().is_some_and(|p| p.members.is_empty());
-    let placement = Arc::new(placement);
-    let cluster =
-        plan.map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
+    let placed = place_groups(&config, &dir, &mut socket, &advertise_addr, tls.as_ref())?;
+    let placement = Arc::new(placed.placement);
+    let cluster = placed
+        .plan
+        .map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
 
-    let shard_config = Arc::new(ShardConfig {
+    let shard_config =
+        Arc::new(shard_config(&config, &dir, &advertise_addr, helper_hooks, cluster, &events, tls.as_ref()));
+    let settings = Arc::new(router_settings(&config, dir.node_id, &shard_config, tls.as_ref()));
+    let auth = Arc::new(config.auth_tokens.table());
+    let (cores, ready) = start_cores(&config, &shard_config, &settings, &auth, &placement)?;
+    wait_until_ready(ready)?;
+    start_listening(placed.early_listeners, socket, &cores.controls)?;
+    let metrics = start_metrics(&config, &dir, &cores.inbox_senders, &shard_config)?;
+    announce(&config, &dir, listen_addr, metrics);
+
+    if placed.join_after_start {
+        crate::bootstrap::join_by_itself(
+            crate::discovery::Discovery::from_config(&config),
+            dir.node_id,
+            advertise_addr.clone(),
+            Duration::from_secs(config.bootstrap_poll_secs),
+            shard_config.peer_credential.clone(),
+            tls.clone(),
+        );
+    }
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => reload_tokens(reload.as_deref(), &cores.controls, &shard_config.peer_credential),
+            signal => break signal,
+        }
+    };
+    ledger_shard::event!(info, "node_stopping", signal, "received a termination signal; shutting down");
+    shut_down(&shard_config, dir.node_id, cores);
+    drop(events);
+    drop(dir);
+    Ok(())
+}
+
+/// The shards' settings, from the node's configuration.
+fn shard_config(
+    config: &Config,
+    dir: &DataDir,
+    advertise_addr: &str,
+    helper_hooks: HelperHooks,
+    cluster: Option<ClusterPlan>,
+    events: &EventsOpen,
+    tls: Option<&crate::tls::NodeTls>,
+) -> ShardConfig {
+    ShardConfig {
         node_id: dir.node_id,
-        advertise_addr: advertise_addr.clone(),
+        advertise_addr: advertise_addr.to_string(),
         data_dir: dir.root.clone(),
         batch_max_size: config.batch_max_size,
         blocks_in_flight_max: ledger_shard::constants::BLOCKS_IN_FLIGHT_MAX,
@@ -253,11 +198,19 @@ pub fn run_node_with(
         sim_disk: None,
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),
-        peer_tls: tls.as_ref().and_then(|tls| tls.peer.clone()),
-    });
-    let auth = Arc::new(config.auth_tokens.table());
-    let settings = Arc::new(RouterSettings {
-        node_id: dir.node_id,
+        peer_tls: tls.and_then(|tls| tls.peer.clone()),
+    }
+}
+
+/// The routers' settings, from the node's configuration.
+fn router_settings(
+    config: &Config,
+    node_id: u64,
+    shard_config: &ShardConfig,
+    tls: Option<&crate::tls::NodeTls>,
+) -> RouterSettings {
+    RouterSettings {
+        node_id,
         max_frame_bytes: config.max_frame_bytes,
         max_batch_items: config.max_batch_items,
         requests_max_concurrent: config.requests_max_concurrent,
@@ -266,10 +219,30 @@ pub fn run_node_with(
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
         connection_slots: ledger_router::admission::ConnectionSlots::new(config.max_connections),
         faults: shard_config.faults.clone(),
-        tls: tls.as_ref().map(|tls| tls.server.clone()),
+        tls: tls.map(|tls| tls.server.clone()),
         rate_limit_rps: config.rate_limit_rps,
-    });
+    }
+}
 
+/// The running cores: their inboxes, listener controls and executors.
+struct Cores {
+    inbox_senders: Vec<flume::Sender<ShardMsg>>,
+    controls: Vec<flume::Sender<ListenerControl>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// A shard's signal that it has opened its groups.
+type Ready = futures::channel::oneshot::Receiver<()>;
+
+/// Starts one executor per core, each running its shard (the groups `placement` gives it) and its
+/// router; the cores, and their shards' ready signals.
+fn start_cores(
+    config: &Config,
+    shard_config: &Arc<ShardConfig>,
+    settings: &Arc<RouterSettings>,
+    auth: &Arc<ledger_router::auth::AuthTable>,
+    placement: &Arc<BTreeMap<GroupId, CoreId>>,
+) -> Result<(Cores, Vec<Ready>), NodeError> {
     let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
         (0..config.cores).map(|_| flume::bounded::<ShardMsg>(config.core_queue_capacity)).unzip();
     let mut ready_receivers = Vec::new();
@@ -308,20 +281,7 @@ pub fn run_node_with(
             auth: auth.clone(),
             listeners: controls.clone(),
         };
-        let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
-            Placement::Fixed(config.cpu_list[index])
-        } else {
-            Placement::Unbound
-        })
-        .name(&format!("core-{index}"));
-        if let Some(cpus) = &helper_cpus {
-            // The blocking pool (checkpoint writes, snapshot and integrity work) would otherwise
-            // share the shard's pinned CPU (D20).
-            builder = builder.blocking_thread_pool_placement(PoolPlacement::Fenced(1, cpus.clone()));
-        }
-        if config.spin_before_park_us > 0 {
-            builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
-        }
+        let builder = executor_builder(config, index, helper_cpus.as_ref());
         let handle = builder
             .spawn(move || async move {
                 // This thread lives as long as the node and frees and allocates the state trees'
@@ -338,17 +298,49 @@ pub fn run_node_with(
             .map_err(|e| NodeError::Executor { core: index, message: e.to_string() })?;
         executors.push(handle);
     }
+    Ok((Cores { inbox_senders, controls, executors }, ready_receivers))
+}
 
+/// Core `index`'s executor: pinned (unless pinning is off), its blocking pool on the helper CPUs,
+/// spinning before it parks when asked to (D10).
+fn executor_builder(config: &Config, index: usize, helper_cpus: Option<&CpuSet>) -> LocalExecutorBuilder {
+    let mut builder = LocalExecutorBuilder::new(if config.cpu_pinning {
+        Placement::Fixed(config.cpu_list[index])
+    } else {
+        Placement::Unbound
+    })
+    .name(&format!("core-{index}"));
+    if let Some(cpus) = helper_cpus {
+        // The blocking pool (checkpoint writes, snapshot and integrity work) would otherwise
+        // share the shard's pinned CPU (D20).
+        builder = builder.blocking_thread_pool_placement(PoolPlacement::Fenced(1, cpus.clone()));
+    }
+    if config.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+    }
+    builder
+}
+
+/// Waits for every shard to have opened its groups.
+fn wait_until_ready(ready: Vec<Ready>) -> Result<(), NodeError> {
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
-    for (index, ready) in ready_receivers.into_iter().enumerate() {
+    for (index, ready) in ready.into_iter().enumerate() {
         match wait_oneshot(ready, deadline) {
             Some(Ok(())) => {}
             Some(Err(_)) => return Err(NodeError::ShardStart(index)),
             None => return Err(NodeError::StartTimeout(index)),
         }
     }
+    Ok(())
+}
 
-    // Every core accepts from its own handle of the one socket (D26).
+/// Every core accepts from its own handle of the one socket (D26): the listeners a fresh cluster
+/// member opened early, or the claimed socket's now.
+fn start_listening(
+    early_listeners: Option<Vec<std::net::TcpListener>>,
+    socket: Option<ListenSocket>,
+    controls: &[flume::Sender<ListenerControl>],
+) -> Result<(), NodeError> {
     let listeners = match (early_listeners, socket) {
         (Some(listeners), _) => listeners,
         (None, Some(socket)) => socket.listen(controls.len())?,
@@ -357,23 +349,35 @@ pub fn run_node_with(
     for (index, (control, listener)) in controls.iter().zip(listeners).enumerate() {
         control.send(ListenerControl::Listen(listener)).map_err(|_| NodeError::ShardStart(index))?;
     }
+    Ok(())
+}
 
-    let metrics = match &config.metrics_addr {
-        Some(addr) => Some(
-            metrics_http::start(
-                addr,
-                inbox_senders.clone(),
-                metrics_http::MetricsSettings {
-                    node_id: dir.node_id,
-                    data_dir: dir.root.clone(),
-                    health_lag_threshold_blocks: config.health_lag_threshold_blocks,
-                    storage: shard_config.storage_counters.clone(),
-                },
-            )
-            .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })?,
-        ),
-        None => None,
+/// The metrics endpoint, if configured; its bound address.
+fn start_metrics(
+    config: &Config,
+    dir: &DataDir,
+    inbox_senders: &[flume::Sender<ShardMsg>],
+    shard_config: &ShardConfig,
+) -> Result<Option<std::net::SocketAddr>, NodeError> {
+    let Some(addr) = &config.metrics_addr else { return Ok(None) };
+    let settings = metrics_http::MetricsSettings {
+        node_id: dir.node_id,
+        data_dir: dir.root.clone(),
+        health_lag_threshold_blocks: config.health_lag_threshold_blocks,
+        storage: shard_config.storage_counters.clone(),
     };
+    metrics_http::start(addr, inbox_senders.to_vec(), settings)
+        .map(Some)
+        .map_err(|source| NodeError::Metrics { addr: addr.clone(), source })
+}
+
+/// The line scripts and tests wait for on stdout, and the `node_started` event.
+fn announce(
+    config: &Config,
+    dir: &DataDir,
+    listen_addr: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+) {
     println!(
         "ledger-server node {} listening on {} (metrics {}) with {} cores, data in {}",
         dir.node_id,
@@ -392,30 +396,18 @@ pub fn run_node_with(
         cores = config.cores,
         version = env!("CARGO_PKG_VERSION")
     );
+}
 
-    if join_after_start {
-        crate::bootstrap::join_by_itself(
-            crate::discovery::Discovery::from_config(&config),
-            dir.node_id,
-            advertise_addr.clone(),
-            Duration::from_secs(config.bootstrap_poll_secs),
-            shard_config.peer_credential.clone(),
-            tls.clone(),
-        );
-    }
-    let signal = loop {
-        match wait_for_signal(&signals) {
-            libc::SIGHUP => reload_tokens(reload.as_deref(), &controls, &shard_config.peer_credential),
-            signal => break signal,
-        }
-    };
-    ledger_shard::event!(info, "node_stopping", signal, "received a termination signal; shutting down");
+/// Stops the node: a cluster member hands its leaderships over first; then the listeners stop,
+/// every shard checkpoints and stops, and the executors end.
+fn shut_down(shard_config: &ShardConfig, node_id: u64, cores: Cores) {
+    let Cores { inbox_senders, controls, executors } = cores;
     if shard_config.cluster.is_some() {
         // Before the listeners stop: closing them closes the peer connections too, and the
         // hand-over needs them (the successor's votes and appends arrive on them).
-        step_down(&inbox_senders, dir.node_id);
+        step_down(&inbox_senders, node_id);
         if shard_config.node_heartbeat_timeout_secs > 0 {
-            say_stopping(&inbox_senders, dir.node_id);
+            say_stopping(&inbox_senders, node_id);
         }
     }
     for control in &controls {
@@ -443,9 +435,6 @@ pub fn run_node_with(
             let _ = handle.join();
         }
     }
-    drop(events);
-    drop(dir);
-    Ok(())
 }
 
 /// Asks core 0 `request` as the node itself (`forwarded`: answered there, never sent on) and
