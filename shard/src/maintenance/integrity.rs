@@ -79,16 +79,49 @@ fn short(hash: &Hash) -> String {
 
 /// The check itself. Blocking (reads `blocks.redb` and snapshot files).
 pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<IntegrityIssue>, ShardError> {
-    use IntegrityIssueType::*;
     let CheckInput { meta, tree_root, snapshots, corrupt_snapshots, full } = input;
-    let key = meta.key;
-    let tip = meta.height;
-    let genesis = &meta.genesis;
     let compacted = meta.retention.mode == RetentionMode::Compacted;
     let mut issues = Issues::default();
     let scan = db.map(ArchiveScan::begin).transpose()?;
+    let headers = check_chain(&meta, &scan, &snapshots, compacted, &mut issues)?;
+    let header_at = |height: u64| headers.at(height);
+    check_current_state(&meta, tree_root, &header_at, &mut issues);
+    let trusted = check_snapshots(&meta, &snapshots, &corrupt_snapshots, &header_at, &mut issues);
+    if full {
+        replay(&meta, tree_root, &header_at, &scan, &trusted, compacted, &mut issues)?;
+    }
+    Ok(issues.finish())
+}
 
-    // Genesis and the header chain.
+/// A scope's headers as the archive holds them: genesis, then one per height (`None` where the
+/// header is unreadable).
+struct Headers<'a> {
+    genesis: &'a BlockHeader,
+    located: Vec<Option<LocatedHeader>>,
+}
+
+impl Headers<'_> {
+    fn at(&self, height: u64) -> Option<BlockHeader> {
+        if height == 0 {
+            Some(self.genesis.clone())
+        } else {
+            self.located.get(height as usize).and_then(|h| h.as_ref()).map(|l| l.header.clone())
+        }
+    }
+}
+
+/// Genesis and the header chain up to the scope's tip: each header links to its predecessor's
+/// hash, and each body is there (unless a Compacted vault pruned it below its newest snapshot) and
+/// hashes to its header's transaction root.
+fn check_chain<'a>(
+    meta: &'a ScopeMeta,
+    scan: &Option<ArchiveScan>,
+    snapshots: &[CatalogEntry],
+    compacted: bool,
+    issues: &mut Issues,
+) -> Result<Headers<'a>, ShardError> {
+    use IntegrityIssueType::*;
+    let (key, tip, genesis) = (meta.key, meta.height, &meta.genesis);
     if genesis.height != 0 || genesis.previous_hash != ZERO_HASH || genesis.state_root != ZERO_HASH {
         issues.add(0, ChainBreak, "genesis header is not a height-0 header over ZERO_HASH".into());
     }
@@ -103,7 +136,7 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
     headers.push(None);
     let mut previous = Some(block_hash(genesis));
     for height in 1..=tip {
-        let located = match &scan {
+        let located = match scan {
             Some(scan) => scan.header(key, height)?,
             None => Err(crate::storage::archive_scan::HeaderFault::NotIndexed),
         };
@@ -132,7 +165,7 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
             }
         }
         previous = Some(block_hash(header));
-        let body = match &scan {
+        let body = match scan {
             Some(scan) => scan.body(located.group_height, located.entry)?,
             None => None,
         };
@@ -159,15 +192,19 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
         }
         headers.push(Some(located));
     }
-    let header_at = |height: u64| -> Option<BlockHeader> {
-        if height == 0 {
-            Some(genesis.clone())
-        } else {
-            headers.get(height as usize).and_then(|h| h.as_ref()).map(|l| l.header.clone())
-        }
-    };
+    Ok(Headers { genesis, located: headers })
+}
 
-    // Current state against the tip header.
+/// The scope's current state against its tip header, and its rows' root against the one it
+/// records.
+fn check_current_state(
+    meta: &ScopeMeta,
+    tree_root: Hash,
+    header_at: &dyn Fn(u64) -> Option<BlockHeader>,
+    issues: &mut Issues,
+) {
+    use IntegrityIssueType::*;
+    let tip = meta.height;
     if let Some(tip_header) = header_at(tip) {
         if block_hash(&tip_header) != meta.last_block_hash {
             issues.add(tip, ChainBreak, "tip header's hash differs from the scope's last block hash".into());
@@ -198,9 +235,21 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
             format!("scope is Diverged: expected root {}, computed {}", short(expected), short(computed)),
         );
     }
+}
 
-    // Snapshots holding this scope.
-    for bad in &corrupt_snapshots {
+/// The snapshots holding this scope: each must match the archived header at its height, the
+/// genesis, its link to the previous snapshot and its chain commitment. Returns the ones that
+/// passed (a full check replays from them).
+fn check_snapshots<'s>(
+    meta: &ScopeMeta,
+    snapshots: &'s [CatalogEntry],
+    corrupt_snapshots: &[CorruptSnapshot],
+    header_at: &dyn Fn(u64) -> Option<BlockHeader>,
+    issues: &mut Issues,
+) -> Vec<&'s CatalogEntry> {
+    use IntegrityIssueType::*;
+    let (key, tip, genesis) = (meta.key, meta.height, &meta.genesis);
+    for bad in corrupt_snapshots {
         let height = match &bad.header {
             Some(header) => match header.scope(key) {
                 Some(s) => s.vault_height,
@@ -211,7 +260,7 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
         issues.add(height, SnapshotCorruption, format!("{}: {}", bad.path.display(), bad.reason));
     }
     let mut trusted: Vec<&CatalogEntry> = Vec::new();
-    for entry in &snapshots {
+    for entry in snapshots {
         let Some(s) = entry.header.scope(key) else { continue };
         let name = entry.path.display();
         let height = s.vault_height;
@@ -243,11 +292,7 @@ pub fn run_check(db: Option<&Database>, input: CheckInput) -> Result<Vec<Integri
             issues.add(height, SnapshotCorruption, format!("{name}: {}", faults.join("; ")));
         }
     }
-
-    if full {
-        replay(&meta, tree_root, &header_at, &scan, &trusted, compacted, &mut issues)?;
-    }
-    Ok(issues.finish())
+    trusted
 }
 
 /// Full check: replay bodies and compare roots at every height.
