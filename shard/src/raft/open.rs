@@ -202,7 +202,72 @@ async fn open_attempt(
         data.membership = StoredMembership::from(applied.membership);
         data.durable_log_id = data.applied_log_id;
     }
-    for rows in loaded.scopes {
+    install_scopes(&mut data, loaded.scopes, group)?;
+    let restoring = restored.is_some();
+    if let Some((applied, scopes)) = restored {
+        // SPEC §9.6 step 4: the newest valid snapshot replaces the unusable state; openraft
+        // re-applies the log after its cut, which the log still holds (purges never pass the
+        // snapshot openraft last built or installed, SPEC §8.5).
+        load_snapshot_state(&mut data, &applied, scopes);
+    }
+    if let Some(needs) = check_state_against_log(config, &data, &log_store, may_fetch, group)? {
+        return Ok(needs);
+    }
+    let data = Rc::new(RefCell::new(data));
+    let checkpointer = Rc::new(
+        Checkpointer::new(data.clone(), state_db, loaded.journal_rows, config.journal_merge_rows_min)
+            .with_faults(config.faults.clone()),
+    );
+    if restoring {
+        // The restored state becomes durable at once (a full rewrite of the new state.redb).
+        checkpointer.checkpoint().await?;
+    }
+    log_store.set_purge_limit(checkpointer.durable());
+    let log_stats = log_store.stats();
+    let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
+    let contact = data.borrow().contact.clone();
+    let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
+    log_store.set_node_id(config.node_id);
+    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()))
+        .with_files(env)
+        .applying_durable_from(log_store.clone());
+
+    let raft_config = raft_config(config, group)?;
+    let network = PeerNetworkFactory::new(
+        group,
+        pool,
+        log_store.clone(),
+        std::time::Duration::from_millis(config.raft_heartbeat_ms),
+        contact,
+    );
+    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store.clone(), sm)
+        .await
+        .map_err(|e| ShardError::raft("start", e))?;
+    follow_server_changes(group, &raft, log_store.replicated_setter());
+
+    initialize_if_new(config, group, &raft).await?;
+    if config.cluster.is_some() {
+        // A member of a cluster serves as soon as its group runs: leadership comes and goes,
+        // and the block builder waits for it (round/group.rs). An archive left with gaps by a
+        // snapshot install before a restart is back-filled from the other members.
+        if let Some(peers) = &options.peers {
+            crate::peer::backfill::spawn(data.clone(), peers.clone());
+        }
+        return Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval));
+    }
+    wait_until_led(&raft, &data, config.node_id, group).await?;
+
+    Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval))
+}
+
+/// Installs the checkpointed scopes in `data`; a healthy scope whose state root differs from its
+/// archived tip header's is marked Diverged (SPEC §9.6 step 5).
+fn install_scopes(
+    data: &mut GroupData,
+    scopes: Vec<crate::storage::checkpoint::ScopeRows>,
+    group: GroupId,
+) -> Result<(), ShardError> {
+    for rows in scopes {
         let mut scope = rows.into_scope();
         if scope.meta.health == VaultHealth::Healthy && scope.meta.height > 0 {
             let archived = data.archive.get_header(scope.meta.key, scope.meta.height)?;
@@ -229,13 +294,18 @@ async fn open_attempt(
         }
         data.scopes.insert(scope.meta.key, scope);
     }
-    let restoring = restored.is_some();
-    if let Some((applied, scopes)) = restored {
-        // SPEC §9.6 step 4: the newest valid snapshot replaces the unusable state; openraft
-        // re-applies the log after its cut, which the log still holds (purges never pass the
-        // snapshot openraft last built or installed, SPEC §8.5).
-        load_snapshot_state(&mut data, &applied, scopes);
-    }
+    Ok(())
+}
+
+/// The loaded state must fit the log: not behind what the log purged (a cluster member then
+/// fetches a snapshot from another: `Some(NeedsSnapshot)`) and not ahead of its last entry.
+fn check_state_against_log(
+    config: &ShardConfig,
+    data: &GroupData,
+    log_store: &LogStore,
+    may_fetch: bool,
+    group: GroupId,
+) -> Result<Option<Opened>, ShardError> {
     // A checkpointed state is never behind the purged log (purges stop at the durable
     // checkpoint); a restored one, or none at all, may be. In a cluster another member's
     // snapshot covers it (D83).
@@ -253,10 +323,10 @@ async fn open_attempt(
                     applied = data.applied_index,
                     purged = purged.index
                 );
-                return Ok(Opened::NeedsSnapshot {
+                return Ok(Some(Opened::NeedsSnapshot {
                     min_log_index: purged.index,
                     members: members.into_iter().collect(),
-                });
+                }));
             }
             return Err(ShardError::Corrupt {
                 what: "group state",
@@ -287,26 +357,12 @@ async fn open_attempt(
             ),
         });
     }
-    let data = Rc::new(RefCell::new(data));
-    let checkpointer = Rc::new(
-        Checkpointer::new(data.clone(), state_db, loaded.journal_rows, config.journal_merge_rows_min)
-            .with_faults(config.faults.clone()),
-    );
-    if restoring {
-        // The restored state becomes durable at once (a full rewrite of the new state.redb).
-        checkpointer.checkpoint().await?;
-    }
-    log_store.set_purge_limit(checkpointer.durable());
-    let log_stats = log_store.stats();
-    let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
-    let contact = data.borrow().contact.clone();
-    let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
-    log_store.set_node_id(config.node_id);
-    let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()))
-        .with_files(env)
-        .applying_durable_from(log_store.clone());
+    Ok(None)
+}
 
-    let raft_config = openraft::Config {
+/// openraft's settings for `group`.
+fn raft_config(config: &ShardConfig, group: GroupId) -> Result<openraft::Config, ShardError> {
+    openraft::Config {
         cluster_name: format!("ledger-g{:05}", group.0),
         heartbeat_interval: config.raft_heartbeat_ms,
         election_timeout_min: config.raft_election_min_ms,
@@ -325,19 +381,16 @@ async fn open_attempt(
         ..Default::default()
     }
     .validate()
-    .map_err(|e| ShardError::raft("config", e))?;
-    let network = PeerNetworkFactory::new(
-        group,
-        pool,
-        log_store.clone(),
-        std::time::Duration::from_millis(config.raft_heartbeat_ms),
-        contact,
-    );
-    let raft = LedgerRaft::new(config.node_id, Arc::new(raft_config), network, log_store.clone(), sm)
-        .await
-        .map_err(|e| ShardError::raft("start", e))?;
-    follow_server_changes(group, &raft, log_store.replicated_setter());
+    .map_err(|e| ShardError::raft("config", e))
+}
 
+/// A new group's first membership (SPEC §10.2): a single node's own, or on the member that
+/// initializes it every member; the other members wait to be brought in.
+async fn initialize_if_new(
+    config: &ShardConfig,
+    group: GroupId,
+    raft: &LedgerRaft,
+) -> Result<(), ShardError> {
     if !raft.is_initialized().await.map_err(|e| ShardError::raft("is_initialized", e))? {
         let members: Option<BTreeMap<u64, openraft::BasicNode>> = match &config.cluster {
             None => Some(BTreeMap::from([(
@@ -365,19 +418,20 @@ async fn open_attempt(
             raft.initialize(members).await.map_err(|e| ShardError::raft("initialize", e))?;
         }
     }
-    if config.cluster.is_some() {
-        // A member of a cluster serves as soon as its group runs: leadership comes and goes,
-        // and the block builder waits for it (round/group.rs). An archive left with gaps by a
-        // snapshot install before a restart is back-filled from the other members.
-        if let Some(peers) = &options.peers {
-            crate::peer::backfill::spawn(data.clone(), peers.clone());
-        }
-        return Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval));
-    }
+    Ok(())
+}
+
+/// A single node's group: this node leads, and its own first entry of the term is applied, so
+/// everything committed before has been re-applied (SPEC §8.2 step 1's precondition).
+async fn wait_until_led(
+    raft: &LedgerRaft,
+    data: &Rc<RefCell<GroupData>>,
+    node_id: u64,
+    group: GroupId,
+) -> Result<(), ShardError> {
     let wait = Some(Duration::from_millis(LEADER_WAIT_MS_MAX));
     // Leader, and the leader's own first entry of its term applied: everything committed before
     // it has been re-applied (SPEC §8.2 step 1's precondition holds on return).
-    let node_id = config.node_id;
     let led = raft
         .wait(wait)
         .metrics(
@@ -397,8 +451,7 @@ async fn open_attempt(
         }
         return Err(ShardError::raft("wait for leadership and apply", e));
     }
-
-    Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval))
+    Ok(())
 }
 
 /// The opened group, its periodic checkpoint started.
