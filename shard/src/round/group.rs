@@ -824,20 +824,8 @@ impl Group {
                 p.waiter.send(Err(Status::not_found(format!("scope {} not found", p.scope))));
                 continue;
             };
-            match scope.meta.status {
-                VaultStatus::Active => {}
-                VaultStatus::Deleted => {
-                    p.waiter.send(Err(Status::not_found(format!("scope {} is deleted", p.scope))));
-                    continue;
-                }
-                VaultStatus::ReadOnly => {
-                    let msg = format!("scope {} is read-only", p.scope);
-                    p.waiter.send(Err(Status::new(StatusCode::PermissionDenied, msg)));
-                    continue;
-                }
-            }
-            if scope.meta.health != VaultHealth::Healthy {
-                p.waiter.send(Err(vault_unavailable(p.scope, &scope.meta.health)));
+            if let Some(refusal) = refusal_of_scope(p.scope, &scope.meta) {
+                p.waiter.send(Err(refusal));
                 continue;
             }
             let tx_key = (p.scope, p.client_id.clone(), p.sequence);
@@ -859,51 +847,9 @@ impl Group {
                     .collect();
                 BlockDraft::over_sealed(scope, pending, sealed)
             });
-            match draft.check_sequence(&p.client_id, p.sequence) {
-                SequenceCheck::Next => {}
-                SequenceCheck::Duplicate(state) => {
-                    let result = match cache.get(p.scope, &p.client_id, p.sequence) {
-                        Some(success) => WriteResult::Success(success),
-                        None => WriteResult::Error(WriteError {
-                            code: WriteErrorCode::AlreadyCommitted,
-                            key: String::new(),
-                            current_version: None,
-                            current_value: None,
-                            message: format!(
-                                "sequence {} already committed (last committed {})",
-                                p.sequence, state.last_committed_seq
-                            ),
-                            committed_tx_id: Some(state.last_committed_tx_id),
-                            committed_block_height: Some(state.last_committed_block_height),
-                            last_committed_sequence: Some(state.last_committed_seq),
-                        }),
-                    };
-                    p.waiter.send(Ok(result));
-                    continue;
-                }
-                SequenceCheck::InFlight { .. } => {
-                    // Every sequence a block in flight took is in `in_flight_txs` (checked above)
-                    // until that block is answered; answering retryable is safe if that ever fails.
-                    let message = format!(
-                        "sequence {} is in a block that has not committed yet; retry the write",
-                        p.sequence
-                    );
-                    p.waiter.send(Err(Status::unavailable(message)));
-                    continue;
-                }
-                SequenceCheck::Gap { last } => {
-                    p.waiter.send(Ok(WriteResult::Error(WriteError {
-                        code: WriteErrorCode::SequenceGap,
-                        key: String::new(),
-                        current_version: None,
-                        current_value: None,
-                        message: format!("sequence {} skips ahead of last committed {last}", p.sequence),
-                        committed_tx_id: None,
-                        committed_block_height: None,
-                        last_committed_sequence: Some(last),
-                    })));
-                    continue;
-                }
+            if let Some(answer) = answer_out_of_sequence(draft, &mut cache, &p) {
+                p.waiter.send(answer);
+                continue;
             }
             let tx = Transaction {
                 id: *uuid::Uuid::new_v4().as_bytes(),
@@ -952,21 +898,7 @@ impl Group {
         // A rejection depends on this round's block if it has one (earlier transactions of the
         // round may be what failed the condition), else on the newest block in flight.
         let depends_on = if sealed.is_empty() { in_flight_height } else { Some(group_height) };
-        match depends_on {
-            None => {
-                for (_, waiter, result) in rejected {
-                    waiter.send(Ok(result));
-                }
-            }
-            Some(after_height) => self.deferred.borrow_mut().extend(
-                rejected.into_iter().map(|(scope, waiter, result)| DeferredRejection {
-                    after_height,
-                    scope,
-                    waiter,
-                    result,
-                }),
-            ),
-        }
+        self.answer_or_defer(rejected, depends_on);
         if sealed.is_empty() {
             assert!(accepted.is_empty());
             return None;
@@ -1002,6 +934,27 @@ impl Group {
         self.pipelined.set(threaded_changes >= self.config.pipeline_tree_changes_min);
         self.sealing.borrow_mut().push_back(SealingBlock { group_height, scopes });
         Some(Drafted { ctx, jobs, accepted, group_height })
+    }
+
+    /// Rejected transactions are answered now if they depend on no block, else once the block
+    /// they depend on (`after_height`) is answered: earlier transactions of that block may be what
+    /// failed their conditions.
+    fn answer_or_defer(&self, rejected: Vec<(ScopeKey, Waiter, WriteResult)>, depends_on: Option<u64>) {
+        match depends_on {
+            None => {
+                for (_, waiter, result) in rejected {
+                    waiter.send(Ok(result));
+                }
+            }
+            Some(after_height) => self.deferred.borrow_mut().extend(
+                rejected.into_iter().map(|(scope, waiter, result)| DeferredRejection {
+                    after_height,
+                    scope,
+                    waiter,
+                    result,
+                }),
+            ),
+        }
     }
 
     /// Finishes the oldest sealed round with its built trees (D21): checks that everything it
@@ -1185,6 +1138,64 @@ pub fn split_statuses(statuses: Vec<OpStatus>, group_sizes: &[usize]) -> Vec<Vec
 /// round's other writes no more than it spares the straggler, and the block carries it.
 fn fill_wait_bound(configured: Duration, last_block_time: Duration) -> Duration {
     configured.max(last_block_time.min(Duration::from_micros(FILL_WAIT_BLOCK_TIME_MAX_US)))
+}
+
+/// Why writes to a scope are refused now, if they are: deleted, read-only, or not healthy.
+fn refusal_of_scope(key: ScopeKey, meta: &ScopeMeta) -> Option<Status> {
+    match meta.status {
+        VaultStatus::Active => {}
+        VaultStatus::Deleted => return Some(Status::not_found(format!("scope {key} is deleted"))),
+        VaultStatus::ReadOnly => {
+            return Some(Status::new(StatusCode::PermissionDenied, format!("scope {key} is read-only")))
+        }
+    }
+    (meta.health != VaultHealth::Healthy).then(|| vault_unavailable(key, &meta.health))
+}
+
+/// The answer to a transaction whose sequence is not the client's next (SPEC §6.3): a duplicate of
+/// a committed one (from the idempotency cache when it still holds it), one in a block in flight,
+/// or a gap. `None`: it is the next.
+fn answer_out_of_sequence(
+    draft: &BlockDraft<'_>,
+    cache: &mut IdemCache,
+    p: &PendingTx,
+) -> Option<Result<WriteResult, Status>> {
+    match draft.check_sequence(&p.client_id, p.sequence) {
+        SequenceCheck::Next => None,
+        SequenceCheck::Duplicate(state) => Some(Ok(match cache.get(p.scope, &p.client_id, p.sequence) {
+            Some(success) => WriteResult::Success(success),
+            None => WriteResult::Error(WriteError {
+                code: WriteErrorCode::AlreadyCommitted,
+                key: String::new(),
+                current_version: None,
+                current_value: None,
+                message: format!(
+                    "sequence {} already committed (last committed {})",
+                    p.sequence, state.last_committed_seq
+                ),
+                committed_tx_id: Some(state.last_committed_tx_id),
+                committed_block_height: Some(state.last_committed_block_height),
+                last_committed_sequence: Some(state.last_committed_seq),
+            }),
+        })),
+        SequenceCheck::InFlight { .. } => {
+            // Every sequence a block in flight took is in `in_flight_txs` (checked before this)
+            // until that block is answered; answering retryable is safe if that ever fails.
+            let message =
+                format!("sequence {} is in a block that has not committed yet; retry the write", p.sequence);
+            Some(Err(Status::unavailable(message)))
+        }
+        SequenceCheck::Gap { last } => Some(Ok(WriteResult::Error(WriteError {
+            code: WriteErrorCode::SequenceGap,
+            key: String::new(),
+            current_version: None,
+            current_value: None,
+            message: format!("sequence {} skips ahead of last committed {last}", p.sequence),
+            committed_tx_id: None,
+            committed_block_height: None,
+            last_committed_sequence: Some(last),
+        }))),
+    }
 }
 
 #[cfg(test)]
