@@ -16,10 +16,10 @@
 #![allow(clippy::result_large_err)]
 
 use crate::constants::{GC_EXPIRE_PER_SCOPE_MAX, GC_SCAN_CHUNK_ROWS};
-use crate::round::group::{now_secs, vault_unavailable, Group, PendingTx, Waiter};
+use crate::round::group::{now_secs, refusal_of_scope, Group, PendingTx, Waiter};
 use futures::channel::oneshot;
 use ledger_core::state::{is_expired, ScopeState};
-use ledger_core::types::{OpStatus, Operation, ScopeKey, VaultHealth, VaultStatus};
+use ledger_core::types::{OpStatus, Operation, ScopeKey};
 use ledger_wire::messages::{Response, Status, StatusCode, WriteResult};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -170,13 +170,7 @@ fn expired_by(result: Result<WriteResult, Status>) -> Result<u64, String> {
 fn collectable(group: &Group, key: ScopeKey) -> Result<(), Status> {
     let data = group.data.borrow();
     let scope = crate::read::reads::existing_scope(&data, key)?;
-    if scope.meta.status == VaultStatus::ReadOnly {
-        return Err(Status::new(StatusCode::PermissionDenied, format!("scope {key} is read-only")));
-    }
-    if scope.meta.health != VaultHealth::Healthy {
-        return Err(vault_unavailable(key, &scope.meta.health));
-    }
-    Ok(())
+    refusal_of_scope(key, &scope.meta).map_or(Ok(()), Err)
 }
 
 /// One GC cycle of the group on its leader: of scope `only`, or of every scope it may write.

@@ -150,6 +150,18 @@ pub fn vault_unavailable(scope: ScopeKey, health: &VaultHealth) -> Status {
     }
 }
 
+/// Why writes to a scope are refused now, if they are: deleted, read-only, or not healthy.
+pub fn refusal_of_scope(key: ScopeKey, meta: &ScopeMeta) -> Option<Status> {
+    match meta.status {
+        VaultStatus::Active => {}
+        VaultStatus::Deleted => return Some(Status::not_found(format!("scope {key} is deleted"))),
+        VaultStatus::ReadOnly => {
+            return Some(Status::new(StatusCode::PermissionDenied, format!("scope {key} is read-only")))
+        }
+    }
+    (meta.health != VaultHealth::Healthy).then(|| vault_unavailable(key, &meta.health))
+}
+
 /// A Raft group on its owning core: the openraft handle, the applied state and the builder.
 pub struct Group {
     pub id: GroupId,
@@ -1138,18 +1150,6 @@ pub fn split_statuses(statuses: Vec<OpStatus>, group_sizes: &[usize]) -> Vec<Vec
 /// round's other writes no more than it spares the straggler, and the block carries it.
 fn fill_wait_bound(configured: Duration, last_block_time: Duration) -> Duration {
     configured.max(last_block_time.min(Duration::from_micros(FILL_WAIT_BLOCK_TIME_MAX_US)))
-}
-
-/// Why writes to a scope are refused now, if they are: deleted, read-only, or not healthy.
-fn refusal_of_scope(key: ScopeKey, meta: &ScopeMeta) -> Option<Status> {
-    match meta.status {
-        VaultStatus::Active => {}
-        VaultStatus::Deleted => return Some(Status::not_found(format!("scope {key} is deleted"))),
-        VaultStatus::ReadOnly => {
-            return Some(Status::new(StatusCode::PermissionDenied, format!("scope {key} is read-only")))
-        }
-    }
-    (meta.health != VaultHealth::Healthy).then(|| vault_unavailable(key, &meta.health))
 }
 
 /// The answer to a transaction whose sequence is not the client's next (SPEC §6.3): a duplicate of
