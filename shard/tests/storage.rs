@@ -7,7 +7,7 @@ use glommio::LocalExecutorBuilder;
 use ledger_core::hash::block_hash;
 use ledger_core::state::{BlockContext, BlockDraft};
 use ledger_core::types::*;
-use ledger_shard::raft::open::{group_dir, open_group_with, Group, GroupOptions};
+use ledger_shard::raft::open::{group_dir, open_group_with, GroupOptions, OpenGroup};
 use ledger_shard::raft::state_machine::ApplyResult;
 use ledger_shard::round::group_data::SpeculativeBlock;
 use ledger_shard::ShardConfig;
@@ -38,7 +38,7 @@ fn ts(secs: i64) -> Timestamp {
     Timestamp { secs, nanos: 0 }
 }
 
-async fn create_scope(g: &Group, key: ScopeKey) -> ApplyResult {
+async fn create_scope(g: &OpenGroup, key: ScopeKey) -> ApplyResult {
     let cmd = AdminCommand::CreateScope {
         namespace_id: key.namespace_id.0,
         vault_id: key.vault_id.0,
@@ -69,7 +69,7 @@ fn tx(client: &str, sequence: u64, key: &str, value: &[u8]) -> Transaction {
 
 /// Builds a one-entry group block on the current state like the leader's block builder does
 /// (optionally leaving the speculative delta for apply), proposes it and returns apply's result.
-async fn propose(g: &Group, key: ScopeKey, txs: Vec<Transaction>, speculative: bool) -> ApplyResult {
+async fn propose(g: &OpenGroup, key: ScopeKey, txs: Vec<Transaction>, speculative: bool) -> ApplyResult {
     let gb = {
         let mut data = g.data.borrow_mut();
         let metrics = g.raft.metrics().borrow().clone();
@@ -115,7 +115,7 @@ struct Fingerprint {
     last_group_hash: Hash,
 }
 
-fn fingerprint(g: &Group) -> Fingerprint {
+fn fingerprint(g: &OpenGroup) -> Fingerprint {
     let data = g.data.borrow();
     Fingerprint {
         scopes: data
@@ -580,7 +580,7 @@ fn t08_tampered_journal_record_marks_scope_diverged() {
 
 /// Waits while openraft owes the group a snapshot (10 applied entries past the last one:
 /// t10's `raft_snapshot_logs`).
-async fn wait_for_due_snapshot(g: &Group) {
+async fn wait_for_due_snapshot(g: &OpenGroup) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (applied, next) = {

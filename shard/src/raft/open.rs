@@ -36,7 +36,7 @@ use std::time::Duration;
 /// Knobs of `open_group_with` (tests shorten or disable the periodic checkpoint).
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
-    /// `None`: no periodic checkpoint (only `Group::checkpoint` and `Group::close` write one).
+    /// `None`: no periodic checkpoint (only `OpenGroup::checkpoint` and `OpenGroup::close` write one).
     pub checkpoint_interval: Option<Duration>,
     /// The core's peer connections (`None`: a pool of the group's own, for tests of one node).
     pub peers: Option<Rc<PeerPool>>,
@@ -54,8 +54,10 @@ impl Default for GroupOptions {
     }
 }
 
-/// An open Raft group on its owning core.
-pub struct Group {
+/// A Raft group as opening it leaves it: the openraft handle, its applied state and the files
+/// behind them (checkpointer, log statistics, directory). The block builder that serves it is
+/// `round::group::Group`, made from this one's handles (`Shard::open_group`).
+pub struct OpenGroup {
     pub id: GroupId,
     pub raft: LedgerRaft,
     pub data: Rc<RefCell<GroupData>>,
@@ -65,7 +67,7 @@ pub struct Group {
     stop_checkpoints: Option<futures::channel::oneshot::Sender<()>>,
 }
 
-impl Group {
+impl OpenGroup {
     /// Durable checkpoint now (e.g. before a snapshot or on request).
     pub async fn checkpoint(&self) -> Result<bool, ShardError> {
         self.checkpointer.checkpoint().await
@@ -107,9 +109,9 @@ pub async fn open_group_with(
     config: &ShardConfig,
     group: GroupId,
     options: GroupOptions,
-) -> Result<Group, ShardError> {
+) -> Result<OpenGroup, ShardError> {
     let (min_log_index, members) = match open_attempt(config, group, options.clone(), true).await? {
-        Opened::Group(group) => return Ok(*group),
+        Opened::Ready(group) => return Ok(*group),
         Opened::NeedsSnapshot { min_log_index, members } => (min_log_index, members),
     };
     // D83: every file of the first attempt is closed by now (its locals dropped).
@@ -127,7 +129,7 @@ pub async fn open_group_with(
         });
     }
     match open_attempt(config, group, options, false).await? {
-        Opened::Group(group) => Ok(*group),
+        Opened::Ready(group) => Ok(*group),
         Opened::NeedsSnapshot { .. } => Err(ShardError::Corrupt {
             what: "group state",
             detail: "the snapshot fetched from a peer does not cover the purged log".into(),
@@ -137,7 +139,7 @@ pub async fn open_group_with(
 
 /// What one attempt to open a group came to.
 enum Opened {
-    Group(Box<Group>),
+    Ready(Box<OpenGroup>),
     /// The group's state must come from a snapshot, and none here covers its purged log: a
     /// member's file whose last log index is at least `min_log_index` is needed (D83).
     NeedsSnapshot {
@@ -468,8 +470,8 @@ fn running(
     if let Some(interval) = checkpoint_interval {
         glommio::spawn_local(checkpointer.clone().run(interval, stop_rx)).detach();
     }
-    let group = Group { id, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) };
-    Opened::Group(Box::new(group))
+    let group = OpenGroup { id, raft, data, checkpointer, log_stats, dir, stop_checkpoints: Some(stop_tx) };
+    Opened::Ready(Box::new(group))
 }
 
 /// Follows the group's server metrics (leader, vote, membership: they change rarely, unlike the

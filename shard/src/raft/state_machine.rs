@@ -656,7 +656,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 thread_local! {
     /// Groups opened through `open_group` on this core, so that `close_group` can find their
     /// checkpointer (same thread only; a group never leaves its core).
-    static OPEN_GROUPS: RefCell<std::collections::BTreeMap<GroupId, crate::raft::open::Group>> =
+    static OPEN_GROUPS: RefCell<std::collections::BTreeMap<GroupId, crate::raft::open::OpenGroup>> =
         const { RefCell::new(std::collections::BTreeMap::new()) };
 }
 
