@@ -9,6 +9,7 @@ use ledger_core::state::{BlockContext, BlockDraft};
 use ledger_core::types::*;
 use ledger_shard::raft::open::{group_dir, open_group_with, GroupOptions, OpenGroup};
 use ledger_shard::raft::state_machine::ApplyResult;
+use ledger_shard::raft::type_config::LogId;
 use ledger_shard::round::group_data::SpeculativeBlock;
 use ledger_shard::ShardConfig;
 use redb::{ReadableDatabase, ReadableTable};
@@ -715,4 +716,38 @@ fn t10_unusable_state_restores_from_snapshot_and_log() {
         g.close().await.unwrap();
     });
     // The restored state was checkpointed: a clean reopen needs no snapshot.
+}
+
+/// Proves a checkpoint that would record less than the last durable one (a bug: apply only moves
+/// forward, and the log is purged up to that checkpoint) is refused as `Corrupt` with the dirty
+/// rows kept, so the next checkpoint still writes them and a restart finds them.
+#[test]
+fn t12_a_checkpoint_behind_the_durable_one_is_refused_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let before = run({
+        let cfg = cfg.clone();
+        async move {
+            let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
+            create_scope(&g, scope(1)).await;
+            propose(&g, scope(1), vec![tx("c", 1, "k1", b"v1")], true).await;
+            let durable = g.checkpointer.durable();
+            let real = durable.get();
+            let ahead = g.data.borrow().applied_log_id.map(|id| LogId::new(id.leader_id, id.index + 100));
+            durable.set(ahead);
+            let err = g.checkpoint().await.unwrap_err();
+            assert!(matches!(err, ledger_shard::ShardError::Corrupt { what: "checkpoint", .. }), "{err}");
+            durable.set(real);
+            assert!(g.checkpoint().await.unwrap(), "the refused checkpoint's rows are still dirty");
+            let f = fingerprint(&g);
+            g.close().await.unwrap();
+            f
+        }
+    });
+    run(async move {
+        let g = open_group_with(&cfg, GROUP, no_periodic()).await.unwrap();
+        assert_eq!(fingerprint(&g), before);
+        assert_eq!(g.data.borrow().scopes[&scope(1)].get_entity("k1").unwrap().value, b"v1");
+        g.close().await.unwrap();
+    });
 }

@@ -499,6 +499,10 @@ impl LogStore {
         I: IntoIterator<Item = Entry>,
     {
         let mut core = self.core.borrow_mut();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Err(e) = continues_log(core.last_log_id, &entries) {
+            return Err(StorageIOError::write_logs(io_error(&e)).into());
+        }
         // Everything that waits for durability (`wait_durable`) learns the outcome from here.
         let (outcome_tx, outcome_rx) = oneshot::channel::<Result<(), String>>();
         let done: AppendDone = Box::new(move |r: Result<(), std::io::Error>| {
@@ -553,6 +557,31 @@ impl LogStore {
         core.evict();
         Ok(())
     }
+}
+
+/// openraft's contract for an append (`RaftLogStorage::append`): no hole in the log. The entries
+/// of one append are consecutive, and the first is at most one past the last entry kept (openraft
+/// truncates before it overwrites; its own storage suite also appends over kept entries, which the
+/// core log takes as replacing them and everything after, `core_log.rs`). A hole would leave the log unreadable by index, so such
+/// an append is refused (openraft then stops the group) before anything is cached or written.
+fn continues_log(last: Option<LogId>, entries: &[Entry]) -> Result<(), ShardError> {
+    let mut next = last.map(|id| id.index + 1);
+    for (i, entry) in entries.iter().enumerate() {
+        let index = entry.log_id.index;
+        let hole = match next {
+            None => false,
+            Some(next) if i == 0 => index > next,
+            Some(next) => index != next,
+        };
+        if hole {
+            return Err(ShardError::Corrupt {
+                what: "raft log append",
+                detail: format!("entry {index} appended where entry {:?} comes next", next),
+            });
+        }
+        next = Some(index + 1);
+    }
+    Ok(())
 }
 
 /// `id`, or the durable id when that is lower (`None`: nothing durable yet).
@@ -781,6 +810,22 @@ mod tests {
             Some(2)
         );
         assert_eq!(clamp_to_durable(entry_of(1, 1, 2).log_id, None), None);
+    }
+
+    /// Proves an append that would leave a hole in the log is refused, within its entries or after
+    /// the last entry kept, while a continuation, a first append anywhere and an append over kept
+    /// entries (openraft truncates first; its suite does not) pass.
+    #[test]
+    fn t05_an_append_that_leaves_a_hole_is_refused() {
+        let last = Some(entry_of(1, 1, 4).log_id);
+        let ok = |last, entries: &[Entry]| continues_log(last, entries).is_ok();
+        assert!(ok(last, &[entry_of(1, 1, 5), entry_of(1, 1, 6)]));
+        assert!(ok(None, &[entry_of(1, 1, 9), entry_of(1, 1, 10)]));
+        assert!(ok(last, &[entry_of(1, 1, 3)]), "over kept entries");
+        assert!(ok(last, &[]));
+        assert!(!ok(last, &[entry_of(1, 1, 6)]), "a hole after the last entry");
+        assert!(!ok(last, &[entry_of(1, 1, 5), entry_of(1, 1, 7)]), "a hole inside the append");
+        assert!(!ok(None, &[entry_of(1, 1, 2), entry_of(1, 1, 2)]), "an index twice");
     }
 
     /// Proves group commit: many appends queued back to back are folded into far fewer fsyncs

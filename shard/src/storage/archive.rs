@@ -17,6 +17,7 @@
 use crate::codec::{decode, encode_in};
 use crate::constants::ARCHIVE_RANGE_BLOCKS_MAX;
 use crate::error::ShardError;
+use ledger_core::hash::group_hash;
 use ledger_core::types::{
     Block, BlockHeader, GroupBlock, Hash, ScopeKey, Timestamp, Transaction, VaultEntry,
 };
@@ -112,10 +113,40 @@ impl ArchiveFlush {
         self.blocks.last().map(|b| b.group_height)
     }
 
+    /// The blocks continue one another: consecutive group heights, each naming its predecessor's
+    /// group hash (SPEC §7.1). Apply and the back-fill both hand over such runs, so a flush that
+    /// breaks the chain is a bug upstream; it is refused before anything is written, rather than
+    /// archiving a chain that the integrity check and every chain proof would reject later.
+    pub fn check_links(&self) -> Result<(), ShardError> {
+        for pair in self.blocks.windows(2) {
+            let (previous, next) = (&pair[0], &pair[1]);
+            if previous.group_height.checked_add(1) != Some(next.group_height) {
+                return Err(ShardError::Corrupt {
+                    what: "archive flush",
+                    detail: format!(
+                        "group block {} follows group block {}",
+                        next.group_height, previous.group_height
+                    ),
+                });
+            }
+            if next.previous_group_hash != group_hash(previous) {
+                return Err(ShardError::Corrupt {
+                    what: "archive flush",
+                    detail: format!(
+                        "group block {} does not link to group block {}",
+                        next.group_height, previous.group_height
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the batch in one `blocks.redb` transaction with `Durability::Immediate`: it must be
-    /// durable before the state checkpoint that claims these blocks applied. Blocking: run it off
-    /// the executor.
+    /// durable before the state checkpoint that claims these blocks applied. Checks the batch's
+    /// links first ([`Self::check_links`]). Blocking: run it off the executor.
     pub fn write(&self, db: &Database) -> Result<(), ShardError> {
+        self.check_links()?;
         let mut txn = db.begin_write().map_err(|e| ShardError::redb("blocks.redb begin_write", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| ShardError::redb("blocks.redb durability", e))?;

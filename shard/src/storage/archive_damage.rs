@@ -246,4 +246,27 @@ mod tests {
         // A wrong anchor below the range names the first block.
         assert_eq!(archive.damaged_blocks(A, 1, 1, Some([9; 32])).unwrap(), vec![1]);
     }
+
+    /// Proves a flush whose blocks skip a group height, or do not link to their predecessor, is
+    /// refused as `Corrupt` with nothing written, while an intact run is written whole.
+    #[test]
+    fn t02_a_flush_that_breaks_the_group_chain_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("blocks.redb")).unwrap());
+        let blocks = chain(6);
+        let flush =
+            |blocks: Vec<GroupBlock>| ArchiveFlush { blocks: blocks.into_iter().map(Arc::new).collect() };
+        let mut gap = blocks.clone();
+        gap.remove(3);
+        let mut unlinked = blocks.clone();
+        unlinked[4].previous_group_hash = [7; 32];
+        for broken in [gap, unlinked] {
+            let err = flush(broken).write(&db).unwrap_err();
+            assert!(matches!(err, ShardError::Corrupt { what: "archive flush", .. }), "{err}");
+        }
+        let archive = Archive::open(db.clone()).unwrap();
+        assert_eq!(archive.last_group_height().unwrap(), 0, "a refused flush wrote nothing");
+        flush(blocks).write(&db).unwrap();
+        assert_eq!(archive.last_group_height().unwrap(), 6);
+    }
 }

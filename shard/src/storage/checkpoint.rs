@@ -728,6 +728,19 @@ impl Checkpointer {
                 // it was before the fault, and the log still holds everything after it.
                 return Ok(false);
             }
+            // The log is purged up to the last durable checkpoint: one that went back would claim
+            // state whose log may be gone. Apply only moves forward, so this is a bug; refused
+            // before the dirty rows are taken.
+            if data.applied_log_id < self.durable.get() {
+                return Err(ShardError::Corrupt {
+                    what: "checkpoint",
+                    detail: format!(
+                        "applied {:?} is behind the last durable checkpoint {:?}",
+                        data.applied_log_id,
+                        self.durable.get()
+                    ),
+                });
+            }
             let fold_journal = merge && self.journal_rows.get() > 0;
             let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(false) };
             let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
