@@ -226,6 +226,7 @@ fn emit(json_mode: bool, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// Runs one command: `verify` offline, every other one over one connection to the cluster.
 async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Verify { file } = &cli.command {
         return verify_cmd::offline(file, cli.json);
@@ -237,227 +238,287 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let client = connect_any(&cli.addr, cli.nodes_cache.as_deref(), options).await?;
     let json_mode = cli.json;
+    let writer = (cli.client_id, cli.sequence);
     match cli.command {
-        Command::Namespace(NamespaceCommand::Create { name }) => {
-            let (id, group) = client.create_namespace(name.clone()).await?;
-            emit(json_mode, json!({"namespace_id": id, "name": name, "group_id": group}), || id.to_string());
-        }
-        Command::Namespace(NamespaceCommand::List) => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                match client
-                    .call(Request::ListNamespaces { page_token: token.clone(), page_size: 1000 })
-                    .await?
-                {
-                    Response::ListNamespaces { namespaces, next_page_token } => {
-                        all.extend(namespaces);
-                        if next_page_token.is_empty() {
-                            break;
-                        }
-                        token = next_page_token;
-                    }
-                    other => return Err(unexpected(&other)),
-                }
-            }
-            emit(
-                json_mode,
-                json!({"namespaces": all.iter().map(render::namespace).collect::<Vec<_>>()}),
-                || {
-                    all.iter()
-                        .map(|n| {
-                            format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                },
-            );
-        }
-        Command::Vault(VaultCommand::Create { namespace }) => {
-            let ns = namespace_id(&client, &namespace).await?;
-            let response = client
-                .call(Request::CreateVault {
-                    namespace_id: ns,
-                    replication_factor: 0,
-                    initial_nodes: Vec::new(),
-                    retention_policy: None,
-                })
-                .await?;
-            let Response::CreateVault { vault_id, genesis } = response else {
-                return Err(unexpected(&response));
-            };
-            let genesis_hash = block_hash(&genesis);
-            emit(
-                json_mode,
-                json!({"vault_id": vault_id, "namespace_id": ns, "genesis": render::header(&genesis),
-                       "genesis_hash": hex(&genesis_hash)}),
-                || vault_id.to_string(),
-            );
-        }
-        Command::Vault(VaultCommand::List { namespace }) => {
-            let ns = namespace_id(&client, &namespace).await?;
-            let response = client.call(Request::ListVaults).await?;
-            let Response::ListVaults { vaults } = response else {
-                return Err(unexpected(&response));
-            };
-            let vaults: Vec<_> =
-                vaults.into_iter().filter(|v| v.namespace_id == ns && v.vault_id != 0).collect();
-            emit(json_mode, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
-                vaults
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "{}\theight {}\t{:?}\troot {}",
-                            v.vault_id,
-                            v.height,
-                            v.status,
-                            hex(&v.state_root)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
-        }
+        Command::Namespace(command) => namespace_command(&client, command, json_mode).await,
+        Command::Vault(command) => vault_command(&client, command, json_mode).await,
         Command::Set { scope, key, value, ttl, if_absent, if_version } => {
-            let condition = if if_absent {
-                Some(SetCondition::MustNotExist)
-            } else {
-                if_version.map(SetCondition::VersionEquals)
-            };
-            let expires_at = ttl.map(|secs| now_secs().saturating_add(secs));
-            let op = Operation::SetEntity { key, value: value.into_bytes(), expires_at, condition };
-            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
+            let op = set_operation(key, value, ttl, if_absent, if_version);
+            write_one(&client, &scope, writer, op, json_mode).await
         }
         Command::Del { scope, key } => {
-            write_one(
-                &client,
-                &scope,
-                (cli.client_id.clone(), cli.sequence),
-                Operation::DeleteEntity { key },
-                json_mode,
-            )
-            .await?;
+            write_one(&client, &scope, writer, Operation::DeleteEntity { key }, json_mode).await
         }
         Command::Get { scope, key, verify: true, at_height, trusted_height, .. } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
-            verify_cmd::get(&client, ns, scope.vault, &key, at_height, trusted_height, json_mode).await?;
+            verify_cmd::get(&client, ns, scope.vault, &key, at_height, trusted_height, json_mode).await
         }
         Command::Blocks { scope, from, to } => {
             let ns = namespace_id(&client, &scope.namespace).await?;
-            verify_cmd::blocks(&client, ns, scope.vault, from, to, json_mode).await?;
+            verify_cmd::blocks(&client, ns, scope.vault, from, to, json_mode).await
         }
-        Command::Verify { .. } => {}
+        Command::Verify { .. } => Ok(()),
         Command::Get { scope, key, consistency, linearizable, .. } => {
-            let ns = namespace_id(&client, &scope.namespace).await?;
-            let consistency = match consistency {
-                _ if linearizable => ReadConsistency::Linearizable,
-                ConsistencyArg::Linearizable => ReadConsistency::Linearizable,
-                ConsistencyArg::Eventual => ReadConsistency::Eventual,
-            };
-            let response = client
-                .call(Request::Read {
-                    namespace_id: ns,
-                    vault_id: scope.vault,
-                    key: key.clone(),
-                    consistency,
-                })
-                .await?;
-            let Response::Read { value, block_height, .. } = response else {
-                return Err(unexpected(&response));
-            };
-            match value {
-                Some(value) => emit(
-                    json_mode,
-                    json!({"key": key, "value": render::text_or_hex(&value), "block_height": block_height}),
-                    || render::text_or_hex(&value),
-                ),
-                None => return Err(CliError::new(1, format!("key {key:?} not found"))),
-            }
+            get_entity(&client, &scope, key, consistency, linearizable, json_mode).await
         }
-        Command::Rel(RelCommand::Add { scope, resource, relation, subject }) => {
-            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
-            let op = Operation::CreateRelationship { resource, relation, subject };
-            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
+        Command::Rel(command) => rel_command(&client, command, writer, json_mode).await,
+        Command::Tip { scope } => print_tip(&client, &scope, json_mode).await,
+        Command::Block { scope, height } => print_block(&client, &scope, height, json_mode).await,
+        Command::Watch { scope, from, count } => {
+            let namespace_id = namespace_id(&client, &scope.namespace).await?;
+            let args = WatchArgs { namespace_id, vault_id: scope.vault, from, count, json: json_mode };
+            ledger_server::cli::watch::run(&client, args).await
         }
-        Command::Rel(RelCommand::Del { scope, resource, relation, subject }) => {
-            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
-            let op = Operation::DeleteRelationship { resource, relation, subject };
-            write_one(&client, &scope, (cli.client_id.clone(), cli.sequence), op, json_mode).await?;
+    }
+}
+
+/// `namespace create` and `namespace list`.
+async fn namespace_command(
+    client: &Client,
+    command: NamespaceCommand,
+    json_mode: bool,
+) -> Result<(), CliError> {
+    match command {
+        NamespaceCommand::Create { name } => {
+            let (id, group) = client.create_namespace(name.clone()).await?;
+            emit(json_mode, json!({"namespace_id": id, "name": name, "group_id": group}), || id.to_string());
         }
-        Command::Rel(RelCommand::List { scope, resource, subject }) => {
-            let ns = namespace_id(&client, &scope.namespace).await?;
-            let mut all = Vec::new();
-            let mut token = String::new();
-            let mut height;
-            loop {
-                let response = client
-                    .call(Request::ListRelationships {
-                        namespace_id: ns,
-                        vault_id: scope.vault,
-                        resource: resource.clone(),
-                        relation: None,
-                        subject: subject.clone(),
-                        at_height: None,
-                        limit: 1000,
-                        page_token: token.clone(),
-                        consistency: ReadConsistency::Eventual,
-                    })
-                    .await?;
-                let Response::ListRelationships { relationships, block_height, next_page_token } = response
-                else {
-                    return Err(unexpected(&response));
-                };
-                height = block_height;
-                all.extend(relationships);
+        NamespaceCommand::List => list_namespaces(client, json_mode).await?,
+    }
+    Ok(())
+}
+
+/// `namespace list`: every namespace, gathered page by page before anything is printed.
+async fn list_namespaces(client: &Client, json_mode: bool) -> Result<(), CliError> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        match client.call(Request::ListNamespaces { page_token: token.clone(), page_size: 1000 }).await? {
+            Response::ListNamespaces { namespaces, next_page_token } => {
+                all.extend(namespaces);
                 if next_page_token.is_empty() {
                     break;
                 }
                 token = next_page_token;
             }
-            let rows: Vec<Value> = all
-                .iter()
-                .map(|r| json!({"resource": r.resource, "relation": r.relation, "subject": r.subject}))
-                .collect();
-            emit(json_mode, json!({"relationships": rows, "block_height": height}), || {
-                all.iter()
-                    .map(|r| format!("{}#{}@{}", r.resource, r.relation, r.subject))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
-        }
-        Command::Tip { scope } => {
-            let ns = namespace_id(&client, &scope.namespace).await?;
-            let tip = client.get_tip(ns, scope.vault).await?;
-            emit(
-                json_mode,
-                json!({"height": tip.height, "block_hash": hex(&tip.block_hash), "state_root": hex(&tip.state_root)}),
-                || {
-                    format!(
-                        "height {}\nblock_hash {}\nstate_root {}",
-                        tip.height,
-                        hex(&tip.block_hash),
-                        hex(&tip.state_root)
-                    )
-                },
-            );
-        }
-        Command::Block { scope, height } => {
-            let ns = namespace_id(&client, &scope.namespace).await?;
-            let response =
-                client.call(Request::GetBlock { namespace_id: ns, vault_id: scope.vault, height }).await?;
-            let Response::GetBlock { block, body_pruned } = response else {
-                return Err(unexpected(&response));
-            };
-            let hash = block_hash(&block.header);
-            let value = render::block(&block, &hash, body_pruned);
-            emit(json_mode, value.clone(), || serde_json::to_string_pretty(&value).unwrap_or_default());
-        }
-        Command::Watch { scope, from, count } => {
-            let namespace_id = namespace_id(&client, &scope.namespace).await?;
-            let args = WatchArgs { namespace_id, vault_id: scope.vault, from, count, json: json_mode };
-            ledger_server::cli::watch::run(&client, args).await?;
+            other => return Err(unexpected(&other)),
         }
     }
+    emit(json_mode, json!({"namespaces": all.iter().map(render::namespace).collect::<Vec<_>>()}), || {
+        all.iter()
+            .map(|n| format!("{}\t{}\tgroup {}\t{:?}", n.namespace_id, n.name, n.group_id, n.status))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// `vault create` and `vault list`.
+async fn vault_command(client: &Client, command: VaultCommand, json_mode: bool) -> Result<(), CliError> {
+    match command {
+        VaultCommand::Create { namespace } => create_vault(client, &namespace, json_mode).await,
+        VaultCommand::List { namespace } => list_vaults(client, &namespace, json_mode).await,
+    }
+}
+
+/// `vault create`: a vault with the server's default replication and retention; prints its id.
+async fn create_vault(client: &Client, namespace: &str, json_mode: bool) -> Result<(), CliError> {
+    let ns = namespace_id(client, namespace).await?;
+    let response = client
+        .call(Request::CreateVault {
+            namespace_id: ns,
+            replication_factor: 0,
+            initial_nodes: Vec::new(),
+            retention_policy: None,
+        })
+        .await?;
+    let Response::CreateVault { vault_id, genesis } = response else {
+        return Err(unexpected(&response));
+    };
+    let genesis_hash = block_hash(&genesis);
+    emit(
+        json_mode,
+        json!({"vault_id": vault_id, "namespace_id": ns, "genesis": render::header(&genesis),
+               "genesis_hash": hex(&genesis_hash)}),
+        || vault_id.to_string(),
+    );
+    Ok(())
+}
+
+/// `vault list`: the vaults of one namespace (its namespace scope, vault 0, left out).
+async fn list_vaults(client: &Client, namespace: &str, json_mode: bool) -> Result<(), CliError> {
+    let ns = namespace_id(client, namespace).await?;
+    let response = client.call(Request::ListVaults).await?;
+    let Response::ListVaults { vaults } = response else {
+        return Err(unexpected(&response));
+    };
+    let vaults: Vec<_> = vaults.into_iter().filter(|v| v.namespace_id == ns && v.vault_id != 0).collect();
+    emit(json_mode, json!({"vaults": vaults.iter().map(render::vault).collect::<Vec<_>>()}), || {
+        vaults
+            .iter()
+            .map(|v| {
+                format!("{}\theight {}\t{:?}\troot {}", v.vault_id, v.height, v.status, hex(&v.state_root))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// The `SetEntity` operation of `set`: its condition from --if-absent or --if-version, its
+/// expiry from --ttl counted from now.
+fn set_operation(
+    key: String,
+    value: String,
+    ttl: Option<u64>,
+    if_absent: bool,
+    if_version: Option<u64>,
+) -> Operation {
+    let condition = if if_absent {
+        Some(SetCondition::MustNotExist)
+    } else {
+        if_version.map(SetCondition::VersionEquals)
+    };
+    let expires_at = ttl.map(|secs| now_secs().saturating_add(secs));
+    Operation::SetEntity { key, value: value.into_bytes(), expires_at, condition }
+}
+
+/// `get` without --verify: prints the entity's value at the consistency asked for (--linearizable,
+/// the old flag, wins); exit 1 if the key is absent.
+async fn get_entity(
+    client: &Client,
+    scope: &Scope,
+    key: String,
+    consistency: ConsistencyArg,
+    linearizable: bool,
+    json_mode: bool,
+) -> Result<(), CliError> {
+    let ns = namespace_id(client, &scope.namespace).await?;
+    let consistency = match consistency {
+        _ if linearizable => ReadConsistency::Linearizable,
+        ConsistencyArg::Linearizable => ReadConsistency::Linearizable,
+        ConsistencyArg::Eventual => ReadConsistency::Eventual,
+    };
+    let response = client
+        .call(Request::Read { namespace_id: ns, vault_id: scope.vault, key: key.clone(), consistency })
+        .await?;
+    let Response::Read { value, block_height, .. } = response else {
+        return Err(unexpected(&response));
+    };
+    match value {
+        Some(value) => emit(
+            json_mode,
+            json!({"key": key, "value": render::text_or_hex(&value), "block_height": block_height}),
+            || render::text_or_hex(&value),
+        ),
+        None => return Err(CliError::new(1, format!("key {key:?} not found"))),
+    }
+    Ok(())
+}
+
+/// `rel add`, `rel del` (each one write, with `writer`'s client id and sequence) and `rel list`.
+async fn rel_command(
+    client: &Client,
+    command: RelCommand,
+    writer: (Option<String>, Option<u64>),
+    json_mode: bool,
+) -> Result<(), CliError> {
+    match command {
+        RelCommand::Add { scope, resource, relation, subject } => {
+            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
+            let op = Operation::CreateRelationship { resource, relation, subject };
+            write_one(client, &scope, writer, op, json_mode).await
+        }
+        RelCommand::Del { scope, resource, relation, subject } => {
+            let scope = Scope { namespace: scope.namespace, vault: Some(scope.vault) };
+            let op = Operation::DeleteRelationship { resource, relation, subject };
+            write_one(client, &scope, writer, op, json_mode).await
+        }
+        RelCommand::List { scope, resource, subject } => {
+            list_relationships(client, &scope, resource, subject, json_mode).await
+        }
+    }
+}
+
+/// `rel list`: a vault's relationships, optionally filtered by resource and subject, gathered
+/// page by page; the block height printed is the last page's.
+async fn list_relationships(
+    client: &Client,
+    scope: &VaultScope,
+    resource: Option<String>,
+    subject: Option<String>,
+    json_mode: bool,
+) -> Result<(), CliError> {
+    let ns = namespace_id(client, &scope.namespace).await?;
+    let mut all = Vec::new();
+    let mut token = String::new();
+    let mut height;
+    loop {
+        let response = client
+            .call(Request::ListRelationships {
+                namespace_id: ns,
+                vault_id: scope.vault,
+                resource: resource.clone(),
+                relation: None,
+                subject: subject.clone(),
+                at_height: None,
+                limit: 1000,
+                page_token: token.clone(),
+                consistency: ReadConsistency::Eventual,
+            })
+            .await?;
+        let Response::ListRelationships { relationships, block_height, next_page_token } = response else {
+            return Err(unexpected(&response));
+        };
+        height = block_height;
+        all.extend(relationships);
+        if next_page_token.is_empty() {
+            break;
+        }
+        token = next_page_token;
+    }
+    let rows: Vec<Value> = all
+        .iter()
+        .map(|r| json!({"resource": r.resource, "relation": r.relation, "subject": r.subject}))
+        .collect();
+    emit(json_mode, json!({"relationships": rows, "block_height": height}), || {
+        all.iter()
+            .map(|r| format!("{}#{}@{}", r.resource, r.relation, r.subject))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// `tip`: height, block hash and state root of the scope's chain tip.
+async fn print_tip(client: &Client, scope: &Scope, json_mode: bool) -> Result<(), CliError> {
+    let ns = namespace_id(client, &scope.namespace).await?;
+    let tip = client.get_tip(ns, scope.vault).await?;
+    emit(
+        json_mode,
+        json!({"height": tip.height, "block_hash": hex(&tip.block_hash), "state_root": hex(&tip.state_root)}),
+        || {
+            format!(
+                "height {}\nblock_hash {}\nstate_root {}",
+                tip.height,
+                hex(&tip.block_hash),
+                hex(&tip.state_root)
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `block`: one block of the scope's chain, as pretty JSON even without --json.
+async fn print_block(client: &Client, scope: &Scope, height: u64, json_mode: bool) -> Result<(), CliError> {
+    let ns = namespace_id(client, &scope.namespace).await?;
+    let response = client.call(Request::GetBlock { namespace_id: ns, vault_id: scope.vault, height }).await?;
+    let Response::GetBlock { block, body_pruned } = response else {
+        return Err(unexpected(&response));
+    };
+    let hash = block_hash(&block.header);
+    let value = render::block(&block, &hash, body_pruned);
+    emit(json_mode, value.clone(), || serde_json::to_string_pretty(&value).unwrap_or_default());
     Ok(())
 }
 

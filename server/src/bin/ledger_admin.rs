@@ -270,166 +270,234 @@ async fn client(cli: &Cli) -> Result<Client, CliError> {
     connect(&cli.addr, options(cli)?).await
 }
 
+/// Runs one command; its exit code is 0, or 1 when it ran but found something unhealthy or
+/// failed. Every command except `metrics` and `clear-vault-state` connects to --addr first.
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let format = cli.format;
     let json_out = format == Format::Json;
     match &cli.command {
-        Command::Metrics => {
-            let text = http_get(&cli.metrics_addr, "/metrics", cli.timeout_secs)?;
-            out::text(text);
-            Ok(0)
-        }
-        Command::Health => {
-            let client = client(&cli).await?;
-            let response = client.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await?;
-            let Response::HealthCheck { status, message, details } = response else {
-                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
-            };
-            let details: Vec<(String, String)> = if message.is_empty() {
-                details
-            } else {
-                [("message".to_string(), message)].into_iter().chain(details).collect()
-            };
-            let name = format!("{status:?}").to_lowercase();
-            emit(format, json!({"status": name, "details": details}), || {
-                let mut lines = vec![name.clone()];
-                lines.extend(details.iter().map(|(k, v)| format!("  {k}: {v}")));
-                lines.join("\n")
-            });
-            Ok(if status == HealthStatus::Healthy { 0 } else { 1 })
-        }
-        Command::Namespace(command) => {
-            let client = client(&cli).await?;
-            namespace_command(&client, command, format).await
-        }
-        Command::Join { node, address } => {
-            let client = client(&cli).await?;
-            let response =
-                client.call(Request::JoinCluster { node_id: *node, address: address.clone() }).await?;
-            let Response::JoinCluster { groups } = response else {
-                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
-            };
-            print_membership(format, "joined", *node, &groups);
-            Ok(0)
-        }
-        Command::Leave { node } => {
-            let client = client(&cli).await?;
-            let response = client.call(Request::LeaveCluster { node_id: *node }).await?;
-            let Response::LeaveCluster { groups } = response else {
-                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
-            };
-            print_membership(format, "left", *node, &groups);
-            Ok(0)
-        }
-        Command::Vault(command) => {
-            let client = client(&cli).await?;
-            vault_command(&client, command, format).await
-        }
+        Command::Metrics => print_metrics(&cli),
+        Command::Health => health(&cli).await,
+        Command::Namespace(command) => namespace_command(&client(&cli).await?, command, format).await,
+        Command::Join { node, address } => join(&cli, *node, address).await,
+        Command::Leave { node } => leave(&cli, *node).await,
+        Command::Vault(command) => vault_command(&client(&cli).await?, command, format).await,
         Command::Logs { since, filter, level, limit } => {
-            let client = client(&cli).await?;
-            logs::run(&client, since.unwrap_or(0), filter.clone(), *level, *limit, format == Format::Json)
-                .await
+            print_logs(&cli, *since, filter.clone(), *level, *limit).await
         }
         Command::CheckIntegrity { namespace, vault, full } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            let vault_id = (*vault != 0).then_some(*vault);
-            let request = Request::CheckIntegrity { namespace_id: ns, vault_id, full_check: *full };
-            // A full check replays the chain: it may take longer than one call's default timeout.
-            let timeout = Duration::from_secs(cli.timeout_secs.max(if *full { 600 } else { 60 }));
-            let call = client.call_with(request, ledger_wire::client::CallOptions { timeout: Some(timeout) });
-            let response = ops_cmd::with_progress("checking integrity", call).await?;
-            let Response::CheckIntegrity { healthy, issues } = response else {
-                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
-            };
-            let listed: Vec<Value> = issues
-                .iter()
-                .map(|i| {
-                    json!({"block_height": i.block_height, "issue_type": i.issue_type.as_str(),
-                           "description": i.description})
-                })
-                .collect();
-            emit(format, json!({"healthy": healthy, "issues": listed}), || {
-                let mut lines = vec![if healthy { "healthy".to_string() } else { "unhealthy".to_string() }];
-                lines.extend(issues.iter().map(|i| {
-                    format!("  height {}\t{}\t{}", i.block_height, i.issue_type.as_str(), i.description)
-                }));
-                lines.join("\n")
-            });
-            Ok(if healthy { 0 } else { 1 })
+            check_integrity(&cli, namespace, *vault, *full).await
         }
-        Command::Snapshot { namespace, vault } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            let vault_id = (*vault != 0).then_some(*vault);
-            let response = client.call(Request::CreateSnapshot { namespace_id: ns, vault_id }).await?;
-            let Response::CreateSnapshot { block_height, state_root, snapshot_path } = response else {
-                return Err(CliError::new(1, format!("unexpected response: {response:?}")));
-            };
-            emit(
-                format,
-                json!({"block_height": block_height, "state_root": hex(&state_root), "snapshot_path": snapshot_path}),
-                || format!("height {block_height}\nstate_root {}\npath {snapshot_path}", hex(&state_root)),
-            );
-            Ok(0)
-        }
-        Command::ForceGc { namespace, vault } => {
-            let client = client(&cli).await?;
-            let ns = match namespace {
-                Some(name) => Some(namespace_id(&client, name).await?),
-                None => None,
-            };
-            gc_cmd::force_gc(&client, ns, *vault, json_out).await
-        }
-        Command::Ping { namespace, vault } => {
-            let client = client(&cli).await?;
-            ping(&client, namespace, *vault, format).await
-        }
-        Command::ClusterStatus => {
-            let client = client(&cli).await?;
-            ops_cmd::cluster_status(&client, &options(&cli)?, json_out).await
-        }
-        Command::LagReport { group } => {
-            let client = client(&cli).await?;
-            ops_cmd::lag_report(&client, *group, json_out).await
-        }
-        Command::Stepdown { node, group, to } => {
-            let client = client(&cli).await?;
-            // Each hand-over waits out an election timeout; many groups take a while.
-            let timeout = Duration::from_secs(cli.timeout_secs.max(60));
-            ops_cmd::stepdown(&client, *node, *group, *to, json_out, timeout).await
-        }
+        Command::Snapshot { namespace, vault } => snapshot(&cli, namespace, *vault).await,
+        Command::ForceGc { namespace, vault } => force_gc(&cli, namespace.as_deref(), *vault).await,
+        Command::Ping { namespace, vault } => ping(&client(&cli).await?, namespace, *vault, format).await,
+        Command::ClusterStatus => cluster_status(&cli).await,
+        Command::LagReport { group } => ops_cmd::lag_report(&client(&cli).await?, *group, json_out).await,
+        Command::Stepdown { node, group, to } => stepdown(&cli, *node, *group, *to).await,
         Command::RecoverVault { namespace, vault, force } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            let timeout = Duration::from_secs(cli.timeout_secs);
-            ops_cmd::recover_vault(&client, ns, *vault, *force, json_out, timeout).await
+            recover_vault(&cli, namespace, *vault, *force).await
         }
         Command::WatchRecovery { namespace, vault, interval_secs } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            let interval = Duration::from_secs((*interval_secs).max(1));
-            ops_cmd::watch_recovery(&client, ns, *vault, interval, json_out).await
+            watch_recovery(&cli, namespace, *vault, *interval_secs).await
         }
         Command::CompareStateRoots { namespace, vault, height } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            ops_cmd::compare_state_roots(&client, ns, *vault, *height, json_out).await
+            compare_state_roots(&cli, namespace, *vault, *height).await
         }
         Command::SimulateDivergence { namespace, vault, height } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            ops_cmd::simulate_divergence(&client, ns, *vault, *height, json_out).await
+            simulate_divergence(&cli, namespace, *vault, *height).await
         }
         Command::ClearVaultState { namespace, vault, data_dir } => {
             ops_cmd::clear_vault_state(data_dir, *namespace, *vault, json_out)
         }
-        Command::VaultStatus { namespace, vault } => {
-            let client = client(&cli).await?;
-            let ns = namespace_id(&client, namespace).await?;
-            ops_cmd::vault_status(&client, ns, *vault, json_out).await
-        }
+        Command::VaultStatus { namespace, vault } => vault_status(&cli, namespace, *vault).await,
     }
+}
+
+/// `metrics`: the node's Prometheus text, fetched over plain HTTP from --metrics-addr (no
+/// client connection).
+fn print_metrics(cli: &Cli) -> Result<u8, CliError> {
+    let text = http_get(&cli.metrics_addr, "/metrics", cli.timeout_secs)?;
+    out::text(text);
+    Ok(0)
+}
+
+/// `health`: the node's HealthCheck status and details (a non-empty message listed first);
+/// exit 1 unless healthy.
+async fn health(cli: &Cli) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let response = client.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await?;
+    let Response::HealthCheck { status, message, details } = response else {
+        return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+    };
+    let details: Vec<(String, String)> = if message.is_empty() {
+        details
+    } else {
+        [("message".to_string(), message)].into_iter().chain(details).collect()
+    };
+    let name = format!("{status:?}").to_lowercase();
+    emit(cli.format, json!({"status": name, "details": details}), || {
+        let mut lines = vec![name.clone()];
+        lines.extend(details.iter().map(|(k, v)| format!("  {k}: {v}")));
+        lines.join("\n")
+    });
+    Ok(if status == HealthStatus::Healthy { 0 } else { 1 })
+}
+
+/// `join`: adds the node at `address` to every group; prints each group's voters afterwards.
+async fn join(cli: &Cli, node: u64, address: &str) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let response = client.call(Request::JoinCluster { node_id: node, address: address.to_string() }).await?;
+    let Response::JoinCluster { groups } = response else {
+        return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+    };
+    print_membership(cli.format, "joined", node, &groups);
+    Ok(0)
+}
+
+/// `leave`: removes the node from every group; prints each group's voters afterwards.
+async fn leave(cli: &Cli, node: u64) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let response = client.call(Request::LeaveCluster { node_id: node }).await?;
+    let Response::LeaveCluster { groups } = response else {
+        return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+    };
+    print_membership(cli.format, "left", node, &groups);
+    Ok(0)
+}
+
+/// `logs`: the node's events, filtered by age (all when `since` is absent), text and level, at
+/// most `limit` of them (0: the node's default).
+async fn print_logs(
+    cli: &Cli,
+    since: Option<u64>,
+    filter: Option<String>,
+    level: Option<logs::LevelArg>,
+    limit: u32,
+) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    logs::run(&client, since.unwrap_or(0), filter, level, limit, cli.format == Format::Json).await
+}
+
+/// `check-integrity`: the node checks the scope's chain (and with `full` replays it); prints each
+/// issue found, exit 1 unless healthy.
+async fn check_integrity(cli: &Cli, namespace: &str, vault: i64, full: bool) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    let vault_id = (vault != 0).then_some(vault);
+    let request = Request::CheckIntegrity { namespace_id: ns, vault_id, full_check: full };
+    // A full check replays the chain: it may take longer than one call's default timeout.
+    let timeout = Duration::from_secs(cli.timeout_secs.max(if full { 600 } else { 60 }));
+    let call = client.call_with(request, ledger_wire::client::CallOptions { timeout: Some(timeout) });
+    let response = ops_cmd::with_progress("checking integrity", call).await?;
+    let Response::CheckIntegrity { healthy, issues } = response else {
+        return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+    };
+    let listed: Vec<Value> = issues
+        .iter()
+        .map(|i| {
+            json!({"block_height": i.block_height, "issue_type": i.issue_type.as_str(),
+                   "description": i.description})
+        })
+        .collect();
+    emit(cli.format, json!({"healthy": healthy, "issues": listed}), || {
+        let mut lines = vec![if healthy { "healthy".to_string() } else { "unhealthy".to_string() }];
+        lines.extend(
+            issues.iter().map(|i| {
+                format!("  height {}\t{}\t{}", i.block_height, i.issue_type.as_str(), i.description)
+            }),
+        );
+        lines.join("\n")
+    });
+    Ok(if healthy { 0 } else { 1 })
+}
+
+/// `snapshot`: snapshots the scope's group now; prints the height, state root and file.
+async fn snapshot(cli: &Cli, namespace: &str, vault: i64) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    let vault_id = (vault != 0).then_some(vault);
+    let response = client.call(Request::CreateSnapshot { namespace_id: ns, vault_id }).await?;
+    let Response::CreateSnapshot { block_height, state_root, snapshot_path } = response else {
+        return Err(CliError::new(1, format!("unexpected response: {response:?}")));
+    };
+    emit(
+        cli.format,
+        json!({"block_height": block_height, "state_root": hex(&state_root), "snapshot_path": snapshot_path}),
+        || format!("height {block_height}\nstate_root {}\npath {snapshot_path}", hex(&state_root)),
+    );
+    Ok(0)
+}
+
+/// `force-gc`: one GC cycle, of one scope when a namespace is given, else of every group the
+/// node leads.
+async fn force_gc(cli: &Cli, namespace: Option<&str>, vault: Option<i64>) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = match namespace {
+        Some(name) => Some(namespace_id(&client, name).await?),
+        None => None,
+    };
+    gc_cmd::force_gc(&client, ns, vault, cli.format == Format::Json).await
+}
+
+/// `cluster-status`: it connects to every node itself, with this CLI's client options.
+async fn cluster_status(cli: &Cli) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    ops_cmd::cluster_status(&client, &options(cli)?, cli.format == Format::Json).await
+}
+
+/// `stepdown`: moves leaderships off `node` (of one group, or all; to `to`, or spread).
+async fn stepdown(cli: &Cli, node: u64, group: Option<u32>, to: Option<u64>) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    // Each hand-over waits out an election timeout; many groups take a while.
+    let timeout = Duration::from_secs(cli.timeout_secs.max(60));
+    ops_cmd::stepdown(&client, node, group, to, cli.format == Format::Json, timeout).await
+}
+
+/// `recover-vault`: rebuilds the vault on the node at --addr.
+async fn recover_vault(cli: &Cli, namespace: &str, vault: i64, force: bool) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    let timeout = Duration::from_secs(cli.timeout_secs);
+    ops_cmd::recover_vault(&client, ns, vault, force, cli.format == Format::Json, timeout).await
+}
+
+/// `watch-recovery`: polls the vault's health every `interval_secs` (at least 1).
+async fn watch_recovery(cli: &Cli, namespace: &str, vault: i64, interval_secs: u64) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    let interval = Duration::from_secs(interval_secs.max(1));
+    ops_cmd::watch_recovery(&client, ns, vault, interval, cli.format == Format::Json).await
+}
+
+/// `compare-state-roots`: the vault's state root on every replica against the leader's.
+async fn compare_state_roots(
+    cli: &Cli,
+    namespace: &str,
+    vault: i64,
+    height: Option<u64>,
+) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    ops_cmd::compare_state_roots(&client, ns, vault, height, cli.format == Format::Json).await
+}
+
+/// `simulate-divergence` (test servers only): marks the vault Diverged on the node at --addr.
+async fn simulate_divergence(
+    cli: &Cli,
+    namespace: &str,
+    vault: i64,
+    height: Option<u64>,
+) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    ops_cmd::simulate_divergence(&client, ns, vault, height, cli.format == Format::Json).await
+}
+
+/// `vault-status`: the vault's status; exit 1 unless Healthy.
+async fn vault_status(cli: &Cli, namespace: &str, vault: i64) -> Result<u8, CliError> {
+    let client = client(cli).await?;
+    let ns = namespace_id(&client, namespace).await?;
+    ops_cmd::vault_status(&client, ns, vault, cli.format == Format::Json).await
 }
 
 /// `ping`: one write through consensus and one linearizable read of it, each timed. The client
