@@ -83,99 +83,21 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
     match msg {
         #[cfg(test)]
         InternalMsg::Test(f) => f(shard),
-        InternalMsg::ForceGc { reply } => {
-            let groups = shard.group_list();
-            glommio::spawn_local(async move {
-                let _ = reply.send(crate::maintenance::gc::cycle_led_groups(groups).await);
-            })
-            .detach();
+        InternalMsg::ForceGc { reply } => spawn_force_gc(shard, reply),
+        InternalMsg::ScopeCommand { group, command, reply } => {
+            spawn_scope_command(shard, group, command, reply)
         }
-        InternalMsg::ScopeCommand { group, command, reply } => match shard.group(group) {
-            Some(g) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(scope_command_at_leader(&shard, &g, command).await);
-                })
-                .detach();
-            }
-            None => {
-                let _ = reply
-                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
-            }
-        },
         InternalMsg::ScopeInfo { group, scope, reply } => {
-            let result = match shard.group(group) {
-                Some(g) => {
-                    let data = g.data.borrow();
-                    match data.scopes.get(&scope) {
-                        Some(s) => Ok(vault_info(&g, s)),
-                        None => Err(Status::not_found(format!(
-                            "vault {} not found in namespace {}",
-                            scope.vault_id, scope.namespace_id
-                        ))),
-                    }
-                }
-                None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
-            };
-            let _ = reply.send(result);
+            let _ = reply.send(scope_info(shard, group, scope));
         }
         InternalMsg::ListVaults { reply } => {
-            let mut out = Vec::new();
-            for g in shard.group_list() {
-                let data = g.data.borrow();
-                out.extend(
-                    data.scopes
-                        .values()
-                        .filter(|s| !s.meta.key.is_namespace_scope())
-                        .map(|s| vault_info(&g, s)),
-                );
-            }
-            let _ = reply.send(out);
+            let _ = reply.send(vault_list(shard));
         }
         InternalMsg::ScopeStatuses { reply } => {
-            let mut out = Vec::new();
-            for g in shard.group_list() {
-                out.extend(g.data.borrow().scopes.values().map(|s| (s.meta.key, s.meta.status)));
-            }
-            let _ = reply.send(out);
+            let _ = reply.send(scope_statuses(shard));
         }
         InternalMsg::Health { reply } => {
-            let mut health = CoreHealth::default();
-            for (id, reason) in shard.failed.borrow().iter() {
-                health.unavailable.push((format!("group:{id}"), reason.clone()));
-            }
-            for (id, cause) in shard.reopening.borrow().iter() {
-                health.unavailable.push((
-                    format!("group:{id}"),
-                    format!("stopped on a storage error, reopens once its disk takes writes again: {cause}"),
-                ));
-            }
-            for g in shard.group_list() {
-                let id = g.id;
-                if shard.reopening.borrow().contains_key(&id) {
-                    continue;
-                }
-                if let Some(fault) = &g.data.borrow().fault {
-                    health.unavailable.push((format!("group:{id}"), format!("failed: {fault}")));
-                    continue;
-                }
-                if let Some(fatal) = g.stopped() {
-                    health.unavailable.push((format!("group:{id}"), format!("stopped: {fatal}")));
-                    continue;
-                }
-                if g.leader_hint().is_none() {
-                    health.unavailable.push((format!("group:{id}"), "no leader".into()));
-                }
-                let data = g.data.borrow();
-                for s in data.scopes.values() {
-                    if s.meta.health != VaultHealth::Healthy {
-                        health
-                            .degraded
-                            .push((format!("scope:{}", s.meta.key), format!("{:?}", s.meta.health)));
-                    }
-                }
-            }
-            let _ = reply.send(health);
+            let _ = reply.send(core_health(shard));
         }
         InternalMsg::ScopeHealth { group, scope, reply } => {
             let result = match shard.group(group) {
@@ -185,56 +107,206 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
             let _ = reply.send(result);
         }
         InternalMsg::PageTokenKey(key) => shard.token_key.set(Some(key)),
-        InternalMsg::ChangeMembership { group, change, reply } => match shard.group(group) {
-            Some(g) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(crate::admin::membership::change_anywhere(&shard, &g, change).await);
-                })
-                .detach();
-            }
-            None => {
-                let _ = reply
-                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
-            }
-        },
+        InternalMsg::ChangeMembership { group, change, reply } => {
+            spawn_change_membership(shard, group, change, reply)
+        }
         InternalMsg::GetPageTokenKey { reply } => {
             let _ = reply.send(shard.token_key.get());
         }
         InternalMsg::GroupStatus { reply } => {
-            let mut out: Vec<_> =
-                shard.group_list().iter().map(|g| crate::ops::cluster::group_status(shard, g)).collect();
-            for (id, reason) in shard.failed.borrow().iter() {
-                out.push(crate::ops::cluster::failed_group_status(*id, reason));
-            }
-            let _ = reply.send(out);
+            let _ = reply.send(group_statuses(shard));
         }
-        InternalMsg::GroupLag { group, reply } => match shard.group(group) {
-            Some(g) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(crate::ops::cluster::lag_at_leader(&shard, &g).await);
-                })
-                .detach();
+        InternalMsg::GroupLag { group, reply } => spawn_group_lag(shard, group, reply),
+        InternalMsg::HandOver { group, successor, reply } => spawn_hand_over(shard, group, successor, reply),
+    }
+}
+
+/// Runs one GC cycle of every group of this core that this node leads, in a spawned task, and
+/// replies with its outcome (`None`: it leads none of them).
+fn spawn_force_gc(shard: &Rc<Shard>, reply: oneshot::Sender<Option<crate::maintenance::gc::GcOutcome>>) {
+    let groups = shard.group_list();
+    glommio::spawn_local(async move {
+        let _ = reply.send(crate::maintenance::gc::cycle_led_groups(groups).await);
+    })
+    .detach();
+}
+
+/// Proposes a scope command of `group` in a spawned task (here or on its leader) and replies
+/// with the scope's genesis header; replies Unavailable at once if the group is not on this core.
+fn spawn_scope_command(
+    shard: &Rc<Shard>,
+    group: GroupId,
+    command: ScopeCommand,
+    reply: oneshot::Sender<Result<BlockHeader, Status>>,
+) {
+    match shard.group(group) {
+        Some(g) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(scope_command_at_leader(&shard, &g, command).await);
+            })
+            .detach();
+        }
+        None => {
+            let _ =
+                reply.send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+        }
+    }
+}
+
+/// Describes `scope` of `group`, which must be on this core.
+fn scope_info(shard: &Shard, group: GroupId, scope: ScopeKey) -> Result<VaultInfo, Status> {
+    match shard.group(group) {
+        Some(g) => {
+            let data = g.data.borrow();
+            match data.scopes.get(&scope) {
+                Some(s) => Ok(vault_info(&g, s)),
+                None => Err(Status::not_found(format!(
+                    "vault {} not found in namespace {}",
+                    scope.vault_id, scope.namespace_id
+                ))),
             }
-            None => {
-                let _ = reply
-                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+        }
+        None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
+    }
+}
+
+/// Every vault (not namespace scopes) of this core's groups.
+fn vault_list(shard: &Shard) -> Vec<VaultInfo> {
+    let mut out = Vec::new();
+    for g in shard.group_list() {
+        let data = g.data.borrow();
+        out.extend(
+            data.scopes.values().filter(|s| !s.meta.key.is_namespace_scope()).map(|s| vault_info(&g, s)),
+        );
+    }
+    out
+}
+
+/// Every scope of this core's groups with its status (for the registry's reconciliation).
+fn scope_statuses(shard: &Shard) -> Vec<(ScopeKey, VaultStatus)> {
+    let mut out = Vec::new();
+    for g in shard.group_list() {
+        out.extend(g.data.borrow().scopes.values().map(|s| (s.meta.key, s.meta.status)));
+    }
+    out
+}
+
+/// This core's part of the node-level health check: groups that failed to open, wait to reopen,
+/// stopped or have no leader, and scopes that are not Healthy.
+fn core_health(shard: &Shard) -> CoreHealth {
+    let mut health = CoreHealth::default();
+    for (id, reason) in shard.failed.borrow().iter() {
+        health.unavailable.push((format!("group:{id}"), reason.clone()));
+    }
+    for (id, cause) in shard.reopening.borrow().iter() {
+        health.unavailable.push((
+            format!("group:{id}"),
+            format!("stopped on a storage error, reopens once its disk takes writes again: {cause}"),
+        ));
+    }
+    for g in shard.group_list() {
+        let id = g.id;
+        if shard.reopening.borrow().contains_key(&id) {
+            continue;
+        }
+        if let Some(fault) = &g.data.borrow().fault {
+            health.unavailable.push((format!("group:{id}"), format!("failed: {fault}")));
+            continue;
+        }
+        if let Some(fatal) = g.stopped() {
+            health.unavailable.push((format!("group:{id}"), format!("stopped: {fatal}")));
+            continue;
+        }
+        if g.leader_hint().is_none() {
+            health.unavailable.push((format!("group:{id}"), "no leader".into()));
+        }
+        let data = g.data.borrow();
+        for s in data.scopes.values() {
+            if s.meta.health != VaultHealth::Healthy {
+                health.degraded.push((format!("scope:{}", s.meta.key), format!("{:?}", s.meta.health)));
             }
-        },
-        InternalMsg::HandOver { group, successor, reply } => match shard.group(group) {
-            Some(g) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(crate::ops::leadership::hand_over(&shard, &g, successor).await);
-                })
-                .detach();
-            }
-            None => {
-                let _ = reply
-                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
-            }
-        },
+        }
+    }
+    health
+}
+
+/// Makes one membership change of `group` in a spawned task (here if this node leads it, else
+/// on its leader) and replies with its voters afterwards; replies Unavailable at once if the
+/// group is not on this core.
+fn spawn_change_membership(
+    shard: &Rc<Shard>,
+    group: GroupId,
+    change: ledger_wire::peer::MembershipChange,
+    reply: oneshot::Sender<Result<Vec<u64>, Status>>,
+) {
+    match shard.group(group) {
+        Some(g) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(crate::admin::membership::change_anywhere(&shard, &g, change).await);
+            })
+            .detach();
+        }
+        None => {
+            let _ =
+                reply.send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+        }
+    }
+}
+
+/// Raft status of this core's groups, the ones that failed to open included.
+fn group_statuses(shard: &Shard) -> Vec<ledger_wire::messages::GroupStatusInfo> {
+    let mut out: Vec<_> =
+        shard.group_list().iter().map(|g| crate::ops::cluster::group_status(shard, g)).collect();
+    for (id, reason) in shard.failed.borrow().iter() {
+        out.push(crate::ops::cluster::failed_group_status(*id, reason));
+    }
+    out
+}
+
+/// Asks `group`'s leader for its replication lag in a spawned task and replies with it; replies
+/// Unavailable at once if the group is not on this core.
+fn spawn_group_lag(
+    shard: &Rc<Shard>,
+    group: GroupId,
+    reply: oneshot::Sender<Result<ledger_wire::messages::GroupLag, Status>>,
+) {
+    match shard.group(group) {
+        Some(g) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(crate::ops::cluster::lag_at_leader(&shard, &g).await);
+            })
+            .detach();
+        }
+        None => {
+            let _ =
+                reply.send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+        }
+    }
+}
+
+/// Hands the leadership of `group` to `successor` in a spawned task and replies with the leader
+/// afterwards; replies Unavailable at once if the group is not on this core.
+fn spawn_hand_over(
+    shard: &Rc<Shard>,
+    group: GroupId,
+    successor: u64,
+    reply: oneshot::Sender<Result<u64, Status>>,
+) {
+    match shard.group(group) {
+        Some(g) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(crate::ops::leadership::hand_over(&shard, &g, successor).await);
+            })
+            .detach();
+        }
+        None => {
+            let _ =
+                reply.send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+        }
     }
 }
 

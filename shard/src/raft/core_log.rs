@@ -394,88 +394,26 @@ impl CoreLog {
     pub fn open_with(dir: LogDir, segment_bytes: u64) -> Result<CoreLog, ShardError> {
         dir.create().map_err(|e| io_err(&dir, e))?;
         let generation = dir.generation();
-        let mut groups: BTreeMap<GroupId, GroupLog> = BTreeMap::new();
-        let mut segments: BTreeMap<u64, Arc<dyn LogFile>> = BTreeMap::new();
         let seqs = dir.list().map_err(|e| io_err(&dir, e))?;
-        for &seg in &seqs {
-            let file = dir.open(seg, false).map_err(|e| io_err(&dir, e))?;
-            let len = file.size().map_err(|e| io_err(&dir, e))?;
-            let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-            file.read_at(0, &mut bytes).map_err(|e| io_err(&dir, e))?;
-            let (records, stopped) = parse_segment(&bytes);
-            let header = records.first().filter(|r| r.kind == KIND_SEGMENT && r.group == GroupId(0));
-            let opens_right = header.is_some_and(|r| u64_at(r.payload, 0) == Some(seg));
-            if !opens_right {
-                // Created but never written (a crash right after the create), or a reused spare
-                // whose new header never reached the disk (it still opens as the segment it was,
-                // D61): nothing in it belongs here.
-                if records.is_empty() || header.is_some() {
-                    if header.is_some() {
-                        crate::event!(
-                            warn,
-                            "raft_log_reused_segment_unwritten",
-                            dir = %dir.path().display(),
-                            segment = %format_args!("{seg:016x}")
-                        );
-                    }
-                    segments.insert(seg, file);
-                    continue;
-                }
-                return Err(corrupt(format!("segment {seg:016x} does not start with its own header")));
-            }
-            // A reused segment's old records follow its own: not a torn tail.
-            let reused = header.is_some_and(|r| u64_at(r.payload, 8) == Some(1));
-            if !reused && bytes[stopped..].iter().any(|b| *b != 0) {
-                crate::event!(
-                    warn,
-                    "raft_log_torn_tail",
-                    dir = %dir.path().display(),
-                    segment = %format_args!("{seg:016x}"),
-                    offset = stopped,
-                    bytes_after = bytes.len() - stopped
-                );
-            }
-            for record in records.iter().skip(1) {
-                let log = groups.entry(record.group).or_default();
-                if log.broken.is_some() {
-                    continue;
-                }
-                if let Err(e) = replay_record(log, seg, record) {
-                    log.broken = Some(e.to_string());
-                }
-            }
-            segments.insert(seg, file);
-        }
-        for (group, log) in groups.iter_mut() {
-            // openraft's log starts at index 0 (the initial membership) unless purged.
-            let expected_first = log.last_purged.map(|p| p.index + 1).unwrap_or(0);
-            if let Some((first, _)) = log.entries.first_key_value() {
-                if *first != expected_first && !(log.last_purged.is_none() && *first == 1) {
-                    log.broken.get_or_insert(format!(
-                        "group {group}: the log starts at index {first}, expected {expected_first} (a segment is missing)"
-                    ));
-                }
-            }
-            if let Some(why) = &log.broken {
-                crate::event!(
-                    error,
-                    "raft_log_group_unusable",
-                    dir = %dir.path().display(),
-                    group = %group,
-                    reason = %why
-                );
-            }
-        }
+        let mut replayed = replay_segments(&dir, &seqs)?;
+        check_replayed_groups(&dir, &mut replayed.groups);
         let active = seqs.last().map(|s| s + 1).unwrap_or(1);
-        let spares = Spares::default();
-        for spare in dir.spares().map_err(|e| io_err(&dir, e))? {
-            let mut kept = spares.lock().unwrap_or_else(PoisonError::into_inner);
-            if kept.len() < LOG_SPARE_SEGMENTS_MAX {
-                kept.push(spare);
-            } else {
-                dir.remove_spare(spare).map_err(|e| io_err(&dir, e))?;
-            }
-        }
+        let spares = keep_spares(&dir)?;
+        let log = CoreLog::with_writer(dir, generation, segment_bytes, replayed, spares)?;
+        log.start_segment(active)?;
+        Ok(log)
+    }
+
+    /// Starts the log thread for `dir` and assembles the log around what replay found. No
+    /// segment is active yet: the caller starts one (`start_segment`).
+    fn with_writer(
+        dir: LogDir,
+        generation: u64,
+        segment_bytes: u64,
+        replayed: Replayed,
+        spares: Spares,
+    ) -> Result<CoreLog, ShardError> {
+        let Replayed { groups, segments } = replayed;
         let (queue, rx) = flume::bounded(LOG_WRITER_QUEUE_MAX);
         let stats = Arc::new(LogStats::default());
         let flushed_seq = Arc::new(AtomicU64::new(0));
@@ -489,7 +427,7 @@ impl CoreLog {
             spares.clone(),
         );
         let writer = SharedWriter::start(writer).map_err(|e| io_err(&dir, e))?;
-        let log = CoreLog {
+        Ok(CoreLog {
             dir,
             generation,
             segment_bytes,
@@ -513,9 +451,7 @@ impl CoreLog {
             me: RefCell::new(Weak::new()),
             write_scheduled: Cell::new(false),
             reads_seen: Cell::new(0),
-        };
-        log.start_segment(active)?;
-        Ok(log)
+        })
     }
 
     /// Closes the log and waits (at most 30 s) until its thread has written what was queued and
@@ -949,6 +885,129 @@ impl Drop for CoreLog {
             }
         });
     }
+}
+
+/// What replaying a log's segments found: each group's log, and every segment file, kept open
+/// for reads of entries no longer cached.
+struct Replayed {
+    groups: BTreeMap<GroupId, GroupLog>,
+    segments: BTreeMap<u64, Arc<dyn LogFile>>,
+}
+
+/// Replays the segments `seqs` of `dir`, oldest first, keeping every file open. A group whose
+/// records are unusable is marked broken (it alone fails to open); a written segment that does
+/// not start with its own header fails the whole log.
+fn replay_segments(dir: &LogDir, seqs: &[u64]) -> Result<Replayed, ShardError> {
+    let mut groups: BTreeMap<GroupId, GroupLog> = BTreeMap::new();
+    let mut segments: BTreeMap<u64, Arc<dyn LogFile>> = BTreeMap::new();
+    for &seg in seqs {
+        let (file, bytes) = read_segment(dir, seg)?;
+        replay_segment(dir, seg, &bytes, &mut groups)?;
+        segments.insert(seg, file);
+    }
+    Ok(Replayed { groups, segments })
+}
+
+/// Opens segment `seg` of `dir` and reads all of it.
+fn read_segment(dir: &LogDir, seg: u64) -> Result<(Arc<dyn LogFile>, Vec<u8>), ShardError> {
+    let file = dir.open(seg, false).map_err(|e| io_err(dir, e))?;
+    let len = file.size().map_err(|e| io_err(dir, e))?;
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    file.read_at(0, &mut bytes).map_err(|e| io_err(dir, e))?;
+    Ok((file, bytes))
+}
+
+/// Checks that segment `seg` (its `bytes`) opens with its own header and replays its records
+/// into `groups`. A segment with no record, or a reused one whose new header never reached the
+/// disk, holds nothing of this log: none of it is replayed. Any other wrong start is corruption.
+fn replay_segment(
+    dir: &LogDir,
+    seg: u64,
+    bytes: &[u8],
+    groups: &mut BTreeMap<GroupId, GroupLog>,
+) -> Result<(), ShardError> {
+    let (records, stopped) = parse_segment(bytes);
+    let header = records.first().filter(|r| r.kind == KIND_SEGMENT && r.group == GroupId(0));
+    let opens_right = header.is_some_and(|r| u64_at(r.payload, 0) == Some(seg));
+    if !opens_right {
+        // Created but never written (a crash right after the create), or a reused spare
+        // whose new header never reached the disk (it still opens as the segment it was,
+        // D61): nothing in it belongs here.
+        if records.is_empty() || header.is_some() {
+            if header.is_some() {
+                crate::event!(
+                    warn,
+                    "raft_log_reused_segment_unwritten",
+                    dir = %dir.path().display(),
+                    segment = %format_args!("{seg:016x}")
+                );
+            }
+            return Ok(());
+        }
+        return Err(corrupt(format!("segment {seg:016x} does not start with its own header")));
+    }
+    // A reused segment's old records follow its own: not a torn tail.
+    let reused = header.is_some_and(|r| u64_at(r.payload, 8) == Some(1));
+    if !reused && bytes[stopped..].iter().any(|b| *b != 0) {
+        crate::event!(
+            warn,
+            "raft_log_torn_tail",
+            dir = %dir.path().display(),
+            segment = %format_args!("{seg:016x}"),
+            offset = stopped,
+            bytes_after = bytes.len() - stopped
+        );
+    }
+    for record in records.iter().skip(1) {
+        let log = groups.entry(record.group).or_default();
+        if log.broken.is_some() {
+            continue;
+        }
+        if let Err(e) = replay_record(log, seg, record) {
+            log.broken = Some(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Marks a replayed group broken if its first entry does not follow its purge point (a segment
+/// is missing), and reports every group that replay left unusable.
+fn check_replayed_groups(dir: &LogDir, groups: &mut BTreeMap<GroupId, GroupLog>) {
+    for (group, log) in groups.iter_mut() {
+        // openraft's log starts at index 0 (the initial membership) unless purged.
+        let expected_first = log.last_purged.map(|p| p.index + 1).unwrap_or(0);
+        if let Some((first, _)) = log.entries.first_key_value() {
+            if *first != expected_first && !(log.last_purged.is_none() && *first == 1) {
+                log.broken.get_or_insert(format!(
+                    "group {group}: the log starts at index {first}, expected {expected_first} (a segment is missing)"
+                ));
+            }
+        }
+        if let Some(why) = &log.broken {
+            crate::event!(
+                error,
+                "raft_log_group_unusable",
+                dir = %dir.path().display(),
+                group = %group,
+                reason = %why
+            );
+        }
+    }
+}
+
+/// Takes the spare segments `dir` holds for reuse (D61), at most `LOG_SPARE_SEGMENTS_MAX`,
+/// removing any beyond that.
+fn keep_spares(dir: &LogDir) -> Result<Spares, ShardError> {
+    let spares = Spares::default();
+    for spare in dir.spares().map_err(|e| io_err(dir, e))? {
+        let mut kept = spares.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < LOG_SPARE_SEGMENTS_MAX {
+            kept.push(spare);
+        } else {
+            dir.remove_spare(spare).map_err(|e| io_err(dir, e))?;
+        }
+    }
+    Ok(spares)
 }
 
 fn replay_record(log: &mut GroupLog, seg: u64, record: &Record<'_>) -> Result<(), ShardError> {
