@@ -18,7 +18,9 @@ use ledger_wire::codec::{archived_len, encode_frame, encode_frame_limited, Frame
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::*;
 use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// Frames the read loop asks the write task to send besides responses.
@@ -178,6 +180,16 @@ struct Session<S> {
     auth: Rc<AuthState>,
 }
 
+/// What the client's Hello settled for the rest of the connection.
+struct Greeting {
+    /// Requests on a peer connection were sent on by another node (D30).
+    peer: bool,
+    /// The node a peer connection speaks for (`None` on a client connection).
+    peer_node: Option<u64>,
+    /// The token the Hello presented, checked again on every request (D42).
+    credential: Credential,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the connection; returns the Goaway to send, or `None` when the peer just closed.
     async fn run(
@@ -188,41 +200,97 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         replies: &flume::Sender<ResponseEnvelope>,
         outstanding: &Cell<usize>,
     ) -> Option<Goaway> {
+        let hello = match self.await_hello().await {
+            ControlFlow::Continue(hello) => hello,
+            ControlFlow::Break(ended) => return ended,
+        };
+        let mut greeting = match self.accept_hello(hello, control) {
+            ControlFlow::Continue(greeting) => greeting,
+            ControlFlow::Break(ended) => return ended,
+        };
+        loop {
+            let frame = match self.next_frame().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(goaway) => return Some(goaway),
+            };
+            let next = match frame.kind() {
+                FrameKind::RequestBatch => {
+                    self.serve_request_batch(
+                        frame,
+                        &mut greeting,
+                        dispatcher,
+                        connections,
+                        replies,
+                        outstanding,
+                    )
+                    .await
+                }
+                FrameKind::Ping => answer_ping(&frame, control),
+                FrameKind::Goaway => return None,
+                other => {
+                    return Some(goaway(
+                        GoawayCode::ProtocolError,
+                        &format!("a client may not send {} frames", other.name()),
+                    ))
+                }
+            };
+            if let ControlFlow::Break(ended) = next {
+                return ended;
+            }
+        }
+    }
+
+    /// Reads the connection's first frame, which must come within `handshake_timeout`.
+    /// `Break` ends the connection: `None` when the peer closed, else the Goaway to send.
+    async fn await_hello(&mut self) -> ControlFlow<Option<Goaway>, Frame> {
         // A socket that never says Hello holds a connection slot: it gets handshake_timeout.
         let first =
             glommio::timer::timeout(self.settings.handshake_timeout, async { Ok(self.next_frame().await) });
-        let hello = match first.await {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return None,
-            Ok(Err(goaway)) => return Some(goaway),
+        match first.await {
+            Ok(Ok(Some(frame))) => ControlFlow::Continue(frame),
+            Ok(Ok(None)) => ControlFlow::Break(None),
+            Ok(Err(goaway)) => ControlFlow::Break(Some(goaway)),
             Err(_) => {
                 let secs = self.settings.handshake_timeout.as_secs_f64();
-                return Some(goaway(
+                ControlFlow::Break(Some(goaway(
                     GoawayCode::Idle,
                     &format!("no Hello within the handshake timeout ({secs} s)"),
-                ));
+                )))
             }
-        };
+        }
+    }
+
+    /// Checks that the first frame is a Hello this server speaks, queues the `HelloAck`, and
+    /// returns what the Hello settled; `Break` carries the Goaway that refuses it.
+    fn accept_hello(
+        &self,
+        hello: Frame,
+        control: &flume::Sender<Control>,
+    ) -> ControlFlow<Option<Goaway>, Greeting> {
         if hello.kind() != FrameKind::Hello {
-            return Some(goaway(GoawayCode::ProtocolError, "the first frame must be Hello"));
+            return ControlFlow::Break(Some(goaway(
+                GoawayCode::ProtocolError,
+                "the first frame must be Hello",
+            )));
         }
         let mut hello: Hello = match hello.decode::<Hello>() {
             Ok(hello) => hello,
-            Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
+            Err(e) => return ControlFlow::Break(Some(goaway(e.goaway_code(), &e.to_string()))),
         };
         if hello.protocol_version != PROTOCOL_VERSION {
-            return Some(goaway(
+            return ControlFlow::Break(Some(goaway(
                 GoawayCode::UnsupportedVersion,
                 &format!(
                     "protocol version {} is not supported (this server speaks 1)",
                     hello.protocol_version
                 ),
-            ));
+            )));
         }
         // Requests on a peer connection were sent on by another node (D30); a peer proves it is
         // one with the peer token, a client with its own (D42). Only the secret's hash is kept.
         let peer = hello.role == Role::Peer;
-        let mut credential = Credential::new(hello.credential.take().as_deref(), &self.auth);
+        let credential = Credential::new(hello.credential.take().as_deref(), &self.auth);
         let peer_node = if peer { hello.node_id } else { None };
         // Never full: see CONTROL_QUEUE_MAX.
         let _ = control.try_send(Control::HelloAck(HelloAck {
@@ -233,146 +301,166 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             max_batch_items: self.settings.max_batch_items,
             server_version: SERVER_VERSION.to_string(),
         }));
-        loop {
-            let frame = match self.next_frame().await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return None,
-                Err(goaway) => return Some(goaway),
-            };
-            match frame.kind() {
-                FrameKind::RequestBatch => {
-                    let decode_started = std::time::Instant::now();
-                    let batch = match frame.decode::<RequestBatch>() {
-                        Ok(batch) => batch,
-                        Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
-                    };
-                    let decoded = (frame.payload.len(), decode_started.elapsed());
-                    ledger_shard::metrics::with(|m| m.wire_frame(true, decoded.0, decoded.1));
-                    if batch.items.is_empty() || batch.items.len() > self.settings.max_batch_items as usize {
-                        return Some(goaway(
-                            GoawayCode::ProtocolError,
-                            &format!(
-                                "a RequestBatch holds 1..={} envelopes, got {}",
-                                self.settings.max_batch_items,
-                                batch.items.len()
-                            ),
-                        ));
-                    }
-                    // The test partition switch: a cut-off peer's frames vanish with its link.
-                    if peer_node.is_some_and(|node| self.settings.faults.is_partitioned(node)) {
-                        return None;
-                    }
-                    for mut envelope in batch.items {
-                        // Checked on every request: the table may have changed since the last.
-                        let access = if peer { Access::Peer } else { access_of(&envelope.request) };
-                        let authorized = credential
-                            .check(&self.auth, access)
-                            .map(|token| token.map(|token| token.id.clone()));
-                        if let Request::WatchBlocks { namespace_id, vault_id, start_height } =
-                            envelope.request
-                        {
-                            let refusal = if connections.is_shutting_down() {
-                                Some(Status::unavailable("node is shutting down"))
-                            } else {
-                                authorized.err()
-                            };
-                            self.streams
-                                .open(
-                                    dispatcher,
-                                    &self.stream_tx,
-                                    envelope.request_id,
-                                    namespace_id,
-                                    vault_id,
-                                    start_height,
-                                    refusal,
-                                    outstanding.get(),
-                                    self.settings.requests_max_concurrent,
-                                )
-                                .await;
-                            continue;
-                        }
-                        outstanding.set(outstanding.get() + 1);
-                        self.inflight.start(&envelope);
-                        if connections.is_shutting_down() {
-                            answer(
-                                replies,
-                                envelope.request_id,
-                                Status::unavailable("node is shutting down"),
-                            );
-                            continue;
-                        }
-                        let token_id = match authorized {
-                            Ok(token_id) => token_id,
-                            Err(status) => {
-                                answer(replies, envelope.request_id, status);
-                                continue;
-                            }
-                        };
-                        if !peer && matches!(envelope.request, Request::Peer(_)) {
-                            answer(
-                                replies,
-                                envelope.request_id,
-                                Status::new(
-                                    StatusCode::PermissionDenied,
-                                    "peer calls are only accepted on a connection whose Hello says Role::Peer",
-                                ),
-                            );
-                            continue;
-                        }
-                        // Open streams count as outstanding requests (SPEC §4.1). A peer's
-                        // requests are bounded by its own clients' limits and by the cores'
-                        // inboxes, which refuse work when full.
-                        if !peer
-                            && outstanding.get() + self.streams.len() > self.settings.requests_max_concurrent
-                        {
-                            answer(
-                                replies,
-                                envelope.request_id,
-                                ledger_wire::messages::Status::exhausted(format!(
-                                    "more than {} requests and streams outstanding on this connection",
-                                    self.settings.requests_max_concurrent
-                                )),
-                            );
-                            continue;
-                        }
-                        if let Request::CancelStream { request_id: stream } = envelope.request {
-                            self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
-                            continue;
-                        }
-                        let caller = match self.caller_of(&mut envelope, peer, token_id) {
-                            Ok(caller) => caller,
-                            Err(status) => {
-                                answer(replies, envelope.request_id, status);
-                                continue;
-                            }
-                        };
-                        if !peer && refused_here(dispatcher, &self.inflight, replies, &envelope, &caller) {
-                            continue;
-                        }
-                        dispatcher.dispatch(envelope, replies, peer, caller).await;
-                    }
-                }
-                FrameKind::Ping => match frame.decode::<Ping>() {
-                    Ok(ping) => {
-                        if control.len() >= PONGS_QUEUED_MAX {
-                            return Some(goaway(
-                                GoawayCode::ProtocolError,
-                                &format!("more than {PONGS_QUEUED_MAX} pings unanswered: read the pongs"),
-                            ));
-                        }
-                        let _ = control.try_send(Control::Pong(ping.nonce));
-                    }
-                    Err(e) => return Some(goaway(e.goaway_code(), &e.to_string())),
-                },
-                FrameKind::Goaway => return None,
-                other => {
-                    return Some(goaway(
-                        GoawayCode::ProtocolError,
-                        &format!("a client may not send {} frames", other.name()),
-                    ))
-                }
-            }
+        ControlFlow::Continue(Greeting { peer, peer_node, credential })
+    }
+
+    /// Decodes a `RequestBatch` frame and serves its envelopes in order; `Break` ends the
+    /// connection (a malformed batch, or a peer cut off by the test partition switch).
+    async fn serve_request_batch(
+        &self,
+        frame: Frame,
+        greeting: &mut Greeting,
+        dispatcher: &Dispatcher,
+        connections: &Connections,
+        replies: &flume::Sender<ResponseEnvelope>,
+        outstanding: &Cell<usize>,
+    ) -> ControlFlow<Option<Goaway>> {
+        let batch = self.decode_request_batch(&frame)?;
+        // The test partition switch: a cut-off peer's frames vanish with its link.
+        if greeting.peer_node.is_some_and(|node| self.settings.faults.is_partitioned(node)) {
+            return ControlFlow::Break(None);
         }
+        for envelope in batch.items {
+            self.serve_envelope(envelope, greeting, dispatcher, connections, replies, outstanding).await;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Decodes a `RequestBatch` (counted in the wire metrics) and checks it holds
+    /// 1..=`max_batch_items` envelopes; `Break` carries the Goaway for a batch that does not.
+    #[inline]
+    fn decode_request_batch(&self, frame: &Frame) -> ControlFlow<Option<Goaway>, RequestBatch> {
+        let decode_started = std::time::Instant::now();
+        let batch = match frame.decode::<RequestBatch>() {
+            Ok(batch) => batch,
+            Err(e) => return ControlFlow::Break(Some(goaway(e.goaway_code(), &e.to_string()))),
+        };
+        let decoded = (frame.payload.len(), decode_started.elapsed());
+        ledger_shard::metrics::with(|m| m.wire_frame(true, decoded.0, decoded.1));
+        if batch.items.is_empty() || batch.items.len() > self.settings.max_batch_items as usize {
+            return ControlFlow::Break(Some(goaway(
+                GoawayCode::ProtocolError,
+                &format!(
+                    "a RequestBatch holds 1..={} envelopes, got {}",
+                    self.settings.max_batch_items,
+                    batch.items.len()
+                ),
+            )));
+        }
+        ControlFlow::Continue(batch)
+    }
+
+    /// Serves one envelope: opens its stream, or answers it here (refused, or a stream
+    /// cancelled), or sends it on to the core that serves it.
+    async fn serve_envelope(
+        &self,
+        envelope: RequestEnvelope,
+        greeting: &mut Greeting,
+        dispatcher: &Dispatcher,
+        connections: &Connections,
+        replies: &flume::Sender<ResponseEnvelope>,
+        outstanding: &Cell<usize>,
+    ) {
+        let peer = greeting.peer;
+        // Checked on every request: the table may have changed since the last.
+        let access = if peer { Access::Peer } else { access_of(&envelope.request) };
+        let authorized =
+            greeting.credential.check(&self.auth, access).map(|token| token.map(|token| token.id.clone()));
+        if let Request::WatchBlocks { namespace_id, vault_id, start_height } = envelope.request {
+            let refusal = if connections.is_shutting_down() {
+                Some(Status::unavailable("node is shutting down"))
+            } else {
+                authorized.err()
+            };
+            self.streams
+                .open(
+                    dispatcher,
+                    &self.stream_tx,
+                    envelope.request_id,
+                    namespace_id,
+                    vault_id,
+                    start_height,
+                    refusal,
+                    outstanding.get(),
+                    self.settings.requests_max_concurrent,
+                )
+                .await;
+            return;
+        }
+        outstanding.set(outstanding.get() + 1);
+        self.inflight.start(&envelope);
+        let token_id = match self.admit(&envelope, authorized, peer, connections, outstanding) {
+            Ok(token_id) => token_id,
+            Err(status) => {
+                answer(replies, envelope.request_id, status);
+                return;
+            }
+        };
+        if let Request::CancelStream { request_id: stream } = envelope.request {
+            self.streams.cancel(dispatcher, replies, envelope.request_id, stream);
+            return;
+        }
+        self.send_on(envelope, peer, token_id, dispatcher, replies).await;
+    }
+
+    /// Sends an admitted request on to the core that serves it, unless it is answered here: a
+    /// caller it may not name, or (client writes) a namespace this core knows is over its rate
+    /// limit.
+    async fn send_on(
+        &self,
+        mut envelope: RequestEnvelope,
+        peer: bool,
+        token_id: Option<Arc<str>>,
+        dispatcher: &Dispatcher,
+        replies: &flume::Sender<ResponseEnvelope>,
+    ) {
+        let caller = match self.caller_of(&mut envelope, peer, token_id) {
+            Ok(caller) => caller,
+            Err(status) => {
+                answer(replies, envelope.request_id, status);
+                return;
+            }
+        };
+        if !peer && refused_here(dispatcher, &self.inflight, replies, &envelope, &caller) {
+            return;
+        }
+        dispatcher.dispatch(envelope, replies, peer, caller).await;
+    }
+
+    /// The token id a request (not a stream) runs under, or the status that refuses it on this
+    /// connection, checked in this order: node shutting down, credential refused, a peer call on
+    /// a client connection, too many requests and streams outstanding.
+    // The refusal is answered as the wire `Status` at once; boxing it would only allocate.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    fn admit(
+        &self,
+        envelope: &RequestEnvelope,
+        authorized: Result<Option<Arc<str>>, Status>,
+        peer: bool,
+        connections: &Connections,
+        outstanding: &Cell<usize>,
+    ) -> Result<Option<Arc<str>>, Status> {
+        if connections.is_shutting_down() {
+            return Err(Status::unavailable("node is shutting down"));
+        }
+        let token_id = authorized?;
+        if !peer && matches!(envelope.request, Request::Peer(_)) {
+            return Err(Status::new(
+                StatusCode::PermissionDenied,
+                "peer calls are only accepted on a connection whose Hello says Role::Peer",
+            ));
+        }
+        // Open streams count as outstanding requests (SPEC §4.1). A peer's
+        // requests are bounded by its own clients' limits and by the cores'
+        // inboxes, which refuse work when full.
+        if !peer && outstanding.get() + self.streams.len() > self.settings.requests_max_concurrent {
+            return Err(ledger_wire::messages::Status::exhausted(format!(
+                "more than {} requests and streams outstanding on this connection",
+                self.settings.requests_max_concurrent
+            )));
+        }
+        Ok(token_id)
     }
 
     /// Who sent `envelope` and its deadline (SPEC §4.1): the client's `deadline_ms` (0 = none)
@@ -439,6 +527,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// Queues the Pong for a Ping frame. `Break` carries the Goaway for a malformed Ping, or for a
+/// client that leaves more than `PONGS_QUEUED_MAX` pongs unread: the control queue is bounded
+/// (`CONTROL_QUEUE_MAX`) and must keep room for the Goaway.
+#[inline]
+fn answer_ping(frame: &Frame, control: &flume::Sender<Control>) -> ControlFlow<Option<Goaway>> {
+    match frame.decode::<Ping>() {
+        Ok(ping) => {
+            if control.len() >= PONGS_QUEUED_MAX {
+                return ControlFlow::Break(Some(goaway(
+                    GoawayCode::ProtocolError,
+                    &format!("more than {PONGS_QUEUED_MAX} pings unanswered: read the pongs"),
+                )));
+            }
+            let _ = control.try_send(Control::Pong(ping.nonce));
+            ControlFlow::Continue(())
+        }
+        Err(e) => ControlFlow::Break(Some(goaway(e.goaway_code(), &e.to_string()))),
+    }
+}
+
 /// Refuses a client write of a namespace this core knows to be over its rate limit, without
 /// the hop to the leader's core, and answers after the refusal's hold (D47). `false` = send it on.
 fn refused_here(
@@ -487,7 +595,7 @@ enum Owed {
 /// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
 #[allow(clippy::too_many_arguments)]
 async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
-    mut writer: WriteHalf<S>,
+    writer: WriteHalf<S>,
     max_frame_bytes: u32,
     control: flume::Receiver<Control>,
     replies: flume::Receiver<ResponseEnvelope>,
@@ -496,88 +604,180 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     open: Rc<OpenStreams>,
     inflight: Rc<crate::observe::InFlight>,
 ) {
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    // Buffer counters of the stream items in `out`, released once `out` is on the socket.
-    let mut written = Vec::new();
-    let mut control_open = true;
-    let mut drain_deadline: Option<std::time::Instant> = None;
-    // A reply that did not fit in the previous response frame; it opens the next one.
-    let mut carried: Option<ResponseEnvelope> = None;
-    loop {
-        out.clear();
-        let mut closing = false;
-        if let Some(reply) = carried.take() {
-            carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
-        } else if let Some(deadline) = drain_deadline {
-            // Shutting down: owed replies and stream ends first, then the Goaway.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let next = if (outstanding.get() == 0 && open.is_empty()) || left.is_zero() {
-                None
+    let mut side = WriteSide {
+        writer,
+        max_frame_bytes,
+        control,
+        replies,
+        outstanding,
+        streams,
+        open,
+        inflight,
+        out: Vec::with_capacity(64 * 1024),
+        written: Vec::new(),
+        control_open: true,
+        drain_deadline: None,
+        carried: None,
+    };
+    side.run().await
+}
+
+/// The write task's state: `write_loop`'s arguments, and what it carries from one frame to the
+/// next.
+struct WriteSide<S> {
+    writer: WriteHalf<S>,
+    max_frame_bytes: u32,
+    control: flume::Receiver<Control>,
+    replies: flume::Receiver<ResponseEnvelope>,
+    outstanding: Rc<Cell<usize>>,
+    streams: flume::Receiver<StreamEvent>,
+    open: Rc<OpenStreams>,
+    inflight: Rc<crate::observe::InFlight>,
+    out: Vec<u8>,
+    /// Buffer counters of the stream items in `out`, released once `out` is on the socket.
+    written: Vec<Arc<AtomicUsize>>,
+    control_open: bool,
+    drain_deadline: Option<std::time::Instant>,
+    /// A reply that did not fit in the previous response frame; it opens the next one.
+    carried: Option<ResponseEnvelope>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
+    /// The loop of `write_loop`: encode the next frames into `out`, write them, and stop after a
+    /// Goaway or when there is nothing more to write.
+    async fn run(&mut self) {
+        loop {
+            self.out.clear();
+            let closing = if let Some(reply) = self.carried.take() {
+                self.carried = encode_replies(
+                    reply,
+                    &self.replies,
+                    &mut self.out,
+                    &self.outstanding,
+                    self.max_frame_bytes,
+                    &self.inflight,
+                );
+                false
+            } else if let Some(deadline) = self.drain_deadline {
+                self.encode_while_draining(deadline).await
+            } else if self.control_open {
+                match self.encode_next_received().await {
+                    ControlFlow::Continue(closing) => closing,
+                    ControlFlow::Break(()) => return,
+                }
             } else {
-                let closed = |_| glommio::GlommioError::Closed(glommio::ResourceType::Channel(()));
-                glommio::timer::timeout(left, async {
-                    futures::select_biased! {
-                        reply = replies.recv_async().fuse() => reply.map(Owed::Reply).map_err(closed),
-                        event = streams.recv_async().fuse() => event.map(Owed::Stream).map_err(closed),
-                    }
-                })
-                .await
-                .ok()
+                match self.encode_reply_still_owed().await {
+                    ControlFlow::Continue(()) => false,
+                    ControlFlow::Break(()) => return,
+                }
             };
-            match next {
-                Some(Owed::Reply(reply)) => {
-                    carried =
-                        encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
-                }
-                Some(Owed::Stream(event)) => {
-                    encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes)
-                }
-                None => {
-                    let goaway =
-                        Goaway { code: GoawayCode::Shutdown, message: "node is shutting down".into() };
-                    closing = encode_control(Control::Goaway(goaway), &mut out);
-                }
-            }
-        } else if control_open {
-            futures::select_biased! {
-                message = control.recv_async().fuse() => match message {
-                    Ok(Control::Shutdown) => {
-                        drain_deadline = Some(std::time::Instant::now() + SHUTDOWN_DRAIN);
-                    }
-                    Ok(message) => closing = encode_control(message, &mut out),
-                    Err(_) => control_open = false,
-                },
-                reply = replies.recv_async().fuse() => match reply {
-                    Ok(reply) => { carried = encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight); },
-                    Err(_) => return,
-                },
-                event = streams.recv_async().fuse() => match event {
-                    Ok(event) => encode_stream_events(event, &streams, &mut out, &mut written, &open, max_frame_bytes),
-                    Err(_) => return,
-                },
-            }
-        } else {
-            // The read side has ended: flush the replies still owed, then close.
-            if outstanding.get() == 0 {
+            // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
+            if !self.out.is_empty()
+                && (self.writer.write_all(&self.out).await.is_err() || self.writer.flush().await.is_err())
+            {
                 return;
             }
-            match replies.recv_async().await {
-                Ok(reply) => {
-                    carried =
-                        encode_replies(reply, &replies, &mut out, &outstanding, max_frame_bytes, &inflight);
-                }
-                Err(_) => return,
+            release(&mut self.written);
+            if closing {
+                let _ = self.writer.flush().await;
+                let _ = self.writer.close().await;
+                return;
             }
         }
-        // A TLS stream may keep part of a write buffered until flushed (a no-op on plain TCP).
-        if !out.is_empty() && (writer.write_all(&out).await.is_err() || writer.flush().await.is_err()) {
-            return;
+    }
+
+    /// Shutting down: encodes the next reply or stream event still owed, or once none is owed
+    /// (or `deadline` has passed) the `Goaway{Shutdown}`; returns true for the Goaway.
+    async fn encode_while_draining(&mut self, deadline: std::time::Instant) -> bool {
+        // Shutting down: owed replies and stream ends first, then the Goaway.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = if (self.outstanding.get() == 0 && self.open.is_empty()) || left.is_zero() {
+            None
+        } else {
+            let closed = |_| glommio::GlommioError::Closed(glommio::ResourceType::Channel(()));
+            glommio::timer::timeout(left, async {
+                futures::select_biased! {
+                    reply = self.replies.recv_async().fuse() => reply.map(Owed::Reply).map_err(closed),
+                    event = self.streams.recv_async().fuse() => event.map(Owed::Stream).map_err(closed),
+                }
+            })
+            .await
+            .ok()
+        };
+        match next {
+            Some(Owed::Reply(reply)) => {
+                self.carried = encode_replies(
+                    reply,
+                    &self.replies,
+                    &mut self.out,
+                    &self.outstanding,
+                    self.max_frame_bytes,
+                    &self.inflight,
+                );
+                false
+            }
+            Some(Owed::Stream(event)) => {
+                encode_stream_events(
+                    event,
+                    &self.streams,
+                    &mut self.out,
+                    &mut self.written,
+                    &self.open,
+                    self.max_frame_bytes,
+                );
+                false
+            }
+            None => {
+                let goaway = Goaway { code: GoawayCode::Shutdown, message: "node is shutting down".into() };
+                encode_control(Control::Goaway(goaway), &mut self.out)
+            }
         }
-        release(&mut written);
-        if closing {
-            let _ = writer.flush().await;
-            let _ = writer.close().await;
-            return;
+    }
+
+    /// While the read side runs: waits for the next control frame, reply or stream event (in
+    /// that order of preference) and encodes it. `Continue(true)` after a Goaway; `Break` when
+    /// the replies or stream channel has closed (the connection is over).
+    async fn encode_next_received(&mut self) -> ControlFlow<(), bool> {
+        let mut closing = false;
+        futures::select_biased! {
+            message = self.control.recv_async().fuse() => match message {
+                Ok(Control::Shutdown) => {
+                    self.drain_deadline = Some(std::time::Instant::now() + SHUTDOWN_DRAIN);
+                }
+                Ok(message) => closing = encode_control(message, &mut self.out),
+                Err(_) => self.control_open = false,
+            },
+            reply = self.replies.recv_async().fuse() => match reply {
+                Ok(reply) => { self.carried = encode_replies(reply, &self.replies, &mut self.out, &self.outstanding, self.max_frame_bytes, &self.inflight); },
+                Err(_) => return ControlFlow::Break(()),
+            },
+            event = self.streams.recv_async().fuse() => match event {
+                Ok(event) => encode_stream_events(event, &self.streams, &mut self.out, &mut self.written, &self.open, self.max_frame_bytes),
+                Err(_) => return ControlFlow::Break(()),
+            },
+        }
+        ControlFlow::Continue(closing)
+    }
+
+    /// After the read side has ended: encodes the next reply still owed; `Break` once none is.
+    async fn encode_reply_still_owed(&mut self) -> ControlFlow<()> {
+        // The read side has ended: flush the replies still owed, then close.
+        if self.outstanding.get() == 0 {
+            return ControlFlow::Break(());
+        }
+        match self.replies.recv_async().await {
+            Ok(reply) => {
+                self.carried = encode_replies(
+                    reply,
+                    &self.replies,
+                    &mut self.out,
+                    &self.outstanding,
+                    self.max_frame_bytes,
+                    &self.inflight,
+                );
+                ControlFlow::Continue(())
+            }
+            Err(_) => ControlFlow::Break(()),
         }
     }
 }
