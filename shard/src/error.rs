@@ -37,9 +37,14 @@ pub enum ShardError {
         #[source]
         source: BoxedCause,
     },
-    /// A storage write failed on the group's I/O thread (the cause is rendered there).
-    #[error("write to {what} failed: {detail}")]
-    WriteFailed { what: String, detail: String },
+    /// A storage write failed on the group's I/O thread; the error is shared by everything that
+    /// waited for that write.
+    #[error("write to {what} failed: {source}")]
+    WriteFailed {
+        what: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
     /// The group's storage I/O thread is gone (it failed or the group is closing).
     #[error("storage thread of {what} stopped")]
     StorageClosed { what: String },

@@ -35,7 +35,7 @@ use crate::error::ShardError;
 use crate::metrics::CodecKind;
 use crate::raft::log_store::records::VoteRecord;
 use crate::raft::log_store::{decode_entry, log_id_from_le, stored_log_id, LogStats};
-use crate::raft::log_writer::{Done, Failure, LogWriter, SharedWriter, Spares, WalCmd};
+use crate::raft::log_writer::{Done, Failure, LogFailure, LogWriter, SharedWriter, Spares, WalCmd};
 use crate::raft::type_config::{Entry, LogId, Vote};
 use crate::storage::log_files::{LogDir, LogFile};
 use futures::channel::oneshot;
@@ -475,7 +475,7 @@ impl CoreLog {
     }
 
     /// Why the log thread stopped writing, if it did (the core's groups must reopen).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogFailure> {
         self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -798,7 +798,7 @@ impl CoreLog {
             queued?;
             match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(detail)) => Err(ShardError::WriteFailed { what, detail }),
+                Ok(Err(source)) => Err(ShardError::WriteFailed { what, source }),
                 Err(_) => Err(ShardError::StorageClosed { what }),
             }
         }
@@ -1058,7 +1058,7 @@ pub mod offline {
         let what = format!("raft log {}", log.dir.path().display());
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ShardError::WriteFailed { what, detail: e.to_string() }),
+            Ok(Err(e)) => Err(ShardError::WriteFailed { what, source: Arc::new(e) }),
             Err(_) => Err(ShardError::StorageClosed { what }),
         }
     }
@@ -1234,6 +1234,8 @@ mod tests {
             assert!(after <= 2, "{after} segments left of {many}");
             log.save_committed(GroupId(1), log_id(4, 300)).unwrap();
             append_durably(&log, 1, vec![entry(4, 301)]).await;
+            // Its thread may still be retiring segments: wait for it before the directory is read.
+            log.close();
         });
         let files = LogDir::Real(path.clone()).list().unwrap();
         assert!(files.len() <= 2, "{files:?}");
@@ -1268,6 +1270,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Proves a failed log write keeps its cause: once the disk fails, the waiting write and every
+    /// later one (the log writes nothing after a failure) get `WriteFailed` whose source is the disk's own error, and the log reports it.
+    #[test]
+    fn t11_a_failed_write_keeps_the_disks_error_as_its_source() {
+        let disk = SimDisk::new(1, CutMode::DropUnsynced);
+        let log = CoreLog::open_with(LogDir::Sim(disk.clone(), PathBuf::from("/sim/log")), 2048).unwrap();
+        let vote = Vote::new(1, 1);
+        futures::executor::block_on(log.save_vote(GroupId(1), &vote)).unwrap();
+        // After a power cut and restore, the log's handles are dead: every write fails.
+        disk.cut_now();
+        disk.restore().unwrap();
+        for _ in 0..2 {
+            let err = futures::executor::block_on(log.save_vote(GroupId(1), &vote)).unwrap_err();
+            let ShardError::WriteFailed { source, .. } = &err else { panic!("{err:?}") };
+            assert!(source.to_string().contains("before a power cut"), "{source}");
+            let cause = std::error::Error::source(&err).unwrap();
+            assert_eq!(cause.to_string(), source.to_string());
+        }
+        assert!(log.failure().is_some_and(|e| e.to_string().contains("before a power cut")));
     }
 
     /// Appends 30 entries to each of three groups, one at a time, and returns for each group the
@@ -1421,6 +1444,7 @@ mod tests {
                 append_durably(&log, 1, vec![entry(2, index)]).await;
             }
             assert!(ldir.spares().unwrap().len() < LOG_SPARE_SEGMENTS_MAX, "no spare was reused");
+            log.close();
         });
         // The active segment is a reused one: past its own records lie its old ones, valid under
         // their old tag, and replay stops before them.
@@ -1557,6 +1581,8 @@ mod tests {
             }
             let left = ldir.list().unwrap();
             assert!(left.len() <= 4, "old segments kept alive: {left:?}");
+            // Its thread may still be retiring segments: a reopen meanwhile would race it.
+            log.close();
         });
         let log = CoreLog::open_with(ldir, 2048).unwrap();
         assert_eq!(indexes(&log, 1), vec![1, 2, 3]);

@@ -32,7 +32,7 @@ pub struct Moved {
 fn wait(what: &str, rx: std::sync::mpsc::Receiver<std::io::Result<()>>) -> Result<(), ShardError> {
     match rx.recv() {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ShardError::WriteFailed { what: what.to_string(), detail: e.to_string() }),
+        Ok(Err(e)) => Err(ShardError::WriteFailed { what: what.to_string(), source: std::sync::Arc::new(e) }),
         Err(_) => Err(ShardError::StorageClosed { what: what.to_string() }),
     }
 }

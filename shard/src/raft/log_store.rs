@@ -22,6 +22,7 @@ use crate::constants::LOG_CACHE_ENTRIES_MAX;
 use crate::error::ShardError;
 use crate::metrics::CodecKind;
 use crate::raft::core_log::{AppendDone, CoreLog, SyncBy};
+use crate::raft::log_writer::LogFailure;
 use crate::raft::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
@@ -240,7 +241,7 @@ struct LogCore {
 }
 
 /// The outcome of one append (`Err`: the write failed), for every task that waits for it.
-type AppendOutcome = Shared<oneshot::Receiver<Result<(), String>>>;
+type AppendOutcome = Shared<oneshot::Receiver<Result<(), LogFailure>>>;
 
 impl Drop for LogCore {
     fn drop(&mut self) {
@@ -387,9 +388,14 @@ impl LogStore {
         self.core.borrow().durable_log_id()
     }
 
+    /// How errors name this group's log: the core log's directory.
+    fn log_name(&self) -> String {
+        format!("raft log {}", self.core.borrow().log.dir().path().display())
+    }
+
     /// Waits until the entry at `index` and every entry before it are durable here; `Err` if a
     /// write failed (the group must then stop: openraft was told it was appended).
-    pub async fn wait_durable(&self, index: u64) -> Result<(), String> {
+    pub async fn wait_durable(&self, index: u64) -> Result<(), ShardError> {
         loop {
             let next = {
                 let mut core = self.core.borrow_mut();
@@ -397,8 +403,9 @@ impl LogStore {
                 if core.durable_log_id().is_some_and(|d| d.index >= index) {
                     return Ok(());
                 }
-                if let Some(e) = core.log.failure() {
-                    return Err(e);
+                if let Some(source) = core.log.failure() {
+                    let what = format!("raft log {}", core.log.dir().path().display());
+                    return Err(ShardError::WriteFailed { what, source });
                 }
                 core.pending.front().cloned()
             };
@@ -412,8 +419,9 @@ impl LogStore {
                         core.pending.pop_front();
                     }
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(oneshot::Canceled) => return Err("the core log closed before the write completed".into()),
+                Ok(Err(source)) => return Err(ShardError::WriteFailed { what: self.log_name(), source }),
+                // The core log closed before the write completed.
+                Err(oneshot::Canceled) => return Err(ShardError::StorageClosed { what: self.log_name() }),
             }
         }
     }
@@ -504,10 +512,11 @@ impl LogStore {
             return Err(StorageIOError::write_logs(io_error(&e)).into());
         }
         // Everything that waits for durability (`wait_durable`) learns the outcome from here.
-        let (outcome_tx, outcome_rx) = oneshot::channel::<Result<(), String>>();
+        let (outcome_tx, outcome_rx) = oneshot::channel::<Result<(), LogFailure>>();
         let done: AppendDone = Box::new(move |r: Result<(), std::io::Error>| {
-            let _ = outcome_tx.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            done(r);
+            let r = r.map_err(Arc::new);
+            let _ = outcome_tx.send(r.clone());
+            done(r.map_err(|e| std::io::Error::new(e.kind(), e)));
         });
         let outcome = outcome_rx.shared();
         let mut encoded = Vec::new();

@@ -25,7 +25,7 @@ pub type AppendDone = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 pub(crate) enum Done {
     Nothing,
     Append(AppendDone),
-    Wait(oneshot::Sender<Result<(), String>>),
+    Wait(oneshot::Sender<Result<(), LogFailure>>),
 }
 
 pub(crate) enum WalCmd {
@@ -43,7 +43,10 @@ pub(crate) enum WalCmd {
 pub(crate) type Spares = Arc<Mutex<Vec<u64>>>;
 
 /// Why the writer stopped writing, shared with the executor.
-pub(crate) type Failure = Arc<Mutex<Option<String>>>;
+/// Why the log thread stopped writing: the first failed write or sync, shared by every waiter
+/// (nothing is written after it; the core's groups reopen the log).
+pub type LogFailure = Arc<std::io::Error>;
+pub(crate) type Failure = Arc<Mutex<Option<LogFailure>>>;
 
 /// The writing side of a core log: the queue's receiving end and what has been written.
 pub(crate) struct LogWriter {
@@ -103,7 +106,7 @@ impl LogWriter {
             Some(e) => Err(e),
             None => write_batch(&self.dir, &mut self.files, &mut self.buffer, &mut self.unsynced, &batch)
                 .and_then(|()| self.retire_removed(&batch))
-                .map_err(|e| e.to_string()),
+                .map_err(Arc::new),
         };
         let synced = batch.iter().any(|c| matches!(c, WalCmd::Write { sync: true, .. }));
         if synced {
@@ -128,7 +131,7 @@ impl LogWriter {
             Err(e) => {
                 let mut failed = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
                 if failed.is_none() {
-                    crate::event!(error, "raft_log_write_failed", dir = %self.dir.path().display(), error = ?e);
+                    crate::event!(error, "raft_log_write_failed", dir = %self.dir.path().display(), error = %e);
                     *failed = Some(e.clone());
                 }
             }
@@ -138,7 +141,7 @@ impl LogWriter {
             if let WalCmd::Write { done, .. } = cmd {
                 match done {
                     Done::Nothing => {}
-                    Done::Append(done) => done(result.clone().map_err(std::io::Error::other)),
+                    Done::Append(done) => done(result.clone().map_err(|e| std::io::Error::new(e.kind(), e))),
                     Done::Wait(tx) => {
                         let _ = tx.send(result.clone());
                     }

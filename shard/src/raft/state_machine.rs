@@ -525,7 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // A leader's own entries may be committed before its own sync ends (D50); applying
             // (and so answering the client, checkpointing) waits for it.
             if let Err(e) = log.wait_durable(last.log_id.index).await {
-                return Err(StorageIOError::write_logs(AnyError::error(e)).into());
+                return Err(StorageIOError::write_logs(AnyError::new(&e)).into());
             }
         }
         let group = self.data.borrow().group_id.0;
