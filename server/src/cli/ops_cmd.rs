@@ -148,6 +148,25 @@ pub async fn cluster_status(
     options: &ClientOptions,
     json_out: bool,
 ) -> Result<u8, CliError> {
+    let status = gather_cluster_status(client, options).await?;
+    let summary = status.summary();
+    let groups = status.group_facts();
+    emit(json_out, status.json(summary, &groups), || status.text(summary, &groups));
+    Ok(if summary == "healthy" { 0 } else { 1 })
+}
+
+/// What `cluster-status` learned: the members, leader, term and groups' lag as `--addr` reports
+/// them, and what each member answered for itself.
+struct ClusterStatus {
+    leader_id: Option<u64>,
+    term: u64,
+    nodes: Vec<NodeView>,
+    lag: Vec<GroupLag>,
+}
+
+/// Asks `--addr` for the members and the groups' lag, `_system`'s leader for when it last heard
+/// from each member, then every member for its own health and groups.
+async fn gather_cluster_status(client: &Client, options: &ClientOptions) -> Result<ClusterStatus, CliError> {
     let Response::GetClusterInfo { members, leader_id, term } = client.call(Request::GetClusterInfo).await?
     else {
         return Err(CliError::new(1, "unexpected response to GetClusterInfo"));
@@ -160,131 +179,127 @@ pub async fn cluster_status(
     let mut nodes = Vec::new();
     for m in &members {
         let seen = leader_view.iter().find(|l| l.node_id == m.node_id).unwrap_or(m);
-        let mut view = NodeView {
-            node_id: m.node_id,
-            address: m.address.clone(),
-            role: m.role,
-            is_leader: m.is_leader,
-            heard_ms_ago: seen.heard_ms_ago,
-            marked_unavailable: seen.unavailable,
-            health: "unavailable".into(),
-            groups: Vec::new(),
-            error: None,
-        };
-        match connect(&m.address, options.clone()).await {
-            Ok(c) => {
-                match c.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await {
-                    Ok(Response::HealthCheck { status, .. }) => {
-                        view.health = format!("{status:?}").to_lowercase()
-                    }
-                    Ok(other) => view.error = Some(unexpected(&other).message),
-                    Err(e) => view.error = Some(e.to_string()),
-                }
-                match c.call(Request::GetGroupStatus).await {
-                    Ok(Response::GetGroupStatus { groups, .. }) => view.groups = groups,
-                    Ok(other) => view.error = Some(unexpected(&other).message),
-                    Err(e) => view.error = Some(e.to_string()),
-                }
-            }
-            Err(e) => view.error = Some(e.message),
-        }
-        nodes.push(view);
+        nodes.push(ask_member(m, seen, options).await);
     }
-    let lag_by_group: BTreeMap<u32, &GroupLag> = lag.iter().map(|g| (g.group_id, g)).collect();
-    let mut group_ids: Vec<u32> = nodes.iter().flat_map(|n| n.groups.iter().map(|g| g.group_id)).collect();
-    group_ids.extend(lag.iter().map(|g| g.group_id));
-    group_ids.sort_unstable();
-    group_ids.dedup();
-    let summary =
+    Ok(ClusterStatus { leader_id, term, nodes, lag })
+}
+
+/// One member's view: `m` as `--addr` lists it, `seen` as `_system`'s leader does, then its own
+/// health and groups. A member that cannot be reached keeps health `unavailable`; a failed or
+/// unexpected answer to either question leaves its error in `error` (the last one wins).
+async fn ask_member(m: &ClusterMember, seen: &ClusterMember, options: &ClientOptions) -> NodeView {
+    let mut view = NodeView {
+        node_id: m.node_id,
+        address: m.address.clone(),
+        role: m.role,
+        is_leader: m.is_leader,
+        heard_ms_ago: seen.heard_ms_ago,
+        marked_unavailable: seen.unavailable,
+        health: "unavailable".into(),
+        groups: Vec::new(),
+        error: None,
+    };
+    match connect(&m.address, options.clone()).await {
+        Ok(c) => {
+            match c.call(Request::HealthCheck { namespace_id: None, vault_id: None }).await {
+                Ok(Response::HealthCheck { status, .. }) => {
+                    view.health = format!("{status:?}").to_lowercase()
+                }
+                Ok(other) => view.error = Some(unexpected(&other).message),
+                Err(e) => view.error = Some(e.to_string()),
+            }
+            match c.call(Request::GetGroupStatus).await {
+                Ok(Response::GetGroupStatus { groups, .. }) => view.groups = groups,
+                Ok(other) => view.error = Some(unexpected(&other).message),
+                Err(e) => view.error = Some(e.to_string()),
+            }
+        }
+        Err(e) => view.error = Some(e.message),
+    }
+    view
+}
+
+/// What the status shows of one group: `--addr`'s lag report of it, the group as its leader's
+/// replica sees it (any replica's view when the leader's is not known), and every node's
+/// replica of it.
+struct GroupFacts<'a> {
+    group_id: u32,
+    lag: Option<&'a GroupLag>,
+    max_lag: u64,
+    view: Option<&'a GroupStatusInfo>,
+    /// `(node, role, applied index)`: role `unreachable` when the node did not answer, `-` when
+    /// it holds no replica.
+    replicas: Vec<(u64, String, u64)>,
+}
+
+impl ClusterStatus {
+    /// The lag report by group (a group reported twice keeps its last entry).
+    fn lag_by_group(&self) -> BTreeMap<u32, &GroupLag> {
+        self.lag.iter().map(|g| (g.group_id, g)).collect()
+    }
+
+    /// `healthy` when every node is and every reported group has a leader (exit 0), `degraded`
+    /// while some node is healthy, `unavailable` when none is.
+    fn summary(&self) -> &'static str {
+        let nodes = &self.nodes;
+        let lag_by_group = self.lag_by_group();
         if nodes.iter().all(|n| n.health == "healthy") && lag_by_group.values().all(|g| g.leader.is_some()) {
             "healthy"
         } else if nodes.iter().any(|n| n.health == "healthy") {
             "degraded"
         } else {
             "unavailable"
-        };
-    let group_rows: Vec<(u32, Value, Vec<String>)> = group_ids
-        .iter()
-        .map(|g| {
-            let lag = lag_by_group.get(g);
-            let max_lag = lag.map(|l| l.followers.iter().map(|f| f.lag_blocks).max().unwrap_or(0)).unwrap_or(0);
-            let leader_view = lag
-                .and_then(|l| l.leader)
-                .and_then(|leader| nodes.iter().find(|n| n.node_id == leader))
-                .and_then(|n| n.groups.iter().find(|s| s.group_id == *g));
-            let any_view = nodes.iter().find_map(|n| n.groups.iter().find(|s| s.group_id == *g));
-            let view = leader_view.or(any_view);
-            let replicas: Vec<(u64, String, u64)> = nodes
-                .iter()
-                .map(|n| match n.groups.iter().find(|s| s.group_id == *g) {
-                    Some(s) => (n.node_id, s.role.clone(), s.applied_index),
-                    None => (n.node_id, if n.error.is_some() { "unreachable" } else { "-" }.to_string(), 0),
-                })
-                .collect();
-            let value = json!({
-                "group_id": g,
-                "leader": lag.and_then(|l| l.leader),
-                "term": view.map(|v| v.term),
-                "members": view.map(|v| v.voters.clone()).unwrap_or_default(),
-                "leader_last_index": lag.map(|l| l.leader_last_index),
-                "commit_index": view.map(|v| v.committed_index),
-                "applied_index": view.map(|v| v.applied_index),
-                "max_lag": max_lag,
-                "replicas": replicas.iter().map(|(n, role, applied)| json!({"node_id": n, "role": role, "applied_index": applied})).collect::<Vec<_>>(),
-            });
-            let row = vec![
-                g.to_string(),
-                lag.and_then(|l| l.leader).map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
-                view.map(|v| v.term.to_string()).unwrap_or_default(),
-                view.map(|v| v.voters.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
-                lag.map(|l| l.leader_last_index.to_string()).unwrap_or_default(),
-                view.map(|v| v.committed_index.to_string()).unwrap_or_default(),
-                view.map(|v| v.applied_index.to_string()).unwrap_or_default(),
-                format!("{max_lag} ({})", lag_state(max_lag)),
-                replicas
-                    .iter()
-                    .map(|(n, role, applied)| format!("{n}:{}@{applied}", role_letter(role)))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ];
-            (*g, value, row)
-        })
-        .collect();
-    let node_json: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "node_id": n.node_id, "address": n.address,
-                "role": if n.role == MemberRole::Voter { "voter" } else { "learner" },
-                "is_leader": n.is_leader, "health": n.health, "error": n.error,
-                "heard_ms_ago": n.heard_ms_ago, "marked_unavailable": n.marked_unavailable,
-                "groups_led": n.groups.iter().filter(|g| g.role == "leader").count(),
-            })
-        })
-        .collect();
-    let value = json!({
-        "leader_id": leader_id, "term": term, "status": summary,
-        "nodes": node_json,
-        "groups": group_rows.iter().map(|(_, v, _)| v.clone()).collect::<Vec<_>>(),
-    });
-    emit(json_out, value, || {
-        let leader = leader_id.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
-        let node_rows: Vec<Vec<String>> = nodes
+        }
+    }
+
+    /// Every group a replica or the lag report knows of, in id order.
+    fn group_facts(&self) -> Vec<GroupFacts<'_>> {
+        let nodes = &self.nodes;
+        let lag_by_group = self.lag_by_group();
+        let mut group_ids: Vec<u32> =
+            nodes.iter().flat_map(|n| n.groups.iter().map(|g| g.group_id)).collect();
+        group_ids.extend(self.lag.iter().map(|g| g.group_id));
+        group_ids.sort_unstable();
+        group_ids.dedup();
+        group_ids.iter().map(|g| self.facts_of_group(*g, lag_by_group.get(g).copied())).collect()
+    }
+
+    /// Group `g`'s facts, `lag` being its entry of the lag report.
+    fn facts_of_group<'a>(&'a self, g: u32, lag: Option<&'a GroupLag>) -> GroupFacts<'a> {
+        let nodes = &self.nodes;
+        let max_lag = lag.map(|l| l.followers.iter().map(|f| f.lag_blocks).max().unwrap_or(0)).unwrap_or(0);
+        let leader_view = lag
+            .and_then(|l| l.leader)
+            .and_then(|leader| nodes.iter().find(|n| n.node_id == leader))
+            .and_then(|n| n.groups.iter().find(|s| s.group_id == g));
+        let any_view = nodes.iter().find_map(|n| n.groups.iter().find(|s| s.group_id == g));
+        let view = leader_view.or(any_view);
+        let replicas: Vec<(u64, String, u64)> = nodes
             .iter()
-            .map(|n| {
-                vec![
-                    n.node_id.to_string(),
-                    n.address.clone(),
-                    if n.role == MemberRole::Voter { "voter" } else { "learner" }.into(),
-                    if n.is_leader { "yes" } else { "" }.into(),
-                    n.groups.iter().filter(|g| g.role == "leader").count().to_string(),
-                    heard(n),
-                    n.health.clone(),
-                    n.error.clone().unwrap_or_default(),
-                ]
+            .map(|n| match n.groups.iter().find(|s| s.group_id == g) {
+                Some(s) => (n.node_id, s.role.clone(), s.applied_index),
+                None => (n.node_id, if n.error.is_some() { "unreachable" } else { "-" }.to_string(), 0),
             })
             .collect();
-        let rows: Vec<Vec<String>> = group_rows.iter().map(|(_, _, r)| r.clone()).collect();
+        GroupFacts { group_id: g, lag, max_lag, view, replicas }
+    }
+
+    /// The `--format json` object: cluster leader and term, the summary, nodes and groups.
+    fn json(&self, summary: &str, groups: &[GroupFacts]) -> Value {
+        let node_json: Vec<Value> = self.nodes.iter().map(NodeView::json).collect();
+        json!({
+            "leader_id": self.leader_id, "term": self.term, "status": summary,
+            "nodes": node_json,
+            "groups": groups.iter().map(GroupFacts::json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The text: a line on the cluster, the nodes' table, the groups' table, the summary.
+    fn text(&self, summary: &str, groups: &[GroupFacts]) -> String {
+        let (nodes, term) = (&self.nodes, self.term);
+        let leader = self.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+        let node_rows: Vec<Vec<String>> = nodes.iter().map(NodeView::row).collect();
+        let rows: Vec<Vec<String>> = groups.iter().map(GroupFacts::row).collect();
         format!(
             "cluster leader {leader}, term {term}, {} node(s)\n\n{}\n\n{}\n\n{summary}",
             nodes.len(),
@@ -304,8 +319,73 @@ pub async fn cluster_status(
                 &rows
             ),
         )
-    });
-    Ok(if summary == "healthy" { 0 } else { 1 })
+    }
+}
+
+impl NodeView {
+    /// The node's entry of the JSON `nodes` array.
+    fn json(&self) -> Value {
+        json!({
+            "node_id": self.node_id, "address": self.address,
+            "role": if self.role == MemberRole::Voter { "voter" } else { "learner" },
+            "is_leader": self.is_leader, "health": self.health, "error": self.error,
+            "heard_ms_ago": self.heard_ms_ago, "marked_unavailable": self.marked_unavailable,
+            "groups_led": self.groups.iter().filter(|g| g.role == "leader").count(),
+        })
+    }
+
+    /// The node's row of the text's nodes table.
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.node_id.to_string(),
+            self.address.clone(),
+            if self.role == MemberRole::Voter { "voter" } else { "learner" }.into(),
+            if self.is_leader { "yes" } else { "" }.into(),
+            self.groups.iter().filter(|g| g.role == "leader").count().to_string(),
+            heard(self),
+            self.health.clone(),
+            self.error.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+impl GroupFacts<'_> {
+    /// The group's entry of the JSON `groups` array.
+    fn json(&self) -> Value {
+        let &GroupFacts { group_id: g, lag, max_lag, view, ref replicas } = self;
+        json!({
+            "group_id": g,
+            "leader": lag.and_then(|l| l.leader),
+            "term": view.map(|v| v.term),
+            "members": view.map(|v| v.voters.clone()).unwrap_or_default(),
+            "leader_last_index": lag.map(|l| l.leader_last_index),
+            "commit_index": view.map(|v| v.committed_index),
+            "applied_index": view.map(|v| v.applied_index),
+            "max_lag": max_lag,
+            "replicas": replicas.iter().map(|(n, role, applied)| json!({"node_id": n, "role": role, "applied_index": applied})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The group's row of the text's groups table.
+    fn row(&self) -> Vec<String> {
+        let &GroupFacts { group_id: g, lag, max_lag, view, ref replicas } = self;
+        vec![
+            g.to_string(),
+            lag.and_then(|l| l.leader).map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+            view.map(|v| v.term.to_string()).unwrap_or_default(),
+            view.map(|v| v.voters.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            lag.map(|l| l.leader_last_index.to_string()).unwrap_or_default(),
+            view.map(|v| v.committed_index.to_string()).unwrap_or_default(),
+            view.map(|v| v.applied_index.to_string()).unwrap_or_default(),
+            format!("{max_lag} ({})", lag_state(max_lag)),
+            replicas
+                .iter()
+                .map(|(n, role, applied)| format!("{n}:{}@{applied}", role_letter(role)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]
+    }
 }
 
 fn role_letter(role: &str) -> &str {
@@ -704,4 +784,375 @@ pub fn clear_vault_state(
         }
     }
     Err(CliError::new(1, format!("vault {vault} of namespace {ns} is in no group of {}", data_dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ledger_wire::messages::FollowerLag;
+
+    /// A replica's view of one group.
+    fn group_status(group_id: u32, role: &str, term: u64, applied_index: u64) -> GroupStatusInfo {
+        GroupStatusInfo {
+            group_id,
+            role: role.into(),
+            leader: Some(1),
+            term,
+            last_log_index: applied_index + 2,
+            committed_index: applied_index + 1,
+            applied_index,
+            voters: vec![1, 2, 3],
+            learners: Vec::new(),
+            scopes: 4,
+            unhealthy_scopes: 0,
+        }
+    }
+
+    /// A member as `cluster_status` builds it after asking it.
+    fn node(
+        node_id: u64,
+        is_leader: bool,
+        heard_ms_ago: Option<u64>,
+        groups: Vec<GroupStatusInfo>,
+    ) -> NodeView {
+        NodeView {
+            node_id,
+            address: format!("127.0.0.1:700{node_id}"),
+            role: MemberRole::Voter,
+            is_leader,
+            heard_ms_ago,
+            marked_unavailable: false,
+            health: "healthy".into(),
+            groups,
+            error: None,
+        }
+    }
+
+    /// Three voters (the third unreachable, marked unavailable) and a learner; group 0 led by
+    /// node 1 with one follower at warning lag, group 1 without a leader, group 2 known only
+    /// from a replica.
+    fn sample_cluster() -> (Vec<NodeView>, Vec<GroupLag>) {
+        let mut unreachable = node(3, false, Some(12_500), Vec::new());
+        unreachable.marked_unavailable = true;
+        unreachable.health = "unavailable".into();
+        unreachable.error = Some("connection refused".into());
+        let mut learner = node(4, false, Some(340), vec![group_status(0, "learner", 3, 90)]);
+        learner.role = MemberRole::Learner;
+        let nodes = vec![
+            node(1, true, None, vec![group_status(0, "leader", 3, 150), group_status(1, "candidate", 9, 40)]),
+            node(
+                2,
+                false,
+                Some(80),
+                vec![group_status(0, "follower", 3, 88), group_status(2, "follower", 2, 7)],
+            ),
+            unreachable,
+            learner,
+        ];
+        let follower = |node_id, lag_blocks| FollowerLag {
+            node_id,
+            matched_index: 150 - lag_blocks,
+            lag_blocks,
+            last_ack_ms: Some(5),
+        };
+        let lag = vec![
+            GroupLag {
+                group_id: 0,
+                leader: Some(1),
+                leader_last_index: 152,
+                followers: vec![follower(2, 62), follower(4, 20)],
+            },
+            GroupLag { group_id: 1, leader: None, leader_last_index: 0, followers: Vec::new() },
+        ];
+        (nodes, lag)
+    }
+
+    /// Two voters, both healthy, group 0 led with its follower caught up.
+    fn healthy_cluster() -> (Vec<NodeView>, Vec<GroupLag>) {
+        let nodes = vec![
+            node(1, true, None, vec![group_status(0, "leader", 2, 30)]),
+            node(2, false, Some(15), vec![group_status(0, "follower", 2, 30)]),
+        ];
+        let lag = vec![GroupLag {
+            group_id: 0,
+            leader: Some(1),
+            leader_last_index: 31,
+            followers: vec![FollowerLag { node_id: 2, matched_index: 31, lag_blocks: 0, last_ack_ms: None }],
+        }];
+        (nodes, lag)
+    }
+
+    /// `status`'s summary, JSON and text are those `cluster-status` printed before it was split
+    /// into steps (`want_json` pretty-printed; the command prints the same value compact).
+    fn check_rendering(status: &ClusterStatus, want_summary: &str, want_json: &str, want_text: &str) {
+        let summary = status.summary();
+        assert_eq!(summary, want_summary);
+        let groups = status.group_facts();
+        assert_eq!(serde_json::to_string_pretty(&status.json(summary, &groups)).unwrap(), want_json);
+        assert_eq!(status.text(summary, &groups), want_text);
+    }
+
+    /// A degraded cluster (exit 1): an unreachable node, a group without a leader, a follower
+    /// at warning lag, a group only a replica knows.
+    #[test]
+    fn t01_cluster_status_of_a_degraded_cluster() {
+        let (nodes, lag) = sample_cluster();
+        let status = ClusterStatus { leader_id: Some(1), term: 7, nodes, lag };
+        check_rendering(&status, "degraded", DEGRADED_JSON, DEGRADED_TEXT);
+    }
+
+    /// A healthy cluster (exit 0) whose `--addr` does not know the cluster leader.
+    #[test]
+    fn t02_cluster_status_of_a_healthy_cluster() {
+        let (nodes, lag) = healthy_cluster();
+        let status = ClusterStatus { leader_id: None, term: 2, nodes, lag };
+        check_rendering(&status, "healthy", HEALTHY_JSON, HEALTHY_TEXT);
+    }
+
+    const DEGRADED_TEXT: &str = r#"cluster leader 1, term 7, 4 node(s)
+
+NODE  ADDRESS         ROLE     LEADER  LEADS  HEARD                HEALTH       ERROR
+1     127.0.0.1:7001  voter    yes     1      -                    healthy
+2     127.0.0.1:7002  voter            0      80ms                 healthy
+3     127.0.0.1:7003  voter            0      12.5s (unavailable)  unavailable  connection refused
+4     127.0.0.1:7004  learner          0      340ms                healthy
+
+GROUP  LEADER  TERM  MEMBERS  LAST  COMMIT  APPLIED  MAX LAG       REPLICAS (node:role@applied)
+0      1       3     1,2,3    152   151     150      62 (warning)  1:L@150 2:F@88 3:unreachable@0 4:l@90
+1      none    9     1,2,3    0     41      40       0 (ok)        1:C@40 2:-@0 3:unreachable@0 4:-@0
+2      none    2     1,2,3          8       7        0 (ok)        1:-@0 2:F@7 3:unreachable@0 4:-@0
+
+degraded"#;
+
+    const DEGRADED_JSON: &str = r#"{
+  "groups": [
+    {
+      "applied_index": 150,
+      "commit_index": 151,
+      "group_id": 0,
+      "leader": 1,
+      "leader_last_index": 152,
+      "max_lag": 62,
+      "members": [
+        1,
+        2,
+        3
+      ],
+      "replicas": [
+        {
+          "applied_index": 150,
+          "node_id": 1,
+          "role": "leader"
+        },
+        {
+          "applied_index": 88,
+          "node_id": 2,
+          "role": "follower"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 3,
+          "role": "unreachable"
+        },
+        {
+          "applied_index": 90,
+          "node_id": 4,
+          "role": "learner"
+        }
+      ],
+      "term": 3
+    },
+    {
+      "applied_index": 40,
+      "commit_index": 41,
+      "group_id": 1,
+      "leader": null,
+      "leader_last_index": 0,
+      "max_lag": 0,
+      "members": [
+        1,
+        2,
+        3
+      ],
+      "replicas": [
+        {
+          "applied_index": 40,
+          "node_id": 1,
+          "role": "candidate"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 2,
+          "role": "-"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 3,
+          "role": "unreachable"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 4,
+          "role": "-"
+        }
+      ],
+      "term": 9
+    },
+    {
+      "applied_index": 7,
+      "commit_index": 8,
+      "group_id": 2,
+      "leader": null,
+      "leader_last_index": null,
+      "max_lag": 0,
+      "members": [
+        1,
+        2,
+        3
+      ],
+      "replicas": [
+        {
+          "applied_index": 0,
+          "node_id": 1,
+          "role": "-"
+        },
+        {
+          "applied_index": 7,
+          "node_id": 2,
+          "role": "follower"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 3,
+          "role": "unreachable"
+        },
+        {
+          "applied_index": 0,
+          "node_id": 4,
+          "role": "-"
+        }
+      ],
+      "term": 2
+    }
+  ],
+  "leader_id": 1,
+  "nodes": [
+    {
+      "address": "127.0.0.1:7001",
+      "error": null,
+      "groups_led": 1,
+      "health": "healthy",
+      "heard_ms_ago": null,
+      "is_leader": true,
+      "marked_unavailable": false,
+      "node_id": 1,
+      "role": "voter"
+    },
+    {
+      "address": "127.0.0.1:7002",
+      "error": null,
+      "groups_led": 0,
+      "health": "healthy",
+      "heard_ms_ago": 80,
+      "is_leader": false,
+      "marked_unavailable": false,
+      "node_id": 2,
+      "role": "voter"
+    },
+    {
+      "address": "127.0.0.1:7003",
+      "error": "connection refused",
+      "groups_led": 0,
+      "health": "unavailable",
+      "heard_ms_ago": 12500,
+      "is_leader": false,
+      "marked_unavailable": true,
+      "node_id": 3,
+      "role": "voter"
+    },
+    {
+      "address": "127.0.0.1:7004",
+      "error": null,
+      "groups_led": 0,
+      "health": "healthy",
+      "heard_ms_ago": 340,
+      "is_leader": false,
+      "marked_unavailable": false,
+      "node_id": 4,
+      "role": "learner"
+    }
+  ],
+  "status": "degraded",
+  "term": 7
+}"#;
+
+    const HEALTHY_TEXT: &str = r#"cluster leader none, term 2, 2 node(s)
+
+NODE  ADDRESS         ROLE   LEADER  LEADS  HEARD  HEALTH   ERROR
+1     127.0.0.1:7001  voter  yes     1      -      healthy
+2     127.0.0.1:7002  voter          0      15ms   healthy
+
+GROUP  LEADER  TERM  MEMBERS  LAST  COMMIT  APPLIED  MAX LAG  REPLICAS (node:role@applied)
+0      1       2     1,2,3    31    31      30       0 (ok)   1:L@30 2:F@30
+
+healthy"#;
+
+    const HEALTHY_JSON: &str = r#"{
+  "groups": [
+    {
+      "applied_index": 30,
+      "commit_index": 31,
+      "group_id": 0,
+      "leader": 1,
+      "leader_last_index": 31,
+      "max_lag": 0,
+      "members": [
+        1,
+        2,
+        3
+      ],
+      "replicas": [
+        {
+          "applied_index": 30,
+          "node_id": 1,
+          "role": "leader"
+        },
+        {
+          "applied_index": 30,
+          "node_id": 2,
+          "role": "follower"
+        }
+      ],
+      "term": 2
+    }
+  ],
+  "leader_id": null,
+  "nodes": [
+    {
+      "address": "127.0.0.1:7001",
+      "error": null,
+      "groups_led": 1,
+      "health": "healthy",
+      "heard_ms_ago": null,
+      "is_leader": true,
+      "marked_unavailable": false,
+      "node_id": 1,
+      "role": "voter"
+    },
+    {
+      "address": "127.0.0.1:7002",
+      "error": null,
+      "groups_led": 0,
+      "health": "healthy",
+      "heard_ms_ago": 15,
+      "is_leader": false,
+      "marked_unavailable": false,
+      "node_id": 2,
+      "role": "voter"
+    }
+  ],
+  "status": "healthy",
+  "term": 2
+}"#;
 }
