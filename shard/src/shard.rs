@@ -139,13 +139,33 @@ impl Shard {
 /// Runs the shard until `ShardMsg::Shutdown`. Must be called inside the core's glommio executor.
 pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
     let ShardSpec { core, config, groups: owned, inbox, cores, placement, ready } = spec;
+    let shard = new_shard(core, config, cores, placement);
+    open_owned_groups(&shard, owned).await?;
+    spawn_core_tasks(&shard);
+    start_core0_duties(&shard).await?;
+    let _ = ready.send(());
+    if core.0 == 0 && shard.config.cluster.is_none() && shard.group(GroupId(0)).is_some_and(|g| g.is_leader())
+    {
+        glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
+    }
+    serve_inbox(&shard, inbox).await
+}
+
+/// The core's service state before any group is open: empty group maps, its own idempotency
+/// cache, rate limiter, watches and peer connections.
+fn new_shard(
+    core: CoreId,
+    config: Arc<ShardConfig>,
+    cores: Vec<flume::Sender<ShardMsg>>,
+    placement: Arc<BTreeMap<GroupId, CoreId>>,
+) -> Rc<Shard> {
     let cache =
         Rc::new(RefCell::new(IdemCache::new(config.idempotency_cache_entries, IDEM_CACHE_PER_CLIENT_MAX)));
     let watches = crate::read::watch::Watches::new(config.stream_buffer);
     let peers = PeerPool::new(&config);
     let limiter = RefCell::new(RateLimiter::new(config.rate_limit_rps));
     let node_heartbeat_timeout_secs = config.node_heartbeat_timeout_secs;
-    let shard = Rc::new(Shard {
+    Rc::new(Shard {
         core,
         config,
         groups: RefCell::new(BTreeMap::new()),
@@ -168,7 +188,12 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             node_heartbeat_timeout_secs,
         ))),
         drained_until: Cell::new(None),
-    });
+    })
+}
+
+/// Opens the groups this core owns. Only a failure of `_system` is an error; any other group
+/// that fails is recorded in `failed` and left closed.
+async fn open_owned_groups(shard: &Shard, owned: Vec<GroupId>) -> Result<(), ShardError> {
     for id in owned {
         match shard.open_group(id).await {
             Ok(_) => {}
@@ -179,29 +204,41 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 // (SPEC §2 goal 3): it stays closed and its requests are answered Unavailable.
                 let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
                 let reason = format!("failed to open: {e}{cause}");
-                crate::event!(error, "group_open_failed", group = %id, core = %core, reason = ?reason);
+                crate::event!(error, "group_open_failed", group = %id, core = %shard.core, reason = ?reason);
                 shard.failed.borrow_mut().insert(id, reason);
             }
         }
     }
-    glommio::spawn_local(crate::maintenance::reopen::storage_watch(Rc::downgrade(&shard))).detach();
+    Ok(())
+}
+
+/// Spawns the tasks every core runs: the storage watch (reopens), the watch-stream sweep, the
+/// vault doctor and, in a cluster, the shared heartbeat tick.
+fn spawn_core_tasks(shard: &Rc<Shard>) {
+    glommio::spawn_local(crate::maintenance::reopen::storage_watch(Rc::downgrade(shard))).detach();
     glommio::spawn_local(crate::read::watch::sweep_loop(Rc::downgrade(&shard.watches))).detach();
-    glommio::spawn_local(crate::ops::vault_repair::doctor(Rc::downgrade(&shard))).detach();
+    glommio::spawn_local(crate::ops::vault_repair::doctor(Rc::downgrade(shard))).detach();
     if shard.config.cluster.is_some() {
-        glommio::spawn_local(heartbeat_loop(Rc::downgrade(&shard))).detach();
+        glommio::spawn_local(heartbeat_loop(Rc::downgrade(shard))).detach();
     }
-    if core.0 == 0 && shard.config.cluster.is_some() {
+}
+
+/// Core 0's extra duties. In a cluster it spawns the registry keeper, the member watch, the
+/// leader balancer and the discovery cache keeper; on a single node it creates `_system`'s
+/// registry records now and hands the page-token key to the other cores. Other cores: nothing.
+async fn start_core0_duties(shard: &Rc<Shard>) -> Result<(), ShardError> {
+    if shard.core.0 == 0 && shard.config.cluster.is_some() {
         // Leadership of `_system` comes later and moves: whoever holds it keeps the registry's
         // bootstrap records and scopes in order (admin/requests.rs).
         glommio::spawn_local(admin::requests::registry_keeper(shard.clone())).detach();
-        glommio::spawn_local(admin::node_loss::watch_members(Rc::downgrade(&shard))).detach();
-        glommio::spawn_local(crate::ops::balance::balance_leaders(Rc::downgrade(&shard))).detach();
+        glommio::spawn_local(admin::node_loss::watch_members(Rc::downgrade(shard))).detach();
+        glommio::spawn_local(crate::ops::balance::balance_leaders(Rc::downgrade(shard))).detach();
         if let Some(path) = shard.config.discovery_cache_path.clone() {
             let period = crate::constants::PEER_CACHE_CHECK;
-            glommio::spawn_local(admin::peer_cache::keep_cache(Rc::downgrade(&shard), path, period)).detach();
+            glommio::spawn_local(admin::peer_cache::keep_cache(Rc::downgrade(shard), path, period)).detach();
         }
-    } else if core.0 == 0 {
-        admin::requests::bootstrap(&shard).await?;
+    } else if shard.core.0 == 0 {
+        admin::requests::bootstrap(shard).await?;
         if let Some(key) = shard.token_key.get() {
             for (i, other) in shard.cores.iter().enumerate() {
                 if i != 0 {
@@ -210,20 +247,21 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
             }
         }
     }
-    let _ = ready.send(());
-    if core.0 == 0 && shard.config.cluster.is_none() && shard.group(GroupId(0)).is_some_and(|g| g.is_leader())
-    {
-        glommio::spawn_local(admin::requests::reconcile(shard.clone())).detach();
-    }
+    Ok(())
+}
+
+/// The inbox loop: each message is handled inline or handed to a spawned task, so the loop
+/// never blocks; ends (after `shutdown`) on `Shutdown` or when every sender is gone.
+async fn serve_inbox(shard: &Rc<Shard>, inbox: flume::Receiver<ShardMsg>) -> Result<(), ShardError> {
     loop {
         let Ok(msg) = inbox.recv_async().await else {
             // Every sender is gone: the node is exiting without a Shutdown.
-            shutdown(&shard).await;
+            shutdown(shard).await;
             return Ok(());
         };
         match msg {
             ShardMsg::Group { group, envelope, reply, forwarded, caller } => {
-                on_group_request(&shard, group, envelope, reply, forwarded, caller)
+                on_group_request(shard, group, envelope, reply, forwarded, caller)
             }
             ShardMsg::Admin { envelope, reply, forwarded, caller } => {
                 glommio::spawn_local(admin::requests::handle(
@@ -236,16 +274,16 @@ pub async fn run_shard(spec: ShardSpec) -> Result<(), ShardError> {
                 .detach();
             }
             ShardMsg::ResolveNamespace { namespace_id, reply } => {
-                admin::requests::resolve_namespace_for(&shard, namespace_id, reply);
+                admin::requests::resolve_namespace_for(shard, namespace_id, reply);
             }
-            ShardMsg::Internal(msg) => internal::handle(&shard, msg),
+            ShardMsg::Internal(msg) => internal::handle(shard, msg),
             ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
             ShardMsg::CancelStream { key } => shard.watches.cancel(key),
             ShardMsg::Metrics { reply } => {
-                let _ = reply.try_send(crate::scrape::collect(&shard));
+                let _ = reply.try_send(crate::scrape::collect(shard));
             }
             ShardMsg::Shutdown { done } => {
-                shutdown(&shard).await;
+                shutdown(shard).await;
                 let _ = done.send(());
                 return Ok(());
             }
@@ -338,6 +376,9 @@ fn needs_leader(request: &Request) -> bool {
     request.leader_namespace().is_some()
 }
 
+/// How a core answers a request for one of its groups, in order: refuse what cannot be served,
+/// hand peer traffic to the peer service, forward what needs the leader to it, and serve the
+/// rest here.
 fn on_group_request(
     shard: &Rc<Shard>,
     group_id: GroupId,
@@ -347,20 +388,7 @@ fn on_group_request(
     caller: Caller,
 ) {
     let request_id = envelope.request_id;
-    if caller.expired() {
-        reply_err(&reply, request_id, deadline_exceeded());
-        return;
-    }
-    if let Some(status) = group_failure(shard, group_id) {
-        reply_err(&reply, request_id, status);
-        return;
-    }
-    let Some(group) = shard.group(group_id) else {
-        reply_err(
-            &reply,
-            request_id,
-            Status::not_found(format!("group {group_id} is not on core {}", shard.core)),
-        );
+    let Some(group) = group_to_serve(shard, group_id, request_id, &reply, &caller) else {
         return;
     };
     if let Request::Peer(peer) = envelope.request {
@@ -368,51 +396,86 @@ fn on_group_request(
         return;
     }
     if !forwarded && needs_leader(&envelope.request) && !group.is_leader() && group.stopped().is_none() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let timeout = shard.config.forward_timeout.min(caller.remaining());
-            let on_behalf_of = caller.credential_id.as_deref().map(str::to_string);
-            let request = envelope.request.clone();
-            match forward::to_leader_for(&shard.peers, &group, request, timeout, on_behalf_of).await {
-                Forwarded::Answer(result) => {
-                    // The leader this node forwarded to (or knows now): the client learns it.
-                    let leader_hint = group.leader_hint().filter(|(id, _)| *id != shard.peers.self_id());
-                    let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint });
-                }
-                Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true, caller),
-            }
-        })
-        .detach();
+        forward_to_leader(shard, group_id, group, envelope, reply, caller);
         return;
     }
-    match envelope.request {
-        Request::Write { namespace_id, vault_id, client_id, sequence, operations, include_tx_proof } => {
-            let sizes = vec![operations.len()];
-            let write = WriteIntake {
-                namespace_id,
-                vault_id,
-                client_id,
-                sequence,
-                operations,
-                sizes,
-                include_tx_proof,
-            };
-            intake_write(shard, &group, write, request_id, reply, caller);
+    serve_request(shard, group, envelope.request, request_id, reply, forwarded, caller);
+}
+
+/// The open group a request is for, or `None` once the request has been answered with why it
+/// cannot be served: its deadline passed, the group failed, or the group is not on this core.
+fn group_to_serve(
+    shard: &Shard,
+    group_id: GroupId,
+    request_id: u64,
+    reply: &ReplySender,
+    caller: &Caller,
+) -> Option<Rc<Group>> {
+    if caller.expired() {
+        reply_err(reply, request_id, deadline_exceeded());
+        return None;
+    }
+    if let Some(status) = group_failure(shard, group_id) {
+        reply_err(reply, request_id, status);
+        return None;
+    }
+    let Some(group) = shard.group(group_id) else {
+        reply_err(
+            reply,
+            request_id,
+            Status::not_found(format!("group {group_id} is not on core {}", shard.core)),
+        );
+        return None;
+    };
+    Some(group)
+}
+
+/// Forwards a request that needs the leader to it, in a spawned task (SPEC §8.1 step 3). If
+/// this node became the leader meanwhile, the request is served here, marked forwarded so it
+/// is not sent on again.
+fn forward_to_leader(
+    shard: &Rc<Shard>,
+    group_id: GroupId,
+    group: Rc<Group>,
+    envelope: RequestEnvelope,
+    reply: ReplySender,
+    caller: Caller,
+) {
+    let request_id = envelope.request_id;
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let timeout = shard.config.forward_timeout.min(caller.remaining());
+        let on_behalf_of = caller.credential_id.as_deref().map(str::to_string);
+        let request = envelope.request.clone();
+        match forward::to_leader_for(&shard.peers, &group, request, timeout, on_behalf_of).await {
+            Forwarded::Answer(result) => {
+                // The leader this node forwarded to (or knows now): the client learns it.
+                let leader_hint = group.leader_hint().filter(|(id, _)| *id != shard.peers.self_id());
+                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint });
+            }
+            Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true, caller),
         }
-        Request::BatchWrite { namespace_id, vault_id, client_id, sequence, groups, include_tx_proof } => {
-            let sizes = groups.iter().map(Vec::len).collect();
-            let operations = groups.into_iter().flatten().collect();
-            let write = WriteIntake {
-                namespace_id,
-                vault_id,
-                client_id,
-                sequence,
-                operations,
-                sizes,
-                include_tx_proof,
-            };
-            intake_write(shard, &group, write, request_id, reply, caller);
-        }
+    })
+    .detach();
+}
+
+/// Serves a request on this node by its kind: writes are validated and queued to the group's
+/// block builder, block and state reads are answered (inline when they can be), and
+/// maintenance and repair requests run in spawned tasks.
+fn serve_request(
+    shard: &Rc<Shard>,
+    group: Rc<Group>,
+    request: Request,
+    request_id: u64,
+    reply: ReplySender,
+    forwarded: bool,
+    caller: Caller,
+) {
+    let request = match WriteIntake::from_request(request) {
+        Ok(write) => return intake_write(shard, &group, write, request_id, reply, caller),
+        Err(request) => request,
+    };
+    match request {
         Request::GetBlock { namespace_id, vault_id, height } => {
             let result = get_block(&group, namespace_id, vault_id, height);
             let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
@@ -421,6 +484,32 @@ fn on_group_request(
             let result = get_block_range(&group, namespace_id, vault_id, start_height, end_height);
             let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
         }
+        request @ (Request::CheckIntegrity { .. }
+        | Request::CreateSnapshot { .. }
+        | Request::RecoverVault { .. }
+        | Request::SimulateDivergence { .. }
+        | Request::GetVaultHealth { .. }
+        | Request::CompareStateRoots { .. }
+        | Request::ForceGc { .. }) => spawn_maintenance(shard, group, request, request_id, reply, forwarded),
+        request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
+            crate::raft::core_log::note_read();
+            crate::read::proof_reads::handle(group, request, request_id, reply);
+        }
+        request => answer_read(shard, group, request, request_id, reply),
+    }
+}
+
+/// Runs a maintenance or vault repair request in a spawned task and replies with its result:
+/// each waits on storage or peers, which the inbox loop must not.
+fn spawn_maintenance(
+    shard: &Rc<Shard>,
+    group: Rc<Group>,
+    request: Request,
+    request_id: u64,
+    reply: ReplySender,
+    forwarded: bool,
+) {
+    match request {
         Request::CheckIntegrity { namespace_id, vault_id, full_check } => {
             glommio::spawn_local(async move {
                 let result =
@@ -439,17 +528,6 @@ fn on_group_request(
             })
             .detach();
         }
-        request @ (Request::RecoverVault { .. }
-        | Request::SimulateDivergence { .. }
-        | Request::GetVaultHealth { .. }
-        | Request::CompareStateRoots { .. }) => {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let result = crate::ops::vault_repair::answer(&shard, &group, request, forwarded).await;
-                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
-            })
-            .detach();
-        }
         Request::ForceGc { namespace_id, vault_id } => {
             glommio::spawn_local(async move {
                 let result = force_gc_scope(&group, namespace_id, vault_id).await;
@@ -457,28 +535,38 @@ fn on_group_request(
             })
             .detach();
         }
-        request @ (Request::VerifiedRead { .. } | Request::HistoricalRead { .. }) => {
-            crate::raft::core_log::note_read();
-            crate::read::proof_reads::handle(group, request, request_id, reply);
-        }
+        // RecoverVault, SimulateDivergence, GetVaultHealth and CompareStateRoots; `answer`
+        // refuses anything else as not a vault repair request.
         request => {
-            crate::raft::core_log::note_read();
-            let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
-            let historical = reads::needs_token_key(&request)
-                && reads::historical_list_target(&group, &request, shard.token_key.get().as_ref()).is_some();
-            if !reads::needs_linearizable(&request) && !need_key && !historical {
-                let result = reads::answer(&group, &request, shard.token_key.get().as_ref());
-                let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
-                return;
-            }
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let result = slow_read(&shard, &group, &request).await;
+                let result = crate::ops::vault_repair::answer(&shard, &group, request, forwarded).await;
                 let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
             })
             .detach();
         }
     }
+}
+
+/// Answers a state read: inline from the group's applied state when it needs neither the
+/// read-index check, nor the page-token key this core lacks, nor a historical rebuild; else
+/// in a spawned task (`slow_read`).
+fn answer_read(shard: &Rc<Shard>, group: Rc<Group>, request: Request, request_id: u64, reply: ReplySender) {
+    crate::raft::core_log::note_read();
+    let need_key = reads::needs_token_key(&request) && shard.token_key.get().is_none();
+    let historical = reads::needs_token_key(&request)
+        && reads::historical_list_target(&group, &request, shard.token_key.get().as_ref()).is_some();
+    if !reads::needs_linearizable(&request) && !need_key && !historical {
+        let result = reads::answer(&group, &request, shard.token_key.get().as_ref());
+        let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let result = slow_read(&shard, &group, &request).await;
+        let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint: None });
+    })
+    .detach();
 }
 
 /// A read that first needs the read-index check and/or the page-token key from core 0.
@@ -531,6 +619,41 @@ struct WriteIntake {
     operations: Vec<Operation>,
     sizes: Vec<usize>,
     include_tx_proof: bool,
+}
+
+impl WriteIntake {
+    /// The write a `Write` or `BatchWrite` request carries (a batch's groups flattened into one
+    /// list, their sizes kept), or the request back when it is neither.
+    fn from_request(request: Request) -> Result<WriteIntake, Request> {
+        match request {
+            Request::Write { namespace_id, vault_id, client_id, sequence, operations, include_tx_proof } => {
+                let sizes = vec![operations.len()];
+                Ok(WriteIntake {
+                    namespace_id,
+                    vault_id,
+                    client_id,
+                    sequence,
+                    operations,
+                    sizes,
+                    include_tx_proof,
+                })
+            }
+            Request::BatchWrite { namespace_id, vault_id, client_id, sequence, groups, include_tx_proof } => {
+                let sizes = groups.iter().map(Vec::len).collect();
+                let operations = groups.into_iter().flatten().collect();
+                Ok(WriteIntake {
+                    namespace_id,
+                    vault_id,
+                    client_id,
+                    sequence,
+                    operations,
+                    sizes,
+                    include_tx_proof,
+                })
+            }
+            request => Err(request),
+        }
+    }
 }
 
 /// Stateless validation (SPEC §3.4, §3.6, §3.7, §6.3) before a write may be queued.
