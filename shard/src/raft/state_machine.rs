@@ -121,95 +121,12 @@ fn apply_block(
     assert!(gb.previous_group_hash == data.last_group_hash, "group block does not extend the chain");
     assert!(gb.group_id == data.group_id.0, "group block of another group");
 
-    // The leader's pipelined proposals are applied in order; anything older than this block is
-    // stale (a failed proposal), and a block that is not the one proposed at this height means
-    // every later proposal was built on the wrong state: drop them all and replay.
-    while data.speculative.front().is_some_and(|s| s.group_height < gb.group_height) {
-        data.speculative.pop_front();
-    }
-    let mut speculative = match data.speculative.front() {
-        Some(s) if s.group_height == gb.group_height && s.group_hash == group_hash(&gb) => {
-            data.speculative.pop_front().map(|s| s.deltas).unwrap_or_default()
-        }
-        Some(_) => {
-            data.speculative.clear();
-            Vec::new()
-        }
-        None => Vec::new(),
-    };
-    // A replica's own replay with its trees built off the executor (D86): checked like the above.
-    let mut ahead = prepared;
+    let mut deltas = BlockDeltas { speculative: take_speculative(data, &gb), ahead: prepared };
     let ctx = BlockContext::of_group_block(&gb);
-    let (mut used, mut replayed, mut replayed_ahead, mut diverged, mut skipped) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut outcome = BlockOutcome::default();
     let mut announcements = Vec::new();
     for entry in &gb.vault_entries {
-        let key = scope_key(entry.namespace_id, entry.vault_id);
-        let Some(scope) = data.scopes.get_mut(&key) else {
-            crate::event!(error, "apply_unknown_scope", group = gb.group_id, scope = %key);
-            skipped.push(key);
-            continue;
-        };
-        if scope.meta.health != VaultHealth::Healthy {
-            skipped.push(key);
-            continue;
-        }
-        let expected_hash = block_hash(&gb.header_of(entry));
-        let (dirty, history) = (&mut data.dirty, &mut data.history);
-        let applied = crate::isolation::catch(|| {
-            let deltas = [&mut speculative, &mut ahead];
-            apply_scope_entry(scope, entry, &ctx, expected_hash, deltas, dirty, history)
-        });
-        match applied {
-            Ok(Ok((source, announcement))) => {
-                match source {
-                    DeltaSource::Proposed => used.push(key),
-                    DeltaSource::ReplayedAhead => {
-                        replayed.push(key);
-                        replayed_ahead.push(key);
-                    }
-                    DeltaSource::Replayed => replayed.push(key),
-                }
-                if data.on_block_applied.is_some() {
-                    announcements.push(announcement);
-                }
-            }
-            Ok(Err(div)) => {
-                crate::ops::vault_repair::on_divergence(
-                    GroupId(gb.group_id),
-                    key,
-                    &div.expected,
-                    &div.computed,
-                    div.at_height,
-                );
-                scope.meta.health = VaultHealth::Diverged {
-                    expected: div.expected,
-                    computed: div.computed,
-                    at_height: div.at_height,
-                };
-                data.dirty.scopes.insert(key);
-                diverged.push(key);
-            }
-            Err(reason) => {
-                // The scope may be half-committed: it stops here, Diverged with no computed
-                // root, and waits for recovery (SPEC §9.8–§9.9); the group's other scopes go on.
-                crate::event!(
-                    error,
-                    "scope_apply_failed",
-                    group = gb.group_id,
-                    scope = %key,
-                    height = entry.vault_height,
-                    reason = ?reason
-                );
-                scope.meta.health = VaultHealth::Diverged {
-                    expected: entry.state_root,
-                    computed: ZERO_HASH,
-                    at_height: entry.vault_height,
-                };
-                data.dirty.scopes.insert(key);
-                diverged.push(key);
-            }
-        }
+        apply_vault_entry(data, &gb, entry, &ctx, &mut deltas, &mut outcome, &mut announcements);
     }
     if let Some(hook) = &data.on_block_applied {
         for announcement in &announcements {
@@ -220,7 +137,120 @@ fn apply_block(
     data.last_group_hash = group_hash(&gb);
     data.group_height = group_height;
     data.archive.append(gb);
+    let BlockOutcome { used, replayed, replayed_ahead, diverged, skipped } = outcome;
     ApplyResult::Block { group_height, speculative: used, replayed, replayed_ahead, diverged, skipped }
+}
+
+/// The deltas a block's scopes may commit without replaying it: the leader's speculative ones of
+/// its own proposal, and a replica's own replay with its trees built off the executor (D86).
+struct BlockDeltas {
+    speculative: Vec<(ScopeKey, ScopeDelta)>,
+    ahead: Vec<(ScopeKey, ScopeDelta)>,
+}
+
+/// The scopes of one block by what applying them came to (`ApplyResult::Block`'s lists).
+#[derive(Default)]
+struct BlockOutcome {
+    used: Vec<ScopeKey>,
+    replayed: Vec<ScopeKey>,
+    replayed_ahead: Vec<ScopeKey>,
+    diverged: Vec<ScopeKey>,
+    skipped: Vec<ScopeKey>,
+}
+
+/// The leader's speculative deltas for `gb`, if it is the block the leader proposed at this height.
+fn take_speculative(data: &mut GroupData, gb: &GroupBlock) -> Vec<(ScopeKey, ScopeDelta)> {
+    // The leader's pipelined proposals are applied in order; anything older than this block is
+    // stale (a failed proposal), and a block that is not the one proposed at this height means
+    // every later proposal was built on the wrong state: drop them all and replay.
+    while data.speculative.front().is_some_and(|s| s.group_height < gb.group_height) {
+        data.speculative.pop_front();
+    }
+    match data.speculative.front() {
+        Some(s) if s.group_height == gb.group_height && s.group_hash == group_hash(gb) => {
+            data.speculative.pop_front().map(|s| s.deltas).unwrap_or_default()
+        }
+        Some(_) => {
+            data.speculative.clear();
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Applies one vault entry of `gb` to its scope, unless the scope is unknown or not Healthy
+/// (skipped), and records the outcome; a divergence or a failed apply marks the scope Diverged.
+fn apply_vault_entry(
+    data: &mut GroupData,
+    gb: &GroupBlock,
+    entry: &VaultEntry,
+    ctx: &BlockContext,
+    deltas: &mut BlockDeltas,
+    outcome: &mut BlockOutcome,
+    announcements: &mut Vec<BlockAnnouncement>,
+) {
+    let key = scope_key(entry.namespace_id, entry.vault_id);
+    let Some(scope) = data.scopes.get_mut(&key) else {
+        crate::event!(error, "apply_unknown_scope", group = gb.group_id, scope = %key);
+        outcome.skipped.push(key);
+        return;
+    };
+    if scope.meta.health != VaultHealth::Healthy {
+        outcome.skipped.push(key);
+        return;
+    }
+    let expected_hash = block_hash(&gb.header_of(entry));
+    let (dirty, history) = (&mut data.dirty, &mut data.history);
+    let applied = crate::isolation::catch(|| {
+        let deltas = [&mut deltas.speculative, &mut deltas.ahead];
+        apply_scope_entry(scope, entry, ctx, expected_hash, deltas, dirty, history)
+    });
+    let health = match applied {
+        Ok(Ok((source, announcement))) => {
+            match source {
+                DeltaSource::Proposed => outcome.used.push(key),
+                DeltaSource::ReplayedAhead => {
+                    outcome.replayed.push(key);
+                    outcome.replayed_ahead.push(key);
+                }
+                DeltaSource::Replayed => outcome.replayed.push(key),
+            }
+            if data.on_block_applied.is_some() {
+                announcements.push(announcement);
+            }
+            return;
+        }
+        Ok(Err(div)) => {
+            crate::ops::vault_repair::on_divergence(
+                GroupId(gb.group_id),
+                key,
+                &div.expected,
+                &div.computed,
+                div.at_height,
+            );
+            VaultHealth::Diverged { expected: div.expected, computed: div.computed, at_height: div.at_height }
+        }
+        Err(reason) => {
+            // The scope may be half-committed: it stops here, Diverged with no computed
+            // root, and waits for recovery (SPEC §9.8–§9.9); the group's other scopes go on.
+            crate::event!(
+                error,
+                "scope_apply_failed",
+                group = gb.group_id,
+                scope = %key,
+                height = entry.vault_height,
+                reason = ?reason
+            );
+            VaultHealth::Diverged {
+                expected: entry.state_root,
+                computed: ZERO_HASH,
+                at_height: entry.vault_height,
+            }
+        }
+    };
+    scope.meta.health = health;
+    data.dirty.scopes.insert(key);
+    outcome.diverged.push(key);
 }
 
 /// Where a committed scope delta came from.
