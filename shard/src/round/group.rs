@@ -992,14 +992,8 @@ impl Group {
             );
             Err((Status::unavailable(message), accepted))
         };
-        if !predecessor_proposed {
-            return abandoned("the block before it was abandoned", accepted);
-        }
-        if self.config.faults.take_round_abandon() {
-            return abandoned("injected fault", accepted);
-        }
-        if !self.is_leader() {
-            return abandoned("leadership moved", accepted);
+        if let Some(why) = self.reason_to_abandon(predecessor_proposed) {
+            return abandoned(why, accepted);
         }
         let data = self.data.borrow();
         let (parent_height, previous_group_hash) = match data.speculative.back() {
@@ -1009,67 +1003,112 @@ impl Group {
         if parent_height + 1 != group_height {
             return abandoned("the block before it failed", accepted);
         }
-        let mut entries = Vec::new();
-        let mut deltas = Vec::new();
-        let mut headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)> = BTreeMap::new();
-        for (scope, built) in sealed.scopes.into_iter().zip(trees) {
-            let SealingScope { key, draft, .. } = scope;
-            // The scope's tip now: its newest proposed block, else its committed state.
-            let tip = data
-                .speculative
-                .iter()
-                .rev()
-                .find_map(|b| b.deltas.iter().find(|(k, _)| *k == key))
-                .map(|(_, d)| (d.header.height, d.block_hash, d.header.state_root))
-                .or_else(|| {
-                    data.scopes.get(&key).map(|s| (s.meta.height, s.meta.last_block_hash, s.meta.state_root))
-                });
-            let Some((tip_height, tip_hash, tip_root)) = tip else {
-                return abandoned("its vault is gone", accepted);
-            };
-            let Some(built) = built else {
-                return abandoned("the tree it follows was never built", accepted);
-            };
-            let follows_tip = tip_height + 1 == draft.height()
-                && draft.previous_hash().is_none_or(|hash| hash == tip_hash)
-                && built.parent_root == tip_root;
-            if !follows_tip {
-                return abandoned("its vault's chain moved", accepted);
-            }
-            let (entry, delta) = draft.complete(built.tree, tip_hash, &ctx);
-            // The draft already hashed every transaction; copy the leaves only for proofs.
-            let wants_proof = accepted.iter().any(|a| a.scope == key && a.include_tx_proof);
-            let leaves = if wants_proof { delta.tx_hashes.clone() } else { Vec::new() };
-            headers.insert(key, (delta.header.clone(), leaves));
-            entries.push(entry);
-            deltas.push((key, delta));
-        }
+        let completed = match complete_scopes(&data, sealed, trees, &accepted, &ctx) {
+            Ok(completed) => completed,
+            Err(why) => return abandoned(why, accepted),
+        };
         drop(data);
-        for a in &mut accepted {
-            // Every accepted transaction's scope has a sealed, non-empty draft.
-            let Some((header, leaves)) = headers.get(&a.scope) else { continue };
-            a.success.block_height = header.height;
-            if a.include_tx_proof {
-                a.success.block_header = Some(header.clone());
-                let started = Instant::now();
-                a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
-                let took = started.elapsed();
-                crate::metrics::with(|m| m.proof_generated(ProofKind::Tx, took));
-            }
-        }
+        note_successes(&mut accepted, &completed.headers);
         let block = GroupBlock {
             group_id: self.id.0,
             group_height,
             previous_group_hash,
-            vault_entries: entries,
+            vault_entries: completed.entries,
             timestamp: ctx.timestamp,
             leader_id: self.config.node_id,
             term: ctx.term,
             committed_index: ctx.committed_index,
         };
         let group_hash = group_hash(&block);
+        let deltas = completed.deltas;
         self.data.borrow_mut().speculative.push_back(SpeculativeBlock { group_height, group_hash, deltas });
         Ok(Built { block, accepted })
+    }
+
+    /// Why a round whose trees are built can no longer be proposed, judged before its scopes:
+    /// the block before it was abandoned, an injected fault, or this node no longer leads.
+    fn reason_to_abandon(&self, predecessor_proposed: bool) -> Option<&'static str> {
+        if !predecessor_proposed {
+            return Some("the block before it was abandoned");
+        }
+        if self.config.faults.take_round_abandon() {
+            return Some("injected fault");
+        }
+        if !self.is_leader() {
+            return Some("leadership moved");
+        }
+        None
+    }
+}
+
+/// A round's scopes completed into vault entries: the entries, their deltas for apply, and each
+/// scope's header with its transaction hashes (kept only when a writer asked for a proof).
+struct CompletedScopes {
+    entries: Vec<VaultEntry>,
+    deltas: Vec<(ScopeKey, ledger_core::state::ScopeDelta)>,
+    headers: BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)>,
+}
+
+/// Completes each sealed scope's draft with its built tree on top of the scope's tip; `Err` names
+/// why the round must be abandoned (a vault gone, a tree never built, a chain that moved).
+fn complete_scopes(
+    data: &GroupData,
+    sealed: SealingBlock,
+    trees: Vec<Option<BuiltTree>>,
+    accepted: &[Accepted],
+    ctx: &BlockContext,
+) -> Result<CompletedScopes, &'static str> {
+    let mut completed = CompletedScopes { entries: Vec::new(), deltas: Vec::new(), headers: BTreeMap::new() };
+    for (scope, built) in sealed.scopes.into_iter().zip(trees) {
+        let SealingScope { key, draft, .. } = scope;
+        let Some((tip_height, tip_hash, tip_root)) = scope_tip(data, key) else {
+            return Err("its vault is gone");
+        };
+        let Some(built) = built else {
+            return Err("the tree it follows was never built");
+        };
+        let follows_tip = tip_height + 1 == draft.height()
+            && draft.previous_hash().is_none_or(|hash| hash == tip_hash)
+            && built.parent_root == tip_root;
+        if !follows_tip {
+            return Err("its vault's chain moved");
+        }
+        let (entry, delta) = draft.complete(built.tree, tip_hash, ctx);
+        // The draft already hashed every transaction; copy the leaves only for proofs.
+        let wants_proof = accepted.iter().any(|a| a.scope == key && a.include_tx_proof);
+        let leaves = if wants_proof { delta.tx_hashes.clone() } else { Vec::new() };
+        completed.headers.insert(key, (delta.header.clone(), leaves));
+        completed.entries.push(entry);
+        completed.deltas.push((key, delta));
+    }
+    Ok(completed)
+}
+
+/// The scope's tip now: its newest proposed block, else its committed state (height, block hash,
+/// state root); `None` if the scope is gone.
+fn scope_tip(data: &GroupData, key: ScopeKey) -> Option<(u64, Hash, Hash)> {
+    data.speculative
+        .iter()
+        .rev()
+        .find_map(|b| b.deltas.iter().find(|(k, _)| *k == key))
+        .map(|(_, d)| (d.header.height, d.block_hash, d.header.state_root))
+        .or_else(|| data.scopes.get(&key).map(|s| (s.meta.height, s.meta.last_block_hash, s.meta.state_root)))
+}
+
+/// Fills each accepted transaction's answer with its block height and, when asked, its block
+/// header and transaction inclusion proof.
+fn note_successes(accepted: &mut [Accepted], headers: &BTreeMap<ScopeKey, (BlockHeader, Vec<Hash>)>) {
+    for a in accepted {
+        // Every accepted transaction's scope has a sealed, non-empty draft.
+        let Some((header, leaves)) = headers.get(&a.scope) else { continue };
+        a.success.block_height = header.height;
+        if a.include_tx_proof {
+            a.success.block_header = Some(header.clone());
+            let started = Instant::now();
+            a.success.tx_proof = Some(tx_merkle_proof(leaves, a.index_in_entry));
+            let took = started.elapsed();
+            crate::metrics::with(|m| m.proof_generated(ProofKind::Tx, took));
+        }
     }
 }
 
