@@ -826,7 +826,41 @@ impl Group {
             term,
             committed_index: self.next_log_index.get(),
         };
-        let mut drafts: BTreeMap<ScopeKey, BlockDraft<'_>> = BTreeMap::new();
+        let Drafts { drafts, accepted, rejected } = self.draft_batch(data, sealing, batch, ts);
+        let sealed: Vec<(ScopeKey, SealedDraft)> =
+            drafts.into_iter().filter(|(_, draft)| !draft.is_empty()).map(|(k, d)| (k, d.seal())).collect();
+        let in_flight_height = match (sealing.back(), data.speculative.back()) {
+            (Some(last), _) => Some(last.group_height),
+            (None, Some(last)) => Some(last.group_height),
+            (None, None) => None,
+        };
+        let group_height = in_flight_height.unwrap_or(data.group_height) + 1;
+        // A rejection depends on this round's block if it has one (earlier transactions of the
+        // round may be what failed the condition), else on the newest block in flight.
+        let depends_on = if sealed.is_empty() { in_flight_height } else { Some(group_height) };
+        self.answer_or_defer(rejected, depends_on);
+        if sealed.is_empty() {
+            assert!(accepted.is_empty());
+            return None;
+        }
+        let (jobs, scopes, threaded_changes) = submit_trees(data, sealing, sealed);
+        drop(sealing_ref);
+        self.pipelined.set(threaded_changes >= self.config.pipeline_tree_changes_min);
+        self.sealing.borrow_mut().push_back(SealingBlock { group_height, scopes });
+        Some(Drafted { ctx, jobs, accepted, group_height })
+    }
+
+    /// Applies each transaction of `batch` to its scope's draft, over the blocks in flight: a
+    /// transaction of a missing or refused scope, a retry of one in flight and one out of sequence
+    /// are answered (or joined) at once; the rest are accepted or rejected by their operations.
+    fn draft_batch<'a>(
+        &self,
+        data: &'a GroupData,
+        sealing: &'a VecDeque<SealingBlock>,
+        batch: Vec<PendingTx>,
+        ts: Timestamp,
+    ) -> Drafts<'a> {
+        let mut drafts: BTreeMap<ScopeKey, BlockDraft<'a>> = BTreeMap::new();
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut per_scope: BTreeMap<ScopeKey, usize> = BTreeMap::new();
         let mut rejected: Vec<(ScopeKey, Waiter, WriteResult)> = Vec::new();
@@ -847,18 +881,8 @@ impl Group {
                 retries.push(p.waiter);
                 continue;
             }
-            let draft = drafts.entry(p.scope).or_insert_with(|| {
-                let pending = data
-                    .speculative
-                    .iter()
-                    .flat_map(|s| s.deltas.iter().filter(|(k, _)| *k == p.scope).map(|(_, d)| d))
-                    .collect();
-                let sealed = sealing
-                    .iter()
-                    .flat_map(|b| b.scopes.iter().filter(|s| s.key == p.scope).map(|s| &s.draft))
-                    .collect();
-                BlockDraft::over_sealed(scope, pending, sealed)
-            });
+            let draft =
+                drafts.entry(p.scope).or_insert_with(|| draft_over_in_flight(data, sealing, p.scope, scope));
             if let Some(answer) = answer_out_of_sequence(draft, &mut cache, &p) {
                 p.waiter.send(answer);
                 continue;
@@ -898,54 +922,7 @@ impl Group {
                 Err(e) => rejected.push((p.scope, p.waiter, WriteResult::Error(e))),
             }
         }
-        drop(cache);
-        let sealed: Vec<(ScopeKey, SealedDraft)> =
-            drafts.into_iter().filter(|(_, draft)| !draft.is_empty()).map(|(k, d)| (k, d.seal())).collect();
-        let in_flight_height = match (sealing.back(), data.speculative.back()) {
-            (Some(last), _) => Some(last.group_height),
-            (None, Some(last)) => Some(last.group_height),
-            (None, None) => None,
-        };
-        let group_height = in_flight_height.unwrap_or(data.group_height) + 1;
-        // A rejection depends on this round's block if it has one (earlier transactions of the
-        // round may be what failed the condition), else on the newest block in flight.
-        let depends_on = if sealed.is_empty() { in_flight_height } else { Some(group_height) };
-        self.answer_or_defer(rejected, depends_on);
-        if sealed.is_empty() {
-            assert!(accepted.is_empty());
-            return None;
-        }
-        let trees = data.trees.clone();
-        let mut jobs = Vec::with_capacity(sealed.len());
-        let mut scopes = Vec::with_capacity(sealed.len());
-        let mut threaded_changes = 0usize;
-        for (key, mut draft) in sealed {
-            let parent = match draft.parent_tree.take() {
-                Some(tree) => TreeParent::Built(tree),
-                None => {
-                    // The draft follows a sealed block of its scope: chain on that block's tree.
-                    let slot = sealing
-                        .iter()
-                        .rev()
-                        .find_map(|b| b.scopes.iter().find(|s| s.key == key).map(|s| s.tree.clone()));
-                    let Some(slot) = slot else {
-                        unreachable!("a draft over sealed blocks has a sealed predecessor of its scope")
-                    };
-                    TreeParent::After(slot)
-                }
-            };
-            let leaves = data.scopes.get(&key).map_or(0, |scope| scope.tree().len());
-            if trees.is_threaded(leaves, draft.changes.len()) {
-                threaded_changes += draft.changes.len();
-            }
-            let job = trees.submit(parent, std::mem::take(&mut draft.changes), leaves);
-            scopes.push(SealingScope { key, draft, tree: job.slot() });
-            jobs.push(job);
-        }
-        drop(sealing_ref);
-        self.pipelined.set(threaded_changes >= self.config.pipeline_tree_changes_min);
-        self.sealing.borrow_mut().push_back(SealingBlock { group_height, scopes });
-        Some(Drafted { ctx, jobs, accepted, group_height })
+        Drafts { drafts, accepted, rejected }
     }
 
     /// Rejected transactions are answered now if they depend on no block, else once the block
@@ -1039,6 +1016,69 @@ impl Group {
         }
         None
     }
+}
+
+/// What a round's dry run made of its batch: a draft per scope, the transactions accepted into
+/// them, and those rejected by their operations (answered now or after the block they depend on).
+struct Drafts<'a> {
+    drafts: BTreeMap<ScopeKey, BlockDraft<'a>>,
+    accepted: Vec<Accepted>,
+    rejected: Vec<(ScopeKey, Waiter, WriteResult)>,
+}
+
+/// A scope's draft for this round, over its blocks proposed and sealed before it.
+fn draft_over_in_flight<'a>(
+    data: &'a GroupData,
+    sealing: &'a VecDeque<SealingBlock>,
+    key: ScopeKey,
+    scope: &'a ledger_core::state::ScopeState,
+) -> BlockDraft<'a> {
+    let pending = data
+        .speculative
+        .iter()
+        .flat_map(|s| s.deltas.iter().filter(|(k, _)| *k == key).map(|(_, d)| d))
+        .collect();
+    let sealed =
+        sealing.iter().flat_map(|b| b.scopes.iter().filter(|s| s.key == key).map(|s| &s.draft)).collect();
+    BlockDraft::over_sealed(scope, pending, sealed)
+}
+
+/// Hands each sealed draft's leaf changes to the group's trees (on the executor or the tree
+/// thread, D49/D21), chained on its parent tree; returns the jobs, the sealing scopes and how many
+/// changes went to the tree thread.
+fn submit_trees(
+    data: &GroupData,
+    sealing: &VecDeque<SealingBlock>,
+    sealed: Vec<(ScopeKey, SealedDraft)>,
+) -> (Vec<TreeJob>, Vec<SealingScope>, usize) {
+    let trees = data.trees.clone();
+    let mut jobs = Vec::with_capacity(sealed.len());
+    let mut scopes = Vec::with_capacity(sealed.len());
+    let mut threaded_changes = 0usize;
+    for (key, mut draft) in sealed {
+        let parent = match draft.parent_tree.take() {
+            Some(tree) => TreeParent::Built(tree),
+            None => {
+                // The draft follows a sealed block of its scope: chain on that block's tree.
+                let slot = sealing
+                    .iter()
+                    .rev()
+                    .find_map(|b| b.scopes.iter().find(|s| s.key == key).map(|s| s.tree.clone()));
+                let Some(slot) = slot else {
+                    unreachable!("a draft over sealed blocks has a sealed predecessor of its scope")
+                };
+                TreeParent::After(slot)
+            }
+        };
+        let leaves = data.scopes.get(&key).map_or(0, |scope| scope.tree().len());
+        if trees.is_threaded(leaves, draft.changes.len()) {
+            threaded_changes += draft.changes.len();
+        }
+        let job = trees.submit(parent, std::mem::take(&mut draft.changes), leaves);
+        scopes.push(SealingScope { key, draft, tree: job.slot() });
+        jobs.push(job);
+    }
+    (jobs, scopes, threaded_changes)
 }
 
 /// A round's scopes completed into vault entries: the entries, their deltas for apply, and each
