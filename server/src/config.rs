@@ -608,75 +608,27 @@ impl ConfigLayer {
 
     /// This layer with each key it does not set taken from `lower`.
     pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
-        ConfigLayer {
-            config: self.config.or(lower.config),
-            listen_addr: self.listen_addr.or(lower.listen_addr),
-            advertise_addr: self.advertise_addr.or(lower.advertise_addr),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
-            tls_ca: self.tls_ca.or(lower.tls_ca),
-            data_dir: self.data_dir.or(lower.data_dir),
-            bootstrap_expect: self.bootstrap_expect.or(lower.bootstrap_expect),
-            peers: self.peers.or(lower.peers),
-            bootstrap_poll_secs: self.bootstrap_poll_secs.or(lower.bootstrap_poll_secs),
-            bootstrap_timeout_secs: self.bootstrap_timeout_secs.or(lower.bootstrap_timeout_secs),
-            discovery_domain: self.discovery_domain.or(lower.discovery_domain),
-            discovery_cache_path: self.discovery_cache_path.or(lower.discovery_cache_path),
-            discovery_cache_ttl_secs: self.discovery_cache_ttl_secs.or(lower.discovery_cache_ttl_secs),
-            join_by_itself: self.join_by_itself.or(lower.join_by_itself),
-            test_faults: self.test_faults.or(lower.test_faults),
-            vault_auto_recovery: self.vault_auto_recovery.or(lower.vault_auto_recovery),
-            batch_max_size: self.batch_max_size.or(lower.batch_max_size),
-            batch_max_delay_ms: self.batch_max_delay_ms.or(lower.batch_max_delay_ms),
-            batch_eager_commit: self.batch_eager_commit.or(lower.batch_eager_commit),
-            batch_fill_wait_us: self.batch_fill_wait_us.or(lower.batch_fill_wait_us),
-            requests_max_concurrent: self.requests_max_concurrent.or(lower.requests_max_concurrent),
-            requests_timeout_secs: self.requests_timeout_secs.or(lower.requests_timeout_secs),
-            metrics_addr: self.metrics_addr.or(lower.metrics_addr),
-            health_lag_threshold_blocks: self
-                .health_lag_threshold_blocks
-                .or(lower.health_lag_threshold_blocks),
-            cores: self.cores.or(lower.cores),
-            cpu_list: self.cpu_list.or(lower.cpu_list),
-            cpu_pinning: self.cpu_pinning.or(lower.cpu_pinning),
-            core_queue_capacity: self.core_queue_capacity.or(lower.core_queue_capacity),
-            spin_before_park_us: self.spin_before_park_us.or(lower.spin_before_park_us),
-            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
-            max_batch_items: self.max_batch_items.or(lower.max_batch_items),
-            idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
-            max_connections: self.max_connections.or(lower.max_connections),
-            handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
-            max_ops_per_tx: self.max_ops_per_tx.or(lower.max_ops_per_tx),
-            idempotency_cache_entries: self.idempotency_cache_entries.or(lower.idempotency_cache_entries),
-            rate_limit_rps: self.rate_limit_rps.or(lower.rate_limit_rps),
-            groups_per_core: self.groups_per_core.or(lower.groups_per_core),
-            initial_groups: self.initial_groups.or(lower.initial_groups),
-            raft_heartbeat_ms: self.raft_heartbeat_ms.or(lower.raft_heartbeat_ms),
-            raft_election_min_ms: self.raft_election_min_ms.or(lower.raft_election_min_ms),
-            raft_election_max_ms: self.raft_election_max_ms.or(lower.raft_election_max_ms),
-            snapshot_interval_blocks: self.snapshot_interval_blocks.or(lower.snapshot_interval_blocks),
-            snapshot_interval_secs: self.snapshot_interval_secs.or(lower.snapshot_interval_secs),
-            snapshots_keep: self.snapshots_keep.or(lower.snapshots_keep),
-            raft_snapshot_logs: self.raft_snapshot_logs.or(lower.raft_snapshot_logs),
-            raft_log_keep: self.raft_log_keep.or(lower.raft_log_keep),
-            retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
-            integrity_interval_secs: self.integrity_interval_secs.or(lower.integrity_interval_secs),
-            gc_interval_secs: self.gc_interval_secs.or(lower.gc_interval_secs),
-            node_heartbeat_timeout_secs: self
-                .node_heartbeat_timeout_secs
-                .or(lower.node_heartbeat_timeout_secs),
-            leader_balance_interval_secs: self
-                .leader_balance_interval_secs
-                .or(lower.leader_balance_interval_secs),
-            learner_cache_ttl_secs: self.learner_cache_ttl_secs.or(lower.learner_cache_ttl_secs),
-            learner_refresh_interval_ms: self
-                .learner_refresh_interval_ms
-                .or(lower.learner_refresh_interval_ms),
-            stream_buffer: self.stream_buffer.or(lower.stream_buffer),
-            log_level: self.log_level.or(lower.log_level),
-            log_format: self.log_format.or(lower.log_format),
-            auth_tokens: self.auth_tokens.or(lower.auth_tokens),
+        // Each key listed is this layer's, else `lower`'s, in the order the struct declares them.
+        // The literal has no `..`: a key left out of the list does not compile.
+        macro_rules! each_key_over_lower {
+            ($($key:ident),* $(,)?) => {
+                ConfigLayer { $($key: self.$key.or(lower.$key)),* }
+            };
+        }
+        each_key_over_lower! {
+            config, listen_addr, advertise_addr, tls_cert, tls_key, tls_client_ca, tls_ca, data_dir,
+            bootstrap_expect, peers, bootstrap_poll_secs, bootstrap_timeout_secs, discovery_domain,
+            discovery_cache_path, discovery_cache_ttl_secs, join_by_itself, test_faults, vault_auto_recovery,
+            batch_max_size, batch_max_delay_ms, batch_eager_commit, batch_fill_wait_us,
+            requests_max_concurrent, requests_timeout_secs, metrics_addr, health_lag_threshold_blocks, cores,
+            cpu_list, cpu_pinning, core_queue_capacity, spin_before_park_us, max_frame_bytes, max_batch_items,
+            idle_timeout_secs, max_connections, handshake_timeout_secs, max_ops_per_tx,
+            idempotency_cache_entries, rate_limit_rps, groups_per_core, initial_groups, raft_heartbeat_ms,
+            raft_election_min_ms, raft_election_max_ms, snapshot_interval_blocks, snapshot_interval_secs,
+            snapshots_keep, raft_snapshot_logs, raft_log_keep, retention_interval_secs,
+            integrity_interval_secs, gc_interval_secs, node_heartbeat_timeout_secs,
+            leader_balance_interval_secs, learner_cache_ttl_secs, learner_refresh_interval_ms, stream_buffer,
+            log_level, log_format, auth_tokens,
         }
     }
 }
@@ -849,123 +801,99 @@ impl Config {
     /// checks the values.
     pub fn resolve(flags: ConfigLayer, file: ConfigLayer) -> Result<Config, ConfigError> {
         use defaults::*;
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let cores = pick!(flags, file, cores, available);
-        if cores == 0 || cores > 256 {
-            return Err(ConfigError::Invalid { key: "cores", message: format!("{cores} is not in 1..=256") });
-        }
-        let cpu_list = match flags.cpu_list.clone().or(file.cpu_list.clone()) {
-            Some(text) => parse_cpu_list(&text)?,
-            None => (0..cores).collect(),
-        };
-        if cpu_list.len() < cores {
-            return Err(ConfigError::Invalid {
-                key: "cpu_list",
-                message: format!("{} CPUs listed for {cores} cores", cpu_list.len()),
-            });
-        }
+        let (cores, cpu_list) = resolve_cpus(&flags, &file)?;
         let metrics_addr = pick!(flags, file, metrics_addr, METRICS_ADDR.to_string());
         let tls = resolve_tls(&flags, &file)?;
-        let config = Config {
-            listen_addr: pick!(flags, file, listen_addr, LISTEN_ADDR.to_string()),
-            advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
-            tls,
-            data_dir: pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)),
-            discovery_domain: flags.discovery_domain.clone().or(file.discovery_domain.clone()),
-            discovery_cache_path: flags
-                .discovery_cache_path
-                .clone()
-                .or(file.discovery_cache_path.clone())
-                .unwrap_or_else(|| {
-                    pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)).join(DISCOVERY_CACHE_FILE)
-                }),
-            discovery_cache_ttl_secs: pick!(flags, file, discovery_cache_ttl_secs, DISCOVERY_CACHE_TTL_SECS),
-            bootstrap_expect: pick!(flags, file, bootstrap_expect, BOOTSTRAP_EXPECT),
-            peers: pick!(flags, file, peers, String::new())
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect(),
-            bootstrap_poll_secs: pick!(flags, file, bootstrap_poll_secs, BOOTSTRAP_POLL_SECS),
-            bootstrap_timeout_secs: pick!(flags, file, bootstrap_timeout_secs, BOOTSTRAP_TIMEOUT_SECS),
-            test_faults: pick!(flags, file, test_faults, TEST_FAULTS),
-            vault_auto_recovery: pick!(flags, file, vault_auto_recovery, VAULT_AUTO_RECOVERY),
-            join_by_itself: pick!(flags, file, join_by_itself, JOIN_BY_ITSELF),
-            batch_max_size: pick!(flags, file, batch_max_size, BATCH_MAX_SIZE),
-            batch_max_delay_ms: pick!(flags, file, batch_max_delay_ms, BATCH_MAX_DELAY_MS),
-            batch_eager_commit: pick!(flags, file, batch_eager_commit, BATCH_EAGER_COMMIT),
-            batch_fill_wait_us: pick!(flags, file, batch_fill_wait_us, BATCH_FILL_WAIT_US),
-            requests_max_concurrent: pick!(flags, file, requests_max_concurrent, REQUESTS_MAX_CONCURRENT),
-            requests_timeout_secs: pick!(flags, file, requests_timeout_secs, REQUESTS_TIMEOUT_SECS),
-            metrics_addr: if metrics_addr == METRICS_OFF { None } else { Some(metrics_addr) },
-            health_lag_threshold_blocks: pick!(
-                flags,
-                file,
-                health_lag_threshold_blocks,
-                HEALTH_LAG_THRESHOLD_BLOCKS
-            ),
-            cores,
-            cpu_list: cpu_list.into_iter().take(cores).collect(),
-            cpu_pinning: pick!(flags, file, cpu_pinning, CPU_PINNING),
-            core_queue_capacity: pick!(flags, file, core_queue_capacity, CORE_QUEUE_CAPACITY),
-            spin_before_park_us: pick!(flags, file, spin_before_park_us, SPIN_BEFORE_PARK_US),
-            max_frame_bytes: pick!(flags, file, max_frame_bytes, MAX_FRAME_BYTES),
-            max_batch_items: pick!(flags, file, max_batch_items, MAX_BATCH_ITEMS),
-            idle_timeout_secs: pick!(flags, file, idle_timeout_secs, IDLE_TIMEOUT_SECS),
-            max_connections: pick!(flags, file, max_connections, MAX_CONNECTIONS),
-            handshake_timeout_secs: pick!(flags, file, handshake_timeout_secs, HANDSHAKE_TIMEOUT_SECS),
-            max_ops_per_tx: pick!(flags, file, max_ops_per_tx, MAX_OPS_PER_TX),
-            idempotency_cache_entries: pick!(
-                flags,
-                file,
-                idempotency_cache_entries,
-                IDEMPOTENCY_CACHE_ENTRIES
-            ),
-            rate_limit_rps: pick!(flags, file, rate_limit_rps, RATE_LIMIT_RPS),
-            groups_per_core: pick!(flags, file, groups_per_core, GROUPS_PER_CORE),
-            initial_groups: flags.initial_groups.or(file.initial_groups),
-            raft_heartbeat_ms: pick!(flags, file, raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
-            raft_election_min_ms: pick!(flags, file, raft_election_min_ms, RAFT_ELECTION_MIN_MS),
-            raft_election_max_ms: pick!(flags, file, raft_election_max_ms, RAFT_ELECTION_MAX_MS),
-            snapshot_interval_blocks: pick!(flags, file, snapshot_interval_blocks, SNAPSHOT_INTERVAL_BLOCKS),
-            snapshot_interval_secs: pick!(flags, file, snapshot_interval_secs, SNAPSHOT_INTERVAL_SECS),
-            snapshots_keep: pick!(flags, file, snapshots_keep, SNAPSHOTS_KEEP),
-            raft_snapshot_logs: pick!(flags, file, raft_snapshot_logs, RAFT_SNAPSHOT_LOGS),
-            raft_log_keep: pick!(flags, file, raft_log_keep, RAFT_LOG_KEEP),
-            retention_interval_secs: pick!(flags, file, retention_interval_secs, RETENTION_INTERVAL_SECS),
-            integrity_interval_secs: pick!(flags, file, integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
-            gc_interval_secs: pick!(flags, file, gc_interval_secs, GC_INTERVAL_SECS),
-            node_heartbeat_timeout_secs: pick!(
-                flags,
-                file,
-                node_heartbeat_timeout_secs,
-                NODE_HEARTBEAT_TIMEOUT_SECS
-            ),
-            leader_balance_interval_secs: pick!(
-                flags,
-                file,
-                leader_balance_interval_secs,
-                LEADER_BALANCE_INTERVAL_SECS
-            ),
-            learner_cache_ttl_secs: pick!(flags, file, learner_cache_ttl_secs, LEARNER_CACHE_TTL_SECS),
-            learner_refresh_interval_ms: pick!(
-                flags,
-                file,
-                learner_refresh_interval_ms,
-                LEARNER_REFRESH_INTERVAL_MS
-            ),
-            stream_buffer: pick!(flags, file, stream_buffer, STREAM_BUFFER),
-            log_level: pick!(flags, file, log_level, LOG_LEVEL.to_string()),
-            log_format: pick!(flags, file, log_format, LOG_FORMAT),
-            auth_tokens: pick!(flags, file, auth_tokens, AuthTokens::default()),
-        };
+        let worked_out = WorkedOut { cores, cpu_list, metrics_addr, tls };
+        let config = Config::merged(&flags, &file, worked_out);
         config.check()?;
         Ok(config)
     }
 
+    /// Every setting from `flags` over `file` over its default, but those `resolve` works out
+    /// first; nothing checked yet. One line per setting, in `Config`'s order.
+    fn merged(flags: &ConfigLayer, file: &ConfigLayer, worked_out: WorkedOut) -> Config {
+        use defaults::*;
+        let WorkedOut { cores, cpu_list, metrics_addr, tls } = worked_out;
+        // `pick!` from this function's two layers, so that each setting fits on one line.
+        macro_rules! picked {
+            ($field:ident, $default:expr) => {
+                pick!(flags, file, $field, $default)
+            };
+        }
+        Config {
+            listen_addr: picked!(listen_addr, LISTEN_ADDR.to_string()),
+            advertise_addr: flags.advertise_addr.clone().or(file.advertise_addr.clone()),
+            tls,
+            data_dir: picked!(data_dir, PathBuf::from(DATA_DIR)),
+            discovery_domain: flags.discovery_domain.clone().or(file.discovery_domain.clone()),
+            discovery_cache_path: discovery_cache_path(flags, file),
+            discovery_cache_ttl_secs: picked!(discovery_cache_ttl_secs, DISCOVERY_CACHE_TTL_SECS),
+            bootstrap_expect: picked!(bootstrap_expect, BOOTSTRAP_EXPECT),
+            peers: peer_list(flags, file),
+            bootstrap_poll_secs: picked!(bootstrap_poll_secs, BOOTSTRAP_POLL_SECS),
+            bootstrap_timeout_secs: picked!(bootstrap_timeout_secs, BOOTSTRAP_TIMEOUT_SECS),
+            test_faults: picked!(test_faults, TEST_FAULTS),
+            vault_auto_recovery: picked!(vault_auto_recovery, VAULT_AUTO_RECOVERY),
+            join_by_itself: picked!(join_by_itself, JOIN_BY_ITSELF),
+            batch_max_size: picked!(batch_max_size, BATCH_MAX_SIZE),
+            batch_max_delay_ms: picked!(batch_max_delay_ms, BATCH_MAX_DELAY_MS),
+            batch_eager_commit: picked!(batch_eager_commit, BATCH_EAGER_COMMIT),
+            batch_fill_wait_us: picked!(batch_fill_wait_us, BATCH_FILL_WAIT_US),
+            requests_max_concurrent: picked!(requests_max_concurrent, REQUESTS_MAX_CONCURRENT),
+            requests_timeout_secs: picked!(requests_timeout_secs, REQUESTS_TIMEOUT_SECS),
+            metrics_addr: if metrics_addr == METRICS_OFF { None } else { Some(metrics_addr) },
+            health_lag_threshold_blocks: picked!(health_lag_threshold_blocks, HEALTH_LAG_THRESHOLD_BLOCKS),
+            cores,
+            cpu_list: cpu_list.into_iter().take(cores).collect(),
+            cpu_pinning: picked!(cpu_pinning, CPU_PINNING),
+            core_queue_capacity: picked!(core_queue_capacity, CORE_QUEUE_CAPACITY),
+            spin_before_park_us: picked!(spin_before_park_us, SPIN_BEFORE_PARK_US),
+            max_frame_bytes: picked!(max_frame_bytes, MAX_FRAME_BYTES),
+            max_batch_items: picked!(max_batch_items, MAX_BATCH_ITEMS),
+            idle_timeout_secs: picked!(idle_timeout_secs, IDLE_TIMEOUT_SECS),
+            max_connections: picked!(max_connections, MAX_CONNECTIONS),
+            handshake_timeout_secs: picked!(handshake_timeout_secs, HANDSHAKE_TIMEOUT_SECS),
+            max_ops_per_tx: picked!(max_ops_per_tx, MAX_OPS_PER_TX),
+            idempotency_cache_entries: picked!(idempotency_cache_entries, IDEMPOTENCY_CACHE_ENTRIES),
+            rate_limit_rps: picked!(rate_limit_rps, RATE_LIMIT_RPS),
+            groups_per_core: picked!(groups_per_core, GROUPS_PER_CORE),
+            initial_groups: flags.initial_groups.or(file.initial_groups),
+            raft_heartbeat_ms: picked!(raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
+            raft_election_min_ms: picked!(raft_election_min_ms, RAFT_ELECTION_MIN_MS),
+            raft_election_max_ms: picked!(raft_election_max_ms, RAFT_ELECTION_MAX_MS),
+            snapshot_interval_blocks: picked!(snapshot_interval_blocks, SNAPSHOT_INTERVAL_BLOCKS),
+            snapshot_interval_secs: picked!(snapshot_interval_secs, SNAPSHOT_INTERVAL_SECS),
+            snapshots_keep: picked!(snapshots_keep, SNAPSHOTS_KEEP),
+            raft_snapshot_logs: picked!(raft_snapshot_logs, RAFT_SNAPSHOT_LOGS),
+            raft_log_keep: picked!(raft_log_keep, RAFT_LOG_KEEP),
+            retention_interval_secs: picked!(retention_interval_secs, RETENTION_INTERVAL_SECS),
+            integrity_interval_secs: picked!(integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
+            gc_interval_secs: picked!(gc_interval_secs, GC_INTERVAL_SECS),
+            node_heartbeat_timeout_secs: picked!(node_heartbeat_timeout_secs, NODE_HEARTBEAT_TIMEOUT_SECS),
+            leader_balance_interval_secs: picked!(leader_balance_interval_secs, LEADER_BALANCE_INTERVAL_SECS),
+            learner_cache_ttl_secs: picked!(learner_cache_ttl_secs, LEARNER_CACHE_TTL_SECS),
+            learner_refresh_interval_ms: picked!(learner_refresh_interval_ms, LEARNER_REFRESH_INTERVAL_MS),
+            stream_buffer: picked!(stream_buffer, STREAM_BUFFER),
+            log_level: picked!(log_level, LOG_LEVEL.to_string()),
+            log_format: picked!(log_format, LOG_FORMAT),
+            auth_tokens: picked!(auth_tokens, AuthTokens::default()),
+        }
+    }
+
+    /// Rejects the first value that cannot work, naming its key: the cluster's reach, the
+    /// settings that must be at least 1, the bounds and timeouts, then the log level.
     fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        self.check_cluster()?;
+        self.check_at_least_one()?;
+        self.check_bounds()?;
+        self.check_timeouts()?;
+        self.check_log_level()
+    }
+
+    /// A node that joins or forms a cluster can find its peers, and over TLS can check their
+    /// certificates.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
         // Discovery (SPEC §10.3) needs somewhere to start: the peers, the DNS name, or a cache.
         let findable =
             !self.peers.is_empty() || self.discovery_domain.is_some() || self.discovery_cache_path.exists();
@@ -988,6 +916,11 @@ impl Config {
                 "a TLS cluster needs the CA of the other nodes' certificates: set tls_ca or tls_client_ca",
             );
         }
+        Ok(())
+    }
+
+    /// The counts, sizes and periods that must not be 0; the first in this list is named.
+    fn check_at_least_one(&self) -> Result<(), ConfigError> {
         let at_least_one = [
             ("bootstrap_poll_secs", self.bootstrap_poll_secs == 0),
             ("bootstrap_timeout_secs", self.bootstrap_timeout_secs == 0),
@@ -1011,12 +944,23 @@ impl Config {
         if let Some((key, _)) = at_least_one.iter().find(|(_, zero)| *zero) {
             return invalid(key, "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// The upper bound on `initial_groups` and the lower bound on `max_frame_bytes`.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
         if self.initial_groups.is_some_and(|n| n > defaults::INITIAL_GROUPS_MAX) {
             return invalid("initial_groups", &format!("at most {}", defaults::INITIAL_GROUPS_MAX));
         }
         if self.max_frame_bytes < ledger_wire::constants::MAX_FRAME_BYTES_MIN {
             return invalid("max_frame_bytes", "must be at least 1024");
         }
+        Ok(())
+    }
+
+    /// Raft's heartbeat below its shortest election timeout, that below its longest, and the
+    /// silent-node timeout (when on) longer than two election timeouts.
+    fn check_timeouts(&self) -> Result<(), ConfigError> {
         if self.raft_heartbeat_ms >= self.raft_election_min_ms {
             return invalid("raft_heartbeat_ms", "must be below raft_election_min_ms");
         }
@@ -1031,6 +975,11 @@ impl Config {
                 "must be 0 (never remove a silent node) or longer than two election timeouts",
             );
         }
+        Ok(())
+    }
+
+    /// `log_level` is a level or `tracing` filter directives.
+    fn check_log_level(&self) -> Result<(), ConfigError> {
         // `tracing` would read a bare word as a target to log at every level: only a level may
         // stand alone (`info`), a target needs its level (`ledger_shard=debug`).
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -1046,6 +995,61 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `ConfigError::Invalid` for `key`, as the checks of `Config::check` answer.
+fn invalid(key: &'static str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key, message: message.to_string() })
+}
+
+/// What `Config::resolve` works out before the settings picked one by one: the checked cores
+/// and CPUs, the metrics address (`off` included) and the checked TLS files.
+struct WorkedOut {
+    cores: usize,
+    cpu_list: Vec<usize>,
+    metrics_addr: String,
+    tls: Option<TlsFiles>,
+}
+
+/// `cores` (every available CPU by default) and the CPUs to pin them to (CPUs 0 to cores-1 by
+/// default): at most 256 cores and at least one CPU listed for each.
+fn resolve_cpus(flags: &ConfigLayer, file: &ConfigLayer) -> Result<(usize, Vec<usize>), ConfigError> {
+    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = pick!(flags, file, cores, available);
+    if cores == 0 || cores > 256 {
+        return Err(ConfigError::Invalid { key: "cores", message: format!("{cores} is not in 1..=256") });
+    }
+    let cpu_list = match flags.cpu_list.clone().or(file.cpu_list.clone()) {
+        Some(text) => parse_cpu_list(&text)?,
+        None => (0..cores).collect(),
+    };
+    if cpu_list.len() < cores {
+        return Err(ConfigError::Invalid {
+            key: "cpu_list",
+            message: format!("{} CPUs listed for {cores} cores", cpu_list.len()),
+        });
+    }
+    Ok((cores, cpu_list))
+}
+
+/// `discovery_cache_path`, by default `DISCOVERY_CACHE_FILE` in the data directory.
+fn discovery_cache_path(flags: &ConfigLayer, file: &ConfigLayer) -> PathBuf {
+    use defaults::*;
+    flags
+        .discovery_cache_path
+        .clone()
+        .or(file.discovery_cache_path.clone())
+        .unwrap_or_else(|| pick!(flags, file, data_dir, PathBuf::from(DATA_DIR)).join(DISCOVERY_CACHE_FILE))
+}
+
+/// `peers` as a list: the comma-separated addresses, trimmed, empty ones left out.
+fn peer_list(flags: &ConfigLayer, file: &ConfigLayer) -> Vec<String> {
+    pick!(flags, file, peers, String::new())
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// `tls_cert` and `tls_key` together turn TLS on; the CAs only mean something with them.
