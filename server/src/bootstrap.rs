@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::tls::NodeTls;
 use ledger_router::auth::{hash_secret, AuthTable};
 use ledger_shard::peer::credential::PeerCredential;
-use ledger_wire::codec::{encode_frame_to_vec, FrameReader};
+use ledger_wire::codec::{encode_frame_to_vec, Frame, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
     Hello, HelloAck, Request, RequestBatch, RequestEnvelope, Response, ResponseBatch, ResponseEnvelope, Role,
@@ -201,17 +201,7 @@ fn serve_one(
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let mut authenticated = !auth.enabled();
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    // The handshake happens on the first read, within the same idle bound as the frames.
-    let mut stream: Box<dyn Io> = match tls {
-        Some(config) => {
-            let session = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
-            Box::new(rustls::StreamOwned::new(session, stream))
-        }
-        None => Box::new(stream),
-    };
+    let mut stream = open_stream(stream, tls)?;
     let mut frames = FrameReader::new(1024 * 1024);
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
@@ -233,59 +223,89 @@ fn serve_one(
             pending.drain(..consumed);
             let Some(frame) = frame else { break };
             let out = match frame.kind() {
-                FrameKind::Hello => {
-                    let hello: Hello = frame.decode().map_err(std::io::Error::other)?;
-                    let token =
-                        hello.credential.as_deref().and_then(|secret| auth.find(&hash_secret(secret)));
-                    authenticated |= token.is_some_and(|token| token.peer);
-                    encode_frame_to_vec(
-                        FrameKind::HelloAck,
-                        &HelloAck {
-                            protocol_version: PROTOCOL_VERSION,
-                            node_id: me.node_id,
-                            cluster_id: None,
-                            max_frame_bytes: 1024 * 1024,
-                            max_batch_items: 16,
-                            server_version: env!("CARGO_PKG_VERSION").to_string(),
-                        },
-                    )
-                }
-                FrameKind::RequestBatch => {
-                    let batch: RequestBatch = frame.decode().map_err(std::io::Error::other)?;
-                    let items = batch
-                        .items
-                        .into_iter()
-                        .map(|e| ResponseEnvelope {
-                            request_id: e.request_id,
-                            leader_hint: None,
-                            result: match e.request {
-                                _ if !authenticated => Err(Status::new(
-                                    StatusCode::Unauthenticated,
-                                    "bootstrap discovery answers the cluster's peer token only",
-                                )),
-                                Request::GetNodeInfo => Ok(Response::GetNodeInfo {
-                                    node_id: me.node_id,
-                                    address: me.address.clone(),
-                                    is_cluster_member: false,
-                                    term: 0,
-                                    cores: me.cores,
-                                    groups: Vec::new(),
-                                    draining: false,
-                                    data_groups: me.data_groups,
-                                }),
-                                _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
-                            },
-                        })
-                        .collect();
-                    encode_frame_to_vec(FrameKind::ResponseBatch, &ResponseBatch { items })
-                }
+                FrameKind::Hello => answer_hello(&frame, me, auth, &mut authenticated)?,
+                FrameKind::RequestBatch => answer_request_batch(&frame, me, authenticated)?,
                 _ => return Ok(()),
             };
-            stream.write_all(&out.map_err(std::io::Error::other)?)?;
+            stream.write_all(&out)?;
             stream.flush()?;
         }
     }
     Ok(())
+}
+
+/// `stream` made blocking, with a short read timeout (so that `stop` is seen) and a write
+/// timeout, and wrapped in a server session when TLS is on.
+fn open_stream(stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> std::io::Result<Box<dyn Io>> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    // The handshake happens on the first read, within the same idle bound as the frames.
+    let stream: Box<dyn Io> = match tls {
+        Some(config) => {
+            let session = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(session, stream))
+        }
+        None => Box::new(stream),
+    };
+    Ok(stream)
+}
+
+/// The encoded `HelloAck` to a `Hello` frame; a `Hello` with the peer token sets
+/// `authenticated`.
+fn answer_hello(
+    frame: &Frame,
+    me: &NodeAnswer,
+    auth: &AuthTable,
+    authenticated: &mut bool,
+) -> std::io::Result<Vec<u8>> {
+    let hello: Hello = frame.decode().map_err(std::io::Error::other)?;
+    let token = hello.credential.as_deref().and_then(|secret| auth.find(&hash_secret(secret)));
+    *authenticated |= token.is_some_and(|token| token.peer);
+    encode_frame_to_vec(
+        FrameKind::HelloAck,
+        &HelloAck {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: me.node_id,
+            cluster_id: None,
+            max_frame_bytes: 1024 * 1024,
+            max_batch_items: 16,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )
+    .map_err(std::io::Error::other)
+}
+
+/// The encoded answers to a `RequestBatch` frame: `GetNodeInfo` gets this node's answer once
+/// `authenticated`, anything else `Unavailable`.
+fn answer_request_batch(frame: &Frame, me: &NodeAnswer, authenticated: bool) -> std::io::Result<Vec<u8>> {
+    let batch: RequestBatch = frame.decode().map_err(std::io::Error::other)?;
+    let items = batch
+        .items
+        .into_iter()
+        .map(|e| ResponseEnvelope {
+            request_id: e.request_id,
+            leader_hint: None,
+            result: match e.request {
+                _ if !authenticated => Err(Status::new(
+                    StatusCode::Unauthenticated,
+                    "bootstrap discovery answers the cluster's peer token only",
+                )),
+                Request::GetNodeInfo => Ok(Response::GetNodeInfo {
+                    node_id: me.node_id,
+                    address: me.address.clone(),
+                    is_cluster_member: false,
+                    term: 0,
+                    cores: me.cores,
+                    groups: Vec::new(),
+                    draining: false,
+                    data_groups: me.data_groups,
+                }),
+                _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
+            },
+        })
+        .collect();
+    encode_frame_to_vec(FrameKind::ResponseBatch, &ResponseBatch { items }).map_err(std::io::Error::other)
 }
 
 /// One `GetNodeInfo` round trip to `addr` over a fresh connection.
