@@ -85,6 +85,31 @@ async fn connect_hinted(
 /// Performs the run described by `args`; progress goes to stderr.
 pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
     let run_id = run_id();
+    let (clients, scopes) = connect_with_scopes(args).await?;
+    preload_scopes(args, &clients, &scopes, &run_id).await?;
+
+    let scopes = Arc::new(scopes);
+    let (start_tx, start_rx) = watch::channel::<Option<Timeline>>(None);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), LoadgenError>>(64);
+    let health = Arc::new(Health::default());
+    let shared = WorkerShared {
+        run_id: &run_id,
+        scopes: &scopes,
+        health: &health,
+        start_rx: &start_rx,
+        ready_tx: &ready_tx,
+    };
+    let tasks = spawn_workers(args, &clients, shared).await;
+    drop(ready_tx);
+    wait_until_ready(&mut ready_rx, &tasks).await?;
+    start_workers(args, &start_tx, tasks.len());
+    let stats = collect_stats(tasks, &health).await?;
+    Ok(RunOutput { stats, scopes: scopes.to_vec(), measured: args.duration })
+}
+
+/// The `--connections` clients and the scopes they write to, created if missing; with
+/// `--scope-per-connection` the clients connect again, each naming its scope's namespace.
+async fn connect_with_scopes(args: &Args) -> Result<(Vec<Client>, Vec<Scope>), LoadgenError> {
     let mut clients = connect_all(args).await?;
     let scopes = ensure_scopes(&clients[0], args.namespaces, args.vaults_per_ns).await?;
     if args.scope_per_connection {
@@ -95,6 +120,16 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
         })
         .await?;
     }
+    Ok((clients, scopes))
+}
+
+/// Writes `--key-space` keys into every scope before the clock starts, saying so on stderr.
+async fn preload_scopes(
+    args: &Args,
+    clients: &[Client],
+    scopes: &[Scope],
+    run_id: &str,
+) -> Result<(), LoadgenError> {
     eprintln!("ledger-loadgen: {} scope(s) ready; preloading {} keys each", scopes.len(), args.key_space);
     let started = Instant::now();
     let plan = PreloadPlan {
@@ -103,19 +138,35 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
         seed: args.seed,
         client_id_prefix: format!("{run_id}-preload"),
     };
-    let keys = preload(&clients, &scopes, plan).await?;
+    let keys = preload(clients, scopes, plan).await?;
     eprintln!("ledger-loadgen: preloaded {keys} keys in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-    let scopes = Arc::new(scopes);
+/// What every worker of a run shares: the run id, the scopes, the failure watch, and the
+/// channels that say "ready" to the run and "start" to the workers.
+struct WorkerShared<'a> {
+    run_id: &'a str,
+    scopes: &'a Arc<Vec<Scope>>,
+    health: &'a Arc<Health>,
+    start_rx: &'a watch::Receiver<Option<Timeline>>,
+    ready_tx: &'a tokio::sync::mpsc::Sender<Result<(), LoadgenError>>,
+}
+
+/// Spawns `--pipeline` workers per client, worker `w` on connection `w / pipeline`, each with
+/// its own executor and workload; with an open loop the workers of a connection share its
+/// schedule.
+async fn spawn_workers(
+    args: &Args,
+    clients: &[Client],
+    shared: WorkerShared<'_>,
+) -> Vec<tokio::task::JoinHandle<Recorder>> {
     let shape = Shape {
-        scopes: scopes.len() as u64,
+        scopes: shared.scopes.len() as u64,
         key_space: args.key_space,
         batch_items: args.batch_items,
         mix: args.mix,
     };
-    let (start_tx, start_rx) = watch::channel::<Option<Timeline>>(None);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), LoadgenError>>(64);
-    let health = Arc::new(Health::default());
     let mut tasks = Vec::with_capacity(usize::try_from(args.workers()).unwrap_or(0));
     for (c, client) in clients.iter().enumerate() {
         let schedule =
@@ -125,56 +176,88 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
             let worker = c as u64 * args.pipeline + slot;
             let executor = Executor::new(
                 Arc::clone(&conn),
-                Arc::clone(&scopes),
-                format!("{run_id}-w{worker}"),
+                Arc::clone(shared.scopes),
+                format!("{}-w{worker}", shared.run_id),
                 args.consistency.to_wire(),
                 usize::try_from(args.value_size).unwrap_or(usize::MAX),
                 args.seed ^ worker,
-                Arc::clone(&health),
+                Arc::clone(shared.health),
             )
             .await;
             let workload = Workload::new(args.seed, worker, shape);
             let workload =
                 if args.scope_per_connection { workload.pinned(c as u64 % shape.scopes) } else { workload };
             let writes = args.mix.weight(OpKind::Write) > 0;
-            let (schedule, mut start_rx, ready_tx) = (schedule.clone(), start_rx.clone(), ready_tx.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut executor = executor;
-                if writes {
-                    if let Err(source) = executor.prepare_writes().await {
-                        let _ = ready_tx
-                            .send(Err(LoadgenError::Setup { step: "syncing sequences".into(), source }))
-                            .await;
-                        return Recorder::new();
-                    }
-                }
-                let _ = ready_tx.send(Ok(())).await;
-                drop(ready_tx);
-                let timeline = match start_rx.wait_for(Option::is_some).await {
-                    Ok(t) => (*t).unwrap_or_else(|| unreachable!("waited for Some")),
-                    Err(_) => return Recorder::new(),
-                };
-                drive(executor, workload, timeline, schedule.as_deref()).await
-            }));
+            let (schedule, start_rx, ready_tx) =
+                (schedule.clone(), shared.start_rx.clone(), shared.ready_tx.clone());
+            tasks.push(tokio::spawn(worker_task(executor, workload, writes, schedule, start_rx, ready_tx)));
         }
     }
+    tasks
+}
+
+/// One worker: gets its write sequences ready (if the mix writes), says so, waits for the
+/// start signal, then drives its workload. A failed preparation is sent as the error instead.
+async fn worker_task(
+    mut executor: Executor,
+    workload: Workload,
+    writes: bool,
+    schedule: Option<Arc<Schedule>>,
+    mut start_rx: watch::Receiver<Option<Timeline>>,
+    ready_tx: tokio::sync::mpsc::Sender<Result<(), LoadgenError>>,
+) -> Recorder {
+    if writes {
+        if let Err(source) = executor.prepare_writes().await {
+            let _ =
+                ready_tx.send(Err(LoadgenError::Setup { step: "syncing sequences".into(), source })).await;
+            return Recorder::new();
+        }
+    }
+    let _ = ready_tx.send(Ok(())).await;
     drop(ready_tx);
+    let timeline = match start_rx.wait_for(Option::is_some).await {
+        Ok(t) => (*t).unwrap_or_else(|| unreachable!("waited for Some")),
+        Err(_) => return Recorder::new(),
+    };
+    drive(executor, workload, timeline, schedule.as_deref()).await
+}
+
+/// Waits until every worker is ready; the first that failed to get ready aborts them all and
+/// its error is the run's.
+async fn wait_until_ready(
+    ready_rx: &mut tokio::sync::mpsc::Receiver<Result<(), LoadgenError>>,
+    tasks: &[tokio::task::JoinHandle<Recorder>],
+) -> Result<(), LoadgenError> {
     while let Some(ready) = ready_rx.recv().await {
         if let Err(e) = ready {
-            for task in &tasks {
+            for task in tasks {
                 task.abort();
             }
             return Err(e);
         }
     }
+    Ok(())
+}
+
+/// Sends the workers the timeline (warm-up, then the measured window) starting `START_DELAY`
+/// from now, and says so on stderr.
+fn start_workers(args: &Args, start_tx: &watch::Sender<Option<Timeline>>, workers: usize) {
     let timeline = Timeline::new(Instant::now() + START_DELAY, args.warmup, args.duration);
     let _ = start_tx.send(Some(timeline));
     eprintln!(
         "ledger-loadgen: {} worker(s) running: {} warm-up + {} measured",
-        tasks.len(),
+        workers,
         crate::duration::format_duration(args.warmup),
         crate::duration::format_duration(args.duration)
     );
+}
+
+/// Merges what every worker recorded, unless the watchdog sees every request failing for
+/// `ALL_FAILING_WINDOW` first: then the workers are aborted and the run fails.
+async fn collect_stats(
+    tasks: Vec<tokio::task::JoinHandle<Recorder>>,
+    health: &Health,
+) -> Result<Recorder, LoadgenError> {
     let aborts: Vec<_> = tasks.iter().map(|task| task.abort_handle()).collect();
     let workers = async {
         let mut stats = Recorder::new();
@@ -186,7 +269,7 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
     };
     let stats = tokio::select! {
         stats = workers => stats?,
-        stop = watch_all_failing(&health, ALL_FAILING_WINDOW) => {
+        stop = watch_all_failing(health, ALL_FAILING_WINDOW) => {
             for abort in aborts {
                 abort.abort();
             }
@@ -197,7 +280,7 @@ pub async fn run(args: &Args) -> Result<RunOutput, LoadgenError> {
             });
         }
     };
-    Ok(RunOutput { stats, scopes: scopes.to_vec(), measured: args.duration })
+    Ok(stats)
 }
 
 /// The loop of one worker: issue, time, record (measured window only), until the end.
