@@ -106,88 +106,108 @@ pub async fn change_at_leader(group: &Group, change: MembershipChange) -> Result
     }
     let current = voters(group);
     match change {
-        MembershipChange::Add { node_id, address } => {
-            if current.contains(&node_id) {
-                return Ok(current.into_iter().collect());
-            }
-            let node = openraft::BasicNode { addr: address };
-            let added = glommio::timer::timeout(LEARNER_CATCH_UP_TIMEOUT, async {
-                Ok(while_leading(group, "adding the learner", group.raft.add_learner(node_id, node, true))
-                    .await)
-            })
-            .await;
-            match added {
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => return Err(status),
-                Err(_) => {
-                    // A learner that never caught up leaves again: the voters are unchanged.
-                    let remove = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-                    let _ = while_leading(
-                        group,
-                        "removing the learner",
-                        group.raft.change_membership(remove, false),
-                    )
-                    .await;
-                    return Err(failed(
-                        StatusCode::FailedPrecondition,
-                        format!(
-                            "node {node_id} did not catch up with group {} within {} s; membership unchanged",
-                            group.id,
-                            LEARNER_CATCH_UP_TIMEOUT.as_secs()
-                        ),
-                    ));
-                }
-            }
-            // SPEC §10.4: `_system` keeps at most five voters; a node joining a full one stays
-            // its learner (admin/system_voters.rs promotes it when a voter goes).
-            if group.id == GroupId(0) && current.len() >= SYSTEM_VOTERS_MAX {
-                return Ok(current.into_iter().collect());
-            }
-            let promote = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
-            while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
-        }
-        MembershipChange::Remove { node_id } => {
-            if !current.contains(&node_id) {
-                let learner = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-                let _ = while_leading(
-                    group,
-                    "removing the learner",
-                    group.raft.change_membership(learner, false),
-                )
+        MembershipChange::Add { node_id, address } => add_member(group, current, node_id, address).await,
+        MembershipChange::Remove { node_id } => remove_member(group, current, node_id).await,
+    }
+}
+
+/// Adds `node_id` to `group` (voters `current`) as a learner and, once it has caught up,
+/// promotes it to voter; returns the voters afterwards. A voter already is left as it is.
+async fn add_member(
+    group: &Group,
+    current: BTreeSet<u64>,
+    node_id: u64,
+    address: String,
+) -> Result<Vec<u64>, Status> {
+    if current.contains(&node_id) {
+        return Ok(current.into_iter().collect());
+    }
+    add_caught_up_learner(group, node_id, address).await?;
+    // SPEC §10.4: `_system` keeps at most five voters; a node joining a full one stays
+    // its learner (admin/system_voters.rs promotes it when a voter goes).
+    if group.id == GroupId(0) && current.len() >= SYSTEM_VOTERS_MAX {
+        return Ok(current.into_iter().collect());
+    }
+    let promote = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+    while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
+    Ok(voters(group).into_iter().collect())
+}
+
+/// Adds `node_id` as a learner of `group` and waits until it has caught up, at most
+/// `LEARNER_CATCH_UP_TIMEOUT`; a learner that does not is removed again (`FailedPrecondition`).
+async fn add_caught_up_learner(group: &Group, node_id: u64, address: String) -> Result<(), Status> {
+    let node = openraft::BasicNode { addr: address };
+    let added = glommio::timer::timeout(LEARNER_CATCH_UP_TIMEOUT, async {
+        Ok(while_leading(group, "adding the learner", group.raft.add_learner(node_id, node, true)).await)
+    })
+    .await;
+    match added {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => return Err(status),
+        Err(_) => {
+            // A learner that never caught up leaves again: the voters are unchanged.
+            let remove = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+            let _ = while_leading(group, "removing the learner", group.raft.change_membership(remove, false))
                 .await;
-                return Ok(current.into_iter().collect());
-            }
-            // A `_system` voter that goes is replaced by the oldest live learner first, so that
-            // group 0 never runs with fewer voters than it could have (SPEC §10.4).
-            if group.id == GroupId(0) {
-                let members = system_voters::recorded_members(group);
-                let learners: BTreeSet<u64> =
-                    group.raft.metrics().borrow().membership_config.membership().learner_ids().collect();
-                let learners: BTreeSet<u64> = learners.into_iter().filter(|l| *l != node_id).collect();
-                let live = |id: u64| system_voters::answered_lately(group, id);
-                if let Some(successor) = system_voters::oldest_learner(&learners, &members, live) {
-                    let promote = ChangeMembers::AddVoterIds(BTreeSet::from([successor]));
-                    while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
-                    crate::event!(info, "system_learner_promoted", node = successor, replacing = node_id);
-                }
-            }
-            let current = voters(group);
-            let quorum = current.len() / 2 + 1;
-            if current.len() - 1 < quorum {
-                return Err(failed(
-                    StatusCode::FailedPrecondition,
-                    format!(
-                        "WouldBreakQuorum: group {} has {} voters; removing node {node_id} leaves fewer than its quorum of {quorum}",
-                        group.id,
-                        current.len()
-                    ),
-                ));
-            }
-            let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
-            while_leading(group, "removing", group.raft.change_membership(remove, false)).await?;
+            return Err(failed(
+                StatusCode::FailedPrecondition,
+                format!(
+                    "node {node_id} did not catch up with group {} within {} s; membership unchanged",
+                    group.id,
+                    LEARNER_CATCH_UP_TIMEOUT.as_secs()
+                ),
+            ));
         }
     }
+    Ok(())
+}
+
+/// Removes `node_id` from `group` (voters `current`): a learner simply goes; a voter goes
+/// unless that would leave fewer voters than the quorum (`WouldBreakQuorum`), a `_system`
+/// voter once its successor is promoted. Returns the voters afterwards.
+async fn remove_member(group: &Group, current: BTreeSet<u64>, node_id: u64) -> Result<Vec<u64>, Status> {
+    if !current.contains(&node_id) {
+        let learner = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+        let _ =
+            while_leading(group, "removing the learner", group.raft.change_membership(learner, false)).await;
+        return Ok(current.into_iter().collect());
+    }
+    // A `_system` voter that goes is replaced by the oldest live learner first, so that
+    // group 0 never runs with fewer voters than it could have (SPEC §10.4).
+    if group.id == GroupId(0) {
+        promote_system_successor(group, node_id).await?;
+    }
+    let current = voters(group);
+    let quorum = current.len() / 2 + 1;
+    if current.len() - 1 < quorum {
+        return Err(failed(
+            StatusCode::FailedPrecondition,
+            format!(
+                "WouldBreakQuorum: group {} has {} voters; removing node {node_id} leaves fewer than its quorum of {quorum}",
+                group.id,
+                current.len()
+            ),
+        ));
+    }
+    let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+    while_leading(group, "removing", group.raft.change_membership(remove, false)).await?;
     Ok(voters(group).into_iter().collect())
+}
+
+/// Promotes the oldest live learner of `_system` (`group`), other than `node_id`, to voter in
+/// place of the voter `node_id` that goes; with no such learner nothing changes.
+async fn promote_system_successor(group: &Group, node_id: u64) -> Result<(), Status> {
+    let members = system_voters::recorded_members(group);
+    let learners: BTreeSet<u64> =
+        group.raft.metrics().borrow().membership_config.membership().learner_ids().collect();
+    let learners: BTreeSet<u64> = learners.into_iter().filter(|l| *l != node_id).collect();
+    let live = |id: u64| system_voters::answered_lately(group, id);
+    if let Some(successor) = system_voters::oldest_learner(&learners, &members, live) {
+        let promote = ChangeMembers::AddVoterIds(BTreeSet::from([successor]));
+        while_leading(group, "promoting", group.raft.change_membership(promote, false)).await?;
+        crate::event!(info, "system_learner_promoted", node = successor, replacing = node_id);
+    }
+    Ok(())
 }
 
 /// The voters a joint config of `group` is heading to, if its membership is joint.
