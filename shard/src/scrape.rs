@@ -4,10 +4,14 @@
 //! metrics thread merges with the other cores'. Runs on the core, between two inbox messages;
 //! it reads each group's state once and holds no borrow across an await (it has none).
 
+use crate::maintenance::background_integrity::IntegrityCounters;
+use crate::maintenance::gc::GcCounters;
 use crate::metrics::{self, CoreSnapshot, GroupSnapshot, HealthState, ScopeSnapshot};
+use crate::ops::vault_repair::{RecoveryRecord, RepairCounters};
 use crate::round::group::Group;
 use crate::shard::Shard;
-use ledger_core::types::VaultHealth;
+use ledger_core::types::{ScopeKey, VaultHealth};
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Copies this core's metrics. Must run on the core's executor thread.
@@ -27,59 +31,12 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
     let mut groups = Vec::new();
     let mut scopes = Vec::new();
     let mut health_counts = [0u64; 3];
-    let recoveries: std::collections::HashMap<_, _> =
-        crate::ops::vault_repair::records().into_iter().collect();
-    let repair = crate::ops::vault_repair::counters();
-    let per_group =
-        |counts: &std::collections::HashMap<u32, u64>, group: u32| counts.get(&group).copied().unwrap_or(0);
-    let mut divergences = Vec::new();
-    let mut determinism_bugs = Vec::new();
-    let integrity = crate::maintenance::background_integrity::counters();
-    let mut integrity_checks = Vec::new();
-    let gc_counters = crate::maintenance::gc::counters();
-    let mut gc = Vec::new();
+    let recoveries: HashMap<_, _> = crate::ops::vault_repair::records().into_iter().collect();
+    let mut maintenance = MaintenanceRows::read();
     for group in hosted {
-        divergences.push((group.id.0, per_group(&repair.divergences, group.id.0)));
-        determinism_bugs.push((group.id.0, per_group(&repair.determinism_bugs, group.id.0)));
-        integrity_checks.push((
-            group.id.0,
-            per_group(&integrity.checks, group.id.0),
-            per_group(&integrity.issues, group.id.0),
-        ));
-        gc.push((
-            group.id.0,
-            per_group(&gc_counters.cycles, group.id.0),
-            per_group(&gc_counters.expired, group.id.0),
-        ));
+        maintenance.add_group(group.id.0);
         groups.push(group_snapshot(shard, &group, now));
-        let data = group.data.borrow();
-        for scope in data.scopes.values() {
-            let meta = &scope.meta;
-            let (health, exhausted) = match &meta.health {
-                VaultHealth::Healthy => (HealthState::Healthy, false),
-                VaultHealth::Diverged { .. } => (HealthState::Diverged, false),
-                VaultHealth::Recovering { exhausted, .. } => (HealthState::Recovering, *exhausted),
-            };
-            health_counts[health as usize] += 1;
-            let block_secs = meta.last_block_ts.secs as f64 + f64::from(meta.last_block_ts.nanos) / 1e9;
-            let tip_age_secs = (wall_secs - block_secs).max(0.0);
-            if !metrics::scope_is_labelled(tip_age_secs, health) {
-                continue;
-            }
-            let recovery = recoveries.get(&(group.id.0, meta.key));
-            scopes.push(ScopeSnapshot {
-                namespace: meta.key.namespace_id.0,
-                vault: meta.key.vault_id.0,
-                group: group.id.0,
-                height: meta.height,
-                tip_age_secs,
-                keys: scope.tree().len(),
-                health,
-                recovery_attempts_total: recovery.map_or(0, |r| r.attempts_total),
-                recovery_successes_total: recovery.map_or(0, |r| r.successes_total),
-                recovery_exhausted: exhausted || recovery.is_some_and(|r| r.exhausted),
-            });
-        }
+        add_scopes(&group, wall_secs, &recoveries, &mut scopes, &mut health_counts);
     }
     for (id, reason) in shard.failed.borrow().iter() {
         if !groups.iter().any(|g| g.group == id.0) {
@@ -95,10 +52,99 @@ pub fn collect(shard: &Shard) -> CoreSnapshot {
         health_counts,
         idem_size: shard.idem_cache_len() as u64,
         closing: shard.is_closing(),
-        divergences,
-        determinism_bugs,
-        integrity_checks,
-        gc,
+        divergences: maintenance.divergences,
+        determinism_bugs: maintenance.determinism_bugs,
+        integrity_checks: maintenance.integrity_checks,
+        gc: maintenance.gc,
+    }
+}
+
+/// The per-group rows of the maintenance counters, one per hosted group in `collect`'s order:
+/// vault repair's divergences and determinism bugs, the background integrity checks and the
+/// issues they found, GC cycles and the entities they expired. Read from one copy of each
+/// counter set, taken before the first row.
+struct MaintenanceRows {
+    repair: RepairCounters,
+    integrity: IntegrityCounters,
+    gc_counters: GcCounters,
+    divergences: Vec<(u32, u64)>,
+    determinism_bugs: Vec<(u32, u64)>,
+    integrity_checks: Vec<(u32, u64, u64)>,
+    gc: Vec<(u32, u64, u64)>,
+}
+
+impl MaintenanceRows {
+    /// Copies the repair, integrity and GC counters of this core; no rows yet.
+    fn read() -> MaintenanceRows {
+        let repair = crate::ops::vault_repair::counters();
+        let integrity = crate::maintenance::background_integrity::counters();
+        let gc_counters = crate::maintenance::gc::counters();
+        MaintenanceRows {
+            repair,
+            integrity,
+            gc_counters,
+            divergences: Vec::new(),
+            determinism_bugs: Vec::new(),
+            integrity_checks: Vec::new(),
+            gc: Vec::new(),
+        }
+    }
+
+    /// Adds `group`'s row to each family (0 where a counter never counted for it).
+    fn add_group(&mut self, group: u32) {
+        let (repair, integrity, gc_counters) = (&self.repair, &self.integrity, &self.gc_counters);
+        self.divergences.push((group, per_group(&repair.divergences, group)));
+        self.determinism_bugs.push((group, per_group(&repair.determinism_bugs, group)));
+        self.integrity_checks.push((
+            group,
+            per_group(&integrity.checks, group),
+            per_group(&integrity.issues, group),
+        ));
+        self.gc.push((group, per_group(&gc_counters.cycles, group), per_group(&gc_counters.expired, group)));
+    }
+}
+
+/// `group`'s count in `counts`, 0 if it has none.
+fn per_group(counts: &HashMap<u32, u64>, group: u32) -> u64 {
+    counts.get(&group).copied().unwrap_or(0)
+}
+
+/// Counts every scope of `group` in `health_counts` by health, and adds a row to `scopes` for
+/// each one that gets its own labels (`metrics::scope_is_labelled`), with its recovery counters.
+fn add_scopes(
+    group: &Group,
+    wall_secs: f64,
+    recoveries: &HashMap<(u32, ScopeKey), RecoveryRecord>,
+    scopes: &mut Vec<ScopeSnapshot>,
+    health_counts: &mut [u64; 3],
+) {
+    let data = group.data.borrow();
+    for scope in data.scopes.values() {
+        let meta = &scope.meta;
+        let (health, exhausted) = match &meta.health {
+            VaultHealth::Healthy => (HealthState::Healthy, false),
+            VaultHealth::Diverged { .. } => (HealthState::Diverged, false),
+            VaultHealth::Recovering { exhausted, .. } => (HealthState::Recovering, *exhausted),
+        };
+        health_counts[health as usize] += 1;
+        let block_secs = meta.last_block_ts.secs as f64 + f64::from(meta.last_block_ts.nanos) / 1e9;
+        let tip_age_secs = (wall_secs - block_secs).max(0.0);
+        if !metrics::scope_is_labelled(tip_age_secs, health) {
+            continue;
+        }
+        let recovery = recoveries.get(&(group.id.0, meta.key));
+        scopes.push(ScopeSnapshot {
+            namespace: meta.key.namespace_id.0,
+            vault: meta.key.vault_id.0,
+            group: group.id.0,
+            height: meta.height,
+            tip_age_secs,
+            keys: scope.tree().len(),
+            health,
+            recovery_attempts_total: recovery.map_or(0, |r| r.attempts_total),
+            recovery_successes_total: recovery.map_or(0, |r| r.successes_total),
+            recovery_exhausted: exhausted || recovery.is_some_and(|r| r.exhausted),
+        });
     }
 }
 
