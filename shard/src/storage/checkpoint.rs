@@ -450,81 +450,121 @@ impl CheckpointBatch {
         if let (Some(db), false) = (blocks_db, self.archive.blocks.is_empty()) {
             self.archive.write(db)?;
         }
-        let w = |e: redb::StorageError| ShardError::redb("state.redb write", e);
-        let t = |e: redb::TableError| ShardError::redb("state.redb open table", e);
         let mut txn = state_db.begin_write().map_err(|e| ShardError::redb("state.redb begin_write", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| ShardError::redb("state.redb durability", e))?;
-        {
-            let mut entities = txn.open_table(ENTITIES).map_err(t)?;
-            let mut relationships = txn.open_table(RELATIONSHIPS).map_err(t)?;
-            let mut journal = txn.open_table(ROW_JOURNAL).map_err(t)?;
-            let mut clients = txn.open_table(CLIENT_STATE).map_err(t)?;
-            let mut scopes = txn.open_table(SCOPES).map_err(t)?;
-            let mut applied = txn.open_table(APPLIED).map_err(t)?;
-            if self.full_rewrite {
-                entities.retain(|_, _| false).map_err(w)?;
-                relationships.retain(|_, _| false).map_err(w)?;
-                journal.retain(|_, _| false).map_err(w)?;
-                clients.retain(|_, _| false).map_err(w)?;
-                scopes.retain(|_, _| false).map_err(w)?;
-                let mut rows = JournalMerge::of_changes(self.entities, self.relationships);
-                outcome.merged_rows = rows.step(&mut entities, &mut relationships).map_err(w)?;
-                outcome.journal_cleared = true;
-            } else {
-                let mut newest = journal.last().map_err(w)?.map(|(seq, _)| seq.value());
-                // Records of at most `JOURNAL_RECORD_ROWS_MAX` rows: redb holds a value in one
-                // buffer of the next power-of-two size, and a buffer of many megabytes was freshly
-                // mapped (and zeroed by the kernel) at every checkpoint. A key is in one record
-                // only (`keep_last_per_key`), so the split changes no replay.
-                let entity_records =
-                    self.entities.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (rows, &[][..]));
-                let relationship_records =
-                    self.relationships.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (&[][..], rows));
-                for (entities, relationships) in entity_records.chain(relationship_records) {
-                    let seq = newest.map_or(0, |seq| seq + 1);
-                    let record = row_journal::encode(entities, relationships);
-                    journal.insert(seq, record.as_slice()).map_err(w)?;
-                    newest = Some(seq);
-                }
-                let merge_all = matches!(self.journal, JournalPlan::MergeAll);
-                let mut merge = match (self.journal, newest) {
-                    (_, None) => {
-                        outcome.journal_cleared = true;
-                        None
-                    }
-                    // Everything in one step: this supersedes a merge in progress.
-                    (JournalPlan::MergeAll, Some(newest)) => {
-                        Some(JournalMerge::start(&journal, newest, 1, 0)?)
-                    }
-                    (JournalPlan::Continue(merge), Some(_)) => Some(merge),
-                    (JournalPlan::Append, Some(_)) => None,
-                };
-                if let Some(m) = merge.as_mut() {
-                    // A stepped merge stops early once its inserts took their share of the
-                    // checkpoint period (SPEC §8.4); a clean close's merge runs to the end.
-                    let deadline = (!merge_all)
-                        .then(|| Instant::now() + Duration::from_millis(JOURNAL_MERGE_STEP_BUDGET_MS));
-                    outcome.merged_rows =
-                        m.step_until(&mut entities, &mut relationships, deadline).map_err(w)?;
-                }
-                if let Some(done) = merge.take_if(|m| m.is_done()) {
-                    outcome.released_rows = done.finish(&mut journal).map_err(w)?;
-                    outcome.journal_cleared = merge_all;
-                }
-                outcome.merge = merge;
-            }
-            for (k, v) in &self.clients {
-                clients.insert(k.as_slice(), v.as_slice()).map_err(w)?;
-            }
-            for (k, v) in &self.scopes {
-                scopes.insert(*k, v.as_slice()).map_err(w)?;
-            }
-            applied.insert(APPLIED_KEY, self.applied.as_slice()).map_err(w)?;
-        }
+        self.write_state_rows(&txn, &mut outcome)?;
         txn.commit().map_err(|e| ShardError::redb("state.redb commit", e))?;
         Ok(outcome)
     }
+
+    /// Writes the batch's rows into `txn` (not committed): the whole state over emptied tables for
+    /// a full rewrite, else the journal records and this checkpoint's merge step; then the client,
+    /// scope and `applied` rows. The tables close on return, before the caller commits.
+    fn write_state_rows(
+        self,
+        txn: &redb::WriteTransaction,
+        outcome: &mut JournalOutcome,
+    ) -> Result<(), ShardError> {
+        let w = |e: redb::StorageError| ShardError::redb("state.redb write", e);
+        let t = |e: redb::TableError| ShardError::redb("state.redb open table", e);
+        let mut entities = txn.open_table(ENTITIES).map_err(t)?;
+        let mut relationships = txn.open_table(RELATIONSHIPS).map_err(t)?;
+        let mut journal = txn.open_table(ROW_JOURNAL).map_err(t)?;
+        let mut clients = txn.open_table(CLIENT_STATE).map_err(t)?;
+        let mut scopes = txn.open_table(SCOPES).map_err(t)?;
+        let mut applied = txn.open_table(APPLIED).map_err(t)?;
+        if self.full_rewrite {
+            entities.retain(|_, _| false).map_err(w)?;
+            relationships.retain(|_, _| false).map_err(w)?;
+            journal.retain(|_, _| false).map_err(w)?;
+            clients.retain(|_, _| false).map_err(w)?;
+            scopes.retain(|_, _| false).map_err(w)?;
+            let mut rows = JournalMerge::of_changes(self.entities, self.relationships);
+            outcome.merged_rows = rows.step(&mut entities, &mut relationships).map_err(w)?;
+            outcome.journal_cleared = true;
+        } else {
+            let newest = append_journal_records(&mut journal, &self.entities, &self.relationships)?;
+            step_journal_merge(
+                self.journal,
+                newest,
+                &mut journal,
+                &mut entities,
+                &mut relationships,
+                outcome,
+            )?;
+        }
+        for (k, v) in &self.clients {
+            clients.insert(k.as_slice(), v.as_slice()).map_err(w)?;
+        }
+        for (k, v) in &self.scopes {
+            scopes.insert(*k, v.as_slice()).map_err(w)?;
+        }
+        applied.insert(APPLIED_KEY, self.applied.as_slice()).map_err(w)?;
+        Ok(())
+    }
+}
+
+/// Appends a checkpoint's entity and relationship rows to the row journal, numbered on from its
+/// newest record; returns the newest record's seq afterwards (None: the journal is empty).
+fn append_journal_records(
+    journal: &mut redb::Table<'_, u64, &'static [u8]>,
+    entities: &[(Vec<u8>, Option<Vec<u8>>)],
+    relationships: &[(Vec<u8>, Option<u64>)],
+) -> Result<Option<u64>, ShardError> {
+    let w = |e: redb::StorageError| ShardError::redb("state.redb write", e);
+    let mut newest = journal.last().map_err(w)?.map(|(seq, _)| seq.value());
+    // Records of at most `JOURNAL_RECORD_ROWS_MAX` rows: redb holds a value in one
+    // buffer of the next power-of-two size, and a buffer of many megabytes was freshly
+    // mapped (and zeroed by the kernel) at every checkpoint. A key is in one record
+    // only (`keep_last_per_key`), so the split changes no replay.
+    let entity_records = entities.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (rows, &[][..]));
+    let relationship_records = relationships.chunks(JOURNAL_RECORD_ROWS_MAX).map(|rows| (&[][..], rows));
+    for (entities, relationships) in entity_records.chain(relationship_records) {
+        let seq = newest.map_or(0, |seq| seq + 1);
+        let record = row_journal::encode(entities, relationships);
+        journal.insert(seq, record.as_slice()).map_err(w)?;
+        newest = Some(seq);
+    }
+    Ok(newest)
+}
+
+/// Carries out `plan` on a journal whose newest record is `newest`: takes this checkpoint's merge
+/// step into the tables, deletes the records of a merge that finished, and records in `outcome`
+/// what it merged and released and the merge left for the next checkpoint.
+fn step_journal_merge(
+    plan: JournalPlan,
+    newest: Option<u64>,
+    journal: &mut redb::Table<'_, u64, &'static [u8]>,
+    entities: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    relationships: &mut redb::Table<'_, &'static [u8], u64>,
+    outcome: &mut JournalOutcome,
+) -> Result<(), ShardError> {
+    let w = |e: redb::StorageError| ShardError::redb("state.redb write", e);
+    let merge_all = matches!(plan, JournalPlan::MergeAll);
+    let mut merge = match (plan, newest) {
+        (_, None) => {
+            outcome.journal_cleared = true;
+            None
+        }
+        // Everything in one step: this supersedes a merge in progress.
+        (JournalPlan::MergeAll, Some(newest)) => Some(JournalMerge::start(journal, newest, 1, 0)?),
+        (JournalPlan::Continue(merge), Some(_)) => Some(merge),
+        (JournalPlan::Append, Some(_)) => None,
+    };
+    if let Some(m) = merge.as_mut() {
+        // A stepped merge stops early once its inserts took their share of the
+        // checkpoint period (SPEC §8.4); a clean close's merge runs to the end.
+        let deadline =
+            (!merge_all).then(|| Instant::now() + Duration::from_millis(JOURNAL_MERGE_STEP_BUDGET_MS));
+        outcome.merged_rows = m.step_until(entities, relationships, deadline).map_err(w)?;
+    }
+    if let Some(done) = merge.take_if(|m| m.is_done()) {
+        outcome.released_rows = done.finish(journal).map_err(w)?;
+        outcome.journal_cleared = merge_all;
+    }
+    outcome.merge = merge;
+    Ok(())
 }
 
 /// What a checkpoint does with the row journal (row_journal.rs) besides appending its record.
@@ -589,6 +629,9 @@ pub struct Checkpointer {
     /// Fault points (a test may fail checkpoint writes).
     faults: Arc<crate::faults::Faults>,
 }
+
+/// A checkpoint's batch and the `blocks.redb` its archive blocks go to (None: no archive).
+type BatchAndArchive = (CheckpointBatch, Option<Arc<Database>>);
 
 /// Where a row-journal merge stands.
 pub enum MergeState {
@@ -721,78 +764,11 @@ impl Checkpointer {
     /// file holds exactly SPEC §9.2's tables (a clean close does this).
     pub async fn checkpoint_merging(&self, merge: bool) -> Result<bool, ShardError> {
         let _one_at_a_time = self.lock.lock().await;
-        let (batch, blocks_db) = {
-            let mut data = self.data.borrow_mut();
-            if data.fault.is_some() {
-                // A failed apply may have left memory half-changed: the durable state stays as
-                // it was before the fault, and the log still holds everything after it.
-                return Ok(false);
-            }
-            // The log is purged up to the last durable checkpoint: one that went back would claim
-            // state whose log may be gone. Apply only moves forward, so this is a bug; refused
-            // before the dirty rows are taken.
-            if data.applied_log_id < self.durable.get() {
-                return Err(ShardError::Corrupt {
-                    what: "checkpoint",
-                    detail: format!(
-                        "applied {:?} is behind the last durable checkpoint {:?}",
-                        data.applied_log_id,
-                        self.durable.get()
-                    ),
-                });
-            }
-            let fold_journal = merge && self.journal_rows.get() > 0;
-            let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(false) };
-            let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
-            let threshold = self.merge_rows_min.max(held);
-            let state = std::mem::replace(&mut *self.merge.borrow_mut(), MergeState::Idle);
-            batch.journal = if merge || batch.full_rewrite {
-                // Whatever a merge in progress prepared is about to be stale.
-                self.merge_epoch.set(self.merge_epoch.get() + 1);
-                if merge {
-                    JournalPlan::MergeAll
-                } else {
-                    JournalPlan::Append
-                }
-            } else {
-                match state {
-                    MergeState::Ready(m) => JournalPlan::Continue(m),
-                    MergeState::Preparing => {
-                        *self.merge.borrow_mut() = MergeState::Preparing;
-                        JournalPlan::Append
-                    }
-                    MergeState::Idle => {
-                        // The batch may hold a key several times (one row per block that
-                        // changed it) but never more distinct rows than the group holds.
-                        let appending = batch.journal_rows().min(held);
-                        if self.journal_rows.get() + appending >= threshold {
-                            self.prepare_merge();
-                        }
-                        JournalPlan::Append
-                    }
-                }
-            };
-            (batch, data.archive.db().cloned())
-        };
+        let Some((batch, blocks_db)) = self.take_batch(merge)? else { return Ok(false) };
         let full_rewrite = batch.full_rewrite;
         let upto = batch.archive.upto();
         let log_id = batch.log_id;
-        let state_db = self.state_db.clone();
-        let fail = self.faults.take_checkpoint_failure(self.data.borrow().group_id.0);
-        let (result, took) = glommio::executor()
-            .spawn_blocking(move || {
-                let started = Instant::now();
-                if fail {
-                    let source = std::io::Error::other("injected fault: checkpoint write failed");
-                    return (
-                        Err(ShardError::Io { path: PathBuf::from("state.redb"), source }),
-                        started.elapsed(),
-                    );
-                }
-                let r = batch.write(&state_db, blocks_db.as_deref());
-                (r, started.elapsed())
-            })
-            .await;
+        let (result, took) = self.write_off_core(batch, blocks_db).await;
         let mut stats = self.stats.get();
         stats.last_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let mut data = self.data.borrow_mut();
@@ -803,24 +779,7 @@ impl Checkpointer {
                 }
                 data.durable_log_id = log_id;
                 self.durable.set(log_id);
-                if full_rewrite || journal.journal_cleared {
-                    self.journal_rows.set(0);
-                } else {
-                    let held = self.journal_rows.get() + journal.appended_rows;
-                    debug_assert!(journal.released_rows <= held, "merged records the count never held");
-                    self.journal_rows.set(held.saturating_sub(journal.released_rows));
-                }
-                if journal.merged_rows > 0 || journal.released_rows > 0 {
-                    stats.journal_merge_steps += 1;
-                    stats.journal_merged_rows += journal.merged_rows as u64;
-                    tracing::debug!(
-                        group = %data.group_id,
-                        merged_rows = journal.merged_rows,
-                        done = journal.merge.is_none(),
-                        took_us = stats.last_us,
-                        "row journal merge step"
-                    );
-                }
+                self.count_journal(&data, &journal, full_rewrite, &mut stats);
                 if let Some(m) = journal.merge {
                     *self.merge.borrow_mut() = MergeState::Ready(m);
                 }
@@ -838,6 +797,124 @@ impl Checkpointer {
                 self.stats.set(stats);
                 Err(e)
             }
+        }
+    }
+
+    /// On the core: takes the dirty set as a batch with its journal plan, and the archive's
+    /// `blocks.redb` it goes to. None when there is nothing to write or the group's apply failed.
+    fn take_batch(&self, merge: bool) -> Result<Option<BatchAndArchive>, ShardError> {
+        let mut data = self.data.borrow_mut();
+        if data.fault.is_some() {
+            // A failed apply may have left memory half-changed: the durable state stays as
+            // it was before the fault, and the log still holds everything after it.
+            return Ok(None);
+        }
+        // The log is purged up to the last durable checkpoint: one that went back would claim
+        // state whose log may be gone. Apply only moves forward, so this is a bug; refused
+        // before the dirty rows are taken.
+        if data.applied_log_id < self.durable.get() {
+            return Err(ShardError::Corrupt {
+                what: "checkpoint",
+                detail: format!(
+                    "applied {:?} is behind the last durable checkpoint {:?}",
+                    data.applied_log_id,
+                    self.durable.get()
+                ),
+            });
+        }
+        let fold_journal = merge && self.journal_rows.get() > 0;
+        let Some(mut batch) = CheckpointBatch::take(&mut data, fold_journal) else { return Ok(None) };
+        batch.journal = self.journal_plan(merge, &data, &batch);
+        Ok(Some((batch, data.archive.db().cloned())))
+    }
+
+    /// What `batch` does with the row journal: merge it all (`merge`), append only (a full
+    /// rewrite empties it anyway), or take the next step of a prepared merge; starts preparing
+    /// a merge once the journal would reach its threshold.
+    fn journal_plan(&self, merge: bool, data: &GroupData, batch: &CheckpointBatch) -> JournalPlan {
+        let held: u64 = data.scopes.values().map(|scope| scope.key_count()).sum();
+        let threshold = self.merge_rows_min.max(held);
+        let state = std::mem::replace(&mut *self.merge.borrow_mut(), MergeState::Idle);
+        if merge || batch.full_rewrite {
+            // Whatever a merge in progress prepared is about to be stale.
+            self.merge_epoch.set(self.merge_epoch.get() + 1);
+            if merge {
+                JournalPlan::MergeAll
+            } else {
+                JournalPlan::Append
+            }
+        } else {
+            match state {
+                MergeState::Ready(m) => JournalPlan::Continue(m),
+                MergeState::Preparing => {
+                    *self.merge.borrow_mut() = MergeState::Preparing;
+                    JournalPlan::Append
+                }
+                MergeState::Idle => {
+                    // The batch may hold a key several times (one row per block that
+                    // changed it) but never more distinct rows than the group holds.
+                    let appending = batch.journal_rows().min(held);
+                    if self.journal_rows.get() + appending >= threshold {
+                        self.prepare_merge();
+                    }
+                    JournalPlan::Append
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` in glommio's blocking thread pool (or fails it, when a test injected a
+    /// checkpoint failure), so the executor keeps polling. Returns the result and how long the
+    /// blocking part took.
+    async fn write_off_core(
+        &self,
+        batch: CheckpointBatch,
+        blocks_db: Option<Arc<Database>>,
+    ) -> (Result<JournalOutcome, ShardError>, Duration) {
+        let state_db = self.state_db.clone();
+        let fail = self.faults.take_checkpoint_failure(self.data.borrow().group_id.0);
+        glommio::executor()
+            .spawn_blocking(move || {
+                let started = Instant::now();
+                if fail {
+                    let source = std::io::Error::other("injected fault: checkpoint write failed");
+                    return (
+                        Err(ShardError::Io { path: PathBuf::from("state.redb"), source }),
+                        started.elapsed(),
+                    );
+                }
+                let r = batch.write(&state_db, blocks_db.as_deref());
+                (r, started.elapsed())
+            })
+            .await
+    }
+
+    /// After a written checkpoint: the rows now in the row journal, and the merge counters when
+    /// this checkpoint took a merge step.
+    fn count_journal(
+        &self,
+        data: &GroupData,
+        journal: &JournalOutcome,
+        full_rewrite: bool,
+        stats: &mut CheckpointStats,
+    ) {
+        if full_rewrite || journal.journal_cleared {
+            self.journal_rows.set(0);
+        } else {
+            let held = self.journal_rows.get() + journal.appended_rows;
+            debug_assert!(journal.released_rows <= held, "merged records the count never held");
+            self.journal_rows.set(held.saturating_sub(journal.released_rows));
+        }
+        if journal.merged_rows > 0 || journal.released_rows > 0 {
+            stats.journal_merge_steps += 1;
+            stats.journal_merged_rows += journal.merged_rows as u64;
+            tracing::debug!(
+                group = %data.group_id,
+                merged_rows = journal.merged_rows,
+                done = journal.merge.is_none(),
+                took_us = stats.last_us,
+                "row journal merge step"
+            );
         }
     }
 
