@@ -260,118 +260,135 @@ pub fn answer(group: &Group, request: &Request, token_key: Option<&TokenKey>) ->
 /// §5.7, §8.7). `now` judges TTL: the wall clock for current state, the block time at the
 /// pinned height for history (SPEC §3.8).
 pub fn list_on(scope: &ScopeState, request: &Request, key: &TokenKey, now: u64) -> Result<Response, Status> {
-    let tip = scope.meta.height;
     match request {
-        Request::ListEntities {
-            namespace_id,
-            vault_id,
-            key_prefix,
-            at_height,
-            include_expired,
-            limit,
-            page_token,
-            ..
-        } => {
-            let filter = EntitiesFilter {
-                namespace_id: *namespace_id,
-                vault_id: *vault_id,
-                key_prefix: key_prefix.clone(),
-                at_height: *at_height,
-                include_expired: *include_expired,
-            };
-            let qh = query_hash(&filter);
-            let vault = vault_id.unwrap_or(0);
-            let start = page_start(page_token, key, *namespace_id, vault, qh, tip)?;
-            let start_after = match &start {
-                Some(t) => {
-                    Some(String::from_utf8(t.last_key.clone()).map_err(|_| Status::invalid(MSG_INVALID))?)
-                }
-                None => None,
-            };
-            let (entities, last) = scope.list_entities(
-                key_prefix,
-                start_after.as_deref(),
-                page_size(*limit),
-                *include_expired,
-                now,
-            );
-            let next_page_token =
-                next_token(key, *namespace_id, vault, last.map(String::into_bytes), tip, qh);
-            Ok(Response::ListEntities { entities, block_height: tip, next_page_token })
-        }
-        Request::ListRelationships {
-            namespace_id,
-            vault_id,
-            resource,
-            relation,
-            subject,
-            at_height,
-            limit,
-            page_token,
-            ..
-        } => {
-            let filter = RelationshipsFilter {
-                namespace_id: *namespace_id,
-                vault_id: *vault_id,
-                resource: resource.clone(),
-                relation: relation.clone(),
-                subject: subject.clone(),
-                at_height: *at_height,
-            };
-            let qh = query_hash(&filter);
-            let start = page_start(page_token, key, *namespace_id, *vault_id, qh, tip)?;
-            let start_after = match &start {
-                Some(t) => Some(
-                    std::str::from_utf8(&t.last_key)
-                        .ok()
-                        .and_then(parse_relationship_key)
-                        .ok_or_else(|| Status::invalid(MSG_INVALID))?,
-                ),
-                None => None,
-            };
-            let (relationships, more) = scope.list_relationships(
-                resource.as_deref(),
-                relation.as_deref(),
-                subject.as_deref(),
-                start_after.as_ref(),
-                page_size(*limit),
-            );
-            let last =
-                if more { relationships.last().map(|r| relationship_key(r).into_bytes()) } else { None };
-            let next_page_token = next_token(key, *namespace_id, *vault_id, last, tip, qh);
-            Ok(Response::ListRelationships { relationships, block_height: tip, next_page_token })
-        }
-        Request::ListResources {
-            namespace_id,
-            vault_id,
-            resource_type,
-            at_height,
-            limit,
-            page_token,
-            ..
-        } => {
-            let filter = ResourcesFilter {
-                namespace_id: *namespace_id,
-                vault_id: *vault_id,
-                resource_type: resource_type.clone(),
-                at_height: *at_height,
-            };
-            let qh = query_hash(&filter);
-            let start = page_start(page_token, key, *namespace_id, *vault_id, qh, tip)?;
-            let start_after = match &start {
-                Some(t) => {
-                    Some(String::from_utf8(t.last_key.clone()).map_err(|_| Status::invalid(MSG_INVALID))?)
-                }
-                None => None,
-            };
-            let (resources, more) =
-                scope.list_resources(resource_type, start_after.as_deref(), page_size(*limit));
-            let last = if more { resources.last().map(|r| r.clone().into_bytes()) } else { None };
-            let next_page_token = next_token(key, *namespace_id, *vault_id, last, tip, qh);
-            Ok(Response::ListResources { resources, block_height: tip, next_page_token })
-        }
-        other => Err(Status::internal(format!("{} is not a list request", other.op_name()))),
+        Request::ListEntities { .. } => list_entities_on(scope, request, key, now),
+        Request::ListRelationships { .. } => list_relationships_on(scope, request, key),
+        Request::ListResources { .. } => list_resources_on(scope, request, key),
+        other => Err(not_a_list_request(other)),
     }
+}
+
+/// The answer to a request that `list_on` (or one of its per-kind steps) was handed but is not a
+/// list, or not of the step's kind.
+fn not_a_list_request(request: &Request) -> Status {
+    Status::internal(format!("{} is not a list request", request.op_name()))
+}
+
+/// `list_on` for a `ListEntities` page: entities by key prefix, after the page token's last key.
+fn list_entities_on(
+    scope: &ScopeState,
+    request: &Request,
+    key: &TokenKey,
+    now: u64,
+) -> Result<Response, Status> {
+    let tip = scope.meta.height;
+    let Request::ListEntities {
+        namespace_id,
+        vault_id,
+        key_prefix,
+        at_height,
+        include_expired,
+        limit,
+        page_token,
+        ..
+    } = request
+    else {
+        return Err(not_a_list_request(request));
+    };
+    let filter = EntitiesFilter {
+        namespace_id: *namespace_id,
+        vault_id: *vault_id,
+        key_prefix: key_prefix.clone(),
+        at_height: *at_height,
+        include_expired: *include_expired,
+    };
+    let qh = query_hash(&filter);
+    let vault = vault_id.unwrap_or(0);
+    let start = page_start(page_token, key, *namespace_id, vault, qh, tip)?;
+    let start_after = match &start {
+        Some(t) => Some(String::from_utf8(t.last_key.clone()).map_err(|_| Status::invalid(MSG_INVALID))?),
+        None => None,
+    };
+    let (entities, last) =
+        scope.list_entities(key_prefix, start_after.as_deref(), page_size(*limit), *include_expired, now);
+    let next_page_token = next_token(key, *namespace_id, vault, last.map(String::into_bytes), tip, qh);
+    Ok(Response::ListEntities { entities, block_height: tip, next_page_token })
+}
+
+/// `list_on` for a `ListRelationships` page: relationships matching the filter, after the page
+/// token's last relationship.
+fn list_relationships_on(scope: &ScopeState, request: &Request, key: &TokenKey) -> Result<Response, Status> {
+    let tip = scope.meta.height;
+    let Request::ListRelationships {
+        namespace_id,
+        vault_id,
+        resource,
+        relation,
+        subject,
+        at_height,
+        limit,
+        page_token,
+        ..
+    } = request
+    else {
+        return Err(not_a_list_request(request));
+    };
+    let filter = RelationshipsFilter {
+        namespace_id: *namespace_id,
+        vault_id: *vault_id,
+        resource: resource.clone(),
+        relation: relation.clone(),
+        subject: subject.clone(),
+        at_height: *at_height,
+    };
+    let qh = query_hash(&filter);
+    let start = page_start(page_token, key, *namespace_id, *vault_id, qh, tip)?;
+    let start_after = match &start {
+        Some(t) => Some(
+            std::str::from_utf8(&t.last_key)
+                .ok()
+                .and_then(parse_relationship_key)
+                .ok_or_else(|| Status::invalid(MSG_INVALID))?,
+        ),
+        None => None,
+    };
+    let (relationships, more) = scope.list_relationships(
+        resource.as_deref(),
+        relation.as_deref(),
+        subject.as_deref(),
+        start_after.as_ref(),
+        page_size(*limit),
+    );
+    let last = if more { relationships.last().map(|r| relationship_key(r).into_bytes()) } else { None };
+    let next_page_token = next_token(key, *namespace_id, *vault_id, last, tip, qh);
+    Ok(Response::ListRelationships { relationships, block_height: tip, next_page_token })
+}
+
+/// `list_on` for a `ListResources` page: resources of one type, after the page token's last one.
+fn list_resources_on(scope: &ScopeState, request: &Request, key: &TokenKey) -> Result<Response, Status> {
+    let tip = scope.meta.height;
+    let Request::ListResources {
+        namespace_id, vault_id, resource_type, at_height, limit, page_token, ..
+    } = request
+    else {
+        return Err(not_a_list_request(request));
+    };
+    let filter = ResourcesFilter {
+        namespace_id: *namespace_id,
+        vault_id: *vault_id,
+        resource_type: resource_type.clone(),
+        at_height: *at_height,
+    };
+    let qh = query_hash(&filter);
+    let start = page_start(page_token, key, *namespace_id, *vault_id, qh, tip)?;
+    let start_after = match &start {
+        Some(t) => Some(String::from_utf8(t.last_key.clone()).map_err(|_| Status::invalid(MSG_INVALID))?),
+        None => None,
+    };
+    let (resources, more) = scope.list_resources(resource_type, start_after.as_deref(), page_size(*limit));
+    let last = if more { resources.last().map(|r| r.clone().into_bytes()) } else { None };
+    let next_page_token = next_token(key, *namespace_id, *vault_id, last, tip, qh);
+    Ok(Response::ListResources { resources, block_height: tip, next_page_token })
 }
 
 /// For a list request whose pagination is pinned below the scope's tip (an `at_height` below it,
