@@ -418,84 +418,122 @@ pub async fn rebuild_checked(
             .unwrap_or(scope.meta.height);
         (lru_floor(group.id, key, height), snapshot, scope.meta.genesis.clone(), scope.meta.retention, oldest)
     };
+    let mut state = starting_state(key, floor, snapshot, &genesis, retention).await?;
+    replay_archived(group, key, height, oldest, &genesis, &mut state).await?;
+    let state = Rc::new(state);
+    lru_put(group.id, state.clone());
+    Ok(state)
+}
+
+/// The state a rebuild replays from: the local `snapshot` (path, height) when it is above the
+/// cached `floor`, else the floor, else the scope's genesis. Its genesis must be `genesis`.
+async fn starting_state(
+    key: ScopeKey,
+    floor: Option<Rc<ScopeState>>,
+    snapshot: Option<(std::path::PathBuf, u64)>,
+    genesis: &BlockHeader,
+    retention: RetentionPolicy,
+) -> Result<ScopeState, RebuildError> {
     let floor_height = floor.as_ref().map(|f| f.meta.height);
     let from_snapshot = match snapshot {
-        Some((path, at)) if floor_height.is_none_or(|f| f < at) => {
-            let loaded = glommio::executor()
-                .spawn_blocking(move || crate::storage::snapshot::load_scope(&path, key))
-                .await;
-            match loaded {
-                Ok(Some(state)) if state.meta.height == at => Some(state),
-                Ok(_) => None,
-                Err(e) => {
-                    crate::event!(warn, "history_snapshot_unusable", scope = %key, height = at, error = %e);
-                    None
-                }
-            }
-        }
+        Some((path, at)) if floor_height.is_none_or(|f| f < at) => load_snapshot_at(path, at, key).await,
         _ => None,
     };
-    let mut state = match (from_snapshot, floor) {
+    let state = match (from_snapshot, floor) {
         (Some(state), _) => state,
         (None, Some(floor)) => ScopeState::clone(&floor),
-        (None, None) => ScopeState::genesis(key, retention, &BlockContext::of_header(&genesis)),
+        (None, None) => ScopeState::genesis(key, retention, &BlockContext::of_header(genesis)),
     };
-    if block_hash(&state.meta.genesis) != block_hash(&genesis) {
+    if block_hash(&state.meta.genesis) != block_hash(genesis) {
         return Err(RebuildError::Other(Status::internal(format!(
             "scope {key}: rebuilt genesis differs from the stored genesis"
         ))));
     }
+    Ok(state)
+}
+
+/// The scope's state at height `at` from the local snapshot at `path`, read in the blocking
+/// pool; None when the snapshot does not hold it there or cannot be read (then reported).
+async fn load_snapshot_at(path: std::path::PathBuf, at: u64, key: ScopeKey) -> Option<ScopeState> {
+    let loaded =
+        glommio::executor().spawn_blocking(move || crate::storage::snapshot::load_scope(&path, key)).await;
+    match loaded {
+        Ok(Some(state)) if state.meta.height == at => Some(state),
+        Ok(_) => None,
+        Err(e) => {
+            crate::event!(warn, "history_snapshot_unusable", scope = %key, height = at, error = %e);
+            None
+        }
+    }
+}
+
+/// Replays the archived blocks above `state` up to `height`, `HISTORY_REPLAY_CHUNK_BLOCKS` at a
+/// time, yielding the core after each chunk. `oldest` is the oldest height a compacted scope can
+/// still serve, for the error when a body it needs was compacted.
+async fn replay_archived(
+    group: &Group,
+    key: ScopeKey,
+    height: u64,
+    oldest: u64,
+    genesis: &BlockHeader,
+    state: &mut ScopeState,
+) -> Result<(), RebuildError> {
     while state.meta.height < height {
         let from = state.meta.height + 1;
         let to = height.min(state.meta.height + HISTORY_REPLAY_CHUNK_BLOCKS);
         let blocks = {
             let data = group.data.borrow();
             data.archive
-                .get_range(key, from, to, &genesis)
+                .get_range(key, from, to, genesis)
                 .map_err(|e| Status::internal(format!("archive: {e}")))?
         };
         if blocks.len() as u64 != to - from + 1 {
             return Err(unavailable(height, from, "archived blocks are missing").into());
         }
         for block in blocks {
-            let h = block.header.height;
             if block.transactions.is_empty() {
                 return Err(unavailable(height, oldest, "the block bodies it needs were compacted").into());
             }
-            let entry = VaultEntry {
-                namespace_id: block.header.namespace_id,
-                vault_id: block.header.vault_id,
-                vault_height: h,
-                previous_vault_hash: block.header.previous_hash,
-                tx_merkle_root: block.header.tx_merkle_root,
-                state_root: block.header.state_root,
-                transactions: block.transactions,
-            };
-            let (body_root, link) = (entry.tx_merkle_root, entry.previous_vault_hash);
-            let delta = state.replay_entry(&entry, &BlockContext::of_header(&block.header)).map_err(|d| {
-                // A body that does not reproduce its header's root, or a header that does not
-                // link to the block below, is damage to the stored block, not a determinism bug:
-                // recovery fetches such blocks again (D81).
-                if d.expected == body_root || d.expected == link {
-                    return RebuildError::Other(Status::unavailable(format!(
-                        "scope {key}: archived block {h} is damaged on this node (its body or its link \
-                         to the block below does not match its header)"
-                    )));
-                }
-                RebuildError::Diverged(Status::internal(format!(
-                    "scope {key}: replay of archived block {} diverged (expected root {}, computed {})",
-                    d.at_height,
-                    ledger_core::hash::to_hex(&d.expected),
-                    ledger_core::hash::to_hex(&d.computed)
-                )))
-            })?;
-            state.commit(delta);
+            replay_block(state, key, block)?;
         }
         glommio::yield_if_needed().await;
     }
-    let state = Rc::new(state);
-    lru_put(group.id, state.clone());
-    Ok(state)
+    Ok(())
+}
+
+/// Replays one archived block onto `state`, telling damage to the stored block apart from a
+/// replay divergence.
+fn replay_block(state: &mut ScopeState, key: ScopeKey, block: Block) -> Result<(), RebuildError> {
+    let h = block.header.height;
+    let entry = VaultEntry {
+        namespace_id: block.header.namespace_id,
+        vault_id: block.header.vault_id,
+        vault_height: h,
+        previous_vault_hash: block.header.previous_hash,
+        tx_merkle_root: block.header.tx_merkle_root,
+        state_root: block.header.state_root,
+        transactions: block.transactions,
+    };
+    let (body_root, link) = (entry.tx_merkle_root, entry.previous_vault_hash);
+    let delta = state.replay_entry(&entry, &BlockContext::of_header(&block.header)).map_err(|d| {
+        // A body that does not reproduce its header's root, or a header that does not
+        // link to the block below, is damage to the stored block, not a determinism bug:
+        // recovery fetches such blocks again (D81).
+        if d.expected == body_root || d.expected == link {
+            return RebuildError::Other(Status::unavailable(format!(
+                "scope {key}: archived block {h} is damaged on this node (its body or its link \
+                 to the block below does not match its header)"
+            )));
+        }
+        RebuildError::Diverged(Status::internal(format!(
+            "scope {key}: replay of archived block {} diverged (expected root {}, computed {})",
+            d.at_height,
+            ledger_core::hash::to_hex(&d.expected),
+            ledger_core::hash::to_hex(&d.computed)
+        )))
+    })?;
+    state.commit(delta);
+    Ok(())
 }
 
 #[cfg(test)]
