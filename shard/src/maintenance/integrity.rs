@@ -307,6 +307,38 @@ fn replay(
 ) -> Result<(), ShardError> {
     use IntegrityIssueType::*;
     let key = meta.key;
+    let mut state = replay_start(meta, trusted, compacted, issues);
+    for height in state.meta.height + 1..=meta.height {
+        let Some(Block { header, transactions }) = block_to_replay(key, height, header_at, scan, issues)?
+        else {
+            return Ok(());
+        };
+        replay_block(&mut state, height, &header, transactions, issues);
+    }
+    if state.meta.state_root != meta.state_root || state.meta.state_root != tree_root {
+        issues.add(
+            meta.height,
+            StateDivergence,
+            format!(
+                "replayed state root {} differs from the current state's {}",
+                short(&state.meta.state_root),
+                short(&tree_root)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The state a full check replays from: under Compacted retention the newest trusted snapshot
+/// that loads (one that fails is reported), else the scope's empty state at genesis.
+fn replay_start(
+    meta: &ScopeMeta,
+    trusted: &[&CatalogEntry],
+    compacted: bool,
+    issues: &mut Issues,
+) -> ScopeState {
+    use IntegrityIssueType::*;
+    let key = meta.key;
     let mut state = None;
     if compacted {
         for entry in trusted.iter().rev() {
@@ -321,7 +353,7 @@ fn replay(
             }
         }
     }
-    let mut state = match state {
+    match state {
         Some(state) => state,
         None => {
             let genesis_meta = ScopeMeta {
@@ -334,59 +366,70 @@ fn replay(
             };
             ScopeState::from_rows(genesis_meta, Vec::new(), Vec::new(), Vec::new())
         }
-    };
-    for height in state.meta.height + 1..=meta.height {
-        let Some(header) = header_at(height) else {
-            issues.add(height, MissingBlock, "replay stopped: header unreadable".into());
-            return Ok(());
-        };
-        let located = match scan {
-            Some(scan) => scan.header(key, height)?.ok(),
-            None => None,
-        };
-        let body = match (scan, located) {
-            (Some(scan), Some(l)) => scan.body(l.group_height, l.entry)?,
-            _ => None,
-        };
-        let Some(Ok(transactions)) = body else {
-            issues.add(height, MissingBlock, "replay stopped: body needed for replay is missing".into());
-            return Ok(());
-        };
-        let ctx = BlockContext::of_header(&header);
-        let mut draft = BlockDraft::new(&state);
-        let mut failed = 0;
-        for tx in transactions {
-            failed += usize::from(draft.try_apply(tx).is_err());
-        }
-        let (_, delta) = draft.finish(&ctx);
-        if failed > 0 {
-            issues.add(height, StateDivergence, format!("{failed} transaction(s) do not apply on replay"));
-        }
-        if delta.header.state_root != header.state_root {
-            issues.add(
-                height,
-                StateDivergence,
-                format!(
-                    "replayed state root {} differs from the header's {}",
-                    short(&delta.header.state_root),
-                    short(&header.state_root)
-                ),
-            );
-        }
-        state.commit(delta);
     }
-    if state.meta.state_root != meta.state_root || state.meta.state_root != tree_root {
+}
+
+/// The archived header and body at `height`, or None (reported) when either cannot be read: the
+/// replay stops there.
+fn block_to_replay(
+    key: ScopeKey,
+    height: u64,
+    header_at: &dyn Fn(u64) -> Option<BlockHeader>,
+    scan: &Option<ArchiveScan>,
+    issues: &mut Issues,
+) -> Result<Option<Block>, ShardError> {
+    use IntegrityIssueType::*;
+    let Some(header) = header_at(height) else {
+        issues.add(height, MissingBlock, "replay stopped: header unreadable".into());
+        return Ok(None);
+    };
+    let located = match scan {
+        Some(scan) => scan.header(key, height)?.ok(),
+        None => None,
+    };
+    let body = match (scan, located) {
+        (Some(scan), Some(l)) => scan.body(l.group_height, l.entry)?,
+        _ => None,
+    };
+    let Some(Ok(transactions)) = body else {
+        issues.add(height, MissingBlock, "replay stopped: body needed for replay is missing".into());
+        return Ok(None);
+    };
+    Ok(Some(Block { header, transactions }))
+}
+
+/// Replays one block's transactions onto `state`, reporting those that do not apply and a
+/// state root that differs from the `header`'s.
+fn replay_block(
+    state: &mut ScopeState,
+    height: u64,
+    header: &BlockHeader,
+    transactions: Vec<Transaction>,
+    issues: &mut Issues,
+) {
+    use IntegrityIssueType::*;
+    let ctx = BlockContext::of_header(header);
+    let mut draft = BlockDraft::new(state);
+    let mut failed = 0;
+    for tx in transactions {
+        failed += usize::from(draft.try_apply(tx).is_err());
+    }
+    let (_, delta) = draft.finish(&ctx);
+    if failed > 0 {
+        issues.add(height, StateDivergence, format!("{failed} transaction(s) do not apply on replay"));
+    }
+    if delta.header.state_root != header.state_root {
         issues.add(
-            meta.height,
+            height,
             StateDivergence,
             format!(
-                "replayed state root {} differs from the current state's {}",
-                short(&state.meta.state_root),
-                short(&tree_root)
+                "replayed state root {} differs from the header's {}",
+                short(&delta.header.state_root),
+                short(&header.state_root)
             ),
         );
     }
-    Ok(())
+    state.commit(delta);
 }
 
 /// Checks `scope` of the group now. Must run inside the owning executor.
