@@ -649,14 +649,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
         loop {
             self.out.clear();
             let closing = if let Some(reply) = self.carried.take() {
-                self.carried = encode_replies(
-                    reply,
-                    &self.replies,
-                    &mut self.out,
-                    &self.outstanding,
-                    self.max_frame_bytes,
-                    &self.inflight,
-                );
+                self.encode_reply(reply);
                 false
             } else if let Some(deadline) = self.drain_deadline {
                 self.encode_while_draining(deadline).await
@@ -686,6 +679,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
         }
     }
 
+    /// Encodes `reply` and the replies ready behind it into one frame; one that did not fit is
+    /// carried to the next.
+    fn encode_reply(&mut self, reply: ResponseEnvelope) {
+        self.carried = encode_replies(
+            reply,
+            &self.replies,
+            &mut self.out,
+            &self.outstanding,
+            self.max_frame_bytes,
+            &self.inflight,
+        );
+    }
+
     /// Shutting down: encodes the next reply or stream event still owed, or once none is owed
     /// (or `deadline` has passed) the `Goaway{Shutdown}`; returns true for the Goaway.
     async fn encode_while_draining(&mut self, deadline: std::time::Instant) -> bool {
@@ -706,14 +712,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
         };
         match next {
             Some(Owed::Reply(reply)) => {
-                self.carried = encode_replies(
-                    reply,
-                    &self.replies,
-                    &mut self.out,
-                    &self.outstanding,
-                    self.max_frame_bytes,
-                    &self.inflight,
-                );
+                self.encode_reply(reply);
                 false
             }
             Some(Owed::Stream(event)) => {
@@ -767,14 +766,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
         }
         match self.replies.recv_async().await {
             Ok(reply) => {
-                self.carried = encode_replies(
-                    reply,
-                    &self.replies,
-                    &mut self.out,
-                    &self.outstanding,
-                    self.max_frame_bytes,
-                    &self.inflight,
-                );
+                self.encode_reply(reply);
                 ControlFlow::Continue(())
             }
             Err(_) => ControlFlow::Break(()),
