@@ -162,48 +162,13 @@ async fn open_attempt(
 
     let blocks_db =
         Arc::new(retry_open(|| open_db(&dir.join("blocks.redb"), BLOCKS_DB_CACHE_BYTES, sim)).await?);
-    let core_log = CoreLog::shared(core_log_dir(config, options.core))?;
-    let log_store = retry_open(|| LogStore::open(core_log.clone(), group)).await?;
-    if log_store.last_log_id().is_none() && dir.join("raft.redb").exists() {
-        // An older version kept each group's log in its own `raft.redb` (D38): refuse rather
-        // than start this group over from an empty log.
-        return Err(ShardError::Corrupt {
-            what: "group log",
-            detail: format!(
-                "{} holds this group's log in the format of an older version; this version keeps it in {}",
-                dir.join("raft.redb").display(),
-                core_log.dir().path().display()
-            ),
-        });
-    }
-    log_store.set_faults(config.faults.clone());
-    let catalog = {
-        let dir = dir.join("snapshots");
-        let scan_dir = dir.clone();
-        let scan = glommio::executor().spawn_blocking(move || SnapshotCatalog::scan(&scan_dir)).await?;
-        SnapshotCatalog::with_files(dir, scan)
-    };
+    let log_store = open_group_log(config, group, options.core, &dir).await?;
+    let catalog = scan_snapshots(&dir).await?;
     let (state_db, loaded, restored) =
         open_state(&dir, group, &catalog, log_store.last_purged().is_some(), sim).await?;
     fsync_dir(&dir).map_err(dir_io)?;
 
-    let mut data = GroupData::new(group, Archive::open(blocks_db)?);
-    data.trees = TreeWorker::start(
-        &format!("tree-g{}", group.0),
-        config.helper_hooks,
-        config.tree_thread_min_leaves,
-        config.tree_thread_min_changes,
-    );
-    data.history.release_through(data.trees.clone());
-    data.snapshots = catalog;
-    if let Some(applied) = loaded.applied {
-        data.applied_log_id = applied.log_id.map(LogId::from);
-        data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
-        data.group_height = applied.group_height;
-        data.last_group_hash = applied.last_group_hash;
-        data.membership = StoredMembership::from(applied.membership);
-        data.durable_log_id = data.applied_log_id;
-    }
+    let mut data = new_group_data(config, group, Archive::open(blocks_db)?, catalog, loaded.applied);
     install_scopes(&mut data, loaded.scopes, group)?;
     let restoring = restored.is_some();
     if let Some((applied, scopes)) = restored {
@@ -226,6 +191,96 @@ async fn open_attempt(
     }
     log_store.set_purge_limit(checkpointer.durable());
     let log_stats = log_store.stats();
+    let raft = start_raft(config, group, &options, &data, &checkpointer, &log_store).await?;
+
+    initialize_if_new(config, group, &raft).await?;
+    if config.cluster.is_some() {
+        // A member of a cluster serves as soon as its group runs: leadership comes and goes,
+        // and the block builder waits for it (round/group.rs). An archive left with gaps by a
+        // snapshot install before a restart is back-filled from the other members.
+        if let Some(peers) = &options.peers {
+            crate::peer::backfill::spawn(data.clone(), peers.clone());
+        }
+        return Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval));
+    }
+    wait_until_led(&raft, &data, config.node_id, group).await?;
+
+    Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval))
+}
+
+/// The group's view of its core's Raft log (`core_log.rs`), with the test fault switch set.
+/// Refuses a group directory that still holds a log of the older per-group format (D38).
+async fn open_group_log(
+    config: &ShardConfig,
+    group: GroupId,
+    core: u16,
+    dir: &std::path::Path,
+) -> Result<LogStore, ShardError> {
+    let core_log = CoreLog::shared(core_log_dir(config, core))?;
+    let log_store = retry_open(|| LogStore::open(core_log.clone(), group)).await?;
+    if log_store.last_log_id().is_none() && dir.join("raft.redb").exists() {
+        // An older version kept each group's log in its own `raft.redb` (D38): refuse rather
+        // than start this group over from an empty log.
+        return Err(ShardError::Corrupt {
+            what: "group log",
+            detail: format!(
+                "{} holds this group's log in the format of an older version; this version keeps it in {}",
+                dir.join("raft.redb").display(),
+                core_log.dir().path().display()
+            ),
+        });
+    }
+    log_store.set_faults(config.faults.clone());
+    Ok(log_store)
+}
+
+/// The group's snapshot files (`snapshots/`), scanned off the executor.
+async fn scan_snapshots(dir: &std::path::Path) -> Result<SnapshotCatalog, ShardError> {
+    let dir = dir.join("snapshots");
+    let scan_dir = dir.clone();
+    let scan = glommio::executor().spawn_blocking(move || SnapshotCatalog::scan(&scan_dir)).await?;
+    Ok(SnapshotCatalog::with_files(dir, scan))
+}
+
+/// The group's in-memory state before its scopes are installed: the archive, the tree thread,
+/// the snapshot catalog and how far the checkpoint had applied (`applied`, if any).
+fn new_group_data(
+    config: &ShardConfig,
+    group: GroupId,
+    archive: Archive,
+    catalog: SnapshotCatalog,
+    applied: Option<AppliedRecord>,
+) -> GroupData {
+    let mut data = GroupData::new(group, archive);
+    data.trees = TreeWorker::start(
+        &format!("tree-g{}", group.0),
+        config.helper_hooks,
+        config.tree_thread_min_leaves,
+        config.tree_thread_min_changes,
+    );
+    data.history.release_through(data.trees.clone());
+    data.snapshots = catalog;
+    if let Some(applied) = applied {
+        data.applied_log_id = applied.log_id.map(LogId::from);
+        data.applied_index = data.applied_log_id.map(|l| l.index).unwrap_or(0);
+        data.group_height = applied.group_height;
+        data.last_group_hash = applied.last_group_hash;
+        data.membership = StoredMembership::from(applied.membership);
+        data.durable_log_id = data.applied_log_id;
+    }
+    data
+}
+
+/// Starts openraft for the group over its log store and state machine, with the peer network,
+/// and keeps the log store told whether the group has other voters (D50).
+async fn start_raft(
+    config: &ShardConfig,
+    group: GroupId,
+    options: &GroupOptions,
+    data: &Rc<RefCell<GroupData>>,
+    checkpointer: &Rc<Checkpointer>,
+    log_store: &LogStore,
+) -> Result<LedgerRaft, ShardError> {
     let pool = options.peers.clone().unwrap_or_else(|| PeerPool::new(config));
     let contact = data.borrow().contact.clone();
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
@@ -246,20 +301,7 @@ async fn open_attempt(
         .await
         .map_err(|e| ShardError::raft("start", e))?;
     follow_server_changes(group, &raft, log_store.replicated_setter());
-
-    initialize_if_new(config, group, &raft).await?;
-    if config.cluster.is_some() {
-        // A member of a cluster serves as soon as its group runs: leadership comes and goes,
-        // and the block builder waits for it (round/group.rs). An archive left with gaps by a
-        // snapshot install before a restart is back-filled from the other members.
-        if let Some(peers) = &options.peers {
-            crate::peer::backfill::spawn(data.clone(), peers.clone());
-        }
-        return Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval));
-    }
-    wait_until_led(&raft, &data, config.node_id, group).await?;
-
-    Ok(running(group, raft, data, checkpointer, log_stats, dir, options.checkpoint_interval))
+    Ok(raft)
 }
 
 /// Installs the checkpointed scopes in `data`; a healthy scope whose state root differs from its
