@@ -182,28 +182,8 @@ fn respond(
     read: &ProofRead,
 ) -> Result<Response, Status> {
     let height = state.height();
-    let row = state.row(&read.key);
-    let needs_header = read.include_proof || read.at_height.is_some();
-    let header = if needs_header {
-        Some(match state.header_in_memory() {
-            Some(header) => header,
-            None => history::header_at(data, scope, height)?,
-        })
-    } else {
-        None
-    };
-    // SPEC §3.8: current reads judge TTL by this node's clock, historical reads by the block's.
-    let clock = match (&header, read.at_height) {
-        (Some(header), Some(_)) => u64::try_from(header.timestamp.secs).unwrap_or(0),
-        _ => now_secs(),
-    };
-    let value = row.as_ref().filter(|r| r.expires_at == 0 || clock < r.expires_at).map(|r| r.value.clone());
-    let entity = row.map(|r| Entity {
-        key: read.key.clone(),
-        value: r.value,
-        expires_at: r.expires_at,
-        version: r.version,
-    });
+    let header = header_if_needed(data, scope, state, read, height)?;
+    let (value, entity) = value_and_entity(state.row(&read.key), header.as_ref(), read);
     let chain_proof = match read.trusted_height {
         Some(trusted) if read.include_chain_proof => {
             let started = Instant::now();
@@ -228,17 +208,7 @@ fn respond(
         Some(header) => header,
         None => history::header_at(data, scope, height)?,
     };
-    let started = Instant::now();
-    let state_proof = state.prove(&read.key);
-    let took = started.elapsed();
-    crate::metrics::with(|m| m.proof_generated(ProofKind::State, took));
-    if state_proof.state_root != header.state_root {
-        // Never serve a proof that cannot verify: the in-memory tree and the archive disagree.
-        return Err(Status::internal(format!(
-            "scope {}: state root at height {height} differs from the archived header",
-            scope.meta.key
-        )));
-    }
+    let state_proof = checked_state_proof(state, read, &header, scope, height)?;
     Ok(if read.verified {
         Response::VerifiedRead {
             value,
@@ -258,6 +228,67 @@ fn respond(
             chain_proof,
         }
     })
+}
+
+/// The header of the block read at, when the answer needs it (a proof, or a historical read's
+/// clock): from memory if the state holds it, else from the archive.
+fn header_if_needed(
+    data: &GroupData,
+    scope: &ScopeState,
+    state: &StateAt<'_>,
+    read: &ProofRead,
+    height: u64,
+) -> Result<Option<BlockHeader>, Status> {
+    if !(read.include_proof || read.at_height.is_some()) {
+        return Ok(None);
+    }
+    Ok(Some(match state.header_in_memory() {
+        Some(header) => header,
+        None => history::header_at(data, scope, height)?,
+    }))
+}
+
+/// The value a reader sees (none once expired) and the stored entity, whatever its TTL.
+fn value_and_entity(
+    row: Option<history::Row>,
+    header: Option<&BlockHeader>,
+    read: &ProofRead,
+) -> (Option<Vec<u8>>, Option<Entity>) {
+    // SPEC §3.8: current reads judge TTL by this node's clock, historical reads by the block's.
+    let clock = match (header, read.at_height) {
+        (Some(header), Some(_)) => u64::try_from(header.timestamp.secs).unwrap_or(0),
+        _ => now_secs(),
+    };
+    let value = row.as_ref().filter(|r| r.expires_at == 0 || clock < r.expires_at).map(|r| r.value.clone());
+    let entity = row.map(|r| Entity {
+        key: read.key.clone(),
+        value: r.value,
+        expires_at: r.expires_at,
+        version: r.version,
+    });
+    (value, entity)
+}
+
+/// The key's state proof, timed, checked against the header's state root first.
+fn checked_state_proof(
+    state: &StateAt<'_>,
+    read: &ProofRead,
+    header: &BlockHeader,
+    scope: &ScopeState,
+    height: u64,
+) -> Result<StateProof, Status> {
+    let started = Instant::now();
+    let state_proof = state.prove(&read.key);
+    let took = started.elapsed();
+    crate::metrics::with(|m| m.proof_generated(ProofKind::State, took));
+    if state_proof.state_root != header.state_root {
+        // Never serve a proof that cannot verify: the in-memory tree and the archive disagree.
+        return Err(Status::internal(format!(
+            "scope {}: state root at height {height} differs from the archived header",
+            scope.meta.key
+        )));
+    }
+    Ok(state_proof)
 }
 
 /// Headers `trusted+1 ..= height` (SPEC §7.7 chain proof).
