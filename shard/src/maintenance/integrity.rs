@@ -165,34 +165,47 @@ fn check_chain<'a>(
             }
         }
         previous = Some(block_hash(header));
-        let body = match scan {
-            Some(scan) => scan.body(located.group_height, located.entry)?,
-            None => None,
-        };
-        match body {
-            None if height < prunable_below => {}
-            None => issues.add(height, MissingBlock, "block body is missing".into()),
-            Some(Err(fault)) => {
-                issues.add(height, TxRootMismatch, format!("body does not decode: {}", fault.0))
-            }
-            Some(Ok(transactions)) => {
-                let root = tx_merkle_root(&transactions.iter().map(tx_hash).collect::<Vec<_>>());
-                if root != header.tx_merkle_root {
-                    issues.add(
-                        height,
-                        TxRootMismatch,
-                        format!(
-                            "body's tx root {} differs from the header's {}",
-                            short(&root),
-                            short(&header.tx_merkle_root)
-                        ),
-                    );
-                }
-            }
-        }
+        check_body(scan, &located, height, height < prunable_below, issues)?;
         headers.push(Some(located));
     }
     Ok(Headers { genesis, located: headers })
+}
+
+/// The block body at `height` against its header's tx root; a missing body is an issue unless
+/// `prunable` (a Compacted vault's body below its newest snapshot).
+fn check_body(
+    scan: &Option<ArchiveScan>,
+    located: &LocatedHeader,
+    height: u64,
+    prunable: bool,
+    issues: &mut Issues,
+) -> Result<(), ShardError> {
+    use IntegrityIssueType::*;
+    let header = &located.header;
+    let body = match scan {
+        Some(scan) => scan.body(located.group_height, located.entry)?,
+        None => None,
+    };
+    match body {
+        None if prunable => {}
+        None => issues.add(height, MissingBlock, "block body is missing".into()),
+        Some(Err(fault)) => issues.add(height, TxRootMismatch, format!("body does not decode: {}", fault.0)),
+        Some(Ok(transactions)) => {
+            let root = tx_merkle_root(&transactions.iter().map(tx_hash).collect::<Vec<_>>());
+            if root != header.tx_merkle_root {
+                issues.add(
+                    height,
+                    TxRootMismatch,
+                    format!(
+                        "body's tx root {} differs from the header's {}",
+                        short(&root),
+                        short(&header.tx_merkle_root)
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The scope's current state against its tip header, and its rows' root against the one it
