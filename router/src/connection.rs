@@ -119,17 +119,22 @@ pub async fn serve_connection<S>(
     let (stream_tx, stream_rx) = flume::unbounded::<StreamEvent>();
     let streams = Rc::new(OpenStreams::default());
     let outstanding = Rc::new(Cell::new(0usize));
-    let writer_task = glommio::spawn_local(write_loop(
+    let write_side = WriteSide {
         writer,
-        settings.max_frame_bytes,
-        control_rx,
-        reply_rx,
-        outstanding.clone(),
-        stream_rx,
-        streams.clone(),
-        inflight.clone(),
-    ))
-    .detach();
+        max_frame_bytes: settings.max_frame_bytes,
+        control: control_rx,
+        replies: reply_rx,
+        outstanding: outstanding.clone(),
+        streams: stream_rx,
+        open: streams.clone(),
+        inflight: inflight.clone(),
+        out: Vec::with_capacity(64 * 1024),
+        written: Vec::new(),
+        control_open: true,
+        drain_deadline: None,
+        carried: None,
+    };
+    let writer_task = glommio::spawn_local(write_side.run()).detach();
     let mut session = Session {
         reader,
         frames: FrameReader::new(settings.max_frame_bytes),
@@ -590,40 +595,10 @@ enum Owed {
     Stream(StreamEvent),
 }
 
-/// Writes control frames, coalesced response batches and stream frames until the read side is
-/// done and every outstanding reply has been written (or the socket fails). No frame it writes
-/// exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC §3.6, §4.2).
-#[allow(clippy::too_many_arguments)]
-async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
-    writer: WriteHalf<S>,
-    max_frame_bytes: u32,
-    control: flume::Receiver<Control>,
-    replies: flume::Receiver<ResponseEnvelope>,
-    outstanding: Rc<Cell<usize>>,
-    streams: flume::Receiver<StreamEvent>,
-    open: Rc<OpenStreams>,
-    inflight: Rc<crate::observe::InFlight>,
-) {
-    let mut side = WriteSide {
-        writer,
-        max_frame_bytes,
-        control,
-        replies,
-        outstanding,
-        streams,
-        open,
-        inflight,
-        out: Vec::with_capacity(64 * 1024),
-        written: Vec::new(),
-        control_open: true,
-        drain_deadline: None,
-        carried: None,
-    };
-    side.run().await
-}
-
-/// The write task's state: `write_loop`'s arguments, and what it carries from one frame to the
-/// next.
+/// The connection's write task: writes control frames, coalesced response batches and stream
+/// frames until the read side is done and every outstanding reply has been written (or the socket
+/// fails). No frame it writes exceeds `max_frame_bytes`, the limit announced in `HelloAck` (SPEC
+/// §3.6, §4.2). Holds what it carries from one frame to the next.
 struct WriteSide<S> {
     writer: WriteHalf<S>,
     max_frame_bytes: u32,
@@ -643,9 +618,9 @@ struct WriteSide<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WriteSide<S> {
-    /// The loop of `write_loop`: encode the next frames into `out`, write them, and stop after a
+    /// The write task's loop: encode the next frames into `out`, write them, and stop after a
     /// Goaway or when there is nothing more to write.
-    async fn run(&mut self) {
+    async fn run(mut self) {
         loop {
             self.out.clear();
             let closing = if let Some(reply) = self.carried.take() {

@@ -625,34 +625,20 @@ impl WriteIntake {
     /// The write a `Write` or `BatchWrite` request carries (a batch's groups flattened into one
     /// list, their sizes kept), or the request back when it is neither.
     fn from_request(request: Request) -> Result<WriteIntake, Request> {
-        match request {
+        let (namespace_id, vault_id, client_id, sequence, operations, sizes, include_tx_proof) = match request
+        {
             Request::Write { namespace_id, vault_id, client_id, sequence, operations, include_tx_proof } => {
                 let sizes = vec![operations.len()];
-                Ok(WriteIntake {
-                    namespace_id,
-                    vault_id,
-                    client_id,
-                    sequence,
-                    operations,
-                    sizes,
-                    include_tx_proof,
-                })
+                (namespace_id, vault_id, client_id, sequence, operations, sizes, include_tx_proof)
             }
             Request::BatchWrite { namespace_id, vault_id, client_id, sequence, groups, include_tx_proof } => {
                 let sizes = groups.iter().map(Vec::len).collect();
                 let operations = groups.into_iter().flatten().collect();
-                Ok(WriteIntake {
-                    namespace_id,
-                    vault_id,
-                    client_id,
-                    sequence,
-                    operations,
-                    sizes,
-                    include_tx_proof,
-                })
+                (namespace_id, vault_id, client_id, sequence, operations, sizes, include_tx_proof)
             }
-            request => Err(request),
-        }
+            request => return Err(request),
+        };
+        Ok(WriteIntake { namespace_id, vault_id, client_id, sequence, operations, sizes, include_tx_proof })
     }
 }
 
