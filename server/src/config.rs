@@ -39,6 +39,8 @@ pub mod defaults {
     pub const JOIN_BY_ITSELF: bool = true;
     /// Not in SPEC §11.1: the test fault switch.
     pub const TEST_FAULTS: bool = false;
+    /// Not in SPEC §11.1: the simulated disk of the cluster power-cut tests (D89), off.
+    pub const TEST_SIM_DISK: &str = "off";
     /// Not in SPEC §11.1: SPEC §9.9's automatic recovery of a Diverged vault.
     pub const VAULT_AUTO_RECOVERY: bool = true;
     pub const BATCH_MAX_SIZE: usize = 100;
@@ -181,6 +183,11 @@ pub struct ConfigLayer {
     /// Accept fault-injection requests (`SetPartition`): for tests only, never in production.
     #[arg(long)]
     pub test_faults: Option<bool>,
+    /// Run every group's redb files and Raft log on a simulated disk in memory, and cut the
+    /// power on SIGUSR2 (D89): `drop` keeps only what was synced, `lying` keeps nothing (a disk
+    /// that ignores fsync, the tests' canary), `off` is the real disk. Needs `--test-faults`.
+    #[arg(long)]
+    pub test_sim_disk: Option<String>,
     /// Rebuild a Diverged vault automatically (SPEC §9.9: at once, after 30 s, after 5 min);
     /// `false` leaves it to `ledger-admin recover-vault`.
     #[arg(long)]
@@ -396,6 +403,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "bootstrap_timeout_secs" => literal(BOOTSTRAP_TIMEOUT_SECS),
         "join_by_itself" => literal(JOIN_BY_ITSELF),
         "test_faults" => literal(TEST_FAULTS),
+        "test_sim_disk" => literal(TEST_SIM_DISK),
         "vault_auto_recovery" => literal(VAULT_AUTO_RECOVERY),
         "batch_max_size" => literal(BATCH_MAX_SIZE),
         "batch_max_delay_ms" => literal(BATCH_MAX_DELAY_MS),
@@ -618,7 +626,7 @@ impl ConfigLayer {
         each_key_over_lower! {
             config, listen_addr, advertise_addr, tls_cert, tls_key, tls_client_ca, tls_ca, data_dir,
             bootstrap_expect, peers, bootstrap_poll_secs, bootstrap_timeout_secs, discovery_domain,
-            discovery_cache_path, discovery_cache_ttl_secs, join_by_itself, test_faults, vault_auto_recovery,
+            discovery_cache_path, discovery_cache_ttl_secs, join_by_itself, test_faults, test_sim_disk, vault_auto_recovery,
             batch_max_size, batch_max_delay_ms, batch_eager_commit, batch_fill_wait_us,
             requests_max_concurrent, requests_timeout_secs, metrics_addr, health_lag_threshold_blocks, cores,
             cpu_list, cpu_pinning, core_queue_capacity, spin_before_park_us, max_frame_bytes, max_batch_items,
@@ -650,6 +658,7 @@ pub struct Config {
     pub bootstrap_poll_secs: u64,
     pub bootstrap_timeout_secs: u64,
     pub test_faults: bool,
+    pub test_sim_disk: String,
     pub vault_auto_recovery: bool,
     pub join_by_itself: bool,
     pub batch_max_size: usize,
@@ -834,6 +843,7 @@ impl Config {
             bootstrap_poll_secs: picked!(bootstrap_poll_secs, BOOTSTRAP_POLL_SECS),
             bootstrap_timeout_secs: picked!(bootstrap_timeout_secs, BOOTSTRAP_TIMEOUT_SECS),
             test_faults: picked!(test_faults, TEST_FAULTS),
+            test_sim_disk: picked!(test_sim_disk, TEST_SIM_DISK.to_string()),
             vault_auto_recovery: picked!(vault_auto_recovery, VAULT_AUTO_RECOVERY),
             join_by_itself: picked!(join_by_itself, JOIN_BY_ITSELF),
             batch_max_size: picked!(batch_max_size, BATCH_MAX_SIZE),
@@ -888,7 +898,21 @@ impl Config {
         self.check_at_least_one()?;
         self.check_bounds()?;
         self.check_timeouts()?;
+        self.check_test_sim_disk()?;
         self.check_log_level()
+    }
+
+    /// `test_sim_disk` is `off`, `drop` or `lying`, and only a test server (`test_faults`) runs
+    /// on a simulated disk.
+    fn check_test_sim_disk(&self) -> Result<(), ConfigError> {
+        match self.test_sim_disk.as_str() {
+            "off" => Ok(()),
+            "drop" | "lying" if self.test_faults => Ok(()),
+            "drop" | "lying" => {
+                invalid("test_sim_disk", "needs test_faults (a simulated disk is for tests only)")
+            }
+            other => invalid("test_sim_disk", &format!("{other:?} is not off, drop or lying")),
+        }
     }
 
     /// A node that joins or forms a cluster can find its peers, and over TLS can check their
@@ -1393,6 +1417,8 @@ mod tests {
             ),
             (&["--cores", "2", "--cpu-list", "3"][..], "cpu_list"),
             (&["--cores", "1", "--log-level", "loud"][..], "log_level"),
+            (&["--cores", "1", "--test-sim-disk", "drop"][..], "test_sim_disk"),
+            (&["--cores", "1", "--test-faults", "true", "--test-sim-disk", "ram"][..], "test_sim_disk"),
             (&["--cores", "1", "--tls-cert", "c.pem"][..], "tls_key"),
             (&["--cores", "1", "--tls-key", "k.pem"][..], "tls_cert"),
             (&["--cores", "1", "--tls-client-ca", "ca.pem"][..], "tls_client_ca"),

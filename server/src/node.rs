@@ -14,6 +14,7 @@ use ledger_router::{ListenError, ListenSocket, ListenerControl, RouterContext, R
 use ledger_shard::config::{ClusterPlan, HelperHooks};
 use ledger_shard::events::{EventBounds, EventLog};
 use ledger_shard::peer::credential::PeerCredential;
+use ledger_shard::storage::sim_disk::{CutMode, SimDisk};
 use ledger_shard::{ShardConfig, ShardMsg, ShardSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// stopped whole has no `_system` quorum left for the last nodes, which should not wait long.
 const STOP_NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long startup waits for every shard to open its groups and elect itself.
+/// Exit code of a test server whose simulated power was cut (SIGUSR2, D89): 128 + SIGKILL, as if
+/// it had been killed.
+pub const POWER_CUT_EXIT_CODE: i32 = 137;
+
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +89,7 @@ pub fn run_node_with(
     reload: Option<ReloadTokens>,
 ) -> Result<(), NodeError> {
     install_fail_stop_panic_hook();
-    let signals = block_termination_signals();
+    let signals = block_termination_signals(config.test_sim_disk != "off");
     // Unreadable TLS files stop the node before it takes anything.
     let tls = config.tls.as_ref().map(crate::tls::NodeTls::load).transpose()?;
     let dir = DataDir::open(&config.data_dir)?;
@@ -126,6 +131,11 @@ pub fn run_node_with(
     let signal = loop {
         match wait_for_signal(&signals) {
             libc::SIGHUP => reload_tokens(reload.as_deref(), &cores.controls, &shard_config.peer_credential),
+            libc::SIGUSR2 => {
+                if let Some(disk) = &shard_config.sim_disk {
+                    cut_power(disk);
+                }
+            }
             signal => break signal,
         }
     };
@@ -195,7 +205,7 @@ fn shard_config(
         learner_cache_ttl: Duration::from_secs(config.learner_cache_ttl_secs),
         learner_refresh: Duration::from_millis(config.learner_refresh_interval_ms),
         discovery_cache_path: Some(config.discovery_cache_path.clone()),
-        sim_disk: None,
+        sim_disk: sim_disk(config),
         events: Some(events.0.clone()),
         peer_credential: Arc::new(PeerCredential::new(config.auth_tokens.peer_secret())),
         peer_tls: tls.and_then(|tls| tls.peer.clone()),
@@ -553,7 +563,9 @@ fn install_fail_stop_panic_hook() {
 /// Blocks SIGINT/SIGTERM (stop) and SIGHUP (re-read the tokens) in this thread before any
 /// executor thread exists, so every thread inherits the mask and only `wait_for_signal`
 /// receives them.
-fn block_termination_signals() -> libc::sigset_t {
+/// The signals the main thread waits for: termination, SIGHUP, and SIGUSR2 (the power cut) on a
+/// simulated disk.
+fn block_termination_signals(power_cut: bool) -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local, zero-initialised sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -561,9 +573,50 @@ fn block_termination_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        if power_cut {
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
+}
+
+/// The simulated disk of a test server (`test_sim_disk`, D89): `drop` keeps what was synced when
+/// the power goes, `lying` (the canary) nothing.
+fn sim_disk(config: &Config) -> Option<Arc<SimDisk>> {
+    let disk = match config.test_sim_disk.as_str() {
+        "drop" => SimDisk::new(0, CutMode::DropUnsynced),
+        "lying" => {
+            let disk = SimDisk::new(0, CutMode::DropUnsynced);
+            disk.ignore_syncs(true);
+            disk
+        }
+        _ => return None,
+    };
+    ledger_shard::event!(
+        warn,
+        "sim_disk",
+        mode = config.test_sim_disk.as_str(),
+        "groups run on a simulated disk in memory; SIGUSR2 cuts the power (test servers only)"
+    );
+    Some(disk)
+}
+
+/// SIGUSR2 on a simulated disk: the power goes now. The disk keeps what it made durable, that
+/// image is written to the real files, and the process ends at once, running nothing else (the
+/// next start reads the image from the real disk).
+fn cut_power(disk: &SimDisk) -> ! {
+    disk.cut_now();
+    let code = match disk.write_out() {
+        Ok(()) => POWER_CUT_EXIT_CODE,
+        Err(e) => {
+            eprintln!("power cut: writing the durable image failed: {e}");
+            1
+        }
+    };
+    // SAFETY: ends the process without running destructors or atexit handlers, as a power cut
+    // would; nothing after this point may run.
+    unsafe { libc::_exit(code) }
 }
 
 fn wait_for_signal(set: &libc::sigset_t) -> i32 {

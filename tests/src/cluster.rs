@@ -130,6 +130,27 @@ impl Cluster {
         self.nodes[i].process.take().and_then(|p| p.stop())
     }
 
+    /// Sets `flag`'s value in every later start of every node (the flag must be in the command).
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let at = self.extra.iter().position(|f| f == flag).unwrap_or_else(|| panic!("{flag} is not set"));
+        self.extra[at + 1] = value.to_string();
+    }
+
+    /// SIGUSR2 to the given nodes, as close together as the loop sends them: on a simulated disk
+    /// (`--test-sim-disk`, D89) each cuts its own power, writes its durable image to the real
+    /// files and exits. Waits for every exit; returns the exit codes.
+    pub fn cut_power(&mut self, which: &[usize]) -> Vec<Option<i32>> {
+        for &i in which {
+            if let Some(p) = &self.nodes[i].process {
+                // SAFETY: sending a signal to our own child process by PID.
+                unsafe {
+                    libc::kill(p.pid(), libc::SIGUSR2);
+                }
+            }
+        }
+        which.iter().map(|&i| self.nodes[i].process.take().and_then(|p| p.wait_exit())).collect()
+    }
+
     /// Restarts node `i` with its first command.
     pub fn restart(&mut self, i: usize) {
         self.start_nodes(&[i]);

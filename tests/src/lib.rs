@@ -172,11 +172,16 @@ impl ServerProcess {
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(self) -> Option<i32> {
         // SAFETY: sending a signal to our own child process by PID.
         unsafe {
             libc::kill(self.pid(), libc::SIGTERM);
         }
+        self.wait_exit()
+    }
+
+    /// Waits up to 30 s for the process to end (then kills it); returns its exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

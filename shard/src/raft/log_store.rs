@@ -371,6 +371,26 @@ impl LogStore {
         self.core.borrow_mut().node_id = Some(node_id);
     }
 
+    /// Before openraft starts: a saved vote that is committed and names this node is saved again
+    /// uncommitted (same term, same node), so the node starts as a follower and leads again only
+    /// by winning an election in a new term (D89). openraft 0.9 would resume leadership at once
+    /// (`Engine::startup`), in the same term; since this node reports its own entries before they
+    /// are durable (D50), its log may have lost entries of that term its followers keep, and it
+    /// would then write other entries at those indexes in that term, which the followers take for
+    /// the ones they hold (Raft's log matching broken; the chain check stops their groups).
+    /// Returns whether it did.
+    pub async fn forget_leadership(&self, node_id: u64) -> Result<bool, ShardError> {
+        let saved = self.core.borrow().vote;
+        let Some(vote) = saved.filter(|v| v.committed && v.leader_id.node_id == node_id) else {
+            return Ok(false);
+        };
+        let mut store = self.clone();
+        RaftLogStorage::save_vote(&mut store, &Vote::new(vote.leader_id.term, node_id))
+            .await
+            .map_err(|e| ShardError::raft("forget the saved leadership", e))?;
+        Ok(true)
+    }
+
     /// Tells the store, through the returned setter, whether the group has a voter other than
     /// this node (D60). The setter holds the store weakly, so a task that keeps it does not keep
     /// the group's log attached after the group closes (D56).
@@ -835,6 +855,31 @@ mod tests {
         assert!(!ok(last, &[entry_of(1, 1, 6)]), "a hole after the last entry");
         assert!(!ok(last, &[entry_of(1, 1, 5), entry_of(1, 1, 7)]), "a hole inside the append");
         assert!(!ok(None, &[entry_of(1, 1, 2), entry_of(1, 1, 2)]), "an index twice");
+    }
+
+    /// D89: a committed vote for this node is saved again uncommitted before openraft starts
+    /// (so it does not resume leadership in the same term), durably; any other vote is left.
+    #[test]
+    fn t06_a_saved_leadership_is_forgotten_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        futures::executor::block_on(async {
+            let mut store = LogStore::open(log.clone(), GroupId(0)).unwrap();
+            assert!(!store.forget_leadership(1).await.unwrap(), "no vote yet");
+            store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+            assert!(!store.forget_leadership(1).await.unwrap(), "another node's leadership");
+            assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(3, 2)));
+            store.save_vote(&Vote::new(4, 1)).await.unwrap();
+            assert!(!store.forget_leadership(1).await.unwrap(), "a vote not granted by a quorum");
+            store.save_vote(&Vote::new_committed(5, 1)).await.unwrap();
+            assert!(store.forget_leadership(1).await.unwrap());
+            assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
+            assert!(!store.core.borrow().appends_own_entries(&[entry_of(5, 1, 1)]));
+        });
+        drop(log);
+        let mut store = LogStore::open(open_log(dir.path()), GroupId(0)).unwrap();
+        let vote = futures::executor::block_on(store.read_vote()).unwrap();
+        assert_eq!(vote, Some(Vote::new(5, 1)), "the uncommitted vote was saved durably");
     }
 
     /// Proves group commit: many appends queued back to back are folded into far fewer fsyncs

@@ -285,6 +285,16 @@ async fn start_raft(
     let contact = data.borrow().contact.clone();
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
     log_store.set_node_id(config.node_id);
+    if !sole_voter(data, log_store, config.node_id).await?
+        && log_store.forget_leadership(config.node_id).await?
+    {
+        crate::event!(
+            info,
+            "leadership_not_resumed",
+            group = group.0,
+            "led this group when it stopped; leads again only by a new election (D89)"
+        );
+    }
     let sm = StateMachine::new(data.clone(), Some(checkpointer.clone()))
         .with_files(env)
         .applying_durable_from(log_store.clone());
@@ -302,6 +312,32 @@ async fn start_raft(
         .map_err(|e| ShardError::raft("start", e))?;
     follow_server_changes(group, &raft, log_store.replicated_setter());
     Ok(raft)
+}
+
+/// Whether this node is the group's only voter in the applied membership and in every membership
+/// entry of its log after it: then no follower can hold an entry this node lost, and openraft may
+/// resume a leadership it saved (D89; a single node starts without an election).
+async fn sole_voter(
+    data: &Rc<RefCell<GroupData>>,
+    log_store: &LogStore,
+    node_id: u64,
+) -> Result<bool, ShardError> {
+    let (applied_membership_alone, applied_index) = {
+        let data = data.borrow();
+        let alone = data.membership.membership().voter_ids().all(|id| id == node_id);
+        (alone, data.applied_index)
+    };
+    if !applied_membership_alone {
+        return Ok(false);
+    }
+    let mut reader = log_store.clone();
+    let after = openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, applied_index + 1..)
+        .await
+        .map_err(|e| ShardError::raft("read the log after the checkpoint", e))?;
+    Ok(after.iter().all(|entry| match &entry.payload {
+        openraft::EntryPayload::Membership(m) => m.voter_ids().all(|id| id == node_id),
+        _ => true,
+    }))
 }
 
 /// Installs the checkpointed scopes in `data`; a healthy scope whose state root differs from its

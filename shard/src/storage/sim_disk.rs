@@ -237,6 +237,31 @@ impl SimDisk {
         Ok(())
     }
 
+    /// Writes the frozen durable image of every file to its real path, and removes the plain
+    /// files whose rename never became durable: the disk as the power finds it when it comes
+    /// back, for a process that ends right after the cut and a next one that runs on the real
+    /// disk (the cluster power-cut tests, D89). Holds the disk while it writes, so the process's
+    /// own I/O waits meanwhile.
+    pub fn write_out(&self) -> std::io::Result<()> {
+        let state = self.lock();
+        assert!(self.is_cut(), "write_out without a power cut");
+        for (path, file) in &state.files {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, &file.durable)?;
+        }
+        for (path, durable) in &state.plain {
+            if !*durable {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A std::fs file was renamed into place; it survives a cut once its directory is synced.
     pub fn plain_file_renamed(&self, path: &Path) {
         let mut state = self.lock();
