@@ -330,8 +330,10 @@ async fn sole_voter(
     if !applied_membership_alone {
         return Ok(false);
     }
+    // A snapshot installed meanwhile may have purged the log past the checkpoint.
+    let first = (applied_index + 1).max(log_store.last_purged().map_or(0, |p| p.index + 1));
     let mut reader = log_store.clone();
-    let after = openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, applied_index + 1..)
+    let after = openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, first..)
         .await
         .map_err(|e| ShardError::raft("read the log after the checkpoint", e))?;
     Ok(after.iter().all(|entry| match &entry.payload {
