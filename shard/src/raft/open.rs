@@ -322,16 +322,17 @@ async fn sole_voter(
     log_store: &LogStore,
     node_id: u64,
 ) -> Result<bool, ShardError> {
-    let (applied_membership_alone, applied_index) = {
+    let (applied_membership_alone, applied) = {
         let data = data.borrow();
         let alone = data.membership.membership().voter_ids().all(|id| id == node_id);
-        (alone, data.applied_index)
+        (alone, data.applied_log_id)
     };
     if !applied_membership_alone {
         return Ok(false);
     }
-    // A snapshot installed meanwhile may have purged the log past the checkpoint.
-    let first = (applied_index + 1).max(log_store.last_purged().map_or(0, |p| p.index + 1));
+    // Nothing applied yet: from index 0, openraft's initial membership entry. A snapshot
+    // installed meanwhile may have purged the log past the checkpoint.
+    let first = applied.map_or(0, |a| a.index + 1).max(log_store.last_purged().map_or(0, |p| p.index + 1));
     let mut reader = log_store.clone();
     let after = openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, first..)
         .await
