@@ -27,11 +27,10 @@ const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long it may wait for `_system` to record that its stop is planned (D74): a cluster
 /// stopped whole has no `_system` quorum left for the last nodes, which should not wait long.
 const STOP_NOTICE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long startup waits for every shard to open its groups and elect itself.
 /// Exit code of a test server whose simulated power was cut (SIGUSR2, D89): 128 + SIGKILL, as if
 /// it had been killed.
 pub const POWER_CUT_EXIT_CODE: i32 = 137;
-
+/// How long startup waits for every shard to open its groups and elect itself.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
@@ -560,11 +559,9 @@ fn install_fail_stop_panic_hook() {
     }));
 }
 
-/// Blocks SIGINT/SIGTERM (stop) and SIGHUP (re-read the tokens) in this thread before any
-/// executor thread exists, so every thread inherits the mask and only `wait_for_signal`
-/// receives them.
-/// The signals the main thread waits for: termination, SIGHUP, and SIGUSR2 (the power cut) on a
-/// simulated disk.
+/// Blocks SIGINT/SIGTERM (stop), SIGHUP (re-read the tokens) and, on a simulated disk, SIGUSR2
+/// (cut the power, D89) in this thread before any executor thread exists, so every thread
+/// inherits the mask and only `wait_for_signal` receives them.
 fn block_termination_signals(power_cut: bool) -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local, zero-initialised sigset_t.
     unsafe {
