@@ -140,11 +140,20 @@ impl Cluster {
     /// (`--test-sim-disk`, D89) each cuts its own power, writes its durable image to the real
     /// files and exits. Waits for every exit; returns the exit codes.
     pub fn cut_power(&mut self, which: &[usize]) -> Vec<Option<i32>> {
+        self.signal_together(which, libc::SIGUSR2)
+    }
+
+    /// `kill -9` of the given nodes, the signals sent before any exit is awaited.
+    pub fn kill9_together(&mut self, which: &[usize]) {
+        self.signal_together(which, libc::SIGKILL);
+    }
+
+    fn signal_together(&mut self, which: &[usize], signal: libc::c_int) -> Vec<Option<i32>> {
         for &i in which {
             if let Some(p) = &self.nodes[i].process {
                 // SAFETY: sending a signal to our own child process by PID.
                 unsafe {
-                    libc::kill(p.pid(), libc::SIGUSR2);
+                    libc::kill(p.pid(), signal);
                 }
             }
         }

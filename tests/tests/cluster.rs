@@ -2044,8 +2044,9 @@ fn spawn_power_writers(
     (acks, tasks)
 }
 
-/// One cut of the whole cluster on `disk` (`drop` or `lying`) after `write_ms` of writing;
-/// returns the restarted cluster, its scope and the writes acknowledged before the cut.
+/// One cut of the whole cluster after `write_ms` of writing: the power of disks `drop` or
+/// `lying`, or with `off` (real disks) a `kill -9` of every node. Returns the restarted cluster,
+/// its scope and the writes acknowledged before the cut.
 async fn cut_whole_cluster(disk: &'static str, write_ms: u64) -> (Cluster, i64, i64, Vec<Ack>) {
     let mut cluster = Cluster::start(3, &power_flags(disk));
     node_ids(&cluster, &[0, 1, 2]).await;
@@ -2057,13 +2058,17 @@ async fn cut_whole_cluster(disk: &'static str, write_ms: u64) -> (Cluster, i64, 
     // Only answers that arrived before the first signal count: a node goes on running (and may
     // answer from memory) while it writes its durable image out.
     let cut_at = Instant::now();
-    let codes = cluster.cut_power(&[0, 1, 2]);
+    if disk == "off" {
+        cluster.kill9_together(&[0, 1, 2]);
+    } else {
+        let codes = cluster.cut_power(&[0, 1, 2]);
+        for (i, code) in codes.iter().enumerate() {
+            assert_eq!(*code, Some(137), "node {i} did not end by its power cut:\n{}", cluster.stderr(i));
+        }
+    }
     stop.store(true, Ordering::Release);
     for task in writers {
         task.abort();
-    }
-    for (i, code) in codes.iter().enumerate() {
-        assert_eq!(*code, Some(137), "node {i} did not end by its power cut:\n{}", cluster.stderr(i));
     }
     let acks: Vec<Ack> = answered
         .lock()
@@ -2088,21 +2093,43 @@ async fn t25_a_power_cut_of_the_whole_cluster_keeps_every_acknowledged_write() {
     for seed in first..first + cuts {
         // The cut lands anywhere from early in the writing to well into it.
         let write_ms = 300 + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 1200;
-        let (cluster, namespace_id, vault_id, mut acks) = cut_whole_cluster("drop", write_ms).await;
+        let (cluster, namespace_id, vault_id, acks) = cut_whole_cluster("drop", write_ms).await;
         eprintln!("seed {seed}: cut after {write_ms} ms, {} writes acknowledged before it", acks.len());
-        let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
-        assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
-        for i in 0..3 {
-            let client = connect(cluster.addr(i)).await;
-            let request =
-                Request::CheckIntegrity { namespace_id, vault_id: Some(vault_id), full_check: true };
-            match client.call(request).await {
-                Ok(Response::CheckIntegrity { healthy: true, issues }) if issues.is_empty() => {}
-                other => panic!("seed {seed}: node {i}'s integrity after the cut: {other:?}"),
-            }
+        check_after_cut(&cluster, namespace_id, vault_id, acks, seed).await;
+    }
+}
+
+/// After a cut of the whole cluster: every acknowledged write on every replica, agreeing and
+/// continuous chains, clean full integrity checks on every node, and writing goes on.
+async fn check_after_cut(cluster: &Cluster, namespace_id: i64, vault_id: i64, mut acks: Vec<Ack>, seed: u64) {
+    let scopes = [(0, None), (namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    for i in 0..3 {
+        let client = connect(cluster.addr(i)).await;
+        let request = Request::CheckIntegrity { namespace_id, vault_id: Some(vault_id), full_check: true };
+        match client.call(request).await {
+            Ok(Response::CheckIntegrity { healthy: true, issues }) if issues.is_empty() => {}
+            other => panic!("seed {seed}: node {i}'s integrity after the cut: {other:?}"),
         }
-        acks.extend(write_keys(cluster.addr(1), namespace_id, Some(vault_id), "after-cut", 5).await);
-        assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    }
+    acks.extend(write_keys(cluster.addr(1), namespace_id, Some(vault_id), "after-cut", 5).await);
+    assert_converged(cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+}
+
+/// `kill -9` of every node at once under the same writers (the page cache keeps what was
+/// written, but what a node still held in memory dies with it): the same checks after the
+/// restart (D89: the whole cluster's durability promise for `kill -9`, beside t25's power cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t27_a_kill_of_every_node_keeps_every_acknowledged_write() {
+    let _one = one_cluster();
+    let cuts = std::env::var("LEDGER_CLUSTER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2u64);
+    let first =
+        std::env::var("LEDGER_CLUSTER_CUT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6b11u64);
+    for seed in first..first + cuts {
+        let write_ms = 300 + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 1200;
+        let (cluster, namespace_id, vault_id, acks) = cut_whole_cluster("off", write_ms).await;
+        eprintln!("seed {seed}: killed after {write_ms} ms, {} writes acknowledged before it", acks.len());
+        check_after_cut(&cluster, namespace_id, vault_id, acks, seed).await;
     }
 }
 
