@@ -333,10 +333,18 @@ async fn sole_voter(
     // Nothing applied yet: from index 0, openraft's initial membership entry. A snapshot
     // installed meanwhile may have purged the log past the checkpoint.
     let first = applied.map_or(0, |a| a.index + 1).max(log_store.last_purged().map_or(0, |p| p.index + 1));
+    let Some(last) = log_store.last_log_id().map(|l| l.index).filter(|last| *last >= first) else {
+        return Ok(true);
+    };
     let mut reader = log_store.clone();
-    let after = openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, first..)
-        .await
-        .map_err(|e| ShardError::raft("read the log after the checkpoint", e))?;
+    let after = match openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, first..=last).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            // Not knowing is not being alone: the node then starts as a follower.
+            crate::event!(warn, "membership_unknown", error = %e, "could not read the log past the checkpoint");
+            return Ok(false);
+        }
+    };
     Ok(after.iter().all(|entry| match &entry.payload {
         openraft::EntryPayload::Membership(m) => m.voter_ids().all(|id| id == node_id),
         _ => true,
