@@ -2084,19 +2084,28 @@ async fn cut_whole_cluster(disk: &'static str, write_ms: u64) -> (Cluster, i64, 
     (cluster, namespace_id, vault_id, acks)
 }
 
+/// `LEDGER_CLUSTER_CUTS` (default 2) cuts of the whole cluster with `disk` (see
+/// [`cut_whole_cluster`]), seeds from `LEDGER_CLUSTER_CUT_SEED` (default `first_seed`), each
+/// checked by [`check_after_cut`]. The cut lands anywhere from early in the writing to well into it.
+async fn cut_and_check(disk: &'static str, first_seed: u64) {
+    let cuts = std::env::var("LEDGER_CLUSTER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2u64);
+    let first =
+        std::env::var("LEDGER_CLUSTER_CUT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(first_seed);
+    for seed in first..first + cuts {
+        let write_ms = 300 + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 1200;
+        let (cluster, namespace_id, vault_id, acks) = cut_whole_cluster(disk, write_ms).await;
+        eprintln!(
+            "seed {seed} ({disk}): cut after {write_ms} ms, {} writes acknowledged before it",
+            acks.len()
+        );
+        check_after_cut(&cluster, namespace_id, vault_id, acks, seed).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t25_a_power_cut_of_the_whole_cluster_keeps_every_acknowledged_write() {
     let _one = one_cluster();
-    let cuts = std::env::var("LEDGER_CLUSTER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2u64);
-    let first =
-        std::env::var("LEDGER_CLUSTER_CUT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9c07u64);
-    for seed in first..first + cuts {
-        // The cut lands anywhere from early in the writing to well into it.
-        let write_ms = 300 + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 1200;
-        let (cluster, namespace_id, vault_id, acks) = cut_whole_cluster("drop", write_ms).await;
-        eprintln!("seed {seed}: cut after {write_ms} ms, {} writes acknowledged before it", acks.len());
-        check_after_cut(&cluster, namespace_id, vault_id, acks, seed).await;
-    }
+    cut_and_check("drop", 0x9c07).await;
 }
 
 /// After a cut of the whole cluster: every acknowledged write on every replica, agreeing and
@@ -2122,15 +2131,7 @@ async fn check_after_cut(cluster: &Cluster, namespace_id: i64, vault_id: i64, mu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t27_a_kill_of_every_node_keeps_every_acknowledged_write() {
     let _one = one_cluster();
-    let cuts = std::env::var("LEDGER_CLUSTER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2u64);
-    let first =
-        std::env::var("LEDGER_CLUSTER_CUT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6b11u64);
-    for seed in first..first + cuts {
-        let write_ms = 300 + (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 1200;
-        let (cluster, namespace_id, vault_id, acks) = cut_whole_cluster("off", write_ms).await;
-        eprintln!("seed {seed}: killed after {write_ms} ms, {} writes acknowledged before it", acks.len());
-        check_after_cut(&cluster, namespace_id, vault_id, acks, seed).await;
-    }
+    cut_and_check("off", 0x6b11).await;
 }
 
 /// The canary: on disks that ignore fsync the same cut must lose acknowledged writes, or the
