@@ -285,7 +285,7 @@ async fn start_raft(
     let contact = data.borrow().contact.clone();
     let env = SnapshotEnv { config: Arc::new(config.clone()), peers: options.peers.clone() };
     log_store.set_node_id(config.node_id);
-    if !sole_voter(data, log_store, config.node_id).await?
+    if !sole_voter(data, log_store, config.node_id).await
         && log_store.forget_leadership(config.node_id).await?
     {
         crate::event!(
@@ -317,24 +317,20 @@ async fn start_raft(
 /// Whether this node is the group's only voter in the applied membership and in every membership
 /// entry of its log after it: then no follower can hold an entry this node lost, and openraft may
 /// resume a leadership it saved (D89; a single node starts without an election).
-async fn sole_voter(
-    data: &Rc<RefCell<GroupData>>,
-    log_store: &LogStore,
-    node_id: u64,
-) -> Result<bool, ShardError> {
+async fn sole_voter(data: &Rc<RefCell<GroupData>>, log_store: &LogStore, node_id: u64) -> bool {
     let (applied_membership_alone, applied) = {
         let data = data.borrow();
         let alone = data.membership.membership().voter_ids().all(|id| id == node_id);
         (alone, data.applied_log_id)
     };
     if !applied_membership_alone {
-        return Ok(false);
+        return false;
     }
     // Nothing applied yet: from index 0, openraft's initial membership entry. A snapshot
     // installed meanwhile may have purged the log past the checkpoint.
     let first = applied.map_or(0, |a| a.index + 1).max(log_store.last_purged().map_or(0, |p| p.index + 1));
     let Some(last) = log_store.last_log_id().map(|l| l.index).filter(|last| *last >= first) else {
-        return Ok(true);
+        return true;
     };
     let mut reader = log_store.clone();
     let after = match openraft::storage::RaftLogReader::try_get_log_entries(&mut reader, first..=last).await {
@@ -342,13 +338,13 @@ async fn sole_voter(
         Err(e) => {
             // Not knowing is not being alone: the node then starts as a follower.
             crate::event!(warn, "membership_unknown", error = %e, "could not read the log past the checkpoint");
-            return Ok(false);
+            return false;
         }
     };
-    Ok(after.iter().all(|entry| match &entry.payload {
+    after.iter().all(|entry| match &entry.payload {
         openraft::EntryPayload::Membership(m) => m.voter_ids().all(|id| id == node_id),
         _ => true,
-    }))
+    })
 }
 
 /// Installs the checkpointed scopes in `data`; a healthy scope whose state root differs from its
