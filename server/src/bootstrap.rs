@@ -1,8 +1,9 @@
 //! Coordinated bootstrap (SPEC §10.2, `bootstrap_expect = N ≥ 2`): a fresh node answers
 //! `GetNodeInfo` on its listening socket while it polls `--peers` until N distinct nodes (itself
-//! included) have answered. Every node then derives the same plan from the same answers: all N
-//! are voters of every group, the lowest node id initializes the groups, and the number of data
-//! groups is that node's `initial_groups` (by default its cores × `groups_per_core`, D79). Plain threads and blocking sockets: this runs
+//! included) have answered. Every node then derives the same plan from the same answers: the
+//! lowest node id initializes `_system`, and the number of data groups and their replication
+//! factor are that node's `initial_groups` (by default its cores × `groups_per_core`, D79) and
+//! `replication_factor` (SPEC §10.5, D90). Plain threads and blocking sockets: this runs
 //! before any executor exists. With TLS configured (D43) both sides speak it, as the node's
 //! listener and peer connections do.
 
@@ -50,6 +51,8 @@ pub struct NodeAnswer {
     pub groups: Vec<u32>,
     /// The data groups it would start the cluster with (D79).
     pub data_groups: u32,
+    /// The replication factor it would start the cluster with (SPEC §10.5).
+    pub replication_factor: u32,
 }
 
 /// The agreed result: every member with its address, the initializer, and its data groups.
@@ -60,6 +63,8 @@ pub struct Agreed {
     /// The initializer's `initial_groups` (its cores × groups_per_core by default): every
     /// node creates these (SPEC §10.5, D79).
     pub data_groups: u32,
+    /// The initializer's `replication_factor`: the voters of each data group (SPEC §10.5).
+    pub replication_factor: u32,
 }
 
 /// Answers discovery on `listener` and polls the peers until `config.bootstrap_expect` nodes
@@ -162,9 +167,9 @@ pub fn find_cluster(config: &Config, tls: Option<&NodeTls>) -> Result<Vec<u32>, 
 /// The plan every node derives from the same set of answers.
 pub fn agree(known: &BTreeMap<u64, NodeAnswer>) -> Agreed {
     let members = known.iter().map(|(id, n)| (*id, n.address.clone())).collect();
-    let (initializer, data_groups) =
-        known.iter().next().map(|(id, n)| (*id, n.data_groups)).unwrap_or((0, 1));
-    Agreed { members, initializer, data_groups: data_groups.max(1) }
+    let (initializer, data_groups, replication_factor) =
+        known.iter().next().map(|(id, n)| (*id, n.data_groups, n.replication_factor)).unwrap_or((0, 1, 0));
+    Agreed { members, initializer, data_groups: data_groups.max(1), replication_factor }
 }
 
 /// Serves `Hello` + `GetNodeInfo` (anything else: `Unavailable`) until `stop`.
@@ -300,6 +305,7 @@ fn answer_request_batch(frame: &Frame, me: &NodeAnswer, authenticated: bool) -> 
                     groups: Vec::new(),
                     draining: false,
                     data_groups: me.data_groups,
+                    replication_factor: me.replication_factor,
                 }),
                 _ => Err(Status::unavailable("this node is bootstrapping its cluster")),
             },
@@ -316,8 +322,23 @@ pub fn ask_node_info(
 ) -> Result<NodeAnswer, String> {
     match call_once(addr, Request::GetNodeInfo, IO_TIMEOUT, credential, tls)? {
         Ok(Response::GetNodeInfo {
-            node_id, address, cores, is_cluster_member, groups, data_groups, ..
-        }) => Ok(NodeAnswer { node_id, address, cores, is_cluster_member, groups, data_groups }),
+            node_id,
+            address,
+            cores,
+            is_cluster_member,
+            groups,
+            data_groups,
+            replication_factor,
+            ..
+        }) => Ok(NodeAnswer {
+            node_id,
+            address,
+            cores,
+            is_cluster_member,
+            groups,
+            data_groups,
+            replication_factor,
+        }),
         Ok(_) => Err("unexpected answer".into()),
         Err(status) => Err(status.to_string()),
     }
@@ -444,6 +465,7 @@ mod tests {
                         is_cluster_member: false,
                         groups: Vec::new(),
                         data_groups: *id as u32,
+                        replication_factor: *id as u32 / 5,
                     };
                     (*id, answer)
                 })
@@ -454,6 +476,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.initializer, 10);
         assert_eq!(a.data_groups, 10, "the initializer's data groups");
+        assert_eq!(a.replication_factor, 2, "the initializer's replication factor");
         assert_eq!(a.members.len(), 3);
     }
 }

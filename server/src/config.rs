@@ -21,8 +21,7 @@ pub const DEFAULT_FILE: &str = "./inferadb-ledger.toml";
 
 /// SPEC §11.1 keys of features this server does not have yet, with what is missing. They are
 /// rejected from every source rather than accepted and ignored (D37).
-pub const NOT_IMPLEMENTED: &[(&str, &str)] =
-    &[("replication_factor", "every group is replicated on every node")];
+pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[];
 
 /// Built-in defaults (SPEC §11.1 unless noted), one per setting. `--help` and
 /// docs/operations.md show them through `default_of`.
@@ -69,6 +68,8 @@ pub mod defaults {
     pub const IDEMPOTENCY_CACHE_ENTRIES: usize = 100_000;
     pub const RATE_LIMIT_RPS: u32 = 1000;
     pub const GROUPS_PER_CORE: u32 = 1;
+    /// SPEC §10.5: each data group's voters (at most the cluster's size).
+    pub const REPLICATION_FACTOR: u32 = 3;
     pub const RAFT_HEARTBEAT_MS: u64 = 50;
     pub const RAFT_ELECTION_MIN_MS: u64 = 150;
     pub const RAFT_ELECTION_MAX_MS: u64 = 300;
@@ -267,6 +268,10 @@ pub struct ConfigLayer {
     /// of the bootstrapping node (SPEC §10.5).
     #[arg(long)]
     pub initial_groups: Option<u32>,
+    /// Voters of each data group, chosen among the members by fewest hosted groups; capped at
+    /// the cluster's size. The bootstrapping node's value holds for the cluster (SPEC §10.5).
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
     /// Raft heartbeat interval, in ms.
     #[arg(long)]
     pub raft_heartbeat_ms: Option<u64>,
@@ -428,6 +433,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "idempotency_cache_entries" => literal(IDEMPOTENCY_CACHE_ENTRIES),
         "rate_limit_rps" => literal(RATE_LIMIT_RPS),
         "groups_per_core" => literal(GROUPS_PER_CORE),
+        "replication_factor" => literal(REPLICATION_FACTOR),
         "raft_heartbeat_ms" => literal(RAFT_HEARTBEAT_MS),
         "raft_election_min_ms" => literal(RAFT_ELECTION_MIN_MS),
         "raft_election_max_ms" => literal(RAFT_ELECTION_MAX_MS),
@@ -631,7 +637,7 @@ impl ConfigLayer {
             requests_max_concurrent, requests_timeout_secs, metrics_addr, health_lag_threshold_blocks, cores,
             cpu_list, cpu_pinning, core_queue_capacity, spin_before_park_us, max_frame_bytes, max_batch_items,
             idle_timeout_secs, max_connections, handshake_timeout_secs, max_ops_per_tx,
-            idempotency_cache_entries, rate_limit_rps, groups_per_core, initial_groups, raft_heartbeat_ms,
+            idempotency_cache_entries, rate_limit_rps, groups_per_core, initial_groups, replication_factor, raft_heartbeat_ms,
             raft_election_min_ms, raft_election_max_ms, snapshot_interval_blocks, snapshot_interval_secs,
             snapshots_keep, raft_snapshot_logs, raft_log_keep, retention_interval_secs,
             integrity_interval_secs, gc_interval_secs, node_heartbeat_timeout_secs,
@@ -685,6 +691,8 @@ pub struct Config {
     pub groups_per_core: u32,
     /// SPEC §10.5: `None` = cores × groups_per_core.
     pub initial_groups: Option<u32>,
+    /// SPEC §10.5: voters per data group (the bootstrapping node's holds for the cluster).
+    pub replication_factor: u32,
     pub raft_heartbeat_ms: u64,
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
@@ -869,6 +877,7 @@ impl Config {
             rate_limit_rps: picked!(rate_limit_rps, RATE_LIMIT_RPS),
             groups_per_core: picked!(groups_per_core, GROUPS_PER_CORE),
             initial_groups: flags.initial_groups.or(file.initial_groups),
+            replication_factor: picked!(replication_factor, REPLICATION_FACTOR),
             raft_heartbeat_ms: picked!(raft_heartbeat_ms, RAFT_HEARTBEAT_MS),
             raft_election_min_ms: picked!(raft_election_min_ms, RAFT_ELECTION_MIN_MS),
             raft_election_max_ms: picked!(raft_election_max_ms, RAFT_ELECTION_MAX_MS),
@@ -960,6 +969,7 @@ impl Config {
             ("idempotency_cache_entries", self.idempotency_cache_entries == 0),
             ("groups_per_core", self.groups_per_core == 0),
             ("initial_groups", self.initial_groups == Some(0)),
+            ("replication_factor", self.replication_factor == 0),
             ("stream_buffer", self.stream_buffer == 0),
             ("raft_snapshot_logs", self.raft_snapshot_logs == 0),
             ("snapshots_keep", self.snapshots_keep == 0),

@@ -25,6 +25,9 @@ const CLUSTER: TableDefinition<&str, &str> = TableDefinition::new("cluster");
 pub struct StoredPlan {
     pub members: Vec<(u64, String)>,
     pub initializer: u64,
+    /// SPEC §10.5; missing in a plan stored before D90 (0: every member in every data group).
+    #[serde(default)]
+    pub replication_factor: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -103,9 +103,11 @@ pub fn run_node_with(
     let mut socket = Some(socket);
     let placed = place_groups(&config, &dir, &mut socket, &advertise_addr, tls.as_ref())?;
     let placement = Arc::new(placed.placement);
-    let cluster = placed
-        .plan
-        .map(|p| ClusterPlan { members: p.members.into_iter().collect(), initializer: p.initializer });
+    let cluster = placed.plan.map(|p| ClusterPlan {
+        members: p.members.into_iter().collect(),
+        initializer: p.initializer,
+        replication_factor: p.replication_factor,
+    });
 
     let shard_config =
         Arc::new(shard_config(&config, &dir, &advertise_addr, helper_hooks, cluster, &events, tls.as_ref()));
@@ -193,6 +195,7 @@ fn shard_config(
         storage_counters: Default::default(),
         max_frame_bytes: config.max_frame_bytes,
         cluster,
+        replication_factor: config.replication_factor,
         forward_timeout: Duration::from_secs(config.requests_timeout_secs),
         checkpoint_interval_ms: ledger_shard::constants::CHECKPOINT_INTERVAL_MS,
         journal_merge_rows_min: ledger_shard::constants::JOURNAL_MERGE_ROWS_MIN,

@@ -67,13 +67,17 @@ fn agree_with_peers(
         is_cluster_member: false,
         groups: Vec::new(),
         data_groups: config.data_groups(),
+        replication_factor: config.replication_factor,
     };
     let first = listeners.first().ok_or(NodeError::ShardStart(0))?;
     let agreed = crate::bootstrap::coordinate(first, config, me, tls)?;
     let groups = ledger_router::placement::data_groups(agreed.data_groups);
     let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
-    let stored =
-        StoredPlan { members: agreed.members.into_iter().collect(), initializer: agreed.initializer };
+    let stored = StoredPlan {
+        members: agreed.members.into_iter().collect(),
+        initializer: agreed.initializer,
+        replication_factor: agreed.replication_factor,
+    };
     dir.store_plan(&stored, &placement)?;
     ledger_shard::event!(
         info,
@@ -82,6 +86,7 @@ fn agree_with_peers(
         members = ?stored.members,
         initializer = stored.initializer,
         data_groups = groups.len().saturating_sub(1),
+        replication_factor = stored.replication_factor,
         "the cluster's members agreed; groups placed"
     );
     Ok(Placed { placement, plan: Some(stored), early_listeners: Some(listeners), join_after_start: false })
@@ -97,7 +102,7 @@ fn prepare_to_join(
     let groups: Vec<GroupId> =
         crate::bootstrap::find_cluster(config, tls)?.into_iter().map(GroupId).collect();
     let placement = ledger_router::placement::plan(&BTreeMap::new(), &groups, config.cores);
-    let stored = StoredPlan { members: Vec::new(), initializer: 0 };
+    let stored = StoredPlan { members: Vec::new(), initializer: 0, replication_factor: 0 };
     dir.store_plan(&stored, &placement)?;
     ledger_shard::event!(
         info,

@@ -65,6 +65,9 @@ pub struct ShardConfig {
     /// The cluster this node was bootstrapped into; `None`: a single node that initializes its
     /// groups alone (`bootstrap_expect = 1`).
     pub cluster: Option<ClusterPlan>,
+    /// This node's configured `replication_factor` (SPEC §10.5): what it would start a cluster
+    /// with; a member follows the cluster's, recorded in `_system`.
+    pub replication_factor: u32,
     /// How long a request forwarded to a group's leader may take, finding the leader included.
     pub forward_timeout: std::time::Duration,
     /// Period of a group's durable checkpoint (`CHECKPOINT_INTERVAL_MS`; tests shorten it).
@@ -109,18 +112,110 @@ pub struct ClusterPlan {
     pub members: std::collections::BTreeMap<u64, String>,
     /// The member with the lowest id (SPEC §10.2); it initializes `_system`.
     pub initializer: u64,
+    /// The initializer's `replication_factor` (SPEC §10.5): the voters of each data group.
+    /// 0 (a data directory bootstrapped before it existed) or at least the members: every member.
+    pub replication_factor: u32,
 }
 
 impl ClusterPlan {
-    /// The member that initializes `group` with every member a voter (and so usually leads it
-    /// first): group 0 the lowest id, data group g the g-th member in id order, round robin, so
-    /// that leaderships start spread over the nodes (D30). The others wait for its leader.
+    /// The member that initializes `group` (and so usually leads it first): group 0 the lowest
+    /// id; a data group whose members are all nodes the g-th member in id order, round robin
+    /// (D30); any other data group its first member (`members_of`), so that leaderships start
+    /// spread over the nodes. The others wait for its leader.
     pub fn initializer_of(&self, group: ledger_core::types::GroupId) -> u64 {
         if group.0 == 0 || self.members.is_empty() {
             return self.initializer;
         }
-        let index = group.0 as usize % self.members.len();
-        self.members.keys().nth(index).copied().unwrap_or(self.initializer)
+        if self.every_member_replicates() {
+            let index = group.0 as usize % self.members.len();
+            return self.members.keys().nth(index).copied().unwrap_or(self.initializer);
+        }
+        self.members_of(group).first().map(|(id, _)| *id).unwrap_or(self.initializer)
+    }
+
+    fn every_member_replicates(&self) -> bool {
+        self.replication_factor == 0 || self.replication_factor as usize >= self.members.len()
+    }
+
+    /// The initial voters of data group `group` (SPEC §10.5): `replication_factor` members taken
+    /// in id order from where the previous group's stopped, wrapping round, so that every member
+    /// hosts as few groups as any other (the "fewest hosted groups" rule for a fresh cluster);
+    /// every member when the factor covers them all. `_system` is not placed here (§10.4).
+    pub fn members_of(&self, group: ledger_core::types::GroupId) -> Vec<(u64, String)> {
+        let all: Vec<(u64, String)> = self.members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
+        if group.0 == 0 || self.every_member_replicates() {
+            return all;
+        }
+        let (n, rf) = (all.len(), self.replication_factor as usize);
+        let start = (group.0 as usize).saturating_sub(1).wrapping_mul(rf) % n;
+        // In the rotation's order: the first is the group's initializer.
+        (0..rf).map(|i| all[(start + i) % n].clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::ClusterPlan;
+    use ledger_core::types::GroupId;
+
+    fn plan(nodes: u64, rf: u32) -> ClusterPlan {
+        ClusterPlan {
+            members: (1..=nodes).map(|id| (id * 10, format!("n{id}"))).collect(),
+            initializer: 10,
+            replication_factor: rf,
+        }
+    }
+
+    fn ids(plan: &ClusterPlan, group: u32) -> Vec<u64> {
+        let mut ids: Vec<u64> = plan.members_of(GroupId(group)).into_iter().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A factor at or above the members (or 0, an old plan) puts every member in every group,
+    /// with the initializers round robin as before (D30).
+    #[test]
+    fn t01_a_factor_covering_every_member_keeps_every_member() {
+        for rf in [0, 3, 5] {
+            let p = plan(3, rf);
+            for g in 1..=4 {
+                assert_eq!(ids(&p, g), vec![10, 20, 30]);
+            }
+            assert_eq!(p.initializer_of(GroupId(1)), 20);
+            assert_eq!(p.initializer_of(GroupId(3)), 10);
+        }
+        assert_eq!(plan(3, 2).members_of(GroupId(0)).len(), 3, "_system is not placed by the factor");
+    }
+
+    /// Fewer replicas than members: each group gets exactly the factor, every member hosts as
+    /// many groups as any other (±1), and each group's initializer is one of its members.
+    #[test]
+    fn t02_groups_spread_over_the_members_evenly() {
+        for (nodes, rf, groups) in [(3u64, 2u32, 3u32), (4, 3, 4), (5, 3, 2), (7, 3, 10), (4, 1, 6)] {
+            let p = plan(nodes, rf);
+            let mut hosted = std::collections::BTreeMap::<u64, usize>::new();
+            for g in 1..=groups {
+                let members = ids(&p, g);
+                assert_eq!(members.len(), rf as usize, "group {g} of {nodes} nodes, rf {rf}");
+                let unique: std::collections::BTreeSet<u64> = members.iter().copied().collect();
+                assert_eq!(unique.len(), members.len(), "a member twice in group {g}");
+                assert!(members.contains(&p.initializer_of(GroupId(g))), "group {g}'s initializer");
+                for m in members {
+                    *hosted.entry(m).or_default() += 1;
+                }
+            }
+            let (min, max) = (hosted.values().min().copied(), hosted.values().max().copied());
+            let expected_max = (groups as usize * rf as usize).div_ceil(nodes as usize);
+            assert_eq!(max, Some(expected_max), "{nodes} nodes, rf {rf}: {hosted:?}");
+            if groups as usize * rf as usize >= nodes as usize {
+                assert!(min.unwrap_or(0) + 1 >= expected_max, "{nodes} nodes, rf {rf}: {hosted:?}");
+            }
+        }
+        assert_eq!(ids(&plan(3, 2), 1), vec![10, 20]);
+        assert_eq!(ids(&plan(3, 2), 2), vec![10, 30]);
+        assert_eq!(ids(&plan(3, 2), 3), vec![20, 30]);
+        let initializers: Vec<u64> = (1..=3).map(|g| plan(3, 2).initializer_of(GroupId(g))).collect();
+        assert_eq!(initializers, vec![10, 30, 20], "leaderships start spread");
     }
 }
 
@@ -168,6 +263,7 @@ impl ShardConfig {
             storage_counters: Default::default(),
             max_frame_bytes: 16 * 1024 * 1024,
             cluster: None,
+            replication_factor: 3,
             forward_timeout: std::time::Duration::from_secs(10),
             checkpoint_interval_ms: crate::constants::CHECKPOINT_INTERVAL_MS,
             journal_merge_rows_min: crate::constants::JOURNAL_MERGE_ROWS_MIN,

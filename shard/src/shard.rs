@@ -277,7 +277,19 @@ async fn serve_inbox(shard: &Rc<Shard>, inbox: flume::Receiver<ShardMsg>) -> Res
                 admin::requests::resolve_namespace_for(shard, namespace_id, reply);
             }
             ShardMsg::Internal(msg) => internal::handle(shard, msg),
-            ShardMsg::Watch { group, watch } => shard.watches.open(group, watch),
+            ShardMsg::Watch { group, watch } => match shard.group(group).filter(|g| g.is_outside()) {
+                // Streams are served by the group's members (SPEC §10.5): the client is told
+                // where one is and reconnects there.
+                Some(g) => {
+                    let mut status = Status::unavailable(format!(
+                        "node {} is not a member of group {group}: watch the vault on one of its members",
+                        shard.config.node_id
+                    ));
+                    status.leader_hint = g.route_hint();
+                    crate::read::watch::refuse(&watch.sink, watch.key, status);
+                }
+                None => shard.watches.open(group, watch),
+            },
             ShardMsg::CancelStream { key } => shard.watches.cancel(key),
             ShardMsg::Metrics { reply } => {
                 let _ = reply.try_send(crate::scrape::collect(shard));
@@ -395,6 +407,21 @@ fn on_group_request(
         crate::peer::serve::handle(group, *peer, request_id, reply);
         return;
     }
+    if group.is_outside() {
+        // Not a member (SPEC §10.5): the copy here is empty, so nothing is served from it.
+        if forwarded {
+            // Sent here as if this node were a member: the sender follows the hint.
+            let mut status = Status::new(
+                StatusCode::NotLeader,
+                format!("node {} is not a member of group {group_id}", shard.config.node_id),
+            );
+            status.leader_hint = group.route_hint();
+            reply_err(&reply, request_id, status);
+        } else {
+            forward_to_leader(shard, group_id, group, envelope, reply, caller);
+        }
+        return;
+    }
     if !forwarded && needs_leader(&envelope.request) && !group.is_leader() && group.stopped().is_none() {
         forward_to_leader(shard, group_id, group, envelope, reply, caller);
         return;
@@ -450,9 +477,11 @@ fn forward_to_leader(
         match forward::to_leader_for(&shard.peers, &group, request, timeout, on_behalf_of).await {
             Forwarded::Answer(result) => {
                 // The leader this node forwarded to (or knows now): the client learns it.
-                let leader_hint = group.leader_hint().filter(|(id, _)| *id != shard.peers.self_id());
+                let leader_hint = group.route_hint().filter(|(id, _)| *id != shard.peers.self_id());
                 let _ = reply.try_send(ResponseEnvelope { request_id, result, leader_hint });
             }
+            // Became the leader meanwhile; a node outside the group never gets here (its copy
+            // has no leader), but if it did, the request would be refused, not served empty.
             Forwarded::Local => on_group_request(&shard, group_id, envelope, reply, true, caller),
         }
     })

@@ -27,6 +27,10 @@ fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
 
 /// One core per node: three nodes share this machine's two CPUs.
 const NODE_FLAGS: &[&str] = &["--cores", "1", "--requests-timeout-secs", "5"];
+/// For the tests that add nodes to three and expect each data group on every node: a
+/// replication factor above the cluster's size (SPEC §10.5; the default is 3).
+const EVERY_NODE_FLAGS: &[&str] =
+    &["--cores", "1", "--requests-timeout-secs", "5", "--replication-factor", "9"];
 
 /// An acknowledged write: `key` = `value` in the scope.
 #[derive(Debug, Clone)]
@@ -911,7 +915,7 @@ fn admin_cli(addr: &str, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t09_a_node_joins_and_another_leaves_at_runtime() {
     let _one = one_cluster();
-    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let mut cluster = Cluster::start(3, EVERY_NODE_FLAGS);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "membership").await;
@@ -968,7 +972,7 @@ async fn t09_a_node_joins_and_another_leaves_at_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_a_node_in_join_mode_asks_to_be_added_by_itself() {
     let _one = one_cluster();
-    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let mut cluster = Cluster::start(3, EVERY_NODE_FLAGS);
     let admin = connect(cluster.addr(0)).await;
     let (namespace_id, vault_id) = create_scope(&admin, "self-join").await;
     let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 10).await;
@@ -1395,7 +1399,7 @@ async fn t16_members_keep_a_peer_cache_that_a_joining_node_finds_the_cluster_by(
     // and answers `GetPeers`; a node started in join mode with no `--peers`, only a copy of a
     // member's cache, finds the cluster through it, asks to be added, and serves.
     let _one = one_cluster();
-    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let mut cluster = Cluster::start(3, EVERY_NODE_FLAGS);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let cache = cluster.nodes[0].data_dir.join("peers.cache");
     let others = {
@@ -1589,7 +1593,7 @@ async fn t19_system_keeps_five_voters_and_other_members_follow_it_as_learners() 
     let flags: Vec<&str> = NODE_FLAGS
         .iter()
         .copied()
-        .chain(["--test-faults", "true", "--learner-cache-ttl-secs", "1"])
+        .chain(["--test-faults", "true", "--learner-cache-ttl-secs", "1", "--replication-factor", "9"])
         .collect();
     let mut cluster = Cluster::start_with_metrics(6, &flags);
     let all: Vec<usize> = (0..6).collect();
@@ -1686,7 +1690,7 @@ async fn t20_announced_peers_join_the_cache_and_a_join_is_announced_to_the_membe
     // joins to every other member.
     use ledger_wire::messages::PeerInfo;
     let _one = one_cluster();
-    let mut cluster = Cluster::start(3, NODE_FLAGS);
+    let mut cluster = Cluster::start(3, EVERY_NODE_FLAGS);
     node_ids(&cluster, &[0, 1, 2]).await;
     let client = connect(cluster.addr(1)).await;
     let announce = |addresses: &[&str]| Request::AnnouncePeer {
@@ -2156,4 +2160,196 @@ async fn t26_canary_a_cluster_on_disks_that_ignore_fsync_loses_acknowledged_writ
         }
     };
     assert!(found < acks.len(), "all {} acknowledged writes survived disks that ignore fsync", acks.len());
+}
+
+/// Each node's data groups (the ones it is a member of, `_system` left out) with their voters.
+async fn data_group_voters(cluster: &Cluster, i: usize) -> BTreeMap<u32, Vec<u64>> {
+    group_voters(cluster, i).await.into_iter().filter(|(g, _)| *g != 0).collect()
+}
+
+/// A namespace's group and that group's members as `_system` lists them.
+async fn namespace_members(client: &Client, namespace_id: i64) -> (u32, Vec<u64>) {
+    let by = ledger_wire::messages::NamespaceSelector::Id(namespace_id);
+    match client.call(Request::GetNamespace { by }).await.expect("GetNamespace") {
+        Response::GetNamespace(info) => {
+            let mut members = info.member_nodes;
+            members.sort_unstable();
+            (info.group_id, members)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits until every node in `live` reports the data groups `want` (group → sorted voters) for
+/// the groups it is a member of, and is a member of exactly those that list it.
+async fn wait_data_groups(
+    cluster: &Cluster,
+    ids: &BTreeMap<u64, usize>,
+    live: &[usize],
+    want: &BTreeMap<u32, Vec<u64>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        let mut settled = true;
+        for &i in live {
+            let id = *ids.iter().find(|(_, n)| **n == i).map(|(id, _)| id).expect("the node's id");
+            let groups = data_group_voters(cluster, i).await;
+            let mine: BTreeMap<u32, Vec<u64>> =
+                want.iter().filter(|(_, v)| v.contains(&id)).map(|(g, v)| (*g, v.clone())).collect();
+            settled &= groups == mine;
+            seen.push((i, groups));
+        }
+        if settled {
+            return;
+        }
+        assert!(Instant::now() < deadline, "data groups never settled at {want:?}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t28_data_groups_have_replication_factor_voters_any_node_serves_and_a_leave_is_replaced() {
+    // SPEC §10.5 (D90): three nodes, three data groups, `--replication-factor 2`: each data
+    // group has two voters and each node is a voter of two groups. Every node serves every
+    // namespace — writes, reads, tips and chains of a group it is outside of are sent on to the
+    // group's members — and `_system` lists each group's two members. When a node leaves, each
+    // group it was in gets the remaining node first (a two-voter group can then lose one), and
+    // nothing acknowledged is lost.
+    let _one = one_cluster();
+    let flags: Vec<&str> =
+        NODE_FLAGS.iter().copied().chain(["--initial-groups", "3", "--replication-factor", "2"]).collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let sorted: Vec<u64> = ids.keys().copied().collect();
+    // The plan (`ClusterPlan::members_of`): two members in id order from where the last stopped.
+    let initial: BTreeMap<u32, Vec<u64>> = BTreeMap::from([
+        (1, vec![sorted[0], sorted[1]]),
+        (2, vec![sorted[0], sorted[2]]),
+        (3, vec![sorted[1], sorted[2]]),
+    ]);
+    wait_data_groups(&cluster, &ids, &[0, 1, 2], &initial).await;
+
+    let admin = connect(cluster.addr(0)).await;
+    let mut scopes = Vec::new();
+    for n in 0..3 {
+        let (namespace_id, vault_id) = create_scope(&admin, &format!("rf-{n}")).await;
+        let (group, members) = namespace_members(&admin, namespace_id).await;
+        assert_eq!(members, initial[&group], "the registry's members of group {group}");
+        scopes.push((namespace_id, vault_id, group));
+    }
+    let mut groups: Vec<u32> = scopes.iter().map(|s| s.2).collect();
+    groups.sort_unstable();
+    assert_eq!(groups, vec![1, 2, 3], "one namespace per group");
+
+    // Through every node, the one outside each group included.
+    let mut acks: BTreeMap<i64, Vec<Ack>> = BTreeMap::new();
+    for &(namespace_id, vault_id, _) in &scopes {
+        for i in 0..3 {
+            let tag = format!("n{i}-ns{namespace_id}");
+            let written = write_keys(cluster.addr(i), namespace_id, Some(vault_id), &tag, 5).await;
+            acks.entry(namespace_id).or_default().extend(written);
+        }
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        assert_converged(&cluster, &[0, 1, 2], &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
+    // A linearizable read through the node outside each group.
+    for &(namespace_id, vault_id, group) in &scopes {
+        let outside =
+            (0..3).find(|i| !initial[&group].contains(&sorted_id(&ids, *i))).expect("a node outside");
+        let client = connect(cluster.addr(outside)).await;
+        let ack = &acks[&namespace_id][0];
+        let read =
+            client.read_with(namespace_id, Some(vault_id), &ack.key, ReadConsistency::Linearizable).await;
+        assert_eq!(read.expect("linearizable read").as_deref(), Some(&ack.value[..]), "via node {outside}");
+    }
+
+    // Node 2 leaves: in each of its groups the remaining node is added before it goes.
+    let leaver_id = sorted_id(&ids, 2);
+    let (code, out) = admin_cli(cluster.addr(0), &["leave", "--node", &leaver_id.to_string()]);
+    assert_eq!(code, 0, "leave failed: {out}");
+    cluster.kill9(2);
+    let mut both = vec![sorted_id(&ids, 0), sorted_id(&ids, 1)];
+    both.sort_unstable();
+    let after: BTreeMap<u32, Vec<u64>> = (1..=3).map(|g| (g, both.clone())).collect();
+    wait_data_groups(&cluster, &ids, &[0, 1], &after).await;
+    for &(namespace_id, vault_id, _) in &scopes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while namespace_members(&admin, namespace_id).await.1 != both {
+            assert!(
+                Instant::now() < deadline,
+                "the registry never listed {both:?} for namespace {namespace_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tag = format!("after-leave-ns{namespace_id}");
+        let written = write_keys(cluster.addr(1), namespace_id, Some(vault_id), &tag, 5).await;
+        acks.entry(namespace_id).or_default().extend(written);
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        assert_converged(&cluster, &[0, 1], &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
+    assert!(
+        // Logged by `_system`'s leader, which may have been the node that left.
+        (0..3).any(|i| cluster.stderr(i).contains("event=group_replica_adding")),
+        "no replacement was logged"
+    );
+}
+
+/// The node id of the node at index `i`.
+fn sorted_id(ids: &BTreeMap<u64, usize>, i: usize) -> u64 {
+    *ids.iter().find(|(_, n)| **n == i).map(|(id, _)| id).expect("the node's id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t29_a_lost_node_is_replaced_in_its_data_groups_by_the_spare_one() {
+    // SPEC §10.5–10.6 (D90): four nodes, two data groups of three voters (the default factor).
+    // A node of both groups is killed; once `_system`'s leader removes it for its silence, each
+    // group has first taken the node it lacked, so both end with the three survivors as voters,
+    // and every acknowledged write is on each of them.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--initial-groups", "2", "--node-heartbeat-timeout-secs", "2"])
+        .collect();
+    let mut cluster = Cluster::start(4, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2, 3]).await;
+    let sorted: Vec<u64> = ids.keys().copied().collect();
+    let initial: BTreeMap<u32, Vec<u64>> = BTreeMap::from([
+        (1, vec![sorted[0], sorted[1], sorted[2]]),
+        (2, vec![sorted[0], sorted[1], sorted[3]]),
+    ]);
+    wait_data_groups(&cluster, &ids, &[0, 1, 2, 3], &initial).await;
+    let admin_index = ids[&sorted[0]];
+    let admin = connect(cluster.addr(admin_index)).await;
+    let mut scopes = Vec::new();
+    let mut acks: BTreeMap<i64, Vec<Ack>> = BTreeMap::new();
+    for n in 0..2 {
+        let (namespace_id, vault_id) = create_scope(&admin, &format!("loss-{n}")).await;
+        let written = write_keys(cluster.addr(admin_index), namespace_id, Some(vault_id), "before", 10).await;
+        acks.insert(namespace_id, written);
+        scopes.push((namespace_id, vault_id));
+    }
+    // The node with the second lowest id is a voter of both groups.
+    let lost = ids[&sorted[1]];
+    cluster.kill9(lost);
+    let survivors: Vec<usize> = (0..4).filter(|i| *i != lost).collect();
+    let mut three = vec![sorted[0], sorted[2], sorted[3]];
+    three.sort_unstable();
+    let after: BTreeMap<u32, Vec<u64>> = (1..=2).map(|g| (g, three.clone())).collect();
+    wait_data_groups(&cluster, &ids, &survivors, &after).await;
+    let log: String = survivors.iter().map(|&i| cluster.stderr(i)).collect();
+    assert!(log.contains("event=node_removed"), "no removal event");
+    assert!(log.contains("event=group_replica_adding"), "no replacement event");
+    for &(namespace_id, vault_id) in &scopes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while namespace_members(&admin, namespace_id).await.1 != three {
+            assert!(Instant::now() < deadline, "the registry never listed {three:?} for {namespace_id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let written = write_keys(cluster.addr(survivors[1]), namespace_id, Some(vault_id), "after", 10).await;
+        acks.entry(namespace_id).or_default().extend(written);
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        assert_converged(&cluster, &survivors, &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
 }

@@ -697,6 +697,9 @@ pub enum Response {
         /// The data groups it starts a cluster with if it initializes one (`initial_groups`,
         /// else cores × groups_per_core); a member: the data groups it hosts (D79).
         data_groups: u32,
+        /// The `replication_factor` it starts a cluster with if it initializes one; a member:
+        /// the cluster's (SPEC §10.5; 0 = every member in every data group).
+        replication_factor: u32,
     },
     HealthCheck {
         status: HealthStatus,

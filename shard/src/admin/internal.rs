@@ -54,6 +54,9 @@ pub enum InternalMsg {
     ScopeHealth { group: GroupId, scope: ScopeKey, reply: oneshot::Sender<Result<ScopeHealthReport, Status>> },
     /// Core 0 → every core: the cluster's page-token key (SPEC §5.7).
     PageTokenKey(TokenKey),
+    /// Core 0 → every core: each data group's members as `_system` lists them, for the groups
+    /// this node is outside of (SPEC §10.5, `peer/outside.rs`).
+    GroupMembers(crate::peer::outside::GroupMembers),
     /// Core 0 (the `_system` leader) → the core owning `group`: make one membership change of it
     /// (here if this node leads it, else on its leader); the reply carries its voters afterwards.
     ChangeMembership {
@@ -87,9 +90,20 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         InternalMsg::ScopeCommand { group, command, reply } => {
             spawn_scope_command(shard, group, command, reply)
         }
-        InternalMsg::ScopeInfo { group, scope, reply } => {
-            let _ = reply.send(scope_info(shard, group, scope));
-        }
+        InternalMsg::ScopeInfo { group, scope, reply } => match shard.group(group).filter(|g| g.is_outside())
+        {
+            Some(g) => {
+                let request =
+                    Request::GetVault { namespace_id: scope.namespace_id.0, vault_id: scope.vault_id.0 };
+                spawn_at_members(shard, g, request, reply, |response| match response {
+                    Response::GetVault(info) => Some(info),
+                    _ => None,
+                })
+            }
+            None => {
+                let _ = reply.send(scope_info(shard, group, scope));
+            }
+        },
         InternalMsg::ListVaults { reply } => {
             let _ = reply.send(vault_list(shard));
         }
@@ -99,14 +113,27 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         InternalMsg::Health { reply } => {
             let _ = reply.send(core_health(shard));
         }
-        InternalMsg::ScopeHealth { group, scope, reply } => {
-            let result = match shard.group(group) {
-                Some(g) => scope_health(&g, scope),
-                None => Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))),
-            };
-            let _ = reply.send(result);
-        }
+        InternalMsg::ScopeHealth { group, scope, reply } => match shard.group(group) {
+            Some(g) if g.is_outside() => {
+                let request = Request::HealthCheck {
+                    namespace_id: Some(scope.namespace_id.0),
+                    vault_id: (!scope.is_namespace_scope()).then_some(scope.vault_id.0),
+                };
+                spawn_at_members(shard, g, request, reply, |response| match response {
+                    Response::HealthCheck { status, message, details } => Some((status, message, details)),
+                    _ => None,
+                })
+            }
+            Some(g) => {
+                let _ = reply.send(scope_health(&g, scope));
+            }
+            None => {
+                let _ = reply
+                    .send(Err(Status::unavailable(format!("group {group} is not on core {}", shard.core))));
+            }
+        },
         InternalMsg::PageTokenKey(key) => shard.token_key.set(Some(key)),
+        InternalMsg::GroupMembers(members) => set_group_members(shard, members),
         InternalMsg::ChangeMembership { group, change, reply } => {
             spawn_change_membership(shard, group, change, reply)
         }
@@ -118,6 +145,40 @@ pub fn handle(shard: &Rc<Shard>, msg: InternalMsg) {
         }
         InternalMsg::GroupLag { group, reply } => spawn_group_lag(shard, group, reply),
         InternalMsg::HandOver { group, successor, reply } => spawn_hand_over(shard, group, successor, reply),
+    }
+}
+
+/// Asks the members of `group`, which this node is outside of (SPEC §10.5), to answer
+/// `request`, in a spawned task, and replies with what `pick` takes from their answer.
+fn spawn_at_members<T: 'static>(
+    shard: &Rc<Shard>,
+    group: Rc<crate::round::group::Group>,
+    request: Request,
+    reply: oneshot::Sender<Result<T, Status>>,
+    pick: impl FnOnce(Response) -> Option<T> + 'static,
+) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let answer = match forward::to_leader(&shard.peers, &group, request, shard.config.forward_timeout)
+            .await
+        {
+            Forwarded::Answer(Ok(response)) => pick(response)
+                .ok_or_else(|| Status::internal(format!("a member of group {} answered oddly", group.id))),
+            Forwarded::Answer(Err(status)) => Err(status),
+            Forwarded::Local => Err(Status::unavailable(format!("group {} has no member here", group.id))),
+        };
+        let _ = reply.send(answer);
+    })
+    .detach();
+}
+
+/// Hands each of this core's groups its members as `_system` lists them (used while this node
+/// is outside a group).
+pub fn set_group_members(shard: &Shard, members: crate::peer::outside::GroupMembers) {
+    for (group, list) in members {
+        if let Some(g) = shard.group(group) {
+            g.outside.borrow_mut().set_members(list);
+        }
     }
 }
 
@@ -174,7 +235,7 @@ fn scope_info(shard: &Shard, group: GroupId, scope: ScopeKey) -> Result<VaultInf
 /// Every vault (not namespace scopes) of this core's groups.
 fn vault_list(shard: &Shard) -> Vec<VaultInfo> {
     let mut out = Vec::new();
-    for g in shard.group_list() {
+    for g in shard.group_list().into_iter().filter(|g| !g.is_outside()) {
         let data = g.data.borrow();
         out.extend(
             data.scopes.values().filter(|s| !s.meta.key.is_namespace_scope()).map(|s| vault_info(&g, s)),
@@ -186,7 +247,7 @@ fn vault_list(shard: &Shard) -> Vec<VaultInfo> {
 /// Every scope of this core's groups with its status (for the registry's reconciliation).
 fn scope_statuses(shard: &Shard) -> Vec<(ScopeKey, VaultStatus)> {
     let mut out = Vec::new();
-    for g in shard.group_list() {
+    for g in shard.group_list().into_iter().filter(|g| !g.is_outside()) {
         out.extend(g.data.borrow().scopes.values().map(|s| (s.meta.key, s.meta.status)));
     }
     out
@@ -205,7 +266,8 @@ fn core_health(shard: &Shard) -> CoreHealth {
             format!("stopped on a storage error, reopens once its disk takes writes again: {cause}"),
         ));
     }
-    for g in shard.group_list() {
+    // A group this node is outside of (SPEC §10.5) is its members' to report.
+    for g in shard.group_list().into_iter().filter(|g| !g.is_outside()) {
         let id = g.id;
         if shard.reopening.borrow().contains_key(&id) {
             continue;
@@ -257,8 +319,12 @@ fn spawn_change_membership(
 
 /// Raft status of this core's groups, the ones that failed to open included.
 fn group_statuses(shard: &Shard) -> Vec<ledger_wire::messages::GroupStatusInfo> {
-    let mut out: Vec<_> =
-        shard.group_list().iter().map(|g| crate::ops::cluster::group_status(shard, g)).collect();
+    let mut out: Vec<_> = shard
+        .group_list()
+        .iter()
+        .filter(|g| !g.is_outside())
+        .map(|g| crate::ops::cluster::group_status(shard, g))
+        .collect();
     for (id, reason) in shard.failed.borrow().iter() {
         out.push(crate::ops::cluster::failed_group_status(*id, reason));
     }

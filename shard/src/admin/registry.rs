@@ -13,6 +13,9 @@ pub const KEY_SEQ_VAULT: &str = "_meta:seq:vault";
 pub const KEY_SEQ_GROUP: &str = "_meta:seq:group";
 pub const KEY_PAGE_TOKEN: &str = "_meta:page_token_key";
 pub const KEY_CLUSTER_ID: &str = "_meta:cluster_id";
+/// The cluster's `replication_factor` (SPEC §10.5), written once at bootstrap: i64 LE, 0 (or
+/// missing: a cluster bootstrapped before it was recorded) = every member in every data group.
+pub const KEY_REPLICATION_FACTOR: &str = "_meta:replication_factor";
 
 /// `ns:{id}` (SPEC §10.4 NamespaceRegistry).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -110,6 +113,16 @@ pub fn counter(system: &ScopeState, key: &str) -> i64 {
         .and_then(|row| <[u8; 8]>::try_from(row.value.as_slice()).ok())
         .map(i64::from_le_bytes)
         .unwrap_or(1)
+}
+
+/// The cluster's replication factor (`KEY_REPLICATION_FACTOR`; 0 = every member).
+pub fn replication_factor(system: &ScopeState) -> u32 {
+    system
+        .get_entity(KEY_REPLICATION_FACTOR)
+        .and_then(|row| <[u8; 8]>::try_from(row.value.as_slice()).ok())
+        .map(i64::from_le_bytes)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0)
 }
 
 pub fn record<T>(system: &ScopeState, key: &str) -> Option<T>

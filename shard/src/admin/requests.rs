@@ -14,6 +14,7 @@ use crate::admin::learner_routes;
 use crate::admin::registry::{self as reg, GroupRecord, NamespaceRecord, NodeRecord, VaultRecord};
 use crate::msg::ShardMsg;
 use crate::peer::forward::{self, Forwarded};
+use crate::peer::outside::GroupMembers;
 use crate::read::page_token::{query_hash, PageToken, MSG_INVALID};
 use crate::reply::ReplySender;
 use crate::round::group::{now_ts, PendingTx, ScopeCommand, Waiter};
@@ -120,8 +121,11 @@ fn changes_registry(request: &Request) -> bool {
     )
 }
 
-/// SPEC §10.6 on the `_system` leader: the change in every group, one at a time (`_system`
-/// first when adding, last when removing); stops at the first group that refuses.
+/// SPEC §10.6 on the `_system` leader: the change in every group concerned, one at a time
+/// (`_system` first when adding, last when removing); stops at the first group that refuses.
+/// A node is added to the data groups that have fewer voters than the replication factor asks;
+/// a node that goes is first replaced in each of its data groups by a spare node, if there is
+/// one (SPEC §10.5, `replicas.rs`), so that a group's voters never drop below what it had.
 pub(crate) async fn change_membership_everywhere(
     shard: &Shard,
     change: MembershipChange,
@@ -135,28 +139,50 @@ pub(crate) async fn change_membership_everywhere(
     let _serial = shard.admin_lock.lock().await;
     crate::event!(info, "membership_change_started", change = ?change);
     let joining = matches!(change, MembershipChange::Add { .. });
-    let mut done = Vec::new();
+    let (view, unusable) = with_system(shard, |s| {
+        (crate::admin::replicas::ReplicaView::read(s), crate::admin::replicas::unusable_nodes(shard, s))
+    })?;
+    let mut done: Vec<(u32, Vec<u64>)> = Vec::new();
     for group in crate::admin::membership::order(shard.placement.keys().copied(), joining) {
-        let (tx, rx) = oneshot::channel();
-        let msg = InternalMsg::ChangeMembership { group, change: change.clone(), reply: tx };
-        send_to_owner(shard, group, msg).await?;
-        let voters =
-            rx.await.map_err(|_| Status::unavailable("membership change dropped"))?.map_err(|mut s| {
-                s.message = format!("{} (groups changed before it: {done:?})", s.message);
-                s
-            })?;
+        let data_group = group.0 != 0 && view.groups.contains_key(&group.0);
+        match &change {
+            MembershipChange::Add { node_id, .. } if data_group => {
+                let nodes = view.nodes.len() + usize::from(!view.nodes.contains_key(node_id));
+                if !view.takes_joiner(group.0, nodes) {
+                    continue;
+                }
+            }
+            MembershipChange::Remove { node_id } if data_group => {
+                if !view.groups.get(&group.0).is_some_and(|m| m.contains(node_id)) {
+                    // Not one of its members; a learner left behind would still go below.
+                    if view.replication_factor != 0 {
+                        continue;
+                    }
+                } else if let Some((spare, address)) =
+                    view.spare(group.0, |id| id == *node_id || unusable.contains(&id))
+                {
+                    crate::event!(info, "group_replica_adding", group = %group, node = spare, replacing = *node_id);
+                    let add = MembershipChange::Add { node_id: spare, address };
+                    let voters = change_group(shard, group, add).await.map_err(|mut s| {
+                        s.message = format!("{} (groups changed before it: {done:?})", s.message);
+                        s
+                    })?;
+                    done.push((group.0, voters));
+                }
+            }
+            _ => {}
+        }
+        let voters = change_group(shard, group, change.clone()).await.map_err(|mut s| {
+            s.message = format!("{} (groups changed before it: {done:?})", s.message);
+            s
+        })?;
         crate::event!(info, "membership_changed", group = %group, change = ?change, voters = ?voters);
         done.push((group.0, voters));
     }
     // The registry follows (SPEC §10.4): each data group's members and the node's record.
-    let ops = with_system(shard, |s| {
+    let mut ops = with_system(shard, |s| group_member_ops(s, &done))?;
+    ops.extend(with_system(shard, |s| {
         let mut ops = Vec::new();
-        for (group, voters) in &done {
-            if let Some(mut record) = group_record(s, *group).filter(|r| &r.members != voters) {
-                record.members = voters.clone();
-                ops.push(reg::set(reg::group_key(*group), reg::encode(&record)));
-            }
-        }
         match &change {
             MembershipChange::Add { node_id, address } => {
                 let node = NodeRecord { node_id: *node_id, address: address.clone() };
@@ -172,11 +198,45 @@ pub(crate) async fn change_membership_everywhere(
             }
         }
         ops
-    })?;
+    })?);
     if !ops.is_empty() {
         system_tx_ok(shard, ops).await?;
     }
     Ok(done)
+}
+
+/// One membership change of one group, made by its owning core (here or at the group's leader);
+/// returns the group's voters afterwards.
+pub(crate) async fn change_group(
+    shard: &Shard,
+    group: GroupId,
+    change: MembershipChange,
+) -> Result<Vec<u64>, Status> {
+    let (tx, rx) = oneshot::channel();
+    send_to_owner(shard, group, InternalMsg::ChangeMembership { group, change, reply: tx }).await?;
+    rx.await.map_err(|_| Status::unavailable("membership change dropped"))?
+}
+
+/// The registry writes that record each changed group's voters (the last entry of a group wins).
+fn group_member_ops(system: &ScopeState, changed: &[(u32, Vec<u64>)]) -> Vec<Operation> {
+    let last: std::collections::BTreeMap<u32, &Vec<u64>> = changed.iter().map(|(g, v)| (*g, v)).collect();
+    let mut ops = Vec::new();
+    for (group, voters) in last {
+        if let Some(mut record) = group_record(system, group).filter(|r| &r.members != voters) {
+            record.members = voters.clone();
+            ops.push(reg::set(reg::group_key(group), reg::encode(&record)));
+        }
+    }
+    ops
+}
+
+/// Records changed groups' voters in `_system`.
+pub(crate) async fn record_group_members(shard: &Shard, changed: &[(u32, Vec<u64>)]) -> Result<(), Status> {
+    let ops = with_system(shard, |s| group_member_ops(s, changed))?;
+    if !ops.is_empty() {
+        system_tx_ok(shard, ops).await?;
+    }
+    Ok(())
 }
 
 fn system_leader(shard: &Shard) -> bool {
@@ -858,6 +918,28 @@ pub(crate) async fn fan_out<T>(shard: &Shard, make: impl Fn(oneshot::Sender<T>) 
 async fn list_vaults(shard: &Shard) -> Vec<VaultInfo> {
     let mut vaults: Vec<VaultInfo> =
         fan_out(shard, |reply| InternalMsg::ListVaults { reply }).await.into_iter().flatten().collect();
+    // The vaults of groups this node is not a member of (SPEC §10.5) are described by their
+    // members; one that cannot be reached right now is left out.
+    let me = shard.config.node_id;
+    let elsewhere: Vec<(GroupId, ScopeKey)> = with_system(shard, |s| {
+        let outside: std::collections::BTreeSet<u32> =
+            reg::groups(s).into_iter().filter(|g| !g.members.contains(&me)).map(|g| g.group_id).collect();
+        reg::vaults(s)
+            .into_iter()
+            .filter(|v| outside.contains(&v.group_id))
+            .map(|v| {
+                let scope = ScopeKey::new(NamespaceId(v.namespace_id), Some(VaultId(v.vault_id)));
+                (GroupId(v.group_id), scope)
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    for (group, scope) in elsewhere {
+        match scope_info(shard, group, scope).await {
+            Ok(info) => vaults.push(info),
+            Err(e) => crate::event!(warn, "vault_not_described", scope = %scope, error = %e),
+        }
+    }
     vaults.sort_by_key(|v| (v.namespace_id, v.vault_id));
     vaults
 }
@@ -879,7 +961,15 @@ fn node_info(shard: &Shard) -> Response {
         groups: shard.placement.keys().map(|g| g.0).collect(),
         draining: shard.is_draining(),
         data_groups: shard.placement.keys().filter(|g| g.0 != 0).count() as u32,
+        replication_factor: cluster_replication_factor(shard).unwrap_or(shard.config.replication_factor),
     }
+}
+
+/// The cluster's replication factor as `_system` records it (`None` before it is known here).
+pub(crate) fn cluster_replication_factor(shard: &Shard) -> Option<u32> {
+    with_system(shard, |s| s.get_entity(reg::KEY_REPLICATION_FACTOR).map(|_| reg::replication_factor(s)))
+        .ok()
+        .flatten()
 }
 
 /// SPEC §11.5 node level: Unavailable if a hosted group has no leader, Degraded if a local
@@ -929,6 +1019,18 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
         Some(plan) => plan.members.clone(),
         None => [(shard.config.node_id, shard.config.advertise_addr.clone())].into(),
     };
+    // Each data group's initial voters (SPEC §10.5): the plan's choice, or this node alone.
+    let group_members = |g: GroupId| -> Vec<u64> {
+        match &shard.config.cluster {
+            Some(plan) if !plan.members.is_empty() => {
+                let mut ids: Vec<u64> = plan.members_of(g).into_iter().map(|(id, _)| id).collect();
+                ids.sort_unstable();
+                ids
+            }
+            _ => members.keys().copied().collect(),
+        }
+    };
+    let replication_factor = shard.config.cluster.as_ref().map_or(0, |plan| plan.replication_factor);
     let ops = with_system(shard, |s| {
         let mut ops = Vec::new();
         if s.get_entity(reg::KEY_PAGE_TOKEN).is_none() {
@@ -942,12 +1044,16 @@ pub async fn bootstrap(shard: &Shard) -> Result<(), ShardError> {
             }
             let rec = GroupRecord {
                 group_id: g.0,
-                members: members.keys().copied().collect(),
+                members: group_members(g),
                 core_hint: core.0,
                 namespaces: 0,
                 vaults: 0,
             };
             ops.push(reg::set(reg::group_key(g.0), reg::encode(&rec)));
+        }
+        if s.get_entity(reg::KEY_REPLICATION_FACTOR).is_none() {
+            let value = i64::from(replication_factor).to_le_bytes().to_vec();
+            ops.push(reg::set_if_absent(reg::KEY_REPLICATION_FACTOR, value));
         }
         if reg::counter(s, reg::KEY_SEQ_GROUP) <= i64::from(max_group) {
             ops.push(reg::set_counter(reg::KEY_SEQ_GROUP, i64::from(max_group) + 1));
@@ -984,7 +1090,15 @@ fn page_token_key(system: &ScopeState) -> Option<[u8; 32]> {
 /// re-issues the missing idempotent `CreateScope` / `SetScopeStatus` for groups hosted here.
 pub async fn reconcile(shard: Rc<Shard>) {
     let _serial = shard.admin_lock.lock().await;
-    let Ok((namespaces, vaults)) = with_system(&shard, |s| (reg::namespaces(s), reg::vaults(s))) else {
+    let me = shard.config.node_id;
+    let Ok((namespaces, vaults, outside)) = with_system(&shard, |s| {
+        let outside: std::collections::BTreeSet<GroupId> = reg::groups(s)
+            .into_iter()
+            .filter(|g| !g.members.contains(&me))
+            .map(|g| GroupId(g.group_id))
+            .collect();
+        (reg::namespaces(s), reg::vaults(s), outside)
+    }) else {
         return;
     };
     let mut wanted: Vec<(GroupId, ScopeKey, VaultStatus, RetentionPolicy)> = Vec::new();
@@ -1006,6 +1120,25 @@ pub async fn reconcile(shard: Rc<Shard>) {
         if !shard.placement.contains_key(&group) {
             continue;
         }
+        if outside.contains(&group) {
+            // Not a member (SPEC §10.5): its scopes are not here to compare, so the idempotent
+            // command goes to the group's leader, where it changes nothing if nothing is missing.
+            let mut commands = vec![ScopeCommand::SetStatus { scope, status }];
+            if status == VaultStatus::Active {
+                commands.insert(0, ScopeCommand::Create { scope, retention });
+            }
+            for command in commands {
+                match scope_command(&shard, group, command).await {
+                    Ok(_) => {}
+                    // A scope deleted before it was ever created: nothing to mark.
+                    Err(e) if e.code == StatusCode::NotFound => {}
+                    Err(e) => {
+                        crate::event!(warn, "reconcile_failed", scope = %scope, action = "remote", error = %e)
+                    }
+                }
+            }
+            continue;
+        }
         let have = present.get(&scope).copied();
         if have.is_none() && status == VaultStatus::Active {
             if let Err(e) = scope_command(&shard, group, ScopeCommand::Create { scope, retention }).await {
@@ -1020,6 +1153,54 @@ pub async fn reconcile(shard: Rc<Shard>) {
     }
 }
 
+/// Each data group's members with their addresses, as `_system` lists them.
+fn group_members(system: &ScopeState) -> GroupMembers {
+    let addresses: std::collections::BTreeMap<u64, String> = system
+        .entities()
+        .filter(|(k, _)| k.starts_with("node:"))
+        .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
+        .map(|n| (n.node_id, n.address))
+        .collect();
+    reg::groups(system)
+        .into_iter()
+        .filter(|g| g.group_id != 0)
+        .map(|g| {
+            let members =
+                g.members.iter().filter_map(|id| addresses.get(id).map(|addr| (*id, addr.clone()))).collect();
+            (GroupId(g.group_id), members)
+        })
+        .collect()
+}
+
+/// Sends every core the data groups' members whenever `_system` changed them (`sent`: the
+/// registry's applied index and the list last sent), so that a core outside a group knows where
+/// to send its requests (SPEC §10.5).
+fn send_group_members(shard: &Shard, sent: &mut Option<(u64, GroupMembers)>) {
+    let Some(system) = shard.group(GroupId(0)) else { return };
+    let applied = system.data.borrow().applied_index;
+    if sent.as_ref().is_some_and(|(at, _)| *at == applied) {
+        return;
+    }
+    let Ok(members) = with_system(shard, group_members) else { return };
+    if sent.as_ref().is_some_and(|(_, last)| *last == members) {
+        *sent = Some((applied, members));
+        return;
+    }
+    let mut delivered = true;
+    for (i, core) in shard.cores.iter().enumerate() {
+        if i != shard.core.0 as usize {
+            delivered &=
+                core.try_send(ShardMsg::Internal(InternalMsg::GroupMembers(members.clone()))).is_ok();
+        }
+    }
+    crate::admin::internal::set_group_members(shard, members.clone());
+    // A full inbox: sent again at the next tick.
+    *sent = delivered.then_some((applied, members));
+}
+
+/// How often (in keeper ticks) the `_system` leader looks for data groups short of members.
+const REPLICAS_CHECK_TICKS: u32 = 10;
+
 /// Core 0 of a cluster member, for the node's life: whenever this node leads `_system` in a new
 /// term, it makes sure the registry's bootstrap records exist and reconciles the data groups
 /// with the registry (what a single node does once at start); on every node it picks up the
@@ -1028,9 +1209,12 @@ pub async fn registry_keeper(shard: Rc<Shard>) {
     let weak = Rc::downgrade(&shard);
     drop(shard);
     let mut kept_term = None;
+    let mut members_sent: Option<(u64, GroupMembers)> = None;
+    let mut ticks_since_replicas = 0u32;
     loop {
         {
             let Some(shard) = weak.upgrade() else { return };
+            send_group_members(&shard, &mut members_sent);
             if shard.token_key.get().is_none() {
                 if let Ok(Some(key)) = with_system(&shard, page_token_key) {
                     shard.token_key.set(Some(key));
@@ -1056,6 +1240,11 @@ pub async fn registry_keeper(shard: Rc<Shard>) {
                     }
                 } else if group.is_leader() {
                     crate::admin::system_voters::keep(&shard).await;
+                    ticks_since_replicas += 1;
+                    if ticks_since_replicas >= REPLICAS_CHECK_TICKS {
+                        ticks_since_replicas = 0;
+                        crate::admin::replicas::keep(&shard).await;
+                    }
                 }
             }
         }

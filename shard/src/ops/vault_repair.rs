@@ -375,7 +375,7 @@ pub async fn doctor(shard: std::rc::Weak<Shard>) {
         if shard.is_closing() || !shard.config.vault_auto_recovery {
             return;
         }
-        for group in shard.group_list() {
+        for group in shard.group_list().into_iter().filter(|g| !g.is_outside()) {
             let due: Vec<ScopeKey> = group
                 .data
                 .borrow()

@@ -2,7 +2,8 @@
 //! linearizable reads and registry changes. The leader answers on this node's peer connection and
 //! the answer goes back to the client's connection unchanged. A stale leader hint costs one more
 //! attempt (at most `FORWARD_ATTEMPTS_MAX`); the node that receives a forwarded request never
-//! forwards it again, it answers `NotLeader` with its own hint instead.
+//! forwards it again, it answers `NotLeader` with its own hint instead. A node outside the group
+//! (SPEC §10.5, `outside.rs`) sends everything to the members and follows their hints.
 
 use crate::constants::FORWARD_ATTEMPTS_MAX;
 use crate::peer::pool::{PeerError, PeerPool};
@@ -54,7 +55,21 @@ pub async fn to_leader_for(
             continue;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
+        let outside = group.is_outside();
         match pool.call_for(leader, &addr, request.clone(), remaining, on_behalf_of.clone()).await {
+            Ok(Err(status)) if status.code == StatusCode::NotLeader && outside => {
+                // A member that does not lead names the leader if it knows one.
+                last = status.message;
+                refusals += 1;
+                match status.leader_hint.filter(|(id, _)| *id != leader) {
+                    // Asked again at once, at the named leader.
+                    Some(hint) => group.outside.borrow_mut().learn_leader(hint),
+                    None => {
+                        group.outside.borrow_mut().failed(leader);
+                        pause(group).await;
+                    }
+                }
+            }
             Ok(Err(status)) if status.code == StatusCode::NotLeader => {
                 // The hint was stale (or that node is between elections): wait for this node to
                 // learn another leader, at most an election's time, then ask again.
@@ -68,6 +83,11 @@ pub async fn to_leader_for(
                 last = e.to_string();
                 break;
             }
+            Err(e) if outside => {
+                last = e.to_string();
+                group.outside.borrow_mut().failed(leader);
+                pause(group).await;
+            }
             Err(e) => {
                 // The leader is gone or unreachable: wait for this node to see another leader
                 // (an election takes about one election timeout) rather than spend attempts.
@@ -80,19 +100,30 @@ pub async fn to_leader_for(
         }
     }
     let mut status = Status::unavailable(format!("could not reach the leader of group {}: {last}", group.id));
-    status.leader_hint = group.leader_hint();
+    status.leader_hint = group.route_hint();
     Forwarded::Answer(Err(status))
 }
 
-/// The group's leader once this node knows one (before `deadline`).
+/// The group's leader once this node knows one (before `deadline`); outside the group, the
+/// member to ask (`Group::route_hint`).
 async fn known_leader(group: &Group, deadline: Instant) -> Option<(u64, String)> {
-    if let Some(hint) = group.leader_hint() {
-        return Some(hint);
+    loop {
+        if let Some(hint) = group.route_hint() {
+            return Some(hint);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return None;
+        }
+        // Outside the group the members arrive with `_system`'s list, not in the metrics:
+        // look again shortly.
+        let step = remaining.min(Duration::from_millis(OUTSIDE_ROUTE_POLL_MS));
+        let _ = group.raft.wait(Some(step)).metrics(|m| m.current_leader.is_some(), "a known leader").await;
     }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let _ = group.raft.wait(Some(remaining)).metrics(|m| m.current_leader.is_some(), "a known leader").await;
-    group.leader_hint()
 }
+
+/// How often a node outside a group looks for its members while it knows none.
+const OUTSIDE_ROUTE_POLL_MS: u64 = 50;
 
 /// Waits until this node knows a leader other than `old` (or the deadline passes).
 async fn leader_changed(group: &Group, old: u64, deadline: Instant) {

@@ -484,19 +484,20 @@ async fn initialize_if_new(
                 config.node_id,
                 openraft::BasicNode { addr: config.advertise_addr.clone() },
             )])),
-            // SPEC §10.2: one member initializes with every member a voter (`initializer_of`);
-            // the others are brought in by its leader.
+            // SPEC §10.2: one member initializes with the group's voters (`initializer_of`);
+            // the others are brought in by its leader. A data group's voters are
+            // `replication_factor` of the members (SPEC §10.5, `members_of`).
             // `_system` starts with at most five voters (SPEC §10.4); its leader adds the
             // other members as learners (admin/system_voters.rs).
             Some(plan) if plan.initializer_of(group) == config.node_id => Some(
-                plan.members
-                    .iter()
+                plan.members_of(group)
+                    .into_iter()
                     .take(if group.0 == 0 {
                         crate::admin::system_voters::SYSTEM_VOTERS_MAX
                     } else {
                         usize::MAX
                     })
-                    .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
+                    .map(|(id, addr)| (id, openraft::BasicNode { addr }))
                     .collect(),
             ),
             Some(_) => None,

@@ -210,6 +210,8 @@ pub struct Group {
     handing_over: Cell<bool>,
     /// When the oldest transaction still queued arrived (`batch_wait_ms`, metrics.rs).
     first_queued: Cell<Option<Instant>>,
+    /// Where requests go while this node is outside the group (SPEC §10.5; `is_outside`).
+    pub outside: RefCell<crate::peer::outside::OutsideRoute>,
 }
 
 /// One transaction's identity for duplicate detection: scope, client id, sequence.
@@ -251,6 +253,7 @@ impl Group {
             deferred: RefCell::new(Vec::new()),
             handing_over: Cell::new(false),
             first_queued: Cell::new(None),
+            outside: RefCell::new(Default::default()),
         })
     }
 
@@ -311,6 +314,26 @@ impl Group {
         let addr =
             m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
         Some((leader, addr))
+    }
+
+    /// Whether this node hosts this data group without being one of its members, voter or
+    /// learner (SPEC §10.5, D90): its copy holds no data, so every request for the group is
+    /// sent on to the members (`peer/outside.rs`). A member not yet reached by the leader that
+    /// initialized the group counts as outside until it is. `_system` has every node.
+    pub fn is_outside(&self) -> bool {
+        if self.config.cluster.is_none() || self.id.0 == 0 {
+            return false;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&self.config.node_id).is_none()
+    }
+
+    /// The node to send a request for this group to: the leader this node knows, or while it
+    /// is outside the group, a member (`peer/outside.rs`).
+    pub fn route_hint(&self) -> Option<(u64, String)> {
+        self.leader_hint()
+            .or_else(|| self.is_outside().then(|| self.outside.borrow().hint(self.config.node_id)).flatten())
     }
 
     pub fn is_leader(&self) -> bool {

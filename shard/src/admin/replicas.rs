@@ -1,0 +1,168 @@
+//! How many members each data group has, and who is added when it has too few (SPEC §10.5,
+//! D90). A data group's voters are `replication_factor` nodes (at most the cluster's size). The
+//! `_system` leader adds a joining node only to the groups below that; a node that leaves or is
+//! removed is first replaced, in each of its groups, by the live node hosting the fewest groups,
+//! so a group of two voters can lose one; and any group left short (no spare node then, a
+//! failed add) is topped up once a spare exists (`keep`). The pure planning is `ReplicaView`;
+//! the changes themselves are `requests::change_group`'s.
+
+use crate::admin::registry::{self as reg, NodeRecord};
+use crate::shard::Shard;
+use ledger_core::state::ScopeState;
+use ledger_core::types::GroupId;
+use ledger_wire::peer::MembershipChange;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `_system`'s view of the data groups' members and the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// The cluster's replication factor (0: every node in every data group).
+    pub replication_factor: u32,
+    /// Data group → its members.
+    pub groups: BTreeMap<u32, Vec<u64>>,
+    /// Every node with its address.
+    pub nodes: BTreeMap<u64, String>,
+}
+
+impl ReplicaView {
+    pub fn read(system: &ScopeState) -> ReplicaView {
+        let nodes = system
+            .entities()
+            .filter(|(k, _)| k.starts_with("node:"))
+            .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
+            .map(|n| (n.node_id, n.address))
+            .collect();
+        let groups = reg::groups(system)
+            .into_iter()
+            .filter(|g| g.group_id != 0)
+            .map(|g| (g.group_id, g.members))
+            .collect();
+        ReplicaView { replication_factor: reg::replication_factor(system), groups, nodes }
+    }
+
+    /// The voters a data group should have in a cluster of `nodes` nodes.
+    pub fn target(&self, nodes: usize) -> usize {
+        match self.replication_factor {
+            0 => nodes,
+            rf => (rf as usize).min(nodes),
+        }
+    }
+
+    fn members(&self, group: u32) -> &[u64] {
+        self.groups.get(&group).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether a node joining now (so the cluster has `nodes` nodes with it) goes into `group`.
+    pub fn takes_joiner(&self, group: u32, nodes: usize) -> bool {
+        self.members(group).len() < self.target(nodes)
+    }
+
+    /// The node to add to `group`: not a member, not `unusable` (gone, silent, stopping), hosting
+    /// the fewest data groups (ties → lowest id).
+    pub fn spare(&self, group: u32, unusable: impl Fn(u64) -> bool) -> Option<(u64, String)> {
+        let members: BTreeSet<u64> = self.members(group).iter().copied().collect();
+        let hosted = |node: u64| self.groups.values().filter(|m| m.contains(&node)).count();
+        self.nodes
+            .iter()
+            .filter(|(id, _)| !members.contains(id) && !unusable(**id))
+            .min_by_key(|(id, _)| (hosted(**id), **id))
+            .map(|(id, addr)| (*id, addr.clone()))
+    }
+
+    /// The first data group with fewer members than the factor asks, and the spare to add.
+    pub fn short_group(&self, unusable: impl Fn(u64) -> bool + Copy) -> Option<(u32, (u64, String))> {
+        let usable = self.nodes.keys().filter(|id| !unusable(**id)).count();
+        self.groups
+            .iter()
+            .filter(|(_, members)| members.len() < self.target(usable))
+            .find_map(|(group, _)| self.spare(*group, unusable).map(|spare| (*group, spare)))
+    }
+}
+
+/// Nodes not to add to a group now: silent ones (the `_system` leader's watch) and ones that
+/// said they are stopping.
+pub fn unusable_nodes(shard: &Shard, system: &ScopeState) -> BTreeSet<u64> {
+    let watch = shard.node_watch.borrow();
+    let mut out = reg::stopped_nodes(system);
+    out.extend(system_nodes(system).into_iter().filter(|id| watch.is_unavailable(*id)));
+    out
+}
+
+fn system_nodes(system: &ScopeState) -> Vec<u64> {
+    system
+        .entities()
+        .filter(|(k, _)| k.starts_with("node:"))
+        .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
+        .map(|n| n.node_id)
+        .collect()
+}
+
+/// On the `_system` leader: adds one spare node to one data group that has fewer members than
+/// the factor asks, if there is such a group and a spare; returns whether it changed one.
+pub async fn keep(shard: &Shard) -> bool {
+    let plan = crate::admin::requests::with_system(shard, |s| {
+        let unusable = unusable_nodes(shard, s);
+        ReplicaView::read(s).short_group(|id| unusable.contains(&id))
+    });
+    let Ok(Some((group, (node_id, address)))) = plan else { return false };
+    let _serial = shard.admin_lock.lock().await;
+    crate::event!(info, "group_replica_adding", group, node = node_id, reason = "below replication_factor");
+    let change = MembershipChange::Add { node_id, address };
+    match crate::admin::requests::change_group(shard, GroupId(group), change).await {
+        Ok(voters) => {
+            crate::event!(info, "group_replica_added", group, node = node_id, voters = ?voters);
+            if let Err(e) = crate::admin::requests::record_group_members(shard, &[(group, voters)]).await {
+                crate::event!(warn, "group_members_not_recorded", group, error = %e.message);
+            }
+            true
+        }
+        Err(e) => {
+            crate::event!(warn, "group_replica_not_added", group, node = node_id, error = %e.message);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(rf: u32, groups: &[(u32, &[u64])], nodes: &[u64]) -> ReplicaView {
+        ReplicaView {
+            replication_factor: rf,
+            groups: groups.iter().map(|(g, m)| (*g, m.to_vec())).collect(),
+            nodes: nodes.iter().map(|id| (*id, format!("n{id}"))).collect(),
+        }
+    }
+
+    /// A joiner goes only into groups below the factor; factor 0 (every node) takes it everywhere.
+    #[test]
+    fn t01_a_joiner_fills_groups_below_the_factor_only() {
+        let v = view(3, &[(1, &[1, 2, 3]), (2, &[1, 2])], &[1, 2, 3]);
+        assert!(!v.takes_joiner(1, 4));
+        assert!(v.takes_joiner(2, 4));
+        let all = view(0, &[(1, &[1, 2, 3])], &[1, 2, 3]);
+        assert!(all.takes_joiner(1, 4));
+        let small = view(3, &[(1, &[1])], &[1]);
+        assert!(small.takes_joiner(1, 2), "two nodes: a factor of 3 means both");
+    }
+
+    /// The spare is the usable non-member hosting the fewest groups (ties: lowest id).
+    #[test]
+    fn t02_the_spare_hosts_fewest_groups_and_is_usable() {
+        let v = view(2, &[(1, &[1, 2]), (2, &[2, 3]), (3, &[3, 4])], &[1, 2, 3, 4, 5]);
+        assert_eq!(v.spare(1, |_| false).map(|s| s.0), Some(5));
+        assert_eq!(v.spare(1, |id| id == 5).map(|s| s.0), Some(4));
+        assert_eq!(v.spare(1, |id| id >= 3).map(|s| s.0), None);
+    }
+
+    /// A group left short gets a spare once one is usable; none is short at the factor.
+    #[test]
+    fn t03_a_short_group_is_found_with_its_spare() {
+        let v = view(2, &[(1, &[1, 2]), (2, &[3])], &[1, 2, 3]);
+        assert_eq!(v.short_group(|_| false), Some((2, (1, "n1".to_string()))));
+        assert_eq!(v.short_group(|id| id != 3), None, "only one usable node: the factor is 1");
+        let full = view(2, &[(1, &[1, 2]), (2, &[2, 3])], &[1, 2, 3]);
+        assert_eq!(full.short_group(|_| false), None);
+    }
+}
