@@ -160,18 +160,22 @@ fn t02_unknown_file_key_exits_non_zero_naming_the_key() {
 fn t03_default_file_unknown_variable_and_bad_value_exit_non_zero_naming_them() {
     // Proves the other refusals in the binary, each with exit code 2 and its culprit named on
     // stderr: `./inferadb-ledger.toml` in the working directory is read without `--config` and
-    // its out-of-range value (`replication_factor = 0`) is refused; an INFERADB__LEDGER__
+    // a value of the wrong type (`replication_factor = "three"`) is refused; an INFERADB__LEDGER__
     // variable that is no setting is refused; a variable whose value its flag would refuse is
     // refused with the value and the reason.
     let dir = temp_dir("config-t03");
-    std::fs::write(dir.path().join("inferadb-ledger.toml"), "replication_factor = 0\n").unwrap();
+    std::fs::write(dir.path().join("inferadb-ledger.toml"), "replication_factor = \"three\"\n").unwrap();
     let (code, _, stderr) = run_to_exit(server_command(dir.path(), &[], &[]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("./inferadb-ledger.toml"), "{stderr}");
     assert!(stderr.contains("replication_factor"), "{stderr}");
-    assert!(stderr.contains("at least 1"), "{stderr}");
 
     let other = temp_dir("config-t03-env");
+    // Zero is refused as out of range.
+    let zero = server_command(other.path(), &["--replication-factor", "0"], &[]);
+    let (code, _, stderr) = run_to_exit(zero);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value for replication_factor: must be at least 1"), "{stderr}");
     let cases = [
         (
             "INFERADB__LEDGER__LISTEN_ADR",
