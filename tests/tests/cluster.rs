@@ -2353,3 +2353,74 @@ async fn t29_a_lost_node_is_replaced_in_its_data_groups_by_the_spare_one() {
         assert_converged(&cluster, &survivors, &scope_list, &acks[&namespace_id], namespace_id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_a_node_that_joins_full_groups_takes_its_share_of_replicas() {
+    // SPEC §10.5–10.6 (D90): three nodes, four data groups of two voters (hosted 3, 3, 2). A
+    // fourth node joins: no group is short, so it joins `_system` only, and then `_system`'s
+    // leader moves replicas onto it one at a time (add, then remove) until every node hosts two
+    // groups. Every group keeps two voters, the registry follows, and nothing is lost.
+    let _one = one_cluster();
+    let flags: Vec<&str> =
+        NODE_FLAGS.iter().copied().chain(["--initial-groups", "4", "--replication-factor", "2"]).collect();
+    let mut cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let mut scopes = Vec::new();
+    let mut acks: BTreeMap<i64, Vec<Ack>> = BTreeMap::new();
+    for n in 0..4 {
+        let (namespace_id, vault_id) = create_scope(&admin, &format!("share-{n}")).await;
+        let written = write_keys(cluster.addr(n % 3), namespace_id, Some(vault_id), "before", 10).await;
+        acks.insert(namespace_id, written);
+        scopes.push((namespace_id, vault_id));
+    }
+    let joiner = cluster.start_joining(NODE_FLAGS);
+    let joined = node_ids(&cluster, &[joiner]).await;
+    let mut all = ids.clone();
+    all.extend(joined);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut hosted = BTreeMap::new();
+        let mut groups: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (&id, &i) in &all {
+            let mine = data_group_voters(&cluster, i).await;
+            hosted.insert(id, mine.len());
+            groups.extend(mine);
+        }
+        let balanced =
+            hosted.values().all(|n| *n == 2) && groups.len() == 4 && groups.values().all(|v| v.len() == 2);
+        if balanced {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas never spread: hosted {hosted:?}, groups {groups:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log: String = (0..=joiner).map(|i| cluster.stderr(i)).collect();
+    assert!(log.contains("event=group_replica_moved"), "no move was logged");
+    let live: Vec<usize> = (0..=joiner).collect();
+    for &(namespace_id, vault_id) in &scopes {
+        let (group, _) = namespace_members(&admin, namespace_id).await;
+        let voters = {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut found = None;
+                for &i in &live {
+                    if let Some(v) = data_group_voters(&cluster, i).await.get(&group) {
+                        found = Some(v.clone());
+                    }
+                }
+                let found = found.expect("a member reports the group");
+                if namespace_members(&admin, namespace_id).await.1 == found {
+                    break found;
+                }
+                assert!(Instant::now() < deadline, "the registry never listed {found:?} for group {group}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert_eq!(voters.len(), 2);
+        let written = write_keys(cluster.addr(joiner), namespace_id, Some(vault_id), "after", 10).await;
+        acks.entry(namespace_id).or_default().extend(written);
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        assert_converged(&cluster, &live, &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
+}

@@ -189,10 +189,41 @@ async fn remove_member(group: &Group, current: BTreeSet<u64>, node_id: u64) -> R
             ),
         ));
     }
+    // A live node is made a learner first and told so before it goes: openraft stops sending
+    // to a removed node once the change commits, so without this step a node that stays up
+    // (a replica moved elsewhere, D90) would keep a config naming it a voter and campaign.
+    let live = system_voters::answered_lately(group, node_id);
     let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
-    while_leading(group, "removing", group.raft.change_membership(remove, false)).await?;
+    while_leading(group, "removing", group.raft.change_membership(remove, live)).await?;
+    if live {
+        learner_has_config(group, node_id).await;
+        let learner = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+        while_leading(group, "removing the learner", group.raft.change_membership(learner, false)).await?;
+    }
     Ok(voters(group).into_iter().collect())
 }
+
+/// Waits (at most `REMOVED_LEARNER_WAIT`) until `node_id` has the group's current membership
+/// entry, so that it knows it is no voter any more.
+async fn learner_has_config(group: &Group, node_id: u64) {
+    let Some(config) = group.raft.metrics().borrow().membership_config.log_id().map(|l| l.index) else {
+        return;
+    };
+    let has_it = move |m: &openraft::RaftMetrics<u64, openraft::BasicNode>| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&node_id).copied().flatten())
+            .is_some_and(|l| l.index >= config)
+    };
+    let _ = group
+        .raft
+        .wait(Some(REMOVED_LEARNER_WAIT))
+        .metrics(has_it, "the removed voter has its new role")
+        .await;
+}
+
+/// How long a removal waits for a live node to learn it is a learner before it goes.
+const REMOVED_LEARNER_WAIT: Duration = Duration::from_secs(5);
 
 /// Promotes the oldest live learner of `_system` (`group`), other than `node_id`, to voter in
 /// place of the voter `node_id` that goes; with no such learner nothing changes.

@@ -3,7 +3,8 @@
 //! `_system` leader adds a joining node only to the groups below that; a node that leaves or is
 //! removed is first replaced, in each of its groups, by the live node hosting the fewest groups,
 //! so a group of two voters can lose one; and any group left short (no spare node then, a
-//! failed add) is topped up once a spare exists (`keep`). The pure planning is `ReplicaView`;
+//! failed add) is topped up once a spare exists; once none is short, replicas move one at a
+//! time from the node hosting the most groups to the one hosting the fewest (`keep`). The pure planning is `ReplicaView`;
 //! the changes themselves are `requests::change_group`'s.
 
 use crate::admin::registry::{self as reg, NodeRecord};
@@ -69,6 +70,27 @@ impl ReplicaView {
             .map(|(id, addr)| (*id, addr.clone()))
     }
 
+    /// One replica to move so that the usable nodes host as many groups as each other (±1):
+    /// from the node hosting the most (ties → highest id) to the one hosting the fewest (ties →
+    /// lowest id), the lowest group that has the first and not the second; `None` when they
+    /// differ by less than two, or while a member of any group is unusable (a node that is down
+    /// is replaced, not balanced around). Returns (group, the node to add, the node to remove).
+    pub fn rebalance_move(&self, unusable: impl Fn(u64) -> bool) -> Option<(u32, (u64, String), u64)> {
+        if self.groups.values().flatten().any(|m| unusable(*m)) {
+            return None;
+        }
+        let hosted = |node: u64| self.groups.values().filter(|m| m.contains(&node)).count();
+        let usable: Vec<u64> = self.nodes.keys().copied().filter(|id| !unusable(*id)).collect();
+        let to = usable.iter().copied().min_by_key(|id| (hosted(*id), *id))?;
+        let from = usable.iter().copied().max_by_key(|id| (hosted(*id), *id))?;
+        if hosted(from) < hosted(to) + 2 {
+            return None;
+        }
+        let group =
+            self.groups.iter().find(|(_, m)| m.contains(&from) && !m.contains(&to)).map(|(g, _)| *g)?;
+        Some((group, (to, self.nodes.get(&to)?.clone()), from))
+    }
+
     /// The first data group with fewer members than the factor asks, and the spare to add.
     pub fn short_group(&self, unusable: impl Fn(u64) -> bool + Copy) -> Option<(u32, (u64, String))> {
         let usable = self.nodes.keys().filter(|id| !unusable(**id)).count();
@@ -97,14 +119,27 @@ fn system_nodes(system: &ScopeState) -> Vec<u64> {
         .collect()
 }
 
-/// On the `_system` leader: adds one spare node to one data group that has fewer members than
-/// the factor asks, if there is such a group and a spare; returns whether it changed one.
+/// On the `_system` leader, one step at a time: adds a spare node to a data group that has
+/// fewer members than the factor asks, or else moves one replica from the node hosting the
+/// most groups to the one hosting the fewest (SPEC §10.5 "the placement planner may add it to
+/// data groups": a node that joined a cluster whose groups were all full takes its share);
+/// returns whether it changed a group.
 pub async fn keep(shard: &Shard) -> bool {
     let plan = crate::admin::requests::with_system(shard, |s| {
         let unusable = unusable_nodes(shard, s);
-        ReplicaView::read(s).short_group(|id| unusable.contains(&id))
+        let view = ReplicaView::read(s);
+        let short = view.short_group(|id| unusable.contains(&id));
+        let balance = view.rebalance_move(|id| unusable.contains(&id));
+        (short, balance)
     });
-    let Ok(Some((group, (node_id, address)))) = plan else { return false };
+    match plan {
+        Ok((Some((group, spare)), _)) => add_spare(shard, group, spare).await,
+        Ok((None, Some((group, to, from)))) => move_replica(shard, group, to, from).await,
+        _ => false,
+    }
+}
+
+async fn add_spare(shard: &Shard, group: u32, (node_id, address): (u64, String)) -> bool {
     let _serial = shard.admin_lock.lock().await;
     crate::event!(info, "group_replica_adding", group, node = node_id, reason = "below replication_factor");
     let change = MembershipChange::Add { node_id, address };
@@ -121,6 +156,38 @@ pub async fn keep(shard: &Shard) -> bool {
             false
         }
     }
+}
+
+/// Adds `to` to `group` (learner, caught up, voter), then removes `from`: the group keeps its
+/// voters throughout. A failed add leaves the group as it was; the look after next tries again.
+async fn move_replica(shard: &Shard, group: u32, (to, address): (u64, String), from: u64) -> bool {
+    let _serial = shard.admin_lock.lock().await;
+    crate::event!(info, "group_replica_moving", group, from, to);
+    let add = MembershipChange::Add { node_id: to, address };
+    let mut changed = Vec::new();
+    let result = match crate::admin::requests::change_group(shard, GroupId(group), add).await {
+        Ok(voters) => {
+            changed.push((group, voters));
+            let remove = MembershipChange::Remove { node_id: from };
+            crate::admin::requests::change_group(shard, GroupId(group), remove).await
+        }
+        Err(e) => Err(e),
+    };
+    let moved = match result {
+        Ok(voters) => {
+            crate::event!(info, "group_replica_moved", group, from, to, voters = ?voters);
+            changed.push((group, voters));
+            true
+        }
+        Err(e) => {
+            crate::event!(warn, "group_replica_not_moved", group, from, to, error = %e.message);
+            false
+        }
+    };
+    if let Err(e) = crate::admin::requests::record_group_members(shard, &changed).await {
+        crate::event!(warn, "group_members_not_recorded", group, error = %e.message);
+    }
+    moved
 }
 
 #[cfg(test)]
@@ -164,5 +231,27 @@ mod tests {
         assert_eq!(v.short_group(|id| id != 3), None, "only one usable node: the factor is 1");
         let full = view(2, &[(1, &[1, 2]), (2, &[2, 3])], &[1, 2, 3]);
         assert_eq!(full.short_group(|_| false), None);
+    }
+
+    /// A node that joined full groups takes replicas from the busiest until the counts are
+    /// within one; nothing moves while a member is down.
+    #[test]
+    fn t04_replicas_move_to_the_node_hosting_fewest() {
+        // Four groups of two over three nodes (3, 3, 2), and a fourth node with none.
+        let mut v = view(2, &[(1, &[1, 2]), (2, &[3, 1]), (3, &[2, 3]), (4, &[1, 2])], &[1, 2, 3, 4]);
+        assert_eq!(v.rebalance_move(|_| false), Some((1, (4, "n4".to_string()), 2)));
+        assert_eq!(v.rebalance_move(|id| id == 3), None, "a member is down");
+        let mut moves = 0;
+        while let Some((group, (to, _), from)) = v.rebalance_move(|_| false) {
+            let members = v.groups.get_mut(&group).expect("the moved group");
+            members.retain(|m| *m != from);
+            members.push(to);
+            moves += 1;
+            assert!(moves <= 4, "no end to the moves: {v:?}");
+        }
+        let hosted: Vec<usize> =
+            (1..=4).map(|n| v.groups.values().filter(|m| m.contains(&n)).count()).collect();
+        assert_eq!(hosted, vec![2, 2, 2, 2], "{v:?}");
+        assert!(v.groups.values().all(|m| m.len() == 2));
     }
 }

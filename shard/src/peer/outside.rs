@@ -61,6 +61,11 @@ impl OutsideRoute {
     pub fn members(&self) -> &[(u64, String)] {
         &self.members
     }
+
+    /// Whether `_system`'s list is known here and leaves `node` out.
+    pub fn lists_others_only(&self, node: u64) -> bool {
+        !self.members.is_empty() && !self.members.iter().any(|(id, _)| *id == node)
+    }
 }
 
 /// Every data group's members with their addresses, as core 0 sends them to each core.
@@ -80,7 +85,10 @@ mod tests {
     fn t01_leader_first_then_members_in_turn() {
         let mut route = OutsideRoute::default();
         assert_eq!(route.target(1), None, "no members listed yet");
+        assert!(!route.lists_others_only(1), "an unknown list leaves no one out");
         route.set_members(members(&[1, 2, 3]));
+        assert!(!route.lists_others_only(1));
+        assert!(route.lists_others_only(7));
         assert_eq!(route.target(1).map(|t| t.0), Some(2));
         route.failed(2);
         assert_eq!(route.target(1).map(|t| t.0), Some(3));

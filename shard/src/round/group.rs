@@ -317,16 +317,23 @@ impl Group {
     }
 
     /// Whether this node hosts this data group without being one of its members, voter or
-    /// learner (SPEC §10.5, D90): its copy holds no data, so every request for the group is
-    /// sent on to the members (`peer/outside.rs`). A member not yet reached by the leader that
-    /// initialized the group counts as outside until it is. `_system` has every node.
+    /// learner, or not listed by `_system` as one (SPEC §10.5, D90): its copy holds no data (or
+    /// stale data), so every request for the group is sent on to the members
+    /// (`peer/outside.rs`). A member not yet reached by the leader that initialized the group,
+    /// or a learner still catching up, counts as outside until it is one. `_system` has every
+    /// node.
     pub fn is_outside(&self) -> bool {
         if self.config.cluster.is_none() || self.id.0 == 0 {
             return false;
         }
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config.membership().get_node(&self.config.node_id).is_none()
+        let in_raft = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().get_node(&self.config.node_id).is_some()
+        };
+        // A replica removed while it was up may never get the entry that removes it: once
+        // `_system` lists the members without it, its copy is stale and no longer served.
+        !in_raft || self.outside.borrow().lists_others_only(self.config.node_id)
     }
 
     /// The node to send a request for this group to: the leader this node knows, or while it
