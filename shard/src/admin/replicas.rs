@@ -53,6 +53,29 @@ impl ReplicaView {
         self.groups.get(&group).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    pub fn has_member(&self, group: u32, node: u64) -> bool {
+        self.members(group).contains(&node)
+    }
+
+    /// Whether `change` is made in `group`: always in `_system` (and in a data group the
+    /// registry does not know); an added node joins a data group below the factor; a removed
+    /// one leaves the data groups it is a member of (every data group when the factor is 0,
+    /// every node everywhere, as before D90).
+    pub fn concerns(&self, group: u32, change: &MembershipChange) -> bool {
+        if group == 0 || !self.groups.contains_key(&group) {
+            return true;
+        }
+        match change {
+            MembershipChange::Add { node_id, .. } => {
+                let nodes = self.nodes.len() + usize::from(!self.nodes.contains_key(node_id));
+                self.takes_joiner(group, nodes)
+            }
+            MembershipChange::Remove { node_id } => {
+                self.replication_factor == 0 || self.has_member(group, *node_id)
+            }
+        }
+    }
+
     /// Whether a node joining now (so the cluster has `nodes` nodes with it) goes into `group`.
     pub fn takes_joiner(&self, group: u32, nodes: usize) -> bool {
         self.members(group).len() < self.target(nodes)
@@ -212,6 +235,21 @@ mod tests {
         assert!(all.takes_joiner(1, 4));
         let small = view(3, &[(1, &[1])], &[1]);
         assert!(small.takes_joiner(1, 2), "two nodes: a factor of 3 means both");
+    }
+
+    /// Which groups a change touches: `_system` always, a data group by the factor.
+    #[test]
+    fn t05_a_change_touches_system_and_the_groups_it_concerns() {
+        let v = view(2, &[(1, &[1, 2]), (2, &[2, 3])], &[1, 2, 3]);
+        let add = MembershipChange::Add { node_id: 4, address: "n4".into() };
+        assert!(v.concerns(0, &add));
+        assert!(!v.concerns(1, &add), "both groups are at the factor");
+        let remove = MembershipChange::Remove { node_id: 1 };
+        assert!(v.concerns(1, &remove));
+        assert!(!v.concerns(2, &remove), "not a member of group 2");
+        let every = view(0, &[(1, &[1, 2, 3])], &[1, 2, 3]);
+        assert!(every.concerns(1, &add));
+        assert!(every.concerns(1, &MembershipChange::Remove { node_id: 9 }));
     }
 
     /// The spare is the usable non-member hosting the fewest groups (ties: lowest id).

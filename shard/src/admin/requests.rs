@@ -143,39 +143,27 @@ pub(crate) async fn change_membership_everywhere(
         (crate::admin::replicas::ReplicaView::read(s), crate::admin::replicas::unusable_nodes(shard, s))
     })?;
     let mut done: Vec<(u32, Vec<u64>)> = Vec::new();
-    for group in crate::admin::membership::order(shard.placement.keys().copied(), joining) {
-        let data_group = group.0 != 0 && view.groups.contains_key(&group.0);
-        match &change {
-            MembershipChange::Add { node_id, .. } if data_group => {
-                let nodes = view.nodes.len() + usize::from(!view.nodes.contains_key(node_id));
-                if !view.takes_joiner(group.0, nodes) {
-                    continue;
-                }
-            }
-            MembershipChange::Remove { node_id } if data_group => {
-                if !view.groups.get(&group.0).is_some_and(|m| m.contains(node_id)) {
-                    // Not one of its members; a learner left behind would still go below.
-                    if view.replication_factor != 0 {
-                        continue;
-                    }
-                } else if let Some((spare, address)) =
-                    view.spare(group.0, |id| id == *node_id || unusable.contains(&id))
-                {
-                    crate::event!(info, "group_replica_adding", group = %group, node = spare, replacing = *node_id);
-                    let add = MembershipChange::Add { node_id: spare, address };
-                    let voters = change_group(shard, group, add).await.map_err(|mut s| {
-                        s.message = format!("{} (groups changed before it: {done:?})", s.message);
-                        s
-                    })?;
-                    done.push((group.0, voters));
-                }
-            }
-            _ => {}
-        }
-        let voters = change_group(shard, group, change.clone()).await.map_err(|mut s| {
+    let after = |done: &[(u32, Vec<u64>)]| {
+        let done = done.to_vec();
+        move |mut s: Status| {
             s.message = format!("{} (groups changed before it: {done:?})", s.message);
             s
-        })?;
+        }
+    };
+    for group in crate::admin::membership::order(shard.placement.keys().copied(), joining) {
+        if !view.concerns(group.0, &change) {
+            continue;
+        }
+        if let MembershipChange::Remove { node_id } = &change {
+            let spare = view.spare(group.0, |id| id == *node_id || unusable.contains(&id));
+            if let Some((spare, address)) = spare.filter(|_| view.has_member(group.0, *node_id)) {
+                crate::event!(info, "group_replica_adding", group = %group, node = spare, replacing = *node_id);
+                let add = MembershipChange::Add { node_id: spare, address };
+                let voters = change_group(shard, group, add).await.map_err(after(&done))?;
+                done.push((group.0, voters));
+            }
+        }
+        let voters = change_group(shard, group, change.clone()).await.map_err(after(&done))?;
         crate::event!(info, "membership_changed", group = %group, change = ?change, voters = ?voters);
         done.push((group.0, voters));
     }
