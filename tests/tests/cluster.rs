@@ -2423,4 +2423,39 @@ async fn t30_a_node_that_joins_full_groups_takes_its_share_of_replicas() {
         let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
         assert_converged(&cluster, &live, &scope_list, &acks[&namespace_id], namespace_id).await;
     }
+    // All four killed and restarted: each comes back a member of the same two groups and
+    // outside the others, and still serves every namespace.
+    cluster.kill9_together(&live);
+    for &i in &live {
+        cluster.restart(i);
+    }
+    node_ids(&cluster, &live).await;
+    for &(namespace_id, vault_id) in &scopes {
+        let written = write_keys(
+            cluster.addr(n_outside(&cluster, &live, namespace_id).await),
+            namespace_id,
+            Some(vault_id),
+            "restarted",
+            5,
+        )
+        .await;
+        acks.entry(namespace_id).or_default().extend(written);
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        assert_converged(&cluster, &live, &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
+    for &i in &live {
+        assert_eq!(data_group_voters(&cluster, i).await.len(), 2, "node {i} after the restart");
+    }
+}
+
+/// A node of `live` that is not a member of the namespace's group.
+async fn n_outside(cluster: &Cluster, live: &[usize], namespace_id: i64) -> usize {
+    let client = connect(cluster.addr(live[0])).await;
+    let (group, _) = namespace_members(&client, namespace_id).await;
+    for &i in live {
+        if !data_group_voters(cluster, i).await.contains_key(&group) {
+            return i;
+        }
+    }
+    panic!("every node is a member of group {group}")
 }
