@@ -124,12 +124,24 @@ impl ReplicaView {
     }
 }
 
-/// Nodes not to add to a group now: silent ones (the `_system` leader's watch) and ones that
-/// said they are stopping.
+/// Nodes not to add to a group now: ones that said they are stopping, and any other than this
+/// node (`_system`'s leader) that is not a member of `_system` or has not answered it lately. A
+/// registry record alone is not enough: a node that left may keep its record for a while (its
+/// removal's last registry write can fail when it led `_system` itself), and a learner added on
+/// a dead node would stall the group's next change.
 pub fn unusable_nodes(shard: &Shard, system: &ScopeState) -> BTreeSet<u64> {
     let watch = shard.node_watch.borrow();
+    let group0 = shard.group(GroupId(0));
+    let me = shard.config.node_id;
+    let live = |id: u64| {
+        id == me
+            || group0.as_ref().is_some_and(|g| {
+                let member = g.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                member && crate::admin::system_voters::answered_lately(g, id)
+            })
+    };
     let mut out = reg::stopped_nodes(system);
-    out.extend(system_nodes(system).into_iter().filter(|id| watch.is_unavailable(*id)));
+    out.extend(system_nodes(system).into_iter().filter(|id| watch.is_unavailable(*id) || !live(*id)));
     out
 }
 
