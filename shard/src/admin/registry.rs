@@ -115,6 +115,20 @@ pub fn counter(system: &ScopeState, key: &str) -> i64 {
         .unwrap_or(1)
 }
 
+/// Every recorded node (`node:{id}`) with its address.
+pub fn node_addresses(system: &ScopeState) -> std::collections::BTreeMap<u64, String> {
+    crate::admin::system_voters::members_in_join_order(system).into_iter().collect()
+}
+
+/// The data groups whose recorded members leave `node` out.
+pub fn groups_without(system: &ScopeState, node: u64) -> std::collections::BTreeSet<u32> {
+    groups(system)
+        .into_iter()
+        .filter(|g| g.group_id != 0 && !g.members.contains(&node))
+        .map(|g| g.group_id)
+        .collect()
+}
+
 /// The cluster's replication factor (`KEY_REPLICATION_FACTOR`; 0 = every member).
 pub fn replication_factor(system: &ScopeState) -> u32 {
     system

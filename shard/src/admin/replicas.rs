@@ -7,7 +7,7 @@
 //! time from the node hosting the most groups to the one hosting the fewest (`keep`). The pure planning is `ReplicaView`;
 //! the changes themselves are `requests::change_group`'s.
 
-use crate::admin::registry::{self as reg, NodeRecord};
+use crate::admin::registry as reg;
 use crate::shard::Shard;
 use ledger_core::state::ScopeState;
 use ledger_core::types::GroupId;
@@ -27,12 +27,7 @@ pub struct ReplicaView {
 
 impl ReplicaView {
     pub fn read(system: &ScopeState) -> ReplicaView {
-        let nodes = system
-            .entities()
-            .filter(|(k, _)| k.starts_with("node:"))
-            .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
-            .map(|n| (n.node_id, n.address))
-            .collect();
+        let nodes = reg::node_addresses(system);
         let groups = reg::groups(system)
             .into_iter()
             .filter(|g| g.group_id != 0)
@@ -141,17 +136,8 @@ pub fn unusable_nodes(shard: &Shard, system: &ScopeState) -> BTreeSet<u64> {
             })
     };
     let mut out = reg::stopped_nodes(system);
-    out.extend(system_nodes(system).into_iter().filter(|id| watch.is_unavailable(*id) || !live(*id)));
+    out.extend(reg::node_addresses(system).into_keys().filter(|id| watch.is_unavailable(*id) || !live(*id)));
     out
-}
-
-fn system_nodes(system: &ScopeState) -> Vec<u64> {
-    system
-        .entities()
-        .filter(|(k, _)| k.starts_with("node:"))
-        .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
-        .map(|n| n.node_id)
-        .collect()
 }
 
 /// On the `_system` leader, one step at a time: adds a spare node to a data group that has

@@ -910,8 +910,7 @@ async fn list_vaults(shard: &Shard) -> Vec<VaultInfo> {
     // members; one that cannot be reached right now is left out.
     let me = shard.config.node_id;
     let elsewhere: Vec<(GroupId, ScopeKey)> = with_system(shard, |s| {
-        let outside: std::collections::BTreeSet<u32> =
-            reg::groups(s).into_iter().filter(|g| !g.members.contains(&me)).map(|g| g.group_id).collect();
+        let outside = reg::groups_without(s, me);
         reg::vaults(s)
             .into_iter()
             .filter(|v| outside.contains(&v.group_id))
@@ -1079,14 +1078,9 @@ fn page_token_key(system: &ScopeState) -> Option<[u8; 32]> {
 pub async fn reconcile(shard: Rc<Shard>) {
     let _serial = shard.admin_lock.lock().await;
     let me = shard.config.node_id;
-    let Ok((namespaces, vaults, outside)) = with_system(&shard, |s| {
-        let outside: std::collections::BTreeSet<GroupId> = reg::groups(s)
-            .into_iter()
-            .filter(|g| !g.members.contains(&me))
-            .map(|g| GroupId(g.group_id))
-            .collect();
-        (reg::namespaces(s), reg::vaults(s), outside)
-    }) else {
+    let Ok((namespaces, vaults, outside)) =
+        with_system(&shard, |s| (reg::namespaces(s), reg::vaults(s), reg::groups_without(s, me)))
+    else {
         return;
     };
     let mut wanted: Vec<(GroupId, ScopeKey, VaultStatus, RetentionPolicy)> = Vec::new();
@@ -1108,7 +1102,7 @@ pub async fn reconcile(shard: Rc<Shard>) {
         if !shard.placement.contains_key(&group) {
             continue;
         }
-        if outside.contains(&group) {
+        if outside.contains(&group.0) {
             // Not a member (SPEC §10.5): its scopes are not here to compare, so the idempotent
             // command goes to the group's leader, where it changes nothing if nothing is missing.
             let mut commands = vec![ScopeCommand::SetStatus { scope, status }];
@@ -1143,12 +1137,7 @@ pub async fn reconcile(shard: Rc<Shard>) {
 
 /// Each data group's members with their addresses, as `_system` lists them.
 fn group_members(system: &ScopeState) -> GroupMembers {
-    let addresses: std::collections::BTreeMap<u64, String> = system
-        .entities()
-        .filter(|(k, _)| k.starts_with("node:"))
-        .filter_map(|(_, row)| reg::decode::<NodeRecord>(&row.value))
-        .map(|n| (n.node_id, n.address))
-        .collect();
+    let addresses = reg::node_addresses(system);
     reg::groups(system)
         .into_iter()
         .filter(|g| g.group_id != 0)

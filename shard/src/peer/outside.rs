@@ -53,15 +53,6 @@ impl OutsideRoute {
         self.next = self.next.wrapping_add(1);
     }
 
-    /// The hint given to clients and peers: the known leader, else a listed member.
-    pub fn hint(&self, self_id: u64) -> Option<(u64, String)> {
-        self.target(self_id)
-    }
-
-    pub fn members(&self) -> &[(u64, String)] {
-        &self.members
-    }
-
     /// Whether `_system`'s list is known here and leaves `node` out.
     pub fn lists_others_only(&self, node: u64) -> bool {
         !self.members.is_empty() && !self.members.iter().any(|(id, _)| *id == node)

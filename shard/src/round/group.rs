@@ -339,8 +339,9 @@ impl Group {
     /// The node to send a request for this group to: the leader this node knows, or while it
     /// is outside the group, a member (`peer/outside.rs`).
     pub fn route_hint(&self) -> Option<(u64, String)> {
-        self.leader_hint()
-            .or_else(|| self.is_outside().then(|| self.outside.borrow().hint(self.config.node_id)).flatten())
+        self.leader_hint().or_else(|| {
+            self.is_outside().then(|| self.outside.borrow().target(self.config.node_id)).flatten()
+        })
     }
 
     pub fn is_leader(&self) -> bool {
