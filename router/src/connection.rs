@@ -388,6 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     refusal,
                     outstanding.get(),
                     self.settings.requests_max_concurrent,
+                    peer,
                 )
                 .await;
             return;

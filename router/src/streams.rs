@@ -50,7 +50,8 @@ impl OpenStreams {
     }
 
     /// Opens the stream `request_id`. `others_outstanding` counts this connection's requests
-    /// awaiting a response, which share the `requests_max_concurrent` bound with open streams.
+    /// awaiting a response, which share the `requests_max_concurrent` bound with open streams
+    /// (on a client's connection; `from_peer`: a node relays it, D91).
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         &self,
@@ -63,6 +64,7 @@ impl OpenStreams {
         refusal: Option<Status>,
         others_outstanding: usize,
         requests_max_concurrent: usize,
+        from_peer: bool,
     ) {
         let key = self.key(request_id);
         // A refusal of a stream that never opened must not touch the table (the id may name
@@ -76,7 +78,8 @@ impl OpenStreams {
         if self.cores.borrow().contains_key(&request_id) {
             return refused(Status::invalid(format!("request id {request_id} already names an open stream")));
         }
-        if others_outstanding + self.len() >= requests_max_concurrent {
+        // A node relaying its clients' streams (D91) is bounded by their limits.
+        if !from_peer && others_outstanding + self.len() >= requests_max_concurrent {
             return refused(Status::exhausted(format!(
                 "more than {requests_max_concurrent} requests and streams open on this connection"
             )));
@@ -84,7 +87,7 @@ impl OpenStreams {
         if start_height == 0 {
             return refused(Status::invalid("start_height must be at least 1"));
         }
-        let watch = WatchRequest { key, namespace_id, vault_id, start_height, sink: sink.clone() };
+        let watch = WatchRequest { key, namespace_id, vault_id, start_height, sink: sink.clone(), from_peer };
         // No await between the send and the insert: the write task cannot see this stream's
         // end before the table knows the stream.
         if let Some(core) = dispatcher.dispatch_watch(watch).await {

@@ -119,6 +119,13 @@ pub const WATCH_REPLAY_STALL_MS_MAX: u64 = 5_000;
 /// Period of the sweep that ends streams of scopes no longer Healthy (or deleted) and drops
 /// streams whose connection is gone.
 pub const WATCH_SWEEP_MS: u64 = 100;
+/// A stream relayed from a group's members (D91) gives up after this many attempts in a row
+/// that delivered nothing (member unreachable, its stream broken or refused as unavailable).
+pub const WATCH_RELAY_ATTEMPTS_MAX: usize = 10;
+/// Pause between two such attempts.
+pub const WATCH_RELAY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long opening a relayed stream at a member may take (connect included).
+pub const WATCH_RELAY_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Blocks a group leader may have proposed but not yet applied while its blocks' state trees are
 /// built on the tree thread (pipelining, D7, D21). Groups whose trees are built inline keep one

@@ -278,11 +278,12 @@ async fn serve_inbox(shard: &Rc<Shard>, inbox: flume::Receiver<ShardMsg>) -> Res
             }
             ShardMsg::Internal(msg) => internal::handle(shard, msg),
             ShardMsg::Watch { group, watch } => match shard.group(group).filter(|g| g.is_outside()) {
-                // Streams are served by the group's members (SPEC §10.5): the client is told
-                // where one is and reconnects there.
+                // This node's copy holds no blocks: a member serves the stream (D91).
+                Some(_) if !watch.from_peer => crate::peer::watch_relay::open(shard, group, watch),
+                // A node relaying it took this node for a member: it tries another.
                 Some(g) => {
                     let mut status = Status::unavailable(format!(
-                        "node {} is not a member of group {group}: watch the vault on one of its members",
+                        "node {} is not a member of group {group}",
                         shard.config.node_id
                     ));
                     status.leader_hint = g.route_hint();

@@ -2263,6 +2263,28 @@ async fn t28_data_groups_have_replication_factor_voters_any_node_serves_and_a_le
             client.read_with(namespace_id, Some(vault_id), &ack.key, ReadConsistency::Linearizable).await;
         assert_eq!(read.expect("linearizable read").as_deref(), Some(&ack.value[..]), "via node {outside}");
     }
+    // WatchBlocks through the node outside each group is relayed from a member (D91): the
+    // archived blocks from height 1, then the new ones as they commit, as the members have them.
+    for &(namespace_id, vault_id, group) in &scopes {
+        let outside =
+            (0..3).find(|i| !initial[&group].contains(&sorted_id(&ids, *i))).expect("a node outside");
+        let member = ids[&initial[&group][0]];
+        let before = tip(&connect(cluster.addr(member)).await, namespace_id, Some(vault_id)).await;
+        let client = connect(cluster.addr(outside)).await;
+        let mut stream = client.watch_blocks(namespace_id, Some(vault_id), 1).await.expect("watch");
+        let replayed = next_blocks(&mut stream, 1, before.height).await;
+        assert_eq!(replayed.last().map(|b| b.block_hash), Some(before.block_hash), "replayed tip");
+        let tag = format!("watched-ns{namespace_id}");
+        let written = write_keys(cluster.addr(outside), namespace_id, Some(vault_id), &tag, 3).await;
+        acks.entry(namespace_id).or_default().extend(written);
+        let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+        let tips =
+            assert_converged(&cluster, &[0, 1, 2], &scope_list, &acks[&namespace_id], namespace_id).await;
+        let after = &tips[&(namespace_id, Some(vault_id))];
+        let live = next_blocks(&mut stream, before.height + 1, after.height).await;
+        assert_eq!(live.last().map(|b| b.block_hash), Some(after.block_hash), "live tip via node {outside}");
+        stream.cancel().await.expect("cancel");
+    }
 
     // Node 2 leaves: in each of its groups the remaining node is added before it goes.
     let leaver_id = sorted_id(&ids, 2);
@@ -2296,6 +2318,30 @@ async fn t28_data_groups_have_replication_factor_voters_any_node_serves_and_a_le
 }
 
 /// The node id of the node at index `i`.
+/// Takes the announcements of heights `from..=to` from `stream`, checking they come one by one.
+async fn next_blocks(
+    stream: &mut ledger_wire::client::BlockStream,
+    from: u64,
+    to: u64,
+) -> Vec<ledger_core::types::BlockAnnouncement> {
+    let mut blocks = Vec::new();
+    for height in from..=to {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no block {height} within 30 s"));
+        match next.expect("stream") {
+            ledger_wire::client::StreamNext::Block(block) => {
+                assert_eq!(block.height, height, "announcements are consecutive");
+                blocks.push(block);
+            }
+            ledger_wire::client::StreamNext::End(status) => {
+                panic!("stream ended before {height}: {status:?}")
+            }
+        }
+    }
+    blocks
+}
+
 fn sorted_id(ids: &BTreeMap<u64, usize>, i: usize) -> u64 {
     *ids.iter().find(|(_, n)| **n == i).map(|(id, _)| id).expect("the node's id")
 }
@@ -2330,6 +2376,18 @@ async fn t29_a_lost_node_is_replaced_in_its_data_groups_by_the_spare_one() {
         acks.insert(namespace_id, written);
         scopes.push((namespace_id, vault_id));
     }
+    // A stream of each vault through the node outside its group (relayed from a member, D91)
+    // goes on across the loss of a member, whichever member it was relayed from.
+    let mut streams = Vec::new();
+    for &(namespace_id, vault_id) in &scopes {
+        let (group, members) = namespace_members(&admin, namespace_id).await;
+        let outside = (0..4).find(|i| !members.contains(&sorted_id(&ids, *i))).expect("a node outside");
+        let before = tip(&admin, namespace_id, Some(vault_id)).await;
+        let client = connect(cluster.addr(outside)).await;
+        let mut stream = client.watch_blocks(namespace_id, Some(vault_id), 1).await.expect("watch");
+        next_blocks(&mut stream, 1, before.height).await;
+        streams.push((namespace_id, vault_id, group, stream, before.height));
+    }
     // The node with the second lowest id is a voter of both groups.
     let lost = ids[&sorted[1]];
     cluster.kill9(lost);
@@ -2351,6 +2409,11 @@ async fn t29_a_lost_node_is_replaced_in_its_data_groups_by_the_spare_one() {
         acks.entry(namespace_id).or_default().extend(written);
         let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
         assert_converged(&cluster, &survivors, &scope_list, &acks[&namespace_id], namespace_id).await;
+    }
+    for (namespace_id, vault_id, group, mut stream, watched) in streams {
+        let after = tip(&admin, namespace_id, Some(vault_id)).await;
+        let blocks = next_blocks(&mut stream, watched + 1, after.height).await;
+        assert_eq!(blocks.last().map(|b| b.block_hash), Some(after.block_hash), "group {group}'s stream");
     }
 }
 
@@ -2458,4 +2521,46 @@ async fn n_outside(cluster: &Cluster, live: &[usize], namespace_id: i64) -> usiz
         }
     }
     panic!("every node is a member of group {group}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_a_stream_through_a_node_outside_the_group_outlives_each_of_its_members() {
+    // SPEC §5.1 item 5, §10.5 (D91): four nodes, one data group of three voters, so one node is
+    // outside it and relays a `WatchBlocks` stream from a member. Each member in turn is killed,
+    // the group writes on without it, and it is restarted: whichever member the relay used, the
+    // stream goes on, opened again at another member from the next height, with every block in
+    // order and the hashes the members have.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--initial-groups", "1"]).collect();
+    let mut cluster = Cluster::start(4, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2, 3]).await;
+    let sorted: Vec<u64> = ids.keys().copied().collect();
+    let initial: BTreeMap<u32, Vec<u64>> = BTreeMap::from([(1, sorted[..3].to_vec())]);
+    wait_data_groups(&cluster, &ids, &[0, 1, 2, 3], &initial).await;
+    let outside = ids[&sorted[3]];
+    let members: Vec<usize> = sorted[..3].iter().map(|id| ids[id]).collect();
+    let client = connect(cluster.addr(outside)).await;
+    let (namespace_id, vault_id) = create_scope(&client, "relayed").await;
+    let scope_list = [(namespace_id, None), (namespace_id, Some(vault_id))];
+    let mut acks = write_keys(cluster.addr(outside), namespace_id, Some(vault_id), "first", 3).await;
+    let mut stream = client.watch_blocks(namespace_id, Some(vault_id), 1).await.expect("watch");
+    let mut watched = 0;
+    for &member in &members {
+        cluster.kill9(member);
+        let tag = format!("without-{member}");
+        acks.extend(write_keys(cluster.addr(outside), namespace_id, Some(vault_id), &tag, 3).await);
+        let live: Vec<usize> = (0..4).filter(|i| *i != member).collect();
+        let tips = assert_converged(&cluster, &live, &scope_list, &acks, namespace_id).await;
+        let tip = &tips[&(namespace_id, Some(vault_id))];
+        let blocks = next_blocks(&mut stream, watched + 1, tip.height).await;
+        assert_eq!(blocks.last().map(|b| b.block_hash), Some(tip.block_hash), "without node {member}");
+        watched = tip.height;
+        cluster.restart(member);
+        assert_converged(&cluster, &[0, 1, 2, 3], &scope_list, &acks, namespace_id).await;
+    }
+    assert!(
+        cluster.stderr(outside).contains("event=watch_relay_resumed"),
+        "the relay never had to open its stream again"
+    );
+    stream.cancel().await.expect("cancel");
 }

@@ -16,8 +16,8 @@ use glommio::net::TcpStream;
 use ledger_wire::codec::{archived_len, encode_frame_to_vec, FrameBudget, FrameReader};
 use ledger_wire::frame::FrameKind;
 use ledger_wire::messages::{
-    Hello, HelloAck, RequestBatch, RequestEnvelope, Response, ResponseBatch, Role, Status, StatusCode,
-    PROTOCOL_VERSION,
+    Hello, HelloAck, Request, RequestBatch, RequestEnvelope, Response, ResponseBatch, Role, Status,
+    StatusCode, StreamEnd, StreamItem, PROTOCOL_VERSION,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -43,6 +43,17 @@ pub enum PeerError {
 
 type Pending = HashMap<u64, (u64, oneshot::Sender<Result<Response, Status>>)>;
 
+/// What a stream opened at a peer (`PeerPool::open_stream`) receives.
+#[derive(Debug)]
+pub enum PeerStreamEvent {
+    Item(StreamItem),
+    /// The peer ended the stream (its `StreamEnd`); nothing follows.
+    End(Status),
+}
+
+/// Open streams by request id: the link generation they were opened on and their receiver.
+type OpenStreams = HashMap<u64, (u64, flume::Sender<PeerStreamEvent>)>;
+
 #[derive(Debug)]
 enum Link {
     Down { retry_at: Option<Instant>, reason: String },
@@ -63,6 +74,9 @@ struct PeerConn {
     generation: Cell<u64>,
     next_id: Cell<u64>,
     pending: RefCell<Pending>,
+    /// Streams this core opened at the peer (WatchBlocks relayed for a group this node is
+    /// outside of, `read/watch_proxy.rs`), fed by the read task.
+    streams: RefCell<OpenStreams>,
     /// When this core last recorded `node_unreachable` for the node (at most one per
     /// `PEER_UNREACHABLE_EVENT_INTERVAL`, so a node that stays down cannot flood the event log),
     /// and whether it has connected since.
@@ -121,6 +135,7 @@ impl PeerPool {
             generation: Cell::new(0),
             next_id: Cell::new(1),
             pending: RefCell::new(HashMap::new()),
+            streams: RefCell::new(HashMap::new()),
             unreachable_event_at: Cell::new(None),
         });
         conns.insert(node, c.clone());
@@ -162,6 +177,105 @@ impl PeerPool {
         match futures::future::select(call, deadline).await {
             futures::future::Either::Left((result, _)) => result,
             futures::future::Either::Right(_) => Err(PeerError::Timeout { node, ms: timeout.as_millis() }),
+        }
+    }
+
+    /// Opens a stream (`WatchBlocks`) at `node`, connecting first if needed (within `timeout`).
+    /// Its items arrive through the returned `PeerStream`, which buffers at most `buffer` of
+    /// them: a reader that falls further behind, or a link that breaks, ends it (`next` gives
+    /// `None`). Dropping it before its end cancels it at the peer.
+    pub async fn open_stream(
+        &self,
+        node: u64,
+        addr: &str,
+        request: Request,
+        buffer: usize,
+        timeout: Duration,
+    ) -> Result<PeerStream, PeerError> {
+        if self.faults.is_partitioned(node) {
+            let reason = "partitioned by the test fault switch".to_string();
+            return Err(PeerError::Unreachable { node, addr: addr.to_string(), reason });
+        }
+        let conn = self.conn(node, addr);
+        let link = conn.link();
+        futures::pin_mut!(link);
+        let (generation, outbox) =
+            match futures::future::select(link, glommio::timer::Timer::new(timeout)).await {
+                futures::future::Either::Left((link, _)) => link?,
+                futures::future::Either::Right(_) => {
+                    return Err(PeerError::Timeout { node, ms: timeout.as_millis() })
+                }
+            };
+        let id = conn.next_id.get();
+        conn.next_id.set(id + 1);
+        // A stream has no deadline of its own: it lasts until it ends or is cancelled.
+        let envelope = RequestEnvelope { request_id: id, deadline_ms: 0, on_behalf_of: None, request };
+        let len = archived_len(&envelope).map_err(|_| PeerError::TooLarge { node })?;
+        if !FrameBudget::fits_alone(self.max_frame_bytes, len) {
+            return Err(PeerError::TooLarge { node });
+        }
+        let (tx, rx) = flume::bounded(buffer.max(1));
+        conn.streams.borrow_mut().insert(id, (generation, tx));
+        let stream = PeerStream { conn: conn.clone(), id, events: rx, ended: false, ended_by_peer: false };
+        if outbox.unbounded_send((envelope, len)).is_err() {
+            return Err(PeerError::Closed { node });
+        }
+        Ok(stream)
+    }
+}
+
+/// A stream open at a peer (`PeerPool::open_stream`).
+pub struct PeerStream {
+    conn: Rc<PeerConn>,
+    id: u64,
+    events: flume::Receiver<PeerStreamEvent>,
+    /// `next` returned its last event.
+    ended: bool,
+    /// The peer sent its `StreamEnd`: nothing to cancel.
+    ended_by_peer: bool,
+}
+
+impl PeerStream {
+    /// The node the stream is open at.
+    pub fn node(&self) -> u64 {
+        self.conn.node
+    }
+
+    /// The next item or the peer's end; `None` once the link broke or this reader fell
+    /// behind (the peer may have more: open the stream again from where it stopped).
+    pub async fn next(&mut self) -> Option<PeerStreamEvent> {
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv_async().await.ok();
+        match event {
+            Some(PeerStreamEvent::Item(_)) => {}
+            Some(PeerStreamEvent::End(_)) => {
+                self.ended = true;
+                self.ended_by_peer = true;
+            }
+            None => self.ended = true,
+        }
+        event
+    }
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        self.conn.streams.borrow_mut().remove(&self.id);
+        if self.ended_by_peer {
+            return;
+        }
+        // Cancelled here: the peer ends it (its `StreamEnd{Cancelled}` finds no reader) and
+        // answers the cancel, which no call waits for.
+        if let Some((_, outbox)) = self.conn.up() {
+            let id = self.conn.next_id.get();
+            self.conn.next_id.set(id + 1);
+            let request = Request::CancelStream { request_id: self.id };
+            let envelope = RequestEnvelope { request_id: id, deadline_ms: 0, on_behalf_of: None, request };
+            if let Ok(len) = archived_len(&envelope) {
+                let _ = outbox.unbounded_send((envelope, len));
+            }
         }
     }
 }
@@ -330,6 +444,24 @@ impl PeerConn {
             *self.link.borrow_mut() = Link::Down { retry_at: None, reason };
         }
         self.pending.borrow_mut().retain(|_, (g, _)| *g != generation);
+        self.streams.borrow_mut().retain(|_, (g, _)| *g != generation);
+    }
+
+    /// Hands a stream's item to its reader; a reader `buffer` items behind loses its stream.
+    fn stream_item(&self, item: StreamItem) {
+        let id = item.request_id;
+        let mut streams = self.streams.borrow_mut();
+        let Some((_, tx)) = streams.get(&id) else { return };
+        if tx.try_send(PeerStreamEvent::Item(item)).is_err() {
+            // Dropping the sender ends the reader once it has taken what is queued.
+            streams.remove(&id);
+        }
+    }
+
+    fn stream_end(&self, end: StreamEnd) {
+        if let Some((_, tx)) = self.streams.borrow_mut().remove(&end.request_id) {
+            let _ = tx.try_send(PeerStreamEvent::End(end.status));
+        }
     }
 }
 
@@ -391,6 +523,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Err(e) => break format!("bad response batch: {e}"),
+            },
+            FrameKind::StreamItem => match frame.decode::<StreamItem>() {
+                Ok(item) => conn.stream_item(item),
+                Err(e) => break format!("bad stream item: {e}"),
+            },
+            FrameKind::StreamEnd => match frame.decode::<StreamEnd>() {
+                Ok(end) => conn.stream_end(end),
+                Err(e) => break format!("bad stream end: {e}"),
             },
             FrameKind::Goaway => break "goaway from the peer".to_string(),
             // Pongs and anything else a peer has no reason to send us are ignored.

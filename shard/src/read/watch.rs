@@ -64,6 +64,8 @@ pub struct WatchRequest {
     pub vault_id: Option<i64>,
     pub start_height: u64,
     pub sink: StreamSender,
+    /// Opened by another node relaying it for its client (D91): never relayed again.
+    pub from_peer: bool,
 }
 
 /// Ends `key` at once with `status` (a stream refused before it reached a watcher registry).
@@ -175,6 +177,9 @@ pub struct Watches {
     groups: RefCell<BTreeMap<GroupId, Rc<RefCell<GroupData>>>>,
     streams: RefCell<BTreeMap<StreamKey, Rc<Watcher>>>,
     by_scope: RefCell<BTreeMap<ScopeKey, BTreeMap<StreamKey, Rc<Watcher>>>>,
+    /// Streams of groups this node is outside of, relayed from a member (`peer/watch_relay.rs`,
+    /// D91): how to stop each, with the status to end it with.
+    relays: RefCell<BTreeMap<StreamKey, flume::Sender<Status>>>,
     closed: Cell<bool>,
 }
 
@@ -186,6 +191,7 @@ impl Watches {
             groups: RefCell::new(BTreeMap::new()),
             streams: RefCell::new(BTreeMap::new()),
             by_scope: RefCell::new(BTreeMap::new()),
+            relays: RefCell::new(BTreeMap::new()),
             closed: Cell::new(false),
         })
     }
@@ -208,9 +214,49 @@ impl Watches {
         self.groups.borrow_mut().remove(&group);
     }
 
-    /// Open streams on this core.
+    /// Open streams on this core, relayed ones included.
     pub fn len(&self) -> usize {
-        self.streams.borrow().len()
+        self.streams.borrow().len() + self.relays.borrow().len()
+    }
+
+    /// Items a stream may have buffered for its connection.
+    pub fn stream_buffer(&self) -> usize {
+        self.stream_buffer
+    }
+
+    /// Registers a stream this core relays from a group's member; the receiver yields the
+    /// status to end it with when it is cancelled or the node shuts down.
+    pub fn open_relay(&self, key: StreamKey, start_height: u64) -> Result<flume::Receiver<Status>, Status> {
+        if self.closed.get() {
+            return Err(Status::unavailable("node is shutting down"));
+        }
+        if start_height == 0 {
+            return Err(Status::invalid("start_height must be at least 1"));
+        }
+        if self.streams.borrow().contains_key(&key) || self.relays.borrow().contains_key(&key) {
+            return Err(Status::invalid(format!(
+                "request id {} already names an open stream",
+                key.request_id
+            )));
+        }
+        if self.len() >= WATCHERS_PER_CORE_MAX {
+            return Err(Status::exhausted(format!("more than {WATCHERS_PER_CORE_MAX} streams on this core")));
+        }
+        // One slot: the first stop wins, later ones find it full.
+        let (stop, stopped) = flume::bounded(1);
+        self.relays.borrow_mut().insert(key, stop);
+        Ok(stopped)
+    }
+
+    /// A relayed stream ended (it sent its own `StreamEnd`).
+    pub fn relay_ended(&self, key: StreamKey) {
+        self.relays.borrow_mut().remove(&key);
+    }
+
+    fn stop_relay(&self, key: StreamKey, status: Status) {
+        if let Some(stop) = self.relays.borrow_mut().remove(&key) {
+            let _ = stop.try_send(status);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,7 +265,7 @@ impl Watches {
 
     /// Opens a stream (SPEC §5.1 item 5); any refusal ends it at once with a `StreamEnd`.
     pub fn open(self: &Rc<Self>, group: GroupId, request: WatchRequest) {
-        let WatchRequest { key, namespace_id, vault_id, start_height, sink } = request;
+        let WatchRequest { key, namespace_id, vault_id, start_height, sink, .. } = request;
         if let Err(status) = self.check_open(group, key, namespace_id, vault_id, start_height) {
             refuse(&sink, key, status);
             return;
@@ -277,6 +323,7 @@ impl Watches {
     /// Ends `key` with `StreamEnd{Cancelled}` (client `CancelStream`, or its connection closed);
     /// an unknown key is ignored.
     pub fn cancel(&self, key: StreamKey) {
+        self.stop_relay(key, Status::new(StatusCode::Cancelled, "stream cancelled"));
         self.end(key, Some(Status::new(StatusCode::Cancelled, "stream cancelled")));
     }
 
@@ -286,6 +333,10 @@ impl Watches {
         let keys: Vec<StreamKey> = self.streams.borrow().keys().copied().collect();
         for key in keys {
             self.end(key, Some(Status::unavailable("node is shutting down")));
+        }
+        let relays: Vec<StreamKey> = self.relays.borrow().keys().copied().collect();
+        for key in relays {
+            self.stop_relay(key, Status::unavailable("node is shutting down"));
         }
     }
 
@@ -609,7 +660,14 @@ mod tests {
             let open = |request_id: u64, start_height: u64| {
                 let (sink, events) = flume::unbounded();
                 let key = StreamKey { connection: 1, request_id };
-                let request = WatchRequest { key, namespace_id: 7, vault_id: Some(8), start_height, sink };
+                let request = WatchRequest {
+                    key,
+                    namespace_id: 7,
+                    vault_id: Some(8),
+                    start_height,
+                    sink,
+                    from_peer: false,
+                };
                 watches.open(GroupId(1), request);
                 events
             };
