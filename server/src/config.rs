@@ -84,6 +84,8 @@ pub mod defaults {
     pub const INTEGRITY_INTERVAL_SECS: u64 = 3600;
     pub const GC_INTERVAL_SECS: u64 = 60;
     pub const NODE_HEARTBEAT_TIMEOUT_SECS: u64 = 30;
+    /// Not in SPEC §11.1 (D92): how long a copy of a data group this node left is kept.
+    pub const REPLICA_RELEASE_SECS: u64 = 60;
     /// Not in SPEC §11.1, which asks for periodic balancing and names no period (D70).
     pub const LEADER_BALANCE_INTERVAL_SECS: u64 = 30;
     pub const LEARNER_CACHE_TTL_SECS: u64 = 5;
@@ -312,6 +314,10 @@ pub struct ConfigLayer {
     /// left keep a live quorum (SPEC §10.6; 0 = never).
     #[arg(long)]
     pub node_heartbeat_timeout_secs: Option<u64>,
+    /// Seconds after `_system` lists a data group's members without this node before the node
+    /// empties its copy of the group and frees its disk (its replica moved away, D92; 0 = keep).
+    #[arg(long)]
+    pub replica_release_secs: Option<u64>,
     /// Period of the `_system` leader's look at who leads each group: a move agreed by two looks
     /// in a row spreads leaderships (SPEC §10.5; 0 = off).
     #[arg(long)]
@@ -446,6 +452,7 @@ pub fn default_of(key: &str) -> Option<DefaultValue> {
         "integrity_interval_secs" => literal(INTEGRITY_INTERVAL_SECS),
         "gc_interval_secs" => literal(GC_INTERVAL_SECS),
         "node_heartbeat_timeout_secs" => literal(NODE_HEARTBEAT_TIMEOUT_SECS),
+        "replica_release_secs" => literal(REPLICA_RELEASE_SECS),
         "leader_balance_interval_secs" => literal(LEADER_BALANCE_INTERVAL_SECS),
         "learner_cache_ttl_secs" => literal(LEARNER_CACHE_TTL_SECS),
         "learner_refresh_interval_ms" => literal(LEARNER_REFRESH_INTERVAL_MS),
@@ -640,7 +647,7 @@ impl ConfigLayer {
             idempotency_cache_entries, rate_limit_rps, groups_per_core, initial_groups, replication_factor, raft_heartbeat_ms,
             raft_election_min_ms, raft_election_max_ms, snapshot_interval_blocks, snapshot_interval_secs,
             snapshots_keep, raft_snapshot_logs, raft_log_keep, retention_interval_secs,
-            integrity_interval_secs, gc_interval_secs, node_heartbeat_timeout_secs,
+            integrity_interval_secs, gc_interval_secs, node_heartbeat_timeout_secs, replica_release_secs,
             leader_balance_interval_secs, learner_cache_ttl_secs, learner_refresh_interval_ms, stream_buffer,
             log_level, log_format, auth_tokens,
         }
@@ -705,6 +712,7 @@ pub struct Config {
     pub integrity_interval_secs: u64,
     pub gc_interval_secs: u64,
     pub node_heartbeat_timeout_secs: u64,
+    pub replica_release_secs: u64,
     pub leader_balance_interval_secs: u64,
     pub learner_cache_ttl_secs: u64,
     pub learner_refresh_interval_ms: u64,
@@ -890,6 +898,7 @@ impl Config {
             integrity_interval_secs: picked!(integrity_interval_secs, INTEGRITY_INTERVAL_SECS),
             gc_interval_secs: picked!(gc_interval_secs, GC_INTERVAL_SECS),
             node_heartbeat_timeout_secs: picked!(node_heartbeat_timeout_secs, NODE_HEARTBEAT_TIMEOUT_SECS),
+            replica_release_secs: picked!(replica_release_secs, REPLICA_RELEASE_SECS),
             leader_balance_interval_secs: picked!(leader_balance_interval_secs, LEADER_BALANCE_INTERVAL_SECS),
             learner_cache_ttl_secs: picked!(learner_cache_ttl_secs, LEARNER_CACHE_TTL_SECS),
             learner_refresh_interval_ms: picked!(learner_refresh_interval_ms, LEARNER_REFRESH_INTERVAL_MS),

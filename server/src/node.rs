@@ -203,6 +203,7 @@ fn shard_config(
         integrity_interval_secs: config.integrity_interval_secs,
         gc_interval_secs: config.gc_interval_secs,
         node_heartbeat_timeout_secs: config.node_heartbeat_timeout_secs,
+        replica_release_secs: config.replica_release_secs,
         leader_balance_interval_secs: config.leader_balance_interval_secs,
         learner_cache_ttl: Duration::from_secs(config.learner_cache_ttl_secs),
         learner_refresh: Duration::from_millis(config.learner_refresh_interval_ms),

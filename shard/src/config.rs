@@ -85,6 +85,9 @@ pub struct ShardConfig {
     /// The `_system` leader marks a member silent this long unavailable, and removes it after
     /// as long again (SPEC §10.6, D69; 0 = never).
     pub node_heartbeat_timeout_secs: u64,
+    /// A data group's copy this node is no longer a member of is emptied this long after
+    /// `_system` lists the members without it (D92; 0 = kept).
+    pub replica_release_secs: u64,
     /// Period of the `_system` leader's look at who leads each group (D70; 0 = no balancing).
     pub leader_balance_interval_secs: u64,
     /// A `_system` learner's copy answers routing lookups while it heard from the leader this
@@ -275,6 +278,7 @@ impl ShardConfig {
             // by itself.
             gc_interval_secs: 0,
             node_heartbeat_timeout_secs: 0,
+            replica_release_secs: 0,
             leader_balance_interval_secs: 0,
             learner_cache_ttl: std::time::Duration::from_secs(5),
             learner_refresh: std::time::Duration::from_secs(1),

@@ -82,6 +82,8 @@ pub struct Shard {
     pub learner_routes: RefCell<crate::admin::learner_routes::LearnerRoutes>,
     /// On core 0: the peers this node heard of from others (discovery gossip, D76).
     pub peer_gossip: RefCell<crate::admin::peer_cache::Gossip>,
+    /// Every data group's members as `_system` last listed them (`admin/internal.rs`).
+    pub group_members: RefCell<crate::peer::outside::GroupMembers>,
     /// On core 0: until when this node was drained by a whole-node stepdown (D70).
     drained_until: Cell<Option<std::time::Instant>>,
 }
@@ -126,6 +128,9 @@ impl Shard {
             crate::raft::state_machine::open_group(&self.config, id, self.core.0, self.peers.clone()).await?;
         self.watches.attach(id, &data);
         let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
+        if let Some(members) = self.group_members.borrow().get(&id) {
+            group.outside.borrow_mut().set_members(members.clone());
+        }
         self.builders.borrow_mut().push(glommio::spawn_local(group.clone().run()).detach());
         glommio::spawn_local(crate::maintenance::task::run(group.clone(), self.config.clone())).detach();
         crate::maintenance::background_integrity::start(group.clone());
@@ -183,6 +188,7 @@ fn new_shard(
         reopened: RefCell::new(BTreeMap::new()),
         closing: Cell::new(false),
         learner_routes: RefCell::default(),
+        group_members: RefCell::default(),
         peer_gossip: RefCell::default(),
         node_watch: RefCell::new(crate::admin::node_loss::NodeWatch::new(std::time::Duration::from_secs(
             node_heartbeat_timeout_secs,
@@ -220,6 +226,9 @@ fn spawn_core_tasks(shard: &Rc<Shard>) {
     glommio::spawn_local(crate::ops::vault_repair::doctor(Rc::downgrade(shard))).detach();
     if shard.config.cluster.is_some() {
         glommio::spawn_local(heartbeat_loop(Rc::downgrade(shard))).detach();
+        if shard.config.replica_release_secs > 0 {
+            glommio::spawn_local(crate::maintenance::release::release_loop(Rc::downgrade(shard))).detach();
+        }
     }
 }
 

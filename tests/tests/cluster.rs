@@ -2318,6 +2318,18 @@ async fn t28_data_groups_have_replication_factor_voters_any_node_serves_and_a_le
 }
 
 /// The node id of the node at index `i`.
+/// The data groups node `i` released its copy of (D92): their directories hold `released`.
+fn released_groups(cluster: &Cluster, i: usize) -> Vec<(usize, u32)> {
+    let groups = cluster.nodes[i].data_dir.join("groups");
+    let Ok(entries) = std::fs::read_dir(groups) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.path().join("released").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix('g')?.parse::<u32>().ok())
+        .map(|group| (i, group))
+        .collect()
+}
+
 /// Takes the announcements of heights `from..=to` from `stream`, checking they come one by one.
 async fn next_blocks(
     stream: &mut ledger_wire::client::BlockStream,
@@ -2424,8 +2436,11 @@ async fn t30_a_node_that_joins_full_groups_takes_its_share_of_replicas() {
     // leader moves replicas onto it one at a time (add, then remove) until every node hosts two
     // groups. Every group keeps two voters, the registry follows, and nothing is lost.
     let _one = one_cluster();
-    let flags: Vec<&str> =
-        NODE_FLAGS.iter().copied().chain(["--initial-groups", "4", "--replication-factor", "2"]).collect();
+    let flags: Vec<&str> = NODE_FLAGS
+        .iter()
+        .copied()
+        .chain(["--initial-groups", "4", "--replication-factor", "2", "--replica-release-secs", "1"])
+        .collect();
     let mut cluster = Cluster::start(3, &flags);
     let ids = node_ids(&cluster, &[0, 1, 2]).await;
     let admin = connect(cluster.addr(0)).await;
@@ -2437,7 +2452,7 @@ async fn t30_a_node_that_joins_full_groups_takes_its_share_of_replicas() {
         acks.insert(namespace_id, written);
         scopes.push((namespace_id, vault_id));
     }
-    let joiner = cluster.start_joining(NODE_FLAGS);
+    let joiner = cluster.start_joining(&flags[..NODE_FLAGS.len()]);
     let joined = node_ids(&cluster, &[joiner]).await;
     let mut all = ids.clone();
     all.extend(joined);
@@ -2460,6 +2475,21 @@ async fn t30_a_node_that_joins_full_groups_takes_its_share_of_replicas() {
     }
     let log: String = (0..=joiner).map(|i| cluster.stderr(i)).collect();
     assert!(log.contains("event=group_replica_moved"), "no move was logged");
+    // The two copies the moves left behind are emptied (D92): each is released by its node a
+    // second after `_system` lists the group without it, and keeps only a `released` marker.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let released = loop {
+        let released: Vec<(usize, u32)> = (0..=joiner).flat_map(|i| released_groups(&cluster, i)).collect();
+        if released.len() == 2 {
+            break released;
+        }
+        assert!(Instant::now() < deadline, "copies released: {released:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for &(i, group) in &released {
+        assert!(!data_group_voters(&cluster, i).await.contains_key(&group), "node {i} released {group}");
+        assert!(cluster.stderr(i).contains("event=group_replica_released"), "node {i} logged no release");
+    }
     let live: Vec<usize> = (0..=joiner).collect();
     for &(namespace_id, vault_id) in &scopes {
         let (group, _) = namespace_members(&admin, namespace_id).await;

@@ -175,11 +175,14 @@ fn spawn_at_members<T: 'static>(
 /// Hands each of this core's groups its members as `_system` lists them (used while this node
 /// is outside a group).
 pub fn set_group_members(shard: &Shard, members: crate::peer::outside::GroupMembers) {
-    for (group, list) in members {
-        if let Some(g) = shard.group(group) {
-            g.outside.borrow_mut().set_members(list);
+    for (group, list) in &members {
+        if let Some(g) = shard.group(*group) {
+            g.outside.borrow_mut().set_members(list.clone());
         }
     }
+    // Kept for a group that opens again later (a reopen, a released copy, D92): its new
+    // instance starts with the list instead of waiting for the registry's next change.
+    *shard.group_members.borrow_mut() = members;
 }
 
 /// Runs one GC cycle of every group of this core that this node leads, in a spawned task, and

@@ -53,6 +53,11 @@ impl OutsideRoute {
         self.next = self.next.wrapping_add(1);
     }
 
+    /// The members as `_system` last listed them (empty: not known yet).
+    pub fn members(&self) -> &[(u64, String)] {
+        &self.members
+    }
+
     /// Whether `_system`'s list is known here and leaves `node` out.
     pub fn lists_others_only(&self, node: u64) -> bool {
         !self.members.is_empty() && !self.members.iter().any(|(id, _)| *id == node)

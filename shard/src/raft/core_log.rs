@@ -6,8 +6,8 @@
 //! Layout: `{data_dir}/log/core-NN/{seq:016x}.log`. A segment is a sequence of records, each
 //! `len u32 | kind u8 | 0 u8×3 | group u32 | tag u32 | checksum u64` followed by `len` payload
 //! bytes and zero padding to 8 bytes; the checksum is blake3 over the first 16 header bytes and the
-//! payload. Kinds: entries of one append, truncate, purge, vote, committed, and a segment's opening
-//! record. Every start of the log opens a new segment and every segment begins with each group's
+//! payload. Kinds: entries of one append, truncate, purge, vote, committed, a group's reset (its
+//! replica released, D92), and a segment's opening record. Every start of the log opens a new segment and every segment begins with each group's
 //! vote, committed and purged ids, so a segment that holds no live entry of any group can be
 //! deleted (oldest first) without losing metadata, and nothing is ever written after a torn tail:
 //! replay reads each segment up to its first invalid record.
@@ -56,6 +56,8 @@ const KIND_PURGE: u8 = 3;
 const KIND_VOTE: u8 = 4;
 const KIND_COMMITTED: u8 = 5;
 const KIND_SEGMENT: u8 = 6;
+/// The group's log is forgotten: entries, vote, committed and purged ids (D92).
+const KIND_RESET: u8 = 7;
 
 /// Where an entry's stored bytes are.
 #[derive(Debug, Clone, Copy)]
@@ -288,7 +290,7 @@ fn parse_segment(bytes: &[u8]) -> (Vec<Record<'_>>, usize) {
         };
         let kind = header[4];
         let tag = u32_at(header, 12);
-        if !(KIND_ENTRIES..=KIND_SEGMENT).contains(&kind)
+        if !(KIND_ENTRIES..=KIND_RESET).contains(&kind)
             || header[5..8] != [0, 0, 0]
             || segment_tag.is_some_and(|t| Some(t) != tag)
         {
@@ -771,6 +773,23 @@ impl CoreLog {
         waiting.await
     }
 
+    /// Forgets everything the log holds for `group` (entries, vote, committed and purged ids),
+    /// durably: the group opens next as one this node never took part in. Only for a group whose
+    /// store is closed (a replica released after it moved away, D92).
+    pub async fn reset(&self, group: GroupId) -> Result<(), ShardError> {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.attached.contains(&group) {
+                return Err(ShardError::LogAttached { group: group.0 });
+            }
+            inner.groups.remove(&group);
+            inner.relocations.retain(|r| r.group != group);
+        }
+        let waiting = self.queue_and_wait(KIND_RESET, group, &[]);
+        self.remove_unneeded_segments()?;
+        waiting.await
+    }
+
     pub async fn save_vote(&self, group: GroupId, vote: &Vote) -> Result<(), ShardError> {
         self.inner.borrow_mut().groups.entry(group).or_default().vote = Some(*vote);
         self.queue_and_wait(KIND_VOTE, group, &encode(&VoteRecord::from(vote))).await
@@ -959,6 +978,11 @@ fn replay_segment(
         );
     }
     for record in records.iter().skip(1) {
+        if record.kind == KIND_RESET {
+            // Whatever came before, broken records included, is forgotten (D92).
+            groups.remove(&record.group);
+            continue;
+        }
         let log = groups.entry(record.group).or_default();
         if log.broken.is_some() {
             continue;
@@ -1170,6 +1194,44 @@ mod tests {
         assert_eq!(log.attach(GroupId(5)).unwrap().unwrap().last_log_id, Some(log_id(2, 100)));
         let some = log.read(GroupId(1), Included(10), Excluded(13)).unwrap();
         assert_eq!(some.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![10, 11, 12]);
+    }
+
+    /// A reset group (its replica released, D92) replays as never written, in memory and from
+    /// the files, while its neighbours keep theirs; it can be written again afterwards, and the
+    /// segments only it kept alive are deleted.
+    #[test]
+    fn t11_a_reset_group_is_forgotten_and_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        futures::executor::block_on(async {
+            let log = CoreLog::open_with(LogDir::Real(path.clone()), 64 * 1024).unwrap();
+            for index in 1..=300u64 {
+                append_durably(&log, 1, vec![entry(1, index)]).await;
+                append_durably(&log, 2, vec![entry(1, index)]).await;
+            }
+            log.save_vote(GroupId(2), &Vote::new(1, 1)).await.unwrap();
+            log.purge(GroupId(1), log_id(1, 290)).await.unwrap();
+            assert!(log.attach(GroupId(2)).is_some());
+            assert!(matches!(log.reset(GroupId(2)).await, Err(ShardError::LogAttached { .. })));
+            log.detach(GroupId(2));
+            log.reset(GroupId(2)).await.unwrap();
+            assert!(indexes(&log, 2).is_empty());
+            let state = log.attach(GroupId(2)).unwrap().unwrap();
+            assert_eq!((state.last_log_id, state.vote, state.last_purged), (None, None, None));
+            log.detach(GroupId(2));
+            assert!(log.segment_count() <= 2, "{} segments kept", log.segment_count());
+        });
+        futures::executor::block_on(async {
+            let log = CoreLog::open_with(LogDir::Real(path.clone()), 64 * 1024).unwrap();
+            assert_eq!(indexes(&log, 1), (291..=300).collect::<Vec<_>>());
+            assert!(indexes(&log, 2).is_empty());
+            let state = log.attach(GroupId(2)).unwrap().unwrap();
+            assert_eq!((state.last_log_id, state.vote, state.committed), (None, None, None));
+            log.detach(GroupId(2));
+            append_durably(&log, 2, vec![entry(3, 0), entry(3, 1)]).await;
+        });
+        let log = CoreLog::open(LogDir::Real(path)).unwrap();
+        assert_eq!(indexes(&log, 2), vec![0, 1], "written again after the reset");
     }
 
     /// Proves torn-tail handling: a segment cut in the middle of its last record, or followed by

@@ -156,6 +156,10 @@ async fn open_attempt(
 ) -> Result<Opened, ShardError> {
     let dir = group_dir(config, group);
     let dir_io = |source| ShardError::Io { path: dir.clone(), source };
+    // A release of this copy (D92) that a crash cut short is finished before anything opens.
+    crate::maintenance::release::finish_pending(config, group, options.core)
+        .await
+        .map_err(|e| dir_io(std::io::Error::other(e)))?;
     // `groups/gNNNNN` and the files created in it below must survive a power loss.
     create_dir_durable(&dir).map_err(dir_io)?;
     let sim = config.sim_disk.as_ref();
@@ -489,17 +493,23 @@ async fn initialize_if_new(
             // `replication_factor` of the members (SPEC §10.5, `members_of`).
             // `_system` starts with at most five voters (SPEC §10.4); its leader adds the
             // other members as learners (admin/system_voters.rs).
-            Some(plan) if plan.initializer_of(group) == config.node_id => Some(
-                plan.members_of(group)
-                    .into_iter()
-                    .take(if group.0 == 0 {
-                        crate::admin::system_voters::SYSTEM_VOTERS_MAX
-                    } else {
-                        usize::MAX
-                    })
-                    .map(|(id, addr)| (id, openraft::BasicNode { addr }))
-                    .collect(),
-            ),
+            // A copy this node released (D92) is of a group that exists already.
+            Some(plan)
+                if plan.initializer_of(group) == config.node_id
+                    && !crate::maintenance::release::was_released(&group_dir(config, group)) =>
+            {
+                Some(
+                    plan.members_of(group)
+                        .into_iter()
+                        .take(if group.0 == 0 {
+                            crate::admin::system_voters::SYSTEM_VOTERS_MAX
+                        } else {
+                            usize::MAX
+                        })
+                        .map(|(id, addr)| (id, openraft::BasicNode { addr }))
+                        .collect(),
+                )
+            }
             Some(_) => None,
         };
         if let Some(members) = members {
