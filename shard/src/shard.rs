@@ -128,6 +128,11 @@ impl Shard {
             crate::raft::state_machine::open_group(&self.config, id, self.core.0, self.peers.clone()).await?;
         self.watches.attach(id, &data);
         let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
+        group.core.set(self.core.0);
+        if self.config.cluster.is_some() {
+            glommio::spawn_local(crate::raft::election::drive(Rc::downgrade(&group), self.peers.clone()))
+                .detach();
+        }
         if let Some(members) = self.group_members.borrow().get(&id) {
             group.outside.borrow_mut().set_members(members.clone());
         }

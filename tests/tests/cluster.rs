@@ -2594,3 +2594,46 @@ async fn t31_a_stream_through_a_node_outside_the_group_outlives_each_of_its_memb
     );
     stream.cancel().await.expect("cancel");
 }
+
+/// Node `i`'s Raft status of `group` (`GetGroupStatus`).
+async fn group_status_of(cluster: &Cluster, i: usize, group: u32) -> ledger_wire::messages::GroupStatusInfo {
+    let client = connect(cluster.addr(i)).await;
+    match client.call(Request::GetGroupStatus).await.expect("GetGroupStatus") {
+        Response::GetGroupStatus { groups, .. } => {
+            groups.into_iter().find(|g| g.group_id == group).expect("the group's status")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_a_voter_cut_off_and_back_leaves_the_leader_in_place() {
+    // D93 (SPEC §10.8: the majority side keeps its leader; a healed partition converges): a
+    // follower cut off from the others for many election timeouts asks for pre-votes, which
+    // nobody can grant it, so its term never rises; when it is back, the data group's leader and
+    // term are those of before, and the follower catches up.
+    let _one = one_cluster();
+    let flags: Vec<&str> = NODE_FLAGS.iter().copied().chain(["--test-faults", "true"]).collect();
+    let cluster = Cluster::start(3, &flags);
+    let ids = node_ids(&cluster, &[0, 1, 2]).await;
+    let admin = connect(cluster.addr(0)).await;
+    let (namespace_id, vault_id) = create_scope(&admin, "pre-vote").await;
+    let mut acks = write_keys(cluster.addr(0), namespace_id, Some(vault_id), "before", 5).await;
+    let leader = leader_of(&admin, &ids, namespace_id, Some(vault_id)).await;
+    let (group, _) = namespace_members(&admin, namespace_id).await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let before = group_status_of(&cluster, leader, group).await;
+    assert_eq!(before.role, "leader");
+    partition(&cluster, &ids, Some(follower)).await;
+    acks.extend(write_keys(cluster.addr(leader), namespace_id, Some(vault_id), "cut", 10).await);
+    // Ten election timeouts and more (the default is 150–300 ms).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cut = group_status_of(&cluster, follower, group).await;
+    assert_eq!(cut.term, before.term, "the cut-off voter raised its term");
+    partition(&cluster, &ids, None).await;
+    acks.extend(write_keys(cluster.addr(follower), namespace_id, Some(vault_id), "healed", 5).await);
+    let scopes = [(namespace_id, None), (namespace_id, Some(vault_id))];
+    assert_converged(&cluster, &[0, 1, 2], &scopes, &acks, namespace_id).await;
+    let after = group_status_of(&cluster, leader, group).await;
+    assert_eq!((after.role.as_str(), after.term), ("leader", before.term), "the leader was deposed");
+}

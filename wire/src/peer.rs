@@ -90,6 +90,10 @@ pub enum PeerRequest {
     /// whose last log index is at least `min_log_index`. A node whose group cannot open because
     /// its own snapshots are older than its purged log fetches one this way.
     GetSnapshotFile { group_id: u32, min_log_index: u64, group_height: u64, offset: u64 },
+    /// Project addition (D93): would the receiver vote for a candidate at `term` whose log ends
+    /// at `last_log_id`? Asked before a voter starts an election (Raft's pre-vote), so that a
+    /// voter cut off from its group does not raise its term and depose the leader on its return.
+    PreVote { group_id: u32, candidate: u64, term: u64, last_log_id: Option<WireLogId> },
 }
 
 /// The most bytes one `GetSnapshotFile` answer carries.
@@ -125,7 +129,8 @@ impl PeerRequest {
             | PeerRequest::ChangeMembership { group_id, .. }
             | PeerRequest::GetGroupBlocks { group_id, .. }
             | PeerRequest::Leadership { group_id, .. }
-            | PeerRequest::GetSnapshotFile { group_id, .. } => *group_id,
+            | PeerRequest::GetSnapshotFile { group_id, .. }
+            | PeerRequest::PreVote { group_id, .. } => *group_id,
         }
     }
 
@@ -139,6 +144,7 @@ impl PeerRequest {
             PeerRequest::GetGroupBlocks { .. } => "get_group_blocks",
             PeerRequest::Leadership { .. } => "leadership",
             PeerRequest::GetSnapshotFile { .. } => "get_snapshot_file",
+            PeerRequest::PreVote { .. } => "raft_pre_vote",
         }
     }
 }
@@ -181,5 +187,8 @@ pub enum PeerResponse {
         group_height: u64,
         total_bytes: u64,
         bytes: Vec<u8>,
+    },
+    PreVote {
+        granted: bool,
     },
 }

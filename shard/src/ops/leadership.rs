@@ -30,6 +30,11 @@ thread_local! {
     static HELD_UNTIL: RefCell<HashMap<u32, Instant>> = RefCell::new(HashMap::new());
 }
 
+/// Whether `group`'s elections are held on this core now (`HoldElections`).
+pub fn elections_held(group: u32) -> bool {
+    HELD_UNTIL.with(|h| h.borrow().get(&group).is_some_and(|until| Instant::now() < *until))
+}
+
 /// Picks a successor for each group in `to_move` among its other voters: the node with the
 /// fewest leaderships (counting earlier picks), ties to the lowest id; a node in `avoid` (drained,
 /// D70) only when the group has no other voter. Groups with no other voter are left out.
@@ -197,7 +202,6 @@ async fn leadership_call(
 pub async fn on_leadership_request(group: &Rc<Group>, action: LeadershipAction) -> Result<(), Status> {
     match action {
         LeadershipAction::ElectNow => {
-            group.raft.runtime_config().elect(true);
             HELD_UNTIL.with(|h| h.borrow_mut().remove(&group.id.0));
             group
                 .raft
@@ -207,25 +211,14 @@ pub async fn on_leadership_request(group: &Rc<Group>, action: LeadershipAction) 
                 .map_err(|e| Status::unavailable(format!("group {}: election: {e}", group.id)))
         }
         LeadershipAction::HoldElections { ms } => {
-            let until = Instant::now() + Duration::from_millis(u64::from(ms));
-            HELD_UNTIL.with(|h| h.borrow_mut().insert(group.id.0, until));
+            // The group's election timer (raft/election.rs, D93) looks at the hold; a later hold
+            // or release replaces this one.
             if ms == 0 {
-                group.raft.runtime_config().elect(true);
-                return Ok(());
+                HELD_UNTIL.with(|h| h.borrow_mut().remove(&group.id.0));
+            } else {
+                let until = Instant::now() + Duration::from_millis(u64::from(ms));
+                HELD_UNTIL.with(|h| h.borrow_mut().insert(group.id.0, until));
             }
-            group.raft.runtime_config().elect(false);
-            let group = group.clone();
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(Duration::from_millis(u64::from(ms))).await;
-                // A later hold or release decides instead of this one.
-                let due =
-                    HELD_UNTIL.with(|h| h.borrow().get(&group.id.0).is_some_and(|u| Instant::now() >= *u));
-                if due {
-                    HELD_UNTIL.with(|h| h.borrow_mut().remove(&group.id.0));
-                    group.raft.runtime_config().elect(true);
-                }
-            })
-            .detach();
             Ok(())
         }
     }

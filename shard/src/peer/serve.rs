@@ -137,6 +137,15 @@ async fn answer(group: &Rc<Group>, request: PeerRequest) -> Result<Response, Sta
             let voters = crate::admin::membership::change_at_leader(group, change).await?;
             PeerResponse::ChangeMembership { voters }
         }
+        PeerRequest::PreVote { candidate, term, last_log_id, .. } => {
+            // A node removed while it was away learns it here, as from a vote (D69).
+            if let Some(refused) = refusal_of_non_member(group, Some(candidate)) {
+                return Err(refused);
+            }
+            let granted =
+                crate::raft::election::answer_pre_vote(group, term, last_log_id.map(log_id_from_wire));
+            PeerResponse::PreVote { granted }
+        }
         PeerRequest::Leadership { action, .. } => {
             crate::ops::leadership::on_leadership_request(group, action).await?;
             PeerResponse::Leadership

@@ -881,6 +881,13 @@ impl CoreLog {
     }
 
     /// The log id at `index`, if the log holds that entry.
+    /// The id of `group`'s last entry, or of its purge point when it holds none.
+    pub fn last_log_id(&self, group: GroupId) -> Option<LogId> {
+        let inner = self.inner.borrow();
+        let log = inner.groups.get(&group)?;
+        log.entries.last_key_value().map(|(_, l)| l.log_id).or(log.last_purged)
+    }
+
     pub fn log_id_at(&self, group: GroupId, index: u64) -> Option<LogId> {
         let inner = self.inner.borrow();
         let log = inner.groups.get(&group)?;

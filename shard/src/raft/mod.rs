@@ -13,6 +13,7 @@
 pub mod commit_notice;
 pub mod contact;
 pub mod core_log;
+pub mod election;
 pub mod log_move;
 pub mod log_store;
 pub mod log_writer;

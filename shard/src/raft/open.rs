@@ -469,6 +469,8 @@ fn raft_config(config: &ShardConfig, group: GroupId) -> Result<openraft::Config,
         // In a cluster the core ticks every group's heartbeat at once (shard.rs
         // `heartbeat_loop`), so the heartbeats of all its groups to one node leave in one frame.
         enable_heartbeat: config.cluster.is_none(),
+        // In a cluster a voter starts an election only after a pre-vote (raft/election.rs, D93).
+        enable_elect: config.cluster.is_none(),
         ..Default::default()
     }
     .validate()

@@ -165,6 +165,8 @@ pub fn refusal_of_scope(key: ScopeKey, meta: &ScopeMeta) -> Option<Status> {
 /// A Raft group on its owning core: the openraft handle, the applied state and the builder.
 pub struct Group {
     pub id: GroupId,
+    /// The core that owns the group (its Raft log is that core's, `raft/core_log.rs`).
+    pub core: Cell<u16>,
     pub raft: LedgerRaft,
     /// One membership change of this group at a time (SPEC §10.7; admin/membership.rs).
     pub membership_lock: futures::lock::Mutex<()>,
@@ -231,6 +233,7 @@ impl Group {
     ) -> Rc<Group> {
         Rc::new(Group {
             id,
+            core: Cell::new(0),
             raft,
             membership_lock: futures::lock::Mutex::new(()),
             data,
@@ -289,6 +292,11 @@ impl Group {
     }
 
     /// Asks the builder to finish: queued work is still built, new work is refused.
+    /// `stop` was called: the group is closing (its background tasks end).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
     pub fn stop(&self) {
         self.stopping.set(true);
         self.signal.raise();
