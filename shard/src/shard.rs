@@ -331,7 +331,8 @@ async fn heartbeat_loop(shard: std::rc::Weak<Shard>) {
         glommio::timer::sleep(interval).await;
         let Some(shard) = shard.upgrade() else { return };
         for group in shard.group_list() {
-            if group.is_leader() {
+            // A leader handing over stays silent so that the voters' lease on it runs out.
+            if group.is_leader() && !group.is_handing_over() {
                 let _ = group.raft.trigger().heartbeat().await;
                 crate::admin::membership::complete_joint_config(&group);
             }

@@ -100,9 +100,10 @@ pub async fn hand_over(shard: &Shard, group: &Rc<Group>, successor: u64) -> Resu
     };
     group.set_handing_over(true);
     let result = hand_over_steps(shard, group, successor, &successor_addr, &voters).await;
-    // Whatever happened: heartbeats on again (a follower ignores them), blocks again, and the
-    // other voters may elect again.
-    group.raft.runtime_config().heartbeat(true);
+    // Whatever happened: heartbeats on again (a follower ignores them; in a cluster the core's
+    // heartbeat tick sends them, not openraft's timer), blocks again, and the other voters may
+    // elect again.
+    group.raft.runtime_config().heartbeat(group.config().cluster.is_none());
     group.set_handing_over(false);
     for (v, addr) in voters.iter().filter(|(v, _)| *v != successor) {
         let _ = leadership_call(shard, group, *v, addr, LeadershipAction::HoldElections { ms: 0 }).await;

@@ -304,6 +304,11 @@ impl Group {
 
     /// While set, no new block is proposed (ops/leadership.rs hands leadership over); clearing
     /// it wakes the builder.
+    /// A leadership transfer of this group is under way (`ops/leadership.rs`).
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.get()
+    }
+
     pub fn set_handing_over(&self, on: bool) {
         self.handing_over.set(on);
         self.signal.raise();
