@@ -129,10 +129,6 @@ impl Shard {
         self.watches.attach(id, &data);
         let group = Group::new(id, raft, data, self.config.clone(), self.cache.clone());
         group.core.set(self.core.0);
-        if self.config.cluster.is_some() {
-            glommio::spawn_local(crate::raft::election::drive(Rc::downgrade(&group), self.peers.clone()))
-                .detach();
-        }
         if let Some(members) = self.group_members.borrow().get(&id) {
             group.outside.borrow_mut().set_members(members.clone());
         }
@@ -231,6 +227,7 @@ fn spawn_core_tasks(shard: &Rc<Shard>) {
     glommio::spawn_local(crate::ops::vault_repair::doctor(Rc::downgrade(shard))).detach();
     if shard.config.cluster.is_some() {
         glommio::spawn_local(heartbeat_loop(Rc::downgrade(shard))).detach();
+        glommio::spawn_local(crate::raft::election::drive(Rc::downgrade(shard))).detach();
         if shard.config.replica_release_secs > 0 {
             glommio::spawn_local(crate::maintenance::release::release_loop(Rc::downgrade(shard))).detach();
         }

@@ -3,8 +3,8 @@
 //! host) keeps doing so; when it comes back, its higher term makes the leader step down, and the
 //! group writes nothing until the next election (D82 saw a membership change lost to it).
 //!
-//! In a cluster openraft's own election timer is off (`open.rs`), and this task decides for each
-//! group when this node campaigns. A voter that has heard from no leader for its election
+//! In a cluster openraft's own election timer is off (`open.rs`), and one task per core (`drive`,
+//! beside the core's heartbeat tick) decides for each of its groups when this node campaigns. A voter that has heard from no leader for its election
 //! timeout (the leader's lease, `raft_election_max_ms`, plus a random time between the election
 //! timeout bounds, as openraft waits; without the lease when it has not heard from a leader since
 //! its last attempt) first asks the group's other voters `PreVote` at its next term: a voter
@@ -87,54 +87,111 @@ fn last_log_id(group: &Group) -> Option<LogId> {
     log.last_log_id(group.id)
 }
 
-/// The group's election timer (see the module docs); ends when the group is dropped or stopped.
-pub async fn drive(group: Weak<Group>, peers: Rc<PeerPool>) {
-    let Some((min, max)) = group.upgrade().map(|g| {
-        let c = g.config();
+/// One group's election timer: it runs from `since` (the last message from a leader, or this
+/// node's last attempt) for `timeout`.
+#[derive(Debug)]
+pub struct ElectionTimer {
+    since: Instant,
+    timeout: Duration,
+    heard_before: Option<Instant>,
+    /// A pre-vote (and maybe an election) of this group is under way.
+    campaigning: Rc<std::cell::Cell<bool>>,
+}
+
+impl ElectionTimer {
+    pub fn new(now: Instant, first_timeout: Duration) -> ElectionTimer {
+        ElectionTimer { since: now, timeout: first_timeout, heard_before: None, campaigning: Rc::default() }
+    }
+
+    /// One look at the group at `now`: `heard` is when it last heard from a leader, `eligible`
+    /// whether it may campaign at all (a voter, not leading, elections not held). `lease` is
+    /// added after a leader was heard (openraft waits out its lease too); `next` draws the random
+    /// part. True when a campaign is due; the timer then starts over from `now`.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        heard: Option<Instant>,
+        eligible: bool,
+        lease: Duration,
+        next: impl Fn() -> Duration,
+    ) -> bool {
+        if heard.is_some() && heard != self.heard_before {
+            self.heard_before = heard;
+            if let Some(at) = heard.filter(|at| *at > self.since) {
+                self.since = at;
+                self.timeout = lease + next();
+            }
+        }
+        if !eligible || self.campaigning.get() {
+            self.since = now;
+            return false;
+        }
+        if now.saturating_duration_since(self.since) < self.timeout {
+            return false;
+        }
+        self.since = now;
+        self.timeout = next();
+        true
+    }
+}
+
+/// The election timers of every group of a core (cluster nodes; see the module docs): one task
+/// per core that looks at each group every `TICK`, as the core's heartbeat tick does (D30), and
+/// starts a group's campaign in a task of its own. Ends when the shard closes.
+pub async fn drive(shard: Weak<crate::shard::Shard>) {
+    let Some((min, max)) = shard.upgrade().map(|s| {
+        let c = &s.config;
         (c.raft_election_min_ms, c.raft_election_max_ms.max(c.raft_election_min_ms))
     }) else {
         return;
     };
     let lease = Duration::from_millis(max);
-    let random = || Duration::from_millis(rand::thread_rng().gen_range(min..=max));
-    // The timer runs from `since`: the last message from a leader, or the last attempt.
-    let mut since = Instant::now();
-    let mut timeout = random();
-    let mut heard_before: Option<Instant> = None;
+    let next = || Duration::from_millis(rand::thread_rng().gen_range(min..=max));
+    let mut timers: std::collections::HashMap<ledger_core::types::GroupId, ElectionTimer> =
+        std::collections::HashMap::new();
     loop {
         glommio::timer::sleep(TICK).await;
-        let Some(group) = group.upgrade() else { return };
-        if group.is_stopping() {
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.is_closing() {
             return;
         }
-        let heard = group.data.borrow().contact.heard();
-        if heard.is_some() && heard != heard_before {
-            heard_before = heard;
-            if let Some(at) = heard.filter(|at| *at > since) {
-                since = at;
-                timeout = lease + random();
+        let groups = shard.group_list();
+        // A group that reopened is a new instance: it starts a fresh timer.
+        timers.retain(|id, _| groups.iter().any(|g| g.id == *id));
+        let now = Instant::now();
+        for group in groups {
+            let timer = timers.entry(group.id).or_insert_with(|| ElectionTimer::new(now, next()));
+            let heard = group.data.borrow().contact.heard();
+            let eligible = is_eligible(&group);
+            if timer.due(now, heard, eligible, lease, next) {
+                let campaigning = timer.campaigning.clone();
+                campaigning.set(true);
+                let peers = shard.peers.clone();
+                glommio::spawn_local(async move {
+                    campaign(&group, &peers, Duration::from_millis(min)).await;
+                    campaigning.set(false);
+                })
+                .detach();
             }
         }
-        let me = group.config().node_id;
-        let (voter, leading) = {
-            let metrics = group.raft.metrics();
-            let m = metrics.borrow();
-            let voter = m.membership_config.membership().voter_ids().any(|v| v == me);
-            (voter, m.state == openraft::ServerState::Leader)
-        };
-        if !voter || leading || crate::ops::leadership::elections_held(group.id.0) {
-            since = Instant::now();
-            continue;
-        }
-        if since.elapsed() < timeout {
-            continue;
-        }
-        let granted = pre_vote(&group, &peers, Duration::from_millis(min)).await;
-        since = Instant::now();
-        timeout = random();
-        if granted && !group.is_stopping() {
-            let _ = group.raft.trigger().elect().await;
-        }
+    }
+}
+
+/// A voter of the group that does not lead it, whose elections are not held (a transfer).
+fn is_eligible(group: &Group) -> bool {
+    if group.is_stopping() || crate::ops::leadership::elections_held(group.id.0) {
+        return false;
+    }
+    let me = group.config().node_id;
+    let metrics = group.raft.metrics();
+    let m = metrics.borrow();
+    m.state != openraft::ServerState::Leader && m.membership_config.membership().voter_ids().any(|v| v == me)
+}
+
+/// A pre-vote, then with a quorum of grants openraft's election.
+async fn campaign(group: &Group, peers: &PeerPool, timeout: Duration) {
+    if pre_vote(group, peers, timeout).await && !group.is_stopping() {
+        let _ = group.raft.trigger().elect().await;
     }
 }
 
@@ -208,6 +265,30 @@ mod tests {
         assert!(!grants(idle, 6, id(5, 9)), "a shorter log");
         assert!(!grants(idle, 6, id(4, 99)), "an older term's log");
         assert!(grants(VoterView { last_log_id: None, ..idle }, 6, None), "two empty logs");
+    }
+
+    /// The timer: due after its first timeout; a message from a leader pushes it back by the
+    /// lease plus a random time; it never fires while not eligible or while a campaign runs, and
+    /// after firing it starts over.
+    #[test]
+    fn t03_the_election_timer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let next = || ms(200);
+        let mut timer = ElectionTimer::new(t0, ms(200));
+        assert!(!timer.due(t0 + ms(199), None, true, ms(300), next));
+        assert!(timer.due(t0 + ms(200), None, true, ms(300), next), "no leader heard: due");
+        assert!(!timer.due(t0 + ms(300), None, true, ms(300), next), "started over");
+        let heard = Some(t0 + ms(350));
+        assert!(!timer.due(t0 + ms(400), heard, true, ms(300), next));
+        assert!(!timer.due(t0 + ms(849), heard, true, ms(300), next), "lease + random after the leader");
+        assert!(timer.due(t0 + ms(850), heard, true, ms(300), next));
+        assert!(!timer.due(t0 + ms(5000), heard, false, ms(300), next), "not eligible");
+        assert!(!timer.due(t0 + ms(5199), heard, true, ms(300), next), "restarted while not eligible");
+        timer.campaigning.set(true);
+        assert!(!timer.due(t0 + ms(9000), heard, true, ms(300), next), "a campaign is under way");
+        timer.campaigning.set(false);
+        assert!(timer.due(t0 + ms(9200), heard, true, ms(300), next));
     }
 
     /// A majority of each configuration: one of three is not enough, two are; in a joint change
