@@ -105,7 +105,8 @@ async fn release(shard: &Rc<Shard>, id: GroupId) -> Result<(), String> {
     let members = shard.group(id).map(|g| g.outside.borrow().members().to_vec()).unwrap_or_default();
     // A cheap look first, while the copy still serves: most refusals need no close.
     confirm_not_member(shard, id, &members).await?;
-    close(shard, id).await;
+    crate::maintenance::reopen::take_out_and_close(shard, id, "releasing this node's copy of the group")
+        .await;
     let confirmed = confirm_not_member(shard, id, &members).await;
     let released = match confirmed {
         Ok(()) => finish(shard, id).await.map_err(|e| format!("release failed: {e}")),
@@ -118,18 +119,6 @@ async fn release(shard: &Rc<Shard>, id: GroupId) -> Result<(), String> {
             shard.failed.borrow_mut().insert(id, format!("reopening after a replica release failed: {e}"));
             Err(format!("reopen failed: {e}"))
         }
-    }
-}
-
-/// Takes the group out of service and closes it (its files and log are free afterwards).
-async fn close(shard: &Rc<Shard>, id: GroupId) {
-    shard.failed.borrow_mut().insert(id, "releasing this node's copy of the group".into());
-    let old = shard.groups.borrow_mut().remove(&id);
-    shard.watches.detach(id);
-    if let Some(group) = old {
-        group.stop();
-        group.data.borrow().snapshots.stop();
-        crate::raft::state_machine::close_group(&group.raft, &group.data).await;
     }
 }
 

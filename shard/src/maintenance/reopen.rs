@@ -145,9 +145,11 @@ fn relapse_pause(relapses: u32) -> Duration {
     PROBE_INTERVAL.saturating_mul(1u32 << relapses.saturating_sub(1).min(5)).min(PROBE_INTERVAL_MAX)
 }
 
-/// Takes the group (if still open) out of the core's map, closes it and opens it again.
-async fn reopen(shard: &Rc<Shard>, id: GroupId) -> Result<(), String> {
-    shard.failed.borrow_mut().insert(id, "reopening after a storage error".into());
+/// Takes the group (if still open) out of the core's map and out of service, answering
+/// `Unavailable` with `why` meanwhile, and closes it: its files and log are free afterwards.
+/// Also the first step of a replica's release (release.rs, D92).
+pub async fn take_out_and_close(shard: &Rc<Shard>, id: GroupId, why: &str) {
+    shard.failed.borrow_mut().insert(id, why.to_string());
     let old = shard.groups.borrow_mut().remove(&id);
     shard.watches.detach(id);
     if let Some(group) = old {
@@ -155,6 +157,11 @@ async fn reopen(shard: &Rc<Shard>, id: GroupId) -> Result<(), String> {
         group.data.borrow().snapshots.stop();
         crate::raft::state_machine::close_group(&group.raft, &group.data).await;
     }
+}
+
+/// Takes the group (if still open) out of the core's map, closes it and opens it again.
+async fn reopen(shard: &Rc<Shard>, id: GroupId) -> Result<(), String> {
+    take_out_and_close(shard, id, "reopening after a storage error").await;
     match shard.open_group(id).await {
         Ok(_) => Ok(()),
         Err(e) => {
